@@ -1,0 +1,126 @@
+//! Scaled-dot-product attention on strided f32 views, the CPU reference for every attention
+//! variant the graphs need (T5 encoder with relative bias and padding mask, T5 decoder causal
+//! self-attention over a KV cache, cross-attention; Mistral GQA with sliding window later).
+//!
+//! Element (b, h, t, d) of a view lives at `b*sb + h*sh + t*st + d`. Scores are computed per
+//! (batch, head) with the gemm crate (strided, single-threaded per task; tasks run in parallel on
+//! rayon), biased and masked, softmaxed in place, then multiplied by V straight into the output
+//! layout `[b, tq, h*dk]` that the output projection consumes.
+
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub sb: usize,
+    pub sh: usize,
+    pub st: usize,
+}
+
+/// Per (head, query index, key index) additive bias and key admission.
+pub trait ScoreMod: Sync {
+    /// Additive bias for head `h`, query `i` (0-based within this call), key `j`.
+    fn bias(&self, h: usize, i: usize, j: usize) -> f32;
+    /// Whether key `j` is visible to query `i` of batch row `b`.
+    fn allowed(&self, b: usize, i: usize, j: usize) -> bool;
+    /// Optional scale on q·k (T5: 1, no 1/sqrt(d)).
+    fn scale(&self) -> f32 {
+        1.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct P(*mut f32);
+unsafe impl Send for P {}
+unsafe impl Sync for P {}
+
+pub struct AttnShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub dk: usize,
+}
+
+/// out[b, i, h*dk + d] = Σ_j softmax_j(q·k + bias) v[b, h, j, d].
+/// `kv_b(b)` maps a query batch row to its K/V batch row (beams sharing one encoder output).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    s: &AttnShape,
+    q: &[f32],
+    qv: View,
+    k: &[f32],
+    kv: View,
+    v: &[f32],
+    vv: View,
+    kv_b: &(dyn Fn(usize) -> usize + Sync),
+    m: &dyn ScoreMod,
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let (bsz, heads, tq, tk, dk) = (s.batch, s.heads, s.tq, s.tk, s.dk);
+    let group = heads / s.kv_heads.max(1);
+    let per = tq * tk;
+    let tasks = bsz * heads;
+    if scratch.len() < tasks * per {
+        scratch.resize(tasks * per, 0.0);
+    }
+    let out_row = heads * dk;
+    assert!(out.len() >= bsz * tq * out_row);
+    let op = P(out.as_mut_ptr());
+    let scale = m.scale();
+    let body = |(task, sc): (usize, &mut [f32])| {
+        let op = op;
+        let b = task / heads;
+        let h = task % heads;
+        let kb = kv_b(b);
+        let kh = h / group;
+        let qbase = b * qv.sb + h * qv.sh;
+        let kbase = kb * kv.sb + kh * kv.sh;
+        let vbase = kb * vv.sb + kh * vv.sh;
+        // scores[i, j] = q[i]·k[j]
+        // SAFETY: the views address valid elements for i<tq, j<tk, d<dk (callers size them).
+        unsafe {
+            gemm::gemm(
+                tq, tk, dk,
+                sc.as_mut_ptr(), 1, tk as isize,
+                false,
+                q.as_ptr().add(qbase), 1, qv.st as isize,
+                k.as_ptr().add(kbase), kv.st as isize, 1,
+                0.0, scale,
+                false, false, false,
+                gemm::Parallelism::None,
+            );
+        }
+        for i in 0..tq {
+            let row = &mut sc[i * tk..(i + 1) * tk];
+            for (j, x) in row.iter_mut().enumerate() {
+                if m.allowed(b, i, j) {
+                    *x += m.bias(h, i, j);
+                } else {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            super::softmax_inplace(row);
+        }
+        // out[b, i, h*dk..] = P[i, :] · V[j, :]
+        unsafe {
+            gemm::gemm(
+                tq, dk, tk,
+                op.0.add(b * tq * out_row + h * dk), 1, out_row as isize,
+                false,
+                sc.as_ptr(), 1, tk as isize,
+                v.as_ptr().add(vbase), 1, vv.st as isize,
+                0.0, 1.0,
+                false, false, false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    let sc = &mut scratch[..tasks * per];
+    if tasks > 1 && tasks * per * dk > 1 << 14 {
+        sc.par_chunks_mut(per.max(1)).enumerate().for_each(body);
+    } else {
+        sc.chunks_mut(per.max(1)).enumerate().for_each(body);
+    }
+}

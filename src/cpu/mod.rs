@@ -1,0 +1,166 @@
+//! CPU kernels: the reference implementation of every op the model graphs use, and the backend
+//! that CI and GPU-less machines run. All compute is f32.
+//!
+//! Matrix products follow the PyTorch `nn.Linear` convention: weights are `[out, in]` row-major as
+//! stored in HF checkpoints, and `y = x · Wᵀ`. Large products go to the `gemm` crate (packed,
+//! runtime-dispatched AVX2/AVX-512 micro-kernels, rayon-parallel); skinny products (decode steps,
+//! m ≤ SKINNY_M) use a dot-product kernel that streams each weight row once for all m inputs,
+//! because decode is memory-bound and packing the weight would cost more than the product.
+
+pub mod attention;
+pub mod simd;
+
+use rayon::prelude::*;
+
+/// Below this many rows a product is computed as m dot products per weight row.
+pub const SKINNY_M: usize = 16;
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// out[m, n] = x[m, k] · w[n, k]ᵀ  (+ out if `accumulate`).
+pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], accumulate: bool) {
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_wt: buffer too small");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out[..m * n].iter_mut().for_each(|v| *v = 0.0);
+        }
+        return;
+    }
+    if m <= SKINNY_M {
+        skinny(x, m, k, w, n, out, accumulate);
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k > 64 * 64 * 64 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: strides describe the row-major buffers whose sizes were asserted above.
+    // dst = alpha·dst + beta·lhs·rhs with lhs = x [m,k] (rs k, cs 1), rhs = wᵀ [k,n] (rs 1, cs k).
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            out.as_mut_ptr(), 1, n as isize,
+            accumulate,
+            x.as_ptr(), 1, k as isize,
+            w.as_ptr(), k as isize, 1,
+            if accumulate { 1.0 } else { 0.0 }, 1.0,
+            false, false, false,
+            par,
+        );
+    }
+}
+
+fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], accumulate: bool) {
+    let dot = simd::dot_fn();
+    // Blocks of weight rows; each block is read once and dotted with every input row.
+    let threads = rayon::current_num_threads().max(1);
+    let block = if threads == 1 { n } else { ((n + threads * 4 - 1) / (threads * 4)).max(16) };
+    let optr = SendPtr(out.as_mut_ptr());
+    let work = |(bi, rows): (usize, &[f32])| {
+        let p = optr;
+        let j0 = bi * block;
+        for (jj, wr) in rows.chunks_exact(k).enumerate() {
+            let j = j0 + jj;
+            for i in 0..m {
+                let d = dot(&x[i * k..(i + 1) * k], wr);
+                // SAFETY: (i, j) is written by exactly one task (j is in this task's block) and
+                // i*n+j < m*n, the asserted output length.
+                unsafe {
+                    let o = p.0.add(i * n + j);
+                    *o = if accumulate { *o + d } else { d };
+                }
+            }
+        }
+    };
+    if threads == 1 || n * k < 1 << 15 {
+        w[..n * k].chunks(block * k).enumerate().for_each(work);
+    } else {
+        w[..n * k].par_chunks(block * k).enumerate().for_each(work);
+    }
+}
+
+/// T5LayerNorm / Mistral RMSNorm: y = x / sqrt(mean(x²) + eps) · w, rows of length d.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        // f32 accumulation like `hidden_states.to(torch.float32).pow(2).mean(-1)`.
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let r = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = g * (v * r);
+        }
+    }
+}
+
+/// HF `gelu_new` / `gelu_pytorch_tanh`: the tanh approximation.
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Exact GELU, x·Φ(x), with erf from a rational approximation (|err| < 1.2e-7).
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2) as f32)
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// erf via W. J. Cody's rational Chebyshev approximation, evaluated in f64 (accurate far beyond
+/// what f32 activations need).
+pub fn erf(x: f64) -> f64 {
+    // Numerical Recipes erfc (Chebyshev), fractional error < 1.2e-7.
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t * (-z * z - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+        .exp();
+    if x >= 0.0 { 1.0 - r } else { r - 1.0 }
+}
+
+/// In-place softmax over a row; masked entries (−inf) get exactly 0.
+pub fn softmax_inplace(row: &mut [f32]) {
+    let mut mx = f32::NEG_INFINITY;
+    for &v in row.iter() {
+        if v > mx {
+            mx = v;
+        }
+    }
+    if mx == f32::NEG_INFINITY {
+        row.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let mut s = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - mx).exp();
+        s += *v;
+    }
+    let inv = 1.0 / s;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// log_softmax of a row into `out` (f32, max-subtracted, like torch's).
+pub fn log_softmax(row: &[f32], out: &mut [f32]) {
+    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if mx == f32::NEG_INFINITY {
+        out.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+        return;
+    }
+    let s: f32 = row.iter().map(|&v| (v - mx).exp()).sum();
+    let ls = s.ln();
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = v - mx - ls;
+    }
+}

@@ -1,0 +1,416 @@
+//! The generation loop: greedy, beam search (Hugging Face semantics) and sampling, over any model
+//! that can take one decoding step for a set of rows (`Stepper`). Constraints (grammar masks) plug
+//! in per sequence through `TokenConstraint`; they see the log-probabilities exactly where HF runs
+//! its logits processors, and beam search clones a beam's constraint state when the beam forks.
+//!
+//! Beam search mirrors transformers 5.x `_beam_search` (the vectorised rewrite): keep the top
+//! 2·K continuations per request, finalise only those among the first K that hit EOS (score
+//! normalised by `generated_len ** length_penalty`, EOS included in the length), continue with the
+//! best K unfinished ones, stop per `early_stopping` (true: when K hypotheses are finished; false:
+//! HF's heuristic; "never": the length-penalty-aware bound), and at `max_length` finalise all.
+
+use crate::cpu::log_softmax;
+use crate::error::{Error, Result};
+
+/// One decoding step for every active row; the model keeps its own cache.
+pub trait Stepper {
+    fn vocab_size(&self) -> usize;
+    /// Feed one token per row (`tokens.len()` = number of rows) and write logits [rows, vocab].
+    fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()>;
+    /// Row r continues from old row `parents[r]` (beam reordering, or dropping finished rows).
+    fn select_rows(&mut self, parents: &[usize]) -> Result<()>;
+}
+
+/// A per-sequence constraint on the next token (the grammar mask plugs in here).
+pub trait TokenConstraint: Send {
+    /// Set disallowed entries of `scores` (log-probs or logits) to -inf.
+    fn mask(&mut self, scores: &mut [f32]) -> Result<()>;
+    /// Advance the state with the chosen token.
+    fn commit(&mut self, token: u32) -> Result<()>;
+    /// Whether the document is complete (EOS allowed).
+    fn is_complete(&self) -> bool {
+        true
+    }
+    fn box_clone(&self) -> Box<dyn TokenConstraint>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EarlyStopping {
+    True,
+    False,
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub num_beams: usize,
+    pub early_stopping: EarlyStopping,
+    pub length_penalty: f32,
+    pub eos: Vec<u32>,
+    pub sampling: Option<Sampling>,
+}
+
+impl Default for GenOptions {
+    fn default() -> Self {
+        GenOptions {
+            max_new_tokens: 64,
+            min_new_tokens: 0,
+            num_beams: 1,
+            early_stopping: EarlyStopping::False,
+            length_penalty: 1.0,
+            eos: vec![1],
+            sampling: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    Eos,
+    Length,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenOutput {
+    /// new tokens, EOS included when generation stopped on it
+    pub tokens: Vec<u32>,
+    pub finish: Finish,
+    /// sum of log-probs (beam: the normalised beam score)
+    pub score: f32,
+    /// log-prob of each chosen token (greedy/sampling; empty for beam search)
+    pub token_logprobs: Vec<f32>,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &x) in v.iter().enumerate() {
+        // first maximum wins, like torch.argmax
+        if x > bv {
+            bv = x;
+            best = i;
+        }
+    }
+    best
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn sample(scores: &[f32], s: &Sampling, rng: &mut Rng, buf: &mut Vec<(f32, usize)>) -> usize {
+    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    buf.clear();
+    buf.extend(scores.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v / t, i)));
+    if buf.is_empty() {
+        return argmax(scores);
+    }
+    buf.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+    if s.top_k > 0 && buf.len() > s.top_k {
+        buf.truncate(s.top_k);
+    }
+    let mx = buf[0].0;
+    let mut total = 0.0f32;
+    for e in buf.iter_mut() {
+        e.0 = (e.0 - mx).exp();
+        total += e.0;
+    }
+    // top-p: keep the smallest prefix whose mass reaches top_p (at least one token)
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut keep = buf.len();
+        for (i, e) in buf.iter().enumerate() {
+            acc += e.0 / total;
+            if acc >= s.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        buf.truncate(keep);
+        total = buf.iter().map(|e| e.0).sum();
+    }
+    let mut r = rng.next_f32() * total;
+    for e in buf.iter() {
+        r -= e.0;
+        if r <= 0.0 {
+            return e.1;
+        }
+    }
+    buf[buf.len() - 1].1
+}
+
+/// Greedy or sampled decoding of `rows` sequences, each starting from `start[r]`.
+pub fn generate_greedy(
+    m: &mut dyn Stepper,
+    start: &[u32],
+    opts: &GenOptions,
+    constraints: &mut [Option<Box<dyn TokenConstraint>>],
+) -> Result<Vec<GenOutput>> {
+    let rows = start.len();
+    let v = m.vocab_size();
+    let mut outs: Vec<GenOutput> =
+        (0..rows).map(|_| GenOutput { tokens: vec![], finish: Finish::Length, score: 0.0, token_logprobs: vec![] }).collect();
+    if constraints.len() != rows && !constraints.is_empty() {
+        return Err(Error::Input("one constraint per row (or none) is required".into()));
+    }
+    let mut rng = Rng(opts.sampling.as_ref().map(|s| s.seed).unwrap_or(0));
+    let mut active: Vec<usize> = (0..rows).collect(); // original row of each model row
+    let mut next: Vec<u32> = start.to_vec();
+    let mut logits = Vec::new();
+    let mut lp = vec![0.0f32; v];
+    let mut sbuf = Vec::new();
+    for step in 0..opts.max_new_tokens {
+        if active.is_empty() {
+            break;
+        }
+        m.step(&next, &mut logits)?;
+        let mut finished_any = false;
+        let mut new_next = Vec::with_capacity(active.len());
+        for (ri, &orig) in active.iter().enumerate() {
+            let row = &mut logits[ri * v..(ri + 1) * v];
+            if step < opts.min_new_tokens {
+                for &e in &opts.eos {
+                    if (e as usize) < v {
+                        row[e as usize] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if let Some(Some(c)) = constraints.get_mut(orig) {
+                c.mask(row)?;
+            }
+            log_softmax(row, &mut lp);
+            let tok = match &opts.sampling {
+                Some(s) => sample(row, s, &mut rng, &mut sbuf),
+                None => argmax(row),
+            };
+            if !lp[tok].is_finite() {
+                return Err(Error::Input("every token is masked at this step (constraint and min length conflict)".into()));
+            }
+            if let Some(Some(c)) = constraints.get_mut(orig) {
+                c.commit(tok as u32)?;
+            }
+            let o = &mut outs[orig];
+            o.tokens.push(tok as u32);
+            o.token_logprobs.push(lp[tok]);
+            o.score += lp[tok];
+            if opts.eos.contains(&(tok as u32)) {
+                o.finish = Finish::Eos;
+                finished_any = true;
+            }
+            new_next.push(tok as u32);
+        }
+        if finished_any {
+            // Drop finished rows so later steps only compute live sequences.
+            let keep: Vec<usize> = (0..active.len()).filter(|&i| outs[active[i]].finish != Finish::Eos).collect();
+            if keep.is_empty() {
+                break;
+            }
+            if step + 1 < opts.max_new_tokens {
+                m.select_rows(&keep)?;
+            }
+            active = keep.iter().map(|&i| active[i]).collect();
+            next = keep.iter().map(|&i| new_next[i]).collect();
+        } else {
+            next = new_next;
+        }
+    }
+    Ok(outs)
+}
+
+#[derive(Clone)]
+struct Hyp {
+    score: f32,
+    tokens: Vec<u32>,
+}
+
+/// Beam search for `batch` requests with `num_beams` beams each. Model rows are laid out
+/// request-major: row = b·K + k. `start[b]` is each request's first decoder token.
+pub fn generate_beam(
+    m: &mut dyn Stepper,
+    start: &[u32],
+    opts: &GenOptions,
+    constraints: &mut [Option<Box<dyn TokenConstraint>>],
+) -> Result<Vec<GenOutput>> {
+    let k = opts.num_beams.max(1);
+    let batch = start.len();
+    let v = m.vocab_size();
+    let keep = (2usize).max(1 + opts.eos.len()) * k;
+    let lp_len = |n: usize| (n as f32).powf(opts.length_penalty);
+    // running state per request
+    let mut run_tokens: Vec<Vec<Vec<u32>>> = vec![vec![vec![]; k]; batch];
+    let mut run_scores: Vec<Vec<f32>> = (0..batch).map(|_| (0..k).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect()).collect();
+    let mut run_cons: Vec<Vec<Option<Box<dyn TokenConstraint>>>> = (0..batch)
+        .map(|b| (0..k).map(|_| constraints.get(b).and_then(|c| c.as_ref().map(|c| c.box_clone()))).collect())
+        .collect();
+    let mut finished: Vec<Vec<Hyp>> = vec![vec![]; batch];
+    let mut heuristic_unsat = vec![true; batch];
+    let mut done = vec![false; batch];
+    // Rows of the model: batch·K, all requests kept in lockstep (finished requests keep stepping
+    // their beams like HF; their results are frozen).
+    let mut next: Vec<u32> = (0..batch * k).map(|r| start[r / k]).collect();
+    let mut logits = Vec::new();
+    let mut lp = vec![0.0f32; v];
+    let mut cand: Vec<(f32, usize)> = Vec::with_capacity(k * v);
+    // max_length counts the decoder start token in HF; callers pass max_new_tokens = max_length-1.
+    for step in 0..opts.max_new_tokens {
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        m.step(&next, &mut logits)?;
+        let cur_gen = step; // tokens generated so far before this one
+        let mut parents = Vec::with_capacity(batch * k);
+        let mut new_next = Vec::with_capacity(batch * k);
+        for b in 0..batch {
+            // accumulated scores for all K·V continuations
+            cand.clear();
+            for bi in 0..k {
+                let row = &mut logits[(b * k + bi) * v..(b * k + bi + 1) * v];
+                log_softmax(row, &mut lp);
+                if step < opts.min_new_tokens {
+                    for &e in &opts.eos {
+                        if (e as usize) < v {
+                            lp[e as usize] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                if let Some(c) = run_cons[b][bi].as_mut() {
+                    c.mask(&mut lp)?;
+                }
+                let base = run_scores[b][bi];
+                for (t, &x) in lp.iter().enumerate() {
+                    cand.push((x + base, bi * v + t));
+                }
+            }
+            // top `keep` by score, ties broken by lower index (torch.topk on CPU is stable in practice)
+            let nth = keep.min(cand.len());
+            cand.select_nth_unstable_by(nth - 1, |a, c| c.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&c.1)));
+            cand.truncate(nth);
+            cand.sort_by(|a, c| c.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&c.1)));
+            let at_max = step + 1 >= opts.max_new_tokens;
+            let gen_len = cur_gen + 1;
+            // finalise hypotheses among the first K candidates that hit a stopping criterion
+            let full = finished[b].len() >= k && opts.early_stopping == EarlyStopping::True;
+            if !done[b] {
+                for (rank, &(score, idx)) in cand.iter().enumerate() {
+                    let tok = (idx % v) as u32;
+                    let hits = at_max || opts.eos.contains(&tok);
+                    if !hits || rank >= k || full || !heuristic_unsat[b] || score <= -1e8 {
+                        continue;
+                    }
+                    let mut toks = run_tokens[b][idx / v].clone();
+                    toks.push(tok);
+                    finished[b].push(Hyp { score: score / lp_len(gen_len), tokens: toks });
+                }
+                finished[b].sort_by(|a, c| c.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+                finished[b].truncate(k);
+            }
+            // next running beams: best K candidates that did not hit a stopping criterion
+            let mut chosen: Vec<(f32, usize)> = cand
+                .iter()
+                .map(|&(s, idx)| {
+                    let tok = (idx % v) as u32;
+                    let hits = at_max || opts.eos.contains(&tok);
+                    (if hits { s - 1e9 } else { s }, idx)
+                })
+                .collect();
+            chosen.sort_by(|a, c| c.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
+            chosen.truncate(k);
+            let mut new_tokens = Vec::with_capacity(k);
+            let mut new_scores = Vec::with_capacity(k);
+            let mut new_cons = Vec::with_capacity(k);
+            for &(s, idx) in &chosen {
+                let (pb, tok) = (idx / v, (idx % v) as u32);
+                let mut t = run_tokens[b][pb].clone();
+                t.push(tok);
+                new_tokens.push(t);
+                new_scores.push(s);
+                let c = match run_cons[b][pb].as_ref() {
+                    Some(c) => {
+                        let mut c = c.box_clone();
+                        if s > -1e8 {
+                            c.commit(tok)?;
+                        }
+                        Some(c)
+                    }
+                    None => None,
+                };
+                new_cons.push(c);
+                parents.push(b * k + pb);
+                new_next.push(tok);
+            }
+            run_tokens[b] = new_tokens;
+            run_scores[b] = new_scores;
+            run_cons[b] = new_cons;
+            // stopping conditions (HF _check_early_stop_heuristic / _beam_search_has_unfinished_sequences)
+            let all_finished = finished[b].len() >= k;
+            let hyp_len = match opts.early_stopping {
+                EarlyStopping::Never if opts.length_penalty > 0.0 => opts.max_new_tokens,
+                _ => gen_len,
+            };
+            let best_running = run_scores[b][0] / lp_len(hyp_len);
+            let worst = finished[b].last().map(|h| h.score).unwrap_or(-1e9);
+            heuristic_unsat[b] = heuristic_unsat[b] && (!all_finished || best_running > worst);
+            if !heuristic_unsat[b] || (all_finished && opts.early_stopping == EarlyStopping::True) || at_max {
+                done[b] = true;
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        m.select_rows(&parents)?;
+        next = new_next;
+    }
+    Ok(finished
+        .into_iter()
+        .map(|mut f| {
+            f.sort_by(|a, c| c.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+            match f.into_iter().next() {
+                Some(h) => {
+                    let finish = if h.tokens.last().map(|t| opts.eos.contains(t)).unwrap_or(false) { Finish::Eos } else { Finish::Length };
+                    GenOutput { tokens: h.tokens, finish, score: h.score, token_logprobs: vec![] }
+                }
+                None => GenOutput { tokens: vec![], finish: Finish::Length, score: f32::NEG_INFINITY, token_logprobs: vec![] },
+            }
+        })
+        .collect())
+}
+
+/// Dispatch on `num_beams`.
+pub fn generate(
+    m: &mut dyn Stepper,
+    start: &[u32],
+    opts: &GenOptions,
+    constraints: &mut [Option<Box<dyn TokenConstraint>>],
+) -> Result<Vec<GenOutput>> {
+    if opts.max_new_tokens == 0 {
+        return Ok(start.iter().map(|_| GenOutput { tokens: vec![], finish: Finish::Length, score: 0.0, token_logprobs: vec![] }).collect());
+    }
+    if opts.num_beams > 1 {
+        if opts.sampling.is_some() {
+            return Err(Error::Unsupported("beam sampling is not supported; use --num-beams 1 with sampling".into()));
+        }
+        generate_beam(m, start, opts, constraints)
+    } else {
+        generate_greedy(m, start, opts, constraints)
+    }
+}

@@ -1,0 +1,307 @@
+//! The `jobx-engine` command line. Library errors carry their cause; this layer adds context
+//! (which file, which command) and turns them into a one-line message and a non-zero exit.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use jobx_engine::extract::{self, Engine, ExtractOptions, InputFormat, InputRecord};
+use jobx_engine::generate::{EarlyStopping, GenOptions, Sampling};
+use jobx_engine::prompts::PromptTemplate;
+use std::io::{BufWriter, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "jobx-engine", version, about = "Job postings to schema-valid JSON with FLAN-T5 and Mistral")]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores)
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Compute device
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    device: Device,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Device {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+#[derive(Args, Clone, Debug)]
+struct DecodeArgs {
+    /// Maximum number of new tokens (the reference project: max_length 384 = 383 new tokens)
+    #[arg(long, default_value_t = 383)]
+    max_new_tokens: usize,
+    /// Suppress EOS until this many tokens are generated (fixed work for benchmarks)
+    #[arg(long, default_value_t = 0)]
+    min_new_tokens: usize,
+    /// Beam width (1 = greedy or sampling)
+    #[arg(long, default_value_t = 4)]
+    num_beams: usize,
+    /// Beam search stopping: true, false or never (HF semantics)
+    #[arg(long, default_value = "true")]
+    early_stopping: String,
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f32,
+    /// Sample instead of greedy/beam (needs --num-beams 1)
+    #[arg(long)]
+    do_sample: bool,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl DecodeArgs {
+    fn early(&self) -> anyhow::Result<EarlyStopping> {
+        Ok(match self.early_stopping.as_str() {
+            "true" | "True" | "1" => EarlyStopping::True,
+            "false" | "False" | "0" => EarlyStopping::False,
+            "never" => EarlyStopping::Never,
+            o => bail!("--early-stopping must be true, false or never, not `{o}`"),
+        })
+    }
+    fn sampling(&self) -> Option<Sampling> {
+        self.do_sample.then(|| Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed })
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Extract structured JSON from job postings (files, stdin, or JSONL with a `source` field)
+    Extract {
+        /// Model folder or Hugging Face repo id
+        #[arg(long, default_value = "google/flan-t5-base")]
+        model: String,
+        /// Input files (none or `-`: stdin)
+        files: Vec<PathBuf>,
+        /// Input format (default: by file extension; .jsonl = jsonl, else text)
+        #[arg(long, value_enum)]
+        input_format: Option<InputFormat>,
+        /// Write JSONL here instead of stdout
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Prompt template file with `{source}` where the posting goes (default: the reference FLAN-T5 prompt)
+        #[arg(long)]
+        prompt_template: Option<PathBuf>,
+        /// Source length limit in tokens; longer prompts are cut from the right with a warning
+        #[arg(long, default_value_t = 1536)]
+        max_source_tokens: usize,
+        /// Postings per batch
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        #[command(flatten)]
+        decode: DecodeArgs,
+    },
+    /// Low-level generation: token ids (or text) in, generated ids and text out as one JSON line
+    Generate {
+        #[arg(long)]
+        model: String,
+        /// JSON file with an array of ids, or an array of arrays (a batch)
+        #[arg(long, conflicts_with = "text")]
+        input_ids: Option<PathBuf>,
+        #[arg(long)]
+        text: Option<String>,
+        #[command(flatten)]
+        decode: DecodeArgs,
+    },
+    /// Check the engine against a jobx-reference-v1 dump (model folder + reference tensors)
+    Verify { dirs: Vec<PathBuf> },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+    }
+    let code = match check_device(cli.device).and_then(|_| run(cli.cmd)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn check_device(d: Device) -> anyhow::Result<()> {
+    match d {
+        Device::Cpu | Device::Auto => Ok(()),
+        Device::Cuda => bail!(
+            "--device cuda: this build has no CUDA backend (the CUDA backend is not implemented yet; use --device cpu)"
+        ),
+    }
+}
+
+fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
+    Ok(GenOptions {
+        max_new_tokens: d.max_new_tokens,
+        min_new_tokens: d.min_new_tokens,
+        num_beams: d.num_beams.max(1),
+        early_stopping: d.early()?,
+        length_penalty: d.length_penalty,
+        eos,
+        sampling: d.sampling(),
+    })
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<i32> {
+    match cmd {
+        Cmd::Verify { dirs } => {
+            if dirs.is_empty() {
+                bail!("verify: give at least one fixture folder");
+            }
+            let mut ok = true;
+            for d in dirs {
+                let s = jobx_engine::verify::verify_dir(&d, &mut |v| println!("{v}"))
+                    .with_context(|| format!("verify {}", d.display()))?;
+                println!("{}", serde_json::to_string(&s)?);
+                ok &= s.ok;
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Generate { model, input_ids, text, decode } => {
+            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+            let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {
+                let t = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
+                parse_ids(&v).with_context(|| format!("{}: expected an array of token ids or an array of arrays", p.display()))?
+            } else if let Some(t) = text {
+                (vec![engine.tokenizer()?.encode(&t)?], true)
+            } else {
+                bail!("generate: give --input-ids FILE or --text TEXT");
+            };
+            let vocab = engine.model.cfg.vocab_size as u32;
+            if let Some(bad) = batch.iter().flatten().find(|&&t| t >= vocab) {
+                bail!("token id {bad} is outside the model's vocabulary ({vocab})");
+            }
+            let opts = gen_options(&decode, engine.eos.clone())?;
+            let t0 = std::time::Instant::now();
+            let outs = engine.generate_ids(&batch, &opts, &mut [])?;
+            let secs = t0.elapsed().as_secs_f64();
+            let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
+            let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
+            let texts: Option<Vec<String>> = engine.tok.as_ref().map(|t| outs.iter().map(|o| t.decode(&o.tokens, true).unwrap_or_default()).collect());
+            let mut line = serde_json::json!({
+                "ids": if single { serde_json::json!(ids[0]) } else { serde_json::json!(ids) },
+                "finish": outs.iter().map(|o| o.finish).collect::<Vec<_>>(),
+                "new_tokens": new_tokens,
+                "load_ms": engine.load_ms,
+                "generate_ms": secs * 1e3,
+                "tokens_per_s": new_tokens as f64 / secs.max(1e-9),
+                "threads": rayon::current_num_threads(),
+            });
+            if let Some(t) = texts {
+                line["text"] = if single { serde_json::json!(t[0]) } else { serde_json::json!(t) };
+            }
+            println!("{line}");
+            Ok(0)
+        }
+        Cmd::Extract { model, files, input_format, output, prompt_template, max_source_tokens, batch_size, decode } => {
+            let template = match prompt_template {
+                Some(p) => PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? },
+                None => PromptTemplate::flan_t5(),
+            };
+            // Read all inputs first so a missing file fails before the model loads.
+            let mut records: Vec<InputRecord> = Vec::new();
+            if files.is_empty() || (files.len() == 1 && files[0].as_os_str() == "-") {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+                records.extend(extract::read_records("stdin", &buf, input_format.unwrap_or(InputFormat::Text)));
+            } else {
+                for f in &files {
+                    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    let fmt = input_format.unwrap_or_else(|| extract::format_for_path(f));
+                    let name = f.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                    records.extend(extract::read_records(&name, &bytes, fmt));
+                }
+            }
+            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+            let opts = ExtractOptions {
+                max_new_tokens: decode.max_new_tokens,
+                min_new_tokens: decode.min_new_tokens,
+                num_beams: decode.num_beams,
+                early_stopping: decode.early()?,
+                length_penalty: decode.length_penalty,
+                sampling: decode.sampling(),
+                max_source_tokens,
+                batch_size,
+                template,
+                ..Default::default()
+            };
+            let mut out: Box<dyn Write> = match &output {
+                Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                None => Box::new(BufWriter::new(std::io::stdout())),
+            };
+            let pb = if records.len() > 1 {
+                let pb = indicatif::ProgressBar::new(records.len() as u64);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} postings ({per_sec}, eta {eta})")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                Some(pb)
+            } else {
+                None
+            };
+            let mut errors = 0usize;
+            let n = records.len();
+            extract::extract_records(
+                &engine,
+                &records,
+                &opts,
+                &mut |w| match &pb {
+                    Some(pb) => pb.println(format!("warning: {w}")),
+                    None => eprintln!("warning: {w}"),
+                },
+                &mut |done| {
+                    if let Some(pb) = &pb {
+                        pb.set_position(done as u64)
+                    }
+                },
+                &mut |rec| {
+                    if rec.error.is_some() {
+                        errors += 1;
+                    }
+                    let line = serde_json::to_string(&rec).map_err(|e| jobx_engine::Error::Input(e.to_string()))?;
+                    writeln!(out, "{line}").map_err(|e| jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e))?;
+                    out.flush().map_err(|e| jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e))
+                },
+            )?;
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            eprintln!("extracted {n} records ({errors} with errors)");
+            Ok(0)
+        }
+    }
+}
+
+fn parse_ids(v: &serde_json::Value) -> anyhow::Result<(Vec<Vec<u32>>, bool)> {
+    let arr = v.as_array().context("not an array")?;
+    let one = |a: &serde_json::Value| -> anyhow::Result<Vec<u32>> {
+        a.as_array()
+            .context("not an array")?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).context("ids must be non-negative integers"))
+            .collect()
+    };
+    if arr.iter().all(|x| x.is_array()) && !arr.is_empty() {
+        let b: Vec<Vec<u32>> = arr.iter().map(one).collect::<anyhow::Result<_>>()?;
+        if b.iter().any(|s| s.is_empty()) {
+            bail!("an input sequence is empty");
+        }
+        Ok((b, false))
+    } else {
+        let s = one(v)?;
+        if s.is_empty() {
+            bail!("the input sequence is empty");
+        }
+        Ok((vec![s], true))
+    }
+}

@@ -1,0 +1,718 @@
+//! T5 / FLAN-T5 encoder-decoder (Raffel et al. 2020, "Exploring the Limits of Transfer Learning
+//! with a Unified Text-to-Text Transformer"; T5 v1.1 for FLAN-T5), mirroring Hugging Face
+//! `transformers/models/t5/modeling_t5.py`, with HF weight names.
+//!
+//! Numerics that matter (all checked against transformers by the fixtures in tests/fixtures):
+//! - RMS layer norm without mean or bias (`T5LayerNorm`), eps from config.
+//! - No 1/sqrt(d_kv) scaling of attention scores (folded into the initialisation).
+//! - Relative position bias from the first layer of each stack, shared by the later layers;
+//!   bidirectional buckets in the encoder, unidirectional in decoder self-attention, none in
+//!   cross-attention. Bucket arithmetic is done in f32 like PyTorch so bucket edges agree.
+//! - FFN: `relu` (wi, wo), `gated-gelu` (gelu_new, tanh form: wi_0 gated by wi_1), `gated-silu`.
+//! - Tied head (original T5): logits = (h · d_model^-0.5) · sharedᵀ; untied (v1.1): lm_head.
+//! - Decoder KV cache; cross-attention K/V are computed once per request at encode time and shared
+//!   by every beam of that request.
+
+use crate::checkpoint::{Checkpoint, WeightTensor};
+use crate::cpu::attention::{attention, AttnShape, ScoreMod, View};
+use crate::cpu::{gelu_erf, gelu_tanh, matmul_wt, rms_norm, silu};
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+fn d_32() -> usize { 32 }
+fn d_128() -> usize { 128 }
+fn d_eps() -> f64 { 1e-6 }
+fn d_relu() -> String { "relu".into() }
+fn d_true() -> bool { true }
+fn d_1() -> u32 { 1 }
+
+/// `config.json` of a T5 checkpoint; field names and defaults as in HF `T5Config`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    #[serde(default = "d_32")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "d_128")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "d_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "d_relu")]
+    pub feed_forward_proj: String,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "d_1")]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Act {
+    Relu,
+    GeluTanh,
+    GeluErf,
+    Silu,
+}
+
+impl T5Config {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&text, path)
+    }
+
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let cfg: T5Config = serde_json::from_str(text).map_err(|e| Error::config(path, format!("{e}")))?;
+        if let Some(mt) = &cfg.model_type {
+            if mt != "t5" && mt != "mt5" && mt != "umt5" {
+                return Err(Error::config(path, format!("model_type `{mt}` is not a T5 model")));
+            }
+            if mt == "umt5" {
+                return Err(Error::config(path, "umt5 (per-layer position bias) is not supported yet"));
+            }
+        }
+        for (name, v) in [("d_model", cfg.d_model), ("d_kv", cfg.d_kv), ("num_heads", cfg.num_heads), ("vocab_size", cfg.vocab_size), ("num_layers", cfg.num_layers), ("d_ff", cfg.d_ff)] {
+            if v == 0 {
+                return Err(Error::config(path, format!("`{name}` must be positive")));
+            }
+        }
+        if cfg.relative_attention_num_buckets < 2 {
+            return Err(Error::config(path, "`relative_attention_num_buckets` must be at least 2"));
+        }
+        cfg.ffn_kind().map_err(|m| Error::config(path, m))?;
+        Ok(cfg)
+    }
+
+    pub fn n_dec_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+    pub fn inner(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+    pub fn decoder_start(&self) -> u32 {
+        self.decoder_start_token_id.unwrap_or(self.pad_token_id)
+    }
+
+    /// (gated, activation) from `feed_forward_proj`, following HF's parsing: "[gated-]ACT".
+    pub fn ffn_kind(&self) -> std::result::Result<(bool, Act), String> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let (gated, act) = match parts.as_slice() {
+            [a] => (false, *a),
+            ["gated", a] => (true, *a),
+            _ => return Err(format!("`feed_forward_proj` = `{}` is not of the form [gated-]ACT", self.feed_forward_proj)),
+        };
+        // HF maps "gated-gelu" to gelu_new (tanh form) for backwards compatibility.
+        let act = match (gated, act) {
+            (_, "relu") => Act::Relu,
+            (true, "gelu") => Act::GeluTanh,
+            (false, "gelu") => Act::GeluErf,
+            (_, "gelu_new") | (_, "gelu_pytorch_tanh") => Act::GeluTanh,
+            (_, "silu") | (_, "swish") => Act::Silu,
+            _ => {
+                return Err(format!(
+                    "`feed_forward_proj` = `{}`: unknown activation `{act}` (supported: relu, gelu, gelu_new, silu, with optional gated- prefix)",
+                    self.feed_forward_proj
+                ))
+            }
+        };
+        Ok((gated, act))
+    }
+}
+
+/// HF `T5Attention._relative_position_bucket`, computed in f32 as PyTorch does.
+pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut bucket = 0i64;
+    let mut rp = relative_position;
+    if bidirectional {
+        nb /= 2;
+        if rp > 0 {
+            bucket += nb;
+        }
+        rp = rp.abs();
+    } else {
+        rp = -rp.min(0);
+    }
+    let max_exact = nb / 2;
+    if rp < max_exact {
+        bucket += rp;
+    } else {
+        // torch: max_exact + (log(rp.float() / max_exact) / math.log(max_distance / max_exact)
+        //        * (num_buckets - max_exact)).to(long), clamped to num_buckets - 1.
+        let denom = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+        let val = ((rp as f32) / (max_exact as f32)).ln() / denom * ((nb - max_exact) as f32);
+        let large = (max_exact + val as i64).min(nb - 1);
+        bucket += large;
+    }
+    bucket as usize
+}
+
+struct Attn {
+    q: WeightTensor, // [H*dk, d_model]
+    k: WeightTensor, // [H*dk, d_model]
+    v: WeightTensor, // [H*dk, d_model]
+    o: WeightTensor, // [d_model, H*dk]
+}
+
+enum Ffn {
+    Plain { wi: WeightTensor, wo: WeightTensor },                     // wi [d_ff, d_model], wo [d_model, d_ff]
+    Gated { wi0: WeightTensor, wi1: WeightTensor, wo: WeightTensor }, // wi_0, wi_1 [d_ff, d_model]
+}
+
+struct EncLayer {
+    ln_attn: WeightTensor, // layer.0.layer_norm [d_model]
+    attn: Attn,
+    ln_ff: WeightTensor, // layer.1.layer_norm [d_model]
+    ffn: Ffn,
+}
+
+struct DecLayer {
+    ln_self: WeightTensor, // layer.0.layer_norm
+    self_attn: Attn,
+    ln_cross: WeightTensor, // layer.1.layer_norm
+    cross: Attn,
+    ln_ff: WeightTensor, // layer.2.layer_norm
+    ffn: Ffn,
+}
+
+pub struct T5Model {
+    pub cfg: T5Config,
+    act: Act,
+    shared: WeightTensor,           // [vocab, d_model]
+    lm_head: Option<WeightTensor>,  // [vocab, d_model] when untied
+    enc_rel_bias: WeightTensor,     // encoder.block.0...relative_attention_bias [buckets, H]
+    dec_rel_bias: WeightTensor,     // decoder.block.0...relative_attention_bias [buckets, H]
+    enc: Vec<EncLayer>,
+    enc_final_ln: WeightTensor,
+    dec: Vec<DecLayer>,
+    dec_final_ln: WeightTensor,
+    /// number of weights used in place from the memory map (zero copy), for reports
+    pub mapped_tensors: usize,
+    pub total_tensors: usize,
+}
+
+impl T5Model {
+    pub fn load(cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
+        let (d, inner, dff, v) = (cfg.d_model, cfg.inner(), cfg.d_ff, cfg.vocab_size);
+        let (gated, act) = cfg.ffn_kind().map_err(|m| Error::config("config.json", m))?;
+        let mut n_total = 0usize;
+        let mut n_mapped = 0usize;
+        let mut get = |name: &str, shape: &[usize]| -> Result<WeightTensor> {
+            let w = ck.f32(name, shape)?;
+            n_total += 1;
+            if w.data.is_mapped() {
+                n_mapped += 1;
+            }
+            Ok(w)
+        };
+        let shared_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+            .into_iter()
+            .find(|n| ck.contains(n))
+            .unwrap_or("shared.weight");
+        let shared = get(shared_name, &[v, d])?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[v, d])?) };
+        let nb = cfg.relative_attention_num_buckets;
+        let attn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Attn> {
+            Ok(Attn {
+                q: get(&format!("{p}.q.weight"), &[inner, d])?,
+                k: get(&format!("{p}.k.weight"), &[inner, d])?,
+                v: get(&format!("{p}.v.weight"), &[inner, d])?,
+                o: get(&format!("{p}.o.weight"), &[d, inner])?,
+            })
+        };
+        let ffn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Ffn> {
+            Ok(if gated {
+                Ffn::Gated {
+                    wi0: get(&format!("{p}.DenseReluDense.wi_0.weight"), &[dff, d])?,
+                    wi1: get(&format!("{p}.DenseReluDense.wi_1.weight"), &[dff, d])?,
+                    wo: get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?,
+                }
+            } else {
+                Ffn::Plain {
+                    wi: get(&format!("{p}.DenseReluDense.wi.weight"), &[dff, d])?,
+                    wo: get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?,
+                }
+            })
+        };
+        let enc_rel_bias = get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", &[nb, cfg.num_heads])?;
+        let dec_rel_bias = get("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", &[nb, cfg.num_heads])?;
+        let mut enc = Vec::new();
+        for i in 0..cfg.num_layers {
+            let p = format!("encoder.block.{i}");
+            enc.push(EncLayer {
+                ln_attn: get(&format!("{p}.layer.0.layer_norm.weight"), &[d])?,
+                attn: attn(&mut get, &format!("{p}.layer.0.SelfAttention"))?,
+                ln_ff: get(&format!("{p}.layer.1.layer_norm.weight"), &[d])?,
+                ffn: ffn(&mut get, &format!("{p}.layer.1"))?,
+            });
+        }
+        let enc_final_ln = get("encoder.final_layer_norm.weight", &[d])?;
+        let mut dec = Vec::new();
+        for i in 0..cfg.n_dec_layers() {
+            let p = format!("decoder.block.{i}");
+            dec.push(DecLayer {
+                ln_self: get(&format!("{p}.layer.0.layer_norm.weight"), &[d])?,
+                self_attn: attn(&mut get, &format!("{p}.layer.0.SelfAttention"))?,
+                ln_cross: get(&format!("{p}.layer.1.layer_norm.weight"), &[d])?,
+                cross: attn(&mut get, &format!("{p}.layer.1.EncDecAttention"))?,
+                ln_ff: get(&format!("{p}.layer.2.layer_norm.weight"), &[d])?,
+                ffn: ffn(&mut get, &format!("{p}.layer.2"))?,
+            });
+        }
+        let dec_final_ln = get("decoder.final_layer_norm.weight", &[d])?;
+        // Checkpoints with a layer more than the config says are mismatched: say so.
+        if ck.contains(&format!("encoder.block.{}.layer.0.layer_norm.weight", cfg.num_layers))
+            || ck.contains(&format!("decoder.block.{}.layer.0.layer_norm.weight", cfg.n_dec_layers()))
+        {
+            return Err(Error::config(
+                "config.json",
+                "the checkpoint has more layers than num_layers/num_decoder_layers say: config and weights do not belong together",
+            ));
+        }
+        Ok(T5Model {
+            cfg,
+            act,
+            shared,
+            lm_head,
+            enc_rel_bias,
+            dec_rel_bias,
+            enc,
+            enc_final_ln,
+            dec,
+            dec_final_ln,
+            mapped_tensors: n_mapped,
+            total_tensors: n_total,
+        })
+    }
+
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let cfg = T5Config::from_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::open_dir(dir)?;
+        Self::load(cfg, &ck)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    fn embed(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
+        let d = self.cfg.d_model;
+        let table = self.shared.as_slice();
+        for (i, &t) in ids.iter().enumerate() {
+            let t = t as usize;
+            if t >= self.cfg.vocab_size {
+                return Err(Error::Input(format!("token id {t} is outside the vocabulary (size {})", self.cfg.vocab_size)));
+            }
+            out[i * d..(i + 1) * d].copy_from_slice(&table[t * d..(t + 1) * d]);
+        }
+        Ok(())
+    }
+
+    fn ffn(&self, f: &Ffn, x: &[f32], m: usize, out: &mut [f32], s: &mut FfnScratch) {
+        let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
+        s.a.resize(m * dff, 0.0);
+        match f {
+            Ffn::Plain { wi, wo } => {
+                matmul_wt(x, m, d, wi.as_slice(), dff, &mut s.a, false);
+                let act = self.act;
+                s.a.iter_mut().for_each(|v| *v = apply_act(act, *v));
+                matmul_wt(&s.a, m, dff, wo.as_slice(), d, out, true);
+            }
+            Ffn::Gated { wi0, wi1, wo } => {
+                s.b.resize(m * dff, 0.0);
+                matmul_wt(x, m, d, wi0.as_slice(), dff, &mut s.a, false);
+                matmul_wt(x, m, d, wi1.as_slice(), dff, &mut s.b, false);
+                let act = self.act;
+                s.a.iter_mut().zip(&s.b).for_each(|(g, &l)| *g = apply_act(act, *g) * l);
+                matmul_wt(&s.a, m, dff, wo.as_slice(), d, out, true);
+            }
+        }
+    }
+
+    /// Run the encoder on a right-padded batch. `ids` and `mask` are [batch, seq] row-major.
+    /// Returns the encoder state (hidden states and the cross-attention K/V of every decoder layer).
+    pub fn encode(&self, ids: &[u32], mask: &[u8], batch: usize, seq: usize) -> Result<EncoderOut> {
+        let c = &self.cfg;
+        let (d, inner, h, dk) = (c.d_model, c.inner(), c.num_heads, c.d_kv);
+        if ids.len() != batch * seq || mask.len() != batch * seq {
+            return Err(Error::Input(format!("encode: ids/mask length {} / {} != batch {batch} × seq {seq}", ids.len(), mask.len())));
+        }
+        if seq == 0 {
+            return Err(Error::Input("empty input: the encoder needs at least one token".into()));
+        }
+        let m = batch * seq;
+        let mut x = vec![0.0f32; m * d];
+        self.embed(ids, &mut x)?;
+        let mut n = vec![0.0f32; m * d];
+        let mut q = vec![0.0f32; m * inner];
+        let mut k = vec![0.0f32; m * inner];
+        let mut v = vec![0.0f32; m * inner];
+        let mut ctx = vec![0.0f32; m * inner];
+        let mut sc = Vec::new();
+        let mut fs = FfnScratch::default();
+        // Bucketed bias table per relative distance j - i in [-(seq-1), seq-1].
+        let buckets: Vec<usize> = (0..2 * seq - 1)
+            .map(|r| relative_position_bucket(r as i64 - (seq as i64 - 1), true, c.relative_attention_num_buckets, c.relative_attention_max_distance))
+            .collect();
+        let sm = EncMod { bias: self.enc_rel_bias.as_slice(), buckets: &buckets, heads: h, seq, mask, seqk: seq, offset: seq - 1 };
+        let shape = AttnShape { batch, heads: h, kv_heads: h, tq: seq, tk: seq, dk };
+        let view = View { sb: seq * inner, sh: dk, st: inner };
+        for l in &self.enc {
+            rms_norm(&x, l.ln_attn.as_slice(), c.layer_norm_epsilon as f32, &mut n);
+            matmul_wt(&n, m, d, l.attn.q.as_slice(), inner, &mut q, false);
+            matmul_wt(&n, m, d, l.attn.k.as_slice(), inner, &mut k, false);
+            matmul_wt(&n, m, d, l.attn.v.as_slice(), inner, &mut v, false);
+            attention(&shape, &q, view, &k, view, &v, view, &|b| b, &sm, &mut ctx, &mut sc);
+            matmul_wt(&ctx, m, inner, l.attn.o.as_slice(), d, &mut x, true);
+            rms_norm(&x, l.ln_ff.as_slice(), c.layer_norm_epsilon as f32, &mut n);
+            self.ffn(&l.ffn, &n, m, &mut x, &mut fs);
+        }
+        rms_norm(&x, self.enc_final_ln.as_slice(), c.layer_norm_epsilon as f32, &mut n);
+        // Cross-attention K/V for every decoder layer, once per request: [batch, seq, inner].
+        let mut cross = Vec::with_capacity(self.dec.len());
+        for l in &self.dec {
+            let mut ck = vec![0.0f32; m * inner];
+            let mut cv = vec![0.0f32; m * inner];
+            matmul_wt(&n, m, d, l.cross.k.as_slice(), inner, &mut ck, false);
+            matmul_wt(&n, m, d, l.cross.v.as_slice(), inner, &mut cv, false);
+            cross.push((ck, cv));
+        }
+        Ok(EncoderOut { batch, seq, hidden: n, mask: mask.to_vec(), cross })
+    }
+
+    /// A fresh decoder state for `rows` sequences; `src[r]` is the encoder batch row of sequence r.
+    pub fn new_decoder_state(&self, enc: &EncoderOut, src: Vec<usize>, capacity: usize) -> DecoderState {
+        let c = &self.cfg;
+        let rows = src.len();
+        let cap = capacity.max(1);
+        let per = rows * c.num_heads * cap * c.d_kv;
+        DecoderState {
+            src,
+            len: 0,
+            cap,
+            self_k: (0..self.dec.len()).map(|_| vec![0.0; per]).collect(),
+            self_v: (0..self.dec.len()).map(|_| vec![0.0; per]).collect(),
+            enc_seq: enc.seq,
+            scratch: DecScratch::default(),
+        }
+    }
+
+    fn grow(&self, st: &mut DecoderState, need: usize) {
+        if need <= st.cap {
+            return;
+        }
+        let c = &self.cfg;
+        let (h, dk, rows) = (c.num_heads, c.d_kv, st.src.len());
+        let new_cap = need.max(st.cap * 2);
+        for buf in st.self_k.iter_mut().chain(st.self_v.iter_mut()) {
+            let mut nb = vec![0.0f32; rows * h * new_cap * dk];
+            for r in 0..rows {
+                for hh in 0..h {
+                    let o = (r * h + hh) * st.cap * dk;
+                    let n = (r * h + hh) * new_cap * dk;
+                    nb[n..n + st.len * dk].copy_from_slice(&buf[o..o + st.len * dk]);
+                }
+            }
+            *buf = nb;
+        }
+        st.cap = new_cap;
+    }
+
+    /// Row r of the new state continues old row `parents[r]` (beam reordering, or dropping
+    /// finished rows). Copies only the filled part of each cache row.
+    pub fn select_rows(&self, st: &mut DecoderState, parents: &[usize]) -> Result<()> {
+        let c = &self.cfg;
+        let (h, dk) = (c.num_heads, c.d_kv);
+        let old_rows = st.src.len();
+        if let Some(&bad) = parents.iter().find(|&&p| p >= old_rows) {
+            return Err(Error::Input(format!("select_rows: parent {bad} >= {old_rows} rows")));
+        }
+        if parents.len() == old_rows && parents.iter().enumerate().all(|(i, &p)| i == p) {
+            return Ok(());
+        }
+        let row = h * st.cap * dk;
+        let used = st.len * dk;
+        for buf in st.self_k.iter_mut().chain(st.self_v.iter_mut()) {
+            let mut nb = vec![0.0f32; parents.len() * row];
+            for (r, &p) in parents.iter().enumerate() {
+                for hh in 0..h {
+                    let o = p * row + hh * st.cap * dk;
+                    let n = r * row + hh * st.cap * dk;
+                    nb[n..n + used].copy_from_slice(&buf[o..o + used]);
+                }
+            }
+            *buf = nb;
+        }
+        st.src = parents.iter().map(|&p| st.src[p]).collect();
+        Ok(())
+    }
+
+    /// Feed `t_new` tokens per sequence (ids: [rows, t_new]) at positions len..len+t_new, appending
+    /// to the KV cache. Writes logits for every new position (`all`) or only the last one into
+    /// `logits` ([rows, t_new or 1, vocab]).
+    pub fn decode(&self, enc: &EncoderOut, st: &mut DecoderState, ids: &[u32], t_new: usize, all: bool, logits: &mut Vec<f32>) -> Result<()> {
+        let c = &self.cfg;
+        let (d, inner, h, dk, vsz) = (c.d_model, c.inner(), c.num_heads, c.d_kv, c.vocab_size);
+        let rows = st.src.len();
+        if ids.len() != rows * t_new || t_new == 0 {
+            return Err(Error::Input(format!("decode: {} ids for {rows} sequences × {t_new} tokens", ids.len())));
+        }
+        let p0 = st.len;
+        self.grow(st, p0 + t_new);
+        let m = rows * t_new;
+        let cap = st.cap;
+        let eps = c.layer_norm_epsilon as f32;
+        let mut s = std::mem::take(&mut st.scratch);
+        s.x.resize(m * d, 0.0);
+        s.n.resize(m * d, 0.0);
+        s.q.resize(m * inner, 0.0);
+        s.k.resize(m * inner, 0.0);
+        s.v.resize(m * inner, 0.0);
+        s.ctx.resize(m * inner, 0.0);
+        self.embed(ids, &mut s.x)?;
+        let tk = p0 + t_new;
+        // Unidirectional buckets for key j vs query position p0+i. Only visible keys (j <= p0+i)
+        // are biased, so the distance j - (p0+i) lies in [-(tk-1), 0]: index it by + (tk-1).
+        s.buckets.clear();
+        s.buckets.extend((0..tk).map(|r| {
+            relative_position_bucket(r as i64 - (tk as i64 - 1), false, c.relative_attention_num_buckets, c.relative_attention_max_distance)
+        }));
+        let self_mod = DecSelfMod { bias: self.dec_rel_bias.as_slice(), buckets: &s.buckets, heads: h, p0, offset: tk - 1 };
+        let cross_mod = CrossMod { mask: &enc.mask, seq: enc.seq, src: &st.src };
+        let qview = View { sb: t_new * inner, sh: dk, st: inner };
+        let cache_view = View { sb: h * cap * dk, sh: cap * dk, st: dk };
+        let enc_view = View { sb: enc.seq * inner, sh: dk, st: inner };
+        let self_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk, dk };
+        let cross_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk: enc.seq, dk };
+        let src = st.src.clone();
+        for (li, l) in self.dec.iter().enumerate() {
+            // self-attention
+            rms_norm(&s.x, l.ln_self.as_slice(), eps, &mut s.n);
+            matmul_wt(&s.n, m, d, l.self_attn.q.as_slice(), inner, &mut s.q, false);
+            matmul_wt(&s.n, m, d, l.self_attn.k.as_slice(), inner, &mut s.k, false);
+            matmul_wt(&s.n, m, d, l.self_attn.v.as_slice(), inner, &mut s.v, false);
+            // append K/V: [rows, t_new, H*dk] -> cache [rows, H, cap, dk] at p0..
+            let (kc, vc) = (&mut st.self_k[li], &mut st.self_v[li]);
+            for r in 0..rows {
+                for t in 0..t_new {
+                    for hh in 0..h {
+                        let src_off = (r * t_new + t) * inner + hh * dk;
+                        let dst = ((r * h + hh) * cap + p0 + t) * dk;
+                        kc[dst..dst + dk].copy_from_slice(&s.k[src_off..src_off + dk]);
+                        vc[dst..dst + dk].copy_from_slice(&s.v[src_off..src_off + dk]);
+                    }
+                }
+            }
+            attention(&self_shape, &s.q, qview, kc, cache_view, vc, cache_view, &|b| b, &self_mod, &mut s.ctx, &mut s.sc);
+            matmul_wt(&s.ctx, m, inner, l.self_attn.o.as_slice(), d, &mut s.x, true);
+            // cross-attention over the encoder output (K/V precomputed at encode time)
+            rms_norm(&s.x, l.ln_cross.as_slice(), eps, &mut s.n);
+            matmul_wt(&s.n, m, d, l.cross.q.as_slice(), inner, &mut s.q, false);
+            let (ck, cv) = &enc.cross[li];
+            attention(&cross_shape, &s.q, qview, ck, enc_view, cv, enc_view, &|b| src[b], &cross_mod, &mut s.ctx, &mut s.sc);
+            matmul_wt(&s.ctx, m, inner, l.cross.o.as_slice(), d, &mut s.x, true);
+            // feed-forward
+            rms_norm(&s.x, l.ln_ff.as_slice(), eps, &mut s.n);
+            self.ffn(&l.ffn, &s.n, m, &mut s.x, &mut s.ffn);
+        }
+        rms_norm(&s.x, self.dec_final_ln.as_slice(), eps, &mut s.n);
+        // Select rows for the head: all positions, or the last position of each sequence.
+        let (hrows, hin): (usize, &[f32]) = if all || t_new == 1 {
+            (m, &s.n[..m * d])
+        } else {
+            s.last.resize(rows * d, 0.0);
+            for r in 0..rows {
+                let from = (r * t_new + t_new - 1) * d;
+                s.last[r * d..(r + 1) * d].copy_from_slice(&s.n[from..from + d]);
+            }
+            (rows, &s.last[..])
+        };
+        logits.resize(hrows * vsz, 0.0);
+        match &self.lm_head {
+            Some(w) => matmul_wt(hin, hrows, d, w.as_slice(), vsz, logits, false),
+            None => {
+                // tied: sequence_output * model_dim**-0.5, then the shared embedding
+                let scale = (d as f32).powf(-0.5);
+                s.tied.clear();
+                s.tied.extend(hin.iter().map(|v| v * scale));
+                matmul_wt(&s.tied, hrows, d, self.shared.as_slice(), vsz, logits, false);
+            }
+        }
+        st.len = p0 + t_new;
+        st.scratch = s;
+        Ok(())
+    }
+}
+
+#[inline]
+fn apply_act(a: Act, v: f32) -> f32 {
+    match a {
+        Act::Relu => v.max(0.0),
+        Act::GeluTanh => gelu_tanh(v),
+        Act::GeluErf => gelu_erf(v),
+        Act::Silu => silu(v),
+    }
+}
+
+#[derive(Default)]
+struct FfnScratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+/// Buffers reused across decode steps so a step allocates nothing once warmed up.
+#[derive(Default)]
+pub struct DecScratch {
+    x: Vec<f32>,
+    n: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    ctx: Vec<f32>,
+    sc: Vec<f32>,
+    last: Vec<f32>,
+    tied: Vec<f32>,
+    buckets: Vec<usize>,
+    ffn: FfnScratch,
+}
+
+/// Encoder output for one batch of requests.
+pub struct EncoderOut {
+    pub batch: usize,
+    pub seq: usize,
+    /// final encoder hidden states [batch, seq, d_model]
+    pub hidden: Vec<f32>,
+    /// 1 = real token, 0 = padding; [batch, seq]
+    pub mask: Vec<u8>,
+    /// per decoder layer: (K, V) each [batch, seq, H*dk]
+    cross: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Per-request decoder state: KV cache [rows, H, cap, dk] per layer, and each row's source index.
+pub struct DecoderState {
+    pub src: Vec<usize>,
+    pub len: usize,
+    cap: usize,
+    self_k: Vec<Vec<f32>>,
+    self_v: Vec<Vec<f32>>,
+    pub enc_seq: usize,
+    scratch: DecScratch,
+}
+
+struct EncMod<'a> {
+    bias: &'a [f32],
+    buckets: &'a [usize],
+    heads: usize,
+    seq: usize,
+    seqk: usize,
+    mask: &'a [u8],
+    offset: usize,
+}
+impl ScoreMod for EncMod<'_> {
+    #[inline]
+    fn bias(&self, h: usize, i: usize, j: usize) -> f32 {
+        self.bias[self.buckets[j + self.offset - i] * self.heads + h]
+    }
+    #[inline]
+    fn allowed(&self, b: usize, _i: usize, j: usize) -> bool {
+        let _ = self.seq;
+        self.mask[b * self.seqk + j] != 0
+    }
+}
+
+struct DecSelfMod<'a> {
+    bias: &'a [f32],
+    buckets: &'a [usize],
+    heads: usize,
+    p0: usize,
+    offset: usize,
+}
+impl ScoreMod for DecSelfMod<'_> {
+    #[inline]
+    fn bias(&self, h: usize, i: usize, j: usize) -> f32 {
+        // index = (j - (p0+i)) + offset, with j <= p0+i guaranteed by `allowed`
+        let r = j + self.offset - (self.p0 + i);
+        self.bias[self.buckets[r] * self.heads + h]
+    }
+    #[inline]
+    fn allowed(&self, _b: usize, i: usize, j: usize) -> bool {
+        j <= self.p0 + i
+    }
+}
+
+struct CrossMod<'a> {
+    mask: &'a [u8],
+    seq: usize,
+    src: &'a [usize],
+}
+impl ScoreMod for CrossMod<'_> {
+    #[inline]
+    fn bias(&self, _h: usize, _i: usize, _j: usize) -> f32 {
+        0.0
+    }
+    #[inline]
+    fn allowed(&self, b: usize, _i: usize, j: usize) -> bool {
+        self.mask[self.src[b] * self.seq + j] != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket as rb;
+    #[test]
+    fn buckets_match_hf_examples() {
+        // Hand-derived from HF's T5Attention._relative_position_bucket formula (32 buckets, max
+        // distance 128); the fixtures check the full tables against transformers end to end.
+        // bidirectional: positive distances use the upper half.
+        assert_eq!(rb(0, true, 32, 128), 0);
+        assert_eq!(rb(1, true, 32, 128), 17);
+        assert_eq!(rb(-1, true, 32, 128), 1);
+        assert_eq!(rb(-7, true, 32, 128), 7);
+        assert_eq!(rb(-8, true, 32, 128), 8);
+        assert_eq!(rb(-1000, true, 32, 128), 15);
+        // unidirectional (decoder): only the past has buckets; the future collapses to 0.
+        assert_eq!(rb(5, false, 32, 128), 0);
+        assert_eq!(rb(-15, false, 32, 128), 15);
+        assert_eq!(rb(-16, false, 32, 128), 16);
+        assert_eq!(rb(-1000, false, 32, 128), 31);
+    }
+}
+
+/// The T5 decoder as a `Stepper` for the generation loop: one request batch's encoder output and
+/// its decoder cache.
+pub struct T5Stepper<'a> {
+    pub model: &'a T5Model,
+    pub enc: &'a EncoderOut,
+    pub state: DecoderState,
+}
+
+impl<'a> T5Stepper<'a> {
+    /// `src[r]` = encoder batch row of decoder row r (beams: b repeated K times).
+    pub fn new(model: &'a T5Model, enc: &'a EncoderOut, src: Vec<usize>, capacity: usize) -> Self {
+        let state = model.new_decoder_state(enc, src, capacity);
+        T5Stepper { model, enc, state }
+    }
+}
+
+impl crate::generate::Stepper for T5Stepper<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        self.model.decode(self.enc, &mut self.state, tokens, 1, false, logits)
+    }
+    fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
+        self.model.select_rows(&mut self.state, parents)
+    }
+}

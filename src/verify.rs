@@ -1,0 +1,219 @@
+//! `jobx-engine verify DIR`: compare the engine with a reference dump in the `jobx-reference-v1`
+//! format (written by tools/gen_reference.py from HF transformers, or by any other tool).
+//!
+//! Folder layout: an HF model folder's files (config.json, model.safetensors), an optional PEFT
+//! adapter subfolder, `reference.json` (format, arch, dtype, adapter, tolerance_rel, cases) and
+//! `reference.safetensors` with per-case tensors `caseK.input_ids`, `caseK.attention_mask`,
+//! `caseK.decoder_input_ids` (T5), `caseK.logits`, `caseK.greedy`. Per case the relative error
+//! max|ours − ref| / max|ref| over the logits must be ≤ tolerance_rel and greedy ids must be equal.
+//! `caseK.beam` with a `"beam"` object in the case is an extension checked the same way.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::generate::{generate, EarlyStopping, GenOptions};
+use crate::models::t5::{T5Model, T5Stepper};
+use serde::Deserialize;
+use serde_json::json;
+use std::path::Path;
+
+#[derive(Debug, Deserialize)]
+pub struct RefCase {
+    pub name: String,
+    pub batch: usize,
+    pub has_logits: bool,
+    pub has_greedy: bool,
+    pub max_new_tokens: Option<usize>,
+    #[serde(default)]
+    pub beam: Option<BeamSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BeamSpec {
+    pub num_beams: usize,
+    pub max_length: usize,
+    #[serde(default)]
+    pub early_stopping: serde_json::Value,
+    #[serde(default)]
+    pub length_penalty: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefSpec {
+    pub format: String,
+    pub arch: String,
+    pub dtype: String,
+    pub adapter: Option<String>,
+    pub tolerance_rel: f64,
+    pub cases: Vec<RefCase>,
+}
+
+/// The summary of a verify run (also printed as the last JSON line).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifySummary {
+    pub fixture: String,
+    pub cases: usize,
+    pub max_rel_err: f64,
+    pub greedy_match: bool,
+    pub ok: bool,
+}
+
+/// End-of-sequence ids the way HF `generate` takes them: generation_config.json first, then config.
+pub fn eos_ids(dir: &Path, fallback: u32) -> Vec<u32> {
+    for f in ["generation_config.json", "config.json"] {
+        if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                match v.get("eos_token_id") {
+                    Some(serde_json::Value::Number(n)) => return vec![n.as_u64().unwrap_or(fallback as u64) as u32],
+                    Some(serde_json::Value::Array(a)) => {
+                        let ids: Vec<u32> = a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect();
+                        if !ids.is_empty() {
+                            return ids;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    vec![fallback]
+}
+
+fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
+    v.iter()
+        .map(|&x| u32::try_from(x).map_err(|_| Error::Input(format!("`{name}` holds a negative or too large id {x}"))))
+        .collect()
+}
+
+fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
+    let mut max_diff = 0.0f64;
+    let mut max_ref = 0.0f64;
+    for (a, b) in ours.iter().zip(reference) {
+        max_diff = max_diff.max((*a as f64 - *b as f64).abs());
+        max_ref = max_ref.max((*b as f64).abs());
+    }
+    if ours.len() != reference.len() || ours.iter().any(|x| !x.is_finite()) {
+        return f64::INFINITY;
+    }
+    if max_ref == 0.0 { max_diff } else { max_diff / max_ref }
+}
+
+/// Run every case; `emit` receives one JSON value per case. Returns the summary.
+pub fn verify_dir(dir: &Path, emit: &mut dyn FnMut(serde_json::Value)) -> Result<VerifySummary> {
+    let spec_path = dir.join("reference.json");
+    let text = std::fs::read_to_string(&spec_path).map_err(|e| Error::io(&spec_path, e))?;
+    let spec: RefSpec = serde_json::from_str(&text).map_err(|e| Error::config(&spec_path, format!("{e}")))?;
+    if spec.format != "jobx-reference-v1" {
+        return Err(Error::config(&spec_path, format!("format `{}` is not jobx-reference-v1", spec.format)));
+    }
+    if spec.dtype != "float32" {
+        return Err(Error::config(&spec_path, format!("dtype `{}`: only float32 references are supported", spec.dtype)));
+    }
+    if let Some(a) = &spec.adapter {
+        return Err(Error::Unsupported(format!(
+            "this fixture applies the PEFT adapter `{a}`: adapters are not supported yet (they come with the Mistral/LoRA work)"
+        )));
+    }
+    if spec.arch != "t5" {
+        return Err(Error::Unsupported(format!("arch `{}` is not supported yet (supported: t5)", spec.arch)));
+    }
+    let model = T5Model::load_dir(dir)?;
+    let eos = eos_ids(dir, model.cfg.eos_token_id);
+    let refs = Checkpoint::open_files(&[dir.join("reference.safetensors")], "reference.safetensors")?;
+    let fixture = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let mut max_rel = 0.0f64;
+    let mut greedy_ok = true;
+    let mut all_ok = true;
+    for case in &spec.cases {
+        let n = &case.name;
+        let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
+        let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
+        if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
+            return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
+        }
+        let (b, s) = (ishape[0], ishape[1]);
+        let ids = to_u32("input_ids", &ids)?;
+        let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
+        let enc = model.encode(&ids, &mask, b, s)?;
+        let mut line = json!({"case": n, "batch": b, "src_len": s});
+        let mut case_ok = true;
+        if case.has_logits {
+            let (dshape, dids) = refs.i64(&format!("{n}.decoder_input_ids"))?;
+            if dshape.len() != 2 || dshape[0] != b {
+                return Err(Error::Input(format!("{n}: decoder_input_ids shape {dshape:?}")));
+            }
+            let t = dshape[1];
+            let dids = to_u32("decoder_input_ids", &dids)?;
+            let reference = refs.f32_any(&format!("{n}.logits"))?;
+            let mut st = model.new_decoder_state(&enc, (0..b).collect(), t);
+            let mut logits = Vec::new();
+            model.decode(&enc, &mut st, &dids, t, true, &mut logits)?;
+            let e = rel_err(&logits, reference.as_slice());
+            max_rel = max_rel.max(e);
+            let ok = e <= spec.tolerance_rel;
+            case_ok &= ok;
+            line["logits_shape"] = json!(reference.shape);
+            line["rel_err"] = json!(e);
+            line["logits_ok"] = json!(ok);
+        }
+        if case.has_greedy {
+            let (_, want) = refs.i64(&format!("{n}.greedy"))?;
+            let want = to_u32("greedy", &want)?;
+            let opts = GenOptions { max_new_tokens: case.max_new_tokens.unwrap_or(want.len()), eos: eos.clone(), ..Default::default() };
+            let mut stepper = T5Stepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1);
+            let start = vec![model.cfg.decoder_start(); b];
+            let out = generate(&mut stepper, &start, &opts, &mut [])?;
+            let got = &out[0].tokens;
+            let ok = *got == want;
+            greedy_ok &= ok;
+            case_ok &= ok;
+            line["greedy_len"] = json!(want.len());
+            line["greedy_match"] = json!(ok);
+            if !ok {
+                line["greedy_ours"] = json!(got);
+                line["greedy_ref"] = json!(want);
+            }
+        }
+        if let Some(bs) = &case.beam {
+            let name = format!("{n}.beam");
+            if refs.contains(&name) {
+                let (_, want) = refs.i64(&name)?;
+                let want = to_u32("beam", &want)?;
+                let es = match &bs.early_stopping {
+                    serde_json::Value::Bool(true) => EarlyStopping::True,
+                    serde_json::Value::String(s) if s == "never" => EarlyStopping::Never,
+                    _ => EarlyStopping::False,
+                };
+                let opts = GenOptions {
+                    max_new_tokens: bs.max_length.saturating_sub(1),
+                    num_beams: bs.num_beams,
+                    early_stopping: es,
+                    length_penalty: bs.length_penalty.unwrap_or(1.0),
+                    eos: eos.clone(),
+                    ..Default::default()
+                };
+                let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(bs.num_beams)).collect();
+                let mut stepper = T5Stepper::new(&model, &enc, src, bs.max_length);
+                let start = vec![model.cfg.decoder_start(); b];
+                let out = generate(&mut stepper, &start, &opts, &mut [])?;
+                // HF pads finished beams with pad ids up to the longest; compare without trailing pad.
+                let pad = model.cfg.pad_token_id;
+                let mut w = want.clone();
+                while w.len() > out[0].tokens.len() && w.last() == Some(&pad) {
+                    w.pop();
+                }
+                let ok = out[0].tokens == w;
+                greedy_ok &= ok;
+                case_ok &= ok;
+                line["beam_match"] = json!(ok);
+                if !ok {
+                    line["beam_ours"] = json!(out[0].tokens);
+                    line["beam_ref"] = json!(w);
+                }
+            }
+        }
+        line["ok"] = json!(case_ok);
+        all_ok &= case_ok;
+        emit(line);
+    }
+    Ok(VerifySummary { fixture, cases: spec.cases.len(), max_rel_err: max_rel, greedy_match: greedy_ok, ok: all_ok })
+}
