@@ -82,7 +82,7 @@ fn dtype_size(d: Dtype) -> Option<usize> {
 
 impl Checkpoint {
     /// Open a model folder: `model.safetensors`, or the shards listed in
-    /// `model.safetensors.index.json`, or (failing both) every `*.safetensors` file in it.
+    /// `model.safetensors.index.json` (as `save_pretrained` writes them).
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
@@ -104,23 +104,14 @@ impl Checkpoint {
         } else if single.exists() {
             vec![single]
         } else {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map_err(|e| Error::io(dir, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().map(|x| x == "safetensors").unwrap_or(false))
-                .collect();
-            v.sort();
-            if v.is_empty() {
-                return Err(Error::Io {
-                    path: dir.to_path_buf(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "no model.safetensors, model.safetensors.index.json or *.safetensors in this folder \
-                         (PyTorch .bin checkpoints are not supported: convert them to safetensors)",
-                    ),
-                });
-            }
-            v
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json in this folder \
+                     (PyTorch .bin checkpoints are not supported: convert them to safetensors)",
+                ),
+            });
         };
         Self::open_files(&files, &dir.display().to_string())
     }

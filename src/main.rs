@@ -256,8 +256,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 &records,
                 &opts,
                 &mut |w| match &pb {
-                    Some(pb) => pb.println(format!("warning: {w}")),
-                    None => eprintln!("warning: {w}"),
+                    // a hidden bar (stderr not a terminal) would swallow println
+                    Some(pb) if !pb.is_hidden() => pb.println(format!("warning: {w}")),
+                    _ => eprintln!("warning: {w}"),
                 },
                 &mut |done| {
                     if let Some(pb) = &pb {

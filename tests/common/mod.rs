@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// Every fixture folder holding a reference.json, sorted.
+pub fn reference_fixtures() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures"))
+        .expect("tests/fixtures exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copy a folder's files (not subfolders) into a fresh temp dir.
+pub fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let t = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(src).expect("read fixture") {
+        let p = e.expect("entry").path();
+        if p.is_file() {
+            std::fs::copy(&p, t.path().join(p.file_name().unwrap())).expect("copy");
+        }
+    }
+    t
+}
+
+/// A complete model folder (weights + real T5 tokenizer) for text-pipeline tests.
+pub fn tiny_t5_with_tokenizer() -> tempfile::TempDir {
+    let t = copy_dir(&fixture("t5-tiny-real-vocab"));
+    let tok = repo().join("tests/fixtures/tokenizers/t5/tokenizer.json");
+    std::fs::copy(&tok, t.path().join("tokenizer.json")).expect("tests/fixtures/tokenizers/t5/tokenizer.json is committed");
+    t
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jobx-engine"))
+}
