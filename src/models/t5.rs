@@ -716,3 +716,93 @@ impl crate::generate::Stepper for T5Stepper<'_> {
         self.model.select_rows(&mut self.state, parents)
     }
 }
+
+/// Weight names and shapes of a T5 checkpoint for `cfg` (HF layout, `shared.weight` for the
+/// embedding), used to write random checkpoints for benchmarks and tests.
+pub fn weight_shapes(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
+    let (d, inner, dff, v, nb, h) = (cfg.d_model, cfg.inner(), cfg.d_ff, cfg.vocab_size, cfg.relative_attention_num_buckets, cfg.num_heads);
+    let gated = cfg.ffn_kind().map(|g| g.0).unwrap_or(false);
+    let mut w: Vec<(String, Vec<usize>)> = vec![("shared.weight".into(), vec![v, d])];
+    if !cfg.tie_word_embeddings {
+        w.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    let attn = |w: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        for x in ["q", "k", "v"] {
+            w.push((format!("{p}.{x}.weight"), vec![inner, d]));
+        }
+        w.push((format!("{p}.o.weight"), vec![d, inner]));
+    };
+    let ffn = |w: &mut Vec<(String, Vec<usize>)>, p: &str| {
+        if gated {
+            w.push((format!("{p}.DenseReluDense.wi_0.weight"), vec![dff, d]));
+            w.push((format!("{p}.DenseReluDense.wi_1.weight"), vec![dff, d]));
+        } else {
+            w.push((format!("{p}.DenseReluDense.wi.weight"), vec![dff, d]));
+        }
+        w.push((format!("{p}.DenseReluDense.wo.weight"), vec![d, dff]));
+    };
+    for (stack, n) in [("encoder", cfg.num_layers), ("decoder", cfg.n_dec_layers())] {
+        w.push((format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"), vec![nb, h]));
+        for i in 0..n {
+            let p = format!("{stack}.block.{i}");
+            w.push((format!("{p}.layer.0.layer_norm.weight"), vec![d]));
+            attn(&mut w, &format!("{p}.layer.0.SelfAttention"));
+            if stack == "decoder" {
+                w.push((format!("{p}.layer.1.layer_norm.weight"), vec![d]));
+                attn(&mut w, &format!("{p}.layer.1.EncDecAttention"));
+                w.push((format!("{p}.layer.2.layer_norm.weight"), vec![d]));
+                ffn(&mut w, &format!("{p}.layer.2"));
+            } else {
+                w.push((format!("{p}.layer.1.layer_norm.weight"), vec![d]));
+                ffn(&mut w, &format!("{p}.layer.1"));
+            }
+        }
+        w.push((format!("{stack}.final_layer_norm.weight"), vec![d]));
+    }
+    w
+}
+
+/// Write a seeded random f32 T5 checkpoint (config.json + model.safetensors) into `dir`.
+/// Norm weights are 1, other weights uniform in ±1/sqrt(fan_in) so activations stay tame.
+pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u64) -> Result<()> {
+    let cfg: T5Config = serde_json::from_value(cfg_json.clone()).map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg_json).unwrap_or_default()).map_err(|e| Error::io(dir, e))?;
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    let shapes = weight_shapes(&cfg);
+    let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape) in shapes {
+        let n: usize = shape.iter().product();
+        let scale = if name.contains("layer_norm") { 0.0 } else { 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt() };
+        let data: Vec<u8> = (0..n).flat_map(|_| (if scale == 0.0 { 1.0 } else { next() * scale }).to_le_bytes()).collect();
+        bufs.push((name, shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(n, s, d)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Safetensors { path: dir.join("model.safetensors"), msg: e.to_string() })
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
+        .map_err(|e| Error::Safetensors { path: dir.join("model.safetensors"), msg: e.to_string() })
+}
+
+/// flan-t5-small's shape (d_model 512, 8+8 layers, 6 heads × 64, d_ff 1024, vocab 32128,
+/// gated-gelu, untied): the CPU benchmark model.
+pub fn flan_t5_small_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "t5", "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 1024,
+        "num_layers": 8, "num_decoder_layers": 8, "num_heads": 6,
+        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "layer_norm_epsilon": 1e-6,
+        "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0
+    })
+}
