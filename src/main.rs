@@ -112,7 +112,12 @@ enum Cmd {
         decode: DecodeArgs,
     },
     /// Check the engine against a jobx-reference-v1 dump (model folder + reference tensors)
-    Verify { dirs: Vec<PathBuf> },
+    Verify {
+        dirs: Vec<PathBuf>,
+        /// Merge the fixture's adapter into the weights instead of applying it unmerged
+        #[arg(long)]
+        merge_adapter: bool,
+    },
 }
 
 fn main() {
@@ -153,13 +158,14 @@ fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Verify { dirs } => {
+        Cmd::Verify { dirs, merge_adapter } => {
+            let vopts = jobx_engine::verify::VerifyOptions { merge_adapter };
             if dirs.is_empty() {
                 bail!("verify: give at least one fixture folder");
             }
             let mut ok = true;
             for d in dirs {
-                let s = jobx_engine::verify::verify_dir(&d, &mut |v| println!("{v}"))
+                let s = jobx_engine::verify::verify_dir_with(&d, &vopts, &mut |v| println!("{v}"))
                     .with_context(|| format!("verify {}", d.display()))?;
                 println!("{}", serde_json::to_string(&s)?);
                 ok &= s.ok;

@@ -11,6 +11,9 @@
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::generate::{generate, EarlyStopping, GenOptions};
+use crate::models::adapter::LoraAdapter;
+use crate::models::linear::HasLinears;
+use crate::models::mistral::{MistralModel, MistralStepper};
 use crate::models::t5::{T5Model, T5Stepper};
 use serde::Deserialize;
 use serde_json::json;
@@ -99,6 +102,30 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
 
 /// Run every case; `emit` receives one JSON value per case. Returns the summary.
 pub fn verify_dir(dir: &Path, emit: &mut dyn FnMut(serde_json::Value)) -> Result<VerifySummary> {
+    verify_dir_with(dir, &VerifyOptions::default(), emit)
+}
+
+/// How to apply a fixture's adapter.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// merge the adapter into the weights (W + scale·BA) instead of applying it unmerged
+    pub merge_adapter: bool,
+}
+
+fn attach(model: &mut dyn HasLinears, adapter: Option<&LoraAdapter>, opts: &VerifyOptions) -> Result<Option<usize>> {
+    let Some(a) = adapter else { return Ok(None) };
+    a.attach(model, 0)?;
+    if opts.merge_adapter {
+        for l in model.linears_mut() {
+            l.merge(0);
+        }
+        return Ok(None);
+    }
+    Ok(Some(0))
+}
+
+/// Like `verify_dir`, with options.
+pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(serde_json::Value)) -> Result<VerifySummary> {
     let spec_path = dir.join("reference.json");
     let text = std::fs::read_to_string(&spec_path).map_err(|e| Error::io(&spec_path, e))?;
     let spec: RefSpec = serde_json::from_str(&text).map_err(|e| Error::config(&spec_path, format!("{e}")))?;
@@ -108,18 +135,20 @@ pub fn verify_dir(dir: &Path, emit: &mut dyn FnMut(serde_json::Value)) -> Result
     if spec.dtype != "float32" {
         return Err(Error::config(&spec_path, format!("dtype `{}`: only float32 references are supported", spec.dtype)));
     }
-    if let Some(a) = &spec.adapter {
-        return Err(Error::Unsupported(format!(
-            "this fixture applies the PEFT adapter `{a}`: adapters are not supported yet (they come with the Mistral/LoRA work)"
-        )));
-    }
-    if spec.arch != "t5" {
-        return Err(Error::Unsupported(format!("arch `{}` is not supported yet (supported: t5)", spec.arch)));
-    }
-    let model = T5Model::load_dir(dir)?;
-    let eos = eos_ids(dir, model.cfg.eos_token_id);
     let refs = Checkpoint::open_files(&[dir.join("reference.safetensors")], "reference.safetensors")?;
     let fixture = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let adapter = match &spec.adapter {
+        Some(a) => Some(LoraAdapter::load(&dir.join(a), a)?),
+        None => None,
+    };
+    match spec.arch.as_str() {
+        "t5" => {}
+        "mistral" => return verify_mistral(dir, &spec, &refs, fixture, adapter.as_ref(), opts, emit),
+        o => return Err(Error::Unsupported(format!("arch `{o}` is not supported (t5, mistral)"))),
+    }
+    let mut model = T5Model::load_dir(dir)?;
+    let ad = attach(&mut model, adapter.as_ref(), opts)?;
+    let eos = eos_ids(dir, model.cfg.eos_token_id);
     let mut max_rel = 0.0f64;
     let mut greedy_ok = true;
     let mut all_ok = true;
@@ -133,7 +162,7 @@ pub fn verify_dir(dir: &Path, emit: &mut dyn FnMut(serde_json::Value)) -> Result
         let (b, s) = (ishape[0], ishape[1]);
         let ids = to_u32("input_ids", &ids)?;
         let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
-        let enc = model.encode(&ids, &mask, b, s)?;
+        let enc = model.encode_with(&ids, &mask, b, s, ad)?;
         let mut line = json!({"case": n, "batch": b, "src_len": s});
         let mut case_ok = true;
         if case.has_logits {
@@ -209,6 +238,82 @@ pub fn verify_dir(dir: &Path, emit: &mut dyn FnMut(serde_json::Value)) -> Result
                     line["beam_ours"] = json!(out[0].tokens);
                     line["beam_ref"] = json!(w);
                 }
+            }
+        }
+        line["ok"] = json!(case_ok);
+        all_ok &= case_ok;
+        emit(line);
+    }
+    Ok(VerifySummary { fixture, cases: spec.cases.len(), max_rel_err: max_rel, greedy_match: greedy_ok, ok: all_ok })
+}
+
+fn verify_mistral(
+    dir: &Path,
+    spec: &RefSpec,
+    refs: &Checkpoint,
+    fixture: String,
+    adapter: Option<&LoraAdapter>,
+    opts: &VerifyOptions,
+    emit: &mut dyn FnMut(serde_json::Value),
+) -> Result<VerifySummary> {
+    let mut model = MistralModel::load_dir(dir)?;
+    let ad = attach(&mut model, adapter, opts)?;
+    let mut eos = eos_ids(dir, 2);
+    if eos.is_empty() {
+        eos = model.cfg.eos_ids();
+    }
+    let (mut max_rel, mut greedy_ok, mut all_ok) = (0.0f64, true, true);
+    for case in &spec.cases {
+        let n = &case.name;
+        let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
+        let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
+        if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
+            return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
+        }
+        let (b, s) = (ishape[0], ishape[1]);
+        let ids = to_u32("input_ids", &ids)?;
+        let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
+        let mut line = json!({"case": n, "batch": b, "seq_len": s});
+        let mut case_ok = true;
+        if case.has_logits {
+            let reference = refs.f32_any(&format!("{n}.logits"))?;
+            let v = model.cfg.vocab_size;
+            if reference.shape != [b, s, v] {
+                return Err(Error::Input(format!("{n}: logits shape {:?}, expected [{b}, {s}, {v}]", reference.shape)));
+            }
+            let mut st = model.new_state(b, s);
+            st.adapter = ad;
+            let mut logits = Vec::new();
+            model.forward(&mut st, &ids, &mask, s, true, &mut logits)?;
+            // Only real (non-pad) positions carry meaningful logits.
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for i in 0..b * s {
+                if mask[i] != 0 {
+                    ours.extend_from_slice(&logits[i * v..(i + 1) * v]);
+                    theirs.extend_from_slice(&reference.as_slice()[i * v..(i + 1) * v]);
+                }
+            }
+            let e = rel_err(&ours, &theirs);
+            max_rel = max_rel.max(e);
+            let ok = e <= spec.tolerance_rel;
+            case_ok &= ok;
+            line["rel_err"] = json!(e);
+            line["logits_ok"] = json!(ok);
+        }
+        if case.has_greedy {
+            let (_, want) = refs.i64(&format!("{n}.greedy"))?;
+            let want = to_u32("greedy", &want)?;
+            let opts = GenOptions { max_new_tokens: case.max_new_tokens.unwrap_or(want.len()), eos: eos.clone(), ..Default::default() };
+            let mut stepper = MistralStepper::new(&model, &ids, &mask, b, s, 1, opts.max_new_tokens + 1, ad)?;
+            let out = generate(&mut stepper, &vec![0; b], &opts, &mut [])?;
+            let ok = out[0].tokens == want;
+            greedy_ok &= ok;
+            case_ok &= ok;
+            line["greedy_len"] = json!(want.len());
+            line["greedy_match"] = json!(ok);
+            if !ok {
+                line["greedy_ours"] = json!(out[0].tokens);
+                line["greedy_ref"] = json!(want);
             }
         }
         line["ok"] = json!(case_ok);

@@ -1,2 +1,5 @@
 //! Model graphs, one readable file each, loading Hugging Face checkpoints by their weight names.
+pub mod adapter;
+pub mod linear;
+pub mod mistral;
 pub mod t5;

@@ -17,6 +17,7 @@ use crate::checkpoint::{Checkpoint, WeightTensor};
 use crate::cpu::attention::{attention, AttnShape, ScoreMod, View};
 use crate::cpu::{gelu_erf, gelu_tanh, matmul_wt, rms_norm, silu};
 use crate::error::{Error, Result};
+use crate::models::linear::{HasLinears, Linear};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -159,15 +160,15 @@ pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num
 }
 
 struct Attn {
-    q: WeightTensor, // [H*dk, d_model]
-    k: WeightTensor, // [H*dk, d_model]
-    v: WeightTensor, // [H*dk, d_model]
-    o: WeightTensor, // [d_model, H*dk]
+    q: Linear, // [H*dk, d_model]
+    k: Linear, // [H*dk, d_model]
+    v: Linear, // [H*dk, d_model]
+    o: Linear, // [d_model, H*dk]
 }
 
 enum Ffn {
-    Plain { wi: WeightTensor, wo: WeightTensor },                     // wi [d_ff, d_model], wo [d_model, d_ff]
-    Gated { wi0: WeightTensor, wi1: WeightTensor, wo: WeightTensor }, // wi_0, wi_1 [d_ff, d_model]
+    Plain { wi: Linear, wo: Linear },              // wi [d_ff, d_model], wo [d_model, d_ff]
+    Gated { wi0: Linear, wi1: Linear, wo: Linear }, // wi_0, wi_1 [d_ff, d_model]
 }
 
 struct EncLayer {
@@ -190,7 +191,7 @@ pub struct T5Model {
     pub cfg: T5Config,
     act: Act,
     shared: WeightTensor,           // [vocab, d_model]
-    lm_head: Option<WeightTensor>,  // [vocab, d_model] when untied
+    lm_head: Option<Linear>,        // [vocab, d_model] when untied
     enc_rel_bias: WeightTensor,     // encoder.block.0...relative_attention_bias [buckets, H]
     dec_rel_bias: WeightTensor,     // decoder.block.0...relative_attention_bias [buckets, H]
     enc: Vec<EncLayer>,
@@ -200,6 +201,31 @@ pub struct T5Model {
     /// number of weights used in place from the memory map (zero copy), for reports
     pub mapped_tensors: usize,
     pub total_tensors: usize,
+}
+
+impl HasLinears for T5Model {
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        fn ffn(f: &mut Ffn) -> Vec<&mut Linear> {
+            match f {
+                Ffn::Plain { wi, wo } => vec![wi, wo],
+                Ffn::Gated { wi0, wi1, wo } => vec![wi0, wi1, wo],
+            }
+        }
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for l in self.enc.iter_mut() {
+            v.extend([&mut l.attn.q, &mut l.attn.k, &mut l.attn.v, &mut l.attn.o]);
+            v.extend(ffn(&mut l.ffn));
+        }
+        for l in self.dec.iter_mut() {
+            v.extend([&mut l.self_attn.q, &mut l.self_attn.k, &mut l.self_attn.v, &mut l.self_attn.o]);
+            v.extend([&mut l.cross.q, &mut l.cross.k, &mut l.cross.v, &mut l.cross.o]);
+            v.extend(ffn(&mut l.ffn));
+        }
+        if let Some(h) = self.lm_head.as_mut() {
+            v.push(h);
+        }
+        v
+    }
 }
 
 impl T5Model {
@@ -221,27 +247,27 @@ impl T5Model {
             .find(|n| ck.contains(n))
             .unwrap_or("shared.weight");
         let shared = get(shared_name, &[v, d])?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight", &[v, d])?) };
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(Linear::new(get("lm_head.weight", &[v, d])?)) };
         let nb = cfg.relative_attention_num_buckets;
         let attn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Attn> {
             Ok(Attn {
-                q: get(&format!("{p}.q.weight"), &[inner, d])?,
-                k: get(&format!("{p}.k.weight"), &[inner, d])?,
-                v: get(&format!("{p}.v.weight"), &[inner, d])?,
-                o: get(&format!("{p}.o.weight"), &[d, inner])?,
+                q: Linear::new(get(&format!("{p}.q.weight"), &[inner, d])?),
+                k: Linear::new(get(&format!("{p}.k.weight"), &[inner, d])?),
+                v: Linear::new(get(&format!("{p}.v.weight"), &[inner, d])?),
+                o: Linear::new(get(&format!("{p}.o.weight"), &[d, inner])?),
             })
         };
         let ffn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Ffn> {
             Ok(if gated {
                 Ffn::Gated {
-                    wi0: get(&format!("{p}.DenseReluDense.wi_0.weight"), &[dff, d])?,
-                    wi1: get(&format!("{p}.DenseReluDense.wi_1.weight"), &[dff, d])?,
-                    wo: get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?,
+                    wi0: Linear::new(get(&format!("{p}.DenseReluDense.wi_0.weight"), &[dff, d])?),
+                    wi1: Linear::new(get(&format!("{p}.DenseReluDense.wi_1.weight"), &[dff, d])?),
+                    wo: Linear::new(get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?),
                 }
             } else {
                 Ffn::Plain {
-                    wi: get(&format!("{p}.DenseReluDense.wi.weight"), &[dff, d])?,
-                    wo: get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?,
+                    wi: Linear::new(get(&format!("{p}.DenseReluDense.wi.weight"), &[dff, d])?),
+                    wo: Linear::new(get(&format!("{p}.DenseReluDense.wo.weight"), &[d, dff])?),
                 }
             })
         };
@@ -319,23 +345,22 @@ impl T5Model {
         Ok(())
     }
 
-    fn ffn(&self, f: &Ffn, x: &[f32], m: usize, out: &mut [f32], s: &mut FfnScratch) {
-        let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
+    fn ffn(&self, f: &Ffn, x: &[f32], m: usize, out: &mut [f32], s: &mut FfnScratch, ad: Option<usize>) {
+        let dff = self.cfg.d_ff;
         s.a.resize(m * dff, 0.0);
+        let act = self.act;
         match f {
             Ffn::Plain { wi, wo } => {
-                matmul_wt(x, m, d, wi.as_slice(), dff, &mut s.a, false);
-                let act = self.act;
+                wi.fwd(x, m, &mut s.a, false, ad, &mut s.tmp);
                 s.a.iter_mut().for_each(|v| *v = apply_act(act, *v));
-                matmul_wt(&s.a, m, dff, wo.as_slice(), d, out, true);
+                wo.fwd(&s.a, m, out, true, ad, &mut s.tmp);
             }
             Ffn::Gated { wi0, wi1, wo } => {
                 s.b.resize(m * dff, 0.0);
-                matmul_wt(x, m, d, wi0.as_slice(), dff, &mut s.a, false);
-                matmul_wt(x, m, d, wi1.as_slice(), dff, &mut s.b, false);
-                let act = self.act;
+                wi0.fwd(x, m, &mut s.a, false, ad, &mut s.tmp);
+                wi1.fwd(x, m, &mut s.b, false, ad, &mut s.tmp);
                 s.a.iter_mut().zip(&s.b).for_each(|(g, &l)| *g = apply_act(act, *g) * l);
-                matmul_wt(&s.a, m, dff, wo.as_slice(), d, out, true);
+                wo.fwd(&s.a, m, out, true, ad, &mut s.tmp);
             }
         }
     }
@@ -343,6 +368,12 @@ impl T5Model {
     /// Run the encoder on a right-padded batch. `ids` and `mask` are [batch, seq] row-major.
     /// Returns the encoder state (hidden states and the cross-attention K/V of every decoder layer).
     pub fn encode(&self, ids: &[u32], mask: &[u8], batch: usize, seq: usize) -> Result<EncoderOut> {
+        self.encode_with(ids, mask, batch, seq, None)
+    }
+
+    /// `encode` for a request that uses LoRA adapter slot `adapter` (also used by its decoding).
+    pub fn encode_with(&self, ids: &[u32], mask: &[u8], batch: usize, seq: usize, adapter: Option<usize>) -> Result<EncoderOut> {
+        let ad = adapter;
         let c = &self.cfg;
         let (d, inner, h, dk) = (c.d_model, c.inner(), c.num_heads, c.d_kv);
         if ids.len() != batch * seq || mask.len() != batch * seq {
@@ -370,13 +401,13 @@ impl T5Model {
         let view = View { sb: seq * inner, sh: dk, st: inner };
         for l in &self.enc {
             rms_norm(&x, l.ln_attn.as_slice(), c.layer_norm_epsilon as f32, &mut n);
-            matmul_wt(&n, m, d, l.attn.q.as_slice(), inner, &mut q, false);
-            matmul_wt(&n, m, d, l.attn.k.as_slice(), inner, &mut k, false);
-            matmul_wt(&n, m, d, l.attn.v.as_slice(), inner, &mut v, false);
+            l.attn.q.fwd(&n, m, &mut q, false, ad, &mut fs.tmp);
+            l.attn.k.fwd(&n, m, &mut k, false, ad, &mut fs.tmp);
+            l.attn.v.fwd(&n, m, &mut v, false, ad, &mut fs.tmp);
             attention(&shape, &q, view, &k, view, &v, view, &|b| b, &sm, &mut ctx, &mut sc);
-            matmul_wt(&ctx, m, inner, l.attn.o.as_slice(), d, &mut x, true);
+            l.attn.o.fwd(&ctx, m, &mut x, true, ad, &mut fs.tmp);
             rms_norm(&x, l.ln_ff.as_slice(), c.layer_norm_epsilon as f32, &mut n);
-            self.ffn(&l.ffn, &n, m, &mut x, &mut fs);
+            self.ffn(&l.ffn, &n, m, &mut x, &mut fs, ad);
         }
         rms_norm(&x, self.enc_final_ln.as_slice(), c.layer_norm_epsilon as f32, &mut n);
         // Cross-attention K/V for every decoder layer, once per request: [batch, seq, inner].
@@ -384,11 +415,11 @@ impl T5Model {
         for l in &self.dec {
             let mut ck = vec![0.0f32; m * inner];
             let mut cv = vec![0.0f32; m * inner];
-            matmul_wt(&n, m, d, l.cross.k.as_slice(), inner, &mut ck, false);
-            matmul_wt(&n, m, d, l.cross.v.as_slice(), inner, &mut cv, false);
+            l.cross.k.fwd(&n, m, &mut ck, false, ad, &mut fs.tmp);
+            l.cross.v.fwd(&n, m, &mut cv, false, ad, &mut fs.tmp);
             cross.push((ck, cv));
         }
-        Ok(EncoderOut { batch, seq, hidden: n, mask: mask.to_vec(), cross })
+        Ok(EncoderOut { batch, seq, hidden: n, mask: mask.to_vec(), cross, adapter })
     }
 
     /// A fresh decoder state for `rows` sequences; `src[r]` is the encoder batch row of sequence r.
@@ -496,12 +527,13 @@ impl T5Model {
         let self_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk, dk };
         let cross_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk: enc.seq, dk };
         let src = st.src.clone();
+        let ad = enc.adapter;
         for (li, l) in self.dec.iter().enumerate() {
             // self-attention
             rms_norm(&s.x, l.ln_self.as_slice(), eps, &mut s.n);
-            matmul_wt(&s.n, m, d, l.self_attn.q.as_slice(), inner, &mut s.q, false);
-            matmul_wt(&s.n, m, d, l.self_attn.k.as_slice(), inner, &mut s.k, false);
-            matmul_wt(&s.n, m, d, l.self_attn.v.as_slice(), inner, &mut s.v, false);
+            l.self_attn.q.fwd(&s.n, m, &mut s.q, false, ad, &mut s.ffn.tmp);
+            l.self_attn.k.fwd(&s.n, m, &mut s.k, false, ad, &mut s.ffn.tmp);
+            l.self_attn.v.fwd(&s.n, m, &mut s.v, false, ad, &mut s.ffn.tmp);
             // append K/V: [rows, t_new, H*dk] -> cache [rows, H, cap, dk] at p0..
             let (kc, vc) = (&mut st.self_k[li], &mut st.self_v[li]);
             for r in 0..rows {
@@ -515,16 +547,16 @@ impl T5Model {
                 }
             }
             attention(&self_shape, &s.q, qview, kc, cache_view, vc, cache_view, &|b| b, &self_mod, &mut s.ctx, &mut s.sc);
-            matmul_wt(&s.ctx, m, inner, l.self_attn.o.as_slice(), d, &mut s.x, true);
+            l.self_attn.o.fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.ffn.tmp);
             // cross-attention over the encoder output (K/V precomputed at encode time)
             rms_norm(&s.x, l.ln_cross.as_slice(), eps, &mut s.n);
-            matmul_wt(&s.n, m, d, l.cross.q.as_slice(), inner, &mut s.q, false);
+            l.cross.q.fwd(&s.n, m, &mut s.q, false, ad, &mut s.ffn.tmp);
             let (ck, cv) = &enc.cross[li];
             attention(&cross_shape, &s.q, qview, ck, enc_view, cv, enc_view, &|b| src[b], &cross_mod, &mut s.ctx, &mut s.sc);
-            matmul_wt(&s.ctx, m, inner, l.cross.o.as_slice(), d, &mut s.x, true);
+            l.cross.o.fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.ffn.tmp);
             // feed-forward
             rms_norm(&s.x, l.ln_ff.as_slice(), eps, &mut s.n);
-            self.ffn(&l.ffn, &s.n, m, &mut s.x, &mut s.ffn);
+            self.ffn(&l.ffn, &s.n, m, &mut s.x, &mut s.ffn, ad);
         }
         rms_norm(&s.x, self.dec_final_ln.as_slice(), eps, &mut s.n);
         // Select rows for the head: all positions, or the last position of each sequence.
@@ -540,7 +572,7 @@ impl T5Model {
         };
         logits.resize(hrows * vsz, 0.0);
         match &self.lm_head {
-            Some(w) => matmul_wt(hin, hrows, d, w.as_slice(), vsz, logits, false),
+            Some(w) => w.fwd(hin, hrows, logits, false, ad, &mut s.ffn.tmp),
             None => {
                 // tied: sequence_output * model_dim**-0.5, then the shared embedding
                 let scale = (d as f32).powf(-0.5);
@@ -569,6 +601,7 @@ fn apply_act(a: Act, v: f32) -> f32 {
 struct FfnScratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    tmp: Vec<f32>,
 }
 
 /// Buffers reused across decode steps so a step allocates nothing once warmed up.
@@ -597,6 +630,8 @@ pub struct EncoderOut {
     pub mask: Vec<u8>,
     /// per decoder layer: (K, V) each [batch, seq, H*dk]
     cross: Vec<(Vec<f32>, Vec<f32>)>,
+    /// LoRA adapter slot of this request (None: base model)
+    pub adapter: Option<usize>,
 }
 
 /// Per-request decoder state: KV cache [rows, H, cap, dk] per layer, and each row's source index.

@@ -8,6 +8,45 @@ fn spec(dir: &std::path::Path) -> serde_json::Value {
 }
 
 #[test]
+fn every_fixture_matches_transformers_and_peft() {
+    // T5 and Mistral, with and without LoRA adapters (applied unmerged, as served).
+    let mut n = 0;
+    let mut archs = std::collections::BTreeSet::new();
+    for dir in common::reference_fixtures() {
+        let s = spec(&dir);
+        let sum = verify_dir(&dir, &mut |l| eprintln!("{l}")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert!(sum.ok, "{}: {:?}", dir.display(), sum);
+        archs.insert((s["arch"].as_str().unwrap().to_string(), s["adapter"].is_null()));
+        n += 1;
+    }
+    assert!(n >= 8, "fixtures found: {n}");
+    assert_eq!(archs.len(), 4, "t5/mistral × base/adapter all covered: {archs:?}");
+}
+
+#[test]
+fn merged_adapters_give_the_same_logits_as_unmerged() {
+    for name in ["t5-lora", "mistral-lora"] {
+        let opts = jobx_engine::verify::VerifyOptions { merge_adapter: true };
+        let sum = jobx_engine::verify::verify_dir_with(&common::fixture(name), &opts, &mut |_| {}).unwrap();
+        assert!(sum.ok, "{name} merged: {sum:?}");
+    }
+}
+
+#[test]
+fn adapters_change_the_logits() {
+    // Verifying a LoRA fixture without its adapter must fail, or the adapter test proves nothing.
+    for name in ["t5-lora", "mistral-lora"] {
+        let t = common::copy_dir(&common::fixture(name));
+        let p = t.path().join("reference.json");
+        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        s["adapter"] = serde_json::Value::Null;
+        std::fs::write(&p, s.to_string()).unwrap();
+        let sum = verify_dir(t.path(), &mut |_| {}).unwrap();
+        assert!(!sum.ok && sum.max_rel_err > 1e-3, "{name} without adapter: {sum:?}");
+    }
+}
+
+#[test]
 fn every_t5_fixture_matches_transformers() {
     let mut n = 0;
     for dir in common::reference_fixtures() {
