@@ -169,8 +169,7 @@ pub fn tokenize_prompt(tok: &Tok, prompt: &str, limit: usize, eos: Option<u32>) 
 
 /// Turn the model's text (with `<unk>` markers kept) into JSON.
 pub fn text_to_json(raw: &str) -> std::result::Result<serde_json::Value, String> {
-    // TEMP until the eval module lands: plain JSON only.
-    serde_json::from_str(raw).map_err(|e| e.to_string())
+    crate::eval::repair_t5_output(raw, &crate::eval::JobSchema::jobextractx()).map_err(|e| e.to_string())
 }
 
 /// Extract every record; `progress` is called after each batch with the number done.

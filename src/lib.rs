@@ -11,6 +11,7 @@ pub mod hub;
 pub mod tokenizer;
 pub mod extract;
 pub mod prompts;
+pub mod eval;
 
 
 pub use error::{Error, Result};

@@ -29,6 +29,23 @@ enum Device {
     Auto,
 }
 
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum ScoreFormat {
+    Jobextractx,
+    Jsonl,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum ScoreFamily {
+    T5,
+    Mistral,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum Compat {
+    Jobextractx,
+}
+
 #[derive(Args, Clone, Debug)]
 struct DecodeArgs {
     /// Maximum number of new tokens (the reference project: max_length 384 = 383 new tokens)
@@ -111,6 +128,26 @@ enum Cmd {
         #[command(flatten)]
         decode: DecodeArgs,
     },
+    /// Score prediction files with the reference project's metrics (bit-exact) and stricter ones
+    Score {
+        files: Vec<PathBuf>,
+        /// Also write the report(s) here (one object, or an array for several files)
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Input format (default: detected)
+        #[arg(long, value_enum)]
+        format: Option<ScoreFormat>,
+        /// Model family, which decides the scored JSON (T5: fixed_json; Mistral: generated_json)
+        #[arg(long, value_enum)]
+        family: Option<ScoreFamily>,
+    },
+    /// Rebuild JSON from T5 output: `--compat jobextractx` reproduces the reference project's
+    /// fix_json_format; without it, the structure-aware repair for our own outputs
+    Repair {
+        file: PathBuf,
+        #[arg(long, value_enum)]
+        compat: Option<Compat>,
+    },
     /// Check the engine against a jobx-reference-v1 dump (model folder + reference tensors)
     Verify {
         dirs: Vec<PathBuf>,
@@ -158,6 +195,74 @@ fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
+        Cmd::Score { files, output, format, family } => {
+            use jobx_engine::eval;
+            if files.is_empty() {
+                bail!("score: give at least one prediction file");
+            }
+            let opts = eval::ScoreOptions {
+                format: format.map(|f| match f {
+                    ScoreFormat::Jobextractx => eval::Format::JobExtractX,
+                    ScoreFormat::Jsonl => eval::Format::JobxJsonl,
+                }),
+                family: family.map(|f| match f {
+                    ScoreFamily::T5 => eval::Family::T5,
+                    ScoreFamily::Mistral => eval::Family::Mistral,
+                }),
+            };
+            let mut reports = Vec::new();
+            for f in &files {
+                let r = eval::score_file(f, &opts).with_context(|| format!("scoring {}", f.display()))?;
+                // The reference `metrics` block first (same keys and order), our additions under "jobx".
+                let mut line = r.metrics.to_json();
+                let mut extra = r.to_json();
+                if let Some(o) = extra.as_object_mut() {
+                    o.remove("metrics");
+                }
+                if let Some(o) = line.as_object_mut() {
+                    o.insert("jobx".into(), extra);
+                }
+                println!("{}", serde_json::to_string(&line)?);
+                reports.push(line);
+            }
+            if let Some(p) = output {
+                let v = if reports.len() == 1 { reports.remove(0) } else { serde_json::Value::Array(reports) };
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
+            }
+            Ok(0)
+        }
+        Cmd::Repair { file, compat } => {
+            use jobx_engine::eval;
+            match compat {
+                Some(Compat::Jobextractx) => {
+                    let (n, same) = eval::repair_compat_file(&file).with_context(|| format!("repairing {}", file.display()))?;
+                    println!("{}", serde_json::json!({"records": n, "identical": same}));
+                    Ok(if n == same { 0 } else { 1 })
+                }
+                None => {
+                    // JSONL with a "raw" field (as extract writes it), or one raw output per line.
+                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    let schema = eval::JobSchema::jobextractx();
+                    let (mut n, mut ok) = (0usize, 0usize);
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        n += 1;
+                        let raw = match serde_json::from_str::<serde_json::Value>(line) {
+                            Ok(serde_json::Value::Object(o)) => o.get("raw").and_then(|r| r.as_str()).unwrap_or(line).to_string(),
+                            _ => line.to_string(),
+                        };
+                        match eval::repair_t5_output(&raw, &schema) {
+                            Ok(v) => {
+                                ok += 1;
+                                println!("{}", serde_json::json!({"output": v, "error": null}));
+                            }
+                            Err(e) => println!("{}", serde_json::json!({"output": null, "error": e.to_string()})),
+                        }
+                    }
+                    println!("{}", serde_json::json!({"records": n, "repaired": ok}));
+                    Ok(0)
+                }
+            }
+        }
         Cmd::Verify { dirs, merge_adapter } => {
             let vopts = jobx_engine::verify::VerifyOptions { merge_adapter };
             if dirs.is_empty() {
