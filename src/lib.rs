@@ -12,6 +12,7 @@ pub mod tokenizer;
 pub mod extract;
 pub mod prompts;
 pub mod eval;
+pub mod eval_run;
 
 
 pub use error::{Error, Result};

@@ -71,8 +71,9 @@ struct DecodeArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     top_k: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Sampling seed (eval: also shuffles the data before --limit)
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 impl DecodeArgs {
@@ -85,7 +86,7 @@ impl DecodeArgs {
         })
     }
     fn sampling(&self) -> Option<Sampling> {
-        self.do_sample.then(|| Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed })
+        self.do_sample.then(|| Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed.unwrap_or(0) })
     }
 }
 
@@ -125,6 +126,30 @@ enum Cmd {
         input_ids: Option<PathBuf>,
         #[arg(long)]
         text: Option<String>,
+        #[command(flatten)]
+        decode: DecodeArgs,
+    },
+    /// Evaluate a model on labelled postings ({"source","target"} JSONL): predictions, scores, speed
+    Eval {
+        #[arg(long, default_value = "google/flan-t5-base")]
+        model: String,
+        /// Labelled JSONL (the reference project's data format)
+        #[arg(long, required_unless_present = "compare")]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output folder for predictions.jsonl and report.json
+        #[arg(long, default_value = "eval-out")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        prompt_template: Option<PathBuf>,
+        #[arg(long, default_value_t = 1536)]
+        max_source_tokens: usize,
+        #[arg(long, default_value_t = 4)]
+        batch_size: usize,
+        /// Print these reports side by side instead of running an evaluation
+        #[arg(long, num_args = 1..)]
+        compare: Vec<PathBuf>,
         #[command(flatten)]
         decode: DecodeArgs,
     },
@@ -193,8 +218,73 @@ fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
     })
 }
 
+fn load_report(p: &PathBuf) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
+    let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let name_of = |v: &serde_json::Value, i: Option<usize>| -> String {
+        let base = v.pointer("/jobx/model").and_then(|m| m.as_str()).map(String::from).unwrap_or_else(|| stem.clone());
+        match i {
+            Some(i) => format!("{base}#{i}"),
+            None => base,
+        }
+    };
+    Ok(match v {
+        serde_json::Value::Array(a) => a.iter().enumerate().map(|(i, x)| (name_of(x, Some(i)), x.clone())).collect(),
+        o => vec![(name_of(&o, None), o)],
+    })
+}
+
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
+        Cmd::Eval { model, data, limit, out_dir, prompt_template, max_source_tokens, batch_size, compare, decode } => {
+            if !compare.is_empty() {
+                let mut all = Vec::new();
+                for p in &compare {
+                    all.extend(load_report(p)?);
+                }
+                let (md, js) = jobx_engine::eval_run::compare(&all);
+                print!("{md}");
+                println!("{js}");
+                return Ok(0);
+            }
+            let data = data.context("eval: --data FILE.jsonl is required")?;
+            if !data.exists() {
+                bail!("{}: no such file", data.display());
+            }
+            let template = match prompt_template {
+                Some(p) => PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? },
+                None => PromptTemplate::flan_t5(),
+            };
+            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+            let opts = jobx_engine::eval_run::EvalOptions {
+                limit,
+                seed: decode.seed,
+                out_dir,
+                model_name: model.clone(),
+                extract: ExtractOptions {
+                    max_new_tokens: decode.max_new_tokens,
+                    min_new_tokens: decode.min_new_tokens,
+                    num_beams: decode.num_beams,
+                    early_stopping: decode.early()?,
+                    length_penalty: decode.length_penalty,
+                    sampling: decode.sampling(),
+                    max_source_tokens,
+                    batch_size,
+                    template,
+                    ..Default::default()
+                },
+            };
+            let pb = indicatif::ProgressBar::new(0);
+            let report = jobx_engine::eval_run::run_eval(&engine, &data, &opts, &mut |d, n| {
+                pb.set_length(n as u64);
+                pb.set_position(d as u64);
+            })?;
+            pb.finish_and_clear();
+            eprintln!("wrote {}/predictions.jsonl and report.json", opts.out_dir.display());
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(0)
+        }
         Cmd::Score { files, output, format, family } => {
             use jobx_engine::eval;
             if files.is_empty() {

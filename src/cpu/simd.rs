@@ -122,3 +122,76 @@ mod tests {
         }
     }
 }
+
+/// y[j] (+)= Σ_k x[k]·w[j, k] for `rows` consecutive weight rows starting at `w`, for up to
+/// `m` input rows: 4 weight rows at a time share each x load and give 4 independent FMA chains,
+/// so the loop is limited by load bandwidth rather than FMA latency.
+/// Writes out[i * ldo + j] for i < m, j < rows. Returns false if the CPU lacks AVX-512.
+pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, out: *mut f32, ldo: usize, accumulate: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: feature checked; bounds asserted by the caller (x: m*k, w: rows*k, out rows).
+            unsafe { gemv_rows_avx512(x, m, k, w, rows, out, ldo, accumulate) };
+            return true;
+        }
+    }
+    let _ = (x, m, k, w, rows, out, ldo, accumulate);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+    use std::arch::x86_64::*;
+    let kk = k / 16 * 16;
+    let tail = k - kk;
+    let tmask: __mmask16 = if tail == 0 { 0 } else { ((1u32 << tail) - 1) as __mmask16 };
+    let wp = w.as_ptr();
+    let mut j = 0;
+    while j + 4 <= rows {
+        let (w0, w1, w2, w3) = (wp.add(j * k), wp.add((j + 1) * k), wp.add((j + 2) * k), wp.add((j + 3) * k));
+        for i in 0..m {
+            let xp = x.as_ptr().add(i * k);
+            let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut p = 0;
+            while p < kk {
+                let xv = _mm512_loadu_ps(xp.add(p));
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(p)), xv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(p)), xv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(p)), xv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(p)), xv, a3);
+                p += 16;
+            }
+            if tail != 0 {
+                let xv = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w0.add(kk)), xv, a0);
+                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w1.add(kk)), xv, a1);
+                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w2.add(kk)), xv, a2);
+                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w3.add(kk)), xv, a3);
+            }
+            let o = out.add(i * ldo + j);
+            let s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
+            for (r, v) in s.iter().enumerate() {
+                *o.add(r) = if accumulate { *o.add(r) + v } else { *v };
+            }
+        }
+        j += 4;
+    }
+    while j < rows {
+        let wr = std::slice::from_raw_parts(wp.add(j * k), k);
+        for i in 0..m {
+            let d = dot_avx512_impl(&x[i * k..(i + 1) * k], wr);
+            let o = out.add(i * ldo + j);
+            *o = if accumulate { *o + d } else { d };
+        }
+        j += 1;
+    }
+}
