@@ -93,7 +93,7 @@ pub fn run_eval(engine: &Engine, data: &Path, opts: &EvalOptions, progress: &mut
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let pred_path = opts.out_dir.join("predictions.jsonl");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?);
-    let inputs: Vec<InputRecord> = recs.iter().map(|r| InputRecord { id: r.id.clone(), source: r.source.clone() }).collect();
+    let inputs: Vec<InputRecord> = recs.iter().map(|r| InputRecord { id: r.id.clone(), adapter: None, source: r.source.clone() }).collect();
     let total = inputs.len();
     let t0 = std::time::Instant::now();
     let mut idx = 0usize;

@@ -5,39 +5,116 @@
 use crate::error::{Error, Result};
 use crate::generate::{generate, EarlyStopping, Finish, GenOptions, Sampling, TokenConstraint};
 use crate::hub::resolve_model;
+use crate::chat::{ChatTemplate, Message};
+use crate::models::adapter::LoraAdapter;
+use crate::models::linear::HasLinears;
+use crate::models::mistral::{MistralConfig, MistralModel, MistralStepper};
 use crate::models::t5::{T5Model, T5Stepper};
 use crate::prompts::PromptTemplate;
 use crate::tokenizer::Tok;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// A loaded model with its tokenizer and generation defaults.
+/// The model graph behind an engine.
+pub enum Arch {
+    T5(T5Model),
+    Mistral(MistralModel),
+}
+
+/// A loaded model with its tokenizer, adapters and generation defaults.
 pub struct Engine {
     pub dir: PathBuf,
-    pub model: T5Model,
+    pub arch: Arch,
     pub tok: Option<Tok>,
     pub eos: Vec<u32>,
     pub load_ms: f64,
+    /// chat template (decoder models)
+    pub chat: Option<ChatTemplate>,
+    /// adapter slot -> name
+    pub adapters: Vec<String>,
 }
 
 impl Engine {
     pub fn load(model: &str) -> Result<Self> {
         let t0 = std::time::Instant::now();
         let dir = resolve_model(model)?;
-        let cfg_text = std::fs::read_to_string(dir.join("config.json")).map_err(|e| Error::io(dir.join("config.json"), e))?;
-        let v: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
-        let mt = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("t5");
-        if mt != "t5" && mt != "mt5" {
-            return Err(Error::Unsupported(format!("model_type `{mt}` is not supported yet (supported: t5)")));
-        }
-        let model = T5Model::load_dir(&dir)?;
+        let cfg_path = dir.join("config.json");
+        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| Error::config(&cfg_path, e.to_string()))?;
+        let mt = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("t5").to_string();
+        let (arch, vocab, fallback_eos) = match mt.as_str() {
+            "t5" | "mt5" => {
+                let m = T5Model::load_dir(&dir)?;
+                let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
+                (Arch::T5(m), v, e)
+            }
+            "mistral" | "llama" | "mixtral" => {
+                let cfg = MistralConfig::from_json_str(&cfg_text, &cfg_path)?;
+                let m = MistralModel::load(cfg, &crate::checkpoint::Checkpoint::open_dir(&dir)?)?;
+                let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
+                (Arch::Mistral(m), v, e)
+            }
+            o => return Err(Error::Unsupported(format!("model_type `{o}` is not supported (t5, mistral, llama)"))),
+        };
         let tok_path = dir.join("tokenizer.json");
         let tok = if tok_path.exists() { Some(Tok::from_file(&tok_path)?) } else { None };
         if let Some(t) = &tok {
-            t.check_fits(model.cfg.vocab_size)?;
+            t.check_fits(vocab)?;
         }
-        let eos = crate::verify::eos_ids(&dir, model.cfg.eos_token_id);
-        Ok(Engine { dir, model, tok, eos, load_ms: t0.elapsed().as_secs_f64() * 1e3 })
+        let mut eos = crate::verify::eos_ids(&dir, fallback_eos.first().copied().unwrap_or(1));
+        if eos.is_empty() {
+            eos = fallback_eos;
+        }
+        let chat = ChatTemplate::from_model_dir(&dir)?;
+        Ok(Engine { dir, arch, tok, eos, load_ms: t0.elapsed().as_secs_f64() * 1e3, chat, adapters: Vec::new() })
+    }
+
+    pub fn is_decoder_only(&self) -> bool {
+        matches!(self.arch, Arch::Mistral(_))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.arch {
+            Arch::T5(m) => m.cfg.vocab_size,
+            Arch::Mistral(m) => m.cfg.vocab_size,
+        }
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        match &self.arch {
+            Arch::T5(m) => m.cfg.pad_token_id,
+            Arch::Mistral(m) => m.cfg.pad_token_id.unwrap_or_else(|| self.eos.first().copied().unwrap_or(0)),
+        }
+    }
+
+    /// Load a PEFT LoRA adapter into a new slot named `name`; returns the slot.
+    pub fn load_adapter(&mut self, name: &str, dir: &Path) -> Result<usize> {
+        if self.adapters.iter().any(|n| n == name) {
+            return Err(Error::Input(format!("adapter name `{name}` is used twice")));
+        }
+        let a = LoraAdapter::load(dir, name)?;
+        let slot = self.adapters.len();
+        match &mut self.arch {
+            Arch::T5(m) => a.attach(m, slot)?,
+            Arch::Mistral(m) => a.attach(m, slot)?,
+        };
+        self.adapters.push(name.to_string());
+        Ok(slot)
+    }
+
+    /// Merge adapter `slot` into the base weights (then every request uses it).
+    pub fn merge_adapter(&mut self, slot: usize) {
+        let lins = match &mut self.arch {
+            Arch::T5(m) => m.linears_mut(),
+            Arch::Mistral(m) => m.linears_mut(),
+        };
+        for l in lins {
+            l.merge(slot);
+        }
+    }
+
+    pub fn adapter_slot(&self, name: &str) -> Option<usize> {
+        self.adapters.iter().position(|n| n == name)
     }
 
     pub fn tokenizer(&self) -> Result<&Tok> {
@@ -46,12 +123,23 @@ impl Engine {
             .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer.json: pass token ids with --input-ids", self.dir.display())))
     }
 
-    /// Generate for a batch of token-id sequences (each already with its EOS); right-padded.
+    /// Generate for a batch of token-id sequences: encoder inputs (T5, right-padded) or prompts
+    /// (decoder models, left-padded like HF `generate`), with LoRA adapter slot `adapter`.
     pub fn generate_ids(
         &self,
         inputs: &[Vec<u32>],
         opts: &GenOptions,
         constraints: &mut [Option<Box<dyn TokenConstraint>>],
+    ) -> Result<Vec<crate::generate::GenOutput>> {
+        self.generate_ids_with(inputs, opts, constraints, None)
+    }
+
+    pub fn generate_ids_with(
+        &self,
+        inputs: &[Vec<u32>],
+        opts: &GenOptions,
+        constraints: &mut [Option<Box<dyn TokenConstraint>>],
+        adapter: Option<usize>,
     ) -> Result<Vec<crate::generate::GenOutput>> {
         let b = inputs.len();
         if b == 0 {
@@ -61,25 +149,77 @@ impl Engine {
         if s == 0 || inputs.iter().any(|v| v.is_empty()) {
             return Err(Error::Input("empty input: nothing to encode".into()));
         }
-        let pad = self.model.cfg.pad_token_id;
+        let pad = self.pad_id();
         let mut ids = vec![pad; b * s];
         let mut mask = vec![0u8; b * s];
-        for (i, v) in inputs.iter().enumerate() {
-            ids[i * s..i * s + v.len()].copy_from_slice(v);
-            mask[i * s..i * s + v.len()].iter_mut().for_each(|m| *m = 1);
-        }
-        let enc = self.model.encode(&ids, &mask, b, s)?;
         let k = opts.num_beams.max(1);
-        let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
-        let mut st = T5Stepper::new(&self.model, &enc, src, opts.max_new_tokens + 1);
-        let start = vec![self.model.cfg.decoder_start(); b];
-        generate(&mut st, &start, opts, constraints)
+        match &self.arch {
+            Arch::T5(model) => {
+                for (i, v) in inputs.iter().enumerate() {
+                    ids[i * s..i * s + v.len()].copy_from_slice(v);
+                    mask[i * s..i * s + v.len()].iter_mut().for_each(|m| *m = 1);
+                }
+                let enc = model.encode_with(&ids, &mask, b, s, adapter)?;
+                let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+                let mut st = T5Stepper::new(model, &enc, src, opts.max_new_tokens + 1);
+                let start = vec![model.cfg.decoder_start(); b];
+                generate(&mut st, &start, opts, constraints)
+            }
+            Arch::Mistral(model) => {
+                for (i, v) in inputs.iter().enumerate() {
+                    let off = s - v.len();
+                    ids[i * s + off..(i + 1) * s].copy_from_slice(v);
+                    mask[i * s + off..(i + 1) * s].iter_mut().for_each(|m| *m = 1);
+                }
+                let mut st = MistralStepper::new(model, &ids, &mask, b, s, k, opts.max_new_tokens + 1, adapter)?;
+                generate(&mut st, &vec![0; b], opts, constraints)
+            }
+        }
+    }
+
+    /// Turn a posting into prompt token ids (T5: prompt + </s>; decoder models: the chat template
+    /// with the prompt as the user message, no extra BOS), cut to `limit` tokens. Returns the ids
+    /// and how many tokens of the posting were dropped.
+    pub fn prompt_ids(&self, template: &PromptTemplate, source: &str, limit: usize) -> Result<(Vec<u32>, usize)> {
+        let tok = self.tokenizer()?;
+        if !self.is_decoder_only() {
+            return tokenize_prompt(tok, &template.render(source), limit, self.eos.first().copied());
+        }
+        let chat = self.chat.as_ref().ok_or_else(|| {
+            Error::Input(format!(
+                "{} has no chat_template in tokenizer_config.json: pass --chat-template FILE or --chat-template mistral-v3",
+                self.dir.display()
+            ))
+        })?;
+        let render = |src: &str| -> Result<Vec<u32>> {
+            let text = chat.render(&[Message { role: "user".into(), content: template.render(src) }], true)?;
+            let e = tok.inner.encode(text.as_str(), false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            Ok(e.get_ids().to_vec())
+        };
+        let full = render(source)?;
+        if full.len() <= limit || limit == 0 {
+            return Ok((full, 0));
+        }
+        // Cut the posting (not the template's closing [/INST]) until the prompt fits.
+        let mut chars: Vec<char> = source.chars().collect();
+        for _ in 0..12 {
+            let cur = render(&chars.iter().collect::<String>())?;
+            if cur.len() <= limit {
+                let cut = full.len() - cur.len();
+                return Ok((cur, cut));
+            }
+            let keep = (chars.len() as f64 * (limit as f64 / cur.len() as f64) * 0.98) as usize;
+            chars.truncate(keep.min(chars.len().saturating_sub(1)));
+        }
+        Err(Error::Input(format!("the prompt does not fit in {limit} tokens even without the posting")))
     }
 }
 
 /// One posting to extract from.
 pub struct InputRecord {
     pub id: String,
+    /// LoRA adapter to use (JSONL field `adapter`); None: the default
+    pub adapter: Option<String>,
     /// the posting text, or why it could not be read
     pub source: std::result::Result<String, String>,
 }
@@ -128,7 +268,10 @@ pub struct ExtractOptions {
     pub sampling: Option<Sampling>,
     pub max_source_tokens: usize,
     pub batch_size: usize,
-    pub template: PromptTemplate,
+    /// prompt template (None: the reference prompt of the model family)
+    pub template: Option<PromptTemplate>,
+    /// adapter name used by records that do not name one (None: base model)
+    pub adapter: Option<String>,
     /// Largest posting accepted, in bytes (huge inputs are refused before tokenising).
     pub max_source_bytes: usize,
 }
@@ -145,7 +288,8 @@ impl Default for ExtractOptions {
             sampling: None,
             max_source_tokens: 1536,
             batch_size: 4,
-            template: PromptTemplate::flan_t5(),
+            template: None,
+            adapter: None,
             max_source_bytes: 1 << 20,
         }
     }
@@ -182,7 +326,7 @@ pub fn extract_records(
     sink: &mut dyn FnMut(OutputRecord) -> Result<()>,
 ) -> Result<()> {
     let tok = engine.tokenizer()?;
-    let eos_tok = engine.eos.first().copied();
+    let template = opts.template.clone().unwrap_or_else(|| if engine.is_decoder_only() { PromptTemplate::mistral() } else { PromptTemplate::flan_t5() });
     let gen = GenOptions {
         max_new_tokens: opts.max_new_tokens,
         min_new_tokens: opts.min_new_tokens,
@@ -194,8 +338,8 @@ pub fn extract_records(
     };
     let mut done = 0usize;
     for chunk in records.chunks(opts.batch_size.max(1)) {
-        // prepare: errors become records right away; valid ones are batched
-        let mut batch: Vec<(usize, Vec<u32>, usize)> = Vec::new();
+        // prepare: errors become records right away; valid ones are batched per adapter
+        let mut batch: Vec<(usize, Vec<u32>, usize, Option<usize>)> = Vec::new();
         let mut outs: Vec<Option<OutputRecord>> = vec![None; chunk.len()];
         for (i, r) in chunk.iter().enumerate() {
             let src = match &r.source {
@@ -216,8 +360,17 @@ pub fn extract_records(
                 ));
                 continue;
             }
-            let prompt = opts.template.render(src);
-            match tokenize_prompt(tok, &prompt, opts.max_source_tokens, eos_tok) {
+            let adapter = match r.adapter.as_deref().or(opts.adapter.as_deref()) {
+                None | Some("none") | Some("") => None,
+                Some(name) => match engine.adapter_slot(name) {
+                    Some(s) => Some(s),
+                    None => {
+                        outs[i] = Some(OutputRecord::error(&r.id, format!("unknown adapter `{name}` (loaded: {:?})", engine.adapters)));
+                        continue;
+                    }
+                },
+            };
+            match engine.prompt_ids(&template, src, opts.max_source_tokens) {
                 Ok((ids, cut)) => {
                     if cut > 0 {
                         warn(format!(
@@ -227,46 +380,39 @@ pub fn extract_records(
                             opts.max_source_tokens
                         ));
                     }
-                    batch.push((i, ids, cut));
+                    batch.push((i, ids, cut, adapter));
                 }
                 Err(e) => outs[i] = Some(OutputRecord::error(&r.id, e.to_string())),
             }
         }
-        if !batch.is_empty() {
+        let mut groups: Vec<Option<usize>> = batch.iter().map(|b| b.3).collect();
+        groups.sort();
+        groups.dedup();
+        for g_ad in groups {
+            let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> = batch.iter().filter(|b| b.3 == g_ad).collect();
             let t0 = std::time::Instant::now();
-            let inputs: Vec<Vec<u32>> = batch.iter().map(|b| b.1.clone()).collect();
-            match engine.generate_ids(&inputs, &gen, &mut []) {
+            let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
+            match engine.generate_ids_with(&inputs, &gen, &mut [], g_ad) {
                 Ok(gens) => {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    for ((i, ids, cut), g) in batch.iter().zip(gens) {
+                    for ((i, ids, cut, _), g) in group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(gens) {
                         let r = &chunk[*i];
-                        // keep <unk> (it marks braces and backslashes), drop pad/eos
-                        let keep: Vec<u32> = g.tokens.iter().copied().filter(|t| !engine.eos.contains(t) && *t != engine.model.cfg.pad_token_id).collect();
-                        let rec = match tok.decode(&keep, false) {
-                            Ok(raw) => {
-                                let (output, error) = match text_to_json(&raw) {
-                                    Ok(v) => (Some(v), None),
-                                    Err(e) => (None, Some(format!("output is not JSON after repair: {e}"))),
-                                };
-                                OutputRecord {
-                                    id: r.id.clone(),
-                                    output,
-                                    raw: Some(raw),
-                                    error,
-                                    finish_reason: Some(g.finish),
-                                    new_tokens: Some(g.tokens.len()),
-                                    source_tokens: Some(ids.len()),
-                                    source_tokens_cut: if *cut > 0 { Some(*cut) } else { None },
-                                    latency_ms: Some(ms),
-                                }
-                            }
-                            Err(e) => OutputRecord::error(&r.id, e.to_string()),
-                        };
-                        outs[*i] = Some(rec);
+                        let (raw, output, error) = postprocess(engine, tok, &g.tokens);
+                        outs[*i] = Some(OutputRecord {
+                            id: r.id.clone(),
+                            output,
+                            raw,
+                            error,
+                            finish_reason: Some(g.finish),
+                            new_tokens: Some(g.tokens.len()),
+                            source_tokens: Some(ids.len()),
+                            source_tokens_cut: if *cut > 0 { Some(*cut) } else { None },
+                            latency_ms: Some(ms),
+                        });
                     }
                 }
                 Err(e) => {
-                    for (i, _, _) in &batch {
+                    for (i, _, _, _) in &group {
                         outs[*i] = Some(OutputRecord::error(&chunk[*i].id, format!("generation failed: {e}")));
                     }
                 }
@@ -279,6 +425,36 @@ pub fn extract_records(
         progress(done);
     }
     Ok(())
+}
+
+/// Generated ids -> (raw text, JSON, error). T5: decode keeping `<unk>` (it marks `{`, `}` and
+/// `\`) and repair; decoder models: the first balanced JSON object of the completion (never the
+/// prompt's schema: the prompt is not part of the decoded text).
+fn postprocess(engine: &Engine, tok: &Tok, tokens: &[u32]) -> (Option<String>, Option<serde_json::Value>, Option<String>) {
+    let pad = engine.pad_id();
+    if engine.is_decoder_only() {
+        let keep: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t)).collect();
+        let raw = match tok.decode(&keep, true) {
+            Ok(r) => r,
+            Err(e) => return (None, None, Some(e.to_string())),
+        };
+        let res = match crate::chat::first_json_object(&raw) {
+            Ok((a, b)) => match serde_json::from_str::<serde_json::Value>(&raw[a..b]) {
+                Ok(v) => (Some(v), None),
+                Err(e) => (None, Some(format!("the completion's JSON object does not parse: {e}"))),
+            },
+            Err(why) => (None, Some(why.to_string())),
+        };
+        return (Some(raw), res.0, res.1);
+    }
+    let keep: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t) && *t != pad).collect();
+    match tok.decode(&keep, false) {
+        Ok(raw) => match text_to_json(&raw) {
+            Ok(v) => (Some(raw), Some(v), None),
+            Err(e) => (Some(raw), None, Some(format!("output is not JSON after repair: {e}"))),
+        },
+        Err(e) => (None, None, Some(e.to_string())),
+    }
 }
 
 /// Input format of a file.
@@ -296,7 +472,7 @@ pub fn read_records(name: &str, bytes: &[u8], fmt: InputFormat) -> Vec<InputReco
             let source = std::str::from_utf8(bytes)
                 .map(|s| s.to_string())
                 .map_err(|e| format!("input is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()));
-            vec![InputRecord { id: name.to_string(), source }]
+            vec![InputRecord { id: name.to_string(), adapter: None, source }]
         }
         InputFormat::Jsonl => {
             let mut out = Vec::new();
@@ -306,19 +482,20 @@ pub fn read_records(name: &str, bytes: &[u8], fmt: InputFormat) -> Vec<InputReco
                 }
                 let default_id = format!("{name}:{}", ln + 1);
                 let rec = match std::str::from_utf8(line) {
-                    Err(e) => InputRecord { id: default_id, source: Err(format!("line is not valid UTF-8 (offset {})", e.valid_up_to())) },
+                    Err(e) => InputRecord { id: default_id, adapter: None, source: Err(format!("line is not valid UTF-8 (offset {})", e.valid_up_to())) },
                     Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
-                        Err(e) => InputRecord { id: default_id, source: Err(format!("line is not JSON: {e}")) },
+                        Err(e) => InputRecord { id: default_id, adapter: None, source: Err(format!("line is not JSON: {e}")) },
                         Ok(v) => {
                             let id = match v.get("id") {
                                 Some(serde_json::Value::String(s)) => s.clone(),
                                 Some(serde_json::Value::Number(n)) => n.to_string(),
                                 _ => default_id,
                             };
+                            let adapter = v.get("adapter").and_then(|a| a.as_str()).map(String::from);
                             match v.get("source") {
-                                Some(serde_json::Value::String(s)) => InputRecord { id, source: Ok(s.clone()) },
-                                Some(_) => InputRecord { id, source: Err("`source` is not a string".into()) },
-                                None => InputRecord { id, source: Err("record has no `source` field".into()) },
+                                Some(serde_json::Value::String(s)) => InputRecord { id, adapter, source: Ok(s.clone()) },
+                                Some(_) => InputRecord { id, adapter, source: Err("`source` is not a string".into()) },
+                                None => InputRecord { id, adapter, source: Err("record has no `source` field".into()) },
                             }
                         }
                     },

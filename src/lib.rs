@@ -10,6 +10,7 @@ pub mod verify;
 pub mod hub;
 pub mod tokenizer;
 pub mod extract;
+pub mod chat;
 pub mod prompts;
 pub mod eval;
 pub mod eval_run;

@@ -47,6 +47,67 @@ enum Compat {
 }
 
 #[derive(Args, Clone, Debug)]
+struct ModelArgs {
+    /// Model folder or Hugging Face repo id
+    #[arg(long, default_value = "google/flan-t5-base")]
+    model: String,
+    /// PEFT LoRA adapter folder, optionally named: NAME=DIR (repeatable; several stay loaded)
+    #[arg(long = "adapter")]
+    adapters: Vec<String>,
+    /// Adapter used by records that do not name one in a JSONL `adapter` field
+    /// (default: the first --adapter; `none` for the base model)
+    #[arg(long)]
+    use_adapter: Option<String>,
+    /// Merge the (single) adapter into the weights instead of applying it unmerged
+    #[arg(long)]
+    merge_adapter: bool,
+    /// Chat template for decoder models: a Jinja file, or `mistral-v3` (built in);
+    /// default: the model's tokenizer_config.json
+    #[arg(long)]
+    chat_template: Option<String>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<(Engine, Option<String>)> {
+        let mut e = Engine::load(&self.model).with_context(|| format!("loading {}", self.model))?;
+        for (i, a) in self.adapters.iter().enumerate() {
+            let (name, dir) = match a.split_once('=') {
+                Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
+                _ => (format!("adapter{i}"), PathBuf::from(a)),
+            };
+            e.load_adapter(&name, &dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+        }
+        if self.merge_adapter {
+            if e.adapters.len() != 1 {
+                bail!("--merge-adapter needs exactly one --adapter (got {})", e.adapters.len());
+            }
+            e.merge_adapter(0);
+            e.adapters.clear();
+        }
+        if let Some(t) = &self.chat_template {
+            let source = if t == "mistral-v3" {
+                jobx_engine::chat::MISTRAL_V3.to_string()
+            } else {
+                std::fs::read_to_string(t).with_context(|| format!("reading chat template {t}"))?
+            };
+            let (bos, eos) = e.chat.as_ref().map(|c| (c.bos_token.clone(), c.eos_token.clone())).unwrap_or(("<s>".into(), "</s>".into()));
+            e.chat = Some(jobx_engine::chat::ChatTemplate { source, bos_token: bos, eos_token: eos });
+        }
+        let default_adapter = match &self.use_adapter {
+            Some(n) if n == "none" => None,
+            Some(n) => {
+                if e.adapter_slot(n).is_none() {
+                    bail!("--use-adapter {n}: no adapter of that name (loaded: {:?})", e.adapters);
+                }
+                Some(n.clone())
+            }
+            None => e.adapters.first().cloned(),
+        };
+        Ok((e, default_adapter))
+    }
+}
+
+#[derive(Args, Clone, Debug)]
 struct DecodeArgs {
     /// Maximum number of new tokens (the reference project: max_length 384 = 383 new tokens)
     #[arg(long, default_value_t = 383)]
@@ -94,9 +155,8 @@ impl DecodeArgs {
 enum Cmd {
     /// Extract structured JSON from job postings (files, stdin, or JSONL with a `source` field)
     Extract {
-        /// Model folder or Hugging Face repo id
-        #[arg(long, default_value = "google/flan-t5-base")]
-        model: String,
+        #[command(flatten)]
+        m: ModelArgs,
         /// Input files (none or `-`: stdin)
         files: Vec<PathBuf>,
         /// Input format (default: by file extension; .jsonl = jsonl, else text)
@@ -119,8 +179,8 @@ enum Cmd {
     },
     /// Low-level generation: token ids (or text) in, generated ids and text out as one JSON line
     Generate {
-        #[arg(long)]
-        model: String,
+        #[command(flatten)]
+        m: ModelArgs,
         /// JSON file with an array of ids, or an array of arrays (a batch)
         #[arg(long, conflicts_with = "text")]
         input_ids: Option<PathBuf>,
@@ -131,8 +191,8 @@ enum Cmd {
     },
     /// Evaluate a model on labelled postings ({"source","target"} JSONL): predictions, scores, speed
     Eval {
-        #[arg(long, default_value = "google/flan-t5-base")]
-        model: String,
+        #[command(flatten)]
+        m: ModelArgs,
         /// Labelled JSONL (the reference project's data format)
         #[arg(long, required_unless_present = "compare")]
         data: Option<PathBuf>,
@@ -237,7 +297,7 @@ fn load_report(p: &PathBuf) -> anyhow::Result<Vec<(String, serde_json::Value)>> 
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Eval { model, data, limit, out_dir, prompt_template, max_source_tokens, batch_size, compare, decode } => {
+        Cmd::Eval { m, data, limit, out_dir, prompt_template, max_source_tokens, batch_size, compare, decode } => {
             if !compare.is_empty() {
                 let mut all = Vec::new();
                 for p in &compare {
@@ -253,15 +313,15 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 bail!("{}: no such file", data.display());
             }
             let template = match prompt_template {
-                Some(p) => PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? },
-                None => PromptTemplate::flan_t5(),
+                Some(p) => Some(PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? }),
+                None => None,
             };
-            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+            let (engine, adapter) = m.load()?;
             let opts = jobx_engine::eval_run::EvalOptions {
                 limit,
                 seed: decode.seed,
                 out_dir,
-                model_name: model.clone(),
+                model_name: m.model.clone(),
                 extract: ExtractOptions {
                     max_new_tokens: decode.max_new_tokens,
                     min_new_tokens: decode.min_new_tokens,
@@ -272,6 +332,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     max_source_tokens,
                     batch_size,
                     template,
+                    adapter,
                     ..Default::default()
                 },
             };
@@ -367,8 +428,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Generate { model, input_ids, text, decode } => {
-            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+        Cmd::Generate { m, input_ids, text, decode } => {
+            let (engine, adapter) = m.load()?;
+            let adapter = adapter.and_then(|n| engine.adapter_slot(&n));
             let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {
                 let t = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
                 let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
@@ -378,13 +440,13 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             } else {
                 bail!("generate: give --input-ids FILE or --text TEXT");
             };
-            let vocab = engine.model.cfg.vocab_size as u32;
+            let vocab = engine.vocab_size() as u32;
             if let Some(bad) = batch.iter().flatten().find(|&&t| t >= vocab) {
                 bail!("token id {bad} is outside the model's vocabulary ({vocab})");
             }
             let opts = gen_options(&decode, engine.eos.clone())?;
             let t0 = std::time::Instant::now();
-            let outs = engine.generate_ids(&batch, &opts, &mut [])?;
+            let outs = engine.generate_ids_with(&batch, &opts, &mut [], adapter)?;
             let secs = t0.elapsed().as_secs_f64();
             let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
             let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
@@ -404,10 +466,10 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             println!("{line}");
             Ok(0)
         }
-        Cmd::Extract { model, files, input_format, output, prompt_template, max_source_tokens, batch_size, decode } => {
+        Cmd::Extract { m, files, input_format, output, prompt_template, max_source_tokens, batch_size, decode } => {
             let template = match prompt_template {
-                Some(p) => PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? },
-                None => PromptTemplate::flan_t5(),
+                Some(p) => Some(PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? }),
+                None => None,
             };
             // Read all inputs first so a missing file fails before the model loads.
             let mut records: Vec<InputRecord> = Vec::new();
@@ -423,7 +485,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     records.extend(extract::read_records(&name, &bytes, fmt));
                 }
             }
-            let engine = Engine::load(&model).with_context(|| format!("loading {model}"))?;
+            let (engine, adapter) = m.load()?;
             let opts = ExtractOptions {
                 max_new_tokens: decode.max_new_tokens,
                 min_new_tokens: decode.min_new_tokens,
@@ -434,6 +496,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 max_source_tokens,
                 batch_size,
                 template,
+                adapter,
                 ..Default::default()
             };
             let mut out: Box<dyn Write> = match &output {

@@ -44,3 +44,12 @@ pub fn tiny_t5_with_tokenizer() -> tempfile::TempDir {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jobx-engine"))
 }
+
+/// The tiny real-vocabulary Mistral with the real Mistral tokenizer, in a temp model folder.
+pub fn tiny_mistral_with_tokenizer() -> tempfile::TempDir {
+    let t = copy_dir(&fixture("mistral-tiny-real-vocab"));
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::fs::copy(repo().join("tests/fixtures/tokenizers/mistral-7b-v0.1").join(f), t.path().join(f)).expect("mistral tokenizer fixture");
+    }
+    t
+}
