@@ -414,3 +414,52 @@ pub fn generate(
         generate_greedy(m, start, opts, constraints)
     }
 }
+
+/// Stop strings: once the decoded text of a sequence contains one of `stops`, only EOS is allowed,
+/// so the sequence ends at the next step (greedy, sampling and beam search alike).
+#[derive(Clone)]
+pub struct StopStrings {
+    decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>,
+    stops: Vec<String>,
+    eos: u32,
+    ids: Vec<u32>,
+    hit: bool,
+}
+
+impl StopStrings {
+    pub fn new(decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>, stops: Vec<String>, eos: u32) -> Self {
+        StopStrings { decode, stops, eos, ids: Vec::new(), hit: false }
+    }
+    /// Cut `text` at the first stop string (the stop itself removed).
+    pub fn cut<'a>(text: &'a str, stops: &[String]) -> &'a str {
+        let end = stops.iter().filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+        &text[..end]
+    }
+}
+
+impl TokenConstraint for StopStrings {
+    fn mask(&mut self, scores: &mut [f32]) -> Result<()> {
+        if self.hit {
+            for (i, v) in scores.iter_mut().enumerate() {
+                if i as u32 != self.eos {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn commit(&mut self, token: u32) -> Result<()> {
+        self.ids.push(token);
+        if !self.hit {
+            // decode a tail long enough to hold the longest stop string
+            let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
+            let from = self.ids.len().saturating_sub(longest + 8);
+            let tail = (self.decode)(&self.ids[from..]);
+            self.hit = self.stops.iter().any(|s| !s.is_empty() && tail.contains(s.as_str()));
+        }
+        Ok(())
+    }
+    fn box_clone(&self) -> Box<dyn TokenConstraint> {
+        Box::new(self.clone())
+    }
+}

@@ -132,6 +132,9 @@ struct DecodeArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Stop when the generated text contains this string (repeatable)
+    #[arg(long = "stop")]
+    stops: Vec<String>,
     /// Sampling seed (eval: also shuffles the data before --limit)
     #[arg(long)]
     seed: Option<u64>,
@@ -212,6 +215,12 @@ enum Cmd {
         compare: Vec<PathBuf>,
         #[command(flatten)]
         decode: DecodeArgs,
+    },
+    /// Render score/eval reports as per-field bar charts (SVG + PNG) with an index page
+    Report {
+        reports: Vec<PathBuf>,
+        #[arg(long, default_value = "report-out")]
+        out: PathBuf,
     },
     /// Score prediction files with the reference project's metrics (bit-exact) and stricter ones
     Score {
@@ -382,6 +391,18 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Report { reports, out } => {
+            if reports.is_empty() {
+                bail!("report: give at least one report file");
+            }
+            let loaded = jobx_engine::eval::report::load_reports(&reports)?;
+            let files = jobx_engine::eval::report::render_reports(&loaded, &out)?;
+            for f in &files {
+                eprintln!("wrote {}", f.display());
+            }
+            println!("{}", serde_json::json!({"out": out, "files": files.len(), "runs": loaded.len()}));
+            Ok(0)
+        }
         Cmd::Repair { file, compat } => {
             use jobx_engine::eval;
             match compat {
@@ -446,11 +467,15 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             let opts = gen_options(&decode, engine.eos.clone())?;
             let t0 = std::time::Instant::now();
-            let outs = engine.generate_ids_with(&batch, &opts, &mut [], adapter)?;
+            let mut cons = stop_constraints(&engine, &decode.stops, batch.len())?;
+            let outs = engine.generate_ids_with(&batch, &opts, &mut cons, adapter)?;
             let secs = t0.elapsed().as_secs_f64();
             let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
             let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
-            let texts: Option<Vec<String>> = engine.tok.as_ref().map(|t| outs.iter().map(|o| t.decode(&o.tokens, true).unwrap_or_default()).collect());
+            let texts: Option<Vec<String>> = engine
+                .tok
+                .as_ref()
+                .map(|t| outs.iter().map(|o| jobx_engine::generate::StopStrings::cut(&t.decode(&o.tokens, true).unwrap_or_default(), &decode.stops).to_string()).collect());
             let mut line = serde_json::json!({
                 "ids": if single { serde_json::json!(ids[0]) } else { serde_json::json!(ids) },
                 "finish": outs.iter().map(|o| o.finish).collect::<Vec<_>>(),
@@ -545,6 +570,18 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn stop_constraints(engine: &Engine, stops: &[String], rows: usize) -> anyhow::Result<Vec<Option<Box<dyn jobx_engine::generate::TokenConstraint>>>> {
+    if stops.is_empty() {
+        return Ok(vec![]);
+    }
+    let tok = engine.tokenizer()?.inner.clone();
+    let dec: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync> = std::sync::Arc::new(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
+    let eos = *engine.eos.first().context("the model has no EOS id for stop strings")?;
+    Ok((0..rows)
+        .map(|_| Some(Box::new(jobx_engine::generate::StopStrings::new(dec.clone(), stops.to_vec(), eos)) as Box<dyn jobx_engine::generate::TokenConstraint>))
+        .collect())
 }
 
 fn parse_ids(v: &serde_json::Value) -> anyhow::Result<(Vec<Vec<u32>>, bool)> {

@@ -125,3 +125,34 @@ fn extract_reports_unreadable_files_and_offline_models_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not in the Hugging Face cache") && err.contains("HF_HUB_OFFLINE"), "{err}");
 }
+
+#[test]
+fn stop_strings_end_generation() {
+    // The tiny model's greedy text is "Choir pulp pulp ..." (HF reference); stop at "pulp".
+    let t = common::tiny_t5_with_tokenizer();
+    let (spec, _, greedy) = reference();
+    let run = |extra: &[&str]| {
+        let out = Command::new(common::bin())
+            .args(["generate", "--model"])
+            .arg(t.path())
+            .args(["--text", spec["text"].as_str().unwrap(), "--max-new-tokens", "20"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(String::from_utf8(out.stdout).unwrap().lines().last().unwrap()).unwrap()
+    };
+    let line = run(&["--stop", "pulp", "--num-beams", "1"]);
+    let ids = line["ids"].as_array().unwrap();
+    assert!(ids.len() < greedy.len(), "stopped early: {ids:?}");
+    assert_eq!(ids.last().unwrap(), 1, "ends with EOS after the stop string");
+    assert!(!line["text"].as_str().unwrap().contains("pulp"), "{}", line["text"]);
+    assert_eq!(line["finish"][0], "eos");
+    // beam search honours it too: a beam that produced the stop string ends right after it
+    let line = run(&["--stop", "pulp", "--num-beams", "3"]);
+    let ids: Vec<u64> = line["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    if let Some(p) = ids.iter().position(|&x| x == 21237) {
+        assert_eq!(ids[p + 1], 1, "EOS right after the stop token: {ids:?}");
+    }
+    assert!(!line["text"].as_str().unwrap().contains("pulp"));
+}

@@ -18,6 +18,7 @@ pub mod input;
 pub mod metrics;
 pub mod pyjson;
 pub mod repair;
+pub mod report;
 pub mod stricter;
 
 use std::collections::BTreeMap;

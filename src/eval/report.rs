@@ -244,8 +244,13 @@ fn stricter_num(report: &Value, path: &[&str]) -> Option<f64> {
     num_at(jobx, path)
 }
 
+/// `(field, presence, accuracy, count)`.
+type StringRow = (String, Option<f64>, Option<f64>, Option<f64>);
+/// `(field, precision, recall, f1, count)`.
+type ListRow = (String, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+
 /// `(field, presence, accuracy, count)` in report order.
-fn string_fields(report: &Value) -> Vec<(String, Option<f64>, Option<f64>, Option<f64>)> {
+fn string_fields(report: &Value) -> Vec<StringRow> {
     let Some(Value::Object(m)) = report.get("field_metrics") else {
         return Vec::new();
     };
@@ -262,10 +267,7 @@ fn string_fields(report: &Value) -> Vec<(String, Option<f64>, Option<f64>, Optio
 }
 
 /// `(field, precision, recall, f1, count)` in report order.
-#[allow(clippy::type_complexity)]
-fn list_fields(
-    report: &Value,
-) -> Vec<(String, Option<f64>, Option<f64>, Option<f64>, Option<f64>)> {
+fn list_fields(report: &Value) -> Vec<ListRow> {
     let Some(Value::Object(m)) = report.get("list_field_metrics") else {
         return Vec::new();
     };
@@ -282,15 +284,24 @@ fn list_fields(
         .collect()
 }
 
-/// Field names in first-seen order over all reports.
+/// Field names over all reports: the order of the report with the most fields, then any others in
+/// first-seen order.
 fn union_fields(reports: &[(String, Value)], key: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let keys = |r: &Value| -> Vec<String> {
+        match r.get(key) {
+            Some(Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut out: Vec<String> = reports
+        .iter()
+        .map(|(_, r)| keys(r))
+        .reduce(|best, k| if k.len() > best.len() { k } else { best })
+        .unwrap_or_default();
     for (_, r) in reports {
-        if let Some(Value::Object(m)) = r.get(key) {
-            for k in m.keys() {
-                if !out.contains(k) {
-                    out.push(k.clone());
-                }
+        for k in keys(r) {
+            if !out.contains(&k) {
+                out.push(k);
             }
         }
     }
@@ -1055,7 +1066,7 @@ struct Section {
 }
 
 fn overall_table(reports: &[(String, Value)]) -> Table {
-    let mut head: Vec<String> = [
+    let head: Vec<String> = [
         "Run",
         "Family",
         "Records",
@@ -1114,9 +1125,8 @@ fn overall_table(reports: &[(String, Value)]) -> Table {
             .map(|(x, _)| x)
             .collect()
     };
-    head = filter(head);
     Table {
-        head,
+        head: filter(head),
         rows: rows.into_iter().map(filter).collect(),
     }
 }
@@ -1160,7 +1170,7 @@ fn render_html(sections: &[Section], runs: usize) -> String {
         }
         for (cap, t) in &sec.tables {
             if !cap.is_empty() {
-                let _ = writeln!(s, "<h4>{}</h4>", html_esc(cap));
+                let _ = writeln!(s, "<h3>{}</h3>", html_esc(cap));
             }
             t.html(&mut s);
         }
