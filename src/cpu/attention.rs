@@ -22,6 +22,17 @@ pub trait ScoreMod: Sync {
     fn bias(&self, h: usize, i: usize, j: usize) -> f32;
     /// Whether key `j` is visible to query `i` of batch row `b`.
     fn allowed(&self, b: usize, i: usize, j: usize) -> bool;
+    /// Add the bias to and mask one score row (query `i` of batch `b`, head `h`). The default
+    /// goes element by element; implementations override it with slice arithmetic.
+    fn apply_row(&self, b: usize, h: usize, i: usize, row: &mut [f32]) {
+        for (j, x) in row.iter_mut().enumerate() {
+            if self.allowed(b, i, j) {
+                *x += self.bias(h, i, j);
+            } else {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
     /// Optional scale on q·k (T5: 1, no 1/sqrt(d)).
     fn scale(&self) -> f32 {
         1.0
@@ -94,13 +105,7 @@ pub fn attention(
         }
         for i in 0..tq {
             let row = &mut sc[i * tk..(i + 1) * tk];
-            for (j, x) in row.iter_mut().enumerate() {
-                if m.allowed(b, i, j) {
-                    *x += m.bias(h, i, j);
-                } else {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
+            m.apply_row(b, h, i, row);
             super::softmax_inplace(row);
         }
         // out[b, i, h*dk..] = P[i, :] · V[j, :]

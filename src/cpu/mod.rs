@@ -134,8 +134,13 @@ pub fn erf(x: f64) -> f64 {
     if x >= 0.0 { 1.0 - r } else { r - 1.0 }
 }
 
-/// In-place softmax over a row; masked entries (−inf) get exactly 0.
+/// In-place softmax over a row; masked entries (−inf) get exactly 0. Vectorised exp.
 pub fn softmax_inplace(row: &mut [f32]) {
+    simd::softmax(row)
+}
+
+/// Scalar reference softmax (libm exp), kept for tests.
+pub fn softmax_ref(row: &mut [f32]) {
     let mut mx = f32::NEG_INFINITY;
     for &v in row.iter() {
         if v > mx {

@@ -195,3 +195,144 @@ unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize
         j += 1;
     }
 }
+
+/// exp(x) for f32 with Cephes' range reduction and degree-6 polynomial (max rel. error ~2 ulp),
+/// written so LLVM vectorises it; x < -87.3 (including -inf from masks) gives exactly 0.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.3, 88.3);
+    let n = (xc * LOG2E).round();
+    let r = xc - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { y * scale }
+}
+
+#[inline(always)]
+fn softmax_body(row: &mut [f32]) {
+    let mut mx = f32::NEG_INFINITY;
+    for &v in row.iter() {
+        mx = mx.max(v);
+    }
+    if mx == f32::NEG_INFINITY {
+        row.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let mut s = 0.0f32;
+    for v in row.iter_mut() {
+        *v = exp_poly(*v - mx);
+        s += *v;
+    }
+    let inv = 1.0 / s;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// gelu_new(x) = 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), tanh(u) = 1 − 2/(1 + e^{2u}).
+#[inline(always)]
+fn gelu_tanh_body(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6;
+    for v in x.iter_mut() {
+        let u = C * (*v + 0.044715 * *v * *v * *v);
+        let e = exp_poly((2.0 * u).min(80.0));
+        let t = 1.0 - 2.0 / (1.0 + e);
+        *v = 0.5 * *v * (1.0 + t);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_avx512(row: &mut [f32]) {
+    softmax_body(row)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(row: &mut [f32]) {
+    softmax_body(row)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_avx512(x: &mut [f32]) {
+    gelu_tanh_body(x)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(x: &mut [f32]) {
+    gelu_tanh_body(x)
+}
+
+fn level() -> u8 {
+    use std::sync::OnceLock;
+    static L: OnceLock<u8> = OnceLock::new();
+    *L.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                return 2;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return 1;
+            }
+        }
+        0
+    })
+}
+
+/// In-place softmax with the vectorised exp; masked (-inf) entries become exactly 0.
+pub fn softmax(row: &mut [f32]) {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features detected in level()
+        2 => unsafe { softmax_avx512(row) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { softmax_avx2(row) },
+        _ => softmax_body(row),
+    }
+}
+
+/// In-place gelu_new (tanh form) with the vectorised exp.
+pub fn gelu_tanh_inplace(x: &mut [f32]) {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: features detected in level()
+        2 => unsafe { gelu_avx512(x) },
+        #[cfg(target_arch = "x86_64")]
+        1 => unsafe { gelu_avx2(x) },
+        _ => gelu_tanh_body(x),
+    }
+}
+
+#[cfg(test)]
+mod exp_tests {
+    #[test]
+    fn exp_poly_is_accurate_and_masks_to_zero() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = super::exp_poly(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "max rel err {worst}");
+        assert_eq!(super::exp_poly(f32::NEG_INFINITY), 0.0);
+        let mut g = vec![-10.0f32, -1.0, -0.1, 0.0, 0.3, 2.0, 10.0];
+        let want: Vec<f32> = g.iter().map(|&v| super::super::gelu_tanh(v)).collect();
+        super::gelu_tanh_inplace(&mut g);
+        for (a, b) in g.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let mut r = vec![1.0f32, f32::NEG_INFINITY, 3.0];
+        super::softmax(&mut r);
+        assert_eq!(r[1], 0.0);
+        assert!((r[0] + r[2] - 1.0).abs() < 1e-6);
+    }
+}
