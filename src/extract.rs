@@ -200,16 +200,30 @@ impl Engine {
         if full.len() <= limit || limit == 0 {
             return Ok((full, 0));
         }
-        // Cut the posting (not the template's closing [/INST]) until the prompt fits.
-        let mut chars: Vec<char> = source.chars().collect();
-        for _ in 0..12 {
-            let cur = render(&chars.iter().collect::<String>())?;
+        // Cut the posting (not the template's closing [/INST]): binary search for the longest
+        // prefix of the posting (in characters) whose prompt fits.
+        let chars: Vec<char> = source.chars().collect();
+        let (mut lo, mut hi) = (0usize, chars.len());
+        let mut best: Option<Vec<u32>> = None;
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2;
+            let cur = render(&chars[..mid].iter().collect::<String>())?;
             if cur.len() <= limit {
-                let cut = full.len() - cur.len();
-                return Ok((cur, cut));
+                lo = mid;
+                best = Some(cur);
+            } else {
+                hi = mid - 1;
             }
-            let keep = (chars.len() as f64 * (limit as f64 / cur.len() as f64) * 0.98) as usize;
-            chars.truncate(keep.min(chars.len().saturating_sub(1)));
+        }
+        if best.is_none() && lo == 0 {
+            let cur = render("")?;
+            if cur.len() <= limit {
+                best = Some(cur);
+            }
+        }
+        if let Some(cur) = best {
+            let cut = full.len() - cur.len();
+            return Ok((cur, cut));
         }
         Err(Error::Input(format!("the prompt does not fit in {limit} tokens even without the posting")))
     }
@@ -272,6 +286,8 @@ pub struct ExtractOptions {
     pub template: Option<PromptTemplate>,
     /// adapter name used by records that do not name one (None: base model)
     pub adapter: Option<String>,
+    /// grammar constraint (None: unconstrained, output repaired/extracted afterwards)
+    pub grammar: Option<std::sync::Arc<crate::grammar::Grammar>>,
     /// Largest posting accepted, in bytes (huge inputs are refused before tokenising).
     pub max_source_bytes: usize,
 }
@@ -290,6 +306,7 @@ impl Default for ExtractOptions {
             batch_size: 4,
             template: None,
             adapter: None,
+            grammar: None,
             max_source_bytes: 1 << 20,
         }
     }
@@ -309,6 +326,69 @@ pub fn tokenize_prompt(tok: &Tok, prompt: &str, limit: usize, eos: Option<u32>) 
         return Ok((ids, n - limit));
     }
     Ok((ids, 0))
+}
+
+/// The grammar constraint as the generation loop's per-sequence hook.
+///
+/// The matcher's budget bounds the document's tokens; this adapter gives it `max_new_tokens - 1`
+/// and allows exactly EOS once that budget is spent on a complete document, so every output ends
+/// with EOS within `max_new_tokens`.
+#[derive(Clone)]
+pub struct GrammarConstraint {
+    pub inner: crate::grammar::JsonConstraint,
+    eos: Vec<u32>,
+    done: bool,
+}
+
+impl GrammarConstraint {
+    /// A constraint for one sequence of at most `max_new_tokens` tokens (EOS included).
+    pub fn new(g: std::sync::Arc<crate::grammar::Grammar>, max_new_tokens: usize) -> Self {
+        let eos = g.vocab().eos_ids().to_vec();
+        GrammarConstraint { inner: crate::grammar::JsonConstraint::new(g, max_new_tokens.saturating_sub(1) as u32), eos, done: false }
+    }
+    fn budget_spent(&self) -> bool {
+        self.inner.matcher.remaining() == 0 && self.inner.matcher.is_complete() && !self.inner.matcher.is_finished()
+    }
+}
+
+impl TokenConstraint for GrammarConstraint {
+    fn mask(&mut self, scores: &mut [f32]) -> Result<()> {
+        if self.budget_spent() {
+            for (i, v) in scores.iter_mut().enumerate() {
+                if !self.eos.contains(&(i as u32)) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            return Ok(());
+        }
+        self.inner.apply_mask(scores);
+        Ok(())
+    }
+    fn commit(&mut self, token: u32) -> Result<()> {
+        if self.done {
+            return Err(Error::Input("grammar: token after EOS".into()));
+        }
+        if self.budget_spent() && self.eos.contains(&token) {
+            self.done = true;
+            return Ok(());
+        }
+        self.inner.matcher.commit_token(token).map_err(|e| Error::Input(format!("grammar: {e}")))
+    }
+    fn is_complete(&self) -> bool {
+        self.inner.matcher.is_complete()
+    }
+    fn box_clone(&self) -> Box<dyn TokenConstraint> {
+        Box::new(self.clone())
+    }
+}
+
+/// Compile `schema` ("job" or a JSON Schema file) for the engine's tokenizer.
+pub fn compile_grammar(engine: &Engine, schema: &str) -> Result<std::sync::Arc<crate::grammar::Grammar>> {
+    let tp = engine.dir.join("tokenizer.json");
+    let vocab = crate::grammar::Vocab::from_tokenizer_json(&tp.display().to_string()).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let sch = crate::grammar::load_schema(schema).map_err(|e| Error::Input(format!("schema {schema}: {e}")))?;
+    crate::grammar::Grammar::compile(&sch, std::sync::Arc::new(vocab), &crate::grammar::CompileOptions::default())
+        .map_err(|e| Error::Input(format!("schema {schema}: {e}")))
 }
 
 /// Turn the model's text (with `<unk>` markers kept) into JSON.
@@ -336,6 +416,16 @@ pub fn extract_records(
         eos: engine.eos.clone(),
         sampling: opts.sampling.clone(),
     };
+    if let Some(g) = &opts.grammar {
+        let need = g.min_tokens() as usize + 1;
+        if gen.max_new_tokens < need {
+            return Err(Error::Input(format!(
+                "--max-new-tokens {} is too small: the shortest document of this schema takes {} tokens with this tokenizer, plus EOS",
+                gen.max_new_tokens,
+                need - 1
+            )));
+        }
+    }
     let mut done = 0usize;
     for chunk in records.chunks(opts.batch_size.max(1)) {
         // prepare: errors become records right away; valid ones are batched per adapter
@@ -392,12 +482,21 @@ pub fn extract_records(
             let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> = batch.iter().filter(|b| b.3 == g_ad).collect();
             let t0 = std::time::Instant::now();
             let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
-            match engine.generate_ids_with(&inputs, &gen, &mut [], g_ad) {
+            let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = match &opts.grammar {
+                Some(g) => (0..inputs.len())
+                    .map(|_| Some(Box::new(GrammarConstraint::new(g.clone(), gen.max_new_tokens)) as Box<dyn TokenConstraint>))
+                    .collect(),
+                None => vec![],
+            };
+            match engine.generate_ids_with(&inputs, &gen, &mut cons, g_ad) {
                 Ok(gens) => {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
                     for ((i, ids, cut, _), g) in group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(gens) {
                         let r = &chunk[*i];
-                        let (raw, output, error) = postprocess(engine, tok, &g.tokens);
+                        let (raw, output, error) = match &opts.grammar {
+                            Some(gr) => postprocess_constrained(engine, tok, gr, &g.tokens),
+                            None => postprocess(engine, tok, &g.tokens),
+                        };
                         outs[*i] = Some(OutputRecord {
                             id: r.id.clone(),
                             output,
@@ -425,6 +524,25 @@ pub fn extract_records(
         progress(done);
     }
     Ok(())
+}
+
+/// Constrained output: the grammar maps the tokens back to the exact JSON text (T5's `<unk>`
+/// included), which parses by construction; an incomplete document is reported, never guessed.
+fn postprocess_constrained(
+    engine: &Engine,
+    tok: &Tok,
+    g: &crate::grammar::Grammar,
+    tokens: &[u32],
+) -> (Option<String>, Option<serde_json::Value>, Option<String>) {
+    let body: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t)).collect();
+    let raw = tok.decode(&body, false).ok();
+    match g.decode_text(&body) {
+        Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => (raw, Some(v), None),
+            Err(e) => (raw, None, Some(format!("constrained output incomplete or invalid ({e}): {text}"))),
+        },
+        Err(e) => (raw, None, Some(format!("grammar: {e}"))),
+    }
 }
 
 /// Generated ids -> (raw text, JSON, error). T5: decode keeping `<unk>` (it marks `{`, `}` and

@@ -14,6 +14,7 @@ pub mod chat;
 pub mod prompts;
 pub mod eval;
 pub mod eval_run;
+pub mod grammar;
 
 
 pub use error::{Error, Result};

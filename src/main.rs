@@ -29,6 +29,46 @@ enum Device {
     Auto,
 }
 
+#[derive(Subcommand)]
+enum SchemaCmd {
+    /// Print a schema (`job`, or a file after checking that it compiles)
+    Print { name: String },
+}
+
+#[derive(Subcommand)]
+enum GrammarCmd {
+    /// Sample documents by picking uniformly random allowed tokens; all must parse, validate and complete
+    Check {
+        #[arg(long, default_value = "job")]
+        schema: String,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 384)]
+        max_tokens: u32,
+        /// Write every sample (as JSON) here, one per line
+        #[arg(long)]
+        emit: Option<PathBuf>,
+        /// Structural surface: auto, literal or unk
+        #[arg(long, default_value = "auto")]
+        surface: String,
+    },
+    /// Walk documents token by token, timing the mask computation before each token
+    Bench {
+        #[arg(long, default_value = "job")]
+        schema: String,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        #[arg(long)]
+        documents: PathBuf,
+        #[arg(long, default_value = "auto")]
+        surface: String,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum, Debug)]
 enum ScoreFormat {
     Jobextractx,
@@ -132,6 +172,12 @@ struct DecodeArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     top_k: usize,
+    /// Output JSON schema for constrained decoding: `job` (built in) or a JSON Schema file
+    #[arg(long, default_value = "job")]
+    schema: String,
+    /// Turn grammar-constrained decoding off (the output is repaired/extracted afterwards)
+    #[arg(long)]
+    no_constrain: bool,
     /// Stop when the generated text contains this string (repeatable)
     #[arg(long = "stop")]
     stops: Vec<String>,
@@ -221,6 +267,16 @@ enum Cmd {
         reports: Vec<PathBuf>,
         #[arg(long, default_value = "report-out")]
         out: PathBuf,
+    },
+    /// Output schemas: `schema print job` prints the built-in job schema
+    Schema {
+        #[command(subcommand)]
+        cmd: SchemaCmd,
+    },
+    /// Grammar tools: random-sampling validity check and per-token mask benchmark
+    Grammar {
+        #[command(subcommand)]
+        cmd: GrammarCmd,
     },
     /// Score prediction files with the reference project's metrics (bit-exact) and stricter ones
     Score {
@@ -326,6 +382,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 None => None,
             };
             let (engine, adapter) = m.load()?;
+            let grammar = if decode.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(&engine, &decode.schema)?) };
             let opts = jobx_engine::eval_run::EvalOptions {
                 limit,
                 seed: decode.seed,
@@ -342,6 +399,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     batch_size,
                     template,
                     adapter,
+                    grammar,
                     ..Default::default()
                 },
             };
@@ -390,6 +448,51 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 std::fs::write(&p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
             }
             Ok(0)
+        }
+        Cmd::Schema { cmd: SchemaCmd::Print { name } } => {
+            let v = jobx_engine::grammar::load_schema(&name).map_err(|e| anyhow::anyhow!("schema {name}: {e}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(0)
+        }
+        Cmd::Grammar { cmd } => {
+            use jobx_engine::grammar::{grammar_bench, grammar_check, BenchOptions, CheckOptions, SurfaceOptions};
+            let surface_of = |s: &str| -> anyhow::Result<SurfaceOptions> {
+                let mut o = SurfaceOptions::default();
+                o.structural = SurfaceOptions::parse_structural(s).map_err(|e| anyhow::anyhow!("--surface: {e}"))?;
+                Ok(o)
+            };
+            match cmd {
+                GrammarCmd::Check { schema, tokenizer, samples, seed, max_tokens, emit, surface } => {
+                    let opts = CheckOptions {
+                        schema,
+                        tokenizer: tokenizer.display().to_string(),
+                        samples,
+                        seed,
+                        max_tokens,
+                        emit: emit.map(|p| p.display().to_string()),
+                        surface: surface_of(&surface)?,
+                    };
+                    let s = grammar_check(&opts).map_err(|e| anyhow::anyhow!("grammar check: {e}"))?;
+                    println!("{}", s.to_json_line());
+                    Ok(if s.ok() { 0 } else { 1 })
+                }
+                GrammarCmd::Bench { schema, tokenizer, documents, surface } => {
+                    let tk = tokenizers::Tokenizer::from_file(&tokenizer).map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
+                    let enc: Box<jobx_engine::grammar::tools::EncodeFn> = Box::new(move |text: &str| {
+                        Ok(tk.encode(text, false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec())
+                    });
+                    let opts = BenchOptions {
+                        schema,
+                        tokenizer: tokenizer.display().to_string(),
+                        documents: documents.display().to_string(),
+                        surface: surface_of(&surface)?,
+                        encode: Some(enc),
+                    };
+                    let s = grammar_bench(&opts).map_err(|e| anyhow::anyhow!("grammar bench: {e}"))?;
+                    println!("{}", s.to_json_line());
+                    Ok(0)
+                }
+            }
         }
         Cmd::Report { reports, out } => {
             if reports.is_empty() {
@@ -511,7 +614,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 }
             }
             let (engine, adapter) = m.load()?;
+            let grammar = if decode.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(&engine, &decode.schema)?) };
             let opts = ExtractOptions {
+                grammar,
                 max_new_tokens: decode.max_new_tokens,
                 min_new_tokens: decode.min_new_tokens,
                 num_beams: decode.num_beams,

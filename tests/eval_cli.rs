@@ -21,7 +21,7 @@ fn eval_writes_predictions_report_and_compare() {
             .arg(&data)
             .arg("--out-dir")
             .arg(&out_dir)
-            .args(["--max-new-tokens", "6", "--num-beams", "1", "--batch-size", "2"])
+            .args(["--max-new-tokens", "6", "--num-beams", "1", "--batch-size", "2", "--no-constrain"])
             .args(extra)
             .output()
             .unwrap();

@@ -105,7 +105,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
     let p = t.path().join("in.txt");
     std::fs::write(&p, "a posting").unwrap();
     // the v0.1 tokenizer_config has no chat_template
-    let o = Command::new(common::bin()).args(["extract", "--model"]).arg(t.path()).arg(&p).args(["--max-new-tokens", "2"]).output().unwrap();
+    let o = Command::new(common::bin()).args(["extract", "--model"]).arg(t.path()).arg(&p).args(["--max-new-tokens", "2", "--no-constrain"]).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("no chat_template"), "{out}");
     let bad = t.path().join("bad.jinja");
@@ -116,7 +116,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
         .arg(&p)
         .arg("--chat-template")
         .arg(&bad)
-        .args(["--max-new-tokens", "2"])
+        .args(["--max-new-tokens", "2", "--no-constrain"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
@@ -125,7 +125,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(&p)
-        .args(["--chat-template", "mistral-v3", "--max-new-tokens", "2", "--num-beams", "1"])
+        .args(["--chat-template", "mistral-v3", "--max-new-tokens", "2", "--num-beams", "1", "--no-constrain"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
