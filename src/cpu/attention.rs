@@ -89,6 +89,34 @@ pub fn attention(
         let qbase = b * qv.sb + h * qv.sh;
         let kbase = kb * kv.sb + kh * kv.sh;
         let vbase = kb * vv.sb + kh * vv.sh;
+        if tq <= 4 {
+            // Decode steps: a handful of queries. Direct dot products and axpy avoid ~1.5k tiny
+            // gemm calls per step (their dispatch cost dominated batched decoding).
+            let dot = super::simd::dot_fn();
+            for i in 0..tq {
+                let qi = unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
+                let row = &mut sc[i * tk..(i + 1) * tk];
+                for (j, x) in row.iter_mut().enumerate() {
+                    let kj = &k[kbase + j * kv.st..kbase + j * kv.st + dk];
+                    *x = dot(qi, kj) * scale;
+                }
+                m.apply_row(b, h, i, row);
+                super::softmax_inplace(row);
+                // SAFETY: this task owns out[b, i, h*dk .. h*dk+dk].
+                let o = unsafe { std::slice::from_raw_parts_mut(op.0.add(b * tq * out_row + i * out_row + h * dk), dk) };
+                o.iter_mut().for_each(|v| *v = 0.0);
+                for (j, &p) in row.iter().enumerate() {
+                    if p == 0.0 {
+                        continue;
+                    }
+                    let vj = &v[vbase + j * vv.st..vbase + j * vv.st + dk];
+                    for (ov, &vv_) in o.iter_mut().zip(vj) {
+                        *ov += p * vv_;
+                    }
+                }
+            }
+            return;
+        }
         // scores[i, j] = q[i]·k[j]
         // SAFETY: the views address valid elements for i<tq, j<tk, d<dk (callers size them).
         unsafe {

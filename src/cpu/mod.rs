@@ -167,7 +167,16 @@ pub fn log_softmax(row: &[f32], out: &mut [f32]) {
         out.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
         return;
     }
-    let s: f32 = row.iter().map(|&v| (v - mx).exp()).sum();
+    // Σ exp(v - mx) with the vectorised exp (computed in `out` as scratch)
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = v - mx;
+    }
+    simd::softmax(out);
+    let s: f32 = {
+        // softmax normalised by Σ; recover Σ from the max element, whose exp(0) = 1: p_max = 1/Σ
+        let pmax = out.iter().cloned().fold(0.0f32, f32::max);
+        1.0 / pmax
+    };
     let ls = s.ln();
     for (o, &v) in out.iter_mut().zip(row) {
         *o = v - mx - ls;

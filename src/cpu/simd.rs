@@ -158,7 +158,47 @@ unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize
     let mut j = 0;
     while j + 4 <= rows {
         let (w0, w1, w2, w3) = (wp.add(j * k), wp.add((j + 1) * k), wp.add((j + 2) * k), wp.add((j + 3) * k));
-        for i in 0..m {
+        // 4 weight rows × 4 input rows: 16 accumulators, 8 loads per 16 FMAs.
+        let m4 = m / 4 * 4;
+        let mut i = 0;
+        while i < m4 {
+            let xs = [x.as_ptr().add(i * k), x.as_ptr().add((i + 1) * k), x.as_ptr().add((i + 2) * k), x.as_ptr().add((i + 3) * k)];
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let mut p = 0;
+            while p < kk {
+                let wv = [_mm512_loadu_ps(w0.add(p)), _mm512_loadu_ps(w1.add(p)), _mm512_loadu_ps(w2.add(p)), _mm512_loadu_ps(w3.add(p))];
+                for (ii, xp) in xs.iter().enumerate() {
+                    let xv = _mm512_loadu_ps(xp.add(p));
+                    for r in 0..4 {
+                        acc[ii][r] = _mm512_fmadd_ps(wv[r], xv, acc[ii][r]);
+                    }
+                }
+                p += 16;
+            }
+            if tail != 0 {
+                let wv = [
+                    _mm512_maskz_loadu_ps(tmask, w0.add(kk)),
+                    _mm512_maskz_loadu_ps(tmask, w1.add(kk)),
+                    _mm512_maskz_loadu_ps(tmask, w2.add(kk)),
+                    _mm512_maskz_loadu_ps(tmask, w3.add(kk)),
+                ];
+                for (ii, xp) in xs.iter().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
+                    for r in 0..4 {
+                        acc[ii][r] = _mm512_fmadd_ps(wv[r], xv, acc[ii][r]);
+                    }
+                }
+            }
+            for ii in 0..4 {
+                let o = out.add((i + ii) * ldo + j);
+                for r in 0..4 {
+                    let v = _mm512_reduce_add_ps(acc[ii][r]);
+                    *o.add(r) = if accumulate { *o.add(r) + v } else { v };
+                }
+            }
+            i += 4;
+        }
+        for i in m4..m {
             let xp = x.as_ptr().add(i * k);
             let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
             let mut p = 0;
@@ -204,7 +244,8 @@ fn exp_poly(x: f32) -> f32 {
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.3, 88.3);
-    let n = (xc * LOG2E).round();
+    // round-half-even maps to one vector instruction; `round()` would be a libm call per lane
+    let n = (xc * LOG2E).round_ties_even();
     let r = xc - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4f32;
     p = p.mul_add(r, 1.398_199_9e-3);
@@ -219,18 +260,35 @@ fn exp_poly(x: f32) -> f32 {
 
 #[inline(always)]
 fn softmax_body(row: &mut [f32]) {
-    let mut mx = f32::NEG_INFINITY;
-    for &v in row.iter() {
+    // Reductions use 16 explicit lanes: LLVM will not reorder a float reduction on its own, and
+    // a single accumulator would keep the whole loop scalar.
+    let mut m16 = [f32::NEG_INFINITY; 16];
+    let chunks = row.len() / 16;
+    for c in 0..chunks {
+        for l in 0..16 {
+            m16[l] = m16[l].max(row[c * 16 + l]);
+        }
+    }
+    let mut mx = m16.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    for &v in &row[chunks * 16..] {
         mx = mx.max(v);
     }
     if mx == f32::NEG_INFINITY {
         row.iter_mut().for_each(|v| *v = 0.0);
         return;
     }
-    let mut s = 0.0f32;
     for v in row.iter_mut() {
         *v = exp_poly(*v - mx);
-        s += *v;
+    }
+    let mut s16 = [0.0f32; 16];
+    for c in 0..chunks {
+        for l in 0..16 {
+            s16[l] += row[c * 16 + l];
+        }
+    }
+    let mut s: f32 = s16.iter().sum();
+    for &v in &row[chunks * 16..] {
+        s += v;
     }
     let inv = 1.0 / s;
     row.iter_mut().for_each(|v| *v *= inv);
