@@ -377,6 +377,12 @@ impl TokenConstraint for GrammarConstraint {
     fn is_complete(&self) -> bool {
         self.inner.matcher.is_complete()
     }
+    fn forced(&self) -> Vec<u32> {
+        if self.done || self.budget_spent() {
+            return Vec::new();
+        }
+        self.inner.matcher.forced_tokens()
+    }
     fn box_clone(&self) -> Box<dyn TokenConstraint> {
         Box::new(self.clone())
     }

@@ -19,6 +19,11 @@ pub trait Stepper {
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()>;
     /// Row r continues from old row `parents[r]` (beam reordering, or dropping finished rows).
     fn select_rows(&mut self, parents: &[usize]) -> Result<()>;
+    /// Feed several tokens to a single-row model in one forward pass and write the logits after
+    /// the last one (forced tokens of a constraint). `Ok(false)`: not supported, feed one by one.
+    fn step_many(&mut self, _tokens: &[u32], _logits: &mut Vec<f32>) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A per-sequence constraint on the next token (the grammar mask plugs in here).
@@ -30,6 +35,10 @@ pub trait TokenConstraint: Send {
     /// Whether the document is complete (EOS allowed).
     fn is_complete(&self) -> bool {
         true
+    }
+    /// Tokens that are the only legal continuation from here (appended without sampling).
+    fn forced(&self) -> Vec<u32> {
+        Vec::new()
     }
     fn box_clone(&self) -> Box<dyn TokenConstraint>;
 }
@@ -179,11 +188,26 @@ pub fn generate_greedy(
     let mut logits = Vec::new();
     let mut lp = vec![0.0f32; v];
     let mut sbuf = Vec::new();
-    for step in 0..opts.max_new_tokens {
+    let mut pending_forced: Vec<u32> = Vec::new();
+    let mut step = 0usize;
+    while step < opts.max_new_tokens {
         if active.is_empty() {
             break;
         }
-        m.step(&next, &mut logits)?;
+        if pending_forced.is_empty() || !m.step_many(&[next.as_slice(), pending_forced.as_slice()].concat(), &mut logits)? {
+            if !pending_forced.is_empty() {
+                // no multi-token step: feed them one at a time
+                m.step(&next, &mut logits)?;
+                for &t in &pending_forced[..pending_forced.len() - 1] {
+                    m.step(&[t], &mut logits)?;
+                }
+                let last = pending_forced[pending_forced.len() - 1];
+                m.step(&[last], &mut logits)?;
+            } else {
+                m.step(&next, &mut logits)?;
+            }
+        }
+        pending_forced.clear();
         let mut finished_any = false;
         let mut new_next = Vec::with_capacity(active.len());
         for (ri, &orig) in active.iter().enumerate() {
@@ -218,6 +242,34 @@ pub fn generate_greedy(
                 finished_any = true;
             }
             new_next.push(tok as u32);
+        }
+        step += 1;
+        // Forced continuation (single live sequence, greedy): tokens the constraint allows alone
+        // are appended without a forward pass each, then fed together in the next one.
+        if rows == 1 && active.len() == 1 && !finished_any && opts.sampling.is_none() {
+            if let Some(Some(c)) = constraints.get_mut(active[0]) {
+                let forced = c.forced();
+                let room = opts.max_new_tokens - step;
+                for &t in forced.iter().take(room) {
+                    if step < opts.min_new_tokens && opts.eos.contains(&t) {
+                        break;
+                    }
+                    c.commit(t)?;
+                    let o = &mut outs[active[0]];
+                    o.tokens.push(t);
+                    o.token_logprobs.push(0.0);
+                    step += 1;
+                    if opts.eos.contains(&t) {
+                        o.finish = Finish::Eos;
+                        finished_any = true;
+                        break;
+                    }
+                    pending_forced.push(t);
+                }
+                if finished_any {
+                    break;
+                }
+            }
         }
         if finished_any {
             // Drop finished rows so later steps only compute live sequences.

@@ -124,3 +124,51 @@ fn extract_cli_constrains_by_default_and_takes_user_schemas() {
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), 4);
 }
+
+#[test]
+fn forced_tokens_give_the_same_output_with_fewer_forward_passes() {
+    // Greedy with a constraint: forced runs (only one legal token) are appended without sampling
+    // and fed in one forward pass. The result must equal token-by-token decoding.
+    use jobx_engine::generate::TokenConstraint;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    #[derive(Clone)]
+    struct Probe(jobx_engine::extract::GrammarConstraint, bool, Arc<AtomicUsize>);
+    impl TokenConstraint for Probe {
+        fn mask(&mut self, s: &mut [f32]) -> jobx_engine::Result<()> {
+            self.0.mask(s)
+        }
+        fn commit(&mut self, t: u32) -> jobx_engine::Result<()> {
+            self.0.commit(t)
+        }
+        fn forced(&self) -> Vec<u32> {
+            if !self.1 {
+                return vec![];
+            }
+            let f = self.0.forced();
+            self.2.fetch_add(f.len(), Ordering::Relaxed);
+            f
+        }
+        fn box_clone(&self) -> Box<dyn TokenConstraint> {
+            Box::new(self.clone())
+        }
+    }
+    for mistral in [false, true] {
+        let t = if mistral { common::tiny_mistral_with_tokenizer() } else { common::tiny_t5_with_tokenizer() };
+        let mut e = Engine::load(t.path().to_str().unwrap()).unwrap();
+        e.chat = Some(jobx_engine::chat::ChatTemplate { source: jobx_engine::chat::MISTRAL_V3.into(), bos_token: "<s>".into(), eos_token: "</s>".into() });
+        let g = compile_grammar(&e, "job").unwrap();
+        let (ids, _) = e.prompt_ids(&jobx_engine::prompts::PromptTemplate { text: "{source}".into() }, "Rust engineer, remote", 512).unwrap();
+        let opts = jobx_engine::generate::GenOptions { max_new_tokens: 300, num_beams: 1, eos: e.eos.clone(), ..Default::default() };
+        let n = Arc::new(AtomicUsize::new(0));
+        let mk = |force: bool| -> Vec<Option<Box<dyn TokenConstraint>>> {
+            vec![Some(Box::new(Probe(jobx_engine::extract::GrammarConstraint::new(g.clone(), 300), force, n.clone())))]
+        };
+        let a = e.generate_ids(&[ids.clone()], &opts, &mut mk(true)).unwrap();
+        let forced = n.load(Ordering::Relaxed);
+        let b = e.generate_ids(&[ids], &opts, &mut mk(false)).unwrap();
+        assert_eq!(a[0].tokens, b[0].tokens, "mistral={mistral}");
+        eprintln!("mistral={mistral}: {forced} forced tokens of {}", a[0].tokens.len());
+        assert!(forced > 0, "mistral={mistral}: the forced path was not exercised");
+    }
+}

@@ -57,6 +57,9 @@ BEAM_JITTER = 1e-3
 #           "never" -> eos_token_id is a token greedy never emits, so greedy runs to max_new_tokens.
 # rel_bias_scale: multiplies the T5 relative_attention_bias init (std d_model**-0.5) so that the
 #                 position buckets visibly matter in the logits.
+# out_scale: multiplies the T5 attention-output `o` and FFN `wo` weights; with tied embeddings the
+#            input embedding otherwise dominates the residual stream and greedy repeats its input.
+# init_range: Mistral initializer_range (HF default 0.02 gives near-flat logits at these sizes).
 # lora: optional PEFT LoRA settings; `delta_ratio` rescales lora_B so that
 #       ||scaling * B @ A||_F = delta_ratio * ||W||_F per adapted module (init_lora_weights=False
 #       gives kaiming-uniform A and B, whose product would otherwise swamp the tiny base weights).
@@ -75,7 +78,8 @@ MISTRAL_GQA4 = dict(
 
 FIXTURES = {
     "t5-relu-tied": dict(
-        arch="t5", seed=1000, eos_mode="stop", eos_step=(26, 36), rel_bias_scale=30.0, out_scale=10.0,
+        arch="t5", seed=1000, eos_mode="stop", eos_step=(26, 36), rel_bias_scale=30.0,
+        out_scale=10.0,
         config=dict(
             vocab_size=256, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3,
             num_decoder_layers=2, relative_attention_num_buckets=8,
@@ -301,12 +305,7 @@ def build_t5(spec, seed):
             if name.endswith("relative_attention_bias.weight"):
                 p.mul_(spec["rel_bias_scale"])
             elif name.endswith((".o.weight", ".wo.weight")):
-                # Make the sublayer outputs dominate the residual stream; otherwise the input
-                # embedding wins and greedy just repeats its input token.
                 p.mul_(spec.get("out_scale", 1.0))
-            elif name.endswith(".q.weight"):
-                # Sharper attention (content-dependent patterns).
-                p.mul_(spec.get("q_scale", 1.0))
         if not tied:
             # transformers 5 ties lm_head to `shared` even for T5 v1.1 configs; give the head its own
             # weights (std 1.0, HF's T5 init for an untied head) and drop the tie, as in FLAN-T5.
@@ -319,7 +318,6 @@ def build_t5(spec, seed):
 
 
 def make_t5(name, spec, out_dir, seed):
-    from transformers import T5ForConditionalGeneration
     base = build_t5(spec, seed)
     V = base.config.vocab_size
     model = apply_lora(base, spec, "SEQ_2_SEQ_LM") if spec.get("lora") else base

@@ -476,4 +476,12 @@ impl crate::generate::Stepper for MistralStepper<'_> {
         }
         self.model.select_rows(&mut self.state, parents)
     }
+    fn step_many(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<bool> {
+        if self.state.rows != 1 || self.pending.is_some() {
+            return Ok(false);
+        }
+        let mask = vec![1u8; tokens.len()];
+        self.model.forward(&mut self.state, tokens, &mask, tokens.len(), false, logits)?;
+        Ok(true)
+    }
 }

@@ -783,6 +783,13 @@ impl crate::generate::Stepper for T5Stepper<'_> {
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         self.model.select_rows(&mut self.state, parents)
     }
+    fn step_many(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<bool> {
+        if self.state.src.len() != 1 {
+            return Ok(false);
+        }
+        self.model.decode(self.enc, &mut self.state, tokens, tokens.len(), false, logits)?;
+        Ok(true)
+    }
 }
 
 /// Weight names and shapes of a T5 checkpoint for `cfg` (HF layout, `shared.weight` for the
