@@ -195,6 +195,31 @@ impl DecodeArgs {
             o => bail!("--early-stopping must be true, false or never, not `{o}`"),
         })
     }
+    /// Extraction options from the decoding flags (compiles the grammar unless --no-constrain).
+    fn extract_options(
+        &self,
+        engine: &Engine,
+        adapter: Option<String>,
+        template: Option<PromptTemplate>,
+        max_source_tokens: usize,
+        batch_size: usize,
+    ) -> anyhow::Result<ExtractOptions> {
+        let grammar = if self.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(engine, &self.schema)?) };
+        Ok(ExtractOptions {
+            grammar,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            num_beams: self.num_beams,
+            early_stopping: self.early()?,
+            length_penalty: self.length_penalty,
+            sampling: self.sampling(),
+            max_source_tokens,
+            batch_size,
+            template,
+            adapter,
+            ..Default::default()
+        })
+    }
     fn sampling(&self) -> Option<Sampling> {
         self.do_sample.then(|| Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed.unwrap_or(0) })
     }
@@ -382,26 +407,12 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 None => None,
             };
             let (engine, adapter) = m.load()?;
-            let grammar = if decode.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(&engine, &decode.schema)?) };
             let opts = jobx_engine::eval_run::EvalOptions {
                 limit,
                 seed: decode.seed,
                 out_dir,
                 model_name: m.model.clone(),
-                extract: ExtractOptions {
-                    max_new_tokens: decode.max_new_tokens,
-                    min_new_tokens: decode.min_new_tokens,
-                    num_beams: decode.num_beams,
-                    early_stopping: decode.early()?,
-                    length_penalty: decode.length_penalty,
-                    sampling: decode.sampling(),
-                    max_source_tokens,
-                    batch_size,
-                    template,
-                    adapter,
-                    grammar,
-                    ..Default::default()
-                },
+                extract: decode.extract_options(&engine, adapter, template, max_source_tokens, batch_size)?,
             };
             let pb = indicatif::ProgressBar::new(0);
             let report = jobx_engine::eval_run::run_eval(&engine, &data, &opts, &mut |d, n| {
@@ -614,21 +625,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 }
             }
             let (engine, adapter) = m.load()?;
-            let grammar = if decode.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(&engine, &decode.schema)?) };
-            let opts = ExtractOptions {
-                grammar,
-                max_new_tokens: decode.max_new_tokens,
-                min_new_tokens: decode.min_new_tokens,
-                num_beams: decode.num_beams,
-                early_stopping: decode.early()?,
-                length_penalty: decode.length_penalty,
-                sampling: decode.sampling(),
-                max_source_tokens,
-                batch_size,
-                template,
-                adapter,
-                ..Default::default()
-            };
+            let opts = decode.extract_options(&engine, adapter, template, max_source_tokens, batch_size)?;
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
                 None => Box::new(BufWriter::new(std::io::stdout())),

@@ -87,6 +87,31 @@ fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// A case's input ids and attention mask, checked against each other and the declared batch.
+fn case_inputs(refs: &Checkpoint, case: &RefCase) -> Result<(usize, usize, Vec<u32>, Vec<u8>)> {
+    let n = &case.name;
+    let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
+    let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
+    if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
+        return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
+    }
+    let ids = to_u32("input_ids", &ids)?;
+    let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
+    Ok((ishape[0], ishape[1], ids, mask))
+}
+
+/// Compare greedy ids and note the result (and both sequences on a mismatch) in the case line.
+fn record_greedy(line: &mut serde_json::Value, got: &[u32], want: &[u32]) -> bool {
+    let ok = got == want;
+    line["greedy_len"] = json!(want.len());
+    line["greedy_match"] = json!(ok);
+    if !ok {
+        line["greedy_ours"] = json!(got);
+        line["greedy_ref"] = json!(want);
+    }
+    ok
+}
+
 fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
     let mut max_diff = 0.0f64;
     let mut max_ref = 0.0f64;
@@ -154,14 +179,7 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
     let mut all_ok = true;
     for case in &spec.cases {
         let n = &case.name;
-        let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
-        let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
-        if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
-            return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
-        }
-        let (b, s) = (ishape[0], ishape[1]);
-        let ids = to_u32("input_ids", &ids)?;
-        let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
+        let (b, s, ids, mask) = case_inputs(&refs, case)?;
         let enc = model.encode_with(&ids, &mask, b, s, ad)?;
         let mut line = json!({"case": n, "batch": b, "src_len": s});
         let mut case_ok = true;
@@ -191,16 +209,9 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
             let mut stepper = T5Stepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1);
             let start = vec![model.cfg.decoder_start(); b];
             let out = generate(&mut stepper, &start, &opts, &mut [])?;
-            let got = &out[0].tokens;
-            let ok = *got == want;
+            let ok = record_greedy(&mut line, &out[0].tokens, &want);
             greedy_ok &= ok;
             case_ok &= ok;
-            line["greedy_len"] = json!(want.len());
-            line["greedy_match"] = json!(ok);
-            if !ok {
-                line["greedy_ours"] = json!(got);
-                line["greedy_ref"] = json!(want);
-            }
         }
         if let Some(bs) = &case.beam {
             let name = format!("{n}.beam");
@@ -265,14 +276,7 @@ fn verify_mistral(
     let (mut max_rel, mut greedy_ok, mut all_ok) = (0.0f64, true, true);
     for case in &spec.cases {
         let n = &case.name;
-        let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
-        let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
-        if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
-            return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
-        }
-        let (b, s) = (ishape[0], ishape[1]);
-        let ids = to_u32("input_ids", &ids)?;
-        let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
+        let (b, s, ids, mask) = case_inputs(refs, case)?;
         let mut line = json!({"case": n, "batch": b, "seq_len": s});
         let mut case_ok = true;
         if case.has_logits {
@@ -306,15 +310,9 @@ fn verify_mistral(
             let opts = GenOptions { max_new_tokens: case.max_new_tokens.unwrap_or(want.len()), eos: eos.clone(), ..Default::default() };
             let mut stepper = MistralStepper::new(&model, &ids, &mask, b, s, 1, opts.max_new_tokens + 1, ad)?;
             let out = generate(&mut stepper, &vec![0; b], &opts, &mut [])?;
-            let ok = out[0].tokens == want;
+            let ok = record_greedy(&mut line, &out[0].tokens, &want);
             greedy_ok &= ok;
             case_ok &= ok;
-            line["greedy_len"] = json!(want.len());
-            line["greedy_match"] = json!(ok);
-            if !ok {
-                line["greedy_ours"] = json!(out[0].tokens);
-                line["greedy_ref"] = json!(want);
-            }
         }
         line["ok"] = json!(case_ok);
         all_ok &= case_ok;
