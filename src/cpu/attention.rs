@@ -93,25 +93,35 @@ pub fn attention(
             // Decode steps: a handful of queries. Direct dot products and axpy avoid ~1.5k tiny
             // gemm calls per step (their dispatch cost dominated batched decoding).
             let dot = super::simd::dot_fn();
+            let contiguous = kv.st == dk && vv.st == dk;
             for i in 0..tq {
                 let qi = unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
                 let row = &mut sc[i * tk..(i + 1) * tk];
-                for (j, x) in row.iter_mut().enumerate() {
-                    let kj = &k[kbase + j * kv.st..kbase + j * kv.st + dk];
-                    *x = dot(qi, kj) * scale;
+                // K rows of one head contiguous (cache layout): scores are one GEMV
+                if !(contiguous && super::simd::gemv_rows(qi, 1, dk, &k[kbase..kbase + tk * dk], tk, row.as_mut_ptr(), tk, false)) {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = dot(qi, &k[kbase + j * kv.st..kbase + j * kv.st + dk]);
+                    }
+                }
+                if scale != 1.0 {
+                    row.iter_mut().for_each(|x| *x *= scale);
                 }
                 m.apply_row(b, h, i, row);
                 super::softmax_inplace(row);
                 // SAFETY: this task owns out[b, i, h*dk .. h*dk+dk].
                 let o = unsafe { std::slice::from_raw_parts_mut(op.0.add(b * tq * out_row + i * out_row + h * dk), dk) };
-                o.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &p) in row.iter().enumerate() {
-                    if p == 0.0 {
-                        continue;
-                    }
-                    let vj = &v[vbase + j * vv.st..vbase + j * vv.st + dk];
-                    for (ov, &vv_) in o.iter_mut().zip(vj) {
-                        *ov += p * vv_;
+                if contiguous {
+                    super::simd::weighted_rows(row, &v[vbase..vbase + tk * dk], dk, o);
+                } else {
+                    o.iter_mut().for_each(|v| *v = 0.0);
+                    for (j, &p) in row.iter().enumerate() {
+                        if p == 0.0 {
+                            continue;
+                        }
+                        let vj = &v[vbase + j * vv.st..vbase + j * vv.st + dk];
+                        for (ov, &vv_) in o.iter_mut().zip(vj) {
+                            *ov += p * vv_;
+                        }
                     }
                 }
             }

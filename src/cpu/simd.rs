@@ -394,3 +394,48 @@ mod exp_tests {
         assert!((r[0] + r[2] - 1.0).abs() < 1e-6);
     }
 }
+
+/// out[d] = Σ_j p[j] · v[j·dk + d] for `p.len()` contiguous rows of width `dk` (attention's P·V for
+/// one query). Zero weights (masked keys) are skipped.
+pub fn weighted_rows(p: &[f32], v: &[f32], dk: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() && dk % 16 == 0 && dk <= 256 {
+            // SAFETY: feature checked; v holds p.len() rows of dk floats (asserted below).
+            assert!(v.len() >= p.len() * dk && out.len() >= dk);
+            unsafe { weighted_rows_avx512(p, v, dk, out) };
+            return;
+        }
+    }
+    out[..dk].iter_mut().for_each(|o| *o = 0.0);
+    for (j, &pj) in p.iter().enumerate() {
+        if pj == 0.0 {
+            continue;
+        }
+        for (o, &x) in out[..dk].iter_mut().zip(&v[j * dk..(j + 1) * dk]) {
+            *o += pj * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_rows_avx512(p: &[f32], v: &[f32], dk: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let nv = dk / 16;
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let vp = v.as_ptr();
+    for (j, &pj) in p.iter().enumerate() {
+        if pj == 0.0 {
+            continue;
+        }
+        let b = _mm512_set1_ps(pj);
+        let row = vp.add(j * dk);
+        for (c, a) in acc.iter_mut().enumerate().take(nv) {
+            *a = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(c * 16)), *a);
+        }
+    }
+    for (c, a) in acc.iter().enumerate().take(nv) {
+        _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), *a);
+    }
+}

@@ -419,7 +419,8 @@ impl T5Model {
             let mut cv = vec![0.0f32; m * inner];
             l.cross.k.fwd(&n, m, &mut ck, false, ad, &mut fs.tmp);
             l.cross.v.fwd(&n, m, &mut cv, false, ad, &mut fs.tmp);
-            cross.push((ck, cv));
+            // [b, s, H*dk] -> [b, H, s, dk]: each head's keys contiguous for the decode GEMV
+            cross.push((heads_major(&ck, batch, seq, h, dk), heads_major(&cv, batch, seq, h, dk)));
         }
         Ok(EncoderOut { batch, seq, hidden: n, mask: mask.to_vec(), cross, adapter })
     }
@@ -525,7 +526,7 @@ impl T5Model {
         let cross_mod = CrossMod { mask: &enc.mask, seq: enc.seq, src: &st.src };
         let qview = View { sb: t_new * inner, sh: dk, st: inner };
         let cache_view = View { sb: h * cap * dk, sh: cap * dk, st: dk };
-        let enc_view = View { sb: enc.seq * inner, sh: dk, st: inner };
+        let enc_view = View { sb: enc.seq * inner, sh: enc.seq * dk, st: dk };
         let self_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk, dk };
         let cross_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk: enc.seq, dk };
         let src = st.src.clone();
@@ -638,7 +639,7 @@ pub struct EncoderOut {
     pub hidden: Vec<f32>,
     /// 1 = real token, 0 = padding; [batch, seq]
     pub mask: Vec<u8>,
-    /// per decoder layer: (K, V) each [batch, seq, H*dk]
+    /// per decoder layer: (K, V) each [batch, H, seq, dk]
     cross: Vec<(Vec<f32>, Vec<f32>)>,
     /// LoRA adapter slot of this request (None: base model)
     pub adapter: Option<usize>,
@@ -653,6 +654,21 @@ pub struct DecoderState {
     self_v: Vec<Vec<f32>>,
     pub enc_seq: usize,
     scratch: DecScratch,
+}
+
+/// [b, s, H*dk] -> [b, H, s, dk]
+fn heads_major(x: &[f32], b: usize, s: usize, h: usize, dk: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    for bi in 0..b {
+        for t in 0..s {
+            for hh in 0..h {
+                let src = (bi * s + t) * h * dk + hh * dk;
+                let dst = ((bi * h + hh) * s + t) * dk;
+                out[dst..dst + dk].copy_from_slice(&x[src..src + dk]);
+            }
+        }
+    }
+    out
 }
 
 /// Per-head bias by relative-distance index: table[h * n + r] = emb[bucket[r], h].
