@@ -182,3 +182,17 @@ pub fn log_softmax(row: &[f32], out: &mut [f32]) {
         *o = v - mx - ls;
     }
 }
+
+/// The rows an LM head needs: every position (`all`, or one token per sequence), or only the last
+/// of each sequence's `t_new` positions, gathered into `buf`. `x` is [rows·t_new, d].
+pub fn head_rows<'a>(x: &'a [f32], rows: usize, t_new: usize, d: usize, all: bool, buf: &'a mut Vec<f32>) -> (usize, &'a [f32]) {
+    if all || t_new == 1 {
+        return (rows * t_new, &x[..rows * t_new * d]);
+    }
+    buf.resize(rows * d, 0.0);
+    for r in 0..rows {
+        let from = (r * t_new + t_new - 1) * d;
+        buf[r * d..(r + 1) * d].copy_from_slice(&x[from..from + d]);
+    }
+    (rows, &buf[..])
+}

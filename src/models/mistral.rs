@@ -339,16 +339,7 @@ impl MistralModel {
             l.down.fwd(&s.g, m, &mut s.x, true, ad, &mut s.tmp);
         }
         rms_norm(&s.x, self.norm.as_slice(), eps, &mut s.n);
-        let (hrows, hin): (usize, &[f32]) = if all || t_new == 1 {
-            (m, &s.n[..m * hid])
-        } else {
-            s.last.resize(rows * hid, 0.0);
-            for r in 0..rows {
-                let f = (r * t_new + t_new - 1) * hid;
-                s.last[r * hid..(r + 1) * hid].copy_from_slice(&s.n[f..f + hid]);
-            }
-            (rows, &s.last[..])
-        };
+        let (hrows, hin) = crate::cpu::head_rows(&s.n, rows, t_new, hid, all, &mut s.last);
         logits.resize(hrows * vsz, 0.0);
         match &self.lm_head {
             Some(hd_lin) => hd_lin.fwd(hin, hrows, logits, false, ad, &mut s.tmp),

@@ -563,16 +563,7 @@ impl T5Model {
         }
         rms_norm(&s.x, self.dec_final_ln.as_slice(), eps, &mut s.n);
         // Select rows for the head: all positions, or the last position of each sequence.
-        let (hrows, hin): (usize, &[f32]) = if all || t_new == 1 {
-            (m, &s.n[..m * d])
-        } else {
-            s.last.resize(rows * d, 0.0);
-            for r in 0..rows {
-                let from = (r * t_new + t_new - 1) * d;
-                s.last[r * d..(r + 1) * d].copy_from_slice(&s.n[from..from + d]);
-            }
-            (rows, &s.last[..])
-        };
+        let (hrows, hin) = crate::cpu::head_rows(&s.n, rows, t_new, d, all, &mut s.last);
         logits.resize(hrows * vsz, 0.0);
         match &self.lm_head {
             Some(w) => w.fwd(hin, hrows, logits, false, ad, &mut s.ffn.tmp),
