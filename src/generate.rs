@@ -195,16 +195,10 @@ pub fn generate_greedy(
             break;
         }
         if pending_forced.is_empty() || !m.step_many(&[next.as_slice(), pending_forced.as_slice()].concat(), &mut logits)? {
-            if !pending_forced.is_empty() {
-                // no multi-token step: feed them one at a time
-                m.step(&next, &mut logits)?;
-                for &t in &pending_forced[..pending_forced.len() - 1] {
-                    m.step(&[t], &mut logits)?;
-                }
-                let last = pending_forced[pending_forced.len() - 1];
-                m.step(&[last], &mut logits)?;
-            } else {
-                m.step(&next, &mut logits)?;
+            // one token per forward pass (forced tokens too, when the model has no multi-token step)
+            m.step(&next, &mut logits)?;
+            for &t in &pending_forced {
+                m.step(&[t], &mut logits)?;
             }
         }
         pending_forced.clear();

@@ -148,6 +148,29 @@ impl ModelArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+struct PromptArgs {
+    /// Prompt template file with `{source}` where the posting goes (default: the reference prompt
+    /// of the model family)
+    #[arg(long)]
+    prompt_template: Option<PathBuf>,
+    /// Source length limit in tokens; longer prompts are cut from the right with a warning
+    #[arg(long, default_value_t = 1536)]
+    max_source_tokens: usize,
+    /// Postings per batch
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+}
+
+impl PromptArgs {
+    fn template(&self) -> anyhow::Result<Option<PromptTemplate>> {
+        self.prompt_template
+            .as_ref()
+            .map(|p| Ok(PromptTemplate { text: std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))? }))
+            .transpose()
+    }
+}
+
+#[derive(Args, Clone, Debug)]
 struct DecodeArgs {
     /// Maximum number of new tokens (the reference project: max_length 384 = 383 new tokens)
     #[arg(long, default_value_t = 383)]
@@ -200,9 +223,7 @@ impl DecodeArgs {
         &self,
         engine: &Engine,
         adapter: Option<String>,
-        template: Option<PromptTemplate>,
-        max_source_tokens: usize,
-        batch_size: usize,
+        prompt: &PromptArgs,
     ) -> anyhow::Result<ExtractOptions> {
         let grammar = if self.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(engine, &self.schema)?) };
         Ok(ExtractOptions {
@@ -213,9 +234,9 @@ impl DecodeArgs {
             early_stopping: self.early()?,
             length_penalty: self.length_penalty,
             sampling: self.sampling(),
-            max_source_tokens,
-            batch_size,
-            template,
+            max_source_tokens: prompt.max_source_tokens,
+            batch_size: prompt.batch_size,
+            template: prompt.template()?,
             adapter,
             ..Default::default()
         })
@@ -239,15 +260,8 @@ enum Cmd {
         /// Write JSONL here instead of stdout
         #[arg(long)]
         output: Option<PathBuf>,
-        /// Prompt template file with `{source}` where the posting goes (default: the reference FLAN-T5 prompt)
-        #[arg(long)]
-        prompt_template: Option<PathBuf>,
-        /// Source length limit in tokens; longer prompts are cut from the right with a warning
-        #[arg(long, default_value_t = 1536)]
-        max_source_tokens: usize,
-        /// Postings per batch
-        #[arg(long, default_value_t = 4)]
-        batch_size: usize,
+        #[command(flatten)]
+        prompt: PromptArgs,
         #[command(flatten)]
         decode: DecodeArgs,
     },
@@ -275,12 +289,8 @@ enum Cmd {
         /// Output folder for predictions.jsonl and report.json
         #[arg(long, default_value = "eval-out")]
         out_dir: PathBuf,
-        #[arg(long)]
-        prompt_template: Option<PathBuf>,
-        #[arg(long, default_value_t = 1536)]
-        max_source_tokens: usize,
-        #[arg(long, default_value_t = 4)]
-        batch_size: usize,
+        #[command(flatten)]
+        prompt: PromptArgs,
         /// Print these reports side by side instead of running an evaluation
         #[arg(long, num_args = 1..)]
         compare: Vec<PathBuf>,
@@ -387,7 +397,7 @@ fn load_report(p: &PathBuf) -> anyhow::Result<Vec<(String, serde_json::Value)>> 
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Eval { m, data, limit, out_dir, prompt_template, max_source_tokens, batch_size, compare, decode } => {
+        Cmd::Eval { m, data, limit, out_dir, prompt, compare, decode } => {
             if !compare.is_empty() {
                 let mut all = Vec::new();
                 for p in &compare {
@@ -402,17 +412,13 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             if !data.exists() {
                 bail!("{}: no such file", data.display());
             }
-            let template = match prompt_template {
-                Some(p) => Some(PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? }),
-                None => None,
-            };
             let (engine, adapter) = m.load()?;
             let opts = jobx_engine::eval_run::EvalOptions {
                 limit,
                 seed: decode.seed,
                 out_dir,
                 model_name: m.model.clone(),
-                extract: decode.extract_options(&engine, adapter, template, max_source_tokens, batch_size)?,
+                extract: decode.extract_options(&engine, adapter, &prompt)?,
             };
             let pb = indicatif::ProgressBar::new(0);
             let report = jobx_engine::eval_run::run_eval(&engine, &data, &opts, &mut |d, n| {
@@ -605,11 +611,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             println!("{line}");
             Ok(0)
         }
-        Cmd::Extract { m, files, input_format, output, prompt_template, max_source_tokens, batch_size, decode } => {
-            let template = match prompt_template {
-                Some(p) => Some(PromptTemplate { text: std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))? }),
-                None => None,
-            };
+        Cmd::Extract { m, files, input_format, output, prompt, decode } => {
             // Read all inputs first so a missing file fails before the model loads.
             let mut records: Vec<InputRecord> = Vec::new();
             if files.is_empty() || (files.len() == 1 && files[0].as_os_str() == "-") {
@@ -625,7 +627,7 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 }
             }
             let (engine, adapter) = m.load()?;
-            let opts = decode.extract_options(&engine, adapter, template, max_source_tokens, batch_size)?;
+            let opts = decode.extract_options(&engine, adapter, &prompt)?;
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
                 None => Box::new(BufWriter::new(std::io::stdout())),

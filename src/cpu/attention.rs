@@ -18,8 +18,10 @@ pub struct View {
 
 /// Per (head, query index, key index) additive bias and key admission.
 pub trait ScoreMod: Sync {
-    /// Additive bias for head `h`, query `i` (0-based within this call), key `j`.
-    fn bias(&self, h: usize, i: usize, j: usize) -> f32;
+    /// Additive bias for head `h`, query `i` (0-based within this call), key `j` (none by default).
+    fn bias(&self, _h: usize, _i: usize, _j: usize) -> f32 {
+        0.0
+    }
     /// Whether key `j` is visible to query `i` of batch row `b`.
     fn allowed(&self, b: usize, i: usize, j: usize) -> bool;
     /// Add the bias to and mask one score row (query `i` of batch `b`, head `h`). The default

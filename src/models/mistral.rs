@@ -378,10 +378,6 @@ struct DecMod<'a> {
 }
 impl ScoreMod for DecMod<'_> {
     #[inline]
-    fn bias(&self, _h: usize, _i: usize, _j: usize) -> f32 {
-        0.0
-    }
-    #[inline]
     fn allowed(&self, b: usize, i: usize, j: usize) -> bool {
         let qpos = self.p0 + i;
         // causal, padding, and the sliding window over cache slots (slots = absolute positions

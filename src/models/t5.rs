@@ -733,10 +733,6 @@ struct CrossMod<'a> {
 }
 impl ScoreMod for CrossMod<'_> {
     #[inline]
-    fn bias(&self, _h: usize, _i: usize, _j: usize) -> f32 {
-        0.0
-    }
-    #[inline]
     fn allowed(&self, b: usize, _i: usize, j: usize) -> bool {
         self.mask[self.src[b] * self.seq + j] != 0
     }
