@@ -24,13 +24,23 @@ fn manifest() -> PathBuf {
 }
 
 fn tokenizer_path(name: &str) -> String {
-    manifest().join("tests/fixtures/tokenizers").join(name).join("tokenizer.json").to_string_lossy().into_owned()
+    manifest()
+        .join("tests/fixtures/tokenizers")
+        .join(name)
+        .join("tokenizer.json")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn eval_results() -> Vec<PathBuf> {
     let dir = manifest().join("../shared/seed/eval-results");
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (shared/ must sit beside the repository)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (shared/ must sit beside the repository)",
+                dir.display()
+            )
+        })
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
@@ -43,11 +53,14 @@ fn targets() -> Vec<String> {
     let schema = job_schema();
     let mut seen = std::collections::BTreeSet::new();
     for p in eval_results() {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("json");
         for r in v["evaluation_results"].as_array().into_iter().flatten() {
             if let Some(s) = r["expected_json"].as_str() {
                 if let Ok(doc) = serde_json::from_str::<Value>(s) {
-                    if jobx_engine::grammar::validate::validate(&schema, &doc).is_ok() && !s.contains(['~', '^', '`']) {
+                    if jobx_engine::grammar::validate::validate(&schema, &doc).is_ok()
+                        && !s.contains(['~', '^', '`'])
+                    {
                         seen.insert(s.to_string());
                     }
                 }
@@ -65,7 +78,10 @@ fn benches(c: &mut Criterion) {
     let docs = targets();
     // Per-mask distribution through the library's bench (what `jobx-engine grammar bench` prints).
     let jsonl = std::env::temp_dir().join("jobx_grammar_bench_docs.jsonl");
-    let lines: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap_or_default()).collect();
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap_or_default())
+        .collect();
     std::fs::write(&jsonl, lines.join("\n")).expect("write temp jsonl");
     for name in TOKENIZERS {
         let path = tokenizer_path(name);
@@ -75,7 +91,13 @@ fn benches(c: &mut Criterion) {
             tokenizer: path.clone(),
             documents: jsonl.to_string_lossy().into_owned(),
             surface: SurfaceOptions::default(),
-            encode: Some(Box::new(move |s: &str| Ok(tok.encode(s, false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec()))),
+            encode: Some(Box::new(move |s: &str| {
+                Ok(tok
+                    .encode(s, false)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .get_ids()
+                    .to_vec())
+            })),
         };
         match grammar_bench(&opts) {
             Ok(s) => println!("grammar_bench {name}: {}", s.to_json_line()),
@@ -89,7 +111,12 @@ fn benches(c: &mut Criterion) {
         let vocab = Arc::new(Vocab::from_tokenizer_json(&tokenizer_path(name)).expect("vocab"));
         vocab.prepare(true);
         group.bench_function(name, |b| {
-            b.iter(|| black_box(Grammar::compile(&schema, vocab.clone(), &CompileOptions::default()).expect("compile")))
+            b.iter(|| {
+                black_box(
+                    Grammar::compile(&schema, vocab.clone(), &CompileOptions::default())
+                        .expect("compile"),
+                )
+            })
         });
     }
     group.finish();
@@ -98,14 +125,19 @@ fn benches(c: &mut Criterion) {
     for name in TOKENIZERS {
         let path = tokenizer_path(name);
         let vocab = Arc::new(Vocab::from_tokenizer_json(&path).expect("vocab"));
-        let g = Grammar::compile(&schema, vocab.clone(), &CompileOptions::default()).expect("compile");
+        let g =
+            Grammar::compile(&schema, vocab.clone(), &CompileOptions::default()).expect("compile");
         let tok = encoder(&path);
         let eos = vocab.eos_ids()[0];
         let seqs: Vec<Vec<u32>> = docs
             .iter()
             .take(200)
             .map(|d| {
-                let mut ids = tok.encode(d.as_str(), false).expect("encode").get_ids().to_vec();
+                let mut ids = tok
+                    .encode(d.as_str(), false)
+                    .expect("encode")
+                    .get_ids()
+                    .to_vec();
                 ids.push(eos);
                 ids
             })

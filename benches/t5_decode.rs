@@ -11,14 +11,18 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("t5_small");
     g.sample_size(10);
     for &batch in &[1usize, 8] {
-        let ids: Vec<u32> = (0..batch * src).map(|i| (i * 7919 % 32000) as u32 + 3).collect();
+        let ids: Vec<u32> = (0..batch * src)
+            .map(|i| (i * 7919 % 32000) as u32 + 3)
+            .collect();
         let mask = vec![1u8; batch * src];
         let enc = model.encode(&ids, &mask, batch, src).expect("encode");
         // decode step at position 64 (cache pre-filled by 64 steps)
         let mut st = model.new_decoder_state(&enc, (0..batch).collect(), 200);
         let mut logits = Vec::new();
         for _ in 0..64 {
-            model.decode(&enc, &mut st, &vec![5u32; batch], 1, false, &mut logits).expect("decode");
+            model
+                .decode(&enc, &mut st, &vec![5u32; batch], 1, false, &mut logits)
+                .expect("decode");
         }
         g.bench_function(format!("decode_step_b{batch}_pos64"), |b| {
             b.iter_batched(
@@ -26,14 +30,18 @@ fn bench(c: &mut Criterion) {
                 |_| {
                     // keep the cache length fixed: step, then roll back
                     let len = st.len;
-                    model.decode(&enc, &mut st, &vec![5u32; batch], 1, false, &mut logits).expect("decode");
+                    model
+                        .decode(&enc, &mut st, &vec![5u32; batch], 1, false, &mut logits)
+                        .expect("decode");
                     st.len = len;
                 },
                 criterion::BatchSize::SmallInput,
             )
         });
         if batch == 1 {
-            g.bench_function("encoder_b1_src512", |b| b.iter(|| model.encode(&ids, &mask, batch, src).expect("encode")));
+            g.bench_function("encoder_b1_src512", |b| {
+                b.iter(|| model.encode(&ids, &mask, batch, src).expect("encode"))
+            });
         }
     }
     g.finish();

@@ -30,7 +30,9 @@ pub struct ChatTemplate {
 fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
     match v {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        Some(serde_json::Value::Object(o)) => {
+            o.get("content").and_then(|c| c.as_str()).map(String::from)
+        }
         _ => None,
     }
 }
@@ -39,8 +41,11 @@ impl ChatTemplate {
     /// Read `chat_template` (and bos/eos) from a model folder's tokenizer_config.json.
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let p = dir.join("tokenizer_config.json");
-        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(None) };
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(&p, e.to_string()))?;
+        let Ok(text) = std::fs::read_to_string(&p) else {
+            return Ok(None);
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::config(&p, e.to_string()))?;
         let bos = token_str(v.get("bos_token")).unwrap_or_else(|| "<s>".into());
         let eos = token_str(v.get("eos_token")).unwrap_or_else(|| "</s>".into());
         let src = match v.get("chat_template") {
@@ -54,20 +59,33 @@ impl ChatTemplate {
         };
         // transformers >= 4.43 may keep the template in chat_template.jinja beside the config
         let src = src.or_else(|| std::fs::read_to_string(dir.join("chat_template.jinja")).ok());
-        Ok(src.map(|source| ChatTemplate { source, bos_token: bos, eos_token: eos }))
+        Ok(src.map(|source| ChatTemplate {
+            source,
+            bos_token: bos,
+            eos_token: eos,
+        }))
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let mut env = minijinja::Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         // HF renders with trim_blocks and lstrip_blocks
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
-        env.add_template("chat", &self.source).map_err(|e| Error::Input(format!("chat template does not parse: {e}")))?;
-        let t = env.get_template("chat").map_err(|e| Error::Input(e.to_string()))?;
+        env.add_template("chat", &self.source)
+            .map_err(|e| Error::Input(format!("chat template does not parse: {e}")))?;
+        let t = env
+            .get_template("chat")
+            .map_err(|e| Error::Input(e.to_string()))?;
         t.render(minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -83,7 +101,9 @@ impl ChatTemplate {
 /// none was found (no object, or cut before its end).
 pub fn first_json_object(text: &str) -> std::result::Result<(usize, usize), &'static str> {
     let b = text.as_bytes();
-    let Some(start) = b.iter().position(|&c| c == b'{') else { return Err("no JSON object in the completion") };
+    let Some(start) = b.iter().position(|&c| c == b'{') else {
+        return Err("no JSON object in the completion");
+    };
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
     for (i, &c) in b.iter().enumerate().skip(start) {
         if in_str {
@@ -124,12 +144,34 @@ mod tests {
     }
     #[test]
     fn mistral_v3_template_renders_the_documented_format() {
-        let t = ChatTemplate { source: MISTRAL_V3.into(), bos_token: "<s>".into(), eos_token: "</s>".into() };
-        let m = vec![Message { role: "user".into(), content: "Hi".into() }];
+        let t = ChatTemplate {
+            source: MISTRAL_V3.into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        };
+        let m = vec![Message {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
         assert_eq!(t.render(&m, true).unwrap(), "<s>[INST] Hi[/INST]");
-        let bad = vec![Message { role: "system".into(), content: "x".into() }];
-        assert!(t.render(&bad, true).unwrap_err().to_string().contains("only user and assistant"));
-        let broken = ChatTemplate { source: "{% for %}".into(), bos_token: "".into(), eos_token: "".into() };
-        assert!(broken.render(&m, true).unwrap_err().to_string().contains("does not parse"));
+        let bad = vec![Message {
+            role: "system".into(),
+            content: "x".into(),
+        }];
+        assert!(t
+            .render(&bad, true)
+            .unwrap_err()
+            .to_string()
+            .contains("only user and assistant"));
+        let broken = ChatTemplate {
+            source: "{% for %}".into(),
+            bos_token: "".into(),
+            eos_token: "".into(),
+        };
+        assert!(broken
+            .render(&m, true)
+            .unwrap_err()
+            .to_string()
+            .contains("does not parse"));
     }
 }

@@ -16,7 +16,11 @@ use std::sync::Arc;
 /// Where an f32 weight lives: in the file map (zero copy) or in an owned buffer.
 #[derive(Clone)]
 pub enum F32Data {
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<f32>>),
 }
 
@@ -50,7 +54,11 @@ impl WeightTensor {
         self.data.as_slice()
     }
     pub fn from_vec(name: &str, shape: Vec<usize>, v: Vec<f32>) -> Self {
-        WeightTensor { name: name.to_string(), shape, data: F32Data::Owned(Arc::new(v)) }
+        WeightTensor {
+            name: name.to_string(),
+            shape,
+            data: F32Data::Owned(Arc::new(v)),
+        }
     }
 }
 
@@ -94,7 +102,10 @@ impl Checkpoint {
                 .get("weight_map")
                 .and_then(|m| m.as_object())
                 .ok_or_else(|| Error::config(&index, "no `weight_map` object"))?;
-            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect();
             shards.sort();
             shards.dedup();
             if shards.is_empty() {
@@ -124,10 +135,11 @@ impl Checkpoint {
             // SAFETY: the file is opened read-only; a concurrent writer truncating it would be a
             // user error outside our control (the same contract as every mmap-based loader).
             let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-            let (n, meta) = SafeTensors::read_metadata(&map[..]).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                msg: format!("{e:?} (the file may be truncated or not a safetensors file)"),
-            })?;
+            let (n, meta) =
+                SafeTensors::read_metadata(&map[..]).map_err(|e| Error::Safetensors {
+                    path: path.clone(),
+                    msg: format!("{e:?} (the file may be truncated or not a safetensors file)"),
+                })?;
             let data_start = 8 + n;
             let data_len = map.len().saturating_sub(data_start);
             for (name, info) in meta.tensors() {
@@ -145,18 +157,32 @@ impl Checkpoint {
                     if numel * sz != e - s {
                         return Err(Error::Safetensors {
                             path: path.clone(),
-                            msg: format!("tensor `{name}`: shape {:?} does not match its byte length {}", info.shape, e - s),
+                            msg: format!(
+                                "tensor `{name}`: shape {:?} does not match its byte length {}",
+                                info.shape,
+                                e - s
+                            ),
                         });
                     }
                 }
                 entries.insert(
                     name.clone(),
-                    Entry { file: fi, dtype: info.dtype, shape: info.shape.clone(), start: data_start + s, end: data_start + e },
+                    Entry {
+                        file: fi,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + s,
+                        end: data_start + e,
+                    },
                 );
             }
             files.push((path.clone(), Arc::new(map)));
         }
-        Ok(Checkpoint { files, entries, description: description.to_string() })
+        Ok(Checkpoint {
+            files,
+            entries,
+            description: description.to_string(),
+        })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -189,7 +215,11 @@ impl Checkpoint {
             where_: self.description.clone(),
         })?;
         if e.shape != expected {
-            return Err(Error::ShapeMismatch { name: name.to_string(), expected: expected.to_vec(), got: e.shape.clone() });
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                got: e.shape.clone(),
+            });
         }
         let map = &self.files[e.file].1;
         let bytes = &map[e.start..e.end];
@@ -197,10 +227,16 @@ impl Checkpoint {
         let data = match e.dtype {
             Dtype::F32 => {
                 if (bytes.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little") {
-                    F32Data::Mapped { map: map.clone(), offset: e.start, len: numel }
+                    F32Data::Mapped {
+                        map: map.clone(),
+                        offset: e.start,
+                        len: numel,
+                    }
                 } else {
-                    let v: Vec<f32> =
-                        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    let v: Vec<f32> = bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect();
                     F32Data::Owned(Arc::new(v))
                 }
             }
@@ -217,10 +253,17 @@ impl Checkpoint {
                     .collect(),
             )),
             other => {
-                return Err(Error::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?}") });
+                return Err(Error::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
             }
         };
-        Ok(WeightTensor { name: name.to_string(), shape: e.shape.clone(), data })
+        Ok(WeightTensor {
+            name: name.to_string(),
+            shape: e.shape.clone(),
+            data,
+        })
     }
 
     /// Load an integer tensor (I64 or I32) as i64, with its shape (used by reference fixtures).
@@ -231,9 +274,20 @@ impl Checkpoint {
         })?;
         let bytes = &self.files[e.file].1[e.start..e.end];
         let v = match e.dtype {
-            Dtype::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect(),
-            Dtype::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
-            other => return Err(Error::UnsupportedDtype { name: name.to_string(), dtype: format!("{other:?} (want I64)") }),
+            Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                .collect(),
+            Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?} (want I64)"),
+                })
+            }
         };
         Ok((e.shape.clone(), v))
     }
@@ -242,7 +296,10 @@ impl Checkpoint {
     pub fn f32_any(&self, name: &str) -> Result<WeightTensor> {
         let shape = self
             .shape(name)
-            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), where_: self.description.clone() })?
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                where_: self.description.clone(),
+            })?
             .to_vec();
         self.f32(name, &shape)
     }

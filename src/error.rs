@@ -6,7 +6,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: not a valid safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },
@@ -15,9 +18,15 @@ pub enum Error {
     MissingTensor { name: String, where_: String },
 
     #[error("tensor `{name}` has shape {got:?}, but the config implies {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
-    #[error("tensor `{name}` has dtype {dtype}, which is not supported (expected F32, BF16 or F16)")]
+    #[error(
+        "tensor `{name}` has dtype {dtype}, which is not supported (expected F32, BF16 or F16)"
+    )]
     UnsupportedDtype { name: String, dtype: String },
 
     #[error("config error in {path}: {msg}")]
@@ -36,16 +45,26 @@ pub enum Error {
     Unsupported(String),
 
     #[error("backend `{backend}` op `{op}`: {msg}")]
-    Backend { backend: &'static str, op: &'static str, msg: String },
+    Backend {
+        backend: &'static str,
+        op: &'static str,
+        msg: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        Error::Config { path: path.into(), msg: msg.into() }
+        Error::Config {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 }

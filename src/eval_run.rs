@@ -32,12 +32,25 @@ fn read_data(path: &Path) -> Result<Vec<Labelled>> {
             continue;
         }
         let id = format!("{}", ln + 1);
-        let rec = match std::str::from_utf8(line).map_err(|e| format!("line is not valid UTF-8 (offset {})", e.valid_up_to())).and_then(|t| {
-            serde_json::from_str::<Value>(t).map_err(|e| format!("line is not JSON: {e}"))
-        }) {
-            Err(e) => Labelled { id, source: Err(e), target: None },
+        let rec = match std::str::from_utf8(line)
+            .map_err(|e| format!("line is not valid UTF-8 (offset {})", e.valid_up_to()))
+            .and_then(|t| {
+                serde_json::from_str::<Value>(t).map_err(|e| format!("line is not JSON: {e}"))
+            }) {
+            Err(e) => Labelled {
+                id,
+                source: Err(e),
+                target: None,
+            },
             Ok(v) => {
-                let id = v.get("id").map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).unwrap_or(id);
+                let id = v
+                    .get("id")
+                    .map(|x| {
+                        x.as_str()
+                            .map(String::from)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .unwrap_or(id);
                 let source = match v.get("source") {
                     Some(Value::String(s)) => Ok(s.clone()),
                     Some(_) => Err("`source` is not a string".to_string()),
@@ -45,7 +58,9 @@ fn read_data(path: &Path) -> Result<Vec<Labelled>> {
                 };
                 // target: the JSON string the reference project trained on, or a JSON object
                 let target = match v.get("target") {
-                    Some(Value::String(s)) => Some(serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.clone()))),
+                    Some(Value::String(s)) => {
+                        Some(serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.clone())))
+                    }
                     Some(o) => Some(o.clone()),
                     None => None,
                 };
@@ -82,7 +97,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Run the evaluation; returns the report (also written to `out_dir/report.json`).
-pub fn run_eval(engine: &Engine, data: &Path, opts: &EvalOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Value> {
+pub fn run_eval(
+    engine: &Engine,
+    data: &Path,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Value> {
     let mut recs = read_data(data)?;
     if let Some(seed) = opts.seed {
         shuffle(&mut recs, seed);
@@ -92,8 +112,17 @@ pub fn run_eval(engine: &Engine, data: &Path, opts: &EvalOptions, progress: &mut
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let pred_path = opts.out_dir.join("predictions.jsonl");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?);
-    let inputs: Vec<InputRecord> = recs.iter().map(|r| InputRecord { id: r.id.clone(), adapter: None, source: r.source.clone() }).collect();
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(&pred_path).map_err(|e| Error::io(&pred_path, e))?,
+    );
+    let inputs: Vec<InputRecord> = recs
+        .iter()
+        .map(|r| InputRecord {
+            id: r.id.clone(),
+            adapter: None,
+            source: r.source.clone(),
+        })
+        .collect();
     let total = inputs.len();
     let t0 = std::time::Instant::now();
     let mut idx = 0usize;
@@ -124,7 +153,8 @@ pub fn run_eval(engine: &Engine, data: &Path, opts: &EvalOptions, progress: &mut
     )?;
     w.flush().map_err(|e| Error::io(&pred_path, e))?;
     let secs = t0.elapsed().as_secs_f64();
-    let report = crate::eval::score_file(&pred_path, &crate::eval::ScoreOptions::default()).map_err(|e| Error::Input(format!("scoring: {e:#}")))?;
+    let report = crate::eval::score_file(&pred_path, &crate::eval::ScoreOptions::default())
+        .map_err(|e| Error::Input(format!("scoring: {e:#}")))?;
     let mut line = report.metrics.to_json();
     let mut extra = report.to_json();
     if let Some(o) = extra.as_object_mut() {
@@ -152,7 +182,8 @@ pub fn run_eval(engine: &Engine, data: &Path, opts: &EvalOptions, progress: &mut
         o.insert("jobx".into(), extra);
     }
     let rp = opts.out_dir.join("report.json");
-    std::fs::write(&rp, serde_json::to_string_pretty(&line).unwrap_or_default()).map_err(|e| Error::io(&rp, e))?;
+    std::fs::write(&rp, serde_json::to_string_pretty(&line).unwrap_or_default())
+        .map_err(|e| Error::io(&rp, e))?;
     Ok(line)
 }
 
@@ -165,25 +196,66 @@ pub fn compare(reports: &[(String, Value)]) -> (String, Value) {
     let rows: Vec<(&str, Vec<&str>)> = vec![
         ("mean F1 (reference)", vec!["overall", "mean_f1_score"]),
         ("parse rate (reference)", vec!["overall", "parse_rate"]),
-        ("raw parse rate", vec!["jobx", "stricter", "raw_parse", "result", "rate"]),
-        ("schema valid", vec!["jobx", "stricter", "schema_valid", "result", "rate"]),
-        ("truncated", vec!["jobx", "stricter", "truncation", "result", "rate"]),
-        ("list micro F1", vec!["jobx", "stricter", "list_micro", "overall", "f1"]),
-        ("string acc. excl. both-empty", vec!["jobx", "stricter", "string_accuracy_excluding_both_empty", "overall", "accuracy"]),
+        (
+            "raw parse rate",
+            vec!["jobx", "stricter", "raw_parse", "result", "rate"],
+        ),
+        (
+            "schema valid",
+            vec!["jobx", "stricter", "schema_valid", "result", "rate"],
+        ),
+        (
+            "truncated",
+            vec!["jobx", "stricter", "truncation", "result", "rate"],
+        ),
+        (
+            "list micro F1",
+            vec!["jobx", "stricter", "list_micro", "overall", "f1"],
+        ),
+        (
+            "string acc. excl. both-empty",
+            vec![
+                "jobx",
+                "stricter",
+                "string_accuracy_excluding_both_empty",
+                "overall",
+                "accuracy",
+            ],
+        ),
         ("samples/s", vec!["jobx", "speed", "samples_per_s"]),
-        ("generated tokens/s", vec!["jobx", "speed", "generated_tokens_per_s"]),
+        (
+            "generated tokens/s",
+            vec!["jobx", "speed", "generated_tokens_per_s"],
+        ),
         ("latency p50 ms", vec!["jobx", "speed", "latency_ms", "p50"]),
         ("latency p95 ms", vec!["jobx", "speed", "latency_ms", "p95"]),
     ];
-    let mut md = format!("| metric | {} |\n|---|{}\n", reports.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(reports.len()));
+    let mut md = format!(
+        "| metric | {} |\n|---|{}\n",
+        reports
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(reports.len())
+    );
     let mut js = serde_json::Map::new();
     for (label, path) in rows {
-        let vals: Vec<Option<f64>> = reports.iter().map(|r| get(&r.1, &path).and_then(|x| x.as_f64())).collect();
+        let vals: Vec<Option<f64>> = reports
+            .iter()
+            .map(|r| get(&r.1, &path).and_then(|x| x.as_f64()))
+            .collect();
         md.push_str(&format!(
             "| {label} | {} |\n",
-            vals.iter().map(|v| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())).collect::<Vec<_>>().join(" | ")
+            vals.iter()
+                .map(|v| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+                .join(" | ")
         ));
         js.insert(label.to_string(), json!(vals));
     }
-    (md, json!({"runs": reports.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), "metrics": js}))
+    (
+        md,
+        json!({"runs": reports.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), "metrics": js}),
+    )
 }

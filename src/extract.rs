@@ -2,10 +2,10 @@
 //! batched encoder → constrained/unconstrained generation → text → JSON, one output record per
 //! input record, errors included (nothing is dropped).
 
+use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::generate::{generate, EarlyStopping, Finish, GenOptions, Sampling, TokenConstraint};
 use crate::hub::resolve_model;
-use crate::chat::{ChatTemplate, Message};
 use crate::models::adapter::LoraAdapter;
 use crate::models::linear::HasLinears;
 use crate::models::mistral::{MistralConfig, MistralModel, MistralStepper};
@@ -40,8 +40,13 @@ impl Engine {
         let dir = resolve_model(model)?;
         let cfg_path = dir.join("config.json");
         let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let v: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| Error::config(&cfg_path, e.to_string()))?;
-        let mt = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("t5").to_string();
+        let v: serde_json::Value =
+            serde_json::from_str(&cfg_text).map_err(|e| Error::config(&cfg_path, e.to_string()))?;
+        let mt = v
+            .get("model_type")
+            .and_then(|x| x.as_str())
+            .unwrap_or("t5")
+            .to_string();
         let (arch, vocab, fallback_eos) = match mt.as_str() {
             "t5" | "mt5" => {
                 let m = T5Model::load_dir(&dir)?;
@@ -54,10 +59,18 @@ impl Engine {
                 let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
                 (Arch::Mistral(m), v, e)
             }
-            o => return Err(Error::Unsupported(format!("model_type `{o}` is not supported (t5, mistral, llama)"))),
+            o => {
+                return Err(Error::Unsupported(format!(
+                    "model_type `{o}` is not supported (t5, mistral, llama)"
+                )))
+            }
         };
         let tok_path = dir.join("tokenizer.json");
-        let tok = if tok_path.exists() { Some(Tok::from_file(&tok_path)?) } else { None };
+        let tok = if tok_path.exists() {
+            Some(Tok::from_file(&tok_path)?)
+        } else {
+            None
+        };
         if let Some(t) = &tok {
             t.check_fits(vocab)?;
         }
@@ -66,7 +79,15 @@ impl Engine {
             eos = fallback_eos;
         }
         let chat = ChatTemplate::from_model_dir(&dir)?;
-        Ok(Engine { dir, arch, tok, eos, load_ms: t0.elapsed().as_secs_f64() * 1e3, chat, adapters: Vec::new() })
+        Ok(Engine {
+            dir,
+            arch,
+            tok,
+            eos,
+            load_ms: t0.elapsed().as_secs_f64() * 1e3,
+            chat,
+            adapters: Vec::new(),
+        })
     }
 
     pub fn is_decoder_only(&self) -> bool {
@@ -83,7 +104,10 @@ impl Engine {
     pub fn pad_id(&self) -> u32 {
         match &self.arch {
             Arch::T5(m) => m.cfg.pad_token_id,
-            Arch::Mistral(m) => m.cfg.pad_token_id.unwrap_or_else(|| self.eos.first().copied().unwrap_or(0)),
+            Arch::Mistral(m) => m
+                .cfg
+                .pad_token_id
+                .unwrap_or_else(|| self.eos.first().copied().unwrap_or(0)),
         }
     }
 
@@ -118,9 +142,12 @@ impl Engine {
     }
 
     pub fn tokenizer(&self) -> Result<&Tok> {
-        self.tok
-            .as_ref()
-            .ok_or_else(|| Error::Tokenizer(format!("{} has no tokenizer.json: pass token ids with --input-ids", self.dir.display())))
+        self.tok.as_ref().ok_or_else(|| {
+            Error::Tokenizer(format!(
+                "{} has no tokenizer.json: pass token ids with --input-ids",
+                self.dir.display()
+            ))
+        })
     }
 
     /// Generate for a batch of token-id sequences: encoder inputs (T5, right-padded) or prompts
@@ -169,9 +196,20 @@ impl Engine {
                 for (i, v) in inputs.iter().enumerate() {
                     let off = s - v.len();
                     ids[i * s + off..(i + 1) * s].copy_from_slice(v);
-                    mask[i * s + off..(i + 1) * s].iter_mut().for_each(|m| *m = 1);
+                    mask[i * s + off..(i + 1) * s]
+                        .iter_mut()
+                        .for_each(|m| *m = 1);
                 }
-                let mut st = MistralStepper::new(model, &ids, &mask, b, s, k, opts.max_new_tokens + 1, adapter)?;
+                let mut st = MistralStepper::new(
+                    model,
+                    &ids,
+                    &mask,
+                    b,
+                    s,
+                    k,
+                    opts.max_new_tokens + 1,
+                    adapter,
+                )?;
                 generate(&mut st, &vec![0; b], opts, constraints)
             }
         }
@@ -180,10 +218,20 @@ impl Engine {
     /// Turn a posting into prompt token ids (T5: prompt + </s>; decoder models: the chat template
     /// with the prompt as the user message, no extra BOS), cut to `limit` tokens. Returns the ids
     /// and how many tokens of the posting were dropped.
-    pub fn prompt_ids(&self, template: &PromptTemplate, source: &str, limit: usize) -> Result<(Vec<u32>, usize)> {
+    pub fn prompt_ids(
+        &self,
+        template: &PromptTemplate,
+        source: &str,
+        limit: usize,
+    ) -> Result<(Vec<u32>, usize)> {
         let tok = self.tokenizer()?;
         if !self.is_decoder_only() {
-            return tokenize_prompt(tok, &template.render(source), limit, self.eos.first().copied());
+            return tokenize_prompt(
+                tok,
+                &template.render(source),
+                limit,
+                self.eos.first().copied(),
+            );
         }
         let chat = self.chat.as_ref().ok_or_else(|| {
             Error::Input(format!(
@@ -192,8 +240,17 @@ impl Engine {
             ))
         })?;
         let render = |src: &str| -> Result<Vec<u32>> {
-            let text = chat.render(&[Message { role: "user".into(), content: template.render(src) }], true)?;
-            let e = tok.inner.encode(text.as_str(), false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let text = chat.render(
+                &[Message {
+                    role: "user".into(),
+                    content: template.render(src),
+                }],
+                true,
+            )?;
+            let e = tok
+                .inner
+                .encode(text.as_str(), false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
             Ok(e.get_ids().to_vec())
         };
         let full = render(source)?;
@@ -225,7 +282,9 @@ impl Engine {
             let cut = full.len() - cur.len();
             return Ok((cur, cut));
         }
-        Err(Error::Input(format!("the prompt does not fit in {limit} tokens even without the posting")))
+        Err(Error::Input(format!(
+            "the prompt does not fit in {limit} tokens even without the posting"
+        )))
     }
 }
 
@@ -314,7 +373,12 @@ impl Default for ExtractOptions {
 
 /// Tokenise one prompt, truncating from the right to `limit` tokens while keeping the final EOS
 /// (what HF `tokenizer(..., truncation=True, max_length=limit)` does). Returns (ids, tokens cut).
-pub fn tokenize_prompt(tok: &Tok, prompt: &str, limit: usize, eos: Option<u32>) -> Result<(Vec<u32>, usize)> {
+pub fn tokenize_prompt(
+    tok: &Tok,
+    prompt: &str,
+    limit: usize,
+    eos: Option<u32>,
+) -> Result<(Vec<u32>, usize)> {
     let mut ids = tok.encode(prompt)?;
     let n = ids.len();
     if n > limit && limit > 0 {
@@ -344,10 +408,16 @@ impl GrammarConstraint {
     /// A constraint for one sequence of at most `max_new_tokens` tokens (EOS included).
     pub fn new(g: std::sync::Arc<crate::grammar::Grammar>, max_new_tokens: usize) -> Self {
         let eos = g.vocab().eos_ids().to_vec();
-        GrammarConstraint { inner: crate::grammar::JsonConstraint::new(g, max_new_tokens.saturating_sub(1) as u32), eos, done: false }
+        GrammarConstraint {
+            inner: crate::grammar::JsonConstraint::new(g, max_new_tokens.saturating_sub(1) as u32),
+            eos,
+            done: false,
+        }
     }
     fn budget_spent(&self) -> bool {
-        self.inner.matcher.remaining() == 0 && self.inner.matcher.is_complete() && !self.inner.matcher.is_finished()
+        self.inner.matcher.remaining() == 0
+            && self.inner.matcher.is_complete()
+            && !self.inner.matcher.is_finished()
     }
 }
 
@@ -372,7 +442,10 @@ impl TokenConstraint for GrammarConstraint {
             self.done = true;
             return Ok(());
         }
-        self.inner.matcher.commit_token(token).map_err(|e| Error::Input(format!("grammar: {e}")))
+        self.inner
+            .matcher
+            .commit_token(token)
+            .map_err(|e| Error::Input(format!("grammar: {e}")))
     }
     fn is_complete(&self) -> bool {
         self.inner.matcher.is_complete()
@@ -389,17 +462,27 @@ impl TokenConstraint for GrammarConstraint {
 }
 
 /// Compile `schema` ("job" or a JSON Schema file) for the engine's tokenizer.
-pub fn compile_grammar(engine: &Engine, schema: &str) -> Result<std::sync::Arc<crate::grammar::Grammar>> {
+pub fn compile_grammar(
+    engine: &Engine,
+    schema: &str,
+) -> Result<std::sync::Arc<crate::grammar::Grammar>> {
     let tp = engine.dir.join("tokenizer.json");
-    let vocab = crate::grammar::Vocab::from_tokenizer_json(&tp.display().to_string()).map_err(|e| Error::Tokenizer(e.to_string()))?;
-    let sch = crate::grammar::load_schema(schema).map_err(|e| Error::Input(format!("schema {schema}: {e}")))?;
-    crate::grammar::Grammar::compile(&sch, std::sync::Arc::new(vocab), &crate::grammar::CompileOptions::default())
-        .map_err(|e| Error::Input(format!("schema {schema}: {e}")))
+    let vocab = crate::grammar::Vocab::from_tokenizer_json(&tp.display().to_string())
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let sch = crate::grammar::load_schema(schema)
+        .map_err(|e| Error::Input(format!("schema {schema}: {e}")))?;
+    crate::grammar::Grammar::compile(
+        &sch,
+        std::sync::Arc::new(vocab),
+        &crate::grammar::CompileOptions::default(),
+    )
+    .map_err(|e| Error::Input(format!("schema {schema}: {e}")))
 }
 
 /// Turn the model's text (with `<unk>` markers kept) into JSON.
 pub fn text_to_json(raw: &str) -> std::result::Result<serde_json::Value, String> {
-    crate::eval::repair_t5_output(raw, &crate::eval::JobSchema::jobextractx()).map_err(|e| e.to_string())
+    crate::eval::repair_t5_output(raw, &crate::eval::JobSchema::jobextractx())
+        .map_err(|e| e.to_string())
 }
 
 /// Extract every record; `progress` is called after each batch with the number done.
@@ -412,7 +495,13 @@ pub fn extract_records(
     sink: &mut dyn FnMut(OutputRecord) -> Result<()>,
 ) -> Result<()> {
     let tok = engine.tokenizer()?;
-    let template = opts.template.clone().unwrap_or_else(|| if engine.is_decoder_only() { PromptTemplate::mistral() } else { PromptTemplate::flan_t5() });
+    let template = opts.template.clone().unwrap_or_else(|| {
+        if engine.is_decoder_only() {
+            PromptTemplate::mistral()
+        } else {
+            PromptTemplate::flan_t5()
+        }
+    });
     let gen = GenOptions {
         max_new_tokens: opts.max_new_tokens,
         min_new_tokens: opts.min_new_tokens,
@@ -446,13 +535,20 @@ pub fn extract_records(
                 Ok(s) => s,
             };
             if src.trim().is_empty() {
-                outs[i] = Some(OutputRecord::error(&r.id, "empty posting: nothing to extract".into()));
+                outs[i] = Some(OutputRecord::error(
+                    &r.id,
+                    "empty posting: nothing to extract".into(),
+                ));
                 continue;
             }
             if src.len() > opts.max_source_bytes {
                 outs[i] = Some(OutputRecord::error(
                     &r.id,
-                    format!("posting is {} bytes, over the {} byte limit (--max-source-bytes)", src.len(), opts.max_source_bytes),
+                    format!(
+                        "posting is {} bytes, over the {} byte limit (--max-source-bytes)",
+                        src.len(),
+                        opts.max_source_bytes
+                    ),
                 ));
                 continue;
             }
@@ -461,7 +557,10 @@ pub fn extract_records(
                 Some(name) => match engine.adapter_slot(name) {
                     Some(s) => Some(s),
                     None => {
-                        outs[i] = Some(OutputRecord::error(&r.id, format!("unknown adapter `{name}` (loaded: {:?})", engine.adapters)));
+                        outs[i] = Some(OutputRecord::error(
+                            &r.id,
+                            format!("unknown adapter `{name}` (loaded: {:?})", engine.adapters),
+                        ));
                         continue;
                     }
                 },
@@ -485,19 +584,27 @@ pub fn extract_records(
         groups.sort();
         groups.dedup();
         for g_ad in groups {
-            let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> = batch.iter().filter(|b| b.3 == g_ad).collect();
+            let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> =
+                batch.iter().filter(|b| b.3 == g_ad).collect();
             let t0 = std::time::Instant::now();
             let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
             let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = match &opts.grammar {
                 Some(g) => (0..inputs.len())
-                    .map(|_| Some(Box::new(GrammarConstraint::new(g.clone(), gen.max_new_tokens)) as Box<dyn TokenConstraint>))
+                    .map(|_| {
+                        Some(
+                            Box::new(GrammarConstraint::new(g.clone(), gen.max_new_tokens))
+                                as Box<dyn TokenConstraint>,
+                        )
+                    })
                     .collect(),
                 None => vec![],
             };
             match engine.generate_ids_with(&inputs, &gen, &mut cons, g_ad) {
                 Ok(gens) => {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    for ((i, ids, cut, _), g) in group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(gens) {
+                    for ((i, ids, cut, _), g) in
+                        group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(gens)
+                    {
                         let r = &chunk[*i];
                         let (raw, output, error) = match &opts.grammar {
                             Some(gr) => postprocess_constrained(engine, tok, gr, &g.tokens),
@@ -518,13 +625,18 @@ pub fn extract_records(
                 }
                 Err(e) => {
                     for (i, _, _, _) in &group {
-                        outs[*i] = Some(OutputRecord::error(&chunk[*i].id, format!("generation failed: {e}")));
+                        outs[*i] = Some(OutputRecord::error(
+                            &chunk[*i].id,
+                            format!("generation failed: {e}"),
+                        ));
                     }
                 }
             }
         }
         for (i, o) in outs.into_iter().enumerate() {
-            sink(o.unwrap_or_else(|| OutputRecord::error(&chunk[i].id, "internal: no result".into())))?;
+            sink(o.unwrap_or_else(|| {
+                OutputRecord::error(&chunk[i].id, "internal: no result".into())
+            }))?;
         }
         done += chunk.len();
         progress(done);
@@ -540,12 +652,22 @@ fn postprocess_constrained(
     g: &crate::grammar::Grammar,
     tokens: &[u32],
 ) -> (Option<String>, Option<serde_json::Value>, Option<String>) {
-    let body: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t)).collect();
+    let body: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .filter(|t| !engine.eos.contains(t))
+        .collect();
     let raw = tok.decode(&body, false).ok();
     match g.decode_text(&body) {
         Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) => (raw, Some(v), None),
-            Err(e) => (raw, None, Some(format!("constrained output incomplete or invalid ({e}): {text}"))),
+            Err(e) => (
+                raw,
+                None,
+                Some(format!(
+                    "constrained output incomplete or invalid ({e}): {text}"
+                )),
+            ),
         },
         Err(e) => (raw, None, Some(format!("grammar: {e}"))),
     }
@@ -554,10 +676,18 @@ fn postprocess_constrained(
 /// Generated ids -> (raw text, JSON, error). T5: decode keeping `<unk>` (it marks `{`, `}` and
 /// `\`) and repair; decoder models: the first balanced JSON object of the completion (never the
 /// prompt's schema: the prompt is not part of the decoded text).
-fn postprocess(engine: &Engine, tok: &Tok, tokens: &[u32]) -> (Option<String>, Option<serde_json::Value>, Option<String>) {
+fn postprocess(
+    engine: &Engine,
+    tok: &Tok,
+    tokens: &[u32],
+) -> (Option<String>, Option<serde_json::Value>, Option<String>) {
     let pad = engine.pad_id();
     if engine.is_decoder_only() {
-        let keep: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t)).collect();
+        let keep: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|t| !engine.eos.contains(t))
+            .collect();
         let raw = match tok.decode(&keep, true) {
             Ok(r) => r,
             Err(e) => return (None, None, Some(e.to_string())),
@@ -565,17 +695,28 @@ fn postprocess(engine: &Engine, tok: &Tok, tokens: &[u32]) -> (Option<String>, O
         let res = match crate::chat::first_json_object(&raw) {
             Ok((a, b)) => match serde_json::from_str::<serde_json::Value>(&raw[a..b]) {
                 Ok(v) => (Some(v), None),
-                Err(e) => (None, Some(format!("the completion's JSON object does not parse: {e}"))),
+                Err(e) => (
+                    None,
+                    Some(format!("the completion's JSON object does not parse: {e}")),
+                ),
             },
             Err(why) => (None, Some(why.to_string())),
         };
         return (Some(raw), res.0, res.1);
     }
-    let keep: Vec<u32> = tokens.iter().copied().filter(|t| !engine.eos.contains(t) && *t != pad).collect();
+    let keep: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .filter(|t| !engine.eos.contains(t) && *t != pad)
+        .collect();
     match tok.decode(&keep, false) {
         Ok(raw) => match text_to_json(&raw) {
             Ok(v) => (Some(raw), Some(v), None),
-            Err(e) => (Some(raw), None, Some(format!("output is not JSON after repair: {e}"))),
+            Err(e) => (
+                Some(raw),
+                None,
+                Some(format!("output is not JSON after repair: {e}")),
+            ),
         },
         Err(e) => (None, None, Some(e.to_string())),
     }
@@ -595,8 +736,17 @@ pub fn read_records(name: &str, bytes: &[u8], fmt: InputFormat) -> Vec<InputReco
         InputFormat::Text => {
             let source = std::str::from_utf8(bytes)
                 .map(|s| s.to_string())
-                .map_err(|e| format!("input is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()));
-            vec![InputRecord { id: name.to_string(), adapter: None, source }]
+                .map_err(|e| {
+                    format!(
+                        "input is not valid UTF-8 (first bad byte at offset {})",
+                        e.valid_up_to()
+                    )
+                });
+            vec![InputRecord {
+                id: name.to_string(),
+                adapter: None,
+                source,
+            }]
         }
         InputFormat::Jsonl => {
             let mut out = Vec::new();
@@ -606,20 +756,44 @@ pub fn read_records(name: &str, bytes: &[u8], fmt: InputFormat) -> Vec<InputReco
                 }
                 let default_id = format!("{name}:{}", ln + 1);
                 let rec = match std::str::from_utf8(line) {
-                    Err(e) => InputRecord { id: default_id, adapter: None, source: Err(format!("line is not valid UTF-8 (offset {})", e.valid_up_to())) },
+                    Err(e) => InputRecord {
+                        id: default_id,
+                        adapter: None,
+                        source: Err(format!(
+                            "line is not valid UTF-8 (offset {})",
+                            e.valid_up_to()
+                        )),
+                    },
                     Ok(text) => match serde_json::from_str::<serde_json::Value>(text) {
-                        Err(e) => InputRecord { id: default_id, adapter: None, source: Err(format!("line is not JSON: {e}")) },
+                        Err(e) => InputRecord {
+                            id: default_id,
+                            adapter: None,
+                            source: Err(format!("line is not JSON: {e}")),
+                        },
                         Ok(v) => {
                             let id = match v.get("id") {
                                 Some(serde_json::Value::String(s)) => s.clone(),
                                 Some(serde_json::Value::Number(n)) => n.to_string(),
                                 _ => default_id,
                             };
-                            let adapter = v.get("adapter").and_then(|a| a.as_str()).map(String::from);
+                            let adapter =
+                                v.get("adapter").and_then(|a| a.as_str()).map(String::from);
                             match v.get("source") {
-                                Some(serde_json::Value::String(s)) => InputRecord { id, adapter, source: Ok(s.clone()) },
-                                Some(_) => InputRecord { id, adapter, source: Err("`source` is not a string".into()) },
-                                None => InputRecord { id, adapter, source: Err("record has no `source` field".into()) },
+                                Some(serde_json::Value::String(s)) => InputRecord {
+                                    id,
+                                    adapter,
+                                    source: Ok(s.clone()),
+                                },
+                                Some(_) => InputRecord {
+                                    id,
+                                    adapter,
+                                    source: Err("`source` is not a string".into()),
+                                },
+                                None => InputRecord {
+                                    id,
+                                    adapter,
+                                    source: Err("record has no `source` field".into()),
+                                },
                             }
                         }
                     },

@@ -128,9 +128,19 @@ impl Rng {
 }
 
 fn sample(scores: &[f32], s: &Sampling, rng: &mut Rng, buf: &mut Vec<(f32, usize)>) -> usize {
-    let t = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+    let t = if s.temperature > 0.0 {
+        s.temperature
+    } else {
+        1.0
+    };
     buf.clear();
-    buf.extend(scores.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| (v / t, i)));
+    buf.extend(
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(i, &v)| (v / t, i)),
+    );
     if buf.is_empty() {
         return argmax(scores);
     }
@@ -177,10 +187,18 @@ pub fn generate_greedy(
 ) -> Result<Vec<GenOutput>> {
     let rows = start.len();
     let v = m.vocab_size();
-    let mut outs: Vec<GenOutput> =
-        (0..rows).map(|_| GenOutput { tokens: vec![], finish: Finish::Length, score: 0.0, token_logprobs: vec![] }).collect();
+    let mut outs: Vec<GenOutput> = (0..rows)
+        .map(|_| GenOutput {
+            tokens: vec![],
+            finish: Finish::Length,
+            score: 0.0,
+            token_logprobs: vec![],
+        })
+        .collect();
     if constraints.len() != rows && !constraints.is_empty() {
-        return Err(Error::Input("one constraint per row (or none) is required".into()));
+        return Err(Error::Input(
+            "one constraint per row (or none) is required".into(),
+        ));
     }
     let mut rng = Rng(opts.sampling.as_ref().map(|s| s.seed).unwrap_or(0));
     let mut active: Vec<usize> = (0..rows).collect(); // original row of each model row
@@ -194,7 +212,12 @@ pub fn generate_greedy(
         if active.is_empty() {
             break;
         }
-        if pending_forced.is_empty() || !m.step_many(&[next.as_slice(), pending_forced.as_slice()].concat(), &mut logits)? {
+        if pending_forced.is_empty()
+            || !m.step_many(
+                &[next.as_slice(), pending_forced.as_slice()].concat(),
+                &mut logits,
+            )?
+        {
             // one token per forward pass (forced tokens too, when the model has no multi-token step)
             m.step(&next, &mut logits)?;
             for &t in &pending_forced {
@@ -222,7 +245,10 @@ pub fn generate_greedy(
                 None => argmax(row),
             };
             if !lp[tok].is_finite() {
-                return Err(Error::Input("every token is masked at this step (constraint and min length conflict)".into()));
+                return Err(Error::Input(
+                    "every token is masked at this step (constraint and min length conflict)"
+                        .into(),
+                ));
             }
             if let Some(Some(c)) = constraints.get_mut(orig) {
                 c.commit(tok as u32)?;
@@ -267,7 +293,9 @@ pub fn generate_greedy(
         }
         if finished_any {
             // Drop finished rows so later steps only compute live sequences.
-            let keep: Vec<usize> = (0..active.len()).filter(|&i| outs[active[i]].finish != Finish::Eos).collect();
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&i| outs[active[i]].finish != Finish::Eos)
+                .collect();
             if keep.is_empty() {
                 break;
             }
@@ -304,9 +332,19 @@ pub fn generate_beam(
     let lp_len = |n: usize| (n as f32).powf(opts.length_penalty);
     // running state per request
     let mut run_tokens: Vec<Vec<Vec<u32>>> = vec![vec![vec![]; k]; batch];
-    let mut run_scores: Vec<Vec<f32>> = (0..batch).map(|_| (0..k).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect()).collect();
+    let mut run_scores: Vec<Vec<f32>> = (0..batch)
+        .map(|_| (0..k).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect())
+        .collect();
     let mut run_cons: Vec<Vec<Option<Box<dyn TokenConstraint>>>> = (0..batch)
-        .map(|b| (0..k).map(|_| constraints.get(b).and_then(|c| c.as_ref().map(|c| c.box_clone()))).collect())
+        .map(|b| {
+            (0..k)
+                .map(|_| {
+                    constraints
+                        .get(b)
+                        .and_then(|c| c.as_ref().map(|c| c.box_clone()))
+                })
+                .collect()
+        })
         .collect();
     let mut finished: Vec<Vec<Hyp>> = vec![vec![]; batch];
     let mut heuristic_unsat = vec![true; batch];
@@ -349,9 +387,17 @@ pub fn generate_beam(
             }
             // top `keep` by score, ties broken by lower index (torch.topk on CPU is stable in practice)
             let nth = keep.min(cand.len());
-            cand.select_nth_unstable_by(nth - 1, |a, c| c.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&c.1)));
+            cand.select_nth_unstable_by(nth - 1, |a, c| {
+                c.0.partial_cmp(&a.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.1.cmp(&c.1))
+            });
             cand.truncate(nth);
-            cand.sort_by(|a, c| c.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&c.1)));
+            cand.sort_by(|a, c| {
+                c.0.partial_cmp(&a.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.1.cmp(&c.1))
+            });
             let at_max = step + 1 >= opts.max_new_tokens;
             let gen_len = cur_gen + 1;
             // finalise hypotheses among the first K candidates that hit a stopping criterion
@@ -365,9 +411,16 @@ pub fn generate_beam(
                     }
                     let mut toks = run_tokens[b][idx / v].clone();
                     toks.push(tok);
-                    finished[b].push(Hyp { score: score / lp_len(gen_len), tokens: toks });
+                    finished[b].push(Hyp {
+                        score: score / lp_len(gen_len),
+                        tokens: toks,
+                    });
                 }
-                finished[b].sort_by(|a, c| c.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+                finished[b].sort_by(|a, c| {
+                    c.score
+                        .partial_cmp(&a.score)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
                 finished[b].truncate(k);
             }
             // next running beams: best K candidates that did not hit a stopping criterion
@@ -416,7 +469,10 @@ pub fn generate_beam(
             let best_running = run_scores[b][0] / lp_len(hyp_len);
             let worst = finished[b].last().map(|h| h.score).unwrap_or(-1e9);
             heuristic_unsat[b] = heuristic_unsat[b] && (!all_finished || best_running > worst);
-            if !heuristic_unsat[b] || (all_finished && opts.early_stopping == EarlyStopping::True) || at_max {
+            if !heuristic_unsat[b]
+                || (all_finished && opts.early_stopping == EarlyStopping::True)
+                || at_max
+            {
                 done[b] = true;
             }
         }
@@ -429,13 +485,36 @@ pub fn generate_beam(
     Ok(finished
         .into_iter()
         .map(|mut f| {
-            f.sort_by(|a, c| c.score.partial_cmp(&a.score).unwrap_or(std::cmp::Ordering::Equal));
+            f.sort_by(|a, c| {
+                c.score
+                    .partial_cmp(&a.score)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
             match f.into_iter().next() {
                 Some(h) => {
-                    let finish = if h.tokens.last().map(|t| opts.eos.contains(t)).unwrap_or(false) { Finish::Eos } else { Finish::Length };
-                    GenOutput { tokens: h.tokens, finish, score: h.score, token_logprobs: vec![] }
+                    let finish = if h
+                        .tokens
+                        .last()
+                        .map(|t| opts.eos.contains(t))
+                        .unwrap_or(false)
+                    {
+                        Finish::Eos
+                    } else {
+                        Finish::Length
+                    };
+                    GenOutput {
+                        tokens: h.tokens,
+                        finish,
+                        score: h.score,
+                        token_logprobs: vec![],
+                    }
                 }
-                None => GenOutput { tokens: vec![], finish: Finish::Length, score: f32::NEG_INFINITY, token_logprobs: vec![] },
+                None => GenOutput {
+                    tokens: vec![],
+                    finish: Finish::Length,
+                    score: f32::NEG_INFINITY,
+                    token_logprobs: vec![],
+                },
             }
         })
         .collect())
@@ -449,11 +528,21 @@ pub fn generate(
     constraints: &mut [Option<Box<dyn TokenConstraint>>],
 ) -> Result<Vec<GenOutput>> {
     if opts.max_new_tokens == 0 {
-        return Ok(start.iter().map(|_| GenOutput { tokens: vec![], finish: Finish::Length, score: 0.0, token_logprobs: vec![] }).collect());
+        return Ok(start
+            .iter()
+            .map(|_| GenOutput {
+                tokens: vec![],
+                finish: Finish::Length,
+                score: 0.0,
+                token_logprobs: vec![],
+            })
+            .collect());
     }
     if opts.num_beams > 1 {
         if opts.sampling.is_some() {
-            return Err(Error::Unsupported("beam sampling is not supported; use --num-beams 1 with sampling".into()));
+            return Err(Error::Unsupported(
+                "beam sampling is not supported; use --num-beams 1 with sampling".into(),
+            ));
         }
         generate_beam(m, start, opts, constraints)
     } else {
@@ -473,12 +562,26 @@ pub struct StopStrings {
 }
 
 impl StopStrings {
-    pub fn new(decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>, stops: Vec<String>, eos: u32) -> Self {
-        StopStrings { decode, stops, eos, ids: Vec::new(), hit: false }
+    pub fn new(
+        decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>,
+        stops: Vec<String>,
+        eos: u32,
+    ) -> Self {
+        StopStrings {
+            decode,
+            stops,
+            eos,
+            ids: Vec::new(),
+            hit: false,
+        }
     }
     /// Cut `text` at the first stop string (the stop itself removed).
     pub fn cut<'a>(text: &'a str, stops: &[String]) -> &'a str {
-        let end = stops.iter().filter_map(|s| text.find(s.as_str())).min().unwrap_or(text.len());
+        let end = stops
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+            .unwrap_or(text.len());
         &text[..end]
     }
 }
@@ -501,7 +604,10 @@ impl TokenConstraint for StopStrings {
             let longest = self.stops.iter().map(|s| s.len()).max().unwrap_or(0);
             let from = self.ids.len().saturating_sub(longest + 8);
             let tail = (self.decode)(&self.ids[from..]);
-            self.hit = self.stops.iter().any(|s| !s.is_empty() && tail.contains(s.as_str()));
+            self.hit = self
+                .stops
+                .iter()
+                .any(|s| !s.is_empty() && tail.contains(s.as_str()));
         }
         Ok(())
     }

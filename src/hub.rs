@@ -7,12 +7,19 @@ use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// Files a model folder may have; the first group is required.
-const OPTIONAL: &[&str] = &["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
+const OPTIONAL: &[&str] = &[
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 fn offline() -> bool {
-    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
-        .iter()
-        .any(|k| std::env::var(k).map(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false").unwrap_or(false))
+    ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"].iter().any(|k| {
+        std::env::var(k)
+            .map(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false")
+            .unwrap_or(false)
+    })
 }
 
 /// Returns a folder holding config.json and the weights of `model` (a path or a repo id).
@@ -20,14 +27,23 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
     let p = Path::new(model);
     if p.is_dir() {
         if !p.join("config.json").exists() {
-            return Err(Error::Resolve(model.into(), "the folder has no config.json (is it a Hugging Face model folder?)".into()));
+            return Err(Error::Resolve(
+                model.into(),
+                "the folder has no config.json (is it a Hugging Face model folder?)".into(),
+            ));
         }
         return Ok(p.to_path_buf());
     }
     if p.exists() {
-        return Err(Error::Resolve(model.into(), "--model takes a model folder or a Hugging Face repo id, not a file".into()));
+        return Err(Error::Resolve(
+            model.into(),
+            "--model takes a model folder or a Hugging Face repo id, not a file".into(),
+        ));
     }
-    let looks_like_id = model.split('/').count() <= 2 && !model.starts_with('.') && !model.contains('\\') && !model.is_empty();
+    let looks_like_id = model.split('/').count() <= 2
+        && !model.starts_with('.')
+        && !model.contains('\\')
+        && !model.is_empty();
     if !looks_like_id {
         return Err(Error::Resolve(model.into(), "no such folder".into()));
     }
@@ -36,7 +52,8 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
     let repo = cache.model(model.to_string());
     if let Some(cfg) = repo.get("config.json") {
         let dir = cfg.parent().map(Path::to_path_buf).unwrap_or_default();
-        let has_weights = repo.get("model.safetensors").is_some() || repo.get("model.safetensors.index.json").is_some();
+        let has_weights = repo.get("model.safetensors").is_some()
+            || repo.get("model.safetensors.index.json").is_some();
         if has_weights {
             // sharded: make sure every shard is there too
             if let Some(idx) = repo.get("model.safetensors.index.json") {
@@ -62,11 +79,16 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
 
 fn shards(index: &Path) -> Result<Vec<String>> {
     let t = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| Error::config(index, e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&t).map_err(|e| Error::config(index, e.to_string()))?;
     let mut s: Vec<String> = v
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|m| {
+            m.values()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     s.sort();
     s.dedup();
@@ -83,7 +105,10 @@ fn download(model: &str) -> Result<PathBuf> {
             ),
         )
     };
-    let api = hf_hub::api::sync::ApiBuilder::from_env().with_progress(true).build().map_err(net)?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(net)?;
     let repo = api.model(model.to_string());
     eprintln!("fetching {model} into the Hugging Face cache (first use)...");
     let cfg = repo.get("config.json").map_err(net)?;

@@ -10,7 +10,11 @@ use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "jobx-engine", version, about = "Job postings to schema-valid JSON with FLAN-T5 and Mistral")]
+#[command(
+    name = "jobx-engine",
+    version,
+    about = "Job postings to schema-valid JSON with FLAN-T5 and Mistral"
+)]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores)
     #[arg(long, global = true)]
@@ -112,14 +116,20 @@ impl ModelArgs {
         let mut e = Engine::load(&self.model).with_context(|| format!("loading {}", self.model))?;
         for (i, a) in self.adapters.iter().enumerate() {
             let (name, dir) = match a.split_once('=') {
-                Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
+                Some((n, d)) if !n.is_empty() && !n.contains('/') => {
+                    (n.to_string(), PathBuf::from(d))
+                }
                 _ => (format!("adapter{i}"), PathBuf::from(a)),
             };
-            e.load_adapter(&name, &dir).with_context(|| format!("loading adapter {}", dir.display()))?;
+            e.load_adapter(&name, &dir)
+                .with_context(|| format!("loading adapter {}", dir.display()))?;
         }
         if self.merge_adapter {
             if e.adapters.len() != 1 {
-                bail!("--merge-adapter needs exactly one --adapter (got {})", e.adapters.len());
+                bail!(
+                    "--merge-adapter needs exactly one --adapter (got {})",
+                    e.adapters.len()
+                );
             }
             e.merge_adapter(0);
             e.adapters.clear();
@@ -130,14 +140,25 @@ impl ModelArgs {
             } else {
                 std::fs::read_to_string(t).with_context(|| format!("reading chat template {t}"))?
             };
-            let (bos, eos) = e.chat.as_ref().map(|c| (c.bos_token.clone(), c.eos_token.clone())).unwrap_or(("<s>".into(), "</s>".into()));
-            e.chat = Some(jobx_engine::chat::ChatTemplate { source, bos_token: bos, eos_token: eos });
+            let (bos, eos) = e
+                .chat
+                .as_ref()
+                .map(|c| (c.bos_token.clone(), c.eos_token.clone()))
+                .unwrap_or(("<s>".into(), "</s>".into()));
+            e.chat = Some(jobx_engine::chat::ChatTemplate {
+                source,
+                bos_token: bos,
+                eos_token: eos,
+            });
         }
         let default_adapter = match &self.use_adapter {
             Some(n) if n == "none" => None,
             Some(n) => {
                 if e.adapter_slot(n).is_none() {
-                    bail!("--use-adapter {n}: no adapter of that name (loaded: {:?})", e.adapters);
+                    bail!(
+                        "--use-adapter {n}: no adapter of that name (loaded: {:?})",
+                        e.adapters
+                    );
                 }
                 Some(n.clone())
             }
@@ -165,7 +186,12 @@ impl PromptArgs {
     fn template(&self) -> anyhow::Result<Option<PromptTemplate>> {
         self.prompt_template
             .as_ref()
-            .map(|p| Ok(PromptTemplate { text: std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))? }))
+            .map(|p| {
+                Ok(PromptTemplate {
+                    text: std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                })
+            })
             .transpose()
     }
 }
@@ -225,7 +251,11 @@ impl DecodeArgs {
         adapter: Option<String>,
         prompt: &PromptArgs,
     ) -> anyhow::Result<ExtractOptions> {
-        let grammar = if self.no_constrain { None } else { Some(jobx_engine::extract::compile_grammar(engine, &self.schema)?) };
+        let grammar = if self.no_constrain {
+            None
+        } else {
+            Some(jobx_engine::extract::compile_grammar(engine, &self.schema)?)
+        };
         Ok(ExtractOptions {
             grammar,
             max_new_tokens: self.max_new_tokens,
@@ -242,7 +272,12 @@ impl DecodeArgs {
         })
     }
     fn sampling(&self) -> Option<Sampling> {
-        self.do_sample.then(|| Sampling { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, seed: self.seed.unwrap_or(0) })
+        self.do_sample.then(|| Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed.unwrap_or(0),
+        })
     }
 }
 
@@ -345,7 +380,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global();
     }
     let code = match check_device(cli.device).and_then(|_| run(cli.cmd)) {
         Ok(c) => c,
@@ -380,24 +417,44 @@ fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
 
 fn load_report(p: &PathBuf) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
     let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
-    let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     let name_of = |v: &serde_json::Value, i: Option<usize>| -> String {
-        let base = v.pointer("/jobx/model").and_then(|m| m.as_str()).map(String::from).unwrap_or_else(|| stem.clone());
+        let base = v
+            .pointer("/jobx/model")
+            .and_then(|m| m.as_str())
+            .map(String::from)
+            .unwrap_or_else(|| stem.clone());
         match i {
             Some(i) => format!("{base}#{i}"),
             None => base,
         }
     };
     Ok(match v {
-        serde_json::Value::Array(a) => a.iter().enumerate().map(|(i, x)| (name_of(x, Some(i)), x.clone())).collect(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, x)| (name_of(x, Some(i)), x.clone()))
+            .collect(),
         o => vec![(name_of(&o, None), o)],
     })
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Eval { m, data, limit, out_dir, prompt, compare, decode } => {
+        Cmd::Eval {
+            m,
+            data,
+            limit,
+            out_dir,
+            prompt,
+            compare,
+            decode,
+        } => {
             if !compare.is_empty() {
                 let mut all = Vec::new();
                 for p in &compare {
@@ -426,11 +483,19 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 pb.set_position(d as u64);
             })?;
             pb.finish_and_clear();
-            eprintln!("wrote {}/predictions.jsonl and report.json", opts.out_dir.display());
+            eprintln!(
+                "wrote {}/predictions.jsonl and report.json",
+                opts.out_dir.display()
+            );
             println!("{}", serde_json::to_string(&report)?);
             Ok(0)
         }
-        Cmd::Score { files, output, format, family } => {
+        Cmd::Score {
+            files,
+            output,
+            format,
+            family,
+        } => {
             use jobx_engine::eval;
             if files.is_empty() {
                 bail!("score: give at least one prediction file");
@@ -447,7 +512,8 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             };
             let mut reports = Vec::new();
             for f in &files {
-                let r = eval::score_file(f, &opts).with_context(|| format!("scoring {}", f.display()))?;
+                let r = eval::score_file(f, &opts)
+                    .with_context(|| format!("scoring {}", f.display()))?;
                 // The reference `metrics` block first (same keys and order), our additions under "jobx".
                 let mut line = r.metrics.to_json();
                 let mut extra = r.to_json();
@@ -461,25 +527,44 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 reports.push(line);
             }
             if let Some(p) = output {
-                let v = if reports.len() == 1 { reports.remove(0) } else { serde_json::Value::Array(reports) };
-                std::fs::write(&p, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
+                let v = if reports.len() == 1 {
+                    reports.remove(0)
+                } else {
+                    serde_json::Value::Array(reports)
+                };
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?)
+                    .with_context(|| format!("writing {}", p.display()))?;
             }
             Ok(0)
         }
-        Cmd::Schema { cmd: SchemaCmd::Print { name } } => {
-            let v = jobx_engine::grammar::load_schema(&name).map_err(|e| anyhow::anyhow!("schema {name}: {e}"))?;
+        Cmd::Schema {
+            cmd: SchemaCmd::Print { name },
+        } => {
+            let v = jobx_engine::grammar::load_schema(&name)
+                .map_err(|e| anyhow::anyhow!("schema {name}: {e}"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
         Cmd::Grammar { cmd } => {
-            use jobx_engine::grammar::{grammar_bench, grammar_check, BenchOptions, CheckOptions, SurfaceOptions};
+            use jobx_engine::grammar::{
+                grammar_bench, grammar_check, BenchOptions, CheckOptions, SurfaceOptions,
+            };
             let surface_of = |s: &str| -> anyhow::Result<SurfaceOptions> {
                 let mut o = SurfaceOptions::default();
-                o.structural = SurfaceOptions::parse_structural(s).map_err(|e| anyhow::anyhow!("--surface: {e}"))?;
+                o.structural = SurfaceOptions::parse_structural(s)
+                    .map_err(|e| anyhow::anyhow!("--surface: {e}"))?;
                 Ok(o)
             };
             match cmd {
-                GrammarCmd::Check { schema, tokenizer, samples, seed, max_tokens, emit, surface } => {
+                GrammarCmd::Check {
+                    schema,
+                    tokenizer,
+                    samples,
+                    seed,
+                    max_tokens,
+                    emit,
+                    surface,
+                } => {
                     let opts = CheckOptions {
                         schema,
                         tokenizer: tokenizer.display().to_string(),
@@ -489,15 +574,27 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                         emit: emit.map(|p| p.display().to_string()),
                         surface: surface_of(&surface)?,
                     };
-                    let s = grammar_check(&opts).map_err(|e| anyhow::anyhow!("grammar check: {e}"))?;
+                    let s =
+                        grammar_check(&opts).map_err(|e| anyhow::anyhow!("grammar check: {e}"))?;
                     println!("{}", s.to_json_line());
                     Ok(if s.ok() { 0 } else { 1 })
                 }
-                GrammarCmd::Bench { schema, tokenizer, documents, surface } => {
-                    let tk = tokenizers::Tokenizer::from_file(&tokenizer).map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
-                    let enc: Box<jobx_engine::grammar::tools::EncodeFn> = Box::new(move |text: &str| {
-                        Ok(tk.encode(text, false).map_err(|e| anyhow::anyhow!("{e}"))?.get_ids().to_vec())
-                    });
+                GrammarCmd::Bench {
+                    schema,
+                    tokenizer,
+                    documents,
+                    surface,
+                } => {
+                    let tk = tokenizers::Tokenizer::from_file(&tokenizer)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer.display()))?;
+                    let enc: Box<jobx_engine::grammar::tools::EncodeFn> =
+                        Box::new(move |text: &str| {
+                            Ok(tk
+                                .encode(text, false)
+                                .map_err(|e| anyhow::anyhow!("{e}"))?
+                                .get_ids()
+                                .to_vec())
+                        });
                     let opts = BenchOptions {
                         schema,
                         tokenizer: tokenizer.display().to_string(),
@@ -505,7 +602,8 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                         surface: surface_of(&surface)?,
                         encode: Some(enc),
                     };
-                    let s = grammar_bench(&opts).map_err(|e| anyhow::anyhow!("grammar bench: {e}"))?;
+                    let s =
+                        grammar_bench(&opts).map_err(|e| anyhow::anyhow!("grammar bench: {e}"))?;
                     println!("{}", s.to_json_line());
                     Ok(0)
                 }
@@ -520,26 +618,35 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             for f in &files {
                 eprintln!("wrote {}", f.display());
             }
-            println!("{}", serde_json::json!({"out": out, "files": files.len(), "runs": loaded.len()}));
+            println!(
+                "{}",
+                serde_json::json!({"out": out, "files": files.len(), "runs": loaded.len()})
+            );
             Ok(0)
         }
         Cmd::Repair { file, compat } => {
             use jobx_engine::eval;
             match compat {
                 Some(Compat::Jobextractx) => {
-                    let (n, same) = eval::repair_compat_file(&file).with_context(|| format!("repairing {}", file.display()))?;
+                    let (n, same) = eval::repair_compat_file(&file)
+                        .with_context(|| format!("repairing {}", file.display()))?;
                     println!("{}", serde_json::json!({"records": n, "identical": same}));
                     Ok(if n == same { 0 } else { 1 })
                 }
                 None => {
                     // JSONL with a "raw" field (as extract writes it), or one raw output per line.
-                    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
                     let schema = eval::JobSchema::jobextractx();
                     let (mut n, mut ok) = (0usize, 0usize);
                     for line in text.lines().filter(|l| !l.trim().is_empty()) {
                         n += 1;
                         let raw = match serde_json::from_str::<serde_json::Value>(line) {
-                            Ok(serde_json::Value::Object(o)) => o.get("raw").and_then(|r| r.as_str()).unwrap_or(line).to_string(),
+                            Ok(serde_json::Value::Object(o)) => o
+                                .get("raw")
+                                .and_then(|r| r.as_str())
+                                .unwrap_or(line)
+                                .to_string(),
                             _ => line.to_string(),
                         };
                         match eval::repair_t5_output(&raw, &schema) {
@@ -547,7 +654,10 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                                 ok += 1;
                                 println!("{}", serde_json::json!({"output": v, "error": null}));
                             }
-                            Err(e) => println!("{}", serde_json::json!({"output": null, "error": e.to_string()})),
+                            Err(e) => println!(
+                                "{}",
+                                serde_json::json!({"output": null, "error": e.to_string()})
+                            ),
                         }
                     }
                     println!("{}", serde_json::json!({"records": n, "repaired": ok}));
@@ -555,7 +665,10 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 }
             }
         }
-        Cmd::Verify { dirs, merge_adapter } => {
+        Cmd::Verify {
+            dirs,
+            merge_adapter,
+        } => {
             let vopts = jobx_engine::verify::VerifyOptions { merge_adapter };
             if dirs.is_empty() {
                 bail!("verify: give at least one fixture folder");
@@ -569,13 +682,25 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(if ok { 0 } else { 1 })
         }
-        Cmd::Generate { m, input_ids, text, decode } => {
+        Cmd::Generate {
+            m,
+            input_ids,
+            text,
+            decode,
+        } => {
             let (engine, adapter) = m.load()?;
             let adapter = adapter.and_then(|n| engine.adapter_slot(&n));
             let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {
-                let t = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-                let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
-                parse_ids(&v).with_context(|| format!("{}: expected an array of token ids or an array of arrays", p.display()))?
+                let t = std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&t)
+                    .with_context(|| format!("{}: not JSON", p.display()))?;
+                parse_ids(&v).with_context(|| {
+                    format!(
+                        "{}: expected an array of token ids or an array of arrays",
+                        p.display()
+                    )
+                })?
             } else if let Some(t) = text {
                 (vec![engine.tokenizer()?.encode(&t)?], true)
             } else {
@@ -592,10 +717,17 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             let secs = t0.elapsed().as_secs_f64();
             let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
             let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
-            let texts: Option<Vec<String>> = engine
-                .tok
-                .as_ref()
-                .map(|t| outs.iter().map(|o| jobx_engine::generate::StopStrings::cut(&t.decode(&o.tokens, true).unwrap_or_default(), &decode.stops).to_string()).collect());
+            let texts: Option<Vec<String>> = engine.tok.as_ref().map(|t| {
+                outs.iter()
+                    .map(|o| {
+                        jobx_engine::generate::StopStrings::cut(
+                            &t.decode(&o.tokens, true).unwrap_or_default(),
+                            &decode.stops,
+                        )
+                        .to_string()
+                    })
+                    .collect()
+            });
             let mut line = serde_json::json!({
                 "ids": if single { serde_json::json!(ids[0]) } else { serde_json::json!(ids) },
                 "finish": outs.iter().map(|o| o.finish).collect::<Vec<_>>(),
@@ -606,37 +738,63 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                 "threads": rayon::current_num_threads(),
             });
             if let Some(t) = texts {
-                line["text"] = if single { serde_json::json!(t[0]) } else { serde_json::json!(t) };
+                line["text"] = if single {
+                    serde_json::json!(t[0])
+                } else {
+                    serde_json::json!(t)
+                };
             }
             println!("{line}");
             Ok(0)
         }
-        Cmd::Extract { m, files, input_format, output, prompt, decode } => {
+        Cmd::Extract {
+            m,
+            files,
+            input_format,
+            output,
+            prompt,
+            decode,
+        } => {
             // Read all inputs first so a missing file fails before the model loads.
             let mut records: Vec<InputRecord> = Vec::new();
             if files.is_empty() || (files.len() == 1 && files[0].as_os_str() == "-") {
                 let mut buf = Vec::new();
-                std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
-                records.extend(extract::read_records("stdin", &buf, input_format.unwrap_or(InputFormat::Text)));
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading stdin")?;
+                records.extend(extract::read_records(
+                    "stdin",
+                    &buf,
+                    input_format.unwrap_or(InputFormat::Text),
+                ));
             } else {
                 for f in &files {
-                    let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+                    let bytes =
+                        std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
                     let fmt = input_format.unwrap_or_else(|| extract::format_for_path(f));
-                    let name = f.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                    let name = f
+                        .file_name()
+                        .map(|s| s.to_string_lossy().to_string())
+                        .unwrap_or_default();
                     records.extend(extract::read_records(&name, &bytes, fmt));
                 }
             }
             let (engine, adapter) = m.load()?;
             let opts = decode.extract_options(&engine, adapter, &prompt)?;
             let mut out: Box<dyn Write> = match &output {
-                Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                Some(p) => Box::new(BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
                 None => Box::new(BufWriter::new(std::io::stdout())),
             };
             let pb = if records.len() > 1 {
                 let pb = indicatif::ProgressBar::new(records.len() as u64);
                 pb.set_style(
-                    indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} postings ({per_sec}, eta {eta})")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template(
+                        "{elapsed_precise} [{bar:30}] {pos}/{len} postings ({per_sec}, eta {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 Some(pb)
             } else {
@@ -662,9 +820,14 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     if rec.error.is_some() {
                         errors += 1;
                     }
-                    let line = serde_json::to_string(&rec).map_err(|e| jobx_engine::Error::Input(e.to_string()))?;
-                    writeln!(out, "{line}").map_err(|e| jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e))?;
-                    out.flush().map_err(|e| jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e))
+                    let line = serde_json::to_string(&rec)
+                        .map_err(|e| jobx_engine::Error::Input(e.to_string()))?;
+                    writeln!(out, "{line}").map_err(|e| {
+                        jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e)
+                    })?;
+                    out.flush().map_err(|e| {
+                        jobx_engine::Error::io(output.clone().unwrap_or_else(|| "stdout".into()), e)
+                    })
                 },
             )?;
             if let Some(pb) = pb {
@@ -676,15 +839,30 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
     }
 }
 
-fn stop_constraints(engine: &Engine, stops: &[String], rows: usize) -> anyhow::Result<Vec<Option<Box<dyn jobx_engine::generate::TokenConstraint>>>> {
+fn stop_constraints(
+    engine: &Engine,
+    stops: &[String],
+    rows: usize,
+) -> anyhow::Result<Vec<Option<Box<dyn jobx_engine::generate::TokenConstraint>>>> {
     if stops.is_empty() {
         return Ok(vec![]);
     }
     let tok = engine.tokenizer()?.inner.clone();
-    let dec: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync> = std::sync::Arc::new(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
-    let eos = *engine.eos.first().context("the model has no EOS id for stop strings")?;
+    let dec: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync> =
+        std::sync::Arc::new(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
+    let eos = *engine
+        .eos
+        .first()
+        .context("the model has no EOS id for stop strings")?;
     Ok((0..rows)
-        .map(|_| Some(Box::new(jobx_engine::generate::StopStrings::new(dec.clone(), stops.to_vec(), eos)) as Box<dyn jobx_engine::generate::TokenConstraint>))
+        .map(|_| {
+            Some(Box::new(jobx_engine::generate::StopStrings::new(
+                dec.clone(),
+                stops.to_vec(),
+                eos,
+            ))
+                as Box<dyn jobx_engine::generate::TokenConstraint>)
+        })
         .collect())
 }
 
@@ -694,7 +872,11 @@ fn parse_ids(v: &serde_json::Value) -> anyhow::Result<(Vec<Vec<u32>>, bool)> {
         a.as_array()
             .context("not an array")?
             .iter()
-            .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).context("ids must be non-negative integers"))
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .context("ids must be non-negative integers")
+            })
             .collect()
     };
     if arr.iter().all(|x| x.is_array()) && !arr.is_empty() {

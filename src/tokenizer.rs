@@ -12,9 +12,13 @@ pub struct Tok {
 impl Tok {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Err(Error::Tokenizer(format!("{} not found (the model folder needs a tokenizer.json for text input)", path.display())));
+            return Err(Error::Tokenizer(format!(
+                "{} not found (the model folder needs a tokenizer.json for text input)",
+                path.display()
+            )));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
         let unk_id = inner.token_to_id("<unk>");
         Ok(Tok { inner, unk_id })
     }
@@ -37,12 +41,17 @@ impl Tok {
 
     /// Encode with the tokenizer's post-processor (T5 appends `</s>`).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let e = self.inner.encode(text, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let e = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(e.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     pub fn id(&self, tok: &str) -> Option<u32> {

@@ -66,9 +66,14 @@ pub fn eos_ids(dir: &Path, fallback: u32) -> Vec<u32> {
         if let Ok(t) = std::fs::read_to_string(dir.join(f)) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                 match v.get("eos_token_id") {
-                    Some(serde_json::Value::Number(n)) => return vec![n.as_u64().unwrap_or(fallback as u64) as u32],
+                    Some(serde_json::Value::Number(n)) => {
+                        return vec![n.as_u64().unwrap_or(fallback as u64) as u32]
+                    }
                     Some(serde_json::Value::Array(a)) => {
-                        let ids: Vec<u32> = a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect();
+                        let ids: Vec<u32> = a
+                            .iter()
+                            .filter_map(|x| x.as_u64().map(|x| x as u32))
+                            .collect();
                         if !ids.is_empty() {
                             return ids;
                         }
@@ -83,7 +88,10 @@ pub fn eos_ids(dir: &Path, fallback: u32) -> Vec<u32> {
 
 fn to_u32(name: &str, v: &[i64]) -> Result<Vec<u32>> {
     v.iter()
-        .map(|&x| u32::try_from(x).map_err(|_| Error::Input(format!("`{name}` holds a negative or too large id {x}"))))
+        .map(|&x| {
+            u32::try_from(x)
+                .map_err(|_| Error::Input(format!("`{name}` holds a negative or too large id {x}")))
+        })
         .collect()
 }
 
@@ -93,7 +101,10 @@ fn case_inputs(refs: &Checkpoint, case: &RefCase) -> Result<(usize, usize, Vec<u
     let (ishape, ids) = refs.i64(&format!("{n}.input_ids"))?;
     let (mshape, mask) = refs.i64(&format!("{n}.attention_mask"))?;
     if ishape.len() != 2 || ishape != mshape || ishape[0] != case.batch {
-        return Err(Error::Input(format!("{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree", case.batch)));
+        return Err(Error::Input(format!(
+            "{n}: input_ids {ishape:?} / attention_mask {mshape:?} / batch {} disagree",
+            case.batch
+        )));
     }
     let ids = to_u32("input_ids", &ids)?;
     let mask: Vec<u8> = mask.iter().map(|&x| (x != 0) as u8).collect();
@@ -122,7 +133,11 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
     if ours.len() != reference.len() || ours.iter().any(|x| !x.is_finite()) {
         return f64::INFINITY;
     }
-    if max_ref == 0.0 { max_diff } else { max_diff / max_ref }
+    if max_ref == 0.0 {
+        max_diff
+    } else {
+        max_diff / max_ref
+    }
 }
 
 /// Run every case; `emit` receives one JSON value per case. Returns the summary.
@@ -137,7 +152,11 @@ pub struct VerifyOptions {
     pub merge_adapter: bool,
 }
 
-fn attach(model: &mut dyn HasLinears, adapter: Option<&LoraAdapter>, opts: &VerifyOptions) -> Result<Option<usize>> {
+fn attach(
+    model: &mut dyn HasLinears,
+    adapter: Option<&LoraAdapter>,
+    opts: &VerifyOptions,
+) -> Result<Option<usize>> {
     let Some(a) = adapter else { return Ok(None) };
     a.attach(model, 0)?;
     if opts.merge_adapter {
@@ -150,26 +169,52 @@ fn attach(model: &mut dyn HasLinears, adapter: Option<&LoraAdapter>, opts: &Veri
 }
 
 /// Like `verify_dir`, with options.
-pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(serde_json::Value)) -> Result<VerifySummary> {
+pub fn verify_dir_with(
+    dir: &Path,
+    opts: &VerifyOptions,
+    emit: &mut dyn FnMut(serde_json::Value),
+) -> Result<VerifySummary> {
     let spec_path = dir.join("reference.json");
     let text = std::fs::read_to_string(&spec_path).map_err(|e| Error::io(&spec_path, e))?;
-    let spec: RefSpec = serde_json::from_str(&text).map_err(|e| Error::config(&spec_path, format!("{e}")))?;
+    let spec: RefSpec =
+        serde_json::from_str(&text).map_err(|e| Error::config(&spec_path, format!("{e}")))?;
     if spec.format != "jobx-reference-v1" {
-        return Err(Error::config(&spec_path, format!("format `{}` is not jobx-reference-v1", spec.format)));
+        return Err(Error::config(
+            &spec_path,
+            format!("format `{}` is not jobx-reference-v1", spec.format),
+        ));
     }
     if spec.dtype != "float32" {
-        return Err(Error::config(&spec_path, format!("dtype `{}`: only float32 references are supported", spec.dtype)));
+        return Err(Error::config(
+            &spec_path,
+            format!(
+                "dtype `{}`: only float32 references are supported",
+                spec.dtype
+            ),
+        ));
     }
-    let refs = Checkpoint::open_files(&[dir.join("reference.safetensors")], "reference.safetensors")?;
-    let fixture = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let refs = Checkpoint::open_files(
+        &[dir.join("reference.safetensors")],
+        "reference.safetensors",
+    )?;
+    let fixture = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     let adapter = match &spec.adapter {
         Some(a) => Some(LoraAdapter::load(&dir.join(a), a)?),
         None => None,
     };
     match spec.arch.as_str() {
         "t5" => {}
-        "mistral" => return verify_mistral(dir, &spec, &refs, fixture, adapter.as_ref(), opts, emit),
-        o => return Err(Error::Unsupported(format!("arch `{o}` is not supported (t5, mistral)"))),
+        "mistral" => {
+            return verify_mistral(dir, &spec, &refs, fixture, adapter.as_ref(), opts, emit)
+        }
+        o => {
+            return Err(Error::Unsupported(format!(
+                "arch `{o}` is not supported (t5, mistral)"
+            )))
+        }
     }
     let mut model = T5Model::load_dir(dir)?;
     let ad = attach(&mut model, adapter.as_ref(), opts)?;
@@ -186,7 +231,9 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
         if case.has_logits {
             let (dshape, dids) = refs.i64(&format!("{n}.decoder_input_ids"))?;
             if dshape.len() != 2 || dshape[0] != b {
-                return Err(Error::Input(format!("{n}: decoder_input_ids shape {dshape:?}")));
+                return Err(Error::Input(format!(
+                    "{n}: decoder_input_ids shape {dshape:?}"
+                )));
             }
             let t = dshape[1];
             let dids = to_u32("decoder_input_ids", &dids)?;
@@ -205,8 +252,13 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
         if case.has_greedy {
             let (_, want) = refs.i64(&format!("{n}.greedy"))?;
             let want = to_u32("greedy", &want)?;
-            let opts = GenOptions { max_new_tokens: case.max_new_tokens.unwrap_or(want.len()), eos: eos.clone(), ..Default::default() };
-            let mut stepper = T5Stepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1);
+            let opts = GenOptions {
+                max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
+                eos: eos.clone(),
+                ..Default::default()
+            };
+            let mut stepper =
+                T5Stepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1);
             let start = vec![model.cfg.decoder_start(); b];
             let out = generate(&mut stepper, &start, &opts, &mut [])?;
             let ok = record_greedy(&mut line, &out[0].tokens, &want);
@@ -231,7 +283,9 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
                     eos: eos.clone(),
                     ..Default::default()
                 };
-                let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(bs.num_beams)).collect();
+                let src: Vec<usize> = (0..b)
+                    .flat_map(|i| std::iter::repeat(i).take(bs.num_beams))
+                    .collect();
                 let mut stepper = T5Stepper::new(&model, &enc, src, bs.max_length);
                 let start = vec![model.cfg.decoder_start(); b];
                 let out = generate(&mut stepper, &start, &opts, &mut [])?;
@@ -255,7 +309,13 @@ pub fn verify_dir_with(dir: &Path, opts: &VerifyOptions, emit: &mut dyn FnMut(se
         all_ok &= case_ok;
         emit(line);
     }
-    Ok(VerifySummary { fixture, cases: spec.cases.len(), max_rel_err: max_rel, greedy_match: greedy_ok, ok: all_ok })
+    Ok(VerifySummary {
+        fixture,
+        cases: spec.cases.len(),
+        max_rel_err: max_rel,
+        greedy_match: greedy_ok,
+        ok: all_ok,
+    })
 }
 
 fn verify_mistral(
@@ -283,7 +343,10 @@ fn verify_mistral(
             let reference = refs.f32_any(&format!("{n}.logits"))?;
             let v = model.cfg.vocab_size;
             if reference.shape != [b, s, v] {
-                return Err(Error::Input(format!("{n}: logits shape {:?}, expected [{b}, {s}, {v}]", reference.shape)));
+                return Err(Error::Input(format!(
+                    "{n}: logits shape {:?}, expected [{b}, {s}, {v}]",
+                    reference.shape
+                )));
             }
             let mut st = model.new_state(b, s);
             st.adapter = ad;
@@ -307,8 +370,13 @@ fn verify_mistral(
         if case.has_greedy {
             let (_, want) = refs.i64(&format!("{n}.greedy"))?;
             let want = to_u32("greedy", &want)?;
-            let opts = GenOptions { max_new_tokens: case.max_new_tokens.unwrap_or(want.len()), eos: eos.clone(), ..Default::default() };
-            let mut stepper = MistralStepper::new(&model, &ids, &mask, b, s, 1, opts.max_new_tokens + 1, ad)?;
+            let opts = GenOptions {
+                max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
+                eos: eos.clone(),
+                ..Default::default()
+            };
+            let mut stepper =
+                MistralStepper::new(&model, &ids, &mask, b, s, 1, opts.max_new_tokens + 1, ad)?;
             let out = generate(&mut stepper, &vec![0; b], &opts, &mut [])?;
             let ok = record_greedy(&mut line, &out[0].tokens, &want);
             greedy_ok &= ok;
@@ -318,5 +386,11 @@ fn verify_mistral(
         all_ok &= case_ok;
         emit(line);
     }
-    Ok(VerifySummary { fixture, cases: spec.cases.len(), max_rel_err: max_rel, greedy_match: greedy_ok, ok: all_ok })
+    Ok(VerifySummary {
+        fixture,
+        cases: spec.cases.len(),
+        max_rel_err: max_rel,
+        greedy_match: greedy_ok,
+        ok: all_ok,
+    })
 }

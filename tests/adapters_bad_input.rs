@@ -16,8 +16,16 @@ fn rewrite_adapter(dir: &Path, f: impl Fn(&str, &mut Vec<usize>, &mut Vec<u8>) -
             kept.push((n, s, b));
         }
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> =
-        kept.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = kept
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
     safetensors::serialize_to_file(views, None, &p).unwrap();
 }
 
@@ -31,14 +39,25 @@ fn adapter_for_another_model_is_refused() {
     let a = LoraAdapter::load(&common::fixture("t5-lora").join("adapter"), "x").unwrap();
     let mut m = T5Model::load_dir(&common::fixture("t5-relu-tied")).unwrap();
     let e = a.attach(&mut m, 0).err().unwrap().to_string();
-    assert!(e.contains("do not fit") || e.contains("not a linear layer") || e.contains("matches no linear layer"), "{e}");
+    assert!(
+        e.contains("do not fit")
+            || e.contains("not a linear layer")
+            || e.contains("matches no linear layer"),
+        "{e}"
+    );
     // same model, but lora_A's input width changed: the shapes no longer fit the layer
     let t = adapter_copy("t5-lora");
     rewrite_adapter(t.path(), |n, s, b| {
         if n.contains("encoder.block.0.layer.0.SelfAttention.q.lora_A") {
             let (r, inp) = (s[0], s[1]);
-            let f: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            *b = (0..r).flat_map(|i| f[i * inp..i * inp + inp - 1].to_vec()).flat_map(|x| x.to_le_bytes()).collect();
+            let f: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            *b = (0..r)
+                .flat_map(|i| f[i * inp..i * inp + inp - 1].to_vec())
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
             *s = vec![r, inp - 1];
         }
         Some(n.to_string())
@@ -46,25 +65,35 @@ fn adapter_for_another_model_is_refused() {
     let a = LoraAdapter::load(t.path(), "x").unwrap();
     let mut m = T5Model::load_dir(&common::fixture("t5-lora")).unwrap();
     let e = a.attach(&mut m, 0).err().unwrap().to_string();
-    assert!(e.contains("do not fit") && e.contains("encoder.block.0.layer.0.SelfAttention.q"), "{e}");
+    assert!(
+        e.contains("do not fit") && e.contains("encoder.block.0.layer.0.SelfAttention.q"),
+        "{e}"
+    );
     // and a Mistral adapter on a T5 model
     let a = LoraAdapter::load(&common::fixture("mistral-lora").join("adapter"), "x").unwrap();
     let mut m = T5Model::load_dir(&common::fixture("t5-lora")).unwrap();
     let e = a.attach(&mut m, 0).err().unwrap().to_string();
-    assert!(e.contains("matches no linear layer") || e.contains("not a linear layer"), "{e}");
+    assert!(
+        e.contains("matches no linear layer") || e.contains("not a linear layer"),
+        "{e}"
+    );
 }
 
 #[test]
 fn target_module_the_model_lacks_is_named() {
     let t = adapter_copy("mistral-lora");
     let p = t.path().join("adapter_config.json");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     c["target_modules"] = serde_json::json!(["q_proj", "v_proj", "w_gate"]);
     std::fs::write(&p, c.to_string()).unwrap();
     let a = LoraAdapter::load(t.path(), "x").unwrap();
     let mut m = MistralModel::load_dir(&common::fixture("mistral-lora")).unwrap();
     let e = a.attach(&mut m, 0).err().unwrap().to_string();
-    assert!(e.contains("`w_gate`") && e.contains("matches no linear layer"), "{e}");
+    assert!(
+        e.contains("`w_gate`") && e.contains("matches no linear layer"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -74,8 +103,14 @@ fn rank_mismatch_between_a_and_b_is_named() {
         if n.contains("layers.0.self_attn.q_proj.lora_B") {
             // drop one rank column of B: [out, r] -> [out, r-1]
             let (out, r) = (s[0], s[1]);
-            let f: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-            let g: Vec<u8> = (0..out).flat_map(|o| f[o * r..o * r + r - 1].to_vec()).flat_map(|x| x.to_le_bytes()).collect();
+            let f: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let g: Vec<u8> = (0..out)
+                .flat_map(|o| f[o * r..o * r + r - 1].to_vec())
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
             *s = vec![out, r - 1];
             *b = g;
         }
@@ -90,12 +125,17 @@ fn unsupported_adapter_options_are_refused() {
     for (k, v, want) in [
         ("fan_in_fan_out", serde_json::json!(true), "fan_in_fan_out"),
         ("bias", serde_json::json!("all"), "bias"),
-        ("modules_to_save", serde_json::json!(["lm_head"]), "modules_to_save"),
+        (
+            "modules_to_save",
+            serde_json::json!(["lm_head"]),
+            "modules_to_save",
+        ),
         ("use_dora", serde_json::json!(true), "DoRA"),
     ] {
         let t = adapter_copy("t5-lora");
         let p = t.path().join("adapter_config.json");
-        let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         c[k] = v;
         std::fs::write(&p, c.to_string()).unwrap();
         let e = LoraAdapter::load(t.path(), "x").err().unwrap().to_string();
@@ -107,7 +147,8 @@ fn unsupported_adapter_options_are_refused() {
 fn rank_and_alpha_patterns_and_rslora_change_the_scale() {
     let t = adapter_copy("t5-lora");
     let p = t.path().join("adapter_config.json");
-    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let base = LoraAdapter::load(t.path(), "x").unwrap();
     c["alpha_pattern"] = serde_json::json!({"q": 2.0});
     c["use_rslora"] = serde_json::json!(true);
@@ -116,8 +157,16 @@ fn rank_and_alpha_patterns_and_rslora_change_the_scale() {
     let r = c["r"].as_f64().unwrap();
     let alpha = c["lora_alpha"].as_f64().unwrap();
     for (m, v) in &pat.modules {
-        let expect = if m.ends_with(".q") { 2.0 / r.sqrt() } else { alpha / r.sqrt() };
-        assert!((v.4 as f64 - expect).abs() < 1e-6, "{m}: {} vs {expect}", v.4);
+        let expect = if m.ends_with(".q") {
+            2.0 / r.sqrt()
+        } else {
+            alpha / r.sqrt()
+        };
+        assert!(
+            (v.4 as f64 - expect).abs() < 1e-6,
+            "{m}: {} vs {expect}",
+            v.4
+        );
         assert!((base.modules[m].4 as f64 - alpha / r).abs() < 1e-6);
     }
     // a rank_pattern that contradicts the stored rank is an error
@@ -130,11 +179,21 @@ fn rank_and_alpha_patterns_and_rslora_change_the_scale() {
 #[test]
 fn mixtral_and_other_unsupported_configs_are_refused() {
     let dir = common::fixture("mistral-gqa4-window");
-    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     for (edit, want) in [
-        (serde_json::json!({"model_type": "mixtral", "num_local_experts": 8}), "mixtral"),
-        (serde_json::json!({"num_local_experts": 8}), "mixture-of-experts"),
-        (serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}), "yarn"),
+        (
+            serde_json::json!({"model_type": "mixtral", "num_local_experts": 8}),
+            "mixtral",
+        ),
+        (
+            serde_json::json!({"num_local_experts": 8}),
+            "mixture-of-experts",
+        ),
+        (
+            serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+            "yarn",
+        ),
         (serde_json::json!({"num_key_value_heads": 3}), "multiple"),
         (serde_json::json!({"hidden_act": "gelu"}), "hidden_act"),
     ] {
@@ -142,7 +201,10 @@ fn mixtral_and_other_unsupported_configs_are_refused() {
         for (k, v) in edit.as_object().unwrap() {
             c[k] = v.clone();
         }
-        let e = MistralConfig::from_json_str(&c.to_string(), Path::new("config.json")).err().unwrap().to_string();
+        let e = MistralConfig::from_json_str(&c.to_string(), Path::new("config.json"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains(want), "{edit}: {e}");
     }
     // llama model_type with the same layout loads

@@ -12,13 +12,17 @@ fn load(dir: &Path) -> Result<T5Model, Error> {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(v.as_object_mut().unwrap());
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
 
 /// Rewrite model.safetensors through `f` (name, dtype, shape, bytes) -> keep/modify.
-fn rewrite_weights(dir: &Path, f: impl Fn(&str, &mut safetensors::Dtype, &mut Vec<usize>, &mut Vec<u8>) -> bool) {
+fn rewrite_weights(
+    dir: &Path,
+    f: impl Fn(&str, &mut safetensors::Dtype, &mut Vec<usize>, &mut Vec<u8>) -> bool,
+) {
     let p = dir.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -31,7 +35,12 @@ fn rewrite_weights(dir: &Path, f: impl Fn(&str, &mut safetensors::Dtype, &mut Ve
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = kept
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &p).unwrap();
 }
@@ -69,7 +78,10 @@ fn wrong_shape_for_the_config_is_named() {
         c.insert("d_ff".into(), serde_json::json!(65));
     });
     let m = msg(load(t.path()).err().expect("must fail"));
-    assert!(m.contains("DenseReluDense.wi.weight") && m.contains("65"), "{m}");
+    assert!(
+        m.contains("DenseReluDense.wi.weight") && m.contains("65"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -82,15 +94,23 @@ fn wrong_dtype_is_named() {
         true
     });
     let m = msg(load(t.path()).err().expect("must fail"));
-    assert!(m.contains("encoder.final_layer_norm.weight") && m.contains("I32"), "{m}");
+    assert!(
+        m.contains("encoder.final_layer_norm.weight") && m.contains("I32"),
+        "{m}"
+    );
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let t = common::copy_dir(&common::fixture("t5-relu-tied"));
-    rewrite_weights(t.path(), |n, _, _, _| n != "decoder.block.1.layer.1.EncDecAttention.k.weight");
+    rewrite_weights(t.path(), |n, _, _, _| {
+        n != "decoder.block.1.layer.1.EncDecAttention.k.weight"
+    });
     let m = msg(load(t.path()).err().expect("must fail"));
-    assert!(m.contains("decoder.block.1.layer.1.EncDecAttention.k.weight") && m.contains("missing"), "{m}");
+    assert!(
+        m.contains("decoder.block.1.layer.1.EncDecAttention.k.weight") && m.contains("missing"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -100,7 +120,10 @@ fn bf16_and_f16_weights_load_and_match_f32_closely() {
     for dt in [safetensors::Dtype::BF16, safetensors::Dtype::F16] {
         let t = common::copy_dir(&common::fixture("t5-gated-gelu-untied"));
         rewrite_weights(t.path(), |_, d, _, b| {
-            let f: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let f: Vec<f32> = b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             *b = f
                 .iter()
                 .flat_map(|&x| match dt {
@@ -111,7 +134,10 @@ fn bf16_and_f16_weights_load_and_match_f32_closely() {
             *d = dt;
             true
         });
-        let mut spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.path().join("reference.json")).unwrap()).unwrap();
+        let mut spec: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(t.path().join("reference.json")).unwrap(),
+        )
+        .unwrap();
         spec["tolerance_rel"] = serde_json::json!(5e-2);
         for c in spec["cases"].as_array_mut().unwrap() {
             c["has_greedy"] = serde_json::json!(false);
@@ -137,13 +163,20 @@ fn sharded_checkpoint_loads_like_a_single_file() {
     let mut map = serde_json::Map::new();
     for (i, part) in [&names[..half], &names[half..]].iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i + 1);
-        let views: Vec<(String, safetensors::tensor::TensorView)> = part.iter().map(|n| (n.clone(), st.tensor(n).unwrap())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
         safetensors::serialize_to_file(views, None, &t.path().join(&file)).unwrap();
         for n in part.iter() {
             map.insert(n.clone(), serde_json::json!(file));
         }
     }
-    std::fs::write(t.path().join("model.safetensors.index.json"), serde_json::json!({"metadata": {}, "weight_map": map}).to_string()).unwrap();
+    std::fs::write(
+        t.path().join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
     let s = jobx_engine::verify::verify_dir(t.path(), &mut |_| {}).unwrap();
     assert!(s.ok && s.greedy_match, "{s:?}");
     let ck = Checkpoint::open_dir(t.path()).unwrap();
@@ -164,9 +197,14 @@ fn config_missing_keys_and_unknown_ffn_are_clear() {
         c.insert("feed_forward_proj".into(), serde_json::json!("gated-mish"));
     });
     let m = msg(load(t.path()).err().expect("must fail"));
-    assert!(m.contains("gated-mish") && m.contains("feed_forward_proj"), "{m}");
+    assert!(
+        m.contains("gated-mish") && m.contains("feed_forward_proj"),
+        "{m}"
+    );
 
-    let e = T5Config::from_json_str("{not json", Path::new("x/config.json")).err().unwrap();
+    let e = T5Config::from_json_str("{not json", Path::new("x/config.json"))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("x/config.json"));
 }
 
@@ -184,9 +222,18 @@ fn extra_layers_in_the_checkpoint_are_a_mismatch() {
 fn tokenizer_that_does_not_fit_the_model_is_refused() {
     // t5-relu-tied has a 256-token vocabulary; the real T5 tokenizer has 32,100 tokens.
     let t = common::copy_dir(&common::fixture("t5-relu-tied"));
-    std::fs::copy(common::repo().join("tests/fixtures/tokenizers/t5/tokenizer.json"), t.path().join("tokenizer.json")).unwrap();
-    let m = msg(Engine::load(t.path().to_str().unwrap()).err().expect("must fail"));
-    assert!(m.contains("tokenizer") && m.contains("do not belong together"), "{m}");
+    std::fs::copy(
+        common::repo().join("tests/fixtures/tokenizers/t5/tokenizer.json"),
+        t.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let m = msg(Engine::load(t.path().to_str().unwrap())
+        .err()
+        .expect("must fail"));
+    assert!(
+        m.contains("tokenizer") && m.contains("do not belong together"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -194,7 +241,11 @@ fn non_utf8_empty_and_malformed_inputs_become_error_records() {
     let r = read_records("a.txt", b"caf\xe9 au lait", InputFormat::Text);
     assert_eq!(r.len(), 1);
     assert!(r[0].source.as_ref().err().unwrap().contains("UTF-8"));
-    let r = read_records("b.jsonl", b"{\"source\": \"ok\"}\nnot json\n{\"id\": 7}\n{\"source\": 3}\n\xff\xfe\n\n", InputFormat::Jsonl);
+    let r = read_records(
+        "b.jsonl",
+        b"{\"source\": \"ok\"}\nnot json\n{\"id\": 7}\n{\"source\": 3}\n\xff\xfe\n\n",
+        InputFormat::Jsonl,
+    );
     assert_eq!(r.len(), 5);
     assert!(r[0].source.is_ok());
     assert!(r[1].source.as_ref().err().unwrap().contains("not JSON"));

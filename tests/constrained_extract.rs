@@ -13,7 +13,11 @@ fn records() -> Vec<InputRecord> {
         .take(2)
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            InputRecord { id: v["id"].as_str().unwrap().into(), adapter: None, source: Ok(v["source"].as_str().unwrap().into()) }
+            InputRecord {
+                id: v["id"].as_str().unwrap().into(),
+                adapter: None,
+                source: Ok(v["source"].as_str().unwrap().into()),
+            }
         })
         .collect()
 }
@@ -22,9 +26,20 @@ fn check(e: &Engine, label: &str) {
     let g = compile_grammar(e, "job").unwrap();
     let schema = jobx_engine::grammar::job_schema();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let sampling = Some(Sampling { temperature: 1.3, top_p: 0.95, top_k: 0, seed: 5 });
+    let sampling = Some(Sampling {
+        temperature: 1.3,
+        top_p: 0.95,
+        top_k: 0,
+        seed: 5,
+    });
     let min = g.min_tokens() as usize + 1;
-    for (beams, max, samp) in [(1usize, 383usize, None), (3, 300, None), (1, 260, sampling.clone()), (1, min, None), (2, min + 3, None)] {
+    for (beams, max, samp) in [
+        (1usize, 383usize, None),
+        (3, 300, None),
+        (1, 260, sampling.clone()),
+        (1, min, None),
+        (2, min + 3, None),
+    ] {
         let opts = ExtractOptions {
             max_new_tokens: max,
             num_beams: beams,
@@ -42,16 +57,39 @@ fn check(e: &Engine, label: &str) {
         .unwrap();
         assert_eq!(outs.len(), 2);
         for o in &outs {
-            let v = o.output.as_ref().unwrap_or_else(|| panic!("{label} beams={beams} max={max}: {:?}", o.error));
-            assert!(validator.is_valid(v), "{label} beams={beams} max={max}: invalid {v}");
-            assert_eq!(o.finish_reason, Some(Finish::Eos), "{label} beams={beams} max={max}");
+            let v = o
+                .output
+                .as_ref()
+                .unwrap_or_else(|| panic!("{label} beams={beams} max={max}: {:?}", o.error));
+            assert!(
+                validator.is_valid(v),
+                "{label} beams={beams} max={max}: invalid {v}"
+            );
+            assert_eq!(
+                o.finish_reason,
+                Some(Finish::Eos),
+                "{label} beams={beams} max={max}"
+            );
             assert!(o.new_tokens.unwrap() <= max);
-            assert_eq!(v.as_object().unwrap().keys().next().unwrap(), "experience_level", "declared order");
+            assert_eq!(
+                v.as_object().unwrap().keys().next().unwrap(),
+                "experience_level",
+                "declared order"
+            );
         }
     }
     // too small a budget is a clear error before any work
-    let opts = ExtractOptions { max_new_tokens: min - 1, num_beams: 1, grammar: Some(g), ..Default::default() };
-    let err = extract_records(e, &records(), &opts, &mut |_| {}, &mut |_| {}, &mut |_| Ok(())).unwrap_err().to_string();
+    let opts = ExtractOptions {
+        max_new_tokens: min - 1,
+        num_beams: 1,
+        grammar: Some(g),
+        ..Default::default()
+    };
+    let err = extract_records(e, &records(), &opts, &mut |_| {}, &mut |_| {}, &mut |_| {
+        Ok(())
+    })
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("too small"), "{err}");
 }
 
@@ -69,7 +107,11 @@ fn t5_outputs_are_schema_valid_by_construction() {
 fn mistral_outputs_are_schema_valid_by_construction() {
     let t = common::tiny_mistral_with_tokenizer();
     let mut e = Engine::load(t.path().to_str().unwrap()).unwrap();
-    e.chat = Some(jobx_engine::chat::ChatTemplate { source: jobx_engine::chat::MISTRAL_V3.into(), bos_token: "<s>".into(), eos_token: "</s>".into() });
+    e.chat = Some(jobx_engine::chat::ChatTemplate {
+        source: jobx_engine::chat::MISTRAL_V3.into(),
+        bos_token: "<s>".into(),
+        eos_token: "</s>".into(),
+    });
     check(&e, "mistral");
     assert!(!compile_grammar(&e, "job").unwrap().uses_unk());
 }
@@ -86,7 +128,11 @@ fn extract_cli_constrains_by_default_and_takes_user_schemas() {
             .args(extra)
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
     let (code, out, _) = run(&["--max-new-tokens", "300"]);
     assert_eq!(code, Some(0));
@@ -104,19 +150,41 @@ fn extract_cli_constrains_by_default_and_takes_user_schemas() {
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(common::repo().join("examples/hn-postings.jsonl"))
-        .args(["--num-beams", "1", "--max-source-tokens", "128", "--max-new-tokens", "60", "--schema"])
+        .args([
+            "--num-beams",
+            "1",
+            "--max-source-tokens",
+            "128",
+            "--max-new-tokens",
+            "60",
+            "--schema",
+        ])
         .arg(&sp)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for l in String::from_utf8_lossy(&o.stdout).lines() {
         let r: serde_json::Value = serde_json::from_str(l).unwrap();
-        assert!(r["output"]["title"].is_string() && r["output"]["remote"].is_boolean(), "{r}");
+        assert!(
+            r["output"]["title"].is_string() && r["output"]["remote"].is_boolean(),
+            "{r}"
+        );
         assert!(r["output"]["title"].as_str().unwrap().chars().count() <= 20);
     }
     // an unsupported keyword is named
-    std::fs::write(&sp, r#"{"type":"object","patternProperties":{"a":{"type":"string"}}}"#).unwrap();
-    let o = std::process::Command::new(common::bin()).args(["extract", "--model"]).arg(t.path()).arg(common::repo().join("examples/hn-postings.jsonl")).arg("--schema").arg(&sp).output().unwrap();
+    std::fs::write(
+        &sp,
+        r#"{"type":"object","patternProperties":{"a":{"type":"string"}}}"#,
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::bin())
+        .args(["extract", "--model"])
+        .arg(t.path())
+        .arg(common::repo().join("examples/hn-postings.jsonl"))
+        .arg("--schema")
+        .arg(&sp)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("patternProperties"));
     // --no-constrain falls back to the repair path
@@ -133,7 +201,11 @@ fn forced_tokens_give_the_same_output_with_fewer_forward_passes() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     #[derive(Clone)]
-    struct Probe(jobx_engine::extract::GrammarConstraint, bool, Arc<AtomicUsize>);
+    struct Probe(
+        jobx_engine::extract::GrammarConstraint,
+        bool,
+        Arc<AtomicUsize>,
+    );
     impl TokenConstraint for Probe {
         fn mask(&mut self, s: &mut [f32]) -> jobx_engine::Result<()> {
             self.0.mask(s)
@@ -154,21 +226,54 @@ fn forced_tokens_give_the_same_output_with_fewer_forward_passes() {
         }
     }
     for mistral in [false, true] {
-        let t = if mistral { common::tiny_mistral_with_tokenizer() } else { common::tiny_t5_with_tokenizer() };
+        let t = if mistral {
+            common::tiny_mistral_with_tokenizer()
+        } else {
+            common::tiny_t5_with_tokenizer()
+        };
         let mut e = Engine::load(t.path().to_str().unwrap()).unwrap();
-        e.chat = Some(jobx_engine::chat::ChatTemplate { source: jobx_engine::chat::MISTRAL_V3.into(), bos_token: "<s>".into(), eos_token: "</s>".into() });
+        e.chat = Some(jobx_engine::chat::ChatTemplate {
+            source: jobx_engine::chat::MISTRAL_V3.into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        });
         let g = compile_grammar(&e, "job").unwrap();
-        let (ids, _) = e.prompt_ids(&jobx_engine::prompts::PromptTemplate { text: "{source}".into() }, "Rust engineer, remote", 512).unwrap();
-        let opts = jobx_engine::generate::GenOptions { max_new_tokens: 300, num_beams: 1, eos: e.eos.clone(), ..Default::default() };
+        let (ids, _) = e
+            .prompt_ids(
+                &jobx_engine::prompts::PromptTemplate {
+                    text: "{source}".into(),
+                },
+                "Rust engineer, remote",
+                512,
+            )
+            .unwrap();
+        let opts = jobx_engine::generate::GenOptions {
+            max_new_tokens: 300,
+            num_beams: 1,
+            eos: e.eos.clone(),
+            ..Default::default()
+        };
         let n = Arc::new(AtomicUsize::new(0));
         let mk = |force: bool| -> Vec<Option<Box<dyn TokenConstraint>>> {
-            vec![Some(Box::new(Probe(jobx_engine::extract::GrammarConstraint::new(g.clone(), 300), force, n.clone())))]
+            vec![Some(Box::new(Probe(
+                jobx_engine::extract::GrammarConstraint::new(g.clone(), 300),
+                force,
+                n.clone(),
+            )))]
         };
-        let a = e.generate_ids(&[ids.clone()], &opts, &mut mk(true)).unwrap();
+        let a = e
+            .generate_ids(&[ids.clone()], &opts, &mut mk(true))
+            .unwrap();
         let forced = n.load(Ordering::Relaxed);
         let b = e.generate_ids(&[ids], &opts, &mut mk(false)).unwrap();
         assert_eq!(a[0].tokens, b[0].tokens, "mistral={mistral}");
-        eprintln!("mistral={mistral}: {forced} forced tokens of {}", a[0].tokens.len());
-        assert!(forced > 0, "mistral={mistral}: the forced path was not exercised");
+        eprintln!(
+            "mistral={mistral}: {forced} forced tokens of {}",
+            a[0].tokens.len()
+        );
+        assert!(
+            forced > 0,
+            "mistral={mistral}: the forced path was not exercised"
+        );
     }
 }

@@ -15,12 +15,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 fn vocab(name: &str) -> Arc<Vocab> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizers").join(name).join("tokenizer.json");
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tokenizers")
+        .join(name)
+        .join("tokenizer.json");
     Arc::new(Vocab::from_tokenizer_json(&p.to_string_lossy()).expect("tokenizer"))
 }
 
 fn default_samples() -> usize {
-    if let Some(n) = std::env::var("JOBX_GRAMMAR_SAMPLES").ok().and_then(|s| s.parse().ok()) {
+    if let Some(n) = std::env::var("JOBX_GRAMMAR_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return n;
     }
     if cfg!(debug_assertions) {
@@ -31,7 +37,13 @@ fn default_samples() -> usize {
 }
 
 /// Draws `n` documents with budgets from `budget(i)` and checks every one.
-fn check_samples(g: &Arc<Grammar>, schema: &Value, n: usize, seed: u64, budget: impl Fn(usize) -> u32) -> (usize, f64) {
+fn check_samples(
+    g: &Arc<Grammar>,
+    schema: &Value,
+    n: usize,
+    seed: u64,
+    budget: impl Fn(usize) -> u32,
+) -> (usize, f64) {
     let validator = jsonschema::validator_for(schema).expect("jsonschema compiles the schema");
     let mut rng = SplitMix64(seed);
     let mut times = Vec::new();
@@ -40,9 +52,14 @@ fn check_samples(g: &Arc<Grammar>, schema: &Value, n: usize, seed: u64, budget: 
         let max = budget(i);
         let s = random_sample(g, max, &mut rng, &mut times).expect("sampling never errors");
         tokens += s.tokens.len();
-        assert!(s.complete, "sample {i} (seed {seed}, budget {max}) incomplete: {}", s.text);
+        assert!(
+            s.complete,
+            "sample {i} (seed {seed}, budget {max}) incomplete: {}",
+            s.text
+        );
         assert!(s.tokens.len() <= max as usize, "sample {i} over budget");
-        let v: Value = serde_json::from_str(&s.text).unwrap_or_else(|e| panic!("sample {i} does not parse ({e}): {}", s.text));
+        let v: Value = serde_json::from_str(&s.text)
+            .unwrap_or_else(|e| panic!("sample {i} does not parse ({e}): {}", s.text));
         if let Err(e) = validator.validate(&v) {
             panic!("sample {i} invalid: {e}: {}", s.text);
         }
@@ -54,7 +71,8 @@ fn check_samples(g: &Arc<Grammar>, schema: &Value, n: usize, seed: u64, budget: 
 fn job_run(n: usize) {
     let schema = job_schema();
     for name in ["t5", "mistral-7b-v0.1"] {
-        let g = Grammar::compile(&schema, vocab(name), &CompileOptions::default()).expect("compile");
+        let g =
+            Grammar::compile(&schema, vocab(name), &CompileOptions::default()).expect("compile");
         let (tokens, mean_us) = check_samples(&g, &schema, n, 42, |_| 384);
         eprintln!("{name}: {n} job documents, {tokens} tokens, mean mask {mean_us:.3} us");
     }
@@ -75,7 +93,8 @@ fn full_10k_per_tokenizer() {
 fn tight_budgets_always_complete() {
     let schema = job_schema();
     for name in ["t5", "mistral-7b-v0.1"] {
-        let g = Grammar::compile(&schema, vocab(name), &CompileOptions::default()).expect("compile");
+        let g =
+            Grammar::compile(&schema, vocab(name), &CompileOptions::default()).expect("compile");
         let min = g.min_tokens();
         // From exactly the minimum to 60 tokens more.
         check_samples(&g, &schema, 300, 7, |i| min + (i % 61) as u32);
@@ -129,7 +148,9 @@ fn structure_biased_sampling_is_valid() {
         let mut structural = vec![0u32; words];
         for id in 0..v.len() as u32 {
             let t = v.token_bytes(id);
-            if Some(id) == v.unk_id() || (!t.is_empty() && t.iter().any(|b| !b.is_ascii_alphabetic() && *b != b' ')) {
+            if Some(id) == v.unk_id()
+                || (!t.is_empty() && t.iter().any(|b| !b.is_ascii_alphabetic() && *b != b' '))
+            {
                 structural[id as usize / 32] |= 1 << (id % 32);
             }
         }
@@ -157,7 +178,8 @@ fn structure_biased_sampling_is_valid() {
             }
             assert!(m.is_complete(), "{name} sample {i} incomplete");
             let text = g.decode_text(&toks).expect("decode");
-            let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} {i}: {e}: {text}"));
+            let doc: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} {i}: {e}: {text}"));
             if let Err(e) = validator.validate(&doc) {
                 panic!("{name} {i}: {e}: {text}");
             }

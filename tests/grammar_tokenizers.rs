@@ -19,7 +19,12 @@ fn root() -> PathBuf {
 }
 
 fn tokenizer_path(name: &str) -> String {
-    root().join("tests/fixtures/tokenizers").join(name).join("tokenizer.json").to_string_lossy().into_owned()
+    root()
+        .join("tests/fixtures/tokenizers")
+        .join(name)
+        .join("tokenizer.json")
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn load(name: &str) -> (Arc<Vocab>, Tokenizer) {
@@ -32,8 +37,12 @@ fn load(name: &str) -> (Arc<Vocab>, Tokenizer) {
 /// The `expected_json` strings of one eval-results file (the shared folder sits beside the repo).
 fn targets(file: &str) -> Vec<String> {
     let p = root().join("../shared/seed/eval-results").join(file);
-    let text = std::fs::read_to_string(&p)
-        .unwrap_or_else(|e| panic!("{}: {e} (the shared/ folder must sit beside the repository)", p.display()));
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (the shared/ folder must sit beside the repository)",
+            p.display()
+        )
+    });
     let v: Value = serde_json::from_str(&text).expect("eval json");
     v["evaluation_results"]
         .as_array()
@@ -78,7 +87,13 @@ fn decode_rule_matches_the_tokenizers_crate() {
         let mut rng = Rng(7);
         // Ordinary tokens: not special, and no lone UTF-8 bytes (those only decode in groups).
         let ids: Vec<u32> = (0..v.len() as u32)
-            .filter(|&i| !v.is_special(i) && v.token_bytes(i).iter().all(|&b| b < 0x80) || std::str::from_utf8(v.token_bytes(i)).is_ok() && !v.is_special(i) && !v.token_bytes(i).is_empty() && v.token_bytes(i).len() > 1)
+            .filter(|&i| {
+                !v.is_special(i) && v.token_bytes(i).iter().all(|&b| b < 0x80)
+                    || std::str::from_utf8(v.token_bytes(i)).is_ok()
+                        && !v.is_special(i)
+                        && !v.token_bytes(i).is_empty()
+                        && v.token_bytes(i).len() > 1
+            })
             .collect();
         let mut checked = 0;
         for _ in 0..3000 {
@@ -100,7 +115,10 @@ fn decode_rule_matches_the_tokenizers_crate() {
     let (v, tok) = load("t5");
     assert_eq!(v.decode_lossy(&[3]), "");
     assert_eq!(tok.decode(&[3], true).expect("decode"), "");
-    assert_eq!(v.decode_lossy(&[8, 3, 8]), tok.decode(&[8, 3, 8], true).expect("decode"));
+    assert_eq!(
+        v.decode_lossy(&[8, 3, 8]),
+        tok.decode(&[8, 3, 8], true).expect("decode")
+    );
 }
 
 /// T5 cannot spell `~`, `^` or a backtick: its tokenizer turns them into <unk> too, which the
@@ -147,7 +165,11 @@ fn reference_targets_are_accepted_and_map_back_exactly() {
             }
             let back = g.decode_text(&ids).expect("decode");
             // T5's normaliser collapses runs of spaces; nothing else may differ.
-            let want = if name == "t5" { collapse_spaces(target) } else { target.clone() };
+            let want = if name == "t5" {
+                collapse_spaces(target)
+            } else {
+                target.clone()
+            };
             assert_eq!(back, want, "{name} {file} #{i}");
             accepted += 1;
         }
@@ -177,13 +199,37 @@ fn invalid_documents_are_rejected() {
     let invalid: Vec<(&str, String)> = vec![
         ("missing keys", r#"{"experience_level": "x"}"#.to_string()),
         ("compact separators", VALID.replace("\": ", "\":")),
-        ("key order", VALID.replace("\"experience_level\": \"Mid-level\", \"employment_status\": []", "\"employment_status\": [], \"experience_level\": \"Mid-level\"")),
-        ("null value", VALID.replace("\"work_location\": \"On-site\"", "\"work_location\": null")),
-        ("list for string", VALID.replace("\"work_location\": \"On-site\"", "\"work_location\": [\"Remote\"]")),
-        ("extra key", VALID.replace("{\"experience_level\"", "{\"id\": \"1\", \"experience_level\"")),
+        (
+            "key order",
+            VALID.replace(
+                "\"experience_level\": \"Mid-level\", \"employment_status\": []",
+                "\"employment_status\": [], \"experience_level\": \"Mid-level\"",
+            ),
+        ),
+        (
+            "null value",
+            VALID.replace("\"work_location\": \"On-site\"", "\"work_location\": null"),
+        ),
+        (
+            "list for string",
+            VALID.replace(
+                "\"work_location\": \"On-site\"",
+                "\"work_location\": [\"Remote\"]",
+            ),
+        ),
+        (
+            "extra key",
+            VALID.replace(
+                "{\"experience_level\"",
+                "{\"id\": \"1\", \"experience_level\"",
+            ),
+        ),
         ("trailing text", format!("{VALID} ok")),
         // T5's normaliser turns the newline and indent into one space: still rejected after `{`.
-        ("pretty printed", VALID.replace("{\"experience_level\"", "{\n  \"experience_level\"")),
+        (
+            "pretty printed",
+            VALID.replace("{\"experience_level\"", "{\n  \"experience_level\""),
+        ),
         ("raw non-ASCII", VALID.replace("\\u2019", "\u{2019}")),
         ("bad escape", VALID.replace("\\u2019", "\\x2019")),
         ("lone surrogate", VALID.replace("\\u2019", "\\ud800")),
@@ -212,7 +258,10 @@ fn invalid_documents_are_rejected() {
             }
             let mut bad = ids.clone();
             bad.insert(5, sp);
-            assert!(walk(&g, &bad).is_err(), "{name}: special token {sp} accepted");
+            assert!(
+                walk(&g, &bad).is_err(),
+                "{name}: special token {sp} accepted"
+            );
         }
         // EOS before the end is rejected, and only EOS is allowed at the end.
         ids.truncate(10);
@@ -227,12 +276,22 @@ fn invalid_documents_are_rejected() {
     let mut ids = encode(&tok, &bs);
     ids.push(v.eos_ids()[0]);
     if let Err(k) = walk(&g, &ids) {
-        panic!("rejected token {k} {:?} after {:?}", tok.id_to_token(ids[k]), v.decode_lossy(&ids[..k]));
+        panic!(
+            "rejected token {k} {:?} after {:?}",
+            tok.id_to_token(ids[k]),
+            v.decode_lossy(&ids[..k])
+        );
     }
     assert_eq!(g.decode_text(&ids).expect("decode"), bs);
     // With raw UTF-8 strings (ensure_ascii=False) Mistral spells U+2019 with byte-fallback tokens.
     let (v, tok) = load("mistral-7b-v0.1");
-    let opts = CompileOptions { surface: SurfaceOptions { ascii: false, ..Default::default() }, ..Default::default() };
+    let opts = CompileOptions {
+        surface: SurfaceOptions {
+            ascii: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let g = Grammar::compile(&schema, v.clone(), &opts).expect("compile utf8");
     let raw = VALID.replace("\\u2019", "\u{2019}");
     let mut ids = encode(&tok, &raw);
@@ -244,12 +303,15 @@ fn invalid_documents_are_rejected() {
 #[test]
 fn t5_start_end_and_forced_unk() {
     let (v, tok) = load("t5");
-    let g = Grammar::compile(&job_schema(), v.clone(), &CompileOptions::default()).expect("compile");
+    let g =
+        Grammar::compile(&job_schema(), v.clone(), &CompileOptions::default()).expect("compile");
     let unk = v.unk_id().expect("unk");
     let m = Matcher::new(g.clone(), 384);
     // First token: the lone `▁` (decodes to "") or <unk> (= `{`); nothing else.
     let words = m.mask();
-    let allowed: Vec<u32> = (0..v.len() as u32).filter(|&t| words[t as usize / 32] >> (t % 32) & 1 == 1).collect();
+    let allowed: Vec<u32> = (0..v.len() as u32)
+        .filter(|&t| words[t as usize / 32] >> (t % 32) & 1 == 1)
+        .collect();
     assert_eq!(allowed, vec![unk, 3]);
     // The training targets start with ▁ <unk> ": after ▁ the <unk> is forced.
     let ids = encode(&tok, VALID);

@@ -21,7 +21,13 @@ fn toy_vocab(pieces: &[&str]) -> Arc<Vocab> {
 
 fn allowed(m: &Matcher) -> Vec<u32> {
     let words = m.mask();
-    (0..words.len() as u32 * 32).filter(|&t| words.get(t as usize / 32).is_some_and(|w| w >> (t % 32) & 1 == 1)).collect()
+    (0..words.len() as u32 * 32)
+        .filter(|&t| {
+            words
+                .get(t as usize / 32)
+                .is_some_and(|w| w >> (t % 32) & 1 == 1)
+        })
+        .collect()
 }
 
 fn one_string_schema() -> Value {
@@ -34,7 +40,10 @@ fn one_string_schema() -> Value {
 }
 
 // ids:              2    3    4     5    6    7    8    9    10       11      12    13    14   15   16   17     18   19   20   21
-const PIECES: &[&str] = &["{", "}", "\"", "a", "b", ":", " ", ",", "\"a\"", ": \"", "ab", "\\", "n", "[", "]", "\"}", "1", "u", "0", "\", \""];
+const PIECES: &[&str] = &[
+    "{", "}", "\"", "a", "b", ":", " ", ",", "\"a\"", ": \"", "ab", "\\", "n", "[", "]", "\"}",
+    "1", "u", "0", "\", \"",
+];
 
 #[test]
 fn toy_masks_step_by_step() {
@@ -58,7 +67,10 @@ fn toy_masks_step_by_step() {
     // Inside the string, 0 of at most 2 characters: every content token of <= 2 characters,
     // the closing quote alone or with `}`, the escape `\`; and `: "` (two characters, then the
     // closing quote). Not: EOS, <unk>, `"a"` (closes, then `a`), `", "` (no second property).
-    assert_eq!(allowed(&m), vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]);
+    assert_eq!(
+        allowed(&m),
+        vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    );
     m.commit_token(12).expect("ab");
     // Two characters used: only the closing quote (alone or with `}`).
     assert_eq!(allowed(&m), vec![4, 17]);
@@ -71,7 +83,10 @@ fn toy_masks_step_by_step() {
     m.commit_token(0).expect("eos");
     assert!(m.is_finished());
     assert!(allowed(&m).is_empty());
-    assert_eq!(g.decode_text(&[2, 10, 11, 12, 17, 0]).expect("decode"), r#"{"a": "ab"}"#);
+    assert_eq!(
+        g.decode_text(&[2, 10, 11, 12, 17, 0]).expect("decode"),
+        r#"{"a": "ab"}"#
+    );
 }
 
 #[test]
@@ -81,7 +96,8 @@ fn toy_escapes_count_as_one_character() {
     let mut m = Matcher::new(g.clone(), 100);
     // {"a": "\n1"} : `\n` is one character, `1` the second, then only the closing quote.
     for t in [2, 10, 11, 13, 14, 18] {
-        m.commit_token(t).unwrap_or_else(|e| panic!("token {t}: {e}"));
+        m.commit_token(t)
+            .unwrap_or_else(|e| panic!("token {t}: {e}"));
     }
     assert_eq!(allowed(&m), vec![4, 17]);
     // After `\`: tokens starting with an escape character: `"` (4), `b` (6, \b), `\` (13),
@@ -118,7 +134,10 @@ fn toy_budget_forces_the_shortest_document() {
     for t in [2, 10, 11] {
         m.commit_token(t).expect("prefix");
     }
-    assert_eq!(allowed(&m), vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 19, 20]);
+    assert_eq!(
+        allowed(&m),
+        vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 19, 20]
+    );
     // Too small a budget: nothing fits.
     let m = Matcher::new(g.clone(), 3);
     assert!(allowed(&m).is_empty());
@@ -143,7 +162,10 @@ fn toy_unk_surface_for_braces() {
     }
     // After the string only `}` fits: <unk>, forced, then EOS.
     assert_eq!(m.forced_tokens(), vec![1, 0]);
-    assert_eq!(g.decode_text(&[1, 5, 4, 2, 3, 2, 1, 0]).expect("decode"), r#"{"a": "a"}"#);
+    assert_eq!(
+        g.decode_text(&[1, 5, 4, 2, 3, 2, 1, 0]).expect("decode"),
+        r#"{"a": "a"}"#
+    );
 }
 
 #[test]
@@ -154,7 +176,8 @@ fn toy_unk_surface_for_backslash() {
     let toks = [1, 5, 4, 2, 1, 6, 7, 7, 8, 9, 2, 1, 0];
     let mut m = Matcher::new(g.clone(), 100);
     for &t in &toks {
-        m.commit_token(t).unwrap_or_else(|e| panic!("token {t}: {e}"));
+        m.commit_token(t)
+            .unwrap_or_else(|e| panic!("token {t}: {e}"));
     }
     let text = g.decode_text(&toks).expect("decode");
     assert_eq!(text, r#"{"a": "\u00e9"}"#);
@@ -176,12 +199,20 @@ fn toy_clone_for_beams_and_logits() {
     assert!(a.is_complete() && !b.is_complete());
     // A rejected token leaves the state unchanged.
     let before = allowed(&b);
-    assert!(matches!(b.commit_token(10), Err(GrammarError::TokenRejected { .. })));
+    assert!(matches!(
+        b.commit_token(10),
+        Err(GrammarError::TokenRejected { .. })
+    ));
     assert_eq!(allowed(&b), before);
     // Logits beyond the vocabulary (padding) are masked too.
     let mut logits = vec![0.0f32; 40];
     apply_mask_words(a.mask(), &mut logits);
-    let finite: Vec<usize> = logits.iter().enumerate().filter(|(_, x)| x.is_finite()).map(|(i, _)| i).collect();
+    let finite: Vec<usize> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| x.is_finite())
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(finite, vec![0]);
     let mut words = vec![7u32; 3];
     a.compute_mask(&mut words);
@@ -190,7 +221,9 @@ fn toy_clone_for_beams_and_logits() {
 
 #[test]
 fn toy_optional_properties_and_arrays() {
-    let v = toy_vocab(&["{", "}", "\"", "a", "b", ": ", ", ", "[", "]", "1", "\"a\"", "\"b\""]);
+    let v = toy_vocab(&[
+        "{", "}", "\"", "a", "b", ": ", ", ", "[", "]", "1", "\"a\"", "\"b\"",
+    ]);
     let schema = json!({
         "type": "object",
         "properties": {
@@ -220,7 +253,9 @@ fn toy_optional_properties_and_arrays() {
     assert!(!ok(&[2, 13, 7, 9, 11, 8, 11, 8, 11, 10, 3])); // maxItems 2
     assert!(!ok(&[2, 13, 7, 9, 11, 10, 8, 12, 7, 11, 3])); // declared order
     assert!(!ok(&[2, 12, 7, 11, 8, 12, 7, 11, 3])); // repeated key
-    assert!(!ok(&[2, 12, 7, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 3])); // 20 digits
+    assert!(!ok(&[
+        2, 12, 7, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 3
+    ])); // 20 digits
 }
 
 #[test]
@@ -232,12 +267,20 @@ fn schema_errors_name_the_keyword() {
     };
     let e = err(json!({"type": "string", "pattern": "^a"}));
     assert!(e.contains("'pattern'") && e.contains("'#'"), "{e}");
-    let e = err(json!({"type": "object", "properties": {"p": {"type": "string", "format": "date"}}}));
-    assert!(e.contains("'format'") && e.contains("#/properties/p"), "{e}");
+    let e =
+        err(json!({"type": "object", "properties": {"p": {"type": "string", "format": "date"}}}));
+    assert!(
+        e.contains("'format'") && e.contains("#/properties/p"),
+        "{e}"
+    );
     let e = err(json!({"type": "integer", "maxLength": 3}));
     assert!(e.contains("maxLength"), "{e}");
-    let e = err(json!({"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}));
+    let e = err(
+        json!({"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}),
+    );
     assert!(e.contains("recursive"), "{e}");
-    let e = err(json!({"type": "array", "items": {"type": "array", "items": {"type": "string"}, "maxItems": 3000}, "maxItems": 3000}));
+    let e = err(
+        json!({"type": "array", "items": {"type": "array", "items": {"type": "string"}, "maxItems": 3000}, "maxItems": 3000}),
+    );
     assert!(e.contains("budget"), "{e}");
 }

@@ -14,20 +14,31 @@ fn every_fixture_matches_transformers_and_peft() {
     let mut archs = std::collections::BTreeSet::new();
     for dir in common::reference_fixtures() {
         let s = spec(&dir);
-        let sum = verify_dir(&dir, &mut |l| eprintln!("{l}")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let sum = verify_dir(&dir, &mut |l| eprintln!("{l}"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(sum.ok, "{}: {:?}", dir.display(), sum);
-        archs.insert((s["arch"].as_str().unwrap().to_string(), s["adapter"].is_null()));
+        archs.insert((
+            s["arch"].as_str().unwrap().to_string(),
+            s["adapter"].is_null(),
+        ));
         n += 1;
     }
     assert!(n >= 8, "fixtures found: {n}");
-    assert_eq!(archs.len(), 4, "t5/mistral × base/adapter all covered: {archs:?}");
+    assert_eq!(
+        archs.len(),
+        4,
+        "t5/mistral × base/adapter all covered: {archs:?}"
+    );
 }
 
 #[test]
 fn merged_adapters_give_the_same_logits_as_unmerged() {
     for name in ["t5-lora", "mistral-lora"] {
-        let opts = jobx_engine::verify::VerifyOptions { merge_adapter: true };
-        let sum = jobx_engine::verify::verify_dir_with(&common::fixture(name), &opts, &mut |_| {}).unwrap();
+        let opts = jobx_engine::verify::VerifyOptions {
+            merge_adapter: true,
+        };
+        let sum = jobx_engine::verify::verify_dir_with(&common::fixture(name), &opts, &mut |_| {})
+            .unwrap();
         assert!(sum.ok, "{name} merged: {sum:?}");
     }
 }
@@ -38,11 +49,15 @@ fn adapters_change_the_logits() {
     for name in ["t5-lora", "mistral-lora"] {
         let t = common::copy_dir(&common::fixture(name));
         let p = t.path().join("reference.json");
-        let mut s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let mut s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
         s["adapter"] = serde_json::Value::Null;
         std::fs::write(&p, s.to_string()).unwrap();
         let sum = verify_dir(t.path(), &mut |_| {}).unwrap();
-        assert!(!sum.ok && sum.max_rel_err > 1e-3, "{name} without adapter: {sum:?}");
+        assert!(
+            !sum.ok && sum.max_rel_err > 1e-3,
+            "{name} without adapter: {sum:?}"
+        );
     }
 }
 
@@ -55,13 +70,20 @@ fn every_t5_fixture_matches_transformers() {
             continue;
         }
         let mut lines = Vec::new();
-        let sum = verify_dir(&dir, &mut |v| lines.push(v)).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let sum = verify_dir(&dir, &mut |v| lines.push(v))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         for l in &lines {
             eprintln!("{l}");
         }
         assert!(sum.ok, "{}: {:?}", dir.display(), sum);
         assert!(sum.max_rel_err <= 1e-4);
-        assert!(lines.iter().any(|l| l.get("greedy_match") == Some(&serde_json::Value::Bool(true))), "{}: no greedy case", dir.display());
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.get("greedy_match") == Some(&serde_json::Value::Bool(true))),
+            "{}: no greedy case",
+            dir.display()
+        );
         n += 1;
     }
     assert!(n >= 4, "expected at least 4 plain T5 fixtures, found {n}");
@@ -77,7 +99,10 @@ fn beam_search_cases_are_checked() {
         }
         let mut lines = Vec::new();
         verify_dir(&dir, &mut |v| lines.push(v)).unwrap();
-        beams += lines.iter().filter(|l| l.get("beam_match") == Some(&serde_json::Value::Bool(true))).count();
+        beams += lines
+            .iter()
+            .filter(|l| l.get("beam_match") == Some(&serde_json::Value::Bool(true)))
+            .count();
     }
     assert!(beams >= 3, "beam-search references: {beams}");
 }
@@ -90,7 +115,9 @@ fn perturbed_weights_fail_verification() {
     let mut bytes = std::fs::read(&p).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let off = header["decoder.final_layer_norm.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    let off = header["decoder.final_layer_norm.weight"]["data_offsets"][0]
+        .as_u64()
+        .unwrap() as usize;
     let at = 8 + n + off;
     let v = f32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 0.5;
     bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -102,8 +129,16 @@ fn perturbed_weights_fail_verification() {
 
 #[test]
 fn verify_cli_prints_summary_last_and_exit_code() {
-    let out = std::process::Command::new(common::bin()).args(["verify"]).arg(common::fixture("t5-relu-tied")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(common::bin())
+        .args(["verify"])
+        .arg(common::fixture("t5-relu-tied"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(last["fixture"], "t5-relu-tied");

@@ -97,10 +97,22 @@ pub fn attention(
             let dot = super::simd::dot_fn();
             let contiguous = kv.st == dk && vv.st == dk;
             for i in 0..tq {
-                let qi = unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
+                let qi =
+                    unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
                 let row = &mut sc[i * tk..(i + 1) * tk];
                 // K rows of one head contiguous (cache layout): scores are one GEMV
-                if !(contiguous && super::simd::gemv_rows(qi, 1, dk, &k[kbase..kbase + tk * dk], tk, row.as_mut_ptr(), tk, false)) {
+                if !(contiguous
+                    && super::simd::gemv_rows(
+                        qi,
+                        1,
+                        dk,
+                        &k[kbase..kbase + tk * dk],
+                        tk,
+                        row.as_mut_ptr(),
+                        tk,
+                        false,
+                    ))
+                {
                     for (j, x) in row.iter_mut().enumerate() {
                         *x = dot(qi, &k[kbase + j * kv.st..kbase + j * kv.st + dk]);
                     }
@@ -111,7 +123,12 @@ pub fn attention(
                 m.apply_row(b, h, i, row);
                 super::softmax_inplace(row);
                 // SAFETY: this task owns out[b, i, h*dk .. h*dk+dk].
-                let o = unsafe { std::slice::from_raw_parts_mut(op.0.add(b * tq * out_row + i * out_row + h * dk), dk) };
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        op.0.add(b * tq * out_row + i * out_row + h * dk),
+                        dk,
+                    )
+                };
                 if contiguous {
                     super::simd::weighted_rows(row, &v[vbase..vbase + tk * dk], dk, o);
                 } else {
@@ -133,13 +150,24 @@ pub fn attention(
         // SAFETY: the views address valid elements for i<tq, j<tk, d<dk (callers size them).
         unsafe {
             gemm::gemm(
-                tq, tk, dk,
-                sc.as_mut_ptr(), 1, tk as isize,
+                tq,
+                tk,
+                dk,
+                sc.as_mut_ptr(),
+                1,
+                tk as isize,
                 false,
-                q.as_ptr().add(qbase), 1, qv.st as isize,
-                k.as_ptr().add(kbase), kv.st as isize, 1,
-                0.0, scale,
-                false, false, false,
+                q.as_ptr().add(qbase),
+                1,
+                qv.st as isize,
+                k.as_ptr().add(kbase),
+                kv.st as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
                 gemm::Parallelism::None,
             );
         }
@@ -151,13 +179,24 @@ pub fn attention(
         // out[b, i, h*dk..] = P[i, :] · V[j, :]
         unsafe {
             gemm::gemm(
-                tq, dk, tk,
-                op.0.add(b * tq * out_row + h * dk), 1, out_row as isize,
+                tq,
+                dk,
+                tk,
+                op.0.add(b * tq * out_row + h * dk),
+                1,
+                out_row as isize,
                 false,
-                sc.as_ptr(), 1, tk as isize,
-                v.as_ptr().add(vbase), 1, vv.st as isize,
-                0.0, 1.0,
-                false, false, false,
+                sc.as_ptr(),
+                1,
+                tk as isize,
+                v.as_ptr().add(vbase),
+                1,
+                vv.st as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
                 gemm::Parallelism::None,
             );
         }

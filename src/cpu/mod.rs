@@ -21,8 +21,19 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// out[m, n] = x[m, k] · w[n, k]ᵀ  (+ out if `accumulate`).
-pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], accumulate: bool) {
-    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n, "matmul_wt: buffer too small");
+pub fn matmul_wt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k && out.len() >= m * n,
+        "matmul_wt: buffer too small"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -37,18 +48,33 @@ pub fn matmul_wt(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k > 64 * 64 * 64 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: strides describe the row-major buffers whose sizes were asserted above.
     // dst = alpha·dst + beta·lhs·rhs with lhs = x [m,k] (rs k, cs 1), rhs = wᵀ [k,n] (rs 1, cs k).
     unsafe {
         gemm::gemm(
-            m, n, k,
-            out.as_mut_ptr(), 1, n as isize,
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
             accumulate,
-            x.as_ptr(), 1, k as isize,
-            w.as_ptr(), k as isize, 1,
-            if accumulate { 1.0 } else { 0.0 }, 1.0,
-            false, false, false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
             par,
         );
     }
@@ -58,13 +84,26 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], a
     let dot = simd::dot_fn();
     // Blocks of weight rows; each block is read once and dotted with every input row.
     let threads = rayon::current_num_threads().max(1);
-    let block = if threads == 1 { n } else { ((n + threads * 4 - 1) / (threads * 4)).max(16) };
+    let block = if threads == 1 {
+        n
+    } else {
+        ((n + threads * 4 - 1) / (threads * 4)).max(16)
+    };
     let optr = SendPtr(out.as_mut_ptr());
     let work = |(bi, rows): (usize, &[f32])| {
         let p = optr;
         let j0 = bi * block;
         // SAFETY: this task owns output columns j0..j0+rows/k of every row i < m.
-        if simd::gemv_rows(x, m, k, rows, rows.len() / k, unsafe { p.0.add(j0) }, n, accumulate) {
+        if simd::gemv_rows(
+            x,
+            m,
+            k,
+            rows,
+            rows.len() / k,
+            unsafe { p.0.add(j0) },
+            n,
+            accumulate,
+        ) {
             return;
         }
         for (jj, wr) in rows.chunks_exact(k).enumerate() {
@@ -124,14 +163,21 @@ pub fn erf(x: f64) -> f64 {
     // Numerical Recipes erfc (Chebyshev), fractional error < 1.2e-7.
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806
-                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
-    if x >= 0.0 { 1.0 - r } else { r - 1.0 }
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        1.0 - r
+    } else {
+        r - 1.0
+    }
 }
 
 /// In-place softmax over a row; masked entries (−inf) get exactly 0. Vectorised exp.
@@ -185,7 +231,14 @@ pub fn log_softmax(row: &[f32], out: &mut [f32]) {
 
 /// The rows an LM head needs: every position (`all`, or one token per sequence), or only the last
 /// of each sequence's `t_new` positions, gathered into `buf`. `x` is [rows·t_new, d].
-pub fn head_rows<'a>(x: &'a [f32], rows: usize, t_new: usize, d: usize, all: bool, buf: &'a mut Vec<f32>) -> (usize, &'a [f32]) {
+pub fn head_rows<'a>(
+    x: &'a [f32],
+    rows: usize,
+    t_new: usize,
+    d: usize,
+    all: bool,
+    buf: &'a mut Vec<f32>,
+) -> (usize, &'a [f32]) {
     if all || t_new == 1 {
         return (rows * t_new, &x[..rows * t_new * d]);
     }

@@ -79,7 +79,10 @@ pub fn dot_fn() -> DotFn {
     *F.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if std::env::var("JOBX_NO_AVX512").is_err()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("fma")
+            {
                 return dot_avx512 as DotFn;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -117,7 +120,10 @@ mod tests {
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
             for f in [super::dot_fn(), super::dot_generic as super::DotFn] {
                 let got = f(&a, &b) as f64;
-                assert!((got - exact).abs() <= 1e-5 * (1.0 + n as f64).sqrt(), "n={n}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() <= 1e-5 * (1.0 + n as f64).sqrt(),
+                    "n={n}: {got} vs {exact}"
+                );
             }
         }
     }
@@ -127,7 +133,16 @@ mod tests {
 /// `m` input rows: 4 weight rows at a time share each x load and give 4 independent FMA chains,
 /// so the loop is limited by load bandwidth rather than FMA latency.
 /// Writes out[i * ldo + j] for i < m, j < rows. Returns false if the CPU lacks AVX-512.
-pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, out: *mut f32, ldo: usize, accumulate: bool) -> bool {
+pub fn gemv_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx512() {
@@ -144,29 +159,59 @@ pub fn gemv_rows(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, out: *mu
 fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static F: OnceLock<bool> = OnceLock::new();
-    *F.get_or_init(|| std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f"))
+    *F.get_or_init(|| {
+        std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f")
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize, out: *mut f32, ldo: usize, accumulate: bool) {
+unsafe fn gemv_rows_avx512(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    rows: usize,
+    out: *mut f32,
+    ldo: usize,
+    accumulate: bool,
+) {
     use std::arch::x86_64::*;
     let kk = k / 16 * 16;
     let tail = k - kk;
-    let tmask: __mmask16 = if tail == 0 { 0 } else { ((1u32 << tail) - 1) as __mmask16 };
+    let tmask: __mmask16 = if tail == 0 {
+        0
+    } else {
+        ((1u32 << tail) - 1) as __mmask16
+    };
     let wp = w.as_ptr();
     let mut j = 0;
     while j + 4 <= rows {
-        let (w0, w1, w2, w3) = (wp.add(j * k), wp.add((j + 1) * k), wp.add((j + 2) * k), wp.add((j + 3) * k));
+        let (w0, w1, w2, w3) = (
+            wp.add(j * k),
+            wp.add((j + 1) * k),
+            wp.add((j + 2) * k),
+            wp.add((j + 3) * k),
+        );
         // 4 weight rows × 4 input rows: 16 accumulators, 8 loads per 16 FMAs.
         let m4 = m / 4 * 4;
         let mut i = 0;
         while i < m4 {
-            let xs = [x.as_ptr().add(i * k), x.as_ptr().add((i + 1) * k), x.as_ptr().add((i + 2) * k), x.as_ptr().add((i + 3) * k)];
+            let xs = [
+                x.as_ptr().add(i * k),
+                x.as_ptr().add((i + 1) * k),
+                x.as_ptr().add((i + 2) * k),
+                x.as_ptr().add((i + 3) * k),
+            ];
             let mut acc = [[_mm512_setzero_ps(); 4]; 4];
             let mut p = 0;
             while p < kk {
-                let wv = [_mm512_loadu_ps(w0.add(p)), _mm512_loadu_ps(w1.add(p)), _mm512_loadu_ps(w2.add(p)), _mm512_loadu_ps(w3.add(p))];
+                let wv = [
+                    _mm512_loadu_ps(w0.add(p)),
+                    _mm512_loadu_ps(w1.add(p)),
+                    _mm512_loadu_ps(w2.add(p)),
+                    _mm512_loadu_ps(w3.add(p)),
+                ];
                 for (ii, xp) in xs.iter().enumerate() {
                     let xv = _mm512_loadu_ps(xp.add(p));
                     for r in 0..4 {
@@ -200,7 +245,12 @@ unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize
         }
         for i in m4..m {
             let xp = x.as_ptr().add(i * k);
-            let (mut a0, mut a1, mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut a0, mut a1, mut a2, mut a3) = (
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+                _mm512_setzero_ps(),
+            );
             let mut p = 0;
             while p < kk {
                 let xv = _mm512_loadu_ps(xp.add(p));
@@ -218,7 +268,12 @@ unsafe fn gemv_rows_avx512(x: &[f32], m: usize, k: usize, w: &[f32], rows: usize
                 a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w3.add(kk)), xv, a3);
             }
             let o = out.add(i * ldo + j);
-            let s = [_mm512_reduce_add_ps(a0), _mm512_reduce_add_ps(a1), _mm512_reduce_add_ps(a2), _mm512_reduce_add_ps(a3)];
+            let s = [
+                _mm512_reduce_add_ps(a0),
+                _mm512_reduce_add_ps(a1),
+                _mm512_reduce_add_ps(a2),
+                _mm512_reduce_add_ps(a3),
+            ];
             for (r, v) in s.iter().enumerate() {
                 *o.add(r) = if accumulate { *o.add(r) + v } else { *v };
             }
@@ -255,7 +310,11 @@ fn exp_poly(x: f32) -> f32 {
     p = p.mul_add(r, 5.000_000_1e-1);
     let y = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    if x < -87.3 { 0.0 } else { y * scale }
+    if x < -87.3 {
+        0.0
+    } else {
+        y * scale
+    }
 }
 
 #[inline(always)]
@@ -333,7 +392,10 @@ fn level() -> u8 {
     *L.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var("JOBX_NO_AVX512").is_err() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            if std::env::var("JOBX_NO_AVX512").is_err()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("fma")
+            {
                 return 2;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {

@@ -67,7 +67,10 @@ impl Mask {
                 single = Some(i as u32 * 32 + w.trailing_zeros());
             }
         }
-        Mask { words, single: if count == 1 { single } else { None } }
+        Mask {
+            words,
+            single: if count == 1 { single } else { None },
+        }
     }
 }
 
@@ -144,7 +147,11 @@ pub struct Grammar {
 
 impl Grammar {
     /// Compiles a schema (JSON value) against a vocabulary.
-    pub fn compile(schema: &Value, vocab: Arc<Vocab>, opts: &CompileOptions) -> Result<Arc<Grammar>> {
+    pub fn compile(
+        schema: &Value,
+        vocab: Arc<Vocab>,
+        opts: &CompileOptions,
+    ) -> Result<Arc<Grammar>> {
         let index_time = vocab.prepare(opts.surface.ascii);
         let t0 = Instant::now();
         let surface = Surface::resolve(&opts.surface, &vocab)?;
@@ -152,7 +159,12 @@ impl Grammar {
         let dfa = Dfa::from_nfa(&nfa, opts.budgets.max_dfa_states)?;
         if std::env::var_os("JOBX_GRAMMAR_TRACE").is_some() {
             // Phase timings for tuning (JOBX_GRAMMAR_TRACE=1).
-            eprintln!("grammar: nfa+dfa {:?}, {} NFA nodes, {} DFA states", t0.elapsed(), nfa.nodes.len(), dfa.num_states());
+            eprintln!(
+                "grammar: nfa+dfa {:?}, {} NFA nodes, {} DFA states",
+                t0.elapsed(),
+                nfa.nodes.len(),
+                dfa.num_states()
+            );
         }
         let index = vocab.index(opts.surface.ascii);
         let mut g = Grammar::build(schema.clone(), vocab, surface, dfa, index)?;
@@ -162,7 +174,13 @@ impl Grammar {
         Ok(Arc::new(g))
     }
 
-    fn build(schema: Value, vocab: Arc<Vocab>, surface: Surface, dfa: Dfa, index: Arc<VocabIndex>) -> Result<Grammar> {
+    fn build(
+        schema: Value,
+        vocab: Arc<Vocab>,
+        surface: Surface,
+        dfa: Dfa,
+        index: Arc<VocabIndex>,
+    ) -> Result<Grammar> {
         let tb = Instant::now();
         let trace = std::env::var_os("JOBX_GRAMMAR_TRACE").is_some();
         let n = dfa.num_states();
@@ -248,7 +266,13 @@ impl Grammar {
                     step,
                     cut,
                     |first, end, depth, state, len_mask| {
-                        ranges.push(PureRange { first, end, depth: depth as u8, state, len_mask })
+                        ranges.push(PureRange {
+                            first,
+                            end,
+                            depth: depth as u8,
+                            state,
+                            len_mask,
+                        })
                     },
                     &mut single,
                 );
@@ -281,7 +305,12 @@ impl Grammar {
         pair_off.push(pairs.len() as u32);
         range_off.push(ranges.len() as u32);
         if trace {
-            eprintln!("grammar: walks {:?}: {} pairs, {} ranges", tb.elapsed(), pairs.len(), ranges.len());
+            eprintln!(
+                "grammar: walks {:?}: {} pairs, {} ranges",
+                tb.elapsed(),
+                pairs.len(),
+                ranges.len()
+            );
         }
 
         let mut g = Grammar {
@@ -344,7 +373,12 @@ impl Grammar {
         }
         targets.clear();
         g.targets(p0, &mut targets);
-        g.dist[p0] = targets.iter().map(|&t| g.dist[t as usize]).min().unwrap_or(INF).saturating_add(1);
+        g.dist[p0] = targets
+            .iter()
+            .map(|&t| g.dist[t as usize])
+            .min()
+            .unwrap_or(INF)
+            .saturating_add(1);
         if g.dist[p0] == INF {
             return Err(GrammarError::Unproducible(format!(
                 "the vocabulary ({} tokens) cannot spell any document of this schema on this surface",
@@ -365,7 +399,12 @@ impl Grammar {
             targets.clear();
             g.targets(s, &mut targets);
             lv.clear();
-            lv.extend(targets.iter().map(|&t| g.dist[t as usize]).filter(|&d| d != INF));
+            lv.extend(
+                targets
+                    .iter()
+                    .map(|&t| g.dist[t as usize])
+                    .filter(|&d| d != INF),
+            );
             lv.sort_unstable();
             lv.dedup();
             // States with the same recipe (allowed singles, pure classes, ranges) share a mask;
@@ -380,7 +419,10 @@ impl Grammar {
             let words = g.build_mask(s, INF - 1);
             let h = hash_words(&words);
             let bucket = dedup.entry(h).or_default();
-            let id = match bucket.iter().find(|&&id| g.masks[id as usize].words == words) {
+            let id = match bucket
+                .iter()
+                .find(|&&id| g.masks[id as usize].words == words)
+            {
                 Some(&id) => id,
                 None => {
                     let id = g.masks.len() as u32;
@@ -396,7 +438,11 @@ impl Grammar {
         }
         g.level_off.push(g.levels.len() as u32);
         if trace {
-            eprintln!("grammar: masks {:?} ({} recipes)", tb.elapsed(), by_recipe.len());
+            eprintln!(
+                "grammar: masks {:?} ({} recipes)",
+                tb.elapsed(),
+                by_recipe.len()
+            );
         }
         g.stats.dfa_states = n - 1;
         g.stats.byte_classes = g.dfa.ncls;
@@ -420,7 +466,12 @@ impl Grammar {
         let (a, b) = (self.pair_off[s] as usize, self.pair_off[s + 1] as usize);
         out.extend(self.pairs[a..b].iter().map(|p| p.1));
         for (i, &t) in self.chains[s].targets.iter().enumerate() {
-            if self.index.pure_by_len.get(i + 1).is_some_and(|m| m.iter().any(|&w| w != 0)) {
+            if self
+                .index
+                .pure_by_len
+                .get(i + 1)
+                .is_some_and(|m| m.iter().any(|&w| w != 0))
+            {
                 out.push(t);
             }
         }
@@ -472,7 +523,9 @@ impl Grammar {
                 key.push(allowed);
             }
         }
-        key.push(u64::from(s < self.dfa.num_states() && self.dfa.accepting[s]));
+        key.push(u64::from(
+            s < self.dfa.num_states() && self.dfa.accepting[s],
+        ));
     }
 
     /// Mask of source state `s` allowing transitions with `dist <= limit` (EOS if accepting).
@@ -540,7 +593,10 @@ impl Grammar {
     pub(crate) fn mask_for(&self, s: usize, remaining: u32) -> &Mask {
         static EMPTY: OnceLock<Mask> = OnceLock::new();
         if remaining == 0 {
-            return EMPTY.get_or_init(|| Mask { words: Box::new([]), single: None });
+            return EMPTY.get_or_init(|| Mask {
+                words: Box::new([]),
+                single: None,
+            });
         }
         let limit = remaining - 1;
         let lv = &self.levels[self.level_off[s] as usize..self.level_off[s + 1] as usize];
@@ -601,7 +657,11 @@ impl Grammar {
         if i >= self.vocab.len() || self.vocab.special[i] {
             return None;
         }
-        Some(if first { &self.vocab.first_text[i] } else { &self.vocab.text[i] })
+        Some(if first {
+            &self.vocab.first_text[i]
+        } else {
+            &self.vocab.text[i]
+        })
     }
 
     pub(crate) fn is_eos(&self, tok: u32) -> bool {
@@ -618,17 +678,27 @@ impl Grammar {
         for (i, &tok) in tokens.iter().enumerate() {
             if self.is_eos(tok) {
                 if !self.dfa.accepting[s as usize] {
-                    return Err(GrammarError::TokenRejected { token: tok, step: i, why: "EOS before the document is complete" });
+                    return Err(GrammarError::TokenRejected {
+                        token: tok,
+                        step: i,
+                        why: "EOS before the document is complete",
+                    });
                 }
                 break;
             }
-            let text = self.token_text(tok, i == 0).ok_or(GrammarError::TokenRejected {
-                token: tok,
-                step: i,
-                why: "special token inside the document",
-            })?;
+            let text = self
+                .token_text(tok, i == 0)
+                .ok_or(GrammarError::TokenRejected {
+                    token: tok,
+                    step: i,
+                    why: "special token inside the document",
+                })?;
             if i > 0 && text.is_empty() {
-                return Err(GrammarError::TokenRejected { token: tok, step: i, why: "token adds no text" });
+                return Err(GrammarError::TokenRejected {
+                    token: tok,
+                    step: i,
+                    why: "token adds no text",
+                });
             }
             for &b in text {
                 if b == UNK_BYTE {
@@ -638,7 +708,11 @@ impl Grammar {
                 }
                 s = self.dfa.next(s, b);
                 if s == DEAD {
-                    return Err(GrammarError::TokenRejected { token: tok, step: i, why: "not allowed by the grammar" });
+                    return Err(GrammarError::TokenRejected {
+                        token: tok,
+                        step: i,
+                        why: "not allowed by the grammar",
+                    });
                 }
             }
         }
@@ -665,7 +739,11 @@ impl Grammar {
             } else if out.is_empty() {
                 for id in 0..self.vocab.len() as u32 {
                     if let Some(t) = self.token_text(id, true) {
-                        if !t.is_empty() && rest.starts_with(t) && m.is_allowed(id) && best.is_none_or(|b| t.len() > b.1) {
+                        if !t.is_empty()
+                            && rest.starts_with(t)
+                            && m.is_allowed(id)
+                            && best.is_none_or(|b| t.len() > b.1)
+                        {
                             best = Some((id, t.len()));
                         }
                     }
@@ -680,7 +758,11 @@ impl Grammar {
                 });
             }
             let Some((tok, len)) = best else {
-                return Err(GrammarError::TokenRejected { token: 0, step: out.len(), why: "no token spells the document here" });
+                return Err(GrammarError::TokenRejected {
+                    token: 0,
+                    step: out.len(),
+                    why: "no token spells the document here",
+                });
             };
             m.commit_token(tok)?;
             out.push(tok);

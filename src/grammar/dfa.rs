@@ -217,7 +217,16 @@ impl Dfa {
             }
             s += 1;
         }
-        let accepting = subsets.iter().map(|set| set.binary_search(&nfa.accept).is_ok()).collect();
-        Ok(Dfa { ncls, class_of, trans, accepting, umean })
+        let accepting = subsets
+            .iter()
+            .map(|set| set.binary_search(&nfa.accept).is_ok())
+            .collect();
+        Ok(Dfa {
+            ncls,
+            class_of,
+            trans,
+            accepting,
+            umean,
+        })
     }
 }

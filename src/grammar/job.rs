@@ -83,7 +83,12 @@ mod tests {
     #[test]
     fn job_schema_parses_in_order() {
         let v: Value = serde_json::from_str(JOB_SCHEMA_JSON).expect("valid JSON");
-        let keys: Vec<&str> = v["properties"].as_object().expect("object").keys().map(String::as_str).collect();
+        let keys: Vec<&str> = v["properties"]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, JOB_KEYS);
     }
 }

@@ -35,7 +35,14 @@ impl Matcher {
     /// `max_new_tokens`). If `max_tokens < grammar.min_tokens()` no complete document fits and
     /// the first mask is empty.
     pub fn new(grammar: Arc<Grammar>, max_tokens: u32) -> Matcher {
-        Matcher { grammar, state: super::dfa::START, remaining: max_tokens, first: true, finished: false, steps: 0 }
+        Matcher {
+            grammar,
+            state: super::dfa::START,
+            remaining: max_tokens,
+            first: true,
+            finished: false,
+            steps: 0,
+        }
     }
 
     #[inline]
@@ -71,14 +78,19 @@ impl Matcher {
     #[inline]
     pub fn is_allowed(&self, token: u32) -> bool {
         let m = self.mask();
-        m.get(token as usize / 32).is_some_and(|w| w >> (token % 32) & 1 == 1)
+        m.get(token as usize / 32)
+            .is_some_and(|w| w >> (token % 32) & 1 == 1)
     }
 
     /// Advances by one token. Errors (state unchanged) if the token is not allowed now.
     pub fn commit_token(&mut self, token: u32) -> Result<()> {
         let step = self.steps as usize;
         if self.finished {
-            return Err(GrammarError::TokenRejected { token, step, why: "generation already finished" });
+            return Err(GrammarError::TokenRejected {
+                token,
+                step,
+                why: "generation already finished",
+            });
         }
         if !self.is_allowed(token) {
             let why = if self.remaining == 0 {
@@ -190,7 +202,9 @@ pub struct JsonConstraint {
 
 impl JsonConstraint {
     pub fn new(grammar: Arc<Grammar>, max_new_tokens: u32) -> JsonConstraint {
-        JsonConstraint { matcher: Matcher::new(grammar, max_new_tokens) }
+        JsonConstraint {
+            matcher: Matcher::new(grammar, max_new_tokens),
+        }
     }
 
     /// Sets every disallowed logit to -inf (ids beyond the vocabulary included).

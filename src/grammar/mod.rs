@@ -39,7 +39,8 @@ pub use matcher::{Constraint, JsonConstraint, Matcher};
 pub use schema::Budgets;
 pub use surface::{Separators, StructuralMode, SurfaceOptions};
 pub use tools::{
-    grammar_bench, grammar_check, load_schema, BenchOptions, BenchSummary, CheckOptions, CheckSummary,
+    grammar_bench, grammar_check, load_schema, BenchOptions, BenchSummary, CheckOptions,
+    CheckSummary,
 };
 pub use vocab::Vocab;
 
@@ -54,10 +55,18 @@ pub enum GrammarError {
     InvalidSchema { path: String, msg: String },
     /// A `$ref` that is not local, does not resolve, or is recursive.
     #[error("bad $ref '{reference}' at '{path}': {msg}")]
-    BadRef { path: String, reference: String, msg: String },
+    BadRef {
+        path: String,
+        reference: String,
+        msg: String,
+    },
     /// A size or state budget was exceeded (pathological schemas).
     #[error("schema too large: {what} exceeds the budget of {limit} (at '{path}')")]
-    Budget { what: &'static str, limit: usize, path: String },
+    Budget {
+        what: &'static str,
+        limit: usize,
+        path: String,
+    },
     /// The vocabulary cannot be used (missing EOS, missing `<unk>` where needed, bad tokenizer.json).
     #[error("vocabulary: {0}")]
     Vocab(String),
@@ -66,11 +75,21 @@ pub enum GrammarError {
     Unproducible(String),
     /// A token that the constraint does not allow at this step.
     #[error("token {token} is not allowed at step {step}: {why}")]
-    TokenRejected { token: u32, step: usize, why: &'static str },
+    TokenRejected {
+        token: u32,
+        step: usize,
+        why: &'static str,
+    },
     #[error("io error on '{path}': {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("json error in {what}: {source}")]
-    Json { what: String, source: serde_json::Error },
+    Json {
+        what: String,
+        source: serde_json::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, GrammarError>;

@@ -116,20 +116,40 @@ pub struct Nfa {
 
 /// Compiles a schema into an NFA for the given surface.
 pub fn compile_nfa(schema: &Value, surface: &Surface, budgets: &Budgets) -> Result<Nfa> {
-    let mut c = Compiler { root: schema, surf: surface, budgets: *budgets, nodes: Vec::new(), refs: Vec::new() };
+    let mut c = Compiler {
+        root: schema,
+        surf: surface,
+        budgets: *budgets,
+        nodes: Vec::new(),
+        refs: Vec::new(),
+    };
     let start = c.node("")?;
     let end = c.schema(schema, "", start, 0)?;
-    Ok(Nfa { nodes: c.nodes, start, accept: end })
+    Ok(Nfa {
+        nodes: c.nodes,
+        start,
+        accept: end,
+    })
 }
 
-const ANNOTATIONS: &[&str] =
-    &["title", "description", "$comment", "examples", "default", "deprecated", "readOnly", "writeOnly"];
+const ANNOTATIONS: &[&str] = &[
+    "title",
+    "description",
+    "$comment",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
 const CONTAINERS: &[&str] = &["$defs", "definitions"];
 const ROOT_ONLY: &[&str] = &["$schema", "$id"];
 const STRING_KW: &[&str] = &["minLength", "maxLength"];
 const ARRAY_KW: &[&str] = &["items", "minItems", "maxItems"];
 const OBJECT_KW: &[&str] = &["properties", "required", "additionalProperties"];
-const TYPES: &[&str] = &["object", "array", "string", "integer", "number", "boolean", "null"];
+const TYPES: &[&str] = &[
+    "object", "array", "string", "integer", "number", "boolean", "null",
+];
 
 struct Compiler<'a> {
     root: &'a Value,
@@ -141,7 +161,14 @@ struct Compiler<'a> {
 }
 
 fn invalid(path: &str, msg: impl Into<String>) -> GrammarError {
-    GrammarError::InvalidSchema { path: if path.is_empty() { "#".into() } else { format!("#{path}") }, msg: msg.into() }
+    GrammarError::InvalidSchema {
+        path: if path.is_empty() {
+            "#".into()
+        } else {
+            format!("#{path}")
+        },
+        msg: msg.into(),
+    }
 }
 
 fn ptr(path: &str) -> String {
@@ -159,7 +186,11 @@ fn escape_ptr(s: &str) -> String {
 impl<'a> Compiler<'a> {
     fn node(&mut self, path: &str) -> Result<u32> {
         if self.nodes.len() >= self.budgets.max_nfa_nodes {
-            return Err(GrammarError::Budget { what: "NFA nodes", limit: self.budgets.max_nfa_nodes, path: ptr(path) });
+            return Err(GrammarError::Budget {
+                what: "NFA nodes",
+                limit: self.budgets.max_nfa_nodes,
+                path: ptr(path),
+            });
         }
         self.nodes.push(NfaNode::default());
         Ok((self.nodes.len() - 1) as u32)
@@ -170,13 +201,19 @@ impl<'a> Compiler<'a> {
     }
 
     fn edge(&mut self, from: u32, set: ByteSet, to: u32) {
-        self.nodes[from as usize].edges.push(Edge { set, to, umean: 0 });
+        self.nodes[from as usize]
+            .edges
+            .push(Edge { set, to, umean: 0 });
     }
 
     /// One automaton byte; `raw` is the character it spells (differs only for `<unk>`).
     fn byte_edge(&mut self, from: u32, byte: u8, raw: u8, to: u32) {
         let umean = if byte == UNK_BYTE { raw } else { 0 };
-        self.nodes[from as usize].edges.push(Edge { set: ByteSet::single(byte), to, umean });
+        self.nodes[from as usize].edges.push(Edge {
+            set: ByteSet::single(byte),
+            to,
+            umean,
+        });
     }
 
     /// A literal of raw bytes, where structural `{` `}` `\` are mapped through the surface.
@@ -208,12 +245,19 @@ impl<'a> Compiler<'a> {
 
     fn schema(&mut self, s: &Value, path: &str, from: u32, depth: usize) -> Result<u32> {
         if depth > self.budgets.max_depth {
-            return Err(GrammarError::Budget { what: "schema nesting depth", limit: self.budgets.max_depth, path: ptr(path) });
+            return Err(GrammarError::Budget {
+                what: "schema nesting depth",
+                limit: self.budgets.max_depth,
+                path: ptr(path),
+            });
         }
         let m = match s {
             Value::Object(m) => m,
             Value::Bool(true) => {
-                return Err(invalid(path, "the schema `true` (any value) is unsupported: give a type"))
+                return Err(invalid(
+                    path,
+                    "the schema `true` (any value) is unsupported: give a type",
+                ))
             }
             Value::Bool(false) => return Err(invalid(path, "the schema `false` admits no value")),
             _ => return Err(invalid(path, "a schema must be an object")),
@@ -228,20 +272,30 @@ impl<'a> Compiler<'a> {
                 || matches!(k.as_str(), "type" | "enum" | "const" | "anyOf" | "$ref");
             let root_ok = path.is_empty() && ROOT_ONLY.contains(&k.as_str());
             if !known && !root_ok {
-                return Err(GrammarError::UnsupportedKeyword { keyword: k.clone(), path: ptr(path) });
+                return Err(GrammarError::UnsupportedKeyword {
+                    keyword: k.clone(),
+                    path: ptr(path),
+                });
             }
         }
         let constraining: Vec<&str> = m
             .keys()
             .map(String::as_str)
-            .filter(|k| !ANNOTATIONS.contains(k) && !CONTAINERS.contains(k) && !ROOT_ONLY.contains(k))
+            .filter(|k| {
+                !ANNOTATIONS.contains(k) && !CONTAINERS.contains(k) && !ROOT_ONLY.contains(k)
+            })
             .collect();
 
         if let Some(r) = m.get("$ref") {
             if let Some(other) = constraining.iter().find(|k| **k != "$ref") {
-                return Err(invalid(path, format!("'$ref' with sibling keyword '{other}' is unsupported")));
+                return Err(invalid(
+                    path,
+                    format!("'$ref' with sibling keyword '{other}' is unsupported"),
+                ));
             }
-            let r = r.as_str().ok_or_else(|| invalid(path, "'$ref' must be a string"))?;
+            let r = r
+                .as_str()
+                .ok_or_else(|| invalid(path, "'$ref' must be a string"))?;
             let target = self.resolve_ref(r, path)?;
             self.refs.push(r.to_string());
             let out = self.schema(target, &format!("{path}/$ref"), from, depth + 1);
@@ -250,9 +304,14 @@ impl<'a> Compiler<'a> {
         }
         if let Some(any) = m.get("anyOf") {
             if let Some(other) = constraining.iter().find(|k| **k != "anyOf") {
-                return Err(invalid(path, format!("'anyOf' with sibling keyword '{other}' is unsupported")));
+                return Err(invalid(
+                    path,
+                    format!("'anyOf' with sibling keyword '{other}' is unsupported"),
+                ));
             }
-            let list = any.as_array().ok_or_else(|| invalid(path, "'anyOf' must be an array"))?;
+            let list = any
+                .as_array()
+                .ok_or_else(|| invalid(path, "'anyOf' must be an array"))?;
             if list.is_empty() {
                 return Err(invalid(path, "'anyOf' must not be empty"));
             }
@@ -268,10 +327,17 @@ impl<'a> Compiler<'a> {
 
         let types = self.types(m, path)?;
         // Type-specific keywords must have their type present (never silently ignored).
-        for (kws, t) in [(STRING_KW, "string"), (ARRAY_KW, "array"), (OBJECT_KW, "object")] {
+        for (kws, t) in [
+            (STRING_KW, "string"),
+            (ARRAY_KW, "array"),
+            (OBJECT_KW, "object"),
+        ] {
             for k in kws {
                 if m.contains_key(*k) && !types.as_ref().is_some_and(|ts| ts.contains(&t)) {
-                    return Err(invalid(path, format!("keyword '{k}' requires \"type\": \"{t}\" here")));
+                    return Err(invalid(
+                        path,
+                        format!("keyword '{k}' requires \"type\": \"{t}\" here"),
+                    ));
                 }
             }
         }
@@ -280,7 +346,10 @@ impl<'a> Compiler<'a> {
         if m.contains_key("enum") || m.contains_key("const") {
             for k in &constraining {
                 if !matches!(*k, "enum" | "const" | "type" | "minLength" | "maxLength") {
-                    return Err(invalid(path, format!("'enum'/'const' with sibling keyword '{k}' is unsupported")));
+                    return Err(invalid(
+                        path,
+                        format!("'enum'/'const' with sibling keyword '{k}' is unsupported"),
+                    ));
                 }
             }
             let mut values: Vec<Value> = match m.get("enum") {
@@ -296,11 +365,17 @@ impl<'a> Compiler<'a> {
                 }
             }
             if values.len() > self.budgets.max_enum_values {
-                return Err(GrammarError::Budget { what: "enum values", limit: self.budgets.max_enum_values, path: ptr(path) });
+                return Err(GrammarError::Budget {
+                    what: "enum values",
+                    limit: self.budgets.max_enum_values,
+                    path: ptr(path),
+                });
             }
             // Keep only values the other keywords admit.
             values.retain(|v| {
-                let type_ok = types.as_ref().is_none_or(|ts| ts.iter().any(|t| value_has_type(v, t)));
+                let type_ok = types
+                    .as_ref()
+                    .is_none_or(|ts| ts.iter().any(|t| value_has_type(v, t)));
                 let len_ok = match v.as_str() {
                     Some(s) => {
                         let n = s.chars().count() as u64;
@@ -313,7 +388,10 @@ impl<'a> Compiler<'a> {
             let mut seen = std::collections::HashSet::new();
             values.retain(|v| seen.insert(v.to_string()));
             if values.is_empty() {
-                return Err(invalid(path, "no 'enum'/'const' value satisfies the other keywords"));
+                return Err(invalid(
+                    path,
+                    "no 'enum'/'const' value satisfies the other keywords",
+                ));
             }
             let end = self.node(path)?;
             for v in &values {
@@ -356,17 +434,27 @@ impl<'a> Compiler<'a> {
 
     /// The `type` keyword as a list of names (None when absent).
     fn types(&self, m: &Map<String, Value>, path: &str) -> Result<Option<Vec<&'static str>>> {
-        let Some(t) = m.get("type") else { return Ok(None) };
+        let Some(t) = m.get("type") else {
+            return Ok(None);
+        };
         let names: Vec<&str> = match t {
             Value::String(s) => vec![s.as_str()],
             Value::Array(a) => {
                 let mut v = Vec::new();
                 for x in a {
-                    v.push(x.as_str().ok_or_else(|| invalid(path, "'type' list entries must be strings"))?);
+                    v.push(
+                        x.as_str()
+                            .ok_or_else(|| invalid(path, "'type' list entries must be strings"))?,
+                    );
                 }
                 v
             }
-            _ => return Err(invalid(path, "'type' must be a string or a list of strings")),
+            _ => {
+                return Err(invalid(
+                    path,
+                    "'type' must be a string or a list of strings",
+                ))
+            }
         };
         if names.is_empty() {
             return Err(invalid(path, "'type' must not be an empty list"));
@@ -384,7 +472,13 @@ impl<'a> Compiler<'a> {
         Ok(Some(out))
     }
 
-    fn length_bounds(&self, m: &Map<String, Value>, kmin: &str, kmax: &str, path: &str) -> Result<(u64, Option<u64>)> {
+    fn length_bounds(
+        &self,
+        m: &Map<String, Value>,
+        kmin: &str,
+        kmax: &str,
+        path: &str,
+    ) -> Result<(u64, Option<u64>)> {
         let get = |k: &str| -> Result<Option<u64>> {
             match m.get(k) {
                 None => Ok(None),
@@ -398,7 +492,10 @@ impl<'a> Compiler<'a> {
         let hi = get(kmax)?;
         if let Some(h) = hi {
             if lo > h {
-                return Err(invalid(path, format!("'{kmin}' {lo} is greater than '{kmax}' {h}")));
+                return Err(invalid(
+                    path,
+                    format!("'{kmin}' {lo} is greater than '{kmax}' {h}"),
+                ));
             }
         }
         // Unrolled bounds: fail early with a budget error instead of building huge automata.
@@ -406,7 +503,15 @@ impl<'a> Compiler<'a> {
         for (k, v) in [(kmin, Some(lo)), (kmax, hi)] {
             if let Some(v) = v {
                 if v > limit {
-                    return Err(GrammarError::Budget { what: if k.contains("Items") { "array bound" } else { "string length bound" }, limit: limit as usize, path: format!("{}/{k}", ptr(path)) });
+                    return Err(GrammarError::Budget {
+                        what: if k.contains("Items") {
+                            "array bound"
+                        } else {
+                            "string length bound"
+                        },
+                        limit: limit as usize,
+                        path: format!("{}/{k}", ptr(path)),
+                    });
                 }
             }
         }
@@ -414,7 +519,11 @@ impl<'a> Compiler<'a> {
     }
 
     fn resolve_ref(&self, r: &str, path: &str) -> Result<&'a Value> {
-        let bad = |msg: &str| GrammarError::BadRef { path: ptr(path), reference: r.to_string(), msg: msg.to_string() };
+        let bad = |msg: &str| GrammarError::BadRef {
+            path: ptr(path),
+            reference: r.to_string(),
+            msg: msg.to_string(),
+        };
         if self.refs.iter().any(|x| x == r) {
             return Err(bad("recursive $ref is unsupported"));
         }
@@ -424,7 +533,9 @@ impl<'a> Compiler<'a> {
         if pointer.is_empty() {
             return Err(bad("recursive $ref is unsupported"));
         }
-        self.root.pointer(pointer).ok_or_else(|| bad("does not resolve"))
+        self.root
+            .pointer(pointer)
+            .ok_or_else(|| bad("does not resolve"))
     }
 
     /// `-?(0|[1-9][0-9]{0,17})` for integers; numbers add `(\.[0-9]{1,16})?([eE][+-]?[0-9]{1,2})?`
@@ -494,7 +605,11 @@ impl<'a> Compiler<'a> {
             self.edge(from, ByteSet::range(0xC2, 0xDF), two);
             self.edge(two, cont, to);
             let three = self.node(path)?; // expects 2 more
-            self.edge(from, ByteSet::range(0xE1, 0xEC).union(ByteSet::of(&[0xEE, 0xEF])), three);
+            self.edge(
+                from,
+                ByteSet::range(0xE1, 0xEC).union(ByteSet::of(&[0xEE, 0xEF])),
+                three,
+            );
             let e0 = self.node(path)?;
             self.edge(from, ByteSet::single(0xE0), e0);
             self.edge(e0, ByteSet::range(0xA0, 0xBF), two);
@@ -518,7 +633,9 @@ impl<'a> Compiler<'a> {
         self.byte_edge(from, bs, b'\\', esc);
         self.edge(esc, ByteSet::of(b"\"/bfnrt"), to);
         self.byte_edge(esc, bs, b'\\', to);
-        let hex = ByteSet::range(b'0', b'9').union(ByteSet::range(b'a', b'f')).union(ByteSet::range(b'A', b'F'));
+        let hex = ByteSet::range(b'0', b'9')
+            .union(ByteSet::range(b'a', b'f'))
+            .union(ByteSet::range(b'A', b'F'));
         let u = self.node(path)?;
         self.edge(esc, ByteSet::single(b'u'), u);
         // Non-surrogate: first digit not d/D, or d/D followed by 0-7.
@@ -588,8 +705,19 @@ impl<'a> Compiler<'a> {
         Ok(end)
     }
 
-    fn array(&mut self, m: &Map<String, Value>, from: u32, path: &str, depth: usize) -> Result<u32> {
-        let items = m.get("items").ok_or_else(|| invalid(path, "arrays need 'items' (any-value items are unsupported)"))?;
+    fn array(
+        &mut self,
+        m: &Map<String, Value>,
+        from: u32,
+        path: &str,
+        depth: usize,
+    ) -> Result<u32> {
+        let items = m.get("items").ok_or_else(|| {
+            invalid(
+                path,
+                "arrays need 'items' (any-value items are unsupported)",
+            )
+        })?;
         if items.is_array() {
             return Err(invalid(path, "tuple-form 'items' (a list) is unsupported"));
         }
@@ -629,7 +757,13 @@ impl<'a> Compiler<'a> {
         Ok(end)
     }
 
-    fn object(&mut self, m: &Map<String, Value>, from: u32, path: &str, depth: usize) -> Result<u32> {
+    fn object(
+        &mut self,
+        m: &Map<String, Value>,
+        from: u32,
+        path: &str,
+        depth: usize,
+    ) -> Result<u32> {
         match m.get("additionalProperties") {
             None | Some(Value::Bool(false)) => {}
             Some(_) => {
@@ -644,14 +778,21 @@ impl<'a> Compiler<'a> {
         };
         let mut required = Vec::new();
         if let Some(r) = m.get("required") {
-            let list = r.as_array().ok_or_else(|| invalid(path, "'required' must be an array"))?;
+            let list = r
+                .as_array()
+                .ok_or_else(|| invalid(path, "'required' must be an array"))?;
             for x in list {
-                let name = x.as_str().ok_or_else(|| invalid(path, "'required' entries must be strings"))?;
+                let name = x
+                    .as_str()
+                    .ok_or_else(|| invalid(path, "'required' entries must be strings"))?;
                 if !props.contains_key(name) {
                     return Err(invalid(path, format!("required property '{name}' is not in 'properties' (additional properties are not generated)")));
                 }
                 if required.contains(&name) {
-                    return Err(invalid(path, format!("required property '{name}' listed twice")));
+                    return Err(invalid(
+                        path,
+                        format!("required property '{name}' listed twice"),
+                    ));
                 }
                 required.push(name);
             }

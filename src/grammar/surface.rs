@@ -61,7 +61,11 @@ pub struct SurfaceOptions {
 
 impl Default for SurfaceOptions {
     fn default() -> Self {
-        SurfaceOptions { structural: StructuralMode::Auto, separators: Separators::Python, ascii: true }
+        SurfaceOptions {
+            structural: StructuralMode::Auto,
+            separators: Separators::Python,
+            ascii: true,
+        }
     }
 }
 
@@ -72,7 +76,9 @@ impl SurfaceOptions {
             "auto" => Ok(StructuralMode::Auto),
             "literal" => Ok(StructuralMode::Literal),
             "unk" => Ok(StructuralMode::Unk),
-            _ => Err(GrammarError::Vocab(format!("unknown structural mode '{s}' (auto|literal|unk)"))),
+            _ => Err(GrammarError::Vocab(format!(
+                "unknown structural mode '{s}' (auto|literal|unk)"
+            ))),
         }
     }
 }

@@ -25,13 +25,22 @@ pub fn load_schema(name_or_path: &str) -> Result<Value> {
     if name_or_path == "job" {
         return Ok(job::job_schema());
     }
-    let text = std::fs::read_to_string(name_or_path)
-        .map_err(|e| GrammarError::Io { path: name_or_path.to_string(), source: e })?;
+    let text = std::fs::read_to_string(name_or_path).map_err(|e| GrammarError::Io {
+        path: name_or_path.to_string(),
+        source: e,
+    })?;
     let limit = super::schema::Budgets::default().max_schema_bytes;
     if text.len() > limit {
-        return Err(GrammarError::Budget { what: "schema bytes", limit, path: name_or_path.to_string() });
+        return Err(GrammarError::Budget {
+            what: "schema bytes",
+            limit,
+            path: name_or_path.to_string(),
+        });
     }
-    serde_json::from_str(&text).map_err(|e| GrammarError::Json { what: name_or_path.to_string(), source: e })
+    serde_json::from_str(&text).map_err(|e| GrammarError::Json {
+        what: name_or_path.to_string(),
+        source: e,
+    })
 }
 
 /// splitmix64: a tiny, seedable PRNG (no `rand` dependency).
@@ -133,7 +142,12 @@ pub struct Sample {
 }
 
 /// Draws one document by uniformly random allowed tokens. `mask_ns` receives one timing per mask.
-pub fn random_sample(g: &Arc<Grammar>, max_tokens: u32, rng: &mut SplitMix64, mask_ns: &mut Vec<u32>) -> Result<Sample> {
+pub fn random_sample(
+    g: &Arc<Grammar>,
+    max_tokens: u32,
+    rng: &mut SplitMix64,
+    mask_ns: &mut Vec<u32>,
+) -> Result<Sample> {
     let mut m = Matcher::new(g.clone(), max_tokens);
     let mut buf = vec![0u32; g.mask_words()];
     let mut tokens = Vec::new();
@@ -141,7 +155,9 @@ pub fn random_sample(g: &Arc<Grammar>, max_tokens: u32, rng: &mut SplitMix64, ma
         let t0 = Instant::now();
         m.compute_mask(&mut buf);
         mask_ns.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
-        let Some(tok) = pick_uniform(&buf, rng) else { break };
+        let Some(tok) = pick_uniform(&buf, rng) else {
+            break;
+        };
         m.commit_token(tok)?;
         tokens.push(tok);
         if m.is_finished() {
@@ -149,7 +165,11 @@ pub fn random_sample(g: &Arc<Grammar>, max_tokens: u32, rng: &mut SplitMix64, ma
         }
     }
     let text = g.decode_text(&tokens)?;
-    Ok(Sample { tokens, text, complete: m.is_complete() })
+    Ok(Sample {
+        tokens,
+        text,
+        complete: m.is_complete(),
+    })
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -166,12 +186,22 @@ pub fn grammar_check(opts: &CheckOptions) -> Result<CheckSummary> {
     let vocab = Arc::new(Vocab::from_tokenizer_json(&opts.tokenizer)?);
     vocab.prepare(opts.surface.ascii);
     let t0 = Instant::now();
-    let g = Grammar::compile(&schema, vocab, &CompileOptions { surface: opts.surface, ..Default::default() })?;
+    let g = Grammar::compile(
+        &schema,
+        vocab,
+        &CompileOptions {
+            surface: opts.surface,
+            ..Default::default()
+        },
+    )?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut emit = match &opts.emit {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).map_err(|e| GrammarError::Io { path: p.clone(), source: e })?,
-        )),
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+            |e| GrammarError::Io {
+                path: p.clone(),
+                source: e,
+            },
+        )?)),
         None => None,
     };
     let mut rng = SplitMix64(opts.seed);
@@ -188,13 +218,23 @@ pub fn grammar_check(opts: &CheckOptions) -> Result<CheckSummary> {
             }
         }
         if let Some(w) = emit.as_mut() {
-            writeln!(w, "{}", s.text).map_err(|e| GrammarError::Io { path: opts.emit.clone().unwrap_or_default(), source: e })?;
+            writeln!(w, "{}", s.text).map_err(|e| GrammarError::Io {
+                path: opts.emit.clone().unwrap_or_default(),
+                source: e,
+            })?;
         }
     }
     if let Some(mut w) = emit {
-        w.flush().map_err(|e| GrammarError::Io { path: opts.emit.clone().unwrap_or_default(), source: e })?;
+        w.flush().map_err(|e| GrammarError::Io {
+            path: opts.emit.clone().unwrap_or_default(),
+            source: e,
+        })?;
     }
-    let mean = if times.is_empty() { 0.0 } else { times.iter().map(|&t| t as f64).sum::<f64>() / times.len() as f64 };
+    let mean = if times.is_empty() {
+        0.0
+    } else {
+        times.iter().map(|&t| t as f64).sum::<f64>() / times.len() as f64
+    };
     times.sort_unstable();
     Ok(CheckSummary {
         samples: opts.samples,
@@ -245,7 +285,10 @@ impl BenchSummary {
 
 /// Reads the documents of a bench file (see [`BenchOptions::documents`]).
 pub fn read_documents(path: &str) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).map_err(|e| GrammarError::Io { path: path.to_string(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| GrammarError::Io {
+        path: path.to_string(),
+        source: e,
+    })?;
     let mut out = Vec::new();
     // Also accepted: a whole eval-results file ({"evaluation_results": [{"expected_json": ...}]}).
     if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(&text) {
@@ -253,7 +296,10 @@ pub fn read_documents(path: &str) -> Result<Vec<Value>> {
             for (i, r) in records.iter().enumerate() {
                 if let Some(s) = r.get("expected_json").and_then(Value::as_str) {
                     let what = format!("{path} record {i}");
-                    out.push(serde_json::from_str(s).map_err(|e| GrammarError::Json { what, source: e })?);
+                    out.push(
+                        serde_json::from_str(s)
+                            .map_err(|e| GrammarError::Json { what, source: e })?,
+                    );
                 }
             }
             return Ok(out);
@@ -264,12 +310,24 @@ pub fn read_documents(path: &str) -> Result<Vec<Value>> {
             continue;
         }
         let what = || format!("{path} line {}", i + 1);
-        let v: Value = serde_json::from_str(line).map_err(|e| GrammarError::Json { what: what(), source: e })?;
+        let v: Value = serde_json::from_str(line).map_err(|e| GrammarError::Json {
+            what: what(),
+            source: e,
+        })?;
         let doc = match &v {
-            Value::String(s) => serde_json::from_str(s).map_err(|e| GrammarError::Json { what: what(), source: e })?,
+            Value::String(s) => serde_json::from_str(s).map_err(|e| GrammarError::Json {
+                what: what(),
+                source: e,
+            })?,
             Value::Object(o) if o.get("expected_json").is_some_and(Value::is_string) => {
-                let s = o.get("expected_json").and_then(Value::as_str).unwrap_or_default();
-                serde_json::from_str(s).map_err(|e| GrammarError::Json { what: what(), source: e })?
+                let s = o
+                    .get("expected_json")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                serde_json::from_str(s).map_err(|e| GrammarError::Json {
+                    what: what(),
+                    source: e,
+                })?
             }
             _ => v,
         };
@@ -341,7 +399,14 @@ pub fn grammar_bench(opts: &BenchOptions) -> Result<BenchSummary> {
     let vocab = Arc::new(Vocab::from_tokenizer_json(&opts.tokenizer)?);
     vocab.prepare(opts.surface.ascii);
     let t0 = Instant::now();
-    let g = Grammar::compile(&schema, vocab.clone(), &CompileOptions { surface: opts.surface, ..Default::default() })?;
+    let g = Grammar::compile(
+        &schema,
+        vocab.clone(),
+        &CompileOptions {
+            surface: opts.surface,
+            ..Default::default()
+        },
+    )?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let docs = read_documents(&opts.documents)?;
     let mut times: Vec<u32> = Vec::new();
@@ -353,7 +418,8 @@ pub fn grammar_bench(opts: &BenchOptions) -> Result<BenchSummary> {
             continue;
         }
         let mut tokens = match &opts.encode {
-            Some(enc) => enc(&dumps(doc)).map_err(|e| GrammarError::Vocab(format!("encode failed on document {i}: {e}")))?,
+            Some(enc) => enc(&dumps(doc))
+                .map_err(|e| GrammarError::Vocab(format!("encode failed on document {i}: {e}")))?,
             None => g.greedy_tokenize(doc)?,
         };
         if tokens.last().is_none_or(|t| !vocab.eos_ids().contains(t)) {

@@ -37,10 +37,22 @@ impl Trie {
     /// Builds a trie over the given `(id, bytes)` pairs. Empty byte strings are skipped (a token
     /// that adds no text is never useful inside a document); strings longer than 255 bytes too.
     pub fn new(entries: &[(u32, &[u8])]) -> Trie {
-        let mut sorted: Vec<(u32, &[u8])> =
-            entries.iter().copied().filter(|(_, b)| !b.is_empty() && b.len() <= 255).collect();
+        let mut sorted: Vec<(u32, &[u8])> = entries
+            .iter()
+            .copied()
+            .filter(|(_, b)| !b.is_empty() && b.len() <= 255)
+            .collect();
         sorted.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
-        let mut nodes = vec![Node { next: 0, tok_start: 0, first_tok: 0, tok_len: 0, byte: 0, depth: 0, sub_max: 0, len_mask: 0 }];
+        let mut nodes = vec![Node {
+            next: 0,
+            tok_start: 0,
+            first_tok: 0,
+            tok_len: 0,
+            byte: 0,
+            depth: 0,
+            sub_max: 0,
+            len_mask: 0,
+        }];
         let mut tokens = Vec::with_capacity(sorted.len());
         // path[d] = node index at depth d on the current branch.
         let mut path: Vec<usize> = vec![0];
@@ -57,7 +69,16 @@ impl Trie {
             }
             for (d, &b) in bytes.iter().enumerate().skip(common) {
                 let first_tok = tokens.len() as u32;
-                nodes.push(Node { next: 0, tok_start: 0, first_tok, tok_len: 0, byte: b, depth: (d + 1) as u8, sub_max: 0, len_mask: 0 });
+                nodes.push(Node {
+                    next: 0,
+                    tok_start: 0,
+                    first_tok,
+                    tok_len: 0,
+                    byte: b,
+                    depth: (d + 1) as u8,
+                    sub_max: 0,
+                    len_mask: 0,
+                });
                 path.push(nodes.len() - 1);
             }
             let last = path[path.len() - 1];
@@ -79,7 +100,11 @@ impl Trie {
         for i in path {
             nodes[i].next = end;
         }
-        Trie { nodes, tokens, max_depth }
+        Trie {
+            nodes,
+            tokens,
+            max_depth,
+        }
     }
 
     /// Number of nodes (root included).
@@ -199,12 +224,23 @@ mod tests {
 
     #[test]
     fn walk_prunes_and_finds() {
-        let e: Vec<(u32, &[u8])> = vec![(0, b"a"), (1, b"ab"), (2, b"abc"), (3, b"b"), (4, b"ab"), (5, b"")];
+        let e: Vec<(u32, &[u8])> = vec![
+            (0, b"a"),
+            (1, b"ab"),
+            (2, b"abc"),
+            (3, b"b"),
+            (4, b"ab"),
+            (5, b""),
+        ];
         let t = Trie::new(&e);
         assert_eq!(t.token_count(), 5);
         // Automaton accepting strings over {a, b} only, state 1 everywhere.
         let mut seen = Vec::new();
-        t.walk(1, |_, b| if b == b'a' || b == b'b' { 1 } else { 0 }, |ids, _| seen.extend_from_slice(ids));
+        t.walk(
+            1,
+            |_, b| if b == b'a' || b == b'b' { 1 } else { 0 },
+            |ids, _| seen.extend_from_slice(ids),
+        );
         seen.sort();
         assert_eq!(seen, vec![0, 1, 3, 4]);
         let mut pre = Vec::new();
@@ -213,7 +249,13 @@ mod tests {
         // Cut at depth 1 under 'a': one range holding a, ab, ab, abc.
         let mut ranges = Vec::new();
         let mut single = Vec::new();
-        t.walk_cut(1, |_, _| 1, |_, d, _| d == 1, |a, b, d, _, _| ranges.push((a, b, d)), |ids, _| single.extend_from_slice(ids));
+        t.walk_cut(
+            1,
+            |_, _| 1,
+            |_, d, _| d == 1,
+            |a, b, d, _, _| ranges.push((a, b, d)),
+            |ids, _| single.extend_from_slice(ids),
+        );
         assert!(single.is_empty());
         assert_eq!(ranges.len(), 2);
         let (a, b, _) = ranges[0];

@@ -12,7 +12,13 @@ pub fn validate(schema: &Value, v: &Value) -> std::result::Result<(), String> {
     check(schema, schema, v, "", 0)
 }
 
-fn check(root: &Value, s: &Value, v: &Value, at: &str, depth: usize) -> std::result::Result<(), String> {
+fn check(
+    root: &Value,
+    s: &Value,
+    v: &Value,
+    at: &str,
+    depth: usize,
+) -> std::result::Result<(), String> {
     if depth > 64 {
         return Err(format!("{at}: schema nesting too deep"));
     }
@@ -30,14 +36,20 @@ fn check(root: &Value, s: &Value, v: &Value, at: &str, depth: usize) -> std::res
         check(root, target, v, at, depth + 1)?;
     }
     if let Some(list) = m.get("anyOf").and_then(Value::as_array) {
-        if !list.iter().any(|b| check(root, b, v, at, depth + 1).is_ok()) {
+        if !list
+            .iter()
+            .any(|b| check(root, b, v, at, depth + 1).is_ok())
+        {
             return Err(format!("{at}: matches no anyOf branch"));
         }
     }
     if let Some(t) = m.get("type") {
         let ok = match t {
             Value::String(t) => super::schema::value_has_type(v, t),
-            Value::Array(ts) => ts.iter().filter_map(Value::as_str).any(|t| super::schema::value_has_type(v, t)),
+            Value::Array(ts) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|t| super::schema::value_has_type(v, t)),
             _ => false,
         };
         if !ok {
@@ -56,19 +68,31 @@ fn check(root: &Value, s: &Value, v: &Value, at: &str, depth: usize) -> std::res
     }
     if let Value::String(st) = v {
         let n = st.chars().count() as u64;
-        if m.get("minLength").and_then(Value::as_u64).is_some_and(|lo| n < lo) {
+        if m.get("minLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|lo| n < lo)
+        {
             return Err(format!("{at}: string shorter than minLength"));
         }
-        if m.get("maxLength").and_then(Value::as_u64).is_some_and(|hi| n > hi) {
+        if m.get("maxLength")
+            .and_then(Value::as_u64)
+            .is_some_and(|hi| n > hi)
+        {
             return Err(format!("{at}: string longer than maxLength"));
         }
     }
     if let Value::Array(a) = v {
         let n = a.len() as u64;
-        if m.get("minItems").and_then(Value::as_u64).is_some_and(|lo| n < lo) {
+        if m.get("minItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|lo| n < lo)
+        {
             return Err(format!("{at}: fewer than minItems"));
         }
-        if m.get("maxItems").and_then(Value::as_u64).is_some_and(|hi| n > hi) {
+        if m.get("maxItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|hi| n > hi)
+        {
             return Err(format!("{at}: more than maxItems"));
         }
         if let Some(items) = m.get("items") {
@@ -107,9 +131,13 @@ fn json_eq(a: &Value, b: &Value) -> bool {
             (Some(p), Some(q)) => p == q,
             _ => x == y,
         },
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q)),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_eq(p, q))
+        }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, p)| y.get(k).is_some_and(|q| json_eq(p, q)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, p)| y.get(k).is_some_and(|q| json_eq(p, q)))
         }
         _ => a == b,
     }

@@ -116,22 +116,36 @@ impl Vocab {
         for &e in &eos {
             let e = e as usize;
             if e >= n {
-                return Err(GrammarError::Vocab(format!("EOS id {e} out of range (vocab {n})")));
+                return Err(GrammarError::Vocab(format!(
+                    "EOS id {e} out of range (vocab {n})"
+                )));
             }
             special[e] = true;
         }
         if let Some(u) = unk {
             if u as usize >= n {
-                return Err(GrammarError::Vocab(format!("unk id {u} out of range (vocab {n})")));
+                return Err(GrammarError::Vocab(format!(
+                    "unk id {u} out of range (vocab {n})"
+                )));
             }
             special[u as usize] = true;
         }
-        Ok(Vocab { text, first_text, special, eos, unk, name: String::new(), index: Default::default() })
+        Ok(Vocab {
+            text,
+            first_text,
+            special,
+            eos,
+            unk,
+            name: String::new(),
+            index: Default::default(),
+        })
     }
 
     /// The search structures for ASCII (`ascii = true`) or UTF-8 surfaces, built on first use.
     pub(crate) fn index(&self, ascii: bool) -> Arc<VocabIndex> {
-        self.index[usize::from(!ascii)].get_or_init(|| Arc::new(self.build_index(ascii))).clone()
+        self.index[usize::from(!ascii)]
+            .get_or_init(|| Arc::new(self.build_index(ascii)))
+            .clone()
     }
 
     /// Builds the search structures ahead of time (so the first schema compile does not pay).
@@ -142,7 +156,8 @@ impl Vocab {
 
     fn build_index(&self, ascii: bool) -> VocabIndex {
         let t0 = std::time::Instant::now();
-        let usable_byte = |b: u8| (0x20..=0x7E).contains(&b) || (!ascii && (0x80..=0xF4).contains(&b));
+        let usable_byte =
+            |b: u8| (0x20..=0x7E).contains(&b) || (!ascii && (0x80..=0xF4).contains(&b));
         let words = self.mask_words();
         let mut full = Vec::new();
         let mut structural = Vec::new();
@@ -195,7 +210,9 @@ impl Vocab {
             }
         }
         let max_len = pure.iter().map(|p| p.1).max().unwrap_or(0);
-        let mut pure_by_len: Vec<Box<[u32]>> = (0..=max_len).map(|_| vec![0u32; words].into_boxed_slice()).collect();
+        let mut pure_by_len: Vec<Box<[u32]>> = (0..=max_len)
+            .map(|_| vec![0u32; words].into_boxed_slice())
+            .collect();
         for &(id, len) in &pure {
             pure_by_len[len][id as usize / 32] |= 1 << (id % 32);
         }
@@ -231,8 +248,10 @@ impl Vocab {
             v.name = "tokenizer.json".into();
             return Ok(v);
         }
-        let text = std::fs::read_to_string(path_or_str)
-            .map_err(|e| GrammarError::Io { path: path_or_str.to_string(), source: e })?;
+        let text = std::fs::read_to_string(path_or_str).map_err(|e| GrammarError::Io {
+            path: path_or_str.to_string(),
+            source: e,
+        })?;
         let mut v = Self::from_tokenizer_json_str(&text)?;
         v.name = path_or_str.to_string();
         Ok(v)
@@ -240,8 +259,10 @@ impl Vocab {
 
     /// Parses the JSON text of a `tokenizer.json` (Unigram, BPE or WordLevel models).
     pub fn from_tokenizer_json_str(json: &str) -> Result<Vocab> {
-        let root: Value = serde_json::from_str(json)
-            .map_err(|e| GrammarError::Json { what: "tokenizer.json".into(), source: e })?;
+        let root: Value = serde_json::from_str(json).map_err(|e| GrammarError::Json {
+            what: "tokenizer.json".into(),
+            source: e,
+        })?;
         let bad = |m: &str| GrammarError::Vocab(format!("tokenizer.json: {m}"));
         let model = root.get("model").ok_or_else(|| bad("no 'model'"))?;
         // pieces[id] = piece string from the model vocabulary.
@@ -266,7 +287,10 @@ impl Vocab {
             Some(Value::Object(map)) => {
                 // BPE / WordLevel / WordPiece: {piece: id}.
                 for (p, id) in map {
-                    let id = id.as_u64().ok_or_else(|| bad("vocab id is not an integer"))? as usize;
+                    let id = id
+                        .as_u64()
+                        .ok_or_else(|| bad("vocab id is not an integer"))?
+                        as usize;
                     if id > 10_000_000 {
                         return Err(bad("vocab id too large"));
                     }
@@ -275,18 +299,25 @@ impl Vocab {
             }
             _ => return Err(bad("model.vocab is neither a list nor a map")),
         }
-        let byte_fallback_model = model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false);
+        let byte_fallback_model = model
+            .get("byte_fallback")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         // Added tokens may extend the id range and carry the special flag.
         let mut added_special: HashMap<usize, bool> = HashMap::new();
         if let Some(Value::Array(added)) = root.get("added_tokens") {
             for a in added {
-                let id = a.get("id").and_then(Value::as_u64).ok_or_else(|| bad("added token without id"))?
-                    as usize;
+                let id =
+                    a.get("id")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| bad("added token without id"))? as usize;
                 if id > 10_000_000 {
                     return Err(bad("added token id too large"));
                 }
-                let content =
-                    a.get("content").and_then(Value::as_str).ok_or_else(|| bad("added token without content"))?;
+                let content = a
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("added token without content"))?;
                 let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
                 set_piece(id, content, &mut pieces);
                 added_special.insert(id, special);
@@ -302,9 +333,19 @@ impl Vocab {
         let mut special = vec![false; n];
         let mut eos = Vec::new();
         let mut unk = None;
-        let unk_piece = model.get("unk_token").and_then(Value::as_str).map(str::to_string);
-        let unk_id_model = model.get("unk_id").and_then(Value::as_u64).map(|x| x as usize);
-        let byte_table = if dec.byte_level { Some(byte_level_table()) } else { None };
+        let unk_piece = model
+            .get("unk_token")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let unk_id_model = model
+            .get("unk_id")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize);
+        let byte_table = if dec.byte_level {
+            Some(byte_level_table())
+        } else {
+            None
+        };
         for (id, p) in pieces.iter().enumerate() {
             let Some(p) = p else {
                 // Hole in the id space: an unusable token.
@@ -316,10 +357,18 @@ impl Vocab {
             let is_special = added_special.get(&id).copied().unwrap_or(false);
             if is_special {
                 special[id] = true;
-                if p == "</s>" || p == "<|endoftext|>" || p == "<|im_end|>" || p == "<|eot_id|>" || p == "<eos>" {
+                if p == "</s>"
+                    || p == "<|endoftext|>"
+                    || p == "<|im_end|>"
+                    || p == "<|eot_id|>"
+                    || p == "<eos>"
+                {
                     eos.push(id as u32);
                 }
-                if p == "<unk>" || unk_piece.as_deref() == Some(p.as_str()) || unk_id_model == Some(id) {
+                if p == "<unk>"
+                    || unk_piece.as_deref() == Some(p.as_str())
+                    || unk_id_model == Some(id)
+                {
                     unk = Some(id as u32);
                 }
                 text.push(Vec::new());
@@ -356,7 +405,11 @@ impl Vocab {
                 (out, f)
             } else if let Some(b) = parse_byte_piece(p).filter(|_| byte_fallback) {
                 let t = vec![b];
-                let f = if dec.leading == LeadingSpace::StripOne && b == b' ' { Vec::new() } else { t.clone() };
+                let f = if dec.leading == LeadingSpace::StripOne && b == b' ' {
+                    Vec::new()
+                } else {
+                    t.clone()
+                };
                 (t, f)
             } else {
                 let t: Vec<u8> = p.replace('\u{2581}', " ").into_bytes();
@@ -412,26 +465,39 @@ impl Vocab {
 
     /// Decoded bytes of a token (not first position). Empty for special tokens.
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.text.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+        self.text
+            .get(id as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Decoded bytes of a token as the first generated token.
     pub fn first_token_bytes(&self, id: u32) -> &[u8] {
-        self.first_text.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+        self.first_text
+            .get(id as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Is there a non-special token whose text is exactly this one character?
     pub fn can_spell_char(&self, c: char) -> bool {
         let mut buf = [0u8; 4];
         let s = c.encode_utf8(&mut buf).as_bytes();
-        self.text.iter().zip(&self.special).any(|(t, &sp)| !sp && t.as_slice() == s)
+        self.text
+            .iter()
+            .zip(&self.special)
+            .any(|(t, &sp)| !sp && t.as_slice() == s)
     }
 
     /// The decoded text of a token sequence by this module's rule (specials, EOS and `<unk>` omitted).
     pub fn decode_lossy(&self, ids: &[u32]) -> String {
         let mut out = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { self.first_token_bytes(id) } else { self.token_bytes(id) });
+            out.extend_from_slice(if i == 0 {
+                self.first_token_bytes(id)
+            } else {
+                self.token_bytes(id)
+            });
         }
         String::from_utf8_lossy(&out).into_owned()
     }
@@ -446,7 +512,11 @@ struct DecoderInfo {
 
 impl DecoderInfo {
     fn from_json(d: &Value) -> DecoderInfo {
-        let mut info = DecoderInfo { leading: LeadingSpace::Keep, byte_fallback: false, byte_level: false };
+        let mut info = DecoderInfo {
+            leading: LeadingSpace::Keep,
+            byte_fallback: false,
+            byte_level: false,
+        };
         info.visit(d);
         info
     }
@@ -465,7 +535,10 @@ impl DecoderInfo {
                 let prepend = match d.get("prepend_scheme").and_then(Value::as_str) {
                     Some("never") => false,
                     Some(_) => true,
-                    None => d.get("add_prefix_space").and_then(Value::as_bool).unwrap_or(true),
+                    None => d
+                        .get("add_prefix_space")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true),
                 };
                 if prepend {
                     self.leading = LeadingSpace::MetaspaceFirst;
@@ -500,7 +573,8 @@ fn byte_level_table() -> HashMap<char, u8> {
     let mut map = HashMap::new();
     let mut n = 0u32;
     for b in 0u32..256 {
-        let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable =
+            (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
         let c = if printable {
             b
         } else {

@@ -31,22 +31,44 @@ impl LoraAdapter {
     pub fn load(dir: &Path, name: &str) -> Result<Self> {
         let cp = dir.join("adapter_config.json");
         let text = std::fs::read_to_string(&cp).map_err(|e| Error::io(&cp, e))?;
-        let c: serde_json::Value = serde_json::from_str(&text).map_err(|e| cfg_err(&cp, e.to_string()))?;
-        let pt = c.get("peft_type").and_then(|v| v.as_str()).unwrap_or("LORA");
+        let c: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| cfg_err(&cp, e.to_string()))?;
+        let pt = c
+            .get("peft_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("LORA");
         if pt != "LORA" {
-            return Err(cfg_err(&cp, format!("peft_type `{pt}` is not supported (only LORA)")));
+            return Err(cfg_err(
+                &cp,
+                format!("peft_type `{pt}` is not supported (only LORA)"),
+            ));
         }
-        let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| cfg_err(&cp, "missing `r`"))? as usize;
+        let r = c
+            .get("r")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| cfg_err(&cp, "missing `r`"))? as usize;
         let alpha = c.get("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(8.0);
-        let rslora = c.get("use_rslora").and_then(|v| v.as_bool()).unwrap_or(false);
-        if c.get("fan_in_fan_out").and_then(|v| v.as_bool()).unwrap_or(false) {
+        let rslora = c
+            .get("use_rslora")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        if c.get("fan_in_fan_out")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
             return Err(cfg_err(&cp, "fan_in_fan_out = true is for Conv1D (GPT-2) layers; T5 and Mistral use nn.Linear: the adapter does not fit"));
         }
         let bias = c.get("bias").and_then(|v| v.as_str()).unwrap_or("none");
         if bias != "none" {
-            return Err(cfg_err(&cp, format!("bias = `{bias}` is not supported (only \"none\")")));
+            return Err(cfg_err(
+                &cp,
+                format!("bias = `{bias}` is not supported (only \"none\")"),
+            ));
         }
-        if c.get("lora_bias").and_then(|v| v.as_bool()).unwrap_or(false) {
+        if c.get("lora_bias")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
             return Err(cfg_err(&cp, "lora_bias = true is not supported"));
         }
         if c.get("use_dora").and_then(|v| v.as_bool()).unwrap_or(false) {
@@ -54,18 +76,32 @@ impl LoraAdapter {
         }
         if let Some(m) = c.get("modules_to_save") {
             if !m.is_null() && m.as_array().map(|a| !a.is_empty()).unwrap_or(true) {
-                return Err(cfg_err(&cp, format!("modules_to_save = {m} is not supported yet (fully trained extra modules)")));
+                return Err(cfg_err(
+                    &cp,
+                    format!(
+                        "modules_to_save = {m} is not supported yet (fully trained extra modules)"
+                    ),
+                ));
             }
         }
         let (target_modules, target_regex) = match c.get("target_modules") {
-            Some(serde_json::Value::Array(a)) => (a.iter().filter_map(|x| x.as_str().map(String::from)).collect(), None),
+            Some(serde_json::Value::Array(a)) => (
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+                None,
+            ),
             Some(serde_json::Value::String(s)) => (vec![], Some(s.clone())),
             _ => (vec![], None),
         };
         let patterns = |key: &str| -> Vec<(String, f64)> {
             c.get(key)
                 .and_then(|v| v.as_object())
-                .map(|o| o.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x))).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| v.as_f64().map(|x| (k.clone(), x)))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let rank_pat = patterns("rank_pattern");
@@ -74,7 +110,10 @@ impl LoraAdapter {
         if !wp.exists() {
             return Err(Error::Io {
                 path: wp,
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "adapter_model.safetensors not found (.bin adapters are not supported)"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "adapter_model.safetensors not found (.bin adapters are not supported)",
+                ),
             });
         }
         let ck = Checkpoint::open_files(&[wp.clone()], &wp.display().to_string())?;
@@ -83,9 +122,15 @@ impl LoraAdapter {
             let Some(rest) = key.strip_prefix("base_model.model.") else {
                 return Err(cfg_err(&wp, format!("unexpected tensor `{key}` (expected base_model.model.<module>.lora_A/B.weight)")));
             };
-            let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A.weight").or_else(|| rest.strip_suffix(".lora_A.default.weight")) {
+            let (module, which) = if let Some(m) = rest
+                .strip_suffix(".lora_A.weight")
+                .or_else(|| rest.strip_suffix(".lora_A.default.weight"))
+            {
                 (m.to_string(), 'A')
-            } else if let Some(m) = rest.strip_suffix(".lora_B.weight").or_else(|| rest.strip_suffix(".lora_B.default.weight")) {
+            } else if let Some(m) = rest
+                .strip_suffix(".lora_B.weight")
+                .or_else(|| rest.strip_suffix(".lora_B.default.weight"))
+            {
                 (m.to_string(), 'B')
             } else {
                 return Err(cfg_err(&wp, format!("tensor `{key}` is not a LoRA A/B weight (lora_embedding, bias or saved modules are not supported)")));
@@ -94,31 +139,68 @@ impl LoraAdapter {
                 continue;
             }
             let a = ck.f32_any(&key)?;
-            let bkey = [format!("base_model.model.{module}.lora_B.weight"), format!("base_model.model.{module}.lora_B.default.weight")]
-                .into_iter()
-                .find(|k| ck.contains(k))
-                .ok_or_else(|| cfg_err(&wp, format!("`{module}` has lora_A but no lora_B")))?;
+            let bkey = [
+                format!("base_model.model.{module}.lora_B.weight"),
+                format!("base_model.model.{module}.lora_B.default.weight"),
+            ]
+            .into_iter()
+            .find(|k| ck.contains(k))
+            .ok_or_else(|| cfg_err(&wp, format!("`{module}` has lora_A but no lora_B")))?;
             let b = ck.f32_any(&bkey)?;
             if a.shape.len() != 2 || b.shape.len() != 2 {
-                return Err(cfg_err(&wp, format!("`{module}`: LoRA weights must be 2-D, got A {:?} B {:?}", a.shape, b.shape)));
+                return Err(cfg_err(
+                    &wp,
+                    format!(
+                        "`{module}`: LoRA weights must be 2-D, got A {:?} B {:?}",
+                        a.shape, b.shape
+                    ),
+                ));
             }
             if a.shape[0] != b.shape[1] {
                 return Err(cfg_err(&wp, format!("`{module}`: rank mismatch: lora_A is {:?} (r = {}) but lora_B is {:?} (r = {})", a.shape, a.shape[0], b.shape, b.shape[1])));
             }
             let pat_match = |pats: &[(String, f64)]| -> Option<f64> {
-                pats.iter().find(|(k, _)| regex::Regex::new(&format!(r"^(.*\.)?({k})$")).map(|re| re.is_match(&module)).unwrap_or(false)).map(|(_, v)| *v)
+                pats.iter()
+                    .find(|(k, _)| {
+                        regex::Regex::new(&format!(r"^(.*\.)?({k})$"))
+                            .map(|re| re.is_match(&module))
+                            .unwrap_or(false)
+                    })
+                    .map(|(_, v)| *v)
             };
             let rr = pat_match(&rank_pat).map(|x| x as usize).unwrap_or(r);
             if rr != a.shape[0] {
-                return Err(cfg_err(&wp, format!("`{module}`: the config says r = {rr} but lora_A has rank {}", a.shape[0])));
+                return Err(cfg_err(
+                    &wp,
+                    format!(
+                        "`{module}`: the config says r = {rr} but lora_A has rank {}",
+                        a.shape[0]
+                    ),
+                ));
             }
             let al = pat_match(&alpha_pat).unwrap_or(alpha);
-            let scale = if rslora { al / (rr as f64).sqrt() } else { al / rr as f64 } as f32;
-            modules.insert(module.clone(), (a.shape.clone(), a.as_slice().to_vec(), b.shape.clone(), b.as_slice().to_vec(), scale));
+            let scale = if rslora {
+                al / (rr as f64).sqrt()
+            } else {
+                al / rr as f64
+            } as f32;
+            modules.insert(
+                module.clone(),
+                (
+                    a.shape.clone(),
+                    a.as_slice().to_vec(),
+                    b.shape.clone(),
+                    b.as_slice().to_vec(),
+                    scale,
+                ),
+            );
         }
         for key in ck.names() {
             if key.contains(".lora_B.") {
-                let m = key.trim_start_matches("base_model.model.").replace(".lora_B.default.weight", "").replace(".lora_B.weight", "");
+                let m = key
+                    .trim_start_matches("base_model.model.")
+                    .replace(".lora_B.default.weight", "")
+                    .replace(".lora_B.weight", "");
                 if !modules.contains_key(&m) {
                     return Err(cfg_err(&wp, format!("`{m}` has lora_B but no lora_A")));
                 }
@@ -127,7 +209,13 @@ impl LoraAdapter {
         if modules.is_empty() {
             return Err(cfg_err(&wp, "the adapter holds no LoRA weights"));
         }
-        Ok(LoraAdapter { name: name.to_string(), dir: dir.to_path_buf(), modules, target_modules, target_regex })
+        Ok(LoraAdapter {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            modules,
+            target_modules,
+            target_regex,
+        })
     }
 
     /// Attach to `model` in adapter slot `slot`. Every adapter module must be a linear layer of the
@@ -136,7 +224,10 @@ impl LoraAdapter {
         let mut lins = model.linears_mut();
         let names: Vec<String> = lins.iter().map(|l| l.name.clone()).collect();
         for t in &self.target_modules {
-            if !names.iter().any(|n| n == t || n.ends_with(&format!(".{t}"))) {
+            if !names
+                .iter()
+                .any(|n| n == t || n.ends_with(&format!(".{t}")))
+            {
                 return Err(Error::config(
                     self.dir.join("adapter_config.json"),
                     format!("target module `{t}` matches no linear layer of the model"),
@@ -146,7 +237,12 @@ impl LoraAdapter {
         let mut attached = 0;
         for (module, (ashape, a, bshape, b, scale)) in &self.modules {
             let lin = lins.iter_mut().find(|l| &l.name == module).ok_or_else(|| {
-                Error::config(self.dir.join("adapter_model.safetensors"), format!("the adapter targets `{module}`, which is not a linear layer of this model"))
+                Error::config(
+                    self.dir.join("adapter_model.safetensors"),
+                    format!(
+                        "the adapter targets `{module}`, which is not a linear layer of this model"
+                    ),
+                )
             })?;
             if ashape[1] != lin.in_f || bshape[0] != lin.out_f {
                 return Err(Error::config(
@@ -160,7 +256,12 @@ impl LoraAdapter {
             if lin.loras.len() <= slot {
                 lin.loras.resize(slot + 1, None);
             }
-            lin.loras[slot] = Some(Lora { a: a.clone(), b: b.clone(), r: ashape[0], scale: *scale });
+            lin.loras[slot] = Some(Lora {
+                a: a.clone(),
+                b: b.clone(),
+                r: ashape[0],
+                scale: *scale,
+            });
             attached += 1;
         }
         Ok(attached)

@@ -29,14 +29,40 @@ pub struct Linear {
 impl Linear {
     pub fn new(w: WeightTensor) -> Self {
         let (out_f, in_f) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
-        let name = w.name.strip_suffix(".weight").unwrap_or(&w.name).to_string();
-        Linear { name, w, out_f, in_f, loras: Vec::new() }
+        let name = w
+            .name
+            .strip_suffix(".weight")
+            .unwrap_or(&w.name)
+            .to_string();
+        Linear {
+            name,
+            w,
+            out_f,
+            in_f,
+            loras: Vec::new(),
+        }
     }
 
     /// out[m, out_f] (+)= x[m, in_f]·Wᵀ (+ LoRA of `adapter`). `tmp` is scratch.
     #[inline]
-    pub fn fwd(&self, x: &[f32], m: usize, out: &mut [f32], accumulate: bool, adapter: Option<usize>, tmp: &mut Vec<f32>) {
-        matmul_wt(x, m, self.in_f, self.w.as_slice(), self.out_f, out, accumulate);
+    pub fn fwd(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        accumulate: bool,
+        adapter: Option<usize>,
+        tmp: &mut Vec<f32>,
+    ) {
+        matmul_wt(
+            x,
+            m,
+            self.in_f,
+            self.w.as_slice(),
+            self.out_f,
+            out,
+            accumulate,
+        );
         if let Some(Some(l)) = adapter.and_then(|a| self.loras.get(a)) {
             // (x·Aᵀ) [m, r], scaled, then ·Bᵀ accumulated into out
             tmp.resize(m * l.r, 0.0);
@@ -48,7 +74,9 @@ impl Linear {
 
     /// W' = W + scale·B·A for adapter `slot` (merged mode); the LoRA pair is then dropped.
     pub fn merge(&mut self, slot: usize) {
-        let Some(Some(l)) = self.loras.get(slot).cloned() else { return };
+        let Some(Some(l)) = self.loras.get(slot).cloned() else {
+            return;
+        };
         let mut w = self.w.as_slice().to_vec();
         for o in 0..self.out_f {
             for rr in 0..l.r {

@@ -17,9 +17,15 @@ use crate::models::linear::{HasLinears, Linear};
 use serde::Deserialize;
 use std::path::Path;
 
-fn d_eps() -> f64 { 1e-5 }
-fn d_theta() -> f64 { 10000.0 }
-fn d_silu() -> String { "silu".into() }
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_theta() -> f64 {
+    10000.0
+}
+fn d_silu() -> String {
+    "silu".into()
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MistralConfig {
@@ -64,28 +70,49 @@ pub struct MistralConfig {
 
 impl MistralConfig {
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::config(path, e.to_string()))?;
-        let mt = v.get("model_type").and_then(|x| x.as_str()).unwrap_or("mistral");
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::config(path, e.to_string()))?;
+        let mt = v
+            .get("model_type")
+            .and_then(|x| x.as_str())
+            .unwrap_or("mistral");
         match mt {
             "mistral" | "llama" => {}
             "mixtral" => return Err(Error::config(path, "model_type `mixtral` (mixture of experts) is not supported: only dense Mistral/Llama decoders")),
             o => return Err(Error::config(path, format!("model_type `{o}` is not a Mistral/Llama decoder"))),
         }
         if v.get("num_local_experts").is_some() {
-            return Err(Error::config(path, "mixture-of-experts configs (num_local_experts) are not supported"));
+            return Err(Error::config(
+                path,
+                "mixture-of-experts configs (num_local_experts) are not supported",
+            ));
         }
-        let mut c: MistralConfig = serde_json::from_value(v).map_err(|e| Error::config(path, e.to_string()))?;
+        let mut c: MistralConfig =
+            serde_json::from_value(v).map_err(|e| Error::config(path, e.to_string()))?;
         if c.hidden_act != "silu" {
-            return Err(Error::config(path, format!("hidden_act `{}` is not supported (silu)", c.hidden_act)));
+            return Err(Error::config(
+                path,
+                format!("hidden_act `{}` is not supported (silu)", c.hidden_act),
+            ));
         }
         if c.attention_bias == Some(true) || c.mlp_bias == Some(true) {
-            return Err(Error::config(path, "attention_bias / mlp_bias = true is not supported"));
+            return Err(Error::config(
+                path,
+                "attention_bias / mlp_bias = true is not supported",
+            ));
         }
         let scaling = c.rope_scaling.clone().or_else(|| c.rope_parameters.clone());
         if let Some(s) = scaling {
-            let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|x| x.as_str()).unwrap_or("default");
+            let ty = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(|x| x.as_str())
+                .unwrap_or("default");
             if ty != "default" {
-                return Err(Error::config(path, format!("rope scaling `{ty}` is not supported (only default RoPE)")));
+                return Err(Error::config(
+                    path,
+                    format!("rope scaling `{ty}` is not supported (only default RoPE)"),
+                ));
             }
             if c.rope_theta.is_none() {
                 c.rope_theta = s.get("rope_theta").and_then(|x| x.as_f64());
@@ -95,14 +122,25 @@ impl MistralConfig {
         if c.use_sliding_window == Some(false) {
             c.sliding_window = None;
         }
-        for (n, x) in [("hidden_size", c.hidden_size), ("num_attention_heads", c.num_attention_heads), ("vocab_size", c.vocab_size), ("num_hidden_layers", c.num_hidden_layers)] {
+        for (n, x) in [
+            ("hidden_size", c.hidden_size),
+            ("num_attention_heads", c.num_attention_heads),
+            ("vocab_size", c.vocab_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+        ] {
             if x == 0 {
                 return Err(Error::config(path, format!("`{n}` must be positive")));
             }
         }
         let kv = c.kv_heads();
         if kv == 0 || c.num_attention_heads % kv != 0 {
-            return Err(Error::config(path, format!("num_attention_heads {} is not a multiple of num_key_value_heads {kv}", c.num_attention_heads)));
+            return Err(Error::config(
+                path,
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
+                    c.num_attention_heads
+                ),
+            ));
         }
         if c.head_dim() % 2 != 0 {
             return Err(Error::config(path, "head_dim must be even for RoPE"));
@@ -113,15 +151,21 @@ impl MistralConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
     pub fn theta(&self) -> f64 {
         self.rope_theta.unwrap_or(d_theta())
     }
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+            Some(serde_json::Value::Number(n)) => {
+                n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+            }
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
             _ => vec![2],
         }
     }
@@ -141,18 +185,26 @@ struct Layer {
 
 pub struct MistralModel {
     pub cfg: MistralConfig,
-    embed: WeightTensor,         // model.embed_tokens [vocab, hidden]
+    embed: WeightTensor, // model.embed_tokens [vocab, hidden]
     layers: Vec<Layer>,
-    norm: WeightTensor,          // model.norm [hidden]
-    lm_head: Option<Linear>,     // lm_head [vocab, hidden] (None: tied to embed_tokens)
-    inv_freq: Vec<f32>,          // [head_dim / 2]
+    norm: WeightTensor,      // model.norm [hidden]
+    lm_head: Option<Linear>, // lm_head [vocab, hidden] (None: tied to embed_tokens)
+    inv_freq: Vec<f32>,      // [head_dim / 2]
 }
 
 impl HasLinears for MistralModel {
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = Vec::new();
         for l in self.layers.iter_mut() {
-            v.extend([&mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down]);
+            v.extend([
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]);
         }
         if let Some(h) = self.lm_head.as_mut() {
             v.push(h);
@@ -163,7 +215,14 @@ impl HasLinears for MistralModel {
 
 impl MistralModel {
     pub fn load(cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
-        let (hd, h, kv, hid, inter, v) = (cfg.head_dim(), cfg.num_attention_heads, cfg.kv_heads(), cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (hd, h, kv, hid, inter, v) = (
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
         let lin = |n: &str, s: &[usize]| -> Result<Linear> { Ok(Linear::new(ck.f32(n, s)?)) };
         let embed = ck.f32("model.embed_tokens.weight", &[v, hid])?;
         let mut layers = Vec::new();
@@ -181,14 +240,30 @@ impl MistralModel {
                 down: lin(&format!("{p}.mlp.down_proj.weight"), &[hid, inter])?,
             });
         }
-        if ck.contains(&format!("model.layers.{}.input_layernorm.weight", cfg.num_hidden_layers)) {
+        if ck.contains(&format!(
+            "model.layers.{}.input_layernorm.weight",
+            cfg.num_hidden_layers
+        )) {
             return Err(Error::config("config.json", "the checkpoint has more layers than num_hidden_layers: config and weights do not belong together"));
         }
         let norm = ck.f32("model.norm.weight", &[hid])?;
-        let lm_head = if cfg.tie_word_embeddings && !ck.contains("lm_head.weight") { None } else { Some(lin("lm_head.weight", &[v, hid])?) };
+        let lm_head = if cfg.tie_word_embeddings && !ck.contains("lm_head.weight") {
+            None
+        } else {
+            Some(lin("lm_head.weight", &[v, hid])?)
+        };
         // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in f32
-        let inv_freq = (0..hd / 2).map(|i| 1.0f32 / (cfg.theta() as f32).powf((2 * i) as f32 / hd as f32)).collect();
-        Ok(MistralModel { cfg, embed, layers, norm, lm_head, inv_freq })
+        let inv_freq = (0..hd / 2)
+            .map(|i| 1.0f32 / (cfg.theta() as f32).powf((2 * i) as f32 / hd as f32))
+            .collect();
+        Ok(MistralModel {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
     }
 
     pub fn load_dir(dir: &Path) -> Result<Self> {
@@ -205,8 +280,12 @@ impl MistralModel {
             rows,
             len: 0,
             cap,
-            k: (0..self.layers.len()).map(|_| vec![0.0; rows * kv * cap * hd]).collect(),
-            v: (0..self.layers.len()).map(|_| vec![0.0; rows * kv * cap * hd]).collect(),
+            k: (0..self.layers.len())
+                .map(|_| vec![0.0; rows * kv * cap * hd])
+                .collect(),
+            v: (0..self.layers.len())
+                .map(|_| vec![0.0; rows * kv * cap * hd])
+                .collect(),
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapter: None,
@@ -223,13 +302,15 @@ impl MistralModel {
         for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
             let mut nb = vec![0.0f32; st.rows * kv * nc * hd];
             for r in 0..st.rows * kv {
-                nb[r * nc * hd..r * nc * hd + st.len * hd].copy_from_slice(&buf[r * st.cap * hd..r * st.cap * hd + st.len * hd]);
+                nb[r * nc * hd..r * nc * hd + st.len * hd]
+                    .copy_from_slice(&buf[r * st.cap * hd..r * st.cap * hd + st.len * hd]);
             }
             *buf = nb;
         }
         let mut km = vec![0u8; st.rows * nc];
         for r in 0..st.rows {
-            km[r * nc..r * nc + st.len].copy_from_slice(&st.key_mask[r * st.cap..r * st.cap + st.len]);
+            km[r * nc..r * nc + st.len]
+                .copy_from_slice(&st.key_mask[r * st.cap..r * st.cap + st.len]);
         }
         st.key_mask = km;
         st.cap = nc;
@@ -238,7 +319,10 @@ impl MistralModel {
     /// Row r continues old row `parents[r]`.
     pub fn select_rows(&self, st: &mut MistralState, parents: &[usize]) -> Result<()> {
         if let Some(&bad) = parents.iter().find(|&&p| p >= st.rows) {
-            return Err(Error::Input(format!("select_rows: parent {bad} >= {} rows", st.rows)));
+            return Err(Error::Input(format!(
+                "select_rows: parent {bad} >= {} rows",
+                st.rows
+            )));
         }
         if parents.len() == st.rows && parents.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(());
@@ -255,7 +339,10 @@ impl MistralModel {
             }
             *buf = nb;
         }
-        st.key_mask = parents.iter().flat_map(|&p| st.key_mask[p * cap..(p + 1) * cap].to_vec()).collect();
+        st.key_mask = parents
+            .iter()
+            .flat_map(|&p| st.key_mask[p * cap..(p + 1) * cap].to_vec())
+            .collect();
         st.next_pos = parents.iter().map(|&p| st.next_pos[p]).collect();
         st.rows = parents.len();
         Ok(())
@@ -264,12 +351,31 @@ impl MistralModel {
     /// Feed `t_new` tokens per row (`ids` [rows, t_new], `mask` same shape: 0 = left padding) and
     /// append them to the cache. Position ids continue each row's count of real tokens.
     /// Writes logits for all new positions (`all`) or only the last one.
-    pub fn forward(&self, st: &mut MistralState, ids: &[u32], mask: &[u8], t_new: usize, all: bool, logits: &mut Vec<f32>) -> Result<()> {
+    pub fn forward(
+        &self,
+        st: &mut MistralState,
+        ids: &[u32],
+        mask: &[u8],
+        t_new: usize,
+        all: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let c = &self.cfg;
-        let (hid, hd, h, kv, inter, vsz) = (c.hidden_size, c.head_dim(), c.num_attention_heads, c.kv_heads(), c.intermediate_size, c.vocab_size);
+        let (hid, hd, h, kv, inter, vsz) = (
+            c.hidden_size,
+            c.head_dim(),
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.intermediate_size,
+            c.vocab_size,
+        );
         let rows = st.rows;
         if ids.len() != rows * t_new || mask.len() != ids.len() || t_new == 0 {
-            return Err(Error::Input(format!("forward: {} ids / {} mask for {rows} rows × {t_new}", ids.len(), mask.len())));
+            return Err(Error::Input(format!(
+                "forward: {} ids / {} mask for {rows} rows × {t_new}",
+                ids.len(),
+                mask.len()
+            )));
         }
         let p0 = st.len;
         self.grow(st, p0 + t_new);
@@ -290,7 +396,9 @@ impl MistralModel {
         for (i, &t) in ids.iter().enumerate() {
             let t = t as usize;
             if t >= vsz {
-                return Err(Error::Input(format!("token id {t} is outside the vocabulary (size {vsz})")));
+                return Err(Error::Input(format!(
+                    "token id {t} is outside the vocabulary (size {vsz})"
+                )));
             }
             s.x[i * hid..(i + 1) * hid].copy_from_slice(&table[t * hid..(t + 1) * hid]);
         }
@@ -308,10 +416,31 @@ impl MistralModel {
                 }
             }
         }
-        let amod = DecMod { key_mask: &st.key_mask, cap, p0, window: c.sliding_window, scale: (hd as f32).powf(-0.5) };
-        let shape = AttnShape { batch: rows, heads: h, kv_heads: kv, tq: t_new, tk: p0 + t_new, dk: hd };
-        let qview = View { sb: t_new * h * hd, sh: hd, st: h * hd };
-        let cview = View { sb: kv * cap * hd, sh: cap * hd, st: hd };
+        let amod = DecMod {
+            key_mask: &st.key_mask,
+            cap,
+            p0,
+            window: c.sliding_window,
+            scale: (hd as f32).powf(-0.5),
+        };
+        let shape = AttnShape {
+            batch: rows,
+            heads: h,
+            kv_heads: kv,
+            tq: t_new,
+            tk: p0 + t_new,
+            dk: hd,
+        };
+        let qview = View {
+            sb: t_new * h * hd,
+            sh: hd,
+            st: h * hd,
+        };
+        let cview = View {
+            sb: kv * cap * hd,
+            sh: cap * hd,
+            st: hd,
+        };
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&s.x, l.input_ln.as_slice(), eps, &mut s.n);
             l.q.fwd(&s.n, m, &mut s.q, false, ad, &mut s.tmp);
@@ -330,12 +459,26 @@ impl MistralModel {
                     }
                 }
             }
-            attention(&shape, &s.q, qview, kc, cview, vc, cview, &|b| b, &amod, &mut s.ctx, &mut s.sc);
+            attention(
+                &shape,
+                &s.q,
+                qview,
+                kc,
+                cview,
+                vc,
+                cview,
+                &|b| b,
+                &amod,
+                &mut s.ctx,
+                &mut s.sc,
+            );
             l.o.fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.tmp);
             rms_norm(&s.x, l.post_ln.as_slice(), eps, &mut s.n);
             l.gate.fwd(&s.n, m, &mut s.g, false, ad, &mut s.tmp);
             l.up.fwd(&s.n, m, &mut s.u, false, ad, &mut s.tmp);
-            s.g.iter_mut().zip(&s.u).for_each(|(g, &u)| *g = silu(*g) * u);
+            s.g.iter_mut()
+                .zip(&s.u)
+                .for_each(|(g, &u)| *g = silu(*g) * u);
             l.down.fwd(&s.g, m, &mut s.x, true, ad, &mut s.tmp);
         }
         rms_norm(&s.x, self.norm.as_slice(), eps, &mut s.n);
@@ -343,7 +486,9 @@ impl MistralModel {
         logits.resize(hrows * vsz, 0.0);
         match &self.lm_head {
             Some(hd_lin) => hd_lin.fwd(hin, hrows, logits, false, ad, &mut s.tmp),
-            None => crate::cpu::matmul_wt(hin, hrows, hid, self.embed.as_slice(), vsz, logits, false),
+            None => {
+                crate::cpu::matmul_wt(hin, hrows, hid, self.embed.as_slice(), vsz, logits, false)
+            }
         }
         st.len = p0 + t_new;
         st.scratch = s;
@@ -382,7 +527,9 @@ impl ScoreMod for DecMod<'_> {
         let qpos = self.p0 + i;
         // causal, padding, and the sliding window over cache slots (slots = absolute positions
         // for every row since all rows advance together)
-        j <= qpos && self.key_mask[b * self.cap + j] != 0 && self.window.map(|w| qpos - j < w).unwrap_or(true)
+        j <= qpos
+            && self.key_mask[b * self.cap + j] != 0
+            && self.window.map(|w| qpos - j < w).unwrap_or(true)
     }
     fn scale(&self) -> f32 {
         self.scale
@@ -428,19 +575,37 @@ pub struct MistralStepper<'a> {
 
 impl<'a> MistralStepper<'a> {
     /// `prompts` are left-padded to one length with `mask`; `beams` copies each row for beam search.
-    pub fn new(model: &'a MistralModel, ids: &[u32], mask: &[u8], batch: usize, seq: usize, beams: usize, capacity: usize, adapter: Option<usize>) -> Result<Self> {
+    pub fn new(
+        model: &'a MistralModel,
+        ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        beams: usize,
+        capacity: usize,
+        adapter: Option<usize>,
+    ) -> Result<Self> {
         let mut state = model.new_state(batch, seq + capacity);
         state.adapter = adapter;
         let mut logits = Vec::new();
         model.forward(&mut state, ids, mask, seq, false, &mut logits)?;
         let k = beams.max(1);
         if k > 1 {
-            let parents: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat(b).take(k)).collect();
+            let parents: Vec<usize> = (0..batch)
+                .flat_map(|b| std::iter::repeat(b).take(k))
+                .collect();
             model.select_rows(&mut state, &parents)?;
             let v = model.cfg.vocab_size;
-            logits = parents.iter().flat_map(|&p| logits[p * v..(p + 1) * v].to_vec()).collect();
+            logits = parents
+                .iter()
+                .flat_map(|&p| logits[p * v..(p + 1) * v].to_vec())
+                .collect();
         }
-        Ok(MistralStepper { model, state, pending: Some(logits) })
+        Ok(MistralStepper {
+            model,
+            state,
+            pending: Some(logits),
+        })
     }
 }
 
@@ -454,12 +619,18 @@ impl crate::generate::Stepper for MistralStepper<'_> {
             return Ok(());
         }
         let mask = vec![1u8; tokens.len()];
-        self.model.forward(&mut self.state, tokens, &mask, 1, false, logits)
+        self.model
+            .forward(&mut self.state, tokens, &mask, 1, false, logits)
     }
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         if let Some(p) = self.pending.take() {
             let v = self.model.cfg.vocab_size;
-            self.pending = Some(parents.iter().flat_map(|&r| p[r * v..(r + 1) * v].to_vec()).collect());
+            self.pending = Some(
+                parents
+                    .iter()
+                    .flat_map(|&r| p[r * v..(r + 1) * v].to_vec())
+                    .collect(),
+            );
         }
         self.model.select_rows(&mut self.state, parents)
     }
@@ -468,7 +639,8 @@ impl crate::generate::Stepper for MistralStepper<'_> {
             return Ok(false);
         }
         let mask = vec![1u8; tokens.len()];
-        self.model.forward(&mut self.state, tokens, &mask, tokens.len(), false, logits)?;
+        self.model
+            .forward(&mut self.state, tokens, &mask, tokens.len(), false, logits)?;
         Ok(true)
     }
 }

@@ -21,12 +21,24 @@ use crate::models::linear::{HasLinears, Linear};
 use serde::Deserialize;
 use std::path::Path;
 
-fn d_32() -> usize { 32 }
-fn d_128() -> usize { 128 }
-fn d_eps() -> f64 { 1e-6 }
-fn d_relu() -> String { "relu".into() }
-fn d_true() -> bool { true }
-fn d_1() -> u32 { 1 }
+fn d_32() -> usize {
+    32
+}
+fn d_128() -> usize {
+    128
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_relu() -> String {
+    "relu".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_1() -> u32 {
+    1
+}
 
 /// `config.json` of a T5 checkpoint; field names and defaults as in HF `T5Config`.
 #[derive(Debug, Clone, Deserialize)]
@@ -74,22 +86,39 @@ impl T5Config {
     }
 
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: T5Config = serde_json::from_str(text).map_err(|e| Error::config(path, format!("{e}")))?;
+        let cfg: T5Config =
+            serde_json::from_str(text).map_err(|e| Error::config(path, format!("{e}")))?;
         if let Some(mt) = &cfg.model_type {
             if mt != "t5" && mt != "mt5" && mt != "umt5" {
-                return Err(Error::config(path, format!("model_type `{mt}` is not a T5 model")));
+                return Err(Error::config(
+                    path,
+                    format!("model_type `{mt}` is not a T5 model"),
+                ));
             }
             if mt == "umt5" {
-                return Err(Error::config(path, "umt5 (per-layer position bias) is not supported yet"));
+                return Err(Error::config(
+                    path,
+                    "umt5 (per-layer position bias) is not supported yet",
+                ));
             }
         }
-        for (name, v) in [("d_model", cfg.d_model), ("d_kv", cfg.d_kv), ("num_heads", cfg.num_heads), ("vocab_size", cfg.vocab_size), ("num_layers", cfg.num_layers), ("d_ff", cfg.d_ff)] {
+        for (name, v) in [
+            ("d_model", cfg.d_model),
+            ("d_kv", cfg.d_kv),
+            ("num_heads", cfg.num_heads),
+            ("vocab_size", cfg.vocab_size),
+            ("num_layers", cfg.num_layers),
+            ("d_ff", cfg.d_ff),
+        ] {
             if v == 0 {
                 return Err(Error::config(path, format!("`{name}` must be positive")));
             }
         }
         if cfg.relative_attention_num_buckets < 2 {
-            return Err(Error::config(path, "`relative_attention_num_buckets` must be at least 2"));
+            return Err(Error::config(
+                path,
+                "`relative_attention_num_buckets` must be at least 2",
+            ));
         }
         cfg.ffn_kind().map_err(|m| Error::config(path, m))?;
         Ok(cfg)
@@ -111,7 +140,12 @@ impl T5Config {
         let (gated, act) = match parts.as_slice() {
             [a] => (false, *a),
             ["gated", a] => (true, *a),
-            _ => return Err(format!("`feed_forward_proj` = `{}` is not of the form [gated-]ACT", self.feed_forward_proj)),
+            _ => {
+                return Err(format!(
+                    "`feed_forward_proj` = `{}` is not of the form [gated-]ACT",
+                    self.feed_forward_proj
+                ))
+            }
         };
         // HF maps "gated-gelu" to gelu_new (tanh form) for backwards compatibility.
         let act = match (gated, act) {
@@ -132,7 +166,12 @@ impl T5Config {
 }
 
 /// HF `T5Attention._relative_position_bucket`, computed in f32 as PyTorch does.
-pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
     let mut nb = num_buckets as i64;
     let mut bucket = 0i64;
     let mut rp = relative_position;
@@ -167,8 +206,15 @@ struct Attn {
 }
 
 enum Ffn {
-    Plain { wi: Linear, wo: Linear },              // wi [d_ff, d_model], wo [d_model, d_ff]
-    Gated { wi0: Linear, wi1: Linear, wo: Linear }, // wi_0, wi_1 [d_ff, d_model]
+    Plain {
+        wi: Linear,
+        wo: Linear,
+    }, // wi [d_ff, d_model], wo [d_model, d_ff]
+    Gated {
+        wi0: Linear,
+        wi1: Linear,
+        wo: Linear,
+    }, // wi_0, wi_1 [d_ff, d_model]
 }
 
 struct EncLayer {
@@ -190,10 +236,10 @@ struct DecLayer {
 pub struct T5Model {
     pub cfg: T5Config,
     act: Act,
-    shared: WeightTensor,           // [vocab, d_model]
-    lm_head: Option<Linear>,        // [vocab, d_model] when untied
-    enc_rel_bias: WeightTensor,     // encoder.block.0...relative_attention_bias [buckets, H]
-    dec_rel_bias: WeightTensor,     // decoder.block.0...relative_attention_bias [buckets, H]
+    shared: WeightTensor,       // [vocab, d_model]
+    lm_head: Option<Linear>,    // [vocab, d_model] when untied
+    enc_rel_bias: WeightTensor, // encoder.block.0...relative_attention_bias [buckets, H]
+    dec_rel_bias: WeightTensor, // decoder.block.0...relative_attention_bias [buckets, H]
     enc: Vec<EncLayer>,
     enc_final_ln: WeightTensor,
     dec: Vec<DecLayer>,
@@ -217,8 +263,18 @@ impl HasLinears for T5Model {
             v.extend(ffn(&mut l.ffn));
         }
         for l in self.dec.iter_mut() {
-            v.extend([&mut l.self_attn.q, &mut l.self_attn.k, &mut l.self_attn.v, &mut l.self_attn.o]);
-            v.extend([&mut l.cross.q, &mut l.cross.k, &mut l.cross.v, &mut l.cross.o]);
+            v.extend([
+                &mut l.self_attn.q,
+                &mut l.self_attn.k,
+                &mut l.self_attn.v,
+                &mut l.self_attn.o,
+            ]);
+            v.extend([
+                &mut l.cross.q,
+                &mut l.cross.k,
+                &mut l.cross.v,
+                &mut l.cross.o,
+            ]);
             v.extend(ffn(&mut l.ffn));
         }
         if let Some(h) = self.lm_head.as_mut() {
@@ -231,7 +287,9 @@ impl HasLinears for T5Model {
 impl T5Model {
     pub fn load(cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
         let (d, inner, dff, v) = (cfg.d_model, cfg.inner(), cfg.d_ff, cfg.vocab_size);
-        let (gated, act) = cfg.ffn_kind().map_err(|m| Error::config("config.json", m))?;
+        let (gated, act) = cfg
+            .ffn_kind()
+            .map_err(|m| Error::config("config.json", m))?;
         let mut n_total = 0usize;
         let mut n_mapped = 0usize;
         let mut get = |name: &str, shape: &[usize]| -> Result<WeightTensor> {
@@ -242,14 +300,24 @@ impl T5Model {
             }
             Ok(w)
         };
-        let shared_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-            .into_iter()
-            .find(|n| ck.contains(n))
-            .unwrap_or("shared.weight");
+        let shared_name = [
+            "shared.weight",
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+        ]
+        .into_iter()
+        .find(|n| ck.contains(n))
+        .unwrap_or("shared.weight");
         let shared = get(shared_name, &[v, d])?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(Linear::new(get("lm_head.weight", &[v, d])?)) };
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(Linear::new(get("lm_head.weight", &[v, d])?))
+        };
         let nb = cfg.relative_attention_num_buckets;
-        let attn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Attn> {
+        let attn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>,
+                    p: &str|
+         -> Result<Attn> {
             Ok(Attn {
                 q: Linear::new(get(&format!("{p}.q.weight"), &[inner, d])?),
                 k: Linear::new(get(&format!("{p}.k.weight"), &[inner, d])?),
@@ -257,7 +325,9 @@ impl T5Model {
                 o: Linear::new(get(&format!("{p}.o.weight"), &[d, inner])?),
             })
         };
-        let ffn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>, p: &str| -> Result<Ffn> {
+        let ffn = |get: &mut dyn FnMut(&str, &[usize]) -> Result<WeightTensor>,
+                   p: &str|
+         -> Result<Ffn> {
             Ok(if gated {
                 Ffn::Gated {
                     wi0: Linear::new(get(&format!("{p}.DenseReluDense.wi_0.weight"), &[dff, d])?),
@@ -271,8 +341,14 @@ impl T5Model {
                 }
             })
         };
-        let enc_rel_bias = get("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", &[nb, cfg.num_heads])?;
-        let dec_rel_bias = get("decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", &[nb, cfg.num_heads])?;
+        let enc_rel_bias = get(
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            &[nb, cfg.num_heads],
+        )?;
+        let dec_rel_bias = get(
+            "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            &[nb, cfg.num_heads],
+        )?;
         let mut enc = Vec::new();
         for i in 0..cfg.num_layers {
             let p = format!("encoder.block.{i}");
@@ -298,9 +374,13 @@ impl T5Model {
         }
         let dec_final_ln = get("decoder.final_layer_norm.weight", &[d])?;
         // Checkpoints with a layer more than the config says are mismatched: say so.
-        if ck.contains(&format!("encoder.block.{}.layer.0.layer_norm.weight", cfg.num_layers))
-            || ck.contains(&format!("decoder.block.{}.layer.0.layer_norm.weight", cfg.n_dec_layers()))
-        {
+        if ck.contains(&format!(
+            "encoder.block.{}.layer.0.layer_norm.weight",
+            cfg.num_layers
+        )) || ck.contains(&format!(
+            "decoder.block.{}.layer.0.layer_norm.weight",
+            cfg.n_dec_layers()
+        )) {
             return Err(Error::config(
                 "config.json",
                 "the checkpoint has more layers than num_layers/num_decoder_layers say: config and weights do not belong together",
@@ -338,14 +418,25 @@ impl T5Model {
         for (i, &t) in ids.iter().enumerate() {
             let t = t as usize;
             if t >= self.cfg.vocab_size {
-                return Err(Error::Input(format!("token id {t} is outside the vocabulary (size {})", self.cfg.vocab_size)));
+                return Err(Error::Input(format!(
+                    "token id {t} is outside the vocabulary (size {})",
+                    self.cfg.vocab_size
+                )));
             }
             out[i * d..(i + 1) * d].copy_from_slice(&table[t * d..(t + 1) * d]);
         }
         Ok(())
     }
 
-    fn ffn(&self, f: &Ffn, x: &[f32], m: usize, out: &mut [f32], s: &mut FfnScratch, ad: Option<usize>) {
+    fn ffn(
+        &self,
+        f: &Ffn,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        s: &mut FfnScratch,
+        ad: Option<usize>,
+    ) {
         let dff = self.cfg.d_ff;
         s.a.resize(m * dff, 0.0);
         let act = self.act;
@@ -373,15 +464,28 @@ impl T5Model {
     }
 
     /// `encode` for a request that uses LoRA adapter slot `adapter` (also used by its decoding).
-    pub fn encode_with(&self, ids: &[u32], mask: &[u8], batch: usize, seq: usize, adapter: Option<usize>) -> Result<EncoderOut> {
+    pub fn encode_with(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        adapter: Option<usize>,
+    ) -> Result<EncoderOut> {
         let ad = adapter;
         let c = &self.cfg;
         let (d, inner, h, dk) = (c.d_model, c.inner(), c.num_heads, c.d_kv);
         if ids.len() != batch * seq || mask.len() != batch * seq {
-            return Err(Error::Input(format!("encode: ids/mask length {} / {} != batch {batch} × seq {seq}", ids.len(), mask.len())));
+            return Err(Error::Input(format!(
+                "encode: ids/mask length {} / {} != batch {batch} × seq {seq}",
+                ids.len(),
+                mask.len()
+            )));
         }
         if seq == 0 {
-            return Err(Error::Input("empty input: the encoder needs at least one token".into()));
+            return Err(Error::Input(
+                "empty input: the encoder needs at least one token".into(),
+            ));
         }
         let m = batch * seq;
         let mut x = vec![0.0f32; m * d];
@@ -395,23 +499,72 @@ impl T5Model {
         let mut fs = FfnScratch::default();
         // Bucketed bias table per relative distance j - i in [-(seq-1), seq-1].
         let buckets: Vec<usize> = (0..2 * seq - 1)
-            .map(|r| relative_position_bucket(r as i64 - (seq as i64 - 1), true, c.relative_attention_num_buckets, c.relative_attention_max_distance))
+            .map(|r| {
+                relative_position_bucket(
+                    r as i64 - (seq as i64 - 1),
+                    true,
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                )
+            })
             .collect();
         let table = bias_table(self.enc_rel_bias.as_slice(), &buckets, h);
-        let sm = EncMod { bias: self.enc_rel_bias.as_slice(), buckets: &buckets, heads: h, seq, mask, seqk: seq, offset: seq - 1, table: &table };
-        let shape = AttnShape { batch, heads: h, kv_heads: h, tq: seq, tk: seq, dk };
-        let view = View { sb: seq * inner, sh: dk, st: inner };
+        let sm = EncMod {
+            bias: self.enc_rel_bias.as_slice(),
+            buckets: &buckets,
+            heads: h,
+            seq,
+            mask,
+            seqk: seq,
+            offset: seq - 1,
+            table: &table,
+        };
+        let shape = AttnShape {
+            batch,
+            heads: h,
+            kv_heads: h,
+            tq: seq,
+            tk: seq,
+            dk,
+        };
+        let view = View {
+            sb: seq * inner,
+            sh: dk,
+            st: inner,
+        };
         for l in &self.enc {
-            rms_norm(&x, l.ln_attn.as_slice(), c.layer_norm_epsilon as f32, &mut n);
+            rms_norm(
+                &x,
+                l.ln_attn.as_slice(),
+                c.layer_norm_epsilon as f32,
+                &mut n,
+            );
             l.attn.q.fwd(&n, m, &mut q, false, ad, &mut fs.tmp);
             l.attn.k.fwd(&n, m, &mut k, false, ad, &mut fs.tmp);
             l.attn.v.fwd(&n, m, &mut v, false, ad, &mut fs.tmp);
-            attention(&shape, &q, view, &k, view, &v, view, &|b| b, &sm, &mut ctx, &mut sc);
+            attention(
+                &shape,
+                &q,
+                view,
+                &k,
+                view,
+                &v,
+                view,
+                &|b| b,
+                &sm,
+                &mut ctx,
+                &mut sc,
+            );
             l.attn.o.fwd(&ctx, m, &mut x, true, ad, &mut fs.tmp);
             rms_norm(&x, l.ln_ff.as_slice(), c.layer_norm_epsilon as f32, &mut n);
             self.ffn(&l.ffn, &n, m, &mut x, &mut fs, ad);
         }
-        rms_norm(&x, self.enc_final_ln.as_slice(), c.layer_norm_epsilon as f32, &mut n);
+        rms_norm(
+            &x,
+            self.enc_final_ln.as_slice(),
+            c.layer_norm_epsilon as f32,
+            &mut n,
+        );
         // Cross-attention K/V for every decoder layer, once per request: [batch, seq, inner].
         let mut cross = Vec::with_capacity(self.dec.len());
         for l in &self.dec {
@@ -420,13 +573,28 @@ impl T5Model {
             l.cross.k.fwd(&n, m, &mut ck, false, ad, &mut fs.tmp);
             l.cross.v.fwd(&n, m, &mut cv, false, ad, &mut fs.tmp);
             // [b, s, H*dk] -> [b, H, s, dk]: each head's keys contiguous for the decode GEMV
-            cross.push((heads_major(&ck, batch, seq, h, dk), heads_major(&cv, batch, seq, h, dk)));
+            cross.push((
+                heads_major(&ck, batch, seq, h, dk),
+                heads_major(&cv, batch, seq, h, dk),
+            ));
         }
-        Ok(EncoderOut { batch, seq, hidden: n, mask: mask.to_vec(), cross, adapter })
+        Ok(EncoderOut {
+            batch,
+            seq,
+            hidden: n,
+            mask: mask.to_vec(),
+            cross,
+            adapter,
+        })
     }
 
     /// A fresh decoder state for `rows` sequences; `src[r]` is the encoder batch row of sequence r.
-    pub fn new_decoder_state(&self, enc: &EncoderOut, src: Vec<usize>, capacity: usize) -> DecoderState {
+    pub fn new_decoder_state(
+        &self,
+        enc: &EncoderOut,
+        src: Vec<usize>,
+        capacity: usize,
+    ) -> DecoderState {
         let c = &self.cfg;
         let rows = src.len();
         let cap = capacity.max(1);
@@ -470,7 +638,9 @@ impl T5Model {
         let (h, dk) = (c.num_heads, c.d_kv);
         let old_rows = st.src.len();
         if let Some(&bad) = parents.iter().find(|&&p| p >= old_rows) {
-            return Err(Error::Input(format!("select_rows: parent {bad} >= {old_rows} rows")));
+            return Err(Error::Input(format!(
+                "select_rows: parent {bad} >= {old_rows} rows"
+            )));
         }
         if parents.len() == old_rows && parents.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(());
@@ -495,12 +665,23 @@ impl T5Model {
     /// Feed `t_new` tokens per sequence (ids: [rows, t_new]) at positions len..len+t_new, appending
     /// to the KV cache. Writes logits for every new position (`all`) or only the last one into
     /// `logits` ([rows, t_new or 1, vocab]).
-    pub fn decode(&self, enc: &EncoderOut, st: &mut DecoderState, ids: &[u32], t_new: usize, all: bool, logits: &mut Vec<f32>) -> Result<()> {
+    pub fn decode(
+        &self,
+        enc: &EncoderOut,
+        st: &mut DecoderState,
+        ids: &[u32],
+        t_new: usize,
+        all: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let c = &self.cfg;
         let (d, inner, h, dk, vsz) = (c.d_model, c.inner(), c.num_heads, c.d_kv, c.vocab_size);
         let rows = st.src.len();
         if ids.len() != rows * t_new || t_new == 0 {
-            return Err(Error::Input(format!("decode: {} ids for {rows} sequences × {t_new} tokens", ids.len())));
+            return Err(Error::Input(format!(
+                "decode: {} ids for {rows} sequences × {t_new} tokens",
+                ids.len()
+            )));
         }
         let p0 = st.len;
         self.grow(st, p0 + t_new);
@@ -520,23 +701,70 @@ impl T5Model {
         // are biased, so the distance j - (p0+i) lies in [-(tk-1), 0]: index it by + (tk-1).
         s.buckets.clear();
         s.buckets.extend((0..tk).map(|r| {
-            relative_position_bucket(r as i64 - (tk as i64 - 1), false, c.relative_attention_num_buckets, c.relative_attention_max_distance)
+            relative_position_bucket(
+                r as i64 - (tk as i64 - 1),
+                false,
+                c.relative_attention_num_buckets,
+                c.relative_attention_max_distance,
+            )
         }));
-        let self_mod = DecSelfMod { bias: self.dec_rel_bias.as_slice(), buckets: &s.buckets, heads: h, p0, offset: tk - 1 };
-        let cross_mod = CrossMod { mask: &enc.mask, seq: enc.seq, src: &st.src };
-        let qview = View { sb: t_new * inner, sh: dk, st: inner };
-        let cache_view = View { sb: h * cap * dk, sh: cap * dk, st: dk };
-        let enc_view = View { sb: enc.seq * inner, sh: enc.seq * dk, st: dk };
-        let self_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk, dk };
-        let cross_shape = AttnShape { batch: rows, heads: h, kv_heads: h, tq: t_new, tk: enc.seq, dk };
+        let self_mod = DecSelfMod {
+            bias: self.dec_rel_bias.as_slice(),
+            buckets: &s.buckets,
+            heads: h,
+            p0,
+            offset: tk - 1,
+        };
+        let cross_mod = CrossMod {
+            mask: &enc.mask,
+            seq: enc.seq,
+            src: &st.src,
+        };
+        let qview = View {
+            sb: t_new * inner,
+            sh: dk,
+            st: inner,
+        };
+        let cache_view = View {
+            sb: h * cap * dk,
+            sh: cap * dk,
+            st: dk,
+        };
+        let enc_view = View {
+            sb: enc.seq * inner,
+            sh: enc.seq * dk,
+            st: dk,
+        };
+        let self_shape = AttnShape {
+            batch: rows,
+            heads: h,
+            kv_heads: h,
+            tq: t_new,
+            tk,
+            dk,
+        };
+        let cross_shape = AttnShape {
+            batch: rows,
+            heads: h,
+            kv_heads: h,
+            tq: t_new,
+            tk: enc.seq,
+            dk,
+        };
         let src = st.src.clone();
         let ad = enc.adapter;
         for (li, l) in self.dec.iter().enumerate() {
             // self-attention
             rms_norm(&s.x, l.ln_self.as_slice(), eps, &mut s.n);
-            l.self_attn.q.fwd(&s.n, m, &mut s.q, false, ad, &mut s.ffn.tmp);
-            l.self_attn.k.fwd(&s.n, m, &mut s.k, false, ad, &mut s.ffn.tmp);
-            l.self_attn.v.fwd(&s.n, m, &mut s.v, false, ad, &mut s.ffn.tmp);
+            l.self_attn
+                .q
+                .fwd(&s.n, m, &mut s.q, false, ad, &mut s.ffn.tmp);
+            l.self_attn
+                .k
+                .fwd(&s.n, m, &mut s.k, false, ad, &mut s.ffn.tmp);
+            l.self_attn
+                .v
+                .fwd(&s.n, m, &mut s.v, false, ad, &mut s.ffn.tmp);
             // append K/V: [rows, t_new, H*dk] -> cache [rows, H, cap, dk] at p0..
             let (kc, vc) = (&mut st.self_k[li], &mut st.self_v[li]);
             for r in 0..rows {
@@ -549,13 +777,39 @@ impl T5Model {
                     }
                 }
             }
-            attention(&self_shape, &s.q, qview, kc, cache_view, vc, cache_view, &|b| b, &self_mod, &mut s.ctx, &mut s.sc);
-            l.self_attn.o.fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.ffn.tmp);
+            attention(
+                &self_shape,
+                &s.q,
+                qview,
+                kc,
+                cache_view,
+                vc,
+                cache_view,
+                &|b| b,
+                &self_mod,
+                &mut s.ctx,
+                &mut s.sc,
+            );
+            l.self_attn
+                .o
+                .fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.ffn.tmp);
             // cross-attention over the encoder output (K/V precomputed at encode time)
             rms_norm(&s.x, l.ln_cross.as_slice(), eps, &mut s.n);
             l.cross.q.fwd(&s.n, m, &mut s.q, false, ad, &mut s.ffn.tmp);
             let (ck, cv) = &enc.cross[li];
-            attention(&cross_shape, &s.q, qview, ck, enc_view, cv, enc_view, &|b| src[b], &cross_mod, &mut s.ctx, &mut s.sc);
+            attention(
+                &cross_shape,
+                &s.q,
+                qview,
+                ck,
+                enc_view,
+                cv,
+                enc_view,
+                &|b| src[b],
+                &cross_mod,
+                &mut s.ctx,
+                &mut s.sc,
+            );
             l.cross.o.fwd(&s.ctx, m, &mut s.x, true, ad, &mut s.ffn.tmp);
             // feed-forward
             rms_norm(&s.x, l.ln_ff.as_slice(), eps, &mut s.n);
@@ -572,7 +826,15 @@ impl T5Model {
                 let scale = (d as f32).powf(-0.5);
                 s.tied.clear();
                 s.tied.extend(hin.iter().map(|v| v * scale));
-                matmul_wt(&s.tied, hrows, d, self.shared.as_slice(), vsz, logits, false);
+                matmul_wt(
+                    &s.tied,
+                    hrows,
+                    d,
+                    self.shared.as_slice(),
+                    vsz,
+                    logits,
+                    false,
+                );
             }
         }
         st.len = p0 + t_new;
@@ -781,7 +1043,8 @@ impl crate::generate::Stepper for T5Stepper<'_> {
         self.model.cfg.vocab_size
     }
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        self.model.decode(self.enc, &mut self.state, tokens, 1, false, logits)
+        self.model
+            .decode(self.enc, &mut self.state, tokens, 1, false, logits)
     }
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         self.model.select_rows(&mut self.state, parents)
@@ -790,7 +1053,14 @@ impl crate::generate::Stepper for T5Stepper<'_> {
         if self.state.src.len() != 1 {
             return Ok(false);
         }
-        self.model.decode(self.enc, &mut self.state, tokens, tokens.len(), false, logits)?;
+        self.model.decode(
+            self.enc,
+            &mut self.state,
+            tokens,
+            tokens.len(),
+            false,
+            logits,
+        )?;
         Ok(true)
     }
 }
@@ -798,7 +1068,14 @@ impl crate::generate::Stepper for T5Stepper<'_> {
 /// Weight names and shapes of a T5 checkpoint for `cfg` (HF layout, `shared.weight` for the
 /// embedding), used to write random checkpoints for benchmarks and tests.
 pub fn weight_shapes(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
-    let (d, inner, dff, v, nb, h) = (cfg.d_model, cfg.inner(), cfg.d_ff, cfg.vocab_size, cfg.relative_attention_num_buckets, cfg.num_heads);
+    let (d, inner, dff, v, nb, h) = (
+        cfg.d_model,
+        cfg.inner(),
+        cfg.d_ff,
+        cfg.vocab_size,
+        cfg.relative_attention_num_buckets,
+        cfg.num_heads,
+    );
     let gated = cfg.ffn_kind().map(|g| g.0).unwrap_or(false);
     let mut w: Vec<(String, Vec<usize>)> = vec![("shared.weight".into(), vec![v, d])];
     if !cfg.tie_word_embeddings {
@@ -820,7 +1097,10 @@ pub fn weight_shapes(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
         w.push((format!("{p}.DenseReluDense.wo.weight"), vec![d, dff]));
     };
     for (stack, n) in [("encoder", cfg.num_layers), ("decoder", cfg.n_dec_layers())] {
-        w.push((format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"), vec![nb, h]));
+        w.push((
+            format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            vec![nb, h],
+        ));
         for i in 0..n {
             let p = format!("{stack}.block.{i}");
             w.push((format!("{p}.layer.0.layer_norm.weight"), vec![d]));
@@ -843,9 +1123,14 @@ pub fn weight_shapes(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
 /// Write a seeded random f32 T5 checkpoint (config.json + model.safetensors) into `dir`.
 /// Norm weights are 1, other weights uniform in ±1/sqrt(fan_in) so activations stay tame.
 pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u64) -> Result<()> {
-    let cfg: T5Config = serde_json::from_value(cfg_json.clone()).map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    let cfg: T5Config = serde_json::from_value(cfg_json.clone())
+        .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(cfg_json).unwrap_or_default()).map_err(|e| Error::io(dir, e))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(cfg_json).unwrap_or_default(),
+    )
+    .map_err(|e| Error::io(dir, e))?;
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         s ^= s << 13;
@@ -857,8 +1142,14 @@ pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, shape) in shapes {
         let n: usize = shape.iter().product();
-        let scale = if name.contains("layer_norm") { 0.0 } else { 1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt() };
-        let data: Vec<u8> = (0..n).flat_map(|_| (if scale == 0.0 { 1.0 } else { next() * scale }).to_le_bytes()).collect();
+        let scale = if name.contains("layer_norm") {
+            0.0
+        } else {
+            1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt()
+        };
+        let data: Vec<u8> = (0..n)
+            .flat_map(|_| (if scale == 0.0 { 1.0 } else { next() * scale }).to_le_bytes())
+            .collect();
         bufs.push((name, shape, data));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
@@ -866,11 +1157,18 @@ pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u
         .map(|(n, s, d)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Safetensors { path: dir.join("model.safetensors"), msg: e.to_string() })
+                .map_err(|e| Error::Safetensors {
+                    path: dir.join("model.safetensors"),
+                    msg: e.to_string(),
+                })
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))
-        .map_err(|e| Error::Safetensors { path: dir.join("model.safetensors"), msg: e.to_string() })
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).map_err(|e| {
+        Error::Safetensors {
+            path: dir.join("model.safetensors"),
+            msg: e.to_string(),
+        }
+    })
 }
 
 /// flan-t5-small's shape (d_model 512, 8+8 layers, 6 heads × 64, d_ff 1024, vocab 32128,

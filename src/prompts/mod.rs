@@ -14,10 +14,14 @@ pub struct PromptTemplate {
 
 impl PromptTemplate {
     pub fn flan_t5() -> Self {
-        PromptTemplate { text: format!("{FLAN_T5_PREFIX}{{source}}") }
+        PromptTemplate {
+            text: format!("{FLAN_T5_PREFIX}{{source}}"),
+        }
     }
     pub fn mistral() -> Self {
-        PromptTemplate { text: format!("{MISTRAL_PREFIX}{{source}}") }
+        PromptTemplate {
+            text: format!("{MISTRAL_PREFIX}{{source}}"),
+        }
     }
     pub fn render(&self, source: &str) -> String {
         if self.text.contains("{source}") {

@@ -37,7 +37,8 @@ pub fn copy_dir(src: &Path) -> tempfile::TempDir {
 pub fn tiny_t5_with_tokenizer() -> tempfile::TempDir {
     let t = copy_dir(&fixture("t5-tiny-real-vocab"));
     let tok = repo().join("tests/fixtures/tokenizers/t5/tokenizer.json");
-    std::fs::copy(&tok, t.path().join("tokenizer.json")).expect("tests/fixtures/tokenizers/t5/tokenizer.json is committed");
+    std::fs::copy(&tok, t.path().join("tokenizer.json"))
+        .expect("tests/fixtures/tokenizers/t5/tokenizer.json is committed");
     t
 }
 
@@ -48,8 +49,18 @@ pub fn bin() -> PathBuf {
 /// The tiny real-vocabulary Mistral with the real Mistral tokenizer, in a temp model folder.
 pub fn tiny_mistral_with_tokenizer() -> tempfile::TempDir {
     let t = copy_dir(&fixture("mistral-tiny-real-vocab"));
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
-        std::fs::copy(repo().join("tests/fixtures/tokenizers/mistral-7b-v0.1").join(f), t.path().join(f)).expect("mistral tokenizer fixture");
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(
+            repo()
+                .join("tests/fixtures/tokenizers/mistral-7b-v0.1")
+                .join(f),
+            t.path().join(f),
+        )
+        .expect("mistral tokenizer fixture");
     }
     t
 }
