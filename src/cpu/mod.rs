@@ -2,12 +2,14 @@
 //! that CI and GPU-less machines run. All compute is f32.
 //!
 //! Matrix products follow the PyTorch `nn.Linear` convention: weights are `[out, in]` row-major as
-//! stored in HF checkpoints, and `y = x · Wᵀ`. Large products go to the `gemm` crate (packed,
-//! runtime-dispatched AVX2/AVX-512 micro-kernels, rayon-parallel); skinny products (decode steps,
+//! stored in HF checkpoints, and `y = x · Wᵀ`. Large products go to our AVX-512 GEMM
+//! (`gemm512`, packed, rayon-parallel) or, on CPUs without AVX-512, to the `gemm` crate (AVX2
+//! micro-kernels on stable Rust); skinny products (decode steps,
 //! m ≤ SKINNY_M) use a dot-product kernel that streams each weight row once for all m inputs,
 //! because decode is memory-bound and packing the weight would cost more than the product.
 
 pub mod attention;
+pub mod gemm512;
 pub mod simd;
 
 use rayon::prelude::*;
@@ -45,6 +47,9 @@ pub fn matmul_wt(
     }
     if m <= SKINNY_M {
         skinny(x, m, k, w, n, out, accumulate);
+        return;
+    }
+    if gemm512::matmul_wt(x, m, k, w, n, out, accumulate) {
         return;
     }
     let threads = rayon::current_num_threads();

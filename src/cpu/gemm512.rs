@@ -1,0 +1,315 @@
+//! AVX-512 f32 GEMM for the `y = x · Wᵀ` products of encoders and prefills (m > SKINNY_M).
+//!
+//! Why our own: the `gemm` crate only ships AVX2 micro-kernels on stable Rust (its AVX-512 ones
+//! sit behind a nightly feature), which leaves half of the machine's FMA width unused; the T5
+//! encoder spends most of its time here.
+//!
+//! Layout follows the BLIS/Goto scheme:
+//! - W (`[n, k]` row-major, the HF `nn.Linear` layout) is packed once per call into panels of
+//!   `NR` = 32 output features: `pb[panel][p][0..32] = W[panel*32 + j, p]`, zero-padded past `n`.
+//! - Each task owns a block of `MC` rows of x and a range of panels; for each `KC` slice of k it
+//!   packs its rows as `pa[micro][p][0..MR] = x[row, p]` (zero-padded past `m`), so the micro-kernel
+//!   reads A as consecutive broadcasts and B as two aligned-size vector loads per k step.
+//! - The micro-kernel keeps an `MR × 32` tile in 28 zmm registers (MR = 14): per k step 2 loads,
+//!   14 broadcasts and 28 FMAs, so it is FMA-bound while the B slice (`KC × 32` floats = 32 KiB)
+//!   stays in L1 across the MR-row blocks and the A block (`MC × KC`) stays in L2.
+//!
+//! Summation order: each output is Σ over k in order within a KC slice, slices added in order;
+//! results differ from the `gemm` crate only by f32 rounding.
+
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+const MR: usize = 14;
+const NR: usize = 32;
+const KC: usize = 256;
+const MC: usize = MR * 8;
+/// Panels per task along n (4 panels = 128 output features).
+const NC_PANELS: usize = 4;
+
+thread_local! {
+    static PACK_A: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+
+/// Whether this CPU can run the kernel (AVX-512F; `JOBX_NO_AVX512` forces the fallback).
+pub fn available() -> bool {
+    super::simd::has_avx512()
+}
+
+/// out[m, n] = x[m, k] · w[n, k]ᵀ (+ out if `accumulate`). Returns false (doing nothing) when the
+/// CPU lacks AVX-512, so the caller can fall back. Buffers must hold m·k, n·k and m·n floats.
+pub fn matmul_wt(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) -> bool {
+    if !available() {
+        return false;
+    }
+    assert!(x.len() >= m * k && w.len() >= n * k && out.len() >= m * n);
+    if m == 0 || n == 0 || k == 0 {
+        return false; // the caller's generic path handles the degenerate shapes
+    }
+    let panels = n.div_ceil(NR);
+    PACK_B.with(|cell| {
+        // A rayon worker that steals another product while this one packs would find the buffer
+        // borrowed: it then packs into a fresh one instead of panicking.
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut().ok();
+        let buf = match guard.as_deref_mut() {
+            Some(v) => v,
+            None => &mut fresh,
+        };
+        let need = panels * NR * k;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let pb = &mut buf[..need];
+        // Pack W into k-major 32-wide panels (parallel over panels).
+        pb.par_chunks_mut(NR * k).enumerate().for_each(|(pi, dst)| {
+            let j0 = pi * NR;
+            let cols = NR.min(n - j0);
+            for j in 0..cols {
+                let src = &w[(j0 + j) * k..(j0 + j + 1) * k];
+                for (p, &v) in src.iter().enumerate() {
+                    dst[p * NR + j] = v;
+                }
+            }
+            for j in cols..NR {
+                for p in 0..k {
+                    dst[p * NR + j] = 0.0;
+                }
+            }
+        });
+        let pb: &[f32] = pb;
+        let mblocks = m.div_ceil(MC);
+        // Split n only when there are too few row blocks to keep every thread busy: each split
+        // packs the task's rows of x again.
+        let threads = rayon::current_num_threads().max(1);
+        let nc_panels = if mblocks >= 4 * threads {
+            panels
+        } else {
+            NC_PANELS
+        };
+        let nblocks = panels.div_ceil(nc_panels);
+        let optr = Ptr(out.as_mut_ptr());
+        let task = |t: usize| {
+            let optr = optr;
+            let (mb, nb) = (t / nblocks, t % nblocks);
+            let i0 = mb * MC;
+            let rows = MC.min(m - i0);
+            let micro = rows.div_ceil(MR);
+            let p0 = nb * nc_panels;
+            let p1 = (p0 + nc_panels).min(panels);
+            PACK_A.with(|cell| {
+                let mut fresh = Vec::new();
+                let mut guard = cell.try_borrow_mut().ok();
+                let pa = match guard.as_deref_mut() {
+                    Some(v) => v,
+                    None => &mut fresh,
+                };
+                if pa.len() < MC * KC {
+                    pa.resize(MC * KC, 0.0);
+                }
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = KC.min(k - k0);
+                    pack_a(x, k, i0, rows, k0, kc, &mut pa[..micro * MR * kc]);
+                    let load_c = accumulate || k0 > 0;
+                    for pi in p0..p1 {
+                        let j0 = pi * NR;
+                        let cols = NR.min(n - j0);
+                        let b = &pb[pi * NR * k + k0 * NR..pi * NR * k + (k0 + kc) * NR];
+                        for u in 0..micro {
+                            let r0 = u * MR;
+                            let a = &pa[u * MR * kc..(u + 1) * MR * kc];
+                            // SAFETY: AVX-512 checked above; this task alone writes rows
+                            // i0+r0.. (< m) and columns j0..j0+cols (< n) of `out`.
+                            unsafe {
+                                kernel(
+                                    kc,
+                                    a.as_ptr(),
+                                    b.as_ptr(),
+                                    optr.0.add((i0 + r0) * n + j0),
+                                    n,
+                                    MR.min(rows - r0),
+                                    cols,
+                                    load_c,
+                                )
+                            };
+                        }
+                    }
+                    k0 += kc;
+                }
+            });
+        };
+        let tasks = mblocks * nblocks;
+        if threads > 1 && tasks > 1 && m * n * k > 1 << 18 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+    });
+    true
+}
+
+/// pa[u][p][r] = x[i0 + u*MR + r, k0 + p] for r < rows (zero beyond). Written sequentially
+/// (p outer, r inner), reading MR rows side by side.
+fn pack_a(x: &[f32], k: usize, i0: usize, rows: usize, k0: usize, kc: usize, pa: &mut [f32]) {
+    for (u, dst) in pa.chunks_exact_mut(MR * kc).enumerate() {
+        let live = MR.min(rows.saturating_sub(u * MR));
+        let base = (i0 + u * MR) * k + k0;
+        if live == MR {
+            let src: [&[f32]; MR] = std::array::from_fn(|r| &x[base + r * k..base + r * k + kc]);
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for r in 0..MR {
+                    d[r] = src[r][p];
+                }
+            }
+        } else {
+            for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for (r, v) in d.iter_mut().enumerate() {
+                    *v = if r < live { x[base + r * k + p] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// C[0..rows, 0..cols] (+)= A·B for one MR × 32 tile; `a` is [kc][MR], `b` is [kc][32].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        let ap = a.add(p * MR);
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r));
+            accr[0] = _mm512_fmadd_ps(av, b0, accr[0]);
+            accr[1] = _mm512_fmadd_ps(av, b1, accr[1]);
+        }
+    }
+    let m0: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as __mmask16
+    };
+    let m1: __mmask16 = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        ((1u32 << (cols - 16)) - 1) as __mmask16
+    } else {
+        0
+    };
+    for (r, accr) in acc.iter().enumerate() {
+        // constant-index loop (unrolled) so the accumulators stay in registers
+        if r < rows {
+            let cp = c.add(r * ldc);
+            let (mut v0, mut v1) = (accr[0], accr[1]);
+            if load_c {
+                v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cp), v0);
+                v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cp.add(16)), v1);
+            }
+            _mm512_mask_storeu_ps(cp, m0, v0);
+            _mm512_mask_storeu_ps(cp.add(16), m1, v1);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    _: usize,
+    _: *const f32,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("available() is false off x86_64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Seeded random shapes with odd tails in every dimension, against an f64 reference.
+    #[test]
+    fn matches_f64_reference_on_odd_shapes() {
+        if !available() {
+            eprintln!("SKIP gemm512: CPU without AVX-512");
+            return;
+        }
+        for &(m, k, n) in &[
+            (17, 5, 3),
+            (29, 300, 45),
+            (113, 257, 97),
+            (250, 512, 384),
+            (15, 1030, 33),
+        ] {
+            for accumulate in [false, true] {
+                let x = rnd(m * k, 1 + m as u64);
+                let w = rnd(n * k, 2 + n as u64);
+                let init = rnd(m * n, 3);
+                let mut out = init.clone();
+                assert!(matmul_wt(&x, m, k, &w, n, &mut out, accumulate));
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = if accumulate {
+                            init[i * n + j] as f64
+                        } else {
+                            0.0
+                        };
+                        for p in 0..k {
+                            s += x[i * k + p] as f64 * w[j * k + p] as f64;
+                        }
+                        let got = out[i * n + j] as f64;
+                        // f32 accumulation of k products of magnitude ≤ 0.25
+                        let tol = 1e-6 * (k as f64).sqrt() * 4.0 + 1e-6;
+                        assert!(
+                            (got - s).abs() <= tol,
+                            "m{m} k{k} n{n} acc{accumulate} ({i},{j}): {got} vs {s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
