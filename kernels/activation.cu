@@ -1,0 +1,27 @@
+// Feed-forward activations, elementwise over bf16 with f32 math:
+//   relu (T5 "relu"), gelu_tanh (T5 gated-gelu: HF gelu_new / NewGELUActivation, the tanh form),
+//   silu (Mistral MLP and T5 gated-silu); gated variants multiply by `up` (the wi_1 / up_proj
+//   output). The product is rounded to bf16 once, like torch's act(gate) * up in bf16 rounds
+//   act(gate) first: we round act(gate) to bf16 too so the two agree bit for bit where possible.
+#include "common.cuh"
+
+__device__ __forceinline__ float act(float x, int kind) {
+    if (kind == JOBX_ACT_RELU) return fmaxf(x, 0.0f);
+    if (kind == JOBX_ACT_GELU_TANH) {
+        const float c = 0.7978845608028654f;  // sqrt(2/pi)
+        return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+    }
+    return x / (1.0f + expf(-x));  // silu
+}
+
+extern "C" __global__ void act_bf16(jobx_act_params p) {
+    const bf16* g = (const bf16*)p.gate;
+    const bf16* u = (const bf16*)p.up;
+    bf16* y = (bf16*)p.y;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+        float a = __bfloat162float(__float2bfloat16_rn(act(ld_bf16(g, i), p.kind)));
+        if (u) a *= ld_bf16(u, i);
+        st_bf16(y, i, a);
+    }
+}

@@ -1,0 +1,24 @@
+// Token embedding gather: y[t, :] = table[ids[t], :]. A bad id (outside the vocabulary) must not
+// read out of bounds: its row is zeroed and *err set, which the Rust wrapper turns into an error
+// naming the op. One block per token, 16-byte copies when the row allows.
+#include "common.cuh"
+
+extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
+    const long long t = blockIdx.x;
+    if (t >= p.n) return;
+    const long long id = p.ids[t];
+    bf16* y = (bf16*)p.y + t * p.d;
+    if (id < 0 || id >= p.vocab) {
+        for (long long i = threadIdx.x; i < p.d; i += blockDim.x) y[i] = __float2bfloat16_rn(0.0f);
+        if (threadIdx.x == 0) *p.err = 1;
+        return;
+    }
+    const bf16* src = (const bf16*)p.table + id * p.d;
+    if (p.d % 8 == 0 && ((unsigned long long)src % 16 == 0) && ((unsigned long long)y % 16 == 0)) {
+        const uint4* s4 = (const uint4*)src;
+        uint4* y4 = (uint4*)y;
+        for (long long i = threadIdx.x; i < p.d / 8; i += blockDim.x) y4[i] = s4[i];
+    } else {
+        for (long long i = threadIdx.x; i < p.d; i += blockDim.x) y[i] = src[i];
+    }
+}

@@ -1,0 +1,232 @@
+// Matrix products y[m, n] (+)= x[m, k] · w[n, k]^T on tensor cores (mma.sync, sm_80+), for every
+// nn.Linear of the graphs, with the weight formats of jobx_gemm_params:
+//   gemm_bf16   bf16 x, bf16 or int8 weights (weight-only int8: the int8 values are converted to
+//               bf16 exactly while staging to shared memory; the per-channel scale is applied in
+//               the epilogue), mma.m16n8k16 bf16 -> f32.
+//   gemm_w8a8   int8 x (per-token scale) and int8 w (per-channel scale), mma.m16n8k32 s8 -> s32,
+//               dequantised in the epilogue: y = acc * x_scale[m] * w_scale[n].
+//   quantize_rows_int8  per-token absmax quantisation of bf16 activations for gemm_w8a8.
+// Both GEMMs fuse the LoRA "expand" into the epilogue (SGMV style: one adapter per row).
+//
+// Tiling: 64x64 output tile per 128-thread block (4 warps, 2x2, 32x32 per warp), k staged through
+// shared memory in slices of 32 (bf16) or 64 (int8). Rows of the shared tiles are padded by 16
+// bytes so the 8 rows a warp's fragment loads touch fall in different banks. Out-of-range rows
+// and columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
+// Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k32" tables:
+//   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
+//   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
+#include "common.cuh"
+
+#define BM 64
+#define BN 64
+#define THREADS 128
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Epilogue for one output element: scales, LoRA expand, accumulate, store.
+__device__ __forceinline__ void store_out(const jobx_gemm_params& p, long long r, long long c,
+                                          float v) {
+    if (r >= p.m || c >= p.n) return;
+    if (p.w_scale) v *= p.w_scale[c];
+    if (p.x_scale) v *= p.x_scale[r];
+    if (p.lora_t) {
+        const int id = p.lora_ids[r];
+        if (id >= 0) {
+            const float* t = p.lora_t + r * p.lora_r;
+            const bf16* b = (const bf16*)p.lora_b + ((long long)id * p.n + c) * p.lora_r;
+            float s = 0.0f;
+            for (long long j = 0; j < p.lora_r; j++) s += t[j] * ld_bf16(b, j);
+            v += s * p.lora_scale[id];
+        }
+    }
+    const long long o = r * p.ldy + c;
+    if (p.y_f32) {
+        float* y = (float*)p.y;
+        y[o] = p.accumulate ? y[o] + v : v;
+    } else {
+        bf16* y = (bf16*)p.y;
+        st_bf16(y, o, p.accumulate ? ld_bf16(y, o) + v : v);
+    }
+}
+
+#define BK 32
+#define LDS (BK + 8)  // bf16 elements per shared row (80 bytes: conflict-free fragment loads)
+
+extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params p) {
+    __shared__ __align__(16) bf16 As[BM][LDS];
+    __shared__ __align__(16) bf16 Bs[BN][LDS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const long long m0 = (long long)blockIdx.y * BM, n0 = (long long)blockIdx.x * BN;
+    const bf16* x = (const bf16*)p.x;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    for (long long k0 = 0; k0 < p.k; k0 += BK) {
+        // Stage a 64x32 slice of x and of w (2048 elements each, 16 per thread), zero-filled
+        // outside the matrices. Consecutive threads read consecutive k: coalesced.
+#pragma unroll 4
+        for (int e = tid; e < BM * BK; e += THREADS) {
+            const int r = e / BK, c = e % BK;
+            const long long gr = m0 + r, gk = k0 + c;
+            As[r][c] = (gr < p.m && gk < p.k) ? x[gr * p.k + gk] : __float2bfloat16_rn(0.0f);
+            const long long gn = n0 + r;
+            bf16 wv = __float2bfloat16_rn(0.0f);
+            if (gn < p.n && gk < p.k) {
+                if (p.w_kind == JOBX_W_INT8)
+                    wv = __float2bfloat16_rn((float)((const signed char*)p.w)[gn * p.k + gk]);
+                else
+                    wv = ((const bf16*)p.w)[gn * p.k + gk];
+            }
+            Bs[r][c] = wv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int r = wm + i * 16 + g;
+                a[i][0] = *(const unsigned*)&As[r][kk + 2 * t];
+                a[i][1] = *(const unsigned*)&As[r + 8][kk + 2 * t];
+                a[i][2] = *(const unsigned*)&As[r][kk + 2 * t + 8];
+                a[i][3] = *(const unsigned*)&As[r + 8][kk + 2 * t + 8];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int c = wn + j * 8 + g;
+                b[j][0] = *(const unsigned*)&Bs[c][kk + 2 * t];
+                b[j][1] = *(const unsigned*)&Bs[c][kk + 2 * t + 8];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
+            store_out(p, r, c, acc[i][j][0]);
+            store_out(p, r, c + 1, acc[i][j][1]);
+            store_out(p, r + 8, c, acc[i][j][2]);
+            store_out(p, r + 8, c + 1, acc[i][j][3]);
+        }
+}
+#undef BK
+#undef LDS
+
+#define BK8 64
+#define LDS8 (BK8 + 16)  // int8 elements per shared row (80 bytes)
+
+extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params p) {
+    __shared__ __align__(16) signed char As[BM][LDS8];
+    __shared__ __align__(16) signed char Bs[BN][LDS8];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+    const long long m0 = (long long)blockIdx.y * BM, n0 = (long long)blockIdx.x * BN;
+    const signed char* x = (const signed char*)p.x;
+    const signed char* w = (const signed char*)p.w;
+    int acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+
+    for (long long k0 = 0; k0 < p.k; k0 += BK8) {
+#pragma unroll 4
+        for (int e = tid; e < BM * BK8; e += THREADS) {
+            const int r = e / BK8, c = e % BK8;
+            const long long gr = m0 + r, gn = n0 + r, gk = k0 + c;
+            As[r][c] = (gr < p.m && gk < p.k) ? x[gr * p.k + gk] : (signed char)0;
+            Bs[r][c] = (gn < p.n && gk < p.k) ? w[gn * p.k + gk] : (signed char)0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK8; kk += 32) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int r = wm + i * 16 + g;
+                a[i][0] = *(const unsigned*)&As[r][kk + 4 * t];
+                a[i][1] = *(const unsigned*)&As[r + 8][kk + 4 * t];
+                a[i][2] = *(const unsigned*)&As[r][kk + 4 * t + 16];
+                a[i][3] = *(const unsigned*)&As[r + 8][kk + 4 * t + 16];
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int c = wn + j * 8 + g;
+                b[j][0] = *(const unsigned*)&Bs[c][kk + 4 * t];
+                b[j][1] = *(const unsigned*)&Bs[c][kk + 4 * t + 16];
+            }
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_s8(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
+            // int32 accumulation is exact (|acc| <= 127*127*k < 2^31 for k < 133k)
+            store_out(p, r, c, (float)acc[i][j][0]);
+            store_out(p, r, c + 1, (float)acc[i][j][1]);
+            store_out(p, r + 8, c, (float)acc[i][j][2]);
+            store_out(p, r + 8, c + 1, (float)acc[i][j][3]);
+        }
+}
+
+// One block per row: absmax (f32), scale = absmax / 127, q = rint(x / scale) (round half to even,
+// like torch.round), clamped to [-127, 127].
+extern "C" __global__ void quantize_rows_int8(jobx_quantize_params p) {
+    __shared__ float scratch[32];
+    const long long row = blockIdx.x;
+    if (row >= p.m) return;
+    const bf16* x = (const bf16*)p.x + row * p.k;
+    signed char* q = (signed char*)p.q + row * p.k;
+    float mx = 0.0f;
+    for (long long i = threadIdx.x; i < p.k; i += blockDim.x) mx = fmaxf(mx, fabsf(ld_bf16(x, i)));
+    // block max through the sum helper's scratch: reduce per warp, then across warps
+    mx = warp_max(mx);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = mx;
+    __syncthreads();
+    mx = (threadIdx.x & 31) < (blockDim.x >> 5) ? scratch[threadIdx.x & 31] : 0.0f;
+    mx = warp_max(mx);
+    const float scale = mx / 127.0f;
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    for (long long i = threadIdx.x; i < p.k; i += blockDim.x) {
+        float v = rintf(ld_bf16(x, i) * inv);
+        q[i] = (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
+    }
+    if (threadIdx.x == 0) p.scale[row] = scale;
+}

@@ -1,0 +1,155 @@
+// Kernel parameter structs: the one definition shared by the CUDA kernels (kernels/*.cu include
+// this header) and the Rust launch wrappers (build.rs runs bindgen on it into OUT_DIR/params.rs).
+// Every kernel takes exactly one of these structs by value, so an argument added, removed or
+// retyped on one side cannot silently disagree with the other.
+//
+// Conventions:
+// - Device pointers are `void*` / `const void*`; each field's comment gives the element type and
+//   shape. bf16 = __nv_bfloat16, row-major unless stated.
+// - Sizes and strides are `long long` (64-bit index math everywhere, PRACTICES.md).
+// - Plain C: no <stdint.h> (NVRTC has no libc headers), no C++ in this file.
+#ifndef JOBX_PARAMS_H
+#define JOBX_PARAMS_H
+
+// y = rms_norm(x) * w: T5LayerNorm and MistralRMSNorm (f32 statistics, no mean subtraction).
+typedef struct {
+    const void* x;  // bf16 [rows, d]
+    const void* w;  // bf16 [d]
+    void* y;        // bf16 [rows, d] (may alias x)
+    long long rows;
+    long long d;
+    float eps;
+} jobx_rms_norm_params;
+
+// Activation kinds for jobx_act_params.kind.
+#define JOBX_ACT_RELU 0       // y = relu(gate)
+#define JOBX_ACT_GELU_TANH 1  // y = gelu_tanh(gate) [* up]
+#define JOBX_ACT_SILU 2       // y = silu(gate) [* up]
+
+// y[i] = act(gate[i]) * (up ? up[i] : 1): T5 relu / gated-gelu, Mistral SiLU-gated MLP.
+typedef struct {
+    const void* gate;  // bf16 [n]
+    const void* up;    // bf16 [n] or NULL (not gated)
+    void* y;           // bf16 [n] (may alias gate)
+    long long n;
+    int kind;
+} jobx_act_params;
+
+// Rotary position embedding, HF Llama/Mistral "rotate_half" form, in place on one projection:
+// for i < head_dim/2, (x_i, x_{i+d/2}) rotated by pos * theta^(-2i/d), computed in f32.
+typedef struct {
+    void* x;              // bf16 [tokens, heads, head_dim]
+    const int* pos;       // [tokens] absolute positions
+    long long tokens;
+    long long heads;
+    long long head_dim;   // even
+    float theta;          // rope_theta
+} jobx_rope_params;
+
+// y[t, :] = table[ids[t], :]; an id outside [0, vocab) writes zeros and sets *err = 1.
+typedef struct {
+    const int* ids;     // [n]
+    const void* table;  // bf16 [vocab, d]
+    void* y;            // bf16 [n, d]
+    int* err;           // [1], set to 1 on a bad id (never cleared by the kernel)
+    long long n;
+    long long d;
+    long long vocab;
+} jobx_embedding_params;
+
+// Weight formats for jobx_gemm_params.w_kind.
+#define JOBX_W_BF16 0   // w: bf16 [n, k]
+#define JOBX_W_INT8 1   // w: int8 [n, k], w_scale: f32 [n] (weight-only; x is bf16)
+#define JOBX_W8A8 2     // w: int8 [n, k] + w_scale [n]; x: int8 [m, k] + x_scale f32 [m]
+
+// y[m, n] (+)= (x[m, k] · w[n, k]^T) [* scales] + Σ_r lora_t[m, r] · lora_b[id, n, r] · s[id]
+// The nn.Linear product of every projection. Accumulation in f32; y in bf16 or f32.
+// LoRA (optional, lora_t != NULL): the low-rank "expand" is fused into the epilogue, one adapter
+// per row (lora_ids[m], -1 = none) as in SGMV, with lora_t = x · A^T from jobx_lora_shrink.
+typedef struct {
+    const void* x;         // bf16 [m, k] (JOBX_W8A8: int8 [m, k])
+    const void* w;         // see w_kind
+    const float* w_scale;  // [n] (int8 kinds) or NULL
+    const float* x_scale;  // [m] (JOBX_W8A8) or NULL
+    void* y;               // bf16 or f32 [m, ldy]
+    long long m;
+    long long n;
+    long long k;
+    long long ldy;
+    int w_kind;
+    int y_f32;             // 1: y is f32, 0: bf16
+    int accumulate;        // 1: y += result (read y first)
+    const float* lora_t;   // f32 [m, lora_r] or NULL
+    const void* lora_b;    // bf16 [adapters, n, lora_r]
+    const int* lora_ids;   // [m]
+    const float* lora_scale;  // [adapters]: alpha / r
+    long long lora_r;
+} jobx_gemm_params;
+
+// lora_t[m, r] = x[m, :] · a[ids[m], r, :] (f32 accumulation); rows with id -1 get zeros.
+typedef struct {
+    const void* x;      // bf16 [m, k]
+    const void* a;      // bf16 [adapters, r, k]
+    const int* ids;     // [m]
+    float* t;           // f32 [m, r]
+    long long m;
+    long long k;
+    long long r;
+} jobx_lora_shrink_params;
+
+// Per-token symmetric int8 quantisation for W8A8: scale[m] = max|x[m,:]| / 127,
+// q = round_half_even(x / scale) clamped to [-127, 127]; an all-zero row gets scale 0, q 0.
+typedef struct {
+    const void* x;  // bf16 [m, k]
+    void* q;        // int8 [m, k]
+    float* scale;   // [m]
+    long long m;
+    long long k;
+} jobx_quantize_params;
+
+// Attention over strided views (element (b, h, t, d) at b*sb + h*sh + t*st + d), output
+// o[b, i, h*dk + d] (the layout the output projection reads). Online softmax in f32.
+// Score(i, j) = scale * q_i·k_j + bias(h, i, j), where the bias is the T5 relative position
+// bias when rel_bias != NULL. Key j is visible to query i when key_mask[b, j] != 0 (if given),
+// j <= q_pos(i) if causal, and q_pos(i) - j < window if window > 0, with q_pos(i) = q_offset + i.
+// key_mask and K/V are indexed by the K/V batch row kb = kv_batch ? kv_batch[b] : b.
+typedef struct {
+    const void* q;   // bf16
+    const void* k;   // bf16
+    const void* v;   // bf16
+    void* o;         // bf16 [batch, tq, heads*dk]
+    long long q_sb, q_sh, q_st;
+    long long k_sb, k_sh, k_st;
+    long long v_sb, v_sh, v_st;
+    long long batch;
+    long long heads;
+    long long kv_heads;     // GQA: query head h reads kv head h / (heads / kv_heads)
+    long long tq;
+    long long tk;
+    long long dk;           // <= 128
+    long long q_offset;     // absolute position of query 0 (KV-cache decode)
+    long long window;       // sliding window (0 = none)
+    float scale;            // 1 for T5, 1/sqrt(dk) for Mistral
+    int causal;
+    const int* key_mask;    // [kv batch rows, tk] or NULL
+    const int* kv_batch;    // [batch]: K/V batch row per query row (beams) or NULL (identity)
+    const float* rel_bias;  // f32 [num_buckets, heads] (T5 relative_attention_bias) or NULL
+    int num_buckets;
+    int max_distance;
+    int bidirectional;      // T5 encoder 1, decoder self-attention 0
+} jobx_attention_params;
+
+// Logits processing for one decode step, f32 logits [rows, vocab]:
+// masked (bit v of mask row clear) entries become -inf; then per row the top_k largest
+// (value, id) pairs in descending order (ties: lower id first), so top_k = 1 is greedy argmax.
+typedef struct {
+    float* logits;             // f32 [rows, vocab] (masked in place)
+    const unsigned int* mask;  // [rows, ceil(vocab/32)] bitmask, bit set = allowed; or NULL
+    int* out_ids;              // [rows, top_k]
+    float* out_vals;           // [rows, top_k]
+    long long rows;
+    long long vocab;
+    int top_k;                 // 1..=64
+} jobx_logits_params;
+
+#endif  // JOBX_PARAMS_H
