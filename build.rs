@@ -15,8 +15,6 @@
 //! Target architectures: `JOBX_CUDA_ARCHS` (comma list of compute capabilities, default "80,90").
 //! Everything is written to `OUT_DIR` only.
 
-use std::path::{Path, PathBuf};
-
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
@@ -40,8 +38,8 @@ fn main() {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::*;
     use std::ffi::{c_char, c_int, CStr, CString};
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     const HINT: &str = "install the pinned toolchain with `bash tools/install-cuda-toolchain.sh` \
@@ -194,12 +192,10 @@ mod cuda {
             let builtins = std::fs::read_dir(path.parent().unwrap_or(Path::new(".")))
                 .ok()
                 .and_then(|d| {
-                    d.filter_map(|e| e.ok())
-                        .map(|e| e.path())
-                        .find(|p| {
-                            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                            n.starts_with("libnvrtc-builtins.so")
-                        })
+                    d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                        n.starts_with("libnvrtc-builtins.so")
+                    })
                 })
                 .and_then(|p| unsafe {
                     libloading::os::unix::Library::open(
@@ -285,7 +281,11 @@ mod cuda {
 
         fn err_str(&self, rc: c_int) -> String {
             // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string.
-            unsafe { CStr::from_ptr((self.err)(rc)).to_string_lossy().into_owned() }
+            unsafe {
+                CStr::from_ptr((self.err)(rc))
+                    .to_string_lossy()
+                    .into_owned()
+            }
         }
     }
 
@@ -382,7 +382,9 @@ mod cuda {
                 std::fs::write(out, &ptx).expect("write PTX to OUT_DIR");
                 ptx
             }
-            Err(log) => panic!("\n\nNVRTC failed to compile kernels/{name} for compute_{arch}:\n{log}\n"),
+            Err(log) => {
+                panic!("\n\nNVRTC failed to compile kernels/{name} for compute_{arch}:\n{log}\n")
+            }
         }
     }
 
@@ -419,7 +421,7 @@ mod cuda {
             let mut lowest_ptx = None;
             for &arch in &archs {
                 let ptx_path = out_dir.join(format!("{stem}.sm{arch}.ptx"));
-                let ptx = to_ptx(&tc, nvrtc.as_ref(), cu, arch, &ptx_path);
+                to_ptx(&tc, nvrtc.as_ref(), cu, arch, &ptx_path);
                 if lowest_ptx.is_none() {
                     lowest_ptx = Some(ptx_path.clone());
                 }
@@ -445,8 +447,7 @@ mod cuda {
                          {} B spill stores, {} B spill loads",
                         k.name, k.regs, k.stack, k.spill_st, k.spill_ld
                     );
-                    if (k.spill_st > 0 || k.spill_ld > 0) && !allowed.iter().any(|a| *a == k.name)
-                    {
+                    if (k.spill_st > 0 || k.spill_ld > 0) && !allowed.iter().any(|a| *a == k.name) {
                         spill_errors.push(format!(
                             "{stem}::{} on sm_{arch} spills ({} B stores, {} B loads)",
                             k.name, k.spill_st, k.spill_ld

@@ -497,7 +497,7 @@ impl MistralModel {
 }
 
 /// RoPE, HF rotate-half layout: for each head, pairs (i, i + d/2) rotate by pos·inv_freq[i].
-fn rope(x: &mut [f32], pos: &[usize], heads: usize, hd: usize, inv_freq: &[f32]) {
+pub fn rope(x: &mut [f32], pos: &[usize], heads: usize, hd: usize, inv_freq: &[f32]) {
     let half = hd / 2;
     for (ti, &p) in pos.iter().enumerate() {
         for h in 0..heads {

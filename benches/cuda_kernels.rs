@@ -1,0 +1,136 @@
+//! CUDA kernel benchmarks at model shapes (a lab binary, not criterion: it runs on the GPU
+//! machine from tools/gpu-check.sh, which has no Rust toolchain). Each op: 3 warm-up launches,
+//! then the median of 20 timed launches, each between CUDA events on the stream (so the time is
+//! the kernel's, synchronised). Prints one JSON line per case; tools/gpu_bench_torch.py times the
+//! PyTorch equivalents (torch.matmul bf16, torch._int_mm, scaled_dot_product_attention) on the same
+//! shapes and tools/gpu-check.sh puts the two side by side.
+use half::bf16;
+use jobx_engine::cuda::*;
+
+fn time<F: FnMut()>(g: &Gpu, mut f: F) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    let mut ts = Vec::new();
+    for _ in 0..20 {
+        let a = g.ctx.new_event(None).expect("event");
+        let b = g.ctx.new_event(None).expect("event");
+        a.record(&g.stream).expect("record");
+        f();
+        b.record(&g.stream).expect("record");
+        b.synchronize().expect("sync");
+        ts.push(a.elapsed_ms(&b).expect("elapsed") as f64);
+    }
+    ts.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    ts[ts.len() / 2]
+}
+
+fn main() {
+    let g = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("SKIP cuda_kernels bench: {e}");
+            return;
+        }
+    };
+    eprintln!("cuda_kernels on {}", g.name);
+    // (m, n, k): T5-large projections (d_model 1024, d_ff 2816) at 8 x 1024 tokens, a decode
+    // step at batch 32, and a square 4096 product.
+    for &(m, n, k) in &[
+        (8192, 1024, 1024),
+        (8192, 2816, 1024),
+        (32, 1024, 2816),
+        (4096, 4096, 4096),
+    ] {
+        let x = g.zeros::<bf16>("bench", m * k).unwrap();
+        let w = g.zeros::<bf16>("bench", n * k).unwrap();
+        let wq = g.zeros::<i8>("bench", n * k).unwrap();
+        let xq = g.zeros::<i8>("bench", m * k).unwrap();
+        let s_n = g.upload("bench", &vec![1.0f32; n]).unwrap();
+        let s_m = g.upload("bench", &vec![1.0f32; m]).unwrap();
+        let mut y = g.zeros::<bf16>("bench", m * n).unwrap();
+        let sh = GemmShape::new(m, n, k, false);
+        let flop = 2.0 * (m * n * k) as f64;
+        for (name, ms) in [
+            (
+                "gemm_bf16",
+                time(&g, || {
+                    g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                        .unwrap()
+                }),
+            ),
+            (
+                "gemm_int8_weight_only",
+                time(&g, || {
+                    g.gemm(
+                        &x,
+                        Weight::Int8 {
+                            w: &wq,
+                            scale: &s_n,
+                        },
+                        Out::Bf16(&mut y),
+                        &sh,
+                        None,
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "gemm_w8a8",
+                time(&g, || {
+                    g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
+                        .unwrap()
+                }),
+            ),
+        ] {
+            println!(
+                "{{\"op\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+                flop / ms / 1e9
+            );
+        }
+    }
+    // attention: T5-large encoder (16 heads x 64, 1024 tokens, relative bias) at batch 8
+    for &(b, h, t, dk) in &[(8usize, 16usize, 1024usize, 64usize), (1, 32, 4096, 128)] {
+        let q = g.zeros::<bf16>("bench", b * t * h * dk).unwrap();
+        let mut o = g.zeros::<bf16>("bench", b * t * h * dk).unwrap();
+        let v = View {
+            sb: t * h * dk,
+            sh: dk,
+            st: h * dk,
+        };
+        let bias = g.zeros::<f32>("bench", 32 * h).unwrap();
+        let t5 = dk == 64;
+        let call = AttnCall {
+            batch: b,
+            kv_batch_rows: b,
+            heads: h,
+            kv_heads: h,
+            tq: t,
+            tk: t,
+            dk,
+            q_offset: 0,
+            window: 0,
+            scale: if t5 { 1.0 } else { 1.0 / (dk as f32).sqrt() },
+            causal: !t5,
+            t5_bias: t5.then_some((32, 128, true)),
+        };
+        let ms = time(&g, || {
+            g.attention(
+                &call,
+                (&q, v),
+                (&q, v),
+                (&q, v),
+                &mut o,
+                None,
+                None,
+                t5.then_some(&bias),
+            )
+            .unwrap()
+        });
+        let flop = 4.0 * (b * h * t * t * dk) as f64 / if t5 { 1.0 } else { 2.0 };
+        println!(
+            "{{\"op\":\"attention\",\"batch\":{b},\"heads\":{h},\"t\":{t},\"dk\":{dk},\"causal\":{},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+            !t5, flop / ms / 1e9
+        );
+    }
+}

@@ -1,0 +1,669 @@
+//! Typed wrappers, one per kernel: the host-side "launcher" layer. Each checks that every buffer
+//! the kernel touches is large enough for the shapes it is given (so a kernel can never read or
+//! write out of bounds through a wrong shape), picks the grid, fills the parameter struct from
+//! kernels/jobx_params.h and launches through `Gpu::launch`. Shapes are in elements.
+
+use super::runtime::{backend_err, params::*, Gpu};
+use crate::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+use half::bf16;
+use std::ffi::c_void;
+
+fn need<T>(op: &'static str, what: &str, buf: &CudaSlice<T>, n: usize) -> Result<()> {
+    if buf.len() < n {
+        return Err(backend_err(
+            op,
+            format!(
+                "{what}: buffer holds {} elements, shape needs {n}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn grid_1d(n: usize, threads: u32) -> LaunchConfig {
+    // grid-stride kernels: cap the grid, every kernel loops over the rest
+    let blocks = n.div_ceil(threads as usize).clamp(1, 65_535 * 4) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_grid(rows: usize, threads: u32, op: &'static str) -> Result<LaunchConfig> {
+    if rows > i32::MAX as usize {
+        return Err(backend_err(
+            op,
+            format!("{rows} rows exceed one grid dimension"),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+const NULL: *mut c_void = std::ptr::null_mut();
+
+impl Gpu {
+    /// y = rms_norm(x) · w over rows of length d (T5LayerNorm / MistralRMSNorm).
+    pub fn rms_norm(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        need(OP, "x", x, rows * d)?;
+        need(OP, "w", w, d)?;
+        need(OP, "y", y, rows * d)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = jobx_rms_norm_params {
+            x: self.ptr(x),
+            w: self.ptr(w),
+            y: self.ptr(y),
+            rows: rows as i64,
+            d: d as i64,
+            eps,
+        };
+        self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
+    }
+
+    /// y = act(gate) [· up]; `kind` is JOBX_ACT_RELU / _GELU_TANH / _SILU.
+    pub fn activation(
+        &self,
+        gate: &CudaSlice<bf16>,
+        up: Option<&CudaSlice<bf16>>,
+        y: &mut CudaSlice<bf16>,
+        n: usize,
+        kind: u32,
+    ) -> Result<()> {
+        const OP: &str = "activation";
+        need(OP, "gate", gate, n)?;
+        if let Some(u) = up {
+            need(OP, "up", u, n)?;
+        }
+        need(OP, "y", y, n)?;
+        if kind > JOBX_ACT_SILU {
+            return Err(backend_err(OP, format!("unknown activation kind {kind}")));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let p = jobx_act_params {
+            gate: self.ptr(gate),
+            up: up.map_or(NULL, |u| self.ptr(u)),
+            y: self.ptr(y),
+            n: n as i64,
+            kind: kind as i32,
+        };
+        self.launch(OP, "act_bf16", grid_1d(n, 256), p)
+    }
+
+    /// x = act(x) [· up] in place (the kernel allows y to alias gate).
+    pub fn activation_inplace(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        up: Option<&CudaSlice<bf16>>,
+        n: usize,
+        kind: u32,
+    ) -> Result<()> {
+        const OP: &str = "activation";
+        need(OP, "x", x, n)?;
+        if let Some(u) = up {
+            need(OP, "up", u, n)?;
+        }
+        if kind > JOBX_ACT_SILU {
+            return Err(backend_err(OP, format!("unknown activation kind {kind}")));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let p = jobx_act_params {
+            gate: self.ptr(x),
+            up: up.map_or(NULL, |u| self.ptr(u)),
+            y: self.ptr(x),
+            n: n as i64,
+            kind: kind as i32,
+        };
+        self.launch(OP, "act_bf16", grid_1d(n, 256), p)
+    }
+
+    /// Rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
+    pub fn rope(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        pos: &CudaSlice<i32>,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        if head_dim % 2 != 0 {
+            return Err(backend_err(OP, format!("head_dim {head_dim} is odd")));
+        }
+        need(OP, "x", x, tokens * heads * head_dim)?;
+        need(OP, "pos", pos, tokens)?;
+        if tokens * heads == 0 {
+            return Ok(());
+        }
+        let p = jobx_rope_params {
+            x: self.ptr(x),
+            pos: self.ptr(pos) as *const i32,
+            tokens: tokens as i64,
+            heads: heads as i64,
+            head_dim: head_dim as i64,
+            theta,
+        };
+        self.launch(
+            OP,
+            "rope_bf16",
+            grid_1d(tokens * heads * head_dim / 2, 256),
+            p,
+        )
+    }
+
+    /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it.
+    pub fn embedding(
+        &self,
+        ids: &CudaSlice<i32>,
+        table: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        n: usize,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        need(OP, "ids", ids, n)?;
+        need(OP, "table", table, vocab * d)?;
+        need(OP, "y", y, n * d)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let err = self.zeros::<i32>(OP, 1)?;
+        let p = jobx_embedding_params {
+            ids: self.ptr(ids) as *const i32,
+            table: self.ptr(table),
+            y: self.ptr(y),
+            err: self.ptr(&err) as *mut i32,
+            n: n as i64,
+            d: d as i64,
+            vocab: vocab as i64,
+        };
+        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)?;
+        if self.download(OP, &err)?[0] != 0 {
+            return Err(backend_err(
+                OP,
+                format!("a token id is outside the vocabulary of {vocab}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The weight of a GEMM.
+pub enum Weight<'a> {
+    Bf16(&'a CudaSlice<bf16>),
+    /// Weight-only int8 with per-output-channel scales [n].
+    Int8 {
+        w: &'a CudaSlice<i8>,
+        scale: &'a CudaSlice<f32>,
+    },
+}
+
+/// The output of a GEMM: bf16 or f32, [m, ldy].
+pub enum Out<'a> {
+    Bf16(&'a mut CudaSlice<bf16>),
+    F32(&'a mut CudaSlice<f32>),
+}
+
+/// Per-row LoRA for a GEMM: `t` = x·Aᵀ from `lora_shrink` [m, r], `b` [adapters, n, r],
+/// `ids` [m] (-1: none), `scale` [adapters] (alpha / r).
+pub struct Lora<'a> {
+    pub t: &'a CudaSlice<f32>,
+    pub b: &'a CudaSlice<bf16>,
+    pub ids: &'a CudaSlice<i32>,
+    pub scale: &'a CudaSlice<f32>,
+    pub r: usize,
+    pub adapters: usize,
+}
+
+pub struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Row stride of the output (>= n).
+    pub ldy: usize,
+    /// Element offset of output row 0 in the y buffer (e.g. a KV-cache row).
+    pub y_off: usize,
+    pub accumulate: bool,
+}
+
+impl GemmShape {
+    /// A contiguous [m, n] output at the start of y.
+    pub fn new(m: usize, n: usize, k: usize, accumulate: bool) -> Self {
+        GemmShape {
+            m,
+            n,
+            k,
+            ldy: n,
+            y_off: 0,
+            accumulate,
+        }
+    }
+}
+
+fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
+    let (gx, gy) = (s.n.div_ceil(64), s.m.div_ceil(64));
+    if gy > 65_535 || gx > i32::MAX as usize {
+        return Err(backend_err(
+            op,
+            format!("m {} n {} exceed the grid", s.m, s.n),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (gx as u32, gy as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+impl Gpu {
+    fn gemm_common(
+        &self,
+        op: &'static str,
+        s: &GemmShape,
+        y: &mut Out,
+        lora: Option<&Lora>,
+    ) -> Result<(*mut c_void, i32, [*const c_void; 4], i64)> {
+        if s.ldy < s.n {
+            return Err(backend_err(op, format!("ldy {} < n {}", s.ldy, s.n)));
+        }
+        let ylen = s.y_off + if s.m == 0 { 0 } else { (s.m - 1) * s.ldy + s.n };
+        let (yp, yf) = match y {
+            Out::Bf16(b) => {
+                need(op, "y", b, ylen)?;
+                // SAFETY: y_off is inside the buffer (checked just above)
+                (
+                    unsafe { (self.ptr(b) as *mut bf16).add(s.y_off) as *mut c_void },
+                    0,
+                )
+            }
+            Out::F32(f) => {
+                need(op, "y", f, ylen)?;
+                (
+                    unsafe { (self.ptr(f) as *mut f32).add(s.y_off) as *mut c_void },
+                    1,
+                )
+            }
+        };
+        let mut l = [std::ptr::null(); 4];
+        let mut r = 0;
+        if let Some(lo) = lora {
+            need(op, "lora t", lo.t, s.m * lo.r)?;
+            need(op, "lora b", lo.b, lo.adapters * s.n * lo.r)?;
+            need(op, "lora ids", lo.ids, s.m)?;
+            need(op, "lora scale", lo.scale, lo.adapters)?;
+            // ids are checked on the host copy by the caller that built them; the kernel
+            // trusts -1 <= id < adapters
+            l = [
+                self.ptr(lo.t) as *const c_void,
+                self.ptr(lo.b) as *const c_void,
+                self.ptr(lo.ids) as *const c_void,
+                self.ptr(lo.scale) as *const c_void,
+            ];
+            r = lo.r as i64;
+        }
+        Ok((yp, yf, l, r))
+    }
+
+    /// y (+)= x · wᵀ [+ LoRA] with bf16 x [m, k] and a bf16 or weight-only int8 w [n, k].
+    pub fn gemm(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: Weight,
+        mut y: Out,
+        s: &GemmShape,
+        lora: Option<&Lora>,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        need(OP, "x", x, s.m * s.k)?;
+        let (wp, kind, ws) = match &w {
+            Weight::Bf16(b) => {
+                need(OP, "w", b, s.n * s.k)?;
+                (self.ptr(*b), JOBX_W_BF16, std::ptr::null())
+            }
+            Weight::Int8 { w, scale } => {
+                need(OP, "w", w, s.n * s.k)?;
+                need(OP, "w_scale", scale, s.n)?;
+                (self.ptr(*w), JOBX_W_INT8, self.ptr(*scale) as *const f32)
+            }
+        };
+        let (yp, yf, l, r) = self.gemm_common(OP, s, &mut y, lora)?;
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let p = jobx_gemm_params {
+            x: self.ptr(x),
+            w: wp,
+            w_scale: ws,
+            x_scale: std::ptr::null(),
+            y: yp,
+            m: s.m as i64,
+            n: s.n as i64,
+            k: s.k as i64,
+            ldy: s.ldy as i64,
+            w_kind: kind as i32,
+            y_f32: yf,
+            accumulate: s.accumulate as i32,
+            lora_t: l[0] as *const f32,
+            lora_b: l[1],
+            lora_ids: l[2] as *const i32,
+            lora_scale: l[3] as *const f32,
+            lora_r: r,
+        };
+        self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
+    }
+
+    /// W8A8: y (+)= (xq · wqᵀ) · x_scale[m] · w_scale[n] [+ LoRA], int8 tensor cores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_w8a8(
+        &self,
+        xq: &CudaSlice<i8>,
+        x_scale: &CudaSlice<f32>,
+        wq: &CudaSlice<i8>,
+        w_scale: &CudaSlice<f32>,
+        mut y: Out,
+        s: &GemmShape,
+        lora: Option<&Lora>,
+    ) -> Result<()> {
+        const OP: &str = "gemm_w8a8";
+        need(OP, "x", xq, s.m * s.k)?;
+        need(OP, "x_scale", x_scale, s.m)?;
+        need(OP, "w", wq, s.n * s.k)?;
+        need(OP, "w_scale", w_scale, s.n)?;
+        let (yp, yf, l, r) = self.gemm_common(OP, s, &mut y, lora)?;
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        let p = jobx_gemm_params {
+            x: self.ptr(xq),
+            w: self.ptr(wq),
+            w_scale: self.ptr(w_scale) as *const f32,
+            x_scale: self.ptr(x_scale) as *const f32,
+            y: yp,
+            m: s.m as i64,
+            n: s.n as i64,
+            k: s.k as i64,
+            ldy: s.ldy as i64,
+            w_kind: JOBX_W8A8 as i32,
+            y_f32: yf,
+            accumulate: s.accumulate as i32,
+            lora_t: l[0] as *const f32,
+            lora_b: l[1],
+            lora_ids: l[2] as *const i32,
+            lora_scale: l[3] as *const f32,
+            lora_r: r,
+        };
+        self.launch(OP, "gemm_w8a8", gemm_grid(s, OP)?, p)
+    }
+
+    /// Per-row int8 quantisation of x [m, k] for `gemm_w8a8`.
+    pub fn quantize_rows(
+        &self,
+        x: &CudaSlice<bf16>,
+        q: &mut CudaSlice<i8>,
+        scale: &mut CudaSlice<f32>,
+        m: usize,
+        k: usize,
+    ) -> Result<()> {
+        const OP: &str = "quantize_rows";
+        need(OP, "x", x, m * k)?;
+        need(OP, "q", q, m * k)?;
+        need(OP, "scale", scale, m)?;
+        if m == 0 {
+            return Ok(());
+        }
+        let p = jobx_quantize_params {
+            x: self.ptr(x),
+            q: self.ptr(q),
+            scale: self.ptr(scale) as *mut f32,
+            m: m as i64,
+            k: k as i64,
+        };
+        self.launch(OP, "quantize_rows_int8", rows_grid(m, 256, OP)?, p)
+    }
+
+    /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora_shrink(
+        &self,
+        x: &CudaSlice<bf16>,
+        a: &CudaSlice<bf16>,
+        ids: &CudaSlice<i32>,
+        t: &mut CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        r: usize,
+        adapters: usize,
+    ) -> Result<()> {
+        const OP: &str = "lora_shrink";
+        need(OP, "x", x, m * k)?;
+        need(OP, "a", a, adapters * r * k)?;
+        need(OP, "ids", ids, m)?;
+        need(OP, "t", t, m * r)?;
+        if m * r == 0 {
+            return Ok(());
+        }
+        let p = jobx_lora_shrink_params {
+            x: self.ptr(x),
+            a: self.ptr(a),
+            ids: self.ptr(ids) as *const i32,
+            t: self.ptr(t) as *mut f32,
+            m: m as i64,
+            k: k as i64,
+            r: r as i64,
+        };
+        // one warp per (row, rank)
+        self.launch(OP, "lora_shrink_bf16", grid_1d(m * r * 32, 256), p)
+    }
+}
+
+/// Strides (elements) of a [b, h, t, d] view.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub sb: usize,
+    pub sh: usize,
+    pub st: usize,
+}
+
+/// Shapes and options of one attention call (see jobx_attention_params).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnCall {
+    pub batch: usize,
+    pub kv_batch_rows: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub dk: usize,
+    pub q_offset: usize,
+    pub window: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// T5 relative bias: (num_buckets, max_distance, bidirectional).
+    pub t5_bias: Option<(usize, usize, bool)>,
+}
+
+fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> usize {
+    if rows == 0 || heads == 0 || t == 0 {
+        return 0;
+    }
+    (rows - 1) * v.sb + (heads - 1) * v.sh + (t - 1) * v.st + dk
+}
+
+impl Gpu {
+    /// o[b, i, h*dk + d] = softmax(scale q·k + bias, masked) · v.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        c: &AttnCall,
+        q: (&CudaSlice<bf16>, View),
+        k: (&CudaSlice<bf16>, View),
+        v: (&CudaSlice<bf16>, View),
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+        rel_bias: Option<&CudaSlice<f32>>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        if c.dk == 0 || c.dk > 128 {
+            return Err(backend_err(
+                OP,
+                format!("head size {} (1..=128 supported)", c.dk),
+            ));
+        }
+        if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
+            return Err(backend_err(
+                OP,
+                format!(
+                    "{} heads not a multiple of {} kv heads",
+                    c.heads, c.kv_heads
+                ),
+            ));
+        }
+        need(OP, "q", q.0, view_len(q.1, c.batch, c.heads, c.tq, c.dk))?;
+        need(
+            OP,
+            "k",
+            k.0,
+            view_len(k.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
+        )?;
+        need(
+            OP,
+            "v",
+            v.0,
+            view_len(v.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
+        )?;
+        need(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
+        if let Some(m) = key_mask {
+            need(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
+        }
+        match kv_batch {
+            Some(kb) => need(OP, "kv_batch", kb, c.batch)?,
+            None if c.kv_batch_rows < c.batch => {
+                return Err(backend_err(
+                    OP,
+                    "fewer K/V rows than queries and no kv_batch map",
+                ))
+            }
+            None => {}
+        }
+        let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
+        if let Some(rb) = rel_bias {
+            if c.t5_bias.is_none() || nb < 2 || md <= nb / 2 {
+                return Err(backend_err(
+                    OP,
+                    "relative bias needs buckets >= 2 and max_distance > buckets/2",
+                ));
+            }
+            need(OP, "rel_bias", rb, nb * c.heads)?;
+        }
+        if c.batch * c.heads * c.tq == 0 {
+            return Ok(());
+        }
+        let gx = c.tq.div_ceil(4);
+        if gx > i32::MAX as usize || c.heads > 65_535 || c.batch > 65_535 {
+            return Err(backend_err(OP, "grid too large"));
+        }
+        let p = jobx_attention_params {
+            q: self.ptr(q.0),
+            k: self.ptr(k.0),
+            v: self.ptr(v.0),
+            o: self.ptr(o),
+            q_sb: q.1.sb as i64,
+            q_sh: q.1.sh as i64,
+            q_st: q.1.st as i64,
+            k_sb: k.1.sb as i64,
+            k_sh: k.1.sh as i64,
+            k_st: k.1.st as i64,
+            v_sb: v.1.sb as i64,
+            v_sh: v.1.sh as i64,
+            v_st: v.1.st as i64,
+            batch: c.batch as i64,
+            heads: c.heads as i64,
+            kv_heads: c.kv_heads as i64,
+            tq: c.tq as i64,
+            tk: c.tk as i64,
+            dk: c.dk as i64,
+            q_offset: c.q_offset as i64,
+            window: c.window as i64,
+            scale: c.scale,
+            causal: c.causal as i32,
+            key_mask: key_mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
+            kv_batch: kv_batch.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
+            rel_bias: rel_bias.map_or(std::ptr::null(), |m| self.ptr(m) as *const f32),
+            num_buckets: nb as i32,
+            max_distance: md as i32,
+            bidirectional: bidir as i32,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(OP, "attention_bf16", cfg, p)
+    }
+
+    /// Grammar mask (optional bitmask rows) then top-k per row of f32 logits [rows, vocab].
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits_topk(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        mask: Option<&CudaSlice<u32>>,
+        ids: &mut CudaSlice<i32>,
+        vals: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        top_k: usize,
+    ) -> Result<()> {
+        const OP: &str = "logits_topk";
+        if top_k == 0 || top_k > 64 || top_k > vocab {
+            return Err(backend_err(
+                OP,
+                format!("top_k {top_k} (1..=64, <= vocab {vocab})"),
+            ));
+        }
+        if vocab > i32::MAX as usize {
+            return Err(backend_err(OP, "vocabulary too large for i32 ids"));
+        }
+        need(OP, "logits", logits, rows * vocab)?;
+        if let Some(m) = mask {
+            need(OP, "mask", m, rows * vocab.div_ceil(32))?;
+        }
+        need(OP, "ids", ids, rows * top_k)?;
+        need(OP, "vals", vals, rows * top_k)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = jobx_logits_params {
+            logits: self.ptr(logits) as *mut f32,
+            mask: mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const u32),
+            out_ids: self.ptr(ids) as *mut i32,
+            out_vals: self.ptr(vals) as *mut f32,
+            rows: rows as i64,
+            vocab: vocab as i64,
+            top_k: top_k as i32,
+        };
+        self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)
+    }
+}

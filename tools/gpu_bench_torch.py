@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""PyTorch baselines for benches/cuda_kernels.rs on the same GPU and shapes: torch.matmul in bf16,
+torch._int_mm (int8 x int8 -> int32) and scaled_dot_product_attention. Timing: 3 warm-ups, median
+of 20 runs between CUDA events. One JSON line per case (same keys as the Rust lab binary)."""
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def time_ms(f):
+    for _ in range(3):
+        f()
+    ts = []
+    for _ in range(20):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        f()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("SKIP torch baselines: no CUDA device", file=sys.stderr)
+        return
+    dev = "cuda"
+    print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
+    for m, n, k in [(8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (4096, 4096, 4096)]:
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+        flop = 2.0 * m * n * k
+        ms = time_ms(lambda: torch.matmul(x, w.t()))
+        print(json.dumps(dict(op="torch_matmul_bf16", m=m, n=n, k=k, ms=round(ms, 4), tflops=round(flop / ms / 1e9, 2))))
+        xq = torch.randint(-127, 127, (m, k), device=dev, dtype=torch.int8)
+        wq = torch.randint(-127, 127, (k, n), device=dev, dtype=torch.int8)
+        try:
+            ms = time_ms(lambda: torch._int_mm(xq, wq))
+            print(json.dumps(dict(op="torch_int_mm", m=m, n=n, k=k, ms=round(ms, 4), tflops=round(flop / ms / 1e9, 2))))
+        except RuntimeError as e:  # _int_mm needs m > 16 and multiples of 8
+            print(json.dumps(dict(op="torch_int_mm", m=m, n=n, k=k, error=str(e)[:200])))
+    for b, h, t, dk, causal in [(8, 16, 1024, 64, False), (1, 32, 4096, 128, True)]:
+        q = torch.randn(b, h, t, dk, device=dev, dtype=torch.bfloat16)
+        bias = torch.randn(1, h, t, t, device=dev, dtype=torch.bfloat16) if not causal else None
+        flop = 4.0 * b * h * t * t * dk / (2.0 if causal else 1.0)
+        ms = time_ms(lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=bias, is_causal=causal,
+                                                            scale=1.0 if not causal else None))
+        print(json.dumps(dict(op="torch_sdpa", batch=b, heads=h, t=t, dk=dk, causal=causal, ms=round(ms, 4),
+                              tflops=round(flop / ms / 1e9, 2))))
+
+
+if __name__ == "__main__":
+    main()
