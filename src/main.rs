@@ -384,7 +384,15 @@ fn main() {
             .num_threads(t.max(1))
             .build_global();
     }
-    let code = match check_device(cli.device).and_then(|_| run(cli.cmd)) {
+    // `verify` and `generate` run T5 on CUDA; every other command needs the CPU backend so far.
+    let runs_on_cuda = matches!(cli.cmd, Cmd::Verify { .. } | Cmd::Generate { .. });
+    let device_ok = if runs_on_cuda && matches!(cli.device, Device::Cuda) {
+        Ok(())
+    } else {
+        check_device(cli.device)
+    };
+    let cuda = matches!(cli.device, Device::Cuda);
+    let code = match device_ok.and_then(|_| run(cli.cmd, cuda)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -397,10 +405,77 @@ fn main() {
 fn check_device(d: Device) -> anyhow::Result<()> {
     match d {
         Device::Cpu | Device::Auto => Ok(()),
+        Device::Cuda if !jobx_engine::cuda::BUILT_WITH_CUDA => bail!(
+            "--device cuda: this binary was built without the CUDA backend \
+             (rebuild with --features cuda) ; use --device cpu"
+        ),
         Device::Cuda => bail!(
-            "--device cuda: this build has no CUDA backend (the CUDA backend is not implemented yet; use --device cpu)"
+            "--device cuda: this build carries the CUDA kernels and a CUDA T5 graph, which \
+             `verify --device cuda` checks against reference fixtures, and `generate --device cuda` \
+             runs (T5, --input-ids); extract and eval do not run on CUDA yet; use --device cpu"
         ),
     }
+}
+
+/// `generate --device cuda`: T5 checkpoints with `--input-ids`, on the CUDA T5 graph.
+#[cfg(feature = "cuda")]
+fn generate_cuda(
+    m: &ModelArgs,
+    input_ids: Option<&std::path::Path>,
+    decode: &DecodeArgs,
+) -> anyhow::Result<i32> {
+    use jobx_engine::models::t5_cuda::{generate_t5, T5Cuda};
+    if !m.adapters.is_empty() {
+        bail!("generate --device cuda: adapters do not run on CUDA yet");
+    }
+    let Some(p) = input_ids else {
+        bail!("generate --device cuda: give --input-ids FILE (text input runs on the CPU only)");
+    };
+    let dir = jobx_engine::hub::resolve_model(&m.model)?;
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
+    let (batch, single) = parse_ids(&v).context("expected an array of ids or of arrays")?;
+    let gpu = jobx_engine::cuda::Gpu::new(0)?;
+    let t0 = std::time::Instant::now();
+    let model =
+        T5Cuda::load_dir(&gpu, &dir).with_context(|| format!("loading {}", dir.display()))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let vocab = model.cfg.vocab_size as u32;
+    if let Some(bad) = batch.iter().flatten().find(|&&t| t >= vocab) {
+        bail!("token id {bad} is outside the model's vocabulary ({vocab})");
+    }
+    let eos = jobx_engine::verify::eos_ids(&dir, model.cfg.eos_token_id);
+    let opts = gen_options(decode, eos)?;
+    let t0 = std::time::Instant::now();
+    let outs = generate_t5(&model, &batch, &opts)?;
+    gpu.synchronize("generate")?;
+    let secs = t0.elapsed().as_secs_f64();
+    let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
+    let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "ids": if single { serde_json::json!(ids[0]) } else { serde_json::json!(ids) },
+            "finish": outs.iter().map(|o| o.finish).collect::<Vec<_>>(),
+            "new_tokens": new_tokens,
+            "load_ms": load_ms,
+            "generate_ms": secs * 1e3,
+            "tokens_per_s": new_tokens as f64 / secs.max(1e-9),
+            "device": gpu.name,
+        })
+    );
+    Ok(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn generate_cuda(
+    _m: &ModelArgs,
+    _input_ids: Option<&std::path::Path>,
+    _decode: &DecodeArgs,
+) -> anyhow::Result<i32> {
+    jobx_engine::cuda::Gpu::new(0)?;
+    unreachable!()
 }
 
 fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
@@ -444,7 +519,7 @@ fn load_report(p: &PathBuf) -> anyhow::Result<Vec<(String, serde_json::Value)>> 
     })
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<i32> {
+fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Eval {
             m,
@@ -669,7 +744,10 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             dirs,
             merge_adapter,
         } => {
-            let vopts = jobx_engine::verify::VerifyOptions { merge_adapter };
+            let vopts = jobx_engine::verify::VerifyOptions {
+                merge_adapter,
+                cuda,
+            };
             if dirs.is_empty() {
                 bail!("verify: give at least one fixture folder");
             }
@@ -688,6 +766,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             text,
             decode,
         } => {
+            if cuda {
+                return generate_cuda(&m, input_ids.as_deref(), &decode);
+            }
             let (engine, adapter) = m.load()?;
             let adapter = adapter.and_then(|n| engine.adapter_slot(&n));
             let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {

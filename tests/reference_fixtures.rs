@@ -36,6 +36,7 @@ fn merged_adapters_give_the_same_logits_as_unmerged() {
     for name in ["t5-lora", "mistral-lora"] {
         let opts = jobx_engine::verify::VerifyOptions {
             merge_adapter: true,
+            ..Default::default()
         };
         let sum = jobx_engine::verify::verify_dir_with(&common::fixture(name), &opts, &mut |_| {})
             .unwrap();

@@ -3,3 +3,5 @@ pub mod adapter;
 pub mod linear;
 pub mod mistral;
 pub mod t5;
+#[cfg(feature = "cuda")]
+pub mod t5_cuda;

@@ -1,0 +1,656 @@
+//! The T5 graph on the CUDA backend (`--features cuda`): the same computation as `t5.rs` (HF
+//! `modeling_t5.py`: T5Stack, T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF), with bf16
+//! weights and activations and f32 accumulation in every kernel (T5 overflows fp16:
+//! ../shared/docs/MODEL-NOTES.md). Weights are loaded by their HF names (`t5::weight_shapes`),
+//! converted to bf16 once and kept on the GPU.
+//!
+//! Data layout on the device (all row-major):
+//! - activations `x` [rows, d_model]; projections [rows, H*dk], read by attention as the view
+//!   (b, h, t, d) -> b*S*inner + t*inner + h*dk + d;
+//! - decoder self-attention KV cache per layer [batch rows, capacity, H*dk], written in place by
+//!   the K/V projections of each step (GEMM output offset + row stride);
+//! - cross-attention K/V per layer computed once per request from the encoder output.
+//!
+//! `T5CudaStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
+//! grammar constraint run unchanged on top of it (logits come back to the host each step).
+
+use super::t5::{weight_shapes, Act, T5Config};
+use crate::checkpoint::Checkpoint;
+use crate::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
+use crate::cuda::{AttnCall, GemmShape, Gpu, Out, View, Weight};
+use crate::{Error, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use std::collections::HashMap;
+use std::path::Path;
+
+pub struct T5Cuda<'g> {
+    pub gpu: &'g Gpu,
+    pub cfg: T5Config,
+    gated: bool,
+    act: u32,
+    w: HashMap<String, CudaSlice<bf16>>,
+    /// relative_attention_bias tables as f32 [buckets, H] (encoder, decoder)
+    enc_bias: CudaSlice<f32>,
+    dec_bias: CudaSlice<f32>,
+    /// decoder final norm weight, times d_model^-0.5 when the head is tied (HF rescales the
+    /// decoder output before the tied LM head)
+    dec_final: CudaSlice<bf16>,
+}
+
+/// Encoder output of one request on the device.
+pub struct CudaEncoderOut {
+    pub batch: usize,
+    pub seq: usize,
+    /// [batch, seq] key mask (1 = real token)
+    mask: CudaSlice<i32>,
+    /// per decoder layer: cross-attention K and V [batch, seq, H*dk]
+    cross_kv: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+}
+
+fn cfg_err(msg: String) -> Error {
+    Error::config("config.json", msg)
+}
+
+impl<'g> T5Cuda<'g> {
+    /// Load a T5 checkpoint folder onto the GPU (bf16).
+    pub fn load_dir(gpu: &'g Gpu, dir: &Path) -> Result<Self> {
+        let cfg = T5Config::from_file(&dir.join("config.json"))?;
+        let ck = Checkpoint::open_dir(dir)?;
+        Self::load(gpu, cfg, &ck)
+    }
+
+    pub fn load(gpu: &'g Gpu, cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
+        let (gated, act) = cfg.ffn_kind().map_err(cfg_err)?;
+        let act =
+            match act {
+                Act::Relu => JOBX_ACT_RELU,
+                Act::GeluTanh => JOBX_ACT_GELU_TANH,
+                Act::Silu => JOBX_ACT_SILU,
+                Act::GeluErf => return Err(Error::Unsupported(
+                    "CUDA backend: feed_forward_proj with exact (erf) GELU is not implemented; \
+                     use --device cpu"
+                        .into(),
+                )),
+            };
+        let mut w = HashMap::new();
+        let mut enc_bias = None;
+        let mut dec_bias = None;
+        for (name, shape) in weight_shapes(&cfg) {
+            let src = if name == "shared.weight" && !ck.contains(&name) {
+                ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+                    .into_iter()
+                    .find(|n| ck.contains(n))
+                    .unwrap_or("shared.weight")
+                    .to_string()
+            } else {
+                name.clone()
+            };
+            let t = ck.f32(&src, &shape)?;
+            if name.ends_with("relative_attention_bias.weight") {
+                let dev = gpu.upload("load", t.as_slice())?;
+                if name.starts_with("encoder") {
+                    enc_bias = Some(dev);
+                } else {
+                    dec_bias = Some(dev);
+                }
+                continue;
+            }
+            let b: Vec<bf16> = t.as_slice().iter().map(|&v| bf16::from_f32(v)).collect();
+            w.insert(name, gpu.upload("load", &b)?);
+        }
+        let final_name = "decoder.final_layer_norm.weight";
+        let mut fin: Vec<f32> = ck.f32(final_name, &[cfg.d_model])?.as_slice().to_vec();
+        if cfg.tie_word_embeddings {
+            let s = (cfg.d_model as f32).powf(-0.5);
+            fin.iter_mut().for_each(|v| *v *= s);
+        }
+        let fin: Vec<bf16> = fin.iter().map(|&v| bf16::from_f32(v)).collect();
+        let dec_final = gpu.upload("load", &fin)?;
+        let missing = || Error::MissingTensor {
+            name: "relative_attention_bias".into(),
+            where_: "T5 checkpoint".into(),
+        };
+        Ok(T5Cuda {
+            gpu,
+            gated,
+            act,
+            w,
+            enc_bias: enc_bias.ok_or_else(missing)?,
+            dec_bias: dec_bias.ok_or_else(missing)?,
+            dec_final,
+            cfg,
+        })
+    }
+
+    fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
+        self.w.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: "CUDA T5 weights".into(),
+        })
+    }
+
+    fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
+        self.gpu.zeros::<bf16>("t5", n)
+    }
+
+    /// y = x · W(name)ᵀ into `out` (accumulate: out += ...), shapes [m, k] -> [m, n].
+    fn linear(
+        &self,
+        x: &CudaSlice<bf16>,
+        name: &str,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: &mut CudaSlice<bf16>,
+        acc: bool,
+    ) -> Result<()> {
+        self.gpu.gemm(
+            x,
+            Weight::Bf16(self.wt(name)?),
+            Out::Bf16(out),
+            &GemmShape::new(m, n, k, acc),
+            None,
+        )
+    }
+
+    /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1").
+    fn ffn(&self, x: &mut CudaSlice<bf16>, rows: usize, p: &str) -> Result<()> {
+        let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
+        let mut h = self.buf(rows * d)?;
+        self.gpu.rms_norm(
+            x,
+            self.wt(&format!("{p}.layer_norm.weight"))?,
+            &mut h,
+            rows,
+            d,
+            self.cfg.layer_norm_epsilon as f32,
+        )?;
+        let mut a = self.buf(rows * dff)?;
+        let dr = format!("{p}.DenseReluDense");
+        if self.gated {
+            let mut u = self.buf(rows * dff)?;
+            self.linear(
+                &h,
+                &format!("{dr}.wi_0.weight"),
+                rows,
+                dff,
+                d,
+                &mut a,
+                false,
+            )?;
+            self.linear(
+                &h,
+                &format!("{dr}.wi_1.weight"),
+                rows,
+                dff,
+                d,
+                &mut u,
+                false,
+            )?;
+            self.gpu
+                .activation_inplace(&mut a, Some(&u), rows * dff, self.act)?;
+        } else {
+            self.linear(&h, &format!("{dr}.wi.weight"), rows, dff, d, &mut a, false)?;
+            self.gpu
+                .activation_inplace(&mut a, None, rows * dff, self.act)?;
+        }
+        self.linear(&a, &format!("{dr}.wo.weight"), rows, d, dff, x, true)
+    }
+
+    /// Encoder over `ids` [batch, seq] with `mask` (1 = token, 0 = padding).
+    pub fn encode(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+    ) -> Result<CudaEncoderOut> {
+        let c = &self.cfg;
+        let (d, h, dk) = (c.d_model, c.num_heads, c.d_kv);
+        let inner = h * dk;
+        let rows = batch * seq;
+        if ids.len() != rows || mask.len() != rows {
+            return Err(Error::Input(format!(
+                "encode: {} ids / {} mask values for batch {batch} x {seq}",
+                ids.len(),
+                mask.len()
+            )));
+        }
+        let ids_d = self
+            .gpu
+            .upload("t5", &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        let mask_d = self
+            .gpu
+            .upload("t5", &mask.iter().map(|&m| m as i32).collect::<Vec<_>>())?;
+        let mut x = self.buf(rows * d)?;
+        self.gpu.embedding(
+            &ids_d,
+            self.wt("shared.weight")?,
+            &mut x,
+            rows,
+            d,
+            c.vocab_size,
+        )?;
+        let view = View {
+            sb: seq * inner,
+            sh: dk,
+            st: inner,
+        };
+        let eps = c.layer_norm_epsilon as f32;
+        for l in 0..c.num_layers {
+            let p = format!("encoder.block.{l}.layer.0");
+            let mut hn = self.buf(rows * d)?;
+            self.gpu.rms_norm(
+                &x,
+                self.wt(&format!("{p}.layer_norm.weight"))?,
+                &mut hn,
+                rows,
+                d,
+                eps,
+            )?;
+            let sa = format!("{p}.SelfAttention");
+            let mut q = self.buf(rows * inner)?;
+            let mut k = self.buf(rows * inner)?;
+            let mut v = self.buf(rows * inner)?;
+            self.linear(
+                &hn,
+                &format!("{sa}.q.weight"),
+                rows,
+                inner,
+                d,
+                &mut q,
+                false,
+            )?;
+            self.linear(
+                &hn,
+                &format!("{sa}.k.weight"),
+                rows,
+                inner,
+                d,
+                &mut k,
+                false,
+            )?;
+            self.linear(
+                &hn,
+                &format!("{sa}.v.weight"),
+                rows,
+                inner,
+                d,
+                &mut v,
+                false,
+            )?;
+            let call = AttnCall {
+                batch,
+                kv_batch_rows: batch,
+                heads: h,
+                kv_heads: h,
+                tq: seq,
+                tk: seq,
+                dk,
+                q_offset: 0,
+                window: 0,
+                scale: 1.0, // T5: no 1/sqrt(d)
+                causal: false,
+                t5_bias: Some((
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                    true,
+                )),
+            };
+            let mut o = self.buf(rows * inner)?;
+            self.gpu.attention(
+                &call,
+                (&q, view),
+                (&k, view),
+                (&v, view),
+                &mut o,
+                Some(&mask_d),
+                None,
+                Some(&self.enc_bias),
+            )?;
+            self.linear(&o, &format!("{sa}.o.weight"), rows, d, inner, &mut x, true)?;
+            self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"))?;
+        }
+        let mut enc = self.buf(rows * d)?;
+        self.gpu.rms_norm(
+            &x,
+            self.wt("encoder.final_layer_norm.weight")?,
+            &mut enc,
+            rows,
+            d,
+            eps,
+        )?;
+        let mut cross_kv = Vec::new();
+        for l in 0..c.n_dec_layers() {
+            let ca = format!("decoder.block.{l}.layer.1.EncDecAttention");
+            let mut k = self.buf(rows * inner)?;
+            let mut v = self.buf(rows * inner)?;
+            self.linear(
+                &enc,
+                &format!("{ca}.k.weight"),
+                rows,
+                inner,
+                d,
+                &mut k,
+                false,
+            )?;
+            self.linear(
+                &enc,
+                &format!("{ca}.v.weight"),
+                rows,
+                inner,
+                d,
+                &mut v,
+                false,
+            )?;
+            cross_kv.push((k, v));
+        }
+        Ok(CudaEncoderOut {
+            batch,
+            seq,
+            mask: mask_d,
+            cross_kv,
+        })
+    }
+}
+
+/// Decoder state of one generation: per layer self-attention K/V caches [rows, cap, H*dk].
+pub struct T5CudaStepper<'a, 'g> {
+    model: &'a T5Cuda<'g>,
+    enc: &'a CudaEncoderOut,
+    /// encoder batch row of each decoder row (beams share one encoder row)
+    src: Vec<usize>,
+    src_d: CudaSlice<i32>,
+    cap: usize,
+    len: usize,
+    cache: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+}
+
+impl<'a, 'g> T5CudaStepper<'a, 'g> {
+    pub fn new(
+        model: &'a T5Cuda<'g>,
+        enc: &'a CudaEncoderOut,
+        src: Vec<usize>,
+        capacity: usize,
+    ) -> Result<Self> {
+        if src.iter().any(|&s| s >= enc.batch) {
+            return Err(Error::Input(
+                "decoder row maps past the encoder batch".into(),
+            ));
+        }
+        let inner = model.cfg.num_heads * model.cfg.d_kv;
+        let rows = src.len();
+        let cap = capacity.max(1);
+        let mut cache = Vec::new();
+        for _ in 0..model.cfg.n_dec_layers() {
+            cache.push((
+                model.buf(rows * cap * inner)?,
+                model.buf(rows * cap * inner)?,
+            ));
+        }
+        let src_d = model
+            .gpu
+            .upload("t5", &src.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
+        Ok(T5CudaStepper {
+            model,
+            enc,
+            src,
+            src_d,
+            cap,
+            len: 0,
+            cache,
+        })
+    }
+}
+
+impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+
+    fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        let m = self.model;
+        let gpu = m.gpu;
+        let c = &m.cfg;
+        let (d, h, dk, v) = (c.d_model, c.num_heads, c.d_kv, c.vocab_size);
+        let inner = h * dk;
+        let rows = self.src.len();
+        if tokens.len() != rows {
+            return Err(Error::Input(format!(
+                "{} tokens for {rows} rows",
+                tokens.len()
+            )));
+        }
+        if self.len >= self.cap {
+            return Err(Error::Input(format!(
+                "decoder cache of {} positions is full",
+                self.cap
+            )));
+        }
+        let t = self.len;
+        let eps = c.layer_norm_epsilon as f32;
+        let ids = gpu.upload("t5", &tokens.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        let mut x = m.buf(rows * d)?;
+        gpu.embedding(&ids, m.wt("shared.weight")?, &mut x, rows, d, v)?;
+        let qview = View {
+            sb: inner,
+            sh: dk,
+            st: inner,
+        };
+        let cache_view = View {
+            sb: self.cap * inner,
+            sh: dk,
+            st: inner,
+        };
+        let enc_view = View {
+            sb: self.enc.seq * inner,
+            sh: dk,
+            st: inner,
+        };
+        for l in 0..c.n_dec_layers() {
+            // self-attention over the cache (positions 0..=t), unidirectional relative bias
+            let p = format!("decoder.block.{l}.layer.0");
+            let mut hn = m.buf(rows * d)?;
+            gpu.rms_norm(
+                &x,
+                m.wt(&format!("{p}.layer_norm.weight"))?,
+                &mut hn,
+                rows,
+                d,
+                eps,
+            )?;
+            let sa = format!("{p}.SelfAttention");
+            let mut q = m.buf(rows * inner)?;
+            m.linear(
+                &hn,
+                &format!("{sa}.q.weight"),
+                rows,
+                inner,
+                d,
+                &mut q,
+                false,
+            )?;
+            let (kc, vc) = &mut self.cache[l];
+            let at_t = GemmShape {
+                m: rows,
+                n: inner,
+                k: d,
+                ldy: self.cap * inner,
+                y_off: t * inner,
+                accumulate: false,
+            };
+            gpu.gemm(
+                &hn,
+                Weight::Bf16(m.wt(&format!("{sa}.k.weight"))?),
+                Out::Bf16(kc),
+                &at_t,
+                None,
+            )?;
+            gpu.gemm(
+                &hn,
+                Weight::Bf16(m.wt(&format!("{sa}.v.weight"))?),
+                Out::Bf16(vc),
+                &at_t,
+                None,
+            )?;
+            let call = AttnCall {
+                batch: rows,
+                kv_batch_rows: rows,
+                heads: h,
+                kv_heads: h,
+                tq: 1,
+                tk: t + 1,
+                dk,
+                q_offset: t,
+                window: 0,
+                scale: 1.0,
+                causal: true,
+                t5_bias: Some((
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                    false,
+                )),
+            };
+            let mut o = m.buf(rows * inner)?;
+            gpu.attention(
+                &call,
+                (&q, qview),
+                (kc, cache_view),
+                (vc, cache_view),
+                &mut o,
+                None,
+                None,
+                Some(&m.dec_bias),
+            )?;
+            m.linear(&o, &format!("{sa}.o.weight"), rows, d, inner, &mut x, true)?;
+            // cross-attention over the encoder output (no position bias, padding mask)
+            let p = format!("decoder.block.{l}.layer.1");
+            gpu.rms_norm(
+                &x,
+                m.wt(&format!("{p}.layer_norm.weight"))?,
+                &mut hn,
+                rows,
+                d,
+                eps,
+            )?;
+            let ca = format!("{p}.EncDecAttention");
+            m.linear(
+                &hn,
+                &format!("{ca}.q.weight"),
+                rows,
+                inner,
+                d,
+                &mut q,
+                false,
+            )?;
+            let (ek, ev) = &self.enc.cross_kv[l];
+            let call = AttnCall {
+                batch: rows,
+                kv_batch_rows: self.enc.batch,
+                heads: h,
+                kv_heads: h,
+                tq: 1,
+                tk: self.enc.seq,
+                dk,
+                q_offset: 0,
+                window: 0,
+                scale: 1.0,
+                causal: false,
+                t5_bias: None,
+            };
+            gpu.attention(
+                &call,
+                (&q, qview),
+                (ek, enc_view),
+                (ev, enc_view),
+                &mut o,
+                Some(&self.enc.mask),
+                Some(&self.src_d),
+                None,
+            )?;
+            m.linear(&o, &format!("{ca}.o.weight"), rows, d, inner, &mut x, true)?;
+            m.ffn(&mut x, rows, &format!("decoder.block.{l}.layer.2"))?;
+        }
+        let mut hn = m.buf(rows * d)?;
+        gpu.rms_norm(&x, &m.dec_final, &mut hn, rows, d, eps)?;
+        let head = if c.tie_word_embeddings {
+            m.wt("shared.weight")?
+        } else {
+            m.wt("lm_head.weight")?
+        };
+        let mut lg = gpu.zeros::<f32>("t5", rows * v)?;
+        gpu.gemm(
+            &hn,
+            Weight::Bf16(head),
+            Out::F32(&mut lg),
+            &GemmShape::new(rows, v, d, false),
+            None,
+        )?;
+        *logits = gpu.download("t5", &lg)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
+        let m = self.model;
+        let inner = m.cfg.num_heads * m.cfg.d_kv;
+        let per = self.cap * inner;
+        if parents.iter().any(|&p| p >= self.src.len()) {
+            return Err(Error::Input("select_rows: parent out of range".into()));
+        }
+        for (kc, vc) in self.cache.iter_mut() {
+            for buf in [kc, vc] {
+                let mut fresh = m.buf(parents.len() * per)?;
+                for (r, &p) in parents.iter().enumerate() {
+                    m.gpu
+                        .stream
+                        .memcpy_dtod(
+                            &buf.slice(p * per..(p + 1) * per),
+                            &mut fresh.slice_mut(r * per..(r + 1) * per),
+                        )
+                        .map_err(|e| crate::cuda::backend_err("select_rows", e))?;
+                }
+                *buf = fresh;
+            }
+        }
+        self.src = parents.iter().map(|&p| self.src[p]).collect();
+        self.src_d = m.gpu.upload(
+            "t5",
+            &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Generate for a batch of source id rows on the GPU (T5; rows right-padded with the pad id and
+/// masked, as HF's tokenizer pads T5 inputs), with the shared `generate` loop: greedy, beam search
+/// or sampling per `opts`. Returns one output per source row.
+pub fn generate_t5(
+    model: &T5Cuda,
+    sources: &[Vec<u32>],
+    opts: &crate::generate::GenOptions,
+) -> Result<Vec<crate::generate::GenOutput>> {
+    let b = sources.len();
+    let s = sources.iter().map(|r| r.len()).max().unwrap_or(0);
+    if b == 0 || s == 0 {
+        return Err(Error::Input("generate: empty input".into()));
+    }
+    let pad = model.cfg.pad_token_id;
+    let mut ids = Vec::with_capacity(b * s);
+    let mut mask = Vec::with_capacity(b * s);
+    for r in sources {
+        ids.extend(
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat(pad).take(s - r.len())),
+        );
+        mask.extend((0..s).map(|j| (j < r.len()) as u8));
+    }
+    let enc = model.encode(&ids, &mask, b, s)?;
+    let k = opts.num_beams.max(1);
+    let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+    let mut stepper = T5CudaStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;
+    let start = vec![model.cfg.decoder_start(); b];
+    crate::generate::generate(&mut stepper, &start, opts, &mut [])
+}

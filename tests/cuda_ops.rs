@@ -1,0 +1,880 @@
+//! The CUDA op-test table (ggml test-backend-ops style): every kernel against its CPU reference on
+//! seeded random inputs, odd sizes, size-1 dimensions and long rows, with a tolerance per output
+//! dtype: |gpu - ref| <= atol + rtol·|ref|. Each case prints its seed, max abs/rel error and the
+//! share of the error budget used.
+//!
+//! Without a GPU (or without `--features cuda`) the test prints a visible SKIP line and passes;
+//! with JOBX_REQUIRE_GPU=1 it fails instead (tools/gpu-check.sh sets it).
+//!
+//! Inputs are rounded to bf16 first, and the CPU references compute in f32 (f64 where noted) on
+//! those same values, so the tolerances cover only the kernels' own rounding: bf16 outputs round
+//! once or twice (2^-8 relative each), f32 outputs differ by summation order only.
+
+fn require_gpu() -> bool {
+    std::env::var("JOBX_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// Print a SKIP line that `cargo test` shows even for a passing test (libtest captures only the
+/// print macros, not direct writes to the stderr handle).
+fn skip(msg: &str) {
+    use std::io::Write;
+    assert!(!require_gpu(), "{msg} but JOBX_REQUIRE_GPU=1");
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_op_table() {
+    skip("SKIP cuda_op_table: built without --features cuda");
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_op_table() {
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!("SKIP cuda_op_table: no usable GPU ({e})"));
+            return;
+        }
+    };
+    eprintln!("cuda_op_table on {} ({:?})", gpu.name, gpu.loaded_as);
+    let failures = table::run(&gpu);
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// `verify --device cuda` on every T5 fixture without an adapter: logits within the stated bf16
+/// tolerance of the HF f32 references, greedy ids identical.
+#[test]
+fn cuda_verify_t5_fixtures() {
+    // JOBX_FIXTURES: where tools/gpu-check.sh put the fixtures on a machine without this checkout
+    let dir = std::env::var_os("JOBX_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("reference.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("t5") && !n.contains("lora"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "T5 fixtures found: {names:?}");
+    let opts = jobx_engine::verify::VerifyOptions {
+        cuda: true,
+        ..Default::default()
+    };
+    let mut failed = Vec::new();
+    for n in &names {
+        match jobx_engine::verify::verify_dir_with(&dir.join(n), &opts, &mut |l| eprintln!("  {l}"))
+        {
+            Ok(s) if s.ok => eprintln!("{n}: ok, max_rel_err {:.3e}", s.max_rel_err),
+            Ok(s) => failed.push(format!("{n}: {s:?}")),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg.contains("built without the CUDA backend") || msg.contains("op `init`") {
+                    skip(&format!("SKIP cuda_verify_t5_fixtures: {msg}"));
+                    return;
+                }
+                failed.push(format!("{n}: {msg}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[cfg(feature = "cuda")]
+mod table {
+    use half::bf16;
+    use jobx_engine::cpu;
+    use jobx_engine::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
+    use jobx_engine::cuda::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn f(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        /// n bf16-representable values in [-scale, scale]
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| rb(self.f() * scale)).collect()
+        }
+        fn i8s(&mut self, n: usize) -> Vec<i8> {
+            (0..n).map(|_| (self.f() * 127.0).round() as i8).collect()
+        }
+    }
+    fn rb(x: f32) -> f32 {
+        bf16::from_f32(x).to_f32()
+    }
+    fn tob(v: &[f32]) -> Vec<bf16> {
+        v.iter().map(|&x| bf16::from_f32(x)).collect()
+    }
+    fn fromb(v: &[bf16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
+    }
+
+    struct Tol {
+        atol: f32,
+        rtol: f32,
+    }
+    const BF16_OUT: Tol = Tol {
+        atol: 1e-3,
+        rtol: 8e-3,
+    };
+    const BF16_OUT_2ROUND: Tol = Tol {
+        atol: 2e-3,
+        rtol: 1.6e-2,
+    };
+    const F32_OUT: Tol = Tol {
+        atol: 1e-4,
+        rtol: 1e-4,
+    };
+
+    /// Compare, print the case line, return an error line when over budget.
+    fn check(name: &str, seed: u64, got: &[f32], want: &[f32], tol: Tol) -> Result<(), String> {
+        if got.len() != want.len() {
+            return Err(format!(
+                "{name}: {} values, expected {}",
+                got.len(),
+                want.len()
+            ));
+        }
+        let (mut max_abs, mut max_rel, mut budget) = (0f32, 0f32, 0f32);
+        for (g, w) in got.iter().zip(want) {
+            let d = (g - w).abs();
+            if !d.is_finite() && g != w {
+                return Err(format!("{name} seed {seed}: non-finite {g} vs {w}"));
+            }
+            let d = if g == w { 0.0 } else { d };
+            max_abs = max_abs.max(d);
+            max_rel = max_rel.max(d / w.abs().max(1e-30));
+            budget = budget.max(d / (tol.atol + tol.rtol * w.abs()));
+        }
+        eprintln!(
+            "  {name:<44} seed {seed:<4} max_abs {max_abs:.3e} max_rel {max_rel:.3e} budget {:.0}%",
+            budget * 100.0
+        );
+        if budget > 1.0 {
+            Err(format!(
+                "{name} seed {seed}: {:.0}% of tolerance",
+                budget * 100.0
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    type Case<'a> = (String, Box<dyn Fn(&Gpu, u64) -> Result<(), String> + 'a>);
+
+    pub fn run(gpu: &Gpu) -> Vec<String> {
+        let mut cases: Vec<Case> = Vec::new();
+        for &(rows, d) in &[(1, 1), (3, 37), (7, 512), (2, 4099)] {
+            cases.push((
+                format!("rms_norm bf16 {rows}x{d}"),
+                Box::new(move |g, s| rms(g, s, rows, d)),
+            ));
+        }
+        for kind in [JOBX_ACT_RELU, JOBX_ACT_GELU_TANH, JOBX_ACT_SILU] {
+            for &(n, gated) in &[(1, false), (1000, true), (4097, true), (333, false)] {
+                cases.push((
+                    format!("act kind {kind} n {n} gated {gated}"),
+                    Box::new(move |g, s| act(g, s, kind, n, gated)),
+                ));
+            }
+        }
+        for &(t, h, hd, theta) in &[(1, 1, 2, 10000.0), (5, 3, 64, 10000.0), (9, 2, 128, 1e6)] {
+            cases.push((
+                format!("rope t{t} h{h} d{hd}"),
+                Box::new(move |g, s| rope(g, s, t, h, hd, theta)),
+            ));
+        }
+        cases.push((
+            "embedding 7x40 vocab 13".into(),
+            Box::new(|g, s| embedding(g, s, 7, 40, 13)),
+        ));
+        cases.push((
+            "embedding 3x4099 vocab 5".into(),
+            Box::new(|g, s| embedding(g, s, 3, 4099, 5)),
+        ));
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 384, 512),
+            (17, 33, 70),
+            (64, 64, 64),
+            (130, 97, 4100),
+            (8, 1024, 512),
+        ] {
+            for int8 in [false, true] {
+                for f32out in [false, true] {
+                    cases.push((
+                        format!("gemm m{m} n{n} k{k} int8w {int8} f32out {f32out}"),
+                        Box::new(move |g, s| gemm(g, s, m, n, k, int8, f32out, false)),
+                    ));
+                }
+            }
+        }
+        cases.push((
+            "gemm accumulate m33 n65 k31".into(),
+            Box::new(|g, s| gemm(g, s, 33, 65, 31, false, true, true)),
+        ));
+        for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
+            cases.push((
+                format!("w8a8 m{m} n{n} k{k}"),
+                Box::new(move |g, s| w8a8(g, s, m, n, k)),
+            ));
+        }
+        for &(m, n, k, r) in &[(5, 40, 64, 8), (70, 130, 257, 16)] {
+            cases.push((
+                format!("lora m{m} n{n} k{k} r{r}"),
+                Box::new(move |g, s| lora(g, s, m, n, k, r)),
+            ));
+        }
+        // (batch, heads, kv_heads, tq, tk, dk, causal, window, q_offset, t5 bias (buckets, maxd, bidir), masked)
+        let attn: &[(
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            bool,
+            usize,
+            usize,
+            Option<(usize, usize, bool)>,
+            bool,
+        )] = &[
+            (
+                2,
+                3,
+                3,
+                37,
+                37,
+                64,
+                false,
+                0,
+                0,
+                Some((32, 128, true)),
+                true,
+            ), // T5 encoder
+            (2, 2, 2, 1, 45, 64, true, 0, 44, Some((8, 20, false)), false), // T5 decoder step past buckets
+            (1, 4, 2, 70, 70, 128, true, 16, 0, None, false),               // Mistral GQA + window
+            (3, 8, 2, 1, 300, 128, true, 64, 299, None, false),             // Mistral decode step
+            (2, 1, 1, 5, 1, 16, false, 0, 0, None, false),                  // one key
+        ];
+        for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
+            cases.push((
+                format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {}", t5.is_some()),
+                Box::new(move |g, s| attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked)),
+            ));
+        }
+        for &(rows, vocab, k, masked) in &[
+            (1, 5, 1, false),
+            (3, 32128, 1, true),
+            (4, 32000, 8, true),
+            (2, 1000, 64, false),
+        ] {
+            cases.push((
+                format!("logits rows{rows} vocab{vocab} top{k} mask {masked}"),
+                Box::new(move |g, s| logits(g, s, rows, vocab, k, masked)),
+            ));
+        }
+        let mut failures = Vec::new();
+        for (name, f) in &cases {
+            for seed in [1u64, 2] {
+                if let Err(e) = f(gpu, seed) {
+                    eprintln!("FAIL [{name}] {e}");
+                    failures.push(format!("[{name}] {e}"));
+                }
+            }
+        }
+        eprintln!(
+            "cuda_op_table: {} cases x 2 seeds, {} failures",
+            cases.len(),
+            failures.len()
+        );
+        failures
+    }
+
+    fn e(x: jobx_engine::Error) -> String {
+        x.to_string()
+    }
+
+    fn rms(g: &Gpu, seed: u64, rows: usize, d: usize) -> Result<(), String> {
+        let mut r = Rng(seed * 7919 + 1);
+        let x = r.vec(rows * d, 3.0);
+        let w = r.vec(d, 1.5);
+        let (dx, dw) = (
+            g.upload("t", &tob(&x)).map_err(e)?,
+            g.upload("t", &tob(&w)).map_err(e)?,
+        );
+        let mut dy = g.zeros::<bf16>("t", rows * d).map_err(e)?;
+        g.rms_norm(&dx, &dw, &mut dy, rows, d, 1e-6).map_err(e)?;
+        let got = fromb(&g.download("t", &dy).map_err(e)?);
+        let mut want = vec![0.0; rows * d];
+        cpu::rms_norm(&x, &w, 1e-6, &mut want);
+        check(
+            &format!("rms_norm {rows}x{d}"),
+            seed,
+            &got,
+            &want,
+            BF16_OUT_2ROUND,
+        )
+    }
+
+    fn act(g: &Gpu, seed: u64, kind: u32, n: usize, gated: bool) -> Result<(), String> {
+        let mut r = Rng(seed * 31 + kind as u64);
+        let gate = r.vec(n, 6.0);
+        let up = r.vec(n, 2.0);
+        let dg = g.upload("t", &tob(&gate)).map_err(e)?;
+        let du = g.upload("t", &tob(&up)).map_err(e)?;
+        let mut dy = g.zeros::<bf16>("t", n).map_err(e)?;
+        g.activation(&dg, gated.then_some(&du), &mut dy, n, kind)
+            .map_err(e)?;
+        let got = fromb(&g.download("t", &dy).map_err(e)?);
+        let want: Vec<f32> = (0..n)
+            .map(|i| {
+                let a = match kind {
+                    JOBX_ACT_RELU => gate[i].max(0.0),
+                    JOBX_ACT_GELU_TANH => cpu::gelu_tanh(gate[i]),
+                    _ => cpu::silu(gate[i]),
+                };
+                if gated {
+                    a * up[i]
+                } else {
+                    a
+                }
+            })
+            .collect();
+        check(
+            &format!("act {kind} n{n}"),
+            seed,
+            &got,
+            &want,
+            BF16_OUT_2ROUND,
+        )
+    }
+
+    fn rope(g: &Gpu, seed: u64, t: usize, h: usize, hd: usize, theta: f32) -> Result<(), String> {
+        let mut r = Rng(seed * 13 + hd as u64);
+        let x = r.vec(t * h * hd, 2.0);
+        let pos: Vec<usize> = (0..t).map(|i| i * 37 % 4000).collect();
+        let mut dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let dp = g
+            .upload("t", &pos.iter().map(|&p| p as i32).collect::<Vec<_>>())
+            .map_err(e)?;
+        g.rope(&mut dx, &dp, t, h, hd, theta).map_err(e)?;
+        let got = fromb(&g.download("t", &dx).map_err(e)?);
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+            .collect();
+        let mut want = x.clone();
+        jobx_engine::models::mistral::rope(&mut want, &pos, h, hd, &inv);
+        // cos/sin rounded to bf16 (as HF does in bf16), then one more rounding: 3 roundings
+        check(
+            &format!("rope t{t} h{h} d{hd}"),
+            seed,
+            &got,
+            &want,
+            Tol {
+                atol: 1.5e-2,
+                rtol: 1.6e-2,
+            },
+        )
+    }
+
+    fn embedding(g: &Gpu, seed: u64, n: usize, d: usize, vocab: usize) -> Result<(), String> {
+        let mut r = Rng(seed + 5);
+        let table = r.vec(vocab * d, 1.0);
+        let ids: Vec<i32> = (0..n)
+            .map(|i| ((i * 7 + seed as usize) % vocab) as i32)
+            .collect();
+        let dt = g.upload("t", &tob(&table)).map_err(e)?;
+        let di = g.upload("t", &ids).map_err(e)?;
+        let mut dy = g.zeros::<bf16>("t", n * d).map_err(e)?;
+        g.embedding(&di, &dt, &mut dy, n, d, vocab).map_err(e)?;
+        let got = fromb(&g.download("t", &dy).map_err(e)?);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec())
+            .collect();
+        check(
+            &format!("embedding {n}x{d}"),
+            seed,
+            &got,
+            &want,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        )?;
+        // a bad id is an error, not an out-of-bounds read
+        let bad = g.upload("t", &vec![vocab as i32; n]).map_err(e)?;
+        match g.embedding(&bad, &dt, &mut dy, n, d, vocab) {
+            Err(_) => Ok(()),
+            Ok(()) => Err("embedding accepted an id outside the vocabulary".into()),
+        }
+    }
+
+    fn quantize_ref(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+        let mut q = vec![0i8; n * k];
+        let mut s = vec![0f32; n];
+        for i in 0..n {
+            let row = &w[i * k..(i + 1) * k];
+            let mx = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            s[i] = mx / 127.0;
+            let inv = if mx > 0.0 { 127.0 / mx } else { 0.0 };
+            for j in 0..k {
+                q[i * k + j] = (row[j] * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+        }
+        (q, s)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        g: &Gpu,
+        seed: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        int8: bool,
+        f32out: bool,
+        accumulate: bool,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 101 + (m * n * k) as u64);
+        let x = r.vec(m * k, 1.0);
+        let (wf, wq, ws) = if int8 {
+            let wq = r.i8s(n * k);
+            let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
+            let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32).collect();
+            (wf, wq, ws)
+        } else {
+            (r.vec(n * k, 1.0), vec![], vec![])
+        };
+        let init = r.vec(m * n, 1.0);
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let shape = GemmShape::new(m, n, k, accumulate);
+        let mut want = if accumulate {
+            init.clone()
+        } else {
+            vec![0.0; m * n]
+        };
+        let mut prod = vec![0.0; m * n];
+        cpu::matmul_wt(&x, m, k, &wf, n, &mut prod, false);
+        for i in 0..m {
+            for j in 0..n {
+                let s = if int8 { ws[j] } else { 1.0 };
+                want[i * n + j] += prod[i * n + j] * s;
+            }
+        }
+        let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
+        let dwq = g.upload("t", &wq).map_err(e)?;
+        let dws = g.upload("t", &ws).map_err(e)?;
+        let w = if int8 {
+            Weight::Int8 {
+                w: &dwq,
+                scale: &dws,
+            }
+        } else {
+            Weight::Bf16(&dwb)
+        };
+        let name = format!("gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate}");
+        // products of k terms of magnitude <= 1 (int8: <= 127 * scale): scale atol with sqrt(k)
+        let sk = (k as f32).sqrt();
+        if f32out {
+            let mut dy = g.upload("t", &init).map_err(e)?;
+            g.gemm(&dx, w, Out::F32(&mut dy), &shape, None).map_err(e)?;
+            let got = g.download("t", &dy).map_err(e)?;
+            check(
+                &name,
+                seed,
+                &got,
+                &want,
+                Tol {
+                    atol: F32_OUT.atol * sk,
+                    rtol: F32_OUT.rtol,
+                },
+            )
+        } else {
+            let mut dy = g.upload("t", &tob(&init)).map_err(e)?;
+            g.gemm(&dx, w, Out::Bf16(&mut dy), &shape, None)
+                .map_err(e)?;
+            let got = fromb(&g.download("t", &dy).map_err(e)?);
+            check(
+                &name,
+                seed,
+                &got,
+                &want,
+                Tol {
+                    atol: BF16_OUT.atol * sk,
+                    rtol: BF16_OUT.rtol,
+                },
+            )
+        }
+    }
+
+    fn w8a8(g: &Gpu, seed: u64, m: usize, n: usize, k: usize) -> Result<(), String> {
+        let mut r = Rng(seed * 977 + k as u64);
+        let x = r.vec(m * k, 2.0);
+        let wq = r.i8s(n * k);
+        let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
+        // quantise on the GPU, compare q and scales with the CPU reference exactly
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let mut dq = g.zeros::<i8>("t", m * k).map_err(e)?;
+        let mut dxs = g.zeros::<f32>("t", m).map_err(e)?;
+        g.quantize_rows(&dx, &mut dq, &mut dxs, m, k).map_err(e)?;
+        let (xq, xs) = quantize_ref(&x, m, k);
+        let gq = g.download("t", &dq).map_err(e)?;
+        let gs = g.download("t", &dxs).map_err(e)?;
+        check(
+            "quantize_rows q",
+            seed,
+            &gq.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            &xq.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        )?;
+        check(
+            "quantize_rows scale",
+            seed,
+            &gs,
+            &xs,
+            Tol {
+                atol: 0.0,
+                rtol: 1e-7,
+            },
+        )?;
+        let dw = g.upload("t", &wq).map_err(e)?;
+        let dws = g.upload("t", &ws).map_err(e)?;
+        let mut dy = g.zeros::<f32>("t", m * n).map_err(e)?;
+        g.gemm_w8a8(
+            &dq,
+            &dxs,
+            &dw,
+            &dws,
+            Out::F32(&mut dy),
+            &GemmShape::new(m, n, k, false),
+            None,
+        )
+        .map_err(e)?;
+        let got = g.download("t", &dy).map_err(e)?;
+        // integer dot products are exact on both sides; only the two scale multiplies round
+        let want: Vec<f32> = (0..m * n)
+            .map(|o| {
+                let (i, j) = (o / n, o % n);
+                let acc: i64 = (0..k)
+                    .map(|p| xq[i * k + p] as i64 * wq[j * k + p] as i64)
+                    .sum();
+                acc as f32 * ws[j] * xs[i]
+            })
+            .collect();
+        check(
+            &format!("w8a8 m{m} n{n} k{k}"),
+            seed,
+            &got,
+            &want,
+            Tol {
+                atol: 1e-6,
+                rtol: 1e-6,
+            },
+        )
+    }
+
+    fn lora(g: &Gpu, seed: u64, m: usize, n: usize, k: usize, r_: usize) -> Result<(), String> {
+        let adapters = 3;
+        let mut r = Rng(seed * 57 + r_ as u64);
+        let x = r.vec(m * k, 1.0);
+        let w = r.vec(n * k, 0.5);
+        let a = r.vec(adapters * r_ * k, 0.5);
+        let b = r.vec(adapters * n * r_, 0.5);
+        let ids: Vec<i32> = (0..m).map(|i| (i % (adapters + 1)) as i32 - 1).collect(); // -1, 0, 1, 2, ...
+        let scales = [0.5f32, 2.0, 0.25];
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let dw = g.upload("t", &tob(&w)).map_err(e)?;
+        let da = g.upload("t", &tob(&a)).map_err(e)?;
+        let db = g.upload("t", &tob(&b)).map_err(e)?;
+        let di = g.upload("t", &ids).map_err(e)?;
+        let dsc = g.upload("t", &scales).map_err(e)?;
+        let mut dt = g.zeros::<f32>("t", m * r_).map_err(e)?;
+        g.lora_shrink(&dx, &da, &di, &mut dt, m, k, r_, adapters)
+            .map_err(e)?;
+        let mut dy = g.zeros::<f32>("t", m * n).map_err(e)?;
+        let lo = Lora {
+            t: &dt,
+            b: &db,
+            ids: &di,
+            scale: &dsc,
+            r: r_,
+            adapters,
+        };
+        g.gemm(
+            &dx,
+            Weight::Bf16(&dw),
+            Out::F32(&mut dy),
+            &GemmShape::new(m, n, k, false),
+            Some(&lo),
+        )
+        .map_err(e)?;
+        let got = g.download("t", &dy).map_err(e)?;
+        // unfused CPU composition: base + scale * (x·Aᵀ)·Bᵀ per row's adapter
+        let mut want = vec![0.0; m * n];
+        cpu::matmul_wt(&x, m, k, &w, n, &mut want, false);
+        for i in 0..m {
+            let id = ids[i];
+            if id < 0 {
+                continue;
+            }
+            let id = id as usize;
+            let mut t = vec![0.0; r_];
+            cpu::matmul_wt(
+                &x[i * k..(i + 1) * k],
+                1,
+                k,
+                &a[id * r_ * k..(id + 1) * r_ * k],
+                r_,
+                &mut t,
+                false,
+            );
+            for j in 0..n {
+                let s: f32 = (0..r_).map(|q| t[q] * b[(id * n + j) * r_ + q]).sum();
+                want[i * n + j] += s * scales[id];
+            }
+        }
+        let sk = (k as f32).sqrt();
+        check(
+            &format!("lora m{m} n{n} k{k} r{r_}"),
+            seed,
+            &got,
+            &want,
+            Tol {
+                atol: 1e-4 * sk,
+                rtol: 1e-4,
+            },
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        g: &Gpu,
+        seed: u64,
+        b: usize,
+        h: usize,
+        kvh: usize,
+        tq: usize,
+        tk: usize,
+        dk: usize,
+        causal: bool,
+        window: usize,
+        q_offset: usize,
+        t5: Option<(usize, usize, bool)>,
+        masked: bool,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 4099 + (tq * tk) as u64);
+        // layouts: q [b, tq, h, dk] (projection output), k/v cache [b, kvh, tk, dk]
+        let q = r.vec(b * tq * h * dk, 1.0);
+        let k = r.vec(b * kvh * tk * dk, 1.0);
+        let v = r.vec(b * kvh * tk * dk, 1.0);
+        let qv = View {
+            sb: tq * h * dk,
+            sh: dk,
+            st: h * dk,
+        };
+        let kv = View {
+            sb: kvh * tk * dk,
+            sh: tk * dk,
+            st: dk,
+        };
+        let key_mask: Vec<i32> = (0..b * tk)
+            .map(|i| {
+                if masked && i % tk >= tk - (i / tk) * 3 {
+                    0
+                } else {
+                    1
+                }
+            })
+            .collect();
+        let nb = t5.map_or(1, |t| t.0);
+        let bias = r.vec(nb * h, 2.0);
+        let scale = if t5.is_some() {
+            1.0
+        } else {
+            1.0 / (dk as f32).sqrt()
+        };
+        let call = AttnCall {
+            batch: b,
+            kv_batch_rows: b,
+            heads: h,
+            kv_heads: kvh,
+            tq,
+            tk,
+            dk,
+            q_offset,
+            window,
+            scale,
+            causal,
+            t5_bias: t5,
+        };
+        let dq = g.upload("t", &tob(&q)).map_err(e)?;
+        let dk_ = g.upload("t", &tob(&k)).map_err(e)?;
+        let dv = g.upload("t", &tob(&v)).map_err(e)?;
+        let dm = g.upload("t", &key_mask).map_err(e)?;
+        let dbias = g.upload("t", &bias).map_err(e)?;
+        let mut dout = g.zeros::<bf16>("t", b * tq * h * dk).map_err(e)?;
+        g.attention(
+            &call,
+            (&dq, qv),
+            (&dk_, kv),
+            (&dv, kv),
+            &mut dout,
+            masked.then_some(&dm),
+            None,
+            t5.is_some().then_some(&dbias),
+        )
+        .map_err(e)?;
+        let got = fromb(&g.download("t", &dout).map_err(e)?);
+        // reference: explicit softmax in f64 with the crate's T5 bucket function
+        let mut want = vec![0.0f32; b * tq * h * dk];
+        for bi in 0..b {
+            for hi in 0..h {
+                let kh = hi / (h / kvh);
+                for i in 0..tq {
+                    let qp = q_offset + i;
+                    let mut sc = vec![f64::NEG_INFINITY; tk];
+                    for (j, s) in sc.iter_mut().enumerate() {
+                        if key_mask[bi * tk + j] == 0
+                            || (causal && j > qp)
+                            || (window > 0 && qp >= j + window)
+                        {
+                            continue;
+                        }
+                        let mut d = 0f64;
+                        for x in 0..dk {
+                            d += q[bi * qv.sb + hi * qv.sh + i * qv.st + x] as f64
+                                * k[bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
+                        }
+                        d *= scale as f64;
+                        if let Some((nbk, md, bidir)) = t5 {
+                            let bk = jobx_engine::models::t5::relative_position_bucket(
+                                j as i64 - qp as i64,
+                                bidir,
+                                nbk,
+                                md,
+                            );
+                            d += bias[bk * h + hi] as f64;
+                        }
+                        *s = d;
+                    }
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    if mx == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    let den: f64 = sc.iter().map(|s| (s - mx).exp()).sum();
+                    for x in 0..dk {
+                        let mut acc = 0f64;
+                        for j in 0..tk {
+                            acc += (sc[j] - mx).exp() / den
+                                * v[bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
+                        }
+                        want[(bi * tq + i) * h * dk + hi * dk + x] = acc as f32;
+                    }
+                }
+            }
+        }
+        check(
+            &format!("attention b{b} h{h} tq{tq} tk{tk}"),
+            seed,
+            &got,
+            &want,
+            BF16_OUT,
+        )
+    }
+
+    fn logits(
+        g: &Gpu,
+        seed: u64,
+        rows: usize,
+        vocab: usize,
+        top_k: usize,
+        masked: bool,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 3 + vocab as u64);
+        let mut x = r.vec(rows * vocab, 10.0);
+        if vocab > 10 {
+            x[3] = x[7]; // a tie: the lower id must come first
+        }
+        let words = vocab.div_ceil(32);
+        let mask: Vec<u32> = (0..rows * words)
+            .map(|i| {
+                if masked {
+                    0x9249_2492u32.rotate_left(i as u32 % 7)
+                } else {
+                    !0
+                }
+            })
+            .collect();
+        let mut dl = g.upload("t", &x).map_err(e)?;
+        let dm = g.upload("t", &mask).map_err(e)?;
+        let mut di = g.zeros::<i32>("t", rows * top_k).map_err(e)?;
+        let mut dv = g.zeros::<f32>("t", rows * top_k).map_err(e)?;
+        g.logits_topk(
+            &mut dl,
+            masked.then_some(&dm),
+            &mut di,
+            &mut dv,
+            rows,
+            vocab,
+            top_k,
+        )
+        .map_err(e)?;
+        let gi = g.download("t", &di).map_err(e)?;
+        let gv = g.download("t", &dv).map_err(e)?;
+        let mut wi = Vec::new();
+        let mut wv = Vec::new();
+        for ri in 0..rows {
+            let mut idx: Vec<usize> = (0..vocab).collect();
+            let val = |j: usize| {
+                let ok = (mask[ri * words + j / 32] >> (j % 32)) & 1 == 1;
+                if ok {
+                    x[ri * vocab + j]
+                } else {
+                    f32::NEG_INFINITY
+                }
+            };
+            idx.sort_by(|&a, &b| val(b).partial_cmp(&val(a)).unwrap().then(a.cmp(&b)));
+            for &j in &idx[..top_k] {
+                wi.push(j as f32);
+                wv.push(val(j));
+            }
+        }
+        let gi: Vec<f32> = gi.iter().map(|&v| v as f32).collect();
+        check(
+            &format!("logits ids rows{rows} v{vocab} k{top_k}"),
+            seed,
+            &gi,
+            &wi,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        )?;
+        check(
+            &format!("logits vals rows{rows} v{vocab} k{top_k}"),
+            seed,
+            &gv,
+            &wv,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        )
+    }
+}

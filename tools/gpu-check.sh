@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine (H100/H200, driver 580, PyTorch + transformers, no Rust,
+# no internet), from the repository root after tools/gpu-bundle.sh built gpu-bundle/ on the
+# development machine:
+#   bash tools/gpu-check.sh OUT_DIR
+# 1. GPU op tests against the CPU reference (JOBX_REQUIRE_GPU=1: no silent skip), with
+#    JOBX_CUDA_SYNC=1 so a fault names its kernel;
+# 2. kernel benchmarks (benches/cuda_kernels.rs) and the PyTorch baselines on the same card;
+#    (the op tests include `verify --device cuda` on the committed T5 fixtures);
+# 3. end-to-end greedy generation, FLAN-T5-Large-shaped random checkpoint, source 1024, 256 new
+#    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py).
+# Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,e2e.jsonl,summary.json};
+# budget: op tests <= 5 min, kernels <= 2+2 min, end to end <= 4 min (each step has a timeout).
+set -uo pipefail
+OUT="${1:?usage: gpu-check.sh OUT_DIR}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+B="${JOBX_GPU_BUNDLE:-$HERE/../gpu-bundle}"
+[[ -x "$B/cuda_ops" ]] || B="$HERE"   # running from inside the bundle
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+date -u +%FT%TZ >> "$OUT/gpu.txt"
+
+echo "== op tests"
+JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 timeout 300 "$B/cuda_ops" --nocapture --test-threads 1 \
+  > "$OUT/op-tests.log" 2>&1
+ops_rc=$?
+grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
+
+echo "== kernel benchmarks"
+timeout 120 "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/kernels.err"
+bench_rc=$?
+timeout 120 python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2> "$OUT/torch.err"
+torch_rc=$?
+python3 - "$OUT" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+def load(n):
+    p = os.path.join(out, n)
+    return [json.loads(l) for l in open(p) if l.startswith("{")] if os.path.exists(p) else []
+ours, torch = load("kernels.jsonl"), load("torch.jsonl")
+rows = []
+def find(op, **kw):
+    for r in torch:
+        if r["op"] == op and all(r.get(k) == v for k, v in kw.items()):
+            return r
+print(f"{'op':<24}{'shape':<26}{'ours ms':>10}{'torch ms':>10}{'ours/torch speed':>18}")
+for r in ours:
+    if r["op"].startswith("gemm"):
+        shape = dict(m=r["m"], n=r["n"], k=r["k"])
+        t = find("torch_int_mm" if r["op"] == "gemm_w8a8" else "torch_matmul_bf16", **shape)
+    else:
+        shape = dict(batch=r["batch"], heads=r["heads"], t=r["t"], dk=r["dk"])
+        t = find("torch_sdpa", **shape)
+    tm = t.get("ms") if t else None
+    ratio = (tm / r["ms"]) if tm else None
+    rows.append(dict(op=r["op"], shape=shape, ours_ms=r["ms"], torch_ms=tm, speed_vs_torch=ratio))
+    print(f"{r['op']:<24}{str(list(shape.values())):<26}{r['ms']:>10.3f}{(tm or float('nan')):>10.3f}{(ratio or float('nan')):>18.2f}")
+json.dump(dict(kernels=rows), open(os.path.join(out, "summary.json"), "w"), indent=1)
+PY
+echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
+timeout 240 python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" --workdir "${TMPDIR:-/tmp}/jobx-t5-large" \
+  | tee "$OUT/e2e.jsonl"
+e2e_rc=${PIPESTATUS[0]}
+echo "exit codes: op tests $ops_rc, kernel bench $bench_rc, torch bench $torch_rc, e2e $e2e_rc"
+[[ $ops_rc -eq 0 ]]

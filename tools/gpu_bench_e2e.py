@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""End-to-end greedy generation on a GPU: jobx-engine (CUDA T5 graph) vs HF transformers bf16, same
+card, same random FLAN-T5-Large-shaped checkpoint (d_model 1024, 24+24 layers, 16 heads x 64,
+d_ff 2816, vocab 32128, gated-gelu, untied head; bf16 safetensors written here with torch), source
+1024 tokens, 256 new tokens with EOS suppressed (min_new_tokens), batch 1, 8 and 32.
+Timing: HF in-process after one warm-up (median of 2); jobx as a subprocess, its own
+`generate_ms` (model load excluded, reported separately). One JSON line per (engine, batch).
+
+  python tools/gpu_bench_e2e.py --jobx gpu-bundle/jobx-engine --workdir /tmp/t5l [--batches 1,8,32]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def make_model(d):
+    from transformers import T5Config, T5ForConditionalGeneration
+    if os.path.exists(os.path.join(d, "config.json")):
+        return
+    cfg = T5Config(vocab_size=32128, d_model=1024, d_kv=64, d_ff=2816, num_layers=24,
+                   num_decoder_layers=24, num_heads=16, relative_attention_num_buckets=32,
+                   relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+                   tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
+                   eos_token_id=1)
+    torch.manual_seed(0)
+    m = T5ForConditionalGeneration(cfg).to(torch.bfloat16)
+    m.save_pretrained(d, safe_serialization=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobx", required=True)
+    ap.add_argument("--workdir", default="/tmp/jobx-t5-large")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--src-len", type=int, default=1024)
+    ap.add_argument("--new", type=int, default=256)
+    a = ap.parse_args()
+    os.makedirs(a.workdir, exist_ok=True)
+    make_model(a.workdir)
+    from transformers import T5ForConditionalGeneration
+    hf = T5ForConditionalGeneration.from_pretrained(a.workdir, torch_dtype=torch.bfloat16).cuda().eval()
+    g = torch.Generator().manual_seed(1)
+    for b in [int(x) for x in a.batches.split(",")]:
+        ids = torch.randint(5, 32000, (b, a.src_len), generator=g)
+        ids[:, -1] = 1
+        # HF
+        kw = dict(max_new_tokens=a.new, min_new_tokens=a.new, do_sample=False, num_beams=1)
+        with torch.no_grad():
+            x = ids.cuda()
+            hf.generate(x, **kw)
+            ts = []
+            for _ in range(2):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                hf.generate(x, **kw)
+                torch.cuda.synchronize()
+                ts.append(time.perf_counter() - t0)
+        hs = sorted(ts)[len(ts) // 2]
+        print(json.dumps(dict(engine="hf-bf16", batch=b, seconds=round(hs, 3),
+                              tokens_per_s=round(b * a.new / hs, 1))), flush=True)
+        # jobx
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(ids.tolist(), f)
+        cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
+               "--max-new-tokens", str(a.new), "--min-new-tokens", str(a.new), "--num-beams", "1"]
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            print(json.dumps(dict(engine="jobx-cuda", batch=b, error=p.stderr[-800:])), flush=True)
+            continue
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        js = out["generate_ms"] / 1e3
+        print(json.dumps(dict(engine="jobx-cuda", batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
+                              tokens_per_s=round(b * a.new / js, 1), speedup_vs_hf=round(hs / js, 2))),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
