@@ -392,56 +392,30 @@ pub fn tokenize_prompt(
     Ok((ids, 0))
 }
 
-/// The grammar constraint as the generation loop's per-sequence hook.
-///
-/// The matcher's budget bounds the document's tokens; this adapter gives it `max_new_tokens - 1`
-/// and allows exactly EOS once that budget is spent on a complete document, so every output ends
-/// with EOS within `max_new_tokens`.
+/// The grammar constraint as the generation loop's per-sequence hook. The matcher's budget is
+/// the generation's `max_new_tokens` (EOS included): it holds the last slot back for EOS, so
+/// every output is a complete document ending with EOS within the budget.
 #[derive(Clone)]
 pub struct GrammarConstraint {
     pub inner: crate::grammar::JsonConstraint,
-    eos: Vec<u32>,
-    done: bool,
 }
 
 impl GrammarConstraint {
     /// A constraint for one sequence of at most `max_new_tokens` tokens (EOS included).
     pub fn new(g: std::sync::Arc<crate::grammar::Grammar>, max_new_tokens: usize) -> Self {
-        let eos = g.vocab().eos_ids().to_vec();
+        let budget = max_new_tokens.min(u32::MAX as usize) as u32;
         GrammarConstraint {
-            inner: crate::grammar::JsonConstraint::new(g, max_new_tokens.saturating_sub(1) as u32),
-            eos,
-            done: false,
+            inner: crate::grammar::JsonConstraint::new(g, budget),
         }
-    }
-    fn budget_spent(&self) -> bool {
-        self.inner.matcher.remaining() == 0
-            && self.inner.matcher.is_complete()
-            && !self.inner.matcher.is_finished()
     }
 }
 
 impl TokenConstraint for GrammarConstraint {
     fn mask(&mut self, scores: &mut [f32]) -> Result<()> {
-        if self.budget_spent() {
-            for (i, v) in scores.iter_mut().enumerate() {
-                if !self.eos.contains(&(i as u32)) {
-                    *v = f32::NEG_INFINITY;
-                }
-            }
-            return Ok(());
-        }
         self.inner.apply_mask(scores);
         Ok(())
     }
     fn commit(&mut self, token: u32) -> Result<()> {
-        if self.done {
-            return Err(Error::Input("grammar: token after EOS".into()));
-        }
-        if self.budget_spent() && self.eos.contains(&token) {
-            self.done = true;
-            return Ok(());
-        }
         self.inner
             .matcher
             .commit_token(token)
@@ -451,9 +425,6 @@ impl TokenConstraint for GrammarConstraint {
         self.inner.matcher.is_complete()
     }
     fn forced(&self) -> Vec<u32> {
-        if self.done || self.budget_spent() {
-            return Vec::new();
-        }
         self.inner.matcher.forced_tokens()
     }
     fn box_clone(&self) -> Box<dyn TokenConstraint> {

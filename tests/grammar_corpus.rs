@@ -88,7 +88,8 @@ fn schema_corpus_against_baseline() {
                     let mut rng = SplitMix64(0xC0FFEE);
                     let mut times = Vec::new();
                     for i in 0..300 {
-                        let budget = g.min_tokens() + (rng.next_u64() % 150) as u32;
+                        // the minimal document plus EOS, and up to 149 tokens more
+                        let budget = g.min_tokens() + 1 + (rng.next_u64() % 150) as u32;
                         let s = random_sample(&g, budget, &mut rng, &mut times).expect("sample");
                         if !s.complete {
                             failures.push(format!(

@@ -58,6 +58,13 @@ fn check_samples(
             s.text
         );
         assert!(s.tokens.len() <= max as usize, "sample {i} over budget");
+        // the budget counts EOS, and every document ends with it within the budget
+        assert!(
+            s.tokens
+                .last()
+                .is_some_and(|t| g.vocab().eos_ids().contains(t)),
+            "sample {i} (budget {max}) does not end with EOS"
+        );
         let v: Value = serde_json::from_str(&s.text)
             .unwrap_or_else(|e| panic!("sample {i} does not parse ({e}): {}", s.text));
         if let Err(e) = validator.validate(&v) {
@@ -96,10 +103,10 @@ fn tight_budgets_always_complete() {
         let g =
             Grammar::compile(&schema, vocab(name), &CompileOptions::default()).expect("compile");
         let min = g.min_tokens();
-        // From exactly the minimum to 60 tokens more.
-        check_samples(&g, &schema, 300, 7, |i| min + (i % 61) as u32);
-        // Below the minimum nothing is allowed at all.
-        let m = Matcher::new(g.clone(), min - 1);
+        // From exactly the minimal document plus EOS to 60 tokens more.
+        check_samples(&g, &schema, 300, 7, |i| min + 1 + (i % 61) as u32);
+        // Below that nothing is allowed at all (the minimal document without room for EOS).
+        let m = Matcher::new(g.clone(), min);
         assert!(m.mask().iter().all(|&w| w == 0));
     }
     // A small schema under a 40-token budget (the example).

@@ -119,18 +119,20 @@ fn toy_escapes_count_as_one_character() {
 fn toy_budget_forces_the_shortest_document() {
     let v = toy_vocab(PIECES);
     let g = Grammar::compile(&one_string_schema(), v, &CompileOptions::default()).expect("compile");
-    // 4 tokens: exactly the minimal document, every step forced. EOS does not fit and is not
-    // needed: the document is complete when the budget ends.
-    let m = Matcher::new(g.clone(), 4);
-    assert_eq!(m.forced_tokens(), vec![2, 10, 11, 17]);
-    // After `{` with 3 tokens left: `"` alone would need `a` `"` `: "` `"}` (4 more): not allowed.
-    let mut m = Matcher::new(g.clone(), 4);
+    // The budget counts EOS. 5 tokens: exactly the minimal document and EOS (id 0), every step
+    // forced.
+    let m = Matcher::new(g.clone(), 5);
+    assert_eq!(m.forced_tokens(), vec![2, 10, 11, 17, 0]);
+    // After `{` with 4 tokens left: `"` alone would need `a` `"` `: "` `"}` (4 more) plus EOS:
+    // not allowed.
+    let mut m = Matcher::new(g.clone(), 5);
     m.commit_token(2).expect("{");
     assert_eq!(allowed(&m), vec![10]);
-    // 5 tokens: after {"a": " two tokens are left (EOS included), so a token must end one
-    // token away from the end: everything of the unbudgeted mask except `\` (an escape needs at
-    // least two more tokens); `: "` is fine (two characters, closing quote, then `}`).
-    let mut m = Matcher::new(g.clone(), 5);
+    // 6 tokens: after {"a": " three tokens are left (EOS included), so a token must end one
+    // token away from the end of the document: everything of the unbudgeted mask except `\` (an
+    // escape needs at least two more tokens); `: "` is fine (two characters, closing quote, then
+    // `}`).
+    let mut m = Matcher::new(g.clone(), 6);
     for t in [2, 10, 11] {
         m.commit_token(t).expect("prefix");
     }
@@ -138,8 +140,14 @@ fn toy_budget_forces_the_shortest_document() {
         allowed(&m),
         vec![2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 18, 19, 20]
     );
-    // Too small a budget: nothing fits.
-    let m = Matcher::new(g.clone(), 3);
+    // The document is done with one token left: only EOS.
+    let mut m = Matcher::new(g.clone(), 5);
+    for t in [2, 10, 11, 17] {
+        m.commit_token(t).expect("document");
+    }
+    assert_eq!(allowed(&m), vec![0]);
+    // Too small a budget: 4 tokens hold the document but not its EOS, so nothing fits.
+    let m = Matcher::new(g.clone(), 4);
     assert!(allowed(&m).is_empty());
 }
 

@@ -17,10 +17,12 @@
 //! `\u` every token starting with a hex digit continues into string content).
 //! Masks are deduplicated by a recipe key (allowed singles, length classes, ranges) and by content.
 //!
-//! Token budget: with `R` tokens left (EOS included), a token is allowed only if
-//! `dist[next] <= R - 1`, so by induction every output can be completed within the budget. While
-//! `R - 1 >= maxd[s]` (the largest such distance among the state's transitions) the unbudgeted mask
-//! is used; below that, masks per (state, distance level) are built on first use and cached.
+//! Token budget: `mask_for(s, R)` takes the document budget `R` (tokens left for the document,
+//! EOS not counted; the `Matcher` holds the EOS slot back from its EOS-inclusive budget) and
+//! allows a token only if `dist[next] <= R - 1`, so by induction every output can be completed,
+//! EOS included, within the budget. While `R - 1 >= maxd[s]` (the largest such distance among the
+//! state's transitions) the unbudgeted mask is used; below that, masks per (state, distance
+//! level) are built on first use and cached.
 //!
 //! The first generated token is special: tokenizer decoders drop its leading space (vocab.rs), so
 //! a pseudo-state `P0` (index `num_states`) holds the transitions of the first token, computed by
@@ -142,6 +144,8 @@ pub struct Grammar {
     chains: Vec<Chain>,
     index: Arc<VocabIndex>,
     empty_mask: Box<[u32]>,
+    /// EOS alone (the last token of an EOS-inclusive budget), built on first use.
+    eos_only: OnceLock<Mask>,
     pub stats: CompileStats,
 }
 
@@ -332,6 +336,7 @@ impl Grammar {
             chains,
             index,
             empty_mask: vec![0u32; nwords].into_boxed_slice(),
+            eos_only: OnceLock::new(),
             stats: CompileStats::default(),
         };
 
@@ -587,8 +592,9 @@ impl Grammar {
         words.into_boxed_slice()
     }
 
-    /// The mask for source state `s` (DFA state, or `p0()` before the first token) with `remaining`
-    /// tokens left, EOS included.
+    /// The mask for source state `s` (DFA state, or `p0()` before the first token) with
+    /// `remaining` tokens left for the document itself (EOS not counted); EOS is in the mask when
+    /// `s` is accepting.
     #[inline]
     pub(crate) fn mask_for(&self, s: usize, remaining: u32) -> &Mask {
         static EMPTY: OnceLock<Mask> = OnceLock::new();
@@ -616,6 +622,19 @@ impl Grammar {
 
     pub(crate) fn empty_words(&self) -> &[u32] {
         &self.empty_mask
+    }
+
+    /// The mask allowing only the EOS token(s).
+    pub(crate) fn eos_only(&self) -> &Mask {
+        self.eos_only.get_or_init(|| {
+            let mut w = vec![0u32; self.nwords];
+            for &e in self.vocab.eos_ids() {
+                if let Some(word) = w.get_mut(e as usize / 32) {
+                    *word |= 1 << (e % 32);
+                }
+            }
+            Mask::new(w.into_boxed_slice())
+        })
     }
 
     /// Number of u32 words of a mask.

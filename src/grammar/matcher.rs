@@ -32,8 +32,8 @@ pub struct Matcher {
 
 impl Matcher {
     /// A fresh matcher allowing at most `max_tokens` tokens, EOS included (use the generation's
-    /// `max_new_tokens`). If `max_tokens < grammar.min_tokens()` no complete document fits and
-    /// the first mask is empty.
+    /// `max_new_tokens`). If `max_tokens < grammar.min_tokens() + 1` no complete document and
+    /// its EOS fit, and the first mask is empty.
     pub fn new(grammar: Arc<Grammar>, max_tokens: u32) -> Matcher {
         Matcher {
             grammar,
@@ -54,14 +54,28 @@ impl Matcher {
         }
     }
 
+    /// The current mask. The budget `remaining` counts EOS, so the document itself gets
+    /// `remaining - 1` tokens: the last slot is held back for EOS, which is all that is left
+    /// when one token remains (and only if the document is complete by then, which the budgeted
+    /// masks guarantee).
+    #[inline]
+    fn current(&self) -> Option<&super::compiled::Mask> {
+        match self.remaining {
+            _ if self.finished => None,
+            0 => None,
+            1 => self.is_complete().then(|| self.grammar.eos_only()),
+            r => Some(self.grammar.mask_for(self.source(), r - 1)),
+        }
+    }
+
     /// The allowed-token mask as u32 words (bit `id % 32` of word `id / 32`), borrowed from the
     /// grammar's cache. Empty slice semantics: all zero (nothing allowed).
     #[inline]
     pub fn mask(&self) -> &[u32] {
-        if self.finished || self.remaining == 0 {
-            return self.grammar.empty_words();
+        match self.current() {
+            Some(m) => &m.words,
+            None => self.grammar.empty_words(),
         }
-        &self.grammar.mask_for(self.source(), self.remaining).words
     }
 
     /// Writes the allowed-token mask into `out` (at least `grammar.mask_words()` words; extra words
@@ -132,8 +146,9 @@ impl Matcher {
         let mut out = Vec::new();
         let mut m = self.clone();
         while out.len() < max && !m.finished && m.remaining > 0 {
-            let single = m.grammar.mask_for(m.source(), m.remaining).single;
-            let Some(t) = single else { break };
+            let Some(t) = m.current().and_then(|mask| mask.single) else {
+                break;
+            };
             if m.commit_token(t).is_err() {
                 break;
             }
