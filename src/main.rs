@@ -412,12 +412,20 @@ fn check_device(d: Device) -> anyhow::Result<()> {
         Device::Cuda => bail!(
             "--device cuda: this build carries the CUDA kernels and a CUDA T5 graph, which \
              `verify --device cuda` checks against reference fixtures, and `generate --device cuda` \
-             runs (T5, --input-ids); extract and eval do not run on CUDA yet; use --device cpu"
+             runs (--input-ids); extract and eval do not run on CUDA yet; use --device cpu"
         ),
     }
 }
 
-/// `generate --device cuda`: T5 checkpoints with `--input-ids`, on the CUDA T5 graph.
+#[cfg(feature = "cuda")]
+fn check_vocab(batch: &[Vec<u32>], vocab: usize) -> anyhow::Result<()> {
+    if let Some(bad) = batch.iter().flatten().find(|&&t| t as usize >= vocab) {
+        bail!("token id {bad} is outside the model's vocabulary ({vocab})");
+    }
+    Ok(())
+}
+
+/// `generate --device cuda`: T5 or Mistral checkpoints with `--input-ids`, on the CUDA graphs.
 #[cfg(feature = "cuda")]
 fn generate_cuda(
     m: &ModelArgs,
@@ -437,18 +445,54 @@ fn generate_cuda(
         serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
     let (batch, single) = parse_ids(&v).context("expected an array of ids or of arrays")?;
     let gpu = jobx_engine::cuda::Gpu::new(0)?;
+    let cfg_text = std::fs::read_to_string(dir.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", dir.display()))?;
+    let is_t5 = serde_json::from_str::<serde_json::Value>(&cfg_text)?
+        .get("d_model")
+        .is_some();
     let t0 = std::time::Instant::now();
-    let model =
-        T5Cuda::load_dir(&gpu, &dir).with_context(|| format!("loading {}", dir.display()))?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let vocab = model.cfg.vocab_size as u32;
-    if let Some(bad) = batch.iter().flatten().find(|&&t| t >= vocab) {
-        bail!("token id {bad} is outside the model's vocabulary ({vocab})");
-    }
-    let eos = jobx_engine::verify::eos_ids(&dir, model.cfg.eos_token_id);
-    let opts = gen_options(decode, eos)?;
-    let t0 = std::time::Instant::now();
-    let outs = generate_t5(&model, &batch, &opts)?;
+    let (outs, load_ms, t0) = if is_t5 {
+        let model =
+            T5Cuda::load_dir(&gpu, &dir).with_context(|| format!("loading {}", dir.display()))?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        check_vocab(&batch, model.cfg.vocab_size)?;
+        let eos = jobx_engine::verify::eos_ids(&dir, model.cfg.eos_token_id);
+        let opts = gen_options(decode, eos)?;
+        let t0 = std::time::Instant::now();
+        (generate_t5(&model, &batch, &opts)?, load_ms, t0)
+    } else {
+        use jobx_engine::models::mistral_cuda::{MistralCuda, MistralCudaStepper};
+        let model = MistralCuda::load_dir(&gpu, &dir)
+            .with_context(|| format!("loading {}", dir.display()))?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        check_vocab(&batch, model.cfg.vocab_size)?;
+        let mut eos = jobx_engine::verify::eos_ids(&dir, 2);
+        if eos.is_empty() {
+            eos = model.cfg.eos_ids();
+        }
+        let opts = gen_options(decode, eos)?;
+        let t0 = std::time::Instant::now();
+        // left padding, as HF generate lays out decoder-only prompts
+        let (b, s) = (
+            batch.len(),
+            batch.iter().map(|r| r.len()).max().unwrap_or(0),
+        );
+        if s == 0 {
+            bail!("generate: empty input");
+        }
+        let pad = model.cfg.pad_token_id.unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * s);
+        let mut mask = Vec::with_capacity(b * s);
+        for r in &batch {
+            ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
+            mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
+        }
+        let k = opts.num_beams.max(1);
+        let mut st =
+            MistralCudaStepper::new(&model, &ids, &mask, (b, s), k, opts.max_new_tokens + 1)?;
+        let outs = jobx_engine::generate::generate(&mut st, &vec![0; b], &opts, &mut [])?;
+        (outs, load_ms, t0)
+    };
     gpu.synchronize("generate")?;
     let secs = t0.elapsed().as_secs_f64();
     let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();

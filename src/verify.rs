@@ -10,11 +10,11 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::generate::{generate, EarlyStopping, GenOptions};
+use crate::generate::{generate, EarlyStopping, GenOptions, GenOutput};
 use crate::models::adapter::LoraAdapter;
 use crate::models::linear::HasLinears;
 use crate::models::mistral::{MistralModel, MistralStepper};
-use crate::models::t5::{T5Model, T5Stepper};
+use crate::models::t5::{T5Config, T5Model, T5Stepper};
 use serde::Deserialize;
 use serde_json::json;
 use std::path::Path;
@@ -213,42 +213,200 @@ pub fn verify_dir_with(
         Some(a) => Some(LoraAdapter::load(&dir.join(a), a)?),
         None => None,
     };
-    if opts.cuda {
-        if spec.arch != "t5" || adapter.is_some() {
-            return Err(Error::Unsupported(format!(
-                "verify --device cuda: only T5 fixtures without adapters run on CUDA so far \
-                 ({} {})",
-                spec.arch,
-                if adapter.is_some() {
-                    "with adapter"
-                } else {
-                    ""
-                }
-            )));
-        }
-        return verify_t5_cuda(dir, &spec, &refs, fixture, emit);
+    if opts.cuda && adapter.is_some() {
+        return Err(Error::Unsupported(
+            "verify --device cuda: adapters do not run on CUDA yet".into(),
+        ));
     }
-    match spec.arch.as_str() {
-        "t5" => {}
-        "mistral" => {
-            return verify_mistral(dir, &spec, &refs, fixture, adapter.as_ref(), opts, emit)
+    let summary = |(max_rel, greedy_ok, ok): (f64, bool, bool)| VerifySummary {
+        fixture,
+        cases: spec.cases.len(),
+        max_rel_err: max_rel,
+        greedy_match: greedy_ok,
+        ok,
+    };
+    match (spec.arch.as_str(), opts.cuda) {
+        ("t5", false) => {
+            let mut model = T5Model::load_dir(dir)?;
+            let adapter = attach(&mut model, adapter.as_ref(), opts)?;
+            let eos = eos_ids(dir, model.cfg.eos_token_id);
+            let b = CpuT5 {
+                model: &model,
+                adapter,
+            };
+            Ok(summary(check_t5(
+                &b,
+                &spec,
+                &refs,
+                &eos,
+                spec.tolerance_rel,
+                emit,
+            )?))
         }
-        o => {
-            return Err(Error::Unsupported(format!(
-                "arch `{o}` is not supported (t5, mistral)"
-            )))
+        ("mistral", false) => {
+            let mut model = MistralModel::load_dir(dir)?;
+            let adapter = attach(&mut model, adapter.as_ref(), opts)?;
+            let eos = mistral_eos(dir, &model.cfg);
+            let b = CpuMistral {
+                model: &model,
+                adapter,
+            };
+            Ok(summary(check_mistral(
+                &b,
+                &spec,
+                &refs,
+                &eos,
+                spec.tolerance_rel,
+                emit,
+            )?))
         }
+        ("t5", true) | ("mistral", true) => verify_cuda(dir, &spec, &refs, emit).map(summary),
+        (o, _) => Err(Error::Unsupported(format!(
+            "arch `{o}` is not supported (t5, mistral)"
+        ))),
     }
-    let mut model = T5Model::load_dir(dir)?;
-    let ad = attach(&mut model, adapter.as_ref(), opts)?;
-    let eos = eos_ids(dir, model.cfg.eos_token_id);
-    let mut max_rel = 0.0f64;
-    let mut greedy_ok = true;
-    let mut all_ok = true;
+}
+
+fn mistral_eos(dir: &Path, cfg: &crate::models::mistral::MistralConfig) -> Vec<u32> {
+    let eos = eos_ids(dir, 2);
+    if eos.is_empty() {
+        cfg.eos_ids()
+    } else {
+        eos
+    }
+}
+
+/// What verify needs from a T5 graph on some backend.
+trait T5Backend {
+    type Enc;
+    fn cfg(&self) -> &T5Config;
+    fn encode(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Self::Enc>;
+    /// Teacher-forced logits [b, t, vocab] for decoder inputs [b, t].
+    fn teacher_forced(&self, enc: &Self::Enc, dids: &[u32], b: usize, t: usize)
+        -> Result<Vec<f32>>;
+    /// `generate` with decoder rows mapped to encoder rows by `src`.
+    fn generate(
+        &self,
+        enc: &Self::Enc,
+        src: Vec<usize>,
+        capacity: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>>;
+}
+
+/// What verify needs from a Mistral graph on some backend.
+trait MistralBackend {
+    fn vocab_size(&self) -> usize;
+    /// Logits [b, s, vocab] for every input position.
+    fn logits_all(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Vec<f32>>;
+    fn generate(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        b: usize,
+        s: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>>;
+}
+
+struct CpuT5<'a> {
+    model: &'a T5Model,
+    adapter: Option<usize>,
+}
+
+impl T5Backend for CpuT5<'_> {
+    type Enc = crate::models::t5::EncoderOut;
+    fn cfg(&self) -> &T5Config {
+        &self.model.cfg
+    }
+    fn encode(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Self::Enc> {
+        self.model.encode_with(ids, mask, b, s, self.adapter)
+    }
+    fn teacher_forced(
+        &self,
+        enc: &Self::Enc,
+        dids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>> {
+        let mut st = self.model.new_decoder_state(enc, (0..b).collect(), t);
+        let mut logits = Vec::new();
+        self.model
+            .decode(enc, &mut st, dids, t, true, &mut logits)?;
+        Ok(logits)
+    }
+    fn generate(
+        &self,
+        enc: &Self::Enc,
+        src: Vec<usize>,
+        capacity: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>> {
+        let b = enc.batch;
+        let mut stepper = T5Stepper::new(self.model, enc, src, capacity);
+        generate(
+            &mut stepper,
+            &vec![self.model.cfg.decoder_start(); b],
+            opts,
+            &mut [],
+        )
+    }
+}
+
+struct CpuMistral<'a> {
+    model: &'a MistralModel,
+    adapter: Option<usize>,
+}
+
+impl MistralBackend for CpuMistral<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn logits_all(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Vec<f32>> {
+        let mut st = self.model.new_state(b, s);
+        st.adapter = self.adapter;
+        let mut logits = Vec::new();
+        self.model
+            .forward(&mut st, ids, mask, s, true, &mut logits)?;
+        Ok(logits)
+    }
+    fn generate(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        b: usize,
+        s: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>> {
+        let mut stepper = MistralStepper::new(
+            self.model,
+            ids,
+            mask,
+            b,
+            s,
+            1,
+            opts.max_new_tokens + 1,
+            self.adapter,
+        )?;
+        generate(&mut stepper, &vec![0; b], opts, &mut [])
+    }
+}
+
+/// Every case of a T5 fixture: logits within `tol`, greedy ids and beam ids exact.
+/// Returns (max relative error, all greedy/beam ids matched, all ok).
+fn check_t5<B: T5Backend>(
+    be: &B,
+    spec: &RefSpec,
+    refs: &Checkpoint,
+    eos: &[u32],
+    tol: f64,
+    emit: &mut dyn FnMut(serde_json::Value),
+) -> Result<(f64, bool, bool)> {
+    let (mut max_rel, mut greedy_ok, mut all_ok) = (0.0f64, true, true);
     for case in &spec.cases {
         let n = &case.name;
-        let (b, s, ids, mask) = case_inputs(&refs, case)?;
-        let enc = model.encode_with(&ids, &mask, b, s, ad)?;
+        let (b, s, ids, mask) = case_inputs(refs, case)?;
+        let enc = be.encode(&ids, &mask, b, s)?;
         let mut line = json!({"case": n, "batch": b, "src_len": s});
         let mut case_ok = true;
         if case.has_logits {
@@ -261,12 +419,10 @@ pub fn verify_dir_with(
             let t = dshape[1];
             let dids = to_u32("decoder_input_ids", &dids)?;
             let reference = refs.f32_any(&format!("{n}.logits"))?;
-            let mut st = model.new_decoder_state(&enc, (0..b).collect(), t);
-            let mut logits = Vec::new();
-            model.decode(&enc, &mut st, &dids, t, true, &mut logits)?;
+            let logits = be.teacher_forced(&enc, &dids, b, t)?;
             let e = rel_err(&logits, reference.as_slice());
             max_rel = max_rel.max(e);
-            let ok = e <= spec.tolerance_rel;
+            let ok = e <= tol;
             case_ok &= ok;
             line["logits_shape"] = json!(reference.shape);
             line["rel_err"] = json!(e);
@@ -277,13 +433,10 @@ pub fn verify_dir_with(
             let want = to_u32("greedy", &want)?;
             let opts = GenOptions {
                 max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
-                eos: eos.clone(),
+                eos: eos.to_vec(),
                 ..Default::default()
             };
-            let mut stepper =
-                T5Stepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1);
-            let start = vec![model.cfg.decoder_start(); b];
-            let out = generate(&mut stepper, &start, &opts, &mut [])?;
+            let out = be.generate(&enc, (0..b).collect(), opts.max_new_tokens + 1, &opts)?;
             let ok = record_greedy(&mut line, &out[0].tokens, &want);
             greedy_ok &= ok;
             case_ok &= ok;
@@ -303,17 +456,15 @@ pub fn verify_dir_with(
                     num_beams: bs.num_beams,
                     early_stopping: es,
                     length_penalty: bs.length_penalty.unwrap_or(1.0),
-                    eos: eos.clone(),
+                    eos: eos.to_vec(),
                     ..Default::default()
                 };
                 let src: Vec<usize> = (0..b)
-                    .flat_map(|i| std::iter::repeat(i).take(bs.num_beams))
+                    .flat_map(|i| std::iter::repeat_n(i, bs.num_beams))
                     .collect();
-                let mut stepper = T5Stepper::new(&model, &enc, src, bs.max_length);
-                let start = vec![model.cfg.decoder_start(); b];
-                let out = generate(&mut stepper, &start, &opts, &mut [])?;
+                let out = be.generate(&enc, src, bs.max_length, &opts)?;
                 // HF pads finished beams with pad ids up to the longest; compare without trailing pad.
-                let pad = model.cfg.pad_token_id;
+                let pad = be.cfg().pad_token_id;
                 let mut w = want.clone();
                 while w.len() > out[0].tokens.len() && w.last() == Some(&pad) {
                     w.pop();
@@ -332,30 +483,19 @@ pub fn verify_dir_with(
         all_ok &= case_ok;
         emit(line);
     }
-    Ok(VerifySummary {
-        fixture,
-        cases: spec.cases.len(),
-        max_rel_err: max_rel,
-        greedy_match: greedy_ok,
-        ok: all_ok,
-    })
+    Ok((max_rel, greedy_ok, all_ok))
 }
 
-fn verify_mistral(
-    dir: &Path,
+/// Every case of a Mistral fixture: logits at real (non-pad) positions within `tol`, greedy ids
+/// exact. Returns (max relative error, all greedy ids matched, all ok).
+fn check_mistral<B: MistralBackend>(
+    be: &B,
     spec: &RefSpec,
     refs: &Checkpoint,
-    fixture: String,
-    adapter: Option<&LoraAdapter>,
-    opts: &VerifyOptions,
+    eos: &[u32],
+    tol: f64,
     emit: &mut dyn FnMut(serde_json::Value),
-) -> Result<VerifySummary> {
-    let mut model = MistralModel::load_dir(dir)?;
-    let ad = attach(&mut model, adapter, opts)?;
-    let mut eos = eos_ids(dir, 2);
-    if eos.is_empty() {
-        eos = model.cfg.eos_ids();
-    }
+) -> Result<(f64, bool, bool)> {
     let (mut max_rel, mut greedy_ok, mut all_ok) = (0.0f64, true, true);
     for case in &spec.cases {
         let n = &case.name;
@@ -364,17 +504,14 @@ fn verify_mistral(
         let mut case_ok = true;
         if case.has_logits {
             let reference = refs.f32_any(&format!("{n}.logits"))?;
-            let v = model.cfg.vocab_size;
+            let v = be.vocab_size();
             if reference.shape != [b, s, v] {
                 return Err(Error::Input(format!(
                     "{n}: logits shape {:?}, expected [{b}, {s}, {v}]",
                     reference.shape
                 )));
             }
-            let mut st = model.new_state(b, s);
-            st.adapter = ad;
-            let mut logits = Vec::new();
-            model.forward(&mut st, &ids, &mask, s, true, &mut logits)?;
+            let logits = be.logits_all(&ids, &mask, b, s)?;
             // Only real (non-pad) positions carry meaningful logits.
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for i in 0..b * s {
@@ -385,7 +522,7 @@ fn verify_mistral(
             }
             let e = rel_err(&ours, &theirs);
             max_rel = max_rel.max(e);
-            let ok = e <= spec.tolerance_rel;
+            let ok = e <= tol;
             case_ok &= ok;
             line["rel_err"] = json!(e);
             line["logits_ok"] = json!(ok);
@@ -395,12 +532,10 @@ fn verify_mistral(
             let want = to_u32("greedy", &want)?;
             let opts = GenOptions {
                 max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
-                eos: eos.clone(),
+                eos: eos.to_vec(),
                 ..Default::default()
             };
-            let mut stepper =
-                MistralStepper::new(&model, &ids, &mask, b, s, 1, opts.max_new_tokens + 1, ad)?;
-            let out = generate(&mut stepper, &vec![0; b], &opts, &mut [])?;
+            let out = be.generate(&ids, &mask, b, s, &opts)?;
             let ok = record_greedy(&mut line, &out[0].tokens, &want);
             greedy_ok &= ok;
             case_ok &= ok;
@@ -409,105 +544,121 @@ fn verify_mistral(
         all_ok &= case_ok;
         emit(line);
     }
-    Ok(VerifySummary {
-        fixture,
-        cases: spec.cases.len(),
-        max_rel_err: max_rel,
-        greedy_match: greedy_ok,
-        ok: all_ok,
-    })
+    Ok((max_rel, greedy_ok, all_ok))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn verify_t5_cuda(
+fn verify_cuda(
     _dir: &Path,
     _spec: &RefSpec,
     _refs: &Checkpoint,
-    _fixture: String,
     _emit: &mut dyn FnMut(serde_json::Value),
-) -> Result<VerifySummary> {
+) -> Result<(f64, bool, bool)> {
     crate::cuda::Gpu::new(0)?;
     unreachable!("Gpu::new always fails without the cuda feature")
 }
 
-/// The T5 cases of a fixture on the CUDA backend: teacher-forced logits (bf16 tolerance) and
-/// greedy ids (exact), through the same `generate` loop as the CPU path.
+/// A fixture on the CUDA backend (bf16): the same checks, logits within
+/// `CUDA_BF16_TOLERANCE_REL`, generated ids exact.
 #[cfg(feature = "cuda")]
-fn verify_t5_cuda(
+fn verify_cuda(
     dir: &Path,
     spec: &RefSpec,
     refs: &Checkpoint,
-    fixture: String,
     emit: &mut dyn FnMut(serde_json::Value),
-) -> Result<VerifySummary> {
-    use crate::generate::Stepper;
-    use crate::models::t5_cuda::{T5Cuda, T5CudaStepper};
+) -> Result<(f64, bool, bool)> {
     let gpu = crate::cuda::Gpu::new(0)?;
-    let model = T5Cuda::load_dir(&gpu, dir)?;
-    let eos = eos_ids(dir, model.cfg.eos_token_id);
-    let tol = CUDA_BF16_TOLERANCE_REL;
-    let (mut max_rel, mut greedy_ok, mut all_ok) = (0.0f64, true, true);
-    for case in &spec.cases {
-        let n = &case.name;
-        let (b, s, ids, mask) = case_inputs(refs, case)?;
-        let enc = model.encode(&ids, &mask, b, s)?;
-        let mut line = json!({"case": n, "batch": b, "src_len": s, "device": gpu.name});
-        let mut case_ok = true;
-        if case.has_logits {
-            let (dshape, dids) = refs.i64(&format!("{n}.decoder_input_ids"))?;
-            if dshape.len() != 2 || dshape[0] != b {
-                return Err(Error::Input(format!(
-                    "{n}: decoder_input_ids shape {dshape:?}"
-                )));
-            }
-            let t = dshape[1];
-            let dids = to_u32("decoder_input_ids", &dids)?;
-            let reference = refs.f32_any(&format!("{n}.logits"))?;
-            let v = model.cfg.vocab_size;
-            let mut st = T5CudaStepper::new(&model, &enc, (0..b).collect(), t)?;
-            let mut all = vec![0.0f32; b * t * v];
-            let mut step = Vec::new();
-            for j in 0..t {
-                let col: Vec<u32> = (0..b).map(|r| dids[r * t + j]).collect();
-                st.step(&col, &mut step)?;
-                for r in 0..b {
-                    all[(r * t + j) * v..(r * t + j + 1) * v]
-                        .copy_from_slice(&step[r * v..(r + 1) * v]);
-                }
-            }
-            let e = rel_err(&all, reference.as_slice());
-            max_rel = max_rel.max(e);
-            let ok = e <= tol;
-            case_ok &= ok;
-            line["rel_err"] = json!(e);
-            line["tolerance_rel"] = json!(tol);
-            line["logits_ok"] = json!(ok);
-        }
-        if case.has_greedy {
-            let (_, want) = refs.i64(&format!("{n}.greedy"))?;
-            let want = to_u32("greedy", &want)?;
-            let opts = GenOptions {
-                max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
-                eos: eos.clone(),
-                ..Default::default()
-            };
-            let mut stepper =
-                T5CudaStepper::new(&model, &enc, (0..b).collect(), opts.max_new_tokens + 1)?;
-            let start = vec![model.cfg.decoder_start(); b];
-            let out = generate(&mut stepper, &start, &opts, &mut [])?;
-            let ok = record_greedy(&mut line, &out[0].tokens, &want);
-            greedy_ok &= ok;
-            case_ok &= ok;
-        }
-        line["ok"] = json!(case_ok);
-        all_ok &= case_ok;
-        emit(line);
+    let name = gpu.name.clone();
+    let mut emit = |mut l: serde_json::Value| {
+        l["device"] = json!(name);
+        emit(l)
+    };
+    if spec.arch == "t5" {
+        let model = crate::models::t5_cuda::T5Cuda::load_dir(&gpu, dir)?;
+        let eos = eos_ids(dir, model.cfg.eos_token_id);
+        check_t5(&model, spec, refs, &eos, CUDA_BF16_TOLERANCE_REL, &mut emit)
+    } else {
+        let model = crate::models::mistral_cuda::MistralCuda::load_dir(&gpu, dir)?;
+        let eos = mistral_eos(dir, &model.cfg);
+        check_mistral(&model, spec, refs, &eos, CUDA_BF16_TOLERANCE_REL, &mut emit)
     }
-    Ok(VerifySummary {
-        fixture,
-        cases: spec.cases.len(),
-        max_rel_err: max_rel,
-        greedy_match: greedy_ok,
-        ok: all_ok,
-    })
+}
+
+#[cfg(feature = "cuda")]
+impl T5Backend for crate::models::t5_cuda::T5Cuda<'_> {
+    type Enc = crate::models::t5_cuda::CudaEncoderOut;
+    fn cfg(&self) -> &T5Config {
+        &self.cfg
+    }
+    fn encode(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Self::Enc> {
+        crate::models::t5_cuda::T5Cuda::encode(self, ids, mask, b, s)
+    }
+    fn teacher_forced(
+        &self,
+        enc: &Self::Enc,
+        dids: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<Vec<f32>> {
+        use crate::generate::Stepper;
+        let v = self.cfg.vocab_size;
+        let mut st = crate::models::t5_cuda::T5CudaStepper::new(self, enc, (0..b).collect(), t)?;
+        let mut all = vec![0.0f32; b * t * v];
+        let mut step = Vec::new();
+        for j in 0..t {
+            let col: Vec<u32> = (0..b).map(|r| dids[r * t + j]).collect();
+            st.step(&col, &mut step)?;
+            for r in 0..b {
+                all[(r * t + j) * v..(r * t + j + 1) * v]
+                    .copy_from_slice(&step[r * v..(r + 1) * v]);
+            }
+        }
+        Ok(all)
+    }
+    fn generate(
+        &self,
+        enc: &Self::Enc,
+        src: Vec<usize>,
+        capacity: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>> {
+        let mut stepper = crate::models::t5_cuda::T5CudaStepper::new(self, enc, src, capacity)?;
+        generate(
+            &mut stepper,
+            &vec![self.cfg.decoder_start(); enc.batch],
+            opts,
+            &mut [],
+        )
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl MistralBackend for crate::models::mistral_cuda::MistralCuda<'_> {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+    fn logits_all(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Vec<f32>> {
+        let mut st = self.new_state(b, s)?;
+        let mut logits = Vec::new();
+        self.forward(&mut st, ids, mask, s, true, &mut logits)?;
+        Ok(logits)
+    }
+    fn generate(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        b: usize,
+        s: usize,
+        opts: &GenOptions,
+    ) -> Result<Vec<GenOutput>> {
+        let mut stepper = crate::models::mistral_cuda::MistralCudaStepper::new(
+            self,
+            ids,
+            mask,
+            (b, s),
+            1,
+            opts.max_new_tokens + 1,
+        )?;
+        generate(&mut stepper, &vec![0; b], opts, &mut [])
+    }
 }

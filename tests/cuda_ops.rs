@@ -47,10 +47,10 @@ fn cuda_op_table() {
     );
 }
 
-/// `verify --device cuda` on every T5 fixture without an adapter: logits within the stated bf16
-/// tolerance of the HF f32 references, greedy ids identical.
+/// `verify --device cuda` on every T5 and Mistral fixture without an adapter: logits within the
+/// stated bf16 tolerance of the HF f32 references, greedy (and beam) ids identical.
 #[test]
-fn cuda_verify_t5_fixtures() {
+fn cuda_verify_fixtures() {
     // JOBX_FIXTURES: where tools/gpu-check.sh put the fixtures on a machine without this checkout
     let dir = std::env::var_os("JOBX_FIXTURES")
         .map(std::path::PathBuf::from)
@@ -60,10 +60,10 @@ fn cuda_verify_t5_fixtures() {
         .flatten()
         .filter(|e| e.path().join("reference.json").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("t5") && !n.contains("lora"))
+        .filter(|n| !n.contains("lora"))
         .collect();
     names.sort();
-    assert!(names.len() >= 3, "T5 fixtures found: {names:?}");
+    assert!(names.len() >= 6, "fixtures found: {names:?}");
     let opts = jobx_engine::verify::VerifyOptions {
         cuda: true,
         ..Default::default()
@@ -77,7 +77,7 @@ fn cuda_verify_t5_fixtures() {
             Err(e) => {
                 let msg = e.to_string();
                 if msg.contains("built without the CUDA backend") || msg.contains("op `init`") {
-                    skip(&format!("SKIP cuda_verify_t5_fixtures: {msg}"));
+                    skip(&format!("SKIP cuda_verify_fixtures: {msg}"));
                     return;
                 }
                 failed.push(format!("{n}: {msg}"));

@@ -2,6 +2,8 @@
 pub mod adapter;
 pub mod linear;
 pub mod mistral;
+#[cfg(feature = "cuda")]
+pub mod mistral_cuda;
 pub mod t5;
 #[cfg(feature = "cuda")]
 pub mod t5_cuda;

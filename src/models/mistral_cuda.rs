@@ -1,0 +1,473 @@
+//! The Mistral / Llama decoder on the CUDA backend (`--features cuda`): the computation of
+//! `mistral.rs` (HF `modeling_mistral.py`) with bf16 weights and activations and f32 accumulation
+//! in every kernel. Weights are loaded by their HF names, converted to bf16 once.
+//!
+//! Device layout: activations [tokens, hidden]; q [tokens, H*hd], k/v [tokens, KV*hd] (RoPE in
+//! place on q and k); KV cache per layer [rows, capacity, KV*hd] (time-major, so one row's new
+//! positions are one contiguous block); attention reads it as the view (b, h, t, d) ->
+//! b*cap*KV*hd + t*KV*hd + h*hd + d with GQA, causal mask, sliding window and the padding mask.
+//! Left padding follows HF `generate`: position ids are cumsum(mask) - 1, pads get 1 and are
+//! masked as keys (host bookkeeping, as in the CPU graph).
+
+use super::mistral::MistralConfig;
+use crate::checkpoint::Checkpoint;
+use crate::cuda::params::JOBX_ACT_SILU;
+use crate::cuda::{backend_err, AttnCall, GemmShape, Gpu, Out, View, Weight};
+use crate::{Error, Result};
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use std::collections::HashMap;
+use std::path::Path;
+
+pub struct MistralCuda<'g> {
+    pub gpu: &'g Gpu,
+    pub cfg: MistralConfig,
+    w: HashMap<String, CudaSlice<bf16>>,
+    head: &'static str,
+}
+
+/// KV cache and per-row positions for a batch of sequences on the device.
+pub struct MistralCudaState {
+    pub rows: usize,
+    pub len: usize,
+    cap: usize,
+    k: Vec<CudaSlice<bf16>>, // per layer [rows, cap, KV*hd]
+    v: Vec<CudaSlice<bf16>>,
+    key_mask: Vec<i32>, // host [rows, cap]
+    next_pos: Vec<usize>,
+}
+
+impl<'g> MistralCuda<'g> {
+    pub fn load_dir(gpu: &'g Gpu, dir: &Path) -> Result<Self> {
+        let p = dir.join("config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let cfg = MistralConfig::from_json_str(&text, &p)?;
+        let ck = Checkpoint::open_dir(dir)?;
+        Self::load(gpu, cfg, &ck)
+    }
+
+    pub fn load(gpu: &'g Gpu, cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
+        let (hd, h, kv, hid, inter, v) = (
+            cfg.head_dim(),
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.vocab_size,
+        );
+        if hd > 128 {
+            return Err(Error::Unsupported(format!(
+                "CUDA backend: head_dim {hd} (the attention kernel supports up to 128)"
+            )));
+        }
+        let mut names: Vec<(String, Vec<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![v, hid]),
+            ("model.norm.weight".into(), vec![hid]),
+        ];
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (n, s) in [
+                ("input_layernorm", vec![hid]),
+                ("self_attn.q_proj", vec![h * hd, hid]),
+                ("self_attn.k_proj", vec![kv * hd, hid]),
+                ("self_attn.v_proj", vec![kv * hd, hid]),
+                ("self_attn.o_proj", vec![hid, h * hd]),
+                ("post_attention_layernorm", vec![hid]),
+                ("mlp.gate_proj", vec![inter, hid]),
+                ("mlp.up_proj", vec![inter, hid]),
+                ("mlp.down_proj", vec![hid, inter]),
+            ] {
+                names.push((format!("{p}.{n}.weight"), s));
+            }
+        }
+        let tied = cfg.tie_word_embeddings && !ck.contains("lm_head.weight");
+        if !tied {
+            names.push(("lm_head.weight".into(), vec![v, hid]));
+        }
+        let mut w = HashMap::new();
+        for (name, shape) in names {
+            let t = ck.f32(&name, &shape)?;
+            let b: Vec<bf16> = t.as_slice().iter().map(|&x| bf16::from_f32(x)).collect();
+            w.insert(name, gpu.upload("load", &b)?);
+        }
+        Ok(MistralCuda {
+            gpu,
+            cfg,
+            w,
+            head: if tied {
+                "model.embed_tokens.weight"
+            } else {
+                "lm_head.weight"
+            },
+        })
+    }
+
+    fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
+        self.w.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: "CUDA Mistral weights".into(),
+        })
+    }
+
+    fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
+        self.gpu.zeros::<bf16>("mistral", n)
+    }
+
+    fn linear(
+        &self,
+        x: &CudaSlice<bf16>,
+        name: &str,
+        (m, n, k): (usize, usize, usize),
+        out: &mut CudaSlice<bf16>,
+        acc: bool,
+    ) -> Result<()> {
+        self.gpu.gemm(
+            x,
+            Weight::Bf16(self.wt(name)?),
+            Out::Bf16(out),
+            &GemmShape::new(m, n, k, acc),
+            None,
+        )
+    }
+
+    pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState> {
+        let kvd = self.cfg.kv_heads() * self.cfg.head_dim();
+        let cap = capacity.max(1);
+        let mut k = Vec::new();
+        let mut v = Vec::new();
+        for _ in 0..self.cfg.num_hidden_layers {
+            k.push(self.buf(rows * cap * kvd)?);
+            v.push(self.buf(rows * cap * kvd)?);
+        }
+        Ok(MistralCudaState {
+            rows,
+            len: 0,
+            cap,
+            k,
+            v,
+            key_mask: vec![0; rows * cap],
+            next_pos: vec![0; rows],
+        })
+    }
+
+    /// Feed `t_new` tokens per row (`ids`/`mask` [rows, t_new]); logits for every new position
+    /// (`all`) or the last one of each row, as f32 on the host.
+    pub fn forward(
+        &self,
+        st: &mut MistralCudaState,
+        ids: &[u32],
+        mask: &[u8],
+        t_new: usize,
+        all: bool,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let gpu = self.gpu;
+        let (hid, hd, h, kv, inter, vsz) = (
+            c.hidden_size,
+            c.head_dim(),
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.intermediate_size,
+            c.vocab_size,
+        );
+        let (qd, kvd) = (h * hd, kv * hd);
+        let rows = st.rows;
+        if ids.len() != rows * t_new || mask.len() != ids.len() || t_new == 0 {
+            return Err(Error::Input(format!(
+                "forward: {} ids / {} mask for {rows} rows x {t_new}",
+                ids.len(),
+                mask.len()
+            )));
+        }
+        let p0 = st.len;
+        if p0 + t_new > st.cap {
+            return Err(Error::Input(format!(
+                "KV cache of {} positions is full ({p0} + {t_new})",
+                st.cap
+            )));
+        }
+        let m = rows * t_new;
+        let eps = c.rms_norm_eps as f32;
+        // positions (HF: cumsum(mask) - 1, pads -> 1) and the key mask of the new slots
+        let mut pos = Vec::with_capacity(m);
+        for r in 0..rows {
+            for t in 0..t_new {
+                let real = mask[r * t_new + t] != 0;
+                st.key_mask[r * st.cap + p0 + t] = real as i32;
+                if real {
+                    pos.push(st.next_pos[r] as i32);
+                    st.next_pos[r] += 1;
+                } else {
+                    pos.push(1);
+                }
+            }
+        }
+        let tk = p0 + t_new;
+        let kmask: Vec<i32> = (0..rows)
+            .flat_map(|r| st.key_mask[r * st.cap..r * st.cap + tk].to_vec())
+            .collect();
+        let kmask = gpu.upload("mistral", &kmask)?;
+        let pos = gpu.upload("mistral", &pos)?;
+        let ids_d = gpu.upload(
+            "mistral",
+            &ids.iter().map(|&i| i as i32).collect::<Vec<_>>(),
+        )?;
+        let mut x = self.buf(m * hid)?;
+        gpu.embedding(
+            &ids_d,
+            self.wt("model.embed_tokens.weight")?,
+            &mut x,
+            m,
+            hid,
+            vsz,
+        )?;
+        let mut n = self.buf(m * hid)?;
+        let mut q = self.buf(m * qd)?;
+        let mut k = self.buf(m * kvd)?;
+        let mut v = self.buf(m * kvd)?;
+        let mut ctx = self.buf(m * qd)?;
+        let mut g = self.buf(m * inter)?;
+        let mut u = self.buf(m * inter)?;
+        let call = AttnCall {
+            batch: rows,
+            kv_batch_rows: rows,
+            heads: h,
+            kv_heads: kv,
+            tq: t_new,
+            tk,
+            dk: hd,
+            q_offset: p0,
+            window: c.sliding_window.unwrap_or(0),
+            scale: (hd as f32).powf(-0.5),
+            causal: true,
+            t5_bias: None,
+        };
+        let qview = View {
+            sb: t_new * qd,
+            sh: hd,
+            st: qd,
+        };
+        let cview = View {
+            sb: st.cap * kvd,
+            sh: hd,
+            st: kvd,
+        };
+        let theta = c.theta() as f32;
+        for li in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{li}");
+            gpu.rms_norm(
+                &x,
+                self.wt(&format!("{p}.input_layernorm.weight"))?,
+                &mut n,
+                m,
+                hid,
+                eps,
+            )?;
+            self.linear(
+                &n,
+                &format!("{p}.self_attn.q_proj.weight"),
+                (m, qd, hid),
+                &mut q,
+                false,
+            )?;
+            self.linear(
+                &n,
+                &format!("{p}.self_attn.k_proj.weight"),
+                (m, kvd, hid),
+                &mut k,
+                false,
+            )?;
+            self.linear(
+                &n,
+                &format!("{p}.self_attn.v_proj.weight"),
+                (m, kvd, hid),
+                &mut v,
+                false,
+            )?;
+            gpu.rope(&mut q, &pos, m, h, hd, theta)?;
+            gpu.rope(&mut k, &pos, m, kv, hd, theta)?;
+            // append the new positions of each row to the cache (one contiguous block per row)
+            for r in 0..rows {
+                let (src, dst) = (r * t_new * kvd..(r + 1) * t_new * kvd, {
+                    let o = (r * st.cap + p0) * kvd;
+                    o..o + t_new * kvd
+                });
+                for (from, to) in [(&k, &mut st.k[li]), (&v, &mut st.v[li])] {
+                    gpu.stream
+                        .memcpy_dtod(&from.slice(src.clone()), &mut to.slice_mut(dst.clone()))
+                        .map_err(|e| backend_err("kv_cache", e))?;
+                }
+            }
+            gpu.attention(
+                &call,
+                (&q, qview),
+                (&st.k[li], cview),
+                (&st.v[li], cview),
+                &mut ctx,
+                Some(&kmask),
+                None,
+                None,
+            )?;
+            self.linear(
+                &ctx,
+                &format!("{p}.self_attn.o_proj.weight"),
+                (m, hid, qd),
+                &mut x,
+                true,
+            )?;
+            gpu.rms_norm(
+                &x,
+                self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
+                &mut n,
+                m,
+                hid,
+                eps,
+            )?;
+            self.linear(
+                &n,
+                &format!("{p}.mlp.gate_proj.weight"),
+                (m, inter, hid),
+                &mut g,
+                false,
+            )?;
+            self.linear(
+                &n,
+                &format!("{p}.mlp.up_proj.weight"),
+                (m, inter, hid),
+                &mut u,
+                false,
+            )?;
+            gpu.activation_inplace(&mut g, Some(&u), m * inter, JOBX_ACT_SILU)?;
+            self.linear(
+                &g,
+                &format!("{p}.mlp.down_proj.weight"),
+                (m, hid, inter),
+                &mut x,
+                true,
+            )?;
+        }
+        gpu.rms_norm(&x, self.wt("model.norm.weight")?, &mut n, m, hid, eps)?;
+        // rows of the LM head: every position, or the last of each row
+        let (hrows, hin) = if all || t_new == 1 {
+            (m, n)
+        } else {
+            let mut last = self.buf(rows * hid)?;
+            for r in 0..rows {
+                let from = (r * t_new + t_new - 1) * hid;
+                gpu.stream
+                    .memcpy_dtod(
+                        &n.slice(from..from + hid),
+                        &mut last.slice_mut(r * hid..(r + 1) * hid),
+                    )
+                    .map_err(|e| backend_err("head_rows", e))?;
+            }
+            (rows, last)
+        };
+        let mut lg = gpu.zeros::<f32>("mistral", hrows * vsz)?;
+        gpu.gemm(
+            &hin,
+            Weight::Bf16(self.wt(self.head)?),
+            Out::F32(&mut lg),
+            &GemmShape::new(hrows, vsz, hid, false),
+            None,
+        )?;
+        *logits = gpu.download("mistral", &lg)?;
+        st.len = tk;
+        Ok(())
+    }
+
+    /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
+    pub fn select_rows(&self, st: &mut MistralCudaState, parents: &[usize]) -> Result<()> {
+        if parents.iter().any(|&p| p >= st.rows) {
+            return Err(Error::Input("select_rows: parent out of range".into()));
+        }
+        let per = st.cap * self.cfg.kv_heads() * self.cfg.head_dim();
+        for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
+            let mut fresh = self.buf(parents.len() * per)?;
+            for (r, &p) in parents.iter().enumerate() {
+                self.gpu
+                    .stream
+                    .memcpy_dtod(
+                        &buf.slice(p * per..(p + 1) * per),
+                        &mut fresh.slice_mut(r * per..(r + 1) * per),
+                    )
+                    .map_err(|e| backend_err("select_rows", e))?;
+            }
+            *buf = fresh;
+        }
+        let cap = st.cap;
+        st.key_mask = parents
+            .iter()
+            .flat_map(|&p| st.key_mask[p * cap..(p + 1) * cap].to_vec())
+            .collect();
+        st.next_pos = parents.iter().map(|&p| st.next_pos[p]).collect();
+        st.rows = parents.len();
+        Ok(())
+    }
+}
+
+/// The decoder as a `Stepper`: construction runs the prefill; the first `step` returns its logits.
+pub struct MistralCudaStepper<'a, 'g> {
+    model: &'a MistralCuda<'g>,
+    pub state: MistralCudaState,
+    pending: Option<Vec<f32>>,
+}
+
+impl<'a, 'g> MistralCudaStepper<'a, 'g> {
+    /// `ids`/`mask` [batch, seq], left-padded; `beams` copies each row for beam search.
+    pub fn new(
+        model: &'a MistralCuda<'g>,
+        ids: &[u32],
+        mask: &[u8],
+        (batch, seq): (usize, usize),
+        beams: usize,
+        capacity: usize,
+    ) -> Result<Self> {
+        let mut state = model.new_state(batch, seq + capacity)?;
+        let mut logits = Vec::new();
+        model.forward(&mut state, ids, mask, seq, false, &mut logits)?;
+        let k = beams.max(1);
+        if k > 1 {
+            let parents: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, k)).collect();
+            model.select_rows(&mut state, &parents)?;
+            let v = model.cfg.vocab_size;
+            logits = parents
+                .iter()
+                .flat_map(|&p| logits[p * v..(p + 1) * v].to_vec())
+                .collect();
+        }
+        Ok(MistralCudaStepper {
+            model,
+            state,
+            pending: Some(logits),
+        })
+    }
+}
+
+impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        if let Some(p) = self.pending.take() {
+            *logits = p;
+            return Ok(());
+        }
+        let mask = vec![1u8; tokens.len()];
+        self.model
+            .forward(&mut self.state, tokens, &mask, 1, false, logits)
+    }
+    fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
+        if let Some(p) = self.pending.take() {
+            let v = self.model.cfg.vocab_size;
+            self.pending = Some(
+                parents
+                    .iter()
+                    .flat_map(|&r| p[r * v..(r + 1) * v].to_vec())
+                    .collect(),
+            );
+        }
+        self.model.select_rows(&mut self.state, parents)
+    }
+}
