@@ -63,6 +63,32 @@ __device__ __forceinline__ void store_out(const jobx_gemm_params& p, long long r
     }
 }
 
+// Stores one warp's 32x32 tile (2 x 4 mma tiles, C fragment layout) through store_out.
+template <typename T>
+__device__ __forceinline__ void store_tile(const jobx_gemm_params& p, long long m0, long long n0,
+                                           int wm, int wn, int g, int t, T (&acc)[2][4][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
+            store_out(p, r, c, (float)acc[i][j][0]);
+            store_out(p, r, c + 1, (float)acc[i][j][1]);
+            store_out(p, r + 8, c, (float)acc[i][j][2]);
+            store_out(p, r + 8, c + 1, (float)acc[i][j][3]);
+        }
+}
+
+template <typename T>
+__device__ __forceinline__ void zero_tile(T (&acc)[2][4][4]) {
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+}
+
 #define BK 32
 #define LDS (BK + 8)  // bf16 elements per shared row (80 bytes: conflict-free fragment loads)
 
@@ -75,12 +101,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
     const long long m0 = (long long)blockIdx.y * BM, n0 = (long long)blockIdx.x * BN;
     const bf16* x = (const bf16*)p.x;
     float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    zero_tile(acc);
 
     for (long long k0 = 0; k0 < p.k; k0 += BK) {
         // Stage a 64x32 slice of x and of w (2048 elements each, 16 per thread), zero-filled
@@ -125,16 +146,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
         }
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
-            store_out(p, r, c, acc[i][j][0]);
-            store_out(p, r, c + 1, acc[i][j][1]);
-            store_out(p, r + 8, c, acc[i][j][2]);
-            store_out(p, r + 8, c + 1, acc[i][j][3]);
-        }
+    store_tile(p, m0, n0, wm, wn, g, t, acc);
 }
 #undef BK
 #undef LDS
@@ -152,12 +164,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params
     const signed char* x = (const signed char*)p.x;
     const signed char* w = (const signed char*)p.w;
     int acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+    zero_tile(acc);
 
     for (long long k0 = 0; k0 < p.k; k0 += BK8) {
 #pragma unroll 4
@@ -192,17 +199,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params
         }
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
-            // int32 accumulation is exact (|acc| <= 127*127*k < 2^31 for k < 133k)
-            store_out(p, r, c, (float)acc[i][j][0]);
-            store_out(p, r, c + 1, (float)acc[i][j][1]);
-            store_out(p, r + 8, c, (float)acc[i][j][2]);
-            store_out(p, r + 8, c + 1, (float)acc[i][j][3]);
-        }
+    // int32 accumulation is exact (|acc| <= 127*127*k < 2^31 for k < 133k)
+    store_tile(p, m0, n0, wm, wn, g, t, acc);
 }
 
 // One block per row: absmax (f32), scale = absmax / 127, q = rint(x / scale) (round half to even,

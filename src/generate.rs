@@ -26,6 +26,53 @@ pub trait Stepper {
     }
 }
 
+/// Logits a decoder-only stepper computed ahead of its first `step` (the prompt prefill), one
+/// row per sequence; `select_rows` before that first step reorders them like the cache.
+#[derive(Default)]
+pub struct PendingLogits {
+    rows: Option<Vec<f32>>,
+    vocab: usize,
+}
+
+impl PendingLogits {
+    pub fn new(logits: Vec<f32>, vocab: usize) -> Self {
+        PendingLogits {
+            rows: Some(logits),
+            vocab,
+        }
+    }
+    /// Hand the pending logits over (once); false when there are none left.
+    pub fn take_into(&mut self, out: &mut Vec<f32>) -> bool {
+        match self.rows.take() {
+            Some(p) => {
+                *out = p;
+                true
+            }
+            None => false,
+        }
+    }
+    pub fn is_pending(&self) -> bool {
+        self.rows.is_some()
+    }
+    /// Row r becomes old row `parents[r]`.
+    pub fn reorder(&mut self, parents: &[usize]) {
+        let v = self.vocab;
+        if let Some(p) = self.rows.take() {
+            self.rows = Some(
+                parents
+                    .iter()
+                    .flat_map(|&r| p[r * v..(r + 1) * v].iter().copied())
+                    .collect(),
+            );
+        }
+    }
+}
+
+/// Each of `batch` rows repeated `k` times: the parents that expand a batch into beams.
+pub fn beam_parents(batch: usize, k: usize) -> Vec<usize> {
+    (0..batch).flat_map(|b| std::iter::repeat_n(b, k)).collect()
+}
+
 /// A per-sequence constraint on the next token (the grammar mask plugs in here).
 pub trait TokenConstraint: Send {
     /// Set disallowed entries of `scores` (log-probs or logits) to -inf.

@@ -32,10 +32,7 @@ thread_local! {
     static PACK_B: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
+use super::SendPtr as Ptr;
 
 /// Whether this CPU can run the kernel (AVX-512F; `JOBX_NO_AVX512` forces the fallback).
 pub fn available() -> bool {

@@ -17,8 +17,9 @@ use rayon::prelude::*;
 /// Below this many rows a product is computed as m dot products per weight row.
 pub const SKINNY_M: usize = 16;
 
+/// A raw output pointer handed to rayon tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 

@@ -14,8 +14,6 @@ mod runtime;
 #[cfg(feature = "cuda")]
 pub use ops::*;
 #[cfg(feature = "cuda")]
-pub(crate) use runtime::backend_err;
-#[cfg(feature = "cuda")]
 pub use runtime::*;
 
 /// Whether this binary carries the CUDA backend (built with `--features cuda`).

@@ -86,26 +86,8 @@ impl Gpu {
         n: usize,
         kind: u32,
     ) -> Result<()> {
-        const OP: &str = "activation";
-        need(OP, "gate", gate, n)?;
-        if let Some(u) = up {
-            need(OP, "up", u, n)?;
-        }
-        need(OP, "y", y, n)?;
-        if kind > JOBX_ACT_SILU {
-            return Err(backend_err(OP, format!("unknown activation kind {kind}")));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let p = jobx_act_params {
-            gate: self.ptr(gate),
-            up: up.map_or(NULL, |u| self.ptr(u)),
-            y: self.ptr(y),
-            n: n as i64,
-            kind: kind as i32,
-        };
-        self.launch(OP, "act_bf16", grid_1d(n, 256), p)
+        need("activation", "y", y, n)?;
+        self.launch_act(gate, up, self.ptr(y), n, kind)
     }
 
     /// x = act(x) [· up] in place (the kernel allows y to alias gate).
@@ -116,8 +98,19 @@ impl Gpu {
         n: usize,
         kind: u32,
     ) -> Result<()> {
+        self.launch_act(x, up, self.ptr(x), n, kind)
+    }
+
+    fn launch_act(
+        &self,
+        gate: &CudaSlice<bf16>,
+        up: Option<&CudaSlice<bf16>>,
+        y: *mut c_void,
+        n: usize,
+        kind: u32,
+    ) -> Result<()> {
         const OP: &str = "activation";
-        need(OP, "x", x, n)?;
+        need(OP, "gate", gate, n)?;
         if let Some(u) = up {
             need(OP, "up", u, n)?;
         }
@@ -128,9 +121,9 @@ impl Gpu {
             return Ok(());
         }
         let p = jobx_act_params {
-            gate: self.ptr(x),
+            gate: self.ptr(gate),
             up: up.map_or(NULL, |u| self.ptr(u)),
-            y: self.ptr(x),
+            y,
             n: n as i64,
             kind: kind as i32,
         };
@@ -278,18 +271,20 @@ fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
 }
 
 impl Gpu {
-    fn gemm_common(
+    /// The parameter struct of a GEMM with the output, shape and LoRA fields filled (checked
+    /// against the buffers); the caller sets x, w, scales and the weight kind.
+    fn gemm_params(
         &self,
         op: &'static str,
         s: &GemmShape,
         y: &mut Out,
         lora: Option<&Lora>,
-    ) -> Result<(*mut c_void, i32, [*const c_void; 4], i64)> {
+    ) -> Result<jobx_gemm_params> {
         if s.ldy < s.n {
             return Err(backend_err(op, format!("ldy {} < n {}", s.ldy, s.n)));
         }
         let ylen = s.y_off + if s.m == 0 { 0 } else { (s.m - 1) * s.ldy + s.n };
-        let (yp, yf) = match y {
+        let (y, y_f32) = match y {
             Out::Bf16(b) => {
                 need(op, "y", b, ylen)?;
                 // SAFETY: y_off is inside the buffer (checked just above)
@@ -306,8 +301,25 @@ impl Gpu {
                 )
             }
         };
-        let mut l = [std::ptr::null(); 4];
-        let mut r = 0;
+        let mut p = jobx_gemm_params {
+            x: std::ptr::null(),
+            w: std::ptr::null(),
+            w_scale: std::ptr::null(),
+            x_scale: std::ptr::null(),
+            y,
+            m: s.m as i64,
+            n: s.n as i64,
+            k: s.k as i64,
+            ldy: s.ldy as i64,
+            w_kind: 0,
+            y_f32,
+            accumulate: s.accumulate as i32,
+            lora_t: std::ptr::null(),
+            lora_b: std::ptr::null(),
+            lora_ids: std::ptr::null(),
+            lora_scale: std::ptr::null(),
+            lora_r: 0,
+        };
         if let Some(lo) = lora {
             need(op, "lora t", lo.t, s.m * lo.r)?;
             need(op, "lora b", lo.b, lo.adapters * s.n * lo.r)?;
@@ -315,15 +327,13 @@ impl Gpu {
             need(op, "lora scale", lo.scale, lo.adapters)?;
             // ids are checked on the host copy by the caller that built them; the kernel
             // trusts -1 <= id < adapters
-            l = [
-                self.ptr(lo.t) as *const c_void,
-                self.ptr(lo.b) as *const c_void,
-                self.ptr(lo.ids) as *const c_void,
-                self.ptr(lo.scale) as *const c_void,
-            ];
-            r = lo.r as i64;
+            p.lora_t = self.ptr(lo.t) as *const f32;
+            p.lora_b = self.ptr(lo.b);
+            p.lora_ids = self.ptr(lo.ids) as *const i32;
+            p.lora_scale = self.ptr(lo.scale) as *const f32;
+            p.lora_r = lo.r as i64;
         }
-        Ok((yp, yf, l, r))
+        Ok(p)
     }
 
     /// y (+)= x · wᵀ [+ LoRA] with bf16 x [m, k] and a bf16 or weight-only int8 w [n, k].
@@ -337,40 +347,25 @@ impl Gpu {
     ) -> Result<()> {
         const OP: &str = "gemm";
         need(OP, "x", x, s.m * s.k)?;
-        let (wp, kind, ws) = match &w {
+        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
+        p.x = self.ptr(x);
+        match &w {
             Weight::Bf16(b) => {
                 need(OP, "w", b, s.n * s.k)?;
-                (self.ptr(*b), JOBX_W_BF16, std::ptr::null())
+                p.w = self.ptr(*b);
+                p.w_kind = JOBX_W_BF16 as i32;
             }
             Weight::Int8 { w, scale } => {
                 need(OP, "w", w, s.n * s.k)?;
                 need(OP, "w_scale", scale, s.n)?;
-                (self.ptr(*w), JOBX_W_INT8, self.ptr(*scale) as *const f32)
+                p.w = self.ptr(*w);
+                p.w_scale = self.ptr(*scale) as *const f32;
+                p.w_kind = JOBX_W_INT8 as i32;
             }
-        };
-        let (yp, yf, l, r) = self.gemm_common(OP, s, &mut y, lora)?;
+        }
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        let p = jobx_gemm_params {
-            x: self.ptr(x),
-            w: wp,
-            w_scale: ws,
-            x_scale: std::ptr::null(),
-            y: yp,
-            m: s.m as i64,
-            n: s.n as i64,
-            k: s.k as i64,
-            ldy: s.ldy as i64,
-            w_kind: kind as i32,
-            y_f32: yf,
-            accumulate: s.accumulate as i32,
-            lora_t: l[0] as *const f32,
-            lora_b: l[1],
-            lora_ids: l[2] as *const i32,
-            lora_scale: l[3] as *const f32,
-            lora_r: r,
-        };
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
     }
 
@@ -391,29 +386,15 @@ impl Gpu {
         need(OP, "x_scale", x_scale, s.m)?;
         need(OP, "w", wq, s.n * s.k)?;
         need(OP, "w_scale", w_scale, s.n)?;
-        let (yp, yf, l, r) = self.gemm_common(OP, s, &mut y, lora)?;
+        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
+        p.x = self.ptr(xq);
+        p.w = self.ptr(wq);
+        p.w_scale = self.ptr(w_scale) as *const f32;
+        p.x_scale = self.ptr(x_scale) as *const f32;
+        p.w_kind = JOBX_W8A8 as i32;
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        let p = jobx_gemm_params {
-            x: self.ptr(xq),
-            w: self.ptr(wq),
-            w_scale: self.ptr(w_scale) as *const f32,
-            x_scale: self.ptr(x_scale) as *const f32,
-            y: yp,
-            m: s.m as i64,
-            n: s.n as i64,
-            k: s.k as i64,
-            ldy: s.ldy as i64,
-            w_kind: JOBX_W8A8 as i32,
-            y_f32: yf,
-            accumulate: s.accumulate as i32,
-            lora_t: l[0] as *const f32,
-            lora_b: l[1],
-            lora_ids: l[2] as *const i32,
-            lora_scale: l[3] as *const f32,
-            lora_r: r,
-        };
         self.launch(OP, "gemm_w8a8", gemm_grid(s, OP)?, p)
     }
 
@@ -665,5 +646,99 @@ impl Gpu {
             top_k: top_k as i32,
         };
         self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)
+    }
+}
+
+impl Gpu {
+    /// dst[dst_off..dst_off + len] = src[src_off..src_off + len] on the stream (cache rows).
+    pub fn copy<T: cudarc::driver::DeviceRepr>(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<T>,
+        src_off: usize,
+        dst: &mut CudaSlice<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        need(op, "copy source", src, src_off + len)?;
+        need(op, "copy destination", dst, dst_off + len)?;
+        self.stream
+            .memcpy_dtod(
+                &src.slice(src_off..src_off + len),
+                &mut dst.slice_mut(dst_off..dst_off + len),
+            )
+            .map_err(|e| backend_err(op, format!("copy of {len} elements: {e}")))
+    }
+
+    /// New buffer whose block r is old block `parents[r]` (blocks of `per` elements): KV-cache
+    /// rows for beam reordering.
+    pub fn gather_blocks(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<bf16>,
+        per: usize,
+        parents: &[usize],
+    ) -> Result<CudaSlice<bf16>> {
+        let mut out = self.zeros::<bf16>(op, parents.len() * per)?;
+        for (r, &p) in parents.iter().enumerate() {
+            self.copy(op, src, p * per, &mut out, r * per, per)?;
+        }
+        Ok(out)
+    }
+}
+
+/// bf16 weights on the device by HF name, and the helpers the CUDA graphs share.
+pub struct DeviceWeights<'g> {
+    pub gpu: &'g Gpu,
+    w: std::collections::HashMap<String, CudaSlice<bf16>>,
+    /// which graph, for error messages
+    what: &'static str,
+}
+
+impl<'g> DeviceWeights<'g> {
+    pub fn new(gpu: &'g Gpu, what: &'static str) -> Self {
+        DeviceWeights {
+            gpu,
+            w: Default::default(),
+            what,
+        }
+    }
+
+    /// Round f32 values to bf16 and upload them under `name`.
+    pub fn insert_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+        let dev = self.gpu.upload("load", &b)?;
+        self.w.insert(name.to_string(), dev);
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<&CudaSlice<bf16>> {
+        self.w.get(name).ok_or_else(|| crate::Error::MissingTensor {
+            name: name.to_string(),
+            where_: format!("{} weights on the GPU", self.what),
+        })
+    }
+
+    /// A zeroed bf16 activation buffer of n elements.
+    pub fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
+        self.gpu.zeros::<bf16>(self.what, n)
+    }
+
+    /// out (+)= x · W(name)ᵀ with shapes (m, n, k): x [m, k] -> out [m, n].
+    pub fn linear(
+        &self,
+        x: &CudaSlice<bf16>,
+        name: &str,
+        (m, n, k): (usize, usize, usize),
+        out: &mut CudaSlice<bf16>,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.gpu.gemm(
+            x,
+            Weight::Bf16(self.get(name)?),
+            Out::Bf16(out),
+            &GemmShape::new(m, n, k, accumulate),
+            None,
+        )
     }
 }

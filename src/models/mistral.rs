@@ -13,6 +13,7 @@ use crate::checkpoint::{Checkpoint, WeightTensor};
 use crate::cpu::attention::{attention, AttnShape, ScoreMod, View};
 use crate::cpu::{rms_norm, silu};
 use crate::error::{Error, Result};
+use crate::generate::{beam_parents, PendingLogits};
 use crate::models::linear::{HasLinears, Linear};
 use serde::Deserialize;
 use std::path::Path;
@@ -570,11 +571,12 @@ pub struct MistralState {
 pub struct MistralStepper<'a> {
     pub model: &'a MistralModel,
     pub state: MistralState,
-    pending: Option<Vec<f32>>,
+    pending: PendingLogits,
 }
 
 impl<'a> MistralStepper<'a> {
     /// `prompts` are left-padded to one length with `mask`; `beams` copies each row for beam search.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         model: &'a MistralModel,
         ids: &[u32],
@@ -589,22 +591,16 @@ impl<'a> MistralStepper<'a> {
         state.adapter = adapter;
         let mut logits = Vec::new();
         model.forward(&mut state, ids, mask, seq, false, &mut logits)?;
-        let k = beams.max(1);
-        if k > 1 {
-            let parents: Vec<usize> = (0..batch)
-                .flat_map(|b| std::iter::repeat(b).take(k))
-                .collect();
+        let mut pending = PendingLogits::new(logits, model.cfg.vocab_size);
+        if beams > 1 {
+            let parents = beam_parents(batch, beams);
             model.select_rows(&mut state, &parents)?;
-            let v = model.cfg.vocab_size;
-            logits = parents
-                .iter()
-                .flat_map(|&p| logits[p * v..(p + 1) * v].to_vec())
-                .collect();
+            pending.reorder(&parents);
         }
         Ok(MistralStepper {
             model,
             state,
-            pending: Some(logits),
+            pending,
         })
     }
 }
@@ -614,8 +610,7 @@ impl crate::generate::Stepper for MistralStepper<'_> {
         self.model.cfg.vocab_size
     }
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        if let Some(p) = self.pending.take() {
-            *logits = p;
+        if self.pending.take_into(logits) {
             return Ok(());
         }
         let mask = vec![1u8; tokens.len()];
@@ -623,19 +618,11 @@ impl crate::generate::Stepper for MistralStepper<'_> {
             .forward(&mut self.state, tokens, &mask, 1, false, logits)
     }
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
-        if let Some(p) = self.pending.take() {
-            let v = self.model.cfg.vocab_size;
-            self.pending = Some(
-                parents
-                    .iter()
-                    .flat_map(|&r| p[r * v..(r + 1) * v].to_vec())
-                    .collect(),
-            );
-        }
+        self.pending.reorder(parents);
         self.model.select_rows(&mut self.state, parents)
     }
     fn step_many(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<bool> {
-        if self.state.rows != 1 || self.pending.is_some() {
+        if self.state.rows != 1 || self.pending.is_pending() {
             return Ok(false);
         }
         let mask = vec![1u8; tokens.len()];

@@ -12,17 +12,17 @@
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
 use crate::cuda::params::JOBX_ACT_SILU;
-use crate::cuda::{backend_err, AttnCall, GemmShape, Gpu, Out, View, Weight};
+use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View, Weight};
+use crate::generate::{beam_parents, PendingLogits};
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use std::collections::HashMap;
 use std::path::Path;
 
 pub struct MistralCuda<'g> {
     pub gpu: &'g Gpu,
     pub cfg: MistralConfig,
-    w: HashMap<String, CudaSlice<bf16>>,
+    w: DeviceWeights<'g>,
     head: &'static str,
 }
 
@@ -84,11 +84,9 @@ impl<'g> MistralCuda<'g> {
         if !tied {
             names.push(("lm_head.weight".into(), vec![v, hid]));
         }
-        let mut w = HashMap::new();
+        let mut w = DeviceWeights::new(gpu, "Mistral");
         for (name, shape) in names {
-            let t = ck.f32(&name, &shape)?;
-            let b: Vec<bf16> = t.as_slice().iter().map(|&x| bf16::from_f32(x)).collect();
-            w.insert(name, gpu.upload("load", &b)?);
+            w.insert_f32(&name, ck.f32(&name, &shape)?.as_slice())?;
         }
         Ok(MistralCuda {
             gpu,
@@ -103,31 +101,22 @@ impl<'g> MistralCuda<'g> {
     }
 
     fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
-        self.w.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            where_: "CUDA Mistral weights".into(),
-        })
+        self.w.get(name)
     }
 
     fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        self.gpu.zeros::<bf16>("mistral", n)
+        self.w.buf(n)
     }
 
     fn linear(
         &self,
         x: &CudaSlice<bf16>,
         name: &str,
-        (m, n, k): (usize, usize, usize),
+        shape: (usize, usize, usize),
         out: &mut CudaSlice<bf16>,
         acc: bool,
     ) -> Result<()> {
-        self.gpu.gemm(
-            x,
-            Weight::Bf16(self.wt(name)?),
-            Out::Bf16(out),
-            &GemmShape::new(m, n, k, acc),
-            None,
-        )
+        self.w.linear(x, name, shape, out, acc)
     }
 
     pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState> {
@@ -289,15 +278,9 @@ impl<'g> MistralCuda<'g> {
             gpu.rope(&mut k, &pos, m, kv, hd, theta)?;
             // append the new positions of each row to the cache (one contiguous block per row)
             for r in 0..rows {
-                let (src, dst) = (r * t_new * kvd..(r + 1) * t_new * kvd, {
-                    let o = (r * st.cap + p0) * kvd;
-                    o..o + t_new * kvd
-                });
-                for (from, to) in [(&k, &mut st.k[li]), (&v, &mut st.v[li])] {
-                    gpu.stream
-                        .memcpy_dtod(&from.slice(src.clone()), &mut to.slice_mut(dst.clone()))
-                        .map_err(|e| backend_err("kv_cache", e))?;
-                }
+                let (src, dst, len) = (r * t_new * kvd, (r * st.cap + p0) * kvd, t_new * kvd);
+                gpu.copy("kv_cache", &k, src, &mut st.k[li], dst, len)?;
+                gpu.copy("kv_cache", &v, src, &mut st.v[li], dst, len)?;
             }
             gpu.attention(
                 &call,
@@ -354,13 +337,14 @@ impl<'g> MistralCuda<'g> {
         } else {
             let mut last = self.buf(rows * hid)?;
             for r in 0..rows {
-                let from = (r * t_new + t_new - 1) * hid;
-                gpu.stream
-                    .memcpy_dtod(
-                        &n.slice(from..from + hid),
-                        &mut last.slice_mut(r * hid..(r + 1) * hid),
-                    )
-                    .map_err(|e| backend_err("head_rows", e))?;
+                gpu.copy(
+                    "head_rows",
+                    &n,
+                    (r * t_new + t_new - 1) * hid,
+                    &mut last,
+                    r * hid,
+                    hid,
+                )?;
             }
             (rows, last)
         };
@@ -384,17 +368,7 @@ impl<'g> MistralCuda<'g> {
         }
         let per = st.cap * self.cfg.kv_heads() * self.cfg.head_dim();
         for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
-            let mut fresh = self.buf(parents.len() * per)?;
-            for (r, &p) in parents.iter().enumerate() {
-                self.gpu
-                    .stream
-                    .memcpy_dtod(
-                        &buf.slice(p * per..(p + 1) * per),
-                        &mut fresh.slice_mut(r * per..(r + 1) * per),
-                    )
-                    .map_err(|e| backend_err("select_rows", e))?;
-            }
-            *buf = fresh;
+            *buf = self.gpu.gather_blocks("select_rows", buf, per, parents)?;
         }
         let cap = st.cap;
         st.key_mask = parents
@@ -411,7 +385,7 @@ impl<'g> MistralCuda<'g> {
 pub struct MistralCudaStepper<'a, 'g> {
     model: &'a MistralCuda<'g>,
     pub state: MistralCudaState,
-    pending: Option<Vec<f32>>,
+    pending: PendingLogits,
 }
 
 impl<'a, 'g> MistralCudaStepper<'a, 'g> {
@@ -427,20 +401,16 @@ impl<'a, 'g> MistralCudaStepper<'a, 'g> {
         let mut state = model.new_state(batch, seq + capacity)?;
         let mut logits = Vec::new();
         model.forward(&mut state, ids, mask, seq, false, &mut logits)?;
-        let k = beams.max(1);
-        if k > 1 {
-            let parents: Vec<usize> = (0..batch).flat_map(|b| std::iter::repeat_n(b, k)).collect();
+        let mut pending = PendingLogits::new(logits, model.cfg.vocab_size);
+        if beams > 1 {
+            let parents = beam_parents(batch, beams);
             model.select_rows(&mut state, &parents)?;
-            let v = model.cfg.vocab_size;
-            logits = parents
-                .iter()
-                .flat_map(|&p| logits[p * v..(p + 1) * v].to_vec())
-                .collect();
+            pending.reorder(&parents);
         }
         Ok(MistralCudaStepper {
             model,
             state,
-            pending: Some(logits),
+            pending,
         })
     }
 }
@@ -450,8 +420,7 @@ impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
         self.model.cfg.vocab_size
     }
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
-        if let Some(p) = self.pending.take() {
-            *logits = p;
+        if self.pending.take_into(logits) {
             return Ok(());
         }
         let mask = vec![1u8; tokens.len()];
@@ -459,15 +428,7 @@ impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
             .forward(&mut self.state, tokens, &mask, 1, false, logits)
     }
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
-        if let Some(p) = self.pending.take() {
-            let v = self.model.cfg.vocab_size;
-            self.pending = Some(
-                parents
-                    .iter()
-                    .flat_map(|&r| p[r * v..(r + 1) * v].to_vec())
-                    .collect(),
-            );
-        }
+        self.pending.reorder(parents);
         self.model.select_rows(&mut self.state, parents)
     }
 }

@@ -17,11 +17,10 @@
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
 use crate::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
-use crate::cuda::{AttnCall, GemmShape, Gpu, Out, View, Weight};
+use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View, Weight};
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use std::collections::HashMap;
 use std::path::Path;
 
 pub struct T5Cuda<'g> {
@@ -29,7 +28,7 @@ pub struct T5Cuda<'g> {
     pub cfg: T5Config,
     gated: bool,
     act: u32,
-    w: HashMap<String, CudaSlice<bf16>>,
+    w: DeviceWeights<'g>,
     /// relative_attention_bias tables as f32 [buckets, H] (encoder, decoder)
     enc_bias: CudaSlice<f32>,
     dec_bias: CudaSlice<f32>,
@@ -73,7 +72,7 @@ impl<'g> T5Cuda<'g> {
                         .into(),
                 )),
             };
-        let mut w = HashMap::new();
+        let mut w = DeviceWeights::new(gpu, "T5");
         let mut enc_bias = None;
         let mut dec_bias = None;
         for (name, shape) in weight_shapes(&cfg) {
@@ -96,8 +95,7 @@ impl<'g> T5Cuda<'g> {
                 }
                 continue;
             }
-            let b: Vec<bf16> = t.as_slice().iter().map(|&v| bf16::from_f32(v)).collect();
-            w.insert(name, gpu.upload("load", &b)?);
+            w.insert_f32(&name, t.as_slice())?;
         }
         let final_name = "decoder.final_layer_norm.weight";
         let mut fin: Vec<f32> = ck.f32(final_name, &[cfg.d_model])?.as_slice().to_vec();
@@ -124,34 +122,11 @@ impl<'g> T5Cuda<'g> {
     }
 
     fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
-        self.w.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            where_: "CUDA T5 weights".into(),
-        })
+        self.w.get(name)
     }
 
     fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        self.gpu.zeros::<bf16>("t5", n)
-    }
-
-    /// y = x · W(name)ᵀ into `out` (accumulate: out += ...), shapes [m, k] -> [m, n].
-    fn linear(
-        &self,
-        x: &CudaSlice<bf16>,
-        name: &str,
-        m: usize,
-        n: usize,
-        k: usize,
-        out: &mut CudaSlice<bf16>,
-        acc: bool,
-    ) -> Result<()> {
-        self.gpu.gemm(
-            x,
-            Weight::Bf16(self.wt(name)?),
-            Out::Bf16(out),
-            &GemmShape::new(m, n, k, acc),
-            None,
-        )
+        self.w.buf(n)
     }
 
     /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1").
@@ -170,32 +145,35 @@ impl<'g> T5Cuda<'g> {
         let dr = format!("{p}.DenseReluDense");
         if self.gated {
             let mut u = self.buf(rows * dff)?;
-            self.linear(
+            self.w.linear(
                 &h,
                 &format!("{dr}.wi_0.weight"),
-                rows,
-                dff,
-                d,
+                (rows, dff, d),
                 &mut a,
                 false,
             )?;
-            self.linear(
+            self.w.linear(
                 &h,
                 &format!("{dr}.wi_1.weight"),
-                rows,
-                dff,
-                d,
+                (rows, dff, d),
                 &mut u,
                 false,
             )?;
             self.gpu
                 .activation_inplace(&mut a, Some(&u), rows * dff, self.act)?;
         } else {
-            self.linear(&h, &format!("{dr}.wi.weight"), rows, dff, d, &mut a, false)?;
+            self.w.linear(
+                &h,
+                &format!("{dr}.wi.weight"),
+                (rows, dff, d),
+                &mut a,
+                false,
+            )?;
             self.gpu
                 .activation_inplace(&mut a, None, rows * dff, self.act)?;
         }
-        self.linear(&a, &format!("{dr}.wo.weight"), rows, d, dff, x, true)
+        self.w
+            .linear(&a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true)
     }
 
     /// Encoder over `ids` [batch, seq] with `mask` (1 = token, 0 = padding).
@@ -253,30 +231,24 @@ impl<'g> T5Cuda<'g> {
             let mut q = self.buf(rows * inner)?;
             let mut k = self.buf(rows * inner)?;
             let mut v = self.buf(rows * inner)?;
-            self.linear(
+            self.w.linear(
                 &hn,
                 &format!("{sa}.q.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut q,
                 false,
             )?;
-            self.linear(
+            self.w.linear(
                 &hn,
                 &format!("{sa}.k.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut k,
                 false,
             )?;
-            self.linear(
+            self.w.linear(
                 &hn,
                 &format!("{sa}.v.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut v,
                 false,
             )?;
@@ -309,7 +281,13 @@ impl<'g> T5Cuda<'g> {
                 None,
                 Some(&self.enc_bias),
             )?;
-            self.linear(&o, &format!("{sa}.o.weight"), rows, d, inner, &mut x, true)?;
+            self.w.linear(
+                &o,
+                &format!("{sa}.o.weight"),
+                (rows, d, inner),
+                &mut x,
+                true,
+            )?;
             self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"))?;
         }
         let mut enc = self.buf(rows * d)?;
@@ -326,21 +304,17 @@ impl<'g> T5Cuda<'g> {
             let ca = format!("decoder.block.{l}.layer.1.EncDecAttention");
             let mut k = self.buf(rows * inner)?;
             let mut v = self.buf(rows * inner)?;
-            self.linear(
+            self.w.linear(
                 &enc,
                 &format!("{ca}.k.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut k,
                 false,
             )?;
-            self.linear(
+            self.w.linear(
                 &enc,
                 &format!("{ca}.v.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut v,
                 false,
             )?;
@@ -462,12 +436,10 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
             )?;
             let sa = format!("{p}.SelfAttention");
             let mut q = m.buf(rows * inner)?;
-            m.linear(
+            m.w.linear(
                 &hn,
                 &format!("{sa}.q.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut q,
                 false,
             )?;
@@ -523,7 +495,13 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
                 None,
                 Some(&m.dec_bias),
             )?;
-            m.linear(&o, &format!("{sa}.o.weight"), rows, d, inner, &mut x, true)?;
+            m.w.linear(
+                &o,
+                &format!("{sa}.o.weight"),
+                (rows, d, inner),
+                &mut x,
+                true,
+            )?;
             // cross-attention over the encoder output (no position bias, padding mask)
             let p = format!("decoder.block.{l}.layer.1");
             gpu.rms_norm(
@@ -535,12 +513,10 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
                 eps,
             )?;
             let ca = format!("{p}.EncDecAttention");
-            m.linear(
+            m.w.linear(
                 &hn,
                 &format!("{ca}.q.weight"),
-                rows,
-                inner,
-                d,
+                (rows, inner, d),
                 &mut q,
                 false,
             )?;
@@ -569,7 +545,13 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
                 Some(&self.src_d),
                 None,
             )?;
-            m.linear(&o, &format!("{ca}.o.weight"), rows, d, inner, &mut x, true)?;
+            m.w.linear(
+                &o,
+                &format!("{ca}.o.weight"),
+                (rows, d, inner),
+                &mut x,
+                true,
+            )?;
             m.ffn(&mut x, rows, &format!("decoder.block.{l}.layer.2"))?;
         }
         let mut hn = m.buf(rows * d)?;
@@ -600,19 +582,8 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
         for (kc, vc) in self.cache.iter_mut() {
-            for buf in [kc, vc] {
-                let mut fresh = m.buf(parents.len() * per)?;
-                for (r, &p) in parents.iter().enumerate() {
-                    m.gpu
-                        .stream
-                        .memcpy_dtod(
-                            &buf.slice(p * per..(p + 1) * per),
-                            &mut fresh.slice_mut(r * per..(r + 1) * per),
-                        )
-                        .map_err(|e| crate::cuda::backend_err("select_rows", e))?;
-                }
-                *buf = fresh;
-            }
+            *kc = m.gpu.gather_blocks("select_rows", kc, per, parents)?;
+            *vc = m.gpu.gather_blocks("select_rows", vc, per, parents)?;
         }
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         self.src_d = m.gpu.upload(
@@ -649,7 +620,7 @@ pub fn generate_t5(
     }
     let enc = model.encode(&ids, &mask, b, s)?;
     let k = opts.num_beams.max(1);
-    let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+    let src = crate::generate::beam_parents(b, k);
     let mut stepper = T5CudaStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;
     let start = vec![model.cfg.decoder_start(); b];
     crate::generate::generate(&mut stepper, &start, opts, &mut [])
