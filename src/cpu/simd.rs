@@ -190,6 +190,8 @@ unsafe fn gemv_rows_avx512(
         ((1u32 << tail) - 1) as __mmask16
     };
     let wp = w.as_ptr();
+    // Prefetch distance in rows: about 8 KiB ahead of the rows being read, whole quads.
+    let ahead = ((8192 / (4 * k.max(1))).max(4) + 3) / 4 * 4;
     let mut j = 0;
     while j + 4 <= rows {
         let (w0, w1, w2, w3) = (
@@ -212,11 +214,11 @@ unsafe fn gemv_rows_avx512(
             // While the first pass streams these 4 rows, prefetch the next 4 (one row-quad ahead):
             // with 16 FMAs per 4 loads the loop issues too few loads for the hardware prefetcher
             // alone to keep memory busy (m = 8 ran at half the bandwidth of m = 1).
-            let pf = i == 0 && j + 8 <= rows;
+            let pf = i == 0 && j + ahead + 4 <= rows;
             let mut p = 0;
             while p < kk {
                 if pf {
-                    for r in 4..8 {
+                    for r in ahead..ahead + 4 {
                         _mm_prefetch::<_MM_HINT_T0>(wp.add((j + r) * k + p) as *const i8);
                     }
                 }
@@ -265,8 +267,14 @@ unsafe fn gemv_rows_avx512(
                 _mm512_setzero_ps(),
                 _mm512_setzero_ps(),
             );
+            let pf = m4 == 0 && i == 0 && j + ahead + 4 <= rows;
             let mut p = 0;
             while p < kk {
+                if pf {
+                    for r in ahead..ahead + 4 {
+                        _mm_prefetch::<_MM_HINT_T0>(wp.add((j + r) * k + p) as *const i8);
+                    }
+                }
                 let xv = _mm512_loadu_ps(xp.add(p));
                 a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(p)), xv, a0);
                 a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(p)), xv, a1);
