@@ -235,6 +235,28 @@ pub fn log_softmax(row: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Beam reordering of a KV cache laid out [rows, heads, cap, dk]: row r becomes old row
+/// `parents[r]` (its first `used` positions; later positions are rewritten before they are
+/// read). Gathers into `spare` and swaps the two, so a reordering step reuses the memory of the
+/// previous one instead of allocating a new cache (the old buffer becomes the next spare).
+pub fn gather_cache_rows(
+    buf: &mut Vec<f32>,
+    spare: &mut Vec<f32>,
+    parents: &[usize],
+    (heads, cap, dk): (usize, usize, usize),
+    used: usize,
+) {
+    let row = heads * cap * dk;
+    spare.resize(parents.len() * row, 0.0);
+    for (r, &p) in parents.iter().enumerate() {
+        for h in 0..heads {
+            let (o, n) = (p * row + h * cap * dk, r * row + h * cap * dk);
+            spare[n..n + used * dk].copy_from_slice(&buf[o..o + used * dk]);
+        }
+    }
+    std::mem::swap(buf, spare);
+}
+
 /// The rows an LM head needs: every position (`all`, or one token per sequence), or only the last
 /// of each sequence's `t_new` positions, gathered into `buf`. `x` is [rows·t_new, d].
 pub fn head_rows<'a>(

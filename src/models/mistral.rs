@@ -287,6 +287,7 @@ impl MistralModel {
             v: (0..self.layers.len())
                 .map(|_| vec![0.0; rows * kv * cap * hd])
                 .collect(),
+            spare: Vec::new(),
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapter: None,
@@ -329,16 +330,8 @@ impl MistralModel {
             return Ok(());
         }
         let (kv, hd, cap) = (self.cfg.kv_heads(), self.cfg.head_dim(), st.cap);
-        let row = kv * cap * hd;
         for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
-            let mut nb = vec![0.0f32; parents.len() * row];
-            for (r, &p) in parents.iter().enumerate() {
-                for h in 0..kv {
-                    let (o, n) = (p * row + h * cap * hd, r * row + h * cap * hd);
-                    nb[n..n + st.len * hd].copy_from_slice(&buf[o..o + st.len * hd]);
-                }
-            }
-            *buf = nb;
+            crate::cpu::gather_cache_rows(buf, &mut st.spare, parents, (kv, cap, hd), st.len);
         }
         st.key_mask = parents
             .iter()
@@ -560,6 +553,8 @@ pub struct MistralState {
     cap: usize,
     k: Vec<Vec<f32>>, // per layer [rows, kv, cap, hd]
     v: Vec<Vec<f32>>,
+    /// the buffer beam reordering gathers into (see `cpu::gather_cache_rows`)
+    spare: Vec<f32>,
     key_mask: Vec<u8>, // [rows, cap]
     next_pos: Vec<usize>,
     /// adapter slot used by this request (None: base model)

@@ -605,6 +605,7 @@ impl T5Model {
             cap,
             self_k: (0..self.dec.len()).map(|_| vec![0.0; per]).collect(),
             self_v: (0..self.dec.len()).map(|_| vec![0.0; per]).collect(),
+            spare: Vec::new(),
             enc_seq: enc.seq,
             scratch: DecScratch::default(),
         }
@@ -645,18 +646,8 @@ impl T5Model {
         if parents.len() == old_rows && parents.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(());
         }
-        let row = h * st.cap * dk;
-        let used = st.len * dk;
         for buf in st.self_k.iter_mut().chain(st.self_v.iter_mut()) {
-            let mut nb = vec![0.0f32; parents.len() * row];
-            for (r, &p) in parents.iter().enumerate() {
-                for hh in 0..h {
-                    let o = p * row + hh * st.cap * dk;
-                    let n = r * row + hh * st.cap * dk;
-                    nb[n..n + used].copy_from_slice(&buf[o..o + used]);
-                }
-            }
-            *buf = nb;
+            crate::cpu::gather_cache_rows(buf, &mut st.spare, parents, (h, st.cap, dk), st.len);
         }
         st.src = parents.iter().map(|&p| st.src[p]).collect();
         Ok(())
@@ -905,6 +896,8 @@ pub struct DecoderState {
     cap: usize,
     self_k: Vec<Vec<f32>>,
     self_v: Vec<Vec<f32>>,
+    /// the buffer beam reordering gathers into (see `cpu::gather_cache_rows`)
+    spare: Vec<f32>,
     pub enc_seq: usize,
     scratch: DecScratch,
 }
