@@ -101,17 +101,21 @@ pub fn attention(
                     unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
                 let row = &mut sc[i * tk..(i + 1) * tk];
                 // K rows of one head contiguous (cache layout): scores are one GEMV
+                // SAFETY: qi has dk floats, the K slice tk·dk, and `row` is this task's own
+                // score row of tk floats.
                 if !(contiguous
-                    && super::simd::gemv_rows(
-                        qi,
-                        1,
-                        dk,
-                        &k[kbase..kbase + tk * dk],
-                        tk,
-                        row.as_mut_ptr(),
-                        tk,
-                        false,
-                    ))
+                    && unsafe {
+                        super::simd::gemv_rows(
+                            qi,
+                            1,
+                            dk,
+                            &k[kbase..kbase + tk * dk],
+                            tk,
+                            row.as_mut_ptr(),
+                            tk,
+                            false,
+                        )
+                    })
                 {
                     for (j, x) in row.iter_mut().enumerate() {
                         *x = dot(qi, &k[kbase + j * kv.st..kbase + j * kv.st + dk]);

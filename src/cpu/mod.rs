@@ -99,17 +99,9 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], a
     let work = |(bi, rows): (usize, &[f32])| {
         let p = optr;
         let j0 = bi * block;
-        // SAFETY: this task owns output columns j0..j0+rows/k of every row i < m.
-        if simd::gemv_rows(
-            x,
-            m,
-            k,
-            rows,
-            rows.len() / k,
-            unsafe { p.0.add(j0) },
-            n,
-            accumulate,
-        ) {
+        // SAFETY: x holds m·k and rows (rows.len()/k)·k floats (asserted by matmul_wt); this task
+        // alone writes output columns j0..j0+rows.len()/k of every row i < m of out [m, n].
+        if unsafe { simd::gemv_rows(x, m, k, rows, rows.len() / k, p.0.add(j0), n, accumulate) } {
             return;
         }
         for (jj, wr) in rows.chunks_exact(k).enumerate() {

@@ -133,7 +133,12 @@ mod tests {
 /// `m` input rows: 4 weight rows at a time share each x load and give 4 independent FMA chains,
 /// so the loop is limited by load bandwidth rather than FMA latency.
 /// Writes out[i * ldo + j] for i < m, j < rows. Returns false if the CPU lacks AVX-512.
-pub fn gemv_rows(
+///
+/// # Safety
+/// `x` holds m·k floats, `w` rows·k, and `out` is valid for writes (reads too when
+/// `accumulate`) at every out[i * ldo + j], i < m, j < rows, with no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemv_rows(
     x: &[f32],
     m: usize,
     k: usize,
@@ -146,7 +151,7 @@ pub fn gemv_rows(
     #[cfg(target_arch = "x86_64")]
     {
         if has_avx512() {
-            // SAFETY: feature checked; bounds asserted by the caller (x: m*k, w: rows*k, out rows).
+            // SAFETY: feature checked; bounds are the caller's contract (see # Safety).
             unsafe { gemv_rows_avx512(x, m, k, w, rows, out, ldo, accumulate) };
             return true;
         }
