@@ -3,6 +3,9 @@
 # no internet), from the repository root after tools/gpu-bundle.sh built gpu-bundle/ on the
 # development machine:
 #   bash tools/gpu-check.sh OUT_DIR
+# With this workplace's `device` tool: run `bash tools/gpu-bundle.sh` here first, then
+#   run(command="bash tools/gpu-check.sh $OUT", carry=["gpu-bundle"], timeout_s=540)
+# (gpu-bundle/ is git-ignored, so it must be carried explicitly).
 # 1. GPU op tests against the CPU reference (JOBX_REQUIRE_GPU=1: no silent skip), with
 #    JOBX_CUDA_SYNC=1 so a fault names its kernel;
 # 2. kernel benchmarks (benches/cuda_kernels.rs) and the PyTorch baselines on the same card;

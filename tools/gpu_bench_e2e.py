@@ -44,7 +44,11 @@ def main():
     os.makedirs(a.workdir, exist_ok=True)
     make_model(a.workdir)
     from transformers import T5ForConditionalGeneration
-    hf = T5ForConditionalGeneration.from_pretrained(a.workdir, torch_dtype=torch.bfloat16).cuda().eval()
+    try:  # transformers 5.x names it `dtype`; 4.x `torch_dtype`
+        hf = T5ForConditionalGeneration.from_pretrained(a.workdir, dtype=torch.bfloat16)
+    except TypeError:
+        hf = T5ForConditionalGeneration.from_pretrained(a.workdir, torch_dtype=torch.bfloat16)
+    hf = hf.cuda().eval()
     g = torch.Generator().manual_seed(1)
     for b in [int(x) for x in a.batches.split(",")]:
         ids = torch.randint(5, 32000, (b, a.src_len), generator=g)
