@@ -348,7 +348,14 @@ mod cuda {
         out
     }
 
-    fn to_ptx(tc: &Toolchain, nvrtc: Option<&Nvrtc>, cu: &Path, arch: u32, out: &Path) -> String {
+    fn to_ptx(
+        tc: &Toolchain,
+        nvrtc: Option<&Nvrtc>,
+        cu: &Path,
+        src: &str,
+        arch: u32,
+        out: &Path,
+    ) -> String {
         let kernels = cu.parent().expect("kernels dir");
         let common = [
             format!("-I{}", tc.include.display()),
@@ -373,11 +380,10 @@ mod cuda {
             return std::fs::read_to_string(out).expect("nvcc wrote the PTX");
         }
         let nvrtc = nvrtc.expect("NVRTC is loaded when there is no nvcc");
-        let src = std::fs::read_to_string(cu).expect("read .cu");
         let mut opts = vec![format!("--gpu-architecture=compute_{arch}")];
         opts.extend(common);
         let name = cu.file_name().unwrap().to_string_lossy().into_owned();
-        match nvrtc.compile(&name, &src, &opts) {
+        match nvrtc.compile(&name, src, &opts) {
             Ok(ptx) => {
                 std::fs::write(out, &ptx).expect("write PTX to OUT_DIR");
                 ptx
@@ -397,7 +403,7 @@ mod cuda {
             .filter(|p| p.extension().is_some_and(|x| x == "cu"))
             .collect();
         cus.sort();
-        for entry in std::fs::read_dir(&kdir).unwrap().flatten() {
+        for entry in std::fs::read_dir(&kdir).into_iter().flatten().flatten() {
             println!("cargo:rerun-if-changed={}", entry.path().display());
         }
         if cus.is_empty() {
@@ -415,13 +421,14 @@ mod cuda {
         let mut spill_errors = Vec::new();
         for cu in &cus {
             let stem = cu.file_stem().unwrap().to_string_lossy().into_owned();
-            let src = std::fs::read_to_string(cu).expect("read .cu");
+            let src = std::fs::read_to_string(cu)
+                .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", cu.display())));
             let allowed = allowed_spills(&src);
             let mut cubins = String::new();
             let mut lowest_ptx = None;
             for &arch in &archs {
                 let ptx_path = out_dir.join(format!("{stem}.sm{arch}.ptx"));
-                to_ptx(&tc, nvrtc.as_ref(), cu, arch, &ptx_path);
+                to_ptx(&tc, nvrtc.as_ref(), cu, &src, arch, &ptx_path);
                 if lowest_ptx.is_none() {
                     lowest_ptx = Some(ptx_path.clone());
                 }

@@ -49,24 +49,7 @@ fn score_cli_reproduces_every_stored_metrics_block() {
         "mistral_lora_eval.json",
     ] {
         let p = dir.join(f);
-        let out = Command::new(common::bin())
-            .arg("score")
-            .arg(&p)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let last: serde_json::Value = serde_json::from_str(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .last()
-                .unwrap(),
-        )
-        .unwrap();
+        let last = common::run_last_json(&mut Command::new(common::bin()).arg("score").arg(&p));
         let stored: serde_json::Value =
             serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&p).unwrap())
                 .unwrap()["metrics"]
@@ -86,24 +69,11 @@ fn repair_compat_rebuilds_fixed_json_byte_for_byte() {
         "flan_t5_xl_lora_batch_2_eval.json",
         "flan_t5_xl_lora_batch_4_eval.json",
     ] {
-        let out = Command::new(common::bin())
-            .args(["repair", "--compat", "jobextractx"])
-            .arg(dir.join(f))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let last = common::run_last_json(
+            &mut Command::new(common::bin())
+                .args(["repair", "--compat", "jobextractx"])
+                .arg(dir.join(f)),
         );
-        let last: serde_json::Value = serde_json::from_str(
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .last()
-                .unwrap(),
-        )
-        .unwrap();
         assert_eq!(
             last,
             serde_json::json!({"records": 1000, "identical": 1000}),

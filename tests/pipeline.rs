@@ -35,32 +35,19 @@ fn tokenizer_ids_match_hf_and_generate_text_matches_greedy() {
         .map(|&x| x as i64)
         .collect();
     assert_eq!(ours, ids, "tokenizers crate vs HF tokenizer");
-    let out = Command::new(common::bin())
-        .args(["generate", "--model"])
-        .arg(t.path())
-        .args([
-            "--text",
-            spec["text"].as_str().unwrap(),
-            "--max-new-tokens",
-            "20",
-            "--num-beams",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = common::run_last_json(
+        &mut Command::new(common::bin())
+            .args(["generate", "--model"])
+            .arg(t.path())
+            .args([
+                "--text",
+                spec["text"].as_str().unwrap(),
+                "--max-new-tokens",
+                "20",
+                "--num-beams",
+                "1",
+            ]),
     );
-    let line: serde_json::Value = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
     let got: Vec<i64> = line["ids"]
         .as_array()
         .unwrap()
@@ -76,34 +63,21 @@ fn generate_min_new_tokens_suppresses_eos_and_batches() {
     let t = common::tiny_t5_with_tokenizer();
     let f = t.path().join("ids.json");
     std::fs::write(&f, "[[100, 200, 300, 1], [5, 1]]").unwrap();
-    let out = Command::new(common::bin())
-        .args(["generate", "--threads", "1", "--model"])
-        .arg(t.path())
-        .arg("--input-ids")
-        .arg(&f)
-        .args([
-            "--max-new-tokens",
-            "12",
-            "--min-new-tokens",
-            "12",
-            "--num-beams",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = common::run_last_json(
+        &mut Command::new(common::bin())
+            .args(["generate", "--threads", "1", "--model"])
+            .arg(t.path())
+            .arg("--input-ids")
+            .arg(&f)
+            .args([
+                "--max-new-tokens",
+                "12",
+                "--min-new-tokens",
+                "12",
+                "--num-beams",
+                "1",
+            ]),
     );
-    let line: serde_json::Value = serde_json::from_str(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
     let ids = line["ids"].as_array().unwrap();
     assert_eq!(ids.len(), 2);
     for s in ids {

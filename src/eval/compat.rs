@@ -13,21 +13,9 @@ use regex::Regex;
 
 use super::pyjson::{self, PyDict, PyStr, PyValue, PY_RE_SPACE_CLASS};
 
-/// The 12 top-level keys in the order of the reference template (SPEC §1.1).
-pub const TOP_LEVEL_KEYS: [&str; 12] = [
-    "experience_level",
-    "employment_status",
-    "work_location",
-    "salary",
-    "benefits",
-    "job_functions",
-    "required_skills",
-    "required_certifications",
-    "required_minimum_degree",
-    "required_experience",
-    "industries",
-    "additional_keywords",
-];
+/// The 12 top-level keys in the order of the reference template (SPEC §1.1): the same list as
+/// the job schema's.
+pub use crate::grammar::job::JOB_KEYS as TOP_LEVEL_KEYS;
 /// Scalar (string) top-level fields.
 pub const STRING_FIELDS: [&str; 4] = [
     "experience_level",

@@ -64,3 +64,17 @@ pub fn tiny_mistral_with_tokenizer() -> tempfile::TempDir {
     }
     t
 }
+
+/// Run a jobx-engine command, require success (stderr in the panic message), and return the
+/// last stdout line parsed as JSON (the summary / result line every command ends with).
+pub fn run_last_json(cmd: &mut std::process::Command) -> serde_json::Value {
+    let out = cmd.output().expect("run jobx-engine");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 stdout");
+    let last = stdout.lines().last().expect("at least one output line");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line not JSON ({e}): {last}"))
+}
