@@ -40,6 +40,7 @@ def main():
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--src-len", type=int, default=1024)
     ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--timeout", type=int, default=90, help="seconds for one jobx-engine run")
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     make_model(a.workdir)
@@ -62,7 +63,7 @@ def main():
             for _ in range(2):
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                hf.generate(x, **kw)
+                hf_out = hf.generate(x, **kw)
                 torch.cuda.synchronize()
                 ts.append(time.perf_counter() - t0)
         hs = sorted(ts)[len(ts) // 2]
@@ -73,14 +74,30 @@ def main():
             json.dump(ids.tolist(), f)
         cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
                "--max-new-tokens", str(a.new), "--min-new-tokens", str(a.new), "--num-beams", "1"]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            print(json.dumps(dict(engine="jobx-cuda", batch=b, error=f"timed out after {a.timeout} s")), flush=True)
+            continue
         if p.returncode != 0:
             print(json.dumps(dict(engine="jobx-cuda", batch=b, error=p.stderr[-800:])), flush=True)
             continue
         out = json.loads(p.stdout.strip().splitlines()[-1])
         js = out["generate_ms"] / 1e3
+        # agreement with HF (HF's rows start with the decoder start token): mean length of the
+        # common prefix, a sanity check only (random weights give near-flat logits, so bf16
+        # rounding differences may flip an argmax early)
+        ours = out["ids"] if b > 1 or isinstance(out["ids"][0], list) else [out["ids"]]
+        theirs = hf_out[:, 1:].tolist()
+        pref = []
+        for o, t in zip(ours, theirs):
+            n = 0
+            while n < min(len(o), len(t)) and o[n] == t[n]:
+                n += 1
+            pref.append(n)
         print(json.dumps(dict(engine="jobx-cuda", batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
-                              tokens_per_s=round(b * a.new / js, 1), speedup_vs_hf=round(hs / js, 2))),
+                              tokens_per_s=round(b * a.new / js, 1), speedup_vs_hf=round(hs / js, 2),
+                              new_tokens=out["new_tokens"], hf_prefix_match_mean=sum(pref) / len(pref))),
               flush=True)
 
 
