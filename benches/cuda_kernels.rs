@@ -13,8 +13,10 @@ fn time<F: FnMut()>(g: &Gpu, mut f: F) -> f64 {
     }
     let mut ts = Vec::new();
     for _ in 0..20 {
-        let a = g.ctx.new_event(None).expect("event");
-        let b = g.ctx.new_event(None).expect("event");
+        // cudarc's default event flags disable timing; elapsed_ms needs timing events
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let a = g.ctx.new_event(flags).expect("event");
+        let b = g.ctx.new_event(flags).expect("event");
         a.record(&g.stream).expect("record");
         f();
         b.record(&g.stream).expect("record");

@@ -9,9 +9,12 @@
 // Both GEMMs fuse the LoRA "expand" into the epilogue (SGMV style: one adapter per row).
 //
 // Tiling: 64x64 output tile per 128-thread block (4 warps, 2x2, 32x32 per warp), k staged through
-// shared memory in slices of 32 (bf16) or 64 (int8). Rows of the shared tiles are padded by 16
-// bytes so the 8 rows a warp's fragment loads touch fall in different banks. Out-of-range rows
-// and columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
+// shared memory in slices of 32 (bf16) or 64 (int8), with 16-byte loads and the next slice held
+// in registers when k and the pointers allow it. Rows of the shared tiles are padded by 16 bytes
+// so the 8 rows a warp's fragment loads touch fall in different banks. Out-of-range rows and
+// columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
+//   gemm_skinny8/32  the same product for m <= 8 / 32 rows (decode), one warp per output column
+//               streaming the weight; chosen by the Rust wrapper.
 // Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k32" tables:
 //   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
 //   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
@@ -92,6 +95,48 @@ __device__ __forceinline__ void zero_tile(T (&acc)[2][4][4]) {
 #define BK 32
 #define LDS (BK + 8)  // bf16 elements per shared row (80 bytes: conflict-free fragment loads)
 
+// One BK-wide slice of the block's tile product from shared memory (both operands k-major).
+__device__ __forceinline__ void mma_slice_bf16(const bf16 (&As)[BM][LDS], const bf16 (&Bs)[BN][LDS],
+                                               int wm, int wn, int g, int t, float (&acc)[2][4][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        unsigned a[2][4], b[4][2];
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int r = wm + i * 16 + g;
+            a[i][0] = *(const unsigned*)&As[r][kk + 2 * t];
+            a[i][1] = *(const unsigned*)&As[r + 8][kk + 2 * t];
+            a[i][2] = *(const unsigned*)&As[r][kk + 2 * t + 8];
+            a[i][3] = *(const unsigned*)&As[r + 8][kk + 2 * t + 8];
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int c = wn + j * 8 + g;
+            b[j][0] = *(const unsigned*)&Bs[c][kk + 2 * t];
+            b[j][1] = *(const unsigned*)&Bs[c][kk + 2 * t + 8];
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], a[i], b[j]);
+    }
+}
+
+// 8 int8 (one 8-byte load) -> 8 bf16 packed in 16 bytes; exact (|v| <= 128 needs 8 bits).
+__device__ __forceinline__ uint4 i8x8_to_bf16x8(uint2 raw) {
+    unsigned o[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const unsigned word = i < 2 ? raw.x : raw.y;
+        const int sh = (i & 1) * 16;
+        const float f0 = (float)(signed char)((word >> sh) & 0xff);
+        const float f1 = (float)(signed char)((word >> (sh + 8)) & 0xff);
+        __nv_bfloat162 h = __floats2bfloat162_rn(f0, f1);  // .x (low half) = f0
+        o[i] = *(unsigned*)&h;
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params p) {
     __shared__ __align__(16) bf16 As[BM][LDS];
     __shared__ __align__(16) bf16 Bs[BN][LDS];
@@ -100,12 +145,50 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
     const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     const long long m0 = (long long)blockIdx.y * BM, n0 = (long long)blockIdx.x * BN;
     const bf16* x = (const bf16*)p.x;
+    const bool int8w = p.w_kind == JOBX_W_INT8;
     float acc[2][4][4];
     zero_tile(acc);
 
+    // Fast path (every model shape: k a multiple of 8, buffers from the allocator are 256-byte
+    // aligned): each thread moves two 16-byte chunks of x and of w per slice (a 64x32 slice is
+    // 256 chunks: row e / 4, columns 8 (e % 4)..), and the next slice's loads are issued before
+    // the current slice's mma, so global latency overlaps the tensor-core work.
+    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    if (vec) {
+        uint4 ra[2], rb[2];
+        auto load = [&](long long k0) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int e = tid + i * THREADS, r = e >> 2, c = (e & 3) * 8;
+                const long long gr = m0 + r, gn = n0 + r, gk = k0 + c;
+                ra[i] = (gr < p.m && gk < p.k) ? *(const uint4*)(x + gr * p.k + gk) : make_uint4(0, 0, 0, 0);
+                if (gn < p.n && gk < p.k)
+                    rb[i] = int8w ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)p.w + gn * p.k + gk))
+                                  : *(const uint4*)((const bf16*)p.w + gn * p.k + gk);
+                else
+                    rb[i] = make_uint4(0, 0, 0, 0);
+            }
+        };
+        load(0);
+        for (long long k0 = 0; k0 < p.k; k0 += BK) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int e = tid + i * THREADS, r = e >> 2, c = (e & 3) * 8;
+                *(uint4*)&As[r][c] = ra[i];
+                *(uint4*)&Bs[r][c] = rb[i];
+            }
+            __syncthreads();
+            if (k0 + BK < p.k) load(k0 + BK);
+            mma_slice_bf16(As, Bs, wm, wn, g, t, acc);
+            __syncthreads();
+        }
+        store_tile(p, m0, n0, wm, wn, g, t, acc);
+        return;
+    }
+
+    // General path (odd k or unaligned views): element-wise staging, zero-filled outside.
     for (long long k0 = 0; k0 < p.k; k0 += BK) {
-        // Stage a 64x32 slice of x and of w (2048 elements each, 16 per thread), zero-filled
-        // outside the matrices. Consecutive threads read consecutive k: coalesced.
 #pragma unroll 4
         for (int e = tid; e < BM * BK; e += THREADS) {
             const int r = e / BK, c = e % BK;
@@ -114,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
             const long long gn = n0 + r;
             bf16 wv = __float2bfloat16_rn(0.0f);
             if (gn < p.n && gk < p.k) {
-                if (p.w_kind == JOBX_W_INT8)
+                if (int8w)
                     wv = __float2bfloat16_rn((float)((const signed char*)p.w)[gn * p.k + gk]);
                 else
                     wv = ((const bf16*)p.w)[gn * p.k + gk];
@@ -122,31 +205,79 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
             Bs[r][c] = wv;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            unsigned a[2][4], b[4][2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int r = wm + i * 16 + g;
-                a[i][0] = *(const unsigned*)&As[r][kk + 2 * t];
-                a[i][1] = *(const unsigned*)&As[r + 8][kk + 2 * t];
-                a[i][2] = *(const unsigned*)&As[r][kk + 2 * t + 8];
-                a[i][3] = *(const unsigned*)&As[r + 8][kk + 2 * t + 8];
-            }
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int c = wn + j * 8 + g;
-                b[j][0] = *(const unsigned*)&Bs[c][kk + 2 * t];
-                b[j][1] = *(const unsigned*)&Bs[c][kk + 2 * t + 8];
-            }
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], a[i], b[j]);
-        }
+        mma_slice_bf16(As, Bs, wm, wn, g, t, acc);
         __syncthreads();
     }
     store_tile(p, m0, n0, wm, wn, g, t, acc);
+}
+
+// Skinny products (m <= MR rows: decode steps, a few beams or sequences). Tensor-core tiles of
+// 64 rows would be almost all padding and leave most SMs idle (n / 64 blocks), so the time went
+// to latency-bound k loops. Here the product is what it is, a stream over the weight: one warp
+// per output column reads w[n, :] with 16-byte loads (8-byte for int8), and each lane keeps MR
+// row sums in registers; x (m x k bf16, a few hundred KB at most) is re-read by every warp from
+// L1/L2. Then a warp reduction, and lane 0 runs the shared epilogue (scales, LoRA, accumulate).
+#define SKINNY_WARPS 8
+template <int MR>
+__device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
+    const int lane = threadIdx.x & 31;
+    const long long n = (long long)blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
+    if (n >= p.n) return;  // the whole warp leaves together
+    const bf16* x = (const bf16*)p.x;
+    const bool int8w = p.w_kind == JOBX_W_INT8;
+    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    float acc[MR];
+#pragma unroll
+    for (int r = 0; r < MR; r++) acc[r] = 0.0f;
+    const long long kv = vec ? p.k : 0;
+#pragma unroll 2
+    for (long long k0 = (long long)lane * 8; k0 < kv; k0 += 256) {
+        const uint4 wr = int8w ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)p.w + n * p.k + k0))
+                               : *(const uint4*)((const bf16*)p.w + n * p.k + k0);
+        const unsigned wu[4] = {wr.x, wr.y, wr.z, wr.w};
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            wf[2 * i] = __uint_as_float(wu[i] << 16);
+            wf[2 * i + 1] = __uint_as_float(wu[i] & 0xffff0000u);
+        }
+#pragma unroll
+        for (int r = 0; r < MR; r++) {
+            if (r < p.m) {
+                const uint4 xr = *(const uint4*)(x + r * p.k + k0);
+                const unsigned xu[4] = {xr.x, xr.y, xr.z, xr.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[r] += __uint_as_float(xu[i] << 16) * wf[2 * i];
+                    acc[r] += __uint_as_float(xu[i] & 0xffff0000u) * wf[2 * i + 1];
+                }
+            }
+        }
+    }
+    // element-wise (all of k when the fast path does not apply)
+    for (long long kk = kv + lane; kk < p.k; kk += 32) {
+        const float wv = int8w ? (float)((const signed char*)p.w)[n * p.k + kk]
+                               : ld_bf16((const bf16*)p.w, n * p.k + kk);
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+            if (r < p.m) acc[r] += ld_bf16(x, r * p.k + kk) * wv;
+    }
+#pragma unroll
+    for (int r = 0; r < MR; r++) acc[r] = warp_sum(acc[r]);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+            if (r < p.m) store_out(p, r, n, acc[r]);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8(jobx_gemm_params p) {
+    gemm_skinny<8>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jobx_gemm_params p) {
+    gemm_skinny<32>(p);
 }
 #undef BK
 #undef LDS
@@ -165,16 +296,41 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params
     const signed char* w = (const signed char*)p.w;
     int acc[2][4][4];
     zero_tile(acc);
+    // Fast path as in gemm_bf16: 16-byte chunks (a 64x64 int8 slice is 256 of them, two per
+    // thread), next slice loaded into registers while the current one is multiplied.
+    const bool vec = (p.k & 15) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & 15) == 0;
+    uint4 ra[2], rb[2];
+    auto load = [&](long long k0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int e = tid + i * THREADS, r = e >> 2, c = (e & 3) * 16;
+            const long long gr = m0 + r, gn = n0 + r, gk = k0 + c;
+            ra[i] = (gr < p.m && gk < p.k) ? *(const uint4*)(x + gr * p.k + gk) : make_uint4(0, 0, 0, 0);
+            rb[i] = (gn < p.n && gk < p.k) ? *(const uint4*)(w + gn * p.k + gk) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    if (vec) load(0);
 
     for (long long k0 = 0; k0 < p.k; k0 += BK8) {
+        if (vec) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int e = tid + i * THREADS, r = e >> 2, c = (e & 3) * 16;
+                *(uint4*)&As[r][c] = ra[i];
+                *(uint4*)&Bs[r][c] = rb[i];
+            }
+        } else {
 #pragma unroll 4
-        for (int e = tid; e < BM * BK8; e += THREADS) {
-            const int r = e / BK8, c = e % BK8;
-            const long long gr = m0 + r, gn = n0 + r, gk = k0 + c;
-            As[r][c] = (gr < p.m && gk < p.k) ? x[gr * p.k + gk] : (signed char)0;
-            Bs[r][c] = (gn < p.n && gk < p.k) ? w[gn * p.k + gk] : (signed char)0;
+            for (int e = tid; e < BM * BK8; e += THREADS) {
+                const int r = e / BK8, c = e % BK8;
+                const long long gr = m0 + r, gn = n0 + r, gk = k0 + c;
+                As[r][c] = (gr < p.m && gk < p.k) ? x[gr * p.k + gk] : (signed char)0;
+                Bs[r][c] = (gn < p.n && gk < p.k) ? w[gn * p.k + gk] : (signed char)0;
+            }
         }
         __syncthreads();
+        if (vec && k0 + BK8 < p.k) load(k0 + BK8);
 #pragma unroll
         for (int kk = 0; kk < BK8; kk += 32) {
             unsigned a[2][4], b[4][2];

@@ -203,26 +203,42 @@ mod table {
             "embedding 3x4099 vocab 5".into(),
             Box::new(|g, s| embedding(g, s, 3, 4099, 5)),
         ));
+        // m <= 32 runs the skinny (one warp per column) kernels and, forced, the tensor-core
+        // tiles; k a multiple of 8 takes the 16-byte-load paths, other k the element-wise ones
         for &(m, n, k) in &[
             (1, 1, 1),
             (1, 384, 512),
             (17, 33, 70),
+            (32, 257, 1024),
+            (5, 64, 4100),
             (64, 64, 64),
             (130, 97, 4100),
             (8, 1024, 512),
+            (33, 130, 1032),
         ] {
             for int8 in [false, true] {
                 for f32out in [false, true] {
-                    cases.push((
-                        format!("gemm m{m} n{n} k{k} int8w {int8} f32out {f32out}"),
-                        Box::new(move |g, s| gemm(g, s, m, n, k, int8, f32out, false)),
-                    ));
+                    for tiled in [false, true] {
+                        if tiled && m > 32 {
+                            continue;
+                        }
+                        cases.push((
+                            format!(
+                                "gemm m{m} n{n} k{k} int8w {int8} f32out {f32out} tiled {tiled}"
+                            ),
+                            Box::new(move |g, s| gemm(g, s, m, n, k, int8, f32out, false, tiled)),
+                        ));
+                    }
                 }
             }
         }
         cases.push((
             "gemm accumulate m33 n65 k31".into(),
-            Box::new(|g, s| gemm(g, s, 33, 65, 31, false, true, true)),
+            Box::new(|g, s| gemm(g, s, 33, 65, 31, false, true, true, false)),
+        ));
+        cases.push((
+            "gemm accumulate m3 n65 k64".into(),
+            Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, false)),
         ));
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
@@ -439,6 +455,26 @@ mod table {
 
     #[allow(clippy::too_many_arguments)]
     fn gemm(
+        g: &Gpu,
+        seed: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        int8: bool,
+        f32out: bool,
+        accumulate: bool,
+        tiled: bool,
+    ) -> Result<(), String> {
+        g.force_tiled_gemm
+            .store(tiled, std::sync::atomic::Ordering::Relaxed);
+        let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate);
+        g.force_tiled_gemm
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_case(
         g: &Gpu,
         seed: u64,
         m: usize,

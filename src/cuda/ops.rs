@@ -203,6 +203,45 @@ impl Gpu {
     }
 }
 
+impl Gpu {
+    /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so
+    /// the launch needs no read-back of the kernel's error flag (no synchronisation per decode
+    /// step). The kernel still bounds-checks every id.
+    pub fn embedding_ids(
+        &self,
+        ids: &[u32],
+        table: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let n = ids.len();
+        need(OP, "table", table, vocab * d)?;
+        need(OP, "y", y, n * d)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(backend_err(
+                OP,
+                format!("token id {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let ids_d = self.upload(OP, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        let p = jobx_embedding_params {
+            ids: self.ptr(&ids_d) as *const i32,
+            table: self.ptr(table),
+            y: self.ptr(y),
+            err: self.ptr(&self.scratch_err) as *mut i32,
+            n: n as i64,
+            d: d as i64,
+            vocab: vocab as i64,
+        };
+        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
+    }
+}
+
 /// The weight of a GEMM.
 pub enum Weight<'a> {
     Bf16(&'a CudaSlice<bf16>),
@@ -365,6 +404,29 @@ impl Gpu {
         }
         if s.m == 0 || s.n == 0 {
             return Ok(());
+        }
+        // decode-sized products stream the weight (one warp per output column); larger ones
+        // use the tensor-core tiles
+        let skinny = match s.m {
+            1..=8 => Some("gemm_skinny8"),
+            9..=32 => Some("gemm_skinny32"),
+            _ => None,
+        };
+        if let Some(kernel) = skinny.filter(|_| {
+            !self
+                .force_tiled_gemm
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }) {
+            let blocks = s.n.div_ceil(8);
+            if blocks > i32::MAX as usize {
+                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return self.launch(OP, kernel, cfg, p);
         }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
     }

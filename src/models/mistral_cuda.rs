@@ -198,19 +198,8 @@ impl<'g> MistralCuda<'g> {
             .collect();
         let kmask = gpu.upload("mistral", &kmask)?;
         let pos = gpu.upload("mistral", &pos)?;
-        let ids_d = gpu.upload(
-            "mistral",
-            &ids.iter().map(|&i| i as i32).collect::<Vec<_>>(),
-        )?;
         let mut x = self.buf(m * hid)?;
-        gpu.embedding(
-            &ids_d,
-            self.wt("model.embed_tokens.weight")?,
-            &mut x,
-            m,
-            hid,
-            vsz,
-        )?;
+        gpu.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
         let mut n = self.buf(m * hid)?;
         let mut q = self.buf(m * qd)?;
         let mut k = self.buf(m * kvd)?;

@@ -195,21 +195,12 @@ impl<'g> T5Cuda<'g> {
                 mask.len()
             )));
         }
-        let ids_d = self
-            .gpu
-            .upload("t5", &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
         let mask_d = self
             .gpu
             .upload("t5", &mask.iter().map(|&m| m as i32).collect::<Vec<_>>())?;
         let mut x = self.buf(rows * d)?;
-        self.gpu.embedding(
-            &ids_d,
-            self.wt("shared.weight")?,
-            &mut x,
-            rows,
-            d,
-            c.vocab_size,
-        )?;
+        self.gpu
+            .embedding_ids(ids, self.wt("shared.weight")?, &mut x, d, c.vocab_size)?;
         let view = View {
             sb: seq * inner,
             sh: dk,
@@ -404,9 +395,8 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
         }
         let t = self.len;
         let eps = c.layer_norm_epsilon as f32;
-        let ids = gpu.upload("t5", &tokens.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
         let mut x = m.buf(rows * d)?;
-        gpu.embedding(&ids, m.wt("shared.weight")?, &mut x, rows, d, v)?;
+        gpu.embedding_ids(tokens, m.wt("shared.weight")?, &mut x, d, v)?;
         let qview = View {
             sb: inner,
             sh: dk,
