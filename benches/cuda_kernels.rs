@@ -6,6 +6,7 @@
 //! shapes and tools/gpu-check.sh puts the two side by side.
 use half::bf16;
 use jobx_engine::cuda::*;
+use std::sync::atomic::Ordering::Relaxed;
 
 fn time<F: FnMut()>(g: &Gpu, mut f: F) -> f64 {
     for _ in 0..3 {
@@ -69,6 +70,7 @@ fn main() {
         (8192, 1024, 1024),
         (8192, 2816, 1024),
         (32, 1024, 2816),
+        (8, 1024, 2816),
         (4096, 4096, 4096),
     ] {
         let x = rand_bf16(&g, m * k, 1);
@@ -117,49 +119,82 @@ fn main() {
                 flop / ms / 1e9
             );
         }
+        if m <= 32 {
+            // the same product on the tensor-core tiles: the baseline the skinny kernels replace
+            g.general_kernels.store(true, Relaxed);
+            let ms = time(&g, || {
+                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                    .unwrap()
+            });
+            g.general_kernels.store(false, Relaxed);
+            println!(
+                "{{\"op\":\"gemm_bf16_tiled\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+                flop / ms / 1e9
+            );
+        }
     }
     // attention: T5-large encoder (16 heads x 64, 1024 tokens, relative bias) at batch 8
-    for &(b, h, t, dk) in &[(8usize, 16usize, 1024usize, 64usize), (1, 32, 4096, 128)] {
+    // and a T5-large cross-attention decode step at batch 32 (one query over 1024 keys)
+    for &(b, h, tq, t, dk) in &[
+        (8usize, 16usize, 1024usize, 1024usize, 64usize),
+        (1, 32, 4096, 4096, 128),
+        (32, 16, 1, 1024, 64),
+    ] {
         let q = rand_bf16(&g, b * t * h * dk, 5);
-        let mut o = g.zeros::<bf16>("bench", b * t * h * dk).unwrap();
+        let mut o = g.zeros::<bf16>("bench", b * tq * h * dk).unwrap();
         let v = View {
             sb: t * h * dk,
             sh: dk,
             st: h * dk,
         };
         let bias = g.upload("bench", &rand_f32(32 * h, 6)).unwrap();
-        let t5 = dk == 64;
+        let t5 = dk == 64 && tq > 1;
+        let qv = View {
+            sb: tq * h * dk,
+            sh: dk,
+            st: h * dk,
+        };
         let call = AttnCall {
             batch: b,
             kv_batch_rows: b,
             heads: h,
             kv_heads: h,
-            tq: t,
+            tq,
             tk: t,
             dk,
             q_offset: 0,
             window: 0,
-            scale: if t5 { 1.0 } else { 1.0 / (dk as f32).sqrt() },
-            causal: !t5,
+            scale: if dk == 64 {
+                1.0
+            } else {
+                1.0 / (dk as f32).sqrt()
+            },
+            causal: dk == 128,
             t5_bias: t5.then_some((32, 128, true)),
         };
-        let ms = time(&g, || {
-            g.attention(
-                &call,
-                (&q, v),
-                (&q, v),
-                (&q, v),
-                &mut o,
-                None,
-                None,
-                t5.then_some(&bias),
-            )
-            .unwrap()
-        });
-        let flop = 4.0 * (b * h * t * t * dk) as f64 / if t5 { 1.0 } else { 2.0 };
-        println!(
-            "{{\"op\":\"attention\",\"batch\":{b},\"heads\":{h},\"t\":{t},\"dk\":{dk},\"causal\":{},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
-            !t5, flop / ms / 1e9
+        // the tensor-core kernel, then (baseline) the general one-key-per-lane kernel
+        for (name, general) in [("attention", false), ("attention_general", true)] {
+            g.general_kernels.store(general, Relaxed);
+            let ms = time(&g, || {
+                g.attention(
+                    &call,
+                    (&q, qv),
+                    (&q, v),
+                    (&q, v),
+                    &mut o,
+                    None,
+                    None,
+                    t5.then_some(&bias),
+                )
+                .unwrap()
+            });
+            g.general_kernels.store(false, Relaxed);
+            let causal = dk == 128;
+            let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
+            println!(
+            "{{\"op\":\"{name}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":{causal},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+            flop / ms / 1e9
         );
+        }
     }
 }

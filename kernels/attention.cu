@@ -127,3 +127,205 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
         if (d < dk) st_bf16(o, d, acc[e] * inv);
     }
 }
+
+// ---- tensor-core flash attention (FlashAttention-2 style) for head dims 64 and 128 ----
+// A block of 4 warps takes 64 queries of one (batch, head), 16 per warp; keys go through shared
+// memory 64 at a time (K as rows, V transposed, both padded to 36 or 68 words per row so the
+// fragment reads of 8 rows x 4 lanes hit distinct banks). Per key block a warp computes its
+// 16 x 64 scores with mma.m16n8k16 (Q fragments stay in registers for the whole pass), applies
+// scale, T5 bias (looked up in a 127-entry table of the block's relative positions, so the log in
+// the bucket function runs 127 times per block rather than per score), the key/causal/window
+// masks, updates the online softmax in the accumulator layout (a row's 4 lanes agree through two
+// shuffles), and multiplies P (rounded to bf16, as FlashAttention does) by V, again with
+// mma.m16n8k16: the score accumulators of two adjacent 8-key tiles are exactly the A fragment of
+// a 16-key step. Chosen by the Rust wrapper when dk is 64 or 128 and every stride is a multiple
+// of 8 elements (16-byte loads); the kernel above handles the rest.
+#define FQ 64  // queries per block
+#define FK 64  // keys per staged block
+
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+    return *(unsigned*)&v;
+}
+
+template <int DK>
+__device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
+    __shared__ __align__(16) bf16 ks[FK][DK + 8];
+    __shared__ __align__(16) bf16 vt[DK][FK + 8];
+    __shared__ float tbl[2 * FQ];
+    __shared__ int kvis[FK];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const long long b = blockIdx.z, h = blockIdx.y, i0 = (long long)blockIdx.x * FQ;
+    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
+    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
+    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const long long iw = i0 + warp * 16;            // the warp's first query
+    const long long r0 = iw + g, r1 = iw + g + 8;   // the two query rows this lane holds
+    const bool active = iw < p.tq;                  // warp-uniform
+    unsigned qa[DK / 16][4];
+#pragma unroll
+    for (int s = 0; s < DK / 16; s++) {
+        const long long c = s * 16 + 2 * t;
+        qa[s][0] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
+        qa[s][1] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
+        qa[s][2] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
+        qa[s][3] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
+    }
+    // keys any query of the block can see: causal limits the end, a window the start
+    const long long last_q = i0 + FQ - 1 < p.tq - 1 ? i0 + FQ - 1 : p.tq - 1;
+    long long kend = p.tk;
+    if (p.causal && p.q_offset + last_q + 1 < kend) kend = p.q_offset + last_q + 1;
+    long long kstart = 0;
+    if (p.window > 0 && p.q_offset + i0 - p.window + 1 > 0) kstart = p.q_offset + i0 - p.window + 1;
+    kstart = kstart / FK * FK;
+    const long long qp0 = p.q_offset + r0, qp1 = p.q_offset + r1;
+
+    float acc[DK / 8][4];
+#pragma unroll
+    for (int d = 0; d < DK / 8; d++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[d][e] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (long long j0 = kstart; j0 < kend; j0 += FK) {
+        __syncthreads();  // the previous block's tiles are consumed
+        // stage: thread -> (key r = e % FK, 8 dims from c): a warp covers 32 consecutive keys, so
+        // the transposed V stores of a warp fall in 16 distinct words
+        for (int e = tid; e < FK * DK / 8; e += 128) {
+            const int r = e % FK, c = (e / FK) * 8;
+            const long long j = j0 + r;
+            uint4 k4 = make_uint4(0, 0, 0, 0), v4 = make_uint4(0, 0, 0, 0);
+            if (j < kend) {
+                k4 = *(const uint4*)(k + j * p.k_st + c);
+                v4 = *(const uint4*)(v + j * p.v_st + c);
+            }
+            *(uint4*)&ks[r][c] = k4;
+            const bf16* ve = (const bf16*)&v4;
+#pragma unroll
+            for (int x = 0; x < 8; x++) vt[c + x][r] = ve[x];
+        }
+        if (tid < FK) {
+            const long long j = j0 + tid;
+            kvis[tid] = j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0);
+        }
+        if (p.rel_bias && tid < 2 * FQ - 1) {
+            // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQ - 1)
+            const long long rel = j0 - (p.q_offset + i0) + tid - (FQ - 1);
+            tbl[tid] = p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
+                                                       p.max_distance) * p.heads + h];
+        }
+        __syncthreads();
+        if (!active) continue;
+        float s[FK / 8][4];
+#pragma unroll
+        for (int n = 0; n < FK / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < DK / 16; d++) {
+                const unsigned b0 = *(const unsigned*)&ks[n * 8 + g][d * 16 + 2 * t];
+                const unsigned b1 = *(const unsigned*)&ks[n * 8 + g][d * 16 + 2 * t + 8];
+                mma_16816(s[n], qa[d], b0, b1);
+            }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < FK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = n * 8 + 2 * t + (e & 1);
+                const long long j = j0 + col;
+                const bool hi = e >= 2;
+                const long long qp = hi ? qp1 : qp0;
+                bool ok = kvis[col] != 0;
+                if (p.causal) ok = ok && j <= qp;
+                if (p.window > 0) ok = ok && qp - j < p.window;
+                float x = -INFINITY;
+                if (ok) {
+                    x = s[n][e] * p.scale;
+                    if (p.rel_bias) x += tbl[col - ((hi ? r1 : r0) - i0) + FQ - 1];
+                }
+                s[n][e] = x;
+                if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+            }
+        // the 4 lanes of a row (t = 0..3) share its max
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        // a row with nothing visible yet keeps m = -inf, acc = l = 0 (corr 0, p 0)
+        const float c0 = n0 == -INFINITY ? 0.0f : expf(m0 - n0);
+        const float c1 = n1 == -INFINITY ? 0.0f : expf(m1 - n1);
+        float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+        for (int n = 0; n < FK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const bool hi = e >= 2;
+                const float x = s[n][e];
+                const float pe = x == -INFINITY ? 0.0f : expf(x - (hi ? n1 : n0));
+                s[n][e] = pe;
+                if (hi) ps1 += pe; else ps0 += pe;
+            }
+        l0 = l0 * c0 + ps0;  // partial over this lane's columns; summed across the row at the end
+        l1 = l1 * c1 + ps1;
+        m0 = n0;
+        m1 = n1;
+#pragma unroll
+        for (int d = 0; d < DK / 8; d++) {
+            acc[d][0] *= c0;
+            acc[d][1] *= c0;
+            acc[d][2] *= c1;
+            acc[d][3] *= c1;
+        }
+#pragma unroll
+        for (int kk = 0; kk < FK / 16; kk++) {
+            const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                                   pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int d = 0; d < DK / 8; d++) {
+                const unsigned b0 = *(const unsigned*)&vt[d * 8 + g][kk * 16 + 2 * t];
+                const unsigned b1 = *(const unsigned*)&vt[d * 8 + g][kk * 16 + 2 * t + 8];
+                mma_16816(acc[d], a, b0, b1);
+            }
+        }
+    }
+    if (!active) return;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    bf16* o = (bf16*)p.o + h * DK;
+    const long long ld = p.heads * DK;
+#pragma unroll
+    for (int d = 0; d < DK / 8; d++) {
+        const long long c = d * 8 + 2 * t;
+        if (r0 < p.tq)
+            *(unsigned*)(o + (b * p.tq + r0) * ld + c) = pack_bf16x2(acc[d][0] * inv0, acc[d][1] * inv0);
+        if (r1 < p.tq)
+            *(unsigned*)(o + (b * p.tq + r1) * ld + c) = pack_bf16x2(acc[d][2] * inv1, acc[d][3] * inv1);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attention_params p) {
+    attention_mma<64>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
+    attention_mma<128>(p);
+}

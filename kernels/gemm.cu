@@ -216,7 +216,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
 // to latency-bound k loops. Here the product is what it is, a stream over the weight: one warp
 // per output column reads w[n, :] with 16-byte loads (8-byte for int8), and each lane keeps MR
 // row sums in registers; x (m x k bf16, a few hundred KB at most) is re-read by every warp from
-// L1/L2. Then a warp reduction, and lane 0 runs the shared epilogue (scales, LoRA, accumulate).
+// L1/L2. Then warp reductions, and lane r runs the shared epilogue (scales, LoRA, accumulate)
+// for row r.
 #define SKINNY_WARPS 8
 template <int MR>
 __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
@@ -231,7 +232,6 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
 #pragma unroll
     for (int r = 0; r < MR; r++) acc[r] = 0.0f;
     const long long kv = vec ? p.k : 0;
-#pragma unroll 2
     for (long long k0 = (long long)lane * 8; k0 < kv; k0 += 256) {
         const uint4 wr = int8w ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)p.w + n * p.k + k0))
                                : *(const uint4*)((const bf16*)p.w + n * p.k + k0);
@@ -263,21 +263,84 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
         for (int r = 0; r < MR; r++)
             if (r < p.m) acc[r] += ld_bf16(x, r * p.k + kk) * wv;
     }
+    // every lane gets every row's sum; lane r stores row r (one inlined epilogue, not MR)
+    float mine = 0.0f;
 #pragma unroll
-    for (int r = 0; r < MR; r++) acc[r] = warp_sum(acc[r]);
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < MR; r++)
-            if (r < p.m) store_out(p, r, n, acc[r]);
+    for (int r = 0; r < MR; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == r) mine = v;
     }
+    if (lane < p.m && lane < MR) store_out(p, lane, n, mine);
 }
 
 extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8(jobx_gemm_params p) {
     gemm_skinny<8>(p);
 }
 
+// Up to 32 rows: re-reading x from L1/L2 per warp became the bottleneck (a warp per column reads
+// all of x: 180 KB at k = 2816), so the 8 warps of a block share x through shared memory, 256 k
+// at a time, and each lane's next weight chunk is loaded before the block waits at the barrier.
+#define SKX 256
+__device__ __forceinline__ uint4 ld_w8(const jobx_gemm_params& p, bool int8w, long long n, long long kk) {
+    if (n >= p.n || kk >= p.k) return make_uint4(0, 0, 0, 0);
+    return int8w ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)p.w + n * p.k + kk))
+                 : *(const uint4*)((const bf16*)p.w + n * p.k + kk);
+}
+
 extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jobx_gemm_params p) {
-    gemm_skinny<32>(p);
+    const bool int8w = p.w_kind == JOBX_W_INT8;
+    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    if (!vec) {  // block-uniform
+        gemm_skinny<32>(p);
+        return;
+    }
+    __shared__ __align__(16) bf16 xs[32][SKX + 8];
+    const int tid = threadIdx.x, lane = tid & 31;
+    const long long n = (long long)blockIdx.x * SKINNY_WARPS + (tid >> 5);
+    const bf16* x = (const bf16*)p.x;
+    float acc[32];
+#pragma unroll
+    for (int r = 0; r < 32; r++) acc[r] = 0.0f;
+    uint4 wnext = ld_w8(p, int8w, n, (long long)lane * 8);
+    for (long long k0 = 0; k0 < p.k; k0 += SKX) {
+        __syncthreads();  // the previous chunk of x is consumed
+        for (int e = tid; e < 32 * (SKX / 8); e += SKINNY_WARPS * 32) {
+            const int r = e / (SKX / 8), c = (e % (SKX / 8)) * 8;
+            const long long kk = k0 + c;
+            *(uint4*)&xs[r][c] = (r < p.m && kk < p.k) ? *(const uint4*)(x + r * p.k + kk) : make_uint4(0, 0, 0, 0);
+        }
+        const uint4 wr = wnext;
+        wnext = ld_w8(p, int8w, n, k0 + SKX + (long long)lane * 8);
+        __syncthreads();
+        const unsigned wu[4] = {wr.x, wr.y, wr.z, wr.w};
+        float wf[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            wf[2 * i] = __uint_as_float(wu[i] << 16);
+            wf[2 * i + 1] = __uint_as_float(wu[i] & 0xffff0000u);
+        }
+#pragma unroll
+        for (int r = 0; r < 32; r++) {
+            if (r < p.m) {
+                const uint4 xr = *(const uint4*)&xs[r][lane * 8];
+                const unsigned xu[4] = {xr.x, xr.y, xr.z, xr.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[r] += __uint_as_float(xu[i] << 16) * wf[2 * i];
+                    acc[r] += __uint_as_float(xu[i] & 0xffff0000u) * wf[2 * i + 1];
+                }
+            }
+        }
+    }
+    if (n >= p.n) return;  // after the last barrier: the whole warp
+    float mine = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 32; r++) {
+        const float v = warp_sum(acc[r]);
+        if (lane == r) mine = v;
+    }
+    if (lane < p.m) store_out(p, lane, n, mine);
 }
 #undef BK
 #undef LDS

@@ -283,12 +283,52 @@ mod table {
             (1, 4, 2, 70, 70, 128, true, 16, 0, None, false),               // Mistral GQA + window
             (3, 8, 2, 1, 300, 128, true, 64, 299, None, false),             // Mistral decode step
             (2, 1, 1, 5, 1, 16, false, 0, 0, None, false),                  // one key
+            // several query and key blocks of the tensor-core kernel (64 x 64), partial last ones
+            (
+                2,
+                4,
+                4,
+                130,
+                130,
+                64,
+                false,
+                0,
+                0,
+                Some((32, 128, true)),
+                true,
+            ), // T5 encoder
+            (1, 8, 2, 100, 164, 128, true, 40, 64, None, false), // Mistral chunk after a prefix
+            (3, 2, 2, 1, 1030, 64, false, 0, 0, None, true),     // cross-attention decode step
+            (
+                2,
+                2,
+                2,
+                70,
+                70,
+                64,
+                true,
+                0,
+                0,
+                Some((32, 128, false)),
+                false,
+            ), // T5 decoder prefill
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
-            cases.push((
-                format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {}", t5.is_some()),
-                Box::new(move |g, s| attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked)),
-            ));
+            // dk 64/128 run the tensor-core kernel and, forced, the general one
+            for general in [false, true] {
+                if general && dk != 64 && dk != 128 {
+                    continue;
+                }
+                cases.push((
+                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general}", t5.is_some()),
+                    Box::new(move |g, s| {
+                        g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
+                        let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked);
+                        g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
+                        r
+                    }),
+                ));
+            }
         }
         for &(rows, vocab, k, masked) in &[
             (1, 5, 1, false),
@@ -465,10 +505,10 @@ mod table {
         accumulate: bool,
         tiled: bool,
     ) -> Result<(), String> {
-        g.force_tiled_gemm
+        g.general_kernels
             .store(tiled, std::sync::atomic::Ordering::Relaxed);
         let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate);
-        g.force_tiled_gemm
+        g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
         r
     }

@@ -54,7 +54,7 @@ for r in ours:
         shape = dict(m=r["m"], n=r["n"], k=r["k"])
         t = find("torch_int_mm" if r["op"] == "gemm_w8a8" else "torch_matmul_bf16", **shape)
     else:
-        shape = dict(batch=r["batch"], heads=r["heads"], t=r["t"], dk=r["dk"])
+        shape = dict(batch=r["batch"], heads=r["heads"], tq=r["tq"], t=r["t"], dk=r["dk"])
         t = find("torch_sdpa", **shape)
     tm = t.get("ms") if t else None
     ratio = (tm / r["ms"]) if tm else None

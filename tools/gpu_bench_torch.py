@@ -30,7 +30,7 @@ def main():
         return
     dev = "cuda"
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
-    for m, n, k in [(8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (4096, 4096, 4096)]:
+    for m, n, k in [(8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (8, 1024, 2816), (4096, 4096, 4096)]:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
         flop = 2.0 * m * n * k
@@ -43,13 +43,17 @@ def main():
             print(json.dumps(dict(op="torch_int_mm", m=m, n=n, k=k, ms=round(ms, 4), tflops=round(flop / ms / 1e9, 2))))
         except RuntimeError as e:  # _int_mm needs m > 16 and multiples of 8
             print(json.dumps(dict(op="torch_int_mm", m=m, n=n, k=k, error=str(e)[:200])))
-    for b, h, t, dk, causal in [(8, 16, 1024, 64, False), (1, 32, 4096, 128, True)]:
-        q = torch.randn(b, h, t, dk, device=dev, dtype=torch.bfloat16)
-        bias = torch.randn(1, h, t, t, device=dev, dtype=torch.bfloat16) if not causal else None
-        flop = 4.0 * b * h * t * t * dk / (2.0 if causal else 1.0)
-        ms = time_ms(lambda: F.scaled_dot_product_attention(q, q, q, attn_mask=bias, is_causal=causal,
-                                                            scale=1.0 if not causal else None))
-        print(json.dumps(dict(op="torch_sdpa", batch=b, heads=h, t=t, dk=dk, causal=causal, ms=round(ms, 4),
+    # T5-large encoder (relative bias as an additive mask), Mistral prefill (causal), T5-large
+    # cross-attention decode step at batch 32 (one query, 1024 keys, no bias)
+    for b, h, tq, t, dk, causal, bias in [(8, 16, 1024, 1024, 64, False, True), (1, 32, 4096, 4096, 128, True, False),
+                                          (32, 16, 1, 1024, 64, False, False)]:
+        q = torch.randn(b, h, tq, dk, device=dev, dtype=torch.bfloat16)
+        kv = torch.randn(b, h, t, dk, device=dev, dtype=torch.bfloat16)
+        mask = torch.randn(1, h, tq, t, device=dev, dtype=torch.bfloat16) if bias else None
+        flop = 4.0 * b * h * tq * t * dk / (2.0 if causal else 1.0)
+        ms = time_ms(lambda: F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask, is_causal=causal,
+                                                            scale=1.0 if dk == 64 else None))
+        print(json.dumps(dict(op="torch_sdpa", batch=b, heads=h, tq=tq, t=t, dk=dk, causal=causal, ms=round(ms, 4),
                               tflops=round(flop / ms / 1e9, 2))))
 
 

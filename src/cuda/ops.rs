@@ -414,7 +414,7 @@ impl Gpu {
         };
         if let Some(kernel) = skinny.filter(|_| {
             !self
-                .force_tiled_gemm
+                .general_kernels
                 .load(std::sync::atomic::Ordering::Relaxed)
         }) {
             let blocks = s.n.div_ceil(8);
@@ -659,12 +659,32 @@ impl Gpu {
             max_distance: md as i32,
             bidirectional: bidir as i32,
         };
+        // tensor-core kernel: head dim 64 or 128 and 16-byte aligned rows (every stride a
+        // multiple of 8 elements); 64 queries per block
+        let strides = [q.1, k.1, v.1]
+            .iter()
+            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0);
+        let mma = match c.dk {
+            64 => Some("attention_mma_d64"),
+            128 => Some("attention_mma_d128"),
+            _ => None,
+        }
+        .filter(|_| {
+            strides
+                && !self
+                    .general_kernels
+                    .load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let (kernel, gx) = match mma {
+            Some(kname) => (kname, c.tq.div_ceil(64)),
+            None => ("attention_bf16", gx),
+        };
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch(OP, "attention_bf16", cfg, p)
+        self.launch(OP, kernel, cfg, p)
     }
 
     /// Grammar mask (optional bitmask rows) then top-k per row of f32 logits [rows, vocab].

@@ -53,7 +53,10 @@ device_repr!(
 /// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`.
 const KERNELS: &[(&str, &[&str])] = &[
     ("activation", &["act_bf16"]),
-    ("attention", &["attention_bf16"]),
+    (
+        "attention",
+        &["attention_bf16", "attention_mma_d64", "attention_mma_d128"],
+    ),
     ("embedding", &["embedding_bf16"]),
     (
         "gemm",
@@ -84,8 +87,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
     sync: bool,
-    /// Use the tensor-core tiles for every bf16 GEMM, also the skinny ones (tests of both paths).
-    pub force_tiled_gemm: std::sync::atomic::AtomicBool,
+    /// Use the general kernels where a specialised one would run (tests of both paths): the
+    /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
+    pub general_kernels: std::sync::atomic::AtomicBool,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
     pub(crate) scratch_err: CudaSlice<i32>,
     /// Device name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
@@ -171,7 +175,7 @@ impl Gpu {
             stream,
             funcs,
             scratch_err,
-            force_tiled_gemm: Default::default(),
+            general_kernels: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
             cc,
