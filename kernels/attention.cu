@@ -202,16 +202,26 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
         __syncthreads();  // the previous block's tiles are consumed
         // stage: thread -> (key r = e % FK, 8 dims from c): a warp covers 32 consecutive keys, so
         // the transposed V stores of a warp fall in 16 distinct words
-        for (int e = tid; e < FK * DK / 8; e += 128) {
-            const int r = e % FK, c = (e / FK) * 8;
+        // all of a thread's loads are issued before the first store (unrolled, DK/16 chunks of
+        // K and of V each), so the block waits for one memory round trip, not DK/16 of them
+        constexpr int PER = FK * DK / 8 / 128;
+        uint4 k4[PER], v4[PER];
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+            const int e = tid + u * 128, r = e % FK, c = (e / FK) * 8;
             const long long j = j0 + r;
-            uint4 k4 = make_uint4(0, 0, 0, 0), v4 = make_uint4(0, 0, 0, 0);
+            k4[u] = make_uint4(0, 0, 0, 0);
+            v4[u] = make_uint4(0, 0, 0, 0);
             if (j < kend) {
-                k4 = *(const uint4*)(k + j * p.k_st + c);
-                v4 = *(const uint4*)(v + j * p.v_st + c);
+                k4[u] = *(const uint4*)(k + j * p.k_st + c);
+                v4[u] = *(const uint4*)(v + j * p.v_st + c);
             }
-            *(uint4*)&ks[r][c] = k4;
-            const bf16* ve = (const bf16*)&v4;
+        }
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+            const int e = tid + u * 128, r = e % FK, c = (e / FK) * 8;
+            *(uint4*)&ks[r][c] = k4[u];
+            const bf16* ve = (const bf16*)&v4[u];
 #pragma unroll
             for (int x = 0; x < 8; x++) vt[c + x][r] = ve[x];
         }

@@ -211,6 +211,102 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
     store_tile(p, m0, n0, wm, wn, g, t, acc);
 }
 
+// Large products (m >= 256, bf16 weights, k a multiple of 8): 128x128 output tile per 256-thread
+// block (8 warps as 2 x 4, 64x32 each: 16 mma per 16-wide k step), k slices of 32 copied
+// global -> shared with cp.async (16 bytes, zero-filled outside the matrix) into two stages, so
+// the next slice streams in while the current one is multiplied; fragments come from shared
+// memory through ldmatrix.x4 (rows of 80 bytes: the 8 row addresses of each 8x8 matrix fall in
+// distinct banks). About 4x the arithmetic per staged byte of the 64x64 kernel above.
+#define GB 128
+#define GBK 32
+#define GLDS (GBK + 8)
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    const int n = pred ? 16 : 0;  // src-size 0: nothing is read, 16 zero bytes are written
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* smem) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) gemm_bf16_128(jobx_gemm_params p) {
+    __shared__ __align__(16) bf16 As[2][GB][GLDS];
+    __shared__ __align__(16) bf16 Bs[2][GB][GLDS];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wm = (warp >> 2) * 64, wn = (warp & 3) * 32;
+    const long long m0 = (long long)blockIdx.y * GB, n0 = (long long)blockIdx.x * GB;
+    const bf16* x = (const bf16*)p.x;
+    const bf16* w = (const bf16*)p.w;
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+
+    // a 128x32 slice is 512 chunks of 16 bytes: two per thread for x and two for w
+    auto stage = [&](int st, long long k0) {
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int e = tid + u * 256, r = e >> 2, c = (e & 3) * 8;
+            const long long gk = k0 + c, gr = m0 + r, gn = n0 + r;
+            const bool okx = gr < p.m && gk < p.k, okw = gn < p.n && gk < p.k;
+            cp_async16(&As[st][r][c], okx ? (const void*)(x + gr * p.k + gk) : (const void*)x, okx);
+            cp_async16(&Bs[st][r][c], okw ? (const void*)(w + gn * p.k + gk) : (const void*)w, okw);
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    const long long nk = (p.k + GBK - 1) / GBK;
+    stage(0, 0);
+    for (long long kt = 0; kt < nk; kt++) {
+        const int st = (int)(kt & 1);
+        if (kt + 1 < nk)
+            stage(st ^ 1, (kt + 1) * GBK);
+        else
+            asm volatile("cp.async.commit_group;\n" ::);  // an empty group keeps the count uniform
+        asm volatile("cp.async.wait_group 1;\n" ::);      // this slice has landed (ours)
+        __syncthreads();                                   // ... and everyone else's
+#pragma unroll
+        for (int kk = 0; kk < GBK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                ldsm_x4(a[i], &As[st][wm + i * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+            for (int jp = 0; jp < 2; jp++) {
+                unsigned r[4];
+                ldsm_x4(r, &Bs[st][wn + jp * 16 + (lane & 7) + ((lane >> 4) << 3)][kk + ((lane >> 3) & 1) * 8]);
+                b[2 * jp][0] = r[0];
+                b[2 * jp][1] = r[1];
+                b[2 * jp + 1][0] = r[2];
+                b[2 * jp + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], a[i], b[j]);
+        }
+        __syncthreads();  // the stage is free for the copy issued in the next iteration
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const long long r = m0 + wm + i * 16 + g, c = n0 + wn + j * 8 + 2 * t;
+            store_out(p, r, c, acc[i][j][0]);
+            store_out(p, r, c + 1, acc[i][j][1]);
+            store_out(p, r + 8, c, acc[i][j][2]);
+            store_out(p, r + 8, c + 1, acc[i][j][3]);
+        }
+}
+
 // Skinny products (m <= MR rows: decode steps, a few beams or sequences). Tensor-core tiles of
 // 64 rows would be almost all padding and leave most SMs idle (n / 64 blocks), so the time went
 // to latency-bound k loops. Here the product is what it is, a stream over the weight: one warp

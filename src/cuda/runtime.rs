@@ -62,6 +62,7 @@ const KERNELS: &[(&str, &[&str])] = &[
         "gemm",
         &[
             "gemm_bf16",
+            "gemm_bf16_128",
             "gemm_skinny8",
             "gemm_skinny32",
             "gemm_w8a8",
@@ -271,5 +272,42 @@ fn keep_freed_memory(ctx: &Arc<CudaContext>) {
                 &mut threshold as *mut u64 as *mut std::ffi::c_void,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `KERNELS` names exactly the `extern "C" __global__` functions of kernels/*.cu, so a new
+    /// kernel cannot be launched by a wrapper without being loaded (found on a GPU once: a
+    /// kernel missing from this list failed every launch with "not loaded").
+    #[test]
+    fn kernels_list_matches_the_cu_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                let module = p.file_stem().unwrap().to_string_lossy().to_string();
+                let text = std::fs::read_to_string(&p).unwrap();
+                for part in text.split("extern \"C\" __global__ void").skip(1) {
+                    // `__launch_bounds__(...) name(` or `name(`
+                    let head = part.split('(').collect::<Vec<_>>();
+                    let name = if part.trim_start().starts_with("__launch_bounds__") {
+                        head[1].split(')').next_back().unwrap().trim().to_string()
+                    } else {
+                        head[0].trim().to_string()
+                    };
+                    found.push((module.clone(), name));
+                }
+            }
+        }
+        found.sort();
+        let mut listed: Vec<(String, String)> = super::KERNELS
+            .iter()
+            .flat_map(|(m, ks)| ks.iter().map(|k| (m.to_string(), k.to_string())))
+            .collect();
+        listed.sort();
+        assert!(!found.is_empty());
+        assert_eq!(found, listed, "kernels/*.cu vs KERNELS in src/cuda/runtime.rs");
     }
 }
