@@ -203,9 +203,9 @@ mod table {
             "embedding 3x4099 vocab 5".into(),
             Box::new(|g, s| embedding(g, s, 3, 4099, 5)),
         ));
-        // m <= 32 runs the skinny (one warp per column) kernels, m >= 256 with bf16 weights the
-        // 128x128 cp.async tiles, and forced, both the 64x64 tiles; k a multiple of 8 takes the
-        // 16-byte-load paths, other k the element-wise ones
+        // m <= 32 runs the skinny (one warp per column) kernels and, forced, the 64x64 tensor-
+        // core tiles; k a multiple of 8 takes the 16-byte-load paths, other k the element-wise
+        // ones
         for &(m, n, k) in &[
             (1, 1, 1),
             (1, 384, 512),
@@ -222,8 +222,8 @@ mod table {
             for int8 in [false, true] {
                 for f32out in [false, true] {
                     for tiled in [false, true] {
-                        // forced: the 64x64 tiles instead of the skinny or 128x128 kernels
-                        if tiled && m > 32 && m < 256 {
+                        // forced: the 64x64 tiles instead of the skinny kernels
+                        if tiled && m > 32 {
                             continue;
                         }
                         cases.push((

@@ -415,22 +415,6 @@ impl Gpu {
         let general = self
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
-        // large bf16 products: 128x128 tiles with cp.async (16-byte copies need k % 8 == 0)
-        if !general && s.m >= 256 && s.k % 8 == 0 && matches!(w, Weight::Bf16(_)) {
-            let (gx, gy) = (s.n.div_ceil(128), s.m.div_ceil(128));
-            if gy > 65_535 || gx > i32::MAX as usize {
-                return Err(backend_err(
-                    OP,
-                    format!("m {} n {} exceed the grid", s.m, s.n),
-                ));
-            }
-            let cfg = LaunchConfig {
-                grid_dim: (gx as u32, gy as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return self.launch(OP, "gemm_bf16_128", cfg, p);
-        }
         if let Some(kernel) = skinny.filter(|_| !general) {
             let blocks = s.n.div_ceil(8);
             if blocks > i32::MAX as usize {

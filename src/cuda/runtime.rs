@@ -62,7 +62,6 @@ const KERNELS: &[(&str, &[&str])] = &[
         "gemm",
         &[
             "gemm_bf16",
-            "gemm_bf16_128",
             "gemm_skinny8",
             "gemm_skinny32",
             "gemm_w8a8",
@@ -308,6 +307,9 @@ mod tests {
             .collect();
         listed.sort();
         assert!(!found.is_empty());
-        assert_eq!(found, listed, "kernels/*.cu vs KERNELS in src/cuda/runtime.rs");
+        assert_eq!(
+            found, listed,
+            "kernels/*.cu vs KERNELS in src/cuda/runtime.rs"
+        );
     }
 }
