@@ -6,6 +6,8 @@
 //! the CPU backend computes in f32. Every lookup checks name, dtype and shape against what the model
 //! config implies, so a truncated or mismatched checkpoint is a clear error, not a panic.
 
+use crate::cpu::simd::Bf16;
+use crate::cpu::WRef;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -13,31 +15,110 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where an f32 weight lives: in the file map (zero copy) or in an owned buffer.
+/// Where a weight lives and in which dtype: f32 or bf16, in the file map (zero copy) or in an
+/// owned buffer. bf16 appears only for matrices loaded with `Checkpoint::matrix` under a policy
+/// that keeps or makes them bf16 (`CpuWeights`); everything else is f32.
 #[derive(Clone)]
-pub enum F32Data {
+pub enum WeightData {
     Mapped {
         map: Arc<Mmap>,
         offset: usize,
         len: usize,
     },
     Owned(Arc<Vec<f32>>),
+    MappedBf16 {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    OwnedBf16(Arc<Vec<Bf16>>),
 }
 
-impl F32Data {
+impl WeightData {
+    /// The f32 values. Only for f32 data: a bf16 matrix is read through `wref` (reading one as
+    /// f32 is a bug in the graph code, not an input error).
     pub fn as_slice(&self) -> &[f32] {
         match self {
-            F32Data::Mapped { map, offset, len } => {
+            WeightData::Mapped { map, offset, len } => {
                 let bytes = &map[*offset..*offset + *len * 4];
                 // SAFETY: alignment and length were checked when this value was built; the map is
                 // read-only and kept alive by the Arc. f32 has no invalid bit patterns.
                 unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, *len) }
             }
-            F32Data::Owned(v) => v.as_slice(),
+            WeightData::Owned(v) => v.as_slice(),
+            WeightData::MappedBf16 { .. } | WeightData::OwnedBf16(_) => {
+                panic!("internal: a bf16 weight was read as f32 (use WeightTensor::wref)")
+            }
+        }
+    }
+    /// The values in their storage dtype, for the matrix kernels.
+    pub fn wref(&self) -> WRef<'_> {
+        match self {
+            WeightData::MappedBf16 { map, offset, len } => {
+                let bytes = &map[*offset..*offset + *len * 2];
+                // SAFETY: 2-byte alignment and the length were checked when this value was built;
+                // Bf16 is a transparent u16, so every bit pattern is valid.
+                WRef::Bf16(unsafe {
+                    std::slice::from_raw_parts(bytes.as_ptr() as *const Bf16, *len)
+                })
+            }
+            WeightData::OwnedBf16(v) => WRef::Bf16(v.as_slice()),
+            _ => WRef::F32(self.as_slice()),
         }
     }
     pub fn is_mapped(&self) -> bool {
-        matches!(self, F32Data::Mapped { .. })
+        matches!(
+            self,
+            WeightData::Mapped { .. } | WeightData::MappedBf16 { .. }
+        )
+    }
+    pub fn is_bf16(&self) -> bool {
+        matches!(
+            self,
+            WeightData::MappedBf16 { .. } | WeightData::OwnedBf16(_)
+        )
+    }
+}
+
+/// How the CPU backend stores the weight matrices (linear layers, embeddings, LM heads) of a model;
+/// the arithmetic is f32 in every case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuWeights {
+    /// bf16 checkpoints stay bf16 (used in place from the map: half the memory and bandwidth of
+    /// widening them, and the same values); f32 stays f32; f16 is widened to f32.
+    #[default]
+    Auto,
+    /// Widen everything to f32 (the reference layout).
+    F32,
+    /// Also round f32/f16 matrices to bf16 at load (round to nearest even): half the memory and
+    /// bandwidth of f32, at the price of bf16 weight rounding (~0.4% per weight).
+    Bf16,
+}
+
+impl std::str::FromStr for CpuWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(CpuWeights::Auto),
+            "f32" => Ok(CpuWeights::F32),
+            "bf16" => Ok(CpuWeights::Bf16),
+            o => Err(format!("`{o}`: expected auto, f32 or bf16")),
+        }
+    }
+}
+
+static DEFAULT_CPU_WEIGHTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The policy `Checkpoint::open_*` gives new checkpoints (the CLI's `--cpu-weights`).
+pub fn set_default_cpu_weights(p: CpuWeights) {
+    DEFAULT_CPU_WEIGHTS.store(p as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn default_cpu_weights() -> CpuWeights {
+    match DEFAULT_CPU_WEIGHTS.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => CpuWeights::F32,
+        2 => CpuWeights::Bf16,
+        _ => CpuWeights::Auto,
     }
 }
 
@@ -46,18 +127,21 @@ impl F32Data {
 pub struct WeightTensor {
     pub name: String,
     pub shape: Vec<usize>,
-    pub data: F32Data,
+    pub data: WeightData,
 }
 
 impl WeightTensor {
     pub fn as_slice(&self) -> &[f32] {
         self.data.as_slice()
     }
+    pub fn wref(&self) -> WRef<'_> {
+        self.data.wref()
+    }
     pub fn from_vec(name: &str, shape: Vec<usize>, v: Vec<f32>) -> Self {
         WeightTensor {
             name: name.to_string(),
             shape,
-            data: F32Data::Owned(Arc::new(v)),
+            data: WeightData::Owned(Arc::new(v)),
         }
     }
 }
@@ -76,6 +160,8 @@ pub struct Checkpoint {
     files: Vec<(PathBuf, Arc<Mmap>)>,
     entries: HashMap<String, Entry>,
     pub description: String,
+    /// Storage of the matrices `matrix` loads (see `CpuWeights`).
+    pub cpu_weights: CpuWeights,
 }
 
 fn dtype_size(d: Dtype) -> Option<usize> {
@@ -182,6 +268,59 @@ impl Checkpoint {
             files,
             entries,
             description: description.to_string(),
+            cpu_weights: default_cpu_weights(),
+        })
+    }
+
+    /// Load a weight matrix (linear layer, embedding, LM head) for the CPU kernels, stored as
+    /// `self.cpu_weights` says: bf16 data in place (zero copy when 2-byte aligned) under `Auto`
+    /// and `Bf16`, f32/f16 rounded to bf16 under `Bf16`, otherwise as `f32` loads it.
+    pub fn matrix(&self, name: &str, expected: &[usize]) -> Result<WeightTensor> {
+        let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            where_: self.description.clone(),
+        })?;
+        let keep = match (self.cpu_weights, e.dtype) {
+            (CpuWeights::F32, _) => false,
+            (CpuWeights::Auto, Dtype::BF16) => true,
+            (CpuWeights::Auto, _) => false,
+            (CpuWeights::Bf16, Dtype::BF16 | Dtype::F32 | Dtype::F16) => true,
+            (CpuWeights::Bf16, _) => false,
+        };
+        if !keep || e.shape != expected {
+            return self.f32(name, expected); // shape errors are reported there
+        }
+        let map = &self.files[e.file].1;
+        let bytes = &map[e.start..e.end];
+        let numel: usize = e.shape.iter().product();
+        let data = if e.dtype == Dtype::BF16 {
+            if (bytes.as_ptr() as usize) % 2 == 0 && cfg!(target_endian = "little") {
+                WeightData::MappedBf16 {
+                    map: map.clone(),
+                    offset: e.start,
+                    len: numel,
+                }
+            } else {
+                WeightData::OwnedBf16(Arc::new(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|c| Bf16(u16::from_le_bytes([c[0], c[1]])))
+                        .collect(),
+                ))
+            }
+        } else {
+            let f = self.f32(name, expected)?;
+            WeightData::OwnedBf16(Arc::new(
+                f.as_slice()
+                    .iter()
+                    .map(|&x| Bf16(half::bf16::from_f32(x).to_bits()))
+                    .collect(),
+            ))
+        };
+        Ok(WeightTensor {
+            name: name.to_string(),
+            shape: e.shape.clone(),
+            data,
         })
     }
 
@@ -227,7 +366,7 @@ impl Checkpoint {
         let data = match e.dtype {
             Dtype::F32 => {
                 if (bytes.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little") {
-                    F32Data::Mapped {
+                    WeightData::Mapped {
                         map: map.clone(),
                         offset: e.start,
                         len: numel,
@@ -237,16 +376,16 @@ impl Checkpoint {
                         .chunks_exact(4)
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                         .collect();
-                    F32Data::Owned(Arc::new(v))
+                    WeightData::Owned(Arc::new(v))
                 }
             }
-            Dtype::BF16 => F32Data::Owned(Arc::new(
+            Dtype::BF16 => WeightData::Owned(Arc::new(
                 bytes
                     .chunks_exact(2)
                     .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                     .collect(),
             )),
-            Dtype::F16 => F32Data::Owned(Arc::new(
+            Dtype::F16 => WeightData::Owned(Arc::new(
                 bytes
                     .chunks_exact(2)
                     .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())

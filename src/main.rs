@@ -22,6 +22,11 @@ struct Cli {
     /// Compute device
     #[arg(long, global = true, value_enum, default_value = "auto")]
     device: Device,
+    /// CPU storage of weight matrices (arithmetic is f32 in all cases): auto = bf16 checkpoints
+    /// stay bf16 in place, f32 stays f32; f32 = widen everything; bf16 = also round f32
+    /// checkpoints to bf16 (half the memory and bandwidth, bf16 weight rounding)
+    #[arg(long, global = true, default_value = "auto")]
+    cpu_weights: jobx_engine::checkpoint::CpuWeights,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -379,6 +384,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    jobx_engine::checkpoint::set_default_cpu_weights(cli.cpu_weights);
     if let Some(t) = cli.threads {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))

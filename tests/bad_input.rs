@@ -151,6 +151,26 @@ fn bf16_and_f16_weights_load_and_match_f32_closely() {
 }
 
 #[test]
+fn transformers_5_t5_config_keeps_the_untied_head() {
+    // transformers >= 5 saves every T5 with `tie_word_embeddings: true` and the v1.1 meaning in
+    // `scale_decoder_outputs: false`; a FLAN-T5 saved that way must still use its own lm_head
+    // without the d_model^-0.5 scaling (found on a checkpoint re-saved with transformers 5.24).
+    let t = common::copy_dir(&common::fixture("t5-gated-gelu-untied"));
+    edit_config(t.path(), |c| {
+        c.insert("tie_word_embeddings".into(), serde_json::json!(true));
+        c.insert("scale_decoder_outputs".into(), serde_json::json!(false));
+    });
+    let s = jobx_engine::verify::verify_dir(t.path(), &mut |_| {}).unwrap();
+    assert!(s.ok, "{s:?}");
+    // and the original-T5 meaning (`scale_decoder_outputs: true`) is a different model
+    edit_config(t.path(), |c| {
+        c.insert("scale_decoder_outputs".into(), serde_json::json!(true));
+    });
+    let s = jobx_engine::verify::verify_dir(t.path(), &mut |_| {}).unwrap();
+    assert!(!s.ok);
+}
+
+#[test]
 fn sharded_checkpoint_loads_like_a_single_file() {
     let src = common::fixture("t5-relu-tied");
     let t = common::copy_dir(&src);

@@ -5,8 +5,8 @@
 //! encoder spends most of its time here.
 //!
 //! Layout follows the BLIS/Goto scheme:
-//! - W (`[n, k]` row-major, the HF `nn.Linear` layout) is packed once per call into panels of
-//!   `NR` = 32 output features: `pb[panel][p][0..32] = W[panel*32 + j, p]`, zero-padded past `n`.
+//! - W (`[n, k]` row-major, the HF `nn.Linear` layout; f32, or bf16 widened while packing) is
+//!   packed once per call into panels of `NR` = 32 output features: `pb[panel][p][0..32] = W[panel*32 + j, p]`, zero-padded past `n`.
 //! - Each task owns a block of `MC` rows of x and a range of panels; for each `KC` slice of k it
 //!   packs its rows as `pa[micro][p][0..MR] = x[row, p]` (zero-padded past `m`), so the micro-kernel
 //!   reads A as consecutive broadcasts and B as two aligned-size vector loads per k step.
@@ -41,11 +41,11 @@ pub fn available() -> bool {
 
 /// out[m, n] = x[m, k] · w[n, k]ᵀ (+ out if `accumulate`). Returns false (doing nothing) when the
 /// CPU lacks AVX-512, so the caller can fall back. Buffers must hold m·k, n·k and m·n floats.
-pub fn matmul_wt(
+pub fn matmul_wt<W: super::simd::WElem>(
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: &[W],
     n: usize,
     out: &mut [f32],
     accumulate: bool,
@@ -79,7 +79,7 @@ pub fn matmul_wt(
             for j in 0..cols {
                 let src = &w[(j0 + j) * k..(j0 + j + 1) * k];
                 for (p, &v) in src.iter().enumerate() {
-                    dst[p * NR + j] = v;
+                    dst[p * NR + j] = v.to_f32(); // bf16 weights are widened here, exactly
                 }
             }
             for j in cols..NR {

@@ -23,12 +23,73 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// out[m, n] = x[m, k] · w[n, k]ᵀ  (+ out if `accumulate`).
-pub fn matmul_wt(
+/// A weight matrix [n, k] as stored: f32, or bf16 used in place (from a bf16 checkpoint, or
+/// rounded at load when asked). The arithmetic is f32 for both.
+#[derive(Clone, Copy)]
+pub enum WRef<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [simd::Bf16]),
+}
+
+impl WRef<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            WRef::F32(w) => w.len(),
+            WRef::Bf16(w) => w.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Element i as f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            WRef::F32(w) => w[i],
+            WRef::Bf16(w) => simd::WElem::to_f32(w[i]),
+        }
+    }
+    /// Row r of a [_, d] matrix into `out` (d floats) as f32: an embedding lookup.
+    pub fn row_into(&self, r: usize, d: usize, out: &mut [f32]) {
+        match self {
+            WRef::F32(w) => out.copy_from_slice(&w[r * d..(r + 1) * d]),
+            WRef::Bf16(w) => {
+                for (v, b) in out.iter_mut().zip(&w[r * d..(r + 1) * d]) {
+                    *v = simd::WElem::to_f32(*b);
+                }
+            }
+        }
+    }
+    /// Rows r0..r1 ([r, k] each) appended to `dst` as f32.
+    pub fn rows_f32(&self, k: usize, r0: usize, r1: usize, dst: &mut Vec<f32>) {
+        match self {
+            WRef::F32(w) => dst.extend_from_slice(&w[r0 * k..r1 * k]),
+            WRef::Bf16(w) => dst.extend(w[r0 * k..r1 * k].iter().map(|&b| simd::WElem::to_f32(b))),
+        }
+    }
+}
+
+/// out[m, n] = x[m, k] · w[n, k]ᵀ (+ out if `accumulate`) for a weight of either storage dtype.
+pub fn matmul_w(
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: WRef,
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
+    match w {
+        WRef::F32(w) => matmul_wt(x, m, k, w, n, out, accumulate),
+        WRef::Bf16(w) => matmul_wt(x, m, k, w, n, out, accumulate),
+    }
+}
+
+/// out[m, n] = x[m, k] · w[n, k]ᵀ  (+ out if `accumulate`); `w` f32 or bf16 (see `WRef`).
+pub fn matmul_wt<W: simd::WElem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
     n: usize,
     out: &mut [f32],
     accumulate: bool,
@@ -53,6 +114,15 @@ pub fn matmul_wt(
     if gemm512::matmul_wt(x, m, k, w, n, out, accumulate) {
         return;
     }
+    // Without AVX-512 the `gemm` crate runs the product on f32: widen a bf16 weight first.
+    let widened: Vec<f32>;
+    let w: &[f32] = if std::any::TypeId::of::<W>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: W is f32 (checked just above), so the slice is a &[f32].
+        unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len()) }
+    } else {
+        widened = w[..n * k].iter().map(|v| v.to_f32()).collect();
+        &widened
+    };
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
@@ -86,8 +156,15 @@ pub fn matmul_wt(
     }
 }
 
-fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], accumulate: bool) {
-    let dot = simd::dot_fn();
+fn skinny<W: simd::WElem>(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[W],
+    n: usize,
+    out: &mut [f32],
+    accumulate: bool,
+) {
     // Blocks of weight rows; each block is read once and dotted with every input row.
     let threads = rayon::current_num_threads().max(1);
     let block = if threads == 1 {
@@ -96,7 +173,7 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], a
         ((n + threads * 4 - 1) / (threads * 4)).max(16)
     };
     let optr = SendPtr(out.as_mut_ptr());
-    let work = |(bi, rows): (usize, &[f32])| {
+    let work = |(bi, rows): (usize, &[W])| {
         let p = optr;
         let j0 = bi * block;
         // SAFETY: x holds m·k and rows (rows.len()/k)·k floats (asserted by matmul_wt); this task
@@ -107,7 +184,8 @@ fn skinny(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32], a
         for (jj, wr) in rows.chunks_exact(k).enumerate() {
             let j = j0 + jj;
             for i in 0..m {
-                let d = dot(&x[i * k..(i + 1) * k], wr);
+                let xi = &x[i * k..(i + 1) * k];
+                let d: f32 = xi.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum();
                 // SAFETY: (i, j) is written by exactly one task (j is in this task's block) and
                 // i*n+j < m*n, the asserted output length.
                 unsafe {

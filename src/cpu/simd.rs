@@ -138,11 +138,11 @@ mod tests {
 /// `x` holds m·k floats, `w` rows·k, and `out` is valid for writes (reads too when
 /// `accumulate`) at every out[i * ldo + j], i < m, j < rows, with no other thread touching them.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemv_rows(
+pub unsafe fn gemv_rows<W: WElem>(
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: &[W],
     rows: usize,
     out: *mut f32,
     ldo: usize,
@@ -174,13 +174,74 @@ pub(crate) fn has_avx512() -> bool {
     })
 }
 
+/// A weight element the CPU kernels read: f32, or bf16 kept as its raw bits (`Bf16`), widened
+/// to f32 in registers (exact) so the arithmetic is f32 either way.
+pub trait WElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// 16 consecutive elements as f32.
+    ///
+    /// # Safety
+    /// `p` is valid for 16 reads; AVX-512F is available (callers are AVX-512 kernels).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+/// bf16 as stored in safetensors (the high 16 bits of an f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[repr(transparent)]
+pub struct Bf16(pub u16);
+
+impl WElem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+impl WElem for Bf16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // zero-extend 16 x u16 to 32 bits, shift into the high half: the f32 with those bits
+        unsafe {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p as *const __m256i),
+            )))
+        }
+    }
+}
+
+/// The first `n` (< 16) elements at `p` as f32, zeros after (tails of rows).
+///
+/// # Safety
+/// `p` is valid for `n` reads; AVX-512F is available.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_tail<W: WElem>(p: *const W, n: usize) -> std::arch::x86_64::__m512 {
+    let mut buf = [0.0f32; 16];
+    for (i, b) in buf.iter_mut().enumerate().take(n) {
+        *b = unsafe { *p.add(i) }.to_f32();
+    }
+    unsafe { std::arch::x86_64::_mm512_loadu_ps(buf.as_ptr()) }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gemv_rows_avx512(
+unsafe fn gemv_rows_avx512<W: WElem>(
     x: &[f32],
     m: usize,
     k: usize,
-    w: &[f32],
+    w: &[W],
     rows: usize,
     out: *mut f32,
     ldo: usize,
@@ -196,7 +257,7 @@ unsafe fn gemv_rows_avx512(
     };
     let wp = w.as_ptr();
     // Prefetch distance in rows: about 8 KiB ahead of the rows being read, whole quads.
-    let ahead = ((8192 / (4 * k.max(1))).max(4) + 3) / 4 * 4;
+    let ahead = ((8192 / (std::mem::size_of::<W>() * k.max(1))).max(4) + 3) / 4 * 4;
     let mut j = 0;
     while j + 4 <= rows {
         let (w0, w1, w2, w3) = (
@@ -228,10 +289,10 @@ unsafe fn gemv_rows_avx512(
                     }
                 }
                 let wv = [
-                    _mm512_loadu_ps(w0.add(p)),
-                    _mm512_loadu_ps(w1.add(p)),
-                    _mm512_loadu_ps(w2.add(p)),
-                    _mm512_loadu_ps(w3.add(p)),
+                    W::load16(w0.add(p)),
+                    W::load16(w1.add(p)),
+                    W::load16(w2.add(p)),
+                    W::load16(w3.add(p)),
                 ];
                 for (ii, xp) in xs.iter().enumerate() {
                     let xv = _mm512_loadu_ps(xp.add(p));
@@ -243,10 +304,10 @@ unsafe fn gemv_rows_avx512(
             }
             if tail != 0 {
                 let wv = [
-                    _mm512_maskz_loadu_ps(tmask, w0.add(kk)),
-                    _mm512_maskz_loadu_ps(tmask, w1.add(kk)),
-                    _mm512_maskz_loadu_ps(tmask, w2.add(kk)),
-                    _mm512_maskz_loadu_ps(tmask, w3.add(kk)),
+                    load_tail(w0.add(kk), tail),
+                    load_tail(w1.add(kk), tail),
+                    load_tail(w2.add(kk), tail),
+                    load_tail(w3.add(kk), tail),
                 ];
                 for (ii, xp) in xs.iter().enumerate() {
                     let xv = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
@@ -281,18 +342,18 @@ unsafe fn gemv_rows_avx512(
                     }
                 }
                 let xv = _mm512_loadu_ps(xp.add(p));
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0.add(p)), xv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1.add(p)), xv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2.add(p)), xv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3.add(p)), xv, a3);
+                a0 = _mm512_fmadd_ps(W::load16(w0.add(p)), xv, a0);
+                a1 = _mm512_fmadd_ps(W::load16(w1.add(p)), xv, a1);
+                a2 = _mm512_fmadd_ps(W::load16(w2.add(p)), xv, a2);
+                a3 = _mm512_fmadd_ps(W::load16(w3.add(p)), xv, a3);
                 p += 16;
             }
             if tail != 0 {
                 let xv = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
-                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w0.add(kk)), xv, a0);
-                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w1.add(kk)), xv, a1);
-                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w2.add(kk)), xv, a2);
-                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tmask, w3.add(kk)), xv, a3);
+                a0 = _mm512_fmadd_ps(load_tail(w0.add(kk), tail), xv, a0);
+                a1 = _mm512_fmadd_ps(load_tail(w1.add(kk), tail), xv, a1);
+                a2 = _mm512_fmadd_ps(load_tail(w2.add(kk), tail), xv, a2);
+                a3 = _mm512_fmadd_ps(load_tail(w3.add(kk), tail), xv, a3);
             }
             let o = out.add(i * ldo + j);
             let s = [
@@ -308,9 +369,23 @@ unsafe fn gemv_rows_avx512(
         j += 4;
     }
     while j < rows {
-        let wr = std::slice::from_raw_parts(wp.add(j * k), k);
+        let wr = wp.add(j * k);
         for i in 0..m {
-            let d = dot_avx512_impl(&x[i * k..(i + 1) * k], wr);
+            let xp = x.as_ptr().add(i * k);
+            let mut a = _mm512_setzero_ps();
+            let mut p = 0;
+            while p < kk {
+                a = _mm512_fmadd_ps(W::load16(wr.add(p)), _mm512_loadu_ps(xp.add(p)), a);
+                p += 16;
+            }
+            if tail != 0 {
+                a = _mm512_fmadd_ps(
+                    load_tail(wr.add(kk), tail),
+                    _mm512_maskz_loadu_ps(tmask, xp.add(kk)),
+                    a,
+                );
+            }
+            let d = _mm512_reduce_add_ps(a);
             let o = out.add(i * ldo + j);
             *o = if accumulate { *o + d } else { d };
         }

@@ -54,15 +54,7 @@ impl Linear {
         adapter: Option<usize>,
         tmp: &mut Vec<f32>,
     ) {
-        matmul_wt(
-            x,
-            m,
-            self.in_f,
-            self.w.as_slice(),
-            self.out_f,
-            out,
-            accumulate,
-        );
+        crate::cpu::matmul_w(x, m, self.in_f, self.w.wref(), self.out_f, out, accumulate);
         if let Some(Some(l)) = adapter.and_then(|a| self.loras.get(a)) {
             // (x·Aᵀ) [m, r], scaled, then ·Bᵀ accumulated into out
             tmp.resize(m * l.r, 0.0);
@@ -77,7 +69,9 @@ impl Linear {
         let Some(Some(l)) = self.loras.get(slot).cloned() else {
             return;
         };
-        let mut w = self.w.as_slice().to_vec();
+        // merged weights are f32 whatever the storage was (W + scale·BA is not a bf16 value)
+        let mut w = Vec::with_capacity(self.out_f * self.in_f);
+        self.w.wref().rows_f32(self.in_f, 0, self.out_f, &mut w);
         for o in 0..self.out_f {
             for rr in 0..l.r {
                 let bv = l.b[o * l.r + rr] * l.scale;

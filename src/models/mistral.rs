@@ -224,8 +224,10 @@ impl MistralModel {
             cfg.intermediate_size,
             cfg.vocab_size,
         );
-        let lin = |n: &str, s: &[usize]| -> Result<Linear> { Ok(Linear::new(ck.f32(n, s)?)) };
-        let embed = ck.f32("model.embed_tokens.weight", &[v, hid])?;
+        // matrices follow the checkpoint's CpuWeights policy (bf16 kept in place by default);
+        // norms are f32
+        let lin = |n: &str, s: &[usize]| -> Result<Linear> { Ok(Linear::new(ck.matrix(n, s)?)) };
+        let embed = ck.matrix("model.embed_tokens.weight", &[v, hid])?;
         let mut layers = Vec::new();
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -386,7 +388,7 @@ impl MistralModel {
         s.ctx.resize(m * h * hd, 0.0);
         s.g.resize(m * inter, 0.0);
         s.u.resize(m * inter, 0.0);
-        let table = self.embed.as_slice();
+        let table = self.embed.wref();
         for (i, &t) in ids.iter().enumerate() {
             let t = t as usize;
             if t >= vsz {
@@ -394,7 +396,7 @@ impl MistralModel {
                     "token id {t} is outside the vocabulary (size {vsz})"
                 )));
             }
-            s.x[i * hid..(i + 1) * hid].copy_from_slice(&table[t * hid..(t + 1) * hid]);
+            table.row_into(t, hid, &mut s.x[i * hid..(i + 1) * hid]);
         }
         // positions (HF: cumsum(mask) - 1, pads -> 1) and the key mask for the new slots
         s.pos.clear();
@@ -480,9 +482,7 @@ impl MistralModel {
         logits.resize(hrows * vsz, 0.0);
         match &self.lm_head {
             Some(hd_lin) => hd_lin.fwd(hin, hrows, logits, false, ad, &mut s.tmp),
-            None => {
-                crate::cpu::matmul_wt(hin, hrows, hid, self.embed.as_slice(), vsz, logits, false)
-            }
+            None => crate::cpu::matmul_w(hin, hrows, hid, self.embed.wref(), vsz, logits, false),
         }
         st.len = p0 + t_new;
         st.scratch = s;

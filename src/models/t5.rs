@@ -15,7 +15,7 @@
 
 use crate::checkpoint::{Checkpoint, WeightTensor};
 use crate::cpu::attention::{attention, AttnShape, ScoreMod, View};
-use crate::cpu::{gelu_erf, gelu_tanh, matmul_wt, rms_norm, silu};
+use crate::cpu::{gelu_erf, gelu_tanh, rms_norm, silu};
 use crate::error::{Error, Result};
 use crate::models::linear::{HasLinears, Linear};
 use serde::Deserialize;
@@ -59,8 +59,14 @@ pub struct T5Config {
     pub layer_norm_epsilon: f64,
     #[serde(default = "d_relu")]
     pub feed_forward_proj: String,
+    /// Original-T5 head: logits = (h · d_model^-0.5) · sharedᵀ. false (T5 v1.1 / FLAN-T5): an
+    /// untied `lm_head`, no scaling. Normalised from `scale_decoder_outputs` when present.
     #[serde(default = "d_true")]
     pub tie_word_embeddings: bool,
+    /// transformers >= 5 writes `tie_word_embeddings: true` for every T5 and keeps the old meaning
+    /// (scale the decoder output; v1.1 models have their own lm_head) in this field.
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
     #[serde(default)]
     pub pad_token_id: u32,
     #[serde(default = "d_1")]
@@ -86,8 +92,11 @@ impl T5Config {
     }
 
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
-        let cfg: T5Config =
+        let mut cfg: T5Config =
             serde_json::from_str(text).map_err(|e| Error::config(path, format!("{e}")))?;
+        if let Some(scale) = cfg.scale_decoder_outputs {
+            cfg.tie_word_embeddings = scale;
+        }
         if let Some(mt) = &cfg.model_type {
             if mt != "t5" && mt != "mt5" && mt != "umt5" {
                 return Err(Error::config(
@@ -292,8 +301,14 @@ impl T5Model {
             .map_err(|m| Error::config("config.json", m))?;
         let mut n_total = 0usize;
         let mut n_mapped = 0usize;
+        // matrices (2-D: linear layers, embedding, head) follow the checkpoint's CpuWeights
+        // policy; norms and bias tables are always f32
         let mut get = |name: &str, shape: &[usize]| -> Result<WeightTensor> {
-            let w = ck.f32(name, shape)?;
+            let w = if shape.len() == 2 && !name.contains("relative_attention_bias") {
+                ck.matrix(name, shape)?
+            } else {
+                ck.f32(name, shape)?
+            };
             n_total += 1;
             if w.data.is_mapped() {
                 n_mapped += 1;
@@ -414,7 +429,7 @@ impl T5Model {
 
     fn embed(&self, ids: &[u32], out: &mut [f32]) -> Result<()> {
         let d = self.cfg.d_model;
-        let table = self.shared.as_slice();
+        let table = self.shared.wref();
         for (i, &t) in ids.iter().enumerate() {
             let t = t as usize;
             if t >= self.cfg.vocab_size {
@@ -423,7 +438,7 @@ impl T5Model {
                     self.cfg.vocab_size
                 )));
             }
-            out[i * d..(i + 1) * d].copy_from_slice(&table[t * d..(t + 1) * d]);
+            table.row_into(t, d, &mut out[i * d..(i + 1) * d]);
         }
         Ok(())
     }
@@ -817,15 +832,7 @@ impl T5Model {
                 let scale = (d as f32).powf(-0.5);
                 s.tied.clear();
                 s.tied.extend(hin.iter().map(|v| v * scale));
-                matmul_wt(
-                    &s.tied,
-                    hrows,
-                    d,
-                    self.shared.as_slice(),
-                    vsz,
-                    logits,
-                    false,
-                );
+                crate::cpu::matmul_w(&s.tied, hrows, d, self.shared.wref(), vsz, logits, false);
             }
         }
         st.len = p0 + t_new;

@@ -1,0 +1,188 @@
+//! Weight storage on the CPU (`--cpu-weights`): bf16 checkpoints used in place must compute the
+//! same function as widening them to f32 (only f32 summation order may differ), and rounding an
+//! f32 checkpoint to bf16 stays within bf16 precision of the f32 reference.
+mod common;
+use jobx_engine::checkpoint::{Checkpoint, CpuWeights};
+use jobx_engine::cpu::{matmul_w, simd::Bf16, WRef};
+use jobx_engine::models::mistral::{MistralConfig, MistralModel};
+use jobx_engine::models::t5::{T5Config, T5Model};
+use std::path::Path;
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    let r = b.iter().fold(0f64, |m, y| m.max((*y as f64).abs()));
+    d / r
+}
+
+/// Rewrite a fixture's model.safetensors with every tensor in bf16 (as bf16 checkpoints ship).
+fn to_bf16_checkpoint(dir: &Path) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut kept: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let b: Vec<u8> = view
+            .data()
+            .chunks_exact(4)
+            .flat_map(|c| {
+                half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap()))
+                    .to_bits()
+                    .to_le_bytes()
+            })
+            .collect();
+        kept.push((name, view.shape().to_vec(), b));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = kept
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b);
+            (n.clone(), v.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &p).unwrap();
+}
+
+fn t5_logits(dir: &Path, policy: CpuWeights) -> Vec<f32> {
+    let cfg = T5Config::from_file(&dir.join("config.json")).unwrap();
+    let mut ck = Checkpoint::open_dir(dir).unwrap();
+    ck.cpu_weights = policy;
+    let m = T5Model::load(cfg, &ck).unwrap();
+    let (b, s, t) = (2, 13, 7);
+    let ids: Vec<u32> = (0..b * s).map(|i| (i * 37 % 250 + 2) as u32).collect();
+    let mut mask = vec![1u8; b * s];
+    mask[b * s - 3..].iter_mut().for_each(|x| *x = 0); // padding in row 1
+    let enc = m.encode_with(&ids, &mask, b, s, None).unwrap();
+    let dids: Vec<u32> = (0..b * t).map(|i| (i * 11 % 250) as u32).collect();
+    let mut st = m.new_decoder_state(&enc, (0..b).collect(), t);
+    let mut logits = Vec::new();
+    m.decode(&enc, &mut st, &dids, t, true, &mut logits)
+        .unwrap();
+    logits
+}
+
+fn mistral_logits(dir: &Path, policy: CpuWeights) -> Vec<f32> {
+    let p = dir.join("config.json");
+    let cfg = MistralConfig::from_json_str(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
+    let mut ck = Checkpoint::open_dir(dir).unwrap();
+    ck.cpu_weights = policy;
+    let m = MistralModel::load(cfg, &ck).unwrap();
+    let (b, s) = (2, 21);
+    let ids: Vec<u32> = (0..b * s).map(|i| (i * 53 % 290 + 3) as u32).collect();
+    let mut mask = vec![1u8; b * s];
+    mask[s..s + 4].iter_mut().for_each(|x| *x = 0); // left padding in row 1
+    let mut st = m.new_state(b, s);
+    let mut logits = Vec::new();
+    m.forward(&mut st, &ids, &mask, s, true, &mut logits)
+        .unwrap();
+    logits
+}
+
+#[test]
+fn bf16_checkpoint_in_place_computes_what_widening_computes() {
+    for fx in ["t5-gated-gelu-untied", "t5-relu-tied"] {
+        let t = common::copy_dir(&common::fixture(fx));
+        to_bf16_checkpoint(t.path());
+        // the storage is what the policy says: bf16 used in place (mapped), or widened
+        let mut ck = Checkpoint::open_dir(t.path()).unwrap();
+        let shape = ck
+            .shape("lm_head.weight")
+            .or(ck.shape("shared.weight"))
+            .unwrap()
+            .to_vec();
+        let name = if ck.contains("lm_head.weight") {
+            "lm_head.weight"
+        } else {
+            "shared.weight"
+        };
+        let w = ck.matrix(name, &shape).unwrap();
+        assert!(
+            w.data.is_bf16() && w.data.is_mapped(),
+            "{fx}: Auto keeps bf16 in place"
+        );
+        ck.cpu_weights = CpuWeights::F32;
+        assert!(!ck.matrix(name, &shape).unwrap().data.is_bf16());
+        let kept = t5_logits(t.path(), CpuWeights::Auto);
+        let widened = t5_logits(t.path(), CpuWeights::F32);
+        let e = rel(&kept, &widened);
+        assert!(e < 2e-6, "{fx}: bf16 in place vs widened: {e}");
+    }
+    for fx in ["mistral-gqa2-theta1e6", "mistral-gqa4-window"] {
+        let t = common::copy_dir(&common::fixture(fx));
+        to_bf16_checkpoint(t.path());
+        let kept = mistral_logits(t.path(), CpuWeights::Auto);
+        let widened = mistral_logits(t.path(), CpuWeights::F32);
+        let e = rel(&kept, &widened);
+        assert!(e < 2e-6, "{fx}: bf16 in place vs widened: {e}");
+    }
+}
+
+#[test]
+fn rounding_f32_weights_to_bf16_stays_within_bf16_precision() {
+    for fx in ["t5-gated-silu", "mistral-gqa2-theta1e6"] {
+        let dir = common::fixture(fx);
+        let (f32w, bf16w) = if fx.starts_with("t5") {
+            (
+                t5_logits(&dir, CpuWeights::F32),
+                t5_logits(&dir, CpuWeights::Bf16),
+            )
+        } else {
+            (
+                mistral_logits(&dir, CpuWeights::F32),
+                mistral_logits(&dir, CpuWeights::Bf16),
+            )
+        };
+        let e = rel(&bf16w, &f32w);
+        // different (the weights were rounded) but close: ~2^-9 per weight, a few layers deep
+        assert!(
+            e > 1e-6 && e < 3e-2,
+            "{fx}: bf16-rounded vs f32 weights: {e}"
+        );
+        // Auto leaves an f32 checkpoint in f32: identical to the F32 policy
+        let auto = if fx.starts_with("t5") {
+            t5_logits(&dir, CpuWeights::Auto)
+        } else {
+            mistral_logits(&dir, CpuWeights::Auto)
+        };
+        assert_eq!(auto, f32w, "{fx}: Auto on an f32 checkpoint");
+    }
+}
+
+#[test]
+fn bf16_matmul_matches_widened_f32_on_every_path() {
+    // m <= 16 takes the streaming GEMV, larger m the packed GEMM; k with and without a 16-tail
+    let mut s = 7u64;
+    let mut r = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    for &(m, n, k) in &[
+        (1, 33, 64),
+        (3, 70, 100),
+        (8, 129, 512),
+        (17, 40, 31),
+        (64, 96, 300),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
+        let wb: Vec<Bf16> = (0..n * k)
+            .map(|_| Bf16(half::bf16::from_f32(r()).to_bits()))
+            .collect();
+        let wf: Vec<f32> = wb
+            .iter()
+            .map(|b| f32::from_bits((b.0 as u32) << 16))
+            .collect();
+        for acc in [false, true] {
+            let init: Vec<f32> = (0..m * n).map(|_| r()).collect();
+            let (mut a, mut b) = (init.clone(), init.clone());
+            matmul_w(&x, m, k, WRef::Bf16(&wb), n, &mut a, acc);
+            matmul_w(&x, m, k, WRef::F32(&wf), n, &mut b, acc);
+            let e = rel(&a, &b);
+            assert!(e < 1e-5, "m{m} n{n} k{k} acc {acc}: {e}");
+        }
+    }
+}
