@@ -387,6 +387,10 @@ def main():
                 outputs[engine] = out
                 if engine != "hf" and "hf" in outputs:
                     row["agree_with_hf_prefix"] = agree_prefix(outputs["hf"], out)
+                if engine == "hf":  # engines timed before HF (jobx) get their agreement now
+                    for r in results:
+                        if r.get("batch") == batch and r.get("engine") in outputs and r["engine"] != "hf":
+                            r["agree_with_hf_prefix"] = agree_prefix(out, outputs[r["engine"]])
             emit(row)
 
     ok = {(r["engine"], r["batch"]): r for r in results if r.get("status") == "ok"}
