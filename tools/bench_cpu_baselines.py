@@ -239,8 +239,14 @@ def bench_jobx(binary, model_dir, ids, new_tokens, threads, reps, extra_args):
             return None
 
         times, _ = time_runs(run, reps)
-    return times, None, dict(command=" ".join(cmd[:2] + ["..."]),
-                             stdout_tail=last.get("stdout", "")[-500:])
+    out = None
+    try:  # the generated ids, to check agreement with HF like the other engines
+        ids_out = json.loads(last.get("stdout", "").strip().splitlines()[-1])["ids"]
+        out = ids_out if ids_out and isinstance(ids_out[0], list) else [ids_out]
+    except (ValueError, KeyError, IndexError):
+        pass
+    return times, out, dict(command=" ".join(cmd[:2] + ["..."]),
+                            stdout_tail=last.get("stdout", "")[-500:])
 
 
 # ----------------------------------------------------------------------------------------------
