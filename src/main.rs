@@ -27,8 +27,25 @@ struct Cli {
     /// checkpoints to bf16 (half the memory and bandwidth, bf16 weight rounding)
     #[arg(long, global = true, default_value = "auto")]
     cpu_weights: jobx_engine::checkpoint::CpuWeights,
+    /// CUDA storage of linear-layer weights: bf16, or int8 (weight-only, per-output-channel
+    /// scales; embeddings, LM heads and norms stay bf16)
+    #[arg(long, global = true, value_enum, default_value = "bf16")]
+    gpu_weights: GpuWeights,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+enum GpuWeights {
+    Bf16,
+    Int8,
+}
+
+/// `--gpu-weights int8` for the commands that load CUDA graphs.
+static GPU_INT8: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn gpu_int8() -> bool {
+    GPU_INT8.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -385,6 +402,10 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     jobx_engine::checkpoint::set_default_cpu_weights(cli.cpu_weights);
+    GPU_INT8.store(
+        cli.gpu_weights == GpuWeights::Int8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(t) = cli.threads {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -451,6 +472,8 @@ fn generate_cuda(
         serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
     let (batch, single) = parse_ids(&v).context("expected an array of ids or of arrays")?;
     let gpu = jobx_engine::cuda::Gpu::new(0)?;
+    gpu.int8_weights
+        .store(gpu_int8(), std::sync::atomic::Ordering::Relaxed);
     let cfg_text = std::fs::read_to_string(dir.join("config.json"))
         .with_context(|| format!("reading {}/config.json", dir.display()))?;
     let is_t5 = serde_json::from_str::<serde_json::Value>(&cfg_text)?
@@ -797,6 +820,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
             let vopts = jobx_engine::verify::VerifyOptions {
                 merge_adapter,
                 cuda,
+                cuda_int8: gpu_int8(),
             };
             if dirs.is_empty() {
                 bail!("verify: give at least one fixture folder");

@@ -64,23 +64,25 @@ fn cuda_verify_fixtures() {
         .collect();
     names.sort();
     assert!(names.len() >= 6, "fixtures found: {names:?}");
-    let opts = jobx_engine::verify::VerifyOptions {
-        cuda: true,
-        ..Default::default()
-    };
     let mut failed = Vec::new();
-    for n in &names {
+    // bf16 weights, then weight-only int8 linear layers (looser tolerance, see verify.rs)
+    for (n, int8) in names.iter().flat_map(|n| [(n, false), (n, true)]) {
+        let opts = jobx_engine::verify::VerifyOptions {
+            cuda: true,
+            cuda_int8: int8,
+            ..Default::default()
+        };
         match jobx_engine::verify::verify_dir_with(&dir.join(n), &opts, &mut |l| eprintln!("  {l}"))
         {
-            Ok(s) if s.ok => eprintln!("{n}: ok, max_rel_err {:.3e}", s.max_rel_err),
-            Ok(s) => failed.push(format!("{n}: {s:?}")),
+            Ok(s) if s.ok => eprintln!("{n} int8 {int8}: ok, max_rel_err {:.3e}", s.max_rel_err),
+            Ok(s) => failed.push(format!("{n} int8 {int8}: {s:?}")),
             Err(e) => {
                 let msg = e.to_string();
                 if msg.contains("built without the CUDA backend") || msg.contains("op `init`") {
                     skip(&format!("SKIP cuda_verify_fixtures: {msg}"));
                     return;
                 }
-                failed.push(format!("{n}: {msg}"));
+                failed.push(format!("{n} int8 {int8}: {msg}"));
             }
         }
     }

@@ -72,33 +72,38 @@ def main():
         # jobx
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(ids.tolist(), f)
-        cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
-               "--max-new-tokens", str(a.new), "--min-new-tokens", str(a.new), "--num-beams", "1"]
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-        except subprocess.TimeoutExpired:
-            print(json.dumps(dict(engine="jobx-cuda", batch=b, error=f"timed out after {a.timeout} s")), flush=True)
-            continue
-        if p.returncode != 0:
-            print(json.dumps(dict(engine="jobx-cuda", batch=b, error=p.stderr[-800:])), flush=True)
-            continue
-        out = json.loads(p.stdout.strip().splitlines()[-1])
-        js = out["generate_ms"] / 1e3
-        # agreement with HF (HF's rows start with the decoder start token): mean length of the
-        # common prefix, a sanity check only (random weights give near-flat logits, so bf16
-        # rounding differences may flip an argmax early)
-        ours = out["ids"] if b > 1 or isinstance(out["ids"][0], list) else [out["ids"]]
-        theirs = hf_out[:, 1:].tolist()
-        pref = []
-        for o, t in zip(ours, theirs):
-            n = 0
-            while n < min(len(o), len(t)) and o[n] == t[n]:
-                n += 1
-            pref.append(n)
-        print(json.dumps(dict(engine="jobx-cuda", batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
-                              tokens_per_s=round(b * a.new / js, 1), speedup_vs_hf=round(hs / js, 2),
-                              new_tokens=out["new_tokens"], hf_prefix_match_mean=sum(pref) / len(pref))),
-              flush=True)
+        for wfmt in ["bf16", "int8"]:  # linear layers bf16, then weight-only int8
+            cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "generate", "--model",
+                   a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
+                   "--min-new-tokens", str(a.new), "--num-beams", "1"]
+            eng = "jobx-cuda-" + wfmt
+            try:
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+            except subprocess.TimeoutExpired:
+                print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
+                      flush=True)
+                continue
+            if p.returncode != 0:
+                print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
+                continue
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+            js = out["generate_ms"] / 1e3
+            # agreement with HF (HF's rows start with the decoder start token): mean length of the
+            # common prefix, a sanity check only (random weights give near-flat logits, so
+            # rounding differences, int8 ones especially, may flip an argmax early)
+            ours = out["ids"] if b > 1 or isinstance(out["ids"][0], list) else [out["ids"]]
+            theirs = hf_out[:, 1:].tolist()
+            pref = []
+            for o, t in zip(ours, theirs):
+                n = 0
+                while n < min(len(o), len(t)) and o[n] == t[n]:
+                    n += 1
+                pref.append(n)
+            print(json.dumps(dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
+                                  tokens_per_s=round(b * a.new / js, 1),
+                                  speedup_vs_hf=round(hs / js, 2), new_tokens=out["new_tokens"],
+                                  hf_prefix_match_mean=sum(pref) / len(pref))),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,27 @@ impl WRef<'_> {
     }
 }
 
+/// Weight-only int8 with one scale per output channel (row of W [n, k]), as the CUDA backend
+/// stores linear layers with `--gpu-weights int8`: scale = max|row| / 127, q = round-half-even
+/// (w / scale) clamped to [-127, 127] (the rule of the `quantize_rows_int8` kernel); an all-zero
+/// row gets scale 0. Here so that the CPU can emulate it (tests derive the CUDA tolerance from it).
+pub fn quantize_rows_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; n * k];
+    let mut scales = vec![0f32; n];
+    for r in 0..n {
+        let row = &w[r * k..(r + 1) * k];
+        let mx = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        scales[r] = mx / 127.0;
+        if mx > 0.0 {
+            let inv = 127.0 / mx;
+            for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
+                *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+        }
+    }
+    (q, scales)
+}
+
 /// out[m, n] = x[m, k] · w[n, k]ᵀ (+ out if `accumulate`) for a weight of either storage dtype.
 pub fn matmul_w(
     x: &[f32],

@@ -768,10 +768,13 @@ impl Gpu {
     }
 }
 
-/// bf16 weights on the device by HF name, and the helpers the CUDA graphs share.
+/// Weights on the device by HF name (bf16, or weight-only int8 with per-channel scales for the
+/// linear layers when `Gpu::int8_weights` is set at load), and the helpers the CUDA graphs share.
 pub struct DeviceWeights<'g> {
     pub gpu: &'g Gpu,
     w: std::collections::HashMap<String, CudaSlice<bf16>>,
+    q: std::collections::HashMap<String, (CudaSlice<i8>, CudaSlice<f32>)>,
+    int8: bool,
     /// which graph, for error messages
     what: &'static str,
 }
@@ -781,8 +784,31 @@ impl<'g> DeviceWeights<'g> {
         DeviceWeights {
             gpu,
             w: Default::default(),
+            q: Default::default(),
+            int8: gpu.int8_weights.load(std::sync::atomic::Ordering::Relaxed),
             what,
         }
+    }
+
+    /// A linear layer's weight [n, k]: int8 (per-channel, `cpu::quantize_rows_int8`) when this
+    /// load stores int8, else bf16.
+    pub fn insert_linear(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
+        if !self.int8 {
+            return self.insert_f32(name, data);
+        }
+        let (q, s) = crate::cpu::quantize_rows_int8(data, n, k);
+        let dq = self.gpu.upload("load", &q)?;
+        let ds = self.gpu.upload("load", &s)?;
+        self.q.insert(name.to_string(), (dq, ds));
+        Ok(())
+    }
+
+    /// The GEMM weight stored under `name`, whichever format.
+    pub fn weight(&self, name: &str) -> Result<Weight<'_>> {
+        if let Some((w, scale)) = self.q.get(name) {
+            return Ok(Weight::Int8 { w, scale });
+        }
+        Ok(Weight::Bf16(self.get(name)?))
     }
 
     /// Round f32 values to bf16 and upload them under `name`.
@@ -816,7 +842,7 @@ impl<'g> DeviceWeights<'g> {
     ) -> Result<()> {
         self.gpu.gemm(
             x,
-            Weight::Bf16(self.get(name)?),
+            self.weight(name)?,
             Out::Bf16(out),
             &GemmShape::new(m, n, k, accumulate),
             None,

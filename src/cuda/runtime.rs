@@ -87,6 +87,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
     sync: bool,
+    /// Store linear-layer weights as weight-only int8 (per-channel scales) when a graph loads
+    /// (`--gpu-weights int8`); embeddings, LM heads and norms stay bf16.
+    pub int8_weights: std::sync::atomic::AtomicBool,
     /// Use the general kernels where a specialised one would run (tests of both paths): the
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
@@ -176,6 +179,7 @@ impl Gpu {
             funcs,
             scratch_err,
             general_kernels: Default::default(),
+            int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
             cc,

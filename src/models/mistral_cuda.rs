@@ -86,7 +86,12 @@ impl<'g> MistralCuda<'g> {
         }
         let mut w = DeviceWeights::new(gpu, "Mistral");
         for (name, shape) in names {
-            w.insert_f32(&name, ck.f32(&name, &shape)?.as_slice())?;
+            let t = ck.f32(&name, &shape)?;
+            if name.ends_with("_proj.weight") {
+                w.insert_linear(&name, t.as_slice(), shape[0], shape[1])?; // may be int8
+            } else {
+                w.insert_f32(&name, t.as_slice())?;
+            }
         }
         Ok(MistralCuda {
             gpu,

@@ -95,7 +95,12 @@ impl<'g> T5Cuda<'g> {
                 }
                 continue;
             }
-            w.insert_f32(&name, t.as_slice())?;
+            // linear layers (everything 2-D but the embedding and the head) may be int8
+            if shape.len() == 2 && name != "shared.weight" && name != "lm_head.weight" {
+                w.insert_linear(&name, t.as_slice(), shape[0], shape[1])?;
+            } else {
+                w.insert_f32(&name, t.as_slice())?;
+            }
         }
         let final_name = "decoder.final_layer_norm.weight";
         let mut fin: Vec<f32> = ck.f32(final_name, &[cfg.d_model])?.as_slice().to_vec();
@@ -444,14 +449,14 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
             };
             gpu.gemm(
                 &hn,
-                Weight::Bf16(m.wt(&format!("{sa}.k.weight"))?),
+                m.w.weight(&format!("{sa}.k.weight"))?,
                 Out::Bf16(kc),
                 &at_t,
                 None,
             )?;
             gpu.gemm(
                 &hn,
-                Weight::Bf16(m.wt(&format!("{sa}.v.weight"))?),
+                m.w.weight(&format!("{sa}.v.weight"))?,
                 Out::Bf16(vc),
                 &at_t,
                 None,
