@@ -150,6 +150,47 @@ pub fn attention(
             }
             return;
         }
+        // Prefill / encoder: both products on the AVX-512 packed GEMM over the strided head views
+        // (single-threaded: the heads are the parallel tasks); the gemm crate otherwise.
+        if super::gemm512::available() && dk > 0 && tk > 0 {
+            use super::gemm512::{matmul_strided, Views};
+            // SAFETY: AVX-512 checked; the views address valid elements for i < tq, j < tk,
+            // d < dk (callers size them); this task alone writes its score rows and its
+            // out[b, i, h*dk..h*dk+dk] block.
+            unsafe {
+                let qk = Views {
+                    x: q.as_ptr().add(qbase),
+                    lda: qv.st,
+                    w: k.as_ptr().add(kbase),
+                    ldw: kv.st,
+                    w_trans: false,
+                    out: sc.as_mut_ptr(),
+                    ldc: tk,
+                };
+                matmul_strided(&qk, tq, dk, tk, false, false);
+            }
+            if scale != 1.0 {
+                sc[..tq * tk].iter_mut().for_each(|x| *x *= scale);
+            }
+            for i in 0..tq {
+                let row = &mut sc[i * tk..(i + 1) * tk];
+                m.apply_row(b, h, i, row);
+                super::softmax_inplace(row);
+            }
+            unsafe {
+                let pv = Views {
+                    x: sc.as_ptr(),
+                    lda: tk,
+                    w: v.as_ptr().add(vbase),
+                    ldw: vv.st,
+                    w_trans: true,
+                    out: op.0.add(b * tq * out_row + h * dk),
+                    ldc: out_row,
+                };
+                matmul_strided(&pv, tq, tk, dk, false, false);
+            }
+            return;
+        }
         // scores[i, j] = q[i]·k[j]
         // SAFETY: the views address valid elements for i<tq, j<tk, d<dk (callers size them).
         unsafe {

@@ -57,6 +57,51 @@ pub fn matmul_wt<W: super::simd::WElem>(
     if m == 0 || n == 0 || k == 0 {
         return false; // the caller's generic path handles the degenerate shapes
     }
+    let v = Views {
+        x: x.as_ptr(),
+        lda: k,
+        w: w.as_ptr(),
+        ldw: k,
+        w_trans: false,
+        out: out.as_mut_ptr(),
+        ldc: n,
+    };
+    // SAFETY: the views describe the three buffers, whose lengths were asserted above.
+    unsafe { matmul_strided(&v, m, k, n, accumulate, true) };
+    true
+}
+
+/// Strided operands of `matmul_strided`: x [m, k] with row stride `lda`; W [n, k] with row
+/// stride `ldw`, or (`w_trans`) W given as [k, n] with row stride `ldw` (so the product is x·W,
+/// e.g. attention probabilities times V); out [m, n] with row stride `ldc`.
+pub(crate) struct Views<W> {
+    pub x: *const f32,
+    pub lda: usize,
+    pub w: *const W,
+    pub ldw: usize,
+    pub w_trans: bool,
+    pub out: *mut f32,
+    pub ldc: usize,
+}
+
+/// out (+)= x · Wᵀ over strided views (see `Views`); `parallel` = false runs on the calling
+/// thread only (callers that are themselves parallel tasks, e.g. attention heads).
+///
+/// # Safety
+/// AVX-512F is available (`available()`); m, k, n > 0; every element the views address for
+/// i < m, j < n, p < k is valid (out for reads and writes), and no other thread touches the
+/// addressed out elements during the call.
+pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
+    v: &Views<W>,
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (wa, ldw, w_trans) = (v.w as usize, v.ldw, v.w_trans);
+    let (xa, lda) = (v.x as usize, v.lda);
+    let (out, ldc) = (v.out, v.ldc);
     let panels = n.div_ceil(NR);
     PACK_B.with(|cell| {
         // A rayon worker that steals another product while this one packs would find the buffer
@@ -73,21 +118,39 @@ pub fn matmul_wt<W: super::simd::WElem>(
         }
         let pb = &mut buf[..need];
         // Pack W into k-major 32-wide panels (parallel over panels).
-        pb.par_chunks_mut(NR * k).enumerate().for_each(|(pi, dst)| {
+        let pack = |(pi, dst): (usize, &mut [f32])| {
+            let w = wa as *const W;
             let j0 = pi * NR;
             let cols = NR.min(n - j0);
-            for j in 0..cols {
-                let src = &w[(j0 + j) * k..(j0 + j + 1) * k];
-                for (p, &v) in src.iter().enumerate() {
-                    dst[p * NR + j] = v.to_f32(); // bf16 weights are widened here, exactly
-                }
-            }
-            for j in cols..NR {
+            // SAFETY (both branches): the caller's contract covers W[j, p] for j < n, p < k.
+            if w_trans {
                 for p in 0..k {
-                    dst[p * NR + j] = 0.0;
+                    let row = unsafe { w.add(p * ldw + j0) };
+                    for j in 0..cols {
+                        dst[p * NR + j] = unsafe { *row.add(j) }.to_f32();
+                    }
+                    dst[p * NR + cols..(p + 1) * NR].fill(0.0);
+                }
+            } else {
+                for j in 0..cols {
+                    let src = unsafe { w.add((j0 + j) * ldw) };
+                    for p in 0..k {
+                        // bf16 weights are widened here, exactly
+                        dst[p * NR + j] = unsafe { *src.add(p) }.to_f32();
+                    }
+                }
+                for j in cols..NR {
+                    for p in 0..k {
+                        dst[p * NR + j] = 0.0;
+                    }
                 }
             }
-        });
+        };
+        if parallel {
+            pb.par_chunks_mut(NR * k).enumerate().for_each(pack);
+        } else {
+            pb.chunks_mut(NR * k).enumerate().for_each(pack);
+        }
         let pb: &[f32] = pb;
         let mblocks = m.div_ceil(MC);
         // Split n only when there are too few row blocks to keep every thread busy: each split
@@ -99,7 +162,7 @@ pub fn matmul_wt<W: super::simd::WElem>(
             NC_PANELS
         };
         let nblocks = panels.div_ceil(nc_panels);
-        let optr = Ptr(out.as_mut_ptr());
+        let optr = Ptr(out);
         let task = |t: usize| {
             let optr = optr;
             let (mb, nb) = (t / nblocks, t % nblocks);
@@ -121,7 +184,18 @@ pub fn matmul_wt<W: super::simd::WElem>(
                 let mut k0 = 0;
                 while k0 < k {
                     let kc = KC.min(k - k0);
-                    pack_a(x, k, i0, rows, k0, kc, &mut pa[..micro * MR * kc]);
+                    // SAFETY: rows i0..i0+rows (< m) and columns k0..k0+kc (<= k) of x are valid
+                    unsafe {
+                        pack_a(
+                            xa as *const f32,
+                            lda,
+                            i0,
+                            rows,
+                            k0,
+                            kc,
+                            &mut pa[..micro * MR * kc],
+                        )
+                    };
                     let load_c = accumulate || k0 > 0;
                     for pi in p0..p1 {
                         let j0 = pi * NR;
@@ -137,8 +211,8 @@ pub fn matmul_wt<W: super::simd::WElem>(
                                     kc,
                                     a.as_ptr(),
                                     b.as_ptr(),
-                                    optr.0.add((i0 + r0) * n + j0),
-                                    n,
+                                    optr.0.add((i0 + r0) * ldc + j0),
+                                    ldc,
                                     MR.min(rows - r0),
                                     cols,
                                     load_c,
@@ -151,23 +225,35 @@ pub fn matmul_wt<W: super::simd::WElem>(
             });
         };
         let tasks = mblocks * nblocks;
-        if threads > 1 && tasks > 1 && m * n * k > 1 << 18 {
+        if parallel && threads > 1 && tasks > 1 && m * n * k > 1 << 18 {
             (0..tasks).into_par_iter().for_each(task);
         } else {
             (0..tasks).for_each(task);
         }
     });
-    true
 }
 
-/// pa[u][p][r] = x[i0 + u*MR + r, k0 + p] for r < rows (zero beyond). Written sequentially
-/// (p outer, r inner), reading MR rows side by side.
-fn pack_a(x: &[f32], k: usize, i0: usize, rows: usize, k0: usize, kc: usize, pa: &mut [f32]) {
+/// pa[u][p][r] = x[i0 + u*MR + r, k0 + p] for r < rows (zero beyond), x with row stride `lda`.
+/// Written sequentially (p outer, r inner), reading MR rows side by side.
+///
+/// # Safety
+/// x[i, k0..k0+kc] is valid for i0 <= i < i0 + rows.
+unsafe fn pack_a(
+    x: *const f32,
+    lda: usize,
+    i0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    pa: &mut [f32],
+) {
     for (u, dst) in pa.chunks_exact_mut(MR * kc).enumerate() {
         let live = MR.min(rows.saturating_sub(u * MR));
-        let base = (i0 + u * MR) * k + k0;
+        let base = (i0 + u * MR) * lda + k0;
         if live == MR {
-            let src: [&[f32]; MR] = std::array::from_fn(|r| &x[base + r * k..base + r * k + kc]);
+            let src: [&[f32]; MR] = std::array::from_fn(|r| unsafe {
+                std::slice::from_raw_parts(x.add(base + r * lda), kc)
+            });
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                 for r in 0..MR {
                     d[r] = src[r][p];
@@ -176,7 +262,11 @@ fn pack_a(x: &[f32], k: usize, i0: usize, rows: usize, k0: usize, kc: usize, pa:
         } else {
             for (p, d) in dst.chunks_exact_mut(MR).enumerate() {
                 for (r, v) in d.iter_mut().enumerate() {
-                    *v = if r < live { x[base + r * k + p] } else { 0.0 };
+                    *v = if r < live {
+                        unsafe { *x.add(base + r * lda + p) }
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -265,6 +355,56 @@ mod tests {
                 (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
             })
             .collect()
+    }
+
+    /// Strided views (row strides larger than the rows, as attention heads inside [t, heads*d]
+    /// buffers) and W given transposed ([k, n], as V in P·V), single-threaded, against f64.
+    #[test]
+    fn strided_and_transposed_views_match_f64() {
+        if !available() {
+            eprintln!("SKIP gemm512: CPU without AVX-512");
+            return;
+        }
+        for &(m, k, n, trans) in &[(37, 64, 45, false), (70, 130, 64, true), (5, 16, 1, true)] {
+            let (lda, ldw, ldc) = (k + 7, if trans { n + 3 } else { k + 5 }, n + 11);
+            let x = rnd(m * lda, 11);
+            let w = rnd(if trans { k * ldw } else { n * ldw }, 12);
+            let mut out = rnd(m * ldc, 13);
+            let before = out.clone();
+            let v = Views {
+                x: x.as_ptr(),
+                lda,
+                w: w.as_ptr(),
+                ldw,
+                w_trans: trans,
+                out: out.as_mut_ptr(),
+                ldc,
+            };
+            // SAFETY: AVX-512 checked; the buffers hold every addressed element.
+            unsafe { matmul_strided(&v, m, k, n, false, false) };
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = out[i * ldc + j] as f64;
+                    if j >= n {
+                        assert_eq!(got, before[i * ldc + j] as f64, "padding column written");
+                        continue;
+                    }
+                    let mut s = 0f64;
+                    for p in 0..k {
+                        let wv = if trans {
+                            w[p * ldw + j]
+                        } else {
+                            w[j * ldw + p]
+                        };
+                        s += x[i * lda + p] as f64 * wv as f64;
+                    }
+                    assert!(
+                        (got - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                        "({i},{j}): {got} vs {s}"
+                    );
+                }
+            }
+        }
     }
 
     /// Seeded random shapes with odd tails in every dimension, against an f64 reference.
