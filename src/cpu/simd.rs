@@ -105,6 +105,45 @@ fn dot_body_fma(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// The vectorised softmax (AVX-512 or AVX2, whichever this CPU runs) against the scalar
+    /// libm one: every length class (tails of 1..15), masked (-inf) keys exactly 0, an all-masked
+    /// row all 0, large score ranges.
+    #[test]
+    fn softmax_matches_scalar_reference() {
+        let mut seed = 99u64;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for len in (1..=70).chain([512, 513, 1031]) {
+            for spread in [1.0f32, 30.0, 200.0] {
+                let mut row: Vec<f32> = (0..len).map(|_| r() * spread).collect();
+                for (i, v) in row.iter_mut().enumerate() {
+                    if i % 7 == 3 {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+                let mut want = row.clone();
+                crate::cpu::softmax_ref(&mut want);
+                crate::cpu::softmax_inplace(&mut row);
+                for (i, (g, w)) in row.iter().zip(&want).enumerate() {
+                    if i % 7 == 3 {
+                        assert_eq!(*g, 0.0, "len {len}: masked entry {i}");
+                    }
+                    assert!(
+                        (g - w).abs() <= 2e-6 + 2e-5 * w,
+                        "len {len} spread {spread} [{i}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        let mut dead = vec![f32::NEG_INFINITY; 33];
+        crate::cpu::softmax_inplace(&mut dead);
+        assert!(dead.iter().all(|&v| v == 0.0));
+    }
+
     #[test]
     fn dot_matches_f64_reference() {
         let mut s = 12345u64;
@@ -467,10 +506,92 @@ fn gelu_tanh_body(x: &mut [f32]) {
     }
 }
 
+/// `exp_poly` on 16 lanes with explicit AVX-512 (same range reduction and polynomial): the
+/// auto-vectorised version turned the f32 -> i32 exponent cast and the sum into scalar code.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    unsafe {
+        let dead = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+        let xc = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.3)),
+            _mm512_set1_ps(88.3),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), xc);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(
+            _mm512_mul_ps(p, r),
+            r,
+            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+        );
+        // y * 2^n (exact scaling), then exp(x) = 0 below -87.3 (masked -inf scores included)
+        _mm512_maskz_mov_ps(!dead, _mm512_scalef_ps(y, n))
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_body(row)
+    use std::arch::x86_64::*;
+    let len = row.len();
+    let p = row.as_mut_ptr();
+    let full = len / 16 * 16;
+    let tail = len - full;
+    let tm: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+    let mut vm = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < full {
+        vm = _mm512_max_ps(vm, _mm512_loadu_ps(p.add(i)));
+        i += 16;
+    }
+    if tail > 0 {
+        let t = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), tm, p.add(full));
+        vm = _mm512_max_ps(vm, t);
+    }
+    let mx = _mm512_reduce_max_ps(vm);
+    if mx == f32::NEG_INFINITY {
+        row.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let vmx = _mm512_set1_ps(mx);
+    let mut vs = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < full {
+        let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), vmx));
+        _mm512_storeu_ps(p.add(i), e);
+        vs = _mm512_add_ps(vs, e);
+        i += 16;
+    }
+    if tail > 0 {
+        let x = _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), tm, p.add(full));
+        let e = exp16(_mm512_sub_ps(x, vmx));
+        _mm512_mask_storeu_ps(p.add(full), tm, e);
+        vs = _mm512_add_ps(vs, e); // lanes past the row are exp(-inf) = 0
+    }
+    let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(vs));
+    let mut i = 0;
+    while i < full {
+        _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), inv));
+        i += 16;
+    }
+    if tail > 0 {
+        let x = _mm512_maskz_loadu_ps(tm, p.add(full));
+        _mm512_mask_storeu_ps(p.add(full), tm, _mm512_mul_ps(x, inv));
+    }
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
