@@ -183,6 +183,18 @@ fn bf16_matmul_matches_widened_f32_on_every_path() {
             matmul_w(&x, m, k, WRef::F32(&wf), n, &mut b, acc);
             let e = rel(&a, &b);
             assert!(e < 1e-5, "m{m} n{n} k{k} acc {acc}: {e}");
+            // and both against a plain f64 reference (the paths above share kernels)
+            let naive: Vec<f32> = (0..m * n)
+                .map(|o| {
+                    let (i, j) = (o / n, o % n);
+                    let d: f64 = (0..k)
+                        .map(|p| x[i * k + p] as f64 * wf[j * k + p] as f64)
+                        .sum();
+                    (d + if acc { init[o] as f64 } else { 0.0 }) as f32
+                })
+                .collect();
+            let e = rel(&a, &naive);
+            assert!(e < 1e-5, "m{m} n{n} k{k} acc {acc} vs f64: {e}");
         }
     }
 }

@@ -298,6 +298,46 @@ unsafe fn gemv_rows_avx512<W: WElem>(
     // Prefetch distance in rows: about 8 KiB ahead of the rows being read, whole quads.
     let ahead = ((8192 / (std::mem::size_of::<W>() * k.max(1))).max(4) + 3) / 4 * 4;
     let mut j = 0;
+    if m == 8 {
+        // Eight input rows (batch-8 decode): 2 weight rows x 8 inputs = 16 accumulators, so each
+        // weight vector is loaded (and, for bf16, widened) once instead of once per group of 4
+        // inputs; the remaining odd row goes to the single-row loop at the end.
+        while j + 2 <= rows {
+            let (w0, w1) = (wp.add(j * k), wp.add((j + 1) * k));
+            let mut acc = [[_mm512_setzero_ps(); 2]; 8];
+            let pf = j + ahead + 2 <= rows;
+            let mut p = 0;
+            while p < kk {
+                if pf {
+                    _mm_prefetch::<_MM_HINT_T0>(wp.add((j + ahead) * k + p) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(wp.add((j + ahead + 1) * k + p) as *const i8);
+                }
+                let (a, b) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
+                for (ii, accr) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(x.as_ptr().add(ii * k + p));
+                    accr[0] = _mm512_fmadd_ps(a, xv, accr[0]);
+                    accr[1] = _mm512_fmadd_ps(b, xv, accr[1]);
+                }
+                p += 16;
+            }
+            if tail != 0 {
+                let (a, b) = (load_tail(w0.add(kk), tail), load_tail(w1.add(kk), tail));
+                for (ii, accr) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(tmask, x.as_ptr().add(ii * k + kk));
+                    accr[0] = _mm512_fmadd_ps(a, xv, accr[0]);
+                    accr[1] = _mm512_fmadd_ps(b, xv, accr[1]);
+                }
+            }
+            for (ii, accr) in acc.iter().enumerate() {
+                let o = out.add(ii * ldo + j);
+                for (r, a) in accr.iter().enumerate() {
+                    let v = _mm512_reduce_add_ps(*a);
+                    *o.add(r) = if accumulate { *o.add(r) + v } else { v };
+                }
+            }
+            j += 2;
+        }
+    }
     while j + 4 <= rows {
         let (w0, w1, w2, w3) = (
             wp.add(j * k),
