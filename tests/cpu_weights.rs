@@ -154,13 +154,8 @@ fn rounding_f32_weights_to_bf16_stays_within_bf16_precision() {
 #[test]
 fn bf16_matmul_matches_widened_f32_on_every_path() {
     // m <= 16 takes the streaming GEMV, larger m the packed GEMM; k with and without a 16-tail
-    let mut s = 7u64;
-    let mut r = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
+    let mut rng = common::Rng(7);
+    let mut r = move || rng.f();
     for &(m, n, k) in &[
         (1, 33, 64),
         (3, 70, 100),

@@ -10,6 +10,7 @@
 //! those same values, so the tolerances cover only the kernels' own rounding: bf16 outputs round
 //! once or twice (2^-8 relative each), f32 outputs differ by summation order only.
 
+mod common;
 fn require_gpu() -> bool {
     std::env::var("JOBX_REQUIRE_GPU").is_ok_and(|v| v == "1")
 }
@@ -96,15 +97,14 @@ mod table {
     use jobx_engine::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
     use jobx_engine::cuda::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn f(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        }
+    use crate::common::Rng;
+    /// Test data of the op table on top of the shared generator.
+    trait Data {
         /// n bf16-representable values in [-scale, scale]
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32>;
+        fn i8s(&mut self, n: usize) -> Vec<i8>;
+    }
+    impl Data for Rng {
         fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
             (0..n).map(|_| rb(self.f() * scale)).collect()
         }

@@ -32,22 +32,6 @@ pub enum WRef<'a> {
 }
 
 impl WRef<'_> {
-    pub fn len(&self) -> usize {
-        match self {
-            WRef::F32(w) => w.len(),
-            WRef::Bf16(w) => w.len(),
-        }
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Element i as f32.
-    pub fn get(&self, i: usize) -> f32 {
-        match self {
-            WRef::F32(w) => w[i],
-            WRef::Bf16(w) => simd::WElem::to_f32(w[i]),
-        }
-    }
     /// Row r of a [_, d] matrix into `out` (d floats) as f32: an embedding lookup.
     pub fn row_into(&self, r: usize, d: usize, out: &mut [f32]) {
         match self {
@@ -59,11 +43,11 @@ impl WRef<'_> {
             }
         }
     }
-    /// Rows r0..r1 ([r, k] each) appended to `dst` as f32.
-    pub fn rows_f32(&self, k: usize, r0: usize, r1: usize, dst: &mut Vec<f32>) {
+    /// All values as an owned f32 vector.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
         match self {
-            WRef::F32(w) => dst.extend_from_slice(&w[r0 * k..r1 * k]),
-            WRef::Bf16(w) => dst.extend(w[r0 * k..r1 * k].iter().map(|&b| simd::WElem::to_f32(b))),
+            WRef::F32(w) => w.to_vec(),
+            WRef::Bf16(w) => simd::WElem::widen(w).into_owned(),
         }
     }
 }
@@ -136,14 +120,8 @@ pub fn matmul_wt<W: simd::WElem>(
         return;
     }
     // Without AVX-512 the `gemm` crate runs the product on f32: widen a bf16 weight first.
-    let widened: Vec<f32>;
-    let w: &[f32] = if std::any::TypeId::of::<W>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: W is f32 (checked just above), so the slice is a &[f32].
-        unsafe { std::slice::from_raw_parts(w.as_ptr() as *const f32, w.len()) }
-    } else {
-        widened = w[..n * k].iter().map(|v| v.to_f32()).collect();
-        &widened
-    };
+    let widened = W::widen(&w[..n * k]);
+    let w: &[f32] = &widened;
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k > 64 * 64 * 64 {
         gemm::Parallelism::Rayon(threads)
@@ -202,11 +180,13 @@ fn skinny<W: simd::WElem>(
         if unsafe { simd::gemv_rows(x, m, k, rows, rows.len() / k, p.0.add(j0), n, accumulate) } {
             return;
         }
+        // no AVX-512: the SIMD dot product over this block's rows, widened to f32 if bf16
+        let dot = simd::dot_fn();
+        let rows = W::widen(rows);
         for (jj, wr) in rows.chunks_exact(k).enumerate() {
             let j = j0 + jj;
             for i in 0..m {
-                let xi = &x[i * k..(i + 1) * k];
-                let d: f32 = xi.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum();
+                let d = dot(&x[i * k..(i + 1) * k], wr);
                 // SAFETY: (i, j) is written by exactly one task (j is in this task's block) and
                 // i*n+j < m*n, the asserted output length.
                 unsafe {

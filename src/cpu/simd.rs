@@ -217,6 +217,8 @@ pub(crate) fn has_avx512() -> bool {
 /// to f32 in registers (exact) so the arithmetic is f32 either way.
 pub trait WElem: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
+    /// The values as f32: borrowed for f32, widened for bf16 (paths without an AVX-512 kernel).
+    fn widen(w: &[Self]) -> std::borrow::Cow<'_, [f32]>;
     /// 16 consecutive elements as f32.
     ///
     /// # Safety
@@ -235,6 +237,9 @@ impl WElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn widen(w: &[Self]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Borrowed(w)
+    }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
@@ -246,6 +251,9 @@ impl WElem for Bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits((self.0 as u32) << 16)
+    }
+    fn widen(w: &[Self]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Owned(w.iter().map(|b| b.to_f32()).collect())
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]

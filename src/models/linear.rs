@@ -70,8 +70,7 @@ impl Linear {
             return;
         };
         // merged weights are f32 whatever the storage was (W + scale·BA is not a bf16 value)
-        let mut w = Vec::with_capacity(self.out_f * self.in_f);
-        self.w.wref().rows_f32(self.in_f, 0, self.out_f, &mut w);
+        let mut w = self.w.wref().to_f32_vec();
         for o in 0..self.out_f {
             for rr in 0..l.r {
                 let bv = l.b[o * l.r + rr] * l.scale;

@@ -78,3 +78,16 @@ pub fn run_last_json(cmd: &mut std::process::Command) -> serde_json::Value {
     let last = stdout.lines().last().expect("at least one output line");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line not JSON ({e}): {last}"))
 }
+
+/// Seeded xorshift64 for test data (the same sequence on every machine).
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Uniform in [-1, 1).
+    pub fn f(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
