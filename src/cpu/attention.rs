@@ -100,23 +100,11 @@ pub fn attention(
                 let qi =
                     unsafe { std::slice::from_raw_parts(q.as_ptr().add(qbase + i * qv.st), dk) };
                 let row = &mut sc[i * tk..(i + 1) * tk];
-                // K rows of one head contiguous (cache layout): scores are one GEMV
-                // SAFETY: qi has dk floats, the K slice tk·dk, and `row` is this task's own
-                // score row of tk floats.
-                if !(contiguous
-                    && unsafe {
-                        super::simd::gemv_rows(
-                            qi,
-                            1,
-                            dk,
-                            &k[kbase..kbase + tk * dk],
-                            tk,
-                            row.as_mut_ptr(),
-                            tk,
-                            false,
-                        )
-                    })
-                {
+                // K rows of one head contiguous (cache and cross-attention layouts): one pass
+                // of 16-key dot products
+                if contiguous {
+                    super::simd::dot_rows(qi, &k[kbase..kbase + tk * dk], dk, row);
+                } else {
                     for (j, x) in row.iter_mut().enumerate() {
                         *x = dot(qi, &k[kbase + j * kv.st..kbase + j * kv.st + dk]);
                     }
@@ -248,7 +236,19 @@ pub fn attention(
     };
     let sc = &mut scratch[..tasks * per];
     if tasks > 1 && tasks * per * dk > 1 << 14 {
-        sc.par_chunks_mut(per.max(1)).enumerate().for_each(body);
+        if tq <= 4 {
+            // decode steps: short regions, on the spinning pool (see `pool`)
+            let scp = P(sc.as_mut_ptr());
+            let per = per.max(1);
+            super::pool::for_each(tasks, &|t| {
+                let scp = scp;
+                // SAFETY: task t alone uses scores [t·per, (t+1)·per) of the tasks·per buffer.
+                let chunk = unsafe { std::slice::from_raw_parts_mut(scp.0.add(t * per), per) };
+                body((t, chunk))
+            });
+        } else {
+            sc.par_chunks_mut(per.max(1)).enumerate().for_each(body);
+        }
     } else {
         sc.chunks_mut(per.max(1)).enumerate().for_each(body);
     }

@@ -10,9 +10,8 @@
 
 pub mod attention;
 pub mod gemm512;
+pub mod pool;
 pub mod simd;
-
-use rayon::prelude::*;
 
 /// Below this many rows a product is computed as m dot products per weight row.
 pub const SKINNY_M: usize = 16;
@@ -164,17 +163,20 @@ fn skinny<W: simd::WElem>(
     out: &mut [f32],
     accumulate: bool,
 ) {
-    // Blocks of weight rows; each block is read once and dotted with every input row.
-    let threads = rayon::current_num_threads().max(1);
+    // Blocks of weight rows; each block is read once and dotted with every input row. The
+    // blocks run on the spinning decode pool (`pool`): these products are decode steps' many
+    // short parallel regions.
+    let threads = pool::threads();
     let block = if threads == 1 {
         n
     } else {
-        ((n + threads * 4 - 1) / (threads * 4)).max(16)
+        n.div_ceil(threads * 4).max(16)
     };
     let optr = SendPtr(out.as_mut_ptr());
-    let work = |(bi, rows): (usize, &[W])| {
+    let work = |bi: usize| {
         let p = optr;
         let j0 = bi * block;
+        let rows = &w[j0 * k..(j0 + block).min(n) * k];
         // SAFETY: x holds m·k and rows (rows.len()/k)·k floats (asserted by matmul_wt); this task
         // alone writes output columns j0..j0+rows.len()/k of every row i < m of out [m, n].
         if unsafe { simd::gemv_rows(x, m, k, rows, rows.len() / k, p.0.add(j0), n, accumulate) } {
@@ -196,10 +198,11 @@ fn skinny<W: simd::WElem>(
             }
         }
     };
+    let blocks = n.div_ceil(block);
     if threads == 1 || n * k < 1 << 15 {
-        w[..n * k].chunks(block * k).enumerate().for_each(work);
+        (0..blocks).for_each(work);
     } else {
-        w[..n * k].par_chunks(block * k).enumerate().for_each(work);
+        pool::for_each(blocks, &work);
     }
 }
 
