@@ -251,7 +251,6 @@ pub fn generate_greedy(
     let mut active: Vec<usize> = (0..rows).collect(); // original row of each model row
     let mut next: Vec<u32> = start.to_vec();
     let mut logits = Vec::new();
-    let mut lp = vec![0.0f32; v];
     let mut sbuf = Vec::new();
     let mut pending_forced: Vec<u32> = Vec::new();
     let mut step = 0usize;
@@ -286,12 +285,15 @@ pub fn generate_greedy(
             if let Some(Some(c)) = constraints.get_mut(orig) {
                 c.mask(row)?;
             }
-            log_softmax(row, &mut lp);
+            // Only the chosen token's log-prob is kept: two read-only passes over the row
+            // instead of writing a full log_softmax (a serial cost per step and row).
+            let (mx, ls) = crate::cpu::simd::max_lse(row);
             let tok = match &opts.sampling {
                 Some(s) => sample(row, s, &mut rng, &mut sbuf),
-                None => argmax(row),
+                None => crate::cpu::simd::first_index_of(row, mx),
             };
-            if !lp[tok].is_finite() {
+            let lp_tok = (row[tok] - mx) - ls;
+            if !lp_tok.is_finite() {
                 return Err(Error::Input(
                     "every token is masked at this step (constraint and min length conflict)"
                         .into(),
@@ -302,8 +304,8 @@ pub fn generate_greedy(
             }
             let o = &mut outs[orig];
             o.tokens.push(tok as u32);
-            o.token_logprobs.push(lp[tok]);
-            o.score += lp[tok];
+            o.token_logprobs.push(lp_tok);
+            o.score += lp_tok;
             if opts.eos.contains(&(tok as u32)) {
                 o.finish = Finish::Eos;
                 finished_any = true;

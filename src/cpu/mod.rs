@@ -286,26 +286,15 @@ pub fn softmax_ref(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// log_softmax of a row into `out` (f32, max-subtracted, like torch's).
+/// log_softmax of a row into `out` (f32, max-subtracted like torch's: (x - max) - log Σ).
 pub fn log_softmax(row: &[f32], out: &mut [f32]) {
-    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let (mx, ls) = simd::max_lse(row);
     if mx == f32::NEG_INFINITY {
         out.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
         return;
     }
-    // Σ exp(v - mx) with the vectorised exp (computed in `out` as scratch)
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = v - mx;
-    }
-    simd::softmax(out);
-    let s: f32 = {
-        // softmax normalised by Σ; recover Σ from the max element, whose exp(0) = 1: p_max = 1/Σ
-        let pmax = out.iter().cloned().fold(0.0f32, f32::max);
-        1.0 / pmax
-    };
-    let ls = s.ln();
-    for (o, &v) in out.iter_mut().zip(row) {
-        *o = v - mx - ls;
+        *o = (v - mx) - ls;
     }
 }
 

@@ -105,6 +105,60 @@ fn dot_body_fma(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// max_lse / first_index_of (greedy decoding's per-row reductions) against f64 and a
+    /// scalar scan: every tail length, -inf (masked) and NaN entries, ties (first index wins),
+    /// an all-masked row.
+    #[test]
+    fn max_lse_and_argmax_match_reference() {
+        let mut seed = 11u64;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for len in (1..=40).chain([32128, 32001]) {
+            let mut row: Vec<f32> = (0..len).map(|_| r() * 20.0).collect();
+            for (i, v) in row.iter_mut().enumerate() {
+                if i % 5 == 2 {
+                    *v = f32::NEG_INFINITY;
+                }
+                if i % 11 == 7 {
+                    *v = f32::NAN;
+                }
+            }
+            if len > 20 {
+                // a tie for the max: the first one must win
+                let m = row
+                    .iter()
+                    .cloned()
+                    .filter(|x| !x.is_nan())
+                    .fold(f32::MIN, f32::max);
+                row[len - 3] = m + 1.0;
+                row[len - 1] = m + 1.0;
+            }
+            let (mx, ls) = super::max_lse(&row);
+            let finite: Vec<f64> = row
+                .iter()
+                .filter(|x| !x.is_nan())
+                .map(|&x| x as f64)
+                .collect();
+            let want_mx = finite.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(mx as f64, want_mx, "len {len}");
+            let want_ls = finite.iter().map(|x| (x - want_mx).exp()).sum::<f64>().ln();
+            assert!(
+                (ls as f64 - want_ls).abs() < 1e-5,
+                "len {len}: {ls} vs {want_ls}"
+            );
+            let want_i = row.iter().position(|&x| x as f64 == want_mx).unwrap();
+            assert_eq!(super::first_index_of(&row, mx), want_i, "len {len}");
+        }
+        let masked = vec![f32::NEG_INFINITY; 37];
+        let (mx, ls) = super::max_lse(&masked);
+        assert_eq!((mx, ls), (f32::NEG_INFINITY, f32::NEG_INFINITY));
+        assert_eq!(super::first_index_of(&masked, mx), 0);
+    }
+
     /// Attention's decode products (scores = q·K rows, out = P·V rows) against f64 sums, for the
     /// specialised widths (dk = 16, 32, 64, 128), the generic one (48, 80, 256), one without a
     /// vector path (40), and key counts around the 16-key blocks; zero weights (masked keys)
@@ -760,6 +814,115 @@ fn level() -> u8 {
         }
         0
     })
+}
+
+/// (max m, log Σ exp(x - m)) of a row in two read-only vector passes: log-probabilities are
+/// `(x - m) - ls`, for every entry or just the chosen token's (torch's order of operations).
+/// NaN entries are ignored (the AVX-512 exp maps them to exp(-87.3) ~ 1e-38, i.e. nothing);
+/// an all -inf (or empty) row gives (-inf, -inf).
+pub fn max_lse(row: &[f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level() == 2 {
+            // SAFETY: features detected in level()
+            return unsafe { max_lse_avx512(row) };
+        }
+    }
+    let mx = row
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    if mx == f32::NEG_INFINITY {
+        return (mx, mx);
+    }
+    let mut s16 = [0.0f32; 16];
+    for (i, &x) in row.iter().enumerate() {
+        if !x.is_nan() {
+            s16[i % 16] += exp_poly(x - mx);
+        }
+    }
+    (mx, s16.iter().sum::<f32>().ln())
+}
+
+/// Index of the first entry equal to `mx` (the row's max from `max_lse`), like torch.argmax's
+/// first maximum; 0 when there is none (an all -inf row).
+pub fn first_index_of(row: &[f32], mx: f32) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level() == 2 {
+            // SAFETY: features detected in level()
+            return unsafe { first_index_avx512(row, mx) };
+        }
+    }
+    row.iter().position(|&x| x == mx).unwrap_or(0)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn max_lse_avx512(row: &[f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let len = row.len();
+    let p = row.as_ptr();
+    let full = len / 16 * 16;
+    let tail = len - full;
+    let tm: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    // max(x, m) returns m when x is NaN: NaN entries never become the max
+    let (mut m0, mut m1) = (ninf, ninf);
+    let mut i = 0;
+    while i + 32 <= full {
+        m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+        m1 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 16)), m1);
+        i += 32;
+    }
+    if i < full {
+        m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+    }
+    if tail > 0 {
+        m1 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, tm, p.add(full)), m1);
+    }
+    let mx = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+    if mx == f32::NEG_INFINITY {
+        return (mx, mx);
+    }
+    let vmx = _mm512_set1_ps(mx);
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i + 32 <= full {
+        s0 = _mm512_add_ps(s0, exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), vmx)));
+        s1 = _mm512_add_ps(
+            s1,
+            exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16)), vmx)),
+        );
+        i += 32;
+    }
+    if i < full {
+        s0 = _mm512_add_ps(s0, exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), vmx)));
+    }
+    if tail > 0 {
+        let x = _mm512_mask_loadu_ps(ninf, tm, p.add(full));
+        s1 = _mm512_add_ps(s1, exp16(_mm512_sub_ps(x, vmx))); // exp(-inf) = 0 past the row
+    }
+    (mx, _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)).ln())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn first_index_avx512(row: &[f32], mx: f32) -> usize {
+    use std::arch::x86_64::*;
+    let full = row.len() / 16 * 16;
+    let v = _mm512_set1_ps(mx);
+    let mut i = 0;
+    while i < full {
+        let k = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_loadu_ps(row.as_ptr().add(i)), v);
+        if k != 0 {
+            return i + k.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    row[full..]
+        .iter()
+        .position(|&x| x == mx)
+        .map_or(0, |j| full + j)
 }
 
 /// In-place softmax with the vectorised exp; masked (-inf) entries become exactly 0.
