@@ -75,7 +75,12 @@ pub fn attention(
     let group = heads / s.kv_heads.max(1);
     let per = tq * tk;
     let tasks = bsz * heads;
-    if scratch.len() < tasks * per {
+    // Decode steps keep one score block per task in `scratch` (small). Prefill/encoder blocks
+    // are tq·tk each (1 MiB at 512×512): there each worker reuses one thread-local block, which
+    // stays in its L2 cache, instead of every task writing a fresh one (48 MiB for a batch-8
+    // encoder layer, page-faulted per call and written back to memory).
+    let decode = tq <= 4;
+    if decode && scratch.len() < tasks * per {
         scratch.resize(tasks * per, 0.0);
     }
     let out_row = heads * dk;
@@ -234,9 +239,10 @@ pub fn attention(
             );
         }
     };
-    let sc = &mut scratch[..tasks * per];
-    if tasks > 1 && tasks * per * dk > 1 << 14 {
-        if tq <= 4 {
+    let parallel = tasks > 1 && tasks * per * dk > 1 << 14;
+    if decode {
+        let sc = &mut scratch[..tasks * per];
+        if parallel {
             // decode steps: short regions, on the spinning pool (see `pool`)
             let scp = P(sc.as_mut_ptr());
             let per = per.max(1);
@@ -247,9 +253,32 @@ pub fn attention(
                 body((t, chunk))
             });
         } else {
-            sc.par_chunks_mut(per.max(1)).enumerate().for_each(body);
+            sc.chunks_mut(per.max(1)).enumerate().for_each(body);
         }
+        return;
+    }
+    thread_local! {
+        static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let run = |t: usize| {
+        BLOCK.with(|cell| {
+            // a task that rayon runs while this thread's block is in use (work stealing inside
+            // a nested parallel call) gets a fresh block instead of a borrow panic
+            let mut fresh = Vec::new();
+            let mut guard = cell.try_borrow_mut().ok();
+            let buf = match guard.as_deref_mut() {
+                Some(v) => v,
+                None => &mut fresh,
+            };
+            if buf.len() < per {
+                buf.resize(per, 0.0);
+            }
+            body((t, &mut buf[..per]))
+        })
+    };
+    if parallel {
+        (0..tasks).into_par_iter().for_each(run);
     } else {
-        sc.chunks_mut(per.max(1)).enumerate().for_each(body);
+        (0..tasks).for_each(run);
     }
 }

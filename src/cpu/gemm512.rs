@@ -162,6 +162,10 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
             NC_PANELS
         };
         let nblocks = panels.div_ceil(nc_panels);
+        // With at most 2 panels (n <= 64, e.g. attention's P·V with dk = 64) each packed A
+        // element would be used for one or two tiles only, and the transposing pack cost more
+        // than the product: the kernel then reads A in place.
+        let direct_a = panels <= 2;
         let optr = Ptr(out);
         let task = |t: usize| {
             let optr = optr;
@@ -184,6 +188,35 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
                 let mut k0 = 0;
                 while k0 < k {
                     let kc = KC.min(k - k0);
+                    let load_c = accumulate || k0 > 0;
+                    if direct_a {
+                        for pi in p0..p1 {
+                            let j0 = pi * NR;
+                            let cols = NR.min(n - j0);
+                            let b = &pb[pi * NR * k + k0 * NR..pi * NR * k + (k0 + kc) * NR];
+                            for u in 0..micro {
+                                let r0 = u * MR;
+                                // SAFETY: AVX-512 checked; rows i0+r0.. (< m) of x are valid for
+                                // columns k0..k0+kc; this task alone writes these rows and
+                                // columns j0..j0+cols (< n) of `out`.
+                                unsafe {
+                                    kernel_direct(
+                                        kc,
+                                        (xa as *const f32).add((i0 + r0) * lda + k0),
+                                        lda,
+                                        b.as_ptr(),
+                                        optr.0.add((i0 + r0) * ldc + j0),
+                                        ldc,
+                                        MR.min(rows - r0),
+                                        cols,
+                                        load_c,
+                                    )
+                                };
+                            }
+                        }
+                        k0 += kc;
+                        continue;
+                    }
                     // SAFETY: rows i0..i0+rows (< m) and columns k0..k0+kc (<= k) of x are valid
                     unsafe {
                         pack_a(
@@ -196,7 +229,6 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
                             &mut pa[..micro * MR * kc],
                         )
                     };
-                    let load_c = accumulate || k0 > 0;
                     for pi in p0..p1 {
                         let j0 = pi * NR;
                         let cols = NR.min(n - j0);
@@ -299,6 +331,22 @@ unsafe fn kernel(
             accr[1] = _mm512_fmadd_ps(av, b1, accr[1]);
         }
     }
+    unsafe { store_tile(&acc, c, ldc, rows, cols, load_c) };
+}
+
+/// C[0..rows, 0..cols] (+)= the MR × 32 accumulator tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile(
+    acc: &[[std::arch::x86_64::__m512; 2]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
     let m0: __mmask16 = if cols >= 16 {
         0xffff
     } else {
@@ -324,6 +372,54 @@ unsafe fn kernel(
             _mm512_mask_storeu_ps(cp.add(16), m1, v1);
         }
     }
+}
+
+/// `kernel` reading A in place: rows of x with stride `lda` (the first `rows` of MR valid;
+/// the others read row 0 again and are never stored), `b` packed [kc][32].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_direct(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    load_c: bool,
+) {
+    use std::arch::x86_64::*;
+    let ar: [*const f32; MR] =
+        std::array::from_fn(|r| a.wrapping_add(if r < rows { r * lda } else { 0 }));
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        for (r, accr) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ar[r].add(p));
+            accr[0] = _mm512_fmadd_ps(av, b0, accr[0]);
+            accr[1] = _mm512_fmadd_ps(av, b1, accr[1]);
+        }
+    }
+    unsafe { store_tile(&acc, c, ldc, rows, cols, load_c) };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_direct(
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *const f32,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("available() is false off x86_64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -365,7 +461,14 @@ mod tests {
             eprintln!("SKIP gemm512: CPU without AVX-512");
             return;
         }
-        for &(m, k, n, trans) in &[(37, 64, 45, false), (70, 130, 64, true), (5, 16, 1, true)] {
+        // n <= 64 reads A in place (kernel_direct), wider n packs it
+        for &(m, k, n, trans) in &[
+            (37, 64, 45, false),
+            (70, 130, 64, true),
+            (5, 16, 1, true),
+            (37, 64, 130, false),
+            (70, 300, 100, true),
+        ] {
             let (lda, ldw, ldc) = (k + 7, if trans { n + 3 } else { k + 5 }, n + 11);
             let x = rnd(m * lda, 11);
             let w = rnd(if trans { k * ldw } else { n * ldw }, 12);

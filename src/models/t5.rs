@@ -458,15 +458,32 @@ impl T5Model {
         match f {
             Ffn::Plain { wi, wo } => {
                 wi.fwd(x, m, &mut s.a, false, ad, &mut s.tmp);
-                act_inplace(act, &mut s.a);
+                if m >= 256 {
+                    use rayon::prelude::*;
+                    s.a.par_chunks_mut(1 << 14)
+                        .for_each(|c| act_inplace(act, c));
+                } else {
+                    act_inplace(act, &mut s.a);
+                }
                 wo.fwd(&s.a, m, out, true, ad, &mut s.tmp);
             }
             Ffn::Gated { wi0, wi1, wo } => {
                 s.b.resize(m * dff, 0.0);
                 wi0.fwd(x, m, &mut s.a, false, ad, &mut s.tmp);
                 wi1.fwd(x, m, &mut s.b, false, ad, &mut s.tmp);
-                act_inplace(act, &mut s.a);
-                s.a.iter_mut().zip(&s.b).for_each(|(g, &l)| *g *= l);
+                // act(gate) · linear, in parallel chunks for encoder-sized inputs
+                let gate_mul = |(g, l): (&mut [f32], &[f32])| {
+                    act_inplace(act, g);
+                    g.iter_mut().zip(l).for_each(|(g, &l)| *g *= l);
+                };
+                if m >= 256 {
+                    use rayon::prelude::*;
+                    s.a.par_chunks_mut(1 << 14)
+                        .zip(s.b.par_chunks(1 << 14))
+                        .for_each(gate_mul);
+                } else {
+                    gate_mul((&mut s.a[..], &s.b[..]));
+                }
                 wo.fwd(&s.a, m, out, true, ad, &mut s.tmp);
             }
         }
@@ -911,16 +928,23 @@ pub struct DecoderState {
 
 /// [b, s, H*dk] -> [b, H, s, dk]
 fn heads_major(x: &[f32], b: usize, s: usize, h: usize, dk: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert_eq!(
+        x.len(),
+        b * s * h * dk,
+        "heads_major: buffer is not [b, s, h*dk]"
+    );
     let mut out = vec![0.0f32; x.len()];
-    for bi in 0..b {
-        for t in 0..s {
-            for hh in 0..h {
+    // one (batch row, head) block of s·dk per task: written once, in parallel
+    out.par_chunks_mut((s * dk).max(1))
+        .enumerate()
+        .for_each(|(bh, blk)| {
+            let (bi, hh) = (bh / h, bh % h);
+            for (t, dst) in blk.chunks_exact_mut(dk).enumerate() {
                 let src = (bi * s + t) * h * dk + hh * dk;
-                let dst = ((bi * h + hh) * s + t) * dk;
-                out[dst..dst + dk].copy_from_slice(&x[src..src + dk]);
+                dst.copy_from_slice(&x[src..src + dk]);
             }
-        }
-    }
+        });
     out
 }
 
