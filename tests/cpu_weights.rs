@@ -156,10 +156,16 @@ fn bf16_matmul_matches_widened_f32_on_every_path() {
     // m <= 16 takes the streaming GEMV, larger m the packed GEMM; k with and without a 16-tail
     let mut rng = common::Rng(7);
     let mut r = move || rng.f();
+    // GEMV kernels: 4 weight rows x 4 inputs (m = 4, 5, 12, 16), 2 x 8 (m = 8), leftovers
     for &(m, n, k) in &[
         (1, 33, 64),
         (3, 70, 100),
+        (4, 37, 85),
+        (5, 70, 64),
         (8, 129, 512),
+        (8, 31, 90),
+        (12, 18, 512),
+        (16, 35, 33),
         (17, 40, 31),
         (64, 96, 300),
     ] {

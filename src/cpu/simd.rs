@@ -389,6 +389,146 @@ unsafe fn load_tail<W: WElem>(p: *const W, n: usize) -> std::arch::x86_64::__m51
     unsafe { std::arch::x86_64::_mm512_loadu_ps(buf.as_ptr()) }
 }
 
+/// Four weight rows against four input rows: the 16 dot products as accumulators
+/// [x0·w0, x0·w1, x0·w2, x0·w3, x1·w0, ...] (sum each with `hsum16`); named accumulators for
+/// the same reason as `gemv_2x8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_4x4<W: WElem>(
+    xs: [*const f32; 4],
+    w: [*const W; 4],
+    pf: [*const W; 4],
+    kk: usize,
+    tail: usize,
+    tmask: std::arch::x86_64::__mmask16,
+) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let (mut c00, mut c01, mut c02, mut c03) = (z, z, z, z);
+    let (mut c10, mut c11, mut c12, mut c13) = (z, z, z, z);
+    let (mut c20, mut c21, mut c22, mut c23) = (z, z, z, z);
+    let (mut c30, mut c31, mut c32, mut c33) = (z, z, z, z);
+    let mut p = 0;
+    while p < kk {
+        for q in pf {
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(p) as *const i8);
+        }
+        let (a, b, c, d) = (
+            W::load16(w[0].add(p)),
+            W::load16(w[1].add(p)),
+            W::load16(w[2].add(p)),
+            W::load16(w[3].add(p)),
+        );
+        let v = _mm512_loadu_ps(xs[0].add(p));
+        c00 = _mm512_fmadd_ps(a, v, c00);
+        c01 = _mm512_fmadd_ps(b, v, c01);
+        c02 = _mm512_fmadd_ps(c, v, c02);
+        c03 = _mm512_fmadd_ps(d, v, c03);
+        let v = _mm512_loadu_ps(xs[1].add(p));
+        c10 = _mm512_fmadd_ps(a, v, c10);
+        c11 = _mm512_fmadd_ps(b, v, c11);
+        c12 = _mm512_fmadd_ps(c, v, c12);
+        c13 = _mm512_fmadd_ps(d, v, c13);
+        let v = _mm512_loadu_ps(xs[2].add(p));
+        c20 = _mm512_fmadd_ps(a, v, c20);
+        c21 = _mm512_fmadd_ps(b, v, c21);
+        c22 = _mm512_fmadd_ps(c, v, c22);
+        c23 = _mm512_fmadd_ps(d, v, c23);
+        let v = _mm512_loadu_ps(xs[3].add(p));
+        c30 = _mm512_fmadd_ps(a, v, c30);
+        c31 = _mm512_fmadd_ps(b, v, c31);
+        c32 = _mm512_fmadd_ps(c, v, c32);
+        c33 = _mm512_fmadd_ps(d, v, c33);
+        p += 16;
+    }
+    let mut acc = [
+        c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33,
+    ];
+    if tail != 0 {
+        let wv: [__m512; 4] = [
+            load_tail(w[0].add(kk), tail),
+            load_tail(w[1].add(kk), tail),
+            load_tail(w[2].add(kk), tail),
+            load_tail(w[3].add(kk), tail),
+        ];
+        for (ii, xp) in xs.iter().enumerate() {
+            let v = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
+            for (r, wr) in wv.iter().enumerate() {
+                acc[4 * ii + r] = _mm512_fmadd_ps(*wr, v, acc[4 * ii + r]);
+            }
+        }
+    }
+    acc
+}
+
+/// Two weight rows against 8 input rows (x: 8 rows of k floats): the 16 dot products as
+/// accumulators [x0·w0, x0·w1, x1·w0, ...] (sum each with `hsum16`). Written with named
+/// accumulators and no branch in the loop: the loop-with-arrays version had LLVM spill four
+/// accumulators to the stack (a load-FMA-store chain per step; perf annotate).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_2x8<W: WElem>(
+    x: *const f32,
+    k: usize,
+    kk: usize,
+    tail: usize,
+    tmask: std::arch::x86_64::__mmask16,
+    w0: *const W,
+    w1: *const W,
+    pf0: *const W,
+    pf1: *const W,
+) -> [std::arch::x86_64::__m512; 16] {
+    use std::arch::x86_64::*;
+    let z = _mm512_setzero_ps();
+    let (mut c0, mut c1, mut c2, mut c3, mut c4, mut c5, mut c6, mut c7) = (z, z, z, z, z, z, z, z);
+    let (mut d0, mut d1, mut d2, mut d3, mut d4, mut d5, mut d6, mut d7) = (z, z, z, z, z, z, z, z);
+    let xr: [*const f32; 8] = std::array::from_fn(|i| x.add(i * k));
+    let mut p = 0;
+    while p < kk {
+        _mm_prefetch::<_MM_HINT_T0>(pf0.wrapping_add(p) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(pf1.wrapping_add(p) as *const i8);
+        let (a, b) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
+        let v = _mm512_loadu_ps(xr[0].add(p));
+        c0 = _mm512_fmadd_ps(a, v, c0);
+        d0 = _mm512_fmadd_ps(b, v, d0);
+        let v = _mm512_loadu_ps(xr[1].add(p));
+        c1 = _mm512_fmadd_ps(a, v, c1);
+        d1 = _mm512_fmadd_ps(b, v, d1);
+        let v = _mm512_loadu_ps(xr[2].add(p));
+        c2 = _mm512_fmadd_ps(a, v, c2);
+        d2 = _mm512_fmadd_ps(b, v, d2);
+        let v = _mm512_loadu_ps(xr[3].add(p));
+        c3 = _mm512_fmadd_ps(a, v, c3);
+        d3 = _mm512_fmadd_ps(b, v, d3);
+        let v = _mm512_loadu_ps(xr[4].add(p));
+        c4 = _mm512_fmadd_ps(a, v, c4);
+        d4 = _mm512_fmadd_ps(b, v, d4);
+        let v = _mm512_loadu_ps(xr[5].add(p));
+        c5 = _mm512_fmadd_ps(a, v, c5);
+        d5 = _mm512_fmadd_ps(b, v, d5);
+        let v = _mm512_loadu_ps(xr[6].add(p));
+        c6 = _mm512_fmadd_ps(a, v, c6);
+        d6 = _mm512_fmadd_ps(b, v, d6);
+        let v = _mm512_loadu_ps(xr[7].add(p));
+        c7 = _mm512_fmadd_ps(a, v, c7);
+        d7 = _mm512_fmadd_ps(b, v, d7);
+        p += 16;
+    }
+    let mut acc = [
+        c0, d0, c1, d1, c2, d2, c3, d3, c4, d4, c5, d5, c6, d6, c7, d7,
+    ];
+    if tail != 0 {
+        let (a, b) = (load_tail(w0.add(kk), tail), load_tail(w1.add(kk), tail));
+        for (ii, xp) in xr.iter().enumerate() {
+            let v = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
+            acc[2 * ii] = _mm512_fmadd_ps(a, v, acc[2 * ii]);
+            acc[2 * ii + 1] = _mm512_fmadd_ps(b, v, acc[2 * ii + 1]);
+        }
+    }
+    acc
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gemv_rows_avx512<W: WElem>(
@@ -419,34 +559,18 @@ unsafe fn gemv_rows_avx512<W: WElem>(
         // inputs; the remaining odd row goes to the single-row loop at the end.
         while j + 2 <= rows {
             let (w0, w1) = (wp.add(j * k), wp.add((j + 1) * k));
-            let mut acc = [[_mm512_setzero_ps(); 2]; 8];
-            let pf = j + ahead + 2 <= rows;
-            let mut p = 0;
-            while p < kk {
-                if pf {
-                    _mm_prefetch::<_MM_HINT_T0>(wp.add((j + ahead) * k + p) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(wp.add((j + ahead + 1) * k + p) as *const i8);
-                }
-                let (a, b) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
-                for (ii, accr) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_loadu_ps(x.as_ptr().add(ii * k + p));
-                    accr[0] = _mm512_fmadd_ps(a, xv, accr[0]);
-                    accr[1] = _mm512_fmadd_ps(b, xv, accr[1]);
-                }
-                p += 16;
-            }
-            if tail != 0 {
-                let (a, b) = (load_tail(w0.add(kk), tail), load_tail(w1.add(kk), tail));
-                for (ii, accr) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_maskz_loadu_ps(tmask, x.as_ptr().add(ii * k + kk));
-                    accr[0] = _mm512_fmadd_ps(a, xv, accr[0]);
-                    accr[1] = _mm512_fmadd_ps(b, xv, accr[1]);
-                }
-            }
-            for (ii, accr) in acc.iter().enumerate() {
+            // prefetch `ahead` rows on (past the block's end it is a harmless no-op)
+            let (pf0, pf1) = (
+                wp.wrapping_add((j + ahead) * k),
+                wp.wrapping_add((j + ahead + 1) * k),
+            );
+            let acc = gemv_2x8(x.as_ptr(), k, kk, tail, tmask, w0, w1, pf0, pf1);
+            let mut s = [0.0f32; 16];
+            _mm512_storeu_ps(s.as_mut_ptr(), hsum16(&acc));
+            for ii in 0..8 {
                 let o = out.add(ii * ldo + j);
-                for (r, a) in accr.iter().enumerate() {
-                    let v = _mm512_reduce_add_ps(*a);
+                for r in 0..2 {
+                    let v = s[2 * ii + r];
                     *o.add(r) = if accumulate { *o.add(r) + v } else { v };
                 }
             }
@@ -470,50 +594,22 @@ unsafe fn gemv_rows_avx512<W: WElem>(
                 x.as_ptr().add((i + 2) * k),
                 x.as_ptr().add((i + 3) * k),
             ];
-            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
             // While the first pass streams these 4 rows, prefetch the next 4 (one row-quad ahead):
             // with 16 FMAs per 4 loads the loop issues too few loads for the hardware prefetcher
-            // alone to keep memory busy (m = 8 ran at half the bandwidth of m = 1).
-            let pf = i == 0 && j + ahead + 4 <= rows;
-            let mut p = 0;
-            while p < kk {
-                if pf {
-                    for r in ahead..ahead + 4 {
-                        _mm_prefetch::<_MM_HINT_T0>(wp.add((j + r) * k + p) as *const i8);
-                    }
-                }
-                let wv = [
-                    W::load16(w0.add(p)),
-                    W::load16(w1.add(p)),
-                    W::load16(w2.add(p)),
-                    W::load16(w3.add(p)),
-                ];
-                for (ii, xp) in xs.iter().enumerate() {
-                    let xv = _mm512_loadu_ps(xp.add(p));
-                    for r in 0..4 {
-                        acc[ii][r] = _mm512_fmadd_ps(wv[r], xv, acc[ii][r]);
-                    }
-                }
-                p += 16;
-            }
-            if tail != 0 {
-                let wv = [
-                    load_tail(w0.add(kk), tail),
-                    load_tail(w1.add(kk), tail),
-                    load_tail(w2.add(kk), tail),
-                    load_tail(w3.add(kk), tail),
-                ];
-                for (ii, xp) in xs.iter().enumerate() {
-                    let xv = _mm512_maskz_loadu_ps(tmask, xp.add(kk));
-                    for r in 0..4 {
-                        acc[ii][r] = _mm512_fmadd_ps(wv[r], xv, acc[ii][r]);
-                    }
-                }
-            }
+            // alone to keep memory busy (m = 8 ran at half the bandwidth of m = 1). Later passes
+            // prefetch their own (cached) rows, a no-op, so the kernel loop has no branch.
+            let pf: [*const W; 4] = if i == 0 {
+                std::array::from_fn(|r| wp.wrapping_add((j + ahead + r) * k))
+            } else {
+                [w0, w1, w2, w3]
+            };
+            let acc = gemv_4x4(xs, [w0, w1, w2, w3], pf, kk, tail, tmask);
+            let mut s = [0.0f32; 16];
+            _mm512_storeu_ps(s.as_mut_ptr(), hsum16(&acc));
             for ii in 0..4 {
                 let o = out.add((i + ii) * ldo + j);
                 for r in 0..4 {
-                    let v = _mm512_reduce_add_ps(acc[ii][r]);
+                    let v = s[4 * ii + r];
                     *o.add(r) = if accumulate { *o.add(r) + v } else { v };
                 }
             }
