@@ -153,7 +153,8 @@ fn rounding_f32_weights_to_bf16_stays_within_bf16_precision() {
 
 #[test]
 fn bf16_matmul_matches_widened_f32_on_every_path() {
-    // m <= 16 takes the streaming GEMV, larger m the packed GEMM; k with and without a 16-tail
+    // m <= SKINNY_M (64) takes the streaming GEMV, larger m the packed GEMM; k with and without
+    // a 16-tail
     let mut rng = common::Rng(7);
     let mut r = move || rng.f();
     // GEMV kernels: 4 weight rows x 4 inputs (m = 4, 5, 12, 16), 2 x 8 (m = 8), leftovers
@@ -168,6 +169,8 @@ fn bf16_matmul_matches_widened_f32_on_every_path() {
         (16, 35, 33),
         (17, 40, 31),
         (64, 96, 300),
+        (80, 50, 300),
+        (130, 33, 70),
     ] {
         let x: Vec<f32> = (0..m * k).map(|_| r()).collect();
         let wb: Vec<Bf16> = (0..n * k)
