@@ -260,22 +260,7 @@ pub fn attention(
     thread_local! {
         static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let run = |t: usize| {
-        BLOCK.with(|cell| {
-            // a task that rayon runs while this thread's block is in use (work stealing inside
-            // a nested parallel call) gets a fresh block instead of a borrow panic
-            let mut fresh = Vec::new();
-            let mut guard = cell.try_borrow_mut().ok();
-            let buf = match guard.as_deref_mut() {
-                Some(v) => v,
-                None => &mut fresh,
-            };
-            if buf.len() < per {
-                buf.resize(per, 0.0);
-            }
-            body((t, &mut buf[..per]))
-        })
-    };
+    let run = |t: usize| super::with_thread_buf(&BLOCK, per, |blk| body((t, blk)));
     if parallel {
         (0..tasks).into_par_iter().for_each(run);
     } else {

@@ -103,20 +103,7 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
     let (xa, lda) = (v.x as usize, v.lda);
     let (out, ldc) = (v.out, v.ldc);
     let panels = n.div_ceil(NR);
-    PACK_B.with(|cell| {
-        // A rayon worker that steals another product while this one packs would find the buffer
-        // borrowed: it then packs into a fresh one instead of panicking.
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut().ok();
-        let buf = match guard.as_deref_mut() {
-            Some(v) => v,
-            None => &mut fresh,
-        };
-        let need = panels * NR * k;
-        if buf.len() < need {
-            buf.resize(need, 0.0);
-        }
-        let pb = &mut buf[..need];
+    super::with_thread_buf(&PACK_B, panels * NR * k, |pb| {
         // Pack W into k-major 32-wide panels (parallel over panels).
         let pack = |(pi, dst): (usize, &mut [f32])| {
             let w = wa as *const W;
@@ -176,81 +163,57 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
             let micro = rows.div_ceil(MR);
             let p0 = nb * nc_panels;
             let p1 = (p0 + nc_panels).min(panels);
-            PACK_A.with(|cell| {
-                let mut fresh = Vec::new();
-                let mut guard = cell.try_borrow_mut().ok();
-                let pa = match guard.as_deref_mut() {
-                    Some(v) => v,
-                    None => &mut fresh,
-                };
-                if pa.len() < MC * KC {
-                    pa.resize(MC * KC, 0.0);
-                }
+            super::with_thread_buf(&PACK_A, if direct_a { 0 } else { MC * KC }, |pa| {
                 let mut k0 = 0;
                 while k0 < k {
                     let kc = KC.min(k - k0);
                     let load_c = accumulate || k0 > 0;
-                    if direct_a {
-                        for pi in p0..p1 {
-                            let j0 = pi * NR;
-                            let cols = NR.min(n - j0);
-                            let b = &pb[pi * NR * k + k0 * NR..pi * NR * k + (k0 + kc) * NR];
-                            for u in 0..micro {
-                                let r0 = u * MR;
-                                // SAFETY: AVX-512 checked; rows i0+r0.. (< m) of x are valid for
-                                // columns k0..k0+kc; this task alone writes these rows and
-                                // columns j0..j0+cols (< n) of `out`.
-                                unsafe {
-                                    kernel_direct(
-                                        kc,
-                                        (xa as *const f32).add((i0 + r0) * lda + k0),
-                                        lda,
-                                        b.as_ptr(),
-                                        optr.0.add((i0 + r0) * ldc + j0),
-                                        ldc,
-                                        MR.min(rows - r0),
-                                        cols,
-                                        load_c,
-                                    )
-                                };
-                            }
-                        }
-                        k0 += kc;
-                        continue;
+                    if !direct_a {
+                        // SAFETY: rows i0..i0+rows (< m), columns k0..k0+kc (<= k) of x are valid
+                        unsafe {
+                            pack_a(
+                                xa as *const f32,
+                                lda,
+                                i0,
+                                rows,
+                                k0,
+                                kc,
+                                &mut pa[..micro * MR * kc],
+                            )
+                        };
                     }
-                    // SAFETY: rows i0..i0+rows (< m) and columns k0..k0+kc (<= k) of x are valid
-                    unsafe {
-                        pack_a(
-                            xa as *const f32,
-                            lda,
-                            i0,
-                            rows,
-                            k0,
-                            kc,
-                            &mut pa[..micro * MR * kc],
-                        )
-                    };
                     for pi in p0..p1 {
                         let j0 = pi * NR;
                         let cols = NR.min(n - j0);
                         let b = &pb[pi * NR * k + k0 * NR..pi * NR * k + (k0 + kc) * NR];
                         for u in 0..micro {
                             let r0 = u * MR;
-                            let a = &pa[u * MR * kc..(u + 1) * MR * kc];
-                            // SAFETY: AVX-512 checked above; this task alone writes rows
-                            // i0+r0.. (< m) and columns j0..j0+cols (< n) of `out`.
-                            unsafe {
-                                kernel(
-                                    kc,
-                                    a.as_ptr(),
-                                    b.as_ptr(),
-                                    optr.0.add((i0 + r0) * ldc + j0),
-                                    ldc,
-                                    MR.min(rows - r0),
-                                    cols,
-                                    load_c,
-                                )
-                            };
+                            let c = optr.0.wrapping_add((i0 + r0) * ldc + j0);
+                            let live = MR.min(rows - r0);
+                            // SAFETY (both): AVX-512 checked above; rows i0+r0.. (< m) of x are
+                            // valid for columns k0..k0+kc; this task alone writes rows i0+r0..
+                            // and columns j0..j0+cols (< n) of `out`.
+                            if direct_a {
+                                let a = (xa as *const f32).wrapping_add((i0 + r0) * lda + k0);
+                                unsafe {
+                                    kernel_direct(
+                                        kc,
+                                        a,
+                                        lda,
+                                        b.as_ptr(),
+                                        c,
+                                        ldc,
+                                        live,
+                                        cols,
+                                        load_c,
+                                    )
+                                };
+                            } else {
+                                let a = &pa[u * MR * kc..(u + 1) * MR * kc];
+                                unsafe {
+                                    kernel(kc, a.as_ptr(), b.as_ptr(), c, ldc, live, cols, load_c)
+                                };
+                            }
                         }
                     }
                     k0 += kc;

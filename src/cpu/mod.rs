@@ -26,6 +26,28 @@ pub(crate) struct SendPtr(pub(crate) *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Runs `f` on this thread's buffer in `key`, grown to at least `len` floats (contents
+/// unspecified). A task that rayon starts on this thread while the buffer is in use (work
+/// stealing inside a nested parallel call) gets a fresh buffer instead of a borrow panic.
+pub(crate) fn with_thread_buf<R>(
+    key: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| {
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut().ok();
+        let buf = match guard.as_deref_mut() {
+            Some(v) => v,
+            None => &mut fresh,
+        };
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
 /// A weight matrix [n, k] as stored: f32, or bf16 used in place (from a bf16 checkpoint, or
 /// rounded at load when asked). The arithmetic is f32 for both.
 #[derive(Clone, Copy)]

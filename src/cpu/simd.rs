@@ -419,26 +419,20 @@ unsafe fn gemv_4x4<W: WElem>(
             W::load16(w[2].add(p)),
             W::load16(w[3].add(p)),
         );
-        let v = _mm512_loadu_ps(xs[0].add(p));
-        c00 = _mm512_fmadd_ps(a, v, c00);
-        c01 = _mm512_fmadd_ps(b, v, c01);
-        c02 = _mm512_fmadd_ps(c, v, c02);
-        c03 = _mm512_fmadd_ps(d, v, c03);
-        let v = _mm512_loadu_ps(xs[1].add(p));
-        c10 = _mm512_fmadd_ps(a, v, c10);
-        c11 = _mm512_fmadd_ps(b, v, c11);
-        c12 = _mm512_fmadd_ps(c, v, c12);
-        c13 = _mm512_fmadd_ps(d, v, c13);
-        let v = _mm512_loadu_ps(xs[2].add(p));
-        c20 = _mm512_fmadd_ps(a, v, c20);
-        c21 = _mm512_fmadd_ps(b, v, c21);
-        c22 = _mm512_fmadd_ps(c, v, c22);
-        c23 = _mm512_fmadd_ps(d, v, c23);
-        let v = _mm512_loadu_ps(xs[3].add(p));
-        c30 = _mm512_fmadd_ps(a, v, c30);
-        c31 = _mm512_fmadd_ps(b, v, c31);
-        c32 = _mm512_fmadd_ps(c, v, c32);
-        c33 = _mm512_fmadd_ps(d, v, c33);
+        // one input row: the four weight rows' FMAs into that row's four accumulators
+        macro_rules! row {
+            ($i:expr, $e:ident, $f:ident, $g:ident, $h:ident) => {{
+                let v = _mm512_loadu_ps(xs[$i].add(p));
+                $e = _mm512_fmadd_ps(a, v, $e);
+                $f = _mm512_fmadd_ps(b, v, $f);
+                $g = _mm512_fmadd_ps(c, v, $g);
+                $h = _mm512_fmadd_ps(d, v, $h);
+            }};
+        }
+        row!(0, c00, c01, c02, c03);
+        row!(1, c10, c11, c12, c13);
+        row!(2, c20, c21, c22, c23);
+        row!(3, c30, c31, c32, c33);
         p += 16;
     }
     let mut acc = [
@@ -489,30 +483,22 @@ unsafe fn gemv_2x8<W: WElem>(
         _mm_prefetch::<_MM_HINT_T0>(pf0.wrapping_add(p) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(pf1.wrapping_add(p) as *const i8);
         let (a, b) = (W::load16(w0.add(p)), W::load16(w1.add(p)));
-        let v = _mm512_loadu_ps(xr[0].add(p));
-        c0 = _mm512_fmadd_ps(a, v, c0);
-        d0 = _mm512_fmadd_ps(b, v, d0);
-        let v = _mm512_loadu_ps(xr[1].add(p));
-        c1 = _mm512_fmadd_ps(a, v, c1);
-        d1 = _mm512_fmadd_ps(b, v, d1);
-        let v = _mm512_loadu_ps(xr[2].add(p));
-        c2 = _mm512_fmadd_ps(a, v, c2);
-        d2 = _mm512_fmadd_ps(b, v, d2);
-        let v = _mm512_loadu_ps(xr[3].add(p));
-        c3 = _mm512_fmadd_ps(a, v, c3);
-        d3 = _mm512_fmadd_ps(b, v, d3);
-        let v = _mm512_loadu_ps(xr[4].add(p));
-        c4 = _mm512_fmadd_ps(a, v, c4);
-        d4 = _mm512_fmadd_ps(b, v, d4);
-        let v = _mm512_loadu_ps(xr[5].add(p));
-        c5 = _mm512_fmadd_ps(a, v, c5);
-        d5 = _mm512_fmadd_ps(b, v, d5);
-        let v = _mm512_loadu_ps(xr[6].add(p));
-        c6 = _mm512_fmadd_ps(a, v, c6);
-        d6 = _mm512_fmadd_ps(b, v, d6);
-        let v = _mm512_loadu_ps(xr[7].add(p));
-        c7 = _mm512_fmadd_ps(a, v, c7);
-        d7 = _mm512_fmadd_ps(b, v, d7);
+        // one input row: both weight rows' FMAs into that row's two accumulators
+        macro_rules! row {
+            ($i:expr, $c:ident, $d:ident) => {{
+                let v = _mm512_loadu_ps(xr[$i].add(p));
+                $c = _mm512_fmadd_ps(a, v, $c);
+                $d = _mm512_fmadd_ps(b, v, $d);
+            }};
+        }
+        row!(0, c0, d0);
+        row!(1, c1, d1);
+        row!(2, c2, d2);
+        row!(3, c3, d3);
+        row!(4, c4, d4);
+        row!(5, c5, d5);
+        row!(6, c6, d6);
+        row!(7, c7, d7);
         p += 16;
     }
     let mut acc = [
