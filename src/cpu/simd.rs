@@ -105,18 +105,22 @@ fn dot_body_fma(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// Seeded xorshift values in [-1, 1) for the kernel tests.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
     /// max_lse / first_index_of (greedy decoding's per-row reductions) against f64 and a
     /// scalar scan: every tail length, -inf (masked) and NaN entries, ties (first index wins),
     /// an all-masked row.
     #[test]
     fn max_lse_and_argmax_match_reference() {
-        let mut seed = 11u64;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut r = uniform(11);
         for len in (1..=40).chain([32128, 32001]) {
             let mut row: Vec<f32> = (0..len).map(|_| r() * 20.0).collect();
             for (i, v) in row.iter_mut().enumerate() {
@@ -165,13 +169,7 @@ mod tests {
     /// contribute nothing even where V holds non-finite values.
     #[test]
     fn decode_attention_products_match_f64() {
-        let mut seed = 7u64;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut r = uniform(7);
         for dk in [16usize, 32, 40, 48, 64, 80, 128, 256] {
             for tk in [1usize, 2, 15, 16, 17, 33, 64, 511] {
                 let q: Vec<f32> = (0..dk).map(|_| r()).collect();
@@ -217,13 +215,7 @@ mod tests {
     /// row all 0, large score ranges.
     #[test]
     fn softmax_matches_scalar_reference() {
-        let mut seed = 99u64;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut r = uniform(99);
         for len in (1..=70).chain([512, 513, 1031]) {
             for spread in [1.0f32, 30.0, 200.0] {
                 let mut row: Vec<f32> = (0..len).map(|_| r() * spread).collect();
