@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it sleeps: longer than the serial gaps inside and
 /// between decode steps (tens to a few hundred µs), short enough that an idle process quiets.
 const SPIN: Duration = Duration::from_millis(2);
+/// After this long, the spinning worker yields its core on each check.
+const YIELD_AFTER: Duration = Duration::from_micros(50);
 
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
@@ -175,7 +177,16 @@ fn worker(s: &'static Shared) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins % 64 != 0 {
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited > YIELD_AFTER && waited <= SPIN {
+                // let other runnable threads (rayon's, during a large product in a decode
+                // step) have the core; returns at once when there are none
+                std::thread::yield_now();
+            }
+            if waited > SPIN {
                 let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
                 while s.epoch.load(SeqCst) == seen {
