@@ -125,7 +125,25 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
                 // packing cost more than the product for decode-sized m.
                 let src: [*const W; NR] =
                     std::array::from_fn(|j| w.wrapping_add((j0 + j.min(cols - 1)) * ldw));
-                for (p, d) in dst.chunks_exact_mut(NR).enumerate().take(k) {
+                // Full panels: 16 x 16 blocks transposed in registers (AVX-512 is available:
+                // this GEMM only runs where it is); the k tail and partial panels go on below.
+                let p_vec = if cols == NR { k / 16 * 16 } else { 0 };
+                let mut pc = 0;
+                while pc < p_vec {
+                    for half in 0..2 {
+                        // SAFETY: rows j0+16·half.. (< n) hold columns pc..pc+16 (<= k); the
+                        // destination block is inside this panel's k·32 floats.
+                        unsafe {
+                            pack_block16(
+                                &src[16 * half..16 * half + 16],
+                                pc,
+                                dst.as_mut_ptr().add(pc * NR + 16 * half),
+                            )
+                        };
+                    }
+                    pc += 16;
+                }
+                for (p, d) in dst.chunks_exact_mut(NR).enumerate().take(k).skip(p_vec) {
                     for j in 0..cols {
                         // bf16 weights are widened here, exactly
                         d[j] = unsafe { *src[j].add(p) }.to_f32();
@@ -227,6 +245,55 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
             (0..tasks).for_each(task);
         }
     });
+}
+
+/// dst[p·32 + r] = src[r][p0 + p] for r, p < 16: one 16 × 16 block of a weight panel,
+/// transposed in registers (16 row loads, 64 shuffles, 16 stores).
+///
+/// # Safety
+/// AVX-512F is available; each src[r] is valid for 16 reads at p0; dst for p·32 + r writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_block16<W: super::simd::WElem>(src: &[*const W], p0: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (i, ri) in r.iter_mut().enumerate() {
+        *ri = W::load16(src[i].add(p0));
+    }
+    // 4 x 4 blocks of 32-bit lanes within 128-bit chunks
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for i in 0..4 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        r[4 * i] = _mm512_shuffle_ps::<0x44>(a, c);
+        r[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(a, c);
+        r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(b, d);
+        r[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(b, d);
+    }
+    // now r[4i + q] holds, in 128-bit chunk c, column 4c + q of rows 4i..4i+4: gather chunks
+    for q in 0..4 {
+        let (a, b, c, d) = (r[q], r[4 + q], r[8 + q], r[12 + q]);
+        let ab_lo = _mm512_shuffle_f32x4::<0x88>(a, b); // chunks a0 a2 b0 b2
+        let ab_hi = _mm512_shuffle_f32x4::<0xDD>(a, b); // a1 a3 b1 b3
+        let cd_lo = _mm512_shuffle_f32x4::<0x88>(c, d);
+        let cd_hi = _mm512_shuffle_f32x4::<0xDD>(c, d);
+        // column 4c + q = [a_c, b_c, c_c, d_c]
+        t[q] = _mm512_shuffle_f32x4::<0x88>(ab_lo, cd_lo); // a0 b0 c0 d0
+        t[8 + q] = _mm512_shuffle_f32x4::<0xDD>(ab_lo, cd_lo); // a2 b2 c2 d2
+        t[4 + q] = _mm512_shuffle_f32x4::<0x88>(ab_hi, cd_hi); // a1 b1 c1 d1
+        t[12 + q] = _mm512_shuffle_f32x4::<0xDD>(ab_hi, cd_hi); // a3 b3 c3 d3
+    }
+    for (p, tp) in t.iter().enumerate() {
+        _mm512_storeu_ps(dst.add(p * NR), *tp);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_block16<W: super::simd::WElem>(_: &[*const W], _: usize, _: *mut f32) {
+    unreachable!("available() is false off x86_64")
 }
 
 /// pa[u][p][r] = x[i0 + u*MR + r, k0 + p] for r < rows (zero beyond), x with row stride `lda`.
