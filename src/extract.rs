@@ -19,6 +19,11 @@ use std::path::{Path, PathBuf};
 pub enum Arch {
     T5(T5Model),
     Mistral(MistralModel),
+    /// the CUDA graphs (bf16, or int8 linear weights); the GPU context lives for the process
+    #[cfg(feature = "cuda")]
+    T5Cuda(Box<crate::models::t5_cuda::T5Cuda<'static>>),
+    #[cfg(feature = "cuda")]
+    MistralCuda(Box<crate::models::mistral_cuda::MistralCuda<'static>>),
 }
 
 /// A loaded model with its tokenizer, adapters and generation defaults.
@@ -36,6 +41,54 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(model: &str) -> Result<Self> {
+        Self::load_on(model, None)
+    }
+
+    /// `load` onto the GPU: the CUDA T5 / Mistral graphs, weights in bf16 or (`int8`) int8
+    /// linear layers. The GPU context is created here and kept for the rest of the process.
+    #[cfg(feature = "cuda")]
+    pub fn load_cuda(model: &str, int8: bool) -> Result<Self> {
+        let gpu: &'static crate::cuda::Gpu = Box::leak(Box::new(crate::cuda::Gpu::new(0)?));
+        gpu.int8_weights
+            .store(int8, std::sync::atomic::Ordering::Relaxed);
+        Self::load_on(model, Some(gpu))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn load_on(model: &str, _gpu: Option<()>) -> Result<Self> {
+        Self::load_any(model, |_, _, _| Ok(None))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn load_on(model: &str, gpu: Option<&'static crate::cuda::Gpu>) -> Result<Self> {
+        Self::load_any(model, |mt, dir, text| {
+            let Some(gpu) = gpu else { return Ok(None) };
+            let cfg_path = dir.join("config.json");
+            Ok(Some(match mt {
+                "t5" | "mt5" => {
+                    let cfg = crate::models::t5::T5Config::from_json_str(text, &cfg_path)?;
+                    let ck = crate::checkpoint::Checkpoint::open_dir(dir)?;
+                    let m = crate::models::t5_cuda::T5Cuda::load(gpu, cfg, &ck)?;
+                    let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
+                    (Arch::T5Cuda(Box::new(m)), v, e)
+                }
+                _ => {
+                    let cfg = MistralConfig::from_json_str(text, &cfg_path)?;
+                    let ck = crate::checkpoint::Checkpoint::open_dir(dir)?;
+                    let m = crate::models::mistral_cuda::MistralCuda::load(gpu, cfg, &ck)?;
+                    let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
+                    (Arch::MistralCuda(Box::new(m)), v, e)
+                }
+            }))
+        })
+    }
+
+    /// Shared loading: `device_arch` builds the device graphs (None: the CPU ones).
+    #[allow(clippy::type_complexity)]
+    fn load_any(
+        model: &str,
+        device_arch: impl FnOnce(&str, &Path, &str) -> Result<Option<(Arch, usize, Vec<u32>)>>,
+    ) -> Result<Self> {
         let t0 = std::time::Instant::now();
         let dir = resolve_model(model)?;
         let cfg_path = dir.join("config.json");
@@ -47,7 +100,14 @@ impl Engine {
             .and_then(|x| x.as_str())
             .unwrap_or("t5")
             .to_string();
+        let known = matches!(mt.as_str(), "t5" | "mt5" | "mistral" | "llama" | "mixtral");
+        let device = if known {
+            device_arch(mt.as_str(), &dir, &cfg_text)?
+        } else {
+            None
+        };
         let (arch, vocab, fallback_eos) = match mt.as_str() {
+            _ if device.is_some() => device.expect("checked"),
             "t5" | "mt5" => {
                 let m = T5Model::load_dir(&dir)?;
                 let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
@@ -91,23 +151,49 @@ impl Engine {
     }
 
     pub fn is_decoder_only(&self) -> bool {
-        matches!(self.arch, Arch::Mistral(_))
+        self.mistral_cfg().is_some()
+    }
+
+    /// The T5 config of a T5 engine (CPU or CUDA graph).
+    fn t5_cfg(&self) -> Option<&crate::models::t5::T5Config> {
+        match &self.arch {
+            Arch::T5(m) => Some(&m.cfg),
+            #[cfg(feature = "cuda")]
+            Arch::T5Cuda(m) => Some(&m.cfg),
+            _ => None,
+        }
+    }
+
+    /// The config of a decoder-only engine (CPU or CUDA graph).
+    fn mistral_cfg(&self) -> Option<&MistralConfig> {
+        match &self.arch {
+            Arch::Mistral(m) => Some(&m.cfg),
+            #[cfg(feature = "cuda")]
+            Arch::MistralCuda(m) => Some(&m.cfg),
+            _ => None,
+        }
+    }
+
+    /// Whether the engine runs on the GPU.
+    pub fn on_gpu(&self) -> bool {
+        !matches!(self.arch, Arch::T5(_) | Arch::Mistral(_))
     }
 
     pub fn vocab_size(&self) -> usize {
-        match &self.arch {
-            Arch::T5(m) => m.cfg.vocab_size,
-            Arch::Mistral(m) => m.cfg.vocab_size,
+        match (self.t5_cfg(), self.mistral_cfg()) {
+            (Some(c), _) => c.vocab_size,
+            (_, Some(c)) => c.vocab_size,
+            _ => 0,
         }
     }
 
     pub fn pad_id(&self) -> u32 {
-        match &self.arch {
-            Arch::T5(m) => m.cfg.pad_token_id,
-            Arch::Mistral(m) => m
-                .cfg
+        match (self.t5_cfg(), self.mistral_cfg()) {
+            (Some(c), _) => c.pad_token_id,
+            (_, Some(c)) => c
                 .pad_token_id
                 .unwrap_or_else(|| self.eos.first().copied().unwrap_or(0)),
+            _ => 0,
         }
     }
 
@@ -116,11 +202,20 @@ impl Engine {
         if self.adapters.iter().any(|n| n == name) {
             return Err(Error::Input(format!("adapter name `{name}` is used twice")));
         }
+        if self.on_gpu() {
+            return Err(Error::Unsupported(
+                "LoRA adapters do not run on CUDA yet: use --device cpu (or merge the adapter \
+                 into the checkpoint)"
+                    .into(),
+            ));
+        }
         let a = LoraAdapter::load(dir, name)?;
         let slot = self.adapters.len();
         match &mut self.arch {
             Arch::T5(m) => a.attach(m, slot)?,
             Arch::Mistral(m) => a.attach(m, slot)?,
+            #[cfg(feature = "cuda")]
+            _ => unreachable!("checked above"),
         };
         self.adapters.push(name.to_string());
         Ok(slot)
@@ -131,6 +226,8 @@ impl Engine {
         let lins = match &mut self.arch {
             Arch::T5(m) => m.linears_mut(),
             Arch::Mistral(m) => m.linears_mut(),
+            #[cfg(feature = "cuda")]
+            _ => return, // GPU engines hold no adapters (load_adapter refuses them)
         };
         for l in lins {
             l.merge(slot);
@@ -209,6 +306,50 @@ impl Engine {
                     k,
                     opts.max_new_tokens + 1,
                     adapter,
+                )?;
+                generate(&mut st, &vec![0; b], opts, constraints)
+            }
+            #[cfg(feature = "cuda")]
+            Arch::T5Cuda(model) => {
+                if adapter.is_some() {
+                    return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
+                }
+                // right padding, like the CPU branch
+                for (i, v) in inputs.iter().enumerate() {
+                    ids[i * s..i * s + v.len()].copy_from_slice(v);
+                    mask[i * s..i * s + v.len()].iter_mut().for_each(|m| *m = 1);
+                }
+                let enc = model.encode(&ids, &mask, b, s)?;
+                let src = crate::generate::beam_parents(b, k);
+                let mut st = crate::models::t5_cuda::T5CudaStepper::new(
+                    model,
+                    &enc,
+                    src,
+                    opts.max_new_tokens + 1,
+                )?;
+                let start = vec![model.cfg.decoder_start(); b];
+                generate(&mut st, &start, opts, constraints)
+            }
+            #[cfg(feature = "cuda")]
+            Arch::MistralCuda(model) => {
+                if adapter.is_some() {
+                    return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
+                }
+                // left padding, like the CPU branch
+                for (i, v) in inputs.iter().enumerate() {
+                    let off = s - v.len();
+                    ids[i * s + off..(i + 1) * s].copy_from_slice(v);
+                    mask[i * s + off..(i + 1) * s]
+                        .iter_mut()
+                        .for_each(|m| *m = 1);
+                }
+                let mut st = crate::models::mistral_cuda::MistralCudaStepper::new(
+                    model,
+                    &ids,
+                    &mask,
+                    (b, s),
+                    k,
+                    opts.max_new_tokens + 1,
                 )?;
                 generate(&mut st, &vec![0; b], opts, constraints)
             }

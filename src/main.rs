@@ -134,8 +134,10 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self) -> anyhow::Result<(Engine, Option<String>)> {
-        let mut e = Engine::load(&self.model).with_context(|| format!("loading {}", self.model))?;
+    /// The engine for `--device`: CPU graphs, or with `cuda` the CUDA graphs (feature `cuda`).
+    fn load(&self, cuda: bool) -> anyhow::Result<(Engine, Option<String>)> {
+        let mut e =
+            load_engine(&self.model, cuda).with_context(|| format!("loading {}", self.model))?;
         for (i, a) in self.adapters.iter().enumerate() {
             let (name, dir) = match a.split_once('=') {
                 Some((n, d)) if !n.is_empty() && !n.contains('/') => {
@@ -411,12 +413,14 @@ fn main() {
             .num_threads(t.max(1))
             .build_global();
     }
-    // `verify` and `generate` run T5 on CUDA; every other command needs the CPU backend so far.
-    let runs_on_cuda = matches!(cli.cmd, Cmd::Verify { .. } | Cmd::Generate { .. });
-    let device_ok = if runs_on_cuda && matches!(cli.device, Device::Cuda) {
-        Ok(())
-    } else {
-        check_device(cli.device)
+    // The commands that run models have CUDA paths; the others (score, repair, ...) run no model.
+    let runs_on_cuda = matches!(
+        cli.cmd,
+        Cmd::Verify { .. } | Cmd::Generate { .. } | Cmd::Extract { .. } | Cmd::Eval { .. }
+    );
+    let device_ok = match cli.device {
+        Device::Cuda if runs_on_cuda && jobx_engine::cuda::BUILT_WITH_CUDA => Ok(()),
+        d => check_device(d),
     };
     let cuda = matches!(cli.device, Device::Cuda);
     let code = match device_ok.and_then(|_| run(cli.cmd, cuda)) {
@@ -437,11 +441,25 @@ fn check_device(d: Device) -> anyhow::Result<()> {
              (rebuild with --features cuda) ; use --device cpu"
         ),
         Device::Cuda => bail!(
-            "--device cuda: this build carries the CUDA kernels and a CUDA T5 graph, which \
-             `verify --device cuda` checks against reference fixtures, and `generate --device cuda` \
-             runs (--input-ids); extract and eval do not run on CUDA yet; use --device cpu"
+            "--device cuda: this command runs no model on CUDA (verify, generate, extract and \
+             eval do); use --device cpu"
         ),
     }
+}
+
+#[cfg(feature = "cuda")]
+fn load_engine(model: &str, cuda: bool) -> jobx_engine::Result<Engine> {
+    if cuda {
+        Engine::load_cuda(model, gpu_int8())
+    } else {
+        Engine::load(model)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_engine(model: &str, _cuda: bool) -> jobx_engine::Result<Engine> {
+    // --device cuda was refused by check_device in a build without the CUDA backend
+    Engine::load(model)
 }
 
 #[cfg(feature = "cuda")]
@@ -617,7 +635,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
             if !data.exists() {
                 bail!("{}: no such file", data.display());
             }
-            let (engine, adapter) = m.load()?;
+            let (engine, adapter) = m.load(cuda)?;
             let opts = jobx_engine::eval_run::EvalOptions {
                 limit,
                 seed: decode.seed,
@@ -843,7 +861,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
             if cuda {
                 return generate_cuda(&m, input_ids.as_deref(), &decode);
             }
-            let (engine, adapter) = m.load()?;
+            let (engine, adapter) = m.load(cuda)?;
             let adapter = adapter.and_then(|n| engine.adapter_slot(&n));
             let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {
                 let t = std::fs::read_to_string(&p)
@@ -934,7 +952,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                     records.extend(extract::read_records(&name, &bytes, fmt));
                 }
             }
-            let (engine, adapter) = m.load()?;
+            let (engine, adapter) = m.load(cuda)?;
             let opts = decode.extract_options(&engine, adapter, &prompt)?;
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(BufWriter::new(

@@ -90,6 +90,90 @@ fn cuda_verify_fixtures() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
+/// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):
+/// its outputs must equal those of the CUDA graphs driven directly (the path `verify --device
+/// cuda` and `generate --device cuda` check against HF), for T5 (right padding) and Mistral (left
+/// padding), greedy and 2-beam, on a padded batch of two rows.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_engine_matches_direct_cuda_graphs() {
+    use jobx_engine::extract::Engine;
+    use jobx_engine::generate::{generate, GenOptions};
+    use jobx_engine::models::mistral_cuda::{MistralCuda, MistralCudaStepper};
+    use jobx_engine::models::t5_cuda::{generate_t5, T5Cuda};
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!(
+                "SKIP cuda_engine_matches_direct_cuda_graphs: no usable GPU ({e})"
+            ));
+            return;
+        }
+    };
+    let fx = std::env::var_os("JOBX_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    for name in ["t5-gated-gelu-untied", "mistral-gqa4-window"] {
+        let dir = fx.join(name);
+        let engine = Engine::load_cuda(dir.to_str().unwrap(), false).unwrap();
+        assert!(engine.on_gpu());
+        let v = engine.vocab_size() as u32;
+        let inputs: Vec<Vec<u32>> = [5usize, 9]
+            .iter()
+            .enumerate()
+            .map(|(r, &n)| {
+                (0..n as u32)
+                    .map(|i| (i * 7 + 3 * r as u32 + 2) % (v - 3) + 3)
+                    .collect()
+            })
+            .collect();
+        for beams in [1usize, 2] {
+            let opts = GenOptions {
+                max_new_tokens: 12,
+                min_new_tokens: 12,
+                num_beams: beams,
+                eos: engine.eos.clone(),
+                ..Default::default()
+            };
+            let got: Vec<Vec<u32>> = engine
+                .generate_ids(&inputs, &opts, &mut [])
+                .unwrap()
+                .into_iter()
+                .map(|o| o.tokens)
+                .collect();
+            let want: Vec<Vec<u32>> = if name.starts_with("t5") {
+                let m = T5Cuda::load_dir(&gpu, &dir).unwrap();
+                generate_t5(&m, &inputs, &opts).unwrap()
+            } else {
+                let m = MistralCuda::load_dir(&gpu, &dir).unwrap();
+                let s = 9;
+                let pad = engine.pad_id();
+                let mut ids = Vec::new();
+                let mut mask = Vec::new();
+                for r in &inputs {
+                    ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
+                    mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
+                }
+                let mut st = MistralCudaStepper::new(
+                    &m,
+                    &ids,
+                    &mask,
+                    (2, s),
+                    beams,
+                    opts.max_new_tokens + 1,
+                )
+                .unwrap();
+                generate(&mut st, &[0, 0], &opts, &mut []).unwrap()
+            }
+            .into_iter()
+            .map(|o| o.tokens)
+            .collect();
+            assert_eq!(got, want, "{name}, {beams} beam(s)");
+            eprintln!("{name}, {beams} beam(s): Engine on CUDA = direct CUDA graphs");
+        }
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod table {
     use half::bf16;

@@ -3,9 +3,9 @@
 //! `--features cuda`. Without the feature this module still exists so callers can ask for a GPU
 //! and get a clear error instead of a missing symbol.
 //!
-//! Status: the runtime and the kernel wrappers are complete and each kernel has a CPU-reference
-//! op test (tests/cuda_ops.rs); the T5 and Mistral graphs do not run on CUDA yet (they use the
-//! CPU backend), so `--device cuda` still reports that.
+//! Each kernel has a CPU-reference op test (tests/cuda_ops.rs); the T5 and Mistral graphs on
+//! these kernels are `models::t5_cuda` and `models::mistral_cuda`, run by `verify`, `generate`,
+//! `extract` and `eval` with `--device cuda`.
 
 #[cfg(feature = "cuda")]
 mod ops;
