@@ -45,7 +45,8 @@ impl Engine {
     }
 
     /// `load` onto the GPU: the CUDA T5 / Mistral graphs, weights in bf16 or (`int8`) int8
-    /// linear layers. The GPU context is created here and kept for the rest of the process.
+    /// linear layers. The GPU context is created here and kept for the rest of the process
+    /// (meant to be called once per process, like the CLI does).
     #[cfg(feature = "cuda")]
     pub fn load_cuda(model: &str, int8: bool) -> Result<Self> {
         let gpu: &'static crate::cuda::Gpu = Box::leak(Box::new(crate::cuda::Gpu::new(0)?));
@@ -106,24 +107,10 @@ impl Engine {
         } else {
             None
         };
-        let (arch, vocab, fallback_eos) = match mt.as_str() {
-            _ if device.is_some() => device.expect("checked"),
-            "t5" | "mt5" => {
-                let m = T5Model::load_dir(&dir)?;
-                let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
-                (Arch::T5(m), v, e)
-            }
-            "mistral" | "llama" | "mixtral" => {
-                let cfg = MistralConfig::from_json_str(&cfg_text, &cfg_path)?;
-                let m = MistralModel::load(cfg, &crate::checkpoint::Checkpoint::open_dir(&dir)?)?;
-                let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
-                (Arch::Mistral(m), v, e)
-            }
-            o => {
-                return Err(Error::Unsupported(format!(
-                    "model_type `{o}` is not supported (t5, mistral, llama)"
-                )))
-            }
+        let (arch, vocab, fallback_eos) = if let Some(d) = device {
+            d
+        } else {
+            Self::cpu_arch(&mt, &dir, &cfg_text, &cfg_path)?
         };
         let tok_path = dir.join("tokenizer.json");
         let tok = if tok_path.exists() {
@@ -147,6 +134,33 @@ impl Engine {
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
             chat,
             adapters: Vec::new(),
+        })
+    }
+
+    /// The CPU graphs for `model_type` `mt`.
+    fn cpu_arch(
+        mt: &str,
+        dir: &Path,
+        cfg_text: &str,
+        cfg_path: &Path,
+    ) -> Result<(Arch, usize, Vec<u32>)> {
+        Ok(match mt {
+            "t5" | "mt5" => {
+                let m = T5Model::load_dir(dir)?;
+                let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
+                (Arch::T5(m), v, e)
+            }
+            "mistral" | "llama" | "mixtral" => {
+                let cfg = MistralConfig::from_json_str(cfg_text, cfg_path)?;
+                let m = MistralModel::load(cfg, &crate::checkpoint::Checkpoint::open_dir(dir)?)?;
+                let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
+                (Arch::Mistral(m), v, e)
+            }
+            o => {
+                return Err(Error::Unsupported(format!(
+                    "model_type `{o}` is not supported (t5, mistral, llama)"
+                )))
+            }
         })
     }
 
