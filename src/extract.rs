@@ -291,26 +291,25 @@ impl Engine {
         let mut ids = vec![pad; b * s];
         let mut mask = vec![0u8; b * s];
         let k = opts.num_beams.max(1);
+        // T5 encoder inputs are right-padded (HF's tokenizer padding), decoder-only prompts
+        // left-padded (as HF generate lays them out), on either device
+        let left = self.is_decoder_only();
+        for (i, v) in inputs.iter().enumerate() {
+            let off = if left { s - v.len() } else { 0 };
+            ids[i * s + off..i * s + off + v.len()].copy_from_slice(v);
+            mask[i * s + off..i * s + off + v.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1);
+        }
         match &self.arch {
             Arch::T5(model) => {
-                for (i, v) in inputs.iter().enumerate() {
-                    ids[i * s..i * s + v.len()].copy_from_slice(v);
-                    mask[i * s..i * s + v.len()].iter_mut().for_each(|m| *m = 1);
-                }
                 let enc = model.encode_with(&ids, &mask, b, s, adapter)?;
-                let src: Vec<usize> = (0..b).flat_map(|i| std::iter::repeat(i).take(k)).collect();
+                let src = crate::generate::beam_parents(b, k);
                 let mut st = T5Stepper::new(model, &enc, src, opts.max_new_tokens + 1);
                 let start = vec![model.cfg.decoder_start(); b];
                 generate(&mut st, &start, opts, constraints)
             }
             Arch::Mistral(model) => {
-                for (i, v) in inputs.iter().enumerate() {
-                    let off = s - v.len();
-                    ids[i * s + off..(i + 1) * s].copy_from_slice(v);
-                    mask[i * s + off..(i + 1) * s]
-                        .iter_mut()
-                        .for_each(|m| *m = 1);
-                }
                 let mut st = MistralStepper::new(
                     model,
                     &ids,
@@ -328,11 +327,6 @@ impl Engine {
                 if adapter.is_some() {
                     return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
                 }
-                // right padding, like the CPU branch
-                for (i, v) in inputs.iter().enumerate() {
-                    ids[i * s..i * s + v.len()].copy_from_slice(v);
-                    mask[i * s..i * s + v.len()].iter_mut().for_each(|m| *m = 1);
-                }
                 let enc = model.encode(&ids, &mask, b, s)?;
                 let src = crate::generate::beam_parents(b, k);
                 let mut st = crate::models::t5_cuda::T5CudaStepper::new(
@@ -348,14 +342,6 @@ impl Engine {
             Arch::MistralCuda(model) => {
                 if adapter.is_some() {
                     return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
-                }
-                // left padding, like the CPU branch
-                for (i, v) in inputs.iter().enumerate() {
-                    let off = s - v.len();
-                    ids[i * s + off..(i + 1) * s].copy_from_slice(v);
-                    mask[i * s + off..(i + 1) * s]
-                        .iter_mut()
-                        .for_each(|m| *m = 1);
                 }
                 let mut st = crate::models::mistral_cuda::MistralCudaStepper::new(
                     model,
