@@ -116,6 +116,31 @@ fn case_inputs(refs: &Checkpoint, case: &RefCase) -> Result<(usize, usize, Vec<u
 /// (input ids, attention mask, prefix) -> logits.
 type RefNext<'a> = &'a dyn Fn(&[u32], &[u8], &[u32]) -> Result<Vec<f32>>;
 
+/// A case's greedy check (either architecture): the reference ids `{n}.greedy`, our greedy
+/// generation of as many new tokens (`generate` gets the options), then `record_greedy`.
+#[allow(clippy::too_many_arguments)]
+fn greedy_case(
+    refs: &Checkpoint,
+    n: &str,
+    case: &RefCase,
+    eos: &[u32],
+    line: &mut serde_json::Value,
+    row: (&[u32], &[u8]),
+    tie: Option<(RefNext, f64)>,
+    generate: impl FnOnce(&GenOptions) -> Result<Vec<crate::generate::GenOutput>>,
+) -> Result<bool> {
+    let (_, want) = refs.i64(&format!("{n}.greedy"))?;
+    let want = to_u32("greedy", &want)?;
+    let opts = GenOptions {
+        max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
+        eos: eos.to_vec(),
+        ..Default::default()
+    };
+    let out = generate(&opts)?;
+    let got = out.first().map_or(&[][..], |o| &o.tokens[..]);
+    record_greedy(line, row, got, &want, tie)
+}
+
 /// Compare greedy ids and note the result (and both sequences on a mismatch) in the case line.
 ///
 /// With `tie` (the bf16 CUDA backend against the f32 reference), a divergence is accepted only
@@ -481,20 +506,16 @@ fn check_t5<B: T5Backend>(
             line["logits_ok"] = json!(ok);
         }
         if case.has_greedy {
-            let (_, want) = refs.i64(&format!("{n}.greedy"))?;
-            let want = to_u32("greedy", &want)?;
-            let opts = GenOptions {
-                max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
-                eos: eos.to_vec(),
-                ..Default::default()
-            };
-            let out = be.generate(&enc, (0..b).collect(), opts.max_new_tokens + 1, &opts)?;
-            let ok = record_greedy(
+            let row = (&ids[..s], &mask[..s]);
+            let ok = greedy_case(
+                refs,
+                n,
+                case,
+                eos,
                 &mut line,
-                (&ids[..s], &mask[..s]),
-                &out[0].tokens,
-                &want,
+                row,
                 tie.map(|f| (f, tol)),
+                |o| be.generate(&enc, (0..b).collect(), o.max_new_tokens + 1, o),
             )?;
             greedy_ok &= ok;
             case_ok &= ok;
@@ -587,20 +608,16 @@ fn check_mistral<B: MistralBackend>(
             line["logits_ok"] = json!(ok);
         }
         if case.has_greedy {
-            let (_, want) = refs.i64(&format!("{n}.greedy"))?;
-            let want = to_u32("greedy", &want)?;
-            let opts = GenOptions {
-                max_new_tokens: case.max_new_tokens.unwrap_or(want.len()),
-                eos: eos.to_vec(),
-                ..Default::default()
-            };
-            let out = be.generate(&ids, &mask, b, s, &opts)?;
-            let ok = record_greedy(
+            let row = (&ids[..s], &mask[..s]);
+            let ok = greedy_case(
+                refs,
+                n,
+                case,
+                eos,
                 &mut line,
-                (&ids[..s], &mask[..s]),
-                &out[0].tokens,
-                &want,
+                row,
                 tie.map(|f| (f, tol)),
+                |o| be.generate(&ids, &mask, b, s, o),
             )?;
             greedy_ok &= ok;
             case_ok &= ok;
