@@ -13,6 +13,8 @@
 //!    bindgen from `kernels/jobx_params.h`, the parameter structs the kernels take.
 //!
 //! Target architectures: `JOBX_CUDA_ARCHS` (comma list of compute capabilities, default "80,90").
+//! A `.cu` with a `// jobx:archs 90a` line is built for that one architecture-specific target
+//! instead (Hopper's wgmma exists only on sm_90a), and only when 90 is among the targets.
 //! Everything is written to `OUT_DIR` only.
 
 fn main() {
@@ -289,6 +291,14 @@ mod cuda {
         }
     }
 
+    /// The architecture named by a `// jobx:archs X` line (e.g. "90a"), if any.
+    fn arch_override(src: &str) -> Option<String> {
+        src.lines()
+            .find_map(|l| l.trim().strip_prefix("// jobx:archs"))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    }
+
     /// Kernel names listed after `// jobx:allow-spills` in a source file.
     fn allowed_spills(src: &str) -> Vec<String> {
         let mut v: Vec<String> = src
@@ -353,7 +363,7 @@ mod cuda {
         nvrtc: Option<&Nvrtc>,
         cu: &Path,
         src: &str,
-        arch: u32,
+        arch: &str,
         out: &Path,
     ) -> String {
         let kernels = cu.parent().expect("kernels dir");
@@ -424,9 +434,34 @@ mod cuda {
             let src = std::fs::read_to_string(cu)
                 .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", cu.display())));
             let allowed = allowed_spills(&src);
+            // `// jobx:archs 90a`: an architecture-specific file (Hopper's wgmma needs sm_90a,
+            // whose code runs on compute capability 9.0 only). It is built only when 90 is a
+            // target; the runtime loads it only on such a device (KernelModule::only_arch).
+            let file_archs: Vec<(u32, String)> = match arch_override(&src) {
+                Some(a) => {
+                    let cc: u32 = a.trim_end_matches('a').parse().unwrap_or_else(|_| {
+                        fail(format!("{}: bad `jobx:archs` value {a:?}", cu.display()))
+                    });
+                    if !archs.contains(&cc) {
+                        println!(
+                            "cargo:warning=kernels/{stem}.cu skipped: it targets sm_{a} only and \
+                             JOBX_CUDA_ARCHS has no {cc}"
+                        );
+                        continue;
+                    }
+                    vec![(cc, a)]
+                }
+                None => archs.iter().map(|&a| (a, a.to_string())).collect(),
+            };
+            let only_arch = if arch_override(&src).is_some() {
+                file_archs[0].0
+            } else {
+                0
+            };
             let mut cubins = String::new();
             let mut lowest_ptx = None;
-            for &arch in &archs {
+            for (arch_cc, arch) in &file_archs {
+                let (arch_cc, arch) = (*arch_cc, arch.as_str());
                 let ptx_path = out_dir.join(format!("{stem}.sm{arch}.ptx"));
                 to_ptx(&tc, nvrtc.as_ref(), cu, &src, arch, &ptx_path);
                 if lowest_ptx.is_none() {
@@ -462,7 +497,7 @@ mod cuda {
                     }
                 }
                 cubins.push_str(&format!(
-                    "({arch}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm{arch}.cubin\"))), "
+                    "({arch_cc}, include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm{arch}.cubin\"))), "
                 ));
             }
             let ptx_name = lowest_ptx
@@ -472,7 +507,7 @@ mod cuda {
                 .to_string_lossy()
                 .into_owned();
             modules.push_str(&format!(
-                "    KernelModule {{ name: \"{stem}\", ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{ptx_name}\")), cubins: &[{cubins}] }},\n"
+                "    KernelModule {{ name: \"{stem}\", ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{ptx_name}\")), cubins: &[{cubins}], only_arch: {only_arch} }},\n"
             ));
         }
         if !spill_errors.is_empty() {

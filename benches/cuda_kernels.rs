@@ -119,6 +119,27 @@ fn main() {
                 flop / ms / 1e9
             );
         }
+        if m > 32 && g.has_kernel("gemm_sm90_bf16_n128") {
+            // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
+            for (tile, suffix) in [(128u32, "n128"), (256, "n256"), (1, "mma")] {
+                g.sm90_tile.store(tile, Relaxed);
+                let bf = time(&g, || {
+                    g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                        .unwrap()
+                });
+                let i8 = time(&g, || {
+                    g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
+                        .unwrap()
+                });
+                g.sm90_tile.store(0, Relaxed);
+                for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
+                    println!(
+                        "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+                        flop / ms / 1e9
+                    );
+                }
+            }
+        }
         if m <= 32 {
             // the same product on the general 64x64 tensor-core tiles: the baseline the skinny
             // kernels replace

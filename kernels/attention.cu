@@ -130,18 +130,23 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 
 // ---- tensor-core flash attention (FlashAttention-2 style) for head dims 64 and 128 ----
 // A block of 4 warps takes 64 queries of one (batch, head), 16 per warp; keys go through shared
-// memory 64 at a time (K as rows, V transposed, both padded to 36 or 68 words per row so the
-// fragment reads of 8 rows x 4 lanes hit distinct banks). Per key block a warp computes its
-// 16 x 64 scores with mma.m16n8k16 (Q fragments stay in registers for the whole pass), applies
-// scale, T5 bias (looked up in a 127-entry table of the block's relative positions, so the log in
-// the bucket function runs 127 times per block rather than per score), the key/causal/window
-// masks, updates the online softmax in the accumulator layout (a row's 4 lanes agree through two
-// shuffles), and multiplies P (rounded to bf16, as FlashAttention does) by V, again with
-// mma.m16n8k16: the score accumulators of two adjacent 8-key tiles are exactly the A fragment of
-// a 16-key step. Chosen by the Rust wrapper when dk is 64 or 128 and every stride is a multiple
-// of 8 elements (16-byte loads); the kernel above handles the rest.
+// memory 64 at a time, K and V both as rows (padded by 16 bytes, so the 8 row addresses of an
+// ldmatrix hit distinct banks), two buffers deep: cp.async fills the next block's K/V (zeros
+// past the visible range) while the current one is multiplied. Per key block a warp computes its
+// 16 x 64 scores with mma.m16n8k16 (Q fragments stay in registers for the whole pass; K
+// fragments by ldmatrix), applies scale, T5 bias (looked up in a 127-entry table of the block's
+// relative positions, so the log in the bucket function runs 127 times per block rather than per
+// score) and the key/causal/window masks (only in blocks where some score of the warp can be
+// masked), updates the online softmax in the accumulator layout (a row's 4 lanes agree through
+// two shuffles), and multiplies P (rounded to bf16, as FlashAttention does) by V, again with
+// mma.m16n8k16: the score accumulators of two adjacent 8-key tiles are exactly the A fragment
+// of a 16-key step, and ldmatrix.trans reads V's B fragments from the row layout. Exponentials
+// are exp2 of log2(e)-scaled differences. Chosen by the Rust wrapper when dk is 64 or 128 and
+// every stride is a multiple of 8 elements (16-byte copies); dynamic shared memory
+// 2 x 2 x 64 x (dk + 8) x 2 bytes (36 KB / 68 KB).
 #define FQ 64  // queries per block
 #define FK 64  // keys per staged block
+#define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     asm volatile(
@@ -151,6 +156,18 @@ __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
     return *(unsigned*)&v;
@@ -158,10 +175,12 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
 
 template <int DK>
 __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
-    __shared__ __align__(16) bf16 ks[FK][DK + 8];
-    __shared__ __align__(16) bf16 vt[DK][FK + 8];
-    __shared__ float tbl[2 * FQ];
-    __shared__ int kvis[FK];
+    constexpr int LD = DK + 8;                      // bf16 per shared row
+    constexpr unsigned TILE = FK * LD * 2;          // bytes of one K or V tile
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    __shared__ float tbl[2][2 * FQ];
+    __shared__ int kvis[2][FK];
+    const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
     const long long b = blockIdx.z, h = blockIdx.y, i0 = (long long)blockIdx.x * FQ;
@@ -190,6 +209,36 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     if (p.window > 0 && p.q_offset + i0 - p.window + 1 > 0) kstart = p.q_offset + i0 - p.window + 1;
     kstart = kstart / FK * FK;
     const long long qp0 = p.q_offset + r0, qp1 = p.q_offset + r1;
+    // exp2 domain: scores scaled by scale * log2(e), the bias by log2(e)
+    const float sl2 = p.scale * LOG2E;
+
+    // issue the copies of key block j0 into buffer `buf` (plus its visibility flags and bias
+    // table, ordinary stores read after the same barrier)
+    auto issue = [&](long long j0, int buf) {
+        constexpr int PER = FK * DK / 8 / 128;  // 16-byte chunks per thread per tile
+        const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+            const int e = tid + u * 128, r = e / (DK / 8), c = (e % (DK / 8)) * 8;
+            const long long j = j0 + r;
+            const bool ok = j < kend;
+            cp_async16(kt + (r * LD + c) * 2, ok ? (const void*)(k + j * p.k_st + c) : (const void*)k,
+                       ok ? 16 : 0);
+            cp_async16(vt + (r * LD + c) * 2, ok ? (const void*)(v + j * p.v_st + c) : (const void*)v,
+                       ok ? 16 : 0);
+        }
+        if (tid < FK) {
+            const long long j = j0 + tid;
+            kvis[buf][tid] = j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0);
+        }
+        if (p.rel_bias && tid < 2 * FQ - 1) {
+            // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQ - 1)
+            const long long rel = j0 - (p.q_offset + i0) + tid - (FQ - 1);
+            tbl[buf][tid] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional,
+                                                                    p.num_buckets, p.max_distance) *
+                                                   p.heads + h];
+        }
+    };
 
     float acc[DK / 8][4];
 #pragma unroll
@@ -198,122 +247,110 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
         for (int e = 0; e < 4; e++) acc[d][e] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    for (long long j0 = kstart; j0 < kend; j0 += FK) {
-        __syncthreads();  // the previous block's tiles are consumed
-        // stage: thread -> (key r = e % FK, 8 dims from c): a warp covers 32 consecutive keys, so
-        // the transposed V stores of a warp fall in 16 distinct words
-        // all of a thread's loads are issued before the first store (unrolled, DK/16 chunks of
-        // K and of V each), so the block waits for one memory round trip, not DK/16 of them
-        constexpr int PER = FK * DK / 8 / 128;
-        uint4 k4[PER], v4[PER];
-#pragma unroll
-        for (int u = 0; u < PER; u++) {
-            const int e = tid + u * 128, r = e % FK, c = (e / FK) * 8;
-            const long long j = j0 + r;
-            k4[u] = make_uint4(0, 0, 0, 0);
-            v4[u] = make_uint4(0, 0, 0, 0);
-            if (j < kend) {
-                k4[u] = *(const uint4*)(k + j * p.k_st + c);
-                v4[u] = *(const uint4*)(v + j * p.v_st + c);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < PER; u++) {
-            const int e = tid + u * 128, r = e % FK, c = (e / FK) * 8;
-            *(uint4*)&ks[r][c] = k4[u];
-            const bf16* ve = (const bf16*)&v4[u];
-#pragma unroll
-            for (int x = 0; x < 8; x++) vt[c + x][r] = ve[x];
-        }
-        if (tid < FK) {
-            const long long j = j0 + tid;
-            kvis[tid] = j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0);
-        }
-        if (p.rel_bias && tid < 2 * FQ - 1) {
-            // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQ - 1)
-            const long long rel = j0 - (p.q_offset + i0) + tid - (FQ - 1);
-            tbl[tid] = p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
-                                                       p.max_distance) * p.heads + h];
-        }
+    if (kstart < kend) issue(kstart, 0);
+    cp_async_commit();
+    int buf = 0;
+    for (long long j0 = kstart; j0 < kend; j0 += FK, buf ^= 1) {
+        if (j0 + FK < kend) issue(j0 + FK, buf ^ 1);  // that buffer was released by the last barrier
+        cp_async_commit();
+        cp_async_wait<1>();  // this block's copies (all but the group just committed) landed
         __syncthreads();
-        if (!active) continue;
-        float s[FK / 8][4];
+        if (active) {
+            const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
+            float s[FK / 8][4];
 #pragma unroll
-        for (int n = 0; n < FK / 8; n++) {
+            for (int n = 0; n < FK / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+                for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+            // K fragments: ldmatrix x4 = (keys n..n+7 | n+8..n+15) x (dims d..d+7 | d+8..d+15);
+            // lane -> row address: matrix lane/8, row lane%8
+            const int mi = lane >> 3, rr = lane & 7;
 #pragma unroll
-            for (int d = 0; d < DK / 16; d++) {
-                const unsigned b0 = *(const unsigned*)&ks[n * 8 + g][d * 16 + 2 * t];
-                const unsigned b1 = *(const unsigned*)&ks[n * 8 + g][d * 16 + 2 * t + 8];
-                mma_16816(s[n], qa[d], b0, b1);
-            }
-        }
-        float mx0 = -INFINITY, mx1 = -INFINITY;
+            for (int n = 0; n < FK / 8; n += 2) {
 #pragma unroll
-        for (int n = 0; n < FK / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = n * 8 + 2 * t + (e & 1);
-                const long long j = j0 + col;
-                const bool hi = e >= 2;
-                const long long qp = hi ? qp1 : qp0;
-                bool ok = kvis[col] != 0;
-                if (p.causal) ok = ok && j <= qp;
-                if (p.window > 0) ok = ok && qp - j < p.window;
-                float x = -INFINITY;
-                if (ok) {
-                    x = s[n][e] * p.scale;
-                    if (p.rel_bias) x += tbl[col - ((hi ? r1 : r0) - i0) + FQ - 1];
+                for (int d = 0; d < DK / 16; d++) {
+                    unsigned bk[4];
+                    ldsm_x4(bk, kt + ((n * 8 + (mi >> 1) * 8 + rr) * LD + d * 16 + (mi & 1) * 8) * 2);
+                    mma_16816(s[n], qa[d], bk[0], bk[1]);
+                    mma_16816(s[n + 1], qa[d], bk[2], bk[3]);
                 }
-                s[n][e] = x;
-                if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
             }
-        // the 4 lanes of a row (t = 0..3) share its max
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        // a row with nothing visible yet keeps m = -inf, acc = l = 0 (corr 0, p 0)
-        const float c0 = n0 == -INFINITY ? 0.0f : expf(m0 - n0);
-        const float c1 = n1 == -INFINITY ? 0.0f : expf(m1 - n1);
-        float ps0 = 0.0f, ps1 = 0.0f;
+            // can any score of this warp be masked here? (warp-uniform)
+            const bool plain = !p.key_mask && j0 + FK <= kend &&
+                               (!p.causal || j0 + FK - 1 <= p.q_offset + iw) &&
+                               (p.window <= 0 || p.q_offset + iw + 15 - j0 < p.window);
+            const float* tb = tbl[buf];
+            float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < FK / 8; n++)
+            for (int n = 0; n < FK / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const bool hi = e >= 2;
-                const float x = s[n][e];
-                const float pe = x == -INFINITY ? 0.0f : expf(x - (hi ? n1 : n0));
-                s[n][e] = pe;
-                if (hi) ps1 += pe; else ps0 += pe;
-            }
-        l0 = l0 * c0 + ps0;  // partial over this lane's columns; summed across the row at the end
-        l1 = l1 * c1 + ps1;
-        m0 = n0;
-        m1 = n1;
+                for (int e = 0; e < 4; e++) {
+                    const int col = n * 8 + 2 * t + (e & 1);
+                    const bool hi = e >= 2;
+                    float x = s[n][e] * sl2;
+                    if (p.rel_bias) x += tb[col - ((hi ? r1 : r0) - i0) + FQ - 1];
+                    if (!plain) {
+                        const long long j = j0 + col;
+                        const long long qp = hi ? qp1 : qp0;
+                        bool ok = kvis[buf][col] != 0;
+                        if (p.causal) ok = ok && j <= qp;
+                        if (p.window > 0) ok = ok && qp - j < p.window;
+                        if (!ok) x = -INFINITY;
+                    }
+                    s[n][e] = x;
+                    if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+                }
+            // the 4 lanes of a row (t = 0..3) share its max
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            // a row with nothing visible yet keeps m = -inf, acc = l = 0 (corr 0, p 0)
+            const float c0 = n0 == -INFINITY ? 0.0f : exp2f(m0 - n0);
+            const float c1 = n1 == -INFINITY ? 0.0f : exp2f(m1 - n1);
+            float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
-        for (int d = 0; d < DK / 8; d++) {
-            acc[d][0] *= c0;
-            acc[d][1] *= c0;
-            acc[d][2] *= c1;
-            acc[d][3] *= c1;
-        }
+            for (int n = 0; n < FK / 8; n++)
 #pragma unroll
-        for (int kk = 0; kk < FK / 16; kk++) {
-            const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                                   pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                                   pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                for (int e = 0; e < 4; e++) {
+                    const bool hi = e >= 2;
+                    const float x = s[n][e];
+                    const float pe = x == -INFINITY ? 0.0f : exp2f(x - (hi ? n1 : n0));
+                    s[n][e] = pe;
+                    if (hi) ps1 += pe; else ps0 += pe;
+                }
+            l0 = l0 * c0 + ps0;  // partial over this lane's columns; summed across the row at the end
+            l1 = l1 * c1 + ps1;
+            m0 = n0;
+            m1 = n1;
 #pragma unroll
             for (int d = 0; d < DK / 8; d++) {
-                const unsigned b0 = *(const unsigned*)&vt[d * 8 + g][kk * 16 + 2 * t];
-                const unsigned b1 = *(const unsigned*)&vt[d * 8 + g][kk * 16 + 2 * t + 8];
-                mma_16816(acc[d], a, b0, b1);
+                acc[d][0] *= c0;
+                acc[d][1] *= c0;
+                acc[d][2] *= c1;
+                acc[d][3] *= c1;
+            }
+#pragma unroll
+            for (int kk = 0; kk < FK / 16; kk++) {
+                const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                                       pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                                       pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                       pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                // V fragments: ldmatrix.trans x4 = (keys kk*16 + 0..7 | 8..15) x (dims d..d+7 |
+                // d+8..d+15): b0, b1 of dim tile d, then of tile d + 8
+#pragma unroll
+                for (int d = 0; d < DK / 8; d += 2) {
+                    unsigned bv[4];
+                    ldsm_x4_t(bv, vt + ((kk * 16 + (mi & 1) * 8 + rr) * LD + d * 8 + (mi >> 1) * 8) * 2);
+                    mma_16816(acc[d], a, bv[0], bv[1]);
+                    mma_16816(acc[d + 1], a, bv[2], bv[3]);
+                }
             }
         }
+        __syncthreads();  // this buffer is consumed before the next iteration refills it
     }
+    cp_async_wait<0>();
     if (!active) return;
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -338,4 +375,194 @@ extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attenti
 
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
     attention_mma<128>(p);
+}
+
+// ---- decode attention (flash-decoding): a few queries over many keys ----
+// The decode steps' shape (one query per row over a KV cache or the encoder output): the
+// 64-query tensor-core tiles above would waste 63 of 64 rows and walk all keys in one block
+// per (batch, head). Here a block takes one query of one (batch, head) and one chunk of at most
+// 1024 keys, so a T5-Large cross-attention step at batch 32 (512 query rows, 1024 keys) runs as
+// 1024 blocks. Memory-bound: K and V rows are read once, 16 bytes per thread, DK/8 threads per
+// row, four rows' loads issued before the first is used. Pass 1 writes the chunk's scores to
+// shared memory (scale, T5 bias, masks as in the kernels above); the block takes their max and
+// sum; pass 2 accumulates p·V (rows with p = 0, i.e. masked, are not read) and the key groups'
+// partial outputs are summed through shared memory. One chunk: the normalised output is stored;
+// several: (max, sum, output) per chunk go to p.partial for attention_combine.
+#define DEC_THREADS 128
+#define DEC_CHUNK_MAX 1024
+#define DEC_UNROLL 4
+
+__device__ __forceinline__ float dot8(const float* q, uint4 r) {
+    const __nv_bfloat162* h = (const __nv_bfloat162*)&r;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 f = __bfloat1622float2(h[e]);
+        s += q[2 * e] * f.x + q[2 * e + 1] * f.y;
+    }
+    return s;
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < nwarps ? scratch[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+template <int DK>
+__device__ __forceinline__ void attention_decode(const jobx_attention_params& p) {
+    constexpr int TPK = DK / 8;             // threads per key row, 16 bytes each
+    constexpr int KPP = DEC_THREADS / TPK;  // key rows per pass of the block
+    __shared__ float sc[DEC_CHUNK_MAX];
+    __shared__ float red[KPP * DK];
+    __shared__ float scratch[32];
+    const int tid = threadIdx.x, sub = tid % TPK, kg = tid / TPK;
+    const long long split = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
+    const long long b = bi / p.tq, i = bi % p.tq;
+    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh + i * p.q_st;
+    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
+    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const long long qpos = p.q_offset + i;
+    const long long j0 = split * p.chunk;
+    const long long n = (j0 + p.chunk < p.tk ? j0 + p.chunk : p.tk) - j0;  // keys in this chunk
+    // visible key range [lo, hi): causal limits the end, a window the start
+    long long lo = 0, hi = p.tk;
+    if (p.causal && qpos + 1 < hi) hi = qpos + 1;
+    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
+
+    float qf[8];
+    {
+        const uint4 r = *(const uint4*)(q + sub * 8);
+        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __bfloat1622float2(h2[e]);
+            qf[2 * e] = f.x;
+            qf[2 * e + 1] = f.y;
+        }
+    }
+    // pass 1: scores
+    for (long long base = 0; base < n; base += KPP * DEC_UNROLL) {
+        uint4 kr[DEC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            const long long jl = base + u * KPP + kg, j = j0 + jl;
+            kr[u] = make_uint4(0, 0, 0, 0);
+            if (jl < n && j >= lo && j < hi) kr[u] = *(const uint4*)(k + j * p.k_st + sub * 8);
+        }
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            const long long jl = base + u * KPP + kg, j = j0 + jl;
+            float d = dot8(qf, kr[u]);
+            // the TPK lanes of one key are consecutive and aligned: reduce among them
+#pragma unroll
+            for (int o = TPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            if (sub == 0 && jl < n) {
+                bool ok = j >= lo && j < hi;
+                if (ok && p.key_mask) ok = p.key_mask[kb * p.tk + j] != 0;
+                float s = -INFINITY;
+                if (ok) {
+                    s = d * p.scale;
+                    if (p.rel_bias)
+                        s += p.rel_bias[(long long)t5_bucket(j - qpos, p.bidirectional,
+                                                             p.num_buckets, p.max_distance) *
+                                            p.heads + h];
+                }
+                sc[jl] = s;
+            }
+        }
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (long long jl = tid; jl < n; jl += DEC_THREADS) mx = fmaxf(mx, sc[jl]);
+    mx = block_max(mx, scratch);
+    float sum = 0.0f;
+    for (long long jl = tid; jl < n; jl += DEC_THREADS) {
+        const float s = sc[jl];
+        const float e = s == -INFINITY ? 0.0f : expf(s - mx);
+        sc[jl] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, scratch);  // its barriers also publish sc
+    // pass 2: p·V, this thread's 8 dimensions over its key group's rows
+    float acc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+    for (long long base = 0; base < n; base += KPP * DEC_UNROLL) {
+        uint4 vr[DEC_UNROLL];
+        float pw[DEC_UNROLL];
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            const long long jl = base + u * KPP + kg;
+            pw[u] = jl < n ? sc[jl] : 0.0f;
+            vr[u] = make_uint4(0, 0, 0, 0);
+            if (pw[u] != 0.0f) vr[u] = *(const uint4*)(v + (j0 + jl) * p.v_st + sub * 8);
+        }
+#pragma unroll
+        for (int u = 0; u < DEC_UNROLL; u++) {
+            const __nv_bfloat162* h2 = (const __nv_bfloat162*)&vr[u];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 f = __bfloat1622float2(h2[e]);
+                acc[2 * e] += pw[u] * f.x;
+                acc[2 * e + 1] += pw[u] * f.y;
+            }
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) red[kg * DK + sub * 8 + e] = acc[e];
+    __syncthreads();
+    for (int d = tid; d < DK; d += DEC_THREADS) {
+        float o = 0.0f;
+#pragma unroll
+        for (int g = 0; g < KPP; g++) o += red[g * DK + d];
+        if (p.splits == 1) {
+            bf16* out = (bf16*)p.o + bi * (p.heads * DK) + h * DK;
+            st_bf16(out, d, sum > 0.0f ? o / sum : 0.0f);
+        } else {
+            float* part = p.partial + ((bi * p.heads + h) * p.splits + split) * (DK + 2);
+            if (d == 0) {
+                part[0] = mx;
+                part[1] = sum;
+            }
+            part[2 + d] = o;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d64(jobx_attention_params p) {
+    attention_decode<64>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d128(jobx_attention_params p) {
+    attention_decode<128>(p);
+}
+
+// Merges the chunks of attention_decode: o = sum_s out_s e^(m_s - M) / sum_s l_s e^(m_s - M),
+// M = max_s m_s; a query with no visible key (every m_s = -inf) gets zeros. Block per (query
+// row, head), one thread per output dimension.
+extern "C" __global__ void attention_combine(jobx_attention_params p) {
+    const long long h = blockIdx.x, bi = blockIdx.y;
+    const long long dk = p.dk;
+    const float* part = p.partial + (bi * p.heads + h) * p.splits * (dk + 2);
+    float M = -INFINITY;
+    for (long long s = 0; s < p.splits; s++) M = fmaxf(M, part[s * (dk + 2)]);
+    for (long long d = threadIdx.x; d < dk; d += blockDim.x) {
+        float l = 0.0f, o = 0.0f;
+        if (M != -INFINITY)
+            for (long long s = 0; s < p.splits; s++) {
+                const float* ps = part + s * (dk + 2);
+                const float w = ps[0] == -INFINITY ? 0.0f : expf(ps[0] - M);
+                l += ps[1] * w;
+                o += ps[2 + d] * w;
+            }
+        bf16* out = (bf16*)p.o + bi * (p.heads * dk) + h * dk;
+        st_bf16(out, d, l > 0.0f ? o / l : 0.0f);
+    }
 }

@@ -37,3 +37,21 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     v = lane < nwarps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// 16-byte asynchronous global -> shared copy (sm_80+); bytes = 0 zero-fills the destination
+// without reading the source (out-of-range rows).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}

@@ -19,6 +19,7 @@
 //   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
 //   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
 #include "common.cuh"
+#include "gemm_common.cuh"
 
 #define BM 64
 #define BN 64
@@ -38,32 +39,6 @@ __device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-// Epilogue for one output element: scales, LoRA expand, accumulate, store.
-__device__ __forceinline__ void store_out(const jobx_gemm_params& p, long long r, long long c,
-                                          float v) {
-    if (r >= p.m || c >= p.n) return;
-    if (p.w_scale) v *= p.w_scale[c];
-    if (p.x_scale) v *= p.x_scale[r];
-    if (p.lora_t) {
-        const int id = p.lora_ids[r];
-        if (id >= 0) {
-            const float* t = p.lora_t + r * p.lora_r;
-            const bf16* b = (const bf16*)p.lora_b + ((long long)id * p.n + c) * p.lora_r;
-            float s = 0.0f;
-            for (long long j = 0; j < p.lora_r; j++) s += t[j] * ld_bf16(b, j);
-            v += s * p.lora_scale[id];
-        }
-    }
-    const long long o = r * p.ldy + c;
-    if (p.y_f32) {
-        float* y = (float*)p.y;
-        y[o] = p.accumulate ? y[o] + v : v;
-    } else {
-        bf16* y = (bf16*)p.y;
-        st_bf16(y, o, p.accumulate ? ld_bf16(y, o) + v : v);
-    }
 }
 
 // Stores one warp's 32x32 tile (2 x 4 mma tiles, C fragment layout) through store_out.

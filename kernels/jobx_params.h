@@ -137,6 +137,13 @@ typedef struct {
     int num_buckets;
     int max_distance;
     int bidirectional;      // T5 encoder 1, decoder self-attention 0
+    // decode kernel (attention_decode_d*, few queries over many keys) only: the keys are cut
+    // into `splits` chunks of `chunk` keys, one block each; with splits > 1 each block writes
+    // (max, sum, unnormalised output[dk]) in f32 to `partial` [batch*tq, heads, splits, dk + 2]
+    // and attention_combine merges them.
+    float* partial;
+    long long splits;
+    long long chunk;        // <= 1024
 } jobx_attention_params;
 
 // Logits processing for one decode step, f32 logits [rows, vocab]:

@@ -308,10 +308,8 @@ mod table {
             for int8 in [false, true] {
                 for f32out in [false, true] {
                     for tiled in [false, true] {
-                        // forced: the 64x64 tiles instead of the skinny kernels
-                        if tiled && m > 32 {
-                            continue;
-                        }
+                        // forced: the 64x64 mma.sync tiles instead of the skinny kernels
+                        // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200)
                         cases.push((
                             format!(
                                 "gemm m{m} n{n} k{k} int8w {int8} f32out {f32out} tiled {tiled}"
@@ -330,6 +328,51 @@ mod table {
             "gemm accumulate m3 n65 k64".into(),
             Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, false)),
         ));
+        // the sm_90a wgmma GEMMs (gemm_sm90.cu), each column tile forced, where the device has
+        // them: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
+        // accumulate, f32 output, the fused LoRA epilogue and W8A8
+        if gpu.has_kernel("gemm_sm90_bf16_n128") {
+            for tile in [128u32, 256] {
+                for &(m, n, k) in &[
+                    (33, 130, 1032),
+                    (200, 300, 72),
+                    (129, 257, 1000),
+                    (513, 520, 1024),
+                    (256, 128, 64),
+                ] {
+                    for f32out in [false, true] {
+                        cases.push((
+                            format!("gemm sm90 n{tile} m{m} n{n} k{k} f32out {f32out}"),
+                            Box::new(move |g, s| {
+                                sm90_tile(g, tile, || {
+                                    gemm(g, s, m, n, k, false, f32out, false, false)
+                                })
+                            }),
+                        ));
+                    }
+                }
+                cases.push((
+                    format!("gemm sm90 n{tile} accumulate m70 n130 k264"),
+                    Box::new(move |g, s| {
+                        sm90_tile(g, tile, || {
+                            gemm(g, s, 70, 130, 264, false, false, true, false)
+                        })
+                    }),
+                ));
+                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
+                    cases.push((
+                        format!("w8a8 sm90 n{tile} m{m} n{n} k{k}"),
+                        Box::new(move |g, s| sm90_tile(g, tile, || w8a8(g, s, m, n, k))),
+                    ));
+                }
+                cases.push((
+                    format!("lora sm90 n{tile} m70 n130 k256 r16"),
+                    Box::new(move |g, s| sm90_tile(g, tile, || lora(g, s, 70, 130, 256, 16))),
+                ));
+            }
+        } else {
+            eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
+        }
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
                 format!("w8a8 m{m} n{n} k{k}"),
@@ -389,6 +432,23 @@ mod table {
             ), // T5 encoder
             (1, 8, 2, 100, 164, 128, true, 40, 64, None, false), // Mistral chunk after a prefix
             (3, 2, 2, 1, 1030, 64, false, 0, 0, None, true),     // cross-attention decode step
+            // the decode kernel with several key chunks merged by attention_combine
+            (1, 4, 2, 3, 2100, 128, true, 0, 2097, None, false), // 3 queries, GQA, causal
+            (
+                2,
+                3,
+                3,
+                1,
+                700,
+                64,
+                true,
+                0,
+                699,
+                Some((32, 128, false)),
+                false,
+            ), // T5 self-attn step
+            (2, 4, 1, 1, 3000, 128, true, 256, 2999, None, false), // window: most chunks empty
+            (5, 2, 2, 1, 4099, 64, false, 0, 0, None, true),     // long masked cross-attention
             (
                 2,
                 2,
@@ -584,6 +644,15 @@ mod table {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Run `f` with the wgmma GEMMs' column tile forced to `tile`, then back to automatic.
+    fn sm90_tile(g: &Gpu, tile: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        g.sm90_tile
+            .store(tile, std::sync::atomic::Ordering::Relaxed);
+        let r = f();
+        g.sm90_tile.store(0, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
     fn gemm(
         g: &Gpu,
         seed: u64,

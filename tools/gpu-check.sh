@@ -52,7 +52,7 @@ print(f"{'op':<24}{'shape':<26}{'ours ms':>10}{'torch ms':>10}{'ours/torch speed
 for r in ours:
     if r["op"].startswith("gemm"):
         shape = dict(m=r["m"], n=r["n"], k=r["k"])
-        t = find("torch_int_mm" if r["op"] == "gemm_w8a8" else "torch_matmul_bf16", **shape)
+        t = find("torch_int_mm" if r["op"].startswith("gemm_w8a8") else "torch_matmul_bf16", **shape)
     else:
         shape = dict(batch=r["batch"], heads=r["heads"], tq=r["tq"], t=r["t"], dk=r["dk"])
         t = find("torch_sdpa", **shape)

@@ -3,7 +3,7 @@
 //! write out of bounds through a wrong shape), picks the grid, fills the parameter struct from
 //! kernels/jobx_params.h and launches through `Gpu::launch`. Shapes are in elements.
 
-use super::runtime::{backend_err, params::*, Gpu};
+use super::runtime::{backend_err, params::*, Gpu, DYNAMIC_SMEM};
 use crate::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
@@ -427,7 +427,68 @@ impl Gpu {
             };
             return self.launch(OP, kernel, cfg, p);
         }
+        if matches!(w, Weight::Bf16(_)) && !general {
+            if let Some((kernel, cfg)) = self.sm90_gemm("bf16", s, &p, 2)? {
+                return self.launch(OP, kernel, cfg, p);
+            }
+        }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
+    }
+
+    /// The wgmma kernel (gemm_sm90.cu) for this product, if the device has it and the operands
+    /// allow it: k * element size a multiple of 16 bytes, x and w 16-byte aligned. The column
+    /// tile is 256 when that still gives at least one block per multiprocessor (fewer, larger
+    /// tiles read each operand fewer times), else 128; `Gpu::sm90_tile` forces one (tests and
+    /// benchmarks).
+    fn sm90_gemm(
+        &self,
+        kind: &str,
+        s: &GemmShape,
+        p: &jobx_gemm_params,
+        elem: usize,
+    ) -> Result<Option<(&'static str, LaunchConfig)>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let forced = self.sm90_tile.load(Relaxed);
+        if forced == 1
+            || !self.has_kernel("gemm_sm90_bf16_n128")
+            || (s.k * elem) % 16 != 0
+            || (p.x as usize) % 16 != 0
+            || (p.w as usize) % 16 != 0
+        {
+            return Ok(None);
+        }
+        let mt = s.m.div_ceil(128);
+        let bn = match forced {
+            128 | 256 => forced as usize,
+            _ if mt * s.n.div_ceil(256) >= self.multiprocessors => 256,
+            _ => 128,
+        };
+        let kernel: &'static str = match (kind, bn) {
+            ("bf16", 128) => "gemm_sm90_bf16_n128",
+            ("bf16", _) => "gemm_sm90_bf16_n256",
+            (_, 128) => "gemm_sm90_s8_n128",
+            _ => "gemm_sm90_s8_n256",
+        };
+        let nt = s.n.div_ceil(bn);
+        if mt > 65_535 || nt > i32::MAX as usize {
+            return Err(backend_err(
+                "gemm",
+                format!("m {} n {} exceed the grid", s.m, s.n),
+            ));
+        }
+        let smem = DYNAMIC_SMEM
+            .iter()
+            .find(|(n, _)| *n == kernel)
+            .map(|(_, b)| *b)
+            .unwrap_or(0);
+        Ok(Some((
+            kernel,
+            LaunchConfig {
+                grid_dim: (nt as u32, mt as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: smem,
+            },
+        )))
     }
 
     /// W8A8: y (+)= (xq · wqᵀ) · x_scale[m] · w_scale[n] [+ LoRA], int8 tensor cores.
@@ -455,6 +516,14 @@ impl Gpu {
         p.w_kind = JOBX_W8A8 as i32;
         if s.m == 0 || s.n == 0 {
             return Ok(());
+        }
+        let general = self
+            .general_kernels
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !general && s.m > 32 {
+            if let Some((kernel, cfg)) = self.sm90_gemm("s8", s, &p, 1)? {
+                return self.launch(OP, kernel, cfg, p);
+            }
         }
         self.launch(OP, "gemm_w8a8", gemm_grid(s, OP)?, p)
     }
@@ -521,6 +590,10 @@ impl Gpu {
 }
 
 /// Strides (elements) of a [b, h, t, d] view.
+/// Up to this many queries per (batch row, head) the decode kernel runs instead of the 64-query
+/// tensor-core tiles.
+const DECODE_MAX_TQ: usize = 4;
+
 #[derive(Clone, Copy, Debug)]
 pub struct View {
     pub sb: usize,
@@ -657,6 +730,9 @@ impl Gpu {
             num_buckets: nb as i32,
             max_distance: md as i32,
             bidirectional: bidir as i32,
+            partial: std::ptr::null_mut(),
+            splits: 1,
+            chunk: 0,
         };
         // tensor-core kernel: head dim 64 or 128 and 16-byte aligned rows (every stride a
         // multiple of 8 elements); 64 queries per block
@@ -674,16 +750,72 @@ impl Gpu {
                     .general_kernels
                     .load(std::sync::atomic::Ordering::Relaxed)
         });
+        // decode steps (a few queries per row): key chunks in parallel, then a merge
+        let general = self
+            .general_kernels
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if strides && !general && c.tq <= DECODE_MAX_TQ && (c.dk == 64 || c.dk == 128) {
+            return self.attention_decode(c, p);
+        }
         let (kernel, gx) = match mma {
             Some(kname) => (kname, c.tq.div_ceil(64)),
             None => ("attention_bf16", gx),
         };
+        let smem = DYNAMIC_SMEM
+            .iter()
+            .find(|(n, _)| *n == kernel)
+            .map_or(0, |(_, b)| *b);
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         };
         self.launch(OP, kernel, cfg, p)
+    }
+
+    /// attention_decode_d64/d128 (+ attention_combine when the keys are split): enough key
+    /// chunks that the grid has ~4 blocks per multiprocessor, chunks of 128..=1024 keys.
+    fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params) -> Result<()> {
+        const OP: &str = "attention";
+        let rows = c.batch * c.tq * c.heads;
+        let want = (4 * self.multiprocessors).div_ceil(rows);
+        let splits = c.tk.div_ceil(1024).max(want.min(c.tk.div_ceil(128))).max(1);
+        let chunk = c.tk.div_ceil(splits).max(1);
+        let splits = c.tk.div_ceil(chunk).max(1);
+        if splits > i32::MAX as usize || c.heads > 65_535 || c.batch * c.tq > 65_535 {
+            return Err(backend_err(OP, "grid too large"));
+        }
+        p.splits = splits as i64;
+        p.chunk = chunk as i64;
+        let partial = if splits > 1 {
+            let buf = self.zeros::<f32>(OP, rows * splits * (c.dk + 2))?;
+            p.partial = self.ptr(&buf) as *mut f32;
+            Some(buf)
+        } else {
+            None
+        };
+        let kernel = if c.dk == 64 {
+            "attention_decode_d64"
+        } else {
+            "attention_decode_d128"
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, c.heads as u32, (c.batch * c.tq) as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(OP, kernel, cfg, p)?;
+        if partial.is_some() {
+            let cfg = LaunchConfig {
+                grid_dim: (c.heads as u32, (c.batch * c.tq) as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            self.launch(OP, "attention_combine", cfg, p)?;
+        }
+        // `partial` is freed in stream order, after the merge that reads it
+        drop(partial);
+        Ok(())
     }
 
     /// Grammar mask (optional bitmask rows) then top-k per row of f32 logits [rows, vocab].

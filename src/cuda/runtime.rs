@@ -25,6 +25,10 @@ pub struct KernelModule {
     pub name: &'static str,
     pub ptx: &'static str,
     pub cubins: &'static [(u32, &'static [u8])],
+    /// Non-zero for an architecture-specific module (`// jobx:archs 90a`): it runs only on a
+    /// device of exactly this compute capability and is skipped elsewhere (its kernels are then
+    /// absent and the wrappers use the portable ones).
+    pub only_arch: u32,
 }
 
 #[allow(dead_code)]
@@ -50,14 +54,45 @@ device_repr!(
     jobx_logits_params
 );
 
-/// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`.
+/// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`,
+/// except an architecture-specific module on another architecture (or not built at all because
+/// JOBX_CUDA_ARCHS has no 90), which is skipped.
+
+/// Dynamic shared memory (bytes) of the kernels that need more than the default 48 KB; set as
+/// the function's limit when the module loads and passed by the launcher.
+pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
+    // 2 buffers x (K + V) x 64 keys x (dk + 8) bf16
+    ("attention_mma_d64", 2 * 2 * 64 * 72 * 2),
+    ("attention_mma_d128", 2 * 2 * 64 * 136 * 2),
+    ("gemm_sm90_bf16_n128", 6 * 32 * 1024 + 1024),
+    ("gemm_sm90_bf16_n256", 4 * 48 * 1024 + 1024),
+    ("gemm_sm90_s8_n128", 6 * 32 * 1024 + 1024),
+    ("gemm_sm90_s8_n256", 4 * 48 * 1024 + 1024),
+];
+
 const KERNELS: &[(&str, &[&str])] = &[
     ("activation", &["act_bf16"]),
     (
         "attention",
-        &["attention_bf16", "attention_mma_d64", "attention_mma_d128"],
+        &[
+            "attention_bf16",
+            "attention_mma_d64",
+            "attention_mma_d128",
+            "attention_decode_d64",
+            "attention_decode_d128",
+            "attention_combine",
+        ],
     ),
     ("embedding", &["embedding_bf16"]),
+    (
+        "gemm_sm90",
+        &[
+            "gemm_sm90_bf16_n128",
+            "gemm_sm90_bf16_n256",
+            "gemm_sm90_s8_n128",
+            "gemm_sm90_s8_n256",
+        ],
+    ),
     (
         "gemm",
         &[
@@ -73,6 +108,9 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("norm", &["rms_norm_bf16"]),
     ("rope", &["rope_bf16"]),
 ];
+
+/// Modules built for one architecture only (`// jobx:archs` in the .cu).
+const ARCH_SPECIFIC: &[&str] = &["gemm_sm90"];
 
 pub(crate) fn backend_err(op: &'static str, msg: impl std::fmt::Display) -> Error {
     Error::Backend {
@@ -93,6 +131,11 @@ pub struct Gpu {
     /// Use the general kernels where a specialised one would run (tests of both paths): the
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
+    /// Column tile of the sm_90a wgmma GEMMs: 0 = chosen per shape, 128 or 256 = forced,
+    /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
+    pub sm90_tile: std::sync::atomic::AtomicU32,
+    /// Streaming multiprocessors on the device (tile-size heuristics).
+    pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
     pub(crate) scratch_err: CudaSlice<i32>,
     /// Device name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
@@ -143,9 +186,20 @@ impl Gpu {
         let mut funcs = HashMap::new();
         let mut loaded_as = Vec::new();
         for (module, kernels) in KERNELS {
-            let m = MODULES.iter().find(|m| m.name == *module).ok_or_else(|| {
-                backend_err("init", format!("kernel module {module} not embedded"))
-            })?;
+            let Some(m) = MODULES.iter().find(|m| m.name == *module) else {
+                if ARCH_SPECIFIC.contains(module) {
+                    loaded_as.push((*module, "not built (JOBX_CUDA_ARCHS)".to_string()));
+                    continue;
+                }
+                return Err(backend_err(
+                    "init",
+                    format!("kernel module {module} not embedded"),
+                ));
+            };
+            if m.only_arch != 0 && m.only_arch != arch {
+                loaded_as.push((*module, format!("skipped (sm_{}a only)", m.only_arch)));
+                continue;
+            }
             // cubin runs on the same major architecture with an equal or higher minor version
             let cubin = m
                 .cubins
@@ -166,10 +220,26 @@ impl Gpu {
                 let f = loaded
                     .load_function(k)
                     .map_err(|e| backend_err("init", format!("kernel {k} in {module}: {e}")))?;
+                if let Some((_, bytes)) = DYNAMIC_SMEM.iter().find(|(n, _)| n == k) {
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        *bytes as i32,
+                    )
+                    .map_err(|e| {
+                        backend_err(
+                            "init",
+                            format!("kernel {k}: {bytes} B of shared memory: {e}"),
+                        )
+                    })?;
+                }
                 funcs.insert(*k, f);
             }
             loaded_as.push((*module, how));
         }
+        let multiprocessors = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| backend_err("init", e))?
+            .max(1) as usize;
         let scratch_err = stream
             .alloc_zeros::<i32>(1)
             .map_err(|e| backend_err("init", e))?;
@@ -179,6 +249,8 @@ impl Gpu {
             funcs,
             scratch_err,
             general_kernels: Default::default(),
+            sm90_tile: Default::default(),
+            multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
             name,
@@ -229,6 +301,11 @@ impl Gpu {
     pub fn ptr<T>(&self, s: &CudaSlice<T>) -> *mut std::ffi::c_void {
         let (p, _guard) = s.device_ptr(&self.stream);
         p as usize as *mut std::ffi::c_void
+    }
+
+    /// Whether `kernel` was loaded (architecture-specific kernels are absent on other GPUs).
+    pub fn has_kernel(&self, kernel: &str) -> bool {
+        self.funcs.contains_key(kernel)
     }
 
     /// Launch `kernel` with one parameter struct; checks the launch and, with JOBX_CUDA_SYNC=1,
