@@ -506,8 +506,14 @@ mod cuda {
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
+            // an architecture-specific module runs only where its cubin does: no PTX to embed
+            let ptx = if only_arch != 0 {
+                "\"\"".to_string()
+            } else {
+                format!("include_str!(concat!(env!(\"OUT_DIR\"), \"/{ptx_name}\"))")
+            };
             modules.push_str(&format!(
-                "    KernelModule {{ name: \"{stem}\", ptx: include_str!(concat!(env!(\"OUT_DIR\"), \"/{ptx_name}\")), cubins: &[{cubins}], only_arch: {only_arch} }},\n"
+                "    KernelModule {{ name: \"{stem}\", ptx: {ptx}, cubins: &[{cubins}], only_arch: {only_arch} }},\n"
             ));
         }
         if !spill_errors.is_empty() {

@@ -129,6 +129,13 @@ __device__ __forceinline__ void gemm_sm90(const jobx_gemm_params& p) {
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    // the accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before
+    // the wait above: tie each to an empty asm after it (CUTLASS's warpgroup_fence_operand)
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) {
+        if constexpr (INT8) asm volatile("" : "+r"(acc[i])::"memory");
+        else asm volatile("" : "+f"(acc[i])::"memory");
+    }
 
     // accumulator layout (wgmma D fragment): warp w of the warpgroup holds rows 16w..16w+15;
     // register 4j + e of lane 4g + t is row g (+8 for e >= 2), column 8j + 2t (+1 for odd e)

@@ -147,7 +147,7 @@ typedef struct {
 } jobx_attention_params;
 
 // Logits processing for one decode step, f32 logits [rows, vocab]:
-// masked (bit v of mask row clear) entries become -inf; then per row the top_k largest
+// masked (bit v of mask row clear) and suppressed entries become -inf; then per row the top_k largest
 // (value, id) pairs in descending order (ties: lower id first), so top_k = 1 is greedy argmax.
 typedef struct {
     float* logits;             // f32 [rows, vocab] (masked in place)
@@ -157,6 +157,10 @@ typedef struct {
     long long rows;
     long long vocab;
     int top_k;                 // 1..=64
+    const int* suppress;       // [n_suppress] ids set to -inf before the top-k (EOS before the
+    int n_suppress;            //   minimum length), or NULL / 0
+    float* out_lse;            // [rows]: log-sum-exp of the processed row (-inf if all masked),
+                               //   or NULL; with it, log p(id) = value - lse (greedy on device)
 } jobx_logits_params;
 
 #endif  // JOBX_PARAMS_H

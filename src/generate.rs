@@ -24,6 +24,32 @@ pub trait Stepper {
     fn step_many(&mut self, _tokens: &[u32], _logits: &mut Vec<f32>) -> Result<bool> {
         Ok(false)
     }
+    /// Greedy fast path for unconstrained rows: feed one token per row, set the `suppress` ids
+    /// to -inf, and return each row's argmax (ties to the lower id) with its log-probability,
+    /// computed where the logits are (a GPU stepper reads back a few bytes per row instead of
+    /// the vocabulary-sized logits). `Ok(None)`: not supported (nothing was fed); the caller
+    /// uses `step`.
+    fn step_greedy(
+        &mut self,
+        _tokens: &[u32],
+        _suppress: &[u32],
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        Ok(None)
+    }
+}
+
+const ALL_MASKED: &str = "every token is masked at this step (constraint and min length conflict)";
+
+/// Append a chosen token to an output; true when it ends the sequence.
+fn record(o: &mut GenOutput, tok: u32, lp_tok: f32, eos: &[u32]) -> bool {
+    o.tokens.push(tok);
+    o.token_logprobs.push(lp_tok);
+    o.score += lp_tok;
+    if eos.contains(&tok) {
+        o.finish = Finish::Eos;
+        return true;
+    }
+    false
 }
 
 /// Logits a decoder-only stepper computed ahead of its first `step` (the prompt prefill), one
@@ -258,59 +284,82 @@ pub fn generate_greedy(
         if active.is_empty() {
             break;
         }
-        if pending_forced.is_empty()
-            || !m.step_many(
-                &[next.as_slice(), pending_forced.as_slice()].concat(),
-                &mut logits,
-            )?
+        // unconstrained greedy rows: the stepper may pick on its side (the same choice and
+        // log-probability as the host loop below, without the logits coming back)
+        let device_picks = if opts.sampling.is_none()
+            && pending_forced.is_empty()
+            && constraints.iter().all(|c| c.is_none())
         {
-            // one token per forward pass (forced tokens too, when the model has no multi-token step)
-            m.step(&next, &mut logits)?;
-            for &t in &pending_forced {
-                m.step(&[t], &mut logits)?;
-            }
-        }
-        pending_forced.clear();
+            let suppress: &[u32] = if step < opts.min_new_tokens {
+                &opts.eos
+            } else {
+                &[]
+            };
+            m.step_greedy(&next, suppress)?
+        } else {
+            None
+        };
         let mut finished_any = false;
         let mut new_next = Vec::with_capacity(active.len());
-        for (ri, &orig) in active.iter().enumerate() {
-            let row = &mut logits[ri * v..(ri + 1) * v];
-            if step < opts.min_new_tokens {
-                for &e in &opts.eos {
-                    if (e as usize) < v {
-                        row[e as usize] = f32::NEG_INFINITY;
-                    }
+        if let Some(picks) = device_picks {
+            if picks.len() != active.len() {
+                return Err(Error::Input(format!(
+                    "step_greedy returned {} rows for {}",
+                    picks.len(),
+                    active.len()
+                )));
+            }
+            for (&orig, &(tok, lp_tok)) in active.iter().zip(&picks) {
+                if !lp_tok.is_finite() || tok as usize >= v {
+                    return Err(Error::Input(ALL_MASKED.into()));
+                }
+                finished_any |= record(&mut outs[orig], tok, lp_tok, &opts.eos);
+                new_next.push(tok);
+            }
+        } else {
+            if pending_forced.is_empty()
+                || !m.step_many(
+                    &[next.as_slice(), pending_forced.as_slice()].concat(),
+                    &mut logits,
+                )?
+            {
+                // one token per forward pass (forced tokens too, when the model has no
+                // multi-token step)
+                m.step(&next, &mut logits)?;
+                for &t in &pending_forced {
+                    m.step(&[t], &mut logits)?;
                 }
             }
-            if let Some(Some(c)) = constraints.get_mut(orig) {
-                c.mask(row)?;
+            pending_forced.clear();
+            for (ri, &orig) in active.iter().enumerate() {
+                let row = &mut logits[ri * v..(ri + 1) * v];
+                if step < opts.min_new_tokens {
+                    for &e in &opts.eos {
+                        if (e as usize) < v {
+                            row[e as usize] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                if let Some(Some(c)) = constraints.get_mut(orig) {
+                    c.mask(row)?;
+                }
+                // Only the chosen token's log-prob is kept: two read-only passes over the row
+                // instead of writing a full log_softmax (a serial cost per step and row).
+                let (mx, ls) = crate::cpu::simd::max_lse(row);
+                let tok = match &opts.sampling {
+                    Some(s) => sample(row, s, &mut rng, &mut sbuf),
+                    None => crate::cpu::simd::first_index_of(row, mx),
+                };
+                let lp_tok = (row[tok] - mx) - ls;
+                if !lp_tok.is_finite() {
+                    return Err(Error::Input(ALL_MASKED.into()));
+                }
+                if let Some(Some(c)) = constraints.get_mut(orig) {
+                    c.commit(tok as u32)?;
+                }
+                finished_any |= record(&mut outs[orig], tok as u32, lp_tok, &opts.eos);
+                new_next.push(tok as u32);
             }
-            // Only the chosen token's log-prob is kept: two read-only passes over the row
-            // instead of writing a full log_softmax (a serial cost per step and row).
-            let (mx, ls) = crate::cpu::simd::max_lse(row);
-            let tok = match &opts.sampling {
-                Some(s) => sample(row, s, &mut rng, &mut sbuf),
-                None => crate::cpu::simd::first_index_of(row, mx),
-            };
-            let lp_tok = (row[tok] - mx) - ls;
-            if !lp_tok.is_finite() {
-                return Err(Error::Input(
-                    "every token is masked at this step (constraint and min length conflict)"
-                        .into(),
-                ));
-            }
-            if let Some(Some(c)) = constraints.get_mut(orig) {
-                c.commit(tok as u32)?;
-            }
-            let o = &mut outs[orig];
-            o.tokens.push(tok as u32);
-            o.token_logprobs.push(lp_tok);
-            o.score += lp_tok;
-            if opts.eos.contains(&(tok as u32)) {
-                o.finish = Finish::Eos;
-                finished_any = true;
-            }
-            new_next.push(tok as u32);
         }
         step += 1;
         // Forced continuation (single live sequence, greedy): tokens the constraint allows alone
@@ -662,5 +711,135 @@ impl TokenConstraint for StopStrings {
     }
     fn box_clone(&self) -> Box<dyn TokenConstraint> {
         Box::new(self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic toy decoder: each row's logits are a hash of its token history, with
+    /// EOS (id 1) made likely after a row-dependent number of steps and exact ties planted.
+    struct Toy {
+        hist: Vec<Vec<u32>>,
+        vocab: usize,
+        /// Answer `step_greedy` on the "device" (argmax + log-sum-exp of the same logits).
+        device: bool,
+        greedy_calls: usize,
+    }
+
+    impl Toy {
+        fn logits(&self) -> Vec<f32> {
+            let mut out = Vec::new();
+            for h in &self.hist {
+                let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+                for &t in h {
+                    s = (s ^ t as u64).wrapping_mul(0x1000_0000_01B3);
+                }
+                for j in 0..self.vocab {
+                    let x = s.wrapping_add(j as u64).wrapping_mul(0x2545_F491_4F6C_DD1D);
+                    out.push(((x >> 40) % 7) as f32 * 0.5);
+                }
+                let row = out.len() - self.vocab;
+                if h.len() >= 3 + (s % 5) as usize {
+                    out[row + 1] = 10.0; // EOS
+                }
+            }
+            out
+        }
+    }
+
+    impl Stepper for Toy {
+        fn vocab_size(&self) -> usize {
+            self.vocab
+        }
+        fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+            for (h, &t) in self.hist.iter_mut().zip(tokens) {
+                h.push(t);
+            }
+            *logits = self.logits();
+            Ok(())
+        }
+        fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
+            self.hist = parents.iter().map(|&p| self.hist[p].clone()).collect();
+            Ok(())
+        }
+        fn step_greedy(
+            &mut self,
+            tokens: &[u32],
+            suppress: &[u32],
+        ) -> Result<Option<Vec<(u32, f32)>>> {
+            if !self.device {
+                return Ok(None);
+            }
+            self.greedy_calls += 1;
+            let mut lg = Vec::new();
+            self.step(tokens, &mut lg)?;
+            Ok(Some(
+                lg.chunks(self.vocab)
+                    .map(|row| {
+                        let mut row = row.to_vec();
+                        for &e in suppress {
+                            row[e as usize] = f32::NEG_INFINITY;
+                        }
+                        // independent of the host path's helpers: f64 log-sum-exp, first max
+                        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                        let tok = row.iter().position(|&x| x == mx).unwrap();
+                        let lse = mx as f64
+                            + row
+                                .iter()
+                                .map(|&x| ((x - mx) as f64).exp())
+                                .sum::<f64>()
+                                .ln();
+                        (tok as u32, (mx as f64 - lse) as f32)
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    /// The device-side greedy path gives the same tokens, finish reasons and log-probabilities
+    /// as the host loop, with EOS suppressed before the minimum length and finished rows
+    /// dropped (select_rows) along the way.
+    #[test]
+    fn step_greedy_matches_host_greedy() {
+        for min_new in [0usize, 4] {
+            let opts = GenOptions {
+                max_new_tokens: 9,
+                min_new_tokens: min_new,
+                eos: vec![1],
+                ..Default::default()
+            };
+            let run = |device: bool| {
+                let mut toy = Toy {
+                    hist: vec![vec![]; 5],
+                    vocab: 37,
+                    device,
+                    greedy_calls: 0,
+                };
+                let start: Vec<u32> = (0..5).map(|r| 2 + r).collect();
+                let out = generate(&mut toy, &start, &opts, &mut []).unwrap();
+                (out, toy.greedy_calls)
+            };
+            let (host, calls_host) = run(false);
+            let (dev, calls_dev) = run(true);
+            assert_eq!(calls_host, 0);
+            assert!(calls_dev > 0);
+            assert!(host.iter().any(|o| o.finish == Finish::Eos));
+            assert!(
+                host.iter().any(|o| o.tokens.len() < 9),
+                "some rows end early"
+            );
+            for (h, d) in host.iter().zip(&dev) {
+                assert_eq!(h.tokens, d.tokens);
+                assert_eq!(h.finish, d.finish);
+                if min_new > 0 {
+                    assert!(h.tokens.len() >= min_new);
+                }
+                for (a, b) in h.token_logprobs.iter().zip(&d.token_logprobs) {
+                    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+                }
+            }
+        }
     }
 }

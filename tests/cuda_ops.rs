@@ -491,6 +491,12 @@ mod table {
                 Box::new(move |g, s| logits(g, s, rows, vocab, k, masked)),
             ));
         }
+        for &(rows, vocab) in &[(1, 7), (32, 32128), (3, 50001)] {
+            cases.push((
+                format!("greedy_pick rows{rows} vocab{vocab}"),
+                Box::new(move |g, s| greedy(g, s, rows, vocab)),
+            ));
+        }
         let mut failures = Vec::new();
         for (name, f) in &cases {
             for seed in [1u64, 2] {
@@ -1109,6 +1115,59 @@ mod table {
             Tol {
                 atol: 0.0,
                 rtol: 0.0,
+            },
+        )
+    }
+
+    /// `greedy_pick` (device greedy: suppressed ids, argmax, log-probability) against an f64
+    /// reference; the suppressed ids include the row's true maximum, so suppression must work.
+    fn greedy(g: &Gpu, seed: u64, rows: usize, vocab: usize) -> Result<(), String> {
+        let mut r = Rng(seed * 31 + vocab as u64);
+        let mut x = r.vec(rows * vocab, 8.0);
+        x[2] = x[5]; // a tie: the lower id wins
+        let top = (0..vocab)
+            .max_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(b.cmp(&a)))
+            .unwrap() as u32;
+        let suppress = [top, (vocab - 1) as u32];
+        let mut dl = g.upload("t", &x).map_err(e)?;
+        let got = g.greedy_pick(&mut dl, rows, vocab, &suppress).map_err(e)?;
+        let (mut gi, mut gl, mut wi, mut wl) = (vec![], vec![], vec![], vec![]);
+        for ri in 0..rows {
+            let row: Vec<f64> = (0..vocab)
+                .map(|j| {
+                    if suppress.contains(&(j as u32)) {
+                        f64::NEG_INFINITY
+                    } else {
+                        x[ri * vocab + j] as f64
+                    }
+                })
+                .collect();
+            let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let tok = row.iter().position(|&v| v == mx).unwrap();
+            let lse = mx + row.iter().map(|&v| (v - mx).exp()).sum::<f64>().ln();
+            wi.push(tok as f32);
+            wl.push((mx - lse) as f32);
+            gi.push(got[ri].0 as f32);
+            gl.push(got[ri].1);
+        }
+        check(
+            "greedy_pick ids",
+            seed,
+            &gi,
+            &wi,
+            Tol {
+                atol: 0.0,
+                rtol: 0.0,
+            },
+        )?;
+        check(
+            "greedy_pick log-prob",
+            seed,
+            &gl,
+            &wl,
+            Tol {
+                atol: 1e-5,
+                rtol: 1e-5,
             },
         )
     }

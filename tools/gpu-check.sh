@@ -14,19 +14,27 @@
 #    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
 # (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s,
-# kernels 60 + 60 s, end to end 180 s; each step has a timeout (JOBX_T_OPS, JOBX_T_BENCH, JOBX_T_E2E).
+# kernels 60 + 60 s, end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_BENCH, JOBX_T_E2E).
 set -uo pipefail
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 B="${JOBX_GPU_BUNDLE:-$HERE/../gpu-bundle}"
-[[ -x "$B/cuda_ops" ]] || B="$HERE"   # running from inside the bundle
+[[ -e "$B/cuda_ops.gz" || -x "$B/cuda_ops" ]] || B="$HERE"   # running from inside the bundle
 mkdir -p "$OUT"
+# gpu-bundle.sh gzips the binaries (size limit of the transfer): unpack them next to a copy of
+# the rest of the bundle
+if [[ -e "$B/cuda_ops.gz" ]]; then
+  U="${TMPDIR:-/tmp}/jobx-gpu-bundle"
+  rm -rf "$U" && mkdir -p "$U" && cp -r "$B"/. "$U"/
+  for f in "$U"/*.gz; do gunzip "$f" && chmod +x "${f%.gz}"; done
+  B="$U"
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 date -u +%FT%TZ >> "$OUT/gpu.txt"
 
 echo "== op tests"
-JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
+JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
   > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
@@ -63,9 +71,9 @@ for r in ours:
 json.dump(dict(kernels=rows), open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY
 echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
-PYTHONUNBUFFERED=1 timeout "${JOBX_T_E2E:-180}" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" \
+PYTHONUNBUFFERED=1 timeout "${JOBX_T_E2E:-240}" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" \
   --workdir "${TMPDIR:-/tmp}/jobx-t5-large" ${JOBX_E2E_ARGS:-} 2> "$OUT/e2e.err" | tee "$OUT/e2e.jsonl"
-tail -5 "$OUT/e2e.err"
 e2e_rc=${PIPESTATUS[0]}
+tail -5 "$OUT/e2e.err"
 echo "exit codes: op tests $ops_rc, kernel bench $bench_rc, torch bench $torch_rc, e2e $e2e_rc"
 [[ $ops_rc -eq 0 ]]

@@ -78,7 +78,9 @@ def main():
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
             eng = "jobx-cuda-" + wfmt
             try:
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+                # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+                                   env=dict(os.environ, JOBX_PROFILE="1"))
             except subprocess.TimeoutExpired:
                 print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
                       flush=True)
@@ -102,7 +104,9 @@ def main():
             print(json.dumps(dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
                                   tokens_per_s=round(b * a.new / js, 1),
                                   speedup_vs_hf=round(hs / js, 2), new_tokens=out["new_tokens"],
-                                  hf_prefix_match_mean=sum(pref) / len(pref))),
+                                  hf_prefix_match_mean=sum(pref) / len(pref),
+                                  profile=[l for l in p.stderr.splitlines()
+                                           if l.startswith("jobx profile")])),
                   flush=True)
 
 

@@ -589,11 +589,11 @@ impl Gpu {
     }
 }
 
-/// Strides (elements) of a [b, h, t, d] view.
 /// Up to this many queries per (batch row, head) the decode kernel runs instead of the 64-query
 /// tensor-core tiles.
 const DECODE_MAX_TQ: usize = 4;
 
+/// Strides (elements) of a [b, h, t, d] view.
 #[derive(Clone, Copy, Debug)]
 pub struct View {
     pub sb: usize,
@@ -754,7 +754,12 @@ impl Gpu {
         let general = self
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
-        if strides && !general && c.tq <= DECODE_MAX_TQ && (c.dk == 64 || c.dk == 128) {
+        if strides
+            && !general
+            && c.tq <= DECODE_MAX_TQ
+            && c.batch * c.tq <= 65_535
+            && (c.dk == 64 || c.dk == 128)
+        {
             return self.attention_decode(c, p);
         }
         let (kernel, gx) = match mma {
@@ -788,7 +793,7 @@ impl Gpu {
         p.splits = splits as i64;
         p.chunk = chunk as i64;
         let partial = if splits > 1 {
-            let buf = self.zeros::<f32>(OP, rows * splits * (c.dk + 2))?;
+            let buf = self.scratch::<f32>(OP, rows * splits * (c.dk + 2))?;
             p.partial = self.ptr(&buf) as *mut f32;
             Some(buf)
         } else {
@@ -857,8 +862,61 @@ impl Gpu {
             rows: rows as i64,
             vocab: vocab as i64,
             top_k: top_k as i32,
+            suppress: std::ptr::null(),
+            n_suppress: 0,
+            out_lse: std::ptr::null_mut(),
         };
         self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)
+    }
+
+    /// Greedy choice on the device: the `suppress` ids set to -inf, then per row the argmax
+    /// (ties to the lower id) and its log-probability, read back as (id, log p) per row: a few
+    /// bytes per row instead of the whole f32 logits row.
+    pub fn greedy_pick(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        suppress: &[u32],
+    ) -> Result<Vec<(u32, f32)>> {
+        const OP: &str = "greedy_pick";
+        if vocab == 0 || vocab > i32::MAX as usize {
+            return Err(backend_err(OP, format!("vocabulary of {vocab}")));
+        }
+        need(OP, "logits", logits, rows * vocab)?;
+        if rows == 0 {
+            return Ok(vec![]);
+        }
+        let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
+        let dsup = if sup.is_empty() {
+            None
+        } else {
+            Some(self.upload(OP, &sup)?)
+        };
+        let ids = self.scratch::<i32>(OP, rows)?;
+        let vals = self.scratch::<f32>(OP, rows)?;
+        let lse = self.scratch::<f32>(OP, rows)?;
+        let p = jobx_logits_params {
+            logits: self.ptr(logits) as *mut f32,
+            mask: std::ptr::null(),
+            out_ids: self.ptr(&ids) as *mut i32,
+            out_vals: self.ptr(&vals) as *mut f32,
+            rows: rows as i64,
+            vocab: vocab as i64,
+            top_k: 1,
+            suppress: dsup
+                .as_ref()
+                .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32),
+            n_suppress: sup.len() as i32,
+            out_lse: self.ptr(&lse) as *mut f32,
+        };
+        self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)?;
+        let ids = self.download(OP, &ids)?;
+        let vals = self.download(OP, &vals)?;
+        let lse = self.download(OP, &lse)?;
+        Ok((0..rows)
+            .map(|r| (ids[r].max(0) as u32, vals[r] - lse[r]))
+            .collect())
     }
 }
 
@@ -959,8 +1017,9 @@ impl<'g> DeviceWeights<'g> {
     }
 
     /// A zeroed bf16 activation buffer of n elements.
+    /// An activation buffer the next op overwrites completely (see `Gpu::scratch`).
     pub fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        self.gpu.zeros::<bf16>(self.what, n)
+        self.gpu.scratch::<bf16>(self.what, n)
     }
 
     /// out (+)= x · W(name)ᵀ with shapes (m, n, k): x [m, k] -> out [m, n].

@@ -54,10 +54,6 @@ device_repr!(
     jobx_logits_params
 );
 
-/// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`,
-/// except an architecture-specific module on another architecture (or not built at all because
-/// JOBX_CUDA_ARCHS has no 90), which is skipped.
-
 /// Dynamic shared memory (bytes) of the kernels that need more than the default 48 KB; set as
 /// the function's limit when the module loads and passed by the launcher.
 pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
@@ -70,6 +66,9 @@ pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
     ("gemm_sm90_s8_n256", 4 * 48 * 1024 + 1024),
 ];
 
+/// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`,
+/// except an architecture-specific module on another architecture (or not built at all because
+/// JOBX_CUDA_ARCHS has no 90), which is skipped.
 const KERNELS: &[(&str, &[&str])] = &[
     ("activation", &["act_bf16"]),
     (
@@ -125,6 +124,7 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     funcs: HashMap<&'static str, CudaFunction>,
     sync: bool,
+    poison: bool,
     /// Store linear-layer weights as weight-only int8 (per-channel scales) when a graph loads
     /// (`--gpu-weights int8`); embeddings, LM heads and norms stay bf16.
     pub int8_weights: std::sync::atomic::AtomicBool,
@@ -253,6 +253,7 @@ impl Gpu {
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            poison: std::env::var("JOBX_CUDA_POISON").is_ok_and(|v| v == "1"),
             name,
             cc,
             loaded_as,
@@ -275,6 +276,36 @@ impl Gpu {
                 ),
             )
         })
+    }
+
+    /// Device memory for `n` elements that the next kernel writes completely before anything
+    /// reads it (activations, outputs): no memset launch, unlike `zeros`. With
+    /// `JOBX_CUDA_POISON=1` it is filled with 0xFF bytes instead (NaN in bf16 and f32), so a
+    /// read of an element nothing wrote shows up in the results (the GPU checks run with it).
+    pub fn scratch<T: DeviceRepr>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        // SAFETY: uninitialised device memory is never read by the host here; callers write it
+        // on the device before reading it (and the poison mode checks that).
+        let s = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
+            let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+            backend_err(
+                op,
+                format!("allocating {bytes} bytes failed ({e}); {free} of {total} bytes free"),
+            )
+        })?;
+        if self.poison {
+            // SAFETY: the range is exactly the allocation just made, on the engine's stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    self.ptr(&s) as usize as sys::CUdeviceptr,
+                    0xFF,
+                    bytes,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(|e| backend_err(op, format!("poison fill: {e}")))?;
+        }
+        Ok(s)
     }
 
     pub fn upload<T: DeviceRepr>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {

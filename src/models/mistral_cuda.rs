@@ -342,7 +342,7 @@ impl<'g> MistralCuda<'g> {
             }
             (rows, last)
         };
-        let mut lg = gpu.zeros::<f32>("mistral", hrows * vsz)?;
+        let mut lg = gpu.scratch::<f32>("mistral", hrows * vsz)?;
         gpu.gemm(
             &hin,
             Weight::Bf16(self.wt(self.head)?),

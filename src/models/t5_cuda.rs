@@ -12,7 +12,8 @@
 //! - cross-attention K/V per layer computed once per request from the encoder output.
 //!
 //! `T5CudaStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
-//! grammar constraint run unchanged on top of it (logits come back to the host each step).
+//! grammar constraint run unchanged on top of it (logits come back to the host each step, except
+//! for unconstrained greedy rows, whose argmax and log-probability are taken on the GPU).
 
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
@@ -335,6 +336,34 @@ pub struct T5CudaStepper<'a, 'g> {
     cap: usize,
     len: usize,
     cache: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    /// `JOBX_PROFILE=1`: host seconds spent enqueuing steps and waiting for their results,
+    /// printed to stderr when the stepper is dropped (is a decode step bound by the host's
+    /// launches or by the GPU?).
+    profile: Option<StepProfile>,
+}
+
+#[derive(Default)]
+struct StepProfile {
+    steps: usize,
+    enqueue: f64,
+    wait: f64,
+}
+
+impl Drop for T5CudaStepper<'_, '_> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            if p.steps > 0 {
+                eprintln!(
+                    "jobx profile: T5 CUDA decode, {} steps of {} rows: host enqueue {:.3} ms/step, \
+                     wait for GPU + readback {:.3} ms/step",
+                    p.steps,
+                    self.src.len(),
+                    p.enqueue * 1e3 / p.steps as f64,
+                    p.wait * 1e3 / p.steps as f64
+                );
+            }
+        }
+    }
 }
 
 impl<'a, 'g> T5CudaStepper<'a, 'g> {
@@ -370,6 +399,9 @@ impl<'a, 'g> T5CudaStepper<'a, 'g> {
             cap,
             len: 0,
             cache,
+            profile: std::env::var("JOBX_PROFILE")
+                .is_ok_and(|v| v == "1")
+                .then(StepProfile::default),
         })
     }
 }
@@ -380,6 +412,59 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
     }
 
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        let t0 = std::time::Instant::now();
+        let lg = self.forward(tokens)?;
+        let t1 = std::time::Instant::now();
+        *logits = self.model.gpu.download("t5", &lg)?;
+        self.account(t0, t1);
+        Ok(())
+    }
+
+    fn step_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Option<Vec<(u32, f32)>>> {
+        let t0 = std::time::Instant::now();
+        let mut lg = self.forward(tokens)?;
+        let t1 = std::time::Instant::now();
+        let v = self.model.cfg.vocab_size;
+        let picks = self
+            .model
+            .gpu
+            .greedy_pick(&mut lg, tokens.len(), v, suppress)?;
+        self.account(t0, t1);
+        Ok(Some(picks))
+    }
+
+    fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
+        let m = self.model;
+        let inner = m.cfg.num_heads * m.cfg.d_kv;
+        let per = self.cap * inner;
+        if parents.iter().any(|&p| p >= self.src.len()) {
+            return Err(Error::Input("select_rows: parent out of range".into()));
+        }
+        for (kc, vc) in self.cache.iter_mut() {
+            *kc = m.gpu.gather_blocks("select_rows", kc, per, parents)?;
+            *vc = m.gpu.gather_blocks("select_rows", vc, per, parents)?;
+        }
+        self.src = parents.iter().map(|&p| self.src[p]).collect();
+        self.src_d = m.gpu.upload(
+            "t5",
+            &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
+        )?;
+        Ok(())
+    }
+}
+
+impl T5CudaStepper<'_, '_> {
+    /// Profile one step: enqueued from t0 to t1, results back now.
+    fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
+        if let Some(p) = &mut self.profile {
+            p.steps += 1;
+            p.enqueue += (t1 - t0).as_secs_f64();
+            p.wait += t1.elapsed().as_secs_f64();
+        }
+    }
+
+    /// One decoder step for one token per row: the f32 logits [rows, vocab], on the device.
+    fn forward(&mut self, tokens: &[u32]) -> Result<CudaSlice<f32>> {
         let m = self.model;
         let gpu = m.gpu;
         let c = &m.cfg;
@@ -556,7 +641,7 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
         } else {
             m.wt("lm_head.weight")?
         };
-        let mut lg = gpu.zeros::<f32>("t5", rows * v)?;
+        let mut lg = gpu.scratch::<f32>("t5", rows * v)?;
         gpu.gemm(
             &hn,
             Weight::Bf16(head),
@@ -564,28 +649,8 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
             &GemmShape::new(rows, v, d, false),
             None,
         )?;
-        *logits = gpu.download("t5", &lg)?;
         self.len += 1;
-        Ok(())
-    }
-
-    fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
-        let m = self.model;
-        let inner = m.cfg.num_heads * m.cfg.d_kv;
-        let per = self.cap * inner;
-        if parents.iter().any(|&p| p >= self.src.len()) {
-            return Err(Error::Input("select_rows: parent out of range".into()));
-        }
-        for (kc, vc) in self.cache.iter_mut() {
-            *kc = m.gpu.gather_blocks("select_rows", kc, per, parents)?;
-            *vc = m.gpu.gather_blocks("select_rows", vc, per, parents)?;
-        }
-        self.src = parents.iter().map(|&p| self.src[p]).collect();
-        self.src_d = m.gpu.upload(
-            "t5",
-            &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
-        )?;
-        Ok(())
+        Ok(lg)
     }
 }
 
