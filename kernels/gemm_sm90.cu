@@ -164,3 +164,137 @@ extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_s8_n128(
 extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_s8_n256(jobx_gemm_params p) {
     gemm_sm90<256, 4, true>(p);
 }
+
+// ---- TMA + mbarrier, warp-specialised variant -------------------------------------------------
+// gemm_tma_{bf16,s8}_n{128,256}: 3 warpgroups. Warpgroup 0 is the producer: one thread issues,
+// per k slice, two bulk tensor copies (TMA: x rows m0.., w rows n0.., 128 bytes of k each, in
+// the 128-byte swizzle layout, out-of-bounds zero-filled by the copy engine) that complete on the
+// slot's `full` mbarrier. Warpgroups 1 and 2 are consumers, 64 rows each: wait on `full`, issue
+// the slice's 4 wgmma, wait for them, and arrive on the slot's `empty` mbarrier, which the
+// producer waits on before refilling that slot. No block-wide barrier in the main loop (the
+// cp.async kernels above need one per slice), and no thread spends issue slots on address
+// arithmetic for the copies. Parity: the n-th fill of a slot completes phase n of its `full`
+// barrier (consumers wait for parity n & 1); the producer's n-th refill (n >= 1) waits for
+// phase n - 1 of `empty`.
+#define TMA_THREADS 384
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    asm volatile(
+        "{\n"
+        ".reg .pred P1;\n"
+        "WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra.uni DONE;\n"
+        "bra.uni WAIT;\n"
+        "DONE:\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+// 2-D bulk tensor copy of one box at coordinates (c0 = byte-or-element offset along k, c1 = row)
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, int c0, int c1,
+                                            unsigned bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+
+template <int BN, int STAGES, bool INT8>
+__device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
+    using Acc = typename AccT<INT8>::type;
+    const jobx_gemm_params& p = tp.g;
+    constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
+    constexpr int KS = SLICE_BYTES / (INT8 ? 1 : 2);  // k elements per slice
+    extern __shared__ unsigned char dyn_smem[];
+    __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
+    const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
+    const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const long long m0 = (long long)blockIdx.y * SM90_BM, n0 = (long long)blockIdx.x * BN;
+    const int kt_n = (int)((p.k + KS - 1) / KS);
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(smem_addr(&full[s]), 1);   // the producer's expect_tx arrival
+            mbar_init(smem_addr(&empty[s]), 2);  // one arrival per consumer warpgroup
+        }
+        // make the initialised barriers visible to the copy engine (async proxy)
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        if (tid == 0) {
+            for (int kt = 0; kt < kt_n; kt++) {
+                const int slot = kt % STAGES, n = kt / STAGES;
+                if (n > 0) mbar_wait(smem_addr(&empty[slot]), (n - 1) & 1);
+                const unsigned bar = smem_addr(&full[slot]);
+                mbar_expect_tx(bar, A_BYTES + B_BYTES);
+                tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, (int)m0, bar);
+                tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, (int)n0, bar);
+            }
+        }
+        return;
+    }
+    const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
+    Acc acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) acc[i] = 0;
+    for (int kt = 0; kt < kt_n; kt++) {
+        const int slot = kt % STAGES;
+        mbar_wait(smem_addr(&full[slot]), (kt / STAGES) & 1);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
+                              b_base + slot * B_BYTES);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        if ((tid & 127) == 0) mbar_arrive(smem_addr(&empty[slot]));
+    }
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) {
+        if constexpr (INT8) asm volatile("" : "+r"(acc[i])::"memory");
+        else asm volatile("" : "+f"(acc[i])::"memory");
+    }
+    const int g = lane >> 2, t = lane & 3;
+    const long long r = m0 + c * 64 + warp * 16 + g;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const long long col = n0 + j * 8 + 2 * t;
+        if (col >= p.n) continue;
+        store_pair(p, r, col, (float)acc[4 * j], (float)acc[4 * j + 1]);
+        store_pair(p, r + 8, col, (float)acc[4 * j + 2], (float)acc[4 * j + 3]);
+    }
+}
+
+// Dynamic shared memory as the cp.async kernels: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB slack).
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_bf16_n128(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma<128, 6, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_bf16_n256(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma<256, 4, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_s8_n128(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma<128, 6, true>(p);
+}
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_s8_n256(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma<256, 4, true>(p);
+}

@@ -86,6 +86,17 @@ typedef struct {
     long long lora_r;
 } jobx_gemm_params;
 
+// The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as
+// jobx_gemm_params, plus the two tensor maps (CUtensorMap, 128 opaque bytes, 64-byte aligned)
+// the host encodes with cuTensorMapEncodeTiled: x as [m, k] and w as [n, k], 128-byte boxes of k,
+// 128-byte swizzle, zero fill out of bounds. Passed by value as a __grid_constant__ parameter
+// so the copy engine can read the maps from parameter space.
+typedef struct {
+    jobx_gemm_params g;
+    __attribute__((aligned(64))) unsigned long long x_map[16];
+    __attribute__((aligned(64))) unsigned long long w_map[16];
+} jobx_gemm_tma_params;
+
 // lora_t[m, r] = x[m, :] · a[ids[m], r, :] (f32 accumulation); rows with id -1 get zeros.
 typedef struct {
     const void* x;      // bf16 [m, k]

@@ -497,6 +497,47 @@ mod table {
                 Box::new(move |g, s| greedy(g, s, rows, vocab)),
             ));
         }
+        // the TMA + mbarrier (warp-specialised) wgmma GEMMs last: a pipeline deadlock there
+        // would hang the binary, and every other case has run by then
+        if gpu.has_kernel("gemm_tma_bf16_n128") {
+            for tile in [128u32, 256] {
+                for &(m, n, k) in &[
+                    (33, 130, 1032),
+                    (200, 300, 72),
+                    (513, 520, 1024),
+                    (256, 128, 64),
+                ] {
+                    for f32out in [false, true] {
+                        cases.push((
+                            format!("gemm tma n{tile} m{m} n{n} k{k} f32out {f32out}"),
+                            Box::new(move |g, s| {
+                                sm90_tma(g, tile, || {
+                                    gemm(g, s, m, n, k, false, f32out, false, false)
+                                })
+                            }),
+                        ));
+                    }
+                }
+                cases.push((
+                    format!("gemm tma n{tile} accumulate m70 n130 k264"),
+                    Box::new(move |g, s| {
+                        sm90_tma(g, tile, || {
+                            gemm(g, s, 70, 130, 264, false, false, true, false)
+                        })
+                    }),
+                ));
+                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
+                    cases.push((
+                        format!("w8a8 tma n{tile} m{m} n{n} k{k}"),
+                        Box::new(move |g, s| sm90_tma(g, tile, || w8a8(g, s, m, n, k))),
+                    ));
+                }
+                cases.push((
+                    format!("lora tma n{tile} m70 n130 k256 r16"),
+                    Box::new(move |g, s| sm90_tma(g, tile, || lora(g, s, 70, 130, 256, 16))),
+                ));
+            }
+        }
         let mut failures = Vec::new();
         for (name, f) in &cases {
             for seed in [1u64, 2] {
@@ -650,6 +691,14 @@ mod table {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Run `f` on the TMA wgmma GEMMs with column tile `tile`, then back to automatic.
+    fn sm90_tma(g: &Gpu, tile: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+        g.sm90_loader.store(2, std::sync::atomic::Ordering::Relaxed);
+        let r = sm90_tile(g, tile, f);
+        g.sm90_loader.store(0, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
     /// Run `f` with the wgmma GEMMs' column tile forced to `tile`, then back to automatic.
     fn sm90_tile(g: &Gpu, tile: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
         g.sm90_tile

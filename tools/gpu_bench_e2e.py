@@ -28,9 +28,20 @@ def make_model(d):
                    relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
                    tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
                    eos_token_id=1)
+    cfg.tie_word_embeddings = False
     torch.manual_seed(0)
-    m = T5ForConditionalGeneration(cfg).to(torch.bfloat16)
-    m.save_pretrained(d, safe_serialization=True)
+    m = T5ForConditionalGeneration(cfg)
+    # an LM head of its own, as FLAN-T5 has. transformers 5.x may still tie it to `shared` in
+    # memory and then leave lm_head.weight out of save_pretrained's file (seen on the H100,
+    # 2026-11-26), so the config and the tensors are written here directly.
+    m.lm_head.weight = torch.nn.Parameter(torch.randn_like(m.shared.weight) * 0.05)
+    m = m.to(torch.bfloat16)
+    os.makedirs(d, exist_ok=True)
+    from safetensors.torch import save_file
+    sd = {k: v.detach().contiguous().clone() for k, v in m.state_dict().items()
+          if k not in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    m.config.save_pretrained(d)  # last: its config.json marks the folder complete
 
 
 def main():

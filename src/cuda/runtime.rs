@@ -48,6 +48,7 @@ device_repr!(
     jobx_rope_params,
     jobx_embedding_params,
     jobx_gemm_params,
+    jobx_gemm_tma_params,
     jobx_lora_shrink_params,
     jobx_quantize_params,
     jobx_attention_params,
@@ -64,6 +65,10 @@ pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
     ("gemm_sm90_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_sm90_s8_n128", 6 * 32 * 1024 + 1024),
     ("gemm_sm90_s8_n256", 4 * 48 * 1024 + 1024),
+    ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
+    ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
+    ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
+    ("gemm_tma_s8_n256", 4 * 48 * 1024 + 1024),
 ];
 
 /// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`,
@@ -90,6 +95,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_sm90_bf16_n256",
             "gemm_sm90_s8_n128",
             "gemm_sm90_s8_n256",
+            "gemm_tma_bf16_n128",
+            "gemm_tma_bf16_n256",
+            "gemm_tma_s8_n128",
+            "gemm_tma_s8_n256",
         ],
     ),
     (
@@ -134,6 +143,9 @@ pub struct Gpu {
     /// Column tile of the sm_90a wgmma GEMMs: 0 = chosen per shape, 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
+    /// How the sm_90a GEMMs load their tiles: 0 = chosen by the wrapper, 1 = cp.async by every
+    /// thread (gemm_sm90_*), 2 = TMA with a producer warpgroup (gemm_tma_*). Tests, benchmarks.
+    pub sm90_loader: std::sync::atomic::AtomicU32,
     /// Streaming multiprocessors on the device (tile-size heuristics).
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
@@ -250,6 +262,7 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
+            sm90_loader: Default::default(),
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
