@@ -70,6 +70,9 @@ fn main() {
         (8192, 1024, 1024),
         (8192, 2816, 1024),
         (32, 1024, 2816),
+        (32, 2816, 1024),
+        (32, 1024, 1024),
+        (32, 32128, 1024),
         (8, 1024, 2816),
         (4096, 4096, 4096),
     ] {
@@ -122,6 +125,7 @@ fn main() {
         if m > 32 && g.has_kernel("gemm_sm90_bf16_n128") {
             // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
             for (tile, suffix) in [(128u32, "n128"), (256, "n256"), (1, "mma")] {
+                g.sm90_loader.store(1, Relaxed); // the cp.async kernels
                 g.sm90_tile.store(tile, Relaxed);
                 let bf = time(&g, || {
                     g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
@@ -132,6 +136,7 @@ fn main() {
                         .unwrap()
                 });
                 g.sm90_tile.store(0, Relaxed);
+                g.sm90_loader.store(0, Relaxed);
                 for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
                     println!(
                         "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
@@ -139,6 +144,19 @@ fn main() {
                     );
                 }
             }
+        }
+        if m > 8 && m <= 32 {
+            // baseline: the one-column-per-warp kernel gemm_skinny32x4 replaced
+            g.skinny_v1.store(1, Relaxed);
+            let ms = time(&g, || {
+                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                    .unwrap()
+            });
+            g.skinny_v1.store(0, Relaxed);
+            println!(
+                "{{\"op\":\"gemm_bf16_skinny_v1\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+                flop / ms / 1e9
+            );
         }
         if m <= 32 {
             // the same product on the general 64x64 tensor-core tiles: the baseline the skinny
@@ -195,8 +213,13 @@ fn main() {
             t5_bias: t5.then_some((32, 128, true)),
         };
         // the tensor-core kernel, then (baseline) the general one-key-per-lane kernel
-        for (name, general) in [("attention", false), ("attention_general", true)] {
+        for (name, general, rows) in [
+            ("attention", false, 16u32),
+            ("attention_rows32", false, 32),
+            ("attention_general", true, 16),
+        ] {
             g.general_kernels.store(general, Relaxed);
+            g.attn_rows.store(rows, Relaxed);
             let ms = time(&g, || {
                 g.attention(
                     &call,
@@ -211,6 +234,7 @@ fn main() {
                 .unwrap()
             });
             g.general_kernels.store(false, Relaxed);
+            g.attn_rows.store(0, Relaxed);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(

@@ -144,8 +144,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // are exp2 of log2(e)-scaled differences. Chosen by the Rust wrapper when dk is 64 or 128 and
 // every stride is a multiple of 8 elements (16-byte copies); dynamic shared memory
 // 2 x 2 x 64 x (dk + 8) x 2 bytes (36 KB / 68 KB).
-#define FQ 64  // queries per block
-#define FK 64  // keys per staged block
 #define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
@@ -173,49 +171,58 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return *(unsigned*)&v;
 }
 
-template <int DK>
+// RT row tiles of 16 queries per warp (FQ = 64 * RT queries per block of 4 warps) and FKT keys
+// per staged block. RT = 2 (attention_mma2_*): each K/V fragment read from shared memory feeds
+// two mma instead of one, halving shared-memory traffic per flop (FlashAttention-2 gives each
+// warp more than 16 rows for the same reason), at twice the accumulator registers; d128 then
+// stages 32 keys at a time to stay within 255 registers.
+template <int DK, int RT, int FKT>
 __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
+    constexpr int FQB = 64 * RT;                    // queries per block
     constexpr int LD = DK + 8;                      // bf16 per shared row
-    constexpr unsigned TILE = FK * LD * 2;          // bytes of one K or V tile
+    constexpr unsigned TILE = FKT * LD * 2;         // bytes of one K or V tile
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    __shared__ float tbl[2][2 * FQ];
-    __shared__ int kvis[2][FK];
+    __shared__ float tbl[2][FQB + FKT];
+    __shared__ int kvis[2][FKT];
     const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const long long b = blockIdx.z, h = blockIdx.y, i0 = (long long)blockIdx.x * FQ;
+    const long long b = blockIdx.z, h = blockIdx.y, i0 = (long long)blockIdx.x * FQB;
     const long long kb = p.kv_batch ? p.kv_batch[b] : b;
     const long long kh = h / (p.heads / p.kv_heads);
     const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
     const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
     const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
-    const long long iw = i0 + warp * 16;            // the warp's first query
-    const long long r0 = iw + g, r1 = iw + g + 8;   // the two query rows this lane holds
+    const long long iw = i0 + warp * 16 * RT;       // the warp's first query
     const bool active = iw < p.tq;                  // warp-uniform
-    unsigned qa[DK / 16][4];
+    // rows of this lane: r[rt][0] = iw + 16 rt + g, r[rt][1] = that + 8
+    unsigned qa[RT][DK / 16][4];
 #pragma unroll
-    for (int s = 0; s < DK / 16; s++) {
-        const long long c = s * 16 + 2 * t;
-        qa[s][0] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
-        qa[s][1] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
-        qa[s][2] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
-        qa[s][3] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
+    for (int rt = 0; rt < RT; rt++) {
+        const long long r0 = iw + 16 * rt + g, r1 = r0 + 8;
+#pragma unroll
+        for (int s = 0; s < DK / 16; s++) {
+            const long long c = s * 16 + 2 * t;
+            qa[rt][s][0] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
+            qa[rt][s][1] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
+            qa[rt][s][2] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
+            qa[rt][s][3] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
+        }
     }
     // keys any query of the block can see: causal limits the end, a window the start
-    const long long last_q = i0 + FQ - 1 < p.tq - 1 ? i0 + FQ - 1 : p.tq - 1;
+    const long long last_q = i0 + FQB - 1 < p.tq - 1 ? i0 + FQB - 1 : p.tq - 1;
     long long kend = p.tk;
     if (p.causal && p.q_offset + last_q + 1 < kend) kend = p.q_offset + last_q + 1;
     long long kstart = 0;
     if (p.window > 0 && p.q_offset + i0 - p.window + 1 > 0) kstart = p.q_offset + i0 - p.window + 1;
-    kstart = kstart / FK * FK;
-    const long long qp0 = p.q_offset + r0, qp1 = p.q_offset + r1;
+    kstart = kstart / FKT * FKT;
     // exp2 domain: scores scaled by scale * log2(e), the bias by log2(e)
     const float sl2 = p.scale * LOG2E;
 
     // issue the copies of key block j0 into buffer `buf` (plus its visibility flags and bias
     // table, ordinary stores read after the same barrier)
     auto issue = [&](long long j0, int buf) {
-        constexpr int PER = FK * DK / 8 / 128;  // 16-byte chunks per thread per tile
+        constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
         const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
 #pragma unroll
         for (int u = 0; u < PER; u++) {
@@ -227,124 +234,150 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
             cp_async16(vt + (r * LD + c) * 2, ok ? (const void*)(v + j * p.v_st + c) : (const void*)v,
                        ok ? 16 : 0);
         }
-        if (tid < FK) {
+        if (tid < FKT) {
             const long long j = j0 + tid;
             kvis[buf][tid] = j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0);
         }
-        if (p.rel_bias && tid < 2 * FQ - 1) {
-            // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQ - 1)
-            const long long rel = j0 - (p.q_offset + i0) + tid - (FQ - 1);
-            tbl[buf][tid] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional,
-                                                                    p.num_buckets, p.max_distance) *
-                                                   p.heads + h];
-        }
+        if (p.rel_bias)
+            for (int x = tid; x < FQB + FKT - 1; x += 128) {
+                // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQB - 1)
+                const long long rel = j0 - (p.q_offset + i0) + x - (FQB - 1);
+                tbl[buf][x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional,
+                                                                      p.num_buckets, p.max_distance) *
+                                                     p.heads + h];
+            }
     };
 
-    float acc[DK / 8][4];
+    float acc[RT][DK / 8][4];
 #pragma unroll
-    for (int d = 0; d < DK / 8; d++)
+    for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[d][e] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        for (int d = 0; d < DK / 8; d++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[rt][d][e] = 0.0f;
+    float m[RT][2], l[RT][2];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+        m[rt][0] = m[rt][1] = -INFINITY;
+        l[rt][0] = l[rt][1] = 0.0f;
+    }
 
     if (kstart < kend) issue(kstart, 0);
     cp_async_commit();
     int buf = 0;
-    for (long long j0 = kstart; j0 < kend; j0 += FK, buf ^= 1) {
-        if (j0 + FK < kend) issue(j0 + FK, buf ^ 1);  // that buffer was released by the last barrier
+    for (long long j0 = kstart; j0 < kend; j0 += FKT, buf ^= 1) {
+        if (j0 + FKT < kend) issue(j0 + FKT, buf ^ 1);  // that buffer was released by the last barrier
         cp_async_commit();
         cp_async_wait<1>();  // this block's copies (all but the group just committed) landed
         __syncthreads();
         if (active) {
             const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
-            float s[FK / 8][4];
+            float s[RT][FKT / 8][4];
 #pragma unroll
-            for (int n = 0; n < FK / 8; n++)
+            for (int rt = 0; rt < RT; rt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+                for (int n = 0; n < FKT / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[rt][n][e] = 0.0f;
             // K fragments: ldmatrix x4 = (keys n..n+7 | n+8..n+15) x (dims d..d+7 | d+8..d+15);
-            // lane -> row address: matrix lane/8, row lane%8
+            // lane -> row address: matrix lane/8, row lane%8; each feeds all RT row tiles
             const int mi = lane >> 3, rr = lane & 7;
 #pragma unroll
-            for (int n = 0; n < FK / 8; n += 2) {
+            for (int n = 0; n < FKT / 8; n += 2) {
 #pragma unroll
                 for (int d = 0; d < DK / 16; d++) {
                     unsigned bk[4];
                     ldsm_x4(bk, kt + ((n * 8 + (mi >> 1) * 8 + rr) * LD + d * 16 + (mi & 1) * 8) * 2);
-                    mma_16816(s[n], qa[d], bk[0], bk[1]);
-                    mma_16816(s[n + 1], qa[d], bk[2], bk[3]);
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++) {
+                        mma_16816(s[rt][n], qa[rt][d], bk[0], bk[1]);
+                        mma_16816(s[rt][n + 1], qa[rt][d], bk[2], bk[3]);
+                    }
                 }
             }
             // can any score of this warp be masked here? (warp-uniform)
-            const bool plain = !p.key_mask && j0 + FK <= kend &&
-                               (!p.causal || j0 + FK - 1 <= p.q_offset + iw) &&
-                               (p.window <= 0 || p.q_offset + iw + 15 - j0 < p.window);
+            const bool plain = !p.key_mask && j0 + FKT <= kend &&
+                               (!p.causal || j0 + FKT - 1 <= p.q_offset + iw) &&
+                               (p.window <= 0 || p.q_offset + iw + 16 * RT - 1 - j0 < p.window);
             const float* tb = tbl[buf];
-            float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < FK / 8; n++)
+            for (int rt = 0; rt < RT; rt++) {
+                const long long r0 = iw + 16 * rt + g;  // rows r0 (e < 2) and r0 + 8 (e >= 2)
+                float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int col = n * 8 + 2 * t + (e & 1);
-                    const bool hi = e >= 2;
-                    float x = s[n][e] * sl2;
-                    if (p.rel_bias) x += tb[col - ((hi ? r1 : r0) - i0) + FQ - 1];
-                    if (!plain) {
-                        const long long j = j0 + col;
-                        const long long qp = hi ? qp1 : qp0;
-                        bool ok = kvis[buf][col] != 0;
-                        if (p.causal) ok = ok && j <= qp;
-                        if (p.window > 0) ok = ok && qp - j < p.window;
-                        if (!ok) x = -INFINITY;
+                for (int n = 0; n < FKT / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int col = n * 8 + 2 * t + (e & 1);
+                        const bool hi = e >= 2;
+                        const long long row = hi ? r0 + 8 : r0;
+                        float x = s[rt][n][e] * sl2;
+                        if (p.rel_bias) x += tb[col - (row - i0) + FQB - 1];
+                        if (!plain) {
+                            const long long j = j0 + col;
+                            const long long qp = p.q_offset + row;
+                            bool ok = kvis[buf][col] != 0;
+                            if (p.causal) ok = ok && j <= qp;
+                            if (p.window > 0) ok = ok && qp - j < p.window;
+                            if (!ok) x = -INFINITY;
+                        }
+                        s[rt][n][e] = x;
+                        if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
                     }
-                    s[n][e] = x;
-                    if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+                // the 4 lanes of a row (t = 0..3) share its max
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                const float n0 = fmaxf(m[rt][0], mx0), n1 = fmaxf(m[rt][1], mx1);
+                // a row with nothing visible yet keeps m = -inf, acc = l = 0 (corr 0, p 0)
+                const float c0 = n0 == -INFINITY ? 0.0f : exp2f(m[rt][0] - n0);
+                const float c1 = n1 == -INFINITY ? 0.0f : exp2f(m[rt][1] - n1);
+                float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+                for (int n = 0; n < FKT / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const bool hi = e >= 2;
+                        const float x = s[rt][n][e];
+                        const float pe = x == -INFINITY ? 0.0f : exp2f(x - (hi ? n1 : n0));
+                        s[rt][n][e] = pe;
+                        if (hi) ps1 += pe; else ps0 += pe;
+                    }
+                // partial over this lane's columns; summed across the row at the end
+                l[rt][0] = l[rt][0] * c0 + ps0;
+                l[rt][1] = l[rt][1] * c1 + ps1;
+                m[rt][0] = n0;
+                m[rt][1] = n1;
+#pragma unroll
+                for (int d = 0; d < DK / 8; d++) {
+                    acc[rt][d][0] *= c0;
+                    acc[rt][d][1] *= c0;
+                    acc[rt][d][2] *= c1;
+                    acc[rt][d][3] *= c1;
                 }
-            // the 4 lanes of a row (t = 0..3) share its max
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-            // a row with nothing visible yet keeps m = -inf, acc = l = 0 (corr 0, p 0)
-            const float c0 = n0 == -INFINITY ? 0.0f : exp2f(m0 - n0);
-            const float c1 = n1 == -INFINITY ? 0.0f : exp2f(m1 - n1);
-            float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-            for (int n = 0; n < FK / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const bool hi = e >= 2;
-                    const float x = s[n][e];
-                    const float pe = x == -INFINITY ? 0.0f : exp2f(x - (hi ? n1 : n0));
-                    s[n][e] = pe;
-                    if (hi) ps1 += pe; else ps0 += pe;
-                }
-            l0 = l0 * c0 + ps0;  // partial over this lane's columns; summed across the row at the end
-            l1 = l1 * c1 + ps1;
-            m0 = n0;
-            m1 = n1;
-#pragma unroll
-            for (int d = 0; d < DK / 8; d++) {
-                acc[d][0] *= c0;
-                acc[d][1] *= c0;
-                acc[d][2] *= c1;
-                acc[d][3] *= c1;
             }
 #pragma unroll
-            for (int kk = 0; kk < FK / 16; kk++) {
-                const unsigned a[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                                       pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                                       pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                       pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            for (int kk = 0; kk < FKT / 16; kk++) {
+                unsigned a[RT][4];
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    a[rt][0] = pack_bf16x2(s[rt][2 * kk][0], s[rt][2 * kk][1]);
+                    a[rt][1] = pack_bf16x2(s[rt][2 * kk][2], s[rt][2 * kk][3]);
+                    a[rt][2] = pack_bf16x2(s[rt][2 * kk + 1][0], s[rt][2 * kk + 1][1]);
+                    a[rt][3] = pack_bf16x2(s[rt][2 * kk + 1][2], s[rt][2 * kk + 1][3]);
+                }
                 // V fragments: ldmatrix.trans x4 = (keys kk*16 + 0..7 | 8..15) x (dims d..d+7 |
                 // d+8..d+15): b0, b1 of dim tile d, then of tile d + 8
 #pragma unroll
                 for (int d = 0; d < DK / 8; d += 2) {
                     unsigned bv[4];
                     ldsm_x4_t(bv, vt + ((kk * 16 + (mi & 1) * 8 + rr) * LD + d * 8 + (mi >> 1) * 8) * 2);
-                    mma_16816(acc[d], a, bv[0], bv[1]);
-                    mma_16816(acc[d + 1], a, bv[2], bv[3]);
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++) {
+                        mma_16816(acc[rt][d], a[rt], bv[0], bv[1]);
+                        mma_16816(acc[rt][d + 1], a[rt], bv[2], bv[3]);
+                    }
                 }
             }
         }
@@ -352,29 +385,49 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
     bf16* o = (bf16*)p.o + h * DK;
     const long long ld = p.heads * DK;
 #pragma unroll
-    for (int d = 0; d < DK / 8; d++) {
-        const long long c = d * 8 + 2 * t;
-        if (r0 < p.tq)
-            *(unsigned*)(o + (b * p.tq + r0) * ld + c) = pack_bf16x2(acc[d][0] * inv0, acc[d][1] * inv0);
-        if (r1 < p.tq)
-            *(unsigned*)(o + (b * p.tq + r1) * ld + c) = pack_bf16x2(acc[d][2] * inv1, acc[d][3] * inv1);
+    for (int rt = 0; rt < RT; rt++) {
+        float l0 = l[rt][0], l1 = l[rt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const long long r0 = iw + 16 * rt + g, r1 = r0 + 8;
+#pragma unroll
+        for (int d = 0; d < DK / 8; d++) {
+            const long long c = d * 8 + 2 * t;
+            if (r0 < p.tq)
+                *(unsigned*)(o + (b * p.tq + r0) * ld + c) =
+                    pack_bf16x2(acc[rt][d][0] * inv0, acc[rt][d][1] * inv0);
+            if (r1 < p.tq)
+                *(unsigned*)(o + (b * p.tq + r1) * ld + c) =
+                    pack_bf16x2(acc[rt][d][2] * inv1, acc[rt][d][3] * inv1);
+        }
     }
 }
 
+// dynamic shared memory: 2 buffers x (K + V) x FKT keys x (dk + 8) bf16 (runtime.rs DYNAMIC_SMEM)
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attention_params p) {
-    attention_mma<64>(p);
+    attention_mma<64, 1, 64>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
-    attention_mma<128>(p);
+    attention_mma<128, 1, 64>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_mma2_d64(jobx_attention_params p) {
+    attention_mma<64, 2, 32>(p);
+}
+
+// 32 rows x 128 dims of f32 output per warp fill the register file: ptxas for sm_80 spills
+// 8 bytes (sm_90: none, measured 2026-11-26); accepted for that target rather than a slower
+// 16-row layout there.
+// jobx:allow-spills attention_mma2_d128
+extern "C" __global__ void __launch_bounds__(128) attention_mma2_d128(jobx_attention_params p) {
+    attention_mma<128, 2, 16>(p);
 }
 
 // ---- decode attention (flash-decoding): a few queries over many keys ----

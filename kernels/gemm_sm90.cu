@@ -255,6 +255,8 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     Acc acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; i++) acc[i] = 0;
+    // one slice's wgmma group stays in flight while the next is issued: after issuing slice kt,
+    // wait for slice kt - 1 and release its slot
     for (int kt = 0; kt < kt_n; kt++) {
         const int slot = kt % STAGES;
         mbar_wait(smem_addr(&full[slot]), (kt / STAGES) & 1);
@@ -262,9 +264,11 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
                               b_base + slot * B_BYTES);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        if ((tid & 127) == 0) mbar_arrive(smem_addr(&empty[slot]));
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(kt - 1) % STAGES]));
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    // (the last slot's release is not needed: the producer issues no more copies)
 #pragma unroll
     for (int i = 0; i < BN / 2; i++) {
         if constexpr (INT8) asm volatile("" : "+r"(acc[i])::"memory");

@@ -328,6 +328,36 @@ mod table {
             "gemm accumulate m3 n65 k64".into(),
             Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, false)),
         ));
+        // decode GEMMs of 9..32 rows: gemm_skinny32x4 (split k for small n) against the CPU, and
+        // the same shapes on the one-column-per-warp gemm_skinny32 it replaced
+        for &(m, n, k) in &[
+            (20, 1000, 2816),
+            (32, 4099, 264),
+            (9, 64, 8),
+            (32, 33, 5632),
+        ] {
+            for int8 in [false, true] {
+                for v1 in [0u32, 1] {
+                    cases.push((
+                        format!("gemm skinny m{m} n{n} k{k} int8w {int8} v1 {v1}"),
+                        Box::new(move |g, s| {
+                            g.skinny_v1.store(v1, std::sync::atomic::Ordering::Relaxed);
+                            let r = gemm(g, s, m, n, k, int8, false, false, false);
+                            g.skinny_v1.store(0, std::sync::atomic::Ordering::Relaxed);
+                            r
+                        }),
+                    ));
+                }
+            }
+        }
+        cases.push((
+            "gemm skinny accumulate f32 m17 n300 k1024".into(),
+            Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, false)),
+        ));
+        cases.push((
+            "lora skinny m20 n130 k256 r16".into(),
+            Box::new(|g, s| lora(g, s, 20, 130, 256, 16)),
+        ));
         // the sm_90a wgmma GEMMs (gemm_sm90.cu), each column tile forced, where the device has
         // them: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
         // accumulate, f32 output, the fused LoRA epilogue and W8A8
@@ -431,6 +461,20 @@ mod table {
                 true,
             ), // T5 encoder
             (1, 8, 2, 100, 164, 128, true, 40, 64, None, false), // Mistral chunk after a prefix
+            (1, 2, 2, 300, 300, 128, true, 0, 0, None, false),   // causal, 3 blocks of 128 queries
+            (
+                2,
+                2,
+                2,
+                260,
+                333,
+                64,
+                false,
+                0,
+                0,
+                Some((32, 128, true)),
+                true,
+            ), // T5 encoder, long
             (3, 2, 2, 1, 1030, 64, false, 0, 0, None, true),     // cross-attention decode step
             // the decode kernel with several key chunks merged by attention_combine
             (1, 4, 2, 3, 2100, 128, true, 0, 2097, None, false), // 3 queries, GQA, causal
@@ -464,17 +508,20 @@ mod table {
             ), // T5 decoder prefill
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
-            // dk 64/128 run the tensor-core kernel and, forced, the general one
-            for general in [false, true] {
-                if general && dk != 64 && dk != 128 {
+            // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
+            // steps the decode kernel) and, forced, the general one
+            for (general, rows) in [(false, 16u32), (false, 32), (true, 16)] {
+                if (general || rows == 32) && dk != 64 && dk != 128 {
                     continue;
                 }
                 cases.push((
-                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general}", t5.is_some()),
+                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} rows {rows}", t5.is_some()),
                     Box::new(move |g, s| {
                         g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
+                        g.attn_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
                         let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked);
                         g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
+                        g.attn_rows.store(0, std::sync::atomic::Ordering::Relaxed);
                         r
                     }),
                 ));

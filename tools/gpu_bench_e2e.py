@@ -34,7 +34,9 @@ def make_model(d):
     # an LM head of its own, as FLAN-T5 has. transformers 5.x may still tie it to `shared` in
     # memory and then leave lm_head.weight out of save_pretrained's file (seen on the H100,
     # 2026-11-26), so the config and the tensors are written here directly.
-    m.lm_head.weight = torch.nn.Parameter(torch.randn_like(m.shared.weight) * 0.05)
+    # (std 1, as transformers' T5 init draws an untied head: peaked next-token distributions,
+    # so the greedy ids of two bf16 engines can be compared)
+    m.lm_head.weight = torch.nn.Parameter(torch.randn_like(m.shared.weight))
     m = m.to(torch.bfloat16)
     os.makedirs(d, exist_ok=True)
     from safetensors.torch import save_file
