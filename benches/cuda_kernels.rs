@@ -145,19 +145,6 @@ fn main() {
                 }
             }
         }
-        if m > 8 && m <= 32 {
-            // baseline: the one-column-per-warp kernel gemm_skinny32x4 replaced
-            g.skinny_v1.store(1, Relaxed);
-            let ms = time(&g, || {
-                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                    .unwrap()
-            });
-            g.skinny_v1.store(0, Relaxed);
-            println!(
-                "{{\"op\":\"gemm_bf16_skinny_v1\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
-                flop / ms / 1e9
-            );
-        }
         if m <= 32 {
             // the same product on the general 64x64 tensor-core tiles: the baseline the skinny
             // kernels replace
@@ -213,13 +200,8 @@ fn main() {
             t5_bias: t5.then_some((32, 128, true)),
         };
         // the tensor-core kernel, then (baseline) the general one-key-per-lane kernel
-        for (name, general, rows) in [
-            ("attention", false, 16u32),
-            ("attention_rows32", false, 32),
-            ("attention_general", true, 16),
-        ] {
+        for (name, general) in [("attention", false), ("attention_general", true)] {
             g.general_kernels.store(general, Relaxed);
-            g.attn_rows.store(rows, Relaxed);
             let ms = time(&g, || {
                 g.attention(
                     &call,
@@ -234,7 +216,6 @@ fn main() {
                 .unwrap()
             });
             g.general_kernels.store(false, Relaxed);
-            g.attn_rows.store(0, Relaxed);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(

@@ -171,11 +171,11 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return *(unsigned*)&v;
 }
 
-// RT row tiles of 16 queries per warp (FQ = 64 * RT queries per block of 4 warps) and FKT keys
-// per staged block. RT = 2 (attention_mma2_*): each K/V fragment read from shared memory feeds
-// two mma instead of one, halving shared-memory traffic per flop (FlashAttention-2 gives each
-// warp more than 16 rows for the same reason), at twice the accumulator registers; d128 then
-// stages 32 keys at a time to stay within 255 registers.
+// RT row tiles of 16 queries per warp (64 * RT queries per block of 4 warps) and FKT keys per
+// staged block. RT = 2 (each K/V fragment read from shared memory feeding two mma, as
+// FlashAttention-2 gives a warp more than 16 rows) was measured slower on an H100 (2026-11-26:
+// T5 encoder shape 0.493 vs 0.372 ms, causal d128 1.587 vs 1.070 ms with 32 keys per block to
+// fit 255 registers), so the kernels below use RT = 1; the parameter stays for that experiment.
 template <int DK, int RT, int FKT>
 __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     constexpr int FQB = 64 * RT;                    // queries per block
@@ -416,18 +416,6 @@ extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attenti
 
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
     attention_mma<128, 1, 64>(p);
-}
-
-extern "C" __global__ void __launch_bounds__(128) attention_mma2_d64(jobx_attention_params p) {
-    attention_mma<64, 2, 32>(p);
-}
-
-// 32 rows x 128 dims of f32 output per warp fill the register file: ptxas for sm_80 spills
-// 8 bytes (sm_90: none, measured 2026-11-26); accepted for that target rather than a slower
-// 16-row layout there.
-// jobx:allow-spills attention_mma2_d128
-extern "C" __global__ void __launch_bounds__(128) attention_mma2_d128(jobx_attention_params p) {
-    attention_mma<128, 2, 16>(p);
 }
 
 // ---- decode attention (flash-decoding): a few queries over many keys ----

@@ -15,7 +15,6 @@
 // columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
 //   gemm_skinny8/32  the same product for m <= 8 / 32 rows (decode), one warp per output column
 //               streaming the weight; chosen by the Rust wrapper.
-//   gemm_skinny32x4 + gemm_splitk_reduce  9..32 rows: four columns per warp, split k.
 // Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k32" tables:
 //   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
 //   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
@@ -319,104 +318,6 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
     if (lane < p.m) store_out(p, lane, n, mine);
 }
 
-// Decode GEMMs of 9..32 rows, v2: gemm_skinny32 above keeps one 16-byte weight load per lane in
-// flight and stages x (up to 32 x 256 bf16) per 8 columns, so at m = 32 it moves 4x more x than
-// weight bytes and streams the weight at a fraction of the memory bandwidth. Here each warp
-// owns 4 columns (4 weight loads per lane per 256-k chunk, the next chunk's prefetched before
-// the barrier: 8 in flight), a block 32 columns, so x is staged once per 32 columns; and the k
-// range is split over gridDim.y blocks when n / 32 blocks would leave multiprocessors idle,
-// the partial sums going to p.partial for gemm_splitk_reduce.
-#define S4_COLS 4
-extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32x4(jobx_gemm_params p) {
-    __shared__ __align__(16) bf16 xs[32][SKX + 8];
-    const bool int8w = p.w_kind == JOBX_W_INT8;
-    const int tid = threadIdx.x, lane = tid & 31;
-    const long long n0 = ((long long)blockIdx.x * SKINNY_WARPS + (tid >> 5)) * S4_COLS;
-    const bf16* x = (const bf16*)p.x;
-    // this block's k range: whole chunks of SKX
-    const long long per = ((p.k + p.splits - 1) / p.splits + SKX - 1) / SKX * SKX;
-    const long long ks = (long long)blockIdx.y * per;
-    const long long ke = ks + per < p.k ? ks + per : p.k;
-    float acc[S4_COLS][32];
-#pragma unroll
-    for (int c = 0; c < S4_COLS; c++)
-#pragma unroll
-        for (int r = 0; r < 32; r++) acc[c][r] = 0.0f;
-    uint4 wnext[S4_COLS];
-#pragma unroll
-    for (int c = 0; c < S4_COLS; c++)
-        wnext[c] = ks + lane * 8 < ke ? ld_w8(p, int8w, n0 + c, ks + (long long)lane * 8) : make_uint4(0, 0, 0, 0);
-    for (long long k0 = ks; k0 < ke; k0 += SKX) {
-        __syncthreads();  // the previous chunk of x is consumed
-        for (int e = tid; e < 32 * (SKX / 8); e += SKINNY_WARPS * 32) {
-            const int r = e / (SKX / 8), c = (e % (SKX / 8)) * 8;
-            const long long kk = k0 + c;
-            *(uint4*)&xs[r][c] = (r < p.m && kk < ke) ? *(const uint4*)(x + r * p.k + kk) : make_uint4(0, 0, 0, 0);
-        }
-        uint4 wr[S4_COLS];
-#pragma unroll
-        for (int c = 0; c < S4_COLS; c++) {
-            wr[c] = wnext[c];
-            const long long kn = k0 + SKX + (long long)lane * 8;
-            wnext[c] = kn < ke ? ld_w8(p, int8w, n0 + c, kn) : make_uint4(0, 0, 0, 0);
-        }
-        __syncthreads();
-        float wf[S4_COLS][8];
-#pragma unroll
-        for (int c = 0; c < S4_COLS; c++) {
-            const unsigned wu[4] = {wr[c].x, wr[c].y, wr[c].z, wr[c].w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                wf[c][2 * i] = __uint_as_float(wu[i] << 16);
-                wf[c][2 * i + 1] = __uint_as_float(wu[i] & 0xffff0000u);
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < 32; r++) {
-            if (r < p.m) {
-                const uint4 xr = *(const uint4*)&xs[r][lane * 8];
-                const unsigned xu[4] = {xr.x, xr.y, xr.z, xr.w};
-                float xf[8];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    xf[2 * i] = __uint_as_float(xu[i] << 16);
-                    xf[2 * i + 1] = __uint_as_float(xu[i] & 0xffff0000u);
-                }
-#pragma unroll
-                for (int c = 0; c < S4_COLS; c++)
-#pragma unroll
-                    for (int i = 0; i < 8; i++) acc[c][r] += xf[i] * wf[c][i];
-            }
-        }
-    }
-#pragma unroll
-    for (int c = 0; c < S4_COLS; c++) {
-        const long long n = n0 + c;
-        float mine = 0.0f;
-#pragma unroll
-        for (int r = 0; r < 32; r++) {
-            const float v = warp_sum(acc[c][r]);
-            if (lane == r) mine = v;
-        }
-        if (n >= p.n || lane >= p.m) continue;
-        if (p.splits > 1)
-            p.partial[((long long)blockIdx.y * p.m + lane) * p.n + n] = mine;
-        else
-            store_out(p, lane, n, mine);
-    }
-}
-
-// y = epilogue(sum over splits of partial[s, r, c]) for gemm_skinny32x4 with splits > 1.
-// Grid-stride over the m x n outputs.
-extern "C" __global__ void gemm_splitk_reduce(jobx_gemm_params p) {
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < p.m * p.n;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long r = e / p.n, c = e % p.n;
-        float v = 0.0f;
-        for (long long s = 0; s < p.splits; s++) v += p.partial[(s * p.m + r) * p.n + c];
-        store_out(p, r, c, v);
-    }
-}
 #undef BK
 #undef LDS
 

@@ -84,11 +84,6 @@ typedef struct {
     const int* lora_ids;   // [m]
     const float* lora_scale;  // [adapters]: alpha / r
     long long lora_r;
-    // split-k decode kernel (gemm_skinny32x4) only: with splits > 1 each k range writes its f32
-    // partial sums to partial [splits, m, n] and gemm_splitk_reduce adds them and runs the
-    // epilogue; splits = 1 stores directly.
-    float* partial;
-    long long splits;
 } jobx_gemm_params;
 
 // The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as

@@ -61,8 +61,6 @@ pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // 2 buffers x (K + V) x 64 keys x (dk + 8) bf16
     ("attention_mma_d64", 2 * 2 * 64 * 72 * 2),
     ("attention_mma_d128", 2 * 2 * 64 * 136 * 2),
-    ("attention_mma2_d64", 2 * 2 * 32 * 72 * 2),
-    ("attention_mma2_d128", 2 * 2 * 16 * 136 * 2),
     ("gemm_sm90_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_sm90_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_sm90_s8_n128", 6 * 32 * 1024 + 1024),
@@ -84,8 +82,6 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_bf16",
             "attention_mma_d64",
             "attention_mma_d128",
-            "attention_mma2_d64",
-            "attention_mma2_d128",
             "attention_decode_d64",
             "attention_decode_d128",
             "attention_combine",
@@ -111,8 +107,6 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_bf16",
             "gemm_skinny8",
             "gemm_skinny32",
-            "gemm_skinny32x4",
-            "gemm_splitk_reduce",
             "gemm_w8a8",
             "quantize_rows_int8",
         ],
@@ -153,12 +147,6 @@ pub struct Gpu {
     /// every thread (gemm_sm90_*), 2 = TMA with a producer warpgroup (gemm_tma_*). Tests and
     /// benchmarks.
     pub sm90_loader: std::sync::atomic::AtomicU32,
-    /// 1: decode GEMMs of 9..32 rows on gemm_skinny32 (one column per warp) instead of
-    /// gemm_skinny32x4 (four per warp, split k). Tests and benchmarks.
-    pub skinny_v1: std::sync::atomic::AtomicU32,
-    /// Query rows per warp of the tensor-core flash attention: 0 = chosen by the wrapper,
-    /// 16 (attention_mma_*) or 32 (attention_mma2_*). Tests and benchmarks.
-    pub attn_rows: std::sync::atomic::AtomicU32,
     /// Streaming multiprocessors on the device (tile-size heuristics).
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
@@ -276,8 +264,6 @@ impl Gpu {
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
             sm90_loader: Default::default(),
-            attn_rows: Default::default(),
-            skinny_v1: Default::default(),
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
