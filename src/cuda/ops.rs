@@ -464,10 +464,8 @@ impl Gpu {
     }
 
     /// The wgmma kernel (gemm_sm90.cu) for this product, if the device has it and the operands
-    /// allow it: k * element size a multiple of 16 bytes, x and w 16-byte aligned. The column
-    /// tile is 256 when that still gives at least one block per multiprocessor (fewer, larger
-    /// tiles read each operand fewer times), else 128; `Gpu::sm90_tile` forces one (tests and
-    /// benchmarks).
+    /// allow it: k * element size a multiple of 16 bytes, x and w 16-byte aligned.
+    /// `Gpu::sm90_loader` and `Gpu::sm90_tile` force a variant (tests and benchmarks).
     fn sm90_gemm(
         &self,
         kind: &str,
@@ -486,16 +484,17 @@ impl Gpu {
             return Ok(None);
         }
         let mt = s.m.div_ceil(128);
-        // 128 x 128 tiles: faster than 128 x 256 at every measured shape (H100, 2026-11-26:
-        // 4096^3 0.359 vs 0.424 ms, 8192x2816x1024 0.177 vs 0.243 ms)
+        // TMA + warp specialisation unless the cp.async kernels are forced: faster at every
+        // measured shape. Column tile: 256 for the TMA kernels, 128 for the cp.async ones, the
+        // faster of the two at every shape measured for each (H100, 2026-11-26; TMA with the
+        // staged epilogue: 4096^3 0.189 vs 0.239 ms, 8192x2816x1024 0.095 vs 0.103 ms,
+        // 8192x1024x1024 0.035 vs 0.042 ms; cp.async: 4096^3 0.360 vs 0.428 ms)
+        let tma = self.sm90_loader.load(Relaxed) != 1;
         let bn = match forced {
             128 | 256 => forced as usize,
+            _ if tma => 256,
             _ => 128,
         };
-        // TMA + warp specialisation unless the cp.async kernels are forced: faster at every
-        // measured shape (H100, 2026-11-26: 4096^3 0.264 vs 0.362 ms, 8192x2816x1024 0.148 vs
-        // 0.177 ms, 8192x1024x1024 0.061 vs 0.069 ms)
-        let tma = self.sm90_loader.load(Relaxed) != 1;
         let kernel: &'static str = match (tma, kind, bn) {
             (false, "bf16", 128) => "gemm_sm90_bf16_n128",
             (false, "bf16", _) => "gemm_sm90_bf16_n256",
