@@ -123,9 +123,16 @@ fn main() {
             );
         }
         if m > 32 && g.has_kernel("gemm_sm90_bf16_n128") {
-            // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
-            for (tile, suffix) in [(128u32, "n128"), (256, "n256"), (1, "mma")] {
-                g.sm90_loader.store(1, Relaxed); // the cp.async kernels
+            // each wgmma loader (2 TMA, 1 cp.async) and column tile forced, and (baseline) the
+            // mma.sync tiles of gemm.cu
+            for (loader, tile, suffix) in [
+                (2u32, 128u32, "tma_n128"),
+                (2, 256, "tma_n256"),
+                (1, 128, "n128"),
+                (1, 256, "n256"),
+                (1, 1, "mma"),
+            ] {
+                g.sm90_loader.store(loader, Relaxed);
                 g.sm90_tile.store(tile, Relaxed);
                 let bf = time(&g, || {
                     g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
@@ -222,41 +229,6 @@ fn main() {
             "{{\"op\":\"{name}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":{causal},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
             flop / ms / 1e9
         );
-        }
-    }
-    // the TMA + mbarrier wgmma GEMMs, last (a new pipeline: if it hung, everything else has
-    // been printed)
-    if g.has_kernel("gemm_tma_bf16_n128") {
-        for &(m, n, k) in &[(8192, 1024, 1024), (8192, 2816, 1024), (4096, 4096, 4096)] {
-            let x = rand_bf16(&g, m * k, 1);
-            let w = rand_bf16(&g, n * k, 2);
-            let wq = rand_i8(&g, n * k, 3);
-            let xq = rand_i8(&g, m * k, 4);
-            let s_n = g.upload("bench", &vec![0.01f32; n]).unwrap();
-            let s_m = g.upload("bench", &vec![0.01f32; m]).unwrap();
-            let mut y = g.zeros::<bf16>("bench", m * n).unwrap();
-            let sh = GemmShape::new(m, n, k, false);
-            let flop = 2.0 * (m * n * k) as f64;
-            g.sm90_loader.store(2, Relaxed);
-            for (tile, suffix) in [(128u32, "tma_n128"), (256, "tma_n256")] {
-                g.sm90_tile.store(tile, Relaxed);
-                let bf = time(&g, || {
-                    g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                        .unwrap()
-                });
-                let i8 = time(&g, || {
-                    g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
-                        .unwrap()
-                });
-                for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
-                    println!(
-                        "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
-                        flop / ms / 1e9
-                    );
-                }
-            }
-            g.sm90_tile.store(0, Relaxed);
-            g.sm90_loader.store(0, Relaxed);
         }
     }
 }

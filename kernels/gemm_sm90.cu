@@ -64,6 +64,32 @@ __device__ __forceinline__ void load_slice(unsigned dst, const char* src, long l
     }
 }
 
+// The accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before the
+// final wgmma.wait_group: tie each to an empty asm placed after it (CUTLASS's
+// warpgroup_fence_operand).
+__device__ __forceinline__ void fence_reg(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void fence_reg(int& v) { asm volatile("" : "+r"(v)::"memory"); }
+template <typename T, int N>
+__device__ __forceinline__ void fence_acc(T (&acc)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) fence_reg(acc[i]);
+}
+
+// A warpgroup's 64 x BN accumulators (wgmma D fragment: warp w holds rows 16w..16w+15; register
+// 4j + e of lane 4g + t is row g (+8 for e >= 2), column 8j + 2t (+1 for odd e)) through the
+// shared epilogue; r = this lane's first row, t = lane % 4.
+template <int BN, typename T>
+__device__ __forceinline__ void store_fragment(const jobx_gemm_params& p, long long r,
+                                               long long n0, int t, const T (&acc)[BN / 2]) {
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const long long c = n0 + j * 8 + 2 * t;
+        if (c >= p.n) continue;
+        store_pair(p, r, c, (float)acc[4 * j], (float)acc[4 * j + 1]);
+        store_pair(p, r + 8, c, (float)acc[4 * j + 2], (float)acc[4 * j + 3]);
+    }
+}
+
 template <int BN, bool INT8>
 __device__ __forceinline__ void wgmma_slice(typename AccT<INT8>::type (&d)[BN / 2],
                                             unsigned a, unsigned b) {
@@ -129,25 +155,8 @@ __device__ __forceinline__ void gemm_sm90(const jobx_gemm_params& p) {
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    // the accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before
-    // the wait above: tie each to an empty asm after it (CUTLASS's warpgroup_fence_operand)
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        if constexpr (INT8) asm volatile("" : "+r"(acc[i])::"memory");
-        else asm volatile("" : "+f"(acc[i])::"memory");
-    }
-
-    // accumulator layout (wgmma D fragment): warp w of the warpgroup holds rows 16w..16w+15;
-    // register 4j + e of lane 4g + t is row g (+8 for e >= 2), column 8j + 2t (+1 for odd e)
-    const int g = lane >> 2, t = lane & 3;
-    const long long r = m0 + wg * 64 + warp * 16 + g;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const long long c = n0 + j * 8 + 2 * t;
-        if (c >= p.n) continue;
-        store_pair(p, r, c, (float)acc[4 * j], (float)acc[4 * j + 1]);
-        store_pair(p, r + 8, c, (float)acc[4 * j + 2], (float)acc[4 * j + 3]);
-    }
+    fence_acc(acc);
+    store_fragment<BN>(p, m0 + wg * 64 + warp * 16 + (lane >> 2), n0, lane & 3, acc);
 }
 
 // Dynamic shared memory per kernel (the Rust launcher uses the same numbers, plus 1024 bytes of
@@ -269,11 +278,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     // (the last slot's release is not needed: the producer issues no more copies)
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) {
-        if constexpr (INT8) asm volatile("" : "+r"(acc[i])::"memory");
-        else asm volatile("" : "+f"(acc[i])::"memory");
-    }
+    fence_acc(acc);
     const int g = lane >> 2, t = lane & 3;
     const long long r = m0 + c * 64 + warp * 16 + g;
     // bf16 output without LoRA, 16-byte aligned rows: stage the scaled f32 tile in shared memory
@@ -342,13 +347,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         }
         return;
     }
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const long long col = n0 + j * 8 + 2 * t;
-        if (col >= p.n) continue;
-        store_pair(p, r, col, (float)acc[4 * j], (float)acc[4 * j + 1]);
-        store_pair(p, r + 8, col, (float)acc[4 * j + 2], (float)acc[4 * j + 3]);
-    }
+    store_fragment<BN>(p, r, n0, t, acc);
 }
 
 // Dynamic shared memory as the cp.async kernels: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB slack).

@@ -304,6 +304,11 @@ mod table {
             (33, 130, 1032),
             (300, 200, 264),
             (256, 128, 64),
+            // decode-sized: narrow outputs on gemm_skinny32, wide ones (n >= 2048) on the tiles
+            (20, 1000, 2816),
+            (32, 4099, 264),
+            (9, 64, 8),
+            (32, 2100, 1032),
         ] {
             for int8 in [false, true] {
                 for f32out in [false, true] {
@@ -328,23 +333,6 @@ mod table {
             "gemm accumulate m3 n65 k64".into(),
             Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, false)),
         ));
-        // decode-sized GEMMs: narrow outputs on gemm_skinny32, wide ones (n >= 2048) on the
-        // 64x64 tiles, each forced onto the other kernel too
-        for &(m, n, k) in &[
-            (20, 1000, 2816),
-            (32, 4099, 264),
-            (9, 64, 8),
-            (32, 2100, 1032),
-        ] {
-            for int8 in [false, true] {
-                for tiled in [false, true] {
-                    cases.push((
-                        format!("gemm decode m{m} n{n} k{k} int8w {int8} tiled {tiled}"),
-                        Box::new(move |g, s| gemm(g, s, m, n, k, int8, false, false, tiled)),
-                    ));
-                }
-            }
-        }
         cases.push((
             "gemm skinny accumulate f32 m17 n300 k1024".into(),
             Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, false)),
@@ -353,51 +341,6 @@ mod table {
             "lora skinny m20 n130 k256 r16".into(),
             Box::new(|g, s| lora(g, s, 20, 130, 256, 16)),
         ));
-        // the sm_90a wgmma GEMMs (gemm_sm90.cu), each column tile forced, where the device has
-        // them: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
-        // accumulate, f32 output, the fused LoRA epilogue and W8A8
-        if gpu.has_kernel("gemm_sm90_bf16_n128") {
-            for tile in [128u32, 256] {
-                for &(m, n, k) in &[
-                    (33, 130, 1032),
-                    (200, 300, 72),
-                    (129, 257, 1000),
-                    (513, 520, 1024),
-                    (256, 128, 64),
-                ] {
-                    for f32out in [false, true] {
-                        cases.push((
-                            format!("gemm sm90 n{tile} m{m} n{n} k{k} f32out {f32out}"),
-                            Box::new(move |g, s| {
-                                sm90_tile(g, tile, || {
-                                    gemm(g, s, m, n, k, false, f32out, false, false)
-                                })
-                            }),
-                        ));
-                    }
-                }
-                cases.push((
-                    format!("gemm sm90 n{tile} accumulate m70 n130 k264"),
-                    Box::new(move |g, s| {
-                        sm90_tile(g, tile, || {
-                            gemm(g, s, 70, 130, 264, false, false, true, false)
-                        })
-                    }),
-                ));
-                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
-                    cases.push((
-                        format!("w8a8 sm90 n{tile} m{m} n{n} k{k}"),
-                        Box::new(move |g, s| sm90_tile(g, tile, || w8a8(g, s, m, n, k))),
-                    ));
-                }
-                cases.push((
-                    format!("lora sm90 n{tile} m70 n130 k256 r16"),
-                    Box::new(move |g, s| sm90_tile(g, tile, || lora(g, s, 70, 130, 256, 16))),
-                ));
-            }
-        } else {
-            eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
-        }
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
                 format!("w8a8 m{m} n{n} k{k}"),
@@ -537,50 +480,54 @@ mod table {
                 Box::new(move |g, s| greedy(g, s, rows, vocab)),
             ));
         }
-        // the TMA + mbarrier (warp-specialised) wgmma GEMMs last: a pipeline deadlock there
-        // would hang the binary, and every other case has run by then
-        if gpu.has_kernel("gemm_tma_bf16_n128") {
-            for tile in [128u32, 256] {
-                for &(m, n, k) in &[
-                    (33, 130, 1032),
-                    (200, 300, 72),
-                    (513, 520, 1024),
-                    (256, 128, 64),
-                ] {
-                    for f32out in [false, true] {
-                        cases.push((
-                            format!("gemm tma n{tile} m{m} n{n} k{k} f32out {f32out}"),
-                            Box::new(move |g, s| {
-                                sm90_tma(g, tile, || {
-                                    gemm(g, s, m, n, k, false, f32out, false, false)
-                                })
-                            }),
-                        ));
+        // the sm_90a wgmma GEMMs (gemm_sm90.cu) where the device has them, each loader (1 =
+        // cp.async, 2 = TMA + mbarriers) and column tile forced: partial 128-byte k slices (k 72,
+        // 264), partial row and column tiles, deep k, accumulate, f32 and bf16 output (the TMA
+        // kernels stage bf16 through shared memory), the fused LoRA epilogue and W8A8
+        if gpu.has_kernel("gemm_sm90_bf16_n128") {
+            for (loader, lname) in [(1u32, "sm90"), (2, "tma")] {
+                for tile in [128u32, 256] {
+                    let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| {
+                        sm90_variant(g, loader, tile, f)
+                    };
+                    for &(m, n, k) in &[
+                        (33, 130, 1032),
+                        (200, 300, 72),
+                        (129, 257, 1000),
+                        (513, 520, 1024),
+                        (256, 128, 64),
+                    ] {
+                        for f32out in [false, true] {
+                            cases.push((
+                                format!("gemm {lname} n{tile} m{m} n{n} k{k} f32out {f32out}"),
+                                Box::new(move |g, s| {
+                                    v(g, &|| gemm(g, s, m, n, k, false, f32out, false, false))
+                                }),
+                            ));
+                        }
                     }
-                }
-                cases.push((
-                    format!("gemm tma n{tile} accumulate m70 n130 k264"),
-                    Box::new(move |g, s| {
-                        sm90_tma(g, tile, || {
-                            gemm(g, s, 70, 130, 264, false, false, true, false)
-                        })
-                    }),
-                ));
-                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
-                    for bf16_out in [false, true] {
-                        cases.push((
-                            format!("w8a8 tma n{tile} m{m} n{n} k{k} bf16 {bf16_out}"),
-                            Box::new(move |g, s| {
-                                sm90_tma(g, tile, || w8a8_out(g, s, m, n, k, bf16_out))
-                            }),
-                        ));
+                    cases.push((
+                        format!("gemm {lname} n{tile} accumulate m70 n130 k264"),
+                        Box::new(move |g, s| {
+                            v(g, &|| gemm(g, s, 70, 130, 264, false, false, true, false))
+                        }),
+                    ));
+                    for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
+                        for bf16_out in [false, true] {
+                            cases.push((
+                                format!("w8a8 {lname} n{tile} m{m} n{n} k{k} bf16 {bf16_out}"),
+                                Box::new(move |g, s| v(g, &|| w8a8_out(g, s, m, n, k, bf16_out))),
+                            ));
+                        }
                     }
+                    cases.push((
+                        format!("lora {lname} n{tile} m70 n130 k256 r16"),
+                        Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, 16))),
+                    ));
                 }
-                cases.push((
-                    format!("lora tma n{tile} m70 n130 k256 r16"),
-                    Box::new(move |g, s| sm90_tma(g, tile, || lora(g, s, 70, 130, 256, 16))),
-                ));
             }
+        } else {
+            eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
         }
         let mut failures = Vec::new();
         for (name, f) in &cases {
@@ -735,20 +682,20 @@ mod table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    /// Run `f` on the TMA wgmma GEMMs with column tile `tile`, then back to automatic.
-    fn sm90_tma(g: &Gpu, tile: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
-        g.sm90_loader.store(2, std::sync::atomic::Ordering::Relaxed);
-        let r = sm90_tile(g, tile, f);
-        g.sm90_loader.store(0, std::sync::atomic::Ordering::Relaxed);
-        r
-    }
-
-    /// Run `f` with the wgmma GEMMs' column tile forced to `tile`, then back to automatic.
-    fn sm90_tile(g: &Gpu, tile: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
-        g.sm90_tile
-            .store(tile, std::sync::atomic::Ordering::Relaxed);
+    /// Run `f` with the wgmma GEMMs' loader (1 cp.async, 2 TMA) and column tile forced, then
+    /// back to automatic.
+    fn sm90_variant(
+        g: &Gpu,
+        loader: u32,
+        tile: u32,
+        f: &dyn Fn() -> Result<(), String>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        g.sm90_loader.store(loader, Relaxed);
+        g.sm90_tile.store(tile, Relaxed);
         let r = f();
-        g.sm90_tile.store(0, std::sync::atomic::Ordering::Relaxed);
+        g.sm90_tile.store(0, Relaxed);
+        g.sm90_loader.store(0, Relaxed);
         r
     }
 
