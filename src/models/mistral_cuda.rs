@@ -155,6 +155,20 @@ impl<'g> MistralCuda<'g> {
         all: bool,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        let lg = self.forward_device(st, ids, mask, t_new, all)?;
+        *logits = self.gpu.download("mistral", &lg)?;
+        Ok(())
+    }
+
+    /// `forward` with the f32 logits left on the device.
+    pub fn forward_device(
+        &self,
+        st: &mut MistralCudaState,
+        ids: &[u32],
+        mask: &[u8],
+        t_new: usize,
+        all: bool,
+    ) -> Result<CudaSlice<f32>> {
         let c = &self.cfg;
         let gpu = self.gpu;
         let (hid, hd, h, kv, inter, vsz) = (
@@ -350,9 +364,8 @@ impl<'g> MistralCuda<'g> {
             &GemmShape::new(hrows, vsz, hid, false),
             None,
         )?;
-        *logits = gpu.download("mistral", &lg)?;
         st.len = tk;
-        Ok(())
+        Ok(lg)
     }
 
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
@@ -424,5 +437,23 @@ impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         self.pending.reorder(parents);
         self.model.select_rows(&mut self.state, parents)
+    }
+    /// Decode steps pick on the GPU (`Gpu::greedy_pick`); the prefill's logits, already on the
+    /// host, go through the host path (None).
+    fn step_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Option<Vec<(u32, f32)>>> {
+        if self.pending.is_pending() {
+            return Ok(None);
+        }
+        let mask = vec![1u8; tokens.len()];
+        let mut lg = self
+            .model
+            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+        let v = self.model.cfg.vocab_size;
+        Ok(Some(self.model.gpu.greedy_pick(
+            &mut lg,
+            tokens.len(),
+            v,
+            suppress,
+        )?))
     }
 }
