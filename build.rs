@@ -437,7 +437,8 @@ mod cuda {
             // `// jobx:archs 90a`: an architecture-specific file (Hopper's wgmma needs sm_90a,
             // whose code runs on compute capability 9.0 only). It is built only when 90 is a
             // target; the runtime loads it only on such a device (KernelModule::only_arch).
-            let file_archs: Vec<(u32, String)> = match arch_override(&src) {
+            let over = arch_override(&src);
+            let file_archs: Vec<(u32, String)> = match &over {
                 Some(a) => {
                     let cc: u32 = a.trim_end_matches('a').parse().unwrap_or_else(|_| {
                         fail(format!("{}: bad `jobx:archs` value {a:?}", cu.display()))
@@ -449,15 +450,11 @@ mod cuda {
                         );
                         continue;
                     }
-                    vec![(cc, a)]
+                    vec![(cc, a.clone())]
                 }
                 None => archs.iter().map(|&a| (a, a.to_string())).collect(),
             };
-            let only_arch = if arch_override(&src).is_some() {
-                file_archs[0].0
-            } else {
-                0
-            };
+            let only_arch = if over.is_some() { file_archs[0].0 } else { 0 };
             let mut cubins = String::new();
             let mut lowest_ptx = None;
             for (arch_cc, arch) in &file_archs {

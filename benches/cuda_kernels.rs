@@ -122,17 +122,9 @@ fn main() {
                 flop / ms / 1e9
             );
         }
-        if m > 32 && g.has_kernel("gemm_sm90_bf16_n128") {
-            // each wgmma loader (2 TMA, 1 cp.async) and column tile forced, and (baseline) the
-            // mma.sync tiles of gemm.cu
-            for (loader, tile, suffix) in [
-                (2u32, 128u32, "tma_n128"),
-                (2, 256, "tma_n256"),
-                (1, 128, "n128"),
-                (1, 256, "n256"),
-                (1, 1, "mma"),
-            ] {
-                g.sm90_loader.store(loader, Relaxed);
+        if m > 32 && g.has_kernel("gemm_tma_bf16_n128") {
+            // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
+            for (tile, suffix) in [(128u32, "tma_n128"), (256, "tma_n256"), (1, "mma")] {
                 g.sm90_tile.store(tile, Relaxed);
                 let bf = time(&g, || {
                     g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
@@ -143,7 +135,6 @@ fn main() {
                         .unwrap()
                 });
                 g.sm90_tile.store(0, Relaxed);
-                g.sm90_loader.store(0, Relaxed);
                 for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
                     println!(
                         "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",

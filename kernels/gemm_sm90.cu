@@ -1,8 +1,8 @@
 // Hopper (sm_90a) tensor-core GEMMs with wgmma: y[m, n] (+)= x[m, k] · w[n, k]^T, the products
 // of prefill/encoder/training shapes (m > 32; decode-sized products use gemm_skinny*).
-//   gemm_sm90_bf16_n128 / _n256   bf16 x, bf16 w, f32 accumulation (wgmma m64nNk16)
-//   gemm_sm90_s8_n128 / _n256     int8 x (per-token scale), int8 w (per-channel scale), s32
-//                                 accumulation (wgmma m64nNk32), the W8A8 path
+//   gemm_tma_bf16_n128 / _n256   bf16 x, bf16 w, f32 accumulation (wgmma m64nNk16)
+//   gemm_tma_s8_n128 / _n256     int8 x (per-token scale), int8 w (per-channel scale), s32
+//                                accumulation (wgmma m64nNk32), the W8A8 path
 // Same parameter struct and epilogue (scales, fused LoRA expand, accumulate, bf16/f32 output) as
 // gemm.cu; the Rust wrapper picks these on an sm_90 device when k * element size is a multiple
 // of 16 bytes and x, w are 16-byte aligned, and gemm.cu's mma.sync kernels otherwise.
@@ -11,20 +11,13 @@
 // 2026-11-26, 18-26% of torch.matmul); Hopper reaches its matrix rate only through the
 // asynchronous warpgroup MMA, which reads both operands straight from shared memory.
 //
-// Block: 256 threads = 2 warpgroups; tile 128 x BN, warpgroup g owns rows 64g..64g+63 and all
-// BN columns (BN/2 f32 or s32 accumulators per thread). k goes through shared memory in slices
-// of 128 bytes per row (64 bf16 or 128 int8): STAGES slices deep, filled by cp.async (16-byte
-// copies, out-of-range rows and k zero-filled by a source size of 0), laid out exactly as the
-// TMA engine's 128-byte swizzle would (16-byte chunk c of row r at chunk c ^ (r % 8) inside
-// 1024-byte atoms of 8 rows), which is the layout the wgmma descriptors below describe.
-// Per slice each warpgroup issues 4 wgmma (k16 bf16 / k32 s8, i.e. 32 bytes of k each, the
-// descriptor's start address advanced by 32 bytes inside the swizzle atom) and keeps one slice's
-// wgmma group in flight while the next is issued.
-//
-// Pipeline invariant (S = STAGES): at iteration kt, after the barrier, every thread has waited
-// for wgmma(kt - 2) (wait_group 1 at the end of kt - 1), so the slot of slice kt - 2, which is
-// (kt + S - 2) mod S, is free and slice kt + S - 2 is loaded into it: S - 2 slices are in flight
-// ahead of the one being multiplied.
+// Tile 128 x BN; k goes through shared memory in slices of 128 bytes per row (64 bf16 or 128
+// int8), laid out by the TMA engine in its 128-byte swizzle (16-byte chunk c of row r at chunk
+// c ^ (r % 8) inside 1024-byte atoms of 8 rows), which is the layout the wgmma descriptors below
+// describe. Per slice each consumer warpgroup issues 4 wgmma (k16 bf16 / k32 s8, i.e. 32 bytes
+// of k each, the descriptor's start address advanced by 32 bytes inside the swizzle atom).
+// A variant loading the slices with cp.async by every thread (a block barrier per slice) ran at
+// 0.36 ms vs this one's 0.26 ms at 4096^3 on an H100 (2026-11-26) and was removed.
 #include "common.cuh"
 #include "gemm_common.cuh"
 #include "wgmma_ops.cuh"
@@ -35,7 +28,6 @@
 template <bool INT8> struct AccT { typedef float type; };
 template <> struct AccT<true> { typedef int type; };
 
-#define SM90_THREADS 256
 #define SM90_BM 128
 #define SLICE_BYTES 128  // k bytes per row per stage: one 128-byte swizzle row
 
@@ -46,22 +38,6 @@ template <> struct AccT<true> { typedef int type; };
 __device__ __forceinline__ unsigned long long desc_sw128(unsigned addr) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
            ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
-
-// ROWS rows x 128 bytes of k, from row `row0` and byte `kb0` of a row-major [rows, kbytes]
-// matrix, into the swizzled tile at `dst`. 8 consecutive threads copy one row (coalesced).
-template <int ROWS>
-__device__ __forceinline__ void load_slice(unsigned dst, const char* src, long long rows,
-                                           long long kbytes, long long row0, long long kb0,
-                                           int tid) {
-#pragma unroll
-    for (int i = 0; i < ROWS * 8 / SM90_THREADS; i++) {
-        const int e = tid + i * SM90_THREADS, r = e >> 3, c = e & 7;
-        const long long gr = row0 + r, gk = kb0 + c * 16;
-        const bool ok = gr < rows && gk < kbytes;
-        cp_async16(dst + r * 128 + ((c ^ (r & 7)) << 4), ok ? src + gr * kbytes + gk : src,
-                   ok ? 16 : 0);
-    }
 }
 
 // The accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before the
@@ -106,83 +82,14 @@ __device__ __forceinline__ void wgmma_slice(typename AccT<INT8>::type (&d)[BN / 
     }
 }
 
-template <int BN, int STAGES, bool INT8>
-__device__ __forceinline__ void gemm_sm90(const jobx_gemm_params& p) {
-    using Acc = typename AccT<INT8>::type;
-    constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
-    extern __shared__ unsigned char dyn_smem[];
-    // swizzle atoms must start on 1024-byte boundaries (the launcher adds 1 KB of slack)
-    const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
-    const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
-    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
-    const long long m0 = (long long)blockIdx.y * SM90_BM, n0 = (long long)blockIdx.x * BN;
-    const long long eb = INT8 ? 1 : 2, kbytes = p.k * eb;
-    const long long kt_n = (kbytes + SLICE_BYTES - 1) / SLICE_BYTES;
-    const char* x = (const char*)p.x;
-    const char* w = (const char*)p.w;
-
-    Acc acc[BN / 2];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) acc[i] = 0;
-
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; s++) {
-        if (s < kt_n) {
-            load_slice<SM90_BM>(a_base + s * A_BYTES, x, p.m, kbytes, m0, s * SLICE_BYTES, tid);
-            load_slice<BN>(b_base + s * B_BYTES, w, p.n, kbytes, n0, s * SLICE_BYTES, tid);
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-    }
-    for (long long kt = 0; kt < kt_n; kt++) {
-        // groups committed so far: S - 2 + kt; slice kt is group kt
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 3) : "memory");
-        // the copies were generic-proxy writes; wgmma reads through the async proxy
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();
-        const long long nk = kt + STAGES - 2;
-        if (nk < kt_n) {
-            const int slot = (int)(nk % STAGES);
-            load_slice<SM90_BM>(a_base + slot * A_BYTES, x, p.m, kbytes, m0, nk * SLICE_BYTES, tid);
-            load_slice<BN>(b_base + slot * B_BYTES, w, p.n, kbytes, n0, nk * SLICE_BYTES, tid);
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
-        const int slot = (int)(kt % STAGES);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + wg * 64 * SLICE_BYTES,
-                              b_base + slot * B_BYTES);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    fence_acc(acc);
-    store_fragment<BN>(p, m0 + wg * 64 + warp * 16 + (lane >> 2), n0, lane & 3, acc);
-}
-
-// Dynamic shared memory per kernel (the Rust launcher uses the same numbers, plus 1024 bytes of
-// alignment slack): n128: 6 x (16 + 16) KB = 192 KB; n256: 4 x (16 + 32) KB = 192 KB.
-extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_bf16_n128(jobx_gemm_params p) {
-    gemm_sm90<128, 6, false>(p);
-}
-extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_bf16_n256(jobx_gemm_params p) {
-    gemm_sm90<256, 4, false>(p);
-}
-extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_s8_n128(jobx_gemm_params p) {
-    gemm_sm90<128, 6, true>(p);
-}
-extern "C" __global__ void __launch_bounds__(SM90_THREADS, 1) gemm_sm90_s8_n256(jobx_gemm_params p) {
-    gemm_sm90<256, 4, true>(p);
-}
-
-// ---- TMA + mbarrier, warp-specialised variant -------------------------------------------------
+// ---- TMA + mbarrier, warp-specialised ------------------------------------------------------------
 // gemm_tma_{bf16,s8}_n{128,256}: 3 warpgroups. Warpgroup 0 is the producer: one thread issues,
 // per k slice, two bulk tensor copies (TMA: x rows m0.., w rows n0.., 128 bytes of k each, in
 // the 128-byte swizzle layout, out-of-bounds zero-filled by the copy engine) that complete on the
 // slot's `full` mbarrier. Warpgroups 1 and 2 are consumers, 64 rows each: wait on `full`, issue
 // the slice's 4 wgmma, wait for them, and arrive on the slot's `empty` mbarrier, which the
-// producer waits on before refilling that slot. No block-wide barrier in the main loop (the
-// cp.async kernels above need one per slice), and no thread spends issue slots on address
-// arithmetic for the copies. Parity: the n-th fill of a slot completes phase n of its `full`
+// producer waits on before refilling that slot. No block-wide barrier in the main loop, and
+// no thread spends issue slots on address arithmetic for the copies. Parity: the n-th fill of a slot completes phase n of its `full`
 // barrier (consumers wait for parity n & 1); the producer's n-th refill (n >= 1) waits for
 // phase n - 1 of `empty`.
 #define TMA_THREADS 384
@@ -350,7 +257,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     store_fragment<BN>(p, r, n0, t, acc);
 }
 
-// Dynamic shared memory as the cp.async kernels: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB slack).
+// Dynamic shared memory: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB alignment slack).
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_bf16_n128(const __grid_constant__ jobx_gemm_tma_params p) {
     gemm_tma<128, 6, false>(p);

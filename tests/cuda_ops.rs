@@ -480,51 +480,47 @@ mod table {
                 Box::new(move |g, s| greedy(g, s, rows, vocab)),
             ));
         }
-        // the sm_90a wgmma GEMMs (gemm_sm90.cu) where the device has them, each loader (1 =
-        // cp.async, 2 = TMA + mbarriers) and column tile forced: partial 128-byte k slices (k 72,
-        // 264), partial row and column tiles, deep k, accumulate, f32 and bf16 output (the TMA
-        // kernels stage bf16 through shared memory), the fused LoRA epilogue and W8A8
-        if gpu.has_kernel("gemm_sm90_bf16_n128") {
-            for (loader, lname) in [(1u32, "sm90"), (2, "tma")] {
-                for tile in [128u32, 256] {
-                    let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| {
-                        sm90_variant(g, loader, tile, f)
-                    };
-                    for &(m, n, k) in &[
-                        (33, 130, 1032),
-                        (200, 300, 72),
-                        (129, 257, 1000),
-                        (513, 520, 1024),
-                        (256, 128, 64),
-                    ] {
-                        for f32out in [false, true] {
-                            cases.push((
-                                format!("gemm {lname} n{tile} m{m} n{n} k{k} f32out {f32out}"),
-                                Box::new(move |g, s| {
-                                    v(g, &|| gemm(g, s, m, n, k, false, f32out, false, false))
-                                }),
-                            ));
-                        }
+        // the sm_90a wgmma GEMMs (gemm_sm90.cu) where the device has them, each column tile
+        // forced: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
+        // accumulate, f32 and bf16 output (bf16 is staged through shared memory), the fused
+        // LoRA epilogue and W8A8
+        if gpu.has_kernel("gemm_tma_bf16_n128") {
+            for tile in [128u32, 256] {
+                let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| sm90_tile(g, tile, f);
+                for &(m, n, k) in &[
+                    (33, 130, 1032),
+                    (200, 300, 72),
+                    (129, 257, 1000),
+                    (513, 520, 1024),
+                    (256, 128, 64),
+                ] {
+                    for f32out in [false, true] {
+                        cases.push((
+                            format!("gemm tma n{tile} m{m} n{n} k{k} f32out {f32out}"),
+                            Box::new(move |g, s| {
+                                v(g, &|| gemm(g, s, m, n, k, false, f32out, false, false))
+                            }),
+                        ));
                     }
-                    cases.push((
-                        format!("gemm {lname} n{tile} accumulate m70 n130 k264"),
-                        Box::new(move |g, s| {
-                            v(g, &|| gemm(g, s, 70, 130, 264, false, false, true, false))
-                        }),
-                    ));
-                    for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
-                        for bf16_out in [false, true] {
-                            cases.push((
-                                format!("w8a8 {lname} n{tile} m{m} n{n} k{k} bf16 {bf16_out}"),
-                                Box::new(move |g, s| v(g, &|| w8a8_out(g, s, m, n, k, bf16_out))),
-                            ));
-                        }
-                    }
-                    cases.push((
-                        format!("lora {lname} n{tile} m70 n130 k256 r16"),
-                        Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, 16))),
-                    ));
                 }
+                cases.push((
+                    format!("gemm tma n{tile} accumulate m70 n130 k264"),
+                    Box::new(move |g, s| {
+                        v(g, &|| gemm(g, s, 70, 130, 264, false, false, true, false))
+                    }),
+                ));
+                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
+                    for bf16_out in [false, true] {
+                        cases.push((
+                            format!("w8a8 tma n{tile} m{m} n{n} k{k} bf16 {bf16_out}"),
+                            Box::new(move |g, s| v(g, &|| w8a8_out(g, s, m, n, k, bf16_out))),
+                        ));
+                    }
+                }
+                cases.push((
+                    format!("lora tma n{tile} m70 n130 k256 r16"),
+                    Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, 16))),
+                ));
             }
         } else {
             eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
@@ -681,24 +677,16 @@ mod table {
         (q, s)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    /// Run `f` with the wgmma GEMMs' loader (1 cp.async, 2 TMA) and column tile forced, then
-    /// back to automatic.
-    fn sm90_variant(
-        g: &Gpu,
-        loader: u32,
-        tile: u32,
-        f: &dyn Fn() -> Result<(), String>,
-    ) -> Result<(), String> {
+    /// Run `f` with the wgmma GEMMs' column tile forced, then back to the default.
+    fn sm90_tile(g: &Gpu, tile: u32, f: &dyn Fn() -> Result<(), String>) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
-        g.sm90_loader.store(loader, Relaxed);
         g.sm90_tile.store(tile, Relaxed);
         let r = f();
         g.sm90_tile.store(0, Relaxed);
-        g.sm90_loader.store(0, Relaxed);
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn gemm(
         g: &Gpu,
         seed: u64,

@@ -3,7 +3,7 @@
 //! write out of bounds through a wrong shape), picks the grid, fills the parameter struct from
 //! kernels/jobx_params.h and launches through `Gpu::launch`. Shapes are in elements.
 
-use super::runtime::{backend_err, params::*, Gpu, DYNAMIC_SMEM};
+use super::runtime::{backend_err, params::*, Gpu};
 use crate::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
@@ -431,16 +431,16 @@ impl Gpu {
             return self.launch(OP, kernel, cfg, p);
         }
         if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
-            if let Some((kernel, cfg)) = self.sm90_gemm("bf16", s, &p, 2)? {
+            if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, false)? {
                 return self.launch_sm90(OP, kernel, cfg, p, false);
             }
         }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
     }
 
-    /// Launch a gemm_sm90.cu kernel: the cp.async ones take the plain parameter struct, the
-    /// TMA ones the struct plus tensor maps of x [m, k] and w [n, k] (encoded here per call: a
-    /// host-side computation of a few microseconds, no device work).
+    /// Launch a gemm_sm90.cu kernel: the parameter struct plus tensor maps of x [m, k] and
+    /// w [n, k] (encoded here per call: a host-side computation of a few microseconds, no device
+    /// work).
     fn launch_sm90(
         &self,
         op: &'static str,
@@ -449,9 +449,6 @@ impl Gpu {
         p: jobx_gemm_params,
         int8: bool,
     ) -> Result<()> {
-        if !kernel.starts_with("gemm_tma") {
-            return self.launch(op, kernel, cfg, p);
-        }
         let bn = if kernel.ends_with("n256") { 256 } else { 128 };
         let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
         let tp = jobx_gemm_tma_params {
@@ -465,18 +462,17 @@ impl Gpu {
 
     /// The wgmma kernel (gemm_sm90.cu) for this product, if the device has it and the operands
     /// allow it: k * element size a multiple of 16 bytes, x and w 16-byte aligned.
-    /// `Gpu::sm90_loader` and `Gpu::sm90_tile` force a variant (tests and benchmarks).
+    /// `Gpu::sm90_tile` forces a column tile or the mma.sync kernels (tests and benchmarks).
     fn sm90_gemm(
         &self,
-        kind: &str,
         s: &GemmShape,
         p: &jobx_gemm_params,
-        elem: usize,
+        int8: bool,
     ) -> Result<Option<(&'static str, LaunchConfig)>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let forced = self.sm90_tile.load(Relaxed);
+        let forced = self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed);
+        let elem = if int8 { 1 } else { 2 };
         if forced == 1
-            || !self.has_kernel("gemm_sm90_bf16_n128")
+            || !self.has_kernel("gemm_tma_bf16_n128")
             || (s.k * elem) % 16 != 0
             || (p.x as usize) % 16 != 0
             || (p.w as usize) % 16 != 0
@@ -484,28 +480,16 @@ impl Gpu {
             return Ok(None);
         }
         let mt = s.m.div_ceil(128);
-        // TMA + warp specialisation unless the cp.async kernels are forced: faster at every
-        // measured shape. Column tile: 256 for the TMA kernels, 128 for the cp.async ones, the
-        // faster of the two at every shape measured for each (H100, 2026-11-26; TMA with the
-        // staged epilogue: 4096^3 0.189 vs 0.239 ms, 8192x2816x1024 0.095 vs 0.103 ms,
-        // 8192x1024x1024 0.035 vs 0.042 ms; cp.async: 4096^3 0.360 vs 0.428 ms)
-        let tma = self.sm90_loader.load(Relaxed) != 1;
-        let bn = match forced {
-            128 | 256 => forced as usize,
-            _ if tma => 256,
-            _ => 128,
+        // column tile 256 unless forced: faster than 128 at every measured shape (H100,
+        // 2026-11-26: 4096^3 0.189 vs 0.239 ms, 8192x2816x1024 0.095 vs 0.103 ms,
+        // 8192x1024x1024 0.035 vs 0.042 ms)
+        let bn = if forced == 128 { 128 } else { 256 };
+        let kernel: &'static str = match (int8, bn) {
+            (false, 128) => "gemm_tma_bf16_n128",
+            (false, _) => "gemm_tma_bf16_n256",
+            (true, 128) => "gemm_tma_s8_n128",
+            (true, _) => "gemm_tma_s8_n256",
         };
-        let kernel: &'static str = match (tma, kind, bn) {
-            (false, "bf16", 128) => "gemm_sm90_bf16_n128",
-            (false, "bf16", _) => "gemm_sm90_bf16_n256",
-            (false, _, 128) => "gemm_sm90_s8_n128",
-            (false, _, _) => "gemm_sm90_s8_n256",
-            (true, "bf16", 128) => "gemm_tma_bf16_n128",
-            (true, "bf16", _) => "gemm_tma_bf16_n256",
-            (true, _, 128) => "gemm_tma_s8_n128",
-            (true, _, _) => "gemm_tma_s8_n256",
-        };
-        let threads = if tma { 384 } else { 256 };
         let nt = s.n.div_ceil(bn);
         if mt > 65_535 || nt > i32::MAX as usize {
             return Err(backend_err(
@@ -513,17 +497,12 @@ impl Gpu {
                 format!("m {} n {} exceed the grid", s.m, s.n),
             ));
         }
-        let smem = DYNAMIC_SMEM
-            .iter()
-            .find(|(n, _)| *n == kernel)
-            .map(|(_, b)| *b)
-            .unwrap_or(0);
         Ok(Some((
             kernel,
             LaunchConfig {
                 grid_dim: (nt as u32, mt as u32, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: smem,
+                block_dim: (384, 1, 1), // a producer and two consumer warpgroups
+                shared_mem_bytes: 0,
             },
         )))
     }
@@ -558,7 +537,7 @@ impl Gpu {
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
         if !general && s.m > 32 {
-            if let Some((kernel, cfg)) = self.sm90_gemm("s8", s, &p, 1)? {
+            if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, true)? {
                 return self.launch_sm90(OP, kernel, cfg, p, true);
             }
         }
@@ -821,46 +800,35 @@ impl Gpu {
             splits: 1,
             chunk: 0,
         };
-        // tensor-core kernel: head dim 64 or 128 and 16-byte aligned rows (every stride a
-        // multiple of 8 elements); 64 queries per block
-        let strides = [q.1, k.1, v.1]
+        // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride a
+        // multiple of 8 elements), unless the general one is forced (tests)
+        let fast = [q.1, k.1, v.1]
             .iter()
-            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0);
-        let mma = match c.dk {
-            64 => Some("attention_mma_d64"),
-            128 => Some("attention_mma_d128"),
-            _ => None,
-        }
-        .filter(|_| {
-            strides
-                && !self
-                    .general_kernels
-                    .load(std::sync::atomic::Ordering::Relaxed)
-        });
-        // decode steps (a few queries per row): key chunks in parallel, then a merge
-        let general = self
-            .general_kernels
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if strides
-            && !general
-            && c.tq <= DECODE_MAX_TQ
-            && c.batch * c.tq <= 65_535
+            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0)
             && (c.dk == 64 || c.dk == 128)
-        {
+            && !self
+                .general_kernels
+                .load(std::sync::atomic::Ordering::Relaxed);
+        // decode steps (a few queries per row): key chunks in parallel, then a merge
+        if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
             return self.attention_decode(c, p);
         }
+        // otherwise the tensor-core flash kernel, 64 queries per block
+        let mma = fast.then(|| {
+            if c.dk == 64 {
+                "attention_mma_d64"
+            } else {
+                "attention_mma_d128"
+            }
+        });
         let (kernel, gx) = match mma {
             Some(kname) => (kname, c.tq.div_ceil(64)),
             None => ("attention_bf16", gx),
         };
-        let smem = DYNAMIC_SMEM
-            .iter()
-            .find(|(n, _)| *n == kernel)
-            .map_or(0, |(_, b)| *b);
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
             block_dim: (128, 1, 1),
-            shared_mem_bytes: smem,
+            shared_mem_bytes: 0, // set by launch for the kernels that use it
         };
         self.launch(OP, kernel, cfg, p)
     }
@@ -981,8 +949,8 @@ impl Gpu {
             Some(self.upload(OP, &sup)?)
         };
         let ids = self.scratch::<i32>(OP, rows)?;
-        let vals = self.scratch::<f32>(OP, rows)?;
-        let lse = self.scratch::<f32>(OP, rows)?;
+        // values in [0, rows), log-sum-exps in [rows, 2 rows): one read-back
+        let vals = self.scratch::<f32>(OP, 2 * rows)?;
         let p = jobx_logits_params {
             logits: self.ptr(logits) as *mut f32,
             mask: std::ptr::null(),
@@ -995,14 +963,14 @@ impl Gpu {
                 .as_ref()
                 .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32),
             n_suppress: sup.len() as i32,
-            out_lse: self.ptr(&lse) as *mut f32,
+            // SAFETY: rows elements past the start of a 2 * rows buffer
+            out_lse: unsafe { (self.ptr(&vals) as *mut f32).add(rows) },
         };
         self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)?;
         let ids = self.download(OP, &ids)?;
         let vals = self.download(OP, &vals)?;
-        let lse = self.download(OP, &lse)?;
         Ok((0..rows)
-            .map(|r| (ids[r].max(0) as u32, vals[r] - lse[r]))
+            .map(|r| (ids[r].max(0) as u32, vals[r] - vals[rows + r]))
             .collect())
     }
 }
@@ -1103,7 +1071,6 @@ impl<'g> DeviceWeights<'g> {
         })
     }
 
-    /// A zeroed bf16 activation buffer of n elements.
     /// An activation buffer the next op overwrites completely (see `Gpu::scratch`).
     pub fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
         self.gpu.scratch::<bf16>(self.what, n)

@@ -55,16 +55,12 @@ device_repr!(
     jobx_logits_params
 );
 
-/// Dynamic shared memory (bytes) of the kernels that need more than the default 48 KB; set as
-/// the function's limit when the module loads and passed by the launcher.
-pub(crate) const DYNAMIC_SMEM: &[(&str, u32)] = &[
+/// Dynamic shared memory (bytes) of the kernels that need it; set as the function's limit when
+/// the module loads and passed by `Gpu::launch` on every launch of that kernel.
+const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // 2 buffers x (K + V) x 64 keys x (dk + 8) bf16
     ("attention_mma_d64", 2 * 2 * 64 * 72 * 2),
     ("attention_mma_d128", 2 * 2 * 64 * 136 * 2),
-    ("gemm_sm90_bf16_n128", 6 * 32 * 1024 + 1024),
-    ("gemm_sm90_bf16_n256", 4 * 48 * 1024 + 1024),
-    ("gemm_sm90_s8_n128", 6 * 32 * 1024 + 1024),
-    ("gemm_sm90_s8_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
@@ -91,10 +87,6 @@ const KERNELS: &[(&str, &[&str])] = &[
     (
         "gemm_sm90",
         &[
-            "gemm_sm90_bf16_n128",
-            "gemm_sm90_bf16_n256",
-            "gemm_sm90_s8_n128",
-            "gemm_sm90_s8_n256",
             "gemm_tma_bf16_n128",
             "gemm_tma_bf16_n256",
             "gemm_tma_s8_n128",
@@ -131,7 +123,8 @@ pub(crate) fn backend_err(op: &'static str, msg: impl std::fmt::Display) -> Erro
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    funcs: HashMap<&'static str, CudaFunction>,
+    /// Loaded kernels with their dynamic shared memory in bytes.
+    funcs: HashMap<&'static str, (CudaFunction, u32)>,
     sync: bool,
     poison: bool,
     /// Store linear-layer weights as weight-only int8 (per-channel scales) when a graph loads
@@ -140,13 +133,9 @@ pub struct Gpu {
     /// Use the general kernels where a specialised one would run (tests of both paths): the
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
-    /// Column tile of the sm_90a wgmma GEMMs: 0 = chosen per shape, 128 or 256 = forced,
+    /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
-    /// How the sm_90a GEMMs load their tiles: 0 = chosen by the wrapper (TMA), 1 = cp.async by
-    /// every thread (gemm_sm90_*), 2 = TMA with a producer warpgroup (gemm_tma_*). Tests and
-    /// benchmarks.
-    pub sm90_loader: std::sync::atomic::AtomicU32,
     /// Streaming multiprocessors on the device (tile-size heuristics).
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
@@ -233,19 +222,23 @@ impl Gpu {
                 let f = loaded
                     .load_function(k)
                     .map_err(|e| backend_err("init", format!("kernel {k} in {module}: {e}")))?;
-                if let Some((_, bytes)) = DYNAMIC_SMEM.iter().find(|(n, _)| n == k) {
+                let smem = DYNAMIC_SMEM
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map_or(0, |(_, b)| *b);
+                if smem > 0 {
                     f.set_attribute(
                         sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        *bytes as i32,
+                        smem as i32,
                     )
                     .map_err(|e| {
                         backend_err(
                             "init",
-                            format!("kernel {k}: {bytes} B of shared memory: {e}"),
+                            format!("kernel {k}: {smem} B of shared memory: {e}"),
                         )
                     })?;
                 }
-                funcs.insert(*k, f);
+                funcs.insert(*k, (f, smem));
             }
             loaded_as.push((*module, how));
         }
@@ -263,7 +256,6 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
-            sm90_loader: Default::default(),
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
@@ -280,16 +272,19 @@ impl Gpu {
         op: &'static str,
         n: usize,
     ) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
-            let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
-            backend_err(
-                op,
-                format!(
-                    "allocating {} bytes failed ({e}); {free} of {total} bytes free",
-                    n * std::mem::size_of::<T>()
-                ),
-            )
-        })
+        self.stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| self.alloc_err(op, n * std::mem::size_of::<T>(), e))
+    }
+
+    /// Out of memory (or another allocation failure) as an error naming the op, the bytes asked
+    /// for and the device's free memory.
+    fn alloc_err(&self, op: &'static str, bytes: usize, e: impl std::fmt::Display) -> Error {
+        let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
+        backend_err(
+            op,
+            format!("allocating {bytes} bytes failed ({e}); {free} of {total} bytes free"),
+        )
     }
 
     /// Device memory for `n` elements that the next kernel writes completely before anything
@@ -300,13 +295,8 @@ impl Gpu {
         let bytes = n.max(1) * std::mem::size_of::<T>();
         // SAFETY: uninitialised device memory is never read by the host here; callers write it
         // on the device before reading it (and the poison mode checks that).
-        let s = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
-            let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
-            backend_err(
-                op,
-                format!("allocating {bytes} bytes failed ({e}); {free} of {total} bytes free"),
-            )
-        })?;
+        let s = unsafe { self.stream.alloc::<T>(n.max(1)) }
+            .map_err(|e| self.alloc_err(op, bytes, e))?;
         if self.poison {
             // SAFETY: the range is exactly the allocation just made, on the engine's stream.
             unsafe {
@@ -353,19 +343,20 @@ impl Gpu {
         self.funcs.contains_key(kernel)
     }
 
-    /// Launch `kernel` with one parameter struct; checks the launch and, with JOBX_CUDA_SYNC=1,
-    /// the kernel's completion.
+    /// Launch `kernel` with one parameter struct and the kernel's dynamic shared memory; checks
+    /// the launch and, with JOBX_CUDA_SYNC=1, the kernel's completion.
     pub(crate) fn launch<P: DeviceRepr>(
         &self,
         op: &'static str,
         kernel: &'static str,
-        cfg: LaunchConfig,
+        mut cfg: LaunchConfig,
         params: P,
     ) -> Result<()> {
-        let f = self
+        let (f, smem) = self
             .funcs
             .get(kernel)
             .ok_or_else(|| backend_err(op, format!("kernel {kernel} not loaded")))?;
+        cfg.shared_mem_bytes = *smem;
         let mut b = self.stream.launch_builder(f);
         b.arg(&params);
         // SAFETY: the wrapper in ops.rs checked every buffer length and shape the kernel reads or
