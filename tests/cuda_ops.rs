@@ -210,6 +210,11 @@ mod table {
         atol: f32,
         rtol: f32,
     }
+    /// Integer results and selections (ids, quantised values, exact maxima).
+    const EXACT: Tol = Tol {
+        atol: 0.0,
+        rtol: 0.0,
+    };
     const BF16_OUT: Tol = Tol {
         atol: 1e-3,
         rtol: 8e-3,
@@ -644,16 +649,7 @@ mod table {
             .iter()
             .flat_map(|&i| table[i as usize * d..(i as usize + 1) * d].to_vec())
             .collect();
-        check(
-            &format!("embedding {n}x{d}"),
-            seed,
-            &got,
-            &want,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
-        )?;
+        check(&format!("embedding {n}x{d}"), seed, &got, &want, EXACT)?;
         // a bad id is an error, not an out-of-bounds read
         let bad = g.upload("t", &vec![vocab as i32; n]).map_err(e)?;
         match g.embedding(&bad, &dt, &mut dy, n, d, vocab) {
@@ -818,10 +814,7 @@ mod table {
             seed,
             &gq.iter().map(|&v| v as f32).collect::<Vec<_>>(),
             &xq.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
+            EXACT,
         )?;
         check(
             "quantize_rows scale",
@@ -1151,20 +1144,14 @@ mod table {
             seed,
             &gi,
             &wi,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
+            EXACT,
         )?;
         check(
             &format!("logits vals rows{rows} v{vocab} k{top_k}"),
             seed,
             &gv,
             &wv,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
+            EXACT,
         )
     }
 
@@ -1199,16 +1186,7 @@ mod table {
             gi.push(got[ri].0 as f32);
             gl.push(got[ri].1);
         }
-        check(
-            "greedy_pick ids",
-            seed,
-            &gi,
-            &wi,
-            Tol {
-                atol: 0.0,
-                rtol: 0.0,
-            },
-        )?;
+        check("greedy_pick ids", seed, &gi, &wi, EXACT)?;
         check(
             "greedy_pick log-prob",
             seed,

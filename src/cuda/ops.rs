@@ -455,7 +455,6 @@ impl Gpu {
             x_map: tensor_map(op, p.x as *mut c_void, m, k, 128, int8)?,
             w_map: tensor_map(op, p.w as *mut c_void, n, k, bn, int8)?,
             g: p,
-            ..Default::default()
         };
         self.launch(op, kernel, cfg, tp)
     }
