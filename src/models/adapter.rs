@@ -218,15 +218,35 @@ impl LoraAdapter {
         })
     }
 
-    /// Attach to `model` in adapter slot `slot`. Every adapter module must be a linear layer of the
-    /// model with matching shapes, and every configured target must match some layer.
+    /// Attach to `model` in adapter slot `slot` (unmerged); returns the number of layers it
+    /// targets. Checked by `resolve`.
     pub fn attach(&self, model: &mut dyn HasLinears, slot: usize) -> Result<usize> {
         let mut lins = model.linears_mut();
-        let names: Vec<String> = lins.iter().map(|l| l.name.clone()).collect();
+        let layers: Vec<(String, usize, usize)> = lins
+            .iter()
+            .map(|l| (l.name.clone(), l.out_f, l.in_f))
+            .collect();
+        let pairs = self.resolve(&layers)?;
+        let attached = pairs.len();
+        for (i, lora) in pairs {
+            let lin = &mut lins[i];
+            if lin.loras.len() <= slot {
+                lin.loras.resize(slot + 1, None);
+            }
+            lin.loras[slot] = Some(lora);
+        }
+        Ok(attached)
+    }
+
+    /// The LoRA pair of each adapter module, as (index into `layers`, pair), for a model whose
+    /// linear layers are `layers` = (HF module name, out features, in features): every adapter
+    /// module must be one of them with matching shapes, and every configured target must match
+    /// some layer. Backend-neutral, so the CPU `Linear`s and the CUDA weights check alike.
+    pub fn resolve(&self, layers: &[(String, usize, usize)]) -> Result<Vec<(usize, Lora)>> {
         for t in &self.target_modules {
-            if !names
+            if !layers
                 .iter()
-                .any(|n| n == t || n.ends_with(&format!(".{t}")))
+                .any(|(n, _, _)| n == t || n.ends_with(&format!(".{t}")))
             {
                 return Err(Error::config(
                     self.dir.join("adapter_config.json"),
@@ -234,36 +254,38 @@ impl LoraAdapter {
                 ));
             }
         }
-        let mut attached = 0;
+        let mut out = Vec::with_capacity(self.modules.len());
         for (module, (ashape, a, bshape, b, scale)) in &self.modules {
-            let lin = lins.iter_mut().find(|l| &l.name == module).ok_or_else(|| {
-                Error::config(
-                    self.dir.join("adapter_model.safetensors"),
-                    format!(
-                        "the adapter targets `{module}`, which is not a linear layer of this model"
-                    ),
-                )
-            })?;
-            if ashape[1] != lin.in_f || bshape[0] != lin.out_f {
+            let i = layers
+                .iter()
+                .position(|(n, _, _)| n == module)
+                .ok_or_else(|| {
+                    Error::config(
+                        self.dir.join("adapter_model.safetensors"),
+                        format!(
+                            "the adapter targets `{module}`, which is not a linear layer of this model"
+                        ),
+                    )
+                })?;
+            let (_, out_f, in_f) = layers[i];
+            if ashape[1] != in_f || bshape[0] != out_f {
                 return Err(Error::config(
                     self.dir.join("adapter_model.safetensors"),
                     format!(
-                        "`{module}`: adapter shapes A {ashape:?} / B {bshape:?} do not fit the layer's weight [{}, {}] (an adapter for another model?)",
-                        lin.out_f, lin.in_f
+                        "`{module}`: adapter shapes A {ashape:?} / B {bshape:?} do not fit the layer's weight [{out_f}, {in_f}] (an adapter for another model?)"
                     ),
                 ));
             }
-            if lin.loras.len() <= slot {
-                lin.loras.resize(slot + 1, None);
-            }
-            lin.loras[slot] = Some(Lora {
-                a: a.clone(),
-                b: b.clone(),
-                r: ashape[0],
-                scale: *scale,
-            });
-            attached += 1;
+            out.push((
+                i,
+                Lora {
+                    a: a.clone(),
+                    b: b.clone(),
+                    r: ashape[0],
+                    scale: *scale,
+                },
+            ));
         }
-        Ok(attached)
+        Ok(out)
     }
 }

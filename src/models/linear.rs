@@ -93,3 +93,170 @@ impl Linear {
 pub trait HasLinears {
     fn linears_mut(&mut self) -> Vec<&mut Linear>;
 }
+
+/// One layer's LoRA pairs over all adapter slots, stacked as the CUDA SGMV kernels read them
+/// (`lora_shrink`: A [slots, r, in]; the GEMM epilogue: B [slots, out, r], scale [slots]), with
+/// `r` the largest rank of any slot. Smaller ranks are zero-padded (extra rows of A and columns
+/// of B), and a slot that does not target this layer is all zeros, so each adds exactly 0.
+pub struct StackedLora {
+    pub r: usize,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+    pub scale: Vec<f32>,
+}
+
+pub fn stack_loras(slots: &[Option<Lora>], out_f: usize, in_f: usize) -> StackedLora {
+    let n = slots.len();
+    let r = slots
+        .iter()
+        .flatten()
+        .map(|l| l.r)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut a = vec![0f32; n * r * in_f];
+    let mut b = vec![0f32; n * out_f * r];
+    let mut scale = vec![0f32; n];
+    for (s, l) in slots.iter().enumerate() {
+        let Some(l) = l else { continue };
+        scale[s] = l.scale;
+        a[s * r * in_f..(s * r + l.r) * in_f].copy_from_slice(&l.a);
+        for o in 0..out_f {
+            let dst = (s * out_f + o) * r;
+            b[dst..dst + l.r].copy_from_slice(&l.b[o * l.r..(o + 1) * l.r]);
+        }
+    }
+    StackedLora { r, a, b, scale }
+}
+
+impl StackedLora {
+    /// What the kernels compute from it, in f32: y[m, out] += scale[id]·(x[m]·A[id]ᵀ)·B[id]ᵀ for
+    /// each row's slot id (None: nothing).
+    pub fn apply(
+        &self,
+        x: &[f32],
+        ids: &[Option<usize>],
+        in_f: usize,
+        out_f: usize,
+        y: &mut [f32],
+    ) {
+        let r = self.r;
+        for (m, id) in ids.iter().enumerate() {
+            let Some(s) = *id else { continue };
+            let xr = &x[m * in_f..(m + 1) * in_f];
+            let t: Vec<f32> = (0..r)
+                .map(|j| {
+                    let ar = &self.a[(s * r + j) * in_f..(s * r + j + 1) * in_f];
+                    ar.iter().zip(xr).map(|(p, q)| p * q).sum()
+                })
+                .collect();
+            for o in 0..out_f {
+                let br = &self.b[(s * out_f + o) * r..(s * out_f + o + 1) * r];
+                let v: f32 = br.iter().zip(&t).map(|(p, q)| p * q).sum();
+                y[m * out_f + o] += v * self.scale[s];
+            }
+        }
+    }
+}
+
+impl Lora {
+    /// The operands of the merge W [out, in] += x·wᵀ as one GEMM in the y = x·wᵀ convention:
+    /// x = scale·B [out, r] and w = Aᵀ [in, r] (the CUDA backend merges with its GEMM kernel).
+    pub fn merge_operands(&self, in_f: usize) -> (Vec<f32>, Vec<f32>) {
+        let sb = self.b.iter().map(|&v| v * self.scale).collect();
+        let mut at = vec![0f32; in_f * self.r];
+        for j in 0..self.r {
+            for c in 0..in_f {
+                at[c * self.r + j] = self.a[j * in_f + c];
+            }
+        }
+        (sb, at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lora(seed: u32, r: usize, out_f: usize, in_f: usize, scale: f32) -> Lora {
+        let v = |n: usize, k: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    (((i as u32).wrapping_mul(2654435761) ^ (seed * 97 + k)) % 1000) as f32 / 500.0
+                        - 1.0
+                })
+                .collect()
+        };
+        Lora {
+            a: v(r * in_f, 1),
+            b: v(out_f * r, 2),
+            r,
+            scale,
+        }
+    }
+
+    /// The stacked, rank-padded layout gives each row exactly its own adapter's unmerged LoRA
+    /// (`Linear::fwd` per row), zero for the base model and for a slot without this layer.
+    #[test]
+    fn stacked_slots_match_each_rows_own_adapter() {
+        let (out_f, in_f) = (7, 5);
+        let slots = vec![
+            Some(lora(1, 2, out_f, in_f, 0.5)),
+            None,
+            Some(lora(2, 4, out_f, in_f, 2.0)),
+        ];
+        let st = stack_loras(&slots, out_f, in_f);
+        assert_eq!(st.r, 4);
+        let ids = [Some(2), None, Some(0), Some(1), Some(2)];
+        let x: Vec<f32> = (0..ids.len() * in_f)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let mut got = vec![0f32; ids.len() * out_f];
+        st.apply(&x, &ids, in_f, out_f, &mut got);
+        let mut lin = Linear::new(crate::checkpoint::WeightTensor::from_vec(
+            "l.weight",
+            vec![out_f, in_f],
+            vec![0.0; out_f * in_f],
+        ));
+        lin.loras = slots.clone();
+        for (m, id) in ids.iter().enumerate() {
+            let mut want = vec![0f32; out_f];
+            lin.fwd(
+                &x[m * in_f..(m + 1) * in_f],
+                1,
+                &mut want,
+                false,
+                *id,
+                &mut Vec::new(),
+            );
+            for (g, w) in got[m * out_f..(m + 1) * out_f].iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "row {m}: {g} vs {w}"
+                );
+            }
+        }
+        assert!(got[out_f..2 * out_f].iter().all(|&v| v == 0.0));
+    }
+
+    /// x·wᵀ of the merge operands is scale·B·A, the update `Linear::merge` adds.
+    #[test]
+    fn merge_operands_give_the_merged_update() {
+        let (out_f, in_f) = (6, 9);
+        let l = lora(3, 3, out_f, in_f, 1.5);
+        let (sb, at) = l.merge_operands(in_f);
+        let mut delta = vec![0f32; out_f * in_f];
+        crate::cpu::matmul_wt(&sb, out_f, l.r, &at[..], in_f, &mut delta, false);
+        let mut lin = Linear::new(crate::checkpoint::WeightTensor::from_vec(
+            "l.weight",
+            vec![out_f, in_f],
+            vec![0.0; out_f * in_f],
+        ));
+        lin.loras = vec![Some(l)];
+        lin.merge(0);
+        let merged = lin.w.wref().to_f32_vec();
+        for (d, m) in delta.iter().zip(&merged) {
+            assert!((d - m).abs() <= 1e-5 * (1.0 + m.abs()), "{d} vs {m}");
+        }
+    }
+}
