@@ -486,7 +486,7 @@ mod cuda {
                          {} B spill stores, {} B spill loads",
                         k.name, k.regs, k.stack, k.spill_st, k.spill_ld
                     );
-                    if (k.spill_st > 0 || k.spill_ld > 0) && !allowed.iter().any(|a| *a == k.name) {
+                    if (k.spill_st > 0 || k.spill_ld > 0) && !allowed.contains(&k.name) {
                         spill_errors.push(format!(
                             "{stem}::{} on sm_{arch} spills ({} B stores, {} B loads)",
                             k.name, k.spill_st, k.spill_ld

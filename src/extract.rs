@@ -188,6 +188,17 @@ impl Engine {
         }
     }
 
+    /// The GPU's name when the engine runs on one.
+    pub fn device_name(&self) -> Option<String> {
+        match &self.arch {
+            #[cfg(feature = "cuda")]
+            Arch::T5Cuda(m) => Some(m.gpu.name.clone()),
+            #[cfg(feature = "cuda")]
+            Arch::MistralCuda(m) => Some(m.gpu.name.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether the engine runs on the GPU.
     pub fn on_gpu(&self) -> bool {
         !matches!(self.arch, Arch::T5(_) | Arch::Mistral(_))
@@ -211,41 +222,46 @@ impl Engine {
         }
     }
 
-    /// Load a PEFT LoRA adapter into a new slot named `name`; returns the slot.
+    /// Load a PEFT LoRA adapter into a new slot named `name` (on either device); returns the
+    /// slot.
     pub fn load_adapter(&mut self, name: &str, dir: &Path) -> Result<usize> {
         if self.adapters.iter().any(|n| n == name) {
             return Err(Error::Input(format!("adapter name `{name}` is used twice")));
         }
-        if self.on_gpu() {
-            return Err(Error::Unsupported(
-                "LoRA adapters do not run on CUDA yet: use --device cpu (or merge the adapter \
-                 into the checkpoint)"
-                    .into(),
-            ));
-        }
         let a = LoraAdapter::load(dir, name)?;
         let slot = self.adapters.len();
         match &mut self.arch {
-            Arch::T5(m) => a.attach(m, slot)?,
-            Arch::Mistral(m) => a.attach(m, slot)?,
+            Arch::T5(m) => {
+                a.attach(m, slot)?;
+            }
+            Arch::Mistral(m) => {
+                a.attach(m, slot)?;
+            }
+            // the CUDA graphs stack every slot for the SGMV kernels: slots are the same numbers
             #[cfg(feature = "cuda")]
-            _ => unreachable!("checked above"),
+            Arch::T5Cuda(m) => check_slot(m.attach_adapter(&a)?, slot)?,
+            #[cfg(feature = "cuda")]
+            Arch::MistralCuda(m) => check_slot(m.attach_adapter(&a)?, slot)?,
         };
         self.adapters.push(name.to_string());
         Ok(slot)
     }
 
-    /// Merge adapter `slot` into the base weights (then every request uses it).
-    pub fn merge_adapter(&mut self, slot: usize) {
+    /// Merge adapter `slot` into the base weights (then every request uses it). On the GPU the
+    /// bf16 weights take the merge; int8 GPU weights cannot (an error, nothing changed).
+    pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
         let lins = match &mut self.arch {
             Arch::T5(m) => m.linears_mut(),
             Arch::Mistral(m) => m.linears_mut(),
             #[cfg(feature = "cuda")]
-            _ => return, // GPU engines hold no adapters (load_adapter refuses them)
+            Arch::T5Cuda(m) => return m.merge_adapter(slot),
+            #[cfg(feature = "cuda")]
+            Arch::MistralCuda(m) => return m.merge_adapter(slot),
         };
         for l in lins {
             l.merge(slot);
         }
+        Ok(())
     }
 
     pub fn adapter_slot(&self, name: &str) -> Option<usize> {
@@ -279,9 +295,48 @@ impl Engine {
         constraints: &mut [Option<Box<dyn TokenConstraint>>],
         adapter: Option<usize>,
     ) -> Result<Vec<crate::generate::GenOutput>> {
+        self.generate_ids_rows(inputs, opts, constraints, &vec![adapter; inputs.len()])
+    }
+
+    /// Whether one batch may mix adapters (`generate_ids_rows` with different slots per row):
+    /// the CUDA graphs apply LoRA per row (SGMV); the CPU graphs take one adapter per batch.
+    pub fn mixes_adapters(&self) -> bool {
+        self.on_gpu()
+    }
+
+    /// `generate_ids_with` with an adapter slot per input row (None: base model); rows may
+    /// differ only where `mixes_adapters`.
+    pub fn generate_ids_rows(
+        &self,
+        inputs: &[Vec<u32>],
+        opts: &GenOptions,
+        constraints: &mut [Option<Box<dyn TokenConstraint>>],
+        adapters: &[Option<usize>],
+    ) -> Result<Vec<crate::generate::GenOutput>> {
         let b = inputs.len();
         if b == 0 {
             return Ok(vec![]);
+        }
+        if adapters.len() != b {
+            return Err(Error::Input(format!(
+                "{} adapter slots for {b} inputs",
+                adapters.len()
+            )));
+        }
+        let adapter = adapters[0];
+        if !self.mixes_adapters() && adapters.iter().any(|&a| a != adapter) {
+            return Err(Error::Unsupported(
+                "one batch with several adapters runs on CUDA only; the CPU graphs take one \
+                 adapter per batch"
+                    .into(),
+            ));
+        }
+        if let Some(s) = adapters
+            .iter()
+            .flatten()
+            .find(|&&s| s >= self.adapters.len())
+        {
+            return Err(Error::Input(format!("adapter slot {s} is not loaded")));
         }
         let s = inputs.iter().map(|v| v.len()).max().unwrap_or(0);
         if s == 0 || inputs.iter().any(|v| v.is_empty()) {
@@ -324,10 +379,7 @@ impl Engine {
             }
             #[cfg(feature = "cuda")]
             Arch::T5Cuda(model) => {
-                if adapter.is_some() {
-                    return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
-                }
-                let enc = model.encode(&ids, &mask, b, s)?;
+                let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
                 let src = crate::generate::beam_parents(b, k);
                 let mut st = crate::models::t5_cuda::T5CudaStepper::new(
                     model,
@@ -340,9 +392,6 @@ impl Engine {
             }
             #[cfg(feature = "cuda")]
             Arch::MistralCuda(model) => {
-                if adapter.is_some() {
-                    return Err(Error::Unsupported("adapters do not run on CUDA yet".into()));
-                }
                 let mut st = crate::models::mistral_cuda::MistralCudaStepper::new(
                     model,
                     &ids,
@@ -350,6 +399,7 @@ impl Engine {
                     (b, s),
                     k,
                     opts.max_new_tokens + 1,
+                    adapters,
                 )?;
                 generate(&mut st, &vec![0; b], opts, constraints)
             }
@@ -692,14 +742,20 @@ pub fn extract_records(
                 Err(e) => outs[i] = Some(OutputRecord::error(&r.id, e.to_string())),
             }
         }
+        // one batch per adapter on the CPU; on CUDA one batch whatever the adapters (SGMV)
         let mut groups: Vec<Option<usize>> = batch.iter().map(|b| b.3).collect();
         groups.sort();
         groups.dedup();
+        let mixed = engine.mixes_adapters();
+        if mixed {
+            groups.truncate(1);
+        }
         for g_ad in groups {
             let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> =
-                batch.iter().filter(|b| b.3 == g_ad).collect();
+                batch.iter().filter(|b| mixed || b.3 == g_ad).collect();
             let t0 = std::time::Instant::now();
             let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
+            let slots: Vec<Option<usize>> = group.iter().map(|b| b.3).collect();
             let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = match &opts.grammar {
                 Some(g) => (0..inputs.len())
                     .map(|_| {
@@ -711,7 +767,7 @@ pub fn extract_records(
                     .collect(),
                 None => vec![],
             };
-            match engine.generate_ids_with(&inputs, &gen, &mut cons, g_ad) {
+            match engine.generate_ids_rows(&inputs, &gen, &mut cons, &slots) {
                 Ok(gens) => {
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
                     for ((i, ids, cut, _), g) in
@@ -921,5 +977,19 @@ pub fn format_for_path(p: &Path) -> InputFormat {
     match p.extension().and_then(|e| e.to_str()) {
         Some("jsonl") | Some("ndjson") => InputFormat::Jsonl,
         _ => InputFormat::Text,
+    }
+}
+
+/// The CUDA graphs number adapter slots themselves; they must agree with the engine's.
+#[cfg(feature = "cuda")]
+fn check_slot(got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Backend {
+            backend: "cuda",
+            op: "load_adapter",
+            msg: format!("the GPU graph put the adapter in slot {got}, the engine expected {want}"),
+        })
     }
 }

@@ -155,7 +155,7 @@ impl ModelArgs {
                     e.adapters.len()
                 );
             }
-            e.merge_adapter(0);
+            e.merge_adapter(0).context("merging the adapter")?;
             e.adapters.clear();
         }
         if let Some(t) = &self.chat_template {
@@ -470,105 +470,6 @@ fn check_vocab(batch: &[Vec<u32>], vocab: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `generate --device cuda`: T5 or Mistral checkpoints with `--input-ids`, on the CUDA graphs.
-#[cfg(feature = "cuda")]
-fn generate_cuda(
-    m: &ModelArgs,
-    input_ids: Option<&std::path::Path>,
-    decode: &DecodeArgs,
-) -> anyhow::Result<i32> {
-    use jobx_engine::models::t5_cuda::{generate_t5, T5Cuda};
-    if !m.adapters.is_empty() {
-        bail!("generate --device cuda: adapters do not run on CUDA yet");
-    }
-    let Some(p) = input_ids else {
-        bail!("generate --device cuda: give --input-ids FILE (text input runs on the CPU only)");
-    };
-    let dir = jobx_engine::hub::resolve_model(&m.model)?;
-    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&t).with_context(|| format!("{}: not JSON", p.display()))?;
-    let (batch, single) = parse_ids(&v).context("expected an array of ids or of arrays")?;
-    let gpu = jobx_engine::cuda::Gpu::new(0)?;
-    gpu.int8_weights
-        .store(gpu_int8(), std::sync::atomic::Ordering::Relaxed);
-    let cfg_text = std::fs::read_to_string(dir.join("config.json"))
-        .with_context(|| format!("reading {}/config.json", dir.display()))?;
-    let is_t5 = serde_json::from_str::<serde_json::Value>(&cfg_text)?
-        .get("d_model")
-        .is_some();
-    let t0 = std::time::Instant::now();
-    let (outs, load_ms, t0) = if is_t5 {
-        let model =
-            T5Cuda::load_dir(&gpu, &dir).with_context(|| format!("loading {}", dir.display()))?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        check_vocab(&batch, model.cfg.vocab_size)?;
-        let eos = jobx_engine::verify::eos_ids(&dir, model.cfg.eos_token_id);
-        let opts = gen_options(decode, eos)?;
-        let t0 = std::time::Instant::now();
-        (generate_t5(&model, &batch, &opts)?, load_ms, t0)
-    } else {
-        use jobx_engine::models::mistral_cuda::{MistralCuda, MistralCudaStepper};
-        let model = MistralCuda::load_dir(&gpu, &dir)
-            .with_context(|| format!("loading {}", dir.display()))?;
-        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-        check_vocab(&batch, model.cfg.vocab_size)?;
-        let mut eos = jobx_engine::verify::eos_ids(&dir, 2);
-        if eos.is_empty() {
-            eos = model.cfg.eos_ids();
-        }
-        let opts = gen_options(decode, eos)?;
-        let t0 = std::time::Instant::now();
-        // left padding, as HF generate lays out decoder-only prompts
-        let (b, s) = (
-            batch.len(),
-            batch.iter().map(|r| r.len()).max().unwrap_or(0),
-        );
-        if s == 0 {
-            bail!("generate: empty input");
-        }
-        let pad = model.cfg.pad_token_id.unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * s);
-        let mut mask = Vec::with_capacity(b * s);
-        for r in &batch {
-            ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
-            mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
-        }
-        let k = opts.num_beams.max(1);
-        let mut st =
-            MistralCudaStepper::new(&model, &ids, &mask, (b, s), k, opts.max_new_tokens + 1)?;
-        let outs = jobx_engine::generate::generate(&mut st, &vec![0; b], &opts, &mut [])?;
-        (outs, load_ms, t0)
-    };
-    gpu.synchronize("generate")?;
-    let secs = t0.elapsed().as_secs_f64();
-    let new_tokens: usize = outs.iter().map(|o| o.tokens.len()).sum();
-    let ids: Vec<&Vec<u32>> = outs.iter().map(|o| &o.tokens).collect();
-    println!(
-        "{}",
-        serde_json::json!({
-            "ids": if single { serde_json::json!(ids[0]) } else { serde_json::json!(ids) },
-            "finish": outs.iter().map(|o| o.finish).collect::<Vec<_>>(),
-            "new_tokens": new_tokens,
-            "load_ms": load_ms,
-            "generate_ms": secs * 1e3,
-            "tokens_per_s": new_tokens as f64 / secs.max(1e-9),
-            "device": gpu.name,
-        })
-    );
-    Ok(0)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn generate_cuda(
-    _m: &ModelArgs,
-    _input_ids: Option<&std::path::Path>,
-    _decode: &DecodeArgs,
-) -> anyhow::Result<i32> {
-    jobx_engine::cuda::Gpu::new(0)?;
-    unreachable!()
-}
-
 fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
     Ok(GenOptions {
         max_new_tokens: d.max_new_tokens,
@@ -858,9 +759,6 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
             text,
             decode,
         } => {
-            if cuda {
-                return generate_cuda(&m, input_ids.as_deref(), &decode);
-            }
             let (engine, adapter) = m.load(cuda)?;
             let adapter = adapter.and_then(|n| engine.adapter_slot(&n));
             let (batch, single): (Vec<Vec<u32>>, bool) = if let Some(p) = input_ids {
@@ -910,6 +808,9 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                 "tokens_per_s": new_tokens as f64 / secs.max(1e-9),
                 "threads": rayon::current_num_threads(),
             });
+            if let Some(d) = engine.device_name() {
+                line["device"] = serde_json::json!(d);
+            }
             if let Some(t) = texts {
                 line["text"] = if single {
                     serde_json::json!(t[0])

@@ -329,11 +329,6 @@ pub fn verify_dir_with(
         Some(a) => Some(LoraAdapter::load(&dir.join(a), a)?),
         None => None,
     };
-    if opts.cuda && adapter.is_some() {
-        return Err(Error::Unsupported(
-            "verify --device cuda: adapters do not run on CUDA yet".into(),
-        ));
-    }
     let summary = |(max_rel, greedy_ok, ok): (f64, bool, bool)| VerifySummary {
         fixture,
         cases: spec.cases.len(),
@@ -379,7 +374,7 @@ pub fn verify_dir_with(
             )?))
         }
         ("t5", true) | ("mistral", true) => {
-            verify_cuda(dir, &spec, &refs, opts.cuda_int8, emit).map(summary)
+            verify_cuda(dir, &spec, &refs, adapter.as_ref(), opts, emit).map(summary)
         }
         (o, _) => Err(Error::Unsupported(format!(
             "arch `{o}` is not supported (t5, mistral)"
@@ -682,7 +677,8 @@ fn verify_cuda(
     _dir: &Path,
     _spec: &RefSpec,
     _refs: &Checkpoint,
-    _int8: bool,
+    _adapter: Option<&LoraAdapter>,
+    _opts: &VerifyOptions,
     _emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
     crate::cuda::Gpu::new(0)?;
@@ -696,9 +692,11 @@ fn verify_cuda(
     dir: &Path,
     spec: &RefSpec,
     refs: &Checkpoint,
-    int8: bool,
+    adapter: Option<&LoraAdapter>,
+    opts: &VerifyOptions,
     emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
+    let int8 = opts.cuda_int8;
     let gpu = crate::cuda::Gpu::new(0)?;
     gpu.int8_weights
         .store(int8, std::sync::atomic::Ordering::Relaxed);
@@ -714,17 +712,22 @@ fn verify_cuda(
     };
     // The f32 CPU graph is loaded only if a greedy sequence diverges (at most once).
     if spec.arch == "t5" {
-        let model = crate::models::t5_cuda::T5Cuda::load_dir(&gpu, dir)?;
+        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(&gpu, dir)?;
+        let slot = cuda_attach(adapter, opts, &mut model.w)?;
         let eos = eos_ids(dir, model.cfg.eos_token_id);
         let cpu = std::cell::OnceCell::new();
         let next = |ids: &[u32], mask: &[u8], prefix: &[u32]| -> Result<Vec<f32>> {
-            let model: &T5Model = match cpu.get_or_init(|| T5Model::load_dir(dir)) {
-                Ok(m) => m,
+            let (model, ref_slot) = match cpu.get_or_init(|| {
+                let mut m = T5Model::load_dir(dir)?;
+                let s = attach(&mut m, adapter, opts)?;
+                Ok::<_, Error>((m, s))
+            }) {
+                Ok((m, s)) => (m, *s),
                 Err(e) => return Err(Error::Input(format!("loading the CPU reference: {e}"))),
             };
             let be = CpuT5 {
                 model,
-                adapter: None,
+                adapter: ref_slot,
             };
             let enc = be.encode(ids, mask, 1, ids.len())?;
             let dids: Vec<u32> = std::iter::once(model.cfg.decoder_start())
@@ -733,19 +736,28 @@ fn verify_cuda(
             let all = be.teacher_forced(&enc, &dids, 1, dids.len())?;
             Ok(all[all.len() - model.cfg.vocab_size..].to_vec())
         };
-        check_t5(&model, spec, refs, &eos, tol, Some(&next), &mut emit)
+        let be = CudaT5 {
+            model: &model,
+            adapter: slot,
+        };
+        check_t5(&be, spec, refs, &eos, tol, Some(&next), &mut emit)
     } else {
-        let model = crate::models::mistral_cuda::MistralCuda::load_dir(&gpu, dir)?;
+        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(&gpu, dir)?;
+        let slot = cuda_attach(adapter, opts, &mut model.w)?;
         let eos = mistral_eos(dir, &model.cfg);
         let cpu = std::cell::OnceCell::new();
         let next = |ids: &[u32], mask: &[u8], prefix: &[u32]| -> Result<Vec<f32>> {
-            let model: &MistralModel = match cpu.get_or_init(|| MistralModel::load_dir(dir)) {
-                Ok(m) => m,
+            let (model, ref_slot) = match cpu.get_or_init(|| {
+                let mut m = MistralModel::load_dir(dir)?;
+                let s = attach(&mut m, adapter, opts)?;
+                Ok::<_, Error>((m, s))
+            }) {
+                Ok((m, s)) => (m, *s),
                 Err(e) => return Err(Error::Input(format!("loading the CPU reference: {e}"))),
             };
             let be = CpuMistral {
                 model,
-                adapter: None,
+                adapter: ref_slot,
             };
             let ids: Vec<u32> = ids.iter().chain(prefix).copied().collect();
             let mask: Vec<u8> = mask
@@ -756,18 +768,52 @@ fn verify_cuda(
             let all = be.logits_all(&ids, &mask, 1, ids.len())?;
             Ok(all[all.len() - model.cfg.vocab_size..].to_vec())
         };
-        check_mistral(&model, spec, refs, &eos, tol, Some(&next), &mut emit)
+        let be = CudaMistral {
+            model: &model,
+            adapter: slot,
+        };
+        check_mistral(&be, spec, refs, &eos, tol, Some(&next), &mut emit)
     }
 }
 
+/// The fixture's adapter on a CUDA graph: attached in slot 0 (the slot returned), or merged
+/// into the bf16 weights with `--merge-adapter` (None).
 #[cfg(feature = "cuda")]
-impl T5Backend for crate::models::t5_cuda::T5Cuda<'_> {
+fn cuda_attach(
+    adapter: Option<&LoraAdapter>,
+    opts: &VerifyOptions,
+    w: &mut crate::cuda::DeviceWeights,
+) -> Result<Option<usize>> {
+    let Some(a) = adapter else { return Ok(None) };
+    let slot = w.attach_adapter(a)?;
+    if opts.merge_adapter {
+        w.merge_adapter(slot)?;
+        return Ok(None);
+    }
+    Ok(Some(slot))
+}
+
+#[cfg(feature = "cuda")]
+struct CudaT5<'a, 'g> {
+    model: &'a crate::models::t5_cuda::T5Cuda<'g>,
+    adapter: Option<usize>,
+}
+
+#[cfg(feature = "cuda")]
+struct CudaMistral<'a, 'g> {
+    model: &'a crate::models::mistral_cuda::MistralCuda<'g>,
+    adapter: Option<usize>,
+}
+
+#[cfg(feature = "cuda")]
+impl T5Backend for CudaT5<'_, '_> {
     type Enc = crate::models::t5_cuda::CudaEncoderOut;
     fn cfg(&self) -> &T5Config {
-        &self.cfg
+        &self.model.cfg
     }
     fn encode(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Self::Enc> {
-        crate::models::t5_cuda::T5Cuda::encode(self, ids, mask, b, s)
+        self.model
+            .encode_with(ids, mask, b, s, &vec![self.adapter; b])
     }
     fn teacher_forced(
         &self,
@@ -777,8 +823,9 @@ impl T5Backend for crate::models::t5_cuda::T5Cuda<'_> {
         t: usize,
     ) -> Result<Vec<f32>> {
         use crate::generate::Stepper;
-        let v = self.cfg.vocab_size;
-        let mut st = crate::models::t5_cuda::T5CudaStepper::new(self, enc, (0..b).collect(), t)?;
+        let v = self.model.cfg.vocab_size;
+        let mut st =
+            crate::models::t5_cuda::T5CudaStepper::new(self.model, enc, (0..b).collect(), t)?;
         let mut all = vec![0.0f32; b * t * v];
         let mut step = Vec::new();
         for j in 0..t {
@@ -798,10 +845,11 @@ impl T5Backend for crate::models::t5_cuda::T5Cuda<'_> {
         capacity: usize,
         opts: &GenOptions,
     ) -> Result<Vec<GenOutput>> {
-        let mut stepper = crate::models::t5_cuda::T5CudaStepper::new(self, enc, src, capacity)?;
+        let mut stepper =
+            crate::models::t5_cuda::T5CudaStepper::new(self.model, enc, src, capacity)?;
         generate(
             &mut stepper,
-            &vec![self.cfg.decoder_start(); enc.batch],
+            &vec![self.model.cfg.decoder_start(); enc.batch],
             opts,
             &mut [],
         )
@@ -809,14 +857,15 @@ impl T5Backend for crate::models::t5_cuda::T5Cuda<'_> {
 }
 
 #[cfg(feature = "cuda")]
-impl MistralBackend for crate::models::mistral_cuda::MistralCuda<'_> {
+impl MistralBackend for CudaMistral<'_, '_> {
     fn vocab_size(&self) -> usize {
-        self.cfg.vocab_size
+        self.model.cfg.vocab_size
     }
     fn logits_all(&self, ids: &[u32], mask: &[u8], b: usize, s: usize) -> Result<Vec<f32>> {
-        let mut st = self.new_state(b, s)?;
+        let mut st = self.model.new_state_with(b, s, &vec![self.adapter; b])?;
         let mut logits = Vec::new();
-        self.forward(&mut st, ids, mask, s, true, &mut logits)?;
+        self.model
+            .forward(&mut st, ids, mask, s, true, &mut logits)?;
         Ok(logits)
     }
     fn generate(
@@ -828,12 +877,13 @@ impl MistralBackend for crate::models::mistral_cuda::MistralCuda<'_> {
         opts: &GenOptions,
     ) -> Result<Vec<GenOutput>> {
         let mut stepper = crate::models::mistral_cuda::MistralCudaStepper::new(
-            self,
+            self.model,
             ids,
             mask,
             (b, s),
             1,
             opts.max_new_tokens + 1,
+            &vec![self.adapter; b],
         )?;
         generate(&mut stepper, &vec![0; b], opts, &mut [])
     }

@@ -212,3 +212,85 @@ fn mixtral_and_other_unsupported_configs_are_refused() {
     c["model_type"] = serde_json::json!("llama");
     assert!(MistralConfig::from_json_str(&c.to_string(), Path::new("config.json")).is_ok());
 }
+
+/// The CUDA adapter checks (`verify --device cuda` on the LoRA fixtures, and the mixed-adapter
+/// batch test in cuda_ops.rs) compare with a bf16 / int8 tolerance. They can only catch a LoRA
+/// that is dropped or applied to the wrong rows if the fixtures' adapters move the logits by
+/// well over that tolerance: checked here, on the CPU graphs, for every position compared.
+#[test]
+fn lora_fixture_adapters_move_logits_far_beyond_the_cuda_tolerances() {
+    use jobx_engine::verify::CUDA_INT8_TOLERANCE_REL;
+    let need = 2.0 * CUDA_INT8_TOLERANCE_REL;
+    let a = LoraAdapter::load(&common::fixture("t5-lora").join("adapter"), "a").unwrap();
+    let mut t5 = T5Model::load_dir(&common::fixture("t5-lora")).unwrap();
+    a.attach(&mut t5, 0).unwrap();
+    let dec = [t5.cfg.decoder_start(), 7, 11, 13];
+    for row in common::two_rows(t5.cfg.vocab_size as u32) {
+        let with = common::t5_row_logits(&t5, &row, Some(0), &dec);
+        let base = common::t5_row_logits(&t5, &row, None, &dec);
+        for (step, (w, b)) in with.iter().zip(&base).enumerate() {
+            let d = common::rel_err(b, w);
+            eprintln!(
+                "t5-lora row len {} step {step}: adapter moves logits by {d:.3}",
+                row.len()
+            );
+            assert!(d > need, "t5-lora step {step}: {d} <= {need}");
+        }
+    }
+    let dir = common::fixture("mistral-lora");
+    let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
+    let mut m = MistralModel::load_dir(&dir).unwrap();
+    a.attach(&mut m, 0).unwrap();
+    let v = m.cfg.vocab_size;
+    for row in common::two_rows(v as u32) {
+        let with = common::mistral_row_logits(&m, &row, Some(0));
+        let base = common::mistral_row_logits(&m, &row, None);
+        for p in 0..row.len() {
+            let d = common::rel_err(&base[p * v..(p + 1) * v], &with[p * v..(p + 1) * v]);
+            eprintln!(
+                "mistral-lora row len {} pos {p}: adapter moves logits by {d:.3}",
+                row.len()
+            );
+            assert!(d > need, "mistral-lora pos {p}: {d} <= {need}");
+        }
+    }
+}
+
+/// Per-row adapter slots through `Engine`: the CPU graphs take one adapter per batch, so a mixed
+/// batch is refused with a clear error (on CUDA it runs: cuda_ops.rs); uniform rows equal the
+/// single-adapter call; an unloaded slot is an error, not a panic.
+#[test]
+fn engine_rows_of_mixed_adapters_are_refused_on_the_cpu() {
+    use jobx_engine::extract::Engine;
+    use jobx_engine::generate::GenOptions;
+    let dir = common::fixture("t5-lora");
+    let mut e = Engine::load(dir.to_str().unwrap()).unwrap();
+    assert_eq!(e.load_adapter("a", &dir.join("adapter")).unwrap(), 0);
+    assert!(!e.mixes_adapters());
+    let inputs = common::two_rows(e.vocab_size() as u32);
+    let opts = GenOptions {
+        max_new_tokens: 6,
+        eos: e.eos.clone(),
+        ..Default::default()
+    };
+    let err = e
+        .generate_ids_rows(&inputs, &opts, &mut [], &[Some(0), None])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("several adapters runs on CUDA only"), "{err}");
+    let err = e
+        .generate_ids_rows(&inputs, &opts, &mut [], &[Some(3), Some(3)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter slot 3 is not loaded"), "{err}");
+    let rows = e
+        .generate_ids_rows(&inputs, &opts, &mut [], &[Some(0), Some(0)])
+        .unwrap();
+    let one = e
+        .generate_ids_with(&inputs, &opts, &mut [], Some(0))
+        .unwrap();
+    let toks = |v: Vec<jobx_engine::generate::GenOutput>| -> Vec<Vec<u32>> {
+        v.into_iter().map(|o| o.tokens).collect()
+    };
+    assert_eq!(toks(rows), toks(one));
+}

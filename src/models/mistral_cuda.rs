@@ -12,8 +12,9 @@
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
 use crate::cuda::params::JOBX_ACT_SILU;
-use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View, Weight};
+use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View};
 use crate::generate::{beam_parents, PendingLogits};
+use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -22,7 +23,8 @@ use std::path::Path;
 pub struct MistralCuda<'g> {
     pub gpu: &'g Gpu,
     pub cfg: MistralConfig,
-    w: DeviceWeights<'g>,
+    /// weights and attached adapters
+    pub(crate) w: DeviceWeights<'g>,
     head: &'static str,
 }
 
@@ -35,6 +37,8 @@ pub struct MistralCudaState {
     v: Vec<CudaSlice<bf16>>,
     key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
+    /// LoRA adapter slot of each row (None: base model)
+    adapters: Vec<Option<usize>>,
 }
 
 impl<'g> MistralCuda<'g> {
@@ -93,6 +97,9 @@ impl<'g> MistralCuda<'g> {
                 w.insert_f32(&name, t.as_slice())?;
             }
         }
+        if !tied {
+            w.mark_linear("lm_head.weight", v, hid); // adapters may target the head
+        }
         Ok(MistralCuda {
             gpu,
             cfg,
@@ -113,18 +120,42 @@ impl<'g> MistralCuda<'g> {
         self.w.buf(n)
     }
 
-    fn linear(
-        &self,
-        x: &CudaSlice<bf16>,
-        name: &str,
-        shape: (usize, usize, usize),
-        out: &mut CudaSlice<bf16>,
-        acc: bool,
-    ) -> Result<()> {
-        self.w.linear(x, name, shape, out, acc)
+    /// Attach a PEFT LoRA adapter (unmerged) in the next slot; returns the slot.
+    pub fn attach_adapter(&mut self, adapter: &LoraAdapter) -> Result<usize> {
+        self.w.attach_adapter(adapter)
     }
 
+    /// Merge adapter `slot` into the bf16 weights (`DeviceWeights::merge_adapter`).
+    pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
+        self.w.merge_adapter(slot)
+    }
+
+    /// A state for `rows` sequences on the base model.
     pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState> {
+        self.new_state_with(rows, capacity, &vec![None; rows])
+    }
+
+    /// A state whose rows use LoRA adapter slots `adapters` [rows] (None: base model); rows of
+    /// one batch may differ (the SGMV kernels take a slot per row).
+    pub fn new_state_with(
+        &self,
+        rows: usize,
+        capacity: usize,
+        adapters: &[Option<usize>],
+    ) -> Result<MistralCudaState> {
+        if adapters.len() != rows {
+            return Err(Error::Input(format!(
+                "{} adapter slots for {rows} rows",
+                adapters.len()
+            )));
+        }
+        if let Some(s) = adapters
+            .iter()
+            .flatten()
+            .find(|&&s| s >= self.w.adapter_slots())
+        {
+            return Err(Error::Input(format!("adapter slot {s} is not loaded")));
+        }
         let kvd = self.cfg.kv_heads() * self.cfg.head_dim();
         let cap = capacity.max(1);
         let mut k = Vec::new();
@@ -141,6 +172,7 @@ impl<'g> MistralCuda<'g> {
             v,
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
+            adapters: adapters.to_vec(),
         })
     }
 
@@ -217,6 +249,13 @@ impl<'g> MistralCuda<'g> {
             .collect();
         let kmask = gpu.upload("mistral", &kmask)?;
         let pos = gpu.upload("mistral", &pos)?;
+        // adapter slot of every token row, and of the LM head's rows
+        let ad = &self.w.row_adapters(
+            &st.adapters
+                .iter()
+                .flat_map(|&a| std::iter::repeat_n(a, t_new))
+                .collect::<Vec<_>>(),
+        )?;
         let mut x = self.buf(m * hid)?;
         gpu.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
         let mut n = self.buf(m * hid)?;
@@ -261,26 +300,29 @@ impl<'g> MistralCuda<'g> {
                 hid,
                 eps,
             )?;
-            self.linear(
+            self.w.linear(
                 &n,
                 &format!("{p}.self_attn.q_proj.weight"),
                 (m, qd, hid),
                 &mut q,
                 false,
+                ad,
             )?;
-            self.linear(
+            self.w.linear(
                 &n,
                 &format!("{p}.self_attn.k_proj.weight"),
                 (m, kvd, hid),
                 &mut k,
                 false,
+                ad,
             )?;
-            self.linear(
+            self.w.linear(
                 &n,
                 &format!("{p}.self_attn.v_proj.weight"),
                 (m, kvd, hid),
                 &mut v,
                 false,
+                ad,
             )?;
             gpu.rope(&mut q, &pos, m, h, hd, theta)?;
             gpu.rope(&mut k, &pos, m, kv, hd, theta)?;
@@ -300,12 +342,13 @@ impl<'g> MistralCuda<'g> {
                 None,
                 None,
             )?;
-            self.linear(
+            self.w.linear(
                 &ctx,
                 &format!("{p}.self_attn.o_proj.weight"),
                 (m, hid, qd),
                 &mut x,
                 true,
+                ad,
             )?;
             gpu.rms_norm(
                 &x,
@@ -315,27 +358,30 @@ impl<'g> MistralCuda<'g> {
                 hid,
                 eps,
             )?;
-            self.linear(
+            self.w.linear(
                 &n,
                 &format!("{p}.mlp.gate_proj.weight"),
                 (m, inter, hid),
                 &mut g,
                 false,
+                ad,
             )?;
-            self.linear(
+            self.w.linear(
                 &n,
                 &format!("{p}.mlp.up_proj.weight"),
                 (m, inter, hid),
                 &mut u,
                 false,
+                ad,
             )?;
             gpu.activation_inplace(&mut g, Some(&u), m * inter, JOBX_ACT_SILU)?;
-            self.linear(
+            self.w.linear(
                 &g,
                 &format!("{p}.mlp.down_proj.weight"),
                 (m, hid, inter),
                 &mut x,
                 true,
+                ad,
             )?;
         }
         gpu.rms_norm(&x, self.wt("model.norm.weight")?, &mut n, m, hid, eps)?;
@@ -356,13 +402,18 @@ impl<'g> MistralCuda<'g> {
             }
             (rows, last)
         };
+        let head_ad = if hrows == m {
+            None
+        } else {
+            self.w.row_adapters(&st.adapters)?
+        };
         let mut lg = gpu.scratch::<f32>("mistral", hrows * vsz)?;
-        gpu.gemm(
+        self.w.gemm(
             &hin,
-            Weight::Bf16(self.wt(self.head)?),
+            self.head,
             Out::F32(&mut lg),
             &GemmShape::new(hrows, vsz, hid, false),
-            None,
+            if hrows == m { ad } else { &head_ad },
         )?;
         st.len = tk;
         Ok(lg)
@@ -383,6 +434,7 @@ impl<'g> MistralCuda<'g> {
             .flat_map(|&p| st.key_mask[p * cap..(p + 1) * cap].to_vec())
             .collect();
         st.next_pos = parents.iter().map(|&p| st.next_pos[p]).collect();
+        st.adapters = parents.iter().map(|&p| st.adapters[p]).collect();
         st.rows = parents.len();
         Ok(())
     }
@@ -396,7 +448,8 @@ pub struct MistralCudaStepper<'a, 'g> {
 }
 
 impl<'a, 'g> MistralCudaStepper<'a, 'g> {
-    /// `ids`/`mask` [batch, seq], left-padded; `beams` copies each row for beam search.
+    /// `ids`/`mask` [batch, seq], left-padded; `beams` copies each row for beam search; every
+    /// row r uses LoRA adapter slot `adapters[r]` (None: base model).
     pub fn new(
         model: &'a MistralCuda<'g>,
         ids: &[u32],
@@ -404,8 +457,9 @@ impl<'a, 'g> MistralCudaStepper<'a, 'g> {
         (batch, seq): (usize, usize),
         beams: usize,
         capacity: usize,
+        adapters: &[Option<usize>],
     ) -> Result<Self> {
-        let mut state = model.new_state(batch, seq + capacity)?;
+        let mut state = model.new_state_with(batch, seq + capacity, adapters)?;
         let mut logits = Vec::new();
         model.forward(&mut state, ids, mask, seq, false, &mut logits)?;
         let mut pending = PendingLogits::new(logits, model.cfg.vocab_size);

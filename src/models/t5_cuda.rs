@@ -18,7 +18,8 @@
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
 use crate::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
-use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View, Weight};
+use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, RowAdapters, View};
+use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -29,7 +30,8 @@ pub struct T5Cuda<'g> {
     pub cfg: T5Config,
     gated: bool,
     act: u32,
-    w: DeviceWeights<'g>,
+    /// weights and attached adapters
+    pub(crate) w: DeviceWeights<'g>,
     /// relative_attention_bias tables as f32 [buckets, H] (encoder, decoder)
     enc_bias: CudaSlice<f32>,
     dec_bias: CudaSlice<f32>,
@@ -46,6 +48,8 @@ pub struct CudaEncoderOut {
     mask: CudaSlice<i32>,
     /// per decoder layer: cross-attention K and V [batch, seq, H*dk]
     cross_kv: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    /// adapter slot of each batch row (the decoder rows inherit their source row's)
+    adapters: Vec<Option<usize>>,
 }
 
 fn cfg_err(msg: String) -> Error {
@@ -103,6 +107,9 @@ impl<'g> T5Cuda<'g> {
                 w.insert_f32(&name, t.as_slice())?;
             }
         }
+        if !cfg.tie_word_embeddings {
+            w.mark_linear("lm_head.weight", cfg.vocab_size, cfg.d_model);
+        }
         let final_name = "decoder.final_layer_norm.weight";
         let mut fin: Vec<f32> = ck.f32(final_name, &[cfg.d_model])?.as_slice().to_vec();
         if cfg.tie_word_embeddings {
@@ -131,12 +138,22 @@ impl<'g> T5Cuda<'g> {
         self.w.get(name)
     }
 
+    /// Attach a PEFT LoRA adapter (unmerged) in the next slot; returns the slot.
+    pub fn attach_adapter(&mut self, adapter: &LoraAdapter) -> Result<usize> {
+        self.w.attach_adapter(adapter)
+    }
+
+    /// Merge adapter `slot` into the bf16 weights (`DeviceWeights::merge_adapter`).
+    pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
+        self.w.merge_adapter(slot)
+    }
+
     fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
         self.w.buf(n)
     }
 
     /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1").
-    fn ffn(&self, x: &mut CudaSlice<bf16>, rows: usize, p: &str) -> Result<()> {
+    fn ffn(&self, x: &mut CudaSlice<bf16>, rows: usize, p: &str, ad: &RowAdapters) -> Result<()> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
         let mut h = self.buf(rows * d)?;
         self.gpu.rms_norm(
@@ -157,6 +174,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, dff, d),
                 &mut a,
                 false,
+                ad,
             )?;
             self.w.linear(
                 &h,
@@ -164,6 +182,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, dff, d),
                 &mut u,
                 false,
+                ad,
             )?;
             self.gpu
                 .activation_inplace(&mut a, Some(&u), rows * dff, self.act)?;
@@ -174,21 +193,36 @@ impl<'g> T5Cuda<'g> {
                 (rows, dff, d),
                 &mut a,
                 false,
+                ad,
             )?;
             self.gpu
                 .activation_inplace(&mut a, None, rows * dff, self.act)?;
         }
         self.w
-            .linear(&a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true)
+            .linear(&a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true, ad)
     }
 
-    /// Encoder over `ids` [batch, seq] with `mask` (1 = token, 0 = padding).
+    /// Encoder over `ids` [batch, seq] with `mask` (1 = token, 0 = padding), base model.
     pub fn encode(
         &self,
         ids: &[u32],
         mask: &[u8],
         batch: usize,
         seq: usize,
+    ) -> Result<CudaEncoderOut> {
+        self.encode_with(ids, mask, batch, seq, &vec![None; batch])
+    }
+
+    /// `encode` with a LoRA adapter slot per batch row (`None`: base model), applied by the
+    /// SGMV kernels, so rows of one batch may use different adapters; the decoder steps of
+    /// each row use the same slot.
+    pub fn encode_with(
+        &self,
+        ids: &[u32],
+        mask: &[u8],
+        batch: usize,
+        seq: usize,
+        adapters: &[Option<usize>],
     ) -> Result<CudaEncoderOut> {
         let c = &self.cfg;
         let (d, h, dk) = (c.d_model, c.num_heads, c.d_kv);
@@ -201,6 +235,19 @@ impl<'g> T5Cuda<'g> {
                 mask.len()
             )));
         }
+        if adapters.len() != batch {
+            return Err(Error::Input(format!(
+                "encode: {} adapter slots for batch {batch}",
+                adapters.len()
+            )));
+        }
+        // one slot per encoder token row
+        let ad = &self.w.row_adapters(
+            &adapters
+                .iter()
+                .flat_map(|&a| std::iter::repeat_n(a, seq))
+                .collect::<Vec<_>>(),
+        )?;
         let mask_d = self
             .gpu
             .upload("t5", &mask.iter().map(|&m| m as i32).collect::<Vec<_>>())?;
@@ -234,6 +281,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, inner, d),
                 &mut q,
                 false,
+                ad,
             )?;
             self.w.linear(
                 &hn,
@@ -241,6 +289,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, inner, d),
                 &mut k,
                 false,
+                ad,
             )?;
             self.w.linear(
                 &hn,
@@ -248,6 +297,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, inner, d),
                 &mut v,
                 false,
+                ad,
             )?;
             let call = AttnCall {
                 batch,
@@ -284,8 +334,9 @@ impl<'g> T5Cuda<'g> {
                 (rows, d, inner),
                 &mut x,
                 true,
+                ad,
             )?;
-            self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"))?;
+            self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"), ad)?;
         }
         let mut enc = self.buf(rows * d)?;
         self.gpu.rms_norm(
@@ -307,6 +358,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, inner, d),
                 &mut k,
                 false,
+                ad,
             )?;
             self.w.linear(
                 &enc,
@@ -314,6 +366,7 @@ impl<'g> T5Cuda<'g> {
                 (rows, inner, d),
                 &mut v,
                 false,
+                ad,
             )?;
             cross_kv.push((k, v));
         }
@@ -322,6 +375,7 @@ impl<'g> T5Cuda<'g> {
             seq,
             mask: mask_d,
             cross_kv,
+            adapters: adapters.to_vec(),
         })
     }
 }
@@ -333,6 +387,8 @@ pub struct T5CudaStepper<'a, 'g> {
     /// encoder batch row of each decoder row (beams share one encoder row)
     src: Vec<usize>,
     src_d: CudaSlice<i32>,
+    /// adapter slot of each decoder row, on the device (None: no row uses one)
+    ad: RowAdapters,
     cap: usize,
     len: usize,
     cache: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
@@ -391,11 +447,15 @@ impl<'a, 'g> T5CudaStepper<'a, 'g> {
         let src_d = model
             .gpu
             .upload("t5", &src.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
+        let ad = model
+            .w
+            .row_adapters(&src.iter().map(|&s| enc.adapters[s]).collect::<Vec<_>>())?;
         Ok(T5CudaStepper {
             model,
             enc,
             src,
             src_d,
+            ad,
             cap,
             len: 0,
             cache,
@@ -448,6 +508,13 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
         self.src_d = m.gpu.upload(
             "t5",
             &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
+        )?;
+        self.ad = m.w.row_adapters(
+            &self
+                .src
+                .iter()
+                .map(|&s| self.enc.adapters[s])
+                .collect::<Vec<_>>(),
         )?;
         Ok(())
     }
@@ -522,6 +589,7 @@ impl T5CudaStepper<'_, '_> {
                 (rows, inner, d),
                 &mut q,
                 false,
+                &self.ad,
             )?;
             let (kc, vc) = &mut self.cache[l];
             let at_t = GemmShape {
@@ -532,19 +600,19 @@ impl T5CudaStepper<'_, '_> {
                 y_off: t * inner,
                 accumulate: false,
             };
-            gpu.gemm(
+            m.w.gemm(
                 &hn,
-                m.w.weight(&format!("{sa}.k.weight"))?,
+                &format!("{sa}.k.weight"),
                 Out::Bf16(kc),
                 &at_t,
-                None,
+                &self.ad,
             )?;
-            gpu.gemm(
+            m.w.gemm(
                 &hn,
-                m.w.weight(&format!("{sa}.v.weight"))?,
+                &format!("{sa}.v.weight"),
                 Out::Bf16(vc),
                 &at_t,
-                None,
+                &self.ad,
             )?;
             let call = AttnCall {
                 batch: rows,
@@ -581,6 +649,7 @@ impl T5CudaStepper<'_, '_> {
                 (rows, d, inner),
                 &mut x,
                 true,
+                &self.ad,
             )?;
             // cross-attention over the encoder output (no position bias, padding mask)
             let p = format!("decoder.block.{l}.layer.1");
@@ -599,6 +668,7 @@ impl T5CudaStepper<'_, '_> {
                 (rows, inner, d),
                 &mut q,
                 false,
+                &self.ad,
             )?;
             let (ek, ev) = &self.enc.cross_kv[l];
             let call = AttnCall {
@@ -631,23 +701,29 @@ impl T5CudaStepper<'_, '_> {
                 (rows, d, inner),
                 &mut x,
                 true,
+                &self.ad,
             )?;
-            m.ffn(&mut x, rows, &format!("decoder.block.{l}.layer.2"))?;
+            m.ffn(
+                &mut x,
+                rows,
+                &format!("decoder.block.{l}.layer.2"),
+                &self.ad,
+            )?;
         }
         let mut hn = m.buf(rows * d)?;
         gpu.rms_norm(&x, &m.dec_final, &mut hn, rows, d, eps)?;
         let head = if c.tie_word_embeddings {
-            m.wt("shared.weight")?
+            "shared.weight"
         } else {
-            m.wt("lm_head.weight")?
+            "lm_head.weight" // adapters may target it
         };
         let mut lg = gpu.scratch::<f32>("t5", rows * v)?;
-        gpu.gemm(
+        m.w.gemm(
             &hn,
-            Weight::Bf16(head),
+            head,
             Out::F32(&mut lg),
             &GemmShape::new(rows, v, d, false),
-            None,
+            &self.ad,
         )?;
         self.len += 1;
         Ok(lg)
@@ -655,12 +731,14 @@ impl T5CudaStepper<'_, '_> {
 }
 
 /// Generate for a batch of source id rows on the GPU (T5; rows right-padded with the pad id and
-/// masked, as HF's tokenizer pads T5 inputs), with the shared `generate` loop: greedy, beam search
+/// masked, as HF's tokenizer pads T5 inputs) with LoRA adapter slot `adapter`, with the shared
+/// `generate` loop: greedy, beam search
 /// or sampling per `opts`. Returns one output per source row.
 pub fn generate_t5(
     model: &T5Cuda,
     sources: &[Vec<u32>],
     opts: &crate::generate::GenOptions,
+    adapter: Option<usize>,
 ) -> Result<Vec<crate::generate::GenOutput>> {
     let b = sources.len();
     let s = sources.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -674,11 +752,11 @@ pub fn generate_t5(
         ids.extend(
             r.iter()
                 .copied()
-                .chain(std::iter::repeat(pad).take(s - r.len())),
+                .chain(std::iter::repeat_n(pad, s - r.len())),
         );
         mask.extend((0..s).map(|j| (j < r.len()) as u8));
     }
-    let enc = model.encode(&ids, &mask, b, s)?;
+    let enc = model.encode_with(&ids, &mask, b, s, &vec![adapter; b])?;
     let k = opts.num_beams.max(1);
     let src = crate::generate::beam_parents(b, k);
     let mut stepper = T5CudaStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;

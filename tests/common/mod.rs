@@ -91,3 +91,65 @@ impl Rng {
         (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
 }
+
+/// Per-row CPU references for the adapter checks: T5 decoder logits, one [vocab] vector per
+/// step, for one unpadded source row fed the decoder tokens `dec` (teacher forcing), with LoRA
+/// slot `adapter` of `model`.
+pub fn t5_row_logits(
+    model: &jobx_engine::models::t5::T5Model,
+    src: &[u32],
+    adapter: Option<usize>,
+    dec: &[u32],
+) -> Vec<Vec<f32>> {
+    use jobx_engine::generate::Stepper;
+    let enc = model
+        .encode_with(src, &vec![1; src.len()], 1, src.len(), adapter)
+        .expect("encode");
+    let mut st = jobx_engine::models::t5::T5Stepper::new(model, &enc, vec![0], dec.len());
+    let mut out = Vec::new();
+    for &t in dec {
+        let mut lg = Vec::new();
+        st.step(&[t], &mut lg).expect("step");
+        out.push(lg);
+    }
+    out
+}
+
+/// Mistral logits [len, vocab] of every position of one unpadded prompt, LoRA slot `adapter`.
+pub fn mistral_row_logits(
+    model: &jobx_engine::models::mistral::MistralModel,
+    ids: &[u32],
+    adapter: Option<usize>,
+) -> Vec<f32> {
+    let mut st = model.new_state(1, ids.len());
+    st.adapter = adapter;
+    let mut lg = Vec::new();
+    model
+        .forward(&mut st, ids, &vec![1; ids.len()], ids.len(), true, &mut lg)
+        .expect("forward");
+    lg
+}
+
+/// max |a - b| / max |b|
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    let den = b.iter().fold(0f64, |m, y| m.max(y.abs() as f64));
+    num / den.max(1e-30)
+}
+
+/// Two token rows of lengths 5 and 9 inside vocab [3, v): a padded batch's contents.
+pub fn two_rows(v: u32) -> Vec<Vec<u32>> {
+    [5usize, 9]
+        .iter()
+        .enumerate()
+        .map(|(r, &n)| {
+            (0..n as u32)
+                .map(|i| (i * 7 + 3 * r as u32 + 2) % (v - 3) + 3)
+                .collect()
+        })
+        .collect()
+}
