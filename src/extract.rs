@@ -21,9 +21,9 @@ pub enum Arch {
     Mistral(MistralModel),
     /// the CUDA graphs (bf16, or int8 linear weights); the GPU context lives for the process
     #[cfg(feature = "cuda")]
-    T5Cuda(Box<crate::models::t5_cuda::T5Cuda<'static>>),
+    T5Cuda(Box<crate::models::t5_cuda::T5Cuda<'static, crate::cuda::Gpu>>),
     #[cfg(feature = "cuda")]
-    MistralCuda(Box<crate::models::mistral_cuda::MistralCuda<'static>>),
+    MistralCuda(Box<crate::models::mistral_cuda::MistralCuda<'static, crate::cuda::Gpu>>),
 }
 
 /// A loaded model with its tokenizer, adapters and generation defaults.

@@ -5,6 +5,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod eval_run;

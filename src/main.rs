@@ -462,14 +462,6 @@ fn load_engine(model: &str, _cuda: bool) -> jobx_engine::Result<Engine> {
     Engine::load(model)
 }
 
-#[cfg(feature = "cuda")]
-fn check_vocab(batch: &[Vec<u32>], vocab: usize) -> anyhow::Result<()> {
-    if let Some(bad) = batch.iter().flatten().find(|&&t| t as usize >= vocab) {
-        bail!("token id {bad} is outside the model's vocabulary ({vocab})");
-    }
-    Ok(())
-}
-
 fn gen_options(d: &DecodeArgs, eos: Vec<u32>) -> anyhow::Result<GenOptions> {
     Ok(GenOptions {
         max_new_tokens: d.max_new_tokens,
@@ -740,6 +732,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                 merge_adapter,
                 cuda,
                 cuda_int8: gpu_int8(),
+                host_device: false,
             };
             if dirs.is_empty() {
                 bail!("verify: give at least one fixture folder");

@@ -257,8 +257,13 @@ pub struct VerifyOptions {
     /// run on the CUDA backend (bf16): logits are compared with `CUDA_BF16_TOLERANCE_REL`
     /// instead of the fixture's f32 tolerance; greedy ids must match up to a near tie (`record_greedy`)
     pub cuda: bool,
-    /// on CUDA, store the linear layers as weight-only int8 (`CUDA_INT8_TOLERANCE_REL`)
+    /// on CUDA (or the host emulation), store the linear layers as weight-only int8
+    /// (`CUDA_INT8_TOLERANCE_REL`)
     pub cuda_int8: bool,
+    /// run the CUDA graph code on the host backend (`device::host`: the kernels' semantics with
+    /// bf16 rounding, no GPU), with the CUDA tolerances and checks: how CI checks the device
+    /// graphs without a GPU
+    pub host_device: bool,
 }
 
 /// Relative logits error (max |ours - ref| / max |ref|) allowed on the CUDA backend, where weights
@@ -336,7 +341,7 @@ pub fn verify_dir_with(
         greedy_match: greedy_ok,
         ok,
     };
-    match (spec.arch.as_str(), opts.cuda) {
+    match (spec.arch.as_str(), opts.cuda || opts.host_device) {
         ("t5", false) => {
             let mut model = T5Model::load_dir(dir)?;
             let adapter = attach(&mut model, adapter.as_ref(), opts)?;
@@ -374,7 +379,7 @@ pub fn verify_dir_with(
             )?))
         }
         ("t5", true) | ("mistral", true) => {
-            verify_cuda(dir, &spec, &refs, adapter.as_ref(), opts, emit).map(summary)
+            verify_device(dir, &spec, &refs, adapter.as_ref(), opts, emit).map(summary)
         }
         (o, _) => Err(Error::Unsupported(format!(
             "arch `{o}` is not supported (t5, mistral)"
@@ -672,23 +677,39 @@ fn check_mistral<B: MistralBackend>(
     Ok((max_rel, greedy_ok, all_ok))
 }
 
-#[cfg(not(feature = "cuda"))]
-fn verify_cuda(
-    _dir: &Path,
-    _spec: &RefSpec,
-    _refs: &Checkpoint,
-    _adapter: Option<&LoraAdapter>,
-    _opts: &VerifyOptions,
-    _emit: &mut dyn FnMut(serde_json::Value),
+/// A fixture on the device graphs: on the GPU (`opts.cuda`) or on the host emulation of the
+/// kernels (`opts.host_device`).
+fn verify_device(
+    dir: &Path,
+    spec: &RefSpec,
+    refs: &Checkpoint,
+    adapter: Option<&LoraAdapter>,
+    opts: &VerifyOptions,
+    emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
-    crate::cuda::Gpu::new(0)?;
-    unreachable!("Gpu::new always fails without the cuda feature")
+    if opts.cuda {
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = crate::cuda::Gpu::new(0)?;
+            gpu.int8_weights
+                .store(opts.cuda_int8, std::sync::atomic::Ordering::Relaxed);
+            return verify_on(&gpu, dir, spec, refs, adapter, opts, emit);
+        }
+        #[cfg(not(feature = "cuda"))]
+        return Err(crate::cuda::Gpu::new(0)
+            .err()
+            .unwrap_or_else(|| Error::Unsupported("built without the CUDA backend".into())));
+    }
+    let host = crate::device::host::HostBackend::new();
+    host.int8_weights
+        .store(opts.cuda_int8, std::sync::atomic::Ordering::Relaxed);
+    verify_on(&host, dir, spec, refs, adapter, opts, emit)
 }
 
-/// A fixture on the CUDA backend (bf16): the same checks, logits within
+/// A fixture on the device graphs of backend `dev` (bf16): the same checks, logits within
 /// `CUDA_BF16_TOLERANCE_REL`, greedy ids exact up to a near tie of the f32 reference, beam ids exact.
-#[cfg(feature = "cuda")]
-fn verify_cuda(
+fn verify_on<D: crate::device::Backend>(
+    dev: &D,
     dir: &Path,
     spec: &RefSpec,
     refs: &Checkpoint,
@@ -697,10 +718,8 @@ fn verify_cuda(
     emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
     let int8 = opts.cuda_int8;
-    let gpu = crate::cuda::Gpu::new(0)?;
-    gpu.int8_weights
-        .store(int8, std::sync::atomic::Ordering::Relaxed);
-    let name = gpu.name.clone();
+    let gpu = dev;
+    let name = gpu.name();
     let mut emit = |mut l: serde_json::Value| {
         l["device"] = json!(name);
         emit(l)
@@ -712,7 +731,7 @@ fn verify_cuda(
     };
     // The f32 CPU graph is loaded only if a greedy sequence diverges (at most once).
     if spec.arch == "t5" {
-        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(&gpu, dir)?;
+        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(gpu, dir)?;
         let slot = cuda_attach(adapter, opts, &mut model.w)?;
         let eos = eos_ids(dir, model.cfg.eos_token_id);
         let cpu = std::cell::OnceCell::new();
@@ -742,7 +761,7 @@ fn verify_cuda(
         };
         check_t5(&be, spec, refs, &eos, tol, Some(&next), &mut emit)
     } else {
-        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(&gpu, dir)?;
+        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(gpu, dir)?;
         let slot = cuda_attach(adapter, opts, &mut model.w)?;
         let eos = mistral_eos(dir, &model.cfg);
         let cpu = std::cell::OnceCell::new();
@@ -776,13 +795,12 @@ fn verify_cuda(
     }
 }
 
-/// The fixture's adapter on a CUDA graph: attached in slot 0 (the slot returned), or merged
+/// The fixture's adapter on a device graph: attached in slot 0 (the slot returned), or merged
 /// into the bf16 weights with `--merge-adapter` (None).
-#[cfg(feature = "cuda")]
-fn cuda_attach(
+fn cuda_attach<D: crate::device::Backend>(
     adapter: Option<&LoraAdapter>,
     opts: &VerifyOptions,
-    w: &mut crate::cuda::DeviceWeights,
+    w: &mut crate::device::DeviceWeights<D>,
 ) -> Result<Option<usize>> {
     let Some(a) = adapter else { return Ok(None) };
     let slot = w.attach_adapter(a)?;
@@ -793,21 +811,18 @@ fn cuda_attach(
     Ok(Some(slot))
 }
 
-#[cfg(feature = "cuda")]
-struct CudaT5<'a, 'g> {
-    model: &'a crate::models::t5_cuda::T5Cuda<'g>,
+struct CudaT5<'a, 'g, D: crate::device::Backend> {
+    model: &'a crate::models::t5_cuda::T5Cuda<'g, D>,
     adapter: Option<usize>,
 }
 
-#[cfg(feature = "cuda")]
-struct CudaMistral<'a, 'g> {
-    model: &'a crate::models::mistral_cuda::MistralCuda<'g>,
+struct CudaMistral<'a, 'g, D: crate::device::Backend> {
+    model: &'a crate::models::mistral_cuda::MistralCuda<'g, D>,
     adapter: Option<usize>,
 }
 
-#[cfg(feature = "cuda")]
-impl T5Backend for CudaT5<'_, '_> {
-    type Enc = crate::models::t5_cuda::CudaEncoderOut;
+impl<D: crate::device::Backend> T5Backend for CudaT5<'_, '_, D> {
+    type Enc = crate::models::t5_cuda::CudaEncoderOut<D>;
     fn cfg(&self) -> &T5Config {
         &self.model.cfg
     }
@@ -856,8 +871,7 @@ impl T5Backend for CudaT5<'_, '_> {
     }
 }
 
-#[cfg(feature = "cuda")]
-impl MistralBackend for CudaMistral<'_, '_> {
+impl<D: crate::device::Backend> MistralBackend for CudaMistral<'_, '_, D> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }

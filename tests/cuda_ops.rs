@@ -48,60 +48,15 @@ fn cuda_op_table() {
     );
 }
 
-/// `verify --device cuda` on every T5 and Mistral fixture: logits within the stated bf16 (int8)
-/// tolerance of the HF f32 references, greedy (and beam) ids identical up to an f32 near tie.
-/// The LoRA fixtures run with the adapter unmerged (bf16 and int8 weights) and merged into the
-/// bf16 weights; merging into int8 weights must be refused with a clear error.
+/// `verify --device cuda` on every T5 and Mistral fixture (common::verify_device_fixtures):
+/// logits within the stated bf16 (int8) tolerance of the HF f32 references, greedy (and beam)
+/// ids identical up to an f32 near tie; the LoRA fixtures unmerged and merged.
 #[test]
 fn cuda_verify_fixtures() {
-    // JOBX_FIXTURES: where tools/gpu-check.sh put the fixtures on a machine without this checkout
-    let dir = std::env::var_os("JOBX_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().join("reference.json").is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(names.len() >= 8, "fixtures found: {names:?}");
-    let mut failed = Vec::new();
-    // (fixture, int8 linear weights, merge the adapter)
-    let mut runs = Vec::new();
-    for n in &names {
-        runs.extend([(n, false, false), (n, true, false)]);
-        if n.contains("lora") {
-            runs.extend([(n, false, true), (n, true, true)]);
-        }
+    match common::verify_device_fixtures(true) {
+        Err(msg) => skip(&format!("SKIP cuda_verify_fixtures: {msg}")),
+        Ok(failed) => assert!(failed.is_empty(), "{failed:#?}"),
     }
-    for (n, int8, merge) in runs {
-        let opts = jobx_engine::verify::VerifyOptions {
-            cuda: true,
-            cuda_int8: int8,
-            merge_adapter: merge,
-        };
-        let what = format!("{n} int8 {int8} merged {merge}");
-        match jobx_engine::verify::verify_dir_with(&dir.join(n), &opts, &mut |l| eprintln!("  {l}"))
-        {
-            Ok(_) if int8 && merge => failed.push(format!("{what}: merged into int8 weights")),
-            Ok(s) if s.ok => eprintln!("{what}: ok, max_rel_err {:.3e}", s.max_rel_err),
-            Ok(s) => failed.push(format!("{what}: {s:?}")),
-            Err(e) => {
-                let msg = e.to_string();
-                if msg.contains("built without the CUDA backend") || msg.contains("op `init`") {
-                    skip(&format!("SKIP cuda_verify_fixtures: {msg}"));
-                    return;
-                }
-                if int8 && merge && msg.contains("int8 GPU weights") {
-                    eprintln!("{what}: refused as expected ({msg})");
-                    continue;
-                }
-                failed.push(format!("{what}: {msg}"));
-            }
-        }
-    }
-    assert!(failed.is_empty(), "{failed:#?}");
 }
 
 /// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):
@@ -215,22 +170,11 @@ fn cuda_engine_matches_direct_cuda_graphs() {
     }
 }
 
-/// LoRA in the CUDA graphs, SGMV style: one padded batch whose first row uses the fixture's
-/// adapter and whose second row the base model (T5: right-padded encoder rows and teacher-forced
-/// decoder steps; Mistral: left-padded prompt, logits of every real position). Each row's logits
-/// must be within the bf16 tolerance of the f32 CPU graph run on that row alone with that row's
-/// adapter, for adapters applied unmerged on bf16 and on int8 weights. (The adapters move the
-/// logits by 0.6-1.3 relative, far beyond the tolerance: adapters_bad_input.rs checks it.)
+/// LoRA in the CUDA graphs, SGMV style: a batch mixing an adapter row and a base-model row,
+/// each row's logits against the f32 CPU graph (common::mixed_adapter_rows).
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_mixed_adapter_rows_match_cpu() {
-    use jobx_engine::generate::Stepper;
-    use jobx_engine::models::adapter::LoraAdapter;
-    use jobx_engine::models::mistral::MistralModel;
-    use jobx_engine::models::mistral_cuda::MistralCuda;
-    use jobx_engine::models::t5::T5Model;
-    use jobx_engine::models::t5_cuda::{T5Cuda, T5CudaStepper};
-    use jobx_engine::verify::{CUDA_BF16_TOLERANCE_REL, CUDA_INT8_TOLERANCE_REL};
     let gpu = match jobx_engine::cuda::Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {
@@ -240,85 +184,11 @@ fn cuda_mixed_adapter_rows_match_cpu() {
             return;
         }
     };
-    let fx = std::env::var_os("JOBX_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    let slots = [Some(0usize), None];
-    let mut worst = Vec::new();
-    for int8 in [false, true] {
+    let set_int8 = |on: bool| {
         gpu.int8_weights
-            .store(int8, std::sync::atomic::Ordering::Relaxed);
-        let tol = if int8 {
-            CUDA_INT8_TOLERANCE_REL
-        } else {
-            CUDA_BF16_TOLERANCE_REL
-        };
-        // T5
-        let dir = fx.join("t5-lora");
-        let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
-        let mut cpu = T5Model::load_dir(&dir).unwrap();
-        a.attach(&mut cpu, 0).unwrap();
-        let mut g = T5Cuda::load_dir(&gpu, &dir).unwrap();
-        assert_eq!(g.attach_adapter(&a).unwrap(), 0);
-        let rows = common::two_rows(cpu.cfg.vocab_size as u32);
-        let s = 9;
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
-            ids.extend(r.iter().copied().chain(std::iter::repeat_n(0, s - r.len())));
-            mask.extend((0..s).map(|j| (j < r.len()) as u8));
-        }
-        let dec = [cpu.cfg.decoder_start(), 7, 11, 13];
-        let enc = g.encode_with(&ids, &mask, 2, s, &slots).unwrap();
-        let mut st = T5CudaStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
-        let v = cpu.cfg.vocab_size;
-        let want: Vec<_> = rows
-            .iter()
-            .zip(slots)
-            .map(|(r, a)| common::t5_row_logits(&cpu, r, a, &dec))
-            .collect();
-        for (j, &t) in dec.iter().enumerate() {
-            let mut lg = Vec::new();
-            st.step(&[t, t], &mut lg).unwrap();
-            for r in 0..2 {
-                let e = common::rel_err(&lg[r * v..(r + 1) * v], &want[r][j]);
-                worst.push((e, tol, format!("t5-lora int8 {int8} row {r} step {j}")));
-            }
-        }
-        // Mistral
-        let dir = fx.join("mistral-lora");
-        let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
-        let mut cpu = MistralModel::load_dir(&dir).unwrap();
-        a.attach(&mut cpu, 0).unwrap();
-        let mut g = MistralCuda::load_dir(&gpu, &dir).unwrap();
-        assert_eq!(g.attach_adapter(&a).unwrap(), 0);
-        let v = cpu.cfg.vocab_size;
-        let rows = common::two_rows(v as u32);
-        let pad = cpu.cfg.pad_token_id.unwrap_or(0);
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
-            ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
-            mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
-        }
-        let mut st = g.new_state_with(2, s, &slots).unwrap();
-        let mut lg = Vec::new();
-        g.forward(&mut st, &ids, &mask, s, true, &mut lg).unwrap();
-        for (r, (row, a)) in rows.iter().zip(slots).enumerate() {
-            let want = common::mistral_row_logits(&cpu, row, a);
-            for p in 0..row.len() {
-                let at = (r * s + s - row.len() + p) * v;
-                let e = common::rel_err(&lg[at..at + v], &want[p * v..(p + 1) * v]);
-                worst.push((e, tol, format!("mistral-lora int8 {int8} row {r} pos {p}")));
-            }
-        }
-    }
-    gpu.int8_weights
-        .store(false, std::sync::atomic::Ordering::Relaxed);
-    let bad: Vec<_> = worst.iter().filter(|(e, tol, _)| e > tol).collect();
-    let max = worst.iter().map(|w| w.0).fold(0f64, f64::max);
-    eprintln!(
-        "cuda_mixed_adapter_rows_match_cpu: {} rows/steps, max rel err {max:.3e}",
-        worst.len()
-    );
+            .store(on, std::sync::atomic::Ordering::Relaxed)
+    };
+    let bad = common::mixed_adapter_rows(&gpu, &set_int8);
     assert!(bad.is_empty(), "{bad:#?}");
 }
 

@@ -3,9 +3,10 @@
 //! `--features cuda`. Without the feature this module still exists so callers can ask for a GPU
 //! and get a clear error instead of a missing symbol.
 //!
-//! Each kernel has a CPU-reference op test (tests/cuda_ops.rs); the T5 and Mistral graphs on
-//! these kernels are `models::t5_cuda` and `models::mistral_cuda`, run by `verify`, `generate`,
-//! `extract` and `eval` with `--device cuda`.
+//! Each kernel has a CPU-reference op test (tests/cuda_ops.rs); `Gpu` implements
+//! `device::Backend`, the interface the device graphs `models::t5_cuda` and
+//! `models::mistral_cuda` are written against, run by `verify`, `generate`, `extract` and `eval`
+//! with `--device cuda`.
 
 #[cfg(feature = "cuda")]
 mod ops;

@@ -242,57 +242,12 @@ impl Gpu {
     }
 }
 
-/// The weight of a GEMM.
-pub enum Weight<'a> {
-    Bf16(&'a CudaSlice<bf16>),
-    /// Weight-only int8 with per-output-channel scales [n].
-    Int8 {
-        w: &'a CudaSlice<i8>,
-        scale: &'a CudaSlice<f32>,
-    },
-}
-
-/// The output of a GEMM: bf16 or f32, [m, ldy].
-pub enum Out<'a> {
-    Bf16(&'a mut CudaSlice<bf16>),
-    F32(&'a mut CudaSlice<f32>),
-}
-
-/// Per-row LoRA for a GEMM: `t` = x·Aᵀ from `lora_shrink` [m, r], `b` [adapters, n, r],
-/// `ids` [m] (-1: none), `scale` [adapters] (alpha / r).
-pub struct Lora<'a> {
-    pub t: &'a CudaSlice<f32>,
-    pub b: &'a CudaSlice<bf16>,
-    pub ids: &'a CudaSlice<i32>,
-    pub scale: &'a CudaSlice<f32>,
-    pub r: usize,
-    pub adapters: usize,
-}
-
-pub struct GemmShape {
-    pub m: usize,
-    pub n: usize,
-    pub k: usize,
-    /// Row stride of the output (>= n).
-    pub ldy: usize,
-    /// Element offset of output row 0 in the y buffer (e.g. a KV-cache row).
-    pub y_off: usize,
-    pub accumulate: bool,
-}
-
-impl GemmShape {
-    /// A contiguous [m, n] output at the start of y.
-    pub fn new(m: usize, n: usize, k: usize, accumulate: bool) -> Self {
-        GemmShape {
-            m,
-            n,
-            k,
-            ldy: n,
-            y_off: 0,
-            accumulate,
-        }
-    }
-}
+/// The device-neutral GEMM operand types (`crate::device`), on the GPU.
+pub type Weight<'a> = crate::device::Weight<'a, Gpu>;
+pub type Out<'a> = crate::device::Out<'a, Gpu>;
+pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
+use crate::device::view_len;
+pub use crate::device::{ActKind, AttnCall, GemmShape, View};
 
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
     let (gx, gy) = (s.n.div_ceil(64), s.m.div_ceil(64));
@@ -658,39 +613,6 @@ fn tensor_map(
 /// tensor-core tiles.
 const DECODE_MAX_TQ: usize = 4;
 
-/// Strides (elements) of a [b, h, t, d] view.
-#[derive(Clone, Copy, Debug)]
-pub struct View {
-    pub sb: usize,
-    pub sh: usize,
-    pub st: usize,
-}
-
-/// Shapes and options of one attention call (see jobx_attention_params).
-#[derive(Clone, Copy, Debug)]
-pub struct AttnCall {
-    pub batch: usize,
-    pub kv_batch_rows: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub tq: usize,
-    pub tk: usize,
-    pub dk: usize,
-    pub q_offset: usize,
-    pub window: usize,
-    pub scale: f32,
-    pub causal: bool,
-    /// T5 relative bias: (num_buckets, max_distance, bidirectional).
-    pub t5_bias: Option<(usize, usize, bool)>,
-}
-
-fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> usize {
-    if rows == 0 || heads == 0 || t == 0 {
-        return 0;
-    }
-    (rows - 1) * v.sb + (heads - 1) * v.sh + (t - 1) * v.st + dk
-}
-
 impl Gpu {
     /// o[b, i, h*dk + d] = softmax(scale q·k + bias, masked) · v.
     #[allow(clippy::too_many_arguments)]
@@ -1012,279 +934,141 @@ impl Gpu {
     }
 }
 
-/// Weights on the device by HF name (bf16, or weight-only int8 with per-channel scales for the
-/// linear layers when `Gpu::int8_weights` is set at load), the LoRA adapters attached to them, and
-/// the helpers the CUDA graphs share.
-pub struct DeviceWeights<'g> {
-    pub gpu: &'g Gpu,
-    w: std::collections::HashMap<String, CudaSlice<bf16>>,
-    q: std::collections::HashMap<String, (CudaSlice<i8>, CudaSlice<f32>)>,
-    /// linear layers adapters may target: weight name -> (out, in)
-    linears: std::collections::BTreeMap<String, (usize, usize)>,
-    /// weight name -> the LoRA pairs of every adapter slot, stacked for the SGMV kernels
-    loras: std::collections::HashMap<String, DeviceLora>,
-    /// adapter slots attached so far (every `DeviceLora` has this many slots)
-    slots: usize,
-    int8: bool,
-    /// which graph, for error messages
-    what: &'static str,
-}
+/// The device graphs' backend interface on the GPU: each op is the checked kernel wrapper above.
+impl crate::device::Backend for Gpu {
+    type Buf<T: crate::device::Elem> = CudaSlice<T>;
 
-/// One linear layer's LoRA pairs over all adapter slots, as `lora_shrink` and the GEMM epilogue
-/// read them: A [slots, r, in], B [slots, out, r], scale [slots], with r the largest rank of any
-/// slot (smaller ranks and slots that do not target this layer are zero-padded, which adds
-/// exactly 0). The host copies let a later slot restack them.
-struct DeviceLora {
-    host: Vec<Option<crate::models::linear::Lora>>,
-    r: usize,
-    a: CudaSlice<bf16>,
-    b: CudaSlice<bf16>,
-    scale: CudaSlice<f32>,
-}
-
-/// Per-row adapter slots of one call ([rows], -1: the base model), on the device; `None` where no
-/// row uses an adapter (the GEMMs then skip LoRA entirely).
-pub type RowAdapters = Option<CudaSlice<i32>>;
-
-impl<'g> DeviceWeights<'g> {
-    pub fn new(gpu: &'g Gpu, what: &'static str) -> Self {
-        DeviceWeights {
-            gpu,
-            w: Default::default(),
-            q: Default::default(),
-            linears: Default::default(),
-            loras: Default::default(),
-            slots: 0,
-            int8: gpu.int8_weights.load(std::sync::atomic::Ordering::Relaxed),
-            what,
-        }
+    fn name(&self) -> String {
+        self.name.clone()
     }
-
-    /// A linear layer's weight [n, k]: int8 (per-channel, `cpu::quantize_rows_int8`) when this
-    /// load stores int8, else bf16. Adapters may target it.
-    pub fn insert_linear(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
-        self.linears.insert(name.to_string(), (n, k));
-        if !self.int8 {
-            return self.insert_f32(name, data);
-        }
-        let (q, s) = crate::cpu::quantize_rows_int8(data, n, k);
-        let dq = self.gpu.upload("load", &q)?;
-        let ds = self.gpu.upload("load", &s)?;
-        self.q.insert(name.to_string(), (dq, ds));
-        Ok(())
+    fn int8_weights(&self) -> bool {
+        self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
     }
-
-    /// Let adapters target `name` [n, k], a bf16 weight kept out of int8 (an untied LM head, as
-    /// PEFT may target `lm_head`).
-    pub fn mark_linear(&mut self, name: &str, n: usize, k: usize) {
-        self.linears.insert(name.to_string(), (n, k));
+    fn scratch<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
+        Gpu::scratch(self, op, n)
     }
-
-    /// The GEMM weight stored under `name`, whichever format.
-    pub fn weight(&self, name: &str) -> Result<Weight<'_>> {
-        if let Some((w, scale)) = self.q.get(name) {
-            return Ok(Weight::Int8 { w, scale });
-        }
-        Ok(Weight::Bf16(self.get(name)?))
+    fn zeros<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
+        Gpu::zeros(self, op, n)
     }
-
-    /// Round f32 values to bf16 and upload them under `name`.
-    pub fn insert_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
-        let dev = self.gpu.upload("load", &b)?;
-        self.w.insert(name.to_string(), dev);
-        Ok(())
+    fn upload<T: crate::device::Elem>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
+        Gpu::upload(self, op, host)
     }
-
-    pub fn get(&self, name: &str) -> Result<&CudaSlice<bf16>> {
-        self.w.get(name).ok_or_else(|| crate::Error::MissingTensor {
-            name: name.to_string(),
-            where_: format!("{} weights on the GPU", self.what),
-        })
-    }
-
-    /// An activation buffer the next op overwrites completely (see `Gpu::scratch`).
-    pub fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
-        self.gpu.scratch::<bf16>(self.what, n)
-    }
-
-    /// Attach a PEFT adapter in the next slot (unmerged); returns the slot. Checked against the
-    /// linear layers like on the CPU (`LoraAdapter::resolve`); nothing changes on an error.
-    pub fn attach_adapter(
-        &mut self,
-        adapter: &crate::models::adapter::LoraAdapter,
-    ) -> Result<usize> {
-        let layers: Vec<(String, usize, usize)> = self
-            .linears
-            .iter()
-            .map(|(name, &(n, k))| (module_name(name).to_string(), n, k))
-            .collect();
-        let pairs = adapter.resolve(&layers)?;
-        let slot = self.slots;
-        let mut hosts: std::collections::HashMap<String, Vec<Option<crate::models::linear::Lora>>> =
-            self.loras
-                .iter()
-                .map(|(n, l)| (n.clone(), l.host.clone()))
-                .collect();
-        for (i, lora) in pairs {
-            let h = hosts.entry(format!("{}.weight", layers[i].0)).or_default();
-            h.resize(slot, None);
-            h.push(Some(lora));
-        }
-        // every layer gets slot + 1 slots (a layer this adapter does not target: a zero slot)
-        let mut stacked = std::collections::HashMap::new();
-        for (name, mut host) in hosts {
-            host.resize(slot + 1, None);
-            let (n, k) = self.linears[&name];
-            stacked.insert(name, self.stack_lora(host, n, k)?);
-        }
-        self.loras = stacked;
-        self.slots = slot + 1;
-        Ok(slot)
-    }
-
-    /// Upload one layer's LoRA pairs of all slots (`linear::stack_loras`: rank-padded) as bf16.
-    fn stack_lora(
+    fn download<T: crate::device::Elem>(
         &self,
-        host: Vec<Option<crate::models::linear::Lora>>,
+        op: &'static str,
+        buf: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        Gpu::download(self, op, buf)
+    }
+    fn copy<T: crate::device::Elem>(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<T>,
+        src_off: usize,
+        dst: &mut CudaSlice<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        Gpu::copy(self, op, src, src_off, dst, dst_off, len)
+    }
+    fn gather_blocks(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<bf16>,
+        per: usize,
+        parents: &[usize],
+    ) -> Result<CudaSlice<bf16>> {
+        Gpu::gather_blocks(self, op, src, per, parents)
+    }
+    fn rms_norm(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        Gpu::rms_norm(self, x, w, y, rows, d, eps)
+    }
+    fn activation_inplace(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        up: Option<&CudaSlice<bf16>>,
         n: usize,
-        k: usize,
-    ) -> Result<DeviceLora> {
-        let st = crate::models::linear::stack_loras(&host, n, k);
-        let b16 = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>();
-        Ok(DeviceLora {
-            host,
-            r: st.r,
-            a: self.gpu.upload("adapter", &b16(&st.a))?,
-            b: self.gpu.upload("adapter", &b16(&st.b))?,
-            scale: self.gpu.upload("adapter", &st.scale)?,
-        })
+        kind: ActKind,
+    ) -> Result<()> {
+        let kind = match kind {
+            ActKind::Relu => JOBX_ACT_RELU,
+            ActKind::GeluTanh => JOBX_ACT_GELU_TANH,
+            ActKind::Silu => JOBX_ACT_SILU,
+        };
+        Gpu::activation_inplace(self, x, up, n, kind)
     }
-
-    /// Number of adapter slots attached.
-    pub fn adapter_slots(&self) -> usize {
-        self.slots
+    fn rope(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        pos: &CudaSlice<i32>,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        Gpu::rope(self, x, pos, tokens, heads, head_dim, theta)
     }
-
-    /// The device form of per-row adapter slots (`None`: base model), after checking each slot
-    /// exists; `None` when no row uses an adapter.
-    pub fn row_adapters(&self, rows: &[Option<usize>]) -> Result<RowAdapters> {
-        if rows.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        if let Some(s) = rows.iter().flatten().find(|&&s| s >= self.slots) {
-            return Err(crate::Error::Input(format!(
-                "adapter slot {s} is not loaded ({} loaded on the GPU)",
-                self.slots
-            )));
-        }
-        let ids: Vec<i32> = rows.iter().map(|s| s.map_or(-1, |s| s as i32)).collect();
-        Ok(Some(self.gpu.upload("adapter", &ids)?))
+    fn embedding_ids(
+        &self,
+        ids: &[u32],
+        table: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        Gpu::embedding_ids(self, ids, table, y, d, vocab)
     }
-
-    /// Merge adapter `slot` into the bf16 weights on the GPU (W += scale·B·A, one GEMM per
-    /// layer, rounded to bf16 like a merged bf16 checkpoint) and clear the slot. Int8 weights
-    /// were quantised at load, so they cannot take a merge: an error, before anything changes.
-    pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
-        if slot >= self.slots {
-            return Err(crate::Error::Input(format!(
-                "adapter slot {slot} is not loaded"
-            )));
-        }
-        let targets: Vec<String> = self
-            .loras
-            .iter()
-            .filter(|(_, l)| l.host[slot].is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        if targets.iter().any(|n| self.q.contains_key(n)) {
-            return Err(crate::Error::Unsupported(
-                "merging an adapter into int8 GPU weights (they were quantised at load): apply it \
-                 unmerged, or use --gpu-weights bf16"
-                    .into(),
-            ));
-        }
-        for name in targets {
-            let (n, k) = self.linears[&name];
-            let Some(l) = self.loras[&name].host[slot].clone() else {
-                continue;
-            };
-            // x = scale·B [n, r], w = Aᵀ [k, r]: W [n, k] += x · wᵀ
-            let (sb, at) = l.merge_operands(k);
-            let b16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
-            let x = self.gpu.upload("merge", &b16(sb))?;
-            let wt = self.gpu.upload("merge", &b16(at))?;
-            let w = self
-                .w
-                .get_mut(&name)
-                .ok_or_else(|| crate::Error::MissingTensor {
-                    name: name.clone(),
-                    where_: format!("{} weights on the GPU", self.what),
-                })?;
-            self.gpu.gemm(
-                &x,
-                Weight::Bf16(&wt),
-                Out::Bf16(w),
-                &GemmShape::new(n, k, l.r, true),
-                None,
-            )?;
-            let mut host = self.loras[&name].host.clone();
-            host[slot] = None;
-            let restacked = self.stack_lora(host, n, k)?;
-            self.loras.insert(name, restacked);
-        }
-        Ok(())
-    }
-
-    /// y (+)= x · W(name)ᵀ [+ the LoRA of each row's adapter] for `shape` (m rows of x).
-    pub fn gemm(
+    fn gemm(
         &self,
         x: &CudaSlice<bf16>,
-        name: &str,
+        w: Weight,
         y: Out,
-        shape: &GemmShape,
-        rows: &RowAdapters,
+        s: &GemmShape,
+        lora: Option<&Lora>,
     ) -> Result<()> {
-        let w = self.weight(name)?;
-        let (Some(ids), Some(l)) = (rows, self.loras.get(name)) else {
-            return self.gpu.gemm(x, w, y, shape, None);
-        };
-        // t = x · Aᵀ per row's slot (f32 [m, r]), then the GEMM adds t · B[slot]ᵀ · scale[slot]
-        let mut t = self.gpu.scratch::<f32>("lora", shape.m * l.r)?;
-        self.gpu
-            .lora_shrink(x, &l.a, ids, &mut t, shape.m, shape.k, l.r, self.slots)?;
-        let lora = Lora {
-            t: &t,
-            b: &l.b,
-            ids,
-            scale: &l.scale,
-            r: l.r,
-            adapters: self.slots,
-        };
-        self.gpu.gemm(x, w, y, shape, Some(&lora))
+        Gpu::gemm(self, x, w, y, s, lora)
     }
-
-    /// out (+)= x · W(name)ᵀ [+ LoRA] with shapes (m, n, k): x [m, k] -> out [m, n].
-    pub fn linear(
+    fn lora_shrink(
         &self,
         x: &CudaSlice<bf16>,
-        name: &str,
-        (m, n, k): (usize, usize, usize),
-        out: &mut CudaSlice<bf16>,
-        accumulate: bool,
-        rows: &RowAdapters,
+        a: &CudaSlice<bf16>,
+        ids: &CudaSlice<i32>,
+        t: &mut CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        r: usize,
+        adapters: usize,
     ) -> Result<()> {
-        self.gemm(
-            x,
-            name,
-            Out::Bf16(out),
-            &GemmShape::new(m, n, k, accumulate),
-            rows,
-        )
+        Gpu::lora_shrink(self, x, a, ids, t, m, k, r, adapters)
     }
-}
-
-/// `a.b.weight` -> `a.b` (the module names PEFT adapters use).
-fn module_name(weight: &str) -> &str {
-    weight.strip_suffix(".weight").unwrap_or(weight)
+    fn attention(
+        &self,
+        c: &AttnCall,
+        q: (&CudaSlice<bf16>, View),
+        k: (&CudaSlice<bf16>, View),
+        v: (&CudaSlice<bf16>, View),
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+        rel_bias: Option<&CudaSlice<f32>>,
+    ) -> Result<()> {
+        Gpu::attention(self, c, q, k, v, o, key_mask, kv_batch, rel_bias)
+    }
+    fn greedy_pick(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        suppress: &[u32],
+    ) -> Result<Vec<(u32, f32)>> {
+        Gpu::greedy_pick(self, logits, rows, vocab, suppress)
+    }
 }

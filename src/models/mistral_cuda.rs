@@ -1,4 +1,5 @@
-//! The Mistral / Llama decoder on the CUDA backend (`--features cuda`): the computation of
+//! The Mistral / Llama device graph, written against `device::Backend` (the GPU with feature
+//! `cuda`, or the host emulation of the kernels that CI checks it on): the computation of
 //! `mistral.rs` (HF `modeling_mistral.py`) with bf16 weights and activations and f32 accumulation
 //! in every kernel. Weights are loaded by their HF names, converted to bf16 once.
 //!
@@ -11,38 +12,36 @@
 
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
-use crate::cuda::params::JOBX_ACT_SILU;
-use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, View};
+use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, View};
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
-use cudarc::driver::CudaSlice;
 use half::bf16;
 use std::path::Path;
 
-pub struct MistralCuda<'g> {
-    pub gpu: &'g Gpu,
+pub struct MistralCuda<'g, B: Backend> {
+    pub gpu: &'g B,
     pub cfg: MistralConfig,
     /// weights and attached adapters
-    pub(crate) w: DeviceWeights<'g>,
+    pub(crate) w: DeviceWeights<'g, B>,
     head: &'static str,
 }
 
 /// KV cache and per-row positions for a batch of sequences on the device.
-pub struct MistralCudaState {
+pub struct MistralCudaState<B: Backend> {
     pub rows: usize,
     pub len: usize,
     cap: usize,
-    k: Vec<CudaSlice<bf16>>, // per layer [rows, cap, KV*hd]
-    v: Vec<CudaSlice<bf16>>,
+    k: Vec<B::Buf<bf16>>, // per layer [rows, cap, KV*hd]
+    v: Vec<B::Buf<bf16>>,
     key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
     /// LoRA adapter slot of each row (None: base model)
     adapters: Vec<Option<usize>>,
 }
 
-impl<'g> MistralCuda<'g> {
-    pub fn load_dir(gpu: &'g Gpu, dir: &Path) -> Result<Self> {
+impl<'g, B: Backend> MistralCuda<'g, B> {
+    pub fn load_dir(gpu: &'g B, dir: &Path) -> Result<Self> {
         let p = dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let cfg = MistralConfig::from_json_str(&text, &p)?;
@@ -50,7 +49,7 @@ impl<'g> MistralCuda<'g> {
         Self::load(gpu, cfg, &ck)
     }
 
-    pub fn load(gpu: &'g Gpu, cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
+    pub fn load(gpu: &'g B, cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
         let (hd, h, kv, hid, inter, v) = (
             cfg.head_dim(),
             cfg.num_attention_heads,
@@ -112,11 +111,11 @@ impl<'g> MistralCuda<'g> {
         })
     }
 
-    fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
+    fn wt(&self, name: &str) -> Result<&B::Buf<bf16>> {
         self.w.get(name)
     }
 
-    fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
+    fn buf(&self, n: usize) -> Result<B::Buf<bf16>> {
         self.w.buf(n)
     }
 
@@ -131,7 +130,7 @@ impl<'g> MistralCuda<'g> {
     }
 
     /// A state for `rows` sequences on the base model.
-    pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState> {
+    pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState<B>> {
         self.new_state_with(rows, capacity, &vec![None; rows])
     }
 
@@ -142,7 +141,7 @@ impl<'g> MistralCuda<'g> {
         rows: usize,
         capacity: usize,
         adapters: &[Option<usize>],
-    ) -> Result<MistralCudaState> {
+    ) -> Result<MistralCudaState<B>> {
         if adapters.len() != rows {
             return Err(Error::Input(format!(
                 "{} adapter slots for {rows} rows",
@@ -180,7 +179,7 @@ impl<'g> MistralCuda<'g> {
     /// (`all`) or the last one of each row, as f32 on the host.
     pub fn forward(
         &self,
-        st: &mut MistralCudaState,
+        st: &mut MistralCudaState<B>,
         ids: &[u32],
         mask: &[u8],
         t_new: usize,
@@ -195,12 +194,12 @@ impl<'g> MistralCuda<'g> {
     /// `forward` with the f32 logits left on the device.
     pub fn forward_device(
         &self,
-        st: &mut MistralCudaState,
+        st: &mut MistralCudaState<B>,
         ids: &[u32],
         mask: &[u8],
         t_new: usize,
         all: bool,
-    ) -> Result<CudaSlice<f32>> {
+    ) -> Result<B::Buf<f32>> {
         let c = &self.cfg;
         let gpu = self.gpu;
         let (hid, hd, h, kv, inter, vsz) = (
@@ -374,7 +373,7 @@ impl<'g> MistralCuda<'g> {
                 false,
                 ad,
             )?;
-            gpu.activation_inplace(&mut g, Some(&u), m * inter, JOBX_ACT_SILU)?;
+            gpu.activation_inplace(&mut g, Some(&u), m * inter, ActKind::Silu)?;
             self.w.linear(
                 &g,
                 &format!("{p}.mlp.down_proj.weight"),
@@ -420,7 +419,7 @@ impl<'g> MistralCuda<'g> {
     }
 
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
-    pub fn select_rows(&self, st: &mut MistralCudaState, parents: &[usize]) -> Result<()> {
+    pub fn select_rows(&self, st: &mut MistralCudaState<B>, parents: &[usize]) -> Result<()> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
@@ -441,17 +440,17 @@ impl<'g> MistralCuda<'g> {
 }
 
 /// The decoder as a `Stepper`: construction runs the prefill; the first `step` returns its logits.
-pub struct MistralCudaStepper<'a, 'g> {
-    model: &'a MistralCuda<'g>,
-    pub state: MistralCudaState,
+pub struct MistralCudaStepper<'a, 'g, B: Backend> {
+    model: &'a MistralCuda<'g, B>,
+    pub state: MistralCudaState<B>,
     pending: PendingLogits,
 }
 
-impl<'a, 'g> MistralCudaStepper<'a, 'g> {
+impl<'a, 'g, B: Backend> MistralCudaStepper<'a, 'g, B> {
     /// `ids`/`mask` [batch, seq], left-padded; `beams` copies each row for beam search; every
     /// row r uses LoRA adapter slot `adapters[r]` (None: base model).
     pub fn new(
-        model: &'a MistralCuda<'g>,
+        model: &'a MistralCuda<'g, B>,
         ids: &[u32],
         mask: &[u8],
         (batch, seq): (usize, usize),
@@ -476,7 +475,7 @@ impl<'a, 'g> MistralCudaStepper<'a, 'g> {
     }
 }
 
-impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
+impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -492,7 +491,7 @@ impl crate::generate::Stepper for MistralCudaStepper<'_, '_> {
         self.pending.reorder(parents);
         self.model.select_rows(&mut self.state, parents)
     }
-    /// Decode steps pick on the GPU (`Gpu::greedy_pick`); the prefill's logits, already on the
+    /// Decode steps pick on the device (`Backend::greedy_pick`); the prefill's logits, already on the
     /// host, go through the host path (None).
     fn step_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Option<Vec<(u32, f32)>>> {
         if self.pending.is_pending() {

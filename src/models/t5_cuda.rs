@@ -1,4 +1,6 @@
-//! The T5 graph on the CUDA backend (`--features cuda`): the same computation as `t5.rs` (HF
+//! The T5 device graph, written against `device::Backend`: on the GPU (`cuda::Gpu`, feature
+//! `cuda`) or on the host emulation of the kernels (`device::host`, how CI checks this file
+//! without a GPU). The same computation as `t5.rs` (HF
 //! `modeling_t5.py`: T5Stack, T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF), with bf16
 //! weights and activations and f32 accumulation in every kernel (T5 overflows fp16:
 //! ../shared/docs/MODEL-NOTES.md). Weights are loaded by their HF names (`t5::weight_shapes`),
@@ -17,37 +19,35 @@
 
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
-use crate::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
-use crate::cuda::{AttnCall, DeviceWeights, GemmShape, Gpu, Out, RowAdapters, View};
+use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
-use cudarc::driver::CudaSlice;
 use half::bf16;
 use std::path::Path;
 
-pub struct T5Cuda<'g> {
-    pub gpu: &'g Gpu,
+pub struct T5Cuda<'g, B: Backend> {
+    pub gpu: &'g B,
     pub cfg: T5Config,
     gated: bool,
-    act: u32,
+    act: ActKind,
     /// weights and attached adapters
-    pub(crate) w: DeviceWeights<'g>,
+    pub(crate) w: DeviceWeights<'g, B>,
     /// relative_attention_bias tables as f32 [buckets, H] (encoder, decoder)
-    enc_bias: CudaSlice<f32>,
-    dec_bias: CudaSlice<f32>,
+    enc_bias: B::Buf<f32>,
+    dec_bias: B::Buf<f32>,
     /// decoder final norm weight, times d_model^-0.5 when the head is tied (HF rescales the
     /// decoder output before the tied LM head)
-    dec_final: CudaSlice<bf16>,
+    dec_final: B::Buf<bf16>,
 }
 
 /// Encoder output of one request on the device.
-pub struct CudaEncoderOut {
+pub struct CudaEncoderOut<B: Backend> {
     pub batch: usize,
     pub seq: usize,
     /// [batch, seq] key mask (1 = real token)
-    mask: CudaSlice<i32>,
+    mask: B::Buf<i32>,
     /// per decoder layer: cross-attention K and V [batch, seq, H*dk]
-    cross_kv: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    cross_kv: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
     /// adapter slot of each batch row (the decoder rows inherit their source row's)
     adapters: Vec<Option<usize>>,
 }
@@ -56,21 +56,21 @@ fn cfg_err(msg: String) -> Error {
     Error::config("config.json", msg)
 }
 
-impl<'g> T5Cuda<'g> {
+impl<'g, B: Backend> T5Cuda<'g, B> {
     /// Load a T5 checkpoint folder onto the GPU (bf16).
-    pub fn load_dir(gpu: &'g Gpu, dir: &Path) -> Result<Self> {
+    pub fn load_dir(gpu: &'g B, dir: &Path) -> Result<Self> {
         let cfg = T5Config::from_file(&dir.join("config.json"))?;
         let ck = Checkpoint::open_dir(dir)?;
         Self::load(gpu, cfg, &ck)
     }
 
-    pub fn load(gpu: &'g Gpu, cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
+    pub fn load(gpu: &'g B, cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
         let (gated, act) = cfg.ffn_kind().map_err(cfg_err)?;
         let act =
             match act {
-                Act::Relu => JOBX_ACT_RELU,
-                Act::GeluTanh => JOBX_ACT_GELU_TANH,
-                Act::Silu => JOBX_ACT_SILU,
+                Act::Relu => ActKind::Relu,
+                Act::GeluTanh => ActKind::GeluTanh,
+                Act::Silu => ActKind::Silu,
                 Act::GeluErf => return Err(Error::Unsupported(
                     "CUDA backend: feed_forward_proj with exact (erf) GELU is not implemented; \
                      use --device cpu"
@@ -134,7 +134,7 @@ impl<'g> T5Cuda<'g> {
         })
     }
 
-    fn wt(&self, name: &str) -> Result<&CudaSlice<bf16>> {
+    fn wt(&self, name: &str) -> Result<&B::Buf<bf16>> {
         self.w.get(name)
     }
 
@@ -148,12 +148,12 @@ impl<'g> T5Cuda<'g> {
         self.w.merge_adapter(slot)
     }
 
-    fn buf(&self, n: usize) -> Result<CudaSlice<bf16>> {
+    fn buf(&self, n: usize) -> Result<B::Buf<bf16>> {
         self.w.buf(n)
     }
 
     /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1").
-    fn ffn(&self, x: &mut CudaSlice<bf16>, rows: usize, p: &str, ad: &RowAdapters) -> Result<()> {
+    fn ffn(&self, x: &mut B::Buf<bf16>, rows: usize, p: &str, ad: &RowAdapters<B>) -> Result<()> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
         let mut h = self.buf(rows * d)?;
         self.gpu.rms_norm(
@@ -209,7 +209,7 @@ impl<'g> T5Cuda<'g> {
         mask: &[u8],
         batch: usize,
         seq: usize,
-    ) -> Result<CudaEncoderOut> {
+    ) -> Result<CudaEncoderOut<B>> {
         self.encode_with(ids, mask, batch, seq, &vec![None; batch])
     }
 
@@ -223,7 +223,7 @@ impl<'g> T5Cuda<'g> {
         batch: usize,
         seq: usize,
         adapters: &[Option<usize>],
-    ) -> Result<CudaEncoderOut> {
+    ) -> Result<CudaEncoderOut<B>> {
         let c = &self.cfg;
         let (d, h, dk) = (c.d_model, c.num_heads, c.d_kv);
         let inner = h * dk;
@@ -381,17 +381,17 @@ impl<'g> T5Cuda<'g> {
 }
 
 /// Decoder state of one generation: per layer self-attention K/V caches [rows, cap, H*dk].
-pub struct T5CudaStepper<'a, 'g> {
-    model: &'a T5Cuda<'g>,
-    enc: &'a CudaEncoderOut,
+pub struct T5CudaStepper<'a, 'g, B: Backend> {
+    model: &'a T5Cuda<'g, B>,
+    enc: &'a CudaEncoderOut<B>,
     /// encoder batch row of each decoder row (beams share one encoder row)
     src: Vec<usize>,
-    src_d: CudaSlice<i32>,
+    src_d: B::Buf<i32>,
     /// adapter slot of each decoder row, on the device (None: no row uses one)
-    ad: RowAdapters,
+    ad: RowAdapters<B>,
     cap: usize,
     len: usize,
-    cache: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
     /// `JOBX_PROFILE=1`: host seconds spent enqueuing steps and waiting for their results,
     /// printed to stderr when the stepper is dropped (is a decode step bound by the host's
     /// launches or by the GPU?).
@@ -405,7 +405,7 @@ struct StepProfile {
     wait: f64,
 }
 
-impl Drop for T5CudaStepper<'_, '_> {
+impl<B: Backend> Drop for T5CudaStepper<'_, '_, B> {
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
             if p.steps > 0 {
@@ -422,10 +422,10 @@ impl Drop for T5CudaStepper<'_, '_> {
     }
 }
 
-impl<'a, 'g> T5CudaStepper<'a, 'g> {
+impl<'a, 'g, B: Backend> T5CudaStepper<'a, 'g, B> {
     pub fn new(
-        model: &'a T5Cuda<'g>,
-        enc: &'a CudaEncoderOut,
+        model: &'a T5Cuda<'g, B>,
+        enc: &'a CudaEncoderOut<B>,
         src: Vec<usize>,
         capacity: usize,
     ) -> Result<Self> {
@@ -466,7 +466,7 @@ impl<'a, 'g> T5CudaStepper<'a, 'g> {
     }
 }
 
-impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
+impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -520,7 +520,7 @@ impl crate::generate::Stepper for T5CudaStepper<'_, '_> {
     }
 }
 
-impl T5CudaStepper<'_, '_> {
+impl<B: Backend> T5CudaStepper<'_, '_, B> {
     /// Profile one step: enqueued from t0 to t1, results back now.
     fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
         if let Some(p) = &mut self.profile {
@@ -531,7 +531,7 @@ impl T5CudaStepper<'_, '_> {
     }
 
     /// One decoder step for one token per row: the f32 logits [rows, vocab], on the device.
-    fn forward(&mut self, tokens: &[u32]) -> Result<CudaSlice<f32>> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<B::Buf<f32>> {
         let m = self.model;
         let gpu = m.gpu;
         let c = &m.cfg;
@@ -734,8 +734,8 @@ impl T5CudaStepper<'_, '_> {
 /// masked, as HF's tokenizer pads T5 inputs) with LoRA adapter slot `adapter`, with the shared
 /// `generate` loop: greedy, beam search
 /// or sampling per `opts`. Returns one output per source row.
-pub fn generate_t5(
-    model: &T5Cuda,
+pub fn generate_t5<B: Backend>(
+    model: &T5Cuda<B>,
     sources: &[Vec<u32>],
     opts: &crate::generate::GenOptions,
     adapter: Option<usize>,

@@ -153,3 +153,158 @@ pub fn two_rows(v: u32) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// The fixtures folder (JOBX_FIXTURES: where tools/gpu-check.sh put them on a GPU machine).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("JOBX_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("tests/fixtures"))
+}
+
+/// `verify` on the device graphs (CUDA with `cuda`, else the host emulation) for every fixture:
+/// bf16 and int8 weights; the LoRA fixtures also with the adapter merged into bf16 weights, and
+/// merging into int8 weights must be refused with a clear error. Returns the failures, or Err
+/// with the reason when there is no usable GPU.
+pub fn verify_device_fixtures(cuda: bool) -> Result<Vec<String>, String> {
+    let dir = fixtures_dir();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("reference.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 8, "fixtures found: {names:?}");
+    let mut failed = Vec::new();
+    // (fixture, int8 linear weights, merge the adapter)
+    let mut runs = Vec::new();
+    for n in &names {
+        runs.extend([(n, false, false), (n, true, false)]);
+        if n.contains("lora") {
+            runs.extend([(n, false, true), (n, true, true)]);
+        }
+    }
+    for (n, int8, merge) in runs {
+        let opts = jobx_engine::verify::VerifyOptions {
+            cuda,
+            cuda_int8: int8,
+            merge_adapter: merge,
+            host_device: !cuda,
+        };
+        let what = format!("{n} int8 {int8} merged {merge}");
+        match jobx_engine::verify::verify_dir_with(&dir.join(n), &opts, &mut |l| eprintln!("  {l}"))
+        {
+            Ok(_) if int8 && merge => failed.push(format!("{what}: merged into int8 weights")),
+            Ok(s) if s.ok => eprintln!("{what}: ok, max_rel_err {:.3e}", s.max_rel_err),
+            Ok(s) => failed.push(format!("{what}: {s:?}")),
+            Err(e) => {
+                let msg = e.to_string();
+                if msg.contains("built without the CUDA backend") || msg.contains("op `init`") {
+                    return Err(msg);
+                }
+                if int8 && merge && msg.contains("int8 GPU weights") {
+                    eprintln!("{what}: refused as expected ({msg})");
+                    continue;
+                }
+                failed.push(format!("{what}: {msg}"));
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// LoRA in the device graphs, SGMV style: one padded batch whose first row uses the fixture's
+/// adapter and whose second row the base model (T5: right-padded encoder rows and teacher-forced
+/// decoder steps; Mistral: left-padded prompt, logits of every real position). Each row's logits
+/// must be within the bf16 (int8) tolerance of the f32 CPU graph run on that row alone with that
+/// row's adapter, with bf16 and with int8 base weights (`set_int8` switches the backend before
+/// each load). Returns the (error, tolerance, case) over the tolerance. The adapters move the
+/// logits by 0.6-1.3 relative, far beyond the tolerance (adapters_bad_input.rs checks it).
+pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
+    dev: &B,
+    set_int8: &dyn Fn(bool),
+) -> Vec<(f64, f64, String)> {
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::adapter::LoraAdapter;
+    use jobx_engine::models::mistral::MistralModel;
+    use jobx_engine::models::mistral_cuda::MistralCuda;
+    use jobx_engine::models::t5::T5Model;
+    use jobx_engine::models::t5_cuda::{T5Cuda, T5CudaStepper};
+    use jobx_engine::verify::{CUDA_BF16_TOLERANCE_REL, CUDA_INT8_TOLERANCE_REL};
+    let fx = fixtures_dir();
+    let slots = [Some(0usize), None];
+    let mut all = Vec::new();
+    for int8 in [false, true] {
+        set_int8(int8);
+        let tol = if int8 {
+            CUDA_INT8_TOLERANCE_REL
+        } else {
+            CUDA_BF16_TOLERANCE_REL
+        };
+        // T5
+        let dir = fx.join("t5-lora");
+        let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
+        let mut cpu = T5Model::load_dir(&dir).unwrap();
+        a.attach(&mut cpu, 0).unwrap();
+        let mut g = T5Cuda::load_dir(dev, &dir).unwrap();
+        assert_eq!(g.attach_adapter(&a).unwrap(), 0);
+        let rows = two_rows(cpu.cfg.vocab_size as u32);
+        let s = 9;
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let pad = std::iter::repeat_n(cpu.cfg.pad_token_id, s - r.len());
+            ids.extend(r.iter().copied().chain(pad));
+            mask.extend((0..s).map(|j| (j < r.len()) as u8));
+        }
+        let dec = [cpu.cfg.decoder_start(), 7, 11, 13];
+        let enc = g.encode_with(&ids, &mask, 2, s, &slots).unwrap();
+        let mut st = T5CudaStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
+        let v = cpu.cfg.vocab_size;
+        let want: Vec<_> = rows
+            .iter()
+            .zip(slots)
+            .map(|(r, a)| t5_row_logits(&cpu, r, a, &dec))
+            .collect();
+        for (j, &t) in dec.iter().enumerate() {
+            let mut lg = Vec::new();
+            st.step(&[t, t], &mut lg).unwrap();
+            for r in 0..2 {
+                let e = rel_err(&lg[r * v..(r + 1) * v], &want[r][j]);
+                all.push((e, tol, format!("t5-lora int8 {int8} row {r} step {j}")));
+            }
+        }
+        // Mistral
+        let dir = fx.join("mistral-lora");
+        let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
+        let mut cpu = MistralModel::load_dir(&dir).unwrap();
+        a.attach(&mut cpu, 0).unwrap();
+        let mut g = MistralCuda::load_dir(dev, &dir).unwrap();
+        assert_eq!(g.attach_adapter(&a).unwrap(), 0);
+        let v = cpu.cfg.vocab_size;
+        let rows = two_rows(v as u32);
+        let pad = cpu.cfg.pad_token_id.unwrap_or(0);
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for r in &rows {
+            ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
+            mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
+        }
+        let mut st = g.new_state_with(2, s, &slots).unwrap();
+        let mut lg = Vec::new();
+        g.forward(&mut st, &ids, &mask, s, true, &mut lg).unwrap();
+        for (r, (row, a)) in rows.iter().zip(slots).enumerate() {
+            let want = mistral_row_logits(&cpu, row, a);
+            for p in 0..row.len() {
+                let at = (r * s + s - row.len() + p) * v;
+                let e = rel_err(&lg[at..at + v], &want[p * v..(p + 1) * v]);
+                all.push((e, tol, format!("mistral-lora int8 {int8} row {r} pos {p}")));
+            }
+        }
+    }
+    set_int8(false);
+    let max = all.iter().map(|w| w.0).fold(0f64, f64::max);
+    eprintln!(
+        "mixed adapter rows: {} rows/steps, max rel err {max:.3e}",
+        all.len()
+    );
+    all.into_iter().filter(|(e, tol, _)| e > tol).collect()
+}

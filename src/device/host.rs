@@ -1,0 +1,454 @@
+//! The device ops on the host: f32 arithmetic with bf16 rounding exactly where the kernels round
+//! (norm and activation intermediates, every bf16 store), buffers as plain vectors. Fresh
+//! scratch buffers are filled with NaN (`Elem::poison`), so a graph that reads an element
+//! nothing wrote gets NaN logits and fails its checks, as the GPU checks do with
+//! `JOBX_CUDA_POISON=1`. Written for checking the device graphs on machines without a GPU, not
+//! for speed (single-threaded loops, fine for the tiny fixture models).
+
+use super::{ActKind, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use crate::{Error, Result};
+use half::bf16;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Default)]
+pub struct HostBackend {
+    /// store linear layers as weight-only int8 in graphs loaded from now on
+    pub int8_weights: AtomicBool,
+}
+
+impl HostBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn err(op: &'static str, msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "host",
+        op,
+        msg: msg.into(),
+    }
+}
+
+fn need<T>(op: &'static str, what: &str, buf: &[T], n: usize) -> Result<()> {
+    if buf.len() < n {
+        return Err(err(
+            op,
+            format!("{what} holds {} elements, {n} needed", buf.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Round to bf16 and back (round to nearest even, like __float2bfloat16_rn).
+fn rb(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+impl Backend for HostBackend {
+    type Buf<T: Elem> = Vec<T>;
+
+    fn name(&self) -> String {
+        "host (bf16 emulation of the CUDA kernels)".into()
+    }
+    fn int8_weights(&self) -> bool {
+        self.int8_weights.load(Ordering::Relaxed)
+    }
+    fn scratch<T: Elem>(&self, _op: &'static str, n: usize) -> Result<Vec<T>> {
+        Ok(vec![T::poison(); n.max(1)])
+    }
+    fn zeros<T: Elem>(&self, _op: &'static str, n: usize) -> Result<Vec<T>> {
+        Ok(vec![T::default(); n.max(1)])
+    }
+    fn upload<T: Elem>(&self, _op: &'static str, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+    fn download<T: Elem>(&self, _op: &'static str, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+    fn copy<T: Elem>(
+        &self,
+        op: &'static str,
+        src: &Vec<T>,
+        src_off: usize,
+        dst: &mut Vec<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        need(op, "copy source", src, src_off + len)?;
+        need(op, "copy destination", dst, dst_off + len)?;
+        dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Vec<bf16>,
+        w: &Vec<bf16>,
+        y: &mut Vec<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        need(OP, "x", x, rows * d)?;
+        need(OP, "w", w, d)?;
+        need(OP, "y", y, rows * d)?;
+        for r in 0..rows {
+            let xr = &x[r * d..(r + 1) * d];
+            let ss: f32 = xr.iter().map(|v| v.to_f32() * v.to_f32()).sum();
+            let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+            for i in 0..d {
+                let n = rb(xr[i].to_f32() * inv);
+                y[r * d + i] = bf16::from_f32(n * w[i].to_f32());
+            }
+        }
+        Ok(())
+    }
+
+    fn activation_inplace(
+        &self,
+        x: &mut Vec<bf16>,
+        up: Option<&Vec<bf16>>,
+        n: usize,
+        kind: ActKind,
+    ) -> Result<()> {
+        const OP: &str = "activation";
+        need(OP, "x", x, n)?;
+        if let Some(u) = up {
+            need(OP, "up", u, n)?;
+        }
+        for i in 0..n {
+            let mut a = rb(kind.apply(x[i].to_f32()));
+            if let Some(u) = up {
+                a *= u[i].to_f32();
+            }
+            x[i] = bf16::from_f32(a);
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<bf16>,
+        pos: &Vec<i32>,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        if head_dim % 2 != 0 {
+            return Err(err(OP, format!("odd head_dim {head_dim}")));
+        }
+        need(OP, "x", x, tokens * heads * head_dim)?;
+        need(OP, "pos", pos, tokens)?;
+        let half = head_dim / 2;
+        for t in 0..tokens {
+            for h in 0..heads {
+                let row = (t * heads + h) * head_dim;
+                for i in 0..half {
+                    let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+                    let ang = pos[t] as f32 * inv_freq;
+                    let (c, s) = (rb(ang.cos()), rb(ang.sin()));
+                    let (x1, x2) = (x[row + i].to_f32(), x[row + i + half].to_f32());
+                    x[row + i] = bf16::from_f32(x1 * c - x2 * s);
+                    x[row + i + half] = bf16::from_f32(x2 * c + x1 * s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn embedding_ids(
+        &self,
+        ids: &[u32],
+        table: &Vec<bf16>,
+        y: &mut Vec<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        need(OP, "table", table, vocab * d)?;
+        need(OP, "y", y, ids.len() * d)?;
+        for (t, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(err(
+                    OP,
+                    format!("token id {id} is outside the vocabulary of {vocab}"),
+                ));
+            }
+            y[t * d..(t + 1) * d].copy_from_slice(&table[id * d..(id + 1) * d]);
+        }
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        x: &Vec<bf16>,
+        w: Weight<Self>,
+        y: Out<Self>,
+        s: &GemmShape,
+        lora: Option<&Lora<Self>>,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        let (m, n, k) = (s.m, s.n, s.k);
+        if s.ldy < n {
+            return Err(err(OP, format!("ldy {} < n {n}", s.ldy)));
+        }
+        need(OP, "x", x, m * k)?;
+        // W as f32 [n, k] and the per-channel scale (int8)
+        let (wf, scale): (Vec<f32>, Option<&Vec<f32>>) = match w {
+            Weight::Bf16(b) => {
+                need(OP, "w", b, n * k)?;
+                (b[..n * k].iter().map(|v| v.to_f32()).collect(), None)
+            }
+            Weight::Int8 { w, scale } => {
+                need(OP, "w", w, n * k)?;
+                need(OP, "w_scale", scale, n)?;
+                (w[..n * k].iter().map(|&v| v as f32).collect(), Some(scale))
+            }
+        };
+        if let Some(lo) = lora {
+            need(OP, "lora t", lo.t, m * lo.r)?;
+            need(OP, "lora b", lo.b, lo.adapters * n * lo.r)?;
+            need(OP, "lora ids", lo.ids, m)?;
+            need(OP, "lora scale", lo.scale, lo.adapters)?;
+        }
+        let xf: Vec<f32> = x[..m * k].iter().map(|v| v.to_f32()).collect();
+        let mut acc = vec![0f32; m * n];
+        crate::cpu::matmul_wt(&xf, m, k, &wf[..], n, &mut acc, false);
+        // the epilogue of kernels/gemm_common.cuh: scales, LoRA expand, accumulate, store
+        let value = |r: usize, c: usize| -> Result<f32> {
+            let mut v = acc[r * n + c];
+            if let Some(sc) = scale {
+                v *= sc[c];
+            }
+            if let Some(lo) = lora {
+                let id = lo.ids[r];
+                if id >= lo.adapters as i32 {
+                    return Err(err(OP, format!("LoRA slot {id} of {}", lo.adapters)));
+                }
+                if id >= 0 {
+                    let id = id as usize;
+                    let t = &lo.t[r * lo.r..(r + 1) * lo.r];
+                    let b = &lo.b[(id * n + c) * lo.r..(id * n + c + 1) * lo.r];
+                    let s: f32 = t.iter().zip(b).map(|(p, q)| p * q.to_f32()).sum();
+                    v += s * lo.scale[id];
+                }
+            }
+            Ok(v)
+        };
+        match y {
+            Out::Bf16(y) => {
+                need(OP, "y", y, s.y_len())?;
+                for r in 0..m {
+                    for c in 0..n {
+                        let o = s.y_off + r * s.ldy + c;
+                        let v = value(r, c)?;
+                        let v = if s.accumulate { y[o].to_f32() + v } else { v };
+                        y[o] = bf16::from_f32(v);
+                    }
+                }
+            }
+            Out::F32(y) => {
+                need(OP, "y", y, s.y_len())?;
+                for r in 0..m {
+                    for c in 0..n {
+                        let o = s.y_off + r * s.ldy + c;
+                        let v = value(r, c)?;
+                        y[o] = if s.accumulate { y[o] + v } else { v };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lora_shrink(
+        &self,
+        x: &Vec<bf16>,
+        a: &Vec<bf16>,
+        ids: &Vec<i32>,
+        t: &mut Vec<f32>,
+        m: usize,
+        k: usize,
+        r: usize,
+        adapters: usize,
+    ) -> Result<()> {
+        const OP: &str = "lora_shrink";
+        need(OP, "x", x, m * k)?;
+        need(OP, "a", a, adapters * r * k)?;
+        need(OP, "ids", ids, m)?;
+        need(OP, "t", t, m * r)?;
+        for row in 0..m {
+            let id = ids[row];
+            for j in 0..r {
+                t[row * r + j] = if id < 0 || id as usize >= adapters {
+                    0.0
+                } else {
+                    let ar = &a[(id as usize * r + j) * k..(id as usize * r + j + 1) * k];
+                    let xr = &x[row * k..(row + 1) * k];
+                    xr.iter()
+                        .zip(ar)
+                        .map(|(p, q)| p.to_f32() * q.to_f32())
+                        .sum()
+                };
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        c: &AttnCall,
+        q: (&Vec<bf16>, View),
+        k: (&Vec<bf16>, View),
+        v: (&Vec<bf16>, View),
+        o: &mut Vec<bf16>,
+        key_mask: Option<&Vec<i32>>,
+        kv_batch: Option<&Vec<i32>>,
+        rel_bias: Option<&Vec<f32>>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        use super::view_len;
+        if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
+            return Err(err(
+                OP,
+                format!(
+                    "{} heads not a multiple of {} kv heads",
+                    c.heads, c.kv_heads
+                ),
+            ));
+        }
+        need(OP, "q", q.0, view_len(q.1, c.batch, c.heads, c.tq, c.dk))?;
+        let kvl = view_len(k.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
+        need(OP, "k", k.0, kvl)?;
+        need(
+            OP,
+            "v",
+            v.0,
+            view_len(v.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
+        )?;
+        need(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
+        if let Some(m) = key_mask {
+            need(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
+        }
+        if let Some(kb) = kv_batch {
+            need(OP, "kv_batch", kb, c.batch)?;
+        } else if c.kv_batch_rows < c.batch {
+            return Err(err(OP, "fewer K/V rows than queries and no kv_batch map"));
+        }
+        let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
+        if let Some(rb) = rel_bias {
+            if c.t5_bias.is_none() {
+                return Err(err(OP, "relative bias without bucket settings"));
+            }
+            need(OP, "rel_bias", rb, nb * c.heads)?;
+        }
+        let group = c.heads / c.kv_heads;
+        let dk = c.dk;
+        let mut s = vec![0f32; c.tk];
+        for b in 0..c.batch {
+            let kb = match kv_batch {
+                Some(m) => {
+                    let r = m[b];
+                    if r < 0 || r as usize >= c.kv_batch_rows {
+                        return Err(err(OP, format!("kv_batch[{b}] = {r}")));
+                    }
+                    r as usize
+                }
+                None => b,
+            };
+            for h in 0..c.heads {
+                let kh = h / group;
+                for i in 0..c.tq {
+                    let qpos = c.q_offset + i;
+                    let qrow = &q.0[b * q.1.sb + h * q.1.sh + i * q.1.st..][..dk];
+                    let mut mx = f32::NEG_INFINITY;
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        let visible = key_mask.is_none_or(|m| m[kb * c.tk + j] != 0)
+                            && (!c.causal || j <= qpos)
+                            && (c.window == 0 || qpos < j + c.window);
+                        *sj = f32::NEG_INFINITY;
+                        if !visible {
+                            continue;
+                        }
+                        let krow = &k.0[kb * k.1.sb + kh * k.1.sh + j * k.1.st..][..dk];
+                        let dot: f32 = qrow
+                            .iter()
+                            .zip(krow)
+                            .map(|(a, b)| a.to_f32() * b.to_f32())
+                            .sum();
+                        let mut sc = dot * c.scale;
+                        if let Some(rb) = rel_bias {
+                            let rel = j as i64 - qpos as i64;
+                            let bucket =
+                                crate::models::t5::relative_position_bucket(rel, bidir, nb, md);
+                            sc += rb[bucket * c.heads + h];
+                        }
+                        *sj = sc;
+                        mx = mx.max(sc);
+                    }
+                    let out = &mut o[((b * c.tq + i) * c.heads + h) * dk..][..dk];
+                    if mx == f32::NEG_INFINITY {
+                        out.iter_mut().for_each(|v| *v = bf16::ZERO);
+                        continue;
+                    }
+                    let mut l = 0f32;
+                    let mut acc = vec![0f32; dk];
+                    for (j, &sj) in s.iter().enumerate() {
+                        if sj == f32::NEG_INFINITY {
+                            continue;
+                        }
+                        let p = (sj - mx).exp();
+                        l += p;
+                        let vrow = &v.0[kb * v.1.sb + kh * v.1.sh + j * v.1.st..][..dk];
+                        for (a, vv) in acc.iter_mut().zip(vrow) {
+                            *a += p * vv.to_f32();
+                        }
+                    }
+                    for (d, a) in out.iter_mut().zip(&acc) {
+                        *d = bf16::from_f32(a / l);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn greedy_pick(
+        &self,
+        logits: &mut Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        suppress: &[u32],
+    ) -> Result<Vec<(u32, f32)>> {
+        const OP: &str = "greedy_pick";
+        need(OP, "logits", logits, rows * vocab)?;
+        let mut out = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let x = &mut logits[r * vocab..(r + 1) * vocab];
+            for &t in suppress {
+                if (t as usize) < vocab {
+                    x[t as usize] = f32::NEG_INFINITY;
+                }
+            }
+            // argmax, the lowest id on ties (the kernel's `better`)
+            let (mut bi, mut bv) = (0usize, f32::NEG_INFINITY);
+            for (j, &v) in x.iter().enumerate() {
+                if v > bv {
+                    (bi, bv) = (j, v);
+                }
+            }
+            let lse = if bv == f32::NEG_INFINITY {
+                f32::NEG_INFINITY
+            } else {
+                bv + x.iter().map(|&v| (v - bv).exp()).sum::<f32>().ln()
+            };
+            out.push((bi as u32, bv - lse));
+        }
+        Ok(out)
+    }
+}

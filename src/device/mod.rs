@@ -1,0 +1,310 @@
+//! The device backend interface: the narrow set of ops the device graphs (`models::t5_cuda`,
+//! `models::mistral_cuda`) are written against, with bf16 activations and f32 accumulation.
+//! Two implementations:
+//! - `cuda::Gpu` (feature `cuda`): the hand-written kernels of `kernels/*.cu`;
+//! - `host::HostBackend`: the same ops on the host, f32 arithmetic with bf16 rounding where the
+//!   kernels round. It is the kernels' reference semantics and lets CI run every line of the
+//!   device graphs (layouts, KV-cache offsets, beam row selection, per-row adapters, merges)
+//!   against the HF fixtures without a GPU; the op table (tests/cuda_ops.rs) then checks each
+//!   kernel against its CPU reference on a GPU.
+//!
+//! Buffers are typed (`Backend::Buf<T>`) and sized in elements; every op checks the lengths it
+//! is given (a wrong shape is an error, never an out-of-bounds access).
+
+pub mod host;
+mod weights;
+
+pub use weights::{DeviceWeights, RowAdapters};
+
+use crate::Result;
+use half::bf16;
+
+/// An element type of device buffers.
+#[cfg(feature = "cuda")]
+pub trait Elem:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + 'static
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + std::fmt::Debug
+{
+    /// What the host backend fills fresh scratch buffers with (NaN for floats), so a read of an
+    /// element nothing wrote shows up in the results.
+    fn poison() -> Self;
+}
+
+/// An element type of device buffers.
+#[cfg(not(feature = "cuda"))]
+pub trait Elem: Copy + Default + Send + Sync + 'static + std::fmt::Debug {
+    /// What the host backend fills fresh scratch buffers with (NaN for floats), so a read of an
+    /// element nothing wrote shows up in the results.
+    fn poison() -> Self;
+}
+
+impl Elem for bf16 {
+    fn poison() -> Self {
+        bf16::NAN
+    }
+}
+impl Elem for f32 {
+    fn poison() -> Self {
+        f32::NAN
+    }
+}
+impl Elem for i32 {
+    fn poison() -> Self {
+        i32::MIN
+    }
+}
+impl Elem for i8 {
+    fn poison() -> Self {
+        i8::MIN
+    }
+}
+
+/// Strides (in elements) of an attention operand viewed as (batch row, head, position, dim):
+/// element (b, h, t, d) is at b*sb + h*sh + t*st + d.
+#[derive(Clone, Copy, Debug)]
+pub struct View {
+    pub sb: usize,
+    pub sh: usize,
+    pub st: usize,
+}
+
+/// Shapes and options of one attention call (see jobx_attention_params).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnCall {
+    pub batch: usize,
+    pub kv_batch_rows: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub dk: usize,
+    pub q_offset: usize,
+    pub window: usize,
+    pub scale: f32,
+    pub causal: bool,
+    /// T5 relative bias: (num_buckets, max_distance, bidirectional).
+    pub t5_bias: Option<(usize, usize, bool)>,
+}
+
+/// The length a view of (rows, heads, t, dk) needs.
+pub fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> usize {
+    if rows == 0 || heads == 0 || t == 0 {
+        return 0;
+    }
+    (rows - 1) * v.sb + (heads - 1) * v.sh + (t - 1) * v.st + dk
+}
+
+pub struct GemmShape {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Row stride of the output (>= n).
+    pub ldy: usize,
+    /// Element offset of output row 0 in the y buffer (e.g. a KV-cache row).
+    pub y_off: usize,
+    pub accumulate: bool,
+}
+
+impl GemmShape {
+    /// A contiguous [m, n] output at the start of y.
+    pub fn new(m: usize, n: usize, k: usize, accumulate: bool) -> Self {
+        GemmShape {
+            m,
+            n,
+            k,
+            ldy: n,
+            y_off: 0,
+            accumulate,
+        }
+    }
+
+    /// The y length this shape writes into.
+    pub fn y_len(&self) -> usize {
+        self.y_off
+            + if self.m == 0 {
+                0
+            } else {
+                (self.m - 1) * self.ldy + self.n
+            }
+    }
+}
+
+/// The weight of a GEMM.
+pub enum Weight<'a, B: Backend + ?Sized> {
+    Bf16(&'a B::Buf<bf16>),
+    /// Weight-only int8 with per-output-channel scales [n].
+    Int8 {
+        w: &'a B::Buf<i8>,
+        scale: &'a B::Buf<f32>,
+    },
+}
+
+/// The output of a GEMM: bf16 or f32, [m, ldy].
+pub enum Out<'a, B: Backend + ?Sized> {
+    Bf16(&'a mut B::Buf<bf16>),
+    F32(&'a mut B::Buf<f32>),
+}
+
+/// Per-row LoRA for a GEMM: `t` = x·Aᵀ from `lora_shrink` [m, r], `b` [adapters, n, r],
+/// `ids` [m] (-1: none), `scale` [adapters] (alpha / r).
+pub struct Lora<'a, B: Backend + ?Sized> {
+    pub t: &'a B::Buf<f32>,
+    pub b: &'a B::Buf<bf16>,
+    pub ids: &'a B::Buf<i32>,
+    pub scale: &'a B::Buf<f32>,
+    pub r: usize,
+    pub adapters: usize,
+}
+
+/// The activation of a feed-forward block (gated: times the `up` projection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActKind {
+    Relu,
+    GeluTanh,
+    Silu,
+}
+
+impl ActKind {
+    /// The kernels' f32 formula (kernels/activation.cu).
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            ActKind::Relu => x.max(0.0),
+            ActKind::GeluTanh => {
+                let c = 0.797_884_6_f32; // sqrt(2/pi)
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            ActKind::Silu => x / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+/// The ops of a device backend. Shapes are in elements; every op checks its buffers' lengths.
+#[allow(clippy::too_many_arguments)]
+pub trait Backend: Sync {
+    /// A buffer of `T` on the device.
+    type Buf<T: Elem>;
+
+    /// The device, in words (for reports).
+    fn name(&self) -> String;
+    /// Whether graphs loaded now store their linear layers as weight-only int8.
+    fn int8_weights(&self) -> bool;
+
+    /// `n` elements the next op overwrites completely (contents unspecified).
+    fn scratch<T: Elem>(&self, op: &'static str, n: usize) -> Result<Self::Buf<T>>;
+    /// `n` zeroed elements.
+    fn zeros<T: Elem>(&self, op: &'static str, n: usize) -> Result<Self::Buf<T>>;
+    fn upload<T: Elem>(&self, op: &'static str, host: &[T]) -> Result<Self::Buf<T>>;
+    fn download<T: Elem>(&self, op: &'static str, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// dst[dst_off..dst_off + len] = src[src_off..src_off + len]
+    fn copy<T: Elem>(
+        &self,
+        op: &'static str,
+        src: &Self::Buf<T>,
+        src_off: usize,
+        dst: &mut Self::Buf<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()>;
+
+    /// Blocks of `per` elements: row r of the result is block `parents[r]` of `src`.
+    fn gather_blocks(
+        &self,
+        op: &'static str,
+        src: &Self::Buf<bf16>,
+        per: usize,
+        parents: &[usize],
+    ) -> Result<Self::Buf<bf16>> {
+        let mut out = self.zeros::<bf16>(op, parents.len() * per)?;
+        for (r, &p) in parents.iter().enumerate() {
+            self.copy(op, src, p * per, &mut out, r * per, per)?;
+        }
+        Ok(out)
+    }
+
+    /// y[r] = bf16(x[r] · rsqrt(mean(x[r]²) + eps)) · w, rows of d (T5 / Mistral RMS norm).
+    fn rms_norm(
+        &self,
+        x: &Self::Buf<bf16>,
+        w: &Self::Buf<bf16>,
+        y: &mut Self::Buf<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// x = act(x) [* up], n elements.
+    fn activation_inplace(
+        &self,
+        x: &mut Self::Buf<bf16>,
+        up: Option<&Self::Buf<bf16>>,
+        n: usize,
+        kind: ActKind,
+    ) -> Result<()>;
+    /// HF rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
+    fn rope(
+        &self,
+        x: &mut Self::Buf<bf16>,
+        pos: &Self::Buf<i32>,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()>;
+    /// y[t] = table[ids[t]] (rows of d); an id outside the vocabulary is an error.
+    fn embedding_ids(
+        &self,
+        ids: &[u32],
+        table: &Self::Buf<bf16>,
+        y: &mut Self::Buf<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()>;
+    /// y (+)= x · wᵀ [* scales] [+ LoRA] with bf16 x [m, k], f32 accumulation.
+    fn gemm(
+        &self,
+        x: &Self::Buf<bf16>,
+        w: Weight<Self>,
+        y: Out<Self>,
+        s: &GemmShape,
+        lora: Option<&Lora<Self>>,
+    ) -> Result<()>;
+    /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]); id -1 rows get zeros.
+    fn lora_shrink(
+        &self,
+        x: &Self::Buf<bf16>,
+        a: &Self::Buf<bf16>,
+        ids: &Self::Buf<i32>,
+        t: &mut Self::Buf<f32>,
+        m: usize,
+        k: usize,
+        r: usize,
+        adapters: usize,
+    ) -> Result<()>;
+    /// Scaled dot-product attention, o [batch, tq, heads, dk] (bf16), with optional key mask
+    /// [kv rows, tk], query-row -> K/V-row map [batch], T5 relative bias table [buckets, heads].
+    fn attention(
+        &self,
+        c: &AttnCall,
+        q: (&Self::Buf<bf16>, View),
+        k: (&Self::Buf<bf16>, View),
+        v: (&Self::Buf<bf16>, View),
+        o: &mut Self::Buf<bf16>,
+        key_mask: Option<&Self::Buf<i32>>,
+        kv_batch: Option<&Self::Buf<i32>>,
+        rel_bias: Option<&Self::Buf<f32>>,
+    ) -> Result<()>;
+    /// Per row of logits [rows, vocab]: the argmax (lowest id on ties) after setting `suppress`
+    /// ids to -inf, and its log-probability (value - log-sum-exp).
+    fn greedy_pick(
+        &self,
+        logits: &mut Self::Buf<f32>,
+        rows: usize,
+        vocab: usize,
+        suppress: &[u32],
+    ) -> Result<Vec<(u32, f32)>>;
+}

@@ -1,0 +1,28 @@
+//! The device graphs (models::t5_cuda, models::mistral_cuda: the code the CUDA backend runs) on
+//! the host backend (`device::host`: the kernels' semantics with bf16 rounding, no GPU). CI has
+//! no GPU, so this is where every line of the device graphs is checked against the HF fixtures:
+//! layouts and strides, KV-cache offsets, beam row selection, the T5 relative bias, GQA and
+//! sliding windows, per-row LoRA slots and merges, int8 weights. The kernels themselves are
+//! checked against the same semantics by the op table on a GPU (tests/cuda_ops.rs).
+mod common;
+
+/// `verify` on every fixture through the device graphs on the host backend, with the CUDA
+/// tolerances: bf16 and int8 weights, LoRA unmerged and merged (a merge into int8 refused).
+#[test]
+fn device_graphs_pass_every_fixture_on_the_host_backend() {
+    let failed = common::verify_device_fixtures(false).expect("the host backend always runs");
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
+/// One batch mixing an adapter row and a base-model row on the device graphs (host backend):
+/// each row matches the f32 CPU graph with that row's adapter.
+#[test]
+fn device_graphs_apply_a_lora_slot_per_row() {
+    let host = jobx_engine::device::host::HostBackend::new();
+    let set_int8 = |on: bool| {
+        host.int8_weights
+            .store(on, std::sync::atomic::Ordering::Relaxed)
+    };
+    let bad = common::mixed_adapter_rows(&host, &set_int8);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
