@@ -618,6 +618,11 @@ impl TokenConstraint for GrammarConstraint {
     fn forced(&self) -> Vec<u32> {
         self.inner.matcher.forced_tokens()
     }
+    /// `mask` is exactly the matcher's word mask (`apply_mask_words`), so a device stepper can
+    /// apply it where the logits are.
+    fn mask_words(&mut self) -> Option<Vec<u32>> {
+        Some(self.inner.matcher.mask().to_vec())
+    }
     fn box_clone(&self) -> Box<dyn TokenConstraint> {
         Box::new(self.clone())
     }

@@ -29,13 +29,59 @@ pub trait Stepper {
     /// computed where the logits are (a GPU stepper reads back a few bytes per row instead of
     /// the vocabulary-sized logits). `Ok(None)`: not supported (nothing was fed); the caller
     /// uses `step`.
+    ///
+    /// `masks`: rows constrained by a token mask (`TokenConstraint::mask_words`), as
+    /// `mask_words_len(vocab)` u32 words per row (bit j of word j / 32 set = id j allowed); the
+    /// pick is then over the allowed ids, and the log-probability normalised over them, as the
+    /// host loop computes it after `TokenConstraint::mask`.
     fn step_greedy(
         &mut self,
         _tokens: &[u32],
         _suppress: &[u32],
+        _masks: Option<&[u32]>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
         Ok(None)
     }
+}
+
+/// u32 words of a token bit mask over `vocab` ids.
+pub fn mask_words_len(vocab: usize) -> usize {
+    vocab.div_ceil(32)
+}
+
+/// The masks for `Stepper::step_greedy` of the active rows: Some(None) when no row is
+/// constrained, Some(Some(words)) when every constrained row's constraint is a bit mask
+/// (unconstrained rows: all allowed), None when some constraint is not (the host path then
+/// applies it to the logits).
+#[allow(clippy::type_complexity)]
+fn device_masks(
+    constraints: &mut [Option<Box<dyn TokenConstraint>>],
+    active: &[usize],
+    vocab: usize,
+) -> Option<Option<Vec<u32>>> {
+    if active
+        .iter()
+        .all(|&r| constraints.get(r).is_none_or(|c| c.is_none()))
+    {
+        return Some(None);
+    }
+    let words = mask_words_len(vocab);
+    let mut out = Vec::with_capacity(active.len() * words);
+    for &r in active {
+        match constraints.get_mut(r) {
+            Some(Some(c)) => {
+                let mut m = c.mask_words()?;
+                m.resize(words, 0); // ids past the constraint's words: disallowed
+                if vocab % 32 != 0 {
+                    // bits past the vocabulary are never read; keep them clear anyway
+                    m[words - 1] &= (1u32 << (vocab % 32)) - 1;
+                }
+                out.extend(m);
+            }
+            _ => out.extend(std::iter::repeat_n(u32::MAX, words)),
+        }
+    }
+    Some(Some(out))
 }
 
 const ALL_MASKED: &str = "every token is masked at this step (constraint and min length conflict)";
@@ -112,6 +158,13 @@ pub trait TokenConstraint: Send {
     /// Tokens that are the only legal continuation from here (appended without sampling).
     fn forced(&self) -> Vec<u32> {
         Vec::new()
+    }
+    /// The allowed next tokens as a bit mask (bit j of word j / 32 set = id j allowed; ids
+    /// past the words are disallowed), when this constraint is exactly such a mask: `mask`
+    /// must then set to -inf exactly the ids whose bit is clear. Lets a device stepper apply it
+    /// where the logits are (`Stepper::step_greedy`). None: only `mask` (the default).
+    fn mask_words(&mut self) -> Option<Vec<u32>> {
+        None
     }
     fn box_clone(&self) -> Box<dyn TokenConstraint>;
 }
@@ -284,18 +337,21 @@ pub fn generate_greedy(
         if active.is_empty() {
             break;
         }
-        // unconstrained greedy rows: the stepper may pick on its side (the same choice and
-        // log-probability as the host loop below, without the logits coming back)
-        let device_picks = if opts.sampling.is_none()
-            && pending_forced.is_empty()
-            && constraints.iter().all(|c| c.is_none())
-        {
-            let suppress: &[u32] = if step < opts.min_new_tokens {
-                &opts.eos
-            } else {
-                &[]
-            };
-            m.step_greedy(&next, suppress)?
+        // greedy rows without constraints or with bit-mask constraints (the grammar): the
+        // stepper may pick on its side (the same choice and log-probability as the host loop
+        // below, without the logits coming back)
+        let device_picks = if opts.sampling.is_none() && pending_forced.is_empty() {
+            match device_masks(constraints, &active, v) {
+                Some(masks) => {
+                    let suppress: &[u32] = if step < opts.min_new_tokens {
+                        &opts.eos
+                    } else {
+                        &[]
+                    };
+                    m.step_greedy(&next, suppress, masks.as_deref())?
+                }
+                None => None,
+            }
         } else {
             None
         };
@@ -312,6 +368,9 @@ pub fn generate_greedy(
             for (&orig, &(tok, lp_tok)) in active.iter().zip(&picks) {
                 if !lp_tok.is_finite() || tok as usize >= v {
                     return Err(Error::Input(ALL_MASKED.into()));
+                }
+                if let Some(Some(c)) = constraints.get_mut(orig) {
+                    c.commit(tok)?;
                 }
                 finished_any |= record(&mut outs[orig], tok, lp_tok, &opts.eos);
                 new_next.push(tok);
@@ -768,6 +827,7 @@ mod tests {
             &mut self,
             tokens: &[u32],
             suppress: &[u32],
+            masks: Option<&[u32]>,
         ) -> Result<Option<Vec<(u32, f32)>>> {
             if !self.device {
                 return Ok(None);
@@ -775,12 +835,21 @@ mod tests {
             self.greedy_calls += 1;
             let mut lg = Vec::new();
             self.step(tokens, &mut lg)?;
+            let words = mask_words_len(self.vocab);
             Ok(Some(
                 lg.chunks(self.vocab)
-                    .map(|row| {
+                    .enumerate()
+                    .map(|(r, row)| {
                         let mut row = row.to_vec();
                         for &e in suppress {
                             row[e as usize] = f32::NEG_INFINITY;
+                        }
+                        if let Some(m) = masks {
+                            for (j, x) in row.iter_mut().enumerate() {
+                                if m[r * words + j / 32] >> (j % 32) & 1 == 0 {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                            }
                         }
                         // independent of the host path's helpers: f64 log-sum-exp, first max
                         let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -841,5 +910,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A bit-mask constraint for the tests: allows the ids whose (id + step) is not a multiple
+    /// of 3 nor 5 (EOS always allowed), changing with every committed token.
+    #[derive(Clone)]
+    struct ModMask {
+        step: u32,
+        vocab: usize,
+        words: bool,
+    }
+
+    impl ModMask {
+        fn allowed(&self, j: usize) -> bool {
+            let x = j as u32 + self.step;
+            j == 1 || (x % 3 != 0 && x % 5 != 0)
+        }
+    }
+
+    impl TokenConstraint for ModMask {
+        fn mask(&mut self, scores: &mut [f32]) -> Result<()> {
+            for (j, x) in scores.iter_mut().enumerate() {
+                if !self.allowed(j) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            Ok(())
+        }
+        fn commit(&mut self, token: u32) -> Result<()> {
+            assert!(
+                self.allowed(token as usize),
+                "committed a masked token {token}"
+            );
+            self.step += 1;
+            Ok(())
+        }
+        fn mask_words(&mut self) -> Option<Vec<u32>> {
+            if !self.words {
+                return None;
+            }
+            let mut w = vec![0u32; mask_words_len(self.vocab)];
+            for j in 0..self.vocab {
+                if self.allowed(j) {
+                    w[j / 32] |= 1 << (j % 32);
+                }
+            }
+            Some(w)
+        }
+        fn box_clone(&self) -> Box<dyn TokenConstraint> {
+            Box::new(self.clone())
+        }
+    }
+
+    /// Constrained greedy: rows whose constraint is a bit mask are picked on the "device" with
+    /// the mask (and committed), giving the same tokens and log-probabilities as the host loop;
+    /// a constraint without words sends the step to the host path.
+    #[test]
+    fn masked_step_greedy_matches_host_greedy() {
+        let opts = GenOptions {
+            max_new_tokens: 9,
+            min_new_tokens: 2,
+            eos: vec![1],
+            ..Default::default()
+        };
+        // rows 0 and 3 constrained, the others free
+        let run = |device: bool, words: bool| {
+            let mut toy = Toy {
+                hist: vec![vec![]; 5],
+                vocab: 37,
+                device,
+                greedy_calls: 0,
+            };
+            let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = (0..5)
+                .map(|r| {
+                    (r % 3 == 0).then(|| {
+                        Box::new(ModMask {
+                            step: r as u32,
+                            vocab: 37,
+                            words,
+                        }) as Box<dyn TokenConstraint>
+                    })
+                })
+                .collect();
+            let start: Vec<u32> = (0..5).map(|r| 2 + r).collect();
+            let out = generate(&mut toy, &start, &opts, &mut cons).unwrap();
+            (out, toy.greedy_calls)
+        };
+        let (host, _) = run(false, true);
+        let (dev, calls) = run(true, true);
+        let (no_words, calls_nw) = run(true, false);
+        // without words, steps with a live constrained row stay on the host path
+        assert!(calls > calls_nw, "{calls} {calls_nw}");
+        for ((h, d), n) in host.iter().zip(&dev).zip(&no_words) {
+            assert_eq!(h.tokens, d.tokens);
+            assert_eq!(h.tokens, n.tokens);
+            assert_eq!(h.finish, d.finish);
+            for (a, b) in h.token_logprobs.iter().zip(&d.token_logprobs) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+        // the mask mattered: some constrained row differs from its unconstrained run
+        let (unc, _) = {
+            let mut toy = Toy {
+                hist: vec![vec![]; 5],
+                vocab: 37,
+                device: false,
+                greedy_calls: 0,
+            };
+            let start: Vec<u32> = (0..5).map(|r| 2 + r).collect();
+            (generate(&mut toy, &start, &opts, &mut []).unwrap(), 0)
+        };
+        assert!(host[0].tokens != unc[0].tokens || host[3].tokens != unc[3].tokens);
     }
 }

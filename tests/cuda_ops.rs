@@ -509,10 +509,12 @@ mod table {
             ));
         }
         for &(rows, vocab) in &[(1, 7), (32, 32128), (3, 50001)] {
-            cases.push((
-                format!("greedy_pick rows{rows} vocab{vocab}"),
-                Box::new(move |g, s| greedy(g, s, rows, vocab)),
-            ));
+            for masked in [false, true] {
+                cases.push((
+                    format!("greedy_pick rows{rows} vocab{vocab} mask {masked}"),
+                    Box::new(move |g, s| greedy(g, s, rows, vocab, masked)),
+                ));
+            }
         }
         // the sm_90a wgmma GEMMs (gemm_sm90.cu) where the device has them, each column tile
         // forced: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
@@ -1297,7 +1299,9 @@ mod table {
 
     /// `greedy_pick` (device greedy: suppressed ids, argmax, log-probability) against an f64
     /// reference; the suppressed ids include the row's true maximum, so suppression must work.
-    fn greedy(g: &Gpu, seed: u64, rows: usize, vocab: usize) -> Result<(), String> {
+    /// With `masked`, a per-row token bit mask (the grammar's form) disallows about half the
+    /// ids, row 0's maximum among them.
+    fn greedy(g: &Gpu, seed: u64, rows: usize, vocab: usize, masked: bool) -> Result<(), String> {
         let mut r = Rng(seed * 31 + vocab as u64);
         let mut x = r.vec(rows * vocab, 8.0);
         x[2] = x[5]; // a tie: the lower id wins
@@ -1305,13 +1309,27 @@ mod table {
             .max_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(b.cmp(&a)))
             .unwrap() as u32;
         let suppress = [top, (vocab - 1) as u32];
+        let words = vocab.div_ceil(32);
+        let mut mask: Vec<u32> = (0..rows * words)
+            .map(|i| 0x9249_2492u32.rotate_left(i as u32 % 7) | 0x0101_0101)
+            .collect();
+        let second = (0..vocab)
+            .filter(|&j| j as u32 != top)
+            .max_by(|&a, &b| x[a].partial_cmp(&x[b]).unwrap().then(b.cmp(&a)))
+            .unwrap();
+        mask[second / 32] &= !(1u32 << (second % 32));
+        mask[0] |= 1 << 3; // id 3 allowed in row 0, so it is never all masked
+        let allowed =
+            |ri: usize, j: usize| !masked || mask[ri * words + j / 32] >> (j % 32) & 1 == 1;
         let mut dl = g.upload("t", &x).map_err(e)?;
-        let got = g.greedy_pick(&mut dl, rows, vocab, &suppress).map_err(e)?;
+        let got = g
+            .greedy_pick(&mut dl, rows, vocab, &suppress, masked.then_some(&mask[..]))
+            .map_err(e)?;
         let (mut gi, mut gl, mut wi, mut wl) = (vec![], vec![], vec![], vec![]);
         for ri in 0..rows {
             let row: Vec<f64> = (0..vocab)
                 .map(|j| {
-                    if suppress.contains(&(j as u32)) {
+                    if suppress.contains(&(j as u32)) || !allowed(ri, j) {
                         f64::NEG_INFINITY
                     } else {
                         x[ri * vocab + j] as f64

@@ -854,6 +854,7 @@ impl Gpu {
         rows: usize,
         vocab: usize,
         suppress: &[u32],
+        masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>> {
         const OP: &str = "greedy_pick";
         if vocab == 0 || vocab > i32::MAX as usize {
@@ -863,6 +864,18 @@ impl Gpu {
         if rows == 0 {
             return Ok(vec![]);
         }
+        let words = vocab.div_ceil(32);
+        if let Some(m) = masks {
+            if m.len() < rows * words {
+                return Err(backend_err(
+                    OP,
+                    format!("{} mask words for {rows} rows of {words}", m.len()),
+                ));
+            }
+        }
+        let dmask = masks
+            .map(|m| self.upload(OP, &m[..rows * words]))
+            .transpose()?;
         let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
         let dsup = if sup.is_empty() {
             None
@@ -874,7 +887,9 @@ impl Gpu {
         let vals = self.scratch::<f32>(OP, 2 * rows)?;
         let p = jobx_logits_params {
             logits: self.ptr(logits) as *mut f32,
-            mask: std::ptr::null(),
+            mask: dmask
+                .as_ref()
+                .map_or(std::ptr::null(), |d| self.ptr(d) as *const u32),
             out_ids: self.ptr(&ids) as *mut i32,
             out_vals: self.ptr(&vals) as *mut f32,
             rows: rows as i64,
@@ -1068,7 +1083,8 @@ impl crate::device::Backend for Gpu {
         rows: usize,
         vocab: usize,
         suppress: &[u32],
+        masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>> {
-        Gpu::greedy_pick(self, logits, rows, vocab, suppress)
+        Gpu::greedy_pick(self, logits, rows, vocab, suppress, masks)
     }
 }

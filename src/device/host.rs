@@ -424,12 +424,25 @@ impl Backend for HostBackend {
         rows: usize,
         vocab: usize,
         suppress: &[u32],
+        masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>> {
         const OP: &str = "greedy_pick";
         need(OP, "logits", logits, rows * vocab)?;
+        let words = crate::generate::mask_words_len(vocab);
+        if let Some(m) = masks {
+            need(OP, "masks", m, rows * words)?;
+        }
         let mut out = Vec::with_capacity(rows);
         for r in 0..rows {
             let x = &mut logits[r * vocab..(r + 1) * vocab];
+            if let Some(m) = masks {
+                let m = &m[r * words..(r + 1) * words];
+                for (j, v) in x.iter_mut().enumerate() {
+                    if m[j / 32] >> (j % 32) & 1 == 0 {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
             for &t in suppress {
                 if (t as usize) < vocab {
                     x[t as usize] = f32::NEG_INFINITY;

@@ -299,12 +299,15 @@ pub trait Backend: Sync {
         rel_bias: Option<&Self::Buf<f32>>,
     ) -> Result<()>;
     /// Per row of logits [rows, vocab]: the argmax (lowest id on ties) after setting `suppress`
-    /// ids to -inf, and its log-probability (value - log-sum-exp).
+    /// ids and the ids `masks` disallows (rows x `generate::mask_words_len(vocab)` words, bit
+    /// clear = disallowed) to -inf, and its log-probability (value - log-sum-exp of the masked
+    /// row).
     fn greedy_pick(
         &self,
         logits: &mut Self::Buf<f32>,
         rows: usize,
         vocab: usize,
         suppress: &[u32],
+        masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>>;
 }

@@ -493,7 +493,12 @@ impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
     }
     /// Decode steps pick on the device (`Backend::greedy_pick`); the prefill's logits, already on the
     /// host, go through the host path (None).
-    fn step_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Option<Vec<(u32, f32)>>> {
+    fn step_greedy(
+        &mut self,
+        tokens: &[u32],
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
         if self.pending.is_pending() {
             return Ok(None);
         }
@@ -507,6 +512,7 @@ impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
             tokens.len(),
             v,
             suppress,
+            masks,
         )?))
     }
 }

@@ -480,7 +480,12 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
         Ok(())
     }
 
-    fn step_greedy(&mut self, tokens: &[u32], suppress: &[u32]) -> Result<Option<Vec<(u32, f32)>>> {
+    fn step_greedy(
+        &mut self,
+        tokens: &[u32],
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
         let t0 = std::time::Instant::now();
         let mut lg = self.forward(tokens)?;
         let t1 = std::time::Instant::now();
@@ -488,7 +493,7 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
         let picks = self
             .model
             .gpu
-            .greedy_pick(&mut lg, tokens.len(), v, suppress)?;
+            .greedy_pick(&mut lg, tokens.len(), v, suppress, masks)?;
         self.account(t0, t1);
         Ok(Some(picks))
     }
