@@ -49,34 +49,6 @@ fn rows_grid(rows: usize, threads: u32, op: &'static str) -> Result<LaunchConfig
 const NULL: *mut c_void = std::ptr::null_mut();
 
 impl Gpu {
-    /// y = rms_norm(x) · w over rows of length d (T5LayerNorm / MistralRMSNorm).
-    pub fn rms_norm(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
-        y: &mut CudaSlice<bf16>,
-        rows: usize,
-        d: usize,
-        eps: f32,
-    ) -> Result<()> {
-        const OP: &str = "rms_norm";
-        need(OP, "x", x, rows * d)?;
-        need(OP, "w", w, d)?;
-        need(OP, "y", y, rows * d)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let p = jobx_rms_norm_params {
-            x: self.ptr(x),
-            w: self.ptr(w),
-            y: self.ptr(y),
-            rows: rows as i64,
-            d: d as i64,
-            eps,
-        };
-        self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
-    }
-
     /// y = act(gate) [· up]; `kind` is JOBX_ACT_RELU / _GELU_TANH / _SILU.
     pub fn activation(
         &self,
@@ -130,41 +102,6 @@ impl Gpu {
         self.launch(OP, "act_bf16", grid_1d(n, 256), p)
     }
 
-    /// Rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
-    pub fn rope(
-        &self,
-        x: &mut CudaSlice<bf16>,
-        pos: &CudaSlice<i32>,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f32,
-    ) -> Result<()> {
-        const OP: &str = "rope";
-        if head_dim % 2 != 0 {
-            return Err(backend_err(OP, format!("head_dim {head_dim} is odd")));
-        }
-        need(OP, "x", x, tokens * heads * head_dim)?;
-        need(OP, "pos", pos, tokens)?;
-        if tokens * heads == 0 {
-            return Ok(());
-        }
-        let p = jobx_rope_params {
-            x: self.ptr(x),
-            pos: self.ptr(pos) as *const i32,
-            tokens: tokens as i64,
-            heads: heads as i64,
-            head_dim: head_dim as i64,
-            theta,
-        };
-        self.launch(
-            OP,
-            "rope_bf16",
-            grid_1d(tokens * heads * head_dim / 2, 256),
-            p,
-        )
-    }
-
     /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it.
     pub fn embedding(
         &self,
@@ -203,51 +140,12 @@ impl Gpu {
     }
 }
 
-impl Gpu {
-    /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so
-    /// the launch needs no read-back of the kernel's error flag (no synchronisation per decode
-    /// step). The kernel still bounds-checks every id.
-    pub fn embedding_ids(
-        &self,
-        ids: &[u32],
-        table: &CudaSlice<bf16>,
-        y: &mut CudaSlice<bf16>,
-        d: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        const OP: &str = "embedding";
-        let n = ids.len();
-        need(OP, "table", table, vocab * d)?;
-        need(OP, "y", y, n * d)?;
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(backend_err(
-                OP,
-                format!("token id {bad} is outside the vocabulary of {vocab}"),
-            ));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let ids_d = self.upload(OP, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
-        let p = jobx_embedding_params {
-            ids: self.ptr(&ids_d) as *const i32,
-            table: self.ptr(table),
-            y: self.ptr(y),
-            err: self.ptr(&self.scratch_err) as *mut i32,
-            n: n as i64,
-            d: d as i64,
-            vocab: vocab as i64,
-        };
-        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
-    }
-}
-
 /// The device-neutral GEMM operand types (`crate::device`), on the GPU.
 pub type Weight<'a> = crate::device::Weight<'a, Gpu>;
 pub type Out<'a> = crate::device::Out<'a, Gpu>;
 pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
 use crate::device::view_len;
-pub use crate::device::{ActKind, AttnCall, GemmShape, View};
+pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, View};
 
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
     let (gx, gy) = (s.n.div_ceil(64), s.m.div_ceil(64));
@@ -328,69 +226,6 @@ impl Gpu {
             p.lora_r = lo.r as i64;
         }
         Ok(p)
-    }
-
-    /// y (+)= x · wᵀ [+ LoRA] with bf16 x [m, k] and a bf16 or weight-only int8 w [n, k].
-    pub fn gemm(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: Weight,
-        mut y: Out,
-        s: &GemmShape,
-        lora: Option<&Lora>,
-    ) -> Result<()> {
-        const OP: &str = "gemm";
-        need(OP, "x", x, s.m * s.k)?;
-        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
-        p.x = self.ptr(x);
-        match &w {
-            Weight::Bf16(b) => {
-                need(OP, "w", b, s.n * s.k)?;
-                p.w = self.ptr(*b);
-                p.w_kind = JOBX_W_BF16 as i32;
-            }
-            Weight::Int8 { w, scale } => {
-                need(OP, "w", w, s.n * s.k)?;
-                need(OP, "w_scale", scale, s.n)?;
-                p.w = self.ptr(*w);
-                p.w_scale = self.ptr(*scale) as *const f32;
-                p.w_kind = JOBX_W_INT8 as i32;
-            }
-        }
-        if s.m == 0 || s.n == 0 {
-            return Ok(());
-        }
-        // decode-sized products stream the weight (one warp per output column); larger ones
-        // use the tensor-core tiles
-        // (9..32 rows over a wide output, e.g. the LM head, went to the 64x64 tiles: measured on
-        // an H100, 2026-11-26, 32 x 32128 x 1024 0.050 ms tiled vs 0.305 ms skinny, 32 x 2816 x
-        // 1024 0.027 vs 0.035 ms; with n = 1024 the skinny kernel was faster)
-        let skinny = match s.m {
-            1..=8 => Some("gemm_skinny8"),
-            9..=32 if s.n < 2048 => Some("gemm_skinny32"),
-            _ => None,
-        };
-        let general = self
-            .general_kernels
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(kernel) = skinny.filter(|_| !general) {
-            let blocks = s.n.div_ceil(8);
-            if blocks > i32::MAX as usize {
-                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
-            }
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return self.launch(OP, kernel, cfg, p);
-        }
-        if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
-            if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, false)? {
-                return self.launch_sm90(OP, kernel, cfg, p, false);
-            }
-        }
-        self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
     }
 
     /// Launch a gemm_sm90.cu kernel: the parameter struct plus tensor maps of x [m, k] and
@@ -523,40 +358,6 @@ impl Gpu {
         };
         self.launch(OP, "quantize_rows_int8", rows_grid(m, 256, OP)?, p)
     }
-
-    /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn lora_shrink(
-        &self,
-        x: &CudaSlice<bf16>,
-        a: &CudaSlice<bf16>,
-        ids: &CudaSlice<i32>,
-        t: &mut CudaSlice<f32>,
-        m: usize,
-        k: usize,
-        r: usize,
-        adapters: usize,
-    ) -> Result<()> {
-        const OP: &str = "lora_shrink";
-        need(OP, "x", x, m * k)?;
-        need(OP, "a", a, adapters * r * k)?;
-        need(OP, "ids", ids, m)?;
-        need(OP, "t", t, m * r)?;
-        if m * r == 0 {
-            return Ok(());
-        }
-        let p = jobx_lora_shrink_params {
-            x: self.ptr(x),
-            a: self.ptr(a),
-            ids: self.ptr(ids) as *const i32,
-            t: self.ptr(t) as *mut f32,
-            m: m as i64,
-            k: k as i64,
-            r: r as i64,
-        };
-        // one warp per (row, rank)
-        self.launch(OP, "lora_shrink_bf16", grid_1d(m * r * 32, 256), p)
-    }
 }
 
 /// A TMA descriptor of a row-major [rows, k] matrix (bf16, or int8 for W8A8) for gemm_tma_*:
@@ -614,9 +415,368 @@ fn tensor_map(
 const DECODE_MAX_TQ: usize = 4;
 
 impl Gpu {
+    /// attention_decode_d64/d128 (+ attention_combine when the keys are split): enough key
+    /// chunks that the grid has ~4 blocks per multiprocessor, chunks of 128..=1024 keys.
+    fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params) -> Result<()> {
+        const OP: &str = "attention";
+        let rows = c.batch * c.tq * c.heads;
+        let want = (4 * self.multiprocessors).div_ceil(rows);
+        let splits = c.tk.div_ceil(1024).max(want.min(c.tk.div_ceil(128))).max(1);
+        let chunk = c.tk.div_ceil(splits).max(1);
+        let splits = c.tk.div_ceil(chunk).max(1);
+        if splits > i32::MAX as usize || c.heads > 65_535 || c.batch * c.tq > 65_535 {
+            return Err(backend_err(OP, "grid too large"));
+        }
+        p.splits = splits as i64;
+        p.chunk = chunk as i64;
+        let partial = if splits > 1 {
+            let buf = self.scratch::<f32>(OP, rows * splits * (c.dk + 2))?;
+            p.partial = self.ptr(&buf) as *mut f32;
+            Some(buf)
+        } else {
+            None
+        };
+        let kernel = if c.dk == 64 {
+            "attention_decode_d64"
+        } else {
+            "attention_decode_d128"
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (splits as u32, c.heads as u32, (c.batch * c.tq) as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch(OP, kernel, cfg, p)?;
+        if partial.is_some() {
+            let cfg = LaunchConfig {
+                grid_dim: (c.heads as u32, (c.batch * c.tq) as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            self.launch(OP, "attention_combine", cfg, p)?;
+        }
+        // `partial` is freed in stream order, after the merge that reads it
+        drop(partial);
+        Ok(())
+    }
+
+    /// Grammar mask (optional bitmask rows) then top-k per row of f32 logits [rows, vocab].
+    #[allow(clippy::too_many_arguments)]
+    pub fn logits_topk(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        mask: Option<&CudaSlice<u32>>,
+        ids: &mut CudaSlice<i32>,
+        vals: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        top_k: usize,
+    ) -> Result<()> {
+        const OP: &str = "logits_topk";
+        if top_k == 0 || top_k > 64 || top_k > vocab {
+            return Err(backend_err(
+                OP,
+                format!("top_k {top_k} (1..=64, <= vocab {vocab})"),
+            ));
+        }
+        if vocab > i32::MAX as usize {
+            return Err(backend_err(OP, "vocabulary too large for i32 ids"));
+        }
+        need(OP, "logits", logits, rows * vocab)?;
+        if let Some(m) = mask {
+            need(OP, "mask", m, rows * vocab.div_ceil(32))?;
+        }
+        need(OP, "ids", ids, rows * top_k)?;
+        need(OP, "vals", vals, rows * top_k)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = jobx_logits_params {
+            logits: self.ptr(logits) as *mut f32,
+            mask: mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const u32),
+            out_ids: self.ptr(ids) as *mut i32,
+            out_vals: self.ptr(vals) as *mut f32,
+            rows: rows as i64,
+            vocab: vocab as i64,
+            top_k: top_k as i32,
+            suppress: std::ptr::null(),
+            n_suppress: 0,
+            out_lse: std::ptr::null_mut(),
+        };
+        self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)
+    }
+}
+
+impl Gpu {
+    /// dst[dst_off..dst_off + len] = src[src_off..src_off + len] on the stream (cache rows).
+    pub fn copy<T: cudarc::driver::DeviceRepr>(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<T>,
+        src_off: usize,
+        dst: &mut CudaSlice<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        need(op, "copy source", src, src_off + len)?;
+        need(op, "copy destination", dst, dst_off + len)?;
+        self.stream
+            .memcpy_dtod(
+                &src.slice(src_off..src_off + len),
+                &mut dst.slice_mut(dst_off..dst_off + len),
+            )
+            .map_err(|e| backend_err(op, format!("copy of {len} elements: {e}")))
+    }
+}
+
+/// The device graphs' backend interface on the GPU: the checked kernel wrappers of the ops the
+/// device graphs use (the buffer methods delegate to the inherent ones above, which also take
+/// element types outside `device::Elem`).
+impl crate::device::Backend for Gpu {
+    type Buf<T: crate::device::Elem> = CudaSlice<T>;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn int8_weights(&self) -> bool {
+        self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn scratch<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
+        Gpu::scratch(self, op, n)
+    }
+    fn zeros<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
+        Gpu::zeros(self, op, n)
+    }
+    fn upload<T: crate::device::Elem>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
+        Gpu::upload(self, op, host)
+    }
+    fn download<T: crate::device::Elem>(
+        &self,
+        op: &'static str,
+        buf: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        Gpu::download(self, op, buf)
+    }
+    fn copy<T: crate::device::Elem>(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<T>,
+        src_off: usize,
+        dst: &mut CudaSlice<T>,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        Gpu::copy(self, op, src, src_off, dst, dst_off, len)
+    }
+    /// y = rms_norm(x) · w over rows of length d (T5LayerNorm / MistralRMSNorm).
+    fn rms_norm(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        const OP: &str = "rms_norm";
+        need(OP, "x", x, rows * d)?;
+        need(OP, "w", w, d)?;
+        need(OP, "y", y, rows * d)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let p = jobx_rms_norm_params {
+            x: self.ptr(x),
+            w: self.ptr(w),
+            y: self.ptr(y),
+            rows: rows as i64,
+            d: d as i64,
+            eps,
+        };
+        self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
+    }
+    fn activation_inplace(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        up: Option<&CudaSlice<bf16>>,
+        n: usize,
+        kind: ActKind,
+    ) -> Result<()> {
+        let kind = match kind {
+            ActKind::Relu => JOBX_ACT_RELU,
+            ActKind::GeluTanh => JOBX_ACT_GELU_TANH,
+            ActKind::Silu => JOBX_ACT_SILU,
+        };
+        Gpu::activation_inplace(self, x, up, n, kind)
+    }
+    /// Rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
+    fn rope(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        pos: &CudaSlice<i32>,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        const OP: &str = "rope";
+        if head_dim % 2 != 0 {
+            return Err(backend_err(OP, format!("head_dim {head_dim} is odd")));
+        }
+        need(OP, "x", x, tokens * heads * head_dim)?;
+        need(OP, "pos", pos, tokens)?;
+        if tokens * heads == 0 {
+            return Ok(());
+        }
+        let p = jobx_rope_params {
+            x: self.ptr(x),
+            pos: self.ptr(pos) as *const i32,
+            tokens: tokens as i64,
+            heads: heads as i64,
+            head_dim: head_dim as i64,
+            theta,
+        };
+        self.launch(
+            OP,
+            "rope_bf16",
+            grid_1d(tokens * heads * head_dim / 2, 256),
+            p,
+        )
+    }
+    /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so
+    /// the launch needs no read-back of the kernel's error flag (no synchronisation per decode
+    /// step). The kernel still bounds-checks every id.
+    fn embedding_ids(
+        &self,
+        ids: &[u32],
+        table: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        let n = ids.len();
+        need(OP, "table", table, vocab * d)?;
+        need(OP, "y", y, n * d)?;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(backend_err(
+                OP,
+                format!("token id {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let ids_d = self.upload(OP, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
+        let p = jobx_embedding_params {
+            ids: self.ptr(&ids_d) as *const i32,
+            table: self.ptr(table),
+            y: self.ptr(y),
+            err: self.ptr(&self.scratch_err) as *mut i32,
+            n: n as i64,
+            d: d as i64,
+            vocab: vocab as i64,
+        };
+        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
+    }
+    /// y (+)= x · wᵀ [+ LoRA] with bf16 x [m, k] and a bf16 or weight-only int8 w [n, k].
+    fn gemm(
+        &self,
+        x: &CudaSlice<bf16>,
+        w: Weight,
+        mut y: Out,
+        s: &GemmShape,
+        lora: Option<&Lora>,
+    ) -> Result<()> {
+        const OP: &str = "gemm";
+        need(OP, "x", x, s.m * s.k)?;
+        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
+        p.x = self.ptr(x);
+        match &w {
+            Weight::Bf16(b) => {
+                need(OP, "w", b, s.n * s.k)?;
+                p.w = self.ptr(*b);
+                p.w_kind = JOBX_W_BF16 as i32;
+            }
+            Weight::Int8 { w, scale } => {
+                need(OP, "w", w, s.n * s.k)?;
+                need(OP, "w_scale", scale, s.n)?;
+                p.w = self.ptr(*w);
+                p.w_scale = self.ptr(*scale) as *const f32;
+                p.w_kind = JOBX_W_INT8 as i32;
+            }
+        }
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        // decode-sized products stream the weight (one warp per output column); larger ones
+        // use the tensor-core tiles
+        // (9..32 rows over a wide output, e.g. the LM head, went to the 64x64 tiles: measured on
+        // an H100, 2026-11-26, 32 x 32128 x 1024 0.050 ms tiled vs 0.305 ms skinny, 32 x 2816 x
+        // 1024 0.027 vs 0.035 ms; with n = 1024 the skinny kernel was faster)
+        let skinny = match s.m {
+            1..=8 => Some("gemm_skinny8"),
+            9..=32 if s.n < 2048 => Some("gemm_skinny32"),
+            _ => None,
+        };
+        let general = self
+            .general_kernels
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(kernel) = skinny.filter(|_| !general) {
+            let blocks = s.n.div_ceil(8);
+            if blocks > i32::MAX as usize {
+                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return self.launch(OP, kernel, cfg, p);
+        }
+        if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
+            if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, false)? {
+                return self.launch_sm90(OP, kernel, cfg, p, false);
+            }
+        }
+        self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
+    }
+    /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_shrink(
+        &self,
+        x: &CudaSlice<bf16>,
+        a: &CudaSlice<bf16>,
+        ids: &CudaSlice<i32>,
+        t: &mut CudaSlice<f32>,
+        m: usize,
+        k: usize,
+        r: usize,
+        adapters: usize,
+    ) -> Result<()> {
+        const OP: &str = "lora_shrink";
+        need(OP, "x", x, m * k)?;
+        need(OP, "a", a, adapters * r * k)?;
+        need(OP, "ids", ids, m)?;
+        need(OP, "t", t, m * r)?;
+        if m * r == 0 {
+            return Ok(());
+        }
+        let p = jobx_lora_shrink_params {
+            x: self.ptr(x),
+            a: self.ptr(a),
+            ids: self.ptr(ids) as *const i32,
+            t: self.ptr(t) as *mut f32,
+            m: m as i64,
+            k: k as i64,
+            r: r as i64,
+        };
+        // one warp per (row, rank)
+        self.launch(OP, "lora_shrink_bf16", grid_1d(m * r * 32, 256), p)
+    }
     /// o[b, i, h*dk + d] = softmax(scale q·k + bias, masked) · v.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(
+    fn attention(
         &self,
         c: &AttnCall,
         q: (&CudaSlice<bf16>, View),
@@ -753,102 +913,10 @@ impl Gpu {
         };
         self.launch(OP, kernel, cfg, p)
     }
-
-    /// attention_decode_d64/d128 (+ attention_combine when the keys are split): enough key
-    /// chunks that the grid has ~4 blocks per multiprocessor, chunks of 128..=1024 keys.
-    fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params) -> Result<()> {
-        const OP: &str = "attention";
-        let rows = c.batch * c.tq * c.heads;
-        let want = (4 * self.multiprocessors).div_ceil(rows);
-        let splits = c.tk.div_ceil(1024).max(want.min(c.tk.div_ceil(128))).max(1);
-        let chunk = c.tk.div_ceil(splits).max(1);
-        let splits = c.tk.div_ceil(chunk).max(1);
-        if splits > i32::MAX as usize || c.heads > 65_535 || c.batch * c.tq > 65_535 {
-            return Err(backend_err(OP, "grid too large"));
-        }
-        p.splits = splits as i64;
-        p.chunk = chunk as i64;
-        let partial = if splits > 1 {
-            let buf = self.scratch::<f32>(OP, rows * splits * (c.dk + 2))?;
-            p.partial = self.ptr(&buf) as *mut f32;
-            Some(buf)
-        } else {
-            None
-        };
-        let kernel = if c.dk == 64 {
-            "attention_decode_d64"
-        } else {
-            "attention_decode_d128"
-        };
-        let cfg = LaunchConfig {
-            grid_dim: (splits as u32, c.heads as u32, (c.batch * c.tq) as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        self.launch(OP, kernel, cfg, p)?;
-        if partial.is_some() {
-            let cfg = LaunchConfig {
-                grid_dim: (c.heads as u32, (c.batch * c.tq) as u32, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            self.launch(OP, "attention_combine", cfg, p)?;
-        }
-        // `partial` is freed in stream order, after the merge that reads it
-        drop(partial);
-        Ok(())
-    }
-
-    /// Grammar mask (optional bitmask rows) then top-k per row of f32 logits [rows, vocab].
-    #[allow(clippy::too_many_arguments)]
-    pub fn logits_topk(
-        &self,
-        logits: &mut CudaSlice<f32>,
-        mask: Option<&CudaSlice<u32>>,
-        ids: &mut CudaSlice<i32>,
-        vals: &mut CudaSlice<f32>,
-        rows: usize,
-        vocab: usize,
-        top_k: usize,
-    ) -> Result<()> {
-        const OP: &str = "logits_topk";
-        if top_k == 0 || top_k > 64 || top_k > vocab {
-            return Err(backend_err(
-                OP,
-                format!("top_k {top_k} (1..=64, <= vocab {vocab})"),
-            ));
-        }
-        if vocab > i32::MAX as usize {
-            return Err(backend_err(OP, "vocabulary too large for i32 ids"));
-        }
-        need(OP, "logits", logits, rows * vocab)?;
-        if let Some(m) = mask {
-            need(OP, "mask", m, rows * vocab.div_ceil(32))?;
-        }
-        need(OP, "ids", ids, rows * top_k)?;
-        need(OP, "vals", vals, rows * top_k)?;
-        if rows == 0 {
-            return Ok(());
-        }
-        let p = jobx_logits_params {
-            logits: self.ptr(logits) as *mut f32,
-            mask: mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const u32),
-            out_ids: self.ptr(ids) as *mut i32,
-            out_vals: self.ptr(vals) as *mut f32,
-            rows: rows as i64,
-            vocab: vocab as i64,
-            top_k: top_k as i32,
-            suppress: std::ptr::null(),
-            n_suppress: 0,
-            out_lse: std::ptr::null_mut(),
-        };
-        self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)
-    }
-
     /// Greedy choice on the device: the `suppress` ids set to -inf, then per row the argmax
     /// (ties to the lower id) and its log-probability, read back as (id, log p) per row: a few
     /// bytes per row instead of the whole f32 logits row.
-    pub fn greedy_pick(
+    fn greedy_pick(
         &self,
         logits: &mut CudaSlice<f32>,
         rows: usize,
@@ -908,183 +976,5 @@ impl Gpu {
         Ok((0..rows)
             .map(|r| (ids[r].max(0) as u32, vals[r] - vals[rows + r]))
             .collect())
-    }
-}
-
-impl Gpu {
-    /// dst[dst_off..dst_off + len] = src[src_off..src_off + len] on the stream (cache rows).
-    pub fn copy<T: cudarc::driver::DeviceRepr>(
-        &self,
-        op: &'static str,
-        src: &CudaSlice<T>,
-        src_off: usize,
-        dst: &mut CudaSlice<T>,
-        dst_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        need(op, "copy source", src, src_off + len)?;
-        need(op, "copy destination", dst, dst_off + len)?;
-        self.stream
-            .memcpy_dtod(
-                &src.slice(src_off..src_off + len),
-                &mut dst.slice_mut(dst_off..dst_off + len),
-            )
-            .map_err(|e| backend_err(op, format!("copy of {len} elements: {e}")))
-    }
-
-    /// New buffer whose block r is old block `parents[r]` (blocks of `per` elements): KV-cache
-    /// rows for beam reordering.
-    pub fn gather_blocks(
-        &self,
-        op: &'static str,
-        src: &CudaSlice<bf16>,
-        per: usize,
-        parents: &[usize],
-    ) -> Result<CudaSlice<bf16>> {
-        let mut out = self.zeros::<bf16>(op, parents.len() * per)?;
-        for (r, &p) in parents.iter().enumerate() {
-            self.copy(op, src, p * per, &mut out, r * per, per)?;
-        }
-        Ok(out)
-    }
-}
-
-/// The device graphs' backend interface on the GPU: each op is the checked kernel wrapper above.
-impl crate::device::Backend for Gpu {
-    type Buf<T: crate::device::Elem> = CudaSlice<T>;
-
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn int8_weights(&self) -> bool {
-        self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
-    }
-    fn scratch<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
-        Gpu::scratch(self, op, n)
-    }
-    fn zeros<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
-        Gpu::zeros(self, op, n)
-    }
-    fn upload<T: crate::device::Elem>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
-        Gpu::upload(self, op, host)
-    }
-    fn download<T: crate::device::Elem>(
-        &self,
-        op: &'static str,
-        buf: &CudaSlice<T>,
-    ) -> Result<Vec<T>> {
-        Gpu::download(self, op, buf)
-    }
-    fn copy<T: crate::device::Elem>(
-        &self,
-        op: &'static str,
-        src: &CudaSlice<T>,
-        src_off: usize,
-        dst: &mut CudaSlice<T>,
-        dst_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        Gpu::copy(self, op, src, src_off, dst, dst_off, len)
-    }
-    fn gather_blocks(
-        &self,
-        op: &'static str,
-        src: &CudaSlice<bf16>,
-        per: usize,
-        parents: &[usize],
-    ) -> Result<CudaSlice<bf16>> {
-        Gpu::gather_blocks(self, op, src, per, parents)
-    }
-    fn rms_norm(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: &CudaSlice<bf16>,
-        y: &mut CudaSlice<bf16>,
-        rows: usize,
-        d: usize,
-        eps: f32,
-    ) -> Result<()> {
-        Gpu::rms_norm(self, x, w, y, rows, d, eps)
-    }
-    fn activation_inplace(
-        &self,
-        x: &mut CudaSlice<bf16>,
-        up: Option<&CudaSlice<bf16>>,
-        n: usize,
-        kind: ActKind,
-    ) -> Result<()> {
-        let kind = match kind {
-            ActKind::Relu => JOBX_ACT_RELU,
-            ActKind::GeluTanh => JOBX_ACT_GELU_TANH,
-            ActKind::Silu => JOBX_ACT_SILU,
-        };
-        Gpu::activation_inplace(self, x, up, n, kind)
-    }
-    fn rope(
-        &self,
-        x: &mut CudaSlice<bf16>,
-        pos: &CudaSlice<i32>,
-        tokens: usize,
-        heads: usize,
-        head_dim: usize,
-        theta: f32,
-    ) -> Result<()> {
-        Gpu::rope(self, x, pos, tokens, heads, head_dim, theta)
-    }
-    fn embedding_ids(
-        &self,
-        ids: &[u32],
-        table: &CudaSlice<bf16>,
-        y: &mut CudaSlice<bf16>,
-        d: usize,
-        vocab: usize,
-    ) -> Result<()> {
-        Gpu::embedding_ids(self, ids, table, y, d, vocab)
-    }
-    fn gemm(
-        &self,
-        x: &CudaSlice<bf16>,
-        w: Weight,
-        y: Out,
-        s: &GemmShape,
-        lora: Option<&Lora>,
-    ) -> Result<()> {
-        Gpu::gemm(self, x, w, y, s, lora)
-    }
-    fn lora_shrink(
-        &self,
-        x: &CudaSlice<bf16>,
-        a: &CudaSlice<bf16>,
-        ids: &CudaSlice<i32>,
-        t: &mut CudaSlice<f32>,
-        m: usize,
-        k: usize,
-        r: usize,
-        adapters: usize,
-    ) -> Result<()> {
-        Gpu::lora_shrink(self, x, a, ids, t, m, k, r, adapters)
-    }
-    fn attention(
-        &self,
-        c: &AttnCall,
-        q: (&CudaSlice<bf16>, View),
-        k: (&CudaSlice<bf16>, View),
-        v: (&CudaSlice<bf16>, View),
-        o: &mut CudaSlice<bf16>,
-        key_mask: Option<&CudaSlice<i32>>,
-        kv_batch: Option<&CudaSlice<i32>>,
-        rel_bias: Option<&CudaSlice<f32>>,
-    ) -> Result<()> {
-        Gpu::attention(self, c, q, k, v, o, key_mask, kv_batch, rel_bias)
-    }
-    fn greedy_pick(
-        &self,
-        logits: &mut CudaSlice<f32>,
-        rows: usize,
-        vocab: usize,
-        suppress: &[u32],
-        masks: Option<&[u32]>,
-    ) -> Result<Vec<(u32, f32)>> {
-        Gpu::greedy_pick(self, logits, rows, vocab, suppress, masks)
     }
 }
