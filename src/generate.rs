@@ -42,6 +42,11 @@ pub trait Stepper {
     ) -> Result<Option<Vec<(u32, f32)>>> {
         Ok(None)
     }
+    /// Whether `step_greedy` would pick at the next step, so the loop gathers the rows' masks
+    /// only then (the host steppers never do: their constrained steps stay free of mask copies).
+    fn picks_on_device(&self) -> bool {
+        false
+    }
 }
 
 /// u32 words of a token bit mask over `vocab` ids.
@@ -72,10 +77,6 @@ fn device_masks(
             Some(Some(c)) => {
                 let mut m = c.mask_words()?;
                 m.resize(words, 0); // ids past the constraint's words: disallowed
-                if vocab % 32 != 0 {
-                    // bits past the vocabulary are never read; keep them clear anyway
-                    m[words - 1] &= (1u32 << (vocab % 32)) - 1;
-                }
                 out.extend(m);
             }
             _ => out.extend(std::iter::repeat_n(u32::MAX, words)),
@@ -340,21 +341,22 @@ pub fn generate_greedy(
         // greedy rows without constraints or with bit-mask constraints (the grammar): the
         // stepper may pick on its side (the same choice and log-probability as the host loop
         // below, without the logits coming back)
-        let device_picks = if opts.sampling.is_none() && pending_forced.is_empty() {
-            match device_masks(constraints, &active, v) {
-                Some(masks) => {
-                    let suppress: &[u32] = if step < opts.min_new_tokens {
-                        &opts.eos
-                    } else {
-                        &[]
-                    };
-                    m.step_greedy(&next, suppress, masks.as_deref())?
+        let device_picks =
+            if opts.sampling.is_none() && pending_forced.is_empty() && m.picks_on_device() {
+                match device_masks(constraints, &active, v) {
+                    Some(masks) => {
+                        let suppress: &[u32] = if step < opts.min_new_tokens {
+                            &opts.eos
+                        } else {
+                            &[]
+                        };
+                        m.step_greedy(&next, suppress, masks.as_deref())?
+                    }
+                    None => None,
                 }
-                None => None,
-            }
-        } else {
-            None
-        };
+            } else {
+                None
+            };
         let mut finished_any = false;
         let mut new_next = Vec::with_capacity(active.len());
         if let Some(picks) = device_picks {
@@ -822,6 +824,9 @@ mod tests {
         fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
             self.hist = parents.iter().map(|&p| self.hist[p].clone()).collect();
             Ok(())
+        }
+        fn picks_on_device(&self) -> bool {
+            self.device
         }
         fn step_greedy(
             &mut self,

@@ -491,6 +491,9 @@ impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
         self.pending.reorder(parents);
         self.model.select_rows(&mut self.state, parents)
     }
+    fn picks_on_device(&self) -> bool {
+        !self.pending.is_pending()
+    }
     /// Decode steps pick on the device (`Backend::greedy_pick`); the prefill's logits, already on the
     /// host, go through the host path (None).
     fn step_greedy(

@@ -480,6 +480,10 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
         Ok(())
     }
 
+    fn picks_on_device(&self) -> bool {
+        true
+    }
+
     fn step_greedy(
         &mut self,
         tokens: &[u32],
