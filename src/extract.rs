@@ -748,16 +748,14 @@ pub fn extract_records(
             }
         }
         // one batch per adapter on the CPU; on CUDA one batch whatever the adapters (SGMV)
-        let mut groups: Vec<Option<usize>> = batch.iter().map(|b| b.3).collect();
+        let mixed = engine.mixes_adapters();
+        let key = |a: Option<usize>| if mixed { None } else { a };
+        let mut groups: Vec<Option<usize>> = batch.iter().map(|b| key(b.3)).collect();
         groups.sort();
         groups.dedup();
-        let mixed = engine.mixes_adapters();
-        if mixed {
-            groups.truncate(1);
-        }
-        for g_ad in groups {
+        for g_key in groups {
             let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> =
-                batch.iter().filter(|b| mixed || b.3 == g_ad).collect();
+                batch.iter().filter(|b| key(b.3) == g_key).collect();
             let t0 = std::time::Instant::now();
             let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
             let slots: Vec<Option<usize>> = group.iter().map(|b| b.3).collect();

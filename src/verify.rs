@@ -718,8 +718,7 @@ fn verify_on<D: crate::device::Backend>(
     emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
     let int8 = opts.cuda_int8;
-    let gpu = dev;
-    let name = gpu.name();
+    let name = dev.name();
     let mut emit = |mut l: serde_json::Value| {
         l["device"] = json!(name);
         emit(l)
@@ -731,8 +730,8 @@ fn verify_on<D: crate::device::Backend>(
     };
     // The f32 CPU graph is loaded only if a greedy sequence diverges (at most once).
     if spec.arch == "t5" {
-        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(gpu, dir)?;
-        let slot = cuda_attach(adapter, opts, &mut model.w)?;
+        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(dev, dir)?;
+        let slot = device_attach(adapter, opts, &mut model.w)?;
         let eos = eos_ids(dir, model.cfg.eos_token_id);
         let cpu = std::cell::OnceCell::new();
         let next = |ids: &[u32], mask: &[u8], prefix: &[u32]| -> Result<Vec<f32>> {
@@ -755,14 +754,14 @@ fn verify_on<D: crate::device::Backend>(
             let all = be.teacher_forced(&enc, &dids, 1, dids.len())?;
             Ok(all[all.len() - model.cfg.vocab_size..].to_vec())
         };
-        let be = CudaT5 {
+        let be = DevT5 {
             model: &model,
             adapter: slot,
         };
         check_t5(&be, spec, refs, &eos, tol, Some(&next), &mut emit)
     } else {
-        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(gpu, dir)?;
-        let slot = cuda_attach(adapter, opts, &mut model.w)?;
+        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(dev, dir)?;
+        let slot = device_attach(adapter, opts, &mut model.w)?;
         let eos = mistral_eos(dir, &model.cfg);
         let cpu = std::cell::OnceCell::new();
         let next = |ids: &[u32], mask: &[u8], prefix: &[u32]| -> Result<Vec<f32>> {
@@ -787,7 +786,7 @@ fn verify_on<D: crate::device::Backend>(
             let all = be.logits_all(&ids, &mask, 1, ids.len())?;
             Ok(all[all.len() - model.cfg.vocab_size..].to_vec())
         };
-        let be = CudaMistral {
+        let be = DevMistral {
             model: &model,
             adapter: slot,
         };
@@ -797,7 +796,7 @@ fn verify_on<D: crate::device::Backend>(
 
 /// The fixture's adapter on a device graph: attached in slot 0 (the slot returned), or merged
 /// into the bf16 weights with `--merge-adapter` (None).
-fn cuda_attach<D: crate::device::Backend>(
+fn device_attach<D: crate::device::Backend>(
     adapter: Option<&LoraAdapter>,
     opts: &VerifyOptions,
     w: &mut crate::device::DeviceWeights<D>,
@@ -811,17 +810,17 @@ fn cuda_attach<D: crate::device::Backend>(
     Ok(Some(slot))
 }
 
-struct CudaT5<'a, 'g, D: crate::device::Backend> {
+struct DevT5<'a, 'g, D: crate::device::Backend> {
     model: &'a crate::models::t5_cuda::T5Cuda<'g, D>,
     adapter: Option<usize>,
 }
 
-struct CudaMistral<'a, 'g, D: crate::device::Backend> {
+struct DevMistral<'a, 'g, D: crate::device::Backend> {
     model: &'a crate::models::mistral_cuda::MistralCuda<'g, D>,
     adapter: Option<usize>,
 }
 
-impl<D: crate::device::Backend> T5Backend for CudaT5<'_, '_, D> {
+impl<D: crate::device::Backend> T5Backend for DevT5<'_, '_, D> {
     type Enc = crate::models::t5_cuda::CudaEncoderOut<D>;
     fn cfg(&self) -> &T5Config {
         &self.model.cfg
@@ -871,7 +870,7 @@ impl<D: crate::device::Backend> T5Backend for CudaT5<'_, '_, D> {
     }
 }
 
-impl<D: crate::device::Backend> MistralBackend for CudaMistral<'_, '_, D> {
+impl<D: crate::device::Backend> MistralBackend for DevMistral<'_, '_, D> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
