@@ -192,6 +192,30 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// The op cases written against `device::Backend` (LoRA, greedy pick), run on the host
+/// backend without a GPU: checks the host backend (the semantics the device-graph tests rely
+/// on) and the cases themselves against their independent f32/f64 references before a GPU runs
+/// them.
+#[cfg(feature = "cuda")]
+#[test]
+fn host_backend_passes_the_generic_op_cases() {
+    let host = jobx_engine::device::host::HostBackend::new();
+    let mut failed = Vec::new();
+    for seed in [1u64, 2] {
+        let runs = [
+            table::lora(&host, seed, 20, 130, 256, &[16; 3], false, true),
+            table::lora(&host, seed, 5, 40, 64, &[8; 3], false, true),
+            table::lora(&host, seed, 70, 130, 256, &[3, 8], false, false),
+            table::lora(&host, seed, 20, 96, 128, &[3, 8], true, false),
+            table::greedy(&host, seed, 3, 50001, false),
+            table::greedy(&host, seed, 32, 32128, true),
+            table::greedy(&host, seed, 1, 7, true),
+        ];
+        failed.extend(runs.into_iter().filter_map(|r| r.err()));
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+}
+
 #[cfg(feature = "cuda")]
 mod table {
     use half::bf16;
@@ -362,7 +386,7 @@ mod table {
         ));
         cases.push((
             "lora skinny m20 n130 k256 r16".into(),
-            Box::new(|g, s| lora(g, s, 20, 130, 256, 16)),
+            Box::new(|g, s| lora(g, s, 20, 130, 256, &[16; 3], false, true)),
         ));
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
@@ -373,7 +397,7 @@ mod table {
         for &(m, n, k, r) in &[(5, 40, 64, 8), (70, 130, 257, 16)] {
             cases.push((
                 format!("lora m{m} n{n} k{k} r{r}"),
-                Box::new(move |g, s| lora(g, s, m, n, k, r)),
+                Box::new(move |g, s| lora(g, s, m, n, k, &[r; 3], false, true)),
             ));
         }
         // LoRA as the graphs use it: slots of different ranks stacked by linear::stack_loras,
@@ -383,7 +407,7 @@ mod table {
             for int8 in [false, true] {
                 cases.push((
                     format!("lora slots m{m} n{n} k{k} int8 {int8}"),
-                    Box::new(move |g, s| lora_slots(g, s, m, n, k, int8)),
+                    Box::new(move |g, s| lora(g, s, m, n, k, &[3, 8], int8, false)),
                 ));
             }
         }
@@ -555,7 +579,7 @@ mod table {
                 }
                 cases.push((
                     format!("lora tma n{tile} m70 n130 k256 r16"),
-                    Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, 16))),
+                    Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, &[16; 3], false, true))),
                 ));
             }
         } else {
@@ -903,50 +927,63 @@ mod table {
         )
     }
 
-    /// `lora_shrink` + GEMM over adapter slots stacked by `linear::stack_loras` (ranks 3 and 8,
-    /// a slot-less row), bf16 output accumulated onto its old values, bf16 or int8 weights,
-    /// against the unfused f32 composition of each row's own (unpadded) pair.
-    fn lora_slots(
-        g: &Gpu,
+    /// LoRA through `lora_shrink` + the GEMM's fused expand (SGMV style) against the unfused
+    /// f32 composition of each row's own (unpadded) pair: adapter slots of ranks `ranks` stacked
+    /// by `linear::stack_loras` (zero-padded to the largest rank, as the graphs stack them), rows
+    /// cycling through the base model (-1) and the slots; the f32 output written, or (as the
+    /// graphs' residual projections do) the bf16 output accumulated onto its old values; bf16 or
+    /// int8 base weights. Generic over the backend: the host backend runs it too
+    /// (`host_backend_passes_the_generic_op_cases`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lora<B: Backend>(
+        g: &B,
         seed: u64,
         m: usize,
         n: usize,
         k: usize,
+        ranks: &[usize],
         int8: bool,
+        f32out: bool,
     ) -> Result<(), String> {
+        use jobx_engine::device::{Lora as DevLora, Out as DevOut, Weight as DevWeight};
         use jobx_engine::models::linear::{stack_loras, Lora as HostLora};
-        let mut r = Rng(seed * 89 + (m * n) as u64);
+        let mut r = Rng(seed * 57 + (m * n + ranks[0]) as u64);
         let x = r.vec(m * k, 1.0);
         let init = r.vec(m * n, 1.0);
-        let pair = |r: &mut Rng, rank: usize, scale: f32| HostLora {
-            a: r.vec(rank * k, 0.5),
-            b: r.vec(n * rank, 0.5),
-            r: rank,
-            scale,
-        };
-        let slots = vec![Some(pair(&mut r, 3, 2.0)), Some(pair(&mut r, 8, 0.5))];
+        let scales = [0.5f32, 2.0, 0.25, 1.0];
+        let slots: Vec<Option<HostLora>> = ranks
+            .iter()
+            .zip(scales.iter().cycle())
+            .map(|(&rank, &scale)| {
+                Some(HostLora {
+                    a: r.vec(rank * k, 0.5),
+                    b: r.vec(n * rank, 0.5),
+                    r: rank,
+                    scale,
+                })
+            })
+            .collect();
         let st = stack_loras(&slots, n, k);
-        let ids: Vec<i32> = (0..m).map(|i| [1, -1, 0][i % 3]).collect();
+        let ids: Vec<i32> = (0..m).map(|i| (i % (slots.len() + 1)) as i32 - 1).collect();
         let (wf, wq, ws) = if int8 {
             let wq = r.i8s(n * k);
             let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
             let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32 * ws[i / k]).collect();
             (wf, wq, ws)
         } else {
-            let w = r.vec(n * k, 0.5);
-            (fromb(&tob(&w)), vec![], vec![])
+            (r.vec(n * k, 0.5), vec![], vec![])
         };
         let dx = g.upload("t", &tob(&x)).map_err(e)?;
         let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
         let dwq = g.upload("t", &wq).map_err(e)?;
         let dws = g.upload("t", &ws).map_err(e)?;
-        let w = if int8 {
-            Weight::Int8 {
+        let w: DevWeight<B> = if int8 {
+            DevWeight::Int8 {
                 w: &dwq,
                 scale: &dws,
             }
         } else {
-            Weight::Bf16(&dwb)
+            DevWeight::Bf16(&dwb)
         };
         let da = g.upload("t", &tob(&st.a)).map_err(e)?;
         let db = g.upload("t", &tob(&st.b)).map_err(e)?;
@@ -955,7 +992,7 @@ mod table {
         let mut dt = g.scratch::<f32>("t", m * st.r).map_err(e)?;
         g.lora_shrink(&dx, &da, &di, &mut dt, m, k, st.r, slots.len())
             .map_err(e)?;
-        let lo = Lora {
+        let lo = DevLora::<'_, B> {
             t: &dt,
             b: &db,
             ids: &di,
@@ -963,128 +1000,51 @@ mod table {
             r: st.r,
             adapters: slots.len(),
         };
-        let mut dy = g.upload("t", &tob(&init)).map_err(e)?;
-        g.gemm(
-            &dx,
-            w,
-            Out::Bf16(&mut dy),
-            &GemmShape::new(m, n, k, true),
-            Some(&lo),
-        )
-        .map_err(e)?;
-        let got = fromb(&g.download("t", &dy).map_err(e)?);
-        // f32: old bf16 value + x·Wᵀ + scale·(x·Aᵀ)·Bᵀ with the row's unpadded pair (inputs
-        // rounded to bf16 as uploaded)
-        let (xb, ab, bb) = (
-            fromb(&tob(&x)),
-            |l: &HostLora| fromb(&tob(&l.a)),
-            |l: &HostLora| fromb(&tob(&l.b)),
-        );
-        let mut want = fromb(&tob(&init));
+        let shape = GemmShape::new(m, n, k, !f32out);
+        let got = if f32out {
+            let mut dy = g.scratch::<f32>("t", m * n).map_err(e)?;
+            g.gemm(&dx, w, DevOut::<'_, B>::F32(&mut dy), &shape, Some(&lo))
+                .map_err(e)?;
+            g.download("t", &dy).map_err(e)?
+        } else {
+            let mut dy = g.upload("t", &tob(&init)).map_err(e)?;
+            g.gemm(&dx, w, DevOut::<'_, B>::Bf16(&mut dy), &shape, Some(&lo))
+                .map_err(e)?;
+            fromb(&g.download("t", &dy).map_err(e)?)
+        };
+        // f32: [old value +] x·Wᵀ + scale·(x·Aᵀ)·Bᵀ with the row's unpadded pair (the inputs are
+        // bf16 values already: Rng::vec rounds)
+        let mut want = if f32out { vec![0.0; m * n] } else { init };
         let mut prod = vec![0.0; m * n];
-        cpu::matmul_wt(&xb, m, k, &wf, n, &mut prod, false);
+        cpu::matmul_wt(&x, m, k, &wf, n, &mut prod, false);
         for i in 0..m {
             for j in 0..n {
                 want[i * n + j] += prod[i * n + j];
             }
-            let Some(l) = (ids[i] >= 0)
-                .then(|| slots[ids[i] as usize].as_ref())
-                .flatten()
-            else {
+            let Some(l) = usize::try_from(ids[i]).ok().and_then(|s| slots[s].as_ref()) else {
                 continue;
             };
-            let (la, lb) = (ab(l), bb(l));
             let mut t = vec![0.0; l.r];
-            cpu::matmul_wt(&xb[i * k..(i + 1) * k], 1, k, &la, l.r, &mut t, false);
+            cpu::matmul_wt(&x[i * k..(i + 1) * k], 1, k, &l.a, l.r, &mut t, false);
             for j in 0..n {
-                let s: f32 = (0..l.r).map(|q| t[q] * lb[j * l.r + q]).sum();
+                let s: f32 = (0..l.r).map(|q| t[q] * l.b[j * l.r + q]).sum();
                 want[i * n + j] += s * l.scale;
             }
         }
         let sk = (k as f32).sqrt();
-        check(
-            &format!("lora slots m{m} n{n} k{k} int8 {int8}"),
-            seed,
-            &got,
-            &want,
-            Tol {
-                atol: BF16_OUT.atol * sk,
-                rtol: BF16_OUT.rtol,
-            },
-        )
-    }
-
-    fn lora(g: &Gpu, seed: u64, m: usize, n: usize, k: usize, r_: usize) -> Result<(), String> {
-        let adapters = 3;
-        let mut r = Rng(seed * 57 + r_ as u64);
-        let x = r.vec(m * k, 1.0);
-        let w = r.vec(n * k, 0.5);
-        let a = r.vec(adapters * r_ * k, 0.5);
-        let b = r.vec(adapters * n * r_, 0.5);
-        let ids: Vec<i32> = (0..m).map(|i| (i % (adapters + 1)) as i32 - 1).collect(); // -1, 0, 1, 2, ...
-        let scales = [0.5f32, 2.0, 0.25];
-        let dx = g.upload("t", &tob(&x)).map_err(e)?;
-        let dw = g.upload("t", &tob(&w)).map_err(e)?;
-        let da = g.upload("t", &tob(&a)).map_err(e)?;
-        let db = g.upload("t", &tob(&b)).map_err(e)?;
-        let di = g.upload("t", &ids).map_err(e)?;
-        let dsc = g.upload("t", &scales).map_err(e)?;
-        let mut dt = g.zeros::<f32>("t", m * r_).map_err(e)?;
-        g.lora_shrink(&dx, &da, &di, &mut dt, m, k, r_, adapters)
-            .map_err(e)?;
-        let mut dy = g.zeros::<f32>("t", m * n).map_err(e)?;
-        let lo = Lora {
-            t: &dt,
-            b: &db,
-            ids: &di,
-            scale: &dsc,
-            r: r_,
-            adapters,
-        };
-        g.gemm(
-            &dx,
-            Weight::Bf16(&dw),
-            Out::F32(&mut dy),
-            &GemmShape::new(m, n, k, false),
-            Some(&lo),
-        )
-        .map_err(e)?;
-        let got = g.download("t", &dy).map_err(e)?;
-        // unfused CPU composition: base + scale * (x·Aᵀ)·Bᵀ per row's adapter
-        let mut want = vec![0.0; m * n];
-        cpu::matmul_wt(&x, m, k, &w, n, &mut want, false);
-        for i in 0..m {
-            let id = ids[i];
-            if id < 0 {
-                continue;
-            }
-            let id = id as usize;
-            let mut t = vec![0.0; r_];
-            cpu::matmul_wt(
-                &x[i * k..(i + 1) * k],
-                1,
-                k,
-                &a[id * r_ * k..(id + 1) * r_ * k],
-                r_,
-                &mut t,
-                false,
-            );
-            for j in 0..n {
-                let s: f32 = (0..r_).map(|q| t[q] * b[(id * n + j) * r_ + q]).sum();
-                want[i * n + j] += s * scales[id];
-            }
-        }
-        let sk = (k as f32).sqrt();
-        check(
-            &format!("lora m{m} n{n} k{k} r{r_}"),
-            seed,
-            &got,
-            &want,
+        let tol = if f32out {
             Tol {
                 atol: 1e-4 * sk,
                 rtol: 1e-4,
-            },
-        )
+            }
+        } else {
+            Tol {
+                atol: BF16_OUT.atol * sk,
+                rtol: BF16_OUT.rtol,
+            }
+        };
+        let name = format!("lora m{m} n{n} k{k} ranks {ranks:?} int8 {int8} f32 {f32out}");
+        check(&name, seed, &got, &want, tol)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1301,7 +1261,13 @@ mod table {
     /// reference; the suppressed ids include the row's true maximum, so suppression must work.
     /// With `masked`, a per-row token bit mask (the grammar's form) disallows about half the
     /// ids, row 0's maximum among them.
-    fn greedy(g: &Gpu, seed: u64, rows: usize, vocab: usize, masked: bool) -> Result<(), String> {
+    pub fn greedy<B: Backend>(
+        g: &B,
+        seed: u64,
+        rows: usize,
+        vocab: usize,
+        masked: bool,
+    ) -> Result<(), String> {
         let mut r = Rng(seed * 31 + vocab as u64);
         let mut x = r.vec(rows * vocab, 8.0);
         x[2] = x[5]; // a tie: the lower id wins
