@@ -153,11 +153,6 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         })
     }
 
-    /// Number of adapter slots attached.
-    pub fn adapter_slots(&self) -> usize {
-        self.slots
-    }
-
     /// The device form of per-row adapter slots (`None`: base model), after checking each slot
     /// exists; `None` when no row uses an adapter.
     pub fn row_adapters(&self, rows: &[Option<usize>]) -> Result<RowAdapters<B>> {
@@ -166,7 +161,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         }
         if let Some(s) = rows.iter().flatten().find(|&&s| s >= self.slots) {
             return Err(crate::Error::Input(format!(
-                "adapter slot {s} is not loaded ({} loaded on the GPU)",
+                "adapter slot {s} is not loaded ({} loaded)",
                 self.slots
             )));
         }

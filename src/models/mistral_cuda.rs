@@ -12,7 +12,7 @@
 
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
-use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, View};
+use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
@@ -36,8 +36,9 @@ pub struct MistralCudaState<B: Backend> {
     v: Vec<B::Buf<bf16>>,
     key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
-    /// LoRA adapter slot of each row (None: base model)
+    /// LoRA adapter slot of each row (None: base model), and on the device
     adapters: Vec<Option<usize>>,
+    ad: RowAdapters<B>,
 }
 
 impl<'g, B: Backend> MistralCuda<'g, B> {
@@ -148,13 +149,6 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
                 adapters.len()
             )));
         }
-        if let Some(s) = adapters
-            .iter()
-            .flatten()
-            .find(|&&s| s >= self.w.adapter_slots())
-        {
-            return Err(Error::Input(format!("adapter slot {s} is not loaded")));
-        }
         let kvd = self.cfg.kv_heads() * self.cfg.head_dim();
         let cap = capacity.max(1);
         let mut k = Vec::new();
@@ -172,6 +166,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
+            ad: self.w.row_adapters(adapters)?,
         })
     }
 
@@ -248,13 +243,20 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             .collect();
         let kmask = gpu.upload("mistral", &kmask)?;
         let pos = gpu.upload("mistral", &pos)?;
-        // adapter slot of every token row, and of the LM head's rows
-        let ad = &self.w.row_adapters(
-            &st.adapters
-                .iter()
-                .flat_map(|&a| std::iter::repeat_n(a, t_new))
-                .collect::<Vec<_>>(),
-        )?;
+        // adapter slot of every token row: the state's per-row buffer for decode steps (one
+        // token per row), expanded for a prefill
+        let expanded;
+        let ad = if t_new == 1 {
+            &st.ad
+        } else {
+            expanded = self.w.row_adapters(
+                &st.adapters
+                    .iter()
+                    .flat_map(|&a| std::iter::repeat_n(a, t_new))
+                    .collect::<Vec<_>>(),
+            )?;
+            &expanded
+        };
         let mut x = self.buf(m * hid)?;
         gpu.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
         let mut n = self.buf(m * hid)?;
@@ -401,18 +403,13 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             }
             (rows, last)
         };
-        let head_ad = if hrows == m {
-            None
-        } else {
-            self.w.row_adapters(&st.adapters)?
-        };
         let mut lg = gpu.scratch::<f32>("mistral", hrows * vsz)?;
         self.w.gemm(
             &hin,
             self.head,
             Out::F32(&mut lg),
             &GemmShape::new(hrows, vsz, hid, false),
-            if hrows == m { ad } else { &head_ad },
+            if hrows == m { ad } else { &st.ad },
         )?;
         st.len = tk;
         Ok(lg)
@@ -434,6 +431,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             .collect();
         st.next_pos = parents.iter().map(|&p| st.next_pos[p]).collect();
         st.adapters = parents.iter().map(|&p| st.adapters[p]).collect();
+        st.ad = self.w.row_adapters(&st.adapters)?;
         st.rows = parents.len();
         Ok(())
     }
