@@ -538,18 +538,23 @@ impl crate::device::Backend for Gpu {
     fn name(&self) -> String {
         self.name.clone()
     }
+
     fn int8_weights(&self) -> bool {
         self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
     }
+
     fn scratch<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
         Gpu::scratch(self, op, n)
     }
+
     fn zeros<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
         Gpu::zeros(self, op, n)
     }
+
     fn upload<T: crate::device::Elem>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
         Gpu::upload(self, op, host)
     }
+
     fn download<T: crate::device::Elem>(
         &self,
         op: &'static str,
@@ -557,6 +562,7 @@ impl crate::device::Backend for Gpu {
     ) -> Result<Vec<T>> {
         Gpu::download(self, op, buf)
     }
+
     fn copy<T: crate::device::Elem>(
         &self,
         op: &'static str,
@@ -568,6 +574,7 @@ impl crate::device::Backend for Gpu {
     ) -> Result<()> {
         Gpu::copy(self, op, src, src_off, dst, dst_off, len)
     }
+
     /// y = rms_norm(x) · w over rows of length d (T5LayerNorm / MistralRMSNorm).
     fn rms_norm(
         &self,
@@ -595,6 +602,7 @@ impl crate::device::Backend for Gpu {
         };
         self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
     }
+
     fn activation_inplace(
         &self,
         x: &mut CudaSlice<bf16>,
@@ -609,6 +617,7 @@ impl crate::device::Backend for Gpu {
         };
         Gpu::activation_inplace(self, x, up, n, kind)
     }
+
     /// Rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
     fn rope(
         &self,
@@ -643,6 +652,7 @@ impl crate::device::Backend for Gpu {
             p,
         )
     }
+
     /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so
     /// the launch needs no read-back of the kernel's error flag (no synchronisation per decode
     /// step). The kernel still bounds-checks every id.
@@ -679,6 +689,7 @@ impl crate::device::Backend for Gpu {
         };
         self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
     }
+
     /// y (+)= x · wᵀ [+ LoRA] with bf16 x [m, k] and a bf16 or weight-only int8 w [n, k].
     fn gemm(
         &self,
@@ -741,6 +752,7 @@ impl crate::device::Backend for Gpu {
         }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
     }
+
     /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]).
     #[allow(clippy::too_many_arguments)]
     fn lora_shrink(
@@ -774,6 +786,7 @@ impl crate::device::Backend for Gpu {
         // one warp per (row, rank)
         self.launch(OP, "lora_shrink_bf16", grid_1d(m * r * 32, 256), p)
     }
+
     /// o[b, i, h*dk + d] = softmax(scale q·k + bias, masked) · v.
     #[allow(clippy::too_many_arguments)]
     fn attention(
@@ -913,6 +926,7 @@ impl crate::device::Backend for Gpu {
         };
         self.launch(OP, kernel, cfg, p)
     }
+
     /// Greedy choice on the device: the `suppress` ids set to -inf, then per row the argmax
     /// (ties to the lower id) and its log-probability, read back as (id, log p) per row: a few
     /// bytes per row instead of the whole f32 logits row.
