@@ -48,6 +48,24 @@ fn cuda_op_table() {
     );
 }
 
+/// The bad-argument table of the device ops (common::backend_rejects_bad_arguments, also run on
+/// the host backend in CI) on the GPU: every bad call is refused before any launch.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_backend_rejects_bad_arguments() {
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!(
+                "SKIP cuda_backend_rejects_bad_arguments: no usable GPU ({e})"
+            ));
+            return;
+        }
+    };
+    let bad = common::backend_rejects_bad_arguments(&gpu);
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 /// `verify --device cuda` on every T5 and Mistral fixture (common::verify_device_fixtures):
 /// logits within the stated bf16 (int8) tolerance of the HF f32 references, greedy (and beam)
 /// ids identical up to an f32 near tie; the LoRA fixtures unmerged and merged.

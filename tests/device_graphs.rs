@@ -26,3 +26,12 @@ fn device_graphs_apply_a_lora_slot_per_row() {
     let bad = common::mixed_adapter_rows(&host, &set_int8);
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// Every op of the host backend rejects each bad argument with a clear error and accepts the
+/// right ones (the checks are `device::check`, the same code that guards the CUDA kernels).
+#[test]
+fn host_backend_rejects_bad_arguments() {
+    let host = jobx_engine::device::host::HostBackend::new();
+    let bad = common::backend_rejects_bad_arguments(&host);
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -82,10 +82,7 @@ impl Gpu {
         kind: u32,
     ) -> Result<()> {
         const OP: &str = "activation";
-        need(OP, "gate", gate, n)?;
-        if let Some(u) = up {
-            need(OP, "up", u, n)?;
-        }
+        check::activation::<Gpu>(gate, up, n)?;
         if kind > JOBX_ACT_SILU {
             return Err(backend_err(OP, format!("unknown activation kind {kind}")));
         }
@@ -144,7 +141,7 @@ impl Gpu {
 pub type Weight<'a> = crate::device::Weight<'a, Gpu>;
 pub type Out<'a> = crate::device::Out<'a, Gpu>;
 pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
-use crate::device::view_len;
+use crate::device::check;
 pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, View};
 
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
@@ -164,7 +161,8 @@ fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
 
 impl Gpu {
     /// The parameter struct of a GEMM with the output, shape and LoRA fields filled (checked
-    /// against the buffers); the caller sets x, w, scales and the weight kind.
+    /// against the buffers by `check::gemm_out`); the caller sets x, w, scales and the weight
+    /// kind.
     fn gemm_params(
         &self,
         op: &'static str,
@@ -172,26 +170,19 @@ impl Gpu {
         y: &mut Out,
         lora: Option<&Lora>,
     ) -> Result<jobx_gemm_params> {
-        if s.ldy < s.n {
-            return Err(backend_err(op, format!("ldy {} < n {}", s.ldy, s.n)));
-        }
-        let ylen = s.y_off + if s.m == 0 { 0 } else { (s.m - 1) * s.ldy + s.n };
+        check::gemm_out::<Gpu>(op, y, s, lora)?;
         let (y, y_f32) = match y {
             Out::Bf16(b) => {
-                need(op, "y", b, ylen)?;
                 // SAFETY: y_off is inside the buffer (checked just above)
                 (
                     unsafe { (self.ptr(b) as *mut bf16).add(s.y_off) as *mut c_void },
                     0,
                 )
             }
-            Out::F32(f) => {
-                need(op, "y", f, ylen)?;
-                (
-                    unsafe { (self.ptr(f) as *mut f32).add(s.y_off) as *mut c_void },
-                    1,
-                )
-            }
+            Out::F32(f) => (
+                unsafe { (self.ptr(f) as *mut f32).add(s.y_off) as *mut c_void },
+                1,
+            ),
         };
         let mut p = jobx_gemm_params {
             x: std::ptr::null(),
@@ -213,10 +204,6 @@ impl Gpu {
             lora_r: 0,
         };
         if let Some(lo) = lora {
-            need(op, "lora t", lo.t, s.m * lo.r)?;
-            need(op, "lora b", lo.b, lo.adapters * s.n * lo.r)?;
-            need(op, "lora ids", lo.ids, s.m)?;
-            need(op, "lora scale", lo.scale, lo.adapters)?;
             // ids are checked on the host copy by the caller that built them; the kernel
             // trusts -1 <= id < adapters
             p.lora_t = self.ptr(lo.t) as *const f32;
@@ -534,6 +521,11 @@ impl Gpu {
 /// element types outside `device::Elem`).
 impl crate::device::Backend for Gpu {
     type Buf<T: crate::device::Elem> = CudaSlice<T>;
+    const KIND: &'static str = "cuda";
+
+    fn len<T: crate::device::Elem>(buf: &CudaSlice<T>) -> usize {
+        buf.len()
+    }
 
     fn name(&self) -> String {
         self.name.clone()
@@ -586,9 +578,7 @@ impl crate::device::Backend for Gpu {
         eps: f32,
     ) -> Result<()> {
         const OP: &str = "rms_norm";
-        need(OP, "x", x, rows * d)?;
-        need(OP, "w", w, d)?;
-        need(OP, "y", y, rows * d)?;
+        check::rms_norm::<Self>(x, w, y, rows, d)?;
         if rows == 0 {
             return Ok(());
         }
@@ -629,11 +619,7 @@ impl crate::device::Backend for Gpu {
         theta: f32,
     ) -> Result<()> {
         const OP: &str = "rope";
-        if head_dim % 2 != 0 {
-            return Err(backend_err(OP, format!("head_dim {head_dim} is odd")));
-        }
-        need(OP, "x", x, tokens * heads * head_dim)?;
-        need(OP, "pos", pos, tokens)?;
+        check::rope::<Self>(x, pos, tokens, heads, head_dim)?;
         if tokens * heads == 0 {
             return Ok(());
         }
@@ -666,14 +652,7 @@ impl crate::device::Backend for Gpu {
     ) -> Result<()> {
         const OP: &str = "embedding";
         let n = ids.len();
-        need(OP, "table", table, vocab * d)?;
-        need(OP, "y", y, n * d)?;
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(backend_err(
-                OP,
-                format!("token id {bad} is outside the vocabulary of {vocab}"),
-            ));
-        }
+        check::embedding_ids::<Self>(ids, table, y, d, vocab)?;
         if n == 0 {
             return Ok(());
         }
@@ -700,18 +679,15 @@ impl crate::device::Backend for Gpu {
         lora: Option<&Lora>,
     ) -> Result<()> {
         const OP: &str = "gemm";
-        need(OP, "x", x, s.m * s.k)?;
+        check::gemm::<Self>(x, &w, &y, s, lora)?;
         let mut p = self.gemm_params(OP, s, &mut y, lora)?;
         p.x = self.ptr(x);
         match &w {
             Weight::Bf16(b) => {
-                need(OP, "w", b, s.n * s.k)?;
                 p.w = self.ptr(*b);
                 p.w_kind = JOBX_W_BF16 as i32;
             }
             Weight::Int8 { w, scale } => {
-                need(OP, "w", w, s.n * s.k)?;
-                need(OP, "w_scale", scale, s.n)?;
                 p.w = self.ptr(*w);
                 p.w_scale = self.ptr(*scale) as *const f32;
                 p.w_kind = JOBX_W_INT8 as i32;
@@ -767,10 +743,7 @@ impl crate::device::Backend for Gpu {
         adapters: usize,
     ) -> Result<()> {
         const OP: &str = "lora_shrink";
-        need(OP, "x", x, m * k)?;
-        need(OP, "a", a, adapters * r * k)?;
-        need(OP, "ids", ids, m)?;
-        need(OP, "t", t, m * r)?;
+        check::lora_shrink::<Self>(x, a, ids, t, m, k, r, adapters)?;
         if m * r == 0 {
             return Ok(());
         }
@@ -801,58 +774,8 @@ impl crate::device::Backend for Gpu {
         rel_bias: Option<&CudaSlice<f32>>,
     ) -> Result<()> {
         const OP: &str = "attention";
-        if c.dk == 0 || c.dk > 128 {
-            return Err(backend_err(
-                OP,
-                format!("head size {} (1..=128 supported)", c.dk),
-            ));
-        }
-        if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
-            return Err(backend_err(
-                OP,
-                format!(
-                    "{} heads not a multiple of {} kv heads",
-                    c.heads, c.kv_heads
-                ),
-            ));
-        }
-        need(OP, "q", q.0, view_len(q.1, c.batch, c.heads, c.tq, c.dk))?;
-        need(
-            OP,
-            "k",
-            k.0,
-            view_len(k.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
-        )?;
-        need(
-            OP,
-            "v",
-            v.0,
-            view_len(v.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
-        )?;
-        need(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
-        if let Some(m) = key_mask {
-            need(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
-        }
-        match kv_batch {
-            Some(kb) => need(OP, "kv_batch", kb, c.batch)?,
-            None if c.kv_batch_rows < c.batch => {
-                return Err(backend_err(
-                    OP,
-                    "fewer K/V rows than queries and no kv_batch map",
-                ))
-            }
-            None => {}
-        }
+        check::attention::<Self>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
         let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
-        if let Some(rb) = rel_bias {
-            if c.t5_bias.is_none() || nb < 2 || md <= nb / 2 {
-                return Err(backend_err(
-                    OP,
-                    "relative bias needs buckets >= 2 and max_distance > buckets/2",
-                ));
-            }
-            need(OP, "rel_bias", rb, nb * c.heads)?;
-        }
         if c.batch * c.heads * c.tq == 0 {
             return Ok(());
         }
@@ -939,22 +862,11 @@ impl crate::device::Backend for Gpu {
         masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>> {
         const OP: &str = "greedy_pick";
-        if vocab == 0 || vocab > i32::MAX as usize {
-            return Err(backend_err(OP, format!("vocabulary of {vocab}")));
-        }
-        need(OP, "logits", logits, rows * vocab)?;
+        check::greedy_pick::<Self>(logits, rows, vocab, masks)?;
         if rows == 0 {
             return Ok(vec![]);
         }
         let words = vocab.div_ceil(32);
-        if let Some(m) = masks {
-            if m.len() < rows * words {
-                return Err(backend_err(
-                    OP,
-                    format!("{} mask words for {rows} rows of {words}", m.len()),
-                ));
-            }
-        }
         let dmask = masks
             .map(|m| self.upload(OP, &m[..rows * words]))
             .transpose()?;

@@ -5,7 +5,7 @@
 //! `JOBX_CUDA_POISON=1`. Written for checking the device graphs on machines without a GPU, not
 //! for speed (single-threaded loops, fine for the tiny fixture models).
 
-use super::{ActKind, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use super::{check, ActKind, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
 use crate::{Error, Result};
 use half::bf16;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,21 +23,7 @@ impl HostBackend {
 }
 
 fn err(op: &'static str, msg: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: "host",
-        op,
-        msg: msg.into(),
-    }
-}
-
-fn need<T>(op: &'static str, what: &str, buf: &[T], n: usize) -> Result<()> {
-    if buf.len() < n {
-        return Err(err(
-            op,
-            format!("{what} holds {} elements, {n} needed", buf.len()),
-        ));
-    }
-    Ok(())
+    check::err::<HostBackend>(op, msg)
 }
 
 /// Round to bf16 and back (round to nearest even, like __float2bfloat16_rn).
@@ -47,6 +33,11 @@ fn rb(x: f32) -> f32 {
 
 impl Backend for HostBackend {
     type Buf<T: Elem> = Vec<T>;
+    const KIND: &'static str = "host";
+
+    fn len<T: Elem>(buf: &Vec<T>) -> usize {
+        buf.len()
+    }
 
     fn name(&self) -> String {
         "host (bf16 emulation of the CUDA kernels)".into()
@@ -75,8 +66,7 @@ impl Backend for HostBackend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        need(op, "copy source", src, src_off + len)?;
-        need(op, "copy destination", dst, dst_off + len)?;
+        check::copy::<Self, T>(op, src, src_off, dst, dst_off, len)?;
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
         Ok(())
     }
@@ -90,10 +80,7 @@ impl Backend for HostBackend {
         d: usize,
         eps: f32,
     ) -> Result<()> {
-        const OP: &str = "rms_norm";
-        need(OP, "x", x, rows * d)?;
-        need(OP, "w", w, d)?;
-        need(OP, "y", y, rows * d)?;
+        check::rms_norm::<Self>(x, w, y, rows, d)?;
         for r in 0..rows {
             let xr = &x[r * d..(r + 1) * d];
             let ss: f32 = xr.iter().map(|v| v.to_f32() * v.to_f32()).sum();
@@ -113,11 +100,7 @@ impl Backend for HostBackend {
         n: usize,
         kind: ActKind,
     ) -> Result<()> {
-        const OP: &str = "activation";
-        need(OP, "x", x, n)?;
-        if let Some(u) = up {
-            need(OP, "up", u, n)?;
-        }
+        check::activation::<Self>(x, up, n)?;
         for i in 0..n {
             let mut a = rb(kind.apply(x[i].to_f32()));
             if let Some(u) = up {
@@ -137,12 +120,7 @@ impl Backend for HostBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        const OP: &str = "rope";
-        if head_dim % 2 != 0 {
-            return Err(err(OP, format!("odd head_dim {head_dim}")));
-        }
-        need(OP, "x", x, tokens * heads * head_dim)?;
-        need(OP, "pos", pos, tokens)?;
+        check::rope::<Self>(x, pos, tokens, heads, head_dim)?;
         let half = head_dim / 2;
         for t in 0..tokens {
             for h in 0..heads {
@@ -168,17 +146,9 @@ impl Backend for HostBackend {
         d: usize,
         vocab: usize,
     ) -> Result<()> {
-        const OP: &str = "embedding";
-        need(OP, "table", table, vocab * d)?;
-        need(OP, "y", y, ids.len() * d)?;
+        check::embedding_ids::<Self>(ids, table, y, d, vocab)?;
         for (t, &id) in ids.iter().enumerate() {
             let id = id as usize;
-            if id >= vocab {
-                return Err(err(
-                    OP,
-                    format!("token id {id} is outside the vocabulary of {vocab}"),
-                ));
-            }
             y[t * d..(t + 1) * d].copy_from_slice(&table[id * d..(id + 1) * d]);
         }
         Ok(())
@@ -193,29 +163,15 @@ impl Backend for HostBackend {
         lora: Option<&Lora<Self>>,
     ) -> Result<()> {
         const OP: &str = "gemm";
+        check::gemm::<Self>(x, &w, &y, s, lora)?;
         let (m, n, k) = (s.m, s.n, s.k);
-        if s.ldy < n {
-            return Err(err(OP, format!("ldy {} < n {n}", s.ldy)));
-        }
-        need(OP, "x", x, m * k)?;
         // W as f32 [n, k] and the per-channel scale (int8)
         let (wf, scale): (Vec<f32>, Option<&Vec<f32>>) = match w {
-            Weight::Bf16(b) => {
-                need(OP, "w", b, n * k)?;
-                (b[..n * k].iter().map(|v| v.to_f32()).collect(), None)
-            }
+            Weight::Bf16(b) => (b[..n * k].iter().map(|v| v.to_f32()).collect(), None),
             Weight::Int8 { w, scale } => {
-                need(OP, "w", w, n * k)?;
-                need(OP, "w_scale", scale, n)?;
                 (w[..n * k].iter().map(|&v| v as f32).collect(), Some(scale))
             }
         };
-        if let Some(lo) = lora {
-            need(OP, "lora t", lo.t, m * lo.r)?;
-            need(OP, "lora b", lo.b, lo.adapters * n * lo.r)?;
-            need(OP, "lora ids", lo.ids, m)?;
-            need(OP, "lora scale", lo.scale, lo.adapters)?;
-        }
         let xf: Vec<f32> = x[..m * k].iter().map(|v| v.to_f32()).collect();
         let mut acc = vec![0f32; m * n];
         crate::cpu::matmul_wt(&xf, m, k, &wf[..], n, &mut acc, false);
@@ -242,7 +198,6 @@ impl Backend for HostBackend {
         };
         match y {
             Out::Bf16(y) => {
-                need(OP, "y", y, s.y_len())?;
                 for r in 0..m {
                     for c in 0..n {
                         let o = s.y_off + r * s.ldy + c;
@@ -253,7 +208,6 @@ impl Backend for HostBackend {
                 }
             }
             Out::F32(y) => {
-                need(OP, "y", y, s.y_len())?;
                 for r in 0..m {
                     for c in 0..n {
                         let o = s.y_off + r * s.ldy + c;
@@ -277,11 +231,7 @@ impl Backend for HostBackend {
         r: usize,
         adapters: usize,
     ) -> Result<()> {
-        const OP: &str = "lora_shrink";
-        need(OP, "x", x, m * k)?;
-        need(OP, "a", a, adapters * r * k)?;
-        need(OP, "ids", ids, m)?;
-        need(OP, "t", t, m * r)?;
+        check::lora_shrink::<Self>(x, a, ids, t, m, k, r, adapters)?;
         for row in 0..m {
             let id = ids[row];
             for j in 0..r {
@@ -312,41 +262,8 @@ impl Backend for HostBackend {
         rel_bias: Option<&Vec<f32>>,
     ) -> Result<()> {
         const OP: &str = "attention";
-        use super::view_len;
-        if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
-            return Err(err(
-                OP,
-                format!(
-                    "{} heads not a multiple of {} kv heads",
-                    c.heads, c.kv_heads
-                ),
-            ));
-        }
-        need(OP, "q", q.0, view_len(q.1, c.batch, c.heads, c.tq, c.dk))?;
-        let kvl = view_len(k.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
-        need(OP, "k", k.0, kvl)?;
-        need(
-            OP,
-            "v",
-            v.0,
-            view_len(v.1, c.kv_batch_rows, c.kv_heads, c.tk, c.dk),
-        )?;
-        need(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
-        if let Some(m) = key_mask {
-            need(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
-        }
-        if let Some(kb) = kv_batch {
-            need(OP, "kv_batch", kb, c.batch)?;
-        } else if c.kv_batch_rows < c.batch {
-            return Err(err(OP, "fewer K/V rows than queries and no kv_batch map"));
-        }
+        check::attention::<Self>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
         let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
-        if let Some(rb) = rel_bias {
-            if c.t5_bias.is_none() {
-                return Err(err(OP, "relative bias without bucket settings"));
-            }
-            need(OP, "rel_bias", rb, nb * c.heads)?;
-        }
         let group = c.heads / c.kv_heads;
         let dk = c.dk;
         let mut s = vec![0f32; c.tk];
@@ -426,12 +343,8 @@ impl Backend for HostBackend {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>> {
-        const OP: &str = "greedy_pick";
-        need(OP, "logits", logits, rows * vocab)?;
+        check::greedy_pick::<Self>(logits, rows, vocab, masks)?;
         let words = crate::generate::mask_words_len(vocab);
-        if let Some(m) = masks {
-            need(OP, "masks", m, rows * words)?;
-        }
         let mut out = Vec::with_capacity(rows);
         for r in 0..rows {
             let x = &mut logits[r * vocab..(r + 1) * vocab];

@@ -9,8 +9,10 @@
 //!   kernel against its CPU reference on a GPU.
 //!
 //! Buffers are typed (`Backend::Buf<T>`) and sized in elements; every op checks the lengths it
-//! is given (a wrong shape is an error, never an out-of-bounds access).
+//! is given with the shared checks of `check` (a wrong shape is an error, never an out-of-bounds
+//! access).
 
+pub mod check;
 pub mod host;
 mod weights;
 
@@ -184,11 +186,17 @@ impl ActKind {
     }
 }
 
-/// The ops of a device backend. Shapes are in elements; every op checks its buffers' lengths.
+/// The ops of a device backend. Shapes are in elements; every op first runs its `check`
+/// function on its arguments.
 #[allow(clippy::too_many_arguments)]
 pub trait Backend: Sync {
     /// A buffer of `T` on the device.
     type Buf<T: Elem>;
+    /// The backend in one word, for errors ("cuda", "host").
+    const KIND: &'static str;
+
+    /// The number of elements `buf` holds.
+    fn len<T: Elem>(buf: &Self::Buf<T>) -> usize;
 
     /// The device, in words (for reports).
     fn name(&self) -> String;

@@ -308,3 +308,459 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
     );
     all.into_iter().filter(|(e, tol, _)| e > tol).collect()
 }
+
+/// Every `Backend` op called with one bad argument at a time (a buffer one element short, an
+/// option the kernels do not implement, an id outside the vocabulary) must fail with this
+/// backend's `Error::Backend` for that op, naming the buffer or the reason; the same calls with
+/// every argument right must succeed (so a check that rejects everything fails too). Returns the
+/// cases that went wrong. The checks are `device::check`, shared by every backend; on a GPU this
+/// also shows no bad call reaches a kernel (a launch would fault or corrupt memory).
+pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> Vec<String> {
+    use half::bf16;
+    use jobx_engine::device::{AttnCall, GemmShape, Lora, Out, View, Weight};
+    use jobx_engine::{Error, Result};
+    let mut bad = Vec::new();
+    let mut expect = |case: &str, op: &str, needle: &str, r: Result<()>| match r {
+        Err(Error::Backend {
+            backend,
+            op: got_op,
+            msg,
+        }) if backend == B::KIND && got_op == op && msg.contains(needle) => {}
+        Ok(()) if needle.is_empty() => {}
+        other => bad.push(format!(
+            "{case}: expected {} of op `{op}`, got {other:?}",
+            if needle.is_empty() {
+                "success".to_string()
+            } else {
+                format!("an error naming `{needle}`")
+            }
+        )),
+    };
+    let bf = |n: usize| b.zeros::<bf16>("t", n).unwrap();
+    let f = |n: usize| b.zeros::<f32>("t", n).unwrap();
+    let i = |n: usize| b.zeros::<i32>("t", n).unwrap();
+
+    // copy
+    let (src, mut dst) = (bf(8), bf(8));
+    expect("copy ok", "t", "", b.copy("t", &src, 2, &mut dst, 3, 5));
+    expect(
+        "copy src",
+        "t",
+        "copy source",
+        b.copy("t", &src, 4, &mut dst, 0, 5),
+    );
+    expect(
+        "copy dst",
+        "t",
+        "copy destination",
+        b.copy("t", &src, 0, &mut dst, 4, 5),
+    );
+
+    // rms_norm: rows 3, d 8
+    let (x, w, mut y) = (bf(24), bf(8), bf(24));
+    expect(
+        "rms ok",
+        "rms_norm",
+        "",
+        b.rms_norm(&x, &w, &mut y, 3, 8, 1e-6),
+    );
+    expect(
+        "rms x",
+        "rms_norm",
+        "x:",
+        b.rms_norm(&bf(23), &w, &mut y, 3, 8, 1e-6),
+    );
+    expect(
+        "rms w",
+        "rms_norm",
+        "w:",
+        b.rms_norm(&x, &bf(7), &mut y, 3, 8, 1e-6),
+    );
+    expect(
+        "rms y",
+        "rms_norm",
+        "y:",
+        b.rms_norm(&x, &w, &mut bf(23), 3, 8, 1e-6),
+    );
+
+    // activation
+    use jobx_engine::device::ActKind::Silu;
+    let mut g = bf(10);
+    expect(
+        "act ok",
+        "activation",
+        "",
+        b.activation_inplace(&mut g, Some(&bf(10)), 10, Silu),
+    );
+    expect(
+        "act gate",
+        "activation",
+        "gate",
+        b.activation_inplace(&mut bf(9), None, 10, Silu),
+    );
+    expect(
+        "act up",
+        "activation",
+        "up",
+        b.activation_inplace(&mut g, Some(&bf(9)), 10, Silu),
+    );
+
+    // rope: 2 tokens, 3 heads, head_dim 4
+    let mut x = bf(24);
+    let pos = b.upload("t", &[0i32, 5]).unwrap();
+    expect("rope ok", "rope", "", b.rope(&mut x, &pos, 2, 3, 4, 1e4));
+    expect(
+        "rope odd",
+        "rope",
+        "is odd",
+        b.rope(&mut bf(30), &pos, 2, 3, 5, 1e4),
+    );
+    expect(
+        "rope x",
+        "rope",
+        "x:",
+        b.rope(&mut bf(23), &pos, 2, 3, 4, 1e4),
+    );
+    expect(
+        "rope pos",
+        "rope",
+        "pos:",
+        b.rope(&mut x, &i(1), 2, 3, 4, 1e4),
+    );
+
+    // embedding: vocab 5, d 4
+    let table = bf(20);
+    let mut y = bf(8);
+    expect(
+        "emb ok",
+        "embedding",
+        "",
+        b.embedding_ids(&[4, 0], &table, &mut y, 4, 5),
+    );
+    expect(
+        "emb id",
+        "embedding",
+        "token id 5",
+        b.embedding_ids(&[1, 5], &table, &mut y, 4, 5),
+    );
+    expect(
+        "emb table",
+        "embedding",
+        "table:",
+        b.embedding_ids(&[1], &bf(19), &mut y, 4, 5),
+    );
+    expect(
+        "emb y",
+        "embedding",
+        "y:",
+        b.embedding_ids(&[1, 2], &table, &mut bf(7), 4, 5),
+    );
+
+    // gemm: m 3, n 5, k 8, into row 1 of an output with row stride 7; LoRA rank 2, 2 adapters
+    let s = GemmShape {
+        m: 3,
+        n: 5,
+        k: 8,
+        ldy: 7,
+        y_off: 7,
+        accumulate: false,
+    };
+    let ylen = s.y_len(); // 7 + 2 * 7 + 5
+    let (x, w, wq, ws) = (bf(24), bf(40), b.zeros::<i8>("t", 40).unwrap(), f(5));
+    let (lt, lb, lids, lsc) = (f(6), bf(20), b.upload("t", &[0i32, -1, 1]).unwrap(), f(2));
+    let lora = |t, bb, ids, scale| Lora::<B> {
+        t,
+        b: bb,
+        ids,
+        scale,
+        r: 2,
+        adapters: 2,
+    };
+    let ok_lora = lora(&lt, &lb, &lids, &lsc);
+    let (mut yb, mut yf) = (bf(ylen), f(ylen));
+    let gemm = |x: &B::Buf<bf16>, w: Weight<B>, y: Out<B>, s: &GemmShape, l: Option<&Lora<B>>| {
+        b.gemm(x, w, y, s, l)
+    };
+    expect(
+        "gemm ok",
+        "gemm",
+        "",
+        gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut yb), &s, Some(&ok_lora)),
+    );
+    let int8 = || Weight::Int8 { w: &wq, scale: &ws };
+    expect(
+        "gemm int8 f32 ok",
+        "gemm",
+        "",
+        gemm(&x, int8(), Out::F32(&mut yf), &s, None),
+    );
+    let narrow = GemmShape { ldy: 4, ..s };
+    expect(
+        "gemm ldy",
+        "gemm",
+        "ldy 4 < n 5",
+        gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut yb), &narrow, None),
+    );
+    expect(
+        "gemm x",
+        "gemm",
+        "x:",
+        gemm(&bf(23), Weight::Bf16(&w), Out::Bf16(&mut yb), &s, None),
+    );
+    expect(
+        "gemm w",
+        "gemm",
+        "w:",
+        gemm(&x, Weight::Bf16(&bf(39)), Out::Bf16(&mut yb), &s, None),
+    );
+    let wq_short = b.zeros::<i8>("t", 39).unwrap();
+    expect(
+        "gemm w int8",
+        "gemm",
+        "w:",
+        gemm(
+            &x,
+            Weight::Int8 {
+                w: &wq_short,
+                scale: &ws,
+            },
+            Out::F32(&mut yf),
+            &s,
+            None,
+        ),
+    );
+    expect(
+        "gemm w_scale",
+        "gemm",
+        "w_scale",
+        gemm(
+            &x,
+            Weight::Int8 {
+                w: &wq,
+                scale: &f(4),
+            },
+            Out::F32(&mut yf),
+            &s,
+            None,
+        ),
+    );
+    expect(
+        "gemm y bf16",
+        "gemm",
+        "y:",
+        gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut bf(ylen - 1)), &s, None),
+    );
+    expect(
+        "gemm y f32",
+        "gemm",
+        "y:",
+        gemm(&x, int8(), Out::F32(&mut f(ylen - 1)), &s, None),
+    );
+    let (t5, b19, ids2, sc1) = (f(5), bf(19), i(2), f(1));
+    for (case, needle, l) in [
+        ("gemm lora t", "lora t", lora(&t5, &lb, &lids, &lsc)),
+        ("gemm lora b", "lora b", lora(&lt, &b19, &lids, &lsc)),
+        ("gemm lora ids", "lora ids", lora(&lt, &lb, &ids2, &lsc)),
+        ("gemm lora scale", "lora scale", lora(&lt, &lb, &lids, &sc1)),
+    ] {
+        expect(
+            case,
+            "gemm",
+            needle,
+            gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut yb), &s, Some(&l)),
+        );
+    }
+
+    // lora_shrink: m 3, k 8, r 2, 2 adapters
+    let (a, mut t) = (bf(32), f(6));
+    expect(
+        "shrink ok",
+        "lora_shrink",
+        "",
+        b.lora_shrink(&x, &a, &lids, &mut t, 3, 8, 2, 2),
+    );
+    expect(
+        "shrink x",
+        "lora_shrink",
+        "x:",
+        b.lora_shrink(&bf(23), &a, &lids, &mut t, 3, 8, 2, 2),
+    );
+    expect(
+        "shrink a",
+        "lora_shrink",
+        "a:",
+        b.lora_shrink(&x, &bf(31), &lids, &mut t, 3, 8, 2, 2),
+    );
+    expect(
+        "shrink ids",
+        "lora_shrink",
+        "ids:",
+        b.lora_shrink(&x, &a, &ids2, &mut t, 3, 8, 2, 2),
+    );
+    expect(
+        "shrink t",
+        "lora_shrink",
+        "t:",
+        b.lora_shrink(&x, &a, &lids, &mut f(5), 3, 8, 2, 2),
+    );
+
+    // attention: 2 query rows over 1 K/V row (kv_batch map), 4 heads over 2 kv heads, 3 queries,
+    // 5 keys, head size 8, T5 bias with 8 buckets; contiguous [row, t, heads, dk] layouts
+    let c = AttnCall {
+        batch: 2,
+        kv_batch_rows: 1,
+        heads: 4,
+        kv_heads: 2,
+        tq: 3,
+        tk: 5,
+        dk: 8,
+        q_offset: 2,
+        window: 0,
+        scale: 0.5,
+        causal: true,
+        t5_bias: Some((8, 16, false)),
+    };
+    let qv = View {
+        sb: 3 * 32,
+        sh: 8,
+        st: 32,
+    };
+    let kv = View {
+        sb: 5 * 16,
+        sh: 8,
+        st: 16,
+    };
+    let (q, k, v, mut o) = (bf(2 * 96), bf(80), bf(80), bf(2 * 96));
+    let (mask, map, bias) = (i(5), i(2), f(32));
+    let attn = |c: &AttnCall,
+                q: &B::Buf<bf16>,
+                k: &B::Buf<bf16>,
+                v: &B::Buf<bf16>,
+                o: &mut B::Buf<bf16>,
+                m: Option<&B::Buf<i32>>,
+                kb: Option<&B::Buf<i32>>,
+                rb: Option<&B::Buf<f32>>| {
+        b.attention(c, (q, qv), (k, kv), (v, kv), o, m, kb, rb)
+    };
+    expect(
+        "attn ok",
+        "attention",
+        "",
+        attn(&c, &q, &k, &v, &mut o, Some(&mask), Some(&map), Some(&bias)),
+    );
+    let all = |c: &AttnCall, o: &mut B::Buf<bf16>| {
+        attn(c, &q, &k, &v, o, Some(&mask), Some(&map), Some(&bias))
+    };
+    expect(
+        "attn dk 0",
+        "attention",
+        "head size 0",
+        all(&AttnCall { dk: 0, ..c }, &mut o),
+    );
+    expect(
+        "attn dk 129",
+        "attention",
+        "head size 129",
+        all(&AttnCall { dk: 129, ..c }, &mut o),
+    );
+    expect(
+        "attn gqa",
+        "attention",
+        "not a multiple",
+        all(&AttnCall { kv_heads: 3, ..c }, &mut o),
+    );
+    expect(
+        "attn q",
+        "attention",
+        "q:",
+        attn(&c, &bf(191), &k, &v, &mut o, None, Some(&map), None),
+    );
+    expect(
+        "attn k",
+        "attention",
+        "k:",
+        attn(&c, &q, &bf(79), &v, &mut o, None, Some(&map), None),
+    );
+    expect(
+        "attn v",
+        "attention",
+        "v:",
+        attn(&c, &q, &k, &bf(79), &mut o, None, Some(&map), None),
+    );
+    expect("attn o", "attention", "o:", all(&c, &mut bf(191)));
+    expect(
+        "attn mask",
+        "attention",
+        "key_mask",
+        attn(&c, &q, &k, &v, &mut o, Some(&i(4)), Some(&map), None),
+    );
+    expect(
+        "attn map",
+        "attention",
+        "kv_batch",
+        attn(&c, &q, &k, &v, &mut o, None, Some(&i(1)), None),
+    );
+    expect(
+        "attn no map",
+        "attention",
+        "no kv_batch map",
+        attn(&c, &q, &k, &v, &mut o, None, None, None),
+    );
+    let no_bias = AttnCall { t5_bias: None, ..c };
+    expect(
+        "attn bias cfg",
+        "attention",
+        "relative bias needs",
+        all(&no_bias, &mut o),
+    );
+    let one_bucket = AttnCall {
+        t5_bias: Some((1, 16, false)),
+        ..c
+    };
+    expect(
+        "attn buckets",
+        "attention",
+        "relative bias needs",
+        all(&one_bucket, &mut o),
+    );
+    expect(
+        "attn bias",
+        "attention",
+        "rel_bias",
+        attn(&c, &q, &k, &v, &mut o, None, Some(&map), Some(&f(31))),
+    );
+
+    // greedy_pick: 2 rows of 40 ids (2 mask words a row)
+    let mut lg = b
+        .upload("t", &(0..80).map(|j| j as f32 * 0.1).collect::<Vec<_>>())
+        .unwrap();
+    let masks = vec![u32::MAX; 4];
+    let pick = |lg: &mut B::Buf<f32>, rows, vocab, m: Option<&[u32]>| {
+        b.greedy_pick(lg, rows, vocab, &[3], m).map(|_| ())
+    };
+    expect(
+        "pick ok",
+        "greedy_pick",
+        "",
+        pick(&mut lg, 2, 40, Some(&masks)),
+    );
+    expect(
+        "pick vocab 0",
+        "greedy_pick",
+        "vocabulary of 0",
+        pick(&mut lg, 2, 0, None),
+    );
+    expect(
+        "pick logits",
+        "greedy_pick",
+        "logits",
+        pick(&mut lg, 3, 40, None),
+    );
+    expect(
+        "pick masks",
+        "greedy_pick",
+        "masks",
+        pick(&mut lg, 2, 40, Some(&masks[..3])),
+    );
+    bad
+}

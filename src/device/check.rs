@@ -1,0 +1,270 @@
+//! The argument checks of the `Backend` ops, one copy for every backend: each op's buffers must
+//! hold what its shapes address, and its options must be ones the kernels implement. Both
+//! `cuda::Gpu` and `host::HostBackend` call these before doing anything, so a wrong shape is the
+//! same clear error on either (never a kernel reading out of bounds), and CI, which has no GPU,
+//! exercises the very checks that guard the kernels (tests/backend_checks.rs).
+
+use super::{view_len, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use crate::{Error, Result};
+use half::bf16;
+
+/// The error of op `op` on backend `B`.
+pub fn err<B: Backend + ?Sized>(op: &'static str, msg: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: B::KIND,
+        op,
+        msg: msg.into(),
+    }
+}
+
+/// `buf` (named `what` in the error) holds at least `n` elements.
+pub fn need<B: Backend + ?Sized, T: Elem>(
+    op: &'static str,
+    what: &str,
+    buf: &B::Buf<T>,
+    n: usize,
+) -> Result<()> {
+    let len = B::len(buf);
+    if len < n {
+        return Err(err::<B>(
+            op,
+            format!("{what}: buffer holds {len} elements, shape needs {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A host slice (ids, masks) holds at least `n` elements.
+fn need_host<B: Backend + ?Sized, T>(
+    op: &'static str,
+    what: &str,
+    s: &[T],
+    n: usize,
+) -> Result<()> {
+    if s.len() < n {
+        return Err(err::<B>(
+            op,
+            format!("{what}: {} elements, shape needs {n}", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+pub fn copy<B: Backend + ?Sized, T: Elem>(
+    op: &'static str,
+    src: &B::Buf<T>,
+    src_off: usize,
+    dst: &B::Buf<T>,
+    dst_off: usize,
+    len: usize,
+) -> Result<()> {
+    need::<B, T>(op, "copy source", src, src_off + len)?;
+    need::<B, T>(op, "copy destination", dst, dst_off + len)
+}
+
+pub fn rms_norm<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    w: &B::Buf<bf16>,
+    y: &B::Buf<bf16>,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    const OP: &str = "rms_norm";
+    need::<B, _>(OP, "x", x, rows * d)?;
+    need::<B, _>(OP, "w", w, d)?;
+    need::<B, _>(OP, "y", y, rows * d)
+}
+
+pub fn activation<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    up: Option<&B::Buf<bf16>>,
+    n: usize,
+) -> Result<()> {
+    const OP: &str = "activation";
+    need::<B, _>(OP, "gate", x, n)?;
+    if let Some(u) = up {
+        need::<B, _>(OP, "up", u, n)?;
+    }
+    Ok(())
+}
+
+pub fn rope<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    pos: &B::Buf<i32>,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<()> {
+    const OP: &str = "rope";
+    if head_dim % 2 != 0 {
+        return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
+    }
+    need::<B, _>(OP, "x", x, tokens * heads * head_dim)?;
+    need::<B, _>(OP, "pos", pos, tokens)
+}
+
+/// Also checks every id against the vocabulary (on the host, before any launch).
+pub fn embedding_ids<B: Backend + ?Sized>(
+    ids: &[u32],
+    table: &B::Buf<bf16>,
+    y: &B::Buf<bf16>,
+    d: usize,
+    vocab: usize,
+) -> Result<()> {
+    const OP: &str = "embedding";
+    need::<B, _>(OP, "table", table, vocab * d)?;
+    need::<B, _>(OP, "y", y, ids.len() * d)?;
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(err::<B>(
+            OP,
+            format!("token id {bad} is outside the vocabulary of {vocab}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn gemm<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    w: &Weight<B>,
+    y: &Out<B>,
+    s: &GemmShape,
+    lora: Option<&Lora<B>>,
+) -> Result<()> {
+    const OP: &str = "gemm";
+    need::<B, _>(OP, "x", x, s.m * s.k)?;
+    match w {
+        Weight::Bf16(b) => need::<B, _>(OP, "w", *b, s.n * s.k)?,
+        Weight::Int8 { w, scale } => {
+            need::<B, _>(OP, "w", *w, s.n * s.k)?;
+            need::<B, _>(OP, "w_scale", *scale, s.n)?;
+        }
+    }
+    gemm_out(OP, y, s, lora)
+}
+
+/// The output and LoRA operands of a GEMM-family op `op` (shared with the GPU's W8A8 GEMM).
+pub fn gemm_out<B: Backend + ?Sized>(
+    op: &'static str,
+    y: &Out<B>,
+    s: &GemmShape,
+    lora: Option<&Lora<B>>,
+) -> Result<()> {
+    if s.ldy < s.n {
+        return Err(err::<B>(op, format!("ldy {} < n {}", s.ldy, s.n)));
+    }
+    match y {
+        Out::Bf16(b) => need::<B, _>(op, "y", &**b, s.y_len())?,
+        Out::F32(f) => need::<B, _>(op, "y", &**f, s.y_len())?,
+    }
+    if let Some(lo) = lora {
+        need::<B, _>(op, "lora t", lo.t, s.m * lo.r)?;
+        need::<B, _>(op, "lora b", lo.b, lo.adapters * s.n * lo.r)?;
+        need::<B, _>(op, "lora ids", lo.ids, s.m)?;
+        need::<B, _>(op, "lora scale", lo.scale, lo.adapters)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn lora_shrink<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    a: &B::Buf<bf16>,
+    ids: &B::Buf<i32>,
+    t: &B::Buf<f32>,
+    m: usize,
+    k: usize,
+    r: usize,
+    adapters: usize,
+) -> Result<()> {
+    const OP: &str = "lora_shrink";
+    need::<B, _>(OP, "x", x, m * k)?;
+    need::<B, _>(OP, "a", a, adapters * r * k)?;
+    need::<B, _>(OP, "ids", ids, m)?;
+    need::<B, _>(OP, "t", t, m * r)
+}
+
+/// The kernels implement head sizes 1..=128, query heads a multiple of the K/V heads, and the T5
+/// bucket formula for buckets >= 2 and max_distance > buckets / 2 (the log-spaced buckets).
+#[allow(clippy::too_many_arguments)]
+pub fn attention<B: Backend + ?Sized>(
+    c: &AttnCall,
+    q: (&B::Buf<bf16>, View),
+    k: (&B::Buf<bf16>, View),
+    v: (&B::Buf<bf16>, View),
+    o: &B::Buf<bf16>,
+    key_mask: Option<&B::Buf<i32>>,
+    kv_batch: Option<&B::Buf<i32>>,
+    rel_bias: Option<&B::Buf<f32>>,
+) -> Result<()> {
+    const OP: &str = "attention";
+    if c.dk == 0 || c.dk > 128 {
+        return Err(err::<B>(
+            OP,
+            format!("head size {} (1..=128 supported)", c.dk),
+        ));
+    }
+    if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
+        return Err(err::<B>(
+            OP,
+            format!(
+                "{} heads not a multiple of {} kv heads",
+                c.heads, c.kv_heads
+            ),
+        ));
+    }
+    need::<B, _>(OP, "q", q.0, view_len(q.1, c.batch, c.heads, c.tq, c.dk))?;
+    let kv_len = |w: View| view_len(w, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
+    need::<B, _>(OP, "k", k.0, kv_len(k.1))?;
+    need::<B, _>(OP, "v", v.0, kv_len(v.1))?;
+    need::<B, _>(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
+    if let Some(m) = key_mask {
+        need::<B, _>(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
+    }
+    match kv_batch {
+        Some(kb) => need::<B, _>(OP, "kv_batch", kb, c.batch)?,
+        None if c.kv_batch_rows < c.batch => {
+            return Err(err::<B>(
+                OP,
+                "fewer K/V rows than queries and no kv_batch map",
+            ))
+        }
+        None => {}
+    }
+    if let Some(rb) = rel_bias {
+        match c.t5_bias {
+            Some((nb, md, _)) if nb >= 2 && md > nb / 2 => {
+                need::<B, _>(OP, "rel_bias", rb, nb * c.heads)?
+            }
+            _ => {
+                return Err(err::<B>(
+                    OP,
+                    "relative bias needs buckets >= 2 and max_distance > buckets/2",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Also bounds the vocabulary to i32 ids (what the kernels write).
+pub fn greedy_pick<B: Backend + ?Sized>(
+    logits: &B::Buf<f32>,
+    rows: usize,
+    vocab: usize,
+    masks: Option<&[u32]>,
+) -> Result<()> {
+    const OP: &str = "greedy_pick";
+    if vocab == 0 || vocab > i32::MAX as usize {
+        return Err(err::<B>(OP, format!("vocabulary of {vocab}")));
+    }
+    need::<B, _>(OP, "logits", logits, rows * vocab)?;
+    if let Some(m) = masks {
+        need_host::<B, _>(
+            OP,
+            "masks",
+            m,
+            rows * crate::generate::mask_words_len(vocab),
+        )?;
+    }
+    Ok(())
+}
