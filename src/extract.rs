@@ -21,9 +21,9 @@ pub enum Arch {
     Mistral(MistralModel),
     /// the CUDA graphs (bf16, or int8 linear weights); the GPU context lives for the process
     #[cfg(feature = "cuda")]
-    T5Cuda(Box<crate::models::t5_cuda::T5Cuda<'static, crate::cuda::Gpu>>),
+    T5Device(Box<crate::models::t5_device::T5Device<'static, crate::cuda::Gpu>>),
     #[cfg(feature = "cuda")]
-    MistralCuda(Box<crate::models::mistral_cuda::MistralCuda<'static, crate::cuda::Gpu>>),
+    MistralDevice(Box<crate::models::mistral_device::MistralDevice<'static, crate::cuda::Gpu>>),
 }
 
 /// A loaded model with its tokenizer, adapters and generation defaults.
@@ -69,16 +69,16 @@ impl Engine {
                 "t5" | "mt5" => {
                     let cfg = crate::models::t5::T5Config::from_json_str(text, &cfg_path)?;
                     let ck = crate::checkpoint::Checkpoint::open_dir(dir)?;
-                    let m = crate::models::t5_cuda::T5Cuda::load(gpu, cfg, &ck)?;
+                    let m = crate::models::t5_device::T5Device::load(gpu, cfg, &ck)?;
                     let (v, e) = (m.cfg.vocab_size, vec![m.cfg.eos_token_id]);
-                    (Arch::T5Cuda(Box::new(m)), v, e)
+                    (Arch::T5Device(Box::new(m)), v, e)
                 }
                 _ => {
                     let cfg = MistralConfig::from_json_str(text, &cfg_path)?;
                     let ck = crate::checkpoint::Checkpoint::open_dir(dir)?;
-                    let m = crate::models::mistral_cuda::MistralCuda::load(gpu, cfg, &ck)?;
+                    let m = crate::models::mistral_device::MistralDevice::load(gpu, cfg, &ck)?;
                     let (v, e) = (m.cfg.vocab_size, m.cfg.eos_ids());
-                    (Arch::MistralCuda(Box::new(m)), v, e)
+                    (Arch::MistralDevice(Box::new(m)), v, e)
                 }
             }))
         })
@@ -173,7 +173,7 @@ impl Engine {
         match &self.arch {
             Arch::T5(m) => Some(&m.cfg),
             #[cfg(feature = "cuda")]
-            Arch::T5Cuda(m) => Some(&m.cfg),
+            Arch::T5Device(m) => Some(&m.cfg),
             _ => None,
         }
     }
@@ -183,7 +183,7 @@ impl Engine {
         match &self.arch {
             Arch::Mistral(m) => Some(&m.cfg),
             #[cfg(feature = "cuda")]
-            Arch::MistralCuda(m) => Some(&m.cfg),
+            Arch::MistralDevice(m) => Some(&m.cfg),
             _ => None,
         }
     }
@@ -192,9 +192,9 @@ impl Engine {
     pub fn device_name(&self) -> Option<String> {
         match &self.arch {
             #[cfg(feature = "cuda")]
-            Arch::T5Cuda(m) => Some(m.gpu.name.clone()),
+            Arch::T5Device(m) => Some(m.dev.name.clone()),
             #[cfg(feature = "cuda")]
-            Arch::MistralCuda(m) => Some(m.gpu.name.clone()),
+            Arch::MistralDevice(m) => Some(m.dev.name.clone()),
             _ => None,
         }
     }
@@ -239,9 +239,9 @@ impl Engine {
             }
             // the CUDA graphs stack every slot for the SGMV kernels: slots are the same numbers
             #[cfg(feature = "cuda")]
-            Arch::T5Cuda(m) => check_slot(m.attach_adapter(&a)?, slot)?,
+            Arch::T5Device(m) => check_slot(m.attach_adapter(&a)?, slot)?,
             #[cfg(feature = "cuda")]
-            Arch::MistralCuda(m) => check_slot(m.attach_adapter(&a)?, slot)?,
+            Arch::MistralDevice(m) => check_slot(m.attach_adapter(&a)?, slot)?,
         };
         self.adapters.push(name.to_string());
         Ok(slot)
@@ -254,9 +254,9 @@ impl Engine {
             Arch::T5(m) => m.linears_mut(),
             Arch::Mistral(m) => m.linears_mut(),
             #[cfg(feature = "cuda")]
-            Arch::T5Cuda(m) => return m.merge_adapter(slot),
+            Arch::T5Device(m) => return m.merge_adapter(slot),
             #[cfg(feature = "cuda")]
-            Arch::MistralCuda(m) => return m.merge_adapter(slot),
+            Arch::MistralDevice(m) => return m.merge_adapter(slot),
         };
         for l in lins {
             l.merge(slot);
@@ -378,10 +378,10 @@ impl Engine {
                 generate(&mut st, &vec![0; b], opts, constraints)
             }
             #[cfg(feature = "cuda")]
-            Arch::T5Cuda(model) => {
+            Arch::T5Device(model) => {
                 let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
                 let src = crate::generate::beam_parents(b, k);
-                let mut st = crate::models::t5_cuda::T5CudaStepper::new(
+                let mut st = crate::models::t5_device::T5DeviceStepper::new(
                     model,
                     &enc,
                     src,
@@ -391,8 +391,8 @@ impl Engine {
                 generate(&mut st, &start, opts, constraints)
             }
             #[cfg(feature = "cuda")]
-            Arch::MistralCuda(model) => {
-                let mut st = crate::models::mistral_cuda::MistralCudaStepper::new(
+            Arch::MistralDevice(model) => {
+                let mut st = crate::models::mistral_device::MistralDeviceStepper::new(
                     model,
                     &ids,
                     &mask,

@@ -730,7 +730,7 @@ fn verify_on<D: crate::device::Backend>(
     };
     // The f32 CPU graph is loaded only if a greedy sequence diverges (at most once).
     if spec.arch == "t5" {
-        let mut model = crate::models::t5_cuda::T5Cuda::load_dir(dev, dir)?;
+        let mut model = crate::models::t5_device::T5Device::load_dir(dev, dir)?;
         let slot = device_attach(adapter, opts, &mut model.w)?;
         let eos = eos_ids(dir, model.cfg.eos_token_id);
         let cpu = std::cell::OnceCell::new();
@@ -760,7 +760,7 @@ fn verify_on<D: crate::device::Backend>(
         };
         check_t5(&be, spec, refs, &eos, tol, Some(&next), &mut emit)
     } else {
-        let mut model = crate::models::mistral_cuda::MistralCuda::load_dir(dev, dir)?;
+        let mut model = crate::models::mistral_device::MistralDevice::load_dir(dev, dir)?;
         let slot = device_attach(adapter, opts, &mut model.w)?;
         let eos = mistral_eos(dir, &model.cfg);
         let cpu = std::cell::OnceCell::new();
@@ -811,17 +811,17 @@ fn device_attach<D: crate::device::Backend>(
 }
 
 struct DevT5<'a, 'g, D: crate::device::Backend> {
-    model: &'a crate::models::t5_cuda::T5Cuda<'g, D>,
+    model: &'a crate::models::t5_device::T5Device<'g, D>,
     adapter: Option<usize>,
 }
 
 struct DevMistral<'a, 'g, D: crate::device::Backend> {
-    model: &'a crate::models::mistral_cuda::MistralCuda<'g, D>,
+    model: &'a crate::models::mistral_device::MistralDevice<'g, D>,
     adapter: Option<usize>,
 }
 
 impl<D: crate::device::Backend> T5Backend for DevT5<'_, '_, D> {
-    type Enc = crate::models::t5_cuda::CudaEncoderOut<D>;
+    type Enc = crate::models::t5_device::DeviceEncoderOut<D>;
     fn cfg(&self) -> &T5Config {
         &self.model.cfg
     }
@@ -839,7 +839,7 @@ impl<D: crate::device::Backend> T5Backend for DevT5<'_, '_, D> {
         use crate::generate::Stepper;
         let v = self.model.cfg.vocab_size;
         let mut st =
-            crate::models::t5_cuda::T5CudaStepper::new(self.model, enc, (0..b).collect(), t)?;
+            crate::models::t5_device::T5DeviceStepper::new(self.model, enc, (0..b).collect(), t)?;
         let mut all = vec![0.0f32; b * t * v];
         let mut step = Vec::new();
         for j in 0..t {
@@ -860,7 +860,7 @@ impl<D: crate::device::Backend> T5Backend for DevT5<'_, '_, D> {
         opts: &GenOptions,
     ) -> Result<Vec<GenOutput>> {
         let mut stepper =
-            crate::models::t5_cuda::T5CudaStepper::new(self.model, enc, src, capacity)?;
+            crate::models::t5_device::T5DeviceStepper::new(self.model, enc, src, capacity)?;
         generate(
             &mut stepper,
             &vec![self.model.cfg.decoder_start(); enc.batch],
@@ -889,7 +889,7 @@ impl<D: crate::device::Backend> MistralBackend for DevMistral<'_, '_, D> {
         s: usize,
         opts: &GenOptions,
     ) -> Result<Vec<GenOutput>> {
-        let mut stepper = crate::models::mistral_cuda::MistralCudaStepper::new(
+        let mut stepper = crate::models::mistral_device::MistralDeviceStepper::new(
             self.model,
             ids,
             mask,

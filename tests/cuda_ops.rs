@@ -89,8 +89,8 @@ fn cuda_engine_matches_direct_cuda_graphs() {
     use jobx_engine::extract::Engine;
     use jobx_engine::generate::{beam_parents, generate, GenOptions};
     use jobx_engine::models::adapter::LoraAdapter;
-    use jobx_engine::models::mistral_cuda::{MistralCuda, MistralCudaStepper};
-    use jobx_engine::models::t5_cuda::{T5Cuda, T5CudaStepper};
+    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
     let gpu = match jobx_engine::cuda::Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {
@@ -139,7 +139,7 @@ fn cuda_engine_matches_direct_cuda_graphs() {
                     .collect();
                 let s = 9;
                 let want: Vec<Vec<u32>> = if name.starts_with("t5") {
-                    let mut m = T5Cuda::load_dir(&gpu, &dir).unwrap();
+                    let mut m = T5Device::load_dir(&gpu, &dir).unwrap();
                     if let Some(a) = &adapter {
                         assert_eq!(m.attach_adapter(a).unwrap(), 0);
                     }
@@ -152,11 +152,11 @@ fn cuda_engine_matches_direct_cuda_graphs() {
                     let enc = m.encode_with(&ids, &mask, 2, s, &slots).unwrap();
                     let src = beam_parents(2, beams);
                     let mut st =
-                        T5CudaStepper::new(&m, &enc, src, opts.max_new_tokens + 1).unwrap();
+                        T5DeviceStepper::new(&m, &enc, src, opts.max_new_tokens + 1).unwrap();
                     let start = vec![m.cfg.decoder_start(); 2];
                     generate(&mut st, &start, &opts, &mut []).unwrap()
                 } else {
-                    let mut m = MistralCuda::load_dir(&gpu, &dir).unwrap();
+                    let mut m = MistralDevice::load_dir(&gpu, &dir).unwrap();
                     if let Some(a) = &adapter {
                         assert_eq!(m.attach_adapter(a).unwrap(), 0);
                     }
@@ -166,7 +166,7 @@ fn cuda_engine_matches_direct_cuda_graphs() {
                         ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
                         mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
                     }
-                    let mut st = MistralCudaStepper::new(
+                    let mut st = MistralDeviceStepper::new(
                         &m,
                         &ids,
                         &mask,

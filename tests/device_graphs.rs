@@ -1,4 +1,4 @@
-//! The device graphs (models::t5_cuda, models::mistral_cuda: the code the CUDA backend runs) on
+//! The device graphs (models::t5_device, models::mistral_device: the code the CUDA backend runs) on
 //! the host backend (`device::host`: the kernels' semantics with bf16 rounding, no GPU). CI has
 //! no GPU, so this is where every line of the device graphs is checked against the HF fixtures:
 //! layouts and strides, KV-cache offsets, beam row selection, the T5 relative bias, GQA and

@@ -4,8 +4,8 @@
 //! and get a clear error instead of a missing symbol.
 //!
 //! Each kernel has a CPU-reference op test (tests/cuda_ops.rs); `Gpu` implements
-//! `device::Backend`, the interface the device graphs `models::t5_cuda` and
-//! `models::mistral_cuda` are written against, run by `verify`, `generate`, `extract` and `eval`
+//! `device::Backend`, the interface the device graphs `models::t5_device` and
+//! `models::mistral_device` are written against, run by `verify`, `generate`, `extract` and `eval`
 //! with `--device cuda`.
 
 #[cfg(feature = "cuda")]

@@ -1,5 +1,5 @@
-//! The device backend interface: the narrow set of ops the device graphs (`models::t5_cuda`,
-//! `models::mistral_cuda`) are written against, with bf16 activations and f32 accumulation.
+//! The device backend interface: the narrow set of ops the device graphs (`models::t5_device`,
+//! `models::mistral_device`) are written against, with bf16 activations and f32 accumulation.
 //! Two implementations:
 //! - `cuda::Gpu` (feature `cuda`): the hand-written kernels of `kernels/*.cu`;
 //! - `host::HostBackend`: the same ops on the host, f32 arithmetic with bf16 rounding where the

@@ -6,9 +6,9 @@ use half::bf16;
 
 /// Weights on the device by HF name (bf16, or weight-only int8 with per-channel scales for the
 /// linear layers when the backend stores int8 at load: `Backend::int8_weights`), the LoRA adapters attached to them, and
-/// the helpers the CUDA graphs share.
+/// the helpers the device graphs share.
 pub struct DeviceWeights<'g, B: Backend> {
-    pub gpu: &'g B,
+    pub dev: &'g B,
     w: std::collections::HashMap<String, B::Buf<bf16>>,
     q: std::collections::HashMap<String, (B::Buf<i8>, B::Buf<f32>)>,
     /// linear layers adapters may target: weight name -> (out, in)
@@ -39,15 +39,15 @@ struct DeviceLora<B: Backend> {
 pub type RowAdapters<B> = Option<<B as Backend>::Buf<i32>>;
 
 impl<'g, B: Backend> DeviceWeights<'g, B> {
-    pub fn new(gpu: &'g B, what: &'static str) -> Self {
+    pub fn new(dev: &'g B, what: &'static str) -> Self {
         DeviceWeights {
-            gpu,
+            dev,
             w: Default::default(),
             q: Default::default(),
             linears: Default::default(),
             loras: Default::default(),
             slots: 0,
-            int8: gpu.int8_weights(),
+            int8: dev.int8_weights(),
             what,
         }
     }
@@ -60,8 +60,8 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             return self.insert_f32(name, data);
         }
         let (q, s) = crate::cpu::quantize_rows_int8(data, n, k);
-        let dq = self.gpu.upload("load", &q)?;
-        let ds = self.gpu.upload("load", &s)?;
+        let dq = self.dev.upload("load", &q)?;
+        let ds = self.dev.upload("load", &s)?;
         self.q.insert(name.to_string(), (dq, ds));
         Ok(())
     }
@@ -83,7 +83,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     /// Round f32 values to bf16 and upload them under `name`.
     pub fn insert_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
         let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
-        let dev = self.gpu.upload("load", &b)?;
+        let dev = self.dev.upload("load", &b)?;
         self.w.insert(name.to_string(), dev);
         Ok(())
     }
@@ -91,13 +91,13 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     pub fn get(&self, name: &str) -> Result<&B::Buf<bf16>> {
         self.w.get(name).ok_or_else(|| crate::Error::MissingTensor {
             name: name.to_string(),
-            where_: format!("{} weights on the GPU", self.what),
+            where_: format!("{} weights on the device", self.what),
         })
     }
 
     /// An activation buffer the next op overwrites completely (`Backend::scratch`).
     pub fn buf(&self, n: usize) -> Result<B::Buf<bf16>> {
-        self.gpu.scratch::<bf16>(self.what, n)
+        self.dev.scratch::<bf16>(self.what, n)
     }
 
     /// Attach a PEFT adapter in the next slot (unmerged); returns the slot. Checked against the
@@ -147,9 +147,9 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         Ok(DeviceLora {
             host,
             r: st.r,
-            a: self.gpu.upload("adapter", &b16(&st.a))?,
-            b: self.gpu.upload("adapter", &b16(&st.b))?,
-            scale: self.gpu.upload("adapter", &st.scale)?,
+            a: self.dev.upload("adapter", &b16(&st.a))?,
+            b: self.dev.upload("adapter", &b16(&st.b))?,
+            scale: self.dev.upload("adapter", &st.scale)?,
         })
     }
 
@@ -166,10 +166,10 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             )));
         }
         let ids: Vec<i32> = rows.iter().map(|s| s.map_or(-1, |s| s as i32)).collect();
-        Ok(Some(self.gpu.upload("adapter", &ids)?))
+        Ok(Some(self.dev.upload("adapter", &ids)?))
     }
 
-    /// Merge adapter `slot` into the bf16 weights on the GPU (W += scale·B·A, one GEMM per
+    /// Merge adapter `slot` into the bf16 weights on the device (W += scale·B·A, one GEMM per
     /// layer, rounded to bf16 like a merged bf16 checkpoint) and clear the slot. Int8 weights
     /// were quantised at load, so they cannot take a merge: an error, before anything changes.
     pub fn merge_adapter(&mut self, slot: usize) -> Result<()> {
@@ -199,16 +199,16 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             // x = scale·B [n, r], w = Aᵀ [k, r]: W [n, k] += x · wᵀ
             let (sb, at) = l.merge_operands(k);
             let b16 = |v: Vec<f32>| v.into_iter().map(bf16::from_f32).collect::<Vec<_>>();
-            let x = self.gpu.upload("merge", &b16(sb))?;
-            let wt = self.gpu.upload("merge", &b16(at))?;
+            let x = self.dev.upload("merge", &b16(sb))?;
+            let wt = self.dev.upload("merge", &b16(at))?;
             let w = self
                 .w
                 .get_mut(&name)
                 .ok_or_else(|| crate::Error::MissingTensor {
                     name: name.clone(),
-                    where_: format!("{} weights on the GPU", self.what),
+                    where_: format!("{} weights on the device", self.what),
                 })?;
-            self.gpu.gemm(
+            self.dev.gemm(
                 &x,
                 Weight::Bf16(&wt),
                 Out::Bf16(w),
@@ -234,11 +234,11 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     ) -> Result<()> {
         let w = self.weight(name)?;
         let (Some(ids), Some(l)) = (rows, self.loras.get(name)) else {
-            return self.gpu.gemm(x, w, y, shape, None);
+            return self.dev.gemm(x, w, y, shape, None);
         };
         // t = x · Aᵀ per row's slot (f32 [m, r]), then the GEMM adds t · B[slot]ᵀ · scale[slot]
-        let mut t = self.gpu.scratch::<f32>("lora", shape.m * l.r)?;
-        self.gpu
+        let mut t = self.dev.scratch::<f32>("lora", shape.m * l.r)?;
+        self.dev
             .lora_shrink(x, &l.a, ids, &mut t, shape.m, shape.k, l.r, self.slots)?;
         let lora = Lora {
             t: &t,
@@ -248,7 +248,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             r: l.r,
             adapters: self.slots,
         };
-        self.gpu.gemm(x, w, y, shape, Some(&lora))
+        self.dev.gemm(x, w, y, shape, Some(&lora))
     }
 
     /// out (+)= x · W(name)ᵀ [+ LoRA] with shapes (m, n, k): x [m, k] -> out [m, n].

@@ -2,6 +2,6 @@
 pub mod adapter;
 pub mod linear;
 pub mod mistral;
-pub mod mistral_cuda;
+pub mod mistral_device;
 pub mod t5;
-pub mod t5_cuda;
+pub mod t5_device;

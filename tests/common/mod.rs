@@ -227,9 +227,9 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
     use jobx_engine::generate::Stepper;
     use jobx_engine::models::adapter::LoraAdapter;
     use jobx_engine::models::mistral::MistralModel;
-    use jobx_engine::models::mistral_cuda::MistralCuda;
+    use jobx_engine::models::mistral_device::MistralDevice;
     use jobx_engine::models::t5::T5Model;
-    use jobx_engine::models::t5_cuda::{T5Cuda, T5CudaStepper};
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
     use jobx_engine::verify::{CUDA_BF16_TOLERANCE_REL, CUDA_INT8_TOLERANCE_REL};
     let fx = fixtures_dir();
     let slots = [Some(0usize), None];
@@ -246,7 +246,7 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
         let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
         let mut cpu = T5Model::load_dir(&dir).unwrap();
         a.attach(&mut cpu, 0).unwrap();
-        let mut g = T5Cuda::load_dir(dev, &dir).unwrap();
+        let mut g = T5Device::load_dir(dev, &dir).unwrap();
         assert_eq!(g.attach_adapter(&a).unwrap(), 0);
         let rows = two_rows(cpu.cfg.vocab_size as u32);
         let s = 9;
@@ -258,7 +258,7 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
         }
         let dec = [cpu.cfg.decoder_start(), 7, 11, 13];
         let enc = g.encode_with(&ids, &mask, 2, s, &slots).unwrap();
-        let mut st = T5CudaStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
+        let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
         let v = cpu.cfg.vocab_size;
         let want: Vec<_> = rows
             .iter()
@@ -278,7 +278,7 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
         let a = LoraAdapter::load(&dir.join("adapter"), "a").unwrap();
         let mut cpu = MistralModel::load_dir(&dir).unwrap();
         a.attach(&mut cpu, 0).unwrap();
-        let mut g = MistralCuda::load_dir(dev, &dir).unwrap();
+        let mut g = MistralDevice::load_dir(dev, &dir).unwrap();
         assert_eq!(g.attach_adapter(&a).unwrap(), 0);
         let v = cpu.cfg.vocab_size;
         let rows = two_rows(v as u32);

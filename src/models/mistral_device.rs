@@ -19,8 +19,8 @@ use crate::{Error, Result};
 use half::bf16;
 use std::path::Path;
 
-pub struct MistralCuda<'g, B: Backend> {
-    pub gpu: &'g B,
+pub struct MistralDevice<'g, B: Backend> {
+    pub dev: &'g B,
     pub cfg: MistralConfig,
     /// weights and attached adapters
     pub(crate) w: DeviceWeights<'g, B>,
@@ -28,7 +28,7 @@ pub struct MistralCuda<'g, B: Backend> {
 }
 
 /// KV cache and per-row positions for a batch of sequences on the device.
-pub struct MistralCudaState<B: Backend> {
+pub struct MistralDeviceState<B: Backend> {
     pub rows: usize,
     pub len: usize,
     cap: usize,
@@ -41,16 +41,16 @@ pub struct MistralCudaState<B: Backend> {
     ad: RowAdapters<B>,
 }
 
-impl<'g, B: Backend> MistralCuda<'g, B> {
-    pub fn load_dir(gpu: &'g B, dir: &Path) -> Result<Self> {
+impl<'g, B: Backend> MistralDevice<'g, B> {
+    pub fn load_dir(dev: &'g B, dir: &Path) -> Result<Self> {
         let p = dir.join("config.json");
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
         let cfg = MistralConfig::from_json_str(&text, &p)?;
         let ck = Checkpoint::open_dir(dir)?;
-        Self::load(gpu, cfg, &ck)
+        Self::load(dev, cfg, &ck)
     }
 
-    pub fn load(gpu: &'g B, cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
+    pub fn load(dev: &'g B, cfg: MistralConfig, ck: &Checkpoint) -> Result<Self> {
         let (hd, h, kv, hid, inter, v) = (
             cfg.head_dim(),
             cfg.num_attention_heads,
@@ -88,7 +88,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         if !tied {
             names.push(("lm_head.weight".into(), vec![v, hid]));
         }
-        let mut w = DeviceWeights::new(gpu, "Mistral");
+        let mut w = DeviceWeights::new(dev, "Mistral");
         for (name, shape) in names {
             let t = ck.f32(&name, &shape)?;
             if name.ends_with("_proj.weight") {
@@ -100,8 +100,8 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         if !tied {
             w.mark_linear("lm_head.weight", v, hid); // adapters may target the head
         }
-        Ok(MistralCuda {
-            gpu,
+        Ok(MistralDevice {
+            dev,
             cfg,
             w,
             head: if tied {
@@ -131,7 +131,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
     }
 
     /// A state for `rows` sequences on the base model.
-    pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralCudaState<B>> {
+    pub fn new_state(&self, rows: usize, capacity: usize) -> Result<MistralDeviceState<B>> {
         self.new_state_with(rows, capacity, &vec![None; rows])
     }
 
@@ -142,7 +142,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         rows: usize,
         capacity: usize,
         adapters: &[Option<usize>],
-    ) -> Result<MistralCudaState<B>> {
+    ) -> Result<MistralDeviceState<B>> {
         if adapters.len() != rows {
             return Err(Error::Input(format!(
                 "{} adapter slots for {rows} rows",
@@ -157,7 +157,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             k.push(self.buf(rows * cap * kvd)?);
             v.push(self.buf(rows * cap * kvd)?);
         }
-        Ok(MistralCudaState {
+        Ok(MistralDeviceState {
             rows,
             len: 0,
             cap,
@@ -174,7 +174,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
     /// (`all`) or the last one of each row, as f32 on the host.
     pub fn forward(
         &self,
-        st: &mut MistralCudaState<B>,
+        st: &mut MistralDeviceState<B>,
         ids: &[u32],
         mask: &[u8],
         t_new: usize,
@@ -182,21 +182,21 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         let lg = self.forward_device(st, ids, mask, t_new, all)?;
-        *logits = self.gpu.download("mistral", &lg)?;
+        *logits = self.dev.download("mistral", &lg)?;
         Ok(())
     }
 
     /// `forward` with the f32 logits left on the device.
     pub fn forward_device(
         &self,
-        st: &mut MistralCudaState<B>,
+        st: &mut MistralDeviceState<B>,
         ids: &[u32],
         mask: &[u8],
         t_new: usize,
         all: bool,
     ) -> Result<B::Buf<f32>> {
         let c = &self.cfg;
-        let gpu = self.gpu;
+        let dev = self.dev;
         let (hid, hd, h, kv, inter, vsz) = (
             c.hidden_size,
             c.head_dim(),
@@ -241,8 +241,8 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         let kmask: Vec<i32> = (0..rows)
             .flat_map(|r| st.key_mask[r * st.cap..r * st.cap + tk].to_vec())
             .collect();
-        let kmask = gpu.upload("mistral", &kmask)?;
-        let pos = gpu.upload("mistral", &pos)?;
+        let kmask = dev.upload("mistral", &kmask)?;
+        let pos = dev.upload("mistral", &pos)?;
         // adapter slot of every token row: the state's per-row buffer for decode steps (one
         // token per row), expanded for a prefill
         let expanded;
@@ -258,7 +258,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             &expanded
         };
         let mut x = self.buf(m * hid)?;
-        gpu.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
+        dev.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
         let mut n = self.buf(m * hid)?;
         let mut q = self.buf(m * qd)?;
         let mut k = self.buf(m * kvd)?;
@@ -293,7 +293,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
         let theta = c.theta() as f32;
         for li in 0..c.num_hidden_layers {
             let p = format!("model.layers.{li}");
-            gpu.rms_norm(
+            dev.rms_norm(
                 &x,
                 self.wt(&format!("{p}.input_layernorm.weight"))?,
                 &mut n,
@@ -325,15 +325,15 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
                 false,
                 ad,
             )?;
-            gpu.rope(&mut q, &pos, m, h, hd, theta)?;
-            gpu.rope(&mut k, &pos, m, kv, hd, theta)?;
+            dev.rope(&mut q, &pos, m, h, hd, theta)?;
+            dev.rope(&mut k, &pos, m, kv, hd, theta)?;
             // append the new positions of each row to the cache (one contiguous block per row)
             for r in 0..rows {
                 let (src, dst, len) = (r * t_new * kvd, (r * st.cap + p0) * kvd, t_new * kvd);
-                gpu.copy("kv_cache", &k, src, &mut st.k[li], dst, len)?;
-                gpu.copy("kv_cache", &v, src, &mut st.v[li], dst, len)?;
+                dev.copy("kv_cache", &k, src, &mut st.k[li], dst, len)?;
+                dev.copy("kv_cache", &v, src, &mut st.v[li], dst, len)?;
             }
-            gpu.attention(
+            dev.attention(
                 &call,
                 (&q, qview),
                 (&st.k[li], cview),
@@ -351,7 +351,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
                 true,
                 ad,
             )?;
-            gpu.rms_norm(
+            dev.rms_norm(
                 &x,
                 self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
                 &mut n,
@@ -375,7 +375,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
                 false,
                 ad,
             )?;
-            gpu.activation_inplace(&mut g, Some(&u), m * inter, ActKind::Silu)?;
+            dev.activation_inplace(&mut g, Some(&u), m * inter, ActKind::Silu)?;
             self.w.linear(
                 &g,
                 &format!("{p}.mlp.down_proj.weight"),
@@ -385,14 +385,14 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
                 ad,
             )?;
         }
-        gpu.rms_norm(&x, self.wt("model.norm.weight")?, &mut n, m, hid, eps)?;
+        dev.rms_norm(&x, self.wt("model.norm.weight")?, &mut n, m, hid, eps)?;
         // rows of the LM head: every position, or the last of each row
         let (hrows, hin) = if all || t_new == 1 {
             (m, n)
         } else {
             let mut last = self.buf(rows * hid)?;
             for r in 0..rows {
-                gpu.copy(
+                dev.copy(
                     "head_rows",
                     &n,
                     (r * t_new + t_new - 1) * hid,
@@ -403,7 +403,7 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
             }
             (rows, last)
         };
-        let mut lg = gpu.scratch::<f32>("mistral", hrows * vsz)?;
+        let mut lg = dev.scratch::<f32>("mistral", hrows * vsz)?;
         self.w.gemm(
             &hin,
             self.head,
@@ -416,13 +416,13 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
     }
 
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
-    pub fn select_rows(&self, st: &mut MistralCudaState<B>, parents: &[usize]) -> Result<()> {
+    pub fn select_rows(&self, st: &mut MistralDeviceState<B>, parents: &[usize]) -> Result<()> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
         let per = st.cap * self.cfg.kv_heads() * self.cfg.head_dim();
         for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
-            *buf = self.gpu.gather_blocks("select_rows", buf, per, parents)?;
+            *buf = self.dev.gather_blocks("select_rows", buf, per, parents)?;
         }
         let cap = st.cap;
         st.key_mask = parents
@@ -438,17 +438,17 @@ impl<'g, B: Backend> MistralCuda<'g, B> {
 }
 
 /// The decoder as a `Stepper`: construction runs the prefill; the first `step` returns its logits.
-pub struct MistralCudaStepper<'a, 'g, B: Backend> {
-    model: &'a MistralCuda<'g, B>,
-    pub state: MistralCudaState<B>,
+pub struct MistralDeviceStepper<'a, 'g, B: Backend> {
+    model: &'a MistralDevice<'g, B>,
+    pub state: MistralDeviceState<B>,
     pending: PendingLogits,
 }
 
-impl<'a, 'g, B: Backend> MistralCudaStepper<'a, 'g, B> {
+impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
     /// `ids`/`mask` [batch, seq], left-padded; `beams` copies each row for beam search; every
     /// row r uses LoRA adapter slot `adapters[r]` (None: base model).
     pub fn new(
-        model: &'a MistralCuda<'g, B>,
+        model: &'a MistralDevice<'g, B>,
         ids: &[u32],
         mask: &[u8],
         (batch, seq): (usize, usize),
@@ -465,7 +465,7 @@ impl<'a, 'g, B: Backend> MistralCudaStepper<'a, 'g, B> {
             model.select_rows(&mut state, &parents)?;
             pending.reorder(&parents);
         }
-        Ok(MistralCudaStepper {
+        Ok(MistralDeviceStepper {
             model,
             state,
             pending,
@@ -473,7 +473,7 @@ impl<'a, 'g, B: Backend> MistralCudaStepper<'a, 'g, B> {
     }
 }
 
-impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
+impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -508,7 +508,7 @@ impl<B: Backend> crate::generate::Stepper for MistralCudaStepper<'_, '_, B> {
             .model
             .forward_device(&mut self.state, tokens, &mask, 1, false)?;
         let v = self.model.cfg.vocab_size;
-        Ok(Some(self.model.gpu.greedy_pick(
+        Ok(Some(self.model.dev.greedy_pick(
             &mut lg,
             tokens.len(),
             v,

@@ -4,7 +4,7 @@
 //! `modeling_t5.py`: T5Stack, T5LayerSelfAttention, T5LayerCrossAttention, T5LayerFF), with bf16
 //! weights and activations and f32 accumulation in every kernel (T5 overflows fp16:
 //! ../shared/docs/MODEL-NOTES.md). Weights are loaded by their HF names (`t5::weight_shapes`),
-//! converted to bf16 once and kept on the GPU.
+//! converted to bf16 (or int8) once and kept on the device.
 //!
 //! Data layout on the device (all row-major):
 //! - activations `x` [rows, d_model]; projections [rows, H*dk], read by attention as the view
@@ -13,9 +13,10 @@
 //!   the K/V projections of each step (GEMM output offset + row stride);
 //! - cross-attention K/V per layer computed once per request from the encoder output.
 //!
-//! `T5CudaStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
+//! `T5DeviceStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
 //! grammar constraint run unchanged on top of it (logits come back to the host each step, except
-//! for unconstrained greedy rows, whose argmax and log-probability are taken on the GPU).
+//! for greedy rows, whose argmax and log-probability are taken on the device, with the grammar's
+//! token mask applied there).
 
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
@@ -25,8 +26,8 @@ use crate::{Error, Result};
 use half::bf16;
 use std::path::Path;
 
-pub struct T5Cuda<'g, B: Backend> {
-    pub gpu: &'g B,
+pub struct T5Device<'g, B: Backend> {
+    pub dev: &'g B,
     pub cfg: T5Config,
     gated: bool,
     act: ActKind,
@@ -41,7 +42,7 @@ pub struct T5Cuda<'g, B: Backend> {
 }
 
 /// Encoder output of one request on the device.
-pub struct CudaEncoderOut<B: Backend> {
+pub struct DeviceEncoderOut<B: Backend> {
     pub batch: usize,
     pub seq: usize,
     /// [batch, seq] key mask (1 = real token)
@@ -56,15 +57,15 @@ fn cfg_err(msg: String) -> Error {
     Error::config("config.json", msg)
 }
 
-impl<'g, B: Backend> T5Cuda<'g, B> {
-    /// Load a T5 checkpoint folder onto the GPU (bf16).
-    pub fn load_dir(gpu: &'g B, dir: &Path) -> Result<Self> {
+impl<'g, B: Backend> T5Device<'g, B> {
+    /// Load a T5 checkpoint folder onto the device (bf16, or int8 when the backend asks for it).
+    pub fn load_dir(dev: &'g B, dir: &Path) -> Result<Self> {
         let cfg = T5Config::from_file(&dir.join("config.json"))?;
         let ck = Checkpoint::open_dir(dir)?;
-        Self::load(gpu, cfg, &ck)
+        Self::load(dev, cfg, &ck)
     }
 
-    pub fn load(gpu: &'g B, cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
+    pub fn load(dev: &'g B, cfg: T5Config, ck: &Checkpoint) -> Result<Self> {
         let (gated, act) = cfg.ffn_kind().map_err(cfg_err)?;
         let act =
             match act {
@@ -77,7 +78,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
                         .into(),
                 )),
             };
-        let mut w = DeviceWeights::new(gpu, "T5");
+        let mut w = DeviceWeights::new(dev, "T5");
         let mut enc_bias = None;
         let mut dec_bias = None;
         for (name, shape) in weight_shapes(&cfg) {
@@ -92,7 +93,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
             };
             let t = ck.f32(&src, &shape)?;
             if name.ends_with("relative_attention_bias.weight") {
-                let dev = gpu.upload("load", t.as_slice())?;
+                let dev = dev.upload("load", t.as_slice())?;
                 if name.starts_with("encoder") {
                     enc_bias = Some(dev);
                 } else {
@@ -117,13 +118,13 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
             fin.iter_mut().for_each(|v| *v *= s);
         }
         let fin: Vec<bf16> = fin.iter().map(|&v| bf16::from_f32(v)).collect();
-        let dec_final = gpu.upload("load", &fin)?;
+        let dec_final = dev.upload("load", &fin)?;
         let missing = || Error::MissingTensor {
             name: "relative_attention_bias".into(),
             where_: "T5 checkpoint".into(),
         };
-        Ok(T5Cuda {
-            gpu,
+        Ok(T5Device {
+            dev,
             gated,
             act,
             w,
@@ -156,7 +157,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
     fn ffn(&self, x: &mut B::Buf<bf16>, rows: usize, p: &str, ad: &RowAdapters<B>) -> Result<()> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
         let mut h = self.buf(rows * d)?;
-        self.gpu.rms_norm(
+        self.dev.rms_norm(
             x,
             self.wt(&format!("{p}.layer_norm.weight"))?,
             &mut h,
@@ -184,7 +185,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
                 false,
                 ad,
             )?;
-            self.gpu
+            self.dev
                 .activation_inplace(&mut a, Some(&u), rows * dff, self.act)?;
         } else {
             self.w.linear(
@@ -195,7 +196,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
                 false,
                 ad,
             )?;
-            self.gpu
+            self.dev
                 .activation_inplace(&mut a, None, rows * dff, self.act)?;
         }
         self.w
@@ -209,7 +210,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
         mask: &[u8],
         batch: usize,
         seq: usize,
-    ) -> Result<CudaEncoderOut<B>> {
+    ) -> Result<DeviceEncoderOut<B>> {
         self.encode_with(ids, mask, batch, seq, &vec![None; batch])
     }
 
@@ -223,7 +224,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
         batch: usize,
         seq: usize,
         adapters: &[Option<usize>],
-    ) -> Result<CudaEncoderOut<B>> {
+    ) -> Result<DeviceEncoderOut<B>> {
         let c = &self.cfg;
         let (d, h, dk) = (c.d_model, c.num_heads, c.d_kv);
         let inner = h * dk;
@@ -249,10 +250,10 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
                 .collect::<Vec<_>>(),
         )?;
         let mask_d = self
-            .gpu
+            .dev
             .upload("t5", &mask.iter().map(|&m| m as i32).collect::<Vec<_>>())?;
         let mut x = self.buf(rows * d)?;
-        self.gpu
+        self.dev
             .embedding_ids(ids, self.wt("shared.weight")?, &mut x, d, c.vocab_size)?;
         let view = View {
             sb: seq * inner,
@@ -263,7 +264,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
         for l in 0..c.num_layers {
             let p = format!("encoder.block.{l}.layer.0");
             let mut hn = self.buf(rows * d)?;
-            self.gpu.rms_norm(
+            self.dev.rms_norm(
                 &x,
                 self.wt(&format!("{p}.layer_norm.weight"))?,
                 &mut hn,
@@ -318,7 +319,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
                 )),
             };
             let mut o = self.buf(rows * inner)?;
-            self.gpu.attention(
+            self.dev.attention(
                 &call,
                 (&q, view),
                 (&k, view),
@@ -339,7 +340,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
             self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"), ad)?;
         }
         let mut enc = self.buf(rows * d)?;
-        self.gpu.rms_norm(
+        self.dev.rms_norm(
             &x,
             self.wt("encoder.final_layer_norm.weight")?,
             &mut enc,
@@ -370,7 +371,7 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
             )?;
             cross_kv.push((k, v));
         }
-        Ok(CudaEncoderOut {
+        Ok(DeviceEncoderOut {
             batch,
             seq,
             mask: mask_d,
@@ -381,9 +382,9 @@ impl<'g, B: Backend> T5Cuda<'g, B> {
 }
 
 /// Decoder state of one generation: per layer self-attention K/V caches [rows, cap, H*dk].
-pub struct T5CudaStepper<'a, 'g, B: Backend> {
-    model: &'a T5Cuda<'g, B>,
-    enc: &'a CudaEncoderOut<B>,
+pub struct T5DeviceStepper<'a, 'g, B: Backend> {
+    model: &'a T5Device<'g, B>,
+    enc: &'a DeviceEncoderOut<B>,
     /// encoder batch row of each decoder row (beams share one encoder row)
     src: Vec<usize>,
     src_d: B::Buf<i32>,
@@ -394,7 +395,7 @@ pub struct T5CudaStepper<'a, 'g, B: Backend> {
     cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
     /// `JOBX_PROFILE=1`: host seconds spent enqueuing steps and waiting for their results,
     /// printed to stderr when the stepper is dropped (is a decode step bound by the host's
-    /// launches or by the GPU?).
+    /// launches or by the device?).
     profile: Option<StepProfile>,
 }
 
@@ -405,13 +406,13 @@ struct StepProfile {
     wait: f64,
 }
 
-impl<B: Backend> Drop for T5CudaStepper<'_, '_, B> {
+impl<B: Backend> Drop for T5DeviceStepper<'_, '_, B> {
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
             if p.steps > 0 {
                 eprintln!(
-                    "jobx profile: T5 CUDA decode, {} steps of {} rows: host enqueue {:.3} ms/step, \
-                     wait for GPU + readback {:.3} ms/step",
+                    "jobx profile: T5 device decode, {} steps of {} rows: host enqueue {:.3} ms/step, \
+                     wait for device + readback {:.3} ms/step",
                     p.steps,
                     self.src.len(),
                     p.enqueue * 1e3 / p.steps as f64,
@@ -422,10 +423,10 @@ impl<B: Backend> Drop for T5CudaStepper<'_, '_, B> {
     }
 }
 
-impl<'a, 'g, B: Backend> T5CudaStepper<'a, 'g, B> {
+impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
     pub fn new(
-        model: &'a T5Cuda<'g, B>,
-        enc: &'a CudaEncoderOut<B>,
+        model: &'a T5Device<'g, B>,
+        enc: &'a DeviceEncoderOut<B>,
         src: Vec<usize>,
         capacity: usize,
     ) -> Result<Self> {
@@ -445,12 +446,12 @@ impl<'a, 'g, B: Backend> T5CudaStepper<'a, 'g, B> {
             ));
         }
         let src_d = model
-            .gpu
+            .dev
             .upload("t5", &src.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
         let ad = model
             .w
             .row_adapters(&src.iter().map(|&s| enc.adapters[s]).collect::<Vec<_>>())?;
-        Ok(T5CudaStepper {
+        Ok(T5DeviceStepper {
             model,
             enc,
             src,
@@ -466,7 +467,7 @@ impl<'a, 'g, B: Backend> T5CudaStepper<'a, 'g, B> {
     }
 }
 
-impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
+impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
@@ -475,7 +476,7 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
         let t0 = std::time::Instant::now();
         let lg = self.forward(tokens)?;
         let t1 = std::time::Instant::now();
-        *logits = self.model.gpu.download("t5", &lg)?;
+        *logits = self.model.dev.download("t5", &lg)?;
         self.account(t0, t1);
         Ok(())
     }
@@ -496,7 +497,7 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
         let v = self.model.cfg.vocab_size;
         let picks = self
             .model
-            .gpu
+            .dev
             .greedy_pick(&mut lg, tokens.len(), v, suppress, masks)?;
         self.account(t0, t1);
         Ok(Some(picks))
@@ -510,11 +511,11 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
         for (kc, vc) in self.cache.iter_mut() {
-            *kc = m.gpu.gather_blocks("select_rows", kc, per, parents)?;
-            *vc = m.gpu.gather_blocks("select_rows", vc, per, parents)?;
+            *kc = m.dev.gather_blocks("select_rows", kc, per, parents)?;
+            *vc = m.dev.gather_blocks("select_rows", vc, per, parents)?;
         }
         self.src = parents.iter().map(|&p| self.src[p]).collect();
-        self.src_d = m.gpu.upload(
+        self.src_d = m.dev.upload(
             "t5",
             &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
         )?;
@@ -529,7 +530,7 @@ impl<B: Backend> crate::generate::Stepper for T5CudaStepper<'_, '_, B> {
     }
 }
 
-impl<B: Backend> T5CudaStepper<'_, '_, B> {
+impl<B: Backend> T5DeviceStepper<'_, '_, B> {
     /// Profile one step: enqueued from t0 to t1, results back now.
     fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
         if let Some(p) = &mut self.profile {
@@ -542,7 +543,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
     /// One decoder step for one token per row: the f32 logits [rows, vocab], on the device.
     fn forward(&mut self, tokens: &[u32]) -> Result<B::Buf<f32>> {
         let m = self.model;
-        let gpu = m.gpu;
+        let dev = m.dev;
         let c = &m.cfg;
         let (d, h, dk, v) = (c.d_model, c.num_heads, c.d_kv, c.vocab_size);
         let inner = h * dk;
@@ -562,7 +563,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
         let t = self.len;
         let eps = c.layer_norm_epsilon as f32;
         let mut x = m.buf(rows * d)?;
-        gpu.embedding_ids(tokens, m.wt("shared.weight")?, &mut x, d, v)?;
+        dev.embedding_ids(tokens, m.wt("shared.weight")?, &mut x, d, v)?;
         let qview = View {
             sb: inner,
             sh: dk,
@@ -582,7 +583,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
             // self-attention over the cache (positions 0..=t), unidirectional relative bias
             let p = format!("decoder.block.{l}.layer.0");
             let mut hn = m.buf(rows * d)?;
-            gpu.rms_norm(
+            dev.rms_norm(
                 &x,
                 m.wt(&format!("{p}.layer_norm.weight"))?,
                 &mut hn,
@@ -642,7 +643,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
                 )),
             };
             let mut o = m.buf(rows * inner)?;
-            gpu.attention(
+            dev.attention(
                 &call,
                 (&q, qview),
                 (kc, cache_view),
@@ -662,7 +663,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
             )?;
             // cross-attention over the encoder output (no position bias, padding mask)
             let p = format!("decoder.block.{l}.layer.1");
-            gpu.rms_norm(
+            dev.rms_norm(
                 &x,
                 m.wt(&format!("{p}.layer_norm.weight"))?,
                 &mut hn,
@@ -694,7 +695,7 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
                 causal: false,
                 t5_bias: None,
             };
-            gpu.attention(
+            dev.attention(
                 &call,
                 (&q, qview),
                 (ek, enc_view),
@@ -720,13 +721,13 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
             )?;
         }
         let mut hn = m.buf(rows * d)?;
-        gpu.rms_norm(&x, &m.dec_final, &mut hn, rows, d, eps)?;
+        dev.rms_norm(&x, &m.dec_final, &mut hn, rows, d, eps)?;
         let head = if c.tie_word_embeddings {
             "shared.weight"
         } else {
             "lm_head.weight" // adapters may target it
         };
-        let mut lg = gpu.scratch::<f32>("t5", rows * v)?;
+        let mut lg = dev.scratch::<f32>("t5", rows * v)?;
         m.w.gemm(
             &hn,
             head,
@@ -739,12 +740,12 @@ impl<B: Backend> T5CudaStepper<'_, '_, B> {
     }
 }
 
-/// Generate for a batch of source id rows on the GPU (T5; rows right-padded with the pad id and
+/// Generate for a batch of source id rows on the device (T5; rows right-padded with the pad id and
 /// masked, as HF's tokenizer pads T5 inputs) with LoRA adapter slot `adapter`, with the shared
 /// `generate` loop: greedy, beam search
 /// or sampling per `opts`. Returns one output per source row.
 pub fn generate_t5<B: Backend>(
-    model: &T5Cuda<B>,
+    model: &T5Device<B>,
     sources: &[Vec<u32>],
     opts: &crate::generate::GenOptions,
     adapter: Option<usize>,
@@ -768,7 +769,7 @@ pub fn generate_t5<B: Backend>(
     let enc = model.encode_with(&ids, &mask, b, s, &vec![adapter; b])?;
     let k = opts.num_beams.max(1);
     let src = crate::generate::beam_parents(b, k);
-    let mut stepper = T5CudaStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;
+    let mut stepper = T5DeviceStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;
     let start = vec![model.cfg.decoder_start(); b];
     crate::generate::generate(&mut stepper, &start, opts, &mut [])
 }
