@@ -11,7 +11,8 @@
 # 2. kernel benchmarks (benches/cuda_kernels.rs) and the PyTorch baselines on the same card;
 #    (the op tests include `verify --device cuda` on the committed T5 fixtures);
 # 3. end-to-end greedy generation, FLAN-T5-Large-shaped random checkpoint, source 1024, 256 new
-#    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py).
+#    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py),
+#    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
 # (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s,
 # kernels 60 + 60 s, end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_BENCH, JOBX_T_E2E).

@@ -535,6 +535,10 @@ impl crate::device::Backend for Gpu {
         self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn take_profile(&self) -> Result<Vec<String>> {
+        self.take_kernel_profile()
+    }
+
     fn scratch<T: crate::device::Elem>(&self, op: &'static str, n: usize) -> Result<CudaSlice<T>> {
         Gpu::scratch(self, op, n)
     }

@@ -202,6 +202,11 @@ pub trait Backend: Sync {
     fn name(&self) -> String;
     /// Whether graphs loaded now store their linear layers as weight-only int8.
     fn int8_weights(&self) -> bool;
+    /// The device time per kernel since the last call, one line each, most first, when the
+    /// backend profiles its kernels (`JOBX_PROFILE=kernels` on the GPU); else nothing.
+    fn take_profile(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// `n` elements the next op overwrites completely (contents unspecified).
     fn scratch<T: Elem>(&self, op: &'static str, n: usize) -> Result<Self::Buf<T>>;

@@ -393,9 +393,10 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     cap: usize,
     len: usize,
     cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
-    /// `JOBX_PROFILE=1`: host seconds spent enqueuing steps and waiting for their results,
-    /// printed to stderr when the stepper is dropped (is a decode step bound by the host's
-    /// launches or by the device?).
+    /// `JOBX_PROFILE=1` (or `kernels`): host seconds spent enqueuing steps and waiting for
+    /// their results, printed to stderr when the stepper is dropped (is a decode step bound by
+    /// the host's launches or by the device?); with `kernels`, also the backend's device time
+    /// per kernel before decoding (load, encoder) and during it.
     profile: Option<StepProfile>,
 }
 
@@ -418,8 +419,28 @@ impl<B: Backend> Drop for T5DeviceStepper<'_, '_, B> {
                     p.enqueue * 1e3 / p.steps as f64,
                     p.wait * 1e3 / p.steps as f64
                 );
+                print_kernel_profile(self.model.dev, "decode");
             }
         }
+    }
+}
+
+/// The backend's per-kernel device time since the last call (`JOBX_PROFILE=kernels`), to stderr:
+/// the 20 largest, then the rest in one line.
+fn print_kernel_profile<B: Backend>(dev: &B, phase: &str) {
+    match dev.take_profile() {
+        Ok(lines) => {
+            for l in lines.iter().take(20) {
+                eprintln!("jobx profile: {phase}: {l}");
+            }
+            if lines.len() > 20 {
+                eprintln!(
+                    "jobx profile: {phase}: {} more kernel shapes",
+                    lines.len() - 20
+                );
+            }
+        }
+        Err(e) => eprintln!("jobx profile: {phase}: {e}"),
     }
 }
 
@@ -461,8 +482,11 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             len: 0,
             cache,
             profile: std::env::var("JOBX_PROFILE")
-                .is_ok_and(|v| v == "1")
-                .then(StepProfile::default),
+                .is_ok_and(|v| v == "1" || v == "kernels")
+                .then(|| {
+                    print_kernel_profile(model.dev, "load and encoder");
+                    StepProfile::default()
+                }),
         })
     }
 }
