@@ -156,6 +156,35 @@ fn main() {
                 "{{\"op\":\"gemm_bf16_general\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
                 flop / ms / 1e9
             );
+            // the experimental tensor-core skinny kernel, bf16 and int8 weights
+            g.skinny_tc.store(true, Relaxed);
+            let bf = time(&g, || {
+                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                    .unwrap()
+            });
+            let i8w = time(&g, || {
+                g.gemm(
+                    &x,
+                    Weight::Int8 {
+                        w: &wq,
+                        scale: &s_n,
+                    },
+                    Out::Bf16(&mut y),
+                    &sh,
+                    None,
+                )
+                .unwrap()
+            });
+            g.skinny_tc.store(false, Relaxed);
+            for (name, ms) in [
+                ("gemm_bf16_skinny_tc", bf),
+                ("gemm_int8_weight_only_skinny_tc", i8w),
+            ] {
+                println!(
+                    "{{\"op\":\"{name}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
+                    flop / ms / 1e9
+                );
+            }
         }
     }
     // attention: T5-large encoder (16 heads x 64, 1024 tokens, relative bias) at batch 8

@@ -15,6 +15,7 @@
 // columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
 //   gemm_skinny8/32  the same product for m <= 8 / 32 rows (decode), one warp per output column
 //               streaming the weight; chosen by the Rust wrapper.
+//   gemm_skinny_tc  m <= 32 rows on tensor cores, warps splitting k (experimental, opt-in).
 // Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k32" tables:
 //   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
 //   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
@@ -316,6 +317,165 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
         if (lane == r) mine = v;
     }
     if (lane < p.m) store_out(p, lane, n, mine);
+}
+
+// gemm_skinny_tc: the skinny product (m <= 32 rows) on tensor cores (mma.m16n8k16, f32
+// accumulation) instead of gemm_skinny32's CUDA-core FMAs, which also read every x element from
+// shared memory once per column (estimated to bound it well above the weight-streaming time at
+// 32 rows). Chosen only when `Gpu::skinny_tc` is set (JOBX_SKINNY_TC=1) until a GPU run has
+// checked and timed it against gemm_skinny32 and the 64x64 tiles.
+// Block: 4 warps, 16 output columns (two n8 tiles) and all m rows (two m16 tiles, the second
+// skipped when m <= 16); the warps split k in 32-wide chunks (chunk c to warp c % 4, TC_UNROLL
+// chunks' loads in flight per warp) and add their partial tiles through shared memory at the end.
+// The sum over k does not care about order, so each lane loads 8 consecutive k (16 bytes) of one
+// weight row and of its x rows and spends them on two mmas: for the chunk at k0, lane (g, t)
+// holds k0 + 8t .. k0 + 8t + 7; the first mma takes k0 + 8t + {0,1} as its fragment's pair
+// (2t, 2t+1) and k0 + 8t + {2,3} as (2t+8, 2t+9), the second mma k0 + 8t + {4..7} likewise.
+// A and B use the same mapping, so every product still pairs x and w at the same k. Rows past m,
+// columns past n and k past the end load as zeros; element-wise loads when k or the pointers do
+// not allow 16-byte (int8: 8-byte) loads.
+#define TC_WARPS 4
+#define TC_BN 16
+#define TC_UNROLL 4
+
+__device__ __forceinline__ unsigned pack_bf16x2(unsigned short lo, unsigned short hi) {
+    return (unsigned)lo | ((unsigned)hi << 16);
+}
+
+// 8 bf16 of x row r from k index kk, packed in k order (zeros past m or k).
+template <bool VEC>
+__device__ __forceinline__ uint4 tc_x8(const jobx_gemm_params& p, long long r, long long kk) {
+    if (r >= p.m || kk >= p.k) return make_uint4(0, 0, 0, 0);
+    const bf16* x = (const bf16*)p.x + r * p.k + kk;
+    if (VEC) return *(const uint4*)x;
+    unsigned short h[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) h[i] = kk + i < p.k ? __bfloat16_as_ushort(x[i]) : (unsigned short)0;
+    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
+                      pack_bf16x2(h[6], h[7]));
+}
+
+// 8 weights of column n from k index kk as bf16 (int8 converted exactly; scale in the epilogue).
+template <bool INT8, bool VEC>
+__device__ __forceinline__ uint4 tc_w8(const jobx_gemm_params& p, long long n, long long kk) {
+    if (n >= p.n || kk >= p.k) return make_uint4(0, 0, 0, 0);
+    if (INT8) {
+        const signed char* w = (const signed char*)p.w + n * p.k + kk;
+        if (VEC) return i8x8_to_bf16x8(*(const uint2*)w);
+        unsigned b[2] = {0u, 0u};
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            if (kk + i < p.k) b[i >> 2] |= (unsigned)(unsigned char)w[i] << (8 * (i & 3));
+        return i8x8_to_bf16x8(make_uint2(b[0], b[1]));
+    }
+    const bf16* w = (const bf16*)p.w + n * p.k + kk;
+    if (VEC) return *(const uint4*)w;
+    unsigned short h[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) h[i] = kk + i < p.k ? __bfloat16_as_ushort(w[i]) : (unsigned short)0;
+    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
+                      pack_bf16x2(h[6], h[7]));
+}
+
+// The weight kind and the load width are template parameters, so the unrolled load loop is
+// straight-line code (one copy per combination, chosen once per block).
+template <bool INT8, bool VEC>
+__device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red)[TC_WARPS - 1][32][16]) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const long long n0 = (long long)blockIdx.x * TC_BN;
+    const bool two_m = p.m > 16;  // block-uniform
+    float acc[2][2][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    const long long chunks = (p.k + 31) / 32;
+    for (long long c0 = warp; c0 < chunks; c0 += (long long)TC_WARPS * TC_UNROLL) {
+        // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
+        uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
+#pragma unroll
+        for (int u = 0; u < TC_UNROLL; u++) {
+            const long long kk = (c0 + (long long)u * TC_WARPS) * 32 + 8 * t;
+            const bool live = c0 + (long long)u * TC_WARPS < chunks;
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+                wv[u][j] = live ? tc_w8<INT8, VEC>(p, n0 + 8 * j + g, kk) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                xv[u][i] = live && (i < 2 || two_m) ? tc_x8<VEC>(p, g + 8 * i, kk) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < TC_UNROLL; u++) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {  // the two mmas of a chunk: k0 + 8t + 4h .. + 3
+                unsigned b[2][2];
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const unsigned wu[4] = {wv[u][j].x, wv[u][j].y, wv[u][j].z, wv[u][j].w};
+                    b[j][0] = wu[2 * h];
+                    b[j][1] = wu[2 * h + 1];
+                }
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    if (i == 1 && !two_m) break;
+                    // rows g and g + 8 of m tile i: x rows 16i + g and 16i + g + 8
+                    const uint4 lo = xv[u][2 * i], hi = xv[u][2 * i + 1];
+                    const unsigned lu[4] = {lo.x, lo.y, lo.z, lo.w};
+                    const unsigned hu[4] = {hi.x, hi.y, hi.z, hi.w};
+                    const unsigned a[4] = {lu[2 * h], hu[2 * h], lu[2 * h + 1], hu[2 * h + 1]};
+#pragma unroll
+                    for (int j = 0; j < 2; j++) mma_bf16(acc[i][j], a, b[j]);
+                }
+            }
+        }
+    }
+    // add the warps' partial tiles; warp 0 runs the epilogue
+    if (warp > 0) {
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[warp - 1][lane][(i * 2 + j) * 4 + e] = acc[i][j][e];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int w = 0; w < TC_WARPS - 1; w++)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[i][j][e] += red[w][lane][(i * 2 + j) * 4 + e];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const long long r = 16 * i + g, c = n0 + 8 * j + 2 * t;
+            if (c < p.n) {
+                store_pair(p, r, c, acc[i][j][0], acc[i][j][1]);
+                store_pair(p, r + 8, c, acc[i][j][2], acc[i][j][3]);
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_gemm_params p) {
+    // partial tiles of warps 1..3: [warp][lane][m tile * 2 + n tile][4]
+    __shared__ float red[TC_WARPS - 1][32][16];
+    const bool int8w = p.w_kind == JOBX_W_INT8;
+    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    if (int8w) {
+        if (vec) skinny_tc<true, true>(p, red);
+        else skinny_tc<true, false>(p, red);
+    } else {
+        if (vec) skinny_tc<false, true>(p, red);
+        else skinny_tc<false, false>(p, red);
+    }
 }
 
 #undef BK

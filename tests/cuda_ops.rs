@@ -377,14 +377,16 @@ mod table {
         ] {
             for int8 in [false, true] {
                 for f32out in [false, true] {
-                    for tiled in [false, true] {
-                        // forced: the 64x64 mma.sync tiles instead of the skinny kernels
-                        // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200)
+                    // forced variants: the 64x64 mma.sync tiles instead of the skinny kernels
+                    // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200); the
+                    // experimental tensor-core skinny kernel (m <= 32)
+                    for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
+                        if variant == Variant::SkinnyTc && m > 32 {
+                            continue;
+                        }
                         cases.push((
-                            format!(
-                                "gemm m{m} n{n} k{k} int8w {int8} f32out {f32out} tiled {tiled}"
-                            ),
-                            Box::new(move |g, s| gemm(g, s, m, n, k, int8, f32out, false, tiled)),
+                            format!("gemm m{m} n{n} k{k} int8w {int8} f32out {f32out} {variant:?}"),
+                            Box::new(move |g, s| gemm(g, s, m, n, k, int8, f32out, false, variant)),
                         ));
                     }
                 }
@@ -392,15 +394,28 @@ mod table {
         }
         cases.push((
             "gemm accumulate m33 n65 k31".into(),
-            Box::new(|g, s| gemm(g, s, 33, 65, 31, false, true, true, false)),
+            Box::new(|g, s| gemm(g, s, 33, 65, 31, false, true, true, Variant::Default)),
         ));
         cases.push((
             "gemm accumulate m3 n65 k64".into(),
-            Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, false)),
+            Box::new(|g, s| gemm(g, s, 3, 65, 64, false, false, true, Variant::Default)),
         ));
         cases.push((
             "gemm skinny accumulate f32 m17 n300 k1024".into(),
-            Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, false)),
+            Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, Variant::Default)),
+        ));
+        cases.push((
+            "gemm skinny tc accumulate bf16 m25 n300 k1000".into(),
+            Box::new(|g, s| gemm(g, s, 25, 300, 1000, true, false, true, Variant::SkinnyTc)),
+        ));
+        cases.push((
+            "lora skinny tc m20 n130 k256 r16".into(),
+            Box::new(|g, s| {
+                skinny_tc(g, true);
+                let r = lora(g, s, 20, 130, 256, &[16; 3], false, true);
+                skinny_tc(g, false);
+                r
+            }),
         ));
         cases.push((
             "lora skinny m20 n130 k256 r16".into(),
@@ -576,7 +591,9 @@ mod table {
                         cases.push((
                             format!("gemm tma n{tile} m{m} n{n} k{k} f32out {f32out}"),
                             Box::new(move |g, s| {
-                                v(g, &|| gemm(g, s, m, n, k, false, f32out, false, false))
+                                v(g, &|| {
+                                    gemm(g, s, m, n, k, false, f32out, false, Variant::Default)
+                                })
                             }),
                         ));
                     }
@@ -584,7 +601,9 @@ mod table {
                 cases.push((
                     format!("gemm tma n{tile} accumulate m70 n130 k264"),
                     Box::new(move |g, s| {
-                        v(g, &|| gemm(g, s, 70, 130, 264, false, false, true, false))
+                        v(g, &|| {
+                            gemm(g, s, 70, 130, 264, false, false, true, Variant::Default)
+                        })
                     }),
                 ));
                 for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
@@ -765,14 +784,33 @@ mod table {
         int8: bool,
         f32out: bool,
         accumulate: bool,
-        tiled: bool,
+        variant: Variant,
     ) -> Result<(), String> {
-        g.general_kernels
-            .store(tiled, std::sync::atomic::Ordering::Relaxed);
+        g.general_kernels.store(
+            variant == Variant::Tiled,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        skinny_tc(g, variant == Variant::SkinnyTc);
         let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate);
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        skinny_tc(g, false);
         r
+    }
+
+    /// Which GEMM kernel a case forces.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Variant {
+        /// the wrapper's choice
+        Default,
+        /// the general tiles (`Gpu::general_kernels`)
+        Tiled,
+        /// the tensor-core skinny kernel for m <= 32 (`Gpu::skinny_tc`)
+        SkinnyTc,
+    }
+
+    fn skinny_tc(g: &Gpu, on: bool) {
+        g.skinny_tc.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     #[allow(clippy::too_many_arguments)]

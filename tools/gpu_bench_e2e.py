@@ -85,18 +85,22 @@ def main():
         # jobx
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(ids.tolist(), f)
-        # linear layers bf16, then weight-only int8, then bf16 again with JOBX_PROFILE=kernels
-        # (timing events around every launch: the device time per kernel of the load + encoder
-        # and of the decode steps; its own seconds include the events' cost, so not a timing)
-        for wfmt, prof in [("bf16", "1"), ("int8", "1"), ("bf16", "kernels")]:
+        # linear layers bf16, then weight-only int8, then bf16 with the experimental tensor-core
+        # kernel for the decode GEMMs (JOBX_SKINNY_TC=1), then bf16 again with
+        # JOBX_PROFILE=kernels (timing events around every launch: the device time per kernel of
+        # the load + encoder and of the decode steps; its own seconds include the events' cost,
+        # so not a timing)
+        for wfmt, prof, tc in [("bf16", "1", "0"), ("int8", "1", "0"), ("bf16", "1", "1"),
+                               ("bf16", "kernels", "0")]:
             cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "generate", "--model",
                    a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
-            eng = "jobx-cuda-" + wfmt + ("-kernel-profile" if prof == "kernels" else "")
+            eng = ("jobx-cuda-" + wfmt + ("-skinny-tc" if tc == "1" else "")
+                   + ("-kernel-profile" if prof == "kernels" else ""))
             try:
                 # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                                   env=dict(os.environ, JOBX_PROFILE=prof))
+                                   env=dict(os.environ, JOBX_PROFILE=prof, JOBX_SKINNY_TC=tc))
             except subprocess.TimeoutExpired:
                 print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
                       flush=True)

@@ -713,6 +713,19 @@ impl crate::device::Backend for Gpu {
         let general = self
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
+        if s.m <= 32 && !general && self.skinny_tc.load(std::sync::atomic::Ordering::Relaxed) {
+            // 16 columns a block (gemm.cu: gemm_skinny_tc)
+            let blocks = s.n.div_ceil(16);
+            if blocks > i32::MAX as usize {
+                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return self.launch(OP, "gemm_skinny_tc", cfg, p);
+        }
         if let Some(kernel) = skinny.filter(|_| !general) {
             let blocks = s.n.div_ceil(8);
             if blocks > i32::MAX as usize {

@@ -122,6 +122,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_bf16",
             "gemm_skinny8",
             "gemm_skinny32",
+            "gemm_skinny_tc",
             "gemm_w8a8",
             "quantize_rows_int8",
         ],
@@ -161,6 +162,10 @@ pub struct Gpu {
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
+    /// Run GEMMs of m <= 32 rows on the tensor-core skinny kernel (`gemm_skinny_tc`) instead of
+    /// gemm_skinny8/32 and the 64x64 tiles: experimental until measured on a GPU; set by
+    /// `JOBX_SKINNY_TC=1`, or by tests and benchmarks.
+    pub skinny_tc: std::sync::atomic::AtomicBool,
     /// Streaming multiprocessors on the device (tile-size heuristics).
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
@@ -281,6 +286,9 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
+            skinny_tc: std::env::var("JOBX_SKINNY_TC")
+                .is_ok_and(|v| v == "1")
+                .into(),
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
