@@ -89,9 +89,11 @@ def main():
         # kernel for the decode GEMMs (JOBX_SKINNY_TC=1), then bf16 again with
         # JOBX_PROFILE=kernels (timing events around every launch: the device time per kernel of
         # the load + encoder and of the decode steps; its own seconds include the events' cost,
-        # so not a timing)
-        for wfmt, prof, tc in [("bf16", "1", "0"), ("int8", "1", "0"), ("bf16", "1", "1"),
-                               ("bf16", "kernels", "0")]:
+        # so not a timing; at the largest batch only)
+        runs = [("bf16", "1", "0"), ("int8", "1", "0"), ("bf16", "1", "1")]
+        if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
+            runs.append(("bf16", "kernels", "0"))
+        for wfmt, prof, tc in runs:
             cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "generate", "--model",
                    a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
