@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod host;
+pub mod profile;
 mod weights;
 
 pub use weights::{DeviceWeights, RowAdapters};

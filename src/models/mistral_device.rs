@@ -12,6 +12,7 @@
 
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
+use crate::device::profile::StepProfile;
 use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
@@ -442,6 +443,16 @@ pub struct MistralDeviceStepper<'a, 'g, B: Backend> {
     model: &'a MistralDevice<'g, B>,
     pub state: MistralDeviceState<B>,
     pending: PendingLogits,
+    /// `JOBX_PROFILE` (device::profile): the decode steps picked on the device
+    profile: Option<StepProfile>,
+}
+
+impl<B: Backend> Drop for MistralDeviceStepper<'_, '_, B> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            p.report(self.model.dev);
+        }
+    }
 }
 
 impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
@@ -469,6 +480,7 @@ impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
             model,
             state,
             pending,
+            profile: StepProfile::from_env(model.dev, "Mistral device decode", "load and prefill"),
         })
     }
 }
@@ -504,16 +516,19 @@ impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
             return Ok(None);
         }
         let mask = vec![1u8; tokens.len()];
+        let t0 = std::time::Instant::now();
         let mut lg = self
             .model
             .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+        let t1 = std::time::Instant::now();
         let v = self.model.cfg.vocab_size;
-        Ok(Some(self.model.dev.greedy_pick(
-            &mut lg,
-            tokens.len(),
-            v,
-            suppress,
-            masks,
-        )?))
+        let picks = self
+            .model
+            .dev
+            .greedy_pick(&mut lg, tokens.len(), v, suppress, masks)?;
+        if let Some(p) = &mut self.profile {
+            p.account(tokens.len(), t0, t1);
+        }
+        Ok(Some(picks))
     }
 }

@@ -20,6 +20,7 @@
 
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
+use crate::device::profile::StepProfile;
 use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
@@ -393,54 +394,15 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     cap: usize,
     len: usize,
     cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
-    /// `JOBX_PROFILE=1` (or `kernels`): host seconds spent enqueuing steps and waiting for
-    /// their results, printed to stderr when the stepper is dropped (is a decode step bound by
-    /// the host's launches or by the device?); with `kernels`, also the backend's device time
-    /// per kernel before decoding (load, encoder) and during it.
+    /// `JOBX_PROFILE` (device::profile)
     profile: Option<StepProfile>,
-}
-
-#[derive(Default)]
-struct StepProfile {
-    steps: usize,
-    enqueue: f64,
-    wait: f64,
 }
 
 impl<B: Backend> Drop for T5DeviceStepper<'_, '_, B> {
     fn drop(&mut self) {
         if let Some(p) = &self.profile {
-            if p.steps > 0 {
-                eprintln!(
-                    "jobx profile: T5 device decode, {} steps of {} rows: host enqueue {:.3} ms/step, \
-                     wait for device + readback {:.3} ms/step",
-                    p.steps,
-                    self.src.len(),
-                    p.enqueue * 1e3 / p.steps as f64,
-                    p.wait * 1e3 / p.steps as f64
-                );
-                print_kernel_profile(self.model.dev, "decode");
-            }
+            p.report(self.model.dev);
         }
-    }
-}
-
-/// The backend's per-kernel device time since the last call (`JOBX_PROFILE=kernels`), to stderr:
-/// the 20 largest, then the rest in one line.
-fn print_kernel_profile<B: Backend>(dev: &B, phase: &str) {
-    match dev.take_profile() {
-        Ok(lines) => {
-            for l in lines.iter().take(20) {
-                eprintln!("jobx profile: {phase}: {l}");
-            }
-            if lines.len() > 20 {
-                eprintln!(
-                    "jobx profile: {phase}: {} more kernel shapes",
-                    lines.len() - 20
-                );
-            }
-        }
-        Err(e) => eprintln!("jobx profile: {phase}: {e}"),
     }
 }
 
@@ -481,12 +443,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             cap,
             len: 0,
             cache,
-            profile: std::env::var("JOBX_PROFILE")
-                .is_ok_and(|v| v == "1" || v == "kernels")
-                .then(|| {
-                    print_kernel_profile(model.dev, "load and encoder");
-                    StepProfile::default()
-                }),
+            profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
         })
     }
 }
@@ -557,10 +514,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
 impl<B: Backend> T5DeviceStepper<'_, '_, B> {
     /// Profile one step: enqueued from t0 to t1, results back now.
     fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
+        let rows = self.src.len();
         if let Some(p) = &mut self.profile {
-            p.steps += 1;
-            p.enqueue += (t1 - t0).as_secs_f64();
-            p.wait += t1.elapsed().as_secs_f64();
+            p.account(rows, t0, t1);
         }
     }
 

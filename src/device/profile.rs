@@ -1,0 +1,79 @@
+//! `JOBX_PROFILE` for the device steppers: `1` splits each decode step into the host's time
+//! enqueuing it and the time waiting for its results (is a step bound by the host's launches or
+//! by the device?); `kernels` adds the backend's device time per kernel (`Backend::take_profile`:
+//! CUDA events around every launch on the GPU), reported for what ran before decoding (load,
+//! encoder or prefill) and for the decode steps. Everything goes to stderr as lines starting with
+//! "jobx profile", which tools/gpu_bench_e2e.py collects.
+
+use super::Backend;
+use std::time::Instant;
+
+pub struct StepProfile {
+    what: &'static str,
+    steps: usize,
+    rows: usize,
+    enqueue: f64,
+    wait: f64,
+}
+
+impl StepProfile {
+    /// A profile when `JOBX_PROFILE` asks for one; reports (and resets) the kernel times of what
+    /// ran before, as `before`.
+    pub fn from_env<B: Backend>(dev: &B, what: &'static str, before: &str) -> Option<Self> {
+        let on = std::env::var("JOBX_PROFILE").is_ok_and(|v| v == "1" || v == "kernels");
+        on.then(|| {
+            print_kernels(dev, before);
+            StepProfile {
+                what,
+                steps: 0,
+                rows: 0,
+                enqueue: 0.0,
+                wait: 0.0,
+            }
+        })
+    }
+
+    /// One step of `rows` rows: enqueued from t0 to t1, its results back now.
+    pub fn account(&mut self, rows: usize, t0: Instant, t1: Instant) {
+        self.steps += 1;
+        self.rows = rows;
+        self.enqueue += (t1 - t0).as_secs_f64();
+        self.wait += t1.elapsed().as_secs_f64();
+    }
+
+    /// The per-step split and the decode steps' kernel times (call once, at the end).
+    pub fn report<B: Backend>(&self, dev: &B) {
+        if self.steps == 0 {
+            return;
+        }
+        eprintln!(
+            "jobx profile: {}, {} steps (last of {} rows): host enqueue {:.3} ms/step, \
+             wait for device + readback {:.3} ms/step",
+            self.what,
+            self.steps,
+            self.rows,
+            self.enqueue * 1e3 / self.steps as f64,
+            self.wait * 1e3 / self.steps as f64
+        );
+        print_kernels(dev, "decode");
+    }
+}
+
+/// The backend's per-kernel device time since the last call: the 20 largest, then the rest in
+/// one line.
+fn print_kernels<B: Backend>(dev: &B, phase: &str) {
+    match dev.take_profile() {
+        Ok(lines) => {
+            for l in lines.iter().take(20) {
+                eprintln!("jobx profile: {phase}: {l}");
+            }
+            if lines.len() > 20 {
+                eprintln!(
+                    "jobx profile: {phase}: {} more kernel shapes",
+                    lines.len() - 20
+                );
+            }
+        }
+        Err(e) => eprintln!("jobx profile: {phase}: {e}"),
+    }
+}
