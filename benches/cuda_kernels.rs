@@ -157,7 +157,7 @@ fn main() {
                 flop / ms / 1e9
             );
             // the experimental tensor-core skinny kernel, bf16 and int8 weights
-            g.skinny_tc.store(true, Relaxed);
+            let tc_before = g.skinny_tc.swap(true, Relaxed);
             let bf = time(&g, || {
                 g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
                     .unwrap()
@@ -175,7 +175,7 @@ fn main() {
                 )
                 .unwrap()
             });
-            g.skinny_tc.store(false, Relaxed);
+            g.skinny_tc.store(tc_before, Relaxed);
             for (name, ms) in [
                 ("gemm_bf16_skinny_tc", bf),
                 ("gemm_int8_weight_only_skinny_tc", i8w),

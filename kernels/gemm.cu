@@ -324,9 +324,11 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
 // shared memory once per column (estimated to bound it well above the weight-streaming time at
 // 32 rows). Chosen only when `Gpu::skinny_tc` is set (JOBX_SKINNY_TC=1) until a GPU run has
 // checked and timed it against gemm_skinny32 and the 64x64 tiles.
-// Block: 4 warps, 16 output columns (two n8 tiles) and all m rows (two m16 tiles, the second
-// skipped when m <= 16); the warps split k in 32-wide chunks (chunk c to warp c % 4, TC_UNROLL
-// chunks' loads in flight per warp) and add their partial tiles through shared memory at the end.
+// Block: 4 or 8 warps (blockDim.x / 32, the wrapper's choice: 8 when 16-column blocks would not
+// fill the SMs, e.g. n = 1024), 16 output columns (two n8 tiles) and all m rows (two m16 tiles,
+// the second skipped when m <= 16); the warps split k in 32-wide chunks (chunk c to warp
+// c % warps, TC_UNROLL chunks' loads in flight per warp) and add their partial tiles through
+// shared memory at the end.
 // The sum over k does not care about order, so each lane loads 8 consecutive k (16 bytes) of one
 // weight row and of its x rows and spends them on two mmas: for the chunk at k0, lane (g, t)
 // holds k0 + 8t .. k0 + 8t + 7; the first mma takes k0 + 8t + {0,1} as its fragment's pair
@@ -334,7 +336,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
 // A and B use the same mapping, so every product still pairs x and w at the same k. Rows past m,
 // columns past n and k past the end load as zeros; element-wise loads when k or the pointers do
 // not allow 16-byte (int8: 8-byte) loads.
-#define TC_WARPS 4
+#define TC_WARPS 8  // at most
 #define TC_BN 16
 #define TC_UNROLL 4
 
@@ -380,8 +382,8 @@ __device__ __forceinline__ uint4 tc_w8(const jobx_gemm_params& p, long long n, l
 // The weight kind and the load width are template parameters, so the unrolled load loop is
 // straight-line code (one copy per combination, chosen once per block).
 template <bool INT8, bool VEC>
-__device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red)[TC_WARPS - 1][32][16]) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+__device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red)[TC_WARPS - 1][16][32]) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const long long n0 = (long long)blockIdx.x * TC_BN;
     const bool two_m = p.m > 16;  // block-uniform
@@ -393,13 +395,13 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
     const long long chunks = (p.k + 31) / 32;
-    for (long long c0 = warp; c0 < chunks; c0 += (long long)TC_WARPS * TC_UNROLL) {
+    for (long long c0 = warp; c0 < chunks; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
         uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
 #pragma unroll
         for (int u = 0; u < TC_UNROLL; u++) {
-            const long long kk = (c0 + (long long)u * TC_WARPS) * 32 + 8 * t;
-            const bool live = c0 + (long long)u * TC_WARPS < chunks;
+            const long long kk = (c0 + (long long)u * warps) * 32 + 8 * t;
+            const bool live = c0 + (long long)u * warps < chunks;
 #pragma unroll
             for (int j = 0; j < 2; j++)
                 wv[u][j] = live ? tc_w8<INT8, VEC>(p, n0 + 8 * j + g, kk) : make_uint4(0, 0, 0, 0);
@@ -439,18 +441,20 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 #pragma unroll
             for (int j = 0; j < 2; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) red[warp - 1][lane][(i * 2 + j) * 4 + e] = acc[i][j][e];
+                for (int e = 0; e < 4; e++) red[warp - 1][(i * 2 + j) * 4 + e][lane] = acc[i][j][e];
     }
     __syncthreads();
     if (warp != 0) return;
 #pragma unroll
-    for (int w = 0; w < TC_WARPS - 1; w++)
+    for (int w = 0; w < TC_WARPS - 1; w++) {
+        if (w + 1 >= warps) break;
 #pragma unroll
         for (int i = 0; i < 2; i++)
 #pragma unroll
             for (int j = 0; j < 2; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[i][j][e] += red[w][lane][(i * 2 + j) * 4 + e];
+                for (int e = 0; e < 4; e++) acc[i][j][e] += red[w][(i * 2 + j) * 4 + e][lane];
+    }
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
@@ -464,8 +468,9 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 }
 
 extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_gemm_params p) {
-    // partial tiles of warps 1..3: [warp][lane][m tile * 2 + n tile][4]
-    __shared__ float red[TC_WARPS - 1][32][16];
+    // partial tiles of warps 1..: [warp][(m tile * 2 + n tile) * 4 + c reg][lane] (lane fastest:
+    // no bank conflicts)
+    __shared__ float red[TC_WARPS - 1][16][32];
     const bool int8w = p.w_kind == JOBX_W_INT8;
     const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
                      ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;

@@ -404,6 +404,28 @@ mod table {
             "gemm skinny accumulate f32 m17 n300 k1024".into(),
             Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, Variant::Default)),
         ));
+        // strided, offset outputs (the K/V cache writes) on every decode kernel, and an n wide
+        // enough for the tensor-core skinny kernel's 4-warp blocks
+        for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
+            for &(m, n, k, int8) in &[
+                (1, 64, 512, false),
+                (17, 129, 264, true),
+                (32, 96, 1024, false),
+            ] {
+                for f32out in [false, true] {
+                    cases.push((
+                        format!(
+                            "gemm strided m{m} n{n} k{k} int8w {int8} f32out {f32out} {variant:?}"
+                        ),
+                        Box::new(move |g, s| gemm_strided(g, s, m, n, k, int8, f32out, variant)),
+                    ));
+                }
+            }
+        }
+        cases.push((
+            "gemm skinny tc 4-warp blocks m20 n5000 k72".into(),
+            Box::new(|g, s| gemm(g, s, 20, 5000, 72, false, false, false, Variant::SkinnyTc)),
+        ));
         cases.push((
             "gemm skinny tc accumulate bf16 m25 n300 k1000".into(),
             Box::new(|g, s| gemm(g, s, 25, 300, 1000, true, false, true, Variant::SkinnyTc)),
@@ -791,7 +813,33 @@ mod table {
             std::sync::atomic::Ordering::Relaxed,
         );
         skinny_tc(g, variant == Variant::SkinnyTc);
-        let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate);
+        let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate, false);
+        g.general_kernels
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        skinny_tc(g, false);
+        r
+    }
+
+    /// A GEMM into rows of a wider buffer at an odd offset (ldy = n + 3, y_off = 1: how the
+    /// decode K/V projections write into the caches; the bf16 pairs are then misaligned), with
+    /// the kernel `variant`; every element outside the written rows must stay as it was.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_strided(
+        g: &Gpu,
+        seed: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        int8: bool,
+        f32out: bool,
+        variant: Variant,
+    ) -> Result<(), String> {
+        g.general_kernels.store(
+            variant == Variant::Tiled,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        skinny_tc(g, variant == Variant::SkinnyTc);
+        let r = gemm_case(g, seed, m, n, k, int8, f32out, true, true);
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
         skinny_tc(g, false);
@@ -823,6 +871,7 @@ mod table {
         int8: bool,
         f32out: bool,
         accumulate: bool,
+        strided: bool,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 101 + (m * n * k) as u64);
         let x = r.vec(m * k, 1.0);
@@ -834,20 +883,22 @@ mod table {
         } else {
             (r.vec(n * k, 1.0), vec![], vec![])
         };
-        let init = r.vec(m * n, 1.0);
-        let dx = g.upload("t", &tob(&x)).map_err(e)?;
-        let shape = GemmShape::new(m, n, k, accumulate);
-        let mut want = if accumulate {
-            init.clone()
-        } else {
-            vec![0.0; m * n]
+        let shape = GemmShape {
+            ldy: if strided { n + 3 } else { n },
+            y_off: strided as usize,
+            ..GemmShape::new(m, n, k, accumulate)
         };
+        let init = r.vec(shape.y_len(), 1.0);
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        // untouched outside the written rows; the product (+ init when accumulating) inside
+        let mut want = init.clone();
         let mut prod = vec![0.0; m * n];
         cpu::matmul_wt(&x, m, k, &wf, n, &mut prod, false);
         for i in 0..m {
             for j in 0..n {
                 let s = if int8 { ws[j] } else { 1.0 };
-                want[i * n + j] += prod[i * n + j] * s;
+                let o = shape.y_off + i * shape.ldy + j;
+                want[o] = prod[i * n + j] * s + if accumulate { want[o] } else { 0.0 };
             }
         }
         let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
@@ -861,7 +912,9 @@ mod table {
         } else {
             Weight::Bf16(&dwb)
         };
-        let name = format!("gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate}");
+        let name = format!(
+            "gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate} strided {strided}"
+        );
         // products of k terms of magnitude <= 1 (int8: <= 127 * scale): scale atol with sqrt(k)
         let sk = (k as f32).sqrt();
         if f32out {

@@ -714,14 +714,20 @@ impl crate::device::Backend for Gpu {
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
         if s.m <= 32 && !general && self.skinny_tc.load(std::sync::atomic::Ordering::Relaxed) {
-            // 16 columns a block (gemm.cu: gemm_skinny_tc)
+            // 16 columns a block (gemm.cu: gemm_skinny_tc); 8 warps splitting k where 4-warp
+            // blocks would leave SMs idle, for more weight loads in flight
             let blocks = s.n.div_ceil(16);
             if blocks > i32::MAX as usize {
                 return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
             }
+            let warps = if blocks < 2 * self.multiprocessors {
+                8
+            } else {
+                4
+            };
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, 1, 1),
-                block_dim: (128, 1, 1),
+                block_dim: (32 * warps, 1, 1),
                 shared_mem_bytes: 0,
             };
             return self.launch(OP, "gemm_skinny_tc", cfg, p);
