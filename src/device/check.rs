@@ -2,9 +2,14 @@
 //! hold what its shapes address, and its options must be ones the kernels implement. Both
 //! `cuda::Gpu` and `host::HostBackend` call these before doing anything, so a wrong shape is the
 //! same clear error on either (never a kernel reading out of bounds), and CI, which has no GPU,
-//! exercises the very checks that guard the kernels (tests/backend_checks.rs).
+//! exercises the very checks that guard the kernels (`backend_rejects_bad_arguments` in
+//! tests/common/mod.rs, run on the host backend in tests/device_graphs.rs and on the GPU in
+//! tests/cuda_ops.rs). Sizes are computed with checked arithmetic: a shape whose size overflows
+//! is an error, not a wrapped-around small number that would pass. The checks cover buffer sizes
+//! and options; index values inside device buffers (LoRA slot ids, K/V row maps) are checked by
+//! the code that builds them, on the host.
 
-use super::{view_len, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use super::{AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
 use crate::{Error, Result};
 use half::bf16;
 
@@ -17,13 +22,44 @@ pub fn err<B: Backend + ?Sized>(op: &'static str, msg: impl Into<String>) -> Err
     }
 }
 
-/// `buf` (named `what` in the error) holds at least `n` elements.
+/// The product of `dims`, None when it overflows.
+fn p(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+/// `view_len` with checked arithmetic.
+fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> Option<usize> {
+    if rows == 0 || heads == 0 || t == 0 {
+        return Some(0);
+    }
+    let a = (rows - 1).checked_mul(v.sb)?;
+    let b = (heads - 1).checked_mul(v.sh)?;
+    let c = (t - 1).checked_mul(v.st)?;
+    a.checked_add(b)?.checked_add(c)?.checked_add(dk)
+}
+
+/// `GemmShape::y_len` with checked arithmetic.
+fn y_len(s: &GemmShape) -> Option<usize> {
+    if s.m == 0 {
+        return Some(s.y_off);
+    }
+    (s.m - 1)
+        .checked_mul(s.ldy)?
+        .checked_add(s.n)?
+        .checked_add(s.y_off)
+}
+
+/// `buf` (named `what` in the error) holds at least `n` elements (None: the shape's size
+/// overflows).
 pub fn need<B: Backend + ?Sized, T: Elem>(
     op: &'static str,
     what: &str,
     buf: &B::Buf<T>,
-    n: usize,
+    n: Option<usize>,
 ) -> Result<()> {
+    let Some(n) = n else {
+        return Err(err::<B>(op, format!("{what}: the shape's size overflows")));
+    };
     let len = B::len(buf);
     if len < n {
         return Err(err::<B>(
@@ -39,8 +75,11 @@ fn need_host<B: Backend + ?Sized, T>(
     op: &'static str,
     what: &str,
     s: &[T],
-    n: usize,
+    n: Option<usize>,
 ) -> Result<()> {
+    let Some(n) = n else {
+        return Err(err::<B>(op, format!("{what}: the shape's size overflows")));
+    };
     if s.len() < n {
         return Err(err::<B>(
             op,
@@ -58,8 +97,8 @@ pub fn copy<B: Backend + ?Sized, T: Elem>(
     dst_off: usize,
     len: usize,
 ) -> Result<()> {
-    need::<B, T>(op, "copy source", src, src_off + len)?;
-    need::<B, T>(op, "copy destination", dst, dst_off + len)
+    need::<B, T>(op, "copy source", src, src_off.checked_add(len))?;
+    need::<B, T>(op, "copy destination", dst, dst_off.checked_add(len))
 }
 
 pub fn rms_norm<B: Backend + ?Sized>(
@@ -70,9 +109,9 @@ pub fn rms_norm<B: Backend + ?Sized>(
     d: usize,
 ) -> Result<()> {
     const OP: &str = "rms_norm";
-    need::<B, _>(OP, "x", x, rows * d)?;
-    need::<B, _>(OP, "w", w, d)?;
-    need::<B, _>(OP, "y", y, rows * d)
+    need::<B, _>(OP, "x", x, p(&[rows, d]))?;
+    need::<B, _>(OP, "w", w, Some(d))?;
+    need::<B, _>(OP, "y", y, p(&[rows, d]))
 }
 
 pub fn activation<B: Backend + ?Sized>(
@@ -81,9 +120,9 @@ pub fn activation<B: Backend + ?Sized>(
     n: usize,
 ) -> Result<()> {
     const OP: &str = "activation";
-    need::<B, _>(OP, "gate", x, n)?;
+    need::<B, _>(OP, "gate", x, Some(n))?;
     if let Some(u) = up {
-        need::<B, _>(OP, "up", u, n)?;
+        need::<B, _>(OP, "up", u, Some(n))?;
     }
     Ok(())
 }
@@ -99,8 +138,8 @@ pub fn rope<B: Backend + ?Sized>(
     if head_dim % 2 != 0 {
         return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
     }
-    need::<B, _>(OP, "x", x, tokens * heads * head_dim)?;
-    need::<B, _>(OP, "pos", pos, tokens)
+    need::<B, _>(OP, "x", x, p(&[tokens, heads, head_dim]))?;
+    need::<B, _>(OP, "pos", pos, Some(tokens))
 }
 
 /// Also checks every id against the vocabulary (on the host, before any launch).
@@ -112,8 +151,8 @@ pub fn embedding_ids<B: Backend + ?Sized>(
     vocab: usize,
 ) -> Result<()> {
     const OP: &str = "embedding";
-    need::<B, _>(OP, "table", table, vocab * d)?;
-    need::<B, _>(OP, "y", y, ids.len() * d)?;
+    need::<B, _>(OP, "table", table, p(&[vocab, d]))?;
+    need::<B, _>(OP, "y", y, p(&[ids.len(), d]))?;
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
         return Err(err::<B>(
             OP,
@@ -131,12 +170,12 @@ pub fn gemm<B: Backend + ?Sized>(
     lora: Option<&Lora<B>>,
 ) -> Result<()> {
     const OP: &str = "gemm";
-    need::<B, _>(OP, "x", x, s.m * s.k)?;
+    need::<B, _>(OP, "x", x, p(&[s.m, s.k]))?;
     match w {
-        Weight::Bf16(b) => need::<B, _>(OP, "w", *b, s.n * s.k)?,
+        Weight::Bf16(b) => need::<B, _>(OP, "w", *b, p(&[s.n, s.k]))?,
         Weight::Int8 { w, scale } => {
-            need::<B, _>(OP, "w", *w, s.n * s.k)?;
-            need::<B, _>(OP, "w_scale", *scale, s.n)?;
+            need::<B, _>(OP, "w", *w, p(&[s.n, s.k]))?;
+            need::<B, _>(OP, "w_scale", *scale, Some(s.n))?;
         }
     }
     gemm_out(OP, y, s, lora)
@@ -153,14 +192,14 @@ pub fn gemm_out<B: Backend + ?Sized>(
         return Err(err::<B>(op, format!("ldy {} < n {}", s.ldy, s.n)));
     }
     match y {
-        Out::Bf16(b) => need::<B, _>(op, "y", &**b, s.y_len())?,
-        Out::F32(f) => need::<B, _>(op, "y", &**f, s.y_len())?,
+        Out::Bf16(b) => need::<B, _>(op, "y", &**b, y_len(s))?,
+        Out::F32(f) => need::<B, _>(op, "y", &**f, y_len(s))?,
     }
     if let Some(lo) = lora {
-        need::<B, _>(op, "lora t", lo.t, s.m * lo.r)?;
-        need::<B, _>(op, "lora b", lo.b, lo.adapters * s.n * lo.r)?;
-        need::<B, _>(op, "lora ids", lo.ids, s.m)?;
-        need::<B, _>(op, "lora scale", lo.scale, lo.adapters)?;
+        need::<B, _>(op, "lora t", lo.t, p(&[s.m, lo.r]))?;
+        need::<B, _>(op, "lora b", lo.b, p(&[lo.adapters, s.n, lo.r]))?;
+        need::<B, _>(op, "lora ids", lo.ids, Some(s.m))?;
+        need::<B, _>(op, "lora scale", lo.scale, Some(lo.adapters))?;
     }
     Ok(())
 }
@@ -177,10 +216,10 @@ pub fn lora_shrink<B: Backend + ?Sized>(
     adapters: usize,
 ) -> Result<()> {
     const OP: &str = "lora_shrink";
-    need::<B, _>(OP, "x", x, m * k)?;
-    need::<B, _>(OP, "a", a, adapters * r * k)?;
-    need::<B, _>(OP, "ids", ids, m)?;
-    need::<B, _>(OP, "t", t, m * r)
+    need::<B, _>(OP, "x", x, p(&[m, k]))?;
+    need::<B, _>(OP, "a", a, p(&[adapters, r, k]))?;
+    need::<B, _>(OP, "ids", ids, Some(m))?;
+    need::<B, _>(OP, "t", t, p(&[m, r]))
 }
 
 /// The kernels implement head sizes 1..=128, query heads a multiple of the K/V heads, and the T5
@@ -216,12 +255,12 @@ pub fn attention<B: Backend + ?Sized>(
     let kv_len = |w: View| view_len(w, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
     need::<B, _>(OP, "k", k.0, kv_len(k.1))?;
     need::<B, _>(OP, "v", v.0, kv_len(v.1))?;
-    need::<B, _>(OP, "o", o, c.batch * c.tq * c.heads * c.dk)?;
+    need::<B, _>(OP, "o", o, p(&[c.batch, c.tq, c.heads, c.dk]))?;
     if let Some(m) = key_mask {
-        need::<B, _>(OP, "key_mask", m, c.kv_batch_rows * c.tk)?;
+        need::<B, _>(OP, "key_mask", m, p(&[c.kv_batch_rows, c.tk]))?;
     }
     match kv_batch {
-        Some(kb) => need::<B, _>(OP, "kv_batch", kb, c.batch)?,
+        Some(kb) => need::<B, _>(OP, "kv_batch", kb, Some(c.batch))?,
         None if c.kv_batch_rows < c.batch => {
             return Err(err::<B>(
                 OP,
@@ -233,7 +272,7 @@ pub fn attention<B: Backend + ?Sized>(
     if let Some(rb) = rel_bias {
         match c.t5_bias {
             Some((nb, md, _)) if nb >= 2 && md > nb / 2 => {
-                need::<B, _>(OP, "rel_bias", rb, nb * c.heads)?
+                need::<B, _>(OP, "rel_bias", rb, p(&[nb, c.heads]))?
             }
             _ => {
                 return Err(err::<B>(
@@ -257,13 +296,13 @@ pub fn greedy_pick<B: Backend + ?Sized>(
     if vocab == 0 || vocab > i32::MAX as usize {
         return Err(err::<B>(OP, format!("vocabulary of {vocab}")));
     }
-    need::<B, _>(OP, "logits", logits, rows * vocab)?;
+    need::<B, _>(OP, "logits", logits, p(&[rows, vocab]))?;
     if let Some(m) = masks {
         need_host::<B, _>(
             OP,
             "masks",
             m,
-            rows * crate::generate::mask_words_len(vocab),
+            p(&[rows, crate::generate::mask_words_len(vocab)]),
         )?;
     }
     Ok(())

@@ -382,6 +382,13 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "y:",
         b.rms_norm(&x, &w, &mut bf(23), 3, 8, 1e-6),
     );
+    // a size that overflows usize must not wrap around to a small number that passes
+    expect(
+        "rms overflow",
+        "rms_norm",
+        "overflows",
+        b.rms_norm(&x, &w, &mut y, usize::MAX / 2 + 1, 2, 1e-6),
+    );
 
     // activation
     use jobx_engine::device::ActKind::Silu;
@@ -506,6 +513,16 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "gemm",
         "x:",
         gemm(&bf(23), Weight::Bf16(&w), Out::Bf16(&mut yb), &s, None),
+    );
+    let far = GemmShape {
+        y_off: usize::MAX - 2,
+        ..s
+    };
+    expect(
+        "gemm y overflow",
+        "gemm",
+        "overflows",
+        gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut yb), &far, None),
     );
     expect(
         "gemm w",
@@ -688,6 +705,25 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         attn(&c, &q, &k, &bf(79), &mut o, None, Some(&map), None),
     );
     expect("attn o", "attention", "o:", all(&c, &mut bf(191)));
+    let huge = View {
+        sh: usize::MAX / 2, // (heads - 1) * sh overflows
+        ..qv
+    };
+    expect(
+        "attn view overflow",
+        "attention",
+        "overflows",
+        b.attention(
+            &c,
+            (&q, huge),
+            (&k, kv),
+            (&v, kv),
+            &mut o,
+            None,
+            Some(&map),
+            None,
+        ),
+    );
     expect(
         "attn mask",
         "attention",
