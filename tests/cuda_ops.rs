@@ -62,7 +62,11 @@ fn cuda_backend_rejects_bad_arguments() {
             return;
         }
     };
-    let bad = common::backend_rejects_bad_arguments(&gpu);
+    let mut bad = common::backend_rejects_bad_arguments(&gpu);
+    // the right calls launched kernels: they must also have run without a fault
+    if let Err(e) = gpu.stream.synchronize() {
+        bad.push(format!("a launch of the right calls faulted: {e}"));
+    }
     assert!(bad.is_empty(), "{bad:#?}");
 }
 

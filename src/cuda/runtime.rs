@@ -5,7 +5,10 @@
 //! `JOBX_CUDA_SYNC=1` synchronises after every launch so an asynchronous fault is reported by the
 //! op that caused it. `JOBX_PROFILE=kernels` brackets every launch with a pair of timing events
 //! and sums the device time per kernel and grid (`Gpu::take_kernel_profile`): where a decode
-//! step's device time goes, without an external profiler on the GPU machine. Allocation failures come back as `Error::Backend` naming the op and the
+//! step's device time goes, without an external profiler on the GPU machine. The start event is
+//! recorded just before the launch, so where the GPU runs dry (a host-bound phase) a kernel's
+//! time also holds the wait for its launch; read it as device time only where the queue is full
+//! (e.g. batch-32 decode steps). Allocation failures come back as `Error::Backend` naming the op and the
 //! bytes asked for (never an abort).
 
 use crate::{Error, Result};
@@ -25,14 +28,21 @@ struct KernelProfile {
 }
 
 impl KernelProfile {
-    /// Read the pending events (waits for them) into the totals.
-    fn fold(&mut self) -> std::result::Result<(), cudarc::driver::DriverError> {
-        for (k, grid, a, b) in self.pending.drain(..) {
-            let ms = a.elapsed_ms(&b)? as f64;
-            let t = self.totals.entry((k, grid)).or_default();
+    /// Read the pending events into the totals: all of them (waiting for the last), or with
+    /// `done_only` those already complete, oldest first, without waiting.
+    fn fold(&mut self, done_only: bool) -> std::result::Result<(), cudarc::driver::DriverError> {
+        let mut n = 0;
+        for (k, grid, a, b) in &self.pending {
+            if done_only && !b.is_complete() {
+                break;
+            }
+            let ms = a.elapsed_ms(b)? as f64;
+            let t = self.totals.entry((*k, *grid)).or_default();
             t.0 += 1;
             t.1 += ms;
+            n += 1;
         }
+        self.pending.drain(..n);
         Ok(())
     }
 }
@@ -408,10 +418,11 @@ impl Gpu {
             let end = timing()?;
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
             p.pending.push((kernel, cfg.grid_dim, start, end));
-            // read the events back now and then, so they do not pile up in the driver
+            // read the finished events back now and then, so they do not pile up in the driver
+            // (without waiting, which would drain the queue and change what is measured; an
+            // error here shows again in take_kernel_profile)
             if p.pending.len() >= 4096 {
-                p.fold()
-                    .map_err(|e| backend_err(op, format!("profile events: {e}")))?;
+                let _ = p.fold(true);
             }
         }
         if self.sync {
@@ -431,7 +442,7 @@ impl Gpu {
             return Ok(Vec::new());
         };
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        p.fold()
+        p.fold(false)
             .map_err(|e| backend_err("profile", format!("reading timing events: {e}")))?;
         let mut rows: Vec<_> = p.totals.drain().collect();
         rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));

@@ -41,11 +41,16 @@ impl StepProfile {
         self.wait += t1.elapsed().as_secs_f64();
     }
 
-    /// The per-step split and the decode steps' kernel times (call once, at the end).
+    /// The per-step split and the decode steps' kernel times (call once, at the end; the
+    /// kernel times also when no step ran, so they are not counted in the next report).
     pub fn report<B: Backend>(&self, dev: &B) {
-        if self.steps == 0 {
-            return;
+        if self.steps > 0 {
+            self.print_split();
         }
+        print_kernels(dev, "decode");
+    }
+
+    fn print_split(&self) {
         eprintln!(
             "jobx profile: {}, {} steps (last of {} rows): host enqueue {:.3} ms/step, \
              wait for device + readback {:.3} ms/step",
@@ -55,7 +60,6 @@ impl StepProfile {
             self.enqueue * 1e3 / self.steps as f64,
             self.wait * 1e3 / self.steps as f64
         );
-        print_kernels(dev, "decode");
     }
 }
 
