@@ -160,20 +160,17 @@ fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
 }
 
 impl Gpu {
-    /// The parameter struct of a GEMM with the output, shape and LoRA fields filled (checked
-    /// against the buffers by `check::gemm_out`); the caller sets x, w, scales and the weight
-    /// kind.
+    /// The parameter struct of a GEMM with the output, shape and LoRA fields filled; the caller
+    /// has run `check::gemm_out` (or `check::gemm`) and sets x, w, scales and the weight kind.
     fn gemm_params(
         &self,
-        op: &'static str,
         s: &GemmShape,
         y: &mut Out,
         lora: Option<&Lora>,
     ) -> Result<jobx_gemm_params> {
-        check::gemm_out::<Gpu>(op, y, s, lora)?;
         let (y, y_f32) = match y {
             Out::Bf16(b) => {
-                // SAFETY: y_off is inside the buffer (checked just above)
+                // SAFETY: y_off is inside the buffer (the caller ran check::gemm_out)
                 (
                     unsafe { (self.ptr(b) as *mut bf16).add(s.y_off) as *mut c_void },
                     0,
@@ -296,11 +293,12 @@ impl Gpu {
         lora: Option<&Lora>,
     ) -> Result<()> {
         const OP: &str = "gemm_w8a8";
-        need(OP, "x", xq, s.m * s.k)?;
-        need(OP, "x_scale", x_scale, s.m)?;
-        need(OP, "w", wq, s.n * s.k)?;
-        need(OP, "w_scale", w_scale, s.n)?;
-        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
+        check::need::<Gpu, _>(OP, "x", xq, check::size(&[s.m, s.k]))?;
+        check::need::<Gpu, _>(OP, "x_scale", x_scale, Some(s.m))?;
+        check::need::<Gpu, _>(OP, "w", wq, check::size(&[s.n, s.k]))?;
+        check::need::<Gpu, _>(OP, "w_scale", w_scale, Some(s.n))?;
+        check::gemm_out::<Gpu>(OP, &y, s, lora)?;
+        let mut p = self.gemm_params(s, &mut y, lora)?;
         p.x = self.ptr(xq);
         p.w = self.ptr(wq);
         p.w_scale = self.ptr(w_scale) as *const f32;
@@ -684,7 +682,7 @@ impl crate::device::Backend for Gpu {
     ) -> Result<()> {
         const OP: &str = "gemm";
         check::gemm::<Self>(x, &w, &y, s, lora)?;
-        let mut p = self.gemm_params(OP, s, &mut y, lora)?;
+        let mut p = self.gemm_params(s, &mut y, lora)?;
         p.x = self.ptr(x);
         match &w {
             Weight::Bf16(b) => {

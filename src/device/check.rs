@@ -23,7 +23,7 @@ pub fn err<B: Backend + ?Sized>(op: &'static str, msg: impl Into<String>) -> Err
 }
 
 /// The product of `dims`, None when it overflows.
-fn p(dims: &[usize]) -> Option<usize> {
+pub fn size(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
 }
 
@@ -109,9 +109,9 @@ pub fn rms_norm<B: Backend + ?Sized>(
     d: usize,
 ) -> Result<()> {
     const OP: &str = "rms_norm";
-    need::<B, _>(OP, "x", x, p(&[rows, d]))?;
+    need::<B, _>(OP, "x", x, size(&[rows, d]))?;
     need::<B, _>(OP, "w", w, Some(d))?;
-    need::<B, _>(OP, "y", y, p(&[rows, d]))
+    need::<B, _>(OP, "y", y, size(&[rows, d]))
 }
 
 pub fn activation<B: Backend + ?Sized>(
@@ -138,7 +138,7 @@ pub fn rope<B: Backend + ?Sized>(
     if head_dim % 2 != 0 {
         return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
     }
-    need::<B, _>(OP, "x", x, p(&[tokens, heads, head_dim]))?;
+    need::<B, _>(OP, "x", x, size(&[tokens, heads, head_dim]))?;
     need::<B, _>(OP, "pos", pos, Some(tokens))
 }
 
@@ -151,8 +151,8 @@ pub fn embedding_ids<B: Backend + ?Sized>(
     vocab: usize,
 ) -> Result<()> {
     const OP: &str = "embedding";
-    need::<B, _>(OP, "table", table, p(&[vocab, d]))?;
-    need::<B, _>(OP, "y", y, p(&[ids.len(), d]))?;
+    need::<B, _>(OP, "table", table, size(&[vocab, d]))?;
+    need::<B, _>(OP, "y", y, size(&[ids.len(), d]))?;
     if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
         return Err(err::<B>(
             OP,
@@ -170,11 +170,11 @@ pub fn gemm<B: Backend + ?Sized>(
     lora: Option<&Lora<B>>,
 ) -> Result<()> {
     const OP: &str = "gemm";
-    need::<B, _>(OP, "x", x, p(&[s.m, s.k]))?;
+    need::<B, _>(OP, "x", x, size(&[s.m, s.k]))?;
     match w {
-        Weight::Bf16(b) => need::<B, _>(OP, "w", *b, p(&[s.n, s.k]))?,
+        Weight::Bf16(b) => need::<B, _>(OP, "w", *b, size(&[s.n, s.k]))?,
         Weight::Int8 { w, scale } => {
-            need::<B, _>(OP, "w", *w, p(&[s.n, s.k]))?;
+            need::<B, _>(OP, "w", *w, size(&[s.n, s.k]))?;
             need::<B, _>(OP, "w_scale", *scale, Some(s.n))?;
         }
     }
@@ -196,8 +196,8 @@ pub fn gemm_out<B: Backend + ?Sized>(
         Out::F32(f) => need::<B, _>(op, "y", &**f, y_len(s))?,
     }
     if let Some(lo) = lora {
-        need::<B, _>(op, "lora t", lo.t, p(&[s.m, lo.r]))?;
-        need::<B, _>(op, "lora b", lo.b, p(&[lo.adapters, s.n, lo.r]))?;
+        need::<B, _>(op, "lora t", lo.t, size(&[s.m, lo.r]))?;
+        need::<B, _>(op, "lora b", lo.b, size(&[lo.adapters, s.n, lo.r]))?;
         need::<B, _>(op, "lora ids", lo.ids, Some(s.m))?;
         need::<B, _>(op, "lora scale", lo.scale, Some(lo.adapters))?;
     }
@@ -216,10 +216,10 @@ pub fn lora_shrink<B: Backend + ?Sized>(
     adapters: usize,
 ) -> Result<()> {
     const OP: &str = "lora_shrink";
-    need::<B, _>(OP, "x", x, p(&[m, k]))?;
-    need::<B, _>(OP, "a", a, p(&[adapters, r, k]))?;
+    need::<B, _>(OP, "x", x, size(&[m, k]))?;
+    need::<B, _>(OP, "a", a, size(&[adapters, r, k]))?;
     need::<B, _>(OP, "ids", ids, Some(m))?;
-    need::<B, _>(OP, "t", t, p(&[m, r]))
+    need::<B, _>(OP, "t", t, size(&[m, r]))
 }
 
 /// The kernels implement head sizes 1..=128, query heads a multiple of the K/V heads, and the T5
@@ -255,9 +255,9 @@ pub fn attention<B: Backend + ?Sized>(
     let kv_len = |w: View| view_len(w, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
     need::<B, _>(OP, "k", k.0, kv_len(k.1))?;
     need::<B, _>(OP, "v", v.0, kv_len(v.1))?;
-    need::<B, _>(OP, "o", o, p(&[c.batch, c.tq, c.heads, c.dk]))?;
+    need::<B, _>(OP, "o", o, size(&[c.batch, c.tq, c.heads, c.dk]))?;
     if let Some(m) = key_mask {
-        need::<B, _>(OP, "key_mask", m, p(&[c.kv_batch_rows, c.tk]))?;
+        need::<B, _>(OP, "key_mask", m, size(&[c.kv_batch_rows, c.tk]))?;
     }
     match kv_batch {
         Some(kb) => need::<B, _>(OP, "kv_batch", kb, Some(c.batch))?,
@@ -272,7 +272,7 @@ pub fn attention<B: Backend + ?Sized>(
     if let Some(rb) = rel_bias {
         match c.t5_bias {
             Some((nb, md, _)) if nb >= 2 && md > nb / 2 => {
-                need::<B, _>(OP, "rel_bias", rb, p(&[nb, c.heads]))?
+                need::<B, _>(OP, "rel_bias", rb, size(&[nb, c.heads]))?
             }
             _ => {
                 return Err(err::<B>(
@@ -296,13 +296,13 @@ pub fn greedy_pick<B: Backend + ?Sized>(
     if vocab == 0 || vocab > i32::MAX as usize {
         return Err(err::<B>(OP, format!("vocabulary of {vocab}")));
     }
-    need::<B, _>(OP, "logits", logits, p(&[rows, vocab]))?;
+    need::<B, _>(OP, "logits", logits, size(&[rows, vocab]))?;
     if let Some(m) = masks {
         need_host::<B, _>(
             OP,
             "masks",
             m,
-            p(&[rows, crate::generate::mask_words_len(vocab)]),
+            size(&[rows, crate::generate::mask_words_len(vocab)]),
         )?;
     }
     Ok(())
