@@ -408,7 +408,9 @@ mod table {
             "gemm skinny accumulate f32 m17 n300 k1024".into(),
             Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, Variant::Default)),
         ));
-        // strided, offset outputs (the K/V cache writes) on every decode kernel, and an n wide
+        // outputs into rows of a wider buffer at an odd offset (ldy = n + 3, y_off = 1: how the
+        // decode K/V projections write into the caches; the bf16 pairs are then misaligned) on
+        // every decode kernel, everything outside the written rows unchanged; and an n wide
         // enough for the tensor-core skinny kernel's 4-warp blocks
         for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
             for &(m, n, k, int8) in &[
@@ -421,7 +423,11 @@ mod table {
                         format!(
                             "gemm strided m{m} n{n} k{k} int8w {int8} f32out {f32out} {variant:?}"
                         ),
-                        Box::new(move |g, s| gemm_strided(g, s, m, n, k, int8, f32out, variant)),
+                        Box::new(move |g, s| {
+                            with_variant(g, variant, || {
+                                gemm_case(g, s, m, n, k, int8, f32out, true, true)
+                            })
+                        }),
                     ));
                 }
             }
@@ -437,10 +443,9 @@ mod table {
         cases.push((
             "lora skinny tc m20 n130 k256 r16".into(),
             Box::new(|g, s| {
-                skinny_tc(g, true);
-                let r = lora(g, s, 20, 130, 256, &[16; 3], false, true);
-                skinny_tc(g, false);
-                r
+                with_variant(g, Variant::SkinnyTc, || {
+                    lora(g, s, 20, 130, 256, &[16; 3], false, true)
+                })
             }),
         ));
         cases.push((
@@ -812,38 +817,23 @@ mod table {
         accumulate: bool,
         variant: Variant,
     ) -> Result<(), String> {
-        g.general_kernels.store(
-            variant == Variant::Tiled,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        skinny_tc(g, variant == Variant::SkinnyTc);
-        let r = gemm_case(g, seed, m, n, k, int8, f32out, accumulate, false);
-        g.general_kernels
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-        skinny_tc(g, false);
-        r
+        with_variant(g, variant, || {
+            gemm_case(g, seed, m, n, k, int8, f32out, accumulate, false)
+        })
     }
 
-    /// A GEMM into rows of a wider buffer at an odd offset (ldy = n + 3, y_off = 1: how the
-    /// decode K/V projections write into the caches; the bf16 pairs are then misaligned), with
-    /// the kernel `variant`; every element outside the written rows must stay as it was.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_strided(
+    /// Run `f` with the GEMM kernel `variant` forced, then the wrapper's default choice again.
+    fn with_variant(
         g: &Gpu,
-        seed: u64,
-        m: usize,
-        n: usize,
-        k: usize,
-        int8: bool,
-        f32out: bool,
         variant: Variant,
+        f: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
         g.general_kernels.store(
             variant == Variant::Tiled,
             std::sync::atomic::Ordering::Relaxed,
         );
         skinny_tc(g, variant == Variant::SkinnyTc);
-        let r = gemm_case(g, seed, m, n, k, int8, f32out, true, true);
+        let r = f();
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
         skinny_tc(g, false);
@@ -865,6 +855,8 @@ mod table {
         g.skinny_tc.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// One GEMM against the CPU product; with `strided`, into rows of a wider buffer at an odd
+    /// offset (ldy = n + 3, y_off = 1), every element outside them unchanged.
     #[allow(clippy::too_many_arguments)]
     fn gemm_case(
         g: &Gpu,
