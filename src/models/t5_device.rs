@@ -154,54 +154,67 @@ impl<'g, B: Backend> T5Device<'g, B> {
         self.w.buf(n)
     }
 
-    /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1").
-    fn ffn(&self, x: &mut B::Buf<bf16>, rows: usize, p: &str, ad: &RowAdapters<B>) -> Result<()> {
+    /// The feed-forward blocks' scratch for `rows` rows.
+    fn ffn_bufs(&self, rows: usize) -> Result<FfnBufs<B>> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
-        let mut h = self.buf(rows * d)?;
+        Ok(FfnBufs {
+            h: self.buf(rows * d)?,
+            a: self.buf(rows * dff)?,
+            u: if self.gated {
+                Some(self.buf(rows * dff)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// x += FFN(rms_norm(x)) for the layer prefix `p` (e.g. "encoder.block.3.layer.1"), with
+    /// scratch `fb` from `ffn_bufs(rows)` (every buffer written before it is read).
+    fn ffn(
+        &self,
+        x: &mut B::Buf<bf16>,
+        rows: usize,
+        p: &str,
+        ad: &RowAdapters<B>,
+        fb: &mut FfnBufs<B>,
+    ) -> Result<()> {
+        let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
+        let FfnBufs { h, a, u } = fb;
         self.dev.rms_norm(
             x,
             self.wt(&format!("{p}.layer_norm.weight"))?,
-            &mut h,
+            h,
             rows,
             d,
             self.cfg.layer_norm_epsilon as f32,
         )?;
-        let mut a = self.buf(rows * dff)?;
         let dr = format!("{p}.DenseReluDense");
-        if self.gated {
-            let mut u = self.buf(rows * dff)?;
+        if let Some(u) = u {
             self.w.linear(
-                &h,
+                h,
                 &format!("{dr}.wi_0.weight"),
                 (rows, dff, d),
-                &mut a,
+                a,
                 false,
                 ad,
             )?;
             self.w.linear(
-                &h,
+                h,
                 &format!("{dr}.wi_1.weight"),
                 (rows, dff, d),
-                &mut u,
+                u,
                 false,
                 ad,
             )?;
             self.dev
-                .activation_inplace(&mut a, Some(&u), rows * dff, self.act)?;
+                .activation_inplace(a, Some(&*u), rows * dff, self.act)?;
         } else {
-            self.w.linear(
-                &h,
-                &format!("{dr}.wi.weight"),
-                (rows, dff, d),
-                &mut a,
-                false,
-                ad,
-            )?;
-            self.dev
-                .activation_inplace(&mut a, None, rows * dff, self.act)?;
+            self.w
+                .linear(h, &format!("{dr}.wi.weight"), (rows, dff, d), a, false, ad)?;
+            self.dev.activation_inplace(a, None, rows * dff, self.act)?;
         }
         self.w
-            .linear(&a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true, ad)
+            .linear(a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true, ad)
     }
 
     /// Encoder over `ids` [batch, seq] with `mask` (1 = token, 0 = padding), base model.
@@ -262,9 +275,15 @@ impl<'g, B: Backend> T5Device<'g, B> {
             st: inner,
         };
         let eps = c.layer_norm_epsilon as f32;
+        // scratch shared by the layers (each buffer is written before it is read)
+        let mut hn = self.buf(rows * d)?;
+        let mut q = self.buf(rows * inner)?;
+        let mut k = self.buf(rows * inner)?;
+        let mut v = self.buf(rows * inner)?;
+        let mut o = self.buf(rows * inner)?;
+        let mut fb = self.ffn_bufs(rows)?;
         for l in 0..c.num_layers {
             let p = format!("encoder.block.{l}.layer.0");
-            let mut hn = self.buf(rows * d)?;
             self.dev.rms_norm(
                 &x,
                 self.wt(&format!("{p}.layer_norm.weight"))?,
@@ -274,9 +293,6 @@ impl<'g, B: Backend> T5Device<'g, B> {
                 eps,
             )?;
             let sa = format!("{p}.SelfAttention");
-            let mut q = self.buf(rows * inner)?;
-            let mut k = self.buf(rows * inner)?;
-            let mut v = self.buf(rows * inner)?;
             self.w.linear(
                 &hn,
                 &format!("{sa}.q.weight"),
@@ -319,7 +335,6 @@ impl<'g, B: Backend> T5Device<'g, B> {
                     true,
                 )),
             };
-            let mut o = self.buf(rows * inner)?;
             self.dev.attention(
                 &call,
                 (&q, view),
@@ -338,7 +353,13 @@ impl<'g, B: Backend> T5Device<'g, B> {
                 true,
                 ad,
             )?;
-            self.ffn(&mut x, rows, &format!("encoder.block.{l}.layer.1"), ad)?;
+            self.ffn(
+                &mut x,
+                rows,
+                &format!("encoder.block.{l}.layer.1"),
+                ad,
+                &mut fb,
+            )?;
         }
         let mut enc = self.buf(rows * d)?;
         self.dev.rms_norm(
@@ -382,6 +403,41 @@ impl<'g, B: Backend> T5Device<'g, B> {
     }
 }
 
+/// The feed-forward blocks' scratch (`T5Device::ffn_bufs`): normed input [rows, d], the
+/// activation [rows, d_ff] and, gated, the up projection [rows, d_ff].
+struct FfnBufs<B: Backend> {
+    h: B::Buf<bf16>,
+    a: B::Buf<bf16>,
+    u: Option<B::Buf<bf16>>,
+}
+
+/// A decode step's scratch for `rows` rows, kept by the stepper across steps and shared by the
+/// layers: one allocation each per generation (and per change of the row count) instead of
+/// several per layer and step, host time a batch-1 step is bound by. Every buffer is written
+/// before it is read in each layer.
+struct DecScratch<B: Backend> {
+    rows: usize,
+    x: B::Buf<bf16>,
+    hn: B::Buf<bf16>,
+    q: B::Buf<bf16>,
+    o: B::Buf<bf16>,
+    fb: FfnBufs<B>,
+}
+
+impl<B: Backend> DecScratch<B> {
+    fn new(m: &T5Device<'_, B>, rows: usize) -> Result<Self> {
+        let (d, inner) = (m.cfg.d_model, m.cfg.num_heads * m.cfg.d_kv);
+        Ok(DecScratch {
+            rows,
+            x: m.buf(rows * d)?,
+            hn: m.buf(rows * d)?,
+            q: m.buf(rows * inner)?,
+            o: m.buf(rows * inner)?,
+            fb: m.ffn_bufs(rows)?,
+        })
+    }
+}
+
 /// Decoder state of one generation: per layer self-attention K/V caches [rows, cap, H*dk].
 pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     model: &'a T5Device<'g, B>,
@@ -394,6 +450,7 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     cap: usize,
     len: usize,
     cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
+    scratch: Option<DecScratch<B>>,
     /// `JOBX_PROFILE` (device::profile)
     profile: Option<StepProfile>,
 }
@@ -443,6 +500,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             cap,
             len: 0,
             cache,
+            scratch: None,
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
         })
     }
@@ -542,8 +600,16 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         }
         let t = self.len;
         let eps = c.layer_norm_epsilon as f32;
-        let mut x = m.buf(rows * d)?;
-        dev.embedding_ids(tokens, m.wt("shared.weight")?, &mut x, d, v)?;
+        if !matches!(&self.scratch, Some(sc) if sc.rows == rows) {
+            self.scratch = Some(DecScratch::new(m, rows)?);
+        }
+        let DecScratch {
+            x, hn, q, o, fb, ..
+        } = self
+            .scratch
+            .as_mut()
+            .ok_or_else(|| Error::Input("decoder scratch missing".into()))?;
+        dev.embedding_ids(tokens, m.wt("shared.weight")?, x, d, v)?;
         let qview = View {
             sb: inner,
             sh: dk,
@@ -562,22 +628,20 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         for l in 0..c.n_dec_layers() {
             // self-attention over the cache (positions 0..=t), unidirectional relative bias
             let p = format!("decoder.block.{l}.layer.0");
-            let mut hn = m.buf(rows * d)?;
             dev.rms_norm(
-                &x,
+                x,
                 m.wt(&format!("{p}.layer_norm.weight"))?,
-                &mut hn,
+                hn,
                 rows,
                 d,
                 eps,
             )?;
             let sa = format!("{p}.SelfAttention");
-            let mut q = m.buf(rows * inner)?;
             m.w.linear(
-                &hn,
+                hn,
                 &format!("{sa}.q.weight"),
                 (rows, inner, d),
-                &mut q,
+                q,
                 false,
                 &self.ad,
             )?;
@@ -591,14 +655,14 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 accumulate: false,
             };
             m.w.gemm(
-                &hn,
+                hn,
                 &format!("{sa}.k.weight"),
                 Out::Bf16(kc),
                 &at_t,
                 &self.ad,
             )?;
             m.w.gemm(
-                &hn,
+                hn,
                 &format!("{sa}.v.weight"),
                 Out::Bf16(vc),
                 &at_t,
@@ -622,41 +686,40 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                     false,
                 )),
             };
-            let mut o = m.buf(rows * inner)?;
             dev.attention(
                 &call,
-                (&q, qview),
+                (q, qview),
                 (kc, cache_view),
                 (vc, cache_view),
-                &mut o,
+                o,
                 None,
                 None,
                 Some(&m.dec_bias),
             )?;
             m.w.linear(
-                &o,
+                o,
                 &format!("{sa}.o.weight"),
                 (rows, d, inner),
-                &mut x,
+                x,
                 true,
                 &self.ad,
             )?;
             // cross-attention over the encoder output (no position bias, padding mask)
             let p = format!("decoder.block.{l}.layer.1");
             dev.rms_norm(
-                &x,
+                x,
                 m.wt(&format!("{p}.layer_norm.weight"))?,
-                &mut hn,
+                hn,
                 rows,
                 d,
                 eps,
             )?;
             let ca = format!("{p}.EncDecAttention");
             m.w.linear(
-                &hn,
+                hn,
                 &format!("{ca}.q.weight"),
                 (rows, inner, d),
-                &mut q,
+                q,
                 false,
                 &self.ad,
             )?;
@@ -677,31 +740,25 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             };
             dev.attention(
                 &call,
-                (&q, qview),
+                (q, qview),
                 (ek, enc_view),
                 (ev, enc_view),
-                &mut o,
+                o,
                 Some(&self.enc.mask),
                 Some(&self.src_d),
                 None,
             )?;
             m.w.linear(
-                &o,
+                o,
                 &format!("{ca}.o.weight"),
                 (rows, d, inner),
-                &mut x,
+                x,
                 true,
                 &self.ad,
             )?;
-            m.ffn(
-                &mut x,
-                rows,
-                &format!("decoder.block.{l}.layer.2"),
-                &self.ad,
-            )?;
+            m.ffn(x, rows, &format!("decoder.block.{l}.layer.2"), &self.ad, fb)?;
         }
-        let mut hn = m.buf(rows * d)?;
-        dev.rms_norm(&x, &m.dec_final, &mut hn, rows, d, eps)?;
+        dev.rms_norm(x, &m.dec_final, hn, rows, d, eps)?;
         let head = if c.tie_word_embeddings {
             "shared.weight"
         } else {
@@ -709,7 +766,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         };
         let mut lg = dev.scratch::<f32>("t5", rows * v)?;
         m.w.gemm(
-            &hn,
+            hn,
             head,
             Out::F32(&mut lg),
             &GemmShape::new(rows, v, d, false),
