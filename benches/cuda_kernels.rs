@@ -85,30 +85,25 @@ fn main() {
         let mut y = g.zeros::<bf16>("bench", m * n).unwrap();
         let sh = GemmShape::new(m, n, k, false);
         let flop = 2.0 * (m * n * k) as f64;
-        for (name, ms) in [
-            (
-                "gemm_bf16",
-                time(&g, || {
-                    g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                        .unwrap()
-                }),
-            ),
-            (
-                "gemm_int8_weight_only",
-                time(&g, || {
-                    g.gemm(
-                        &x,
-                        Weight::Int8 {
-                            w: &wq,
-                            scale: &s_n,
-                        },
-                        Out::Bf16(&mut y),
-                        &sh,
-                        None,
-                    )
+        // the bf16 and the weight-only int8 product, timed with whichever kernel is chosen now
+        let time_bf16 = |y: &mut cudarc::driver::CudaSlice<bf16>| {
+            time(&g, || {
+                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(y), &sh, None)
                     .unwrap()
-                }),
-            ),
+            })
+        };
+        let time_int8 = |y: &mut cudarc::driver::CudaSlice<bf16>| {
+            time(&g, || {
+                let w = Weight::Int8 {
+                    w: &wq,
+                    scale: &s_n,
+                };
+                g.gemm(&x, w, Out::Bf16(y), &sh, None).unwrap()
+            })
+        };
+        for (name, ms) in [
+            ("gemm_bf16", time_bf16(&mut y)),
+            ("gemm_int8_weight_only", time_int8(&mut y)),
             (
                 "gemm_w8a8",
                 time(&g, || {
@@ -126,10 +121,7 @@ fn main() {
             // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
             for (tile, suffix) in [(128u32, "tma_n128"), (256, "tma_n256"), (1, "mma")] {
                 g.sm90_tile.store(tile, Relaxed);
-                let bf = time(&g, || {
-                    g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                        .unwrap()
-                });
+                let bf = time_bf16(&mut y);
                 let i8 = time(&g, || {
                     g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
                         .unwrap()
@@ -147,10 +139,7 @@ fn main() {
             // the same product on the general 64x64 tensor-core tiles: the baseline the skinny
             // kernels replace
             g.general_kernels.store(true, Relaxed);
-            let ms = time(&g, || {
-                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                    .unwrap()
-            });
+            let ms = time_bf16(&mut y);
             g.general_kernels.store(false, Relaxed);
             println!(
                 "{{\"op\":\"gemm_bf16_general\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
@@ -158,23 +147,8 @@ fn main() {
             );
             // the experimental tensor-core skinny kernel, bf16 and int8 weights
             let tc_before = g.skinny_tc.swap(true, Relaxed);
-            let bf = time(&g, || {
-                g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
-                    .unwrap()
-            });
-            let i8w = time(&g, || {
-                g.gemm(
-                    &x,
-                    Weight::Int8 {
-                        w: &wq,
-                        scale: &s_n,
-                    },
-                    Out::Bf16(&mut y),
-                    &sh,
-                    None,
-                )
-                .unwrap()
-            });
+            let bf = time_bf16(&mut y);
+            let i8w = time_int8(&mut y);
             g.skinny_tc.store(tc_before, Relaxed);
             for (name, ms) in [
                 ("gemm_bf16_skinny_tc", bf),

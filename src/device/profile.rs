@@ -8,7 +8,9 @@
 use super::Backend;
 use std::time::Instant;
 
-pub struct StepProfile {
+/// Reports when dropped (with the stepper that holds it).
+pub struct StepProfile<'d, B: Backend> {
+    dev: &'d B,
     what: &'static str,
     steps: usize,
     rows: usize,
@@ -16,14 +18,15 @@ pub struct StepProfile {
     wait: f64,
 }
 
-impl StepProfile {
+impl<'d, B: Backend> StepProfile<'d, B> {
     /// A profile when `JOBX_PROFILE` asks for one; reports (and resets) the kernel times of what
     /// ran before, as `before`.
-    pub fn from_env<B: Backend>(dev: &B, what: &'static str, before: &str) -> Option<Self> {
+    pub fn from_env(dev: &'d B, what: &'static str, before: &str) -> Option<Self> {
         let on = std::env::var("JOBX_PROFILE").is_ok_and(|v| v == "1" || v == "kernels");
         on.then(|| {
             print_kernels(dev, before);
             StepProfile {
+                dev,
                 what,
                 steps: 0,
                 rows: 0,
@@ -41,15 +44,6 @@ impl StepProfile {
         self.wait += t1.elapsed().as_secs_f64();
     }
 
-    /// The per-step split and the decode steps' kernel times (call once, at the end; the
-    /// kernel times also when no step ran, so they are not counted in the next report).
-    pub fn report<B: Backend>(&self, dev: &B) {
-        if self.steps > 0 {
-            self.print_split();
-        }
-        print_kernels(dev, "decode");
-    }
-
     fn print_split(&self) {
         eprintln!(
             "jobx profile: {}, {} steps (last of {} rows): host enqueue {:.3} ms/step, \
@@ -60,6 +54,17 @@ impl StepProfile {
             self.enqueue * 1e3 / self.steps as f64,
             self.wait * 1e3 / self.steps as f64
         );
+    }
+}
+
+/// At the end: the per-step split and the decode steps' kernel times (those also when no step
+/// ran, so they are not counted in the next report).
+impl<B: Backend> Drop for StepProfile<'_, B> {
+    fn drop(&mut self) {
+        if self.steps > 0 {
+            self.print_split();
+        }
+        print_kernels(self.dev, "decode");
     }
 }
 

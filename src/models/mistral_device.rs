@@ -444,15 +444,7 @@ pub struct MistralDeviceStepper<'a, 'g, B: Backend> {
     pub state: MistralDeviceState<B>,
     pending: PendingLogits,
     /// `JOBX_PROFILE` (device::profile): the decode steps picked on the device
-    profile: Option<StepProfile>,
-}
-
-impl<B: Backend> Drop for MistralDeviceStepper<'_, '_, B> {
-    fn drop(&mut self) {
-        if let Some(p) = &self.profile {
-            p.report(self.model.dev);
-        }
-    }
+    profile: Option<StepProfile<'g, B>>,
 }
 
 impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {

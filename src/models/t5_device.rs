@@ -452,15 +452,7 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
     scratch: Option<DecScratch<B>>,
     /// `JOBX_PROFILE` (device::profile)
-    profile: Option<StepProfile>,
-}
-
-impl<B: Backend> Drop for T5DeviceStepper<'_, '_, B> {
-    fn drop(&mut self) {
-        if let Some(p) = &self.profile {
-            p.report(self.model.dev);
-        }
-    }
+    profile: Option<StepProfile<'g, B>>,
 }
 
 impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
