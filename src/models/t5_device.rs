@@ -768,37 +768,3 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         Ok(lg)
     }
 }
-
-/// Generate for a batch of source id rows on the device (T5; rows right-padded with the pad id and
-/// masked, as HF's tokenizer pads T5 inputs) with LoRA adapter slot `adapter`, with the shared
-/// `generate` loop: greedy, beam search
-/// or sampling per `opts`. Returns one output per source row.
-pub fn generate_t5<B: Backend>(
-    model: &T5Device<B>,
-    sources: &[Vec<u32>],
-    opts: &crate::generate::GenOptions,
-    adapter: Option<usize>,
-) -> Result<Vec<crate::generate::GenOutput>> {
-    let b = sources.len();
-    let s = sources.iter().map(|r| r.len()).max().unwrap_or(0);
-    if b == 0 || s == 0 {
-        return Err(Error::Input("generate: empty input".into()));
-    }
-    let pad = model.cfg.pad_token_id;
-    let mut ids = Vec::with_capacity(b * s);
-    let mut mask = Vec::with_capacity(b * s);
-    for r in sources {
-        ids.extend(
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(pad, s - r.len())),
-        );
-        mask.extend((0..s).map(|j| (j < r.len()) as u8));
-    }
-    let enc = model.encode_with(&ids, &mask, b, s, &vec![adapter; b])?;
-    let k = opts.num_beams.max(1);
-    let src = crate::generate::beam_parents(b, k);
-    let mut stepper = T5DeviceStepper::new(model, &enc, src, opts.max_new_tokens + 1)?;
-    let start = vec![model.cfg.decoder_start(); b];
-    crate::generate::generate(&mut stepper, &start, opts, &mut [])
-}
