@@ -884,7 +884,7 @@ mod table {
             y_off: strided as usize,
             ..GemmShape::new(m, n, k, accumulate)
         };
-        let init = r.vec(shape.y_len(), 1.0);
+        let init = r.vec(shape.y_len().expect("small shape"), 1.0);
         let dx = g.upload("t", &tob(&x)).map_err(e)?;
         // untouched outside the written rows; the product (+ init when accumulating) inside
         let mut want = init.clone();

@@ -9,17 +9,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 use std::ffi::c_void;
 
-fn need<T>(op: &'static str, what: &str, buf: &CudaSlice<T>, n: usize) -> Result<()> {
-    if buf.len() < n {
-        return Err(backend_err(
-            op,
-            format!(
-                "{what}: buffer holds {} elements, shape needs {n}",
-                buf.len()
-            ),
-        ));
-    }
-    Ok(())
+/// `check::need` for buffers of any element type (`n` None: the shape's size overflows).
+fn need<T>(op: &'static str, what: &str, buf: &CudaSlice<T>, n: Option<usize>) -> Result<()> {
+    check::need_len::<Gpu>(op, what, buf.len(), n)
 }
 
 fn grid_1d(n: usize, threads: u32) -> LaunchConfig {
@@ -58,7 +50,7 @@ impl Gpu {
         n: usize,
         kind: u32,
     ) -> Result<()> {
-        need("activation", "y", y, n)?;
+        need("activation", "y", y, Some(n))?;
         self.launch_act(gate, up, self.ptr(y), n, kind)
     }
 
@@ -110,9 +102,9 @@ impl Gpu {
         vocab: usize,
     ) -> Result<()> {
         const OP: &str = "embedding";
-        need(OP, "ids", ids, n)?;
-        need(OP, "table", table, vocab * d)?;
-        need(OP, "y", y, n * d)?;
+        need(OP, "ids", ids, Some(n))?;
+        need(OP, "table", table, size(&[vocab, d]))?;
+        need(OP, "y", y, size(&[n, d]))?;
         if n == 0 {
             return Ok(());
         }
@@ -141,7 +133,7 @@ impl Gpu {
 pub type Weight<'a> = crate::device::Weight<'a, Gpu>;
 pub type Out<'a> = crate::device::Out<'a, Gpu>;
 pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
-use crate::device::check;
+use crate::device::check::{self, size};
 pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, View};
 
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
@@ -293,10 +285,10 @@ impl Gpu {
         lora: Option<&Lora>,
     ) -> Result<()> {
         const OP: &str = "gemm_w8a8";
-        check::need::<Gpu, _>(OP, "x", xq, check::size(&[s.m, s.k]))?;
-        check::need::<Gpu, _>(OP, "x_scale", x_scale, Some(s.m))?;
-        check::need::<Gpu, _>(OP, "w", wq, check::size(&[s.n, s.k]))?;
-        check::need::<Gpu, _>(OP, "w_scale", w_scale, Some(s.n))?;
+        need(OP, "x", xq, size(&[s.m, s.k]))?;
+        need(OP, "x_scale", x_scale, Some(s.m))?;
+        need(OP, "w", wq, size(&[s.n, s.k]))?;
+        need(OP, "w_scale", w_scale, Some(s.n))?;
         check::gemm_out::<Gpu>(OP, &y, s, lora)?;
         let mut p = self.gemm_params(s, &mut y, lora)?;
         p.x = self.ptr(xq);
@@ -328,9 +320,9 @@ impl Gpu {
         k: usize,
     ) -> Result<()> {
         const OP: &str = "quantize_rows";
-        need(OP, "x", x, m * k)?;
-        need(OP, "q", q, m * k)?;
-        need(OP, "scale", scale, m)?;
+        need(OP, "x", x, size(&[m, k]))?;
+        need(OP, "q", q, size(&[m, k]))?;
+        need(OP, "scale", scale, Some(m))?;
         if m == 0 {
             return Ok(());
         }
@@ -467,12 +459,12 @@ impl Gpu {
         if vocab > i32::MAX as usize {
             return Err(backend_err(OP, "vocabulary too large for i32 ids"));
         }
-        need(OP, "logits", logits, rows * vocab)?;
+        need(OP, "logits", logits, size(&[rows, vocab]))?;
         if let Some(m) = mask {
-            need(OP, "mask", m, rows * vocab.div_ceil(32))?;
+            need(OP, "mask", m, size(&[rows, vocab.div_ceil(32)]))?;
         }
-        need(OP, "ids", ids, rows * top_k)?;
-        need(OP, "vals", vals, rows * top_k)?;
+        need(OP, "ids", ids, size(&[rows, top_k]))?;
+        need(OP, "vals", vals, size(&[rows, top_k]))?;
         if rows == 0 {
             return Ok(());
         }
@@ -503,8 +495,8 @@ impl Gpu {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        need(op, "copy source", src, src_off + len)?;
-        need(op, "copy destination", dst, dst_off + len)?;
+        need(op, "copy source", src, src_off.checked_add(len))?;
+        need(op, "copy destination", dst, dst_off.checked_add(len))?;
         self.stream
             .memcpy_dtod(
                 &src.slice(src_off..src_off + len),

@@ -9,7 +9,7 @@
 //! and options; index values inside device buffers (LoRA slot ids, K/V row maps) are checked by
 //! the code that builds them, on the host.
 
-use super::{AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use super::{view_len, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
 use crate::{Error, Result};
 use half::bf16;
 
@@ -27,28 +27,6 @@ pub fn size(dims: &[usize]) -> Option<usize> {
     dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
 }
 
-/// `view_len` with checked arithmetic.
-fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> Option<usize> {
-    if rows == 0 || heads == 0 || t == 0 {
-        return Some(0);
-    }
-    let a = (rows - 1).checked_mul(v.sb)?;
-    let b = (heads - 1).checked_mul(v.sh)?;
-    let c = (t - 1).checked_mul(v.st)?;
-    a.checked_add(b)?.checked_add(c)?.checked_add(dk)
-}
-
-/// `GemmShape::y_len` with checked arithmetic.
-fn y_len(s: &GemmShape) -> Option<usize> {
-    if s.m == 0 {
-        return Some(s.y_off);
-    }
-    (s.m - 1)
-        .checked_mul(s.ldy)?
-        .checked_add(s.n)?
-        .checked_add(s.y_off)
-}
-
 /// `buf` (named `what` in the error) holds at least `n` elements (None: the shape's size
 /// overflows).
 pub fn need<B: Backend + ?Sized, T: Elem>(
@@ -57,33 +35,24 @@ pub fn need<B: Backend + ?Sized, T: Elem>(
     buf: &B::Buf<T>,
     n: Option<usize>,
 ) -> Result<()> {
-    let Some(n) = n else {
-        return Err(err::<B>(op, format!("{what}: the shape's size overflows")));
-    };
-    let len = B::len(buf);
-    if len < n {
-        return Err(err::<B>(
-            op,
-            format!("{what}: buffer holds {len} elements, shape needs {n}"),
-        ));
-    }
-    Ok(())
+    need_len::<B>(op, what, B::len(buf), n)
 }
 
-/// A host slice (ids, masks) holds at least `n` elements.
-fn need_host<B: Backend + ?Sized, T>(
+/// A buffer of `len` elements (named `what`) holds at least `n` (None: the shape's size
+/// overflows); for buffers of element types outside `Elem`.
+pub fn need_len<B: Backend + ?Sized>(
     op: &'static str,
     what: &str,
-    s: &[T],
+    len: usize,
     n: Option<usize>,
 ) -> Result<()> {
     let Some(n) = n else {
         return Err(err::<B>(op, format!("{what}: the shape's size overflows")));
     };
-    if s.len() < n {
+    if len < n {
         return Err(err::<B>(
             op,
-            format!("{what}: {} elements, shape needs {n}", s.len()),
+            format!("{what}: buffer holds {len} elements, shape needs {n}"),
         ));
     }
     Ok(())
@@ -192,8 +161,8 @@ pub fn gemm_out<B: Backend + ?Sized>(
         return Err(err::<B>(op, format!("ldy {} < n {}", s.ldy, s.n)));
     }
     match y {
-        Out::Bf16(b) => need::<B, _>(op, "y", &**b, y_len(s))?,
-        Out::F32(f) => need::<B, _>(op, "y", &**f, y_len(s))?,
+        Out::Bf16(b) => need::<B, _>(op, "y", &**b, s.y_len())?,
+        Out::F32(f) => need::<B, _>(op, "y", &**f, s.y_len())?,
     }
     if let Some(lo) = lora {
         need::<B, _>(op, "lora t", lo.t, size(&[s.m, lo.r]))?;
@@ -298,12 +267,8 @@ pub fn greedy_pick<B: Backend + ?Sized>(
     }
     need::<B, _>(OP, "logits", logits, size(&[rows, vocab]))?;
     if let Some(m) = masks {
-        need_host::<B, _>(
-            OP,
-            "masks",
-            m,
-            size(&[rows, crate::generate::mask_words_len(vocab)]),
-        )?;
+        let words = size(&[rows, crate::generate::mask_words_len(vocab)]);
+        need_len::<B>(OP, "masks", m.len(), words)?;
     }
     Ok(())
 }

@@ -95,12 +95,15 @@ pub struct AttnCall {
     pub t5_bias: Option<(usize, usize, bool)>,
 }
 
-/// The length a view of (rows, heads, t, dk) needs.
-pub fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> usize {
+/// The length a view of (rows, heads, t, dk) needs; None when it overflows usize.
+pub fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> Option<usize> {
     if rows == 0 || heads == 0 || t == 0 {
-        return 0;
+        return Some(0);
     }
-    (rows - 1) * v.sb + (heads - 1) * v.sh + (t - 1) * v.st + dk
+    let a = (rows - 1).checked_mul(v.sb)?;
+    let b = (heads - 1).checked_mul(v.sh)?;
+    let c = (t - 1).checked_mul(v.st)?;
+    a.checked_add(b)?.checked_add(c)?.checked_add(dk)
 }
 
 pub struct GemmShape {
@@ -127,14 +130,15 @@ impl GemmShape {
         }
     }
 
-    /// The y length this shape writes into.
-    pub fn y_len(&self) -> usize {
-        self.y_off
-            + if self.m == 0 {
-                0
-            } else {
-                (self.m - 1) * self.ldy + self.n
-            }
+    /// The y length this shape writes into; None when it overflows usize.
+    pub fn y_len(&self) -> Option<usize> {
+        if self.m == 0 {
+            return Some(self.y_off);
+        }
+        (self.m - 1)
+            .checked_mul(self.ldy)?
+            .checked_add(self.n)?
+            .checked_add(self.y_off)
     }
 }
 

@@ -472,7 +472,7 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         y_off: 7,
         accumulate: false,
     };
-    let ylen = s.y_len(); // 7 + 2 * 7 + 5
+    let ylen = s.y_len().expect("small shape"); // 7 + 2 * 7 + 5
     let (x, w, wq, ws) = (bf(24), bf(40), b.zeros::<i8>("t", 40).unwrap(), f(5));
     let (lt, lb, lids, lsc) = (f(6), bf(20), b.upload("t", &[0i32, -1, 1]).unwrap(), f(2));
     let lora = |t, bb, ids, scale| Lora::<B> {
