@@ -129,36 +129,6 @@ pub fn stack_loras(slots: &[Option<Lora>], out_f: usize, in_f: usize) -> Stacked
     StackedLora { r, a, b, scale }
 }
 
-impl StackedLora {
-    /// What the kernels compute from it, in f32: y[m, out] += scale[id]·(x[m]·A[id]ᵀ)·B[id]ᵀ for
-    /// each row's slot id (None: nothing).
-    pub fn apply(
-        &self,
-        x: &[f32],
-        ids: &[Option<usize>],
-        in_f: usize,
-        out_f: usize,
-        y: &mut [f32],
-    ) {
-        let r = self.r;
-        for (m, id) in ids.iter().enumerate() {
-            let Some(s) = *id else { continue };
-            let xr = &x[m * in_f..(m + 1) * in_f];
-            let t: Vec<f32> = (0..r)
-                .map(|j| {
-                    let ar = &self.a[(s * r + j) * in_f..(s * r + j + 1) * in_f];
-                    ar.iter().zip(xr).map(|(p, q)| p * q).sum()
-                })
-                .collect();
-            for o in 0..out_f {
-                let br = &self.b[(s * out_f + o) * r..(s * out_f + o + 1) * r];
-                let v: f32 = br.iter().zip(&t).map(|(p, q)| p * q).sum();
-                y[m * out_f + o] += v * self.scale[s];
-            }
-        }
-    }
-}
-
 impl Lora {
     /// The operands of the merge W [out, in] += x·wᵀ as one GEMM in the y = x·wᵀ convention:
     /// x = scale·B [out, r] and w = Aᵀ [in, r] (the CUDA backend merges with its GEMM kernel).
@@ -195,6 +165,34 @@ mod tests {
         }
     }
 
+    /// What the kernels compute from a `StackedLora`, in f32:
+    /// y[m, out] += scale[id]·(x[m]·A[id]ᵀ)·B[id]ᵀ for each row's slot id (None: nothing).
+    fn apply(
+        st: &StackedLora,
+        x: &[f32],
+        ids: &[Option<usize>],
+        in_f: usize,
+        out_f: usize,
+        y: &mut [f32],
+    ) {
+        let r = st.r;
+        for (m, id) in ids.iter().enumerate() {
+            let Some(s) = *id else { continue };
+            let xr = &x[m * in_f..(m + 1) * in_f];
+            let t: Vec<f32> = (0..r)
+                .map(|j| {
+                    let ar = &st.a[(s * r + j) * in_f..(s * r + j + 1) * in_f];
+                    ar.iter().zip(xr).map(|(p, q)| p * q).sum()
+                })
+                .collect();
+            for o in 0..out_f {
+                let br = &st.b[(s * out_f + o) * r..(s * out_f + o + 1) * r];
+                let v: f32 = br.iter().zip(&t).map(|(p, q)| p * q).sum();
+                y[m * out_f + o] += v * st.scale[s];
+            }
+        }
+    }
+
     /// The stacked, rank-padded layout gives each row exactly its own adapter's unmerged LoRA
     /// (`Linear::fwd` per row), zero for the base model and for a slot without this layer.
     #[test]
@@ -212,7 +210,7 @@ mod tests {
             .map(|i| (i as f32 * 0.37).sin())
             .collect();
         let mut got = vec![0f32; ids.len() * out_f];
-        st.apply(&x, &ids, in_f, out_f, &mut got);
+        apply(&st, &x, &ids, in_f, out_f, &mut got);
         let mut lin = Linear::new(crate::checkpoint::WeightTensor::from_vec(
             "l.weight",
             vec![out_f, in_f],
