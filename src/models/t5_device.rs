@@ -477,12 +477,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
                 model.buf(rows * cap * inner)?,
             ));
         }
-        let src_d = model
-            .dev
-            .upload("t5", &src.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
-        let ad = model
-            .w
-            .row_adapters(&src.iter().map(|&s| enc.adapters[s]).collect::<Vec<_>>())?;
+        let (src_d, ad) = row_maps(model, enc, &src)?;
         Ok(T5DeviceStepper {
             model,
             enc,
@@ -546,19 +541,24 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
             *vc = m.dev.gather_blocks("select_rows", vc, per, parents)?;
         }
         self.src = parents.iter().map(|&p| self.src[p]).collect();
-        self.src_d = m.dev.upload(
-            "t5",
-            &self.src.iter().map(|&s| s as i32).collect::<Vec<_>>(),
-        )?;
-        self.ad = m.w.row_adapters(
-            &self
-                .src
-                .iter()
-                .map(|&s| self.enc.adapters[s])
-                .collect::<Vec<_>>(),
-        )?;
+        (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
         Ok(())
     }
+}
+
+/// The device forms of the decoder rows' encoder rows `src` and of their adapter slots (each
+/// row's source row's).
+fn row_maps<B: Backend>(
+    m: &T5Device<'_, B>,
+    enc: &DeviceEncoderOut<B>,
+    src: &[usize],
+) -> Result<(B::Buf<i32>, RowAdapters<B>)> {
+    let src_d = m
+        .dev
+        .upload("t5", &src.iter().map(|&s| s as i32).collect::<Vec<_>>())?;
+    let ad =
+        m.w.row_adapters(&src.iter().map(|&s| enc.adapters[s]).collect::<Vec<_>>())?;
+    Ok((src_d, ad))
 }
 
 impl<B: Backend> T5DeviceStepper<'_, '_, B> {
