@@ -344,17 +344,23 @@ __device__ __forceinline__ unsigned pack_bf16x2(unsigned short lo, unsigned shor
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
-// 8 bf16 of x row r from k index kk, packed in k order (zeros past m or k).
+// 8 bf16 from `row` + kk of a row of k elements, packed in k order (zeros past k): one 16-byte
+// load with VEC, else element-wise.
+template <bool VEC>
+__device__ __forceinline__ uint4 tc_ld8(const bf16* row, long long kk, long long k) {
+    if (VEC) return *(const uint4*)(row + kk);
+    unsigned short h[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) h[i] = kk + i < k ? __bfloat16_as_ushort(row[kk + i]) : (unsigned short)0;
+    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
+                      pack_bf16x2(h[6], h[7]));
+}
+
+// 8 bf16 of x row r from k index kk (zeros past m or k).
 template <bool VEC>
 __device__ __forceinline__ uint4 tc_x8(const jobx_gemm_params& p, long long r, long long kk) {
     if (r >= p.m || kk >= p.k) return make_uint4(0, 0, 0, 0);
-    const bf16* x = (const bf16*)p.x + r * p.k + kk;
-    if (VEC) return *(const uint4*)x;
-    unsigned short h[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) h[i] = kk + i < p.k ? __bfloat16_as_ushort(x[i]) : (unsigned short)0;
-    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
-                      pack_bf16x2(h[6], h[7]));
+    return tc_ld8<VEC>((const bf16*)p.x + r * p.k, kk, p.k);
 }
 
 // 8 weights of column n from k index kk as bf16 (int8 converted exactly; scale in the epilogue).
@@ -370,13 +376,7 @@ __device__ __forceinline__ uint4 tc_w8(const jobx_gemm_params& p, long long n, l
             if (kk + i < p.k) b[i >> 2] |= (unsigned)(unsigned char)w[i] << (8 * (i & 3));
         return i8x8_to_bf16x8(make_uint2(b[0], b[1]));
     }
-    const bf16* w = (const bf16*)p.w + n * p.k + kk;
-    if (VEC) return *(const uint4*)w;
-    unsigned short h[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) h[i] = kk + i < p.k ? __bfloat16_as_ushort(w[i]) : (unsigned short)0;
-    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
-                      pack_bf16x2(h[6], h[7]));
+    return tc_ld8<VEC>((const bf16*)p.w + n * p.k, kk, p.k);
 }
 
 // The weight kind and the load width are template parameters, so the unrolled load loop is
