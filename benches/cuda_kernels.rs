@@ -65,12 +65,15 @@ fn main() {
     };
     eprintln!("cuda_kernels on {}", g.name);
     // (m, n, k): T5-large projections (d_model 1024, d_ff 2816) at 8 x 1024 tokens, a decode
-    // step at batch 32, and a square 4096 product.
+    // step at batch 32 (with the fused q|k|v and wi_0|wi_1 projections of the device graph: n
+    // 3072 and 5632), and a square 4096 product.
     for &(m, n, k) in &[
         (8192, 1024, 1024),
         (8192, 2816, 1024),
         (32, 1024, 2816),
         (32, 2816, 1024),
+        (32, 3072, 1024),
+        (32, 5632, 1024),
         (32, 1024, 1024),
         (32, 32128, 1024),
         (8, 1024, 2816),
@@ -174,6 +177,7 @@ fn main() {
             sb: t * h * dk,
             sh: dk,
             st: h * dk,
+            off: 0,
         };
         let bias = g.upload("bench", &rand_f32(32 * h, 6)).unwrap();
         let t5 = dk == 64 && tq > 1;
@@ -181,6 +185,7 @@ fn main() {
             sb: tq * h * dk,
             sh: dk,
             st: h * dk,
+            off: 0,
         };
         let call = AttnCall {
             batch: b,

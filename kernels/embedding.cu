@@ -1,4 +1,4 @@
-// Token embedding gather: y[t, :] = table[ids[t], :]. A bad id (outside the vocabulary) must not
+// Row gathers and copies. Token embedding gather: y[t, :] = table[ids[t], :]. A bad id (outside the vocabulary) must not
 // read out of bounds: its row is zeroed and *err set, which the Rust wrapper turns into an error
 // naming the op. One block per token, 16-byte copies when the row allows.
 #include "common.cuh"
@@ -20,5 +20,21 @@ extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
         for (long long i = threadIdx.x; i < p.d / 8; i += blockDim.x) y4[i] = s4[i];
     } else {
         for (long long i = threadIdx.x; i < p.d; i += blockDim.x) y[i] = src[i];
+    }
+}
+
+// Strided row copy (jobx_copy_rows_params): one block per row, 16-byte copies when both rows
+// allow (the K|V rows of a step into the KV cache: 2 * kv_dim elements each).
+extern "C" __global__ void copy_rows_bf16(jobx_copy_rows_params p) {
+    const long long r = blockIdx.x;
+    if (r >= p.rows) return;
+    const bf16* src = (const bf16*)p.src + r * p.src_ld;
+    bf16* dst = (bf16*)p.dst + r * p.dst_ld;
+    if (p.cols % 8 == 0 && ((unsigned long long)src % 16 == 0) && ((unsigned long long)dst % 16 == 0)) {
+        const uint4* s4 = (const uint4*)src;
+        uint4* d4 = (uint4*)dst;
+        for (long long i = threadIdx.x; i < p.cols / 8; i += blockDim.x) d4[i] = s4[i];
+    } else {
+        for (long long i = threadIdx.x; i < p.cols; i += blockDim.x) dst[i] = src[i];
     }
 }

@@ -26,25 +26,44 @@ typedef struct {
 #define JOBX_ACT_GELU_TANH 1  // y = gelu_tanh(gate) [* up]
 #define JOBX_ACT_SILU 2       // y = silu(gate) [* up]
 
-// y[i] = act(gate[i]) * (up ? up[i] : 1): T5 relu / gated-gelu, Mistral SiLU-gated MLP.
+// y[r, c] = act(gate[r, c]) * (up ? up[r, c] : 1) over rows x cols: T5 relu / gated-gelu,
+// Mistral SiLU-gated MLP. Rows are strided so that gate and up can be the two halves of one
+// fused gate|up projection [rows, 2*cols] (up = gate + cols, ld_in = 2*cols).
 typedef struct {
-    const void* gate;  // bf16 [n]
-    const void* up;    // bf16 [n] or NULL (not gated)
-    void* y;           // bf16 [n] (may alias gate)
-    long long n;
+    const void* gate;  // bf16, row r at gate + r*ld_in
+    const void* up;    // bf16, row r at up + r*ld_in, or NULL (not gated)
+    void* y;           // bf16, row r at y + r*ld_y (may alias gate when ld_y == ld_in)
+    long long rows;
+    long long cols;
+    long long ld_in;   // >= cols
+    long long ld_y;    // >= cols
     int kind;
 } jobx_act_params;
 
 // Rotary position embedding, HF Llama/Mistral "rotate_half" form, in place on one projection:
 // for i < head_dim/2, (x_i, x_{i+d/2}) rotated by pos * theta^(-2i/d), computed in f32.
+// Token t's heads are the first heads*head_dim elements of row t (row stride ld), so one call
+// can rotate the q and k heads at the start of a fused q|k|v projection.
 typedef struct {
-    void* x;              // bf16 [tokens, heads, head_dim]
+    void* x;              // bf16, head h of token t at x + t*ld + h*head_dim
     const int* pos;       // [tokens] absolute positions
     long long tokens;
     long long heads;
     long long head_dim;   // even
+    long long ld;         // >= heads*head_dim
     float theta;          // rope_theta
 } jobx_rope_params;
+
+// dst[r*dst_ld + c] = src[r*src_ld + c] for r < rows, c < cols (bf16): rows of one buffer into
+// rows of another, e.g. a step's K|V projections into the KV cache in one launch.
+typedef struct {
+    const void* src;
+    void* dst;
+    long long rows;
+    long long cols;
+    long long src_ld;  // >= cols
+    long long dst_ld;  // >= cols
+} jobx_copy_rows_params;
 
 // y[t, :] = table[ids[t], :]; an id outside [0, vocab) writes zeros and sets *err = 1.
 typedef struct {

@@ -2,7 +2,8 @@
 //   inv_freq[i] = 1 / theta^(2i/d)          (f32, i < d/2)
 //   angle = pos * inv_freq[i]; cos/sin in f32, rounded to bf16 like HF's cos.to(dtype)
 //   x1 = x[i], x2 = x[i + d/2]:  out[i] = x1*cos - x2*sin;  out[i + d/2] = x2*cos + x1*sin
-// In place on [tokens, heads, head_dim]; one thread per (token, head, i).
+// In place on the first heads*head_dim elements of each token's row (row stride ld: the q and k
+// heads of a fused q|k|v projection in one call); one thread per (token, head, i).
 #include "common.cuh"
 
 extern "C" __global__ void rope_bf16(jobx_rope_params p) {
@@ -19,7 +20,7 @@ extern "C" __global__ void rope_bf16(jobx_rope_params p) {
         const float ang = (float)p.pos[t] * inv_freq;
         const float c = __bfloat162float(__float2bfloat16_rn(cosf(ang)));
         const float s = __bfloat162float(__float2bfloat16_rn(sinf(ang)));
-        bf16* row = x + th * p.head_dim;
+        bf16* row = x + t * p.ld + (th - t * p.heads) * p.head_dim;
         const float x1 = ld_bf16(row, i), x2 = ld_bf16(row, i + half);
         st_bf16(row, i, x1 * c - x2 * s);
         st_bf16(row, i + half, x2 * c + x1 * s);

@@ -344,10 +344,39 @@ mod table {
                 ));
             }
         }
-        for &(t, h, hd, theta) in &[(1, 1, 2, 10000.0), (5, 3, 64, 10000.0), (9, 2, 128, 1e6)] {
+        // gated activation of a fused gate|up projection [rows, 2*cols]
+        for kind in [ActKind::GeluTanh, ActKind::Silu] {
+            for &(rows, cols) in &[(1, 1), (3, 2816), (5, 1001)] {
+                cases.push((
+                    format!("gated act {kind:?} {rows}x{cols}"),
+                    Box::new(move |g, s| gated_act(g, s, kind, rows, cols)),
+                ));
+            }
+        }
+        // rows of heads*hd, or wider ones (the q and k heads at the start of a fused q|k|v row)
+        for &(t, h, hd, extra, theta) in &[
+            (1, 1, 2, 0, 10000.0),
+            (5, 3, 64, 0, 10000.0),
+            (9, 2, 128, 0, 1e6),
+            (7, 5, 64, 128, 10000.0),
+            (3, 3, 128, 256, 1e6),
+        ] {
             cases.push((
-                format!("rope t{t} h{h} d{hd}"),
-                Box::new(move |g, s| rope(g, s, t, h, hd, theta)),
+                format!("rope t{t} h{h} d{hd} row {}", h * hd + extra),
+                Box::new(move |g, s| rope(g, s, t, h, hd, h * hd + extra, theta)),
+            ));
+        }
+        // (rows, cols, src off, src ld, dst off, dst ld): the K|V cache appends, aligned and not
+        for &(rows, cols, so, sl, dof, dl) in &[
+            (1, 1, 0, 1, 0, 1),
+            (32, 2048, 4096, 6144, 3 * 2048, 300 * 2048),
+            (5, 256, 384, 640, 0, 256),
+            (4, 37, 3, 41, 5, 100),
+            (3, 64, 1, 70, 8, 64),
+        ] {
+            cases.push((
+                format!("copy_rows {rows}x{cols} src {so}+{sl} dst {dof}+{dl}"),
+                Box::new(move |g, s| copy_rows(g, s, rows, cols, (so, sl), (dof, dl))),
             ));
         }
         cases.push((
@@ -569,16 +598,17 @@ mod table {
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
-            // steps the decode kernel) and, forced, the general one
-            for general in [false, true] {
+            // steps the decode kernel) and, forced, the general one; the specialised kernels
+            // also with the operands at offsets in shared buffers (the graphs' fused layouts)
+            for (general, fused) in [(false, false), (false, true), (true, false)] {
                 if general && dk != 64 && dk != 128 {
                     continue;
                 }
                 cases.push((
-                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general}", t5.is_some()),
+                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused}", t5.is_some()),
                     Box::new(move |g, s| {
                         g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
-                        let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked);
+                        let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused);
                         g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
                         r
                     }),
@@ -729,24 +759,104 @@ mod table {
         )
     }
 
-    fn rope(g: &Gpu, seed: u64, t: usize, h: usize, hd: usize, theta: f32) -> Result<(), String> {
+    fn gated_act(
+        g: &Gpu,
+        seed: u64,
+        kind: ActKind,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 37 + cols as u64);
+        let gu = r.vec(rows * 2 * cols, 4.0);
+        let dgu = g.upload("t", &tob(&gu)).map_err(e)?;
+        let mut dy = g.zeros::<bf16>("t", rows * cols).map_err(e)?;
+        g.gated_activation(&dgu, &mut dy, rows, cols, kind)
+            .map_err(e)?;
+        let got = fromb(&g.download("t", &dy).map_err(e)?);
+        let want: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let (row, c) = (i / cols, i % cols);
+                let (gate, up) = (gu[row * 2 * cols + c], gu[row * 2 * cols + cols + c]);
+                let a = match kind {
+                    ActKind::GeluTanh => cpu::gelu_tanh(gate),
+                    _ => cpu::silu(gate),
+                };
+                a * up
+            })
+            .collect();
+        check(
+            &format!("gated act {kind:?} {rows}x{cols}"),
+            seed,
+            &got,
+            &want,
+            BF16_OUT_2ROUND,
+        )
+    }
+
+    /// Rows of `cols` between buffers at offsets and strides; everything else in the
+    /// destination must keep its values.
+    fn copy_rows(
+        g: &Gpu,
+        seed: u64,
+        rows: usize,
+        cols: usize,
+        (so, sl): (usize, usize),
+        (dof, dl): (usize, usize),
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 11 + cols as u64);
+        let src = r.vec(so + (rows - 1) * sl + cols, 2.0);
+        let dst = r.vec(dof + (rows - 1) * dl + cols + 3, 2.0);
+        let ds = g.upload("t", &tob(&src)).map_err(e)?;
+        let mut dd = g.upload("t", &tob(&dst)).map_err(e)?;
+        let at = |off, ld| Rows { off, ld };
+        g.copy_rows("t", (&ds, at(so, sl)), (&mut dd, at(dof, dl)), rows, cols)
+            .map_err(e)?;
+        let got = fromb(&g.download("t", &dd).map_err(e)?);
+        let mut want = fromb(&tob(&dst));
+        let srcb = fromb(&tob(&src));
+        for i in 0..rows {
+            want[dof + i * dl..][..cols].copy_from_slice(&srcb[so + i * sl..][..cols]);
+        }
+        check(
+            &format!("copy_rows {rows}x{cols}"),
+            seed,
+            &got,
+            &want,
+            EXACT,
+        )
+    }
+
+    /// Rotary embedding on the first h*hd elements of rows `ld` apart; the rest of each row
+    /// must keep its values.
+    fn rope(
+        g: &Gpu,
+        seed: u64,
+        t: usize,
+        h: usize,
+        hd: usize,
+        ld: usize,
+        theta: f32,
+    ) -> Result<(), String> {
         let mut r = Rng(seed * 13 + hd as u64);
-        let x = r.vec(t * h * hd, 2.0);
+        let x = r.vec(t * ld, 2.0);
         let pos: Vec<usize> = (0..t).map(|i| i * 37 % 4000).collect();
         let mut dx = g.upload("t", &tob(&x)).map_err(e)?;
         let dp = g
             .upload("t", &pos.iter().map(|&p| p as i32).collect::<Vec<_>>())
             .map_err(e)?;
-        g.rope(&mut dx, &dp, t, h, hd, theta).map_err(e)?;
+        g.rope(&mut dx, &dp, t, h, hd, ld, theta).map_err(e)?;
         let got = fromb(&g.download("t", &dx).map_err(e)?);
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
             .collect();
-        let mut want = x.clone();
-        jobx_engine::models::mistral::rope(&mut want, &pos, h, hd, &inv);
+        // the inputs as bf16, so the untouched elements compare exactly
+        let mut want = fromb(&tob(&x));
+        for (ti, row) in want.chunks_mut(ld).enumerate() {
+            jobx_engine::models::mistral::rope(&mut row[..h * hd], &pos[ti..ti + 1], h, hd, &inv);
+        }
         // cos/sin rounded to bf16 (as HF does in bf16), then one more rounding: 3 roundings
         check(
-            &format!("rope t{t} h{h} d{hd}"),
+            &format!("rope t{t} h{h} d{hd} row {ld}"),
             seed,
             &got,
             &want,
@@ -1167,21 +1277,46 @@ mod table {
         q_offset: usize,
         t5: Option<(usize, usize, bool)>,
         masked: bool,
+        fused: bool,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 4099 + (tq * tk) as u64);
-        // layouts: q [b, tq, h, dk] (projection output), k/v cache [b, kvh, tk, dk]
-        let q = r.vec(b * tq * h * dk, 1.0);
-        let k = r.vec(b * kvh * tk * dk, 1.0);
-        let v = r.vec(b * kvh * tk * dk, 1.0);
+        // layouts: q [b, tq, h, dk] (projection output), k/v [b, kvh, tk, dk] each; fused: q
+        // after 8 other elements, k|v in one time-major buffer [b, tk, 2*kvh*dk] (a K|V cache)
+        let qoff = if fused { 8 } else { 0 };
+        let q = r.vec(qoff + b * tq * h * dk, 1.0);
         let qv = View {
             sb: tq * h * dk,
             sh: dk,
             st: h * dk,
+            off: qoff,
         };
-        let kv = View {
-            sb: kvh * tk * dk,
-            sh: tk * dk,
-            st: dk,
+        let (k, v, kv, vv) = if fused {
+            let w = 2 * kvh * dk;
+            let kvbuf = r.vec(b * tk * w, 1.0);
+            let kv = View {
+                sb: tk * w,
+                sh: dk,
+                st: w,
+                off: 0,
+            };
+            (
+                kvbuf.clone(),
+                kvbuf,
+                kv,
+                View {
+                    off: kvh * dk,
+                    ..kv
+                },
+            )
+        } else {
+            let kv = View {
+                sb: kvh * tk * dk,
+                sh: tk * dk,
+                st: dk,
+                off: 0,
+            };
+            let k = r.vec(b * kvh * tk * dk, 1.0);
+            (k, r.vec(b * kvh * tk * dk, 1.0), kv, kv)
         };
         let key_mask: Vec<i32> = (0..b * tk)
             .map(|i| {
@@ -1223,7 +1358,7 @@ mod table {
             &call,
             (&dq, qv),
             (&dk_, kv),
-            (&dv, kv),
+            (if fused { &dk_ } else { &dv }, vv),
             &mut dout,
             masked.then_some(&dm),
             None,
@@ -1248,8 +1383,8 @@ mod table {
                         }
                         let mut d = 0f64;
                         for x in 0..dk {
-                            d += q[bi * qv.sb + hi * qv.sh + i * qv.st + x] as f64
-                                * k[bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
+                            d += q[qv.off + bi * qv.sb + hi * qv.sh + i * qv.st + x] as f64
+                                * k[kv.off + bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
                         }
                         d *= scale as f64;
                         if let Some((nbk, md, bidir)) = t5 {
@@ -1272,7 +1407,7 @@ mod table {
                         let mut acc = 0f64;
                         for j in 0..tk {
                             acc += (sc[j] - mx).exp() / den
-                                * v[bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
+                                * v[vv.off + bi * vv.sb + kh * vv.sh + j * vv.st + x] as f64;
                         }
                         want[(bi * tq + i) * h * dk + hi * dk + x] = acc as f32;
                     }

@@ -30,8 +30,11 @@ def main():
         return
     dev = "cuda"
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
+    # the shapes of benches/cuda_kernels.rs (decode step at batch 32 incl. the device graph's
+    # fused q|k|v (n 3072) and wi_0|wi_1 (n 5632) projections)
     for m, n, k in [(8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (32, 2816, 1024),
-                    (32, 1024, 1024), (32, 32128, 1024), (8, 1024, 2816), (4096, 4096, 4096)]:
+                    (32, 3072, 1024), (32, 5632, 1024), (32, 1024, 1024), (32, 32128, 1024),
+                    (8, 1024, 2816), (4096, 4096, 4096)]:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
         flop = 2.0 * m * n * k

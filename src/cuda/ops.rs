@@ -40,8 +40,17 @@ fn rows_grid(rows: usize, threads: u32, op: &'static str) -> Result<LaunchConfig
 
 const NULL: *mut c_void = std::ptr::null_mut();
 
+fn act_kind(kind: ActKind) -> u32 {
+    match kind {
+        ActKind::Relu => JOBX_ACT_RELU,
+        ActKind::GeluTanh => JOBX_ACT_GELU_TANH,
+        ActKind::Silu => JOBX_ACT_SILU,
+    }
+}
+
 impl Gpu {
-    /// y = act(gate) [· up]; `kind` is JOBX_ACT_RELU / _GELU_TANH / _SILU.
+    /// y = act(gate) [· up] over n contiguous elements; `kind` is JOBX_ACT_RELU / _GELU_TANH /
+    /// _SILU.
     pub fn activation(
         &self,
         gate: &CudaSlice<bf16>,
@@ -50,45 +59,44 @@ impl Gpu {
         n: usize,
         kind: u32,
     ) -> Result<()> {
-        need("activation", "y", y, Some(n))?;
-        self.launch_act(gate, up, self.ptr(y), n, kind)
+        const OP: &str = "activation";
+        check::activation::<Gpu>(gate, n)?;
+        if let Some(u) = up {
+            need(OP, "up", u, Some(n))?;
+        }
+        need(OP, "y", y, Some(n))?;
+        let up = up.map_or(NULL, |u| self.ptr(u));
+        self.launch_act(OP, (self.ptr(gate), up, n), (self.ptr(y), n), (1, n), kind)
     }
 
-    /// x = act(x) [· up] in place (the kernel allows y to alias gate).
-    pub fn activation_inplace(
-        &self,
-        x: &mut CudaSlice<bf16>,
-        up: Option<&CudaSlice<bf16>>,
-        n: usize,
-        kind: u32,
-    ) -> Result<()> {
-        self.launch_act(x, up, self.ptr(x), n, kind)
-    }
-
+    /// The act_bf16 launch over rows x cols: gate and up rows `ld_in` apart, y rows `ld_y`
+    /// apart (the callers checked the buffers).
     fn launch_act(
         &self,
-        gate: &CudaSlice<bf16>,
-        up: Option<&CudaSlice<bf16>>,
-        y: *mut c_void,
-        n: usize,
+        op: &'static str,
+        (gate, up, ld_in): (*mut c_void, *mut c_void, usize),
+        (y, ld_y): (*mut c_void, usize),
+        (rows, cols): (usize, usize),
         kind: u32,
     ) -> Result<()> {
-        const OP: &str = "activation";
-        check::activation::<Gpu>(gate, up, n)?;
         if kind > JOBX_ACT_SILU {
-            return Err(backend_err(OP, format!("unknown activation kind {kind}")));
+            return Err(backend_err(op, format!("unknown activation kind {kind}")));
         }
+        let n = rows * cols;
         if n == 0 {
             return Ok(());
         }
         let p = jobx_act_params {
-            gate: self.ptr(gate),
-            up: up.map_or(NULL, |u| self.ptr(u)),
+            gate,
+            up,
             y,
-            n: n as i64,
+            rows: rows as i64,
+            cols: cols as i64,
+            ld_in: ld_in as i64,
+            ld_y: ld_y as i64,
             kind: kind as i32,
         };
-        self.launch(OP, "act_bf16", grid_1d(n, 256), p)
+        self.launch(op, "act_bf16", grid_1d(n, 256), p)
     }
 
     /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it.
@@ -134,7 +142,7 @@ pub type Weight<'a> = crate::device::Weight<'a, Gpu>;
 pub type Out<'a> = crate::device::Out<'a, Gpu>;
 pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
 use crate::device::check::{self, size};
-pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, View};
+pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, Rows, View};
 
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
     let (gx, gy) = (s.n.div_ceil(64), s.m.div_ceil(64));
@@ -587,22 +595,34 @@ impl crate::device::Backend for Gpu {
         self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
     }
 
-    fn activation_inplace(
-        &self,
-        x: &mut CudaSlice<bf16>,
-        up: Option<&CudaSlice<bf16>>,
-        n: usize,
-        kind: ActKind,
-    ) -> Result<()> {
-        let kind = match kind {
-            ActKind::Relu => JOBX_ACT_RELU,
-            ActKind::GeluTanh => JOBX_ACT_GELU_TANH,
-            ActKind::Silu => JOBX_ACT_SILU,
-        };
-        Gpu::activation_inplace(self, x, up, n, kind)
+    fn activation_inplace(&self, x: &mut CudaSlice<bf16>, n: usize, kind: ActKind) -> Result<()> {
+        const OP: &str = "activation";
+        check::activation::<Self>(x, n)?;
+        let x = self.ptr(x);
+        self.launch_act(OP, (x, NULL, n), (x, n), (1, n), act_kind(kind))
     }
 
-    /// Rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
+    /// The two halves of each row of gu [rows, 2*cols]: gate at 0, up at cols.
+    fn gated_activation(
+        &self,
+        gu: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+        kind: ActKind,
+    ) -> Result<()> {
+        const OP: &str = "gated_activation";
+        check::gated_activation::<Self>(gu, y, rows, cols)?;
+        self.launch_act(
+            OP,
+            (self.ptr(gu), self.ptr_at(gu, cols), 2 * cols),
+            (self.ptr(y), cols),
+            (rows, cols),
+            act_kind(kind),
+        )
+    }
+
+    /// Rotary embedding in place on the first heads*head_dim elements of rows `ld` apart.
     fn rope(
         &self,
         x: &mut CudaSlice<bf16>,
@@ -610,10 +630,11 @@ impl crate::device::Backend for Gpu {
         tokens: usize,
         heads: usize,
         head_dim: usize,
+        ld: usize,
         theta: f32,
     ) -> Result<()> {
         const OP: &str = "rope";
-        check::rope::<Self>(x, pos, tokens, heads, head_dim)?;
+        check::rope::<Self>(x, pos, tokens, heads, head_dim, ld)?;
         if tokens * heads == 0 {
             return Ok(());
         }
@@ -623,6 +644,7 @@ impl crate::device::Backend for Gpu {
             tokens: tokens as i64,
             heads: heads as i64,
             head_dim: head_dim as i64,
+            ld: ld as i64,
             theta,
         };
         self.launch(
@@ -631,6 +653,30 @@ impl crate::device::Backend for Gpu {
             grid_1d(tokens * heads * head_dim / 2, 256),
             p,
         )
+    }
+
+    /// One block per row (embedding.cu: copy_rows_bf16).
+    fn copy_rows(
+        &self,
+        op: &'static str,
+        src: (&CudaSlice<bf16>, Rows),
+        dst: (&mut CudaSlice<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check::copy_rows::<Self>(op, src, (&*dst.0, dst.1), rows, cols)?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let p = jobx_copy_rows_params {
+            src: self.ptr_at(src.0, src.1.off),
+            dst: self.ptr_at(dst.0, dst.1.off),
+            rows: rows as i64,
+            cols: cols as i64,
+            src_ld: src.1.ld as i64,
+            dst_ld: dst.1.ld as i64,
+        };
+        self.launch(op, "copy_rows_bf16", rows_grid(rows, 128, op)?, p)
     }
 
     /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so
@@ -797,9 +843,9 @@ impl crate::device::Backend for Gpu {
             return Err(backend_err(OP, "grid too large"));
         }
         let p = jobx_attention_params {
-            q: self.ptr(q.0),
-            k: self.ptr(k.0),
-            v: self.ptr(v.0),
+            q: self.ptr_at(q.0, q.1.off),
+            k: self.ptr_at(k.0, k.1.off),
+            v: self.ptr_at(v.0, v.1.off),
             o: self.ptr(o),
             q_sb: q.1.sb as i64,
             q_sh: q.1.sh as i64,
@@ -830,11 +876,11 @@ impl crate::device::Backend for Gpu {
             splits: 1,
             chunk: 0,
         };
-        // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride a
-        // multiple of 8 elements), unless the general one is forced (tests)
+        // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride and
+        // offset a multiple of 8 elements), unless the general one is forced (tests)
         let fast = [q.1, k.1, v.1]
             .iter()
-            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0)
+            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0 && w.off % 8 == 0)
             && (c.dk == 64 || c.dk == 128)
             && !self
                 .general_kernels

@@ -79,6 +79,7 @@ device_repr!(
     jobx_rms_norm_params,
     jobx_act_params,
     jobx_rope_params,
+    jobx_copy_rows_params,
     jobx_embedding_params,
     jobx_gemm_params,
     jobx_gemm_tma_params,
@@ -116,7 +117,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_combine",
         ],
     ),
-    ("embedding", &["embedding_bf16"]),
+    ("embedding", &["embedding_bf16", "copy_rows_bf16"]),
     (
         "gemm_sm90",
         &[
@@ -382,6 +383,13 @@ impl Gpu {
     pub fn ptr<T>(&self, s: &CudaSlice<T>) -> *mut std::ffi::c_void {
         let (p, _guard) = s.device_ptr(&self.stream);
         p as usize as *mut std::ffi::c_void
+    }
+
+    /// The device address of element `off` of `s` (an operand inside a larger buffer; the
+    /// callers' checks keep `off` within `s`).
+    pub fn ptr_at<T>(&self, s: &CudaSlice<T>, off: usize) -> *mut std::ffi::c_void {
+        let (p, _guard) = s.device_ptr(&self.stream);
+        (p as usize + off * std::mem::size_of::<T>()) as *mut std::ffi::c_void
     }
 
     /// Whether `kernel` was loaded (architecture-specific kernels are absent on other GPUs).

@@ -9,7 +9,7 @@
 //! and options; index values inside device buffers (LoRA slot ids, K/V row maps) are checked by
 //! the code that builds them, on the host.
 
-use super::{view_len, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use super::{view_len, AttnCall, Backend, Elem, GemmShape, Lora, Out, Rows, View, Weight};
 use crate::{Error, Result};
 use half::bf16;
 
@@ -83,17 +83,47 @@ pub fn rms_norm<B: Backend + ?Sized>(
     need::<B, _>(OP, "y", y, size(&[rows, d]))
 }
 
-pub fn activation<B: Backend + ?Sized>(
-    x: &B::Buf<bf16>,
-    up: Option<&B::Buf<bf16>>,
-    n: usize,
+/// The length `rows` rows of `cols` at `at` need (0 for no rows), None when it overflows.
+pub fn rows_len(at: Rows, rows: usize, cols: usize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    (rows - 1)
+        .checked_mul(at.ld)?
+        .checked_add(cols)?
+        .checked_add(at.off)
+}
+
+/// Rows of `cols` elements `ld` apart must not overlap (one thread per element writes them).
+fn row_stride<B: Backend + ?Sized>(
+    op: &'static str,
+    what: &str,
+    ld: usize,
+    rows: usize,
+    cols: usize,
 ) -> Result<()> {
-    const OP: &str = "activation";
-    need::<B, _>(OP, "gate", x, Some(n))?;
-    if let Some(u) = up {
-        need::<B, _>(OP, "up", u, Some(n))?;
+    if rows > 1 && ld < cols {
+        return Err(err::<B>(
+            op,
+            format!("{what}: row stride {ld} is less than the row length {cols}"),
+        ));
     }
     Ok(())
+}
+
+pub fn activation<B: Backend + ?Sized>(x: &B::Buf<bf16>, n: usize) -> Result<()> {
+    need::<B, _>("activation", "x", x, Some(n))
+}
+
+pub fn gated_activation<B: Backend + ?Sized>(
+    gu: &B::Buf<bf16>,
+    y: &B::Buf<bf16>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    const OP: &str = "gated_activation";
+    need::<B, _>(OP, "gate|up", gu, size(&[rows, cols, 2]))?;
+    need::<B, _>(OP, "y", y, size(&[rows, cols]))
 }
 
 pub fn rope<B: Backend + ?Sized>(
@@ -102,13 +132,34 @@ pub fn rope<B: Backend + ?Sized>(
     tokens: usize,
     heads: usize,
     head_dim: usize,
+    ld: usize,
 ) -> Result<()> {
     const OP: &str = "rope";
     if head_dim % 2 != 0 {
         return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
     }
-    need::<B, _>(OP, "x", x, size(&[tokens, heads, head_dim]))?;
+    let row = size(&[heads, head_dim]);
+    if row.is_some_and(|row| ld < row) {
+        return Err(err::<B>(
+            OP,
+            format!("row stride {ld} is less than heads x head_dim"),
+        ));
+    }
+    let at = Rows { off: 0, ld };
+    need::<B, _>(OP, "x", x, row.and_then(|row| rows_len(at, tokens, row)))?;
     need::<B, _>(OP, "pos", pos, Some(tokens))
+}
+
+pub fn copy_rows<B: Backend + ?Sized>(
+    op: &'static str,
+    src: (&B::Buf<bf16>, Rows),
+    dst: (&B::Buf<bf16>, Rows),
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    row_stride::<B>(op, "copy destination", dst.1.ld, rows, cols)?;
+    need::<B, _>(op, "copy source", src.0, rows_len(src.1, rows, cols))?;
+    need::<B, _>(op, "copy destination", dst.0, rows_len(dst.1, rows, cols))
 }
 
 /// Also checks every id against the vocabulary (on the host, before any launch).

@@ -5,7 +5,7 @@
 //! `JOBX_CUDA_POISON=1`. Written for checking the device graphs on machines without a GPU, not
 //! for speed (single-threaded loops, fine for the tiny fixture models).
 
-use super::{check, ActKind, AttnCall, Backend, Elem, GemmShape, Lora, Out, View, Weight};
+use super::{check, ActKind, AttnCall, Backend, Elem, GemmShape, Lora, Out, Rows, View, Weight};
 use crate::{Error, Result};
 use half::bf16;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +71,22 @@ impl Backend for HostBackend {
         Ok(())
     }
 
+    fn copy_rows(
+        &self,
+        op: &'static str,
+        src: (&Vec<bf16>, Rows),
+        dst: (&mut Vec<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check::copy_rows::<Self>(op, src, (&*dst.0, dst.1), rows, cols)?;
+        for r in 0..rows {
+            let (s, d) = (src.1.off + r * src.1.ld, dst.1.off + r * dst.1.ld);
+            dst.0[d..d + cols].copy_from_slice(&src.0[s..s + cols]);
+        }
+        Ok(())
+    }
+
     fn rms_norm(
         &self,
         x: &Vec<bf16>,
@@ -93,20 +109,28 @@ impl Backend for HostBackend {
         Ok(())
     }
 
-    fn activation_inplace(
+    fn activation_inplace(&self, x: &mut Vec<bf16>, n: usize, kind: ActKind) -> Result<()> {
+        check::activation::<Self>(x, n)?;
+        for v in &mut x[..n] {
+            *v = bf16::from_f32(rb(kind.apply(v.to_f32())));
+        }
+        Ok(())
+    }
+
+    fn gated_activation(
         &self,
-        x: &mut Vec<bf16>,
-        up: Option<&Vec<bf16>>,
-        n: usize,
+        gu: &Vec<bf16>,
+        y: &mut Vec<bf16>,
+        rows: usize,
+        cols: usize,
         kind: ActKind,
     ) -> Result<()> {
-        check::activation::<Self>(x, up, n)?;
-        for i in 0..n {
-            let mut a = rb(kind.apply(x[i].to_f32()));
-            if let Some(u) = up {
-                a *= u[i].to_f32();
+        check::gated_activation::<Self>(gu, y, rows, cols)?;
+        for r in 0..rows {
+            let (g, u) = gu[r * 2 * cols..(r + 1) * 2 * cols].split_at(cols);
+            for ((o, g), u) in y[r * cols..(r + 1) * cols].iter_mut().zip(g).zip(u) {
+                *o = bf16::from_f32(rb(kind.apply(g.to_f32())) * u.to_f32());
             }
-            x[i] = bf16::from_f32(a);
         }
         Ok(())
     }
@@ -118,13 +142,14 @@ impl Backend for HostBackend {
         tokens: usize,
         heads: usize,
         head_dim: usize,
+        ld: usize,
         theta: f32,
     ) -> Result<()> {
-        check::rope::<Self>(x, pos, tokens, heads, head_dim)?;
+        check::rope::<Self>(x, pos, tokens, heads, head_dim, ld)?;
         let half = head_dim / 2;
         for t in 0..tokens {
             for h in 0..heads {
-                let row = (t * heads + h) * head_dim;
+                let row = t * ld + h * head_dim;
                 for i in 0..half {
                     let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
                     let ang = pos[t] as f32 * inv_freq;
@@ -282,7 +307,7 @@ impl Backend for HostBackend {
                 let kh = h / group;
                 for i in 0..c.tq {
                     let qpos = c.q_offset + i;
-                    let qrow = &q.0[b * q.1.sb + h * q.1.sh + i * q.1.st..][..dk];
+                    let qrow = &q.0[q.1.off + b * q.1.sb + h * q.1.sh + i * q.1.st..][..dk];
                     let mut mx = f32::NEG_INFINITY;
                     for (j, sj) in s.iter_mut().enumerate() {
                         let visible = key_mask.is_none_or(|m| m[kb * c.tk + j] != 0)
@@ -292,7 +317,7 @@ impl Backend for HostBackend {
                         if !visible {
                             continue;
                         }
-                        let krow = &k.0[kb * k.1.sb + kh * k.1.sh + j * k.1.st..][..dk];
+                        let krow = &k.0[k.1.off + kb * k.1.sb + kh * k.1.sh + j * k.1.st..][..dk];
                         let dot: f32 = qrow
                             .iter()
                             .zip(krow)
@@ -321,7 +346,7 @@ impl Backend for HostBackend {
                         }
                         let p = (sj - mx).exp();
                         l += p;
-                        let vrow = &v.0[kb * v.1.sb + kh * v.1.sh + j * v.1.st..][..dk];
+                        let vrow = &v.0[v.1.off + kb * v.1.sb + kh * v.1.sh + j * v.1.st..][..dk];
                         for (a, vv) in acc.iter_mut().zip(vrow) {
                             *a += p * vv.to_f32();
                         }

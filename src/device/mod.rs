@@ -69,12 +69,22 @@ impl Elem for i8 {
 }
 
 /// Strides (in elements) of an attention operand viewed as (batch row, head, position, dim):
-/// element (b, h, t, d) is at b*sb + h*sh + t*st + d.
+/// element (b, h, t, d) is at off + b*sb + h*sh + t*st + d. The offset lets several operands
+/// share one buffer: a fused Q|K|V projection [tokens, 3*inner] (K at off = inner), or a K|V
+/// cache [rows, cap, 2*inner].
 #[derive(Clone, Copy, Debug)]
 pub struct View {
     pub sb: usize,
     pub sh: usize,
     pub st: usize,
+    pub off: usize,
+}
+
+/// Where rows lie in a buffer: row r starts at element off + r*ld (`Backend::copy_rows`).
+#[derive(Clone, Copy, Debug)]
+pub struct Rows {
+    pub off: usize,
+    pub ld: usize,
 }
 
 /// Shapes and options of one attention call (see jobx_attention_params).
@@ -103,7 +113,10 @@ pub fn view_len(v: View, rows: usize, heads: usize, t: usize, dk: usize) -> Opti
     let a = (rows - 1).checked_mul(v.sb)?;
     let b = (heads - 1).checked_mul(v.sh)?;
     let c = (t - 1).checked_mul(v.st)?;
-    a.checked_add(b)?.checked_add(c)?.checked_add(dk)
+    a.checked_add(b)?
+        .checked_add(c)?
+        .checked_add(dk)?
+        .checked_add(v.off)
 }
 
 pub struct GemmShape {
@@ -255,15 +268,21 @@ pub trait Backend: Sync {
         d: usize,
         eps: f32,
     ) -> Result<()>;
-    /// x = act(x) [* up], n elements.
-    fn activation_inplace(
+    /// x = act(x), n elements (T5's ungated feed-forward).
+    fn activation_inplace(&self, x: &mut Self::Buf<bf16>, n: usize, kind: ActKind) -> Result<()>;
+    /// y[r, c] = act(gu[r, c]) · gu[r, cols + c]: the gated activation of a fused gate|up
+    /// projection gu [rows, 2*cols] into y [rows, cols] (act(gate) rounded to bf16 first).
+    fn gated_activation(
         &self,
-        x: &mut Self::Buf<bf16>,
-        up: Option<&Self::Buf<bf16>>,
-        n: usize,
+        gu: &Self::Buf<bf16>,
+        y: &mut Self::Buf<bf16>,
+        rows: usize,
+        cols: usize,
         kind: ActKind,
     ) -> Result<()>;
-    /// HF rotary embedding in place on x [tokens, heads, head_dim] at positions `pos` [tokens].
+    /// HF rotary embedding in place on the first heads*head_dim elements of each token's row
+    /// (rows `ld` apart: heads*head_dim for a plain [tokens, heads, head_dim]) at positions
+    /// `pos` [tokens].
     fn rope(
         &self,
         x: &mut Self::Buf<bf16>,
@@ -271,7 +290,17 @@ pub trait Backend: Sync {
         tokens: usize,
         heads: usize,
         head_dim: usize,
+        ld: usize,
         theta: f32,
+    ) -> Result<()>;
+    /// Row r < rows of `dst` (cols elements at dst.off + r*dst.ld) = row r of `src` likewise.
+    fn copy_rows(
+        &self,
+        op: &'static str,
+        src: (&Self::Buf<bf16>, Rows),
+        dst: (&mut Self::Buf<bf16>, Rows),
+        rows: usize,
+        cols: usize,
     ) -> Result<()>;
     /// y[t] = table[ids[t]] (rows of d); an id outside the vocabulary is an error.
     fn embedding_ids(

@@ -11,8 +11,12 @@ pub struct DeviceWeights<'g, B: Backend> {
     pub dev: &'g B,
     w: std::collections::HashMap<String, B::Buf<bf16>>,
     q: std::collections::HashMap<String, (B::Buf<i8>, B::Buf<f32>)>,
-    /// linear layers adapters may target: weight name -> (out, in)
+    /// linear layers adapters may target: HF weight name -> (out, in)
     linears: std::collections::BTreeMap<String, (usize, usize)>,
+    /// fused GEMM weights (`insert_fused`): name -> (out, in) of the whole matrix
+    fused: std::collections::HashMap<String, (usize, usize)>,
+    /// HF weight name of a fused part -> (its fused weight, its first output row there)
+    part_of: std::collections::HashMap<String, (String, usize)>,
     /// weight name -> the LoRA pairs of every adapter slot, stacked for the SGMV kernels
     loras: std::collections::HashMap<String, DeviceLora<B>>,
     /// adapter slots attached so far (every `DeviceLora` has this many slots)
@@ -45,6 +49,8 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             w: Default::default(),
             q: Default::default(),
             linears: Default::default(),
+            fused: Default::default(),
+            part_of: Default::default(),
             loras: Default::default(),
             slots: 0,
             int8: dev.int8_weights(),
@@ -64,6 +70,78 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         let ds = self.dev.upload("load", &s)?;
         self.q.insert(name.to_string(), (dq, ds));
         Ok(())
+    }
+
+    /// Several linear layers on the same input stored as one weight `fused` [sum n_i, k], their
+    /// rows in the order given, so that one GEMM computes all of them (T5's q|k|v and
+    /// wi_0|wi_1, Mistral's q|k|v and gate|up: fewer, wider GEMMs per step, and fewer launches
+    /// for the host to enqueue). Each part stays an adapter target under its HF name; an
+    /// adapter's pairs on the parts are combined into one pair on the fused weight
+    /// (`combine_parts`). Int8 scales are per output row, so quantising the stacked matrix equals
+    /// quantising each part.
+    pub fn insert_fused(
+        &mut self,
+        fused: &str,
+        parts: &[(&str, &[f32], usize)],
+        k: usize,
+    ) -> Result<()> {
+        let mut data = Vec::new();
+        let mut row = 0;
+        for &(name, w, n) in parts {
+            if w.len() != n * k {
+                return Err(crate::Error::Input(format!(
+                    "{}: weight {name} has {} values for [{n}, {k}]",
+                    self.what,
+                    w.len()
+                )));
+            }
+            data.extend_from_slice(w);
+            self.linears.insert(name.to_string(), (n, k));
+            self.part_of
+                .insert(name.to_string(), (fused.to_string(), row));
+            row += n;
+        }
+        self.fused.insert(fused.to_string(), (row, k));
+        if !self.int8 {
+            return self.insert_f32(fused, &data);
+        }
+        let (q, s) = crate::cpu::quantize_rows_int8(&data, row, k);
+        let dq = self.dev.upload("load", &q)?;
+        let ds = self.dev.upload("load", &s)?;
+        self.q.insert(fused.to_string(), (dq, ds));
+        Ok(())
+    }
+
+    /// Read the linear layers `parts` (HF name, shape [n_i, k]) from `ck` and store them as
+    /// one weight `fused` (`insert_fused`).
+    pub fn load_fused(
+        &mut self,
+        ck: &crate::checkpoint::Checkpoint,
+        fused: &str,
+        parts: &[(String, Vec<usize>)],
+    ) -> Result<()> {
+        let k = parts.first().map_or(0, |p| p.1[1]);
+        let mut loaded = Vec::new();
+        for (name, shape) in parts {
+            loaded.push((name.as_str(), ck.f32(name, &[shape[0], k])?, shape[0]));
+        }
+        let refs: Vec<(&str, &[f32], usize)> = loaded
+            .iter()
+            .map(|(n, t, rows)| (*n, t.as_slice(), *rows))
+            .collect();
+        self.insert_fused(fused, &refs, k)
+    }
+
+    /// (out, in) of the GEMM weight `name` (a linear layer or a fused one).
+    fn dims(&self, name: &str) -> Result<(usize, usize)> {
+        self.fused
+            .get(name)
+            .or_else(|| self.linears.get(name))
+            .copied()
+            .ok_or_else(|| crate::Error::MissingTensor {
+                name: name.to_string(),
+                where_: format!("{} linear layers", self.what),
+            })
     }
 
     /// Let adapters target `name` [n, k], a bf16 weight kept out of int8 (an untied LM head, as
@@ -118,16 +196,28 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
                 .iter()
                 .map(|(n, l)| (n.clone(), l.host.clone()))
                 .collect();
+        // the pairs by GEMM weight: a fused part's goes to its fused weight, at its first row
+        let mut per: std::collections::BTreeMap<String, Vec<(usize, crate::models::linear::Lora)>> =
+            Default::default();
         for (i, lora) in pairs {
-            let h = hosts.entry(format!("{}.weight", layers[i].0)).or_default();
+            let name = format!("{}.weight", layers[i].0);
+            let (target, row) = match self.part_of.get(&name) {
+                Some((f, row)) => (f.clone(), *row),
+                None => (name, 0),
+            };
+            per.entry(target).or_default().push((row, lora));
+        }
+        for (target, parts) in per {
+            let (n, k) = self.dims(&target)?;
+            let h = hosts.entry(target).or_default();
             h.resize(slot, None);
-            h.push(Some(lora));
+            h.push(Some(combine_parts(parts, n, k)));
         }
         // every layer gets slot + 1 slots (a layer this adapter does not target: a zero slot)
         let mut stacked = std::collections::HashMap::new();
         for (name, mut host) in hosts {
             host.resize(slot + 1, None);
-            let (n, k) = self.linears[&name];
+            let (n, k) = self.dims(&name)?;
             stacked.insert(name, self.stack_lora(host, n, k)?);
         }
         self.loras = stacked;
@@ -192,7 +282,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             ));
         }
         for name in targets {
-            let (n, k) = self.linears[&name];
+            let (n, k) = self.dims(&name)?;
             let Some(l) = self.loras[&name].host[slot].clone() else {
                 continue;
             };
@@ -271,7 +361,105 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     }
 }
 
+/// One adapter's LoRA pairs on the parts of a GEMM weight [n, k], given with each part's first
+/// output row, as one pair on the whole weight: A stacks the parts' A [r_i, k] (rank sum r_i), B
+/// [n, r] is block-diagonal (part i's B in its rows and its rank columns, zeros elsewhere), so
+/// x·Aᵀ·Bᵀ gives each part's rows exactly their own update and the others' rows nothing. The
+/// pair keeps the first nonzero scale; a part with another scale has the ratio folded into its B
+/// (PEFT uses one alpha / r for all targets unless alpha_pattern / rank_pattern set others). A
+/// single pair covering the whole weight is returned as it is.
+fn combine_parts(
+    mut parts: Vec<(usize, crate::models::linear::Lora)>,
+    n: usize,
+    k: usize,
+) -> crate::models::linear::Lora {
+    if parts.len() == 1 && parts[0].0 == 0 && parts[0].1.b.len() == n * parts[0].1.r {
+        return parts.remove(0).1;
+    }
+    parts.sort_by_key(|p| p.0);
+    let r: usize = parts.iter().map(|p| p.1.r).sum();
+    let scale = parts
+        .iter()
+        .map(|p| p.1.scale)
+        .find(|&s| s != 0.0)
+        .unwrap_or(0.0);
+    let mut a = Vec::with_capacity(r * k);
+    let mut b = vec![0f32; n * r];
+    let mut r0 = 0;
+    for (row, l) in &parts {
+        a.extend_from_slice(&l.a);
+        let ratio = if scale == 0.0 { 0.0 } else { l.scale / scale };
+        let rows = l.b.len().checked_div(l.r).unwrap_or(0);
+        for j in 0..rows {
+            for c in 0..l.r {
+                b[(row + j) * r + r0 + c] = l.b[j * l.r + c] * ratio;
+            }
+        }
+        r0 += l.r;
+    }
+    crate::models::linear::Lora { a, b, r, scale }
+}
+
 /// `a.b.weight` -> `a.b` (the module names PEFT adapters use).
 fn module_name(weight: &str) -> &str {
     weight.strip_suffix(".weight").unwrap_or(weight)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::combine_parts;
+    use crate::models::linear::Lora;
+
+    fn lora(seed: u32, r: usize, n: usize, k: usize, scale: f32) -> Lora {
+        let v = |len: usize, salt: u32| -> Vec<f32> {
+            (0..len)
+                .map(|i| {
+                    let h = (i as u32).wrapping_mul(2654435761) ^ (seed * 131 + salt);
+                    (h % 1000) as f32 / 500.0 - 1.0
+                })
+                .collect()
+        };
+        Lora {
+            a: v(r * k, 1),
+            b: v(n * r, 2),
+            r,
+            scale,
+        }
+    }
+
+    /// scale · B·A x of one pair, [n]
+    fn delta(l: &Lora, x: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let t: Vec<f32> = (0..l.r)
+            .map(|j| (0..k).map(|c| l.a[j * k + c] * x[c]).sum())
+            .collect();
+        (0..n)
+            .map(|i| l.scale * (0..l.r).map(|j| l.b[i * l.r + j] * t[j]).sum::<f32>())
+            .collect()
+    }
+
+    /// A pair combined over a fused weight gives every part's rows its own update and the rows
+    /// of parts it does not target nothing, whatever the parts' ranks and scales.
+    #[test]
+    fn combined_pair_updates_each_part_by_its_own_pair() {
+        let k = 7;
+        // a fused weight q|k|v of rows 6, 4, 4 with pairs on q (rank 3) and v (rank 2, another
+        // scale), none on k
+        let (q, v) = (lora(1, 3, 6, k, 2.0), lora(2, 2, 4, k, 0.5));
+        let c = combine_parts(vec![(10, v.clone()), (0, q.clone())], 14, k);
+        assert_eq!((c.r, c.a.len(), c.b.len()), (5, 5 * k, 14 * 5));
+        let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let got = delta(&c, &x, 14, k);
+        let mut want = delta(&q, &x, 6, k);
+        want.extend([0.0; 4]);
+        want.extend(delta(&v, &x, 4, k));
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "row {i}: {g} vs {w}"
+            );
+        }
+        // a single pair over the whole weight is kept as it is
+        let whole = combine_parts(vec![(0, q.clone())], 6, k);
+        assert_eq!((whole.a, whole.b, whole.scale), (q.a, q.b, q.scale));
+    }
 }

@@ -3,22 +3,41 @@
 //! `mistral.rs` (HF `modeling_mistral.py`) with bf16 weights and activations and f32 accumulation
 //! in every kernel. Weights are loaded by their HF names, converted to bf16 once.
 //!
-//! Device layout: activations [tokens, hidden]; q [tokens, H*hd], k/v [tokens, KV*hd] (RoPE in
-//! place on q and k); KV cache per layer [rows, capacity, KV*hd] (time-major, so one row's new
-//! positions are one contiguous block); attention reads it as the view (b, h, t, d) ->
-//! b*cap*KV*hd + t*KV*hd + h*hd + d with GQA, causal mask, sliding window and the padding mask.
+//! q_proj|k_proj|v_proj and gate_proj|up_proj are each one fused weight and one GEMM
+//! (`DeviceWeights::insert_fused`; adapters still target them by their HF names).
+//!
+//! Device layout: activations [tokens, hidden]; the fused projection [tokens, H*hd + 2*KV*hd]
+//! (q | k | v; RoPE in place on the q and k heads, adjacent at the start of each row, in one
+//! call); KV cache per layer [rows, capacity, 2*KV*hd] (k | v of each position; time-major, so
+//! one row's new positions are one contiguous block, and a decode step's k|v rows go in with one
+//! strided copy); attention reads it as the views (b, h, t, d) -> off + b*cap*2*KV*hd +
+//! t*2*KV*hd + h*hd + d (off 0: k, KV*hd: v) with GQA, causal mask, sliding window and the
+//! padding mask.
 //! Left padding follows HF `generate`: position ids are cumsum(mask) - 1, pads get 1 and are
 //! masked as keys (host bookkeeping, as in the CPU graph).
 
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
-use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
+use crate::device::{
+    ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, Rows, View,
+};
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
 use half::bf16;
 use std::path::Path;
+
+/// The fused weights of each layer: (module prefix ending, parts in row order).
+const FUSED: &[(&str, &[&str])] = &[
+    ("self_attn", &["q_proj", "k_proj", "v_proj"]),
+    ("mlp", &["gate_proj", "up_proj"]),
+];
+
+/// The device name of the fused weight of `parts` under `prefix` (not an HF name).
+fn fused(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}.{}.weight", parts.join("+"))
+}
 
 pub struct MistralDevice<'g, B: Backend> {
     pub dev: &'g B,
@@ -33,9 +52,8 @@ pub struct MistralDeviceState<B: Backend> {
     pub rows: usize,
     pub len: usize,
     cap: usize,
-    k: Vec<B::Buf<bf16>>, // per layer [rows, cap, KV*hd]
-    v: Vec<B::Buf<bf16>>,
-    key_mask: Vec<i32>, // host [rows, cap]
+    kv: Vec<B::Buf<bf16>>, // per layer [rows, cap, 2*KV*hd]: k | v
+    key_mask: Vec<i32>,    // host [rows, cap]
     next_pos: Vec<usize>,
     /// LoRA adapter slot of each row (None: base model), and on the device
     adapters: Vec<Option<usize>>,
@@ -90,7 +108,31 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             names.push(("lm_head.weight".into(), vec![v, hid]));
         }
         let mut w = DeviceWeights::new(dev, "Mistral");
+        let shapes: std::collections::HashMap<String, Vec<usize>> = names.iter().cloned().collect();
         for (name, shape) in names {
+            // q|k|v and gate|up load as one weight each, when their first part comes up
+            if let Some((prefix, parts)) = FUSED.iter().find_map(|&(sub, parts)| {
+                let prefix = name.strip_suffix(&format!(".{}.weight", parts[0]))?;
+                prefix.ends_with(sub).then_some((prefix, parts))
+            }) {
+                let named: Vec<(String, Vec<usize>)> = parts
+                    .iter()
+                    .map(|p| {
+                        let n = format!("{prefix}.{p}.weight");
+                        let s = shapes[&n].clone();
+                        (n, s)
+                    })
+                    .collect();
+                w.load_fused(ck, &fused(prefix, parts), &named)?;
+                continue;
+            }
+            if FUSED.iter().any(|(_, parts)| {
+                parts[1..]
+                    .iter()
+                    .any(|p| name.ends_with(&format!(".{p}.weight")))
+            }) {
+                continue; // loaded with its group's first part
+            }
             let t = ck.f32(&name, &shape)?;
             if name.ends_with("_proj.weight") {
                 w.insert_linear(&name, t.as_slice(), shape[0], shape[1])?; // may be int8
@@ -152,18 +194,15 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         }
         let kvd = self.cfg.kv_heads() * self.cfg.head_dim();
         let cap = capacity.max(1);
-        let mut k = Vec::new();
-        let mut v = Vec::new();
+        let mut kv = Vec::new();
         for _ in 0..self.cfg.num_hidden_layers {
-            k.push(self.buf(rows * cap * kvd)?);
-            v.push(self.buf(rows * cap * kvd)?);
+            kv.push(self.buf(rows * cap * 2 * kvd)?);
         }
         Ok(MistralDeviceState {
             rows,
             len: 0,
             cap,
-            k,
-            v,
+            kv,
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
@@ -207,6 +246,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             c.vocab_size,
         );
         let (qd, kvd) = (h * hd, kv * hd);
+        let qkvd = qd + 2 * kvd;
         let rows = st.rows;
         if ids.len() != rows * t_new || mask.len() != ids.len() || t_new == 0 {
             return Err(Error::Input(format!(
@@ -261,12 +301,10 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         let mut x = self.buf(m * hid)?;
         dev.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
         let mut n = self.buf(m * hid)?;
-        let mut q = self.buf(m * qd)?;
-        let mut k = self.buf(m * kvd)?;
-        let mut v = self.buf(m * kvd)?;
+        let mut qkv = self.buf(m * qkvd)?;
         let mut ctx = self.buf(m * qd)?;
         let mut g = self.buf(m * inter)?;
-        let mut u = self.buf(m * inter)?;
+        let mut gu = self.buf(m * 2 * inter)?;
         let call = AttnCall {
             batch: rows,
             kv_batch_rows: rows,
@@ -281,15 +319,19 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             causal: true,
             t5_bias: None,
         };
+        // q: the first qd of each row of the fused projection
         let qview = View {
-            sb: t_new * qd,
+            sb: t_new * qkvd,
             sh: hd,
-            st: qd,
+            st: qkvd,
+            off: 0,
         };
-        let cview = View {
-            sb: st.cap * kvd,
+        // k (off 0) and v (off kvd) in the cache
+        let cview = |off| View {
+            sb: st.cap * 2 * kvd,
             sh: hd,
-            st: kvd,
+            st: 2 * kvd,
+            off,
         };
         let theta = c.theta() as f32;
         for li in 0..c.num_hidden_layers {
@@ -302,43 +344,45 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                 hid,
                 eps,
             )?;
+            let (sa, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
             self.w.linear(
                 &n,
-                &format!("{p}.self_attn.q_proj.weight"),
-                (m, qd, hid),
-                &mut q,
+                &fused(&sa, FUSED[0].1),
+                (m, qkvd, hid),
+                &mut qkv,
                 false,
                 ad,
             )?;
-            self.w.linear(
-                &n,
-                &format!("{p}.self_attn.k_proj.weight"),
-                (m, kvd, hid),
-                &mut k,
-                false,
-                ad,
-            )?;
-            self.w.linear(
-                &n,
-                &format!("{p}.self_attn.v_proj.weight"),
-                (m, kvd, hid),
-                &mut v,
-                false,
-                ad,
-            )?;
-            dev.rope(&mut q, &pos, m, h, hd, theta)?;
-            dev.rope(&mut k, &pos, m, kv, hd, theta)?;
-            // append the new positions of each row to the cache (one contiguous block per row)
-            for r in 0..rows {
-                let (src, dst, len) = (r * t_new * kvd, (r * st.cap + p0) * kvd, t_new * kvd);
-                dev.copy("kv_cache", &k, src, &mut st.k[li], dst, len)?;
-                dev.copy("kv_cache", &v, src, &mut st.v[li], dst, len)?;
+            // the H query heads and the KV key heads are adjacent at the start of each row
+            dev.rope(&mut qkv, &pos, m, h + kv, hd, qkvd, theta)?;
+            // the new positions' k|v into the cache: a decode step's rows in one copy, a
+            // prefill's rows row by row (each row's positions are one block of the cache)
+            let cache = &mut st.kv[li];
+            let src = |r: usize| Rows {
+                off: r * t_new * qkvd + qd,
+                ld: qkvd,
+            };
+            if t_new == 1 {
+                let dst = Rows {
+                    off: p0 * 2 * kvd,
+                    ld: st.cap * 2 * kvd,
+                };
+                dev.copy_rows("kv_cache", (&qkv, src(0)), (cache, dst), rows, 2 * kvd)?;
+            } else {
+                for r in 0..rows {
+                    let dst = Rows {
+                        off: (r * st.cap + p0) * 2 * kvd,
+                        ld: 2 * kvd,
+                    };
+                    dev.copy_rows("kv_cache", (&qkv, src(r)), (cache, dst), t_new, 2 * kvd)?;
+                }
             }
+            let cache = &st.kv[li];
             dev.attention(
                 &call,
-                (&q, qview),
-                (&st.k[li], cview),
-                (&st.v[li], cview),
+                (&qkv, qview),
+                (cache, cview(0)),
+                (cache, cview(kvd)),
                 &mut ctx,
                 Some(&kmask),
                 None,
@@ -362,21 +406,13 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             )?;
             self.w.linear(
                 &n,
-                &format!("{p}.mlp.gate_proj.weight"),
-                (m, inter, hid),
-                &mut g,
+                &fused(&mlp, FUSED[1].1),
+                (m, 2 * inter, hid),
+                &mut gu,
                 false,
                 ad,
             )?;
-            self.w.linear(
-                &n,
-                &format!("{p}.mlp.up_proj.weight"),
-                (m, inter, hid),
-                &mut u,
-                false,
-                ad,
-            )?;
-            dev.activation_inplace(&mut g, Some(&u), m * inter, ActKind::Silu)?;
+            dev.gated_activation(&gu, &mut g, m, inter, ActKind::Silu)?;
             self.w.linear(
                 &g,
                 &format!("{p}.mlp.down_proj.weight"),
@@ -421,8 +457,8 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
-        let per = st.cap * self.cfg.kv_heads() * self.cfg.head_dim();
-        for buf in st.k.iter_mut().chain(st.v.iter_mut()) {
+        let per = st.cap * 2 * self.cfg.kv_heads() * self.cfg.head_dim();
+        for buf in st.kv.iter_mut() {
             *buf = self.dev.gather_blocks("select_rows", buf, per, parents)?;
         }
         let cap = st.cap;

@@ -6,12 +6,20 @@
 //! ../shared/docs/MODEL-NOTES.md). Weights are loaded by their HF names (`t5::weight_shapes`),
 //! converted to bf16 (or int8) once and kept on the device.
 //!
-//! Data layout on the device (all row-major):
-//! - activations `x` [rows, d_model]; projections [rows, H*dk], read by attention as the view
-//!   (b, h, t, d) -> b*S*inner + t*inner + h*dk + d;
-//! - decoder self-attention KV cache per layer [batch rows, capacity, H*dk], written in place by
-//!   the K/V projections of each step (GEMM output offset + row stride);
-//! - cross-attention K/V per layer computed once per request from the encoder output.
+//! Linear layers that read the same input are one weight and one GEMM (`fused`: q|k|v of each
+//! self-attention, k|v of each cross-attention, wi_0|wi_1 of a gated feed-forward; fewer and
+//! wider GEMMs, fewer launches per decode step). Adapters still target them by their HF names.
+//!
+//! Data layout on the device (all row-major, inner = H*dk):
+//! - activations `x` [rows, d_model]; the fused q|k|v projection [rows, 3*inner], read by
+//!   attention as three views (b, h, t, d) -> off + b*S*3*inner + t*3*inner + h*dk + d with
+//!   off = 0 (q), inner (k), 2*inner (v);
+//! - decoder self-attention cache per layer [batch rows, capacity, 3*inner]: each step's q|k|v
+//!   GEMM writes its row at position t in place (GEMM output offset + row stride); attention
+//!   reads that step's q and all positions' k and v from it (keeping q there costs a third more
+//!   cache and saves a GEMM launch per layer and step);
+//! - cross-attention k|v per layer [batch, S, 2*inner], computed once per request from the
+//!   encoder output.
 //!
 //! `T5DeviceStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
 //! grammar constraint run unchanged on top of it (logits come back to the host each step, except
@@ -48,14 +56,43 @@ pub struct DeviceEncoderOut<B: Backend> {
     pub seq: usize,
     /// [batch, seq] key mask (1 = real token)
     mask: B::Buf<i32>,
-    /// per decoder layer: cross-attention K and V [batch, seq, H*dk]
-    cross_kv: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
+    /// per decoder layer: cross-attention k|v [batch, seq, 2*H*dk]
+    cross_kv: Vec<B::Buf<bf16>>,
     /// adapter slot of each batch row (the decoder rows inherit their source row's)
     adapters: Vec<Option<usize>>,
 }
 
 fn cfg_err(msg: String) -> Error {
     Error::config("config.json", msg)
+}
+
+/// The device name of the fused weight of linear layers `parts` under `prefix` (e.g.
+/// "decoder.block.0.layer.0.SelfAttention.q+k+v.weight"); not an HF name.
+fn fused(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}.{}.weight", parts.join("+"))
+}
+
+const QKV: &[&str] = &["q", "k", "v"];
+const KV: &[&str] = &["k", "v"];
+const GATE_UP: &[&str] = &["wi_0", "wi_1"];
+
+/// The fused weights of a T5 checkpoint: (prefix, parts) in row order (`fused`).
+fn fused_groups(cfg: &T5Config, gated: bool) -> Vec<(String, &'static [&'static str])> {
+    let mut g = Vec::new();
+    for l in 0..cfg.num_layers {
+        g.push((format!("encoder.block.{l}.layer.0.SelfAttention"), QKV));
+        if gated {
+            g.push((format!("encoder.block.{l}.layer.1.DenseReluDense"), GATE_UP));
+        }
+    }
+    for l in 0..cfg.n_dec_layers() {
+        g.push((format!("decoder.block.{l}.layer.0.SelfAttention"), QKV));
+        g.push((format!("decoder.block.{l}.layer.1.EncDecAttention"), KV));
+        if gated {
+            g.push((format!("decoder.block.{l}.layer.2.DenseReluDense"), GATE_UP));
+        }
+    }
+    g
 }
 
 impl<'g, B: Backend> T5Device<'g, B> {
@@ -82,7 +119,33 @@ impl<'g, B: Backend> T5Device<'g, B> {
         let mut w = DeviceWeights::new(dev, "T5");
         let mut enc_bias = None;
         let mut dec_bias = None;
-        for (name, shape) in weight_shapes(&cfg) {
+        let shapes_list = weight_shapes(&cfg);
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            shapes_list.iter().cloned().collect();
+        // part weight name -> its group; a group loads when its first part comes up
+        let groups = fused_groups(&cfg, gated);
+        let mut part_of = std::collections::HashMap::new();
+        for (gi, (prefix, parts)) in groups.iter().enumerate() {
+            for (pi, p) in parts.iter().enumerate() {
+                part_of.insert(format!("{prefix}.{p}.weight"), (gi, pi));
+            }
+        }
+        for (name, shape) in shapes_list {
+            if let Some(&(gi, pi)) = part_of.get(&name) {
+                if pi == 0 {
+                    let (prefix, parts) = &groups[gi];
+                    let named: Vec<(String, Vec<usize>)> = parts
+                        .iter()
+                        .map(|p| {
+                            let n = format!("{prefix}.{p}.weight");
+                            let s = shapes[&n].clone();
+                            (n, s)
+                        })
+                        .collect();
+                    w.load_fused(ck, &fused(prefix, parts), &named)?;
+                }
+                continue;
+            }
             let src = if name == "shared.weight" && !ck.contains(&name) {
                 ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
                     .into_iter()
@@ -160,8 +223,8 @@ impl<'g, B: Backend> T5Device<'g, B> {
         Ok(FfnBufs {
             h: self.buf(rows * d)?,
             a: self.buf(rows * dff)?,
-            u: if self.gated {
-                Some(self.buf(rows * dff)?)
+            gu: if self.gated {
+                Some(self.buf(rows * 2 * dff)?)
             } else {
                 None
             },
@@ -179,7 +242,7 @@ impl<'g, B: Backend> T5Device<'g, B> {
         fb: &mut FfnBufs<B>,
     ) -> Result<()> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
-        let FfnBufs { h, a, u } = fb;
+        let FfnBufs { h, a, gu } = fb;
         self.dev.rms_norm(
             x,
             self.wt(&format!("{p}.layer_norm.weight"))?,
@@ -189,29 +252,15 @@ impl<'g, B: Backend> T5Device<'g, B> {
             self.cfg.layer_norm_epsilon as f32,
         )?;
         let dr = format!("{p}.DenseReluDense");
-        if let Some(u) = u {
-            self.w.linear(
-                h,
-                &format!("{dr}.wi_0.weight"),
-                (rows, dff, d),
-                a,
-                false,
-                ad,
-            )?;
-            self.w.linear(
-                h,
-                &format!("{dr}.wi_1.weight"),
-                (rows, dff, d),
-                u,
-                false,
-                ad,
-            )?;
-            self.dev
-                .activation_inplace(a, Some(&*u), rows * dff, self.act)?;
+        if let Some(gu) = gu {
+            // wi_0|wi_1 in one GEMM [rows, 2*dff], then act(wi_0) * wi_1
+            self.w
+                .linear(h, &fused(&dr, GATE_UP), (rows, 2 * dff, d), gu, false, ad)?;
+            self.dev.gated_activation(gu, a, rows, dff, self.act)?;
         } else {
             self.w
                 .linear(h, &format!("{dr}.wi.weight"), (rows, dff, d), a, false, ad)?;
-            self.dev.activation_inplace(a, None, rows * dff, self.act)?;
+            self.dev.activation_inplace(a, rows * dff, self.act)?;
         }
         self.w
             .linear(a, &format!("{dr}.wo.weight"), (rows, d, dff), x, true, ad)
@@ -269,17 +318,17 @@ impl<'g, B: Backend> T5Device<'g, B> {
         let mut x = self.buf(rows * d)?;
         self.dev
             .embedding_ids(ids, self.wt("shared.weight")?, &mut x, d, c.vocab_size)?;
-        let view = View {
-            sb: seq * inner,
+        // q, k, v: the thirds of each row of the fused projection
+        let view = |off| View {
+            sb: seq * 3 * inner,
             sh: dk,
-            st: inner,
+            st: 3 * inner,
+            off,
         };
         let eps = c.layer_norm_epsilon as f32;
         // scratch shared by the layers (each buffer is written before it is read)
         let mut hn = self.buf(rows * d)?;
-        let mut q = self.buf(rows * inner)?;
-        let mut k = self.buf(rows * inner)?;
-        let mut v = self.buf(rows * inner)?;
+        let mut qkv = self.buf(rows * 3 * inner)?;
         let mut o = self.buf(rows * inner)?;
         let mut fb = self.ffn_bufs(rows)?;
         for l in 0..c.num_layers {
@@ -295,25 +344,9 @@ impl<'g, B: Backend> T5Device<'g, B> {
             let sa = format!("{p}.SelfAttention");
             self.w.linear(
                 &hn,
-                &format!("{sa}.q.weight"),
-                (rows, inner, d),
-                &mut q,
-                false,
-                ad,
-            )?;
-            self.w.linear(
-                &hn,
-                &format!("{sa}.k.weight"),
-                (rows, inner, d),
-                &mut k,
-                false,
-                ad,
-            )?;
-            self.w.linear(
-                &hn,
-                &format!("{sa}.v.weight"),
-                (rows, inner, d),
-                &mut v,
+                &fused(&sa, QKV),
+                (rows, 3 * inner, d),
+                &mut qkv,
                 false,
                 ad,
             )?;
@@ -337,9 +370,9 @@ impl<'g, B: Backend> T5Device<'g, B> {
             };
             self.dev.attention(
                 &call,
-                (&q, view),
-                (&k, view),
-                (&v, view),
+                (&qkv, view(0)),
+                (&qkv, view(inner)),
+                (&qkv, view(2 * inner)),
                 &mut o,
                 Some(&mask_d),
                 None,
@@ -373,25 +406,16 @@ impl<'g, B: Backend> T5Device<'g, B> {
         let mut cross_kv = Vec::new();
         for l in 0..c.n_dec_layers() {
             let ca = format!("decoder.block.{l}.layer.1.EncDecAttention");
-            let mut k = self.buf(rows * inner)?;
-            let mut v = self.buf(rows * inner)?;
+            let mut kv = self.buf(rows * 2 * inner)?;
             self.w.linear(
                 &enc,
-                &format!("{ca}.k.weight"),
-                (rows, inner, d),
-                &mut k,
+                &fused(&ca, KV),
+                (rows, 2 * inner, d),
+                &mut kv,
                 false,
                 ad,
             )?;
-            self.w.linear(
-                &enc,
-                &format!("{ca}.v.weight"),
-                (rows, inner, d),
-                &mut v,
-                false,
-                ad,
-            )?;
-            cross_kv.push((k, v));
+            cross_kv.push(kv);
         }
         Ok(DeviceEncoderOut {
             batch,
@@ -404,11 +428,11 @@ impl<'g, B: Backend> T5Device<'g, B> {
 }
 
 /// The feed-forward blocks' scratch (`T5Device::ffn_bufs`): normed input [rows, d], the
-/// activation [rows, d_ff] and, gated, the up projection [rows, d_ff].
+/// activation [rows, d_ff] and, gated, the wi_0|wi_1 projection [rows, 2*d_ff].
 struct FfnBufs<B: Backend> {
     h: B::Buf<bf16>,
     a: B::Buf<bf16>,
-    u: Option<B::Buf<bf16>>,
+    gu: Option<B::Buf<bf16>>,
 }
 
 /// A decode step's scratch for `rows` rows, kept by the stepper across steps and shared by the
@@ -438,7 +462,8 @@ impl<B: Backend> DecScratch<B> {
     }
 }
 
-/// Decoder state of one generation: per layer self-attention K/V caches [rows, cap, H*dk].
+/// Decoder state of one generation: per layer the self-attention cache [rows, cap, 3*H*dk]
+/// (q|k|v of every position).
 pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     model: &'a T5Device<'g, B>,
     enc: &'a DeviceEncoderOut<B>,
@@ -449,7 +474,7 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     ad: RowAdapters<B>,
     cap: usize,
     len: usize,
-    cache: Vec<(B::Buf<bf16>, B::Buf<bf16>)>,
+    cache: Vec<B::Buf<bf16>>,
     scratch: Option<DecScratch<B>>,
     /// `JOBX_PROFILE` (device::profile)
     profile: Option<StepProfile<'g, B>>,
@@ -472,10 +497,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
         let cap = capacity.max(1);
         let mut cache = Vec::new();
         for _ in 0..model.cfg.n_dec_layers() {
-            cache.push((
-                model.buf(rows * cap * inner)?,
-                model.buf(rows * cap * inner)?,
-            ));
+            cache.push(model.buf(rows * cap * 3 * inner)?);
         }
         let (src_d, ad) = row_maps(model, enc, &src)?;
         Ok(T5DeviceStepper {
@@ -532,13 +554,12 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         let m = self.model;
         let inner = m.cfg.num_heads * m.cfg.d_kv;
-        let per = self.cap * inner;
+        let per = self.cap * 3 * inner;
         if parents.iter().any(|&p| p >= self.src.len()) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
-        for (kc, vc) in self.cache.iter_mut() {
-            *kc = m.dev.gather_blocks("select_rows", kc, per, parents)?;
-            *vc = m.dev.gather_blocks("select_rows", vc, per, parents)?;
+        for c in self.cache.iter_mut() {
+            *c = m.dev.gather_blocks("select_rows", c, per, parents)?;
         }
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
@@ -606,16 +627,21 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             sb: inner,
             sh: dk,
             st: inner,
+            off: 0,
         };
-        let cache_view = View {
-            sb: self.cap * inner,
+        // the self-attention cache's q (this step's), k and v
+        let cache_view = |off| View {
+            sb: self.cap * 3 * inner,
             sh: dk,
-            st: inner,
+            st: 3 * inner,
+            off,
         };
-        let enc_view = View {
-            sb: self.enc.seq * inner,
+        // the cross-attention k|v
+        let enc_view = |off| View {
+            sb: self.enc.seq * 2 * inner,
             sh: dk,
-            st: inner,
+            st: 2 * inner,
+            off,
         };
         for l in 0..c.n_dec_layers() {
             // self-attention over the cache (positions 0..=t), unidirectional relative bias
@@ -629,37 +655,17 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 eps,
             )?;
             let sa = format!("{p}.SelfAttention");
-            m.w.linear(
-                hn,
-                &format!("{sa}.q.weight"),
-                (rows, inner, d),
-                q,
-                false,
-                &self.ad,
-            )?;
-            let (kc, vc) = &mut self.cache[l];
+            let cache = &mut self.cache[l];
+            // q|k|v of this step into position t of every row's cache
             let at_t = GemmShape {
                 m: rows,
-                n: inner,
+                n: 3 * inner,
                 k: d,
-                ldy: self.cap * inner,
-                y_off: t * inner,
+                ldy: self.cap * 3 * inner,
+                y_off: t * 3 * inner,
                 accumulate: false,
             };
-            m.w.gemm(
-                hn,
-                &format!("{sa}.k.weight"),
-                Out::Bf16(kc),
-                &at_t,
-                &self.ad,
-            )?;
-            m.w.gemm(
-                hn,
-                &format!("{sa}.v.weight"),
-                Out::Bf16(vc),
-                &at_t,
-                &self.ad,
-            )?;
+            m.w.gemm(hn, &fused(&sa, QKV), Out::Bf16(cache), &at_t, &self.ad)?;
             let call = AttnCall {
                 batch: rows,
                 kv_batch_rows: rows,
@@ -680,9 +686,9 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             };
             dev.attention(
                 &call,
-                (q, qview),
-                (kc, cache_view),
-                (vc, cache_view),
+                (cache, cache_view(t * 3 * inner)),
+                (cache, cache_view(inner)),
+                (cache, cache_view(2 * inner)),
                 o,
                 None,
                 None,
@@ -715,7 +721,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 false,
                 &self.ad,
             )?;
-            let (ek, ev) = &self.enc.cross_kv[l];
+            let ekv = &self.enc.cross_kv[l];
             let call = AttnCall {
                 batch: rows,
                 kv_batch_rows: self.enc.batch,
@@ -733,8 +739,8 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             dev.attention(
                 &call,
                 (q, qview),
-                (ek, enc_view),
-                (ev, enc_view),
+                (ekv, enc_view(0)),
+                (ekv, enc_view(inner)),
                 o,
                 Some(&self.enc.mask),
                 Some(&self.src_d),

@@ -390,6 +390,47 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         b.rms_norm(&x, &w, &mut y, usize::MAX / 2 + 1, 2, 1e-6),
     );
 
+    // copy_rows: 3 rows of 4, source rows 5 apart from 1, destination rows 6 apart from 2
+    use jobx_engine::device::Rows;
+    let at = |off, ld| Rows { off, ld };
+    let (src, mut dst) = (bf(15), bf(18));
+    expect(
+        "copy_rows ok",
+        "t",
+        "",
+        b.copy_rows("t", (&src, at(1, 5)), (&mut dst, at(2, 6)), 3, 4),
+    );
+    expect(
+        "copy_rows src",
+        "t",
+        "copy source",
+        b.copy_rows("t", (&src, at(2, 5)), (&mut dst, at(2, 6)), 3, 4),
+    );
+    expect(
+        "copy_rows dst",
+        "t",
+        "copy destination",
+        b.copy_rows("t", (&src, at(1, 5)), (&mut dst, at(3, 6)), 3, 4),
+    );
+    expect(
+        "copy_rows overlap",
+        "t",
+        "row stride 3",
+        b.copy_rows("t", (&src, at(1, 5)), (&mut dst, at(0, 3)), 3, 4),
+    );
+    expect(
+        "copy_rows overflow",
+        "t",
+        "overflows",
+        b.copy_rows(
+            "t",
+            (&src, at(1, usize::MAX / 2)),
+            (&mut dst, at(0, 6)),
+            3,
+            4,
+        ),
+    );
+
     // activation
     use jobx_engine::device::ActKind::Silu;
     let mut g = bf(10);
@@ -397,42 +438,79 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "act ok",
         "activation",
         "",
-        b.activation_inplace(&mut g, Some(&bf(10)), 10, Silu),
+        b.activation_inplace(&mut g, 10, Silu),
     );
     expect(
-        "act gate",
+        "act x",
         "activation",
-        "gate",
-        b.activation_inplace(&mut bf(9), None, 10, Silu),
+        "x:",
+        b.activation_inplace(&mut bf(9), 10, Silu),
+    );
+    // gated: rows 2 of 5 from gate|up rows of 10
+    let (gu, mut y) = (bf(20), bf(10));
+    expect(
+        "gated ok",
+        "gated_activation",
+        "",
+        b.gated_activation(&gu, &mut y, 2, 5, Silu),
     );
     expect(
-        "act up",
-        "activation",
-        "up",
-        b.activation_inplace(&mut g, Some(&bf(9)), 10, Silu),
+        "gated gu",
+        "gated_activation",
+        "gate|up:",
+        b.gated_activation(&bf(19), &mut y, 2, 5, Silu),
+    );
+    expect(
+        "gated y",
+        "gated_activation",
+        "y:",
+        b.gated_activation(&gu, &mut bf(9), 2, 5, Silu),
     );
 
-    // rope: 2 tokens, 3 heads, head_dim 4
+    // rope: 2 tokens, 3 heads, head_dim 4 (rows of 12, or 16 apart)
     let mut x = bf(24);
     let pos = b.upload("t", &[0i32, 5]).unwrap();
-    expect("rope ok", "rope", "", b.rope(&mut x, &pos, 2, 3, 4, 1e4));
+    expect(
+        "rope ok",
+        "rope",
+        "",
+        b.rope(&mut x, &pos, 2, 3, 4, 12, 1e4),
+    );
+    expect(
+        "rope strided ok",
+        "rope",
+        "",
+        b.rope(&mut bf(28), &pos, 2, 3, 4, 16, 1e4),
+    );
     expect(
         "rope odd",
         "rope",
         "is odd",
-        b.rope(&mut bf(30), &pos, 2, 3, 5, 1e4),
+        b.rope(&mut bf(30), &pos, 2, 3, 5, 15, 1e4),
     );
     expect(
         "rope x",
         "rope",
         "x:",
-        b.rope(&mut bf(23), &pos, 2, 3, 4, 1e4),
+        b.rope(&mut bf(23), &pos, 2, 3, 4, 12, 1e4),
+    );
+    expect(
+        "rope strided x",
+        "rope",
+        "x:",
+        b.rope(&mut bf(27), &pos, 2, 3, 4, 16, 1e4),
+    );
+    expect(
+        "rope ld",
+        "rope",
+        "row stride 11",
+        b.rope(&mut x, &pos, 2, 3, 4, 11, 1e4),
     );
     expect(
         "rope pos",
         "rope",
         "pos:",
-        b.rope(&mut x, &i(1), 2, 3, 4, 1e4),
+        b.rope(&mut x, &i(1), 2, 3, 4, 12, 1e4),
     );
 
     // embedding: vocab 5, d 4
@@ -641,11 +719,13 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         sb: 3 * 32,
         sh: 8,
         st: 32,
+        off: 0,
     };
     let kv = View {
         sb: 5 * 16,
         sh: 8,
         st: 16,
+        off: 0,
     };
     let (q, k, v, mut o) = (bf(2 * 96), bf(80), bf(80), bf(2 * 96));
     let (mask, map, bias) = (i(5), i(2), f(32));
@@ -718,6 +798,54 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
             (&q, huge),
             (&k, kv),
             (&v, kv),
+            &mut o,
+            None,
+            Some(&map),
+            None,
+        ),
+    );
+    // an operand at an offset inside a larger buffer (fused projections, K|V caches)
+    let kv_at = View { off: 8, ..kv };
+    let (k88, v88) = (bf(88), bf(88));
+    expect(
+        "attn offset ok",
+        "attention",
+        "",
+        b.attention(
+            &c,
+            (&q, qv),
+            (&k88, kv_at),
+            (&v88, kv_at),
+            &mut o,
+            None,
+            Some(&map),
+            None,
+        ),
+    );
+    expect(
+        "attn offset k",
+        "attention",
+        "k:",
+        b.attention(
+            &c,
+            (&q, qv),
+            (&k, kv_at),
+            (&v88, kv_at),
+            &mut o,
+            None,
+            Some(&map),
+            None,
+        ),
+    );
+    expect(
+        "attn offset v",
+        "attention",
+        "v:",
+        b.attention(
+            &c,
+            (&q, qv),
+            (&k88, kv_at),
+            (&v, kv_at),
             &mut o,
             None,
             Some(&map),
