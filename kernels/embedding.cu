@@ -3,6 +3,17 @@
 // naming the op. One block per token, 16-byte copies when the row allows.
 #include "common.cuh"
 
+// dst[0..n) = src[0..n) by the block's threads: 16-byte copies when n and both addresses allow.
+__device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, long long n) {
+    if (n % 8 == 0 && ((unsigned long long)src % 16 == 0) && ((unsigned long long)dst % 16 == 0)) {
+        const uint4* s4 = (const uint4*)src;
+        uint4* d4 = (uint4*)dst;
+        for (long long i = threadIdx.x; i < n / 8; i += blockDim.x) d4[i] = s4[i];
+    } else {
+        for (long long i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+    }
+}
+
 extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
     const long long t = blockIdx.x;
     if (t >= p.n) return;
@@ -13,14 +24,7 @@ extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
         if (threadIdx.x == 0) *p.err = 1;
         return;
     }
-    const bf16* src = (const bf16*)p.table + id * p.d;
-    if (p.d % 8 == 0 && ((unsigned long long)src % 16 == 0) && ((unsigned long long)y % 16 == 0)) {
-        const uint4* s4 = (const uint4*)src;
-        uint4* y4 = (uint4*)y;
-        for (long long i = threadIdx.x; i < p.d / 8; i += blockDim.x) y4[i] = s4[i];
-    } else {
-        for (long long i = threadIdx.x; i < p.d; i += blockDim.x) y[i] = src[i];
-    }
+    copy_row(y, (const bf16*)p.table + id * p.d, p.d);
 }
 
 // Strided row copy (jobx_copy_rows_params): one block per row, 16-byte copies when both rows
@@ -28,13 +32,5 @@ extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
 extern "C" __global__ void copy_rows_bf16(jobx_copy_rows_params p) {
     const long long r = blockIdx.x;
     if (r >= p.rows) return;
-    const bf16* src = (const bf16*)p.src + r * p.src_ld;
-    bf16* dst = (bf16*)p.dst + r * p.dst_ld;
-    if (p.cols % 8 == 0 && ((unsigned long long)src % 16 == 0) && ((unsigned long long)dst % 16 == 0)) {
-        const uint4* s4 = (const uint4*)src;
-        uint4* d4 = (uint4*)dst;
-        for (long long i = threadIdx.x; i < p.cols / 8; i += blockDim.x) d4[i] = s4[i];
-    } else {
-        for (long long i = threadIdx.x; i < p.cols; i += blockDim.x) dst[i] = src[i];
-    }
+    copy_row((bf16*)p.dst + r * p.dst_ld, (const bf16*)p.src + r * p.src_ld, p.cols);
 }

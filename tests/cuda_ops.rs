@@ -345,10 +345,10 @@ mod table {
             }
         }
         // gated activation of a fused gate|up projection [rows, 2*cols]
-        for kind in [ActKind::GeluTanh, ActKind::Silu] {
+        for kind in [JOBX_ACT_GELU_TANH, JOBX_ACT_SILU] {
             for &(rows, cols) in &[(1, 1), (3, 2816), (5, 1001)] {
                 cases.push((
-                    format!("gated act {kind:?} {rows}x{cols}"),
+                    format!("gated act kind {kind} {rows}x{cols}"),
                     Box::new(move |g, s| gated_act(g, s, kind, rows, cols)),
                 ));
             }
@@ -738,11 +738,7 @@ mod table {
         let got = fromb(&g.download("t", &dy).map_err(e)?);
         let want: Vec<f32> = (0..n)
             .map(|i| {
-                let a = match kind {
-                    JOBX_ACT_RELU => gate[i].max(0.0),
-                    JOBX_ACT_GELU_TANH => cpu::gelu_tanh(gate[i]),
-                    _ => cpu::silu(gate[i]),
-                };
+                let a = act_ref(kind, gate[i]);
                 if gated {
                     a * up[i]
                 } else {
@@ -759,33 +755,37 @@ mod table {
         )
     }
 
-    fn gated_act(
-        g: &Gpu,
-        seed: u64,
-        kind: ActKind,
-        rows: usize,
-        cols: usize,
-    ) -> Result<(), String> {
+    /// The f32 activation (`kind`: JOBX_ACT_*).
+    fn act_ref(kind: u32, x: f32) -> f32 {
+        match kind {
+            JOBX_ACT_RELU => x.max(0.0),
+            JOBX_ACT_GELU_TANH => cpu::gelu_tanh(x),
+            _ => cpu::silu(x),
+        }
+    }
+
+    fn gated_act(g: &Gpu, seed: u64, kind: u32, rows: usize, cols: usize) -> Result<(), String> {
         let mut r = Rng(seed * 37 + cols as u64);
         let gu = r.vec(rows * 2 * cols, 4.0);
         let dgu = g.upload("t", &tob(&gu)).map_err(e)?;
         let mut dy = g.zeros::<bf16>("t", rows * cols).map_err(e)?;
-        g.gated_activation(&dgu, &mut dy, rows, cols, kind)
+        let ak = match kind {
+            JOBX_ACT_RELU => ActKind::Relu,
+            JOBX_ACT_GELU_TANH => ActKind::GeluTanh,
+            _ => ActKind::Silu,
+        };
+        g.gated_activation(&dgu, &mut dy, rows, cols, ak)
             .map_err(e)?;
         let got = fromb(&g.download("t", &dy).map_err(e)?);
         let want: Vec<f32> = (0..rows * cols)
             .map(|i| {
                 let (row, c) = (i / cols, i % cols);
                 let (gate, up) = (gu[row * 2 * cols + c], gu[row * 2 * cols + cols + c]);
-                let a = match kind {
-                    ActKind::GeluTanh => cpu::gelu_tanh(gate),
-                    _ => cpu::silu(gate),
-                };
-                a * up
+                act_ref(kind, gate) * up
             })
             .collect();
         check(
-            &format!("gated act {kind:?} {rows}x{cols}"),
+            &format!("gated act {kind} {rows}x{cols}"),
             seed,
             &got,
             &want,

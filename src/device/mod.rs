@@ -17,7 +17,7 @@ pub mod host;
 pub mod profile;
 mod weights;
 
-pub use weights::{DeviceWeights, RowAdapters};
+pub use weights::{fused_name, DeviceWeights, FusedGroups, RowAdapters};
 
 use crate::Result;
 use half::bf16;

@@ -38,6 +38,51 @@ struct DeviceLora<B: Backend> {
     scale: B::Buf<f32>,
 }
 
+/// The device name of the fused weight of linear layers `parts` under module `prefix` (e.g.
+/// "decoder.block.0.layer.0.SelfAttention.q+k+v.weight"); not an HF name, so no checkpoint or
+/// adapter can mean it.
+pub fn fused_name(prefix: &str, parts: &[&str]) -> String {
+    format!("{prefix}.{}.weight", parts.join("+"))
+}
+
+/// The groups of linear layers a graph stores fused (`DeviceWeights::load_if_fused`).
+pub struct FusedGroups {
+    /// fused weight name -> its parts (HF weight name, shape [n_i, k]) in row order
+    groups: Vec<(String, Vec<(String, Vec<usize>)>)>,
+    /// HF weight name of a part -> (group, index in the group)
+    part_of: std::collections::HashMap<String, (usize, usize)>,
+}
+
+impl FusedGroups {
+    /// `groups`: (module prefix, part module names in row order); `shapes`: the checkpoint's
+    /// weights (HF name, shape), which must list every part.
+    pub fn new(groups: &[(String, &[&str])], shapes: &[(String, Vec<usize>)]) -> Result<Self> {
+        let shape_of: std::collections::HashMap<&str, &Vec<usize>> =
+            shapes.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let mut out = FusedGroups {
+            groups: Vec::new(),
+            part_of: Default::default(),
+        };
+        for (gi, (prefix, parts)) in groups.iter().enumerate() {
+            let mut named = Vec::new();
+            for (pi, p) in parts.iter().enumerate() {
+                let name = format!("{prefix}.{p}.weight");
+                let shape =
+                    shape_of
+                        .get(name.as_str())
+                        .ok_or_else(|| crate::Error::MissingTensor {
+                            name: name.clone(),
+                            where_: "the model's weight list".into(),
+                        })?;
+                out.part_of.insert(name.clone(), (gi, pi));
+                named.push((name, (*shape).clone()));
+            }
+            out.groups.push((fused_name(prefix, parts), named));
+        }
+        Ok(out)
+    }
+}
+
 /// Per-row adapter slots of one call ([rows], -1: the base model), on the device; `None` where no
 /// row uses an adapter (the GEMMs then skip LoRA entirely).
 pub type RowAdapters<B> = Option<<B as Backend>::Buf<i32>>;
@@ -62,6 +107,12 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     /// load stores int8, else bf16. Adapters may target it.
     pub fn insert_linear(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
         self.linears.insert(name.to_string(), (n, k));
+        self.store_gemm_weight(name, data, n, k)
+    }
+
+    /// Upload a GEMM weight [n, k]: int8 with per-row scales when this load stores int8, else
+    /// bf16.
+    fn store_gemm_weight(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
         if !self.int8 {
             return self.insert_f32(name, data);
         }
@@ -102,34 +153,35 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             row += n;
         }
         self.fused.insert(fused.to_string(), (row, k));
-        if !self.int8 {
-            return self.insert_f32(fused, &data);
-        }
-        let (q, s) = crate::cpu::quantize_rows_int8(&data, row, k);
-        let dq = self.dev.upload("load", &q)?;
-        let ds = self.dev.upload("load", &s)?;
-        self.q.insert(fused.to_string(), (dq, ds));
-        Ok(())
+        self.store_gemm_weight(fused, &data, row, k)
     }
 
-    /// Read the linear layers `parts` (HF name, shape [n_i, k]) from `ck` and store them as
-    /// one weight `fused` (`insert_fused`).
-    pub fn load_fused(
+    /// When weight `name` is a part of one of `groups`: on the group's first part, read all its
+    /// parts from `ck` and store them fused (`insert_fused`); true either way, so the caller
+    /// skips the part. False for any other weight.
+    pub fn load_if_fused(
         &mut self,
         ck: &crate::checkpoint::Checkpoint,
-        fused: &str,
-        parts: &[(String, Vec<usize>)],
-    ) -> Result<()> {
-        let k = parts.first().map_or(0, |p| p.1[1]);
-        let mut loaded = Vec::new();
-        for (name, shape) in parts {
-            loaded.push((name.as_str(), ck.f32(name, &[shape[0], k])?, shape[0]));
+        groups: &FusedGroups,
+        name: &str,
+    ) -> Result<bool> {
+        let Some(&(gi, pi)) = groups.part_of.get(name) else {
+            return Ok(false);
+        };
+        if pi == 0 {
+            let (fused, parts) = &groups.groups[gi];
+            let k = parts.first().map_or(0, |p| p.1[1]);
+            let mut loaded = Vec::new();
+            for (name, shape) in parts {
+                loaded.push((name.as_str(), ck.f32(name, &[shape[0], k])?, shape[0]));
+            }
+            let refs: Vec<(&str, &[f32], usize)> = loaded
+                .iter()
+                .map(|(n, t, rows)| (*n, t.as_slice(), *rows))
+                .collect();
+            self.insert_fused(fused, &refs, k)?;
         }
-        let refs: Vec<(&str, &[f32], usize)> = loaded
-            .iter()
-            .map(|(n, t, rows)| (*n, t.as_slice(), *rows))
-            .collect();
-        self.insert_fused(fused, &refs, k)
+        Ok(true)
     }
 
     /// (out, in) of the GEMM weight `name` (a linear layer or a fused one).
@@ -408,24 +460,7 @@ fn module_name(weight: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::combine_parts;
-    use crate::models::linear::Lora;
-
-    fn lora(seed: u32, r: usize, n: usize, k: usize, scale: f32) -> Lora {
-        let v = |len: usize, salt: u32| -> Vec<f32> {
-            (0..len)
-                .map(|i| {
-                    let h = (i as u32).wrapping_mul(2654435761) ^ (seed * 131 + salt);
-                    (h % 1000) as f32 / 500.0 - 1.0
-                })
-                .collect()
-        };
-        Lora {
-            a: v(r * k, 1),
-            b: v(n * r, 2),
-            r,
-            scale,
-        }
-    }
+    use crate::models::linear::{tests::lora, Lora};
 
     /// scale · B·A x of one pair, [n]
     fn delta(l: &Lora, x: &[f32], n: usize, k: usize) -> Vec<f32> {

@@ -145,10 +145,11 @@ impl Lora {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn lora(seed: u32, r: usize, out_f: usize, in_f: usize, scale: f32) -> Lora {
+    /// A LoRA pair of rank r on a layer [out_f, in_f] with values in [-1, 1) from `seed`.
+    pub(crate) fn lora(seed: u32, r: usize, out_f: usize, in_f: usize, scale: f32) -> Lora {
         let v = |n: usize, k: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| {

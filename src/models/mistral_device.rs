@@ -4,7 +4,7 @@
 //! in every kernel. Weights are loaded by their HF names, converted to bf16 once.
 //!
 //! q_proj|k_proj|v_proj and gate_proj|up_proj are each one fused weight and one GEMM
-//! (`DeviceWeights::insert_fused`; adapters still target them by their HF names).
+//! (`DeviceWeights::load_if_fused`; adapters still target them by their HF names).
 //!
 //! Device layout: activations [tokens, hidden]; the fused projection [tokens, H*hd + 2*KV*hd]
 //! (q | k | v; RoPE in place on the q and k heads, adjacent at the start of each row, in one
@@ -20,7 +20,8 @@ use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
 use crate::device::{
-    ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, Rows, View,
+    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, Out,
+    RowAdapters, Rows, View,
 };
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
@@ -28,16 +29,9 @@ use crate::{Error, Result};
 use half::bf16;
 use std::path::Path;
 
-/// The fused weights of each layer: (module prefix ending, parts in row order).
-const FUSED: &[(&str, &[&str])] = &[
-    ("self_attn", &["q_proj", "k_proj", "v_proj"]),
-    ("mlp", &["gate_proj", "up_proj"]),
-];
-
-/// The device name of the fused weight of `parts` under `prefix` (not an HF name).
-fn fused(prefix: &str, parts: &[&str]) -> String {
-    format!("{prefix}.{}.weight", parts.join("+"))
-}
+/// The linear layers of each layer stored fused (`fused_name`), in row order.
+const QKV: &[&str] = &["q_proj", "k_proj", "v_proj"];
+const GATE_UP: &[&str] = &["gate_proj", "up_proj"];
 
 pub struct MistralDevice<'g, B: Backend> {
     pub dev: &'g B,
@@ -108,30 +102,18 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             names.push(("lm_head.weight".into(), vec![v, hid]));
         }
         let mut w = DeviceWeights::new(dev, "Mistral");
-        let shapes: std::collections::HashMap<String, Vec<usize>> = names.iter().cloned().collect();
+        let groups: Vec<(String, &[&str])> = (0..cfg.num_hidden_layers)
+            .flat_map(|i| {
+                [
+                    (format!("model.layers.{i}.self_attn"), QKV),
+                    (format!("model.layers.{i}.mlp"), GATE_UP),
+                ]
+            })
+            .collect();
+        let groups = FusedGroups::new(&groups, &names)?;
         for (name, shape) in names {
-            // q|k|v and gate|up load as one weight each, when their first part comes up
-            if let Some((prefix, parts)) = FUSED.iter().find_map(|&(sub, parts)| {
-                let prefix = name.strip_suffix(&format!(".{}.weight", parts[0]))?;
-                prefix.ends_with(sub).then_some((prefix, parts))
-            }) {
-                let named: Vec<(String, Vec<usize>)> = parts
-                    .iter()
-                    .map(|p| {
-                        let n = format!("{prefix}.{p}.weight");
-                        let s = shapes[&n].clone();
-                        (n, s)
-                    })
-                    .collect();
-                w.load_fused(ck, &fused(prefix, parts), &named)?;
+            if w.load_if_fused(ck, &groups, &name)? {
                 continue;
-            }
-            if FUSED.iter().any(|(_, parts)| {
-                parts[1..]
-                    .iter()
-                    .any(|p| name.ends_with(&format!(".{p}.weight")))
-            }) {
-                continue; // loaded with its group's first part
             }
             let t = ck.f32(&name, &shape)?;
             if name.ends_with("_proj.weight") {
@@ -347,7 +329,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             let (sa, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
             self.w.linear(
                 &n,
-                &fused(&sa, FUSED[0].1),
+                &fused_name(&sa, QKV),
                 (m, qkvd, hid),
                 &mut qkv,
                 false,
@@ -406,7 +388,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             )?;
             self.w.linear(
                 &n,
-                &fused(&mlp, FUSED[1].1),
+                &fused_name(&mlp, GATE_UP),
                 (m, 2 * inter, hid),
                 &mut gu,
                 false,

@@ -29,7 +29,10 @@
 use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
-use crate::device::{ActKind, AttnCall, Backend, DeviceWeights, GemmShape, Out, RowAdapters, View};
+use crate::device::{
+    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, Out,
+    RowAdapters, View,
+};
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
 use half::bf16;
@@ -66,17 +69,11 @@ fn cfg_err(msg: String) -> Error {
     Error::config("config.json", msg)
 }
 
-/// The device name of the fused weight of linear layers `parts` under `prefix` (e.g.
-/// "decoder.block.0.layer.0.SelfAttention.q+k+v.weight"); not an HF name.
-fn fused(prefix: &str, parts: &[&str]) -> String {
-    format!("{prefix}.{}.weight", parts.join("+"))
-}
-
 const QKV: &[&str] = &["q", "k", "v"];
 const KV: &[&str] = &["k", "v"];
 const GATE_UP: &[&str] = &["wi_0", "wi_1"];
 
-/// The fused weights of a T5 checkpoint: (prefix, parts) in row order (`fused`).
+/// The fused weights of a T5 checkpoint: (module prefix, parts) in row order (`fused_name`).
 fn fused_groups(cfg: &T5Config, gated: bool) -> Vec<(String, &'static [&'static str])> {
     let mut g = Vec::new();
     for l in 0..cfg.num_layers {
@@ -119,31 +116,10 @@ impl<'g, B: Backend> T5Device<'g, B> {
         let mut w = DeviceWeights::new(dev, "T5");
         let mut enc_bias = None;
         let mut dec_bias = None;
-        let shapes_list = weight_shapes(&cfg);
-        let shapes: std::collections::HashMap<String, Vec<usize>> =
-            shapes_list.iter().cloned().collect();
-        // part weight name -> its group; a group loads when its first part comes up
-        let groups = fused_groups(&cfg, gated);
-        let mut part_of = std::collections::HashMap::new();
-        for (gi, (prefix, parts)) in groups.iter().enumerate() {
-            for (pi, p) in parts.iter().enumerate() {
-                part_of.insert(format!("{prefix}.{p}.weight"), (gi, pi));
-            }
-        }
-        for (name, shape) in shapes_list {
-            if let Some(&(gi, pi)) = part_of.get(&name) {
-                if pi == 0 {
-                    let (prefix, parts) = &groups[gi];
-                    let named: Vec<(String, Vec<usize>)> = parts
-                        .iter()
-                        .map(|p| {
-                            let n = format!("{prefix}.{p}.weight");
-                            let s = shapes[&n].clone();
-                            (n, s)
-                        })
-                        .collect();
-                    w.load_fused(ck, &fused(prefix, parts), &named)?;
-                }
+        let shapes = weight_shapes(&cfg);
+        let groups = FusedGroups::new(&fused_groups(&cfg, gated), &shapes)?;
+        for (name, shape) in shapes {
+            if w.load_if_fused(ck, &groups, &name)? {
                 continue;
             }
             let src = if name == "shared.weight" && !ck.contains(&name) {
@@ -254,8 +230,14 @@ impl<'g, B: Backend> T5Device<'g, B> {
         let dr = format!("{p}.DenseReluDense");
         if let Some(gu) = gu {
             // wi_0|wi_1 in one GEMM [rows, 2*dff], then act(wi_0) * wi_1
-            self.w
-                .linear(h, &fused(&dr, GATE_UP), (rows, 2 * dff, d), gu, false, ad)?;
+            self.w.linear(
+                h,
+                &fused_name(&dr, GATE_UP),
+                (rows, 2 * dff, d),
+                gu,
+                false,
+                ad,
+            )?;
             self.dev.gated_activation(gu, a, rows, dff, self.act)?;
         } else {
             self.w
@@ -344,7 +326,7 @@ impl<'g, B: Backend> T5Device<'g, B> {
             let sa = format!("{p}.SelfAttention");
             self.w.linear(
                 &hn,
-                &fused(&sa, QKV),
+                &fused_name(&sa, QKV),
                 (rows, 3 * inner, d),
                 &mut qkv,
                 false,
@@ -409,7 +391,7 @@ impl<'g, B: Backend> T5Device<'g, B> {
             let mut kv = self.buf(rows * 2 * inner)?;
             self.w.linear(
                 &enc,
-                &fused(&ca, KV),
+                &fused_name(&ca, KV),
                 (rows, 2 * inner, d),
                 &mut kv,
                 false,
@@ -665,7 +647,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 y_off: t * 3 * inner,
                 accumulate: false,
             };
-            m.w.gemm(hn, &fused(&sa, QKV), Out::Bf16(cache), &at_t, &self.ad)?;
+            m.w.gemm(hn, &fused_name(&sa, QKV), Out::Bf16(cache), &at_t, &self.ad)?;
             let call = AttnCall {
                 batch: rows,
                 kv_batch_rows: rows,

@@ -807,51 +807,23 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
     // an operand at an offset inside a larger buffer (fused projections, K|V caches)
     let kv_at = View { off: 8, ..kv };
     let (k88, v88) = (bf(88), bf(88));
-    expect(
-        "attn offset ok",
-        "attention",
-        "",
-        b.attention(
+    for (case, needle, kb, vb) in [
+        ("attn offset ok", "", &k88, &v88),
+        ("attn offset k", "k:", &k, &v88),
+        ("attn offset v", "v:", &k88, &v),
+    ] {
+        let r = b.attention(
             &c,
             (&q, qv),
-            (&k88, kv_at),
-            (&v88, kv_at),
+            (kb, kv_at),
+            (vb, kv_at),
             &mut o,
             None,
             Some(&map),
             None,
-        ),
-    );
-    expect(
-        "attn offset k",
-        "attention",
-        "k:",
-        b.attention(
-            &c,
-            (&q, qv),
-            (&k, kv_at),
-            (&v88, kv_at),
-            &mut o,
-            None,
-            Some(&map),
-            None,
-        ),
-    );
-    expect(
-        "attn offset v",
-        "attention",
-        "v:",
-        b.attention(
-            &c,
-            (&q, qv),
-            (&k88, kv_at),
-            (&v, kv_at),
-            &mut o,
-            None,
-            Some(&map),
-            None,
-        ),
-    );
+        );
+        expect(case, "attention", needle, r);
+    }
     expect(
         "attn mask",
         "attention",
