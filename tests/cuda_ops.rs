@@ -441,6 +441,7 @@ mod table {
         // decode K/V projections write into the caches; the bf16 pairs are then misaligned) on
         // every decode kernel, everything outside the written rows unchanged; and an n wide
         // enough for the tensor-core skinny kernel's 4-warp blocks
+        // (and 8-aligned strides and offsets: the fused q|k|v rows of the T5 decoder cache)
         for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
             for &(m, n, k, int8) in &[
                 (1, 64, 512, false),
@@ -448,16 +449,18 @@ mod table {
                 (32, 96, 1024, false),
             ] {
                 for f32out in [false, true] {
-                    cases.push((
-                        format!(
-                            "gemm strided m{m} n{n} k{k} int8w {int8} f32out {f32out} {variant:?}"
-                        ),
-                        Box::new(move |g, s| {
-                            with_variant(g, variant, || {
-                                gemm_case(g, s, m, n, k, int8, f32out, true, true)
-                            })
-                        }),
-                    ));
+                    for stride in [Stride::Odd, Stride::Aligned] {
+                        cases.push((
+                            format!(
+                                "gemm {stride:?} m{m} n{n} k{k} int8w {int8} f32out {f32out} {variant:?}"
+                            ),
+                            Box::new(move |g, s| {
+                                with_variant(g, variant, || {
+                                    gemm_case(g, s, (m, n, k), int8, f32out, true, stride)
+                                })
+                            }),
+                        ));
+                    }
                 }
             }
         }
@@ -654,6 +657,20 @@ mod table {
                             Box::new(move |g, s| {
                                 v(g, &|| {
                                     gemm(g, s, m, n, k, false, f32out, false, Variant::Default)
+                                })
+                            }),
+                        ));
+                    }
+                }
+                // into rows of a wider buffer (the K/V cache writes at more than 32 rows): 8-aligned
+                // (the staged 16-byte epilogue) and odd (the direct one)
+                for stride in [Stride::Aligned, Stride::Odd] {
+                    for &(m, n, k) in &[(40, 192, 128), (300, 520, 264)] {
+                        cases.push((
+                            format!("gemm tma n{tile} {stride:?} m{m} n{n} k{k}"),
+                            Box::new(move |g, s| {
+                                v(g, &|| {
+                                    gemm_case(g, s, (m, n, k), false, false, false, stride)
                                 })
                             }),
                         ));
@@ -928,7 +945,7 @@ mod table {
         variant: Variant,
     ) -> Result<(), String> {
         with_variant(g, variant, || {
-            gemm_case(g, seed, m, n, k, int8, f32out, accumulate, false)
+            gemm_case(g, seed, (m, n, k), int8, f32out, accumulate, Stride::Dense)
         })
     }
 
@@ -965,19 +982,28 @@ mod table {
         g.skinny_tc.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// One GEMM against the CPU product; with `strided`, into rows of a wider buffer at an odd
-    /// offset (ldy = n + 3, y_off = 1), every element outside them unchanged.
-    #[allow(clippy::too_many_arguments)]
+    /// Where a GEMM case writes its output rows.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Stride {
+        /// y [m, n]
+        Dense,
+        /// rows of a wider buffer at an odd offset (ldy = n + 3, y_off = 1): misaligned pairs
+        Odd,
+        /// rows 8-aligned, at an 8-aligned offset (ldy = n rounded up to 8, + 8; y_off = 8): the
+        /// 16-byte-row epilogues, as for the K/V cache writes
+        Aligned,
+    }
+
+    /// One GEMM against the CPU product; unless `Stride::Dense`, into rows of a wider buffer,
+    /// every element outside them unchanged.
     fn gemm_case(
         g: &Gpu,
         seed: u64,
-        m: usize,
-        n: usize,
-        k: usize,
+        (m, n, k): (usize, usize, usize),
         int8: bool,
         f32out: bool,
         accumulate: bool,
-        strided: bool,
+        stride: Stride,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 101 + (m * n * k) as u64);
         let x = r.vec(m * k, 1.0);
@@ -990,8 +1016,16 @@ mod table {
             (r.vec(n * k, 1.0), vec![], vec![])
         };
         let shape = GemmShape {
-            ldy: if strided { n + 3 } else { n },
-            y_off: strided as usize,
+            ldy: match stride {
+                Stride::Dense => n,
+                Stride::Odd => n + 3,
+                Stride::Aligned => n.div_ceil(8) * 8 + 8,
+            },
+            y_off: match stride {
+                Stride::Dense => 0,
+                Stride::Odd => 1,
+                Stride::Aligned => 8,
+            },
             ..GemmShape::new(m, n, k, accumulate)
         };
         let init = r.vec(shape.y_len().expect("small shape"), 1.0);
@@ -1018,9 +1052,8 @@ mod table {
         } else {
             Weight::Bf16(&dwb)
         };
-        let name = format!(
-            "gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate} strided {strided}"
-        );
+        let name =
+            format!("gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate} {stride:?}");
         // products of k terms of magnitude <= 1 (int8: <= 127 * scale): scale atol with sqrt(k)
         let sk = (k as f32).sqrt();
         if f32out {
