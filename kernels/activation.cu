@@ -14,18 +14,18 @@ __device__ __forceinline__ float act(float x, int kind) {
     return x / (1.0f + expf(-x));  // silu
 }
 
-// Rows x cols with row strides (jobx_act_params); a contiguous array is one row of n.
+// Rows x cols with row strides (jobx_act_params; a contiguous array is one row of n): rows over
+// blockIdx.y, columns over x, both grid-strided, so no per-element division.
 extern "C" __global__ void act_bf16(jobx_act_params p) {
-    const bf16* g = (const bf16*)p.gate;
-    const bf16* u = (const bf16*)p.up;
-    bf16* y = (bf16*)p.y;
-    const long long n = p.rows * p.cols;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const long long r = i / p.cols, c = i - r * p.cols;
-        const long long at = r * p.ld_in + c;
-        float a = __bfloat162float(__float2bfloat16_rn(act(ld_bf16(g, at), p.kind)));
-        if (u) a *= ld_bf16(u, at);
-        st_bf16(y, r * p.ld_y + c, a);
+    const long long cstride = (long long)gridDim.x * blockDim.x;
+    for (long long r = blockIdx.y; r < p.rows; r += gridDim.y) {
+        const bf16* g = (const bf16*)p.gate + r * p.ld_in;
+        const bf16* u = p.up ? (const bf16*)p.up + r * p.ld_in : nullptr;
+        bf16* y = (bf16*)p.y + r * p.ld_y;
+        for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols; c += cstride) {
+            float a = __bfloat162float(__float2bfloat16_rn(act(ld_bf16(g, c), p.kind)));
+            if (u) a *= ld_bf16(u, c);
+            st_bf16(y, c, a);
+        }
     }
 }

@@ -602,13 +602,20 @@ mod table {
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
             // steps the decode kernel) and, forced, the general one; the specialised kernels
-            // also with the operands at offsets in shared buffers (the graphs' fused layouts)
-            for (general, fused) in [(false, false), (false, true), (true, false)] {
-                if general && dk != 64 && dk != 128 {
+            // also with the operands at offsets in shared buffers (the graphs' fused layouts:
+            // q at 8, k|v in one buffer), and at an offset that is not a multiple of 8 (3),
+            // which must take the general kernel
+            for (general, fused) in [
+                (false, None),
+                (false, Some(8)),
+                (false, Some(3)),
+                (true, None),
+            ] {
+                if (general || fused == Some(3)) && dk != 64 && dk != 128 {
                     continue;
                 }
                 cases.push((
-                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused}", t5.is_some()),
+                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused:?}", t5.is_some()),
                     Box::new(move |g, s| {
                         g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
                         let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused);
@@ -666,14 +673,14 @@ mod table {
                 // (the staged 16-byte epilogue) and odd (the direct one)
                 for stride in [Stride::Aligned, Stride::Odd] {
                     for &(m, n, k) in &[(40, 192, 128), (300, 520, 264)] {
-                        cases.push((
-                            format!("gemm tma n{tile} {stride:?} m{m} n{n} k{k}"),
-                            Box::new(move |g, s| {
-                                v(g, &|| {
-                                    gemm_case(g, s, (m, n, k), false, false, false, stride)
-                                })
-                            }),
-                        ));
+                        for acc in [false, true] {
+                            cases.push((
+                                format!("gemm tma n{tile} {stride:?} m{m} n{n} k{k} acc {acc}"),
+                                Box::new(move |g, s| {
+                                    v(g, &|| gemm_case(g, s, (m, n, k), false, false, acc, stride))
+                                }),
+                            ));
+                        }
                     }
                 }
                 cases.push((
@@ -1310,12 +1317,13 @@ mod table {
         q_offset: usize,
         t5: Option<(usize, usize, bool)>,
         masked: bool,
-        fused: bool,
+        fused: Option<usize>,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 4099 + (tq * tk) as u64);
-        // layouts: q [b, tq, h, dk] (projection output), k/v [b, kvh, tk, dk] each; fused: q
-        // after 8 other elements, k|v in one time-major buffer [b, tk, 2*kvh*dk] (a K|V cache)
-        let qoff = if fused { 8 } else { 0 };
+        // layouts: q [b, tq, h, dk] (projection output), k/v [b, kvh, tk, dk] each; fused
+        // Some(off): q after `off` other elements, k|v in one time-major buffer
+        // [b, tk, 2*kvh*dk] (a K|V cache) starting at the same offset
+        let qoff = fused.unwrap_or(0);
         let q = r.vec(qoff + b * tq * h * dk, 1.0);
         let qv = View {
             sb: tq * h * dk,
@@ -1323,21 +1331,21 @@ mod table {
             st: h * dk,
             off: qoff,
         };
-        let (k, v, kv, vv) = if fused {
+        let (k, v, kv, vv) = if fused.is_some() {
             let w = 2 * kvh * dk;
-            let kvbuf = r.vec(b * tk * w, 1.0);
+            let kvbuf = r.vec(qoff + b * tk * w, 1.0);
             let kv = View {
                 sb: tk * w,
                 sh: dk,
                 st: w,
-                off: 0,
+                off: qoff,
             };
             (
                 kvbuf.clone(),
                 kvbuf,
                 kv,
                 View {
-                    off: kvh * dk,
+                    off: qoff + kvh * dk,
                     ..kv
                 },
             )
@@ -1391,7 +1399,7 @@ mod table {
             &call,
             (&dq, qv),
             (&dk_, kv),
-            (if fused { &dk_ } else { &dv }, vv),
+            (if fused.is_some() { &dk_ } else { &dv }, vv),
             &mut dout,
             masked.then_some(&dm),
             None,

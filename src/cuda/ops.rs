@@ -96,7 +96,10 @@ impl Gpu {
             ld_y: ld_y as i64,
             kind: kind as i32,
         };
-        self.launch(op, "act_bf16", grid_1d(n, 256), p)
+        // columns over x, rows over y (both grid-strided in the kernel)
+        let mut cfg = grid_1d(cols, 256);
+        cfg.grid_dim.1 = rows.clamp(1, 65_535) as u32;
+        self.launch(op, "act_bf16", cfg, p)
     }
 
     /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it.

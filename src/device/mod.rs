@@ -243,17 +243,27 @@ pub trait Backend: Sync {
         len: usize,
     ) -> Result<()>;
 
-    /// Blocks of `per` elements: row r of the result is block `parents[r]` of `src`.
+    /// Blocks of `per` elements whose first `used` are copied: block r of the result starts
+    /// with the first `used` elements of block `parents[r]` of `src`, the rest is unspecified
+    /// (beam reordering of a KV cache: only the positions written so far move, and nothing is
+    /// cleared first).
     fn gather_blocks(
         &self,
         op: &'static str,
         src: &Self::Buf<bf16>,
         per: usize,
+        used: usize,
         parents: &[usize],
     ) -> Result<Self::Buf<bf16>> {
-        let mut out = self.zeros::<bf16>(op, parents.len() * per)?;
+        if used > per {
+            return Err(check::err::<Self>(
+                op,
+                format!("gather of {used} elements from blocks of {per}"),
+            ));
+        }
+        let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
         for (r, &p) in parents.iter().enumerate() {
-            self.copy(op, src, p * per, &mut out, r * per, per)?;
+            self.copy(op, src, p * per, &mut out, r * per, used)?;
         }
         Ok(out)
     }

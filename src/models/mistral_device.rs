@@ -439,9 +439,12 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
-        let per = st.cap * 2 * self.cfg.kv_heads() * self.cfg.head_dim();
+        let kv2 = 2 * self.cfg.kv_heads() * self.cfg.head_dim();
+        let (per, used) = (st.cap * kv2, st.len * kv2);
         for buf in st.kv.iter_mut() {
-            *buf = self.dev.gather_blocks("select_rows", buf, per, parents)?;
+            *buf = self
+                .dev
+                .gather_blocks("select_rows", buf, per, used, parents)?;
         }
         let cap = st.cap;
         st.key_mask = parents

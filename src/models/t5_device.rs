@@ -17,7 +17,8 @@
 //! - decoder self-attention cache per layer [batch rows, capacity, 3*inner]: each step's q|k|v
 //!   GEMM writes its row at position t in place (GEMM output offset + row stride); attention
 //!   reads that step's q and all positions' k and v from it (keeping q there costs a third more
-//!   cache and saves a GEMM launch per layer and step);
+//!   cache and saves a GEMM launch per layer and step; beam reordering copies only the
+//!   positions written so far);
 //! - cross-attention k|v per layer [batch, S, 2*inner], computed once per request from the
 //!   encoder output.
 //!
@@ -541,7 +542,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
         for c in self.cache.iter_mut() {
-            *c = m.dev.gather_blocks("select_rows", c, per, parents)?;
+            *c = m
+                .dev
+                .gather_blocks("select_rows", c, per, self.len * 3 * inner, parents)?;
         }
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
