@@ -58,14 +58,14 @@ __device__ __forceinline__ void store_tile(const jobx_gemm_params& p, long long 
         }
 }
 
-template <typename T>
-__device__ __forceinline__ void zero_tile(T (&acc)[2][4][4]) {
+template <typename T, int A, int B, int C>
+__device__ __forceinline__ void zero_tile(T (&acc)[A][B][C]) {
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < A; i++)
 #pragma unroll
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < B; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0;
+            for (int e = 0; e < C; e++) acc[i][j][e] = 0;
 }
 
 #define BK 32
@@ -388,12 +388,7 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
     const long long n0 = (long long)blockIdx.x * TC_BN;
     const bool two_m = p.m > 16;  // block-uniform
     float acc[2][2][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 2; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    zero_tile(acc);
     const long long chunks = (p.k + 31) / 32;
     for (long long c0 = warp; c0 < chunks; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas

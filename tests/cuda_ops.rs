@@ -437,11 +437,11 @@ mod table {
             "gemm skinny accumulate f32 m17 n300 k1024".into(),
             Box::new(|g, s| gemm(g, s, 17, 300, 1024, false, true, true, Variant::Default)),
         ));
-        // outputs into rows of a wider buffer at an odd offset (ldy = n + 3, y_off = 1: how the
-        // decode K/V projections write into the caches; the bf16 pairs are then misaligned) on
-        // every decode kernel, everything outside the written rows unchanged; and an n wide
-        // enough for the tensor-core skinny kernel's 4-warp blocks
-        // (and 8-aligned strides and offsets: the fused q|k|v rows of the T5 decoder cache)
+        // outputs into rows of a wider buffer (how the decode q|k|v projections write into the
+        // caches) on every decode kernel, everything outside the written rows unchanged: at an
+        // odd offset (misaligned bf16 pairs) and at 8-aligned strides and offsets (the T5
+        // decoder cache's rows); then an n wide enough for the tensor-core skinny kernel's
+        // 4-warp blocks
         for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
             for &(m, n, k, int8) in &[
                 (1, 64, 512, false),

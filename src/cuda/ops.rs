@@ -171,18 +171,10 @@ impl Gpu {
         y: &mut Out,
         lora: Option<&Lora>,
     ) -> Result<jobx_gemm_params> {
+        // y_off is inside the buffer (the caller ran check::gemm_out)
         let (y, y_f32) = match y {
-            Out::Bf16(b) => {
-                // SAFETY: y_off is inside the buffer (the caller ran check::gemm_out)
-                (
-                    unsafe { (self.ptr(b) as *mut bf16).add(s.y_off) as *mut c_void },
-                    0,
-                )
-            }
-            Out::F32(f) => (
-                unsafe { (self.ptr(f) as *mut f32).add(s.y_off) as *mut c_void },
-                1,
-            ),
+            Out::Bf16(b) => (self.ptr_at(b, s.y_off), 0),
+            Out::F32(f) => (self.ptr_at(f, s.y_off), 1),
         };
         let mut p = jobx_gemm_params {
             x: std::ptr::null(),

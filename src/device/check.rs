@@ -138,16 +138,24 @@ pub fn rope<B: Backend + ?Sized>(
     if head_dim % 2 != 0 {
         return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
     }
-    let row = size(&[heads, head_dim]);
-    if row.is_some_and(|row| ld < row) {
+    let Some(row) = size(&[heads, head_dim]) else {
+        return Err(err::<B>(OP, "x: the shape's size overflows"));
+    };
+    row_stride::<B>(OP, "x", ld, tokens, row)?;
+    need::<B, _>(OP, "x", x, rows_len(Rows { off: 0, ld }, tokens, row))?;
+    need::<B, _>(OP, "pos", pos, Some(tokens))
+}
+
+/// `Backend::gather_blocks`: the copied prefix lies within a block (the copies check the
+/// buffers).
+pub fn gather_blocks<B: Backend + ?Sized>(op: &'static str, per: usize, used: usize) -> Result<()> {
+    if used > per {
         return Err(err::<B>(
-            OP,
-            format!("row stride {ld} is less than heads x head_dim"),
+            op,
+            format!("gather of {used} elements from blocks of {per}"),
         ));
     }
-    let at = Rows { off: 0, ld };
-    need::<B, _>(OP, "x", x, row.and_then(|row| rows_len(at, tokens, row)))?;
-    need::<B, _>(OP, "pos", pos, Some(tokens))
+    Ok(())
 }
 
 pub fn copy_rows<B: Backend + ?Sized>(

@@ -255,12 +255,7 @@ pub trait Backend: Sync {
         used: usize,
         parents: &[usize],
     ) -> Result<Self::Buf<bf16>> {
-        if used > per {
-            return Err(check::err::<Self>(
-                op,
-                format!("gather of {used} elements from blocks of {per}"),
-            ));
-        }
+        check::gather_blocks::<Self>(op, per, used)?;
         let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
         for (r, &p) in parents.iter().enumerate() {
             self.copy(op, src, p * per, &mut out, r * per, used)?;

@@ -130,7 +130,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     /// adapter's pairs on the parts are combined into one pair on the fused weight
     /// (`combine_parts`). Int8 scales are per output row, so quantising the stacked matrix equals
     /// quantising each part.
-    pub fn insert_fused(
+    fn insert_fused(
         &mut self,
         fused: &str,
         parts: &[(&str, &[f32], usize)],
@@ -138,14 +138,8 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     ) -> Result<()> {
         let mut data = Vec::new();
         let mut row = 0;
+        // each part's `w` is [n, k] (read from the checkpoint with that shape checked)
         for &(name, w, n) in parts {
-            if w.len() != n * k {
-                return Err(crate::Error::Input(format!(
-                    "{}: weight {name} has {} values for [{n}, {k}]",
-                    self.what,
-                    w.len()
-                )));
-            }
             data.extend_from_slice(w);
             self.linears.insert(name.to_string(), (n, k));
             self.part_of

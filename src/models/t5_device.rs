@@ -598,15 +598,12 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         }
         let t = self.len;
         let eps = c.layer_norm_epsilon as f32;
-        if !matches!(&self.scratch, Some(sc) if sc.rows == rows) {
-            self.scratch = Some(DecScratch::new(m, rows)?);
-        }
         let DecScratch {
             x, hn, q, o, fb, ..
-        } = self
-            .scratch
-            .as_mut()
-            .ok_or_else(|| Error::Input("decoder scratch missing".into()))?;
+        } = match &mut self.scratch {
+            Some(sc) if sc.rows == rows => sc,
+            slot => slot.insert(DecScratch::new(m, rows)?),
+        };
         dev.embedding_ids(tokens, m.wt("shared.weight")?, x, d, v)?;
         let qview = View {
             sb: inner,
