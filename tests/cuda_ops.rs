@@ -243,9 +243,19 @@ mod table {
     use half::bf16;
     use jobx_engine::cpu;
     use jobx_engine::cuda::params::{JOBX_ACT_GELU_TANH, JOBX_ACT_RELU, JOBX_ACT_SILU};
+    use jobx_engine::cuda::tune::{GemmKey, GemmMode, SkinnyKernel};
     use jobx_engine::cuda::*;
 
     use crate::common::Rng;
+
+    /// Every GEMM kernel choice a case runs under (the skinny ones only for m <= 32).
+    const VARIANTS: [Variant; 4] = [
+        Variant::Default,
+        Variant::Tiled,
+        Variant::Skinny,
+        Variant::SkinnyTc,
+    ];
+
     /// Test data of the op table on top of the shared generator.
     trait Data {
         /// n bf16-representable values in [-scale, scale]
@@ -411,10 +421,10 @@ mod table {
             for int8 in [false, true] {
                 for f32out in [false, true] {
                     // forced variants: the 64x64 mma.sync tiles instead of the skinny kernels
-                    // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200); the
-                    // experimental tensor-core skinny kernel (m <= 32)
-                    for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
-                        if variant == Variant::SkinnyTc && m > 32 {
+                    // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200); each skinny
+                    // kernel (m <= 32)
+                    for variant in VARIANTS {
+                        if matches!(variant, Variant::Skinny | Variant::SkinnyTc) && m > 32 {
                             continue;
                         }
                         cases.push((
@@ -442,7 +452,7 @@ mod table {
         // odd offset (misaligned bf16 pairs) and at 8-aligned strides and offsets (the T5
         // decoder cache's rows); then an n wide enough for the tensor-core skinny kernel's
         // 4-warp blocks
-        for variant in [Variant::Default, Variant::Tiled, Variant::SkinnyTc] {
+        for variant in VARIANTS {
             for &(m, n, k, int8) in &[
                 (1, 64, 512, false),
                 (17, 129, 264, true),
@@ -482,7 +492,19 @@ mod table {
         ));
         cases.push((
             "lora skinny m20 n130 k256 r16".into(),
+            Box::new(|g, s| {
+                with_variant(g, Variant::Skinny, || {
+                    lora(g, s, 20, 130, 256, &[16; 3], false, true)
+                })
+            }),
+        ));
+        cases.push((
+            "lora tuned m20 n130 k256 r16".into(),
             Box::new(|g, s| lora(g, s, 20, 130, 256, &[16; 3], false, true)),
+        ));
+        cases.push((
+            "gemm tuned: accumulate, strided, LoRA m24 n2312 k520".into(),
+            Box::new(tuned_gemm),
         ));
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
@@ -966,27 +988,62 @@ mod table {
             variant == Variant::Tiled,
             std::sync::atomic::Ordering::Relaxed,
         );
-        skinny_tc(g, variant == Variant::SkinnyTc);
+        g.set_gemm_mode(match variant {
+            Variant::Skinny => GemmMode::Force(SkinnyKernel::Skinny),
+            Variant::SkinnyTc => GemmMode::Force(SkinnyKernel::SkinnyTc),
+            Variant::Default | Variant::Tiled => GemmMode::Tune,
+        });
         let r = f();
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
-        skinny_tc(g, false);
+        g.set_gemm_mode(GemmMode::Tune);
         r
     }
 
     /// Which GEMM kernel a case forces.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Variant {
-        /// the wrapper's choice
+        /// the wrapper's choice (for m <= 32 tuned per shape: the first case of a shape times
+        /// every candidate, cuda/tune.rs)
         Default,
         /// the general tiles (`Gpu::general_kernels`)
         Tiled,
-        /// the tensor-core skinny kernel for m <= 32 (`Gpu::skinny_tc`)
+        /// gemm_skinny8/32 for m <= 32
+        Skinny,
+        /// the tensor-core skinny kernel for m <= 32
         SkinnyTc,
     }
 
-    fn skinny_tc(g: &Gpu, on: bool) {
-        g.skinny_tc.store(on, std::sync::atomic::Ordering::Relaxed);
+    /// The tuned path itself on a shape no other case has: the timing launches write a scratch
+    /// output, so the real one, accumulated into at a strided offset with a LoRA update, must
+    /// still match the reference; the shape's choice is recorded with a time for every candidate.
+    fn tuned_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
+        let (m, n, k) = (24, 2312, 520);
+        g.clear_gemm_tuning();
+        with_variant(g, Variant::Default, || {
+            gemm_case(g, seed, (m, n, k), false, false, true, Stride::Aligned)
+        })?;
+        lora(g, seed, m, n, k, &[16; 3], false, true)?;
+        let report = g.gemm_tune_report();
+        let label = GemmKey::new(m, n, k, false).unwrap().label();
+        let line = report
+            .iter()
+            .find(|l| l.starts_with(&format!("{label}:")))
+            .ok_or_else(|| format!("no tuning choice for {label}: {report:?}"))?;
+        for kernel in SkinnyKernel::ALL {
+            let name = format!(" {} ", kernel.name());
+            let t: f64 = line
+                .split(&name)
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| format!("no time for {} in {line}", kernel.name()))?;
+            if !(t.is_finite() && t > 0.0) {
+                return Err(format!("bad time in {line}"));
+            }
+        }
+        eprintln!("  gemm tune: {line}");
+        Ok(())
     }
 
     /// Where a GEMM case writes its output rows.

@@ -85,24 +85,25 @@ def main():
         # jobx
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(ids.tolist(), f)
-        # linear layers bf16, then weight-only int8, then bf16 with the experimental tensor-core
-        # kernel for the decode GEMMs (JOBX_SKINNY_TC=1), then bf16 again with
-        # JOBX_PROFILE=kernels (timing events around every launch: the device time per kernel of
-        # the load + encoder and of the decode steps; its own seconds include the events' cost,
-        # so not a timing; at the largest batch only)
-        runs = [("bf16", "1", "0"), ("int8", "1", "0"), ("bf16", "1", "1")]
+        # linear layers bf16, then weight-only int8 (the decode GEMMs' kernels tuned per shape,
+        # the default), then bf16 with the fixed kernel rule (JOBX_GEMM_TUNE=off: the baseline the
+        # tuning is judged against), then bf16 again with JOBX_PROFILE=kernels (timing events
+        # around every launch: the device time per kernel of the load + encoder and of the decode
+        # steps; its own seconds include the events' cost, so not a timing; at the largest batch
+        # only). Tuning's choices show as "jobx profile: gemm tune" lines in each run's profile.
+        runs = [("bf16", "1", "on"), ("int8", "1", "on"), ("bf16", "1", "off")]
         if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
-            runs.append(("bf16", "kernels", "0"))
-        for wfmt, prof, tc in runs:
+            runs.append(("bf16", "kernels", "on"))
+        for wfmt, prof, tune in runs:
             cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "generate", "--model",
                    a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
-            eng = ("jobx-cuda-" + wfmt + ("-skinny-tc" if tc == "1" else "")
+            eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
             try:
                 # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                                   env=dict(os.environ, JOBX_PROFILE=prof, JOBX_SKINNY_TC=tc))
+                                   env=dict(os.environ, JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune))
             except subprocess.TimeoutExpired:
                 print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
                       flush=True)

@@ -13,6 +13,8 @@ mod ops;
 #[cfg(feature = "cuda")]
 mod runtime;
 #[cfg(feature = "cuda")]
+pub mod tune;
+#[cfg(feature = "cuda")]
 pub use ops::*;
 #[cfg(feature = "cuda")]
 pub use runtime::*;

@@ -4,6 +4,7 @@
 //! kernels/jobx_params.h and launches through `Gpu::launch`. Shapes are in elements.
 
 use super::runtime::{backend_err, params::*, Gpu};
+use super::tune::{self, GemmKey, GemmMode, SkinnyKernel};
 use crate::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
@@ -205,6 +206,127 @@ impl Gpu {
             p.lora_r = lo.r as i64;
         }
         Ok(p)
+    }
+
+    /// Launch one of the kernels for m <= 32 rows (tune.rs) on a bf16 x and a bf16 or weight-only
+    /// int8 w; `profiled` false for tuning's launches.
+    fn launch_skinny(
+        &self,
+        op: &'static str,
+        kernel: SkinnyKernel,
+        s: &GemmShape,
+        p: jobx_gemm_params,
+        profiled: bool,
+    ) -> Result<()> {
+        let grid = |cols: usize| {
+            let blocks = s.n.div_ceil(cols);
+            if blocks > i32::MAX as usize {
+                return Err(backend_err(op, format!("n {} exceeds the grid", s.n)));
+            }
+            Ok(blocks as u32)
+        };
+        let (name, cfg) = match kernel {
+            // one warp per output column, 8 a block
+            SkinnyKernel::Skinny => (
+                if s.m <= 8 {
+                    "gemm_skinny8"
+                } else {
+                    "gemm_skinny32"
+                },
+                LaunchConfig {
+                    grid_dim: (grid(8)?, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+            // 16 columns a block (gemm.cu: gemm_skinny_tc); 8 warps splitting k where 4-warp
+            // blocks would leave SMs idle, for more weight loads in flight
+            SkinnyKernel::SkinnyTc => {
+                let blocks = grid(16)?;
+                let warps = if (blocks as usize) < 2 * self.multiprocessors {
+                    8
+                } else {
+                    4
+                };
+                (
+                    "gemm_skinny_tc",
+                    LaunchConfig {
+                        grid_dim: (blocks, 1, 1),
+                        block_dim: (32 * warps, 1, 1),
+                        shared_mem_bytes: 0,
+                    },
+                )
+            }
+            SkinnyKernel::Tiles => ("gemm_bf16", gemm_grid(s, op)?),
+        };
+        self.launch_as(op, name, cfg, p, profiled)
+    }
+
+    /// Device time (ms, median of a few launches) of every m <= 32 kernel on this product, for
+    /// `Gpu::tuned`. Each candidate writes a scratch output (no accumulation, no LoRA: the same
+    /// epilogue work for all, and the real output untouched) after a launch that is not timed
+    /// (the driver loads a kernel's code on its first launch), and L2 is overwritten before each
+    /// timed launch, so the weight comes from memory as it does in a decode step, where the
+    /// layers' weights do not fit in L2. A candidate that cannot launch is left out.
+    fn time_skinny_candidates(
+        &self,
+        s: &GemmShape,
+        p: &jobx_gemm_params,
+    ) -> Result<Vec<(SkinnyKernel, f64)>> {
+        const OP: &str = "gemm tuning";
+        const REPS: usize = 5;
+        let y = self.scratch::<bf16>(OP, s.m * s.n)?;
+        let flush_bytes = (2 * self.l2_bytes).max(1 << 20);
+        let flush = self.scratch::<u8>(OP, flush_bytes)?;
+        let mut q = *p;
+        q.y = self.ptr(&y);
+        q.y_f32 = 0;
+        q.ldy = s.n as i64;
+        q.accumulate = 0;
+        q.lora_t = std::ptr::null();
+        q.lora_b = std::ptr::null();
+        q.lora_ids = std::ptr::null();
+        q.lora_scale = std::ptr::null();
+        q.lora_r = 0;
+        let event = || {
+            self.stream
+                .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| backend_err(OP, format!("timing event: {e}")))
+        };
+        let mut out = Vec::new();
+        for kernel in SkinnyKernel::ALL {
+            if self.launch_skinny(OP, kernel, s, q, false).is_err() {
+                continue;
+            }
+            let mut pairs = Vec::with_capacity(REPS);
+            for _ in 0..REPS {
+                // SAFETY: the range is exactly the allocation above, on the engine's stream.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        self.ptr(&flush) as usize as cudarc::driver::sys::CUdeviceptr,
+                        0,
+                        flush_bytes,
+                        self.stream.cu_stream(),
+                    )
+                }
+                .map_err(|e| backend_err(OP, format!("L2 flush: {e}")))?;
+                let a = event()?;
+                self.launch_skinny(OP, kernel, s, q, false)?;
+                pairs.push((a, event()?));
+            }
+            // per candidate, so a fault is reported with the kernel that caused it
+            self.synchronize(OP).map_err(|e| {
+                backend_err(OP, format!("{} failed: {e}", kernel.name()))
+            })?;
+            let mut ms = pairs
+                .iter()
+                .map(|(a, b)| a.elapsed_ms(b).map(|t| t as f64))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| backend_err(OP, format!("timing event: {e}")))?;
+            ms.sort_by(f64::total_cmp);
+            out.push((kernel, ms[REPS / 2]));
+        }
+        Ok(out)
     }
 
     /// Launch a gemm_sm90.cu kernel: the parameter struct plus tensor maps of x [m, k] and
@@ -731,49 +853,22 @@ impl crate::device::Backend for Gpu {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
-        // decode-sized products stream the weight (one warp per output column); larger ones
-        // use the tensor-core tiles
-        // (9..32 rows over a wide output, e.g. the LM head, went to the 64x64 tiles: measured on
-        // an H100, 2026-11-26, 32 x 32128 x 1024 0.050 ms tiled vs 0.305 ms skinny, 32 x 2816 x
-        // 1024 0.027 vs 0.035 ms; with n = 1024 the skinny kernel was faster)
-        let skinny = match s.m {
-            1..=8 => Some("gemm_skinny8"),
-            9..=32 if s.n < 2048 => Some("gemm_skinny32"),
-            _ => None,
-        };
         let general = self
             .general_kernels
             .load(std::sync::atomic::Ordering::Relaxed);
-        if s.m <= 32 && !general && self.skinny_tc.load(std::sync::atomic::Ordering::Relaxed) {
-            // 16 columns a block (gemm.cu: gemm_skinny_tc); 8 warps splitting k where 4-warp
-            // blocks would leave SMs idle, for more weight loads in flight
-            let blocks = s.n.div_ceil(16);
-            if blocks > i32::MAX as usize {
-                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
-            }
-            let warps = if blocks < 2 * self.multiprocessors {
-                8
-            } else {
-                4
+        // decode-sized products (m <= 32): the weight-streaming kernels or the tiles, chosen per
+        // shape (tune.rs); larger ones the tensor-core tiles
+        if s.m <= 32 && !general {
+            let int8 = matches!(w, Weight::Int8 { .. });
+            let kernel = match (GemmKey::new(s.m, s.n, s.k, int8), self.gemm_mode()) {
+                (None, _) => SkinnyKernel::Tiles,
+                (Some(_), GemmMode::Force(k)) => k,
+                (Some(key), GemmMode::Fixed) => tune::fixed_rule(&key),
+                (Some(key), GemmMode::Tune) => {
+                    self.tuned(key, || self.time_skinny_candidates(s, &p))
+                }
             };
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (32 * warps, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return self.launch(OP, "gemm_skinny_tc", cfg, p);
-        }
-        if let Some(kernel) = skinny.filter(|_| !general) {
-            let blocks = s.n.div_ceil(8);
-            if blocks > i32::MAX as usize {
-                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
-            }
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            return self.launch(OP, kernel, cfg, p);
+            return self.launch_skinny(OP, kernel, s, p, true);
         }
         if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
             if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, false)? {

@@ -16,6 +16,7 @@ use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
+use super::tune::{self, Choice, GemmKey, GemmMode, SkinnyKernel, TuneTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -173,10 +174,13 @@ pub struct Gpu {
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
-    /// Run GEMMs of m <= 32 rows on the tensor-core skinny kernel (`gemm_skinny_tc`) instead of
-    /// gemm_skinny8/32 and the 64x64 tiles: experimental until measured on a GPU; set by
-    /// `JOBX_SKINNY_TC=1`, or by tests and benchmarks.
-    pub skinny_tc: std::sync::atomic::AtomicBool,
+    /// How GEMMs of m <= 32 rows pick their kernel (`tune::GemmMode` as u8): tuned per shape by
+    /// default, `JOBX_GEMM_TUNE` or `set_gemm_mode` (tests, benchmarks) for the others.
+    gemm_mode: std::sync::atomic::AtomicU8,
+    /// The choices tuning made (and `JOBX_GEMM_TUNE_FILE`, where they are kept).
+    gemm_tune: Mutex<TuneState>,
+    /// L2 cache size in bytes (tuning evicts it before each timed launch).
+    pub l2_bytes: usize,
     /// Streaming multiprocessors on the device (tile-size heuristics).
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
@@ -287,9 +291,16 @@ impl Gpu {
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| backend_err("init", e))?
             .max(1) as usize;
+        let l2_bytes = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)
+            .map_err(|e| backend_err("init", e))?
+            .max(0) as usize;
         let scratch_err = stream
             .alloc_zeros::<i32>(1)
             .map_err(|e| backend_err("init", e))?;
+        let gemm_mode = GemmMode::parse(std::env::var("JOBX_GEMM_TUNE").ok().as_deref())?;
+        let build = tune::build_id(MODULES.iter().find(|m| m.name == "gemm").map_or("", |m| m.ptx));
+        let tune_state = TuneState::from_env(&name, &build);
         Ok(Gpu {
             ctx,
             stream,
@@ -297,9 +308,9 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
-            skinny_tc: std::env::var("JOBX_SKINNY_TC")
-                .is_ok_and(|v| v == "1")
-                .into(),
+            gemm_mode: gemm_mode.to_u8().into(),
+            gemm_tune: Mutex::new(tune_state),
+            l2_bytes,
             multiprocessors,
             int8_weights: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
@@ -403,8 +414,21 @@ impl Gpu {
         &self,
         op: &'static str,
         kernel: &'static str,
+        cfg: LaunchConfig,
+        params: P,
+    ) -> Result<()> {
+        self.launch_as(op, kernel, cfg, params, true)
+    }
+
+    /// `launch`, with `profiled` false for launches that are not the graph's work (GEMM
+    /// tuning): no profile events and no synchronisation after them.
+    pub(crate) fn launch_as<P: DeviceRepr>(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
         mut cfg: LaunchConfig,
         params: P,
+        profiled: bool,
     ) -> Result<()> {
         let (f, smem) = self
             .funcs
@@ -418,11 +442,12 @@ impl Gpu {
                 .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(op, format!("profile event: {e}")))
         };
-        let start = self.profile.as_ref().map(|_| timing()).transpose()?;
+        let profile = self.profile.as_ref().filter(|_| profiled);
+        let start = profile.map(|_| timing()).transpose()?;
         // SAFETY: the wrapper in ops.rs checked every buffer length and shape the kernel reads or
         // writes against the parameter struct, and the struct layout is shared via bindgen.
         unsafe { b.launch(cfg) }.map_err(|e| backend_err(op, format!("launch {kernel}: {e}")))?;
-        if let (Some(p), Some(start)) = (&self.profile, start) {
+        if let (Some(p), Some(start)) = (profile, start) {
             let end = timing()?;
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
             p.pending.push((kernel, cfg.grid_dim, start, end));
@@ -433,13 +458,119 @@ impl Gpu {
                 let _ = p.fold(true);
             }
         }
-        if self.sync {
+        if self.sync && profiled {
             self.stream
                 .synchronize()
                 .map_err(|e| backend_err(op, format!("{kernel} failed: {e}")))?;
         }
         Ok(())
     }
+}
+
+/// The GEMM tuning table of a `Gpu` and where it is kept.
+struct TuneState {
+    table: TuneTable,
+    /// `JOBX_GEMM_TUNE_FILE`: read at start, rewritten after each new choice.
+    file: Option<std::path::PathBuf>,
+    /// Print each new choice to stderr (`JOBX_PROFILE` set: the GPU check collects them).
+    log: bool,
+    /// A failure to write the file is reported once, not per choice.
+    save_failed: bool,
+}
+
+impl TuneState {
+    fn from_env(device: &str, build: &str) -> TuneState {
+        let file = std::env::var_os("JOBX_GEMM_TUNE_FILE")
+            .filter(|f| !f.is_empty())
+            .map(std::path::PathBuf::from);
+        let table = match &file {
+            Some(f) => {
+                let (t, note) = TuneTable::load(f, device, build);
+                if let Some(note) = note {
+                    eprintln!("jobx: GEMM tuning: {note}");
+                }
+                t
+            }
+            None => TuneTable::new(device, build),
+        };
+        TuneState {
+            table,
+            file,
+            log: std::env::var("JOBX_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"),
+            save_failed: false,
+        }
+    }
+}
+
+impl Gpu {
+    pub fn gemm_mode(&self) -> GemmMode {
+        GemmMode::from_u8(self.gemm_mode.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Overrides `JOBX_GEMM_TUNE` (tests and benchmarks).
+    pub fn set_gemm_mode(&self, mode: GemmMode) {
+        self.gemm_mode
+            .store(mode.to_u8(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kernel tuning chose for `key`, timing the candidates with `time` the first time the
+    /// key is seen. Timing that fails (out of memory for its scratch buffers, say) is reported
+    /// on stderr and the fixed rule used: tuning never fails a GEMM.
+    pub(crate) fn tuned(
+        &self,
+        key: GemmKey,
+        time: impl FnOnce() -> Result<Vec<(SkinnyKernel, f64)>>,
+    ) -> SkinnyKernel {
+        let mut st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = st.table.get(&key) {
+            return k;
+        }
+        // held while timing: one stream, so another thread would wait for it anyway, and a key
+        // is timed once
+        let times = time().unwrap_or_else(|e| {
+            eprintln!("jobx: GEMM tuning for {} failed ({e}); using the fixed rule", key.label());
+            Vec::new()
+        });
+        let kernel = tune::choose(&key, &times);
+        if st.log {
+            eprintln!("jobx profile: gemm tune: {}", describe(&key, kernel, &times));
+        }
+        st.table.entries.insert(key, Choice { kernel, times });
+        if let Some(f) = st.file.clone() {
+            if let Err(e) = st.table.save(&f) {
+                if !st.save_failed {
+                    eprintln!("jobx: GEMM tuning table not saved: {e}");
+                }
+                st.save_failed = true;
+            }
+        }
+        kernel
+    }
+
+    /// Every choice made so far, one line each ("m<=32 n=3072 k=1024 bf16: skinny_tc (skinny
+    /// 0.0310 ms, ...)").
+    pub fn gemm_tune_report(&self) -> Vec<String> {
+        let st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
+        st.table
+            .entries
+            .iter()
+            .map(|(k, c)| describe(k, c.kernel, &c.times))
+            .collect()
+    }
+
+    /// Forgets every tuning choice (tests: the next GEMM of each shape is timed again).
+    pub fn clear_gemm_tuning(&self) {
+        let mut st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
+        st.table.entries.clear();
+    }
+}
+
+fn describe(key: &GemmKey, kernel: SkinnyKernel, times: &[(SkinnyKernel, f64)]) -> String {
+    let times: Vec<String> = times
+        .iter()
+        .map(|(k, t)| format!("{} {t:.4} ms", k.name()))
+        .collect();
+    format!("{}: {} ({})", key.label(), kernel.name(), times.join(", "))
 }
 
 impl Gpu {
