@@ -187,7 +187,24 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const long long b = blockIdx.z, h = blockIdx.y, i0 = (long long)blockIdx.x * FQB;
+    // Causal: a query block's work grows with its position (the last block of a 4096-token
+    // prefill scans 64 key blocks, the first one). Blocks start in linear index order (x
+    // fastest), so with x = query block the longest blocks of the last heads started last and
+    // ran alone at the end. Longest first instead: linear index -> (query block counted from
+    // the end, then batch x head), a bijection over the same grid (gridDim = (query blocks,
+    // heads, batch)).
+    // (32-bit block indices: each fits, and 64-bit ones cost the d128 kernel registers it lacks)
+    unsigned b = blockIdx.z, h = blockIdx.y, qb = blockIdx.x;
+    if (p.causal) {
+        const unsigned long long hb_all = (unsigned long long)gridDim.y * gridDim.z;
+        const unsigned long long lin =
+            blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + (unsigned long long)gridDim.y * blockIdx.z);
+        const unsigned hb = (unsigned)(lin % hb_all);
+        qb = gridDim.x - 1 - (unsigned)(lin / hb_all);
+        h = hb % gridDim.y;
+        b = hb / gridDim.y;
+    }
+    const long long i0 = (long long)qb * FQB;
     const long long kb = p.kv_batch ? p.kv_batch[b] : b;
     const long long kh = h / (p.heads / p.kv_heads);
     const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
@@ -385,7 +402,7 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
-    bf16* o = (bf16*)p.o + h * DK;
+    bf16* o = (bf16*)p.o + (long long)h * DK;
     const long long ld = p.heads * DK;
 #pragma unroll
     for (int rt = 0; rt < RT; rt++) {

@@ -214,7 +214,7 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
-/// The op cases written against `device::Backend` (LoRA, greedy pick), run on the host
+/// The op cases written against `device::Backend` (LoRA, greedy pick, attention), run on the host
 /// backend without a GPU: checks the host backend (the semantics the device-graph tests rely
 /// on) and the cases themselves against their independent f32/f64 references before a GPU runs
 /// them.
@@ -232,6 +232,13 @@ fn host_backend_passes_the_generic_op_cases() {
             table::greedy(&host, seed, 3, 50001, false),
             table::greedy(&host, seed, 32, 32128, true),
             table::greedy(&host, seed, 1, 7, true),
+            // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
+            // and not), causal with several batch rows, heads and query blocks
+            table::attention(&host, seed, 3, 2, 2, 1, 1030, 64, false, 0, 0, None, true, Some(8), true),
+            table::attention(&host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, Some(3), true),
+            table::attention(&host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true),
+            table::attention(&host, seed, 3, 3, 3, 150, 150, 64, true, 0, 0, Some((32, 128, false)), true, None, false),
+            table::attention(&host, seed, 2, 6, 2, 190, 230, 128, true, 0, 40, None, false, Some(8), false),
         ];
         failed.extend(runs.into_iter().filter_map(|r| r.err()));
     }
@@ -620,6 +627,23 @@ mod table {
                 Some((32, 128, false)),
                 false,
             ), // T5 decoder prefill
+            // causal blocks run longest first (a remapped block index): batch, heads and three
+            // query blocks all above 1, with bias and key mask, and GQA with a cache prefix
+            (
+                3,
+                3,
+                3,
+                150,
+                150,
+                64,
+                true,
+                0,
+                0,
+                Some((32, 128, false)),
+                true,
+            ),
+            (2, 6, 2, 190, 230, 128, true, 0, 40, None, false),
+            (4, 2, 2, 70, 90, 64, false, 0, 0, None, true), // cross-attention, two query blocks
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
@@ -627,24 +651,33 @@ mod table {
             // also with the operands at offsets in shared buffers (the graphs' fused layouts:
             // q at 8, k|v in one buffer), and at an offset that is not a multiple of 8 (3),
             // which must take the general kernel
-            for (general, fused) in [
-                (false, None),
-                (false, Some(8)),
-                (false, Some(3)),
-                (true, None),
-            ] {
-                if (general || fused == Some(3)) && dk != 64 && dk != 128 {
-                    continue;
+            // cross-attention shapes (masked, no bias, not causal) again with beams' K/V row
+            // map, also at offsets in fused buffers
+            let maps: &[bool] = if !causal && t5.is_none() && masked {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &kv_map in maps {
+                for (general, fused) in [
+                    (false, None),
+                    (false, Some(8)),
+                    (false, Some(3)),
+                    (true, None),
+                ] {
+                    if (general || fused == Some(3)) && dk != 64 && dk != 128 {
+                        continue;
+                    }
+                    cases.push((
+                        format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused:?} kv_map {kv_map}", t5.is_some()),
+                        Box::new(move |g, s| {
+                            g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
+                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused, kv_map);
+                            g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
+                            r
+                        }),
+                    ));
                 }
-                cases.push((
-                    format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused:?}", t5.is_some()),
-                    Box::new(move |g, s| {
-                        g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
-                        let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused);
-                        g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
-                        r
-                    }),
-                ));
             }
         }
         for &(rows, vocab, k, masked) in &[
@@ -1360,8 +1393,8 @@ mod table {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attention(
-        g: &Gpu,
+    pub fn attention<B: Backend>(
+        g: &B,
         seed: u64,
         b: usize,
         h: usize,
@@ -1375,8 +1408,15 @@ mod table {
         t5: Option<(usize, usize, bool)>,
         masked: bool,
         fused: Option<usize>,
+        kv_map: bool,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 4099 + (tq * tk) as u64);
+        // kv_map: fewer K/V rows than query rows, each query row reading the one the map names
+        // (beams sharing their source's cross-attention K/V); rows shared and out of order
+        let kvb = if kv_map { b.div_ceil(2) } else { b };
+        let map: Vec<i32> = (0..b)
+            .map(|i| if kv_map { ((i * 3 + 1) % kvb) as i32 } else { i as i32 })
+            .collect();
         // layouts: q [b, tq, h, dk] (projection output), k/v [b, kvh, tk, dk] each; fused
         // Some(off): q after `off` other elements, k|v in one time-major buffer
         // [b, tk, 2*kvh*dk] (a K|V cache) starting at the same offset
@@ -1390,7 +1430,7 @@ mod table {
         };
         let (k, v, kv, vv) = if fused.is_some() {
             let w = 2 * kvh * dk;
-            let kvbuf = r.vec(qoff + b * tk * w, 1.0);
+            let kvbuf = r.vec(qoff + kvb * tk * w, 1.0);
             let kv = View {
                 sb: tk * w,
                 sh: dk,
@@ -1413,10 +1453,10 @@ mod table {
                 st: dk,
                 off: 0,
             };
-            let k = r.vec(b * kvh * tk * dk, 1.0);
-            (k, r.vec(b * kvh * tk * dk, 1.0), kv, kv)
+            let k = r.vec(kvb * kvh * tk * dk, 1.0);
+            (k, r.vec(kvb * kvh * tk * dk, 1.0), kv, kv)
         };
-        let key_mask: Vec<i32> = (0..b * tk)
+        let key_mask: Vec<i32> = (0..kvb * tk)
             .map(|i| {
                 if masked && i % tk >= tk - (i / tk) * 3 {
                     0
@@ -1434,7 +1474,7 @@ mod table {
         };
         let call = AttnCall {
             batch: b,
-            kv_batch_rows: b,
+            kv_batch_rows: kvb,
             heads: h,
             kv_heads: kvh,
             tq,
@@ -1451,6 +1491,7 @@ mod table {
         let dv = g.upload("t", &tob(&v)).map_err(e)?;
         let dm = g.upload("t", &key_mask).map_err(e)?;
         let dbias = g.upload("t", &bias).map_err(e)?;
+        let dmap = g.upload("t", &map).map_err(e)?;
         let mut dout = g.zeros::<bf16>("t", b * tq * h * dk).map_err(e)?;
         g.attention(
             &call,
@@ -1459,7 +1500,7 @@ mod table {
             (if fused.is_some() { &dk_ } else { &dv }, vv),
             &mut dout,
             masked.then_some(&dm),
-            None,
+            kv_map.then_some(&dmap),
             t5.is_some().then_some(&dbias),
         )
         .map_err(e)?;
@@ -1467,13 +1508,14 @@ mod table {
         // reference: explicit softmax in f64 with the crate's T5 bucket function
         let mut want = vec![0.0f32; b * tq * h * dk];
         for bi in 0..b {
+            let kb = map[bi] as usize;
             for hi in 0..h {
                 let kh = hi / (h / kvh);
                 for i in 0..tq {
                     let qp = q_offset + i;
                     let mut sc = vec![f64::NEG_INFINITY; tk];
                     for (j, s) in sc.iter_mut().enumerate() {
-                        if key_mask[bi * tk + j] == 0
+                        if key_mask[kb * tk + j] == 0
                             || (causal && j > qp)
                             || (window > 0 && qp >= j + window)
                         {
@@ -1482,7 +1524,7 @@ mod table {
                         let mut d = 0f64;
                         for x in 0..dk {
                             d += q[qv.off + bi * qv.sb + hi * qv.sh + i * qv.st + x] as f64
-                                * k[kv.off + bi * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
+                                * k[kv.off + kb * kv.sb + kh * kv.sh + j * kv.st + x] as f64;
                         }
                         d *= scale as f64;
                         if let Some((nbk, md, bidir)) = t5 {
@@ -1505,7 +1547,7 @@ mod table {
                         let mut acc = 0f64;
                         for j in 0..tk {
                             acc += (sc[j] - mx).exp() / den
-                                * v[vv.off + bi * vv.sb + kh * vv.sh + j * vv.st + x] as f64;
+                                * v[vv.off + kb * vv.sb + kh * vv.sh + j * vv.st + x] as f64;
                         }
                         want[(bi * tq + i) * h * dk + hi * dk + x] = acc as f32;
                     }
@@ -1513,7 +1555,7 @@ mod table {
             }
         }
         check(
-            &format!("attention b{b} h{h} tq{tq} tk{tk}"),
+            &format!("attention b{b} h{h} tq{tq} tk{tk} kv_map {kv_map}"),
             seed,
             &got,
             &want,
