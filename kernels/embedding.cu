@@ -27,10 +27,15 @@ extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
     copy_row(y, (const bf16*)p.table + id * p.d, p.d);
 }
 
-// Strided row copy (jobx_copy_rows_params): one block per row, 16-byte copies when both rows
-// allow (the K|V rows of a step into the KV cache: 2 * kv_dim elements each).
+// Strided row copy or gather (jobx_copy_rows_params): blockIdx.x = row, blockIdx.y = a chunk of
+// COPY_CHUNK columns (a beam reorder moves rows of up to millions of elements: spread over the
+// SMs rather than one block per row), 16-byte copies when both rows allow (the chunk start is a
+// multiple of 8, so it keeps the rows' alignment).
+#define COPY_CHUNK 4096  // the wrapper's grid uses the same
 extern "C" __global__ void copy_rows_bf16(jobx_copy_rows_params p) {
-    const long long r = blockIdx.x;
-    if (r >= p.rows) return;
-    copy_row((bf16*)p.dst + r * p.dst_ld, (const bf16*)p.src + r * p.src_ld, p.cols);
+    const long long r = blockIdx.x, c0 = (long long)blockIdx.y * COPY_CHUNK;
+    if (r >= p.rows || c0 >= p.cols) return;
+    const long long s = p.src_rows ? (long long)p.src_rows[r] : r;
+    const long long n = p.cols - c0 < COPY_CHUNK ? p.cols - c0 : COPY_CHUNK;
+    copy_row((bf16*)p.dst + r * p.dst_ld + c0, (const bf16*)p.src + s * p.src_ld + c0, n);
 }

@@ -54,11 +54,13 @@ typedef struct {
     float theta;          // rope_theta
 } jobx_rope_params;
 
-// dst[r*dst_ld + c] = src[r*src_ld + c] for r < rows, c < cols (bf16): rows of one buffer into
-// rows of another, e.g. a step's K|V projections into the KV cache in one launch.
+// dst[r*dst_ld + c] = src[s*src_ld + c] for r < rows, c < cols (bf16), s = src_rows[r] or r:
+// rows of one buffer into rows of another, e.g. a step's K|V projections into the KV cache in
+// one launch, or (with src_rows) beam search's reordering of a KV cache.
 typedef struct {
     const void* src;
     void* dst;
+    const int* src_rows;  // [rows] or null; the wrapper checks each against the source
     long long rows;
     long long cols;
     long long src_ld;  // >= cols

@@ -214,7 +214,7 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
-/// The op cases written against `device::Backend` (LoRA, greedy pick, attention), run on the host
+/// The op cases written against `device::Backend` (LoRA, greedy pick, attention, gather), run on the host
 /// backend without a GPU: checks the host backend (the semantics the device-graph tests rely
 /// on) and the cases themselves against their independent f32/f64 references before a GPU runs
 /// them.
@@ -232,6 +232,8 @@ fn host_backend_passes_the_generic_op_cases() {
             table::greedy(&host, seed, 3, 50001, false),
             table::greedy(&host, seed, 32, 32128, true),
             table::greedy(&host, seed, 1, 7, true),
+            table::gather(&host, seed, 3, 40, 24, &[2, 0, 2, 1]),
+            table::gather(&host, seed, 2, 37, 13, &[1, 1]),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
             table::attention(&host, seed, 3, 2, 2, 1, 1030, 64, false, 0, 0, None, true, Some(8), true),
@@ -390,10 +392,27 @@ mod table {
             (5, 256, 384, 640, 0, 256),
             (4, 37, 3, 41, 5, 100),
             (3, 64, 1, 70, 8, 64),
+            // rows over several 4096-column chunks of the grid, partial last chunk
+            (3, 9000, 5, 9010, 8, 9100),
+            (2, 8200, 0, 8200, 16, 8224),
         ] {
             cases.push((
                 format!("copy_rows {rows}x{cols} src {so}+{sl} dst {dof}+{dl}"),
                 Box::new(move |g, s| copy_rows(g, s, rows, cols, (so, sl), (dof, dl))),
+            ));
+        }
+        // beam reordering of KV caches: (buffers, block, used prefix, parents), rows repeated,
+        // dropped and reordered; aligned blocks, odd ones, several column chunks, nothing used
+        for (nb, per, used, parents) in [
+            (3usize, 40usize, 24usize, vec![2usize, 0, 2, 1]),
+            (2, 37, 13, vec![1, 1]),
+            (2, 3 * 4096 + 24, 2 * 4096 + 8, vec![0, 2, 1]),
+            (1, 16, 0, vec![0, 0]),
+            (2, 64, 64, vec![]),
+        ] {
+            cases.push((
+                format!("gather_blocks {nb} x {per} used {used} parents {parents:?}"),
+                Box::new(move |g, s| gather(g, s, nb, per, used, &parents)),
             ));
         }
         cases.push((
@@ -903,6 +922,40 @@ mod table {
             &want,
             EXACT,
         )
+    }
+
+    /// `gather_blocks` over `nb` buffers of 3 blocks: the first `used` of each new block are
+    /// its parent's, exactly (the rest is unspecified and not compared).
+    pub fn gather<B: Backend>(
+        g: &B,
+        seed: u64,
+        nb: usize,
+        per: usize,
+        used: usize,
+        parents: &[usize],
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 13 + per as u64);
+        let srcs: Vec<Vec<f32>> = (0..nb).map(|_| r.vec(3 * per, 2.0)).collect();
+        let mut bufs = srcs
+            .iter()
+            .map(|v| g.upload("t", &tob(v)))
+            .collect::<jobx_engine::Result<Vec<_>>>()
+            .map_err(e)?;
+        g.gather_blocks("t", &mut bufs, per, used, parents)
+            .map_err(e)?;
+        for (src, buf) in srcs.iter().zip(&bufs) {
+            let all = fromb(&g.download("t", buf).map_err(e)?);
+            if all.len() < parents.len() * per {
+                return Err(format!("gather: {} elements, want {}", all.len(), parents.len() * per));
+            }
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (row, &p) in parents.iter().enumerate() {
+                got.extend_from_slice(&all[row * per..][..used]);
+                want.extend_from_slice(&src[p * per..][..used]);
+            }
+            check(&format!("gather_blocks per {per} used {used}"), seed, &got, &want, EXACT)?;
+        }
+        Ok(())
     }
 
     /// Rotary embedding on the first h*hd elements of rows `ld` apart; the rest of each row

@@ -148,6 +148,22 @@ pub type Lora<'a> = crate::device::Lora<'a, Gpu>;
 use crate::device::check::{self, size};
 pub use crate::device::{ActKind, AttnCall, Backend, GemmShape, Rows, View};
 
+/// copy_rows_bf16: a block per row (x) and per 4096 columns (y, embedding.cu: COPY_CHUNK).
+fn copy_grid(rows: usize, cols: usize, op: &'static str) -> Result<LaunchConfig> {
+    let chunks = cols.div_ceil(4096);
+    if rows > i32::MAX as usize || chunks > 65_535 {
+        return Err(backend_err(
+            op,
+            format!("{rows} rows of {cols} exceed the copy grid"),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (rows.max(1) as u32, chunks.max(1) as u32, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 fn gemm_grid(s: &GemmShape, op: &'static str) -> Result<LaunchConfig> {
     let (gx, gy) = (s.n.div_ceil(64), s.m.div_ceil(64));
     if gy > 65_535 || gx > i32::MAX as usize {
@@ -772,7 +788,7 @@ impl crate::device::Backend for Gpu {
         )
     }
 
-    /// One block per row (embedding.cu: copy_rows_bf16).
+    /// A block per row and 4096 columns (embedding.cu: copy_rows_bf16).
     fn copy_rows(
         &self,
         op: &'static str,
@@ -788,12 +804,52 @@ impl crate::device::Backend for Gpu {
         let p = jobx_copy_rows_params {
             src: self.ptr_at(src.0, src.1.off),
             dst: self.ptr_at(dst.0, dst.1.off),
+            src_rows: std::ptr::null(),
             rows: rows as i64,
             cols: cols as i64,
             src_ld: src.1.ld as i64,
             dst_ld: dst.1.ld as i64,
         };
-        self.launch(op, "copy_rows_bf16", rows_grid(rows, 128, op)?, p)
+        self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
+    }
+
+    /// One launch per buffer (copy_rows_bf16 with a row map), the map uploaded once for all
+    /// (the default was a copy per row and buffer: 24 x rows launches a step for T5-Large).
+    fn gather_blocks(
+        &self,
+        op: &'static str,
+        bufs: &mut [CudaSlice<bf16>],
+        per: usize,
+        used: usize,
+        parents: &[usize],
+    ) -> Result<()> {
+        check::gather_blocks::<Self>(op, bufs, per, used, parents)?;
+        let rows = parents.len();
+        let map = parents
+            .iter()
+            .map(|&p| i32::try_from(p))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| backend_err(op, "parent row beyond i32"))?;
+        let map = (rows > 0 && used > 0)
+            .then(|| self.upload(op, &map))
+            .transpose()?;
+        for buf in bufs.iter_mut() {
+            let out = self.scratch::<bf16>(op, rows * per)?;
+            if let Some(map) = &map {
+                let p = jobx_copy_rows_params {
+                    src: self.ptr(buf),
+                    dst: self.ptr(&out),
+                    src_rows: self.ptr(map) as *const i32,
+                    rows: rows as i64,
+                    cols: used as i64,
+                    src_ld: per as i64,
+                    dst_ld: per as i64,
+                };
+                self.launch(op, "copy_rows_bf16", copy_grid(rows, used, op)?, p)?;
+            }
+            *buf = out;
+        }
+        Ok(())
     }
 
     /// y[t] = table[ids[t]] for token ids from the host: checked against the vocabulary here, so

@@ -146,14 +146,26 @@ pub fn rope<B: Backend + ?Sized>(
     need::<B, _>(OP, "pos", pos, Some(tokens))
 }
 
-/// `Backend::gather_blocks`: the copied prefix lies within a block (the copies check the
-/// buffers).
-pub fn gather_blocks<B: Backend + ?Sized>(op: &'static str, per: usize, used: usize) -> Result<()> {
+/// `Backend::gather_blocks`: the copied prefix lies within a block, and every buffer holds
+/// every parent's block.
+pub fn gather_blocks<B: Backend + ?Sized>(
+    op: &'static str,
+    bufs: &[B::Buf<bf16>],
+    per: usize,
+    used: usize,
+    parents: &[usize],
+) -> Result<()> {
     if used > per {
         return Err(err::<B>(
             op,
             format!("gather of {used} elements from blocks of {per}"),
         ));
+    }
+    if let Some(&last) = parents.iter().max() {
+        let end = last.checked_add(1).and_then(|b| b.checked_mul(per));
+        for buf in bufs {
+            need::<B, _>(op, &format!("gather source (parent block {last})"), buf, end)?;
+        }
     }
     Ok(())
 }

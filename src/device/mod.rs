@@ -243,24 +243,27 @@ pub trait Backend: Sync {
         len: usize,
     ) -> Result<()>;
 
-    /// Blocks of `per` elements whose first `used` are copied: block r of the result starts
-    /// with the first `used` elements of block `parents[r]` of `src`, the rest is unspecified
-    /// (beam reordering of a KV cache: only the positions written so far move, and nothing is
-    /// cleared first).
+    /// Beam reordering of KV caches (one buffer per layer, a block of `per` elements per row):
+    /// afterwards block r of every buffer starts with the first `used` elements of its old
+    /// block `parents[r]`, and the rest of the block is unspecified (only the positions written
+    /// so far move, and nothing is cleared first). The GPU does each buffer in one launch.
     fn gather_blocks(
         &self,
         op: &'static str,
-        src: &Self::Buf<bf16>,
+        bufs: &mut [Self::Buf<bf16>],
         per: usize,
         used: usize,
         parents: &[usize],
-    ) -> Result<Self::Buf<bf16>> {
-        check::gather_blocks::<Self>(op, per, used)?;
-        let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
-        for (r, &p) in parents.iter().enumerate() {
-            self.copy(op, src, p * per, &mut out, r * per, used)?;
+    ) -> Result<()> {
+        check::gather_blocks::<Self>(op, bufs, per, used, parents)?;
+        for buf in bufs.iter_mut() {
+            let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
+            for (r, &p) in parents.iter().enumerate() {
+                self.copy(op, buf, p * per, &mut out, r * per, used)?;
+            }
+            *buf = out;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// y[r] = bf16(x[r] · rsqrt(mean(x[r]²) + eps)) · w, rows of d (T5 / Mistral RMS norm).

@@ -441,11 +441,8 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         }
         let kv2 = 2 * self.cfg.kv_heads() * self.cfg.head_dim();
         let (per, used) = (st.cap * kv2, st.len * kv2);
-        for buf in st.kv.iter_mut() {
-            *buf = self
-                .dev
-                .gather_blocks("select_rows", buf, per, used, parents)?;
-        }
+        self.dev
+            .gather_blocks("select_rows", &mut st.kv, per, used, parents)?;
         let cap = st.cap;
         st.key_mask = parents
             .iter()

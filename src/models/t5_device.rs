@@ -541,11 +541,13 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         if parents.iter().any(|&p| p >= self.src.len()) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
-        for c in self.cache.iter_mut() {
-            *c = m
-                .dev
-                .gather_blocks("select_rows", c, per, self.len * 3 * inner, parents)?;
-        }
+        m.dev.gather_blocks(
+            "select_rows",
+            &mut self.cache,
+            per,
+            self.len * 3 * inner,
+            parents,
+        )?;
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
         Ok(())

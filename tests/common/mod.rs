@@ -390,19 +390,20 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         b.rms_norm(&x, &w, &mut y, usize::MAX / 2 + 1, 2, 1e-6),
     );
 
-    // gather_blocks: blocks of 4, the first `used` of each copied
-    let src = bf(8);
-    let r = b.gather_blocks("t", &src, 4, 3, &[1, 0, 1]).map(|_| ());
+    // gather_blocks: blocks of 4, the first `used` of each copied, every buffer checked
+    let r = b.gather_blocks("t", &mut [bf(8), bf(8)], 4, 3, &[1, 0, 1]);
     expect("gather ok", "t", "", r);
-    let r = b.gather_blocks("t", &src, 4, 5, &[0]).map(|_| ());
+    let r = b.gather_blocks("t", &mut [bf(8)], 4, 5, &[0]);
     expect(
         "gather used",
         "t",
         "gather of 5 elements from blocks of 4",
         r,
     );
-    let r = b.gather_blocks("t", &src, 4, 3, &[2]).map(|_| ());
-    expect("gather parent", "t", "copy source", r);
+    let r = b.gather_blocks("t", &mut [bf(8)], 4, 3, &[2]);
+    expect("gather parent", "t", "gather source (parent block 2)", r);
+    let r = b.gather_blocks("t", &mut [bf(12), bf(11)], 4, 3, &[2, 0]);
+    expect("gather short buffer", "t", "gather source (parent block 2)", r);
 
     // copy_rows: 3 rows of 4, source rows 5 apart from 1, destination rows 6 apart from 2
     use jobx_engine::device::Rows;
