@@ -2,7 +2,8 @@
 """End-to-end greedy generation on a GPU: jobx-engine (CUDA T5 graph) vs HF transformers bf16, same
 card, same random FLAN-T5-Large-shaped checkpoint (d_model 1024, 24+24 layers, 16 heads x 64,
 d_ff 2816, vocab 32128, gated-gelu, untied head; bf16 safetensors written here with torch), source
-1024 tokens, 256 new tokens with EOS suppressed (min_new_tokens), batch 1, 8 and 32.
+1024 tokens, 256 new tokens with EOS suppressed (min_new_tokens), batch 1, 8 and 32; then beam
+search (4 beams, early stopping, as the reference project decodes) at batch 8, 128 new tokens.
 Timing: HF in-process after one warm-up (median of 2); jobx as a subprocess, its own
 `generate_ms` (model load excluded, reported separately). One JSON line per (engine, batch).
 
@@ -54,6 +55,9 @@ def main():
     ap.add_argument("--src-len", type=int, default=1024)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--timeout", type=int, default=90, help="seconds for one jobx-engine run")
+    ap.add_argument("--beam", default="8,4,128",
+                    help="batch,beams,new tokens of the beam-search run after the greedy ones "
+                         "(the reference project decodes with 4 beams); empty to skip")
     a = ap.parse_args()
     os.makedirs(a.workdir, exist_ok=True)
     make_model(a.workdir)
@@ -132,6 +136,61 @@ def main():
                                   profile=[l for l in p.stderr.splitlines()
                                            if l.startswith("jobx profile")])),
                   flush=True)
+    if a.beam:
+        def make_ids(b):
+            ids = torch.randint(5, 32000, (b, a.src_len), generator=g)
+            ids[:, -1] = 1
+            return ids
+        beam_run(a, hf, make_ids)
+
+
+def beam_run(a, hf, make_ids):
+    """Beam search (the reference project's num_beams=4, early stopping), EOS suppressed for a
+    fixed length: HF once warm, once timed (the budget of gpu-check.sh); jobx once."""
+    b, beams, new = (int(x) for x in a.beam.split(","))
+    ids = make_ids(b)
+    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=beams,
+              early_stopping=True)
+    with torch.no_grad():
+        x = ids.cuda()
+        hf.generate(x, **kw)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        hf_out = hf.generate(x, **kw)
+        torch.cuda.synchronize()
+        hs = time.perf_counter() - t0
+    print(json.dumps(dict(engine="hf-bf16-beam", batch=b, beams=beams, new=new,
+                          seconds=round(hs, 3))), flush=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(ids.tolist(), f)
+    cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
+           "--max-new-tokens", str(new), "--min-new-tokens", str(new), "--num-beams", str(beams)]
+    eng = "jobx-cuda-bf16-beam"
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+                           env=dict(os.environ, JOBX_PROFILE="1"))
+    except subprocess.TimeoutExpired:
+        print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
+              flush=True)
+        return
+    if p.returncode != 0:
+        print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
+        return
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    js = out["generate_ms"] / 1e3
+    ours = out["ids"] if isinstance(out["ids"][0], list) else [out["ids"]]
+    theirs = hf_out[:, 1:].tolist()
+    pref = []
+    for o, t in zip(ours, theirs):
+        n = 0
+        while n < min(len(o), len(t)) and o[n] == t[n]:
+            n += 1
+        pref.append(n)
+    print(json.dumps(dict(engine=eng, batch=b, beams=beams, new=new, seconds=round(js, 3),
+                          load_ms=out["load_ms"], speedup_vs_hf=round(hs / js, 2),
+                          hf_prefix_match_mean=sum(pref) / max(len(pref), 1),
+                          profile=[l for l in p.stderr.splitlines()
+                                   if l.startswith("jobx profile")])), flush=True)
 
 
 if __name__ == "__main__":
