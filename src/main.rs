@@ -19,7 +19,8 @@ struct Cli {
     /// Worker threads for the CPU backend (default: all cores)
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Compute device
+    /// Compute device: auto = CUDA for the commands that run models (verify, generate, extract,
+    /// eval) when this binary has the CUDA backend and a GPU opens, else the CPU
     #[arg(long, global = true, value_enum, default_value = "auto")]
     device: Device,
     /// CPU storage of weight matrices (arithmetic is f32 in all cases): auto = bf16 checkpoints
@@ -422,7 +423,11 @@ fn main() {
         Device::Cuda if runs_on_cuda && jobx_engine::cuda::BUILT_WITH_CUDA => Ok(()),
         d => check_device(d),
     };
-    let cuda = matches!(cli.device, Device::Cuda);
+    let cuda = match cli.device {
+        Device::Cuda => true,
+        Device::Auto => runs_on_cuda && auto_picks_cuda(),
+        Device::Cpu => false,
+    };
     let code = match device_ok.and_then(|_| run(cli.cmd, cuda)) {
         Ok(c) => c,
         Err(e) => {
@@ -431,6 +436,34 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `--device auto` for a command that runs models: CUDA when this binary has the backend and
+/// GPU 0 opens (driver present, kernels loaded for its architecture), else the CPU. Either way
+/// the choice is said on stderr when there is a driver, so a GPU machine that falls back to the
+/// CPU does not do so silently.
+fn auto_picks_cuda() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        if !jobx_engine::cuda::driver_present() {
+            return false;
+        }
+        match jobx_engine::cuda::Gpu::new(0) {
+            Ok(g) => {
+                eprintln!(
+                    "jobx: --device auto: CUDA on {} (--device cpu for the CPU)",
+                    g.name
+                );
+                true
+            }
+            Err(e) => {
+                eprintln!("jobx: --device auto: the CPU, as the GPU did not open: {e}");
+                false
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
 }
 
 fn check_device(d: Device) -> anyhow::Result<()> {

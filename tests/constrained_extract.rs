@@ -120,7 +120,7 @@ fn mistral_outputs_are_schema_valid_by_construction() {
 fn extract_cli_constrains_by_default_and_takes_user_schemas() {
     let t = common::tiny_t5_with_tokenizer();
     let run = |extra: &[&str]| {
-        let o = std::process::Command::new(common::bin())
+        let o = common::cli()
             .args(["extract", "--model"])
             .arg(t.path())
             .arg(common::repo().join("examples/hn-postings.jsonl"))
@@ -146,7 +146,7 @@ fn extract_cli_constrains_by_default_and_takes_user_schemas() {
     let (code, out, err) = run(&["--max-new-tokens", "60", "--schema"]);
     assert_ne!(code, Some(0), "--schema needs a value: {err}");
     let _ = out;
-    let o = std::process::Command::new(common::bin())
+    let o = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(common::repo().join("examples/hn-postings.jsonl"))
@@ -177,7 +177,7 @@ fn extract_cli_constrains_by_default_and_takes_user_schemas() {
         r#"{"type":"object","patternProperties":{"a":{"type":"string"}}}"#,
     )
     .unwrap();
-    let o = std::process::Command::new(common::bin())
+    let o = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(common::repo().join("examples/hn-postings.jsonl"))

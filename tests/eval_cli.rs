@@ -2,7 +2,6 @@
 //! the report carries the reference block, the stricter metrics and the speed section; `--compare`
 //! puts reports side by side.
 mod common;
-use std::process::Command;
 
 const TARGET: &str = r#"{"experience_level": "Senior", "employment_status": [], "work_location": "Remote", "salary": {"min": "", "max": "", "period": "", "currency": ""}, "benefits": [], "job_functions": ["Engineering"], "required_skills": {"programming_languages": ["Rust"], "tools": [], "frameworks": [], "databases": [], "other": []}, "required_certifications": [], "required_minimum_degree": "", "required_experience": "", "industries": [], "additional_keywords": []}"#;
 
@@ -23,7 +22,7 @@ fn eval_writes_predictions_report_and_compare() {
     .unwrap();
     let out_dir = t.path().join("out");
     let run = |extra: &[&str]| {
-        let o = Command::new(common::bin())
+        let o = common::cli()
             .args(["eval", "--model"])
             .arg(t.path())
             .arg("--data")
@@ -93,7 +92,7 @@ fn eval_writes_predictions_report_and_compare() {
     assert_eq!(rep2["overall"], rep3["overall"]);
     // compare
     std::fs::write(t.path().join("r1.json"), rep.to_string()).unwrap();
-    let o = Command::new(common::bin())
+    let o = common::cli()
         .args(["eval", "--compare"])
         .arg(t.path().join("r1.json"))
         .arg(t.path().join("r2.json"))

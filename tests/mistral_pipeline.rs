@@ -6,7 +6,6 @@ mod common;
 use jobx_engine::extract::{Engine, ExtractOptions, InputRecord};
 use jobx_engine::generate::GenOptions;
 use jobx_engine::prompts::PromptTemplate;
-use std::process::Command;
 
 fn engine(dir: &std::path::Path) -> Engine {
     let mut e = Engine::load(dir.to_str().unwrap()).unwrap();
@@ -218,7 +217,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
     let p = t.path().join("in.txt");
     std::fs::write(&p, "a posting").unwrap();
     // the v0.1 tokenizer_config has no chat_template
-    let o = Command::new(common::bin())
+    let o = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(&p)
@@ -229,7 +228,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
     assert!(out.contains("no chat_template"), "{out}");
     let bad = t.path().join("bad.jinja");
     std::fs::write(&bad, "{% for m in messages %}{{ m.content }").unwrap();
-    let o = Command::new(common::bin())
+    let o = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(&p)
@@ -240,7 +239,7 @@ fn missing_or_broken_chat_template_is_a_clear_error() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("chat template does not parse"), "{out}");
-    let o = Command::new(common::bin())
+    let o = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(&p)

@@ -2,7 +2,7 @@
 //! matches HF's ids, generation matches HF's greedy ids, and `extract` writes one record per input.
 mod common;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 fn reference() -> (serde_json::Value, Vec<i64>, Vec<i64>) {
     let dir = common::fixture("t5-tiny-real-vocab");
@@ -36,7 +36,7 @@ fn tokenizer_ids_match_hf_and_generate_text_matches_greedy() {
         .collect();
     assert_eq!(ours, ids, "tokenizers crate vs HF tokenizer");
     let line = common::run_last_json(
-        &mut Command::new(common::bin())
+        &mut common::cli()
             .args(["generate", "--model"])
             .arg(t.path())
             .args([
@@ -64,7 +64,7 @@ fn generate_min_new_tokens_suppresses_eos_and_batches() {
     let f = t.path().join("ids.json");
     std::fs::write(&f, "[[100, 200, 300, 1], [5, 1]]").unwrap();
     let line = common::run_last_json(
-        &mut Command::new(common::bin())
+        &mut common::cli()
             .args(["generate", "--threads", "1", "--model"])
             .arg(t.path())
             .arg("--input-ids")
@@ -134,7 +134,7 @@ fn extract_writes_one_record_per_input_line() {
     )
     .unwrap();
     drop(f);
-    let out = Command::new(common::bin())
+    let out = common::cli()
         .args(["extract", "--model"])
         .arg(t.path())
         .arg(&input)
@@ -181,7 +181,7 @@ fn extract_writes_one_record_per_input_line() {
 
 #[test]
 fn extract_reports_unreadable_files_and_offline_models_clearly() {
-    let out = Command::new(common::bin())
+    let out = common::cli()
         .args([
             "extract",
             "--model",
@@ -195,7 +195,7 @@ fn extract_reports_unreadable_files_and_offline_models_clearly() {
     let t = common::tiny_t5_with_tokenizer();
     let p = t.path().join("p.txt");
     std::fs::write(&p, "posting").unwrap();
-    let out = Command::new(common::bin())
+    let out = common::cli()
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HOME", t.path().join("hf"))
         .args(["extract", "--model", "google/flan-t5-base"])
@@ -216,7 +216,7 @@ fn stop_strings_end_generation() {
     let t = common::tiny_t5_with_tokenizer();
     let (spec, _, greedy) = reference();
     let run = |extra: &[&str]| {
-        let out = Command::new(common::bin())
+        let out = common::cli()
             .args(["generate", "--model"])
             .arg(t.path())
             .args([

@@ -130,7 +130,7 @@ fn perturbed_weights_fail_verification() {
 
 #[test]
 fn verify_cli_prints_summary_last_and_exit_code() {
-    let out = std::process::Command::new(common::bin())
+    let out = common::cli()
         .args(["verify"])
         .arg(common::fixture("t5-relu-tied"))
         .output()

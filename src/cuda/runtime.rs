@@ -192,6 +192,12 @@ pub struct Gpu {
     pub loaded_as: Vec<(&'static str, String)>,
 }
 
+/// Whether the NVIDIA driver (libcuda) can be loaded: a cheap test before opening a GPU.
+pub fn driver_present() -> bool {
+    // SAFETY: only probes whether libcuda can be dlopened.
+    unsafe { sys::is_culib_present() }
+}
+
 impl Gpu {
     /// Open device `ordinal`. Errors (never panics) when libcuda is missing, there is no such
     /// device, or a kernel module does not load.

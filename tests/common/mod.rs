@@ -46,6 +46,14 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jobx-engine"))
 }
 
+/// The CLI on the CPU: these tests compare against f32 references, and `--device auto` (the
+/// default) would run the models on a GPU where one opens.
+pub fn cli() -> std::process::Command {
+    let mut c = std::process::Command::new(bin());
+    c.args(["--device", "cpu"]);
+    c
+}
+
 /// The tiny real-vocabulary Mistral with the real Mistral tokenizer, in a temp model folder.
 pub fn tiny_mistral_with_tokenizer() -> tempfile::TempDir {
     let t = copy_dir(&fixture("mistral-tiny-real-vocab"));
