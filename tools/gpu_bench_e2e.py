@@ -47,6 +47,39 @@ def make_model(d):
     m.config.save_pretrained(d)  # last: its config.json marks the folder complete
 
 
+def run_jobx(a, cmd, eng, b, env):
+    """One jobx-engine run: its last JSON line and stderr, or None after printing an error line."""
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+                           env=dict(os.environ, **env))
+    except subprocess.TimeoutExpired:
+        print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
+              flush=True)
+        return None
+    if p.returncode != 0:
+        print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
+        return None
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+
+
+def prefix_match(out, hf_out):
+    """Agreement with HF (HF's rows start with the decoder start token): mean length of the
+    common prefix, a sanity check only (random weights give near-flat logits, so rounding
+    differences, int8 ones especially, may flip an argmax early)."""
+    ours = out["ids"] if isinstance(out["ids"][0], list) else [out["ids"]]
+    pref = []
+    for o, t in zip(ours, hf_out[:, 1:].tolist()):
+        n = 0
+        while n < min(len(o), len(t)) and o[n] == t[n]:
+            n += 1
+        pref.append(n)
+    return sum(pref) / max(len(pref), 1)
+
+
+def profile_lines(stderr):
+    return [l for l in stderr.splitlines() if l.startswith("jobx profile")]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobx", required=True)
@@ -104,37 +137,18 @@ def main():
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
             eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
-            try:
-                # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
-                p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                                   env=dict(os.environ, JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune))
-            except subprocess.TimeoutExpired:
-                print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
-                      flush=True)
+            # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
+            r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune))
+            if r is None:
                 continue
-            if p.returncode != 0:
-                print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
-                continue
-            out = json.loads(p.stdout.strip().splitlines()[-1])
+            out, err = r
             js = out["generate_ms"] / 1e3
-            # agreement with HF (HF's rows start with the decoder start token): mean length of the
-            # common prefix, a sanity check only (random weights give near-flat logits, so
-            # rounding differences, int8 ones especially, may flip an argmax early)
-            ours = out["ids"] if b > 1 or isinstance(out["ids"][0], list) else [out["ids"]]
-            theirs = hf_out[:, 1:].tolist()
-            pref = []
-            for o, t in zip(ours, theirs):
-                n = 0
-                while n < min(len(o), len(t)) and o[n] == t[n]:
-                    n += 1
-                pref.append(n)
             print(json.dumps(dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
                                   tokens_per_s=round(b * a.new / js, 1),
                                   speedup_vs_hf=round(hs / js, 2) if prof == "1" else None,
                                   new_tokens=out["new_tokens"],
-                                  hf_prefix_match_mean=sum(pref) / len(pref),
-                                  profile=[l for l in p.stderr.splitlines()
-                                           if l.startswith("jobx profile")])),
+                                  hf_prefix_match_mean=prefix_match(out, hf_out),
+                                  profile=profile_lines(err))),
                   flush=True)
     if a.beam:
         def make_ids(b):
@@ -166,31 +180,15 @@ def beam_run(a, hf, make_ids):
     cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
            "--max-new-tokens", str(new), "--min-new-tokens", str(new), "--num-beams", str(beams)]
     eng = "jobx-cuda-bf16-beam"
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                           env=dict(os.environ, JOBX_PROFILE="1"))
-    except subprocess.TimeoutExpired:
-        print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
-              flush=True)
+    r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE="1"))
+    if r is None:
         return
-    if p.returncode != 0:
-        print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
-        return
-    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out, err = r
     js = out["generate_ms"] / 1e3
-    ours = out["ids"] if isinstance(out["ids"][0], list) else [out["ids"]]
-    theirs = hf_out[:, 1:].tolist()
-    pref = []
-    for o, t in zip(ours, theirs):
-        n = 0
-        while n < min(len(o), len(t)) and o[n] == t[n]:
-            n += 1
-        pref.append(n)
     print(json.dumps(dict(engine=eng, batch=b, beams=beams, new=new, seconds=round(js, 3),
                           load_ms=out["load_ms"], speedup_vs_hf=round(hs / js, 2),
-                          hf_prefix_match_mean=sum(pref) / max(len(pref), 1),
-                          profile=[l for l in p.stderr.splitlines()
-                                   if l.startswith("jobx profile")])), flush=True)
+                          hf_prefix_match_mean=prefix_match(out, hf_out),
+                          profile=profile_lines(err))), flush=True)
 
 
 if __name__ == "__main__":
