@@ -45,11 +45,11 @@ impl Engine {
     }
 
     /// `load` onto the GPU: the CUDA T5 / Mistral graphs, weights in bf16 or (`int8`) int8
-    /// linear layers. The GPU context is created here and kept for the rest of the process
-    /// (meant to be called once per process, like the CLI does).
+    /// linear layers, on the process's GPU 0 (`Gpu::shared`: opened by the first load and kept
+    /// for the rest of the process).
     #[cfg(feature = "cuda")]
     pub fn load_cuda(model: &str, int8: bool) -> Result<Self> {
-        let gpu: &'static crate::cuda::Gpu = Box::leak(Box::new(crate::cuda::Gpu::new(0)?));
+        let gpu = crate::cuda::Gpu::shared()?;
         gpu.int8_weights
             .store(int8, std::sync::atomic::Ordering::Relaxed);
         Self::load_on(model, Some(gpu))

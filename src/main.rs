@@ -448,7 +448,8 @@ fn auto_picks_cuda() -> bool {
         if !jobx_engine::cuda::driver_present() {
             return false;
         }
-        match jobx_engine::cuda::Gpu::new(0) {
+        // the GPU the engine will load onto (Gpu::shared), so it opens once
+        match jobx_engine::cuda::Gpu::shared() {
             Ok(g) => {
                 eprintln!(
                     "jobx: --device auto: CUDA on {} (--device cpu for the CPU)",

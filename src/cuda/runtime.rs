@@ -199,6 +199,19 @@ pub fn driver_present() -> bool {
 }
 
 impl Gpu {
+    /// GPU 0 for the rest of the process, opened on first use: the CLI's `--device auto` probe
+    /// and `Engine::load_cuda` share it (one context, the kernels loaded once).
+    pub fn shared() -> Result<&'static Gpu> {
+        static SHARED: Mutex<Option<&'static Gpu>> = Mutex::new(None);
+        let mut s = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = *s {
+            return Ok(g);
+        }
+        let g: &'static Gpu = Box::leak(Box::new(Gpu::new(0)?));
+        *s = Some(g);
+        Ok(g)
+    }
+
     /// Open device `ordinal`. Errors (never panics) when libcuda is missing, there is no such
     /// device, or a kernel module does not load.
     pub fn new(ordinal: usize) -> Result<Gpu> {
@@ -304,7 +317,12 @@ impl Gpu {
         let scratch_err = stream
             .alloc_zeros::<i32>(1)
             .map_err(|e| backend_err("init", e))?;
-        let gemm_mode = GemmMode::parse(std::env::var("JOBX_GEMM_TUNE").ok().as_deref())?;
+        // a bad value is said, not fatal: the GEMMs work with any choice
+        let gemm_mode = GemmMode::parse(std::env::var("JOBX_GEMM_TUNE").ok().as_deref())
+            .unwrap_or_else(|e| {
+                eprintln!("jobx: {e}; tuning instead");
+                GemmMode::Tune
+            });
         let build = tune::build_id(MODULES.iter().find(|m| m.name == "gemm").map_or("", |m| m.ptx));
         let tune_state = TuneState::from_env(&name, &build);
         Ok(Gpu {
@@ -562,6 +580,12 @@ impl Gpu {
             .iter()
             .map(|(k, c)| describe(k, c.kernel, &c.times))
             .collect()
+    }
+
+    /// The choice made for `key`, with the times it was made from (None: not tuned yet).
+    pub fn gemm_tune_choice(&self, key: &GemmKey) -> Option<Choice> {
+        let st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
+        st.table.entries.get(key).cloned()
     }
 
     /// Forgets every tuning choice (tests: the next GEMM of each shape is timed again).
