@@ -67,6 +67,23 @@ fn cuda_backend_rejects_bad_arguments() {
     if let Err(e) = gpu.stream.synchronize() {
         bad.push(format!("a launch of the right calls faulted: {e}"));
     }
+    // out of device memory is an error naming the op and the bytes, never an abort, and the
+    // device stays usable afterwards (64 TiB: more than any GPU has)
+    let huge = 1usize << 46;
+    for (what, r) in [
+        ("zeros", gpu.zeros::<u8>("oom test", huge).map(|_| ())),
+        ("scratch", gpu.scratch::<u8>("oom test", huge).map(|_| ())),
+    ] {
+        match r {
+            Err(jobx_engine::Error::Backend { op: "oom test", msg, .. })
+                if msg.contains(&format!("allocating {huge} bytes")) && msg.contains("free") => {}
+            other => bad.push(format!("{what} of {huge} bytes: {other:?}")),
+        }
+    }
+    match gpu.upload("after oom", &[1.0f32, 2.0]).and_then(|b| gpu.download("after oom", &b)) {
+        Ok(v) if v == [1.0, 2.0] => {}
+        other => bad.push(format!("the device after an allocation failure: {other:?}")),
+    }
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
