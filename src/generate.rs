@@ -47,6 +47,20 @@ pub trait Stepper {
     fn picks_on_device(&self) -> bool {
         false
     }
+    /// Beam search's fast path, like `step_greedy`: feed one token per row and return per row
+    /// the `k` best ids after `suppress` and `masks` (descending, ties to the lower id), each
+    /// with its log-probability normalised over the whole row before masking (HF's beam search:
+    /// log_softmax, then its processors set -inf), `rows x k` pairs row-major
+    /// (`Backend::topk_logprobs`). `Ok(None)`: not supported (nothing was fed).
+    fn step_topk(
+        &mut self,
+        _tokens: &[u32],
+        _k: usize,
+        _suppress: &[u32],
+        _masks: Option<&[u32]>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        Ok(None)
+    }
 }
 
 /// u32 words of a token bit mask over `vocab` ids.
@@ -80,6 +94,33 @@ fn device_masks(
                 out.extend(m);
             }
             _ => out.extend(std::iter::repeat_n(u32::MAX, words)),
+        }
+    }
+    Some(Some(out))
+}
+
+/// The masks for `Stepper::step_topk` of beam search's rows (request-major, as the model's):
+/// Some(None) without constraints, Some(Some(words)) when every constraint is a bit mask
+/// (unconstrained rows: all allowed), None when some constraint is not (the host path applies
+/// it to the logits).
+#[allow(clippy::type_complexity)]
+fn beam_masks(
+    run_cons: &mut [Vec<Option<Box<dyn TokenConstraint>>>],
+    vocab: usize,
+) -> Option<Option<Vec<u32>>> {
+    if run_cons.iter().flatten().all(|c| c.is_none()) {
+        return Some(None);
+    }
+    let words = mask_words_len(vocab);
+    let mut out = Vec::new();
+    for c in run_cons.iter_mut().flatten() {
+        match c {
+            Some(c) => {
+                let mut m = c.mask_words()?;
+                m.resize(words, 0); // ids past the constraint's words: disallowed
+                out.extend(m);
+            }
+            None => out.extend(std::iter::repeat_n(u32::MAX, words)),
         }
     }
     Some(Some(out))
@@ -519,7 +560,36 @@ pub fn generate_beam(
         if done.iter().all(|&d| d) {
             break;
         }
-        m.step(&next, &mut logits)?;
+        // Each row's `keep` best continuations picked where the logits are (a GPU stepper reads
+        // back a few bytes per row instead of the logits): the best `keep` of a request's K·V
+        // candidates are among the union of its rows' best `keep` (a row adds the same base
+        // score to all its entries), so the selection below is the same.
+        let device = if keep <= 64 && keep <= v && m.picks_on_device() {
+            match beam_masks(&mut run_cons, v) {
+                Some(masks) => {
+                    let suppress: &[u32] = if step < opts.min_new_tokens {
+                        &opts.eos
+                    } else {
+                        &[]
+                    };
+                    m.step_topk(&next, keep, suppress, masks.as_deref())?
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        if let Some(p) = &device {
+            if p.len() != batch * k * keep || p.iter().any(|&(t, _)| t as usize >= v) {
+                return Err(Error::Input(format!(
+                    "step_topk returned {} candidates for {} rows of {keep}",
+                    p.len(),
+                    batch * k
+                )));
+            }
+        } else {
+            m.step(&next, &mut logits)?;
+        }
         let cur_gen = step; // tokens generated so far before this one
         let mut parents = Vec::with_capacity(batch * k);
         let mut new_next = Vec::with_capacity(batch * k);
@@ -527,6 +597,14 @@ pub fn generate_beam(
             // accumulated scores for all K·V continuations
             cand.clear();
             for bi in 0..k {
+                if let Some(p) = &device {
+                    let base = run_scores[b][bi];
+                    let r = b * k + bi;
+                    for &(t, x) in &p[r * keep..(r + 1) * keep] {
+                        cand.push((x + base, bi * v + t as usize));
+                    }
+                    continue;
+                }
                 let row = &mut logits[(b * k + bi) * v..(b * k + bi + 1) * v];
                 log_softmax(row, &mut lp);
                 if step < opts.min_new_tokens {
@@ -869,6 +947,110 @@ mod tests {
                     })
                     .collect(),
             ))
+        }
+        fn step_topk(
+            &mut self,
+            tokens: &[u32],
+            k: usize,
+            suppress: &[u32],
+            masks: Option<&[u32]>,
+        ) -> Result<Option<Vec<(u32, f32)>>> {
+            if !self.device {
+                return Ok(None);
+            }
+            self.greedy_calls += 1;
+            let mut lg = Vec::new();
+            self.step(tokens, &mut lg)?;
+            let words = mask_words_len(self.vocab);
+            let mut out = Vec::new();
+            for (r, row) in lg.chunks(self.vocab).enumerate() {
+                // independently of the host path: f64 log-sum-exp of the unmasked row, then
+                // the masks, then a full sort by (value desc, id asc)
+                let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let lse = mx + row.iter().map(|&x| (x as f64 - mx).exp()).sum::<f64>().ln();
+                let mut row = row.to_vec();
+                for &e in suppress {
+                    row[e as usize] = f32::NEG_INFINITY;
+                }
+                if let Some(m) = masks {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        if m[r * words + j / 32] >> (j % 32) & 1 == 0 {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let mut ids: Vec<usize> = (0..self.vocab).collect();
+                ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                out.extend(
+                    ids[..k]
+                        .iter()
+                        .map(|&j| (j as u32, (row[j] as f64 - lse) as f32)),
+                );
+            }
+            Ok(Some(out))
+        }
+    }
+
+    /// Beam search with each row's candidates picked on the "device" (`step_topk`) chooses the
+    /// same hypotheses with the same scores as the host loop over all K·V log-probabilities:
+    /// exact ties planted by the toy, EOS suppressed before the minimum length, early stopping
+    /// or not, bit-mask constraints on some requests (and a constraint without words, which
+    /// sends the steps to the host path).
+    #[test]
+    fn step_topk_beams_match_host_beams() {
+        for (min_new, early, constrained, words) in [
+            (0usize, EarlyStopping::True, false, true),
+            (4, EarlyStopping::True, false, true),
+            (0, EarlyStopping::False, true, true),
+            (3, EarlyStopping::Never, true, true),
+            (2, EarlyStopping::True, true, false),
+        ] {
+            let opts = GenOptions {
+                max_new_tokens: 9,
+                min_new_tokens: min_new,
+                num_beams: 3,
+                early_stopping: early,
+                eos: vec![1],
+                ..Default::default()
+            };
+            let run = |device: bool| {
+                let mut toy = Toy {
+                    hist: vec![vec![]; 4 * 3],
+                    vocab: 37,
+                    device,
+                    greedy_calls: 0,
+                };
+                let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = (0..4)
+                    .map(|r| {
+                        (constrained && r % 2 == 0).then(|| {
+                            Box::new(ModMask {
+                                step: r as u32,
+                                vocab: 37,
+                                words,
+                            }) as Box<dyn TokenConstraint>
+                        })
+                    })
+                    .collect();
+                let start: Vec<u32> = (0..4).map(|r| 2 + r).collect();
+                let out = generate(&mut toy, &start, &opts, &mut cons).unwrap();
+                (out, toy.greedy_calls)
+            };
+            let (host, calls_host) = run(false);
+            let (dev, calls_dev) = run(true);
+            assert_eq!(calls_host, 0);
+            if words {
+                assert!(calls_dev > 0, "the device path ran");
+            } else if constrained {
+                assert_eq!(calls_dev, 0, "constraints without words stay on the host");
+            }
+            for (h, d) in host.iter().zip(&dev) {
+                assert_eq!(h.tokens, d.tokens, "{min_new} {early:?} {constrained}");
+                assert_eq!(h.finish, d.finish);
+                assert!((h.score - d.score).abs() < 1e-5, "{} vs {}", h.score, d.score);
+                if min_new > 0 {
+                    assert!(h.tokens.len() >= min_new);
+                }
+            }
         }
     }
 

@@ -231,7 +231,7 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
-/// The op cases written against `device::Backend` (LoRA, greedy pick, attention, gather), run on the host
+/// The op cases written against `device::Backend` (LoRA, greedy pick, top-k, attention, gather), run on the host
 /// backend without a GPU: checks the host backend (the semantics the device-graph tests rely
 /// on) and the cases themselves against their independent f32/f64 references before a GPU runs
 /// them.
@@ -250,6 +250,9 @@ fn host_backend_passes_the_generic_op_cases() {
             table::greedy(&host, seed, 32, 32128, true),
             table::greedy(&host, seed, 1, 7, true),
             table::gather(&host, seed, 3, 40, 24, &[2, 0, 2, 1]),
+            table::topk(&host, seed, 4, 100, 12, true),
+            table::topk(&host, seed, 3, 32128, 8, false),
+            table::topk(&host, seed, 1, 7, 1, true),
             table::gather(&host, seed, 2, 37, 13, &[1, 1]),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
@@ -732,6 +735,14 @@ mod table {
                 cases.push((
                     format!("greedy_pick rows{rows} vocab{vocab} mask {masked}"),
                     Box::new(move |g, s| greedy(g, s, rows, vocab, masked)),
+                ));
+            }
+        }
+        for &(rows, vocab, k) in &[(1, 7, 1), (32, 32128, 8), (3, 50001, 64), (4, 100, 12)] {
+            for masked in [false, true] {
+                cases.push((
+                    format!("topk_logprobs rows{rows} vocab{vocab} k{k} mask {masked}"),
+                    Box::new(move |g, s| topk(g, s, rows, vocab, k, masked)),
                 ));
             }
         }
@@ -1763,6 +1774,77 @@ mod table {
         check("greedy_pick ids", seed, &gi, &wi, EXACT)?;
         check(
             "greedy_pick log-prob",
+            seed,
+            &gl,
+            &wl,
+            Tol {
+                atol: 1e-5,
+                rtol: 1e-5,
+            },
+        )
+    }
+
+    /// `topk_logprobs` (beam search's candidates): per row the k best ids after the suppress
+    /// list and the row's mask, descending with ties to the lower id (planted: equal values
+    /// inside and at the edge of the top k), and log-probabilities over the unmasked row.
+    pub fn topk<B: Backend>(
+        g: &B,
+        seed: u64,
+        rows: usize,
+        vocab: usize,
+        k: usize,
+        masked: bool,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 37 + (vocab * k) as u64);
+        let mut x = r.vec(rows * vocab, 8.0);
+        for ri in 0..rows {
+            // ties: a run of equal values at the row's max, longer than k / 2
+            let row = &mut x[ri * vocab..(ri + 1) * vocab];
+            let mx = row.iter().cloned().fold(f32::MIN, f32::max);
+            for j in (1..vocab).step_by(3).take(k / 2 + 1) {
+                row[j] = mx;
+            }
+        }
+        let suppress = [0u32, (vocab - 1) as u32];
+        let words = vocab.div_ceil(32);
+        let mask: Vec<u32> = (0..rows * words)
+            .map(|i| 0x9249_2492u32.rotate_left(i as u32 % 7) | 0x0101_0101)
+            .collect();
+        let allowed =
+            |ri: usize, j: usize| !masked || mask[ri * words + j / 32] >> (j % 32) & 1 == 1;
+        let mut dl = g.upload("t", &x).map_err(e)?;
+        let got = g
+            .topk_logprobs(&mut dl, rows, vocab, k, &suppress, masked.then_some(&mask[..]))
+            .map_err(e)?;
+        if got.len() != rows * k {
+            return Err(format!("topk: {} pairs for {rows} rows of {k}", got.len()));
+        }
+        let (mut gi, mut gl, mut wi, mut wl) = (vec![], vec![], vec![], vec![]);
+        for ri in 0..rows {
+            let raw = &x[ri * vocab..(ri + 1) * vocab];
+            let mx = raw.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = mx + raw.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+            let row: Vec<f64> = (0..vocab)
+                .map(|j| {
+                    if suppress.contains(&(j as u32)) || !allowed(ri, j) {
+                        f64::NEG_INFINITY
+                    } else {
+                        raw[j] as f64
+                    }
+                })
+                .collect();
+            let mut ids: Vec<usize> = (0..vocab).collect();
+            ids.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            for (c, &j) in ids[..k].iter().enumerate() {
+                wi.push(j as f32);
+                wl.push((row[j] - lse) as f32);
+                gi.push(got[ri * k + c].0 as f32);
+                gl.push(got[ri * k + c].1);
+            }
+        }
+        check("topk ids", seed, &gi, &wi, EXACT)?;
+        check(
+            "topk log-prob",
             seed,
             &gl,
             &wl,

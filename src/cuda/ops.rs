@@ -1114,4 +1114,71 @@ impl crate::device::Backend for Gpu {
             .map(|r| (ids[r].max(0) as u32, vals[r] - vals[rows + r]))
             .collect())
     }
+
+    /// Two logits_topk launches: the first (k = 1, nothing masked, logits unchanged) for each
+    /// row's log-sum-exp, the second for the top k after the masks; one read-back each of ids
+    /// and values.
+    fn topk_logprobs(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        rows: usize,
+        vocab: usize,
+        k: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Vec<(u32, f32)>> {
+        const OP: &str = "topk_logprobs";
+        check::topk_logprobs::<Self>(logits, rows, vocab, k, masks)?;
+        if rows == 0 {
+            return Ok(vec![]);
+        }
+        let words = vocab.div_ceil(32);
+        let dmask = masks
+            .map(|m| self.upload(OP, &m[..rows * words]))
+            .transpose()?;
+        let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
+        let dsup = if sup.is_empty() {
+            None
+        } else {
+            Some(self.upload(OP, &sup)?)
+        };
+        // ids: [rows * k] top k, then [rows] the first pass's argmax (unused); values: [rows * k]
+        // top k, [rows] the first pass's max (unused), [rows] log-sum-exps
+        let ids = self.scratch::<i32>(OP, rows * (k + 1))?;
+        let vals = self.scratch::<f32>(OP, rows * (k + 2))?;
+        let (idp, vp) = (self.ptr(&ids) as *mut i32, self.ptr(&vals) as *mut f32);
+        let grid = rows_grid(rows, 256, OP)?;
+        let mut p = jobx_logits_params {
+            logits: self.ptr(logits) as *mut f32,
+            mask: std::ptr::null(),
+            // SAFETY (these three): offsets inside the two buffers just allocated
+            out_ids: unsafe { idp.add(rows * k) },
+            out_vals: unsafe { vp.add(rows * k) },
+            rows: rows as i64,
+            vocab: vocab as i64,
+            top_k: 1,
+            suppress: std::ptr::null(),
+            n_suppress: 0,
+            out_lse: unsafe { vp.add(rows * (k + 1)) },
+        };
+        self.launch(OP, "logits_topk", grid, p)?;
+        p.mask = dmask
+            .as_ref()
+            .map_or(std::ptr::null(), |d| self.ptr(d) as *const u32);
+        p.suppress = dsup
+            .as_ref()
+            .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32);
+        p.n_suppress = sup.len() as i32;
+        p.out_ids = idp;
+        p.out_vals = vp;
+        p.top_k = k as i32;
+        p.out_lse = std::ptr::null_mut();
+        self.launch(OP, "logits_topk", grid, p)?;
+        let ids = self.download(OP, &ids)?;
+        let vals = self.download(OP, &vals)?;
+        let lse = &vals[rows * (k + 1)..];
+        Ok((0..rows * k)
+            .map(|i| (ids[i].max(0) as u32, vals[i] - lse[i / k]))
+            .collect())
+    }
 }

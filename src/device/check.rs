@@ -332,14 +332,42 @@ pub fn greedy_pick<B: Backend + ?Sized>(
     vocab: usize,
     masks: Option<&[u32]>,
 ) -> Result<()> {
-    const OP: &str = "greedy_pick";
-    if vocab == 0 || vocab > i32::MAX as usize {
-        return Err(err::<B>(OP, format!("vocabulary of {vocab}")));
+    logits_pick::<B>("greedy_pick", logits, rows, vocab, masks)
+}
+
+/// `Backend::topk_logprobs`: as `greedy_pick`, and 1 <= k <= min(64, vocab) (the kernel's
+/// limit).
+pub fn topk_logprobs<B: Backend + ?Sized>(
+    logits: &B::Buf<f32>,
+    rows: usize,
+    vocab: usize,
+    k: usize,
+    masks: Option<&[u32]>,
+) -> Result<()> {
+    const OP: &str = "topk_logprobs";
+    if k == 0 || k > 64 || k > vocab {
+        return Err(err::<B>(
+            OP,
+            format!("k {k} (1..=64, <= vocab {vocab})"),
+        ));
     }
-    need::<B, _>(OP, "logits", logits, size(&[rows, vocab]))?;
+    logits_pick::<B>(OP, logits, rows, vocab, masks)
+}
+
+fn logits_pick<B: Backend + ?Sized>(
+    op: &'static str,
+    logits: &B::Buf<f32>,
+    rows: usize,
+    vocab: usize,
+    masks: Option<&[u32]>,
+) -> Result<()> {
+    if vocab == 0 || vocab > i32::MAX as usize {
+        return Err(err::<B>(op, format!("vocabulary of {vocab}")));
+    }
+    need::<B, _>(op, "logits", logits, size(&[rows, vocab]))?;
     if let Some(m) = masks {
         let words = size(&[rows, crate::generate::mask_words_len(vocab)]);
-        need_len::<B>(OP, "masks", m.len(), words)?;
+        need_len::<B>(op, "masks", m.len(), words)?;
     }
     Ok(())
 }

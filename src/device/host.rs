@@ -402,4 +402,49 @@ impl Backend for HostBackend {
         }
         Ok(out)
     }
+
+    fn topk_logprobs(
+        &self,
+        logits: &mut Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        k: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Vec<(u32, f32)>> {
+        check::topk_logprobs::<Self>(logits, rows, vocab, k, masks)?;
+        let words = crate::generate::mask_words_len(vocab);
+        let mut out = Vec::with_capacity(rows * k);
+        for r in 0..rows {
+            let x = &mut logits[r * vocab..(r + 1) * vocab];
+            // log-sum-exp of the row as it came (f32, max first, like the kernel's first pass)
+            let mx = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let lse = if mx == f32::NEG_INFINITY {
+                f32::NEG_INFINITY
+            } else {
+                mx + x.iter().map(|&v| (v - mx).exp()).sum::<f32>().ln()
+            };
+            if let Some(m) = masks {
+                let m = &m[r * words..(r + 1) * words];
+                for (j, v) in x.iter_mut().enumerate() {
+                    if m[j / 32] >> (j % 32) & 1 == 0 {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            for &t in suppress {
+                if (t as usize) < vocab {
+                    x[t as usize] = f32::NEG_INFINITY;
+                }
+            }
+            // descending, the lowest id on ties (the kernel's `better`)
+            let mut ids: Vec<usize> = (0..vocab).collect();
+            let by = |a: &usize, b: &usize| x[*b].total_cmp(&x[*a]).then(a.cmp(b));
+            ids.select_nth_unstable_by(k - 1, by);
+            ids.truncate(k);
+            ids.sort_by(by);
+            out.extend(ids.into_iter().map(|j| (j as u32, x[j] - lse)));
+        }
+        Ok(out)
+    }
 }

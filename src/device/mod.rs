@@ -365,4 +365,18 @@ pub trait Backend: Sync {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>>;
+    /// Beam search's candidates, per row of logits [rows, vocab]: the `k` largest entries
+    /// (descending, lowest id on ties) after `suppress` and `masks` set ids to -inf as in
+    /// `greedy_pick`, each with its log-probability over the row **before** that masking (value -
+    /// log-sum-exp of the unmasked row: HF's beam search takes log_softmax first and then lets
+    /// its processors set -inf). `rows x k` pairs, row-major; 1 <= k <= min(64, vocab).
+    fn topk_logprobs(
+        &self,
+        logits: &mut Self::Buf<f32>,
+        rows: usize,
+        vocab: usize,
+        k: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Vec<(u32, f32)>>;
 }

@@ -541,4 +541,31 @@ impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
         }
         Ok(Some(picks))
     }
+    /// Decode steps on the device like `step_greedy`; the prefill's logits go the host way.
+    fn step_topk(
+        &mut self,
+        tokens: &[u32],
+        k: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        if self.pending.is_pending() {
+            return Ok(None);
+        }
+        let mask = vec![1u8; tokens.len()];
+        let t0 = std::time::Instant::now();
+        let mut lg = self
+            .model
+            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+        let t1 = std::time::Instant::now();
+        let v = self.model.cfg.vocab_size;
+        let picks = self
+            .model
+            .dev
+            .topk_logprobs(&mut lg, tokens.len(), v, k, suppress, masks)?;
+        if let Some(p) = &mut self.profile {
+            p.account(tokens.len(), t0, t1);
+        }
+        Ok(Some(picks))
+    }
 }

@@ -534,6 +534,25 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         Ok(Some(picks))
     }
 
+    fn step_topk(
+        &mut self,
+        tokens: &[u32],
+        k: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        let t0 = std::time::Instant::now();
+        let mut lg = self.forward(tokens)?;
+        let t1 = std::time::Instant::now();
+        let v = self.model.cfg.vocab_size;
+        let picks = self
+            .model
+            .dev
+            .topk_logprobs(&mut lg, tokens.len(), v, k, suppress, masks)?;
+        self.account(t0, t1);
+        Ok(Some(picks))
+    }
+
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
         let m = self.model;
         let inner = m.cfg.num_heads * m.cfg.d_kv;

@@ -921,5 +921,16 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "masks",
         pick(&mut lg, 2, 40, Some(&masks[..3])),
     );
+    // topk_logprobs: the same buffers, k within 1..=min(64, vocab)
+    let top = |lg: &mut B::Buf<f32>, rows, vocab, k, m: Option<&[u32]>| {
+        b.topk_logprobs(lg, rows, vocab, k, &[3], m).map(|_| ())
+    };
+    let t = "topk_logprobs";
+    expect("topk ok", t, "", top(&mut lg, 2, 40, 8, Some(&masks)));
+    expect("topk k 0", t, "k 0", top(&mut lg, 2, 40, 0, None));
+    expect("topk k 65", t, "k 65", top(&mut lg, 1, 80, 65, None));
+    expect("topk k > vocab", t, "k 9", top(&mut lg, 2, 8, 9, None));
+    expect("topk logits", t, "logits", top(&mut lg, 3, 40, 4, None));
+    expect("topk masks", t, "masks", top(&mut lg, 2, 40, 4, Some(&masks[..3])));
     bad
 }
