@@ -868,6 +868,15 @@ mod tests {
     }
 
     impl Toy {
+        fn new(rows: usize, device: bool) -> Toy {
+            Toy {
+                hist: vec![vec![]; rows],
+                vocab: 37,
+                device,
+                greedy_calls: 0,
+            }
+        }
+
         fn logits(&self) -> Vec<f32> {
             let mut out = Vec::new();
             for h in &self.hist {
@@ -1014,12 +1023,7 @@ mod tests {
                 ..Default::default()
             };
             let run = |device: bool| {
-                let mut toy = Toy {
-                    hist: vec![vec![]; 4 * 3],
-                    vocab: 37,
-                    device,
-                    greedy_calls: 0,
-                };
+                let mut toy = Toy::new(4 * 3, device);
                 let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = (0..4)
                     .map(|r| {
                         (constrained && r % 2 == 0).then(|| {
@@ -1067,12 +1071,7 @@ mod tests {
                 ..Default::default()
             };
             let run = |device: bool| {
-                let mut toy = Toy {
-                    hist: vec![vec![]; 5],
-                    vocab: 37,
-                    device,
-                    greedy_calls: 0,
-                };
+                let mut toy = Toy::new(5, device);
                 let start: Vec<u32> = (0..5).map(|r| 2 + r).collect();
                 let out = generate(&mut toy, &start, &opts, &mut []).unwrap();
                 (out, toy.greedy_calls)
@@ -1162,12 +1161,7 @@ mod tests {
         };
         // rows 0 and 3 constrained, the others free
         let run = |device: bool, words: bool| {
-            let mut toy = Toy {
-                hist: vec![vec![]; 5],
-                vocab: 37,
-                device,
-                greedy_calls: 0,
-            };
+            let mut toy = Toy::new(5, device);
             let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = (0..5)
                 .map(|r| {
                     (r % 3 == 0).then(|| {
@@ -1198,12 +1192,7 @@ mod tests {
         }
         // the mask mattered: some constrained row differs from its unconstrained run
         let unc = {
-            let mut toy = Toy {
-                hist: vec![vec![]; 5],
-                vocab: 37,
-                device: false,
-                greedy_calls: 0,
-            };
+            let mut toy = Toy::new(5, false);
             let start: Vec<u32> = (0..5).map(|r| 2 + r).collect();
             generate(&mut toy, &start, &opts, &mut []).unwrap()
         };

@@ -224,6 +224,28 @@ impl Gpu {
         Ok(p)
     }
 
+    /// The device copies of a logits pick's masks (`rows` rows of bit words) and suppressed ids
+    /// (as i32; None when there are none).
+    #[allow(clippy::type_complexity)]
+    fn pick_inputs(
+        &self,
+        op: &'static str,
+        rows: usize,
+        vocab: usize,
+        suppress: &[u32],
+        masks: Option<&[u32]>,
+    ) -> Result<(Option<CudaSlice<u32>>, Option<CudaSlice<i32>>)> {
+        let words = vocab.div_ceil(32);
+        let dmask = masks
+            .map(|m| self.upload(op, &m[..rows * words]))
+            .transpose()?;
+        let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
+        let dsup = (!sup.is_empty())
+            .then(|| self.upload(op, &sup))
+            .transpose()?;
+        Ok((dmask, dsup))
+    }
+
     /// Launch one of the kernels for m <= 32 rows (tune.rs) on a bf16 x and a bf16 or weight-only
     /// int8 w; `profiled` false for tuning's launches.
     fn launch_skinny(
@@ -1077,16 +1099,7 @@ impl crate::device::Backend for Gpu {
         if rows == 0 {
             return Ok(vec![]);
         }
-        let words = vocab.div_ceil(32);
-        let dmask = masks
-            .map(|m| self.upload(OP, &m[..rows * words]))
-            .transpose()?;
-        let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
-        let dsup = if sup.is_empty() {
-            None
-        } else {
-            Some(self.upload(OP, &sup)?)
-        };
+        let (dmask, dsup) = self.pick_inputs(OP, rows, vocab, suppress, masks)?;
         let ids = self.scratch::<i32>(OP, rows)?;
         // values in [0, rows), log-sum-exps in [rows, 2 rows): one read-back
         let vals = self.scratch::<f32>(OP, 2 * rows)?;
@@ -1103,7 +1116,7 @@ impl crate::device::Backend for Gpu {
             suppress: dsup
                 .as_ref()
                 .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32),
-            n_suppress: sup.len() as i32,
+            n_suppress: suppress.len() as i32,
             // SAFETY: rows elements past the start of a 2 * rows buffer
             out_lse: unsafe { (self.ptr(&vals) as *mut f32).add(rows) },
         };
@@ -1132,16 +1145,7 @@ impl crate::device::Backend for Gpu {
         if rows == 0 {
             return Ok(vec![]);
         }
-        let words = vocab.div_ceil(32);
-        let dmask = masks
-            .map(|m| self.upload(OP, &m[..rows * words]))
-            .transpose()?;
-        let sup: Vec<i32> = suppress.iter().map(|&t| t as i32).collect();
-        let dsup = if sup.is_empty() {
-            None
-        } else {
-            Some(self.upload(OP, &sup)?)
-        };
+        let (dmask, dsup) = self.pick_inputs(OP, rows, vocab, suppress, masks)?;
         // ids: [rows * k] top k, then [rows] the first pass's argmax (unused); values: [rows * k]
         // top k, [rows] the first pass's max (unused), [rows] log-sum-exps
         let ids = self.scratch::<i32>(OP, rows * (k + 1))?;
@@ -1168,7 +1172,7 @@ impl crate::device::Backend for Gpu {
         p.suppress = dsup
             .as_ref()
             .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32);
-        p.n_suppress = sup.len() as i32;
+        p.n_suppress = suppress.len() as i32;
         p.out_ids = idp;
         p.out_vals = vp;
         p.top_k = k as i32;

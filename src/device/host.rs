@@ -373,19 +373,7 @@ impl Backend for HostBackend {
         let mut out = Vec::with_capacity(rows);
         for r in 0..rows {
             let x = &mut logits[r * vocab..(r + 1) * vocab];
-            if let Some(m) = masks {
-                let m = &m[r * words..(r + 1) * words];
-                for (j, v) in x.iter_mut().enumerate() {
-                    if m[j / 32] >> (j % 32) & 1 == 0 {
-                        *v = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            for &t in suppress {
-                if (t as usize) < vocab {
-                    x[t as usize] = f32::NEG_INFINITY;
-                }
-            }
+            mask_row(x, masks.map(|m| &m[r * words..(r + 1) * words]), suppress);
             // argmax, the lowest id on ties (the kernel's `better`)
             let (mut bi, mut bv) = (0usize, f32::NEG_INFINITY);
             for (j, &v) in x.iter().enumerate() {
@@ -424,19 +412,7 @@ impl Backend for HostBackend {
             } else {
                 mx + x.iter().map(|&v| (v - mx).exp()).sum::<f32>().ln()
             };
-            if let Some(m) = masks {
-                let m = &m[r * words..(r + 1) * words];
-                for (j, v) in x.iter_mut().enumerate() {
-                    if m[j / 32] >> (j % 32) & 1 == 0 {
-                        *v = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            for &t in suppress {
-                if (t as usize) < vocab {
-                    x[t as usize] = f32::NEG_INFINITY;
-                }
-            }
+            mask_row(x, masks.map(|m| &m[r * words..(r + 1) * words]), suppress);
             // descending, the lowest id on ties (the kernel's `better`)
             let mut ids: Vec<usize> = (0..vocab).collect();
             let by = |a: &usize, b: &usize| x[*b].total_cmp(&x[*a]).then(a.cmp(b));
@@ -446,5 +422,22 @@ impl Backend for HostBackend {
             out.extend(ids.into_iter().map(|j| (j as u32, x[j] - lse)));
         }
         Ok(out)
+    }
+}
+
+/// The logits-pick kernel's first step on one row: ids whose mask bit is clear, and the
+/// suppressed ids, become -inf.
+fn mask_row(x: &mut [f32], mask: Option<&[u32]>, suppress: &[u32]) {
+    if let Some(m) = mask {
+        for (j, v) in x.iter_mut().enumerate() {
+            if m[j / 32] >> (j % 32) & 1 == 0 {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    for &t in suppress {
+        if let Some(v) = x.get_mut(t as usize) {
+            *v = f32::NEG_INFINITY;
+        }
     }
 }

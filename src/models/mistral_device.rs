@@ -495,6 +495,32 @@ impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
     }
 }
 
+impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
+    /// One decode step whose logits stay on the device, reduced there by `pick` (greedy choice
+    /// or beam candidates); None while the prefill's logits are pending (they are on the host).
+    #[allow(clippy::type_complexity)]
+    fn pick(
+        &mut self,
+        tokens: &[u32],
+        pick: impl FnOnce(&B, &mut B::Buf<f32>, usize, usize) -> Result<Vec<(u32, f32)>>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        if self.pending.is_pending() {
+            return Ok(None);
+        }
+        let mask = vec![1u8; tokens.len()];
+        let t0 = std::time::Instant::now();
+        let mut lg = self
+            .model
+            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+        let t1 = std::time::Instant::now();
+        let picks = pick(self.model.dev, &mut lg, tokens.len(), self.model.cfg.vocab_size)?;
+        if let Some(p) = &mut self.profile {
+            p.account(tokens.len(), t0, t1);
+        }
+        Ok(Some(picks))
+    }
+}
+
 impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
@@ -522,24 +548,9 @@ impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
-        if self.pending.is_pending() {
-            return Ok(None);
-        }
-        let mask = vec![1u8; tokens.len()];
-        let t0 = std::time::Instant::now();
-        let mut lg = self
-            .model
-            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
-        let t1 = std::time::Instant::now();
-        let v = self.model.cfg.vocab_size;
-        let picks = self
-            .model
-            .dev
-            .greedy_pick(&mut lg, tokens.len(), v, suppress, masks)?;
-        if let Some(p) = &mut self.profile {
-            p.account(tokens.len(), t0, t1);
-        }
-        Ok(Some(picks))
+        self.pick(tokens, |dev, lg, rows, v| {
+            dev.greedy_pick(lg, rows, v, suppress, masks)
+        })
     }
     /// Decode steps on the device like `step_greedy`; the prefill's logits go the host way.
     fn step_topk(
@@ -549,23 +560,8 @@ impl<B: Backend> crate::generate::Stepper for MistralDeviceStepper<'_, '_, B> {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
-        if self.pending.is_pending() {
-            return Ok(None);
-        }
-        let mask = vec![1u8; tokens.len()];
-        let t0 = std::time::Instant::now();
-        let mut lg = self
-            .model
-            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
-        let t1 = std::time::Instant::now();
-        let v = self.model.cfg.vocab_size;
-        let picks = self
-            .model
-            .dev
-            .topk_logprobs(&mut lg, tokens.len(), v, k, suppress, masks)?;
-        if let Some(p) = &mut self.profile {
-            p.account(tokens.len(), t0, t1);
-        }
-        Ok(Some(picks))
+        self.pick(tokens, |dev, lg, rows, v| {
+            dev.topk_logprobs(lg, rows, v, k, suppress, masks)
+        })
     }
 }

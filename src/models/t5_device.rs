@@ -522,16 +522,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
-        let t0 = std::time::Instant::now();
-        let mut lg = self.forward(tokens)?;
-        let t1 = std::time::Instant::now();
-        let v = self.model.cfg.vocab_size;
-        let picks = self
-            .model
-            .dev
-            .greedy_pick(&mut lg, tokens.len(), v, suppress, masks)?;
-        self.account(t0, t1);
-        Ok(Some(picks))
+        self.pick(tokens, |dev, lg, rows, v| {
+            dev.greedy_pick(lg, rows, v, suppress, masks)
+        })
     }
 
     fn step_topk(
@@ -541,16 +534,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
-        let t0 = std::time::Instant::now();
-        let mut lg = self.forward(tokens)?;
-        let t1 = std::time::Instant::now();
-        let v = self.model.cfg.vocab_size;
-        let picks = self
-            .model
-            .dev
-            .topk_logprobs(&mut lg, tokens.len(), v, k, suppress, masks)?;
-        self.account(t0, t1);
-        Ok(Some(picks))
+        self.pick(tokens, |dev, lg, rows, v| {
+            dev.topk_logprobs(lg, rows, v, k, suppress, masks)
+        })
     }
 
     fn select_rows(&mut self, parents: &[usize]) -> Result<()> {
@@ -590,6 +576,22 @@ fn row_maps<B: Backend>(
 
 impl<B: Backend> T5DeviceStepper<'_, '_, B> {
     /// Profile one step: enqueued from t0 to t1, results back now.
+    /// One decode step whose logits stay on the device, reduced there by `pick` (greedy
+    /// choice or beam candidates: a few bytes per row read back).
+    #[allow(clippy::type_complexity)]
+    fn pick(
+        &mut self,
+        tokens: &[u32],
+        pick: impl FnOnce(&B, &mut B::Buf<f32>, usize, usize) -> Result<Vec<(u32, f32)>>,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        let t0 = std::time::Instant::now();
+        let mut lg = self.forward(tokens)?;
+        let t1 = std::time::Instant::now();
+        let picks = pick(self.model.dev, &mut lg, tokens.len(), self.model.cfg.vocab_size)?;
+        self.account(t0, t1);
+        Ok(Some(picks))
+    }
+
     fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
         let rows = self.src.len();
         if let Some(p) = &mut self.profile {
