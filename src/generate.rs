@@ -1050,7 +1050,12 @@ mod tests {
             for (h, d) in host.iter().zip(&dev) {
                 assert_eq!(h.tokens, d.tokens, "{min_new} {early:?} {constrained}");
                 assert_eq!(h.finish, d.finish);
-                assert!((h.score - d.score).abs() < 1e-5, "{} vs {}", h.score, d.score);
+                assert!(
+                    (h.score - d.score).abs() < 1e-5,
+                    "{} vs {}",
+                    h.score,
+                    d.score
+                );
                 if min_new > 0 {
                     assert!(h.tokens.len() >= min_new);
                 }

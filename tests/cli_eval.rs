@@ -48,7 +48,7 @@ fn score_cli_reproduces_every_stored_metrics_block() {
         "mistral_lora_eval.json",
     ] {
         let p = dir.join(f);
-        let last = common::run_last_json(&mut common::cli().arg("score").arg(&p));
+        let last = common::run_last_json(common::cli().arg("score").arg(&p));
         let stored: serde_json::Value =
             serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&p).unwrap())
                 .unwrap()["metrics"]
@@ -69,7 +69,7 @@ fn repair_compat_rebuilds_fixed_json_byte_for_byte() {
         "flan_t5_xl_lora_batch_4_eval.json",
     ] {
         let last = common::run_last_json(
-            &mut common::cli()
+            common::cli()
                 .args(["repair", "--compat", "jobextractx"])
                 .arg(dir.join(f)),
         );
@@ -91,11 +91,7 @@ fn repair_restores_braces_and_escapes_from_unk_markers() {
         "<unk>\"experience_level\": \"Senior\", \"employment_status\": [], \"work_location\": \"Remote\", \"salary\": <unk>\"min\": \"1\", \"max\": \"2\", \"period\": \"year\", \"currency\": \"USD\"<unk>, \"benefits\": [], \"job_functions\": [], \"required_skills\": <unk>\"programming_languages\": [\"Rust\"], \"tools\": [], \"frameworks\": [], \"databases\": [], \"other\": []<unk>, \"required_certifications\": [], \"required_minimum_degree\": \"Bachelor<unk>u2019s\", \"required_experience\": \"\", \"industries\": [], \"additional_keywords\": [\"low lat\n",
     )
     .unwrap();
-    let out = common::cli()
-        .arg("repair")
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = common::cli().arg("repair").arg(&p).output().unwrap();
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()

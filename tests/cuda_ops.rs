@@ -75,12 +75,18 @@ fn cuda_backend_rejects_bad_arguments() {
         ("scratch", gpu.scratch::<u8>("oom test", huge).map(|_| ())),
     ] {
         match r {
-            Err(jobx_engine::Error::Backend { op: "oom test", msg, .. })
-                if msg.contains(&format!("allocating {huge} bytes")) && msg.contains("free") => {}
+            Err(jobx_engine::Error::Backend {
+                op: "oom test",
+                msg,
+                ..
+            }) if msg.contains(&format!("allocating {huge} bytes")) && msg.contains("free") => {}
             other => bad.push(format!("{what} of {huge} bytes: {other:?}")),
         }
     }
-    match gpu.upload("after oom", &[1.0f32, 2.0]).and_then(|b| gpu.download("after oom", &b)) {
+    match gpu
+        .upload("after oom", &[1.0f32, 2.0])
+        .and_then(|b| gpu.download("after oom", &b))
+    {
         Ok(v) if v == [1.0, 2.0] => {}
         other => bad.push(format!("the device after an allocation failure: {other:?}")),
     }
@@ -256,11 +262,77 @@ fn host_backend_passes_the_generic_op_cases() {
             table::gather(&host, seed, 2, 37, 13, &[1, 1]),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
-            table::attention(&host, seed, 3, 2, 2, 1, 1030, 64, false, 0, 0, None, true, Some(8), true),
-            table::attention(&host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, Some(3), true),
-            table::attention(&host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true),
-            table::attention(&host, seed, 3, 3, 3, 150, 150, 64, true, 0, 0, Some((32, 128, false)), true, None, false),
-            table::attention(&host, seed, 2, 6, 2, 190, 230, 128, true, 0, 40, None, false, Some(8), false),
+            table::attention(
+                &host,
+                seed,
+                3,
+                2,
+                2,
+                1,
+                1030,
+                64,
+                false,
+                0,
+                0,
+                None,
+                true,
+                Some(8),
+                true,
+            ),
+            table::attention(
+                &host,
+                seed,
+                4,
+                2,
+                2,
+                70,
+                90,
+                64,
+                false,
+                0,
+                0,
+                None,
+                true,
+                Some(3),
+                true,
+            ),
+            table::attention(
+                &host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true,
+            ),
+            table::attention(
+                &host,
+                seed,
+                3,
+                3,
+                3,
+                150,
+                150,
+                64,
+                true,
+                0,
+                0,
+                Some((32, 128, false)),
+                true,
+                None,
+                false,
+            ),
+            table::attention(
+                &host,
+                seed,
+                2,
+                6,
+                2,
+                190,
+                230,
+                128,
+                true,
+                0,
+                40,
+                None,
+                false,
+                Some(8),
+                false,
+            ),
         ];
         failed.extend(runs.into_iter().filter_map(|r| r.err()));
     }
@@ -974,14 +1046,24 @@ mod table {
         for (src, buf) in srcs.iter().zip(&bufs) {
             let all = fromb(&g.download("t", buf).map_err(e)?);
             if all.len() < parents.len() * per {
-                return Err(format!("gather: {} elements, want {}", all.len(), parents.len() * per));
+                return Err(format!(
+                    "gather: {} elements, want {}",
+                    all.len(),
+                    parents.len() * per
+                ));
             }
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for (row, &p) in parents.iter().enumerate() {
                 got.extend_from_slice(&all[row * per..][..used]);
                 want.extend_from_slice(&src[p * per..][..used]);
             }
-            check(&format!("gather_blocks per {per} used {used}"), seed, &got, &want, EXACT)?;
+            check(
+                &format!("gather_blocks per {per} used {used}"),
+                seed,
+                &got,
+                &want,
+                EXACT,
+            )?;
         }
         Ok(())
     }
@@ -1496,7 +1578,13 @@ mod table {
         // (beams sharing their source's cross-attention K/V); rows shared and out of order
         let kvb = if kv_map { b.div_ceil(2) } else { b };
         let map: Vec<i32> = (0..b)
-            .map(|i| if kv_map { ((i * 3 + 1) % kvb) as i32 } else { i as i32 })
+            .map(|i| {
+                if kv_map {
+                    ((i * 3 + 1) % kvb) as i32
+                } else {
+                    i as i32
+                }
+            })
             .collect();
         // layouts: q [b, tq, h, dk] (projection output), k/v [b, kvh, tk, dk] each; fused
         // Some(off): q after `off` other elements, k|v in one time-major buffer
@@ -1814,7 +1902,14 @@ mod table {
             |ri: usize, j: usize| !masked || mask[ri * words + j / 32] >> (j % 32) & 1 == 1;
         let mut dl = g.upload("t", &x).map_err(e)?;
         let got = g
-            .topk_logprobs(&mut dl, rows, vocab, k, &suppress, masked.then_some(&mask[..]))
+            .topk_logprobs(
+                &mut dl,
+                rows,
+                vocab,
+                k,
+                &suppress,
+                masked.then_some(&mask[..]),
+            )
             .map_err(e)?;
         if got.len() != rows * k {
             return Err(format!("topk: {} pairs for {rows} rows of {k}", got.len()));

@@ -36,7 +36,7 @@ fn tokenizer_ids_match_hf_and_generate_text_matches_greedy() {
         .collect();
     assert_eq!(ours, ids, "tokenizers crate vs HF tokenizer");
     let line = common::run_last_json(
-        &mut common::cli()
+        common::cli()
             .args(["generate", "--model"])
             .arg(t.path())
             .args([
@@ -64,7 +64,7 @@ fn generate_min_new_tokens_suppresses_eos_and_batches() {
     let f = t.path().join("ids.json");
     std::fs::write(&f, "[[100, 200, 300, 1], [5, 1]]").unwrap();
     let line = common::run_last_json(
-        &mut common::cli()
+        common::cli()
             .args(["generate", "--threads", "1", "--model"])
             .arg(t.path())
             .arg("--input-ids")

@@ -359,9 +359,8 @@ impl Gpu {
                 continue;
             }
             // per candidate, so a fault is reported with the kernel that caused it
-            self.synchronize(OP).map_err(|e| {
-                backend_err(OP, format!("{} failed: {e}", kernel.name()))
-            })?;
+            self.synchronize(OP)
+                .map_err(|e| backend_err(OP, format!("{} failed: {e}", kernel.name())))?;
             let mut ms = pairs
                 .iter()
                 .map(|(a, b)| a.elapsed_ms(b).map(|t| t as f64))

@@ -11,12 +11,12 @@
 //! (e.g. batch-32 decode steps). Allocation failures come back as `Error::Backend` naming the op and the
 //! bytes asked for (never an abort).
 
+use super::tune::{self, Choice, GemmKey, GemmMode, SkinnyKernel, TuneTable};
 use crate::{Error, Result};
 use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
-use super::tune::{self, Choice, GemmKey, GemmMode, SkinnyKernel, TuneTable};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -323,7 +323,12 @@ impl Gpu {
                 eprintln!("jobx: {e}; tuning instead");
                 GemmMode::Tune
             });
-        let build = tune::build_id(MODULES.iter().find(|m| m.name == "gemm").map_or("", |m| m.ptx));
+        let build = tune::build_id(
+            MODULES
+                .iter()
+                .find(|m| m.name == "gemm")
+                .map_or("", |m| m.ptx),
+        );
         let tune_state = TuneState::from_env(&name, &build);
         Ok(Gpu {
             ctx,
@@ -552,12 +557,18 @@ impl Gpu {
         // held while timing: one stream, so another thread would wait for it anyway, and a key
         // is timed once
         let times = time().unwrap_or_else(|e| {
-            eprintln!("jobx: GEMM tuning for {} failed ({e}); using the fixed rule", key.label());
+            eprintln!(
+                "jobx: GEMM tuning for {} failed ({e}); using the fixed rule",
+                key.label()
+            );
             Vec::new()
         });
         let kernel = tune::choose(&key, &times);
         if st.log {
-            eprintln!("jobx profile: gemm tune: {}", describe(&key, kernel, &times));
+            eprintln!(
+                "jobx profile: gemm tune: {}",
+                describe(&key, kernel, &times)
+            );
         }
         st.table.entries.insert(key, Choice { kernel, times });
         if let Some(f) = st.file.clone() {

@@ -66,11 +66,13 @@ impl GemmMode {
         match v.map(str::trim) {
             None | Some("") | Some("1") | Some("on") => Ok(GemmMode::Tune),
             Some("0") | Some("off") => Ok(GemmMode::Fixed),
-            Some(s) => SkinnyKernel::from_name(s).map(GemmMode::Force).ok_or_else(|| {
-                Error::Input(format!(
-                    "JOBX_GEMM_TUNE={s}: expected on, off, skinny, skinny_tc or tiles"
-                ))
-            }),
+            Some(s) => SkinnyKernel::from_name(s)
+                .map(GemmMode::Force)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "JOBX_GEMM_TUNE={s}: expected on, off, skinny, skinny_tc or tiles"
+                    ))
+                }),
         }
     }
 
@@ -288,7 +290,10 @@ impl TuneTable {
                     t.build
                 )),
             ),
-            Err(e) => (fresh, Some(format!("{}: {e}; tuning afresh", path.display()))),
+            Err(e) => (
+                fresh,
+                Some(format!("{}: {e}; tuning afresh", path.display())),
+            ),
         }
     }
 
@@ -355,7 +360,7 @@ mod tests {
     #[test]
     fn the_rule_keeps_a_shape_unless_another_kernel_is_clearly_faster() {
         let k = key(32, 1024); // rule: Skinny
-        // 5% faster: noise, the rule stays
+                               // 5% faster: noise, the rule stays
         assert_eq!(
             choose(&k, &[(Skinny, 0.020), (SkinnyTc, 0.019), (Tiles, 0.030)]),
             Skinny
@@ -380,7 +385,10 @@ mod tests {
         // nothing valid: the rule
         assert_eq!(choose(&k, &[]), Skinny);
         assert_eq!(
-            choose(&k, &[(SkinnyTc, f64::NAN), (Tiles, 0.0), (Skinny, f64::INFINITY)]),
+            choose(
+                &k,
+                &[(SkinnyTc, f64::NAN), (Tiles, 0.0), (Skinny, f64::INFINITY)]
+            ),
             Skinny
         );
         // the rule for wide n is the tiles
@@ -461,7 +469,10 @@ mod tests {
         assert!(t.entries.is_empty() && note.is_none());
         table().save(&path).unwrap();
         // another device, another build
-        for (dev, build) in [("NVIDIA A100 (sm_80)", "0.1.0-abc"), ("NVIDIA H100 (sm_90)", "x")] {
+        for (dev, build) in [
+            ("NVIDIA A100 (sm_80)", "0.1.0-abc"),
+            ("NVIDIA H100 (sm_90)", "x"),
+        ] {
             let (t, note) = TuneTable::load(&path, dev, build);
             assert!(t.entries.is_empty());
             assert_eq!((t.device.as_str(), t.build.as_str()), (dev, build));
@@ -483,10 +494,15 @@ mod tests {
             let (t, note) = TuneTable::load(&path, "NVIDIA H100 (sm_90)", "0.1.0-abc");
             assert!(t.entries.is_empty());
             let note = note.unwrap();
-            assert!(note.contains(what) && note.contains("tuning afresh"), "{note}");
+            assert!(
+                note.contains(what) && note.contains("tuning afresh"),
+                "{note}"
+            );
         }
         // unwritable destination: an error, not a panic
-        let e = table().save(&dir.path().join("no/such/dir/t.json")).unwrap_err();
+        let e = table()
+            .save(&dir.path().join("no/such/dir/t.json"))
+            .unwrap_err();
         assert!(e.to_string().contains("no/such/dir/t.json"), "{e}");
     }
 

@@ -164,7 +164,12 @@ pub fn gather_blocks<B: Backend + ?Sized>(
     if let Some(&last) = parents.iter().max() {
         let end = last.checked_add(1).and_then(|b| b.checked_mul(per));
         for buf in bufs {
-            need::<B, _>(op, &format!("gather source (parent block {last})"), buf, end)?;
+            need::<B, _>(
+                op,
+                &format!("gather source (parent block {last})"),
+                buf,
+                end,
+            )?;
         }
     }
     Ok(())
@@ -346,10 +351,7 @@ pub fn topk_logprobs<B: Backend + ?Sized>(
 ) -> Result<()> {
     const OP: &str = "topk_logprobs";
     if k == 0 || k > 64 || k > vocab {
-        return Err(err::<B>(
-            OP,
-            format!("k {k} (1..=64, <= vocab {vocab})"),
-        ));
+        return Err(err::<B>(OP, format!("k {k} (1..=64, <= vocab {vocab})")));
     }
     logits_pick::<B>(OP, logits, rows, vocab, masks)
 }

@@ -513,7 +513,12 @@ impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
             .model
             .forward_device(&mut self.state, tokens, &mask, 1, false)?;
         let t1 = std::time::Instant::now();
-        let picks = pick(self.model.dev, &mut lg, tokens.len(), self.model.cfg.vocab_size)?;
+        let picks = pick(
+            self.model.dev,
+            &mut lg,
+            tokens.len(),
+            self.model.cfg.vocab_size,
+        )?;
         if let Some(p) = &mut self.profile {
             p.account(tokens.len(), t0, t1);
         }

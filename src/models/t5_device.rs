@@ -587,7 +587,12 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         let t0 = std::time::Instant::now();
         let mut lg = self.forward(tokens)?;
         let t1 = std::time::Instant::now();
-        let picks = pick(self.model.dev, &mut lg, tokens.len(), self.model.cfg.vocab_size)?;
+        let picks = pick(
+            self.model.dev,
+            &mut lg,
+            tokens.len(),
+            self.model.cfg.vocab_size,
+        )?;
         self.account(t0, t1);
         Ok(Some(picks))
     }

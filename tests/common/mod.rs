@@ -411,7 +411,12 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
     let r = b.gather_blocks("t", &mut [bf(8)], 4, 3, &[2]);
     expect("gather parent", "t", "gather source (parent block 2)", r);
     let r = b.gather_blocks("t", &mut [bf(12), bf(11)], 4, 3, &[2, 0]);
-    expect("gather short buffer", "t", "gather source (parent block 2)", r);
+    expect(
+        "gather short buffer",
+        "t",
+        "gather source (parent block 2)",
+        r,
+    );
 
     // copy_rows: 3 rows of 4, source rows 5 apart from 1, destination rows 6 apart from 2
     use jobx_engine::device::Rows;
@@ -931,6 +936,11 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
     expect("topk k 65", t, "k 65", top(&mut lg, 1, 80, 65, None));
     expect("topk k > vocab", t, "k 9", top(&mut lg, 2, 8, 9, None));
     expect("topk logits", t, "logits", top(&mut lg, 3, 40, 4, None));
-    expect("topk masks", t, "masks", top(&mut lg, 2, 40, 4, Some(&masks[..3])));
+    expect(
+        "topk masks",
+        t,
+        "masks",
+        top(&mut lg, 2, 40, 4, Some(&masks[..3])),
+    );
     bad
 }
