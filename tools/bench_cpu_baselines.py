@@ -226,7 +226,8 @@ def bench_jobx(binary, model_dir, ids, new_tokens, threads, reps, extra_args):
         rows = ids.tolist()
         with open(path, "w") as f:
             json.dump(rows[0] if len(rows) == 1 else rows, f)
-        cmd = [binary, "generate", "--model", model_dir, "--input-ids", path,
+        # --device cpu: the comparison is with CPU engines, and auto would take a GPU where one opens
+        cmd = [binary, "--device", "cpu", "generate", "--model", model_dir, "--input-ids", path,
                "--max-new-tokens", str(new_tokens), "--min-new-tokens", str(new_tokens),
                "--num-beams", "1", "--threads", str(threads)] + extra_args  # greedy, like the baselines
         last = {}
