@@ -87,16 +87,31 @@ fn device_masks(
     let words = mask_words_len(vocab);
     let mut out = Vec::with_capacity(active.len() * words);
     for &r in active {
-        match constraints.get_mut(r) {
-            Some(Some(c)) => {
-                let mut m = c.mask_words()?;
-                m.resize(words, 0); // ids past the constraint's words: disallowed
-                out.extend(m);
-            }
-            _ => out.extend(std::iter::repeat_n(u32::MAX, words)),
-        }
+        push_mask_row(
+            &mut out,
+            constraints.get_mut(r).and_then(|c| c.as_mut()),
+            words,
+        )?;
     }
     Some(Some(out))
+}
+
+/// Appends one row's mask words to `out`: the constraint's (ids past its words disallowed), or
+/// all allowed without one; None when the constraint is not a bit mask.
+fn push_mask_row(
+    out: &mut Vec<u32>,
+    c: Option<&mut Box<dyn TokenConstraint>>,
+    words: usize,
+) -> Option<()> {
+    match c {
+        Some(c) => {
+            let mut m = c.mask_words()?;
+            m.resize(words, 0);
+            out.extend(m);
+        }
+        None => out.extend(std::iter::repeat_n(u32::MAX, words)),
+    }
+    Some(())
 }
 
 /// The masks for `Stepper::step_topk` of beam search's rows (request-major, as the model's):
@@ -114,14 +129,7 @@ fn beam_masks(
     let words = mask_words_len(vocab);
     let mut out = Vec::new();
     for c in run_cons.iter_mut().flatten() {
-        match c {
-            Some(c) => {
-                let mut m = c.mask_words()?;
-                m.resize(words, 0); // ids past the constraint's words: disallowed
-                out.extend(m);
-            }
-            None => out.extend(std::iter::repeat_n(u32::MAX, words)),
-        }
+        push_mask_row(&mut out, c.as_mut(), words)?;
     }
     Some(Some(out))
 }

@@ -1116,8 +1116,7 @@ impl crate::device::Backend for Gpu {
                 .as_ref()
                 .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32),
             n_suppress: suppress.len() as i32,
-            // SAFETY: rows elements past the start of a 2 * rows buffer
-            out_lse: unsafe { (self.ptr(&vals) as *mut f32).add(rows) },
+            out_lse: self.ptr_at(&vals, rows) as *mut f32,
         };
         self.launch(OP, "logits_topk", rows_grid(rows, 256, OP)?, p)?;
         let ids = self.download(OP, &ids)?;
@@ -1149,20 +1148,18 @@ impl crate::device::Backend for Gpu {
         // top k, [rows] the first pass's max (unused), [rows] log-sum-exps
         let ids = self.scratch::<i32>(OP, rows * (k + 1))?;
         let vals = self.scratch::<f32>(OP, rows * (k + 2))?;
-        let (idp, vp) = (self.ptr(&ids) as *mut i32, self.ptr(&vals) as *mut f32);
         let grid = rows_grid(rows, 256, OP)?;
         let mut p = jobx_logits_params {
             logits: self.ptr(logits) as *mut f32,
             mask: std::ptr::null(),
-            // SAFETY (these three): offsets inside the two buffers just allocated
-            out_ids: unsafe { idp.add(rows * k) },
-            out_vals: unsafe { vp.add(rows * k) },
+            out_ids: self.ptr_at(&ids, rows * k) as *mut i32,
+            out_vals: self.ptr_at(&vals, rows * k) as *mut f32,
             rows: rows as i64,
             vocab: vocab as i64,
             top_k: 1,
             suppress: std::ptr::null(),
             n_suppress: 0,
-            out_lse: unsafe { vp.add(rows * (k + 1)) },
+            out_lse: self.ptr_at(&vals, rows * (k + 1)) as *mut f32,
         };
         self.launch(OP, "logits_topk", grid, p)?;
         p.mask = dmask
@@ -1172,8 +1169,8 @@ impl crate::device::Backend for Gpu {
             .as_ref()
             .map_or(std::ptr::null(), |d| self.ptr(d) as *const i32);
         p.n_suppress = suppress.len() as i32;
-        p.out_ids = idp;
-        p.out_vals = vp;
+        p.out_ids = self.ptr(&ids) as *mut i32;
+        p.out_vals = self.ptr(&vals) as *mut f32;
         p.top_k = k as i32;
         p.out_lse = std::ptr::null_mut();
         self.launch(OP, "logits_topk", grid, p)?;

@@ -215,8 +215,7 @@ impl Gpu {
     /// Open device `ordinal`. Errors (never panics) when libcuda is missing, there is no such
     /// device, or a kernel module does not load.
     pub fn new(ordinal: usize) -> Result<Gpu> {
-        // SAFETY: only probes whether libcuda can be dlopened.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_present() {
             return Err(backend_err(
                 "init",
                 "libcuda.so (the NVIDIA driver) was not found: no GPU on this machine",
@@ -323,13 +322,7 @@ impl Gpu {
                 eprintln!("jobx: {e}; tuning instead");
                 GemmMode::Tune
             });
-        let build = tune::build_id(
-            MODULES
-                .iter()
-                .find(|m| m.name == "gemm")
-                .map_or("", |m| m.ptx),
-        );
-        let tune_state = TuneState::from_env(&name, &build);
+        let tune_state = TuneState::from_env(&name);
         Ok(Gpu {
             ctx,
             stream,
@@ -501,31 +494,34 @@ struct TuneState {
     table: TuneTable,
     /// `JOBX_GEMM_TUNE_FILE`: read at start, rewritten after each new choice.
     file: Option<std::path::PathBuf>,
-    /// Print each new choice to stderr (`JOBX_PROFILE` set: the GPU check collects them).
+    /// Print each new choice to stderr (`JOBX_PROFILE` on: the GPU check collects them).
     log: bool,
     /// A failure to write the file is reported once, not per choice.
     save_failed: bool,
 }
 
 impl TuneState {
-    fn from_env(device: &str, build: &str) -> TuneState {
+    fn from_env(device: &str) -> TuneState {
         let file = std::env::var_os("JOBX_GEMM_TUNE_FILE")
             .filter(|f| !f.is_empty())
             .map(std::path::PathBuf::from);
         let table = match &file {
             Some(f) => {
-                let (t, note) = TuneTable::load(f, device, build);
+                // the build identity only matters for a kept table (it hashes the gemm PTX)
+                let gemm = MODULES.iter().find(|m| m.name == "gemm");
+                let build = tune::build_id(gemm.map_or("", |m| m.ptx));
+                let (t, note) = TuneTable::load(f, device, &build);
                 if let Some(note) = note {
                     eprintln!("jobx: GEMM tuning: {note}");
                 }
                 t
             }
-            None => TuneTable::new(device, build),
+            None => TuneTable::new(device, ""),
         };
         TuneState {
             table,
             file,
-            log: std::env::var("JOBX_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"),
+            log: crate::device::profile::enabled(),
             save_failed: false,
         }
     }

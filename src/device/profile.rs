@@ -8,6 +8,11 @@
 use super::Backend;
 use std::time::Instant;
 
+/// Whether `JOBX_PROFILE` asks for a profile (`1` or `kernels`).
+pub fn enabled() -> bool {
+    std::env::var("JOBX_PROFILE").is_ok_and(|v| v == "1" || v == "kernels")
+}
+
 /// Reports when dropped (with the stepper that holds it).
 pub struct StepProfile<'d, B: Backend> {
     dev: &'d B,
@@ -22,8 +27,7 @@ impl<'d, B: Backend> StepProfile<'d, B> {
     /// A profile when `JOBX_PROFILE` asks for one; reports (and resets) the kernel times of what
     /// ran before, as `before`.
     pub fn from_env(dev: &'d B, what: &'static str, before: &str) -> Option<Self> {
-        let on = std::env::var("JOBX_PROFILE").is_ok_and(|v| v == "1" || v == "kernels");
-        on.then(|| {
+        enabled().then(|| {
             print_kernels(dev, before);
             StepProfile {
                 dev,

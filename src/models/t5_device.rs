@@ -575,7 +575,6 @@ fn row_maps<B: Backend>(
 }
 
 impl<B: Backend> T5DeviceStepper<'_, '_, B> {
-    /// Profile one step: enqueued from t0 to t1, results back now.
     /// One decode step whose logits stay on the device, reduced there by `pick` (greedy
     /// choice or beam candidates: a few bytes per row read back).
     #[allow(clippy::type_complexity)]
@@ -597,6 +596,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         Ok(Some(picks))
     }
 
+    /// Profile one step: enqueued from t0 to t1, results back now.
     fn account(&mut self, t0: std::time::Instant, t1: std::time::Instant) {
         let rows = self.src.len();
         if let Some(p) = &mut self.profile {
