@@ -134,10 +134,11 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // ldmatrix hit distinct banks), two buffers deep: cp.async fills the next block's K/V (zeros
 // past the visible range) while the current one is multiplied. Per key block a warp computes its
 // 16 x 64 scores with mma.m16n8k16 (Q fragments stay in registers for the whole pass; K
-// fragments by ldmatrix), applies scale, T5 bias (looked up in a 127-entry table of the block's
-// relative positions, so the log in the bucket function runs 127 times per block rather than per
-// score) and the key/causal/window masks (only in blocks where some score of the warp can be
-// masked), updates the online softmax in the accumulator layout (a row's 4 lanes agree through
+// fragments by ldmatrix), applies scale, T5 bias (looked up in a table of relative positions
+// -max_distance..max_distance built once per block, longer distances clamped, so the log in the
+// bucket function runs 2 max_distance + 1 times per block rather than per score or per key
+// block), the key mask and end of range (per-key flags loaded one key block ahead) and the
+// causal/window masks (only in blocks where they can mask a score of the warp), updates the online softmax in the accumulator layout (a row's 4 lanes agree through
 // two shuffles), and multiplies P (rounded to bf16, as FlashAttention does) by V, again with
 // mma.m16n8k16: the score accumulators of two adjacent 8-key tiles are exactly the A fragment
 // of a 16-key step, and ldmatrix.trans reads V's B fragments from the row layout. Exponentials
@@ -145,6 +146,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // every stride is a multiple of 8 elements (16-byte copies); dynamic shared memory
 // 2 x 2 x 64 x (dk + 8) x 2 bytes (36 KB / 68 KB).
 #define LOG2E 1.4426950408889634f
+// largest T5 max_distance the tensor-core kernels take (its bias table lives in shared memory;
+// ops.rs checks, larger ones go to attention_bf16)
+#define FA_BIAS_R_MAX 512
 
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     asm volatile(
@@ -182,8 +186,13 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     constexpr int LD = DK + 8;                      // bf16 per shared row
     constexpr unsigned TILE = FKT * LD * 2;         // bytes of one K or V tile
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    __shared__ float tbl[2][FQB + FKT];
-    __shared__ int kvis[2][FKT];
+    // T5 bias by relative position (key - query) clamped to [-R, R], R = max_distance: every
+    // distance >= max_distance falls in its direction's last bucket (the launcher admits only
+    // configurations where that holds, `t5::bucket_saturation`), so one table per block, built
+    // before the key loop, serves every key block; entries are bias * log2(e)
+    __shared__ float btab[2 * FA_BIAS_R_MAX + 1];
+    // per staged key: 1 if visible (inside the block's key range and not masked), else 0
+    __shared__ __align__(8) float kvis[2][FKT];
     const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -236,34 +245,39 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     // exp2 domain: scores scaled by scale * log2(e), the bias by log2(e)
     const float sl2 = p.scale * LOG2E;
 
-    // issue the copies of key block j0 into buffer `buf` (plus its visibility flags and bias
-    // table, ordinary stores read after the same barrier)
+    // issue the copies of key block j0 into buffer `buf`
+    // this thread's 16-byte piece of every staged row it copies: rows r0 + RSTEP u, columns c..c+7
+    constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
+    constexpr int RSTEP = 128 / (DK / 8);
+    const int r0 = tid / (DK / 8), c0 = (tid % (DK / 8)) * 8;
+    const bf16* kth = k + (long long)r0 * p.k_st + c0;
+    const bf16* vth = v + (long long)r0 * p.v_st + c0;
+    const unsigned sth = (r0 * LD + c0) * 2;
     auto issue = [&](long long j0, int buf) {
-        constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
-        const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
+        const unsigned kt = sbase + buf * 2 * TILE + sth, vt = kt + TILE;
+        const bf16* kj = kth + j0 * p.k_st;
+        const bf16* vj = vth + j0 * p.v_st;
 #pragma unroll
         for (int u = 0; u < PER; u++) {
-            const int e = tid + u * 128, r = e / (DK / 8), c = (e % (DK / 8)) * 8;
-            const long long j = j0 + r;
-            const bool ok = j < kend;
-            cp_async16(kt + (r * LD + c) * 2, ok ? (const void*)(k + j * p.k_st + c) : (const void*)k,
+            const bool ok = j0 + r0 + RSTEP * u < kend;
+            cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
                        ok ? 16 : 0);
-            cp_async16(vt + (r * LD + c) * 2, ok ? (const void*)(v + j * p.v_st + c) : (const void*)v,
+            cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
                        ok ? 16 : 0);
         }
-        if (tid < FKT) {
-            const long long j = j0 + tid;
-            kvis[buf][tid] = j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0);
-        }
-        if (p.rel_bias)
-            for (int x = tid; x < FQB + FKT - 1; x += 128) {
-                // entry x: relative position (key - query) = j0 - (q_offset + i0) + x - (FQB - 1)
-                const long long rel = j0 - (p.q_offset + i0) + x - (FQB - 1);
-                tbl[buf][x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional,
-                                                                      p.num_buckets, p.max_distance) *
-                                                     p.heads + h];
-            }
     };
+    // visibility of key j0 + tid (threads tid < FKT): read from global memory one key block
+    // ahead, kept in a register and stored to shared memory after the current block's math, so
+    // the load's latency is not exposed before the barrier
+    auto key_flag = [&](long long j0) -> float {
+        const long long j = j0 + tid;
+        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
+    };
+    const int R = p.max_distance;
+    if (p.rel_bias)  // visible to every warp after the first barrier of the key loop
+        for (int x = tid; x <= 2 * R; x += 128)
+            btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(x - R, p.bidirectional, p.num_buckets,
+                                                              p.max_distance) * p.heads + h];
 
     float acc[RT][DK / 8][4];
 #pragma unroll
@@ -279,11 +293,19 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
         l[rt][0] = l[rt][1] = 0.0f;
     }
 
-    if (kstart < kend) issue(kstart, 0);
+    if (kstart < kend) {
+        issue(kstart, 0);
+        if (tid < FKT) kvis[0][tid] = key_flag(kstart);
+    }
     cp_async_commit();
     int buf = 0;
     for (long long j0 = kstart; j0 < kend; j0 += FKT, buf ^= 1) {
-        if (j0 + FKT < kend) issue(j0 + FKT, buf ^ 1);  // that buffer was released by the last barrier
+        const bool more = j0 + FKT < kend;
+        float flag_next = 0.0f;
+        if (more) {  // that buffer was released by the last barrier
+            issue(j0 + FKT, buf ^ 1);
+            if (tid < FKT) flag_next = key_flag(j0 + FKT);
+        }
         cp_async_commit();
         cp_async_wait<1>();  // this block's copies (all but the group just committed) landed
         __syncthreads();
@@ -312,35 +334,51 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
                     }
                 }
             }
-            // can any score of this warp be masked here? (warp-uniform)
-            const bool plain = !p.key_mask && j0 + FKT <= kend &&
-                               (!p.causal || j0 + FKT - 1 <= p.q_offset + iw) &&
+            // can causality or the window mask a score of this warp here? (warp-uniform; key
+            // masks and the end of the range are in kvis)
+            const bool plain = (!p.causal || j0 + FKT - 1 <= p.q_offset + iw) &&
                                (p.window <= 0 || p.q_offset + iw + 16 * RT - 1 - j0 < p.window);
-            const float* tb = tbl[buf];
+            // relative position (key - query) of this lane's first score (key j0 + 2t, query
+            // iw + g); the others differ by small constants. Clamped first to a range whose
+            // every offset still clamps to the same table entry, so it fits an int.
+            int rel0 = 0;
+            if (p.rel_bias) {
+                const long long lim = (long long)R + FQB + FKT;
+                long long r = j0 - (p.q_offset + iw);
+                r = r < -lim ? -lim : (r > lim ? lim : r);
+                rel0 = (int)r + 2 * t - g;
+            }
+            const float2* kv2 = (const float2*)kvis[buf];
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) {
                 const long long r0 = iw + 16 * rt + g;  // rows r0 (e < 2) and r0 + 8 (e >= 2)
                 float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-                for (int n = 0; n < FKT / 8; n++)
+                for (int n = 0; n < FKT / 8; n++) {
+                    const float2 vis = kv2[n * 4 + t];  // keys j0 + 8n + 2t, + 1
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int col = n * 8 + 2 * t + (e & 1);
                         const bool hi = e >= 2;
-                        const long long row = hi ? r0 + 8 : r0;
                         float x = s[rt][n][e] * sl2;
-                        if (p.rel_bias) x += tb[col - (row - i0) + FQB - 1];
+                        if (p.rel_bias) {
+                            int rel = rel0 + n * 8 + (e & 1) - 16 * rt - (hi ? 8 : 0);
+                            rel = rel < -R ? -R : (rel > R ? R : rel);
+                            x += btab[rel + R];
+                        }
+                        // a select, not an added -inf: a masked key's score never reaches the max
+                        bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
                         if (!plain) {
                             const long long j = j0 + col;
-                            const long long qp = p.q_offset + row;
-                            bool ok = kvis[buf][col] != 0;
+                            const long long qp = p.q_offset + (hi ? r0 + 8 : r0);
                             if (p.causal) ok = ok && j <= qp;
                             if (p.window > 0) ok = ok && qp - j < p.window;
-                            if (!ok) x = -INFINITY;
                         }
+                        x = ok ? x : -INFINITY;
                         s[rt][n][e] = x;
                         if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
                     }
+                }
                 // the 4 lanes of a row (t = 0..3) share its max
                 mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
                 mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
@@ -398,6 +436,7 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
                 }
             }
         }
+        if (more && tid < FKT) kvis[buf ^ 1][tid] = flag_next;  // read after the next barrier
         __syncthreads();  // this buffer is consumed before the next iteration refills it
     }
     cp_async_wait<0>();

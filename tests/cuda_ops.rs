@@ -755,6 +755,48 @@ mod table {
             ),
             (2, 6, 2, 190, 230, 128, true, 0, 40, None, false),
             (4, 2, 2, 70, 90, 64, false, 0, 0, None, true), // cross-attention, two query blocks
+            // the flash kernels' bias table clamps relative positions to +-max_distance: a small
+            // one, so most scores of a 64 x 64 block lie beyond it, both directions; and one
+            // larger than the table (the general kernel takes it)
+            (
+                2,
+                2,
+                2,
+                100,
+                130,
+                64,
+                false,
+                0,
+                0,
+                Some((8, 20, true)),
+                true,
+            ),
+            (
+                1,
+                2,
+                2,
+                100,
+                100,
+                128,
+                true,
+                0,
+                0,
+                Some((12, 9, false)),
+                false,
+            ),
+            (
+                1,
+                2,
+                2,
+                70,
+                700,
+                64,
+                false,
+                0,
+                0,
+                Some((32, 600, true)),
+                true,
+            ),
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode

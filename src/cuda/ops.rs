@@ -558,6 +558,8 @@ fn tensor_map(
 /// Up to this many queries per (batch row, head) the decode kernel runs instead of the 64-query
 /// tensor-core tiles.
 const DECODE_MAX_TQ: usize = 4;
+/// kernels/attention.cu FA_BIAS_R_MAX: the largest T5 max_distance the flash kernels tabulate.
+const FA_BIAS_R_MAX: usize = 512;
 
 impl Gpu {
     /// attention_decode_d64/d128 (+ attention_combine when the keys are split): enough key
@@ -1062,8 +1064,12 @@ impl crate::device::Backend for Gpu {
         if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
             return self.attention_decode(c, p);
         }
-        // otherwise the tensor-core flash kernel, 64 queries per block
-        let mma = fast.then(|| {
+        // otherwise the tensor-core flash kernel, 64 queries per block; its T5 bias table
+        // (relative positions clamped to +-max_distance) must be exact and fit its shared memory
+        let table_ok = rel_bias.is_none()
+            || crate::models::t5::bucket_saturation(nb, md, bidir)
+                .is_some_and(|d| d <= FA_BIAS_R_MAX);
+        let mma = (fast && table_ok).then(|| {
             if c.dk == 64 {
                 "attention_mma_d64"
             } else {

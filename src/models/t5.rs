@@ -207,6 +207,27 @@ pub fn relative_position_bucket(
     bucket as usize
 }
 
+/// The distance from which every relative position falls in its direction's last bucket:
+/// `relative_position_bucket(r) == relative_position_bucket(r.clamp(-d, d))` for every r, with
+/// d = `max_distance`. Holds when 1 <= max_exact < max_distance: at distance max_distance the
+/// logarithmic part is exactly num_buckets - max_exact before rounding, so it truncates to at
+/// least one less and the result is clamped to the last bucket, as for every longer distance.
+/// `None` for configurations where that argument does not hold (the CUDA flash kernels then
+/// fall back to their general kernel, which evaluates the bucket per score).
+pub fn bucket_saturation(
+    num_buckets: usize,
+    max_distance: usize,
+    bidirectional: bool,
+) -> Option<usize> {
+    let nb = if bidirectional {
+        num_buckets / 2
+    } else {
+        num_buckets
+    };
+    let max_exact = nb / 2;
+    (max_exact >= 1 && max_exact < max_distance).then_some(max_distance)
+}
+
 struct Attn {
     q: Linear, // [H*dk, d_model]
     k: Linear, // [H*dk, d_model]
@@ -1043,6 +1064,40 @@ mod tests {
         assert_eq!(rb(-15, false, 32, 128), 15);
         assert_eq!(rb(-16, false, 32, 128), 16);
         assert_eq!(rb(-1000, false, 32, 128), 31);
+    }
+
+    #[test]
+    fn buckets_saturate_at_max_distance() {
+        // The CUDA flash kernels tabulate the bias for relative positions in [-d, d] and clamp
+        // longer ones (super::bucket_saturation); check that this is exact for every config it
+        // admits over a range of sizes, far past d on both sides.
+        let mut checked = 0;
+        for nb in [2, 3, 4, 5, 6, 8, 12, 16, 32, 33, 64, 128] {
+            for md in [
+                1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 64, 100, 127, 128, 129, 255, 500, 512,
+            ] {
+                for bidir in [true, false] {
+                    let Some(d) = super::bucket_saturation(nb, md, bidir) else {
+                        continue;
+                    };
+                    let d = d as i64;
+                    for r in -(d + 2000)..=(d + 2000) {
+                        assert_eq!(
+                            rb(r, bidir, nb, md),
+                            rb(r.clamp(-d, d), bidir, nb, md),
+                            "buckets {nb}, max_distance {md}, bidirectional {bidir}, position {r}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
+        // what T5 uses is admitted; degenerate ones are not
+        assert_eq!(super::bucket_saturation(32, 128, true), Some(128));
+        assert_eq!(super::bucket_saturation(32, 128, false), Some(128));
+        assert_eq!(super::bucket_saturation(2, 128, true), None); // no exact buckets
+        assert_eq!(super::bucket_saturation(32, 8, true), None); // max_distance <= max_exact
     }
 }
 
