@@ -174,9 +174,9 @@ pub struct Gpu {
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
-    /// How GEMMs of m <= 32 rows pick their kernel (`tune::GemmMode` as u8): tuned per shape by
-    /// default, `JOBX_GEMM_TUNE` or `set_gemm_mode` (tests, benchmarks) for the others.
-    gemm_mode: std::sync::atomic::AtomicU8,
+    /// How GEMMs of m <= 32 rows pick their kernel: tuned per shape by default,
+    /// `JOBX_GEMM_TUNE` or `set_gemm_mode` (tests, benchmarks) for the others.
+    gemm_mode: Mutex<GemmMode>,
     /// The choices tuning made (and `JOBX_GEMM_TUNE_FILE`, where they are kept).
     gemm_tune: Mutex<TuneState>,
     /// L2 cache size in bytes (tuning evicts it before each timed launch).
@@ -330,7 +330,7 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
-            gemm_mode: gemm_mode.to_u8().into(),
+            gemm_mode: Mutex::new(gemm_mode),
             gemm_tune: Mutex::new(tune_state),
             l2_bytes,
             multiprocessors,
@@ -529,13 +529,12 @@ impl TuneState {
 
 impl Gpu {
     pub fn gemm_mode(&self) -> GemmMode {
-        GemmMode::from_u8(self.gemm_mode.load(std::sync::atomic::Ordering::Relaxed))
+        *self.gemm_mode.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Overrides `JOBX_GEMM_TUNE` (tests and benchmarks).
     pub fn set_gemm_mode(&self, mode: GemmMode) {
-        self.gemm_mode
-            .store(mode.to_u8(), std::sync::atomic::Ordering::Relaxed);
+        *self.gemm_mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
     }
 
     /// The kernel tuning chose for `key`, timing the candidates with `time` the first time the

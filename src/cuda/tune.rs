@@ -75,22 +75,6 @@ impl GemmMode {
                 }),
         }
     }
-
-    pub fn to_u8(self) -> u8 {
-        match self {
-            GemmMode::Tune => 0,
-            GemmMode::Fixed => 1,
-            GemmMode::Force(k) => 2 + k as u8,
-        }
-    }
-
-    pub fn from_u8(v: u8) -> GemmMode {
-        match v {
-            0 => GemmMode::Tune,
-            1 => GemmMode::Fixed,
-            v => GemmMode::Force(SkinnyKernel::ALL[((v - 2) as usize).min(2)]),
-        }
-    }
 }
 
 /// The shape class a choice is made for: rows rounded up to 8, 16 or 32 (a decode batch whose
@@ -410,15 +394,6 @@ mod tests {
         );
         let e = GemmMode::parse(Some("fastest")).unwrap_err().to_string();
         assert!(e.contains("JOBX_GEMM_TUNE=fastest"), "{e}");
-        for m in [
-            GemmMode::Tune,
-            GemmMode::Fixed,
-            GemmMode::Force(Skinny),
-            GemmMode::Force(SkinnyTc),
-            GemmMode::Force(Tiles),
-        ] {
-            assert_eq!(GemmMode::from_u8(m.to_u8()), m);
-        }
     }
 
     fn table() -> TuneTable {
