@@ -182,8 +182,12 @@ fn main() {
         (8usize, 16usize, 1024usize, 1024usize, 64usize),
         (1, 32, 4096, 4096, 128),
         (32, 16, 1, 1024, 64),
+        (8, 16, 1, 1024, 64),
     ] {
+        // distinct K and V (the same buffer for both would let V's reads hit in L2)
         let q = rand_bf16(&g, b * t * h * dk, 5);
+        let kb = rand_bf16(&g, b * t * h * dk, 7);
+        let vb = rand_bf16(&g, b * t * h * dk, 8);
         let mut o = g.zeros::<bf16>("bench", b * tq * h * dk).unwrap();
         let v = View {
             sb: t * h * dk,
@@ -224,8 +228,8 @@ fn main() {
                 g.attention(
                     &call,
                     (&q, qv),
-                    (&q, v),
-                    (&q, v),
+                    (&kb, v),
+                    (&vb, v),
                     &mut o,
                     None,
                     None,
@@ -240,6 +244,31 @@ fn main() {
             "{{\"op\":\"{name}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":{causal},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
             flop / ms / 1e9
         );
+        }
+        // decode steps: the key-chunk count forced (the rule's choice is the row above), and
+        // K/V read in GB/s, the bound at these shapes
+        if tq == 1 {
+            for splits in [1usize, 2, 4, 8] {
+                g.decode_splits.store(splits, Relaxed);
+                let ms = time(&g, || {
+                    g.attention(
+                        &call,
+                        (&q, qv),
+                        (&kb, v),
+                        (&vb, v),
+                        &mut o,
+                        None,
+                        None,
+                        None,
+                    )
+                    .unwrap()
+                });
+                g.decode_splits.store(0, Relaxed);
+                let gbs = (2 * b * h * t * dk * 2) as f64 / ms / 1e6;
+                println!(
+                    "{{\"op\":\"attention_splits{splits}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":false,\"ms\":{ms:.4},\"kv_gb_s\":{gbs:.0}}}"
+                );
+            }
         }
     }
     // what tuning chose per decode shape, with every candidate's time (L2 flushed)

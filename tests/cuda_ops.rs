@@ -797,6 +797,10 @@ mod table {
                 Some((32, 600, true)),
                 true,
             ),
+            // decode steps with >= 2 (row, head) pairs per multiprocessor (up to 132 of them):
+            // one chunk per pair when the keys fit one (no merge), else as few as fit
+            (40, 8, 8, 1, 900, 64, false, 0, 0, None, true),
+            (36, 8, 4, 1, 1500, 128, true, 0, 1499, None, false),
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode

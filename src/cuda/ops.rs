@@ -562,13 +562,29 @@ const DECODE_MAX_TQ: usize = 4;
 const FA_BIAS_R_MAX: usize = 512;
 
 impl Gpu {
-    /// attention_decode_d64/d128 (+ attention_combine when the keys are split): enough key
-    /// chunks that the grid has ~4 blocks per multiprocessor, chunks of 128..=1024 keys.
+    /// attention_decode_d64/d128 (+ attention_combine when the keys are split). Chunks hold at
+    /// most 1024 keys (the kernel's score buffer). With >= 2 (query row, head) pairs per
+    /// multiprocessor there are no more chunks than that needs: the grid is then at most about
+    /// one wave of resident blocks (~6 per multiprocessor), each with 8 rows of keys per thread
+    /// in flight, which is enough to stream K and V at full bandwidth, and a merge launch and a
+    /// partly filled second wave cost more than they give (a T5-Large cross-attention step at
+    /// batch 32: 512 pairs). Fewer pairs are split into chunks of >= 128 keys until the grid
+    /// has ~4 blocks per multiprocessor. `decode_splits` overrides the count (benchmarks).
     fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params) -> Result<()> {
         const OP: &str = "attention";
         let rows = c.batch * c.tq * c.heads;
-        let want = (4 * self.multiprocessors).div_ceil(rows);
-        let splits = c.tk.div_ceil(1024).max(want.min(c.tk.div_ceil(128))).max(1);
+        let least = c.tk.div_ceil(1024).max(1);
+        let forced = self
+            .decode_splits
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let splits = if forced > 0 {
+            forced.min(c.tk).max(least)
+        } else if rows >= 2 * self.multiprocessors {
+            least
+        } else {
+            let want = (4 * self.multiprocessors).div_ceil(rows);
+            least.max(want.min(c.tk.div_ceil(128)))
+        };
         let chunk = c.tk.div_ceil(splits).max(1);
         let splits = c.tk.div_ceil(chunk).max(1);
         if splits > i32::MAX as usize || c.heads > 65_535 || c.batch * c.tq > 65_535 {

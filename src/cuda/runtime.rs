@@ -174,6 +174,9 @@ pub struct Gpu {
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
+    /// Key chunks of the decode attention kernel: 0 = the rule in `attention_decode`, else this
+    /// many (at least enough for chunks of <= 1024 keys). For benchmarks.
+    pub decode_splits: std::sync::atomic::AtomicUsize,
     /// How GEMMs of m <= 32 rows pick their kernel: tuned per shape by default,
     /// `JOBX_GEMM_TUNE` or `set_gemm_mode` (tests, benchmarks) for the others.
     gemm_mode: Mutex<GemmMode>,
@@ -330,6 +333,7 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             sm90_tile: Default::default(),
+            decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
             gemm_tune: Mutex::new(tune_state),
             l2_bytes,
