@@ -138,8 +138,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // -max_distance..max_distance built once per block, longer distances clamped, so the log in the
 // bucket function runs 2 max_distance + 1 times per block rather than per score or per key
 // block), the key mask and end of range (per-key flags loaded one key block ahead) and the
-// causal/window masks (only in blocks where they can mask a score of the warp), updates the online softmax in the accumulator layout (a row's 4 lanes agree through
-// two shuffles), and multiplies P (rounded to bf16, as FlashAttention does) by V, again with
+// causal/window masks (only in blocks where they can mask a score of the warp), updates the
+// online softmax in the accumulator layout (a row's 4 lanes agree through two shuffles), and
+// multiplies P (rounded to bf16, as FlashAttention does) by V, again with
 // mma.m16n8k16: the score accumulators of two adjacent 8-key tiles are exactly the A fragment
 // of a 16-key step, and ldmatrix.trans reads V's B fragments from the row layout. Exponentials
 // are exp2 of log2(e)-scaled differences. Chosen by the Rust wrapper when dk is 64 or 128 and
@@ -246,20 +247,21 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     const float sl2 = p.scale * LOG2E;
 
     // issue the copies of key block j0 into buffer `buf`
-    // this thread's 16-byte piece of every staged row it copies: rows r0 + RSTEP u, columns c..c+7
+    // this thread's 16-byte piece of every staged row it copies: rows cr0 + RSTEP u, columns
+    // cc0..cc0+7
     constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
     constexpr int RSTEP = 128 / (DK / 8);
-    const int r0 = tid / (DK / 8), c0 = (tid % (DK / 8)) * 8;
-    const bf16* kth = k + (long long)r0 * p.k_st + c0;
-    const bf16* vth = v + (long long)r0 * p.v_st + c0;
-    const unsigned sth = (r0 * LD + c0) * 2;
+    const int cr0 = tid / (DK / 8), cc0 = (tid % (DK / 8)) * 8;
+    const bf16* kth = k + (long long)cr0 * p.k_st + cc0;
+    const bf16* vth = v + (long long)cr0 * p.v_st + cc0;
+    const unsigned sth = (cr0 * LD + cc0) * 2;
     auto issue = [&](long long j0, int buf) {
         const unsigned kt = sbase + buf * 2 * TILE + sth, vt = kt + TILE;
         const bf16* kj = kth + j0 * p.k_st;
         const bf16* vj = vth + j0 * p.v_st;
 #pragma unroll
         for (int u = 0; u < PER; u++) {
-            const bool ok = j0 + r0 + RSTEP * u < kend;
+            const bool ok = j0 + cr0 + RSTEP * u < kend;
             cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
                        ok ? 16 : 0);
             cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
