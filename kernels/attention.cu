@@ -45,6 +45,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
     __shared__ float qs[WARPS][DMAX];
     __shared__ __align__(4) bf16 ks[KT][DMAX + KPAD];
     __shared__ __align__(4) bf16 vs[KT][DMAX + KPAD];
+    __shared__ float kscl[KT], vscl[KT];  // int8 K/V: the staged keys' scales (else 1)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const long long b = blockIdx.z, h = blockIdx.y;
     const long long i0 = (long long)blockIdx.x * WARPS;
@@ -52,9 +53,13 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
     const bool live = i < p.tq;
     const long long kb = p.kv_batch ? p.kv_batch[b] : b;
     const long long kh = h / (p.heads / p.kv_heads);
+    const bool q8 = p.k_scale != nullptr;
+    const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
     const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
-    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
-    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const bf16* k = (const bf16*)p.k + kofs;
+    const bf16* v = (const bf16*)p.v + vofs;
+    const signed char* k8 = (const signed char*)p.k + kofs;
+    const signed char* v8 = (const signed char*)p.v + vofs;
     const long long dk = p.dk;
     if (live)
         for (long long d = lane; d < dk; d += 32) qs[warp][d] = ld_bf16(q, i * p.q_st + d);
@@ -76,8 +81,18 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
         for (long long e = threadIdx.x; e < KT * dk; e += WARPS * 32) {
             const long long r = e / dk, d = e % dk, j = j0 + r;
             const bf16 z = __float2bfloat16_rn(0.0f);
-            ks[r][d] = j < p.tk ? k[j * p.k_st + d] : z;
-            vs[r][d] = j < p.tk ? v[j * p.v_st + d] : z;
+            if (q8) {  // the int8 values (exact in bf16); scales applied to scores and weights
+                ks[r][d] = j < p.tk ? __float2bfloat16_rn((float)k8[j * p.k_st + d]) : z;
+                vs[r][d] = j < p.tk ? __float2bfloat16_rn((float)v8[j * p.v_st + d]) : z;
+            } else {
+                ks[r][d] = j < p.tk ? k[j * p.k_st + d] : z;
+                vs[r][d] = j < p.tk ? v[j * p.v_st + d] : z;
+            }
+        }
+        if (threadIdx.x < KT) {
+            const long long j = j0 + threadIdx.x;
+            kscl[threadIdx.x] = q8 && j < p.tk ? p.k_scale[(kofs + j * p.k_st) / dk] : 1.0f;
+            vscl[threadIdx.x] = q8 && j < p.tk ? p.v_scale[(vofs + j * p.v_st) / dk] : 1.0f;
         }
         __syncthreads();
         if (!live) continue;
@@ -94,7 +109,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
                 dot += qs[warp][d] * __low2float(kv2);
                 if (d + 1 < dk) dot += qs[warp][d + 1] * __high2float(kv2);
             }
-            s = dot * p.scale;
+            s = dot * kscl[lane] * p.scale;
             if (p.rel_bias)
                 s += p.rel_bias[(long long)t5_bucket(j - qpos, p.bidirectional, p.num_buckets,
                                                      p.max_distance) * p.heads + h];
@@ -108,7 +123,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 #pragma unroll
         for (int e = 0; e < DMAX / 32; e++) acc[e] *= corr;
         for (int jj = 0; jj < KT; jj++) {
-            const float pw = __shfl_sync(0xffffffffu, pj, jj);
+            const float pw = __shfl_sync(0xffffffffu, pj, jj) * vscl[jj];
             if (pw == 0.0f) continue;  // uniform across the warp: no divergence
 #pragma unroll
             for (int e = 0; e < DMAX / 32; e++) {
@@ -517,7 +532,17 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-template <int DK>
+// 8 consecutive K or V elements of a row, as bf16 (int8 ones converted exactly; Q8: `row` points
+// at int8 elements)
+template <bool Q8>
+__device__ __forceinline__ uint4 ld_kv8(const void* row, long long e) {
+    return Q8 ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)row + e))
+              : *(const uint4*)((const bf16*)row + e);
+}
+
+// Q8: int8 K/V with per-(key, head) scales (k_scale/v_scale), applied to the score and to the
+// softmax weight, so the int8 values meet q and the weights in f32 unrounded.
+template <int DK, bool Q8>
 __device__ __forceinline__ void attention_decode(const jobx_attention_params& p) {
     constexpr int TPK = DK / 8;             // threads per key row, 16 bytes each
     constexpr int KPP = DEC_THREADS / TPK;  // key rows per pass of the block
@@ -530,8 +555,9 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     const long long kb = p.kv_batch ? p.kv_batch[b] : b;
     const long long kh = h / (p.heads / p.kv_heads);
     const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh + i * p.q_st;
-    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
-    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
+    const void* k = Q8 ? (const void*)((const signed char*)p.k + kofs) : (const void*)((const bf16*)p.k + kofs);
+    const void* v = Q8 ? (const void*)((const signed char*)p.v + vofs) : (const void*)((const bf16*)p.v + vofs);
     const long long qpos = p.q_offset + i;
     const long long j0 = split * p.chunk;
     const long long n = (j0 + p.chunk < p.tk ? j0 + p.chunk : p.tk) - j0;  // keys in this chunk
@@ -555,12 +581,17 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     for (long long base = 0; base < n; base += KPP * DEC_UNROLL) {
         uint4 kr[DEC_UNROLL];
         bool vis[DEC_UNROLL];
+        float ks[DEC_UNROLL];
 #pragma unroll
         for (int u = 0; u < DEC_UNROLL; u++) {
             const long long jl = base + u * KPP + kg, j = j0 + jl;
             kr[u] = make_uint4(0, 0, 0, 0);
+            ks[u] = 1.0f;
             vis[u] = jl < n && j >= lo && j < hi;
-            if (vis[u]) kr[u] = *(const uint4*)(k + j * p.k_st + sub * 8);
+            if (vis[u]) {
+                kr[u] = ld_kv8<Q8>(k, j * p.k_st + sub * 8);
+                if (Q8) ks[u] = p.k_scale[(kofs + j * p.k_st) / DK];
+            }
         }
         // the mask flags in the same round trip as the rows (the TPK lanes of a key read the
         // same word)
@@ -582,7 +613,7 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
                 const bool ok = vis[u];
                 float s = -INFINITY;
                 if (ok) {
-                    s = d * p.scale;
+                    s = d * ks[u] * p.scale;
                     if (p.rel_bias)
                         s += p.rel_bias[(long long)t5_bucket(j - qpos, p.bidirectional,
                                                              p.num_buckets, p.max_distance) *
@@ -616,7 +647,10 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
             const long long jl = base + u * KPP + kg;
             pw[u] = jl < n ? sc[jl] : 0.0f;
             vr[u] = make_uint4(0, 0, 0, 0);
-            if (pw[u] != 0.0f) vr[u] = *(const uint4*)(v + (j0 + jl) * p.v_st + sub * 8);
+            if (pw[u] != 0.0f) {
+                vr[u] = ld_kv8<Q8>(v, (j0 + jl) * p.v_st + sub * 8);
+                if (Q8) pw[u] *= p.v_scale[(vofs + (j0 + jl) * p.v_st) / DK];
+            }
         }
 #pragma unroll
         for (int u = 0; u < DEC_UNROLL; u++) {
@@ -651,11 +685,41 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d64(jobx_attention_params p) {
-    attention_decode<64>(p);
+    attention_decode<64, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d128(jobx_attention_params p) {
-    attention_decode<128>(p);
+    attention_decode<128, false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d64(jobx_attention_params p) {
+    attention_decode<64, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d128(jobx_attention_params p) {
+    attention_decode<128, true>(p);
+}
+
+// Per-group int8 quantisation of K/V rows (jobx_quantize_params: m groups of k <= 1024 bf16
+// elements, contiguous): one warp per group, the quantize_rows_int8 rule (scale = absmax / 127,
+// q = rint(x / scale) clamped to [-127, 127], an all-zero group gets scale 0). A whole-block
+// row kernel would run a 256-thread block per 64-element head row: millions of blocks for a
+// batch of 1024-token sources.
+extern "C" __global__ void __launch_bounds__(256) quantize_kv_int8(jobx_quantize_params p) {
+    const long long g = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (g >= p.m) return;  // the whole warp
+    const bf16* x = (const bf16*)p.x + g * p.k;
+    signed char* q = (signed char*)p.q + g * p.k;
+    float mx = 0.0f;
+    for (long long i = lane; i < p.k; i += 32) mx = fmaxf(mx, fabsf(ld_bf16(x, i)));
+    mx = warp_max(mx);
+    const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+    for (long long i = lane; i < p.k; i += 32) {
+        const float v = rintf(ld_bf16(x, i) * inv);
+        q[i] = (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
+    }
+    if (lane == 0) p.scale[g] = mx / 127.0f;
 }
 
 // Merges the chunks of attention_decode: o = sum_s out_s e^(m_s - M) / sum_s l_s e^(m_s - M),

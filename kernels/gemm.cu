@@ -98,21 +98,6 @@ __device__ __forceinline__ void mma_slice_bf16(const bf16 (&As)[BM][LDS], const 
     }
 }
 
-// 8 int8 (one 8-byte load) -> 8 bf16 packed in 16 bytes; exact (|v| <= 128 needs 8 bits).
-__device__ __forceinline__ uint4 i8x8_to_bf16x8(uint2 raw) {
-    unsigned o[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const unsigned word = i < 2 ? raw.x : raw.y;
-        const int sh = (i & 1) * 16;
-        const float f0 = (float)(signed char)((word >> sh) & 0xff);
-        const float f1 = (float)(signed char)((word >> (sh + 8)) & 0xff);
-        __nv_bfloat162 h = __floats2bfloat162_rn(f0, f1);  // .x (low half) = f0
-        o[i] = *(unsigned*)&h;
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
-}
-
 extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params p) {
     __shared__ __align__(16) bf16 As[BM][LDS];
     __shared__ __align__(16) bf16 Bs[BN][LDS];

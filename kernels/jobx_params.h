@@ -147,8 +147,8 @@ typedef struct {
 // key_mask and K/V are indexed by the K/V batch row kb = kv_batch ? kv_batch[b] : b.
 typedef struct {
     const void* q;   // bf16
-    const void* k;   // bf16
-    const void* v;   // bf16
+    const void* k;   // bf16 (int8 with k_scale)
+    const void* v;   // bf16 (int8 with v_scale)
     void* o;         // bf16 [batch, tq, heads*dk]
     long long q_sb, q_sh, q_st;
     long long k_sb, k_sh, k_st;
@@ -176,6 +176,12 @@ typedef struct {
     float* partial;
     long long splits;
     long long chunk;        // <= 1024
+    // int8 K and V (`Backend::attention_q8`; decode and general kernels only): k and v point at
+    // int8 elements, and the element group of dk starting at element e (of the buffer the views
+    // index, offsets included) has scale k_scale[e / dk] (v_scale for v); every stride and
+    // offset is a multiple of dk. NULL for bf16 K/V.
+    const float* k_scale;
+    const float* v_scale;
 } jobx_attention_params;
 
 // Logits processing for one decode step, f32 logits [rows, vocab]:

@@ -260,6 +260,8 @@ fn host_backend_passes_the_generic_op_cases() {
             table::topk(&host, seed, 3, 32128, 8, false),
             table::topk(&host, seed, 1, 7, 1, true),
             table::gather(&host, seed, 2, 37, 13, &[1, 1]),
+            table::quantize_kv(&host, seed, 37, 64),
+            table::quantize_kv(&host, seed, 3, 33),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
             table::attention(
@@ -278,6 +280,7 @@ fn host_backend_passes_the_generic_op_cases() {
                 true,
                 Some(8),
                 true,
+                false,
             ),
             table::attention(
                 &host,
@@ -295,9 +298,10 @@ fn host_backend_passes_the_generic_op_cases() {
                 true,
                 Some(3),
                 true,
+                false,
             ),
             table::attention(
-                &host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true,
+                &host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true, false,
             ),
             table::attention(
                 &host,
@@ -314,6 +318,7 @@ fn host_backend_passes_the_generic_op_cases() {
                 Some((32, 128, false)),
                 true,
                 None,
+                false,
                 false,
             ),
             table::attention(
@@ -332,6 +337,45 @@ fn host_backend_passes_the_generic_op_cases() {
                 false,
                 Some(8),
                 false,
+                false,
+            ),
+            // int8 K/V (the cross-attention's with --cross-kv int8): decode steps with the
+            // beams' row map, and a prefill-sized query count (the general kernel on a GPU)
+            table::attention(
+                &host,
+                seed,
+                3,
+                2,
+                2,
+                1,
+                1030,
+                64,
+                false,
+                0,
+                0,
+                None,
+                true,
+                Some(0),
+                true,
+                true,
+            ),
+            table::attention(
+                &host,
+                seed,
+                4,
+                2,
+                2,
+                70,
+                90,
+                64,
+                false,
+                0,
+                0,
+                None,
+                true,
+                Some(64),
+                false,
+                true,
             ),
         ];
         failed.extend(runs.into_iter().filter_map(|r| r.err()));
@@ -829,13 +873,36 @@ mod table {
                         format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused:?} kv_map {kv_map}", t5.is_some()),
                         Box::new(move |g, s| {
                             g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
-                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused, kv_map);
+                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused, kv_map, false);
+                            g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
+                            r
+                        }),
+                    ));
+                }
+                // int8 K/V (no bias): the decode kernel's q8 variant for decode steps, else
+                // (and forced) the general kernel; K|V fused at offset 0 and at one head's offset
+                if t5.is_some() {
+                    continue;
+                }
+                for (general, off) in [(false, 0), (false, dk), (true, 0)] {
+                    cases.push((
+                        format!("attention q8 b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} general {general} off {off} kv_map {kv_map}"),
+                        Box::new(move |g, s| {
+                            g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
+                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, None, masked, Some(off), kv_map, true);
                             g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
                             r
                         }),
                     ));
                 }
             }
+        }
+        // K/V quantisation: one warp per group, exactly the CPU rule (zero groups included)
+        for &(groups, k) in &[(1, 1), (37, 64), (1000, 128), (5, 1024), (3, 33)] {
+            cases.push((
+                format!("quantize_kv groups{groups} k{k}"),
+                Box::new(move |g, s| quantize_kv(g, s, groups, k)),
+            ));
         }
         for &(rows, vocab, k, masked) in &[
             (1, 5, 1, false),
@@ -1601,6 +1668,36 @@ mod table {
         check(&name, seed, &got, &want, tol)
     }
 
+    /// `Backend::quantize_kv` against `cpu::quantize_rows_int8` on the same bf16 values: int8
+    /// values and scales equal (the same f32 operations), with an all-zero group.
+    pub fn quantize_kv<B: Backend>(
+        g: &B,
+        seed: u64,
+        groups: usize,
+        k: usize,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 31 + (groups * k) as u64);
+        let mut x = r.vec(groups * k, 3.0);
+        x[..k].iter_mut().for_each(|v| *v = 0.0);
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let mut dq = g.zeros::<i8>("t", groups * k).map_err(e)?;
+        let mut ds = g.zeros::<f32>("t", groups).map_err(e)?;
+        g.quantize_kv(&dx, groups, k, &mut dq, &mut ds).map_err(e)?;
+        let (wq, ws) = cpu::quantize_rows_int8(&x, groups, k);
+        let (gq, gs) = (
+            g.download("t", &dq).map_err(e)?,
+            g.download("t", &ds).map_err(e)?,
+        );
+        if gq != wq || gs != ws {
+            let bad = gq.iter().zip(&wq).position(|(a, b)| a != b);
+            return Err(format!(
+                "quantize_kv groups{groups} k{k} seed {seed}: first differing value {bad:?}, scales equal {}",
+                gs == ws
+            ));
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn attention<B: Backend>(
         g: &B,
@@ -1618,6 +1715,7 @@ mod table {
         masked: bool,
         fused: Option<usize>,
         kv_map: bool,
+        q8: bool,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 4099 + (tq * tk) as u64);
         // kv_map: fewer K/V rows than query rows, each query row reading the one the map names
@@ -1643,7 +1741,7 @@ mod table {
             st: h * dk,
             off: qoff,
         };
-        let (k, v, kv, vv) = if fused.is_some() {
+        let (mut k, mut v, kv, vv) = if fused.is_some() {
             let w = 2 * kvh * dk;
             let kvbuf = r.vec(qoff + kvb * tk * w, 1.0);
             let kv = View {
@@ -1701,6 +1799,27 @@ mod table {
             causal,
             t5_bias: t5,
         };
+        // q8: the fused K|V buffer (its offset a multiple of dk) quantised per head row with the
+        // crate's CPU rule; the reference then reads the dequantised values (int8 x scale, f32)
+        let quant = if q8 {
+            if fused.is_none_or(|o| o % dk != 0) || t5.is_some() {
+                return Err(
+                    "attention q8 case: needs a fused K|V at a multiple of dk, no bias".into(),
+                );
+            }
+            let groups = k.len() / dk;
+            let (qi, sc) = cpu::quantize_rows_int8(&k[..groups * dk], groups, dk);
+            let deq: Vec<f32> = qi
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| x as f32 * sc[i / dk])
+                .collect();
+            k = deq.clone();
+            v = deq;
+            Some((qi, sc))
+        } else {
+            None
+        };
         let dq = g.upload("t", &tob(&q)).map_err(e)?;
         let dk_ = g.upload("t", &tob(&k)).map_err(e)?;
         let dv = g.upload("t", &tob(&v)).map_err(e)?;
@@ -1708,17 +1827,34 @@ mod table {
         let dbias = g.upload("t", &bias).map_err(e)?;
         let dmap = g.upload("t", &map).map_err(e)?;
         let mut dout = g.zeros::<bf16>("t", b * tq * h * dk).map_err(e)?;
-        g.attention(
-            &call,
-            (&dq, qv),
-            (&dk_, kv),
-            (if fused.is_some() { &dk_ } else { &dv }, vv),
-            &mut dout,
-            masked.then_some(&dm),
-            kv_map.then_some(&dmap),
-            t5.is_some().then_some(&dbias),
-        )
-        .map_err(e)?;
+        if let Some((qi, sc)) = &quant {
+            let dkv = g.upload("t", qi).map_err(e)?;
+            let dsc = g.upload("t", sc).map_err(e)?;
+            g.attention_q8(
+                &call,
+                (&dq, qv),
+                &dkv,
+                kv,
+                vv,
+                &dsc,
+                &mut dout,
+                masked.then_some(&dm),
+                kv_map.then_some(&dmap),
+            )
+            .map_err(e)?;
+        } else {
+            g.attention(
+                &call,
+                (&dq, qv),
+                (&dk_, kv),
+                (if fused.is_some() { &dk_ } else { &dv }, vv),
+                &mut dout,
+                masked.then_some(&dm),
+                kv_map.then_some(&dmap),
+                t5.is_some().then_some(&dbias),
+            )
+            .map_err(e)?;
+        }
         let got = fromb(&g.download("t", &dout).map_err(e)?);
         // reference: explicit softmax in f64 with the crate's T5 bucket function
         let mut want = vec![0.0f32; b * tq * h * dk];
@@ -1770,7 +1906,7 @@ mod table {
             }
         }
         check(
-            &format!("attention b{b} h{h} tq{tq} tk{tk} kv_map {kv_map}"),
+            &format!("attention b{b} h{h} tq{tq} tk{tk} kv_map {kv_map} q8 {q8}"),
             seed,
             &got,
             &want,

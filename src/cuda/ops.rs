@@ -555,6 +555,15 @@ fn tensor_map(
     Ok(map.opaque)
 }
 
+/// K and V device pointers (view offsets applied), their views, and for int8 K/V the scale
+/// pointers (offsets applied in groups).
+struct KvOperands {
+    k: *mut std::ffi::c_void,
+    v: *mut std::ffi::c_void,
+    views: (View, View),
+    scales: Option<(*const f32, *const f32)>,
+}
+
 /// Up to this many queries per (batch row, head) the decode kernel runs instead of the 64-query
 /// tensor-core tiles.
 const DECODE_MAX_TQ: usize = 4;
@@ -562,6 +571,103 @@ const DECODE_MAX_TQ: usize = 4;
 const FA_BIAS_R_MAX: usize = 512;
 
 impl Gpu {
+    /// Both attention entry points after their checks: picks the kernel and launches.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_launch(
+        &self,
+        c: &AttnCall,
+        q: (&CudaSlice<bf16>, View),
+        kv: KvOperands,
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+        rel_bias: Option<&CudaSlice<f32>>,
+    ) -> Result<()> {
+        const OP: &str = "attention";
+        let (kview, vview) = kv.views;
+        let q8 = kv.scales.is_some();
+        let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
+        if c.batch * c.heads * c.tq == 0 {
+            return Ok(());
+        }
+        let gx = c.tq.div_ceil(4);
+        if gx > i32::MAX as usize || c.heads > 65_535 || c.batch > 65_535 {
+            return Err(backend_err(OP, "grid too large"));
+        }
+        let p = jobx_attention_params {
+            q: self.ptr_at(q.0, q.1.off),
+            k: kv.k,
+            v: kv.v,
+            o: self.ptr(o),
+            q_sb: q.1.sb as i64,
+            q_sh: q.1.sh as i64,
+            q_st: q.1.st as i64,
+            k_sb: kview.sb as i64,
+            k_sh: kview.sh as i64,
+            k_st: kview.st as i64,
+            v_sb: vview.sb as i64,
+            v_sh: vview.sh as i64,
+            v_st: vview.st as i64,
+            batch: c.batch as i64,
+            heads: c.heads as i64,
+            kv_heads: c.kv_heads as i64,
+            tq: c.tq as i64,
+            tk: c.tk as i64,
+            dk: c.dk as i64,
+            q_offset: c.q_offset as i64,
+            window: c.window as i64,
+            scale: c.scale,
+            causal: c.causal as i32,
+            key_mask: key_mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
+            kv_batch: kv_batch.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
+            rel_bias: rel_bias.map_or(std::ptr::null(), |m| self.ptr(m) as *const f32),
+            num_buckets: nb as i32,
+            max_distance: md as i32,
+            bidirectional: bidir as i32,
+            partial: std::ptr::null_mut(),
+            splits: 1,
+            chunk: 0,
+            k_scale: kv.scales.map_or(std::ptr::null(), |s| s.0),
+            v_scale: kv.scales.map_or(std::ptr::null(), |s| s.1),
+        };
+        // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride and
+        // offset a multiple of 8 elements), unless the general one is forced (tests)
+        let fast = [q.1, kview, vview]
+            .iter()
+            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0 && w.off % 8 == 0)
+            && (c.dk == 64 || c.dk == 128)
+            && !self
+                .general_kernels
+                .load(std::sync::atomic::Ordering::Relaxed);
+        // decode steps (a few queries per row): key chunks in parallel, then a merge
+        if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
+            return self.attention_decode(c, p, q8);
+        }
+        // otherwise the tensor-core flash kernel, 64 queries per block; its T5 bias table
+        // (relative positions clamped to +-max_distance) must be exact and fit its shared memory
+        let table_ok = rel_bias.is_none()
+            || crate::models::t5::bucket_saturation(nb, md, bidir)
+                .is_some_and(|d| d <= FA_BIAS_R_MAX);
+        // (int8 K/V: the decode kernel or the general one)
+        let mma = (fast && table_ok && !q8).then(|| {
+            if c.dk == 64 {
+                "attention_mma_d64"
+            } else {
+                "attention_mma_d128"
+            }
+        });
+        let (kernel, gx) = match mma {
+            Some(kname) => (kname, c.tq.div_ceil(64)),
+            None => ("attention_bf16", gx),
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0, // set by launch for the kernels that use it
+        };
+        self.launch(OP, kernel, cfg, p)
+    }
+
     /// attention_decode_d64/d128 (+ attention_combine when the keys are split). Chunks hold at
     /// most 1024 keys (the kernel's score buffer). With >= 2 (query row, head) pairs per
     /// multiprocessor there are no more chunks than that needs: the grid is then at most about
@@ -570,7 +676,7 @@ impl Gpu {
     /// partly filled second wave cost more than they give (a T5-Large cross-attention step at
     /// batch 32: 512 pairs). Fewer pairs are split into chunks of >= 128 keys until the grid
     /// has ~4 blocks per multiprocessor. `decode_splits` overrides the count (benchmarks).
-    fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params) -> Result<()> {
+    fn attention_decode(&self, c: &AttnCall, mut p: jobx_attention_params, q8: bool) -> Result<()> {
         const OP: &str = "attention";
         let rows = c.batch * c.tq * c.heads;
         let least = c.tk.div_ceil(1024).max(1);
@@ -599,10 +705,11 @@ impl Gpu {
         } else {
             None
         };
-        let kernel = if c.dk == 64 {
-            "attention_decode_d64"
-        } else {
-            "attention_decode_d128"
+        let kernel = match (c.dk == 64, q8) {
+            (true, false) => "attention_decode_d64",
+            (false, false) => "attention_decode_d128",
+            (true, true) => "attention_decode_q8_d64",
+            (false, true) => "attention_decode_q8_d128",
         };
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, c.heads as u32, (c.batch * c.tq) as u32),
@@ -1023,85 +1130,65 @@ impl crate::device::Backend for Gpu {
         kv_batch: Option<&CudaSlice<i32>>,
         rel_bias: Option<&CudaSlice<f32>>,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        check::attention::<Self>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
-        let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
-        if c.batch * c.heads * c.tq == 0 {
-            return Ok(());
-        }
-        let gx = c.tq.div_ceil(4);
-        if gx > i32::MAX as usize || c.heads > 65_535 || c.batch > 65_535 {
-            return Err(backend_err(OP, "grid too large"));
-        }
-        let p = jobx_attention_params {
-            q: self.ptr_at(q.0, q.1.off),
+        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
+        let kv = KvOperands {
             k: self.ptr_at(k.0, k.1.off),
             v: self.ptr_at(v.0, v.1.off),
-            o: self.ptr(o),
-            q_sb: q.1.sb as i64,
-            q_sh: q.1.sh as i64,
-            q_st: q.1.st as i64,
-            k_sb: k.1.sb as i64,
-            k_sh: k.1.sh as i64,
-            k_st: k.1.st as i64,
-            v_sb: v.1.sb as i64,
-            v_sh: v.1.sh as i64,
-            v_st: v.1.st as i64,
-            batch: c.batch as i64,
-            heads: c.heads as i64,
-            kv_heads: c.kv_heads as i64,
-            tq: c.tq as i64,
-            tk: c.tk as i64,
-            dk: c.dk as i64,
-            q_offset: c.q_offset as i64,
-            window: c.window as i64,
-            scale: c.scale,
-            causal: c.causal as i32,
-            key_mask: key_mask.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
-            kv_batch: kv_batch.map_or(std::ptr::null(), |m| self.ptr(m) as *const i32),
-            rel_bias: rel_bias.map_or(std::ptr::null(), |m| self.ptr(m) as *const f32),
-            num_buckets: nb as i32,
-            max_distance: md as i32,
-            bidirectional: bidir as i32,
-            partial: std::ptr::null_mut(),
-            splits: 1,
-            chunk: 0,
+            views: (k.1, v.1),
+            scales: None,
         };
-        // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride and
-        // offset a multiple of 8 elements), unless the general one is forced (tests)
-        let fast = [q.1, k.1, v.1]
-            .iter()
-            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0 && w.off % 8 == 0)
-            && (c.dk == 64 || c.dk == 128)
-            && !self
-                .general_kernels
-                .load(std::sync::atomic::Ordering::Relaxed);
-        // decode steps (a few queries per row): key chunks in parallel, then a merge
-        if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
-            return self.attention_decode(c, p);
+        self.attention_launch(c, q, kv, o, key_mask, kv_batch, rel_bias)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_q8(
+        &self,
+        c: &AttnCall,
+        q: (&CudaSlice<bf16>, View),
+        kv: &CudaSlice<i8>,
+        k: View,
+        v: View,
+        scales: &CudaSlice<f32>,
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+    ) -> Result<()> {
+        check::attention_q8::<Self>(c, q, kv, k, v, scales, o, key_mask, kv_batch)?;
+        // the views' offsets move the int8 pointers by elements and the scales by groups
+        let ops = KvOperands {
+            k: self.ptr_at(kv, k.off),
+            v: self.ptr_at(kv, v.off),
+            views: (k, v),
+            scales: Some((
+                self.ptr_at(scales, k.off / c.dk) as *const f32,
+                self.ptr_at(scales, v.off / c.dk) as *const f32,
+            )),
+        };
+        self.attention_launch(c, q, ops, o, key_mask, kv_batch, None)
+    }
+
+    fn quantize_kv(
+        &self,
+        x: &CudaSlice<bf16>,
+        groups: usize,
+        k: usize,
+        q: &mut CudaSlice<i8>,
+        scales: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "quantize_kv";
+        check::quantize_kv::<Self>(x, groups, k, q, scales)?;
+        if groups == 0 {
+            return Ok(());
         }
-        // otherwise the tensor-core flash kernel, 64 queries per block; its T5 bias table
-        // (relative positions clamped to +-max_distance) must be exact and fit its shared memory
-        let table_ok = rel_bias.is_none()
-            || crate::models::t5::bucket_saturation(nb, md, bidir)
-                .is_some_and(|d| d <= FA_BIAS_R_MAX);
-        let mma = (fast && table_ok).then(|| {
-            if c.dk == 64 {
-                "attention_mma_d64"
-            } else {
-                "attention_mma_d128"
-            }
-        });
-        let (kernel, gx) = match mma {
-            Some(kname) => (kname, c.tq.div_ceil(64)),
-            None => ("attention_bf16", gx),
+        let p = jobx_quantize_params {
+            x: self.ptr(x),
+            q: self.ptr(q),
+            scale: self.ptr(scales) as *mut f32,
+            m: groups as i64,
+            k: k as i64,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0, // set by launch for the kernels that use it
-        };
-        self.launch(OP, kernel, cfg, p)
+        // a warp per group, 8 per block
+        self.launch(OP, "quantize_kv_int8", grid_1d(groups * 32, 256), p)
     }
 
     /// Greedy choice on the device: the `suppress` ids set to -inf, then per row the argmax

@@ -270,11 +270,11 @@ pub fn lora_shrink<B: Backend + ?Sized>(
 /// The kernels implement head sizes 1..=128, query heads a multiple of the K/V heads, and the T5
 /// bucket formula for buckets >= 2 and max_distance > buckets / 2 (the log-spaced buckets).
 #[allow(clippy::too_many_arguments)]
-pub fn attention<B: Backend + ?Sized>(
+pub fn attention<B: Backend + ?Sized, T: Elem>(
     c: &AttnCall,
     q: (&B::Buf<bf16>, View),
-    k: (&B::Buf<bf16>, View),
-    v: (&B::Buf<bf16>, View),
+    k: (&B::Buf<T>, View),
+    v: (&B::Buf<T>, View),
     o: &B::Buf<bf16>,
     key_mask: Option<&B::Buf<i32>>,
     kv_batch: Option<&B::Buf<i32>>,
@@ -328,6 +328,57 @@ pub fn attention<B: Backend + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// `Backend::attention_q8`: as `attention` (no relative bias) with K and V views into one int8
+/// buffer, every stride and offset of both a multiple of dk (so each head row is one scale
+/// group), and a scale for every group the views reach.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_q8<B: Backend + ?Sized>(
+    c: &AttnCall,
+    q: (&B::Buf<bf16>, View),
+    kv: &B::Buf<i8>,
+    k: View,
+    v: View,
+    scales: &B::Buf<f32>,
+    o: &B::Buf<bf16>,
+    key_mask: Option<&B::Buf<i32>>,
+    kv_batch: Option<&B::Buf<i32>>,
+) -> Result<()> {
+    const OP: &str = "attention";
+    attention::<B, i8>(c, q, (kv, k), (kv, v), o, key_mask, kv_batch, None)?;
+    for (what, w) in [("k", k), ("v", v)] {
+        if [w.sb, w.sh, w.st, w.off].iter().any(|x| x % c.dk != 0) {
+            return Err(err::<B>(
+                OP,
+                format!(
+                    "{what} view {w:?}: strides and offset must be multiples of dk {}",
+                    c.dk
+                ),
+            ));
+        }
+        let end = view_len(w, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
+        need::<B, _>(OP, "scales", scales, end.map(|e| e / c.dk))?;
+    }
+    Ok(())
+}
+
+/// `Backend::quantize_kv`: groups of 1..=1024 elements, buffers large enough.
+pub fn quantize_kv<B: Backend + ?Sized>(
+    x: &B::Buf<bf16>,
+    groups: usize,
+    k: usize,
+    q: &B::Buf<i8>,
+    scales: &B::Buf<f32>,
+) -> Result<()> {
+    const OP: &str = "quantize_kv";
+    if k == 0 || k > 1024 {
+        return Err(err::<B>(OP, format!("group size {k} (1..=1024)")));
+    }
+    let n = size(&[groups, k]);
+    need::<B, _>(OP, "x", x, n)?;
+    need::<B, _>(OP, "q", q, n)?;
+    need::<B, _>(OP, "scales", scales, Some(groups))
 }
 
 /// Also bounds the vocabulary to i32 ids (what the kernels write).

@@ -286,77 +286,51 @@ impl Backend for HostBackend {
         kv_batch: Option<&Vec<i32>>,
         rel_bias: Option<&Vec<f32>>,
     ) -> Result<()> {
-        const OP: &str = "attention";
-        check::attention::<Self>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
-        let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
-        let group = c.heads / c.kv_heads;
-        let dk = c.dk;
-        let mut s = vec![0f32; c.tk];
-        for b in 0..c.batch {
-            let kb = match kv_batch {
-                Some(m) => {
-                    let r = m[b];
-                    if r < 0 || r as usize >= c.kv_batch_rows {
-                        return Err(err(OP, format!("kv_batch[{b}] = {r}")));
-                    }
-                    r as usize
-                }
-                None => b,
-            };
-            for h in 0..c.heads {
-                let kh = h / group;
-                for i in 0..c.tq {
-                    let qpos = c.q_offset + i;
-                    let qrow = &q.0[q.1.off + b * q.1.sb + h * q.1.sh + i * q.1.st..][..dk];
-                    let mut mx = f32::NEG_INFINITY;
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        let visible = key_mask.is_none_or(|m| m[kb * c.tk + j] != 0)
-                            && (!c.causal || j <= qpos)
-                            && (c.window == 0 || qpos < j + c.window);
-                        *sj = f32::NEG_INFINITY;
-                        if !visible {
-                            continue;
-                        }
-                        let krow = &k.0[k.1.off + kb * k.1.sb + kh * k.1.sh + j * k.1.st..][..dk];
-                        let dot: f32 = qrow
-                            .iter()
-                            .zip(krow)
-                            .map(|(a, b)| a.to_f32() * b.to_f32())
-                            .sum();
-                        let mut sc = dot * c.scale;
-                        if let Some(rb) = rel_bias {
-                            let rel = j as i64 - qpos as i64;
-                            let bucket =
-                                crate::models::t5::relative_position_bucket(rel, bidir, nb, md);
-                            sc += rb[bucket * c.heads + h];
-                        }
-                        *sj = sc;
-                        mx = mx.max(sc);
-                    }
-                    let out = &mut o[((b * c.tq + i) * c.heads + h) * dk..][..dk];
-                    if mx == f32::NEG_INFINITY {
-                        out.iter_mut().for_each(|v| *v = bf16::ZERO);
-                        continue;
-                    }
-                    let mut l = 0f32;
-                    let mut acc = vec![0f32; dk];
-                    for (j, &sj) in s.iter().enumerate() {
-                        if sj == f32::NEG_INFINITY {
-                            continue;
-                        }
-                        let p = (sj - mx).exp();
-                        l += p;
-                        let vrow = &v.0[v.1.off + kb * v.1.sb + kh * v.1.sh + j * v.1.st..][..dk];
-                        for (a, vv) in acc.iter_mut().zip(vrow) {
-                            *a += p * vv.to_f32();
-                        }
-                    }
-                    for (d, a) in out.iter_mut().zip(&acc) {
-                        *d = bf16::from_f32(a / l);
-                    }
-                }
-            }
-        }
+        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
+        let (kv, vv) = (k.0, v.0);
+        attend(
+            c,
+            q,
+            (k.1, |e| kv[e].to_f32()),
+            (v.1, |e| vv[e].to_f32()),
+            o,
+            key_mask,
+            kv_batch,
+            rel_bias,
+        )
+    }
+
+    fn attention_q8(
+        &self,
+        c: &AttnCall,
+        q: (&Vec<bf16>, View),
+        kv: &Vec<i8>,
+        k: View,
+        v: View,
+        scales: &Vec<f32>,
+        o: &mut Vec<bf16>,
+        key_mask: Option<&Vec<i32>>,
+        kv_batch: Option<&Vec<i32>>,
+    ) -> Result<()> {
+        check::attention_q8::<Self>(c, q, kv, k, v, scales, o, key_mask, kv_batch)?;
+        // int8 value times its group's scale in f32, as the kernels apply it
+        let at = |e: usize| kv[e] as f32 * scales[e / c.dk];
+        attend(c, q, (k, at), (v, at), o, key_mask, kv_batch, None)
+    }
+
+    fn quantize_kv(
+        &self,
+        x: &Vec<bf16>,
+        groups: usize,
+        k: usize,
+        q: &mut Vec<i8>,
+        scales: &mut Vec<f32>,
+    ) -> Result<()> {
+        check::quantize_kv::<Self>(x, groups, k, q, scales)?;
+        let xf: Vec<f32> = x[..groups * k].iter().map(|v| v.to_f32()).collect();
+        let (qq, ss) = crate::cpu::quantize_rows_int8(&xf, groups, k);
+        q[..groups * k].copy_from_slice(&qq);
+        scales[..groups].copy_from_slice(&ss);
         Ok(())
     }
 
@@ -440,4 +414,90 @@ fn mask_row(x: &mut [f32], mask: Option<&[u32]>, suppress: &[u32]) {
             *v = f32::NEG_INFINITY;
         }
     }
+}
+
+/// The host backend's attention in f32: K and V elements come through accessors by element
+/// index (bf16 widened, or int8 times its group's scale).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    c: &AttnCall,
+    q: (&Vec<bf16>, View),
+    k: (View, impl Fn(usize) -> f32),
+    v: (View, impl Fn(usize) -> f32),
+    o: &mut [bf16],
+    key_mask: Option<&Vec<i32>>,
+    kv_batch: Option<&Vec<i32>>,
+    rel_bias: Option<&Vec<f32>>,
+) -> Result<()> {
+    const OP: &str = "attention";
+    let (nb, md, bidir) = c.t5_bias.unwrap_or((0, 0, false));
+    let group = c.heads / c.kv_heads;
+    let dk = c.dk;
+    let mut s = vec![0f32; c.tk];
+    for b in 0..c.batch {
+        let kb = match kv_batch {
+            Some(m) => {
+                let r = m[b];
+                if r < 0 || r as usize >= c.kv_batch_rows {
+                    return Err(err(OP, format!("kv_batch[{b}] = {r}")));
+                }
+                r as usize
+            }
+            None => b,
+        };
+        for h in 0..c.heads {
+            let kh = h / group;
+            for i in 0..c.tq {
+                let qpos = c.q_offset + i;
+                let qrow = &q.0[q.1.off + b * q.1.sb + h * q.1.sh + i * q.1.st..][..dk];
+                let mut mx = f32::NEG_INFINITY;
+                for (j, sj) in s.iter_mut().enumerate() {
+                    let visible = key_mask.is_none_or(|m| m[kb * c.tk + j] != 0)
+                        && (!c.causal || j <= qpos)
+                        && (c.window == 0 || qpos < j + c.window);
+                    *sj = f32::NEG_INFINITY;
+                    if !visible {
+                        continue;
+                    }
+                    let k0 = k.0.off + kb * k.0.sb + kh * k.0.sh + j * k.0.st;
+                    let dot: f32 = qrow
+                        .iter()
+                        .enumerate()
+                        .map(|(d, a)| a.to_f32() * (k.1)(k0 + d))
+                        .sum();
+                    let mut sc = dot * c.scale;
+                    if let Some(rb) = rel_bias {
+                        let rel = j as i64 - qpos as i64;
+                        let bucket =
+                            crate::models::t5::relative_position_bucket(rel, bidir, nb, md);
+                        sc += rb[bucket * c.heads + h];
+                    }
+                    *sj = sc;
+                    mx = mx.max(sc);
+                }
+                let out = &mut o[((b * c.tq + i) * c.heads + h) * dk..][..dk];
+                if mx == f32::NEG_INFINITY {
+                    out.iter_mut().for_each(|v| *v = bf16::ZERO);
+                    continue;
+                }
+                let mut l = 0f32;
+                let mut acc = vec![0f32; dk];
+                for (j, &sj) in s.iter().enumerate() {
+                    if sj == f32::NEG_INFINITY {
+                        continue;
+                    }
+                    let p = (sj - mx).exp();
+                    l += p;
+                    let v0 = v.0.off + kb * v.0.sb + kh * v.0.sh + j * v.0.st;
+                    for (d, a) in acc.iter_mut().enumerate() {
+                        *a += p * (v.1)(v0 + d);
+                    }
+                }
+                for (d, a) in out.iter_mut().zip(&acc) {
+                    *d = bf16::from_f32(a / l);
+                }
+            }
+        }
+    }
+    Ok(())
 }

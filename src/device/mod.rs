@@ -353,6 +353,34 @@ pub trait Backend: Sync {
         kv_batch: Option<&Self::Buf<i32>>,
         rel_bias: Option<&Self::Buf<f32>>,
     ) -> Result<()>;
+    /// `attention` over int8 K and V (the T5 cross-attention's, `--cross-kv int8`): views `k`
+    /// and `v` into one int8 buffer `kv`, every stride and offset a multiple of dk, and the dk
+    /// elements from element e (of `kv`) scaled by `scales[e / dk]` (`quantize_kv` groups). No
+    /// relative bias.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_q8(
+        &self,
+        c: &AttnCall,
+        q: (&Self::Buf<bf16>, View),
+        kv: &Self::Buf<i8>,
+        k: View,
+        v: View,
+        scales: &Self::Buf<f32>,
+        o: &mut Self::Buf<bf16>,
+        key_mask: Option<&Self::Buf<i32>>,
+        kv_batch: Option<&Self::Buf<i32>>,
+    ) -> Result<()>;
+    /// Int8 quantisation of `groups` contiguous groups of `k` (1..=1024) elements of `x`, one
+    /// scale each: scale = max|x| / 127, q = round-half-even(x / scale) clamped to [-127, 127]
+    /// (`cpu::quantize_rows_int8`'s rule; an all-zero group gets scale 0).
+    fn quantize_kv(
+        &self,
+        x: &Self::Buf<bf16>,
+        groups: usize,
+        k: usize,
+        q: &mut Self::Buf<i8>,
+        scales: &mut Self::Buf<f32>,
+    ) -> Result<()>;
     /// Per row of logits [rows, vocab]: the argmax (lowest id on ties) after setting `suppress`
     /// ids and the ids `masks` disallows (rows x `generate::mask_words_len(vocab)` words, bit
     /// clear = disallowed) to -inf, and its log-probability (value - log-sum-exp of the masked

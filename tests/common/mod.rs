@@ -894,6 +894,64 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         attn(&c, &q, &k, &v, &mut o, None, Some(&map), Some(&f(31))),
     );
 
+    // attention_q8: int8 K|V views into one buffer (strides multiples of dk), a scale per dk
+    // group; no relative bias
+    let cq = AttnCall { t5_bias: None, ..c };
+    let (kv8, sc) = (
+        b.upload("t", &(0..80).map(|j| (j % 7) as i8 - 3).collect::<Vec<_>>())
+            .unwrap(),
+        b.upload("t", &[0.01f32; 10]).unwrap(),
+    );
+    let q8 = |kview: View, scales: &B::Buf<f32>, o: &mut B::Buf<bf16>| {
+        b.attention_q8(
+            &cq,
+            (&q, qv),
+            &kv8,
+            kview,
+            kview,
+            scales,
+            o,
+            None,
+            Some(&map),
+        )
+    };
+    expect("attn q8 ok", "attention", "", q8(kv, &sc, &mut o));
+    let odd = View { sh: 4, ..kv };
+    expect(
+        "attn q8 stride",
+        "attention",
+        "multiples of dk",
+        q8(odd, &sc, &mut o),
+    );
+    let short = b.upload("t", &[0.01f32; 9]).unwrap();
+    expect(
+        "attn q8 scales",
+        "attention",
+        "scales",
+        q8(kv, &short, &mut o),
+    );
+    // quantize_kv: groups of 1..=1024
+    let (mut q8buf, mut q8sc) = (b.zeros::<i8>("t", 16).unwrap(), f(4));
+    let xq = bf(32);
+    expect(
+        "quantize ok",
+        "quantize_kv",
+        "",
+        b.quantize_kv(&xq, 2, 8, &mut q8buf, &mut q8sc),
+    );
+    expect(
+        "quantize group",
+        "quantize_kv",
+        "group size",
+        b.quantize_kv(&xq, 2, 0, &mut q8buf, &mut q8sc),
+    );
+    expect(
+        "quantize q",
+        "quantize_kv",
+        "q:",
+        b.quantize_kv(&xq, 4, 8, &mut q8buf, &mut q8sc),
+    );
+
     // greedy_pick: 2 rows of 40 ids (2 mask words a row)
     let mut lg = b
         .upload("t", &(0..80).map(|j| j as f32 * 0.1).collect::<Vec<_>>())
