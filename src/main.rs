@@ -32,10 +32,17 @@ struct Cli {
     /// scales; embeddings, LM heads and norms stay bf16)
     #[arg(long, global = true, value_enum, default_value = "bf16")]
     gpu_weights: GpuWeights,
+    /// CUDA storage of the T5 cross-attention keys and values (computed once per batch from
+    /// the encoder output, read by every decode step): bf16, or int8 with one scale per head
+    /// row (half the memory and the bytes each step reads; logits move within the int8
+    /// weights' verify budget)
+    #[arg(long, global = true, value_enum, default_value = "bf16")]
+    cross_kv: GpuWeights,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+/// A CUDA storage format (`--gpu-weights`, `--cross-kv`).
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
 enum GpuWeights {
     Bf16,
@@ -47,6 +54,13 @@ static GPU_INT8: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 
 fn gpu_int8() -> bool {
     GPU_INT8.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--cross-kv int8` for the commands that run T5 on CUDA.
+static CROSS_KV_INT8: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn cross_kv_int8() -> bool {
+    CROSS_KV_INT8.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -409,6 +423,10 @@ fn main() {
         cli.gpu_weights == GpuWeights::Int8,
         std::sync::atomic::Ordering::Relaxed,
     );
+    CROSS_KV_INT8.store(
+        cli.cross_kv == GpuWeights::Int8,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if let Some(t) = cli.threads {
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))
@@ -428,6 +446,18 @@ fn main() {
         Device::Auto => runs_on_cuda && auto_picks_cuda(),
         Device::Cpu => false,
     };
+    // the CUDA storage options change nothing on the CPU graphs (f32 or bf16 weights in f32
+    // arithmetic): said, not silently ignored
+    if !cuda && runs_on_cuda {
+        for (flag, set) in [
+            ("--gpu-weights int8", cli.gpu_weights == GpuWeights::Int8),
+            ("--cross-kv int8", cli.cross_kv == GpuWeights::Int8),
+        ] {
+            if set {
+                eprintln!("note: {flag} applies to CUDA runs; this one runs on the CPU");
+            }
+        }
+    }
     let code = match device_ok.and_then(|_| run(cli.cmd, cuda)) {
         Ok(c) => c,
         Err(e) => {
@@ -484,7 +514,11 @@ fn check_device(d: Device) -> anyhow::Result<()> {
 #[cfg(feature = "cuda")]
 fn load_engine(model: &str, cuda: bool) -> jobx_engine::Result<Engine> {
     if cuda {
-        Engine::load_cuda(model, gpu_int8())
+        let engine = Engine::load_cuda(model, gpu_int8())?;
+        jobx_engine::cuda::Gpu::shared()?
+            .int8_cross_kv
+            .store(cross_kv_int8(), std::sync::atomic::Ordering::Relaxed);
+        Ok(engine)
     } else {
         Engine::load(model)
     }
@@ -766,6 +800,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                 merge_adapter,
                 cuda,
                 cuda_int8: gpu_int8(),
+                cuda_cross_kv_int8: cross_kv_int8(),
                 host_device: false,
             };
             if dirs.is_empty() {

@@ -104,6 +104,35 @@ fn cuda_verify_fixtures() {
     }
 }
 
+/// `--cross-kv int8` on the CUDA T5 graphs (common::t5_cross_kv_int8): every T5 fixture's
+/// logits within the int8 weights' budget of the f32 CPU graph, and different from bf16 K/V.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_t5_int8_cross_kv() {
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!("SKIP cuda_t5_int8_cross_kv: no usable GPU ({e})"));
+            return;
+        }
+    };
+    let set = |on: bool| {
+        gpu.int8_cross_kv
+            .store(on, std::sync::atomic::Ordering::Relaxed)
+    };
+    let rows = common::t5_cross_kv_int8(&gpu, &set);
+    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
+    let worst_bf16 = rows.iter().map(|r| r.1).fold(0f64, f64::max);
+    eprintln!(
+        "CUDA int8 cross K/V: worst relative logits error {worst:.3e} (bf16 K/V {worst_bf16:.3e})"
+    );
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r.0 > jobx_engine::verify::CUDA_INT8_TOLERANCE_REL)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 /// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):
 /// its outputs must equal those of the CUDA graphs driven directly (the path `verify --device
 /// cuda` checks against HF), for T5 (right padding) and Mistral (left padding), greedy and

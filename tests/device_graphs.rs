@@ -27,6 +27,28 @@ fn device_graphs_apply_a_lora_slot_per_row() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// `--cross-kv int8` (int8 T5 cross-attention K/V, one scale per head row) on the host
+/// backend: every T5 fixture's logits within the int8 weights' budget of the f32 CPU graph.
+#[test]
+fn t5_int8_cross_kv_stays_within_the_int8_budget() {
+    let host = jobx_engine::device::host::HostBackend::new();
+    let set = |on: bool| {
+        host.int8_cross_kv
+            .store(on, std::sync::atomic::Ordering::Relaxed)
+    };
+    let rows = common::t5_cross_kv_int8(&host, &set);
+    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
+    let worst_bf16 = rows.iter().map(|r| r.1).fold(0f64, f64::max);
+    eprintln!(
+        "int8 cross K/V: worst relative logits error {worst:.3e} (bf16 K/V {worst_bf16:.3e})"
+    );
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| r.0 > jobx_engine::verify::CUDA_INT8_TOLERANCE_REL)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
 /// Every op of the host backend rejects each bad argument with a clear error and accepts the
 /// right ones (the checks are `device::check`, the same code that guards the CUDA kernels).
 #[test]

@@ -149,3 +149,34 @@ fn verify_cli_prints_summary_last_and_exit_code() {
         assert!(last.get(k).is_some(), "summary lacks {k}");
     }
 }
+
+/// The CUDA storage options on a CPU run: the run is the CPU's, unchanged, and each option set
+/// is named on stderr rather than ignored silently.
+#[test]
+fn cuda_storage_options_on_the_cpu_are_said_not_ignored() {
+    let out = common::cli()
+        .args(["--cross-kv", "int8", "--gpu-weights", "int8", "verify"])
+        .arg(common::fixture("t5-relu-tied"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for flag in ["--cross-kv int8", "--gpu-weights int8"] {
+        assert!(
+            err.contains(&format!("note: {flag} applies to CUDA runs")),
+            "{err}"
+        );
+    }
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["ok"], true);
+    // the CPU graph's f32 accuracy: no int8 anywhere
+    assert!(last["max_rel_err"].as_f64().unwrap() < 1e-4, "{last}");
+    let bad = common::cli()
+        .args(["--cross-kv", "fp8", "verify"])
+        .arg(common::fixture("t5-relu-tied"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("fp8"));
+}

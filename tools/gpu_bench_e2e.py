@@ -128,14 +128,18 @@ def main():
         # around every launch: the device time per kernel of the load + encoder and of the decode
         # steps; its own seconds include the events' cost, so not a timing; at the largest batch
         # only). Tuning's choices show as "jobx profile: gemm tune" lines in each run's profile.
-        runs = [("bf16", "1", "on"), ("int8", "1", "on"), ("bf16", "1", "off")]
+        # Also bf16 weights with int8 cross-attention K/V (--cross-kv int8: half the bytes each
+        # decode step reads from the encoder side; opt-in, numerics within the int8 budget).
+        runs = [("bf16", "1", "on", "bf16"), ("int8", "1", "on", "bf16"), ("bf16", "1", "off", "bf16"),
+                ("bf16", "1", "on", "int8")]
         if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
-            runs.append(("bf16", "kernels", "on"))
-        for wfmt, prof, tune in runs:
-            cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "generate", "--model",
-                   a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
+            runs.append(("bf16", "kernels", "on", "bf16"))
+        for wfmt, prof, tune, kv in runs:
+            cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "--cross-kv", kv, "generate",
+                   "--model", a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
             eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
+                   + ("-cross-kv-int8" if kv == "int8" else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
             # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
             r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune))

@@ -818,6 +818,11 @@ impl crate::device::Backend for Gpu {
         self.int8_weights.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    fn int8_cross_kv(&self) -> bool {
+        self.int8_cross_kv
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn take_profile(&self) -> Result<Vec<String>> {
         self.take_kernel_profile()
     }

@@ -171,6 +171,8 @@ pub struct Gpu {
     /// Store linear-layer weights as weight-only int8 (per-channel scales) when a graph loads
     /// (`--gpu-weights int8`); embeddings, LM heads and norms stay bf16.
     pub int8_weights: std::sync::atomic::AtomicBool,
+    /// Keep T5 cross-attention K/V in int8 in encodings made from now on (`--cross-kv int8`).
+    pub int8_cross_kv: std::sync::atomic::AtomicBool,
     /// Use the general kernels where a specialised one would run (tests of both paths): the
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
@@ -342,6 +344,7 @@ impl Gpu {
             l2_bytes,
             multiprocessors,
             int8_weights: Default::default(),
+            int8_cross_kv: Default::default(),
             sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
             poison: std::env::var("JOBX_CUDA_POISON").is_ok_and(|v| v == "1"),
             profile: std::env::var("JOBX_PROFILE")

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct HostBackend {
     /// store linear layers as weight-only int8 in graphs loaded from now on
     pub int8_weights: AtomicBool,
+    /// keep T5 cross-attention K/V in int8 in encodings made from now on
+    pub int8_cross_kv: AtomicBool,
 }
 
 impl HostBackend {
@@ -44,6 +46,9 @@ impl Backend for HostBackend {
     }
     fn int8_weights(&self) -> bool {
         self.int8_weights.load(Ordering::Relaxed)
+    }
+    fn int8_cross_kv(&self) -> bool {
+        self.int8_cross_kv.load(Ordering::Relaxed)
     }
     fn scratch<T: Elem>(&self, _op: &'static str, n: usize) -> Result<Vec<T>> {
         Ok(vec![T::poison(); n.max(1)])

@@ -220,6 +220,11 @@ pub trait Backend: Sync {
     fn name(&self) -> String;
     /// Whether graphs loaded now store their linear layers as weight-only int8.
     fn int8_weights(&self) -> bool;
+    /// Whether T5 encodings from now on keep the cross-attention K/V in int8 (one scale per
+    /// head row; `--cross-kv int8`).
+    fn int8_cross_kv(&self) -> bool {
+        false
+    }
     /// The device time per kernel since the last call, one line each, most first, when the
     /// backend profiles its kernels (`JOBX_PROFILE=kernels` on the GPU); else nothing.
     fn take_profile(&self) -> Result<Vec<String>> {

@@ -61,9 +61,17 @@ pub struct DeviceEncoderOut<B: Backend> {
     /// [batch, seq] key mask (1 = real token)
     mask: B::Buf<i32>,
     /// per decoder layer: cross-attention k|v [batch, seq, 2*H*dk]
-    cross_kv: Vec<B::Buf<bf16>>,
+    cross_kv: Vec<CrossKv<B>>,
     /// adapter slot of each batch row (the decoder rows inherit their source row's)
     adapters: Vec<Option<usize>>,
+}
+
+/// One decoder layer's cross-attention k|v [batch, seq, 2*H*dk]: bf16, or int8 with one scale
+/// per head row of K and of V (`Backend::int8_cross_kv`, `--cross-kv int8`; half the bytes
+/// every decode step reads).
+enum CrossKv<B: Backend> {
+    Bf16(B::Buf<bf16>),
+    Int8 { q: B::Buf<i8>, scales: B::Buf<f32> },
 }
 
 fn cfg_err(msg: String) -> Error {
@@ -387,9 +395,15 @@ impl<'g, B: Backend> T5Device<'g, B> {
             eps,
         )?;
         let mut cross_kv = Vec::new();
+        let int8 = self.dev.int8_cross_kv();
+        // int8: each layer's bf16 k|v goes through one shared buffer into its int8 copy
+        let mut shared = None;
         for l in 0..c.n_dec_layers() {
             let ca = format!("decoder.block.{l}.layer.1.EncDecAttention");
-            let mut kv = self.buf(rows * 2 * inner)?;
+            let mut kv = match shared.take() {
+                Some(b) => b,
+                None => self.buf(rows * 2 * inner)?,
+            };
             self.w.linear(
                 &enc,
                 &fused_name(&ca, KV),
@@ -398,7 +412,16 @@ impl<'g, B: Backend> T5Device<'g, B> {
                 false,
                 ad,
             )?;
-            cross_kv.push(kv);
+            if int8 {
+                let groups = rows * 2 * h;
+                let mut q = self.dev.zeros::<i8>("t5", groups * dk)?;
+                let mut scales = self.dev.zeros::<f32>("t5", groups)?;
+                self.dev.quantize_kv(&kv, groups, dk, &mut q, &mut scales)?;
+                cross_kv.push(CrossKv::Int8 { q, scales });
+                shared = Some(kv);
+            } else {
+                cross_kv.push(CrossKv::Bf16(kv));
+            }
         }
         Ok(DeviceEncoderOut {
             batch,
@@ -732,6 +755,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 &self.ad,
             )?;
             let ekv = &self.enc.cross_kv[l];
+            let (mask, src) = (Some(&self.enc.mask), Some(&self.src_d));
             let call = AttnCall {
                 batch: rows,
                 kv_batch_rows: self.enc.batch,
@@ -746,16 +770,29 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 causal: false,
                 t5_bias: None,
             };
-            dev.attention(
-                &call,
-                (q, qview),
-                (ekv, enc_view(0)),
-                (ekv, enc_view(inner)),
-                o,
-                Some(&self.enc.mask),
-                Some(&self.src_d),
-                None,
-            )?;
+            match ekv {
+                CrossKv::Bf16(kv) => dev.attention(
+                    &call,
+                    (q, qview),
+                    (kv, enc_view(0)),
+                    (kv, enc_view(inner)),
+                    o,
+                    mask,
+                    src,
+                    None,
+                )?,
+                CrossKv::Int8 { q: kv, scales } => dev.attention_q8(
+                    &call,
+                    (q, qview),
+                    kv,
+                    enc_view(0),
+                    enc_view(inner),
+                    scales,
+                    o,
+                    mask,
+                    src,
+                )?,
+            }
             m.w.linear(
                 o,
                 &format!("{ca}.o.weight"),

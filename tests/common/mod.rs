@@ -149,6 +149,74 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     num / den.max(1e-30)
 }
 
+/// `--cross-kv int8` on the T5 device graphs of `dev` (`set_kv8` switches it): for every T5
+/// fixture, a padded batch of two rows, teacher-forced decode steps, each row's logits against
+/// the f32 CPU graph. Returns (int8 error, bf16 error, label) per row and step; the int8 K/V
+/// must stay within `CUDA_INT8_TOLERANCE_REL` (the int8 weights' budget) and must differ from
+/// the bf16 run (so the int8 path ran).
+pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
+    dev: &B,
+    set_kv8: &dyn Fn(bool),
+) -> Vec<(f64, f64, String)> {
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::t5::T5Model;
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    let mut out = Vec::new();
+    for name in [
+        "t5-gated-gelu-untied",
+        "t5-gated-silu",
+        "t5-relu-tied",
+        "t5-tiny-real-vocab",
+    ] {
+        let dir = fixtures_dir().join(name);
+        let cpu = T5Model::load_dir(&dir).unwrap();
+        let g = T5Device::load_dir(dev, &dir).unwrap();
+        let v = cpu.cfg.vocab_size;
+        let rows = two_rows(v as u32);
+        let s = 9;
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for r in &rows {
+            let pad = std::iter::repeat_n(cpu.cfg.pad_token_id, s - r.len());
+            ids.extend(r.iter().copied().chain(pad));
+            mask.extend((0..s).map(|j| (j < r.len()) as u8));
+        }
+        let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
+        let want: Vec<_> = rows
+            .iter()
+            .map(|r| t5_row_logits(&cpu, r, None, &dec))
+            .collect();
+        let mut runs = Vec::new();
+        for kv8 in [true, false] {
+            set_kv8(kv8);
+            let enc = g.encode(&ids, &mask, 2, s).unwrap();
+            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
+            let mut steps = Vec::new();
+            for &t in &dec {
+                let mut lg = Vec::new();
+                st.step(&[t, t], &mut lg).unwrap();
+                steps.push(lg);
+            }
+            runs.push(steps);
+        }
+        set_kv8(false);
+        for (j, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            for r in 0..2 {
+                let (ra, rb) = (&a[r * v..(r + 1) * v], &b[r * v..(r + 1) * v]);
+                let label = format!("{name} row {r} step {j}");
+                out.push((rel_err(ra, &want[r][j]), rel_err(rb, &want[r][j]), label));
+            }
+        }
+        if runs[0] == runs[1] {
+            out.push((
+                f64::INFINITY,
+                0.0,
+                format!("{name}: int8 K/V gave the bf16 logits"),
+            ));
+        }
+    }
+    out
+}
+
 /// Two token rows of lengths 5 and 9 inside vocab [3, v): a padded batch's contents.
 pub fn two_rows(v: u32) -> Vec<Vec<u32>> {
     [5usize, 9]
@@ -184,22 +252,26 @@ pub fn verify_device_fixtures(cuda: bool) -> Result<Vec<String>, String> {
     names.sort();
     assert!(names.len() >= 8, "fixtures found: {names:?}");
     let mut failed = Vec::new();
-    // (fixture, int8 linear weights, merge the adapter)
+    // (fixture, int8 linear weights, merge the adapter, int8 T5 cross-attention K/V)
     let mut runs = Vec::new();
     for n in &names {
-        runs.extend([(n, false, false), (n, true, false)]);
+        runs.extend([(n, false, false, false), (n, true, false, false)]);
         if n.contains("lora") {
-            runs.extend([(n, false, true), (n, true, true)]);
+            runs.extend([(n, false, true, false), (n, true, true, false)]);
+        }
+        if n.starts_with("t5") {
+            runs.push((n, false, false, true));
         }
     }
-    for (n, int8, merge) in runs {
+    for (n, int8, merge, kv8) in runs {
         let opts = jobx_engine::verify::VerifyOptions {
             cuda,
             cuda_int8: int8,
+            cuda_cross_kv_int8: kv8,
             merge_adapter: merge,
             host_device: !cuda,
         };
-        let what = format!("{n} int8 {int8} merged {merge}");
+        let what = format!("{n} int8 {int8} merged {merge} int8 cross K/V {kv8}");
         match jobx_engine::verify::verify_dir_with(&dir.join(n), &opts, &mut |l| eprintln!("  {l}"))
         {
             Ok(_) if int8 && merge => failed.push(format!("{what}: merged into int8 weights")),
