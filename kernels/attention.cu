@@ -544,7 +544,7 @@ __device__ __forceinline__ uint4 ld_kv8(const void* row, long long e) {
 // softmax weight, so the int8 values meet q and the weights in f32 unrounded.
 template <int DK, bool Q8>
 __device__ __forceinline__ void attention_decode(const jobx_attention_params& p) {
-    constexpr int TPK = DK / 8;             // threads per key row, 16 bytes each
+    constexpr int TPK = DK / 8;             // threads per key row, 8 elements each (16 bytes; Q8: 8)
     constexpr int KPP = DEC_THREADS / TPK;  // key rows per pass of the block
     __shared__ float sc[DEC_CHUNK_MAX];
     __shared__ float red[KPP * DK];
@@ -701,8 +701,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d1
 }
 
 // Per-group int8 quantisation of K/V rows (jobx_quantize_params: m groups of k <= 1024 bf16
-// elements, contiguous): one warp per group, the quantize_rows_int8 rule (scale = absmax / 127,
-// q = rint(x / scale) clamped to [-127, 127], an all-zero group gets scale 0). A whole-block
+// elements, contiguous): one warp per group (the launcher's grid has a warp for every group),
+// cpu::quantize_rows_int8's rule (scale = absmax / 127, q = rint(x * (127 / absmax)) clamped to
+// [-127, 127], an all-zero group gets scale 0, a NaN element 0 as Rust's cast gives). A whole-block
 // row kernel would run a 256-thread block per 64-element head row: millions of blocks for a
 // batch of 1024-token sources.
 extern "C" __global__ void __launch_bounds__(256) quantize_kv_int8(jobx_quantize_params p) {
@@ -717,7 +718,7 @@ extern "C" __global__ void __launch_bounds__(256) quantize_kv_int8(jobx_quantize
     const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
     for (long long i = lane; i < p.k; i += 32) {
         const float v = rintf(ld_bf16(x, i) * inv);
-        q[i] = (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
+        q[i] = v != v ? (signed char)0 : (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
     }
     if (lane == 0) p.scale[g] = mx / 127.0f;
 }

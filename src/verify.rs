@@ -730,7 +730,8 @@ fn verify_on<D: crate::device::Backend>(
     opts: &VerifyOptions,
     emit: &mut dyn FnMut(serde_json::Value),
 ) -> Result<(f64, bool, bool)> {
-    let int8 = opts.cuda_int8 || opts.cuda_cross_kv_int8;
+    // int8 cross-attention K/V exists in T5 only; elsewhere the option changes nothing
+    let int8 = opts.cuda_int8 || (opts.cuda_cross_kv_int8 && spec.arch == "t5");
     let name = dev.name();
     let mut emit = |mut l: serde_json::Value| {
         l["device"] = json!(name);

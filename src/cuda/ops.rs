@@ -1192,8 +1192,14 @@ impl crate::device::Backend for Gpu {
             m: groups as i64,
             k: k as i64,
         };
-        // a warp per group, 8 per block
-        self.launch(OP, "quantize_kv_int8", grid_1d(groups * 32, 256), p)
+        // a warp per group, 8 per block, every group its own warp (an exact grid: the kernel
+        // does not loop)
+        self.launch(
+            OP,
+            "quantize_kv_int8",
+            rows_grid(groups.div_ceil(8), 256, OP)?,
+            p,
+        )
     }
 
     /// Greedy choice on the device: the `suppress` ids set to -inf, then per row the argmax

@@ -346,17 +346,22 @@ pub fn attention_q8<B: Backend + ?Sized>(
     kv_batch: Option<&B::Buf<i32>>,
 ) -> Result<()> {
     const OP: &str = "attention";
-    attention::<B, i8>(c, q, (kv, k), (kv, v), o, key_mask, kv_batch, None)?;
-    for (what, w) in [("k", k), ("v", v)] {
-        if [w.sb, w.sh, w.st, w.off].iter().any(|x| x % c.dk != 0) {
-            return Err(err::<B>(
-                OP,
-                format!(
-                    "{what} view {w:?}: strides and offset must be multiples of dk {}",
-                    c.dk
-                ),
-            ));
+    // the layout rule first (the more specific error); dk 0 is refused by `attention`
+    if c.dk > 0 {
+        for (what, w) in [("k", k), ("v", v)] {
+            if [w.sb, w.sh, w.st, w.off].iter().any(|x| x % c.dk != 0) {
+                return Err(err::<B>(
+                    OP,
+                    format!(
+                        "{what} view {w:?}: strides and offset must be multiples of dk {}",
+                        c.dk
+                    ),
+                ));
+            }
         }
+    }
+    attention::<B, i8>(c, q, (kv, k), (kv, v), o, key_mask, kv_batch, None)?;
+    for w in [k, v] {
         let end = view_len(w, c.kv_batch_rows, c.kv_heads, c.tk, c.dk);
         need::<B, _>(OP, "scales", scales, end.map(|e| e / c.dk))?;
     }

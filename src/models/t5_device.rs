@@ -414,8 +414,9 @@ impl<'g, B: Backend> T5Device<'g, B> {
             )?;
             if int8 {
                 let groups = rows * 2 * h;
-                let mut q = self.dev.zeros::<i8>("t5", groups * dk)?;
-                let mut scales = self.dev.zeros::<f32>("t5", groups)?;
+                // every element written by quantize_kv (scratch: JOBX_CUDA_POISON shows a miss)
+                let mut q = self.dev.scratch::<i8>("t5", groups * dk)?;
+                let mut scales = self.dev.scratch::<f32>("t5", groups)?;
                 self.dev.quantize_kv(&kv, groups, dk, &mut q, &mut scales)?;
                 cross_kv.push(CrossKv::Int8 { q, scales });
                 shared = Some(kv);

@@ -995,6 +995,13 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "multiples of dk",
         q8(odd, &sc, &mut o),
     );
+    let shifted = View { off: 4, ..kv };
+    expect(
+        "attn q8 offset",
+        "attention",
+        "multiples of dk",
+        q8(shifted, &sc, &mut o),
+    );
     let short = b.upload("t", &[0.01f32; 9]).unwrap();
     expect(
         "attn q8 scales",
