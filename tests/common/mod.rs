@@ -174,12 +174,7 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
         let v = cpu.cfg.vocab_size;
         let rows = two_rows(v as u32);
         let s = 9;
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let pad = std::iter::repeat_n(cpu.cfg.pad_token_id, s - r.len());
-            ids.extend(r.iter().copied().chain(pad));
-            mask.extend((0..s).map(|j| (j < r.len()) as u8));
-        }
+        let (ids, mask) = right_padded(&rows, s, cpu.cfg.pad_token_id);
         let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
         let want: Vec<_> = rows
             .iter()
@@ -215,6 +210,20 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
         }
     }
     out
+}
+
+/// `rows` as one right-padded batch of width `s` (T5's encoder input): ids and key mask.
+pub fn right_padded(rows: &[Vec<u32>], s: usize, pad: u32) -> (Vec<u32>, Vec<u8>) {
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for r in rows {
+        ids.extend(
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(pad, s - r.len())),
+        );
+        mask.extend((0..s).map(|j| (j < r.len()) as u8));
+    }
+    (ids, mask)
 }
 
 /// Two token rows of lengths 5 and 9 inside vocab [3, v): a padded batch's contents.
@@ -330,12 +339,7 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
         assert_eq!(g.attach_adapter(&a).unwrap(), 0);
         let rows = two_rows(cpu.cfg.vocab_size as u32);
         let s = 9;
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
-            let pad = std::iter::repeat_n(cpu.cfg.pad_token_id, s - r.len());
-            ids.extend(r.iter().copied().chain(pad));
-            mask.extend((0..s).map(|j| (j < r.len()) as u8));
-        }
+        let (ids, mask) = right_padded(&rows, s, cpu.cfg.pad_token_id);
         let dec = [cpu.cfg.decoder_start(), 7, 11, 13];
         let enc = g.encode_with(&ids, &mask, 2, s, &slots).unwrap();
         let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
