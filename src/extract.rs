@@ -45,13 +45,15 @@ impl Engine {
     }
 
     /// `load` onto the GPU: the CUDA T5 / Mistral graphs, weights in bf16 or (`int8`) int8
-    /// linear layers, on the process's GPU 0 (`Gpu::shared`: opened by the first load and kept
-    /// for the rest of the process).
+    /// linear layers, T5 cross-attention K/V in bf16 or (`int8_cross_kv`) int8, on the
+    /// process's GPU 0 (`Gpu::shared`: opened by the first load and kept for the rest of the
+    /// process).
     #[cfg(feature = "cuda")]
-    pub fn load_cuda(model: &str, int8: bool) -> Result<Self> {
+    pub fn load_cuda(model: &str, int8: bool, int8_cross_kv: bool) -> Result<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
         let gpu = crate::cuda::Gpu::shared()?;
-        gpu.int8_weights
-            .store(int8, std::sync::atomic::Ordering::Relaxed);
+        gpu.int8_weights.store(int8, Relaxed);
+        gpu.int8_cross_kv.store(int8_cross_kv, Relaxed);
         Self::load_on(model, Some(gpu))
     }
 

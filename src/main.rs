@@ -31,20 +31,20 @@ struct Cli {
     /// CUDA storage of linear-layer weights: bf16, or int8 (weight-only, per-output-channel
     /// scales; embeddings, LM heads and norms stay bf16)
     #[arg(long, global = true, value_enum, default_value = "bf16")]
-    gpu_weights: GpuWeights,
+    gpu_weights: Storage,
     /// CUDA storage of the T5 cross-attention keys and values (computed once per batch from
     /// the encoder output, read by every decode step): bf16, or int8 with one scale per head
     /// row (half the memory and the bytes each step reads; logits move within the int8
     /// weights' verify budget)
     #[arg(long, global = true, value_enum, default_value = "bf16")]
-    cross_kv: GpuWeights,
+    cross_kv: Storage,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 /// A CUDA storage format (`--gpu-weights`, `--cross-kv`).
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
-enum GpuWeights {
+enum Storage {
     Bf16,
     Int8,
 }
@@ -420,11 +420,11 @@ fn main() {
     let cli = Cli::parse();
     jobx_engine::checkpoint::set_default_cpu_weights(cli.cpu_weights);
     GPU_INT8.store(
-        cli.gpu_weights == GpuWeights::Int8,
+        cli.gpu_weights == Storage::Int8,
         std::sync::atomic::Ordering::Relaxed,
     );
     CROSS_KV_INT8.store(
-        cli.cross_kv == GpuWeights::Int8,
+        cli.cross_kv == Storage::Int8,
         std::sync::atomic::Ordering::Relaxed,
     );
     if let Some(t) = cli.threads {
@@ -450,8 +450,8 @@ fn main() {
     // arithmetic): said, not silently ignored
     if !cuda && runs_on_cuda {
         for (flag, set) in [
-            ("--gpu-weights int8", cli.gpu_weights == GpuWeights::Int8),
-            ("--cross-kv int8", cli.cross_kv == GpuWeights::Int8),
+            ("--gpu-weights int8", cli.gpu_weights == Storage::Int8),
+            ("--cross-kv int8", cli.cross_kv == Storage::Int8),
         ] {
             if set {
                 eprintln!("note: {flag} applies to CUDA runs; this one runs on the CPU");
@@ -514,11 +514,7 @@ fn check_device(d: Device) -> anyhow::Result<()> {
 #[cfg(feature = "cuda")]
 fn load_engine(model: &str, cuda: bool) -> jobx_engine::Result<Engine> {
     if cuda {
-        let engine = Engine::load_cuda(model, gpu_int8())?;
-        jobx_engine::cuda::Gpu::shared()?
-            .int8_cross_kv
-            .store(cross_kv_int8(), std::sync::atomic::Ordering::Relaxed);
-        Ok(engine)
+        Engine::load_cuda(model, gpu_int8(), cross_kv_int8())
     } else {
         Engine::load(model)
     }

@@ -166,7 +166,7 @@ fn cuda_engine_matches_direct_cuda_graphs() {
         "mistral-lora",
     ] {
         let dir = fx.join(name);
-        let mut engine = Engine::load_cuda(dir.to_str().unwrap(), false).unwrap();
+        let mut engine = Engine::load_cuda(dir.to_str().unwrap(), false, false).unwrap();
         assert!(engine.on_gpu() && engine.mixes_adapters());
         let lora = name.ends_with("lora");
         let patterns: Vec<[Option<usize>; 2]> = if lora {
