@@ -18,9 +18,9 @@ fn time<F: FnMut()>(g: &Gpu, mut f: F) -> f64 {
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let a = g.ctx.new_event(flags).expect("event");
         let b = g.ctx.new_event(flags).expect("event");
-        a.record(&g.stream).expect("record");
+        a.record(&g.stream()).expect("record");
         f();
-        b.record(&g.stream).expect("record");
+        b.record(&g.stream()).expect("record");
         b.synchronize().expect("sync");
         ts.push(a.elapsed_ms(&b).expect("elapsed") as f64);
     }

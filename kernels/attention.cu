@@ -41,6 +41,11 @@ __device__ __forceinline__ int t5_bucket(long long rel, int bidirectional, int n
     return ret + (int)large;
 }
 
+// The position of query 0: q_offset, or read on the device (q_offset_at: a CUDA graph's step).
+__device__ __forceinline__ long long query_offset(const jobx_attention_params& p) {
+    return p.q_offset_at ? (long long)*p.q_offset_at : p.q_offset;
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_attention_params p) {
     __shared__ float qs[WARPS][DMAX];
     __shared__ __align__(4) bf16 ks[KT][DMAX + KPAD];
@@ -64,17 +69,18 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
     if (live)
         for (long long d = lane; d < dk; d += 32) qs[warp][d] = ld_bf16(q, i * p.q_st + d);
     // Keys this block can see at all: causal limits the end, a window the start.
+    const long long q_off = query_offset(p);
     long long last_q = i0 + WARPS - 1 < p.tq - 1 ? i0 + WARPS - 1 : p.tq - 1;
     long long kend = p.tk;
-    if (p.causal && p.q_offset + last_q + 1 < kend) kend = p.q_offset + last_q + 1;
+    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
     long long kstart = 0;
-    if (p.window > 0 && p.q_offset + i0 - p.window + 1 > 0) kstart = p.q_offset + i0 - p.window + 1;
+    if (p.window > 0 && q_off + i0 - p.window + 1 > 0) kstart = q_off + i0 - p.window + 1;
     kstart = kstart / KT * KT;
 
     float m = -INFINITY, l = 0.0f, acc[DMAX / 32];
 #pragma unroll
     for (int e = 0; e < DMAX / 32; e++) acc[e] = 0.0f;
-    const long long qpos = p.q_offset + i;
+    const long long qpos = q_off + i;
 
     for (long long j0 = kstart; j0 < kend; j0 += KT) {
         __syncthreads();  // previous chunk fully consumed (and qs written, first time)
@@ -252,11 +258,12 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
         }
     }
     // keys any query of the block can see: causal limits the end, a window the start
+    const long long q_off = query_offset(p);
     const long long last_q = i0 + FQB - 1 < p.tq - 1 ? i0 + FQB - 1 : p.tq - 1;
     long long kend = p.tk;
-    if (p.causal && p.q_offset + last_q + 1 < kend) kend = p.q_offset + last_q + 1;
+    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
     long long kstart = 0;
-    if (p.window > 0 && p.q_offset + i0 - p.window + 1 > 0) kstart = p.q_offset + i0 - p.window + 1;
+    if (p.window > 0 && q_off + i0 - p.window + 1 > 0) kstart = q_off + i0 - p.window + 1;
     kstart = kstart / FKT * FKT;
     // exp2 domain: scores scaled by scale * log2(e), the bias by log2(e)
     const float sl2 = p.scale * LOG2E;
@@ -353,15 +360,15 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
             }
             // can causality or the window mask a score of this warp here? (warp-uniform; key
             // masks and the end of the range are in kvis)
-            const bool plain = (!p.causal || j0 + FKT - 1 <= p.q_offset + iw) &&
-                               (p.window <= 0 || p.q_offset + iw + 16 * RT - 1 - j0 < p.window);
+            const bool plain = (!p.causal || j0 + FKT - 1 <= q_off + iw) &&
+                               (p.window <= 0 || q_off + iw + 16 * RT - 1 - j0 < p.window);
             // relative position (key - query) of this lane's first score (key j0 + 2t, query
             // iw + g); the others differ by small constants. Clamped first to a range whose
             // every offset still clamps to the same table entry, so it fits an int.
             int rel0 = 0;
             if (p.rel_bias) {
                 const long long lim = (long long)R + FQB + FKT;
-                long long r = j0 - (p.q_offset + iw);
+                long long r = j0 - (q_off + iw);
                 r = r < -lim ? -lim : (r > lim ? lim : r);
                 rel0 = (int)r + 2 * t - g;
             }
@@ -387,7 +394,7 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
                         bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
                         if (!plain) {
                             const long long j = j0 + col;
-                            const long long qp = p.q_offset + (hi ? r0 + 8 : r0);
+                            const long long qp = q_off + (hi ? r0 + 8 : r0);
                             if (p.causal) ok = ok && j <= qp;
                             if (p.window > 0) ok = ok && qp - j < p.window;
                         }
@@ -558,13 +565,16 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
     const void* k = Q8 ? (const void*)((const signed char*)p.k + kofs) : (const void*)((const bf16*)p.k + kofs);
     const void* v = Q8 ? (const void*)((const signed char*)p.v + vofs) : (const void*)((const bf16*)p.v + vofs);
-    const long long qpos = p.q_offset + i;
+    const long long qpos = query_offset(p) + i;
     const long long j0 = split * p.chunk;
-    const long long n = (j0 + p.chunk < p.tk ? j0 + p.chunk : p.tk) - j0;  // keys in this chunk
     // visible key range [lo, hi): causal limits the end, a window the start
     long long lo = 0, hi = p.tk;
     if (p.causal && qpos + 1 < hi) hi = qpos + 1;
     if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
+    // keys of this chunk up to the last visible one (none when the chunk starts past it: a
+    // graph-recorded step reads a cache of tk positions of which the first qpos + 1 are filled)
+    long long n = (j0 + p.chunk < hi ? j0 + p.chunk : hi) - j0;
+    if (n < 0) n = 0;
 
     float qf[8];
     {

@@ -37,5 +37,14 @@ extern "C" __global__ void copy_rows_bf16(jobx_copy_rows_params p) {
     if (r >= p.rows || c0 >= p.cols) return;
     const long long s = p.src_rows ? (long long)p.src_rows[r] : r;
     const long long n = p.cols - c0 < COPY_CHUNK ? p.cols - c0 : COPY_CHUNK;
-    copy_row((bf16*)p.dst + r * p.dst_ld + c0, (const bf16*)p.src + s * p.src_ld + c0, n);
+    long long shift = 0;
+    if (p.dst_pos) {
+        const long long pos = *p.dst_pos;
+        if (pos < 0 || pos > p.pos_max) {
+            if (threadIdx.x == 0) *p.err = 1;
+            return;
+        }
+        shift = pos * p.pos_stride;
+    }
+    copy_row((bf16*)p.dst + shift + r * p.dst_ld + c0, (const bf16*)p.src + s * p.src_ld + c0, n);
 }

@@ -65,6 +65,14 @@ typedef struct {
     long long cols;
     long long src_ld;  // >= cols
     long long dst_ld;  // >= cols
+    // When set, dst is moved by (*dst_pos) * pos_stride elements, read on the device (a decode
+    // step's K|V rows into the cache at the current position, in a CUDA graph replayed at every
+    // position: `Backend::copy_rows_at`); a position outside [0, pos_max] copies nothing and
+    // sets *err = 1 (the wrapper checked the copy at pos_max).
+    const int* dst_pos;
+    long long pos_stride;
+    long long pos_max;
+    int* err;
 } jobx_copy_rows_params;
 
 // y[t, :] = table[ids[t], :]; an id outside [0, vocab) writes zeros and sets *err = 1.
@@ -182,6 +190,10 @@ typedef struct {
     // offset is a multiple of dk. NULL for bf16 K/V.
     const float* k_scale;
     const float* v_scale;
+    // When set, the position of query 0 is read from here on the device instead of q_offset:
+    // a decode step recorded once in a CUDA graph and replayed at every position
+    // (`Backend::attention_at`). Any value is memory-safe (keys stay within tk).
+    const int* q_offset_at;
 } jobx_attention_params;
 
 // Logits processing for one decode step, f32 logits [rows, vocab]:

@@ -64,7 +64,7 @@ fn cuda_backend_rejects_bad_arguments() {
     };
     let mut bad = common::backend_rejects_bad_arguments(&gpu);
     // the right calls launched kernels: they must also have run without a fault
-    if let Err(e) = gpu.stream.synchronize() {
+    if let Err(e) = gpu.stream().synchronize() {
         bad.push(format!("a launch of the right calls faulted: {e}"));
     }
     // out of device memory is an error naming the op and the bytes, never an abort, and the
@@ -131,6 +131,31 @@ fn cuda_t5_int8_cross_kv() {
         .filter(|r| r.0 > jobx_engine::verify::CUDA_INT8_TOLERANCE_REL)
         .collect();
     assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// CUDA graphs: the T5 decode step recorded once and replayed gives the plain steps' logits
+/// (up to the decode attention's key split, which follows the cache length: a few bf16
+/// roundings) and the same greedy picks, and is really replayed (a failed recording falls
+/// back to plain steps with a note, which must not pass here).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_t5_graph_replay_matches_plain_steps() {
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!(
+                "SKIP cuda_t5_graph_replay_matches_plain_steps: no usable GPU ({e})"
+            ));
+            return;
+        }
+    };
+    let set = |on: bool| gpu.graphs.store(on, std::sync::atomic::Ordering::Relaxed);
+    for (name, worst, same_picks, replayed) in common::t5_recorded_steps(&gpu, &set) {
+        eprintln!("{name}: graph vs plain steps, max relative logits difference {worst:.3e}");
+        assert!(replayed, "{name}: the step was not replayed as a graph");
+        assert!(worst <= 1e-2, "{name}: logits differ by {worst:.3e}");
+        assert!(same_picks, "{name}: greedy picks differ");
+    }
 }
 
 /// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):
@@ -289,6 +314,8 @@ fn host_backend_passes_the_generic_op_cases() {
             table::topk(&host, seed, 3, 32128, 8, false),
             table::topk(&host, seed, 1, 7, 1, true),
             table::gather(&host, seed, 2, 37, 13, &[1, 1]),
+            table::recorded_step(&host, seed, 3, 2, 64, 40, 17, Some((32, 128, false))),
+            table::recorded_step(&host, seed, 1, 3, 16, 5, 0, None),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
             table::attention(
@@ -576,6 +603,24 @@ mod table {
             cases.push((
                 format!("gather_blocks {nb} x {per} used {used} parents {parents:?}"),
                 Box::new(move |g, s| gather(g, s, nb, per, used, &parents)),
+            ));
+        }
+        // a recorded decode step's cache append and attention at a device position: T5 shapes
+        // (d64, bias) at the first, a middle and the last position, the decode kernel split into
+        // several key chunks (cap 3000: chunks past the position see no key), Mistral-like d128
+        // without bias, and the general kernel's head size
+        for &(rows, h, dk, cap, pos, t5) in &[
+            (1usize, 16usize, 64usize, 256usize, 0usize, true),
+            (32, 16, 64, 256, 100, true),
+            (3, 16, 64, 256, 255, true),
+            (2, 8, 64, 3000, 1500, true),
+            (1, 4, 128, 3000, 17, false),
+            (4, 2, 16, 40, 9, true),
+        ] {
+            let bias = t5.then_some((32usize, 128usize, false));
+            cases.push((
+                format!("recorded step b{rows} h{h} d{dk} cap {cap} pos {pos} t5 {t5}"),
+                Box::new(move |g, s| recorded_step(g, s, rows, h, dk, cap, pos, bias)),
             ));
         }
         cases.push((
@@ -1216,6 +1261,159 @@ mod table {
         Ok(())
     }
 
+    /// The ops of a recorded decode step (`copy_rows_at`, `attention_at`: a position read on
+    /// the device) against their plain forms at that position, bit for bit: `rows` rows of
+    /// `cols` appended to a cache of `cap` positions at `pos`, the rest of the cache unchanged;
+    /// then a causal decode step (tq 1, T5 bias if `t5`) over the whole cache, where the
+    /// positions after `pos` hold NaN (never written: a read of one shows), against `attention`
+    /// over the first pos + 1 keys; then a position past `cap - 1` must copy nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recorded_step<B: Backend>(
+        g: &B,
+        seed: u64,
+        rows: usize,
+        h: usize,
+        dk: usize,
+        cap: usize,
+        pos: usize,
+        t5: Option<(usize, usize, bool)>,
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 7919 + (cap * 31 + pos) as u64);
+        let inner = h * dk;
+        let w = 3 * inner; // q|k|v rows, as the T5 cache keeps them
+        let step = r.vec(rows * w, 1.0);
+        // cache: written positions random, the rest NaN
+        let mut cache = vec![f32::NAN; rows * cap * w];
+        for row in 0..rows {
+            for t in 0..pos {
+                for c in 0..w {
+                    cache[(row * cap + t) * w + c] = r.vec(1, 1.0)[0];
+                }
+            }
+        }
+        let dstep = g.upload("t", &tob(&step)).map_err(e)?;
+        let dpos = g.upload("t", &[pos as i32]).map_err(e)?;
+        let mut a = g.upload("t", &tob(&cache)).map_err(e)?;
+        let mut b = g.upload("t", &tob(&cache)).map_err(e)?;
+        let at = |off, ld| Rows { off, ld };
+        g.copy_rows_at(
+            "t",
+            (&dstep, at(0, w)),
+            (&mut a, at(0, cap * w)),
+            rows,
+            w,
+            &dpos,
+            w,
+            cap - 1,
+        )
+        .map_err(e)?;
+        g.copy_rows(
+            "t",
+            (&dstep, at(0, w)),
+            (&mut b, at(pos * w, cap * w)),
+            rows,
+            w,
+        )
+        .map_err(e)?;
+        let (ga, gb) = (
+            g.download("t", &a).map_err(e)?,
+            g.download("t", &b).map_err(e)?,
+        );
+        // NaN-aware bitwise comparison (the unwritten positions stay NaN in both)
+        let same =
+            |x: &[bf16], y: &[bf16]| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        if !same(&ga, &gb) {
+            return Err(format!(
+                "copy_rows_at {rows}x{w} cap {cap} pos {pos}: differs from copy_rows"
+            ));
+        }
+        let nb = t5.map_or(1, |t| t.0);
+        let bias = g.upload("t", &r.vec(nb * h, 2.0)).map_err(e)?;
+        let call = |tk, q_offset| AttnCall {
+            batch: rows,
+            kv_batch_rows: rows,
+            heads: h,
+            kv_heads: h,
+            tq: 1,
+            tk,
+            dk,
+            q_offset,
+            window: 0,
+            scale: if t5.is_some() {
+                1.0
+            } else {
+                1.0 / (dk as f32).sqrt()
+            },
+            causal: true,
+            t5_bias: t5,
+        };
+        let view = |sb, off| View {
+            sb,
+            sh: dk,
+            st: w,
+            off,
+        };
+        let mut oa = g.zeros::<bf16>("t", rows * inner).map_err(e)?;
+        let mut ob = g.zeros::<bf16>("t", rows * inner).map_err(e)?;
+        // q_offset in the call is deliberately wrong: the device position must win
+        g.attention_at(
+            &call(cap, cap / 2 + 1),
+            &dpos,
+            (&dstep, view(w, 0)),
+            (&a, view(cap * w, inner)),
+            (&a, view(cap * w, 2 * inner)),
+            &mut oa,
+            None,
+            None,
+            t5.is_some().then_some(&bias),
+        )
+        .map_err(e)?;
+        g.attention(
+            &call(pos + 1, pos),
+            (&dstep, view(w, 0)),
+            (&a, view(cap * w, inner)),
+            (&a, view(cap * w, 2 * inner)),
+            &mut ob,
+            None,
+            None,
+            t5.is_some().then_some(&bias),
+        )
+        .map_err(e)?;
+        let (got, want) = (
+            fromb(&g.download("t", &oa).map_err(e)?),
+            fromb(&g.download("t", &ob).map_err(e)?),
+        );
+        let label = format!(
+            "attention_at b{rows} h{h} d{dk} cap {cap} pos {pos} t5 {}",
+            t5.is_some()
+        );
+        if got.iter().any(|x| x.is_nan()) {
+            return Err(format!("{label}: NaN (a position past pos was read)"));
+        }
+        // the key split follows tk, so the merge may round differently: bf16 tolerance
+        check(&label, seed, &got, &want, BF16_OUT)?;
+        // a position past the end copies nothing (an error on the host, a flag on the GPU)
+        let bad = g.upload("t", &[cap as i32]).map_err(e)?;
+        let before = g.download("t", &a).map_err(e)?;
+        let r = g.copy_rows_at(
+            "t",
+            (&dstep, at(0, w)),
+            (&mut a, at(0, cap * w)),
+            rows,
+            w,
+            &bad,
+            w,
+            cap - 1,
+        );
+        let after = g.download("t", &a).map_err(e)?;
+        if !same(&before, &after) {
+            return Err(format!(
+                "copy_rows_at pos {cap} of cap {cap}: wrote ({r:?})"
+            ));
+        }
+        Ok(())
+    }
+
     /// Rotary embedding on the first h*hd elements of rows `ld` apart; the rest of each row
     /// must keep its values.
     fn rope(
@@ -1266,7 +1464,8 @@ mod table {
         let dt = g.upload("t", &tob(&table)).map_err(e)?;
         let di = g.upload("t", &ids).map_err(e)?;
         let mut dy = g.zeros::<bf16>("t", n * d).map_err(e)?;
-        g.embedding(&di, &dt, &mut dy, n, d, vocab).map_err(e)?;
+        g.embedding_checked(&di, &dt, &mut dy, n, d, vocab)
+            .map_err(e)?;
         let got = fromb(&g.download("t", &dy).map_err(e)?);
         let want: Vec<f32> = ids
             .iter()
@@ -1275,7 +1474,7 @@ mod table {
         check(&format!("embedding {n}x{d}"), seed, &got, &want, EXACT)?;
         // a bad id is an error, not an out-of-bounds read
         let bad = g.upload("t", &vec![vocab as i32; n]).map_err(e)?;
-        match g.embedding(&bad, &dt, &mut dy, n, d, vocab) {
+        match g.embedding_checked(&bad, &dt, &mut dy, n, d, vocab) {
             Err(_) => Ok(()),
             Ok(()) => Err("embedding accepted an id outside the vocabulary".into()),
         }

@@ -49,6 +49,18 @@ fn t5_int8_cross_kv_stays_within_the_int8_budget() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// The recorded decode-step layout (what a CUDA graph replays) computes exactly what the plain
+/// one does on the host backend: same logits to the bit, same greedy picks, through a row drop.
+#[test]
+fn t5_recorded_step_layout_matches_the_plain_one() {
+    let host = jobx_engine::device::host::HostBackend::new();
+    let set = |on: bool| host.graphs.store(on, std::sync::atomic::Ordering::Relaxed);
+    for (name, worst, same_picks, _) in common::t5_recorded_steps(&host, &set) {
+        assert_eq!(worst, 0.0, "{name}: logits differ");
+        assert!(same_picks, "{name}: greedy picks differ");
+    }
+}
+
 /// Every op of the host backend rejects each bad argument with a clear error and accepts the
 /// right ones (the checks are `device::check`, the same code that guards the CUDA kernels).
 #[test]

@@ -130,30 +130,44 @@ def main():
         # only). Tuning's choices show as "jobx profile: gemm tune" lines in each run's profile.
         # Also bf16 weights with int8 cross-attention K/V (--cross-kv int8: half the bytes each
         # decode step reads from the encoder side; opt-in, numerics within the int8 budget).
-        runs = [("bf16", "1", "on", "bf16"), ("int8", "1", "on", "bf16"), ("bf16", "1", "off", "bf16"),
-                ("bf16", "1", "on", "int8")]
+        # And bf16 with CUDA graphs (JOBX_CUDA_GRAPHS=1: the decode step recorded once and
+        # replayed; opt-in until measured), with its ids compared to the plain bf16 run's.
+        # Most telling first, so a run cut short by the step's timeout loses the least.
+        runs = [("bf16", "1", "on", "bf16", "0"), ("bf16", "1", "on", "bf16", "1"),
+                ("bf16", "1", "on", "int8", "0"), ("int8", "1", "on", "bf16", "0"),
+                ("bf16", "1", "off", "bf16", "0")]
         if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
-            runs.append(("bf16", "kernels", "on", "bf16"))
-        for wfmt, prof, tune, kv in runs:
+            runs.append(("bf16", "kernels", "on", "bf16", "0"))
+        plain_ids = None
+        for wfmt, prof, tune, kv, graphs in runs:
             cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "--cross-kv", kv, "generate",
                    "--model", a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
             eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
                    + ("-cross-kv-int8" if kv == "int8" else "")
+                   + ("-graphs" if graphs == "1" else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
             # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
-            r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune))
+            r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune,
+                                              JOBX_CUDA_GRAPHS=graphs))
             if r is None:
                 continue
             out, err = r
             js = out["generate_ms"] / 1e3
-            print(json.dumps(dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
-                                  tokens_per_s=round(b * a.new / js, 1),
-                                  speedup_vs_hf=round(hs / js, 2) if prof == "1" else None,
-                                  new_tokens=out["new_tokens"],
-                                  hf_prefix_match_mean=prefix_match(out, hf_out),
-                                  profile=profile_lines(err))),
-                  flush=True)
+            row = dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
+                       tokens_per_s=round(b * a.new / js, 1),
+                       speedup_vs_hf=round(hs / js, 2) if prof == "1" else None,
+                       new_tokens=out["new_tokens"],
+                       hf_prefix_match_mean=prefix_match(out, hf_out),
+                       profile=profile_lines(err))
+            if eng == "jobx-cuda-bf16":
+                plain_ids = out["ids"]
+            if graphs == "1":
+                # replay vs plain steps: the same ids unless a near-tie flips (the decode
+                # attention's key split follows the cache length); a failed recording says so
+                row["same_ids_as_plain"] = out["ids"] == plain_ids
+                row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
+            print(json.dumps(row), flush=True)
     if a.beam:
         def make_ids(b):
             ids = torch.randint(5, 32000, (b, a.src_len), generator=g)

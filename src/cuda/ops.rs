@@ -40,6 +40,20 @@ fn rows_grid(rows: usize, threads: u32, op: &'static str) -> Result<LaunchConfig
 }
 
 const NULL: *mut c_void = std::ptr::null_mut();
+/// The fields of a plain row copy besides its operands (no device position).
+const COPY_PLAIN: jobx_copy_rows_params = jobx_copy_rows_params {
+    src: std::ptr::null(),
+    dst: NULL,
+    src_rows: std::ptr::null(),
+    rows: 0,
+    cols: 0,
+    src_ld: 0,
+    dst_ld: 0,
+    dst_pos: std::ptr::null(),
+    pos_stride: 0,
+    pos_max: 0,
+    err: std::ptr::null_mut(),
+};
 
 fn act_kind(kind: ActKind) -> u32 {
     match kind {
@@ -103,8 +117,9 @@ impl Gpu {
         self.launch(op, "act_bf16", cfg, p)
     }
 
-    /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it.
-    pub fn embedding(
+    /// y[t] = table[ids[t]]; an id outside the vocabulary is an error naming it (the kernel's
+    /// error flag read back: a synchronisation, unlike `Backend::embedding`).
+    pub fn embedding_checked(
         &self,
         ids: &CudaSlice<i32>,
         table: &CudaSlice<bf16>,
@@ -327,7 +342,7 @@ impl Gpu {
         q.lora_scale = std::ptr::null();
         q.lora_r = 0;
         let event = || {
-            self.stream
+            self.stream()
                 .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(OP, format!("timing event: {e}")))
         };
@@ -344,7 +359,7 @@ impl Gpu {
                         self.ptr(&flush) as usize as cudarc::driver::sys::CUdeviceptr,
                         0,
                         flush_bytes,
-                        self.stream.cu_stream(),
+                        self.stream().cu_stream(),
                     )
                 }
                 .map_err(|e| backend_err(OP, format!("L2 flush: {e}")))?;
@@ -576,6 +591,7 @@ impl Gpu {
     fn attention_launch(
         &self,
         c: &AttnCall,
+        pos: Option<&CudaSlice<i32>>,
         q: (&CudaSlice<bf16>, View),
         kv: KvOperands,
         o: &mut CudaSlice<bf16>,
@@ -629,6 +645,7 @@ impl Gpu {
             chunk: 0,
             k_scale: kv.scales.map_or(std::ptr::null(), |s| s.0),
             v_scale: kv.scales.map_or(std::ptr::null(), |s| s.1),
+            q_offset_at: pos.map_or(std::ptr::null(), |p| self.ptr(p) as *const i32),
         };
         // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride and
         // offset a multiple of 8 elements), unless the general one is forced (tests)
@@ -790,7 +807,7 @@ impl Gpu {
     ) -> Result<()> {
         need(op, "copy source", src, src_off.checked_add(len))?;
         need(op, "copy destination", dst, dst_off.checked_add(len))?;
-        self.stream
+        self.stream()
             .memcpy_dtod(
                 &src.slice(src_off..src_off + len),
                 &mut dst.slice_mut(dst_off..dst_off + len),
@@ -845,6 +862,29 @@ impl crate::device::Backend for Gpu {
         buf: &CudaSlice<T>,
     ) -> Result<Vec<T>> {
         Gpu::download(self, op, buf)
+    }
+
+    fn write<T: crate::device::Elem>(
+        &self,
+        op: &'static str,
+        host: &[T],
+        dst: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        Gpu::write(self, op, host, dst)
+    }
+
+    type Graph = super::runtime::GpuGraph;
+
+    fn graphs(&self) -> bool {
+        self.graphs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        self.capture_graph(f).map(Some)
+    }
+
+    fn launch_graph(&self, g: &Self::Graph) -> Result<()> {
+        Gpu::launch_graph(self, g)
     }
 
     fn copy<T: crate::device::Elem>(
@@ -966,6 +1006,50 @@ impl crate::device::Backend for Gpu {
             cols: cols as i64,
             src_ld: src.1.ld as i64,
             dst_ld: dst.1.ld as i64,
+            ..COPY_PLAIN
+        };
+        self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
+    }
+
+    /// One launch; the position is read by the kernel (bounds-checked there against pos_max:
+    /// outside it nothing is copied and the device error flag is set).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows_at(
+        &self,
+        op: &'static str,
+        src: (&CudaSlice<bf16>, Rows),
+        dst: (&mut CudaSlice<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+        pos: &CudaSlice<i32>,
+        pos_stride: usize,
+        pos_max: usize,
+    ) -> Result<()> {
+        check::copy_rows_at::<Self>(
+            op,
+            src,
+            (&*dst.0, dst.1),
+            rows,
+            cols,
+            pos,
+            pos_stride,
+            pos_max,
+        )?;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let p = jobx_copy_rows_params {
+            src: self.ptr_at(src.0, src.1.off),
+            dst: self.ptr_at(dst.0, dst.1.off),
+            src_rows: std::ptr::null(),
+            rows: rows as i64,
+            cols: cols as i64,
+            src_ld: src.1.ld as i64,
+            dst_ld: dst.1.ld as i64,
+            dst_pos: self.ptr(pos) as *const i32,
+            pos_stride: pos_stride as i64,
+            pos_max: pos_max as i64,
+            err: self.ptr(&self.scratch_err) as *mut i32,
         };
         self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
     }
@@ -1001,6 +1085,7 @@ impl crate::device::Backend for Gpu {
                     cols: used as i64,
                     src_ld: per as i64,
                     dst_ld: per as i64,
+                    ..COPY_PLAIN
                 };
                 self.launch(op, "copy_rows_bf16", copy_grid(rows, used, op)?, p)?;
             }
@@ -1029,6 +1114,34 @@ impl crate::device::Backend for Gpu {
         let ids_d = self.upload(OP, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
         let p = jobx_embedding_params {
             ids: self.ptr(&ids_d) as *const i32,
+            table: self.ptr(table),
+            y: self.ptr(y),
+            err: self.ptr(&self.scratch_err) as *mut i32,
+            n: n as i64,
+            d: d as i64,
+            vocab: vocab as i64,
+        };
+        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
+    }
+
+    /// The ids are already on the device (checked by the caller when written); the kernel
+    /// still bounds-checks each (a zero row and the device error flag for a bad one).
+    fn embedding(
+        &self,
+        ids: &CudaSlice<i32>,
+        n: usize,
+        table: &CudaSlice<bf16>,
+        y: &mut CudaSlice<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        const OP: &str = "embedding";
+        check::embedding::<Self>(ids, n, table, y, d, vocab)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = jobx_embedding_params {
+            ids: self.ptr(ids) as *const i32,
             table: self.ptr(table),
             y: self.ptr(y),
             err: self.ptr(&self.scratch_err) as *mut i32,
@@ -1142,7 +1255,30 @@ impl crate::device::Backend for Gpu {
             views: (k.1, v.1),
             scales: None,
         };
-        self.attention_launch(c, q, kv, o, key_mask, kv_batch, rel_bias)
+        self.attention_launch(c, None, q, kv, o, key_mask, kv_batch, rel_bias)
+    }
+
+    fn attention_at(
+        &self,
+        c: &AttnCall,
+        pos: &CudaSlice<i32>,
+        q: (&CudaSlice<bf16>, View),
+        k: (&CudaSlice<bf16>, View),
+        v: (&CudaSlice<bf16>, View),
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+        rel_bias: Option<&CudaSlice<f32>>,
+    ) -> Result<()> {
+        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
+        need("attention", "position", pos, Some(1))?;
+        let kv = KvOperands {
+            k: self.ptr_at(k.0, k.1.off),
+            v: self.ptr_at(v.0, v.1.off),
+            views: (k.1, v.1),
+            scales: None,
+        };
+        self.attention_launch(c, Some(pos), q, kv, o, key_mask, kv_batch, rel_bias)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1169,7 +1305,7 @@ impl crate::device::Backend for Gpu {
                 self.ptr_at(scales, v.off / c.dk) as *const f32,
             )),
         };
-        self.attention_launch(c, q, ops, o, key_mask, kv_batch, None)
+        self.attention_launch(c, None, q, ops, o, key_mask, kv_batch, None)
     }
 
     fn quantize_kv(

@@ -159,9 +159,32 @@ pub(crate) fn backend_err(op: &'static str, msg: impl std::fmt::Display) -> Erro
     }
 }
 
+thread_local! {
+    /// The GPU (its address) this thread records a graph for, and the stream it records on.
+    static CAPTURING: std::cell::RefCell<Option<(usize, Arc<CudaStream>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A recorded, instantiated CUDA graph (`Gpu::capture_graph`); the memory it allocated for
+/// itself is freed with it.
+pub struct GpuGraph(cudarc::driver::CudaGraph, Arc<CudaStream>);
+
+impl Drop for GpuGraph {
+    /// A replay still running (an error path that read nothing back) finishes before the graph
+    /// and its memory go.
+    fn drop(&mut self) {
+        let _ = self.1.synchronize();
+    }
+}
+
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
+    /// The one stream all work goes to (`stream()`: another while this thread records a graph).
+    engine_stream: Arc<CudaStream>,
+    /// `JOBX_CUDA_GRAPHS=1`: decode steps are recorded once as CUDA graphs and replayed
+    /// (`Backend::graphs`); never with `JOBX_CUDA_SYNC=1` or `JOBX_PROFILE=kernels`, whose
+    /// per-launch synchronisation and events a graph cannot hold.
+    pub graphs: std::sync::atomic::AtomicBool,
     /// Loaded kernels with their dynamic shared memory in bytes.
     funcs: HashMap<&'static str, (CudaFunction, u32)>,
     sync: bool,
@@ -331,9 +354,16 @@ impl Gpu {
                 GemmMode::Tune
             });
         let tune_state = TuneState::from_env(&name);
+        let sync = std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let profile = std::env::var("JOBX_PROFILE")
+            .is_ok_and(|v| v == "kernels")
+            .then(Default::default);
+        let graphs =
+            std::env::var("JOBX_CUDA_GRAPHS").is_ok_and(|v| v == "1") && !sync && profile.is_none();
         Ok(Gpu {
             ctx,
-            stream,
+            engine_stream: stream,
+            graphs: graphs.into(),
             funcs,
             scratch_err,
             general_kernels: Default::default(),
@@ -345,11 +375,9 @@ impl Gpu {
             multiprocessors,
             int8_weights: Default::default(),
             int8_cross_kv: Default::default(),
-            sync: std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            sync,
             poison: std::env::var("JOBX_CUDA_POISON").is_ok_and(|v| v == "1"),
-            profile: std::env::var("JOBX_PROFILE")
-                .is_ok_and(|v| v == "kernels")
-                .then(Default::default),
+            profile,
             name,
             cc,
             loaded_as,
@@ -362,7 +390,7 @@ impl Gpu {
         op: &'static str,
         n: usize,
     ) -> Result<CudaSlice<T>> {
-        self.stream
+        self.stream()
             .alloc_zeros::<T>(n.max(1))
             .map_err(|e| self.alloc_err(op, n * std::mem::size_of::<T>(), e))
     }
@@ -385,7 +413,7 @@ impl Gpu {
         let bytes = n.max(1) * std::mem::size_of::<T>();
         // SAFETY: uninitialised device memory is never read by the host here; callers write it
         // on the device before reading it (and the poison mode checks that).
-        let s = unsafe { self.stream.alloc::<T>(n.max(1)) }
+        let s = unsafe { self.stream().alloc::<T>(n.max(1)) }
             .map_err(|e| self.alloc_err(op, bytes, e))?;
         if self.poison {
             // SAFETY: the range is exactly the allocation just made, on the engine's stream.
@@ -394,7 +422,7 @@ impl Gpu {
                     self.ptr(&s) as usize as sys::CUdeviceptr,
                     0xFF,
                     bytes,
-                    self.stream.cu_stream(),
+                    self.stream().cu_stream(),
                 )
             }
             .map_err(|e| backend_err(op, format!("poison fill: {e}")))?;
@@ -403,7 +431,7 @@ impl Gpu {
     }
 
     pub fn upload<T: DeviceRepr>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
-        self.stream
+        self.stream()
             .clone_htod(host)
             .map_err(|e| backend_err(op, format!("upload of {} elements: {e}", host.len())))
     }
@@ -413,25 +441,118 @@ impl Gpu {
         op: &'static str,
         dev: &CudaSlice<T>,
     ) -> Result<Vec<T>> {
-        self.stream
+        self.stream()
             .clone_dtoh(dev)
             .map_err(|e| backend_err(op, format!("download: {e}")))
     }
 
+    /// `host` into the start of an existing buffer, in stream order (a recorded graph reads the
+    /// buffer, so a step's inputs go into the same one each time).
+    pub fn write<T: DeviceRepr>(
+        &self,
+        op: &'static str,
+        host: &[T],
+        dst: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        if host.len() > dst.len() {
+            return Err(backend_err(
+                op,
+                format!("writing {} elements into {}", host.len(), dst.len()),
+            ));
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.stream()
+            .memcpy_htod(host, &mut dst.slice_mut(0..host.len()))
+            .map_err(|e| backend_err(op, format!("upload of {} elements: {e}", host.len())))
+    }
+
+    /// The stream this thread's work goes to: the engine's, or the capture stream while this
+    /// thread records a graph (`capture_graph`). Other threads keep the engine's stream, so
+    /// their work never ends up in the graph.
+    pub fn stream(&self) -> Arc<CudaStream> {
+        CAPTURING
+            .with(|c| {
+                c.borrow()
+                    .as_ref()
+                    .filter(|(gpu, _)| *gpu == self as *const Gpu as usize)
+                    .map(|(_, s)| s.clone())
+            })
+            .unwrap_or_else(|| self.engine_stream.clone())
+    }
+
+    /// Whether this thread is recording a graph on this GPU now.
+    pub(crate) fn capturing(&self) -> bool {
+        CAPTURING.with(|c| {
+            c.borrow()
+                .as_ref()
+                .is_some_and(|(gpu, _)| *gpu == self as *const Gpu as usize)
+        })
+    }
+
+    /// Records the launches `f` makes on this thread as a CUDA graph instead of running them,
+    /// on a stream of its own (so work other threads queue meanwhile is not recorded), and
+    /// instantiates it. Allocations `f` makes and drops become the graph's own memory; `f`
+    /// must not synchronise, read back, or keep a buffer it allocated. An error from `f` or
+    /// from the capture (an operation a graph cannot hold) ends the capture and is returned;
+    /// nothing `f` launched ran.
+    pub fn capture_graph(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph> {
+        const OP: &str = "graph capture";
+        if self.capturing() {
+            return Err(backend_err(OP, "already recording a graph on this thread"));
+        }
+        let s = self.ctx.new_stream().map_err(|e| backend_err(OP, e))?;
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| backend_err(OP, format!("begin: {e}")))?;
+        CAPTURING.with(|c| *c.borrow_mut() = Some((self as *const Gpu as usize, s.clone())));
+        let r = f();
+        CAPTURING.with(|c| *c.borrow_mut() = None);
+        let g = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        r?;
+        match g {
+            Ok(Some(g)) => Ok(GpuGraph(g, self.engine_stream.clone())),
+            Ok(None) => Err(backend_err(OP, "nothing was recorded")),
+            Err(e) => Err(backend_err(OP, format!("end / instantiate: {e}"))),
+        }
+    }
+
+    /// Runs a recorded graph on the engine's stream, after the work queued before it.
+    pub fn launch_graph(&self, g: &GpuGraph) -> Result<()> {
+        const OP: &str = "graph launch";
+        if self.capturing() {
+            return Err(backend_err(OP, "launching a graph while recording one"));
+        }
+        self.ctx.bind_to_thread().map_err(|e| backend_err(OP, e))?;
+        // SAFETY: the executable graph is alive (owned by `g`); the engine stream belongs to
+        // the context the graph was recorded in.
+        unsafe {
+            cudarc::driver::result::graph::launch(
+                g.0.cu_graph_exec(),
+                self.engine_stream.cu_stream(),
+            )
+        }
+        .map_err(|e| backend_err(OP, e))?;
+        if self.sync {
+            self.synchronize(OP)?;
+        }
+        Ok(())
+    }
+
     pub fn synchronize(&self, op: &'static str) -> Result<()> {
-        self.stream.synchronize().map_err(|e| backend_err(op, e))
+        self.stream().synchronize().map_err(|e| backend_err(op, e))
     }
 
     /// Raw device address of a buffer for a parameter struct (one stream: ordering is implied).
     pub fn ptr<T>(&self, s: &CudaSlice<T>) -> *mut std::ffi::c_void {
-        let (p, _guard) = s.device_ptr(&self.stream);
+        let (p, _guard) = s.device_ptr(&self.engine_stream);
         p as usize as *mut std::ffi::c_void
     }
 
     /// The device address of element `off` of `s` (an operand inside a larger buffer; the
     /// callers' checks keep `off` within `s`).
     pub fn ptr_at<T>(&self, s: &CudaSlice<T>, off: usize) -> *mut std::ffi::c_void {
-        let (p, _guard) = s.device_ptr(&self.stream);
+        let (p, _guard) = s.device_ptr(&self.engine_stream);
         (p as usize + off * std::mem::size_of::<T>()) as *mut std::ffi::c_void
     }
 
@@ -467,14 +588,18 @@ impl Gpu {
             .get(kernel)
             .ok_or_else(|| backend_err(op, format!("kernel {kernel} not loaded")))?;
         cfg.shared_mem_bytes = *smem;
-        let mut b = self.stream.launch_builder(f);
+        let stream = self.stream();
+        let mut b = stream.launch_builder(f);
         b.arg(&params);
         let timing = || {
-            self.stream
+            self.stream()
                 .record_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| backend_err(op, format!("profile event: {e}")))
         };
-        let profile = self.profile.as_ref().filter(|_| profiled);
+        let profile = self
+            .profile
+            .as_ref()
+            .filter(|_| profiled && !self.capturing());
         let start = profile.map(|_| timing()).transpose()?;
         // SAFETY: the wrapper in ops.rs checked every buffer length and shape the kernel reads or
         // writes against the parameter struct, and the struct layout is shared via bindgen.
@@ -490,8 +615,10 @@ impl Gpu {
                 let _ = p.fold(true);
             }
         }
-        if self.sync && profiled {
-            self.stream
+        // (not while recording a graph, which cannot hold a synchronisation: `launch_graph`
+        // synchronises after the replay instead)
+        if self.sync && profiled && !self.capturing() {
+            self.stream()
                 .synchronize()
                 .map_err(|e| backend_err(op, format!("{kernel} failed: {e}")))?;
         }
@@ -558,6 +685,11 @@ impl Gpu {
         let mut st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(k) = st.table.get(&key) {
             return k;
+        }
+        // timing synchronises, which a graph being recorded cannot hold: the fixed rule, not
+        // kept (the steps before a recording run every shape once, so this is rare)
+        if self.capturing() {
+            return tune::choose(&key, &[]);
         }
         // held while timing: one stream, so another thread would wait for it anyway, and a key
         // is timed once

@@ -187,6 +187,47 @@ pub fn copy_rows<B: Backend + ?Sized>(
     need::<B, _>(op, "copy destination", dst.0, rows_len(dst.1, rows, cols))
 }
 
+/// `copy_rows` with the destination at its furthest position (`Backend::copy_rows_at`).
+#[allow(clippy::too_many_arguments)]
+pub fn copy_rows_at<B: Backend + ?Sized>(
+    op: &'static str,
+    src: (&B::Buf<bf16>, Rows),
+    dst: (&B::Buf<bf16>, Rows),
+    rows: usize,
+    cols: usize,
+    pos: &B::Buf<i32>,
+    pos_stride: usize,
+    pos_max: usize,
+) -> Result<()> {
+    need::<B, _>(op, "position", pos, Some(1))?;
+    if pos_max > i32::MAX as usize {
+        return Err(err::<B>(
+            op,
+            format!("largest position {pos_max} beyond i32"),
+        ));
+    }
+    let far = pos_max
+        .checked_mul(pos_stride)
+        .and_then(|x| x.checked_add(dst.1.off))
+        .ok_or_else(|| err::<B>(op, "destination offset overflows"))?;
+    copy_rows::<B>(op, src, (dst.0, Rows { off: far, ..dst.1 }), rows, cols)
+}
+
+/// `Backend::embedding`: the buffers' lengths (the ids are the caller's to check).
+pub fn embedding<B: Backend + ?Sized>(
+    ids: &B::Buf<i32>,
+    n: usize,
+    table: &B::Buf<bf16>,
+    y: &B::Buf<bf16>,
+    d: usize,
+    vocab: usize,
+) -> Result<()> {
+    const OP: &str = "embedding";
+    need::<B, _>(OP, "ids", ids, Some(n))?;
+    need::<B, _>(OP, "table", table, size(&[vocab, d]))?;
+    need::<B, _>(OP, "y", y, size(&[n, d]))
+}
+
 /// Also checks every id against the vocabulary (on the host, before any launch).
 pub fn embedding_ids<B: Backend + ?Sized>(
     ids: &[u32],

@@ -16,6 +16,9 @@ pub struct HostBackend {
     pub int8_weights: AtomicBool,
     /// keep T5 cross-attention K/V in int8 in encodings made from now on
     pub int8_cross_kv: AtomicBool,
+    /// decode steppers take the layout of recorded steps (`Backend::graphs`; nothing is
+    /// recorded here: `capture` runs the ops at once), so tests check that layout on the host
+    pub graphs: AtomicBool,
 }
 
 impl HostBackend {
@@ -62,6 +65,22 @@ impl Backend for HostBackend {
     fn download<T: Elem>(&self, _op: &'static str, buf: &Vec<T>) -> Result<Vec<T>> {
         Ok(buf.clone())
     }
+    fn write<T: Elem>(&self, op: &'static str, host: &[T], dst: &mut Vec<T>) -> Result<()> {
+        check::need::<Self, T>(op, "destination", dst, Some(host.len()))?;
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+
+    type Graph = std::convert::Infallible;
+    fn graphs(&self) -> bool {
+        self.graphs.load(Ordering::Relaxed)
+    }
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>> {
+        f().map(|()| None)
+    }
+    fn launch_graph(&self, g: &Self::Graph) -> Result<()> {
+        match *g {}
+    }
     fn copy<T: Elem>(
         &self,
         op: &'static str,
@@ -90,6 +109,35 @@ impl Backend for HostBackend {
             dst.0[d..d + cols].copy_from_slice(&src.0[s..s + cols]);
         }
         Ok(())
+    }
+
+    fn copy_rows_at(
+        &self,
+        op: &'static str,
+        src: (&Vec<bf16>, Rows),
+        dst: (&mut Vec<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+        pos: &Vec<i32>,
+        pos_stride: usize,
+        pos_max: usize,
+    ) -> Result<()> {
+        check::copy_rows_at::<Self>(
+            op,
+            src,
+            (&*dst.0, dst.1),
+            rows,
+            cols,
+            pos,
+            pos_stride,
+            pos_max,
+        )?;
+        let p = pos[0];
+        if p < 0 || p as usize > pos_max {
+            return Err(err(op, format!("position {p} outside 0..={pos_max}")));
+        }
+        let off = dst.1.off + p as usize * pos_stride;
+        self.copy_rows(op, src, (dst.0, Rows { off, ..dst.1 }), rows, cols)
     }
 
     fn rms_norm(
@@ -182,6 +230,23 @@ impl Backend for HostBackend {
             y[t * d..(t + 1) * d].copy_from_slice(&table[id * d..(id + 1) * d]);
         }
         Ok(())
+    }
+
+    fn embedding(
+        &self,
+        ids: &Vec<i32>,
+        n: usize,
+        table: &Vec<bf16>,
+        y: &mut Vec<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        check::embedding::<Self>(ids, n, table, y, d, vocab)?;
+        let host: Vec<u32> = ids[..n]
+            .iter()
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        self.embedding_ids(&host, table, y, d, vocab)
     }
 
     fn gemm(
@@ -303,6 +368,26 @@ impl Backend for HostBackend {
             kv_batch,
             rel_bias,
         )
+    }
+
+    fn attention_at(
+        &self,
+        c: &AttnCall,
+        pos: &Vec<i32>,
+        q: (&Vec<bf16>, View),
+        k: (&Vec<bf16>, View),
+        v: (&Vec<bf16>, View),
+        o: &mut Vec<bf16>,
+        key_mask: Option<&Vec<i32>>,
+        kv_batch: Option<&Vec<i32>>,
+        rel_bias: Option<&Vec<f32>>,
+    ) -> Result<()> {
+        check::need::<Self, i32>("attention", "position", pos, Some(1))?;
+        // the caller keeps the position valid (the GPU reads it without a check)
+        let p = usize::try_from(pos[0])
+            .map_err(|_| err("attention", format!("query position {}", pos[0])))?;
+        let c = AttnCall { q_offset: p, ..*c };
+        self.attention(&c, q, k, v, o, key_mask, kv_batch, rel_bias)
     }
 
     fn attention_q8(

@@ -237,6 +237,23 @@ pub trait Backend: Sync {
     fn zeros<T: Elem>(&self, op: &'static str, n: usize) -> Result<Self::Buf<T>>;
     fn upload<T: Elem>(&self, op: &'static str, host: &[T]) -> Result<Self::Buf<T>>;
     fn download<T: Elem>(&self, op: &'static str, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// `host` into the first `host.len()` elements of `dst`, in order with the ops around it
+    /// (a recorded step reads its inputs from the same buffers every time).
+    fn write<T: Elem>(&self, op: &'static str, host: &[T], dst: &mut Self::Buf<T>) -> Result<()>;
+
+    /// The type of a recorded decode step (`capture`).
+    type Graph;
+    /// Whether decode steps are recorded once and replayed (`JOBX_CUDA_GRAPHS=1` on the GPU;
+    /// on the host, tests switch on the same step layout without the recording).
+    fn graphs(&self) -> bool {
+        false
+    }
+    /// Records the ops `f` issues on this thread as a graph, without running them (Some), or,
+    /// on a backend without graphs, runs them now (None). An error leaves nothing run on a
+    /// backend with graphs.
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>>;
+    /// Runs a graph `capture` returned, after the ops issued before it.
+    fn launch_graph(&self, g: &Self::Graph) -> Result<()>;
     /// dst[dst_off..dst_off + len] = src[src_off..src_off + len]
     fn copy<T: Elem>(
         &self,
@@ -324,6 +341,35 @@ pub trait Backend: Sync {
         d: usize,
         vocab: usize,
     ) -> Result<()>;
+    /// `copy_rows` into `dst` moved by pos[0] * pos_stride elements, pos read where the op runs
+    /// (a recorded decode step appends its K|V at the current position). The copy is checked
+    /// at pos_max; a position outside 0..=pos_max copies nothing (an error on the host; on the
+    /// GPU, which cannot report it without a read-back, the device error flag is set). The
+    /// caller keeps pos in range.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_rows_at(
+        &self,
+        op: &'static str,
+        src: (&Self::Buf<bf16>, Rows),
+        dst: (&mut Self::Buf<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+        pos: &Self::Buf<i32>,
+        pos_stride: usize,
+        pos_max: usize,
+    ) -> Result<()>;
+    /// y[t] = table[ids[t]] for the first n ids of a device buffer (`write` them after checking
+    /// them against the vocabulary: the GPU kernel writes a zero row for a bad id and sets the
+    /// device error flag; the host returns an error).
+    fn embedding(
+        &self,
+        ids: &Self::Buf<i32>,
+        n: usize,
+        table: &Self::Buf<bf16>,
+        y: &mut Self::Buf<bf16>,
+        d: usize,
+        vocab: usize,
+    ) -> Result<()>;
     /// y (+)= x · wᵀ [* scales] [+ LoRA] with bf16 x [m, k], f32 accumulation.
     fn gemm(
         &self,
@@ -350,6 +396,22 @@ pub trait Backend: Sync {
     fn attention(
         &self,
         c: &AttnCall,
+        q: (&Self::Buf<bf16>, View),
+        k: (&Self::Buf<bf16>, View),
+        v: (&Self::Buf<bf16>, View),
+        o: &mut Self::Buf<bf16>,
+        key_mask: Option<&Self::Buf<i32>>,
+        kv_batch: Option<&Self::Buf<i32>>,
+        rel_bias: Option<&Self::Buf<f32>>,
+    ) -> Result<()>;
+    /// `attention` with the position of query 0 read from pos[0] where the op runs, instead of
+    /// c.q_offset: a recorded decode step attends over a cache of c.tk positions of which
+    /// the causal mask leaves the first pos[0] + c.tq visible (any value is memory-safe).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_at(
+        &self,
+        c: &AttnCall,
+        pos: &Self::Buf<i32>,
         q: (&Self::Buf<bf16>, View),
         k: (&Self::Buf<bf16>, View),
         v: (&Self::Buf<bf16>, View),

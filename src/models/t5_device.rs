@@ -22,6 +22,13 @@
 //! - cross-attention k|v per layer [batch, S, 2*inner], computed once per request from the
 //!   encoder output.
 //!
+//! With `Backend::graphs` (CUDA graphs) a step is laid out so that one recording of its launches
+//! serves every step (`Layout::Recorded`): what changes between steps (token ids, position)
+//! lives in fixed device buffers written before the step, the q|k|v GEMM writes a fixed buffer
+//! that one copy appends to the cache at the device's position, and self-attention runs over
+//! the whole cache with the causal mask at that position. The cache holds the same values in
+//! both layouts.
+//!
 //! `T5DeviceStepper` implements `generate::Stepper`, so greedy, beam search, sampling and the
 //! grammar constraint run unchanged on top of it (logits come back to the host each step, except
 //! for greedy rows, whose argmax and log-probability are taken on the device, with the grammar's
@@ -32,7 +39,7 @@ use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
 use crate::device::{
     fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, Out,
-    RowAdapters, View,
+    RowAdapters, Rows, View,
 };
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
@@ -453,11 +460,32 @@ struct DecScratch<B: Backend> {
     q: B::Buf<bf16>,
     o: B::Buf<bf16>,
     fb: FfnBufs<B>,
+    /// the step's logits [rows, vocab] (f32)
+    lg: B::Buf<f32>,
+    /// the recorded-step layout's inputs (`Backend::graphs`)
+    rec: Option<RecBufs<B>>,
+}
+
+/// What a recorded decode step reads that changes between steps, in buffers that stay put: the
+/// rows' token ids, the position, and the step's q|k|v before it is appended to the cache.
+struct RecBufs<B: Backend> {
+    ids: B::Buf<i32>,
+    pos: B::Buf<i32>,
+    qkv: B::Buf<bf16>,
 }
 
 impl<B: Backend> DecScratch<B> {
     fn new(m: &T5Device<'_, B>, rows: usize) -> Result<Self> {
         let (d, inner) = (m.cfg.d_model, m.cfg.num_heads * m.cfg.d_kv);
+        let rec = if m.dev.graphs() {
+            Some(RecBufs {
+                ids: m.dev.zeros("t5", rows)?,
+                pos: m.dev.zeros("t5", 1)?,
+                qkv: m.buf(rows * 3 * inner)?,
+            })
+        } else {
+            None
+        };
         Ok(DecScratch {
             rows,
             x: m.buf(rows * d)?,
@@ -465,8 +493,33 @@ impl<B: Backend> DecScratch<B> {
             q: m.buf(rows * inner)?,
             o: m.buf(rows * inner)?,
             fb: m.ffn_bufs(rows)?,
+            lg: m.dev.scratch("t5", rows * m.cfg.vocab_size)?,
+            rec,
         })
     }
+}
+
+/// How a decode step is laid out.
+#[derive(Clone, Copy)]
+enum Layout<'t> {
+    /// Everything that changes between steps is in the launches' arguments: the tokens are
+    /// uploaded, the q|k|v GEMM writes into the cache at position t, attention sees t + 1 keys.
+    Plain(&'t [u32], usize),
+    /// What changes is in `RecBufs`, written before the step, so that one recording of the
+    /// launches serves every step (CUDA graphs): the embedding reads the ids there, the q|k|v
+    /// GEMM writes `qkv`, one copy appends it to the cache at the position the device reads,
+    /// and attention runs over the whole cache with the causal mask at that position.
+    Recorded,
+}
+
+/// The recording of a decode step and when one may be made.
+struct GraphState<G> {
+    graph: Option<G>,
+    /// the last step ran in the recorded layout with the buffers the next one will use (so
+    /// each GEMM shape has been tuned and nothing would be allocated for good while recording)
+    warm: bool,
+    /// recording failed once: the generation goes on without graphs
+    failed: bool,
 }
 
 /// Decoder state of one generation: per layer the self-attention cache [rows, cap, 3*H*dk]
@@ -483,6 +536,7 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     len: usize,
     cache: Vec<B::Buf<bf16>>,
     scratch: Option<DecScratch<B>>,
+    graph: GraphState<B::Graph>,
     /// `JOBX_PROFILE` (device::profile)
     profile: Option<StepProfile<'g, B>>,
 }
@@ -502,6 +556,9 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
         let inner = model.cfg.num_heads * model.cfg.d_kv;
         let rows = src.len();
         let cap = capacity.max(1);
+        if cap > i32::MAX as usize {
+            return Err(Error::Input(format!("decoder capacity {cap} beyond i32")));
+        }
         let mut cache = Vec::new();
         for _ in 0..model.cfg.n_dec_layers() {
             cache.push(model.buf(rows * cap * 3 * inner)?);
@@ -517,8 +574,18 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             len: 0,
             cache,
             scratch: None,
+            graph: GraphState {
+                graph: None,
+                warm: false,
+                failed: false,
+            },
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
         })
+    }
+
+    /// Whether the last step was replayed from a recording (tests).
+    pub fn replaying(&self) -> bool {
+        self.graph.graph.is_some()
     }
 }
 
@@ -529,9 +596,10 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
 
     fn step(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
         let t0 = std::time::Instant::now();
+        let dev = self.model.dev;
         let lg = self.forward(tokens)?;
         let t1 = std::time::Instant::now();
-        *logits = self.model.dev.download("t5", &lg)?;
+        *logits = dev.download("t5", lg)?;
         self.account(t0, t1);
         Ok(())
     }
@@ -579,6 +647,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         )?;
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
+        // new cache and row-map buffers: a recording made before reads the old ones
+        self.graph.graph = None;
+        self.graph.warm = false;
         Ok(())
     }
 }
@@ -608,14 +679,10 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         pick: impl FnOnce(&B, &mut B::Buf<f32>, usize, usize) -> Result<Vec<(u32, f32)>>,
     ) -> Result<Option<Vec<(u32, f32)>>> {
         let t0 = std::time::Instant::now();
-        let mut lg = self.forward(tokens)?;
+        let (dev, v) = (self.model.dev, self.model.cfg.vocab_size);
+        let lg = self.forward(tokens)?;
         let t1 = std::time::Instant::now();
-        let picks = pick(
-            self.model.dev,
-            &mut lg,
-            tokens.len(),
-            self.model.cfg.vocab_size,
-        )?;
+        let picks = pick(dev, lg, tokens.len(), v)?;
         self.account(t0, t1);
         Ok(Some(picks))
     }
@@ -629,12 +696,12 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
     }
 
     /// One decoder step for one token per row: the f32 logits [rows, vocab], on the device.
-    fn forward(&mut self, tokens: &[u32]) -> Result<B::Buf<f32>> {
+    /// With `Backend::graphs` every step takes the recorded layout; the first one with
+    /// unchanged buffers after a plain-run step in it is recorded (CUDA graph), and the later
+    /// ones replay that recording after writing their tokens and position.
+    fn forward(&mut self, tokens: &[u32]) -> Result<&mut B::Buf<f32>> {
         let m = self.model;
         let dev = m.dev;
-        let c = &m.cfg;
-        let (d, h, dk, v) = (c.d_model, c.num_heads, c.d_kv, c.vocab_size);
-        let inner = h * dk;
         let rows = self.src.len();
         if tokens.len() != rows {
             return Err(Error::Input(format!(
@@ -649,14 +716,99 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             )));
         }
         let t = self.len;
+        if !matches!(&self.scratch, Some(sc) if sc.rows == rows) {
+            self.scratch = Some(DecScratch::new(m, rows)?);
+            self.graph.graph = None;
+            self.graph.warm = false;
+        }
+        let recorded = dev.graphs()
+            && !self.graph.failed
+            && self.scratch.as_ref().is_some_and(|sc| sc.rec.is_some());
+        if recorded {
+            if let Some(DecScratch {
+                x, rec: Some(rec), ..
+            }) = &mut self.scratch
+            {
+                // the step's inputs into the buffers the recording reads (the ids checked
+                // here: the kernel cannot report a bad one)
+                crate::device::check::embedding_ids::<B>(
+                    tokens,
+                    m.wt("shared.weight")?,
+                    x,
+                    m.cfg.d_model,
+                    m.cfg.vocab_size,
+                )?;
+                let ids: Vec<i32> = tokens.iter().map(|&i| i as i32).collect();
+                dev.write("t5", &ids, &mut rec.ids)?;
+                dev.write("t5", &[t as i32], &mut rec.pos)?;
+            }
+        }
+        if !recorded {
+            self.layers(Layout::Plain(tokens, t))?;
+        } else if let Some(g) = &self.graph.graph {
+            dev.launch_graph(g)?;
+        } else if self.graph.warm {
+            match dev.capture(&mut || self.layers(Layout::Recorded)) {
+                Ok(Some(g)) => {
+                    dev.launch_graph(&g)?;
+                    self.graph.graph = Some(g);
+                }
+                Ok(None) => {} // a backend without graphs ran the step
+                Err(e) => {
+                    eprintln!(
+                        "jobx: recording the T5 decode step as a CUDA graph failed ({e}); \
+                         this generation goes on without graphs"
+                    );
+                    self.graph.failed = true;
+                    self.layers(Layout::Recorded)?;
+                }
+            }
+        } else {
+            self.layers(Layout::Recorded)?;
+        }
+        self.graph.warm = recorded;
+        self.len += 1;
+        match &mut self.scratch {
+            Some(sc) => Ok(&mut sc.lg),
+            None => Err(Error::Input("decode scratch missing".into())),
+        }
+    }
+
+    /// The decoder layers, final norm and LM head of one step, logits into the scratch's `lg`.
+    fn layers(&mut self, at: Layout) -> Result<()> {
+        let m = self.model;
+        let dev = m.dev;
+        let c = &m.cfg;
+        let (d, h, dk, v) = (c.d_model, c.num_heads, c.d_kv, c.vocab_size);
+        let inner = h * dk;
+        let rows = self.src.len();
         let eps = c.layer_norm_epsilon as f32;
-        let DecScratch {
-            x, hn, q, o, fb, ..
-        } = match &mut self.scratch {
-            Some(sc) if sc.rows == rows => sc,
-            slot => slot.insert(DecScratch::new(m, rows)?),
+        let Some(DecScratch {
+            x,
+            hn,
+            q,
+            o,
+            fb,
+            lg,
+            rec,
+            ..
+        }) = &mut self.scratch
+        else {
+            return Err(Error::Input("decode scratch missing".into()));
         };
-        dev.embedding_ids(tokens, m.wt("shared.weight")?, x, d, v)?;
+        let mut rec = match at {
+            Layout::Plain(tokens, _) => {
+                dev.embedding_ids(tokens, m.wt("shared.weight")?, x, d, v)?;
+                None
+            }
+            Layout::Recorded => {
+                let Some(rec) = rec else {
+                    return Err(Error::Input("recorded-step buffers missing".into()));
+                };
+                dev.embedding(&rec.ids, rows, m.wt("shared.weight")?, x, d, v)?;
+                Some(rec)
+            }
+        };
         let qview = View {
             sb: inner,
             sh: dk,
@@ -690,25 +842,15 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             )?;
             let sa = format!("{p}.SelfAttention");
             let cache = &mut self.cache[l];
-            // q|k|v of this step into position t of every row's cache
-            let at_t = GemmShape {
-                m: rows,
-                n: 3 * inner,
-                k: d,
-                ldy: self.cap * 3 * inner,
-                y_off: t * 3 * inner,
-                accumulate: false,
-            };
-            m.w.gemm(hn, &fused_name(&sa, QKV), Out::Bf16(cache), &at_t, &self.ad)?;
-            let call = AttnCall {
+            let call = |tk, q_offset| AttnCall {
                 batch: rows,
                 kv_batch_rows: rows,
                 heads: h,
                 kv_heads: h,
                 tq: 1,
-                tk: t + 1,
+                tk,
                 dk,
-                q_offset: t,
+                q_offset,
                 window: 0,
                 scale: 1.0,
                 causal: true,
@@ -718,16 +860,81 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                     false,
                 )),
             };
-            dev.attention(
-                &call,
-                (cache, cache_view(t * 3 * inner)),
-                (cache, cache_view(inner)),
-                (cache, cache_view(2 * inner)),
-                o,
-                None,
-                None,
-                Some(&m.dec_bias),
-            )?;
+            let qkv_name = fused_name(&sa, QKV);
+            match (at, rec.as_deref_mut()) {
+                (Layout::Plain(_, t), _) => {
+                    // q|k|v of this step into position t of every row's cache
+                    let at_t = GemmShape {
+                        m: rows,
+                        n: 3 * inner,
+                        k: d,
+                        ldy: self.cap * 3 * inner,
+                        y_off: t * 3 * inner,
+                        accumulate: false,
+                    };
+                    m.w.gemm(hn, &qkv_name, Out::Bf16(cache), &at_t, &self.ad)?;
+                    dev.attention(
+                        &call(t + 1, t),
+                        (cache, cache_view(t * 3 * inner)),
+                        (cache, cache_view(inner)),
+                        (cache, cache_view(2 * inner)),
+                        o,
+                        None,
+                        None,
+                        Some(&m.dec_bias),
+                    )?;
+                }
+                (Layout::Recorded, Some(rec)) => {
+                    let qkv = &mut rec.qkv;
+                    let shape = GemmShape::new(rows, 3 * inner, d, false);
+                    m.w.gemm(hn, &qkv_name, Out::Bf16(qkv), &shape, &self.ad)?;
+                    // the plain layout's cache contents (q kept too), at the device's position
+                    dev.copy_rows_at(
+                        "t5 cache",
+                        (
+                            qkv,
+                            Rows {
+                                off: 0,
+                                ld: 3 * inner,
+                            },
+                        ),
+                        (
+                            cache,
+                            Rows {
+                                off: 0,
+                                ld: self.cap * 3 * inner,
+                            },
+                        ),
+                        rows,
+                        3 * inner,
+                        &rec.pos,
+                        3 * inner,
+                        self.cap - 1,
+                    )?;
+                    let qkv_view = View {
+                        sb: 3 * inner,
+                        sh: dk,
+                        st: 3 * inner,
+                        off: 0,
+                    };
+                    // the whole cache; the causal mask at the device's position hides the
+                    // positions not written yet
+                    dev.attention_at(
+                        &call(self.cap, 0),
+                        &rec.pos,
+                        (qkv, qkv_view),
+                        (cache, cache_view(inner)),
+                        (cache, cache_view(2 * inner)),
+                        o,
+                        None,
+                        None,
+                        Some(&m.dec_bias),
+                    )?;
+                }
+                (Layout::Recorded, None) => {
+                    return Err(Error::Input("recorded-step buffers missing".into()))
+                }
+            }
             m.w.linear(
                 o,
                 &format!("{sa}.o.weight"),
@@ -810,15 +1017,12 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         } else {
             "lm_head.weight" // adapters may target it
         };
-        let mut lg = dev.scratch::<f32>("t5", rows * v)?;
         m.w.gemm(
             hn,
             head,
-            Out::F32(&mut lg),
+            Out::F32(lg),
             &GemmShape::new(rows, v, d, false),
             &self.ad,
-        )?;
-        self.len += 1;
-        Ok(lg)
+        )
     }
 }

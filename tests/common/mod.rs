@@ -141,6 +141,10 @@ pub fn mistral_row_logits(
 /// max |a - b| / max |b|
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
+    // f64::max drops NaN: a NaN anywhere would otherwise vanish from the error
+    if a.iter().chain(b).any(|x| x.is_nan()) {
+        return f64::INFINITY;
+    }
     let num = a
         .iter()
         .zip(b)
@@ -208,6 +212,70 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
                 format!("{name}: int8 K/V gave the bf16 logits"),
             ));
         }
+    }
+    out
+}
+
+/// The T5 decode step in the recorded layout (`Backend::graphs`: ids, position and q|k|v in
+/// fixed buffers, attention over the whole cache at a position read on the device; replayed as
+/// a CUDA graph on the GPU) against the plain layout, per T5 fixture: two rows teacher-forced
+/// through 4 steps, a row dropped (`select_rows`: new buffers, so a new recording), 3 more
+/// steps, then greedy picks on the device. Per fixture: the largest relative logits
+/// difference, whether the greedy picks agree, and whether the last steps were replayed.
+pub fn t5_recorded_steps<B: jobx_engine::device::Backend>(
+    dev: &B,
+    set_graphs: &dyn Fn(bool),
+) -> Vec<(String, f64, bool, bool)> {
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    let mut out = Vec::new();
+    for name in [
+        "t5-gated-gelu-untied",
+        "t5-gated-silu",
+        "t5-relu-tied",
+        "t5-tiny-real-vocab",
+    ] {
+        let dir = fixtures_dir().join(name);
+        let g = T5Device::load_dir(dev, &dir).unwrap();
+        let v = g.cfg.vocab_size;
+        let rows = two_rows(v as u32);
+        let s = 9;
+        let (ids, mask) = right_padded(&rows, s, g.cfg.pad_token_id);
+        let enc = g.encode(&ids, &mask, 2, s).unwrap();
+        let dec = [g.cfg.decoder_start(), 7, 11, 13, 5, 9, 4];
+        let greedy_steps = 3;
+        let mut runs = Vec::new();
+        for on in [false, true] {
+            set_graphs(on);
+            let cap = dec.len() + greedy_steps;
+            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], cap).unwrap();
+            let mut logits = Vec::new();
+            for (j, &t) in dec.iter().enumerate() {
+                if j == 4 {
+                    st.select_rows(&[1]).unwrap();
+                }
+                let toks = if j < 4 { vec![t, t + 1] } else { vec![t] };
+                let mut lg = Vec::new();
+                st.step(&toks, &mut lg).unwrap();
+                logits.push(lg);
+            }
+            let mut picks = Vec::new();
+            let mut next = vec![5u32];
+            for _ in 0..greedy_steps {
+                let p = st.step_greedy(&next, &[], None).unwrap().unwrap();
+                next = vec![p[0].0];
+                picks.push(p[0].0);
+            }
+            runs.push((logits, picks, st.replaying()));
+        }
+        set_graphs(false);
+        let worst = runs[0]
+            .0
+            .iter()
+            .zip(&runs[1].0)
+            .map(|(a, b)| rel_err(b, a))
+            .fold(0f64, f64::max);
+        out.push((name.to_string(), worst, runs[0].1 == runs[1].1, runs[1].2));
     }
     out
 }
@@ -533,6 +601,92 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
             3,
             4,
         ),
+    );
+
+    // copy_rows_at: the same copy at positions 0..=2 of stride 1 (checked at the last)
+    let pos = b.upload("t", &[1i32]).unwrap();
+    expect(
+        "copy_rows_at ok",
+        "t",
+        "",
+        b.copy_rows_at(
+            "t",
+            (&src, at(1, 5)),
+            (&mut dst, at(0, 6)),
+            3,
+            4,
+            &pos,
+            1,
+            2,
+        ),
+    );
+    expect(
+        "copy_rows_at past the end",
+        "t",
+        "copy destination",
+        b.copy_rows_at(
+            "t",
+            (&src, at(1, 5)),
+            (&mut dst, at(0, 6)),
+            3,
+            4,
+            &pos,
+            1,
+            3,
+        ),
+    );
+    expect(
+        "copy_rows_at overflow",
+        "t",
+        "overflows",
+        b.copy_rows_at(
+            "t",
+            (&src, at(1, 5)),
+            (&mut dst, at(0, 6)),
+            3,
+            4,
+            &pos,
+            usize::MAX / 2,
+            2,
+        ),
+    );
+
+    // write
+    let mut w4 = i(4);
+    expect("write ok", "t", "", b.write("t", &[1, 2, 3], &mut w4));
+    expect(
+        "write long",
+        "t",
+        "5",
+        b.write("t", &[1, 2, 3, 4, 5], &mut w4),
+    );
+
+    // embedding from device ids: 3 ids, rows of 4, vocab 6
+    let (tab, mut ey) = (bf(24), bf(12));
+    let ids3 = b.upload("t", &[0i32, 5, 2]).unwrap();
+    expect(
+        "embedding ok",
+        "embedding",
+        "",
+        b.embedding(&ids3, 3, &tab, &mut ey, 4, 6),
+    );
+    expect(
+        "embedding ids",
+        "embedding",
+        "ids:",
+        b.embedding(&ids3, 4, &tab, &mut bf(16), 4, 6),
+    );
+    expect(
+        "embedding table",
+        "embedding",
+        "table:",
+        b.embedding(&ids3, 3, &bf(23), &mut ey, 4, 6),
+    );
+    expect(
+        "embedding y",
+        "embedding",
+        "y:",
+        b.embedding(&ids3, 3, &tab, &mut bf(11), 4, 6),
     );
 
     // activation
@@ -889,6 +1043,28 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         attn(&c, &q, &k, &bf(79), &mut o, None, Some(&map), None),
     );
     expect("attn o", "attention", "o:", all(&c, &mut bf(191)));
+    // attention_at: the same checks, and the position buffer
+    let p2 = b.upload("t", &[2i32]).unwrap();
+    let at_call = |c: &AttnCall, p: &B::Buf<i32>, k: &B::Buf<bf16>, o: &mut B::Buf<bf16>| {
+        b.attention_at(
+            c,
+            p,
+            (&q, qv),
+            (k, kv),
+            (&v, kv),
+            o,
+            Some(&mask),
+            Some(&map),
+            Some(&bias),
+        )
+    };
+    expect("attn_at ok", "attention", "", at_call(&c, &p2, &k, &mut o));
+    expect(
+        "attn_at k",
+        "attention",
+        "k:",
+        at_call(&c, &p2, &bf(79), &mut o),
+    );
     let huge = View {
         sh: usize::MAX / 2, // (heads - 1) * sh overflows
         ..qv
