@@ -133,29 +133,137 @@ fn cuda_t5_int8_cross_kv() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
-/// CUDA graphs: the T5 decode step recorded once and replayed gives the plain steps' logits
-/// (up to the decode attention's key split, which follows the cache length: a few bf16
-/// roundings) and the same greedy picks, and is really replayed (a failed recording falls
-/// back to plain steps with a note, which must not pass here).
+/// CUDA graphs: T5 and Mistral decode steps recorded once and replayed give the plain steps'
+/// logits (up to the decode attention's key split, which follows the cache length: a few bf16
+/// roundings) and the same greedy picks through rows reordered and dropped (each a new
+/// recording), and are really replayed (a failed recording falls back to plain steps with a
+/// note, which must not pass here).
 #[cfg(feature = "cuda")]
 #[test]
-fn cuda_t5_graph_replay_matches_plain_steps() {
+fn cuda_graph_replay_matches_plain_steps() {
     let gpu = match jobx_engine::cuda::Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {
             skip(&format!(
-                "SKIP cuda_t5_graph_replay_matches_plain_steps: no usable GPU ({e})"
+                "SKIP cuda_graph_replay_matches_plain_steps: no usable GPU ({e})"
             ));
             return;
         }
     };
     let set = |on: bool| gpu.graphs.store(on, std::sync::atomic::Ordering::Relaxed);
-    for (name, worst, same_picks, replayed) in common::t5_recorded_steps(&gpu, &set) {
+    for (name, worst, same_picks, replayed) in common::recorded_steps(&gpu, &set) {
         eprintln!("{name}: graph vs plain steps, max relative logits difference {worst:.3e}");
         assert!(replayed, "{name}: the step was not replayed as a graph");
         assert!(worst <= 1e-2, "{name}: logits differ by {worst:.3e}");
         assert!(same_picks, "{name}: greedy picks differ");
     }
+}
+
+/// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
+/// T5-Large head shape (d64) over a 3000-position cache, recorded once with `capture_graph`
+/// and replayed at positions 0, 7, 1500 and 2999 (its key split and the merge buffer, allocated
+/// inside the recording, included), bit for bit against the same ops run eagerly.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_graph_replays_a_recorded_decode_attention() {
+    use half::bf16;
+    use jobx_engine::cuda::Gpu;
+    use jobx_engine::device::{AttnCall, Backend, Rows, View};
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!(
+                "SKIP cuda_graph_replays_a_recorded_decode_attention: no usable GPU ({e})"
+            ));
+            return;
+        }
+    };
+    let (rows, h, dk, cap) = (2usize, 16usize, 64usize, 3000usize);
+    let (inner, positions) = (h * dk, [0i32, 7, 1500, 2999]);
+    let w = 3 * inner;
+    let mut r = common::Rng(5);
+    let mut vals = |n: usize| -> Vec<bf16> { (0..n).map(|_| bf16::from_f32(r.f())).collect() };
+    let cache0 = vals(rows * cap * w);
+    let steps: Vec<Vec<bf16>> = positions.iter().map(|_| vals(rows * w)).collect();
+    let bias: Vec<f32> = vals(32 * h).iter().map(|x| x.to_f32()).collect();
+    let bias = gpu.upload("t", &bias).unwrap();
+    let call = AttnCall {
+        batch: rows,
+        kv_batch_rows: rows,
+        heads: h,
+        kv_heads: h,
+        tq: 1,
+        tk: cap,
+        dk,
+        q_offset: 0,
+        window: 0,
+        scale: 1.0,
+        causal: true,
+        t5_bias: Some((32, 128, false)),
+    };
+    let view = |sb, off| View {
+        sb,
+        sh: dk,
+        st: w,
+        off,
+    };
+    let body = |cache: &mut _, step: &_, pos: &_, o: &mut _| -> jobx_engine::Result<()> {
+        gpu.copy_rows_at(
+            "t",
+            (step, Rows { off: 0, ld: w }),
+            (
+                &mut *cache,
+                Rows {
+                    off: 0,
+                    ld: cap * w,
+                },
+            ),
+            rows,
+            w,
+            pos,
+            w,
+            cap - 1,
+        )?;
+        gpu.attention_at(
+            &call,
+            pos,
+            (step, view(w, 0)),
+            (&*cache, view(cap * w, inner)),
+            (&*cache, view(cap * w, 2 * inner)),
+            o,
+            None,
+            None,
+            Some(&bias),
+        )
+    };
+    let run = |graphs: bool| {
+        let mut cache = gpu.upload("t", &cache0).unwrap();
+        let mut step = gpu.zeros::<bf16>("t", rows * w).unwrap();
+        let mut pos = gpu.zeros::<i32>("t", 1).unwrap();
+        let mut o = gpu.zeros::<bf16>("t", rows * inner).unwrap();
+        let graph = graphs.then(|| {
+            gpu.capture_graph(&mut || body(&mut cache, &step, &pos, &mut o))
+                .unwrap()
+        });
+        let mut outs = Vec::new();
+        for (p, sv) in positions.iter().zip(&steps) {
+            gpu.write("t", sv, &mut step).unwrap();
+            gpu.write("t", &[*p], &mut pos).unwrap();
+            match &graph {
+                Some(g) => gpu.launch_graph(g).unwrap(),
+                None => body(&mut cache, &step, &pos, &mut o).unwrap(),
+            }
+            outs.push(gpu.download("t", &o).unwrap());
+        }
+        outs.push(gpu.download("t", &cache).unwrap());
+        outs
+    };
+    let (eager, replayed) = (run(false), run(true));
+    for (i, (a, b)) in eager.iter().zip(&replayed).enumerate() {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "output {i} (position {:?}) differs", positions.get(i));
+    }
+    eprintln!("recorded decode attention: replays at {positions:?} = eager, bit for bit");
 }
 
 /// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):

@@ -165,15 +165,34 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// A recorded, instantiated CUDA graph (`Gpu::capture_graph`); the memory it allocated for
-/// itself is freed with it.
-pub struct GpuGraph(cudarc::driver::CudaGraph, Arc<CudaStream>);
+/// A recorded, instantiated CUDA graph (`Gpu::capture_graph`). The memory its allocation nodes
+/// use goes back to the graph memory pool with it.
+pub struct GpuGraph {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+    /// the engine stream (replays run there; dropping waits for them)
+    stream: Arc<CudaStream>,
+}
 
 impl Drop for GpuGraph {
-    /// A replay still running (an error path that read nothing back) finishes before the graph
-    /// and its memory go.
     fn drop(&mut self) {
-        let _ = self.1.synchronize();
+        // a replay still running (an error path that read nothing back) finishes before the
+        // graph and its memory go
+        let _ = self.stream.synchronize();
+        // SAFETY: both handles were made by capture_graph, are owned here and destroyed once.
+        unsafe {
+            let _ = cudarc::driver::result::graph::exec_destroy(self.exec);
+            let _ = cudarc::driver::result::graph::destroy(self.graph);
+        }
+    }
+}
+
+/// Clears this thread's recording mark however the recording ends (an error or a panic in it).
+struct CaptureMark;
+
+impl Drop for CaptureMark {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| *c.borrow_mut() = None);
     }
 }
 
@@ -265,7 +284,9 @@ impl Gpu {
         // an H100 (2026-11-26) that host work made a T5-Large decode step take 44 ms. Every
         // launch, copy and stream-ordered free here goes through the one stream below, so stream
         // order already gives the ordering those events would enforce.
-        // SAFETY: called before any buffer exists; the whole engine uses only `stream`.
+        // SAFETY: called before any buffer exists. Everything runs on `stream` below, except what
+        // a graph recording issues on its own stream (`capture_graph`), which runs only when the
+        // graph is replayed on `stream`.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let cc = ctx
@@ -505,15 +526,55 @@ impl Gpu {
         let s = self.ctx.new_stream().map_err(|e| backend_err(OP, e))?;
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| backend_err(OP, format!("begin: {e}")))?;
-        CAPTURING.with(|c| *c.borrow_mut() = Some((self as *const Gpu as usize, s.clone())));
-        let r = f();
-        CAPTURING.with(|c| *c.borrow_mut() = None);
-        let g = s.end_capture(sys::CUgraphInstantiate_flags(0));
-        r?;
-        match g {
-            Ok(Some(g)) => Ok(GpuGraph(g, self.engine_stream.clone())),
-            Ok(None) => Err(backend_err(OP, "nothing was recorded")),
-            Err(e) => Err(backend_err(OP, format!("end / instantiate: {e}"))),
+        let r = {
+            CAPTURING.with(|c| *c.borrow_mut() = Some((self as *const Gpu as usize, s.clone())));
+            let _mark = CaptureMark;
+            f()
+        };
+        // End the capture directly: cudarc's end_capture first returns any error a buffer
+        // dropped inside `f` stored in the context (a free on an invalidated capture), and
+        // would leave the stream capturing. Then take that stored error, so it neither hides
+        // here nor surfaces in the next unrelated call.
+        // SAFETY: `s` is alive and capturing (begun above, on this thread).
+        let ended = unsafe { cudarc::driver::result::stream::end_capture(s.cu_stream()) };
+        let stored = self.ctx.check_err();
+        let graph = match ended {
+            Ok(g) => g,
+            Err(e) => {
+                r?;
+                return Err(backend_err(OP, format!("end: {e}")));
+            }
+        };
+        let destroy = |g: sys::CUgraph| {
+            if !g.is_null() {
+                // SAFETY: a graph handle end_capture returned, destroyed once.
+                let _ = unsafe { cudarc::driver::result::graph::destroy(g) };
+            }
+        };
+        if let Err(e) = r {
+            destroy(graph);
+            return Err(e);
+        }
+        if let Err(e) = stored {
+            destroy(graph);
+            return Err(backend_err(OP, format!("during the recording: {e}")));
+        }
+        if graph.is_null() {
+            return Err(backend_err(OP, "nothing was recorded"));
+        }
+        // SAFETY: a valid graph from the capture above.
+        match unsafe {
+            cudarc::driver::result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0))
+        } {
+            Ok(exec) => Ok(GpuGraph {
+                graph,
+                exec,
+                stream: self.engine_stream.clone(),
+            }),
+            Err(e) => {
+                destroy(graph);
+                Err(backend_err(OP, format!("instantiate: {e}")))
+            }
         }
     }
 
@@ -526,13 +587,8 @@ impl Gpu {
         self.ctx.bind_to_thread().map_err(|e| backend_err(OP, e))?;
         // SAFETY: the executable graph is alive (owned by `g`); the engine stream belongs to
         // the context the graph was recorded in.
-        unsafe {
-            cudarc::driver::result::graph::launch(
-                g.0.cu_graph_exec(),
-                self.engine_stream.cu_stream(),
-            )
-        }
-        .map_err(|e| backend_err(OP, e))?;
+        unsafe { cudarc::driver::result::graph::launch(g.exec, self.engine_stream.cu_stream()) }
+            .map_err(|e| backend_err(OP, e))?;
         if self.sync {
             self.synchronize(OP)?;
         }

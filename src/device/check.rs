@@ -228,6 +228,17 @@ pub fn embedding<B: Backend + ?Sized>(
     need::<B, _>(OP, "y", y, size(&[n, d]))
 }
 
+/// Every id inside the vocabulary (token ids checked on the host before a device reads them).
+pub fn ids_in_vocab<B: Backend + ?Sized>(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&i| i as usize >= vocab) {
+        Some(&bad) => Err(err::<B>(
+            "embedding",
+            format!("token id {bad} is outside the vocabulary of {vocab}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Also checks every id against the vocabulary (on the host, before any launch).
 pub fn embedding_ids<B: Backend + ?Sized>(
     ids: &[u32],
@@ -239,13 +250,7 @@ pub fn embedding_ids<B: Backend + ?Sized>(
     const OP: &str = "embedding";
     need::<B, _>(OP, "table", table, size(&[vocab, d]))?;
     need::<B, _>(OP, "y", y, size(&[ids.len(), d]))?;
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(err::<B>(
-            OP,
-            format!("token id {bad} is outside the vocabulary of {vocab}"),
-        ));
-    }
-    Ok(())
+    ids_in_vocab::<B>(ids, vocab)
 }
 
 pub fn gemm<B: Backend + ?Sized>(

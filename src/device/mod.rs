@@ -204,6 +204,102 @@ impl ActKind {
     }
 }
 
+/// The recording of a decode step (`Backend::capture`) and when one may be made, for a stepper
+/// with a recorded layout (what changes between steps in fixed buffers written before each).
+pub(crate) struct GraphState<G> {
+    graph: Option<G>,
+    /// the last step ran with the buffers the next one will use (so every GEMM shape has been
+    /// tuned and nothing would be allocated for good while recording)
+    warm: bool,
+    /// recording failed once: later steps run plainly
+    failed: bool,
+}
+
+/// What the next decode step of a stepper with graphs on does (`GraphState::next`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum StepKind {
+    /// run in the plain layout: the first step after a change of buffers (it tunes every
+    /// GEMM shape), every step of a generation that keeps changing them (beam search), or
+    /// after a failed recording
+    Plain,
+    /// write the inputs, record the step in the recorded layout and run the recording
+    Record,
+    /// write the inputs and replay the recording
+    Replay,
+}
+
+impl<G> Default for GraphState<G> {
+    fn default() -> Self {
+        GraphState {
+            graph: None,
+            warm: false,
+            failed: false,
+        }
+    }
+}
+
+impl<G> GraphState<G> {
+    pub fn next(&self) -> StepKind {
+        if self.graph.is_some() {
+            StepKind::Replay
+        } else if self.warm && !self.failed {
+            StepKind::Record
+        } else {
+            StepKind::Plain
+        }
+    }
+
+    /// Records `f` and runs the recording (on a backend without graphs, `f` just runs). A failed
+    /// recording (nothing ran) is said on stderr and Ok(false) returned: the caller runs the
+    /// step plainly, as every later one.
+    pub fn record<B: Backend<Graph = G> + ?Sized>(
+        &mut self,
+        dev: &B,
+        what: &str,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<bool> {
+        match dev.capture(f) {
+            Ok(Some(g)) => {
+                dev.launch_graph(&g)?;
+                self.graph = Some(g);
+                Ok(true)
+            }
+            Ok(None) => Ok(true),
+            Err(e) => {
+                eprintln!(
+                    "jobx: recording the {what} decode step as a CUDA graph failed ({e}); \
+                     this generation goes on without graphs"
+                );
+                self.failed = true;
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn replay<B: Backend<Graph = G> + ?Sized>(&self, dev: &B) -> Result<()> {
+        match &self.graph {
+            Some(g) => dev.launch_graph(g),
+            None => Err(crate::Error::Input("no recorded step to replay".into())),
+        }
+    }
+
+    /// A step ran with the buffers the next one will use.
+    pub fn ran(&mut self) {
+        self.warm = true;
+    }
+
+    /// The buffers changed: the recording is stale and the next step runs plainly.
+    pub fn reset(&mut self) {
+        self.graph = None;
+        self.warm = false;
+    }
+
+    /// Whether steps are replayed from a recording now (tests).
+    pub fn replaying(&self) -> bool {
+        self.graph.is_some()
+    }
+}
+
 /// The ops of a device backend. Shapes are in elements; every op first runs its `check`
 /// function on its arguments.
 #[allow(clippy::too_many_arguments)]

@@ -15,13 +15,19 @@
 //! padding mask.
 //! Left padding follows HF `generate`: position ids are cumsum(mask) - 1, pads get 1 and are
 //! masked as keys (host bookkeeping, as in the CPU graph).
+//!
+//! With `Backend::graphs` (CUDA graphs) decode steps take a recorded layout (`Recorded`): the
+//! activations, logits, token ids, RoPE positions, cache position and a key mask over the whole
+//! cache live in the state, the step's k|v go into the cache at the position read on the device
+//! (`copy_rows_at`) and attention runs over the whole cache (`attention_at`), so one recording
+//! serves every step until the rows change.
 
 use super::mistral::MistralConfig;
 use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
 use crate::device::{
-    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, Out,
-    RowAdapters, Rows, View,
+    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, GraphState, Out,
+    RowAdapters, Rows, StepKind, View,
 };
 use crate::generate::{beam_parents, PendingLogits};
 use crate::models::adapter::LoraAdapter;
@@ -52,6 +58,32 @@ pub struct MistralDeviceState<B: Backend> {
     /// LoRA adapter slot of each row (None: base model), and on the device
     adapters: Vec<Option<usize>>,
     ad: RowAdapters<B>,
+    /// decode steps in the recorded layout (`Backend::graphs`): their buffers and recording,
+    /// made at the first such step and dropped when the rows change
+    rec: Option<Recorded<B>>,
+}
+
+/// The activations of one forward pass over `m` token rows.
+struct Acts<B: Backend> {
+    x: B::Buf<bf16>,
+    n: B::Buf<bf16>,
+    qkv: B::Buf<bf16>,
+    ctx: B::Buf<bf16>,
+    g: B::Buf<bf16>,
+    gu: B::Buf<bf16>,
+}
+
+/// A recorded decode step's buffers, the same at every step so one recording serves all: the
+/// activations, logits, and what changes between steps, written before each (token ids, RoPE
+/// positions, the cache position, the key mask over the whole cache).
+struct Recorded<B: Backend> {
+    acts: Acts<B>,
+    lg: B::Buf<f32>,
+    ids: B::Buf<i32>,
+    pos: B::Buf<i32>,
+    at: B::Buf<i32>,
+    kmask: B::Buf<i32>,
+    graph: GraphState<B::Graph>,
 }
 
 impl<'g, B: Backend> MistralDevice<'g, B> {
@@ -189,6 +221,23 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
             ad: self.w.row_adapters(adapters)?,
+            rec: None,
+        })
+    }
+
+    fn acts(&self, m: usize) -> Result<Acts<B>> {
+        let c = &self.cfg;
+        let (qd, kvd) = (
+            c.num_attention_heads * c.head_dim(),
+            c.kv_heads() * c.head_dim(),
+        );
+        Ok(Acts {
+            x: self.buf(m * c.hidden_size)?,
+            n: self.buf(m * c.hidden_size)?,
+            qkv: self.buf(m * (qd + 2 * kvd))?,
+            ctx: self.buf(m * qd)?,
+            g: self.buf(m * c.intermediate_size)?,
+            gu: self.buf(m * 2 * c.intermediate_size)?,
         })
     }
 
@@ -203,7 +252,16 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         all: bool,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        let decode = t_new == 1 && mask.iter().all(|&m| m != 0);
+        if decode && self.next_step_kind(st) != StepKind::Plain {
+            let lg = self.decode_recorded(st, ids)?;
+            *logits = self.dev.download("mistral", lg)?;
+            return Ok(());
+        }
         let lg = self.forward_device(st, ids, mask, t_new, all)?;
+        if decode {
+            self.prepare_recorded(st)?;
+        }
         *logits = self.dev.download("mistral", &lg)?;
         Ok(())
     }
@@ -219,47 +277,10 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
     ) -> Result<B::Buf<f32>> {
         let c = &self.cfg;
         let dev = self.dev;
-        let (hid, hd, h, kv, inter, vsz) = (
-            c.hidden_size,
-            c.head_dim(),
-            c.num_attention_heads,
-            c.kv_heads(),
-            c.intermediate_size,
-            c.vocab_size,
-        );
-        let (qd, kvd) = (h * hd, kv * hd);
-        let qkvd = qd + 2 * kvd;
+        let (hid, vsz) = (c.hidden_size, c.vocab_size);
         let rows = st.rows;
-        if ids.len() != rows * t_new || mask.len() != ids.len() || t_new == 0 {
-            return Err(Error::Input(format!(
-                "forward: {} ids / {} mask for {rows} rows x {t_new}",
-                ids.len(),
-                mask.len()
-            )));
-        }
-        let p0 = st.len;
-        if p0 + t_new > st.cap {
-            return Err(Error::Input(format!(
-                "KV cache of {} positions is full ({p0} + {t_new})",
-                st.cap
-            )));
-        }
+        let (p0, pos) = self.positions(st, ids, mask, t_new)?;
         let m = rows * t_new;
-        let eps = c.rms_norm_eps as f32;
-        // positions (HF: cumsum(mask) - 1, pads -> 1) and the key mask of the new slots
-        let mut pos = Vec::with_capacity(m);
-        for r in 0..rows {
-            for t in 0..t_new {
-                let real = mask[r * t_new + t] != 0;
-                st.key_mask[r * st.cap + p0 + t] = real as i32;
-                if real {
-                    pos.push(st.next_pos[r] as i32);
-                    st.next_pos[r] += 1;
-                } else {
-                    pos.push(1);
-                }
-            }
-        }
         let tk = p0 + t_new;
         let kmask: Vec<i32> = (0..rows)
             .flat_map(|r| st.key_mask[r * st.cap..r * st.cap + tk].to_vec())
@@ -280,131 +301,31 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             )?;
             &expanded
         };
-        let mut x = self.buf(m * hid)?;
-        dev.embedding_ids(ids, self.wt("model.embed_tokens.weight")?, &mut x, hid, vsz)?;
-        let mut n = self.buf(m * hid)?;
-        let mut qkv = self.buf(m * qkvd)?;
-        let mut ctx = self.buf(m * qd)?;
-        let mut g = self.buf(m * inter)?;
-        let mut gu = self.buf(m * 2 * inter)?;
-        let call = AttnCall {
-            batch: rows,
-            kv_batch_rows: rows,
-            heads: h,
-            kv_heads: kv,
-            tq: t_new,
+        let mut a = self.acts(m)?;
+        dev.embedding_ids(
+            ids,
+            self.wt("model.embed_tokens.weight")?,
+            &mut a.x,
+            hid,
+            vsz,
+        )?;
+        let at = LayerInputs {
+            t_new,
             tk,
-            dk: hd,
-            q_offset: p0,
-            window: c.sliding_window.unwrap_or(0),
-            scale: (hd as f32).powf(-0.5),
-            causal: true,
-            t5_bias: None,
+            pos: &pos,
+            kmask: &kmask,
+            at: Place::Fixed(p0),
         };
-        // q: the first qd of each row of the fused projection
-        let qview = View {
-            sb: t_new * qkvd,
-            sh: hd,
-            st: qkvd,
-            off: 0,
-        };
-        // k (off 0) and v (off kvd) in the cache
-        let cview = |off| View {
-            sb: st.cap * 2 * kvd,
-            sh: hd,
-            st: 2 * kvd,
-            off,
-        };
-        let theta = c.theta() as f32;
-        for li in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{li}");
-            dev.rms_norm(
-                &x,
-                self.wt(&format!("{p}.input_layernorm.weight"))?,
-                &mut n,
-                m,
-                hid,
-                eps,
-            )?;
-            let (sa, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
-            self.w.linear(
-                &n,
-                &fused_name(&sa, QKV),
-                (m, qkvd, hid),
-                &mut qkv,
-                false,
-                ad,
-            )?;
-            // the H query heads and the KV key heads are adjacent at the start of each row
-            dev.rope(&mut qkv, &pos, m, h + kv, hd, qkvd, theta)?;
-            // the new positions' k|v into the cache: a decode step's rows in one copy, a
-            // prefill's rows row by row (each row's positions are one block of the cache)
-            let cache = &mut st.kv[li];
-            let src = |r: usize| Rows {
-                off: r * t_new * qkvd + qd,
-                ld: qkvd,
-            };
-            if t_new == 1 {
-                let dst = Rows {
-                    off: p0 * 2 * kvd,
-                    ld: st.cap * 2 * kvd,
-                };
-                dev.copy_rows("kv_cache", (&qkv, src(0)), (cache, dst), rows, 2 * kvd)?;
-            } else {
-                for r in 0..rows {
-                    let dst = Rows {
-                        off: (r * st.cap + p0) * 2 * kvd,
-                        ld: 2 * kvd,
-                    };
-                    dev.copy_rows("kv_cache", (&qkv, src(r)), (cache, dst), t_new, 2 * kvd)?;
-                }
-            }
-            let cache = &st.kv[li];
-            dev.attention(
-                &call,
-                (&qkv, qview),
-                (cache, cview(0)),
-                (cache, cview(kvd)),
-                &mut ctx,
-                Some(&kmask),
-                None,
-                None,
-            )?;
-            self.w.linear(
-                &ctx,
-                &format!("{p}.self_attn.o_proj.weight"),
-                (m, hid, qd),
-                &mut x,
-                true,
-                ad,
-            )?;
-            dev.rms_norm(
-                &x,
-                self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
-                &mut n,
-                m,
-                hid,
-                eps,
-            )?;
-            self.w.linear(
-                &n,
-                &fused_name(&mlp, GATE_UP),
-                (m, 2 * inter, hid),
-                &mut gu,
-                false,
-                ad,
-            )?;
-            dev.gated_activation(&gu, &mut g, m, inter, ActKind::Silu)?;
-            self.w.linear(
-                &g,
-                &format!("{p}.mlp.down_proj.weight"),
-                (m, hid, inter),
-                &mut x,
-                true,
-                ad,
-            )?;
-        }
-        dev.rms_norm(&x, self.wt("model.norm.weight")?, &mut n, m, hid, eps)?;
+        self.layers(&mut st.kv, st.cap, rows, &mut a, ad, &at)?;
+        let Acts { x, mut n, .. } = a;
+        dev.rms_norm(
+            &x,
+            self.wt("model.norm.weight")?,
+            &mut n,
+            m,
+            hid,
+            c.rms_norm_eps as f32,
+        )?;
         // rows of the LM head: every position, or the last of each row
         let (hrows, hin) = if all || t_new == 1 {
             (m, n)
@@ -434,11 +355,355 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         Ok(lg)
     }
 
+    /// Checks a forward's inputs and does the host bookkeeping of its new positions: the cache
+    /// position of the first (p0), each token's RoPE position (HF: cumsum(mask) - 1, pads 1),
+    /// and the key mask of the new slots.
+    fn positions(
+        &self,
+        st: &mut MistralDeviceState<B>,
+        ids: &[u32],
+        mask: &[u8],
+        t_new: usize,
+    ) -> Result<(usize, Vec<i32>)> {
+        let rows = st.rows;
+        if ids.len() != rows * t_new || mask.len() != ids.len() || t_new == 0 {
+            return Err(Error::Input(format!(
+                "forward: {} ids / {} mask for {rows} rows x {t_new}",
+                ids.len(),
+                mask.len()
+            )));
+        }
+        let p0 = st.len;
+        if p0 + t_new > st.cap {
+            return Err(Error::Input(format!(
+                "KV cache of {} positions is full ({p0} + {t_new})",
+                st.cap
+            )));
+        }
+        let mut pos = Vec::with_capacity(rows * t_new);
+        for r in 0..rows {
+            for t in 0..t_new {
+                let real = mask[r * t_new + t] != 0;
+                st.key_mask[r * st.cap + p0 + t] = real as i32;
+                if real {
+                    pos.push(st.next_pos[r] as i32);
+                    st.next_pos[r] += 1;
+                } else {
+                    pos.push(1);
+                }
+            }
+        }
+        Ok((p0, pos))
+    }
+
+    /// What the next decode step does with graphs on (`Backend::graphs`): plain until a step
+    /// has run with the rows it will have (`prepare_recorded`), then recorded once and
+    /// replayed.
+    fn next_step_kind(&self, st: &MistralDeviceState<B>) -> StepKind {
+        match &st.rec {
+            Some(rec) if self.dev.graphs() => rec.graph.next(),
+            _ => StepKind::Plain,
+        }
+    }
+
+    /// After a plain decode step with graphs on: the recorded layout's buffers for the state's
+    /// rows (made here, outside any recording), so the next step can be recorded.
+    fn prepare_recorded(&self, st: &mut MistralDeviceState<B>) -> Result<()> {
+        if !self.dev.graphs() {
+            return Ok(());
+        }
+        if st.rec.is_none() {
+            let (rows, vsz) = (st.rows, self.cfg.vocab_size);
+            st.rec = Some(Recorded {
+                acts: self.acts(rows)?,
+                lg: self.dev.scratch("mistral", rows * vsz)?,
+                ids: self.dev.zeros("mistral", rows)?,
+                pos: self.dev.zeros("mistral", rows)?,
+                at: self.dev.zeros("mistral", 1)?,
+                kmask: self.dev.zeros("mistral", rows * st.cap)?,
+                graph: GraphState::default(),
+            });
+        }
+        if let Some(rec) = &mut st.rec {
+            rec.graph.ran();
+        }
+        Ok(())
+    }
+
+    /// One decode step (a real token per row) recorded or replayed (`next_step_kind`): the
+    /// step's inputs into the state's fixed buffers (`prepare_recorded`), then the recording.
+    /// The logits stay on the device, in the state.
+    fn decode_recorded<'s>(
+        &self,
+        st: &'s mut MistralDeviceState<B>,
+        ids: &[u32],
+    ) -> Result<&'s mut B::Buf<f32>> {
+        let c = &self.cfg;
+        let dev = self.dev;
+        let (hid, vsz) = (c.hidden_size, c.vocab_size);
+        let rows = st.rows;
+        let mask = vec![1u8; ids.len()];
+        // the ids checked here (the kernel cannot report a bad one), before the bookkeeping
+        crate::device::check::ids_in_vocab::<B>(ids, vsz)?;
+        let (p0, pos) = self.positions(st, ids, &mask, 1)?;
+        let MistralDeviceState {
+            kv,
+            cap,
+            key_mask,
+            ad,
+            rec: Some(rec),
+            ..
+        } = st
+        else {
+            return Err(Error::Input("recorded-step buffers missing".into()));
+        };
+        let cap = *cap;
+        let idv: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        dev.write("mistral", &idv, &mut rec.ids)?;
+        dev.write("mistral", &pos, &mut rec.pos)?;
+        dev.write("mistral", &[p0 as i32], &mut rec.at)?;
+        if !rec.graph.replaying() {
+            // the key mask over the whole cache, the positions after this one as the real
+            // tokens later steps add (the causal mask hides them until then): a replay needs
+            // no new mask until the rows change
+            let mut km = key_mask.clone();
+            for r in 0..rows {
+                km[r * cap + p0..(r + 1) * cap].fill(1);
+            }
+            dev.write("mistral", &km, &mut rec.kmask)?;
+        }
+        let Recorded {
+            acts,
+            lg,
+            ids: rids,
+            pos: rpos,
+            at,
+            kmask,
+            graph,
+        } = rec;
+        let mut step = || -> Result<()> {
+            dev.embedding(
+                rids,
+                rows,
+                self.wt("model.embed_tokens.weight")?,
+                &mut acts.x,
+                hid,
+                vsz,
+            )?;
+            let li = LayerInputs {
+                t_new: 1,
+                tk: cap,
+                pos: rpos,
+                kmask,
+                at: Place::Device(at),
+            };
+            self.layers(kv, cap, rows, acts, ad, &li)?;
+            dev.rms_norm(
+                &acts.x,
+                self.wt("model.norm.weight")?,
+                &mut acts.n,
+                rows,
+                hid,
+                c.rms_norm_eps as f32,
+            )?;
+            self.w.gemm(
+                &acts.n,
+                self.head,
+                Out::F32(lg),
+                &GemmShape::new(rows, vsz, hid, false),
+                ad,
+            )
+        };
+        if graph.replaying() {
+            graph.replay(dev)?;
+        } else if !graph.record(dev, "Mistral", &mut step)? {
+            step()?; // the same layout, run now
+        }
+        graph.ran();
+        st.len = p0 + 1;
+        match &mut st.rec {
+            Some(rec) => Ok(&mut rec.lg),
+            None => Err(Error::Input("recorded-step buffers missing".into())),
+        }
+    }
+
+    /// The decoder layers over `a` (`rows` x `li.t_new` token rows, embeddings in a.x): each
+    /// layer's new k|v into the cache `kv` (capacity `cap`) at `li.at`, attention over its
+    /// first `li.tk` positions.
+    fn layers(
+        &self,
+        kv: &mut [B::Buf<bf16>],
+        cap: usize,
+        rows: usize,
+        a: &mut Acts<B>,
+        ad: &RowAdapters<B>,
+        li: &LayerInputs<B>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let dev = self.dev;
+        let (hid, hd, h, kvh, inter) = (
+            c.hidden_size,
+            c.head_dim(),
+            c.num_attention_heads,
+            c.kv_heads(),
+            c.intermediate_size,
+        );
+        let (qd, kvd) = (h * hd, kvh * hd);
+        let qkvd = qd + 2 * kvd;
+        let t_new = li.t_new;
+        let m = rows * t_new;
+        let eps = c.rms_norm_eps as f32;
+        let call = AttnCall {
+            batch: rows,
+            kv_batch_rows: rows,
+            heads: h,
+            kv_heads: kvh,
+            tq: t_new,
+            tk: li.tk,
+            dk: hd,
+            q_offset: match li.at {
+                Place::Fixed(p0) => p0,
+                Place::Device(_) => 0, // read on the device
+            },
+            window: c.sliding_window.unwrap_or(0),
+            scale: (hd as f32).powf(-0.5),
+            causal: true,
+            t5_bias: None,
+        };
+        // q: the first qd of each row of the fused projection
+        let qview = View {
+            sb: t_new * qkvd,
+            sh: hd,
+            st: qkvd,
+            off: 0,
+        };
+        // k (off 0) and v (off kvd) in the cache
+        let cview = |off| View {
+            sb: cap * 2 * kvd,
+            sh: hd,
+            st: 2 * kvd,
+            off,
+        };
+        let theta = c.theta() as f32;
+        let Acts {
+            x,
+            n,
+            qkv,
+            ctx,
+            g,
+            gu,
+        } = a;
+        for li_ in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{li_}");
+            dev.rms_norm(
+                x,
+                self.wt(&format!("{p}.input_layernorm.weight"))?,
+                n,
+                m,
+                hid,
+                eps,
+            )?;
+            let (sa, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
+            self.w
+                .linear(n, &fused_name(&sa, QKV), (m, qkvd, hid), qkv, false, ad)?;
+            // the H query heads and the KV key heads are adjacent at the start of each row
+            dev.rope(qkv, li.pos, m, h + kvh, hd, qkvd, theta)?;
+            // the new positions' k|v into the cache: a decode step's rows in one copy, a
+            // prefill's rows row by row (each row's positions are one block of the cache)
+            let cache = &mut kv[li_];
+            let src = |r: usize| Rows {
+                off: r * t_new * qkvd + qd,
+                ld: qkvd,
+            };
+            match li.at {
+                Place::Device(at) => {
+                    let dst = Rows {
+                        off: 0,
+                        ld: cap * 2 * kvd,
+                    };
+                    dev.copy_rows_at(
+                        "kv_cache",
+                        (qkv, src(0)),
+                        (cache, dst),
+                        rows,
+                        2 * kvd,
+                        at,
+                        2 * kvd,
+                        cap - 1,
+                    )?;
+                }
+                Place::Fixed(p0) if t_new == 1 => {
+                    let dst = Rows {
+                        off: p0 * 2 * kvd,
+                        ld: cap * 2 * kvd,
+                    };
+                    dev.copy_rows("kv_cache", (qkv, src(0)), (cache, dst), rows, 2 * kvd)?;
+                }
+                Place::Fixed(p0) => {
+                    for r in 0..rows {
+                        let dst = Rows {
+                            off: (r * cap + p0) * 2 * kvd,
+                            ld: 2 * kvd,
+                        };
+                        dev.copy_rows("kv_cache", (qkv, src(r)), (cache, dst), t_new, 2 * kvd)?;
+                    }
+                }
+            }
+            let cache = &kv[li_];
+            let (q, k, v) = ((&*qkv, qview), (cache, cview(0)), (cache, cview(kvd)));
+            match li.at {
+                Place::Device(at) => {
+                    dev.attention_at(&call, at, q, k, v, ctx, Some(li.kmask), None, None)?
+                }
+                Place::Fixed(_) => {
+                    dev.attention(&call, q, k, v, ctx, Some(li.kmask), None, None)?
+                }
+            }
+            self.w.linear(
+                ctx,
+                &format!("{p}.self_attn.o_proj.weight"),
+                (m, hid, qd),
+                x,
+                true,
+                ad,
+            )?;
+            dev.rms_norm(
+                x,
+                self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
+                n,
+                m,
+                hid,
+                eps,
+            )?;
+            self.w.linear(
+                n,
+                &fused_name(&mlp, GATE_UP),
+                (m, 2 * inter, hid),
+                gu,
+                false,
+                ad,
+            )?;
+            dev.gated_activation(gu, g, m, inter, ActKind::Silu)?;
+            self.w.linear(
+                g,
+                &format!("{p}.mlp.down_proj.weight"),
+                (m, hid, inter),
+                x,
+                true,
+                ad,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
     pub fn select_rows(&self, st: &mut MistralDeviceState<B>, parents: &[usize]) -> Result<()> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
+        // new cache and row buffers follow (even if this fails half-way): a recording made
+        // before reads the old ones
+        st.rec = None;
         let kv2 = 2 * self.cfg.kv_heads() * self.cfg.head_dim();
         let (per, used) = (st.cap * kv2, st.len * kv2);
         self.dev
@@ -454,6 +719,25 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         st.rows = parents.len();
         Ok(())
     }
+}
+
+/// Where a forward's new k|v go in the cache: a position known on the host, or one read on the
+/// device (a recorded step).
+#[derive(Clone, Copy)]
+enum Place<'a, B: Backend> {
+    Fixed(usize),
+    Device(&'a B::Buf<i32>),
+}
+
+/// What the layers of one forward read besides the activations.
+struct LayerInputs<'a, B: Backend> {
+    t_new: usize,
+    /// keys attention reads (the key mask's row length)
+    tk: usize,
+    /// RoPE position of each token row
+    pos: &'a B::Buf<i32>,
+    kmask: &'a B::Buf<i32>,
+    at: Place<'a, B>,
 }
 
 /// The decoder as a `Stepper`: construction runs the prefill; the first `step` returns its logits.
@@ -496,6 +780,11 @@ impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
 }
 
 impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
+    /// Whether decode steps are replayed from a recording now (tests).
+    pub fn replaying(&self) -> bool {
+        self.state.rec.as_ref().is_some_and(|r| r.graph.replaying())
+    }
+
     /// One decode step whose logits stay on the device, reduced there by `pick` (greedy choice
     /// or beam candidates); None while the prefill's logits are pending (they are on the host).
     #[allow(clippy::type_complexity)]
@@ -507,18 +796,21 @@ impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
         if self.pending.is_pending() {
             return Ok(None);
         }
-        let mask = vec![1u8; tokens.len()];
         let t0 = std::time::Instant::now();
-        let mut lg = self
-            .model
-            .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+        let (dev, v) = (self.model.dev, self.model.cfg.vocab_size);
+        let mut owned;
+        let lg = if self.model.next_step_kind(&self.state) != StepKind::Plain {
+            self.model.decode_recorded(&mut self.state, tokens)?
+        } else {
+            let mask = vec![1u8; tokens.len()];
+            owned = self
+                .model
+                .forward_device(&mut self.state, tokens, &mask, 1, false)?;
+            self.model.prepare_recorded(&mut self.state)?;
+            &mut owned
+        };
         let t1 = std::time::Instant::now();
-        let picks = pick(
-            self.model.dev,
-            &mut lg,
-            tokens.len(),
-            self.model.cfg.vocab_size,
-        )?;
+        let picks = pick(dev, lg, tokens.len(), v)?;
         if let Some(p) = &mut self.profile {
             p.account(tokens.len(), t0, t1);
         }

@@ -38,8 +38,8 @@ use super::t5::{weight_shapes, Act, T5Config};
 use crate::checkpoint::Checkpoint;
 use crate::device::profile::StepProfile;
 use crate::device::{
-    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, Out,
-    RowAdapters, Rows, View,
+    fused_name, ActKind, AttnCall, Backend, DeviceWeights, FusedGroups, GemmShape, GraphState, Out,
+    RowAdapters, Rows, StepKind, View,
 };
 use crate::models::adapter::LoraAdapter;
 use crate::{Error, Result};
@@ -512,16 +512,6 @@ enum Layout<'t> {
     Recorded,
 }
 
-/// The recording of a decode step and when one may be made.
-struct GraphState<G> {
-    graph: Option<G>,
-    /// the last step ran in the recorded layout with the buffers the next one will use (so
-    /// each GEMM shape has been tuned and nothing would be allocated for good while recording)
-    warm: bool,
-    /// recording failed once: the generation goes on without graphs
-    failed: bool,
-}
-
 /// Decoder state of one generation: per layer the self-attention cache [rows, cap, 3*H*dk]
 /// (q|k|v of every position).
 pub struct T5DeviceStepper<'a, 'g, B: Backend> {
@@ -574,18 +564,14 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             len: 0,
             cache,
             scratch: None,
-            graph: GraphState {
-                graph: None,
-                warm: false,
-                failed: false,
-            },
+            graph: GraphState::default(),
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
         })
     }
 
-    /// Whether the last step was replayed from a recording (tests).
+    /// Whether steps are replayed from a recording now (tests).
     pub fn replaying(&self) -> bool {
-        self.graph.graph.is_some()
+        self.graph.replaying()
     }
 }
 
@@ -638,6 +624,9 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         if parents.iter().any(|&p| p >= self.src.len()) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
+        // new cache and row-map buffers follow (even if this fails half-way): a recording
+        // made before reads the old ones
+        self.graph.reset();
         m.dev.gather_blocks(
             "select_rows",
             &mut self.cache,
@@ -647,9 +636,6 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         )?;
         self.src = parents.iter().map(|&p| self.src[p]).collect();
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
-        // new cache and row-map buffers: a recording made before reads the old ones
-        self.graph.graph = None;
-        self.graph.warm = false;
         Ok(())
     }
 }
@@ -718,55 +704,37 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         let t = self.len;
         if !matches!(&self.scratch, Some(sc) if sc.rows == rows) {
             self.scratch = Some(DecScratch::new(m, rows)?);
-            self.graph.graph = None;
-            self.graph.warm = false;
+            self.graph.reset();
         }
-        let recorded = dev.graphs()
-            && !self.graph.failed
-            && self.scratch.as_ref().is_some_and(|sc| sc.rec.is_some());
-        if recorded {
-            if let Some(DecScratch {
-                x, rec: Some(rec), ..
-            }) = &mut self.scratch
-            {
-                // the step's inputs into the buffers the recording reads (the ids checked
-                // here: the kernel cannot report a bad one)
-                crate::device::check::embedding_ids::<B>(
-                    tokens,
-                    m.wt("shared.weight")?,
-                    x,
-                    m.cfg.d_model,
-                    m.cfg.vocab_size,
-                )?;
+        let has_rec = self.scratch.as_ref().is_some_and(|sc| sc.rec.is_some());
+        let kind = if dev.graphs() && has_rec {
+            self.graph.next()
+        } else {
+            StepKind::Plain
+        };
+        if kind != StepKind::Plain {
+            // the step's inputs into the buffers the recording reads (the ids checked here:
+            // the kernel cannot report a bad one)
+            crate::device::check::ids_in_vocab::<B>(tokens, m.cfg.vocab_size)?;
+            if let Some(DecScratch { rec: Some(rec), .. }) = &mut self.scratch {
                 let ids: Vec<i32> = tokens.iter().map(|&i| i as i32).collect();
                 dev.write("t5", &ids, &mut rec.ids)?;
                 dev.write("t5", &[t as i32], &mut rec.pos)?;
             }
         }
-        if !recorded {
-            self.layers(Layout::Plain(tokens, t))?;
-        } else if let Some(g) = &self.graph.graph {
-            dev.launch_graph(g)?;
-        } else if self.graph.warm {
-            match dev.capture(&mut || self.layers(Layout::Recorded)) {
-                Ok(Some(g)) => {
-                    dev.launch_graph(&g)?;
-                    self.graph.graph = Some(g);
-                }
-                Ok(None) => {} // a backend without graphs ran the step
-                Err(e) => {
-                    eprintln!(
-                        "jobx: recording the T5 decode step as a CUDA graph failed ({e}); \
-                         this generation goes on without graphs"
-                    );
-                    self.graph.failed = true;
-                    self.layers(Layout::Recorded)?;
+        match kind {
+            StepKind::Replay => self.graph.replay(dev)?,
+            StepKind::Record => {
+                let mut graph = std::mem::take(&mut self.graph);
+                let r = graph.record(dev, "T5", &mut || self.layers(Layout::Recorded));
+                self.graph = graph;
+                if !r? {
+                    self.layers(Layout::Plain(tokens, t))?;
                 }
             }
-        } else {
-            self.layers(Layout::Recorded)?;
+            StepKind::Plain => self.layers(Layout::Plain(tokens, t))?,
         }
-        self.graph.warm = recorded;
+        self.graph.ran();
         self.len += 1;
         match &mut self.scratch {
             Some(sc) => Ok(&mut sc.lg),

@@ -216,45 +216,48 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
     out
 }
 
-/// The T5 decode step in the recorded layout (`Backend::graphs`: ids, position and q|k|v in
-/// fixed buffers, attention over the whole cache at a position read on the device; replayed as
-/// a CUDA graph on the GPU) against the plain layout, per T5 fixture: two rows teacher-forced
-/// through 4 steps, a row dropped (`select_rows`: new buffers, so a new recording), 3 more
-/// steps, then greedy picks on the device. Per fixture: the largest relative logits
-/// difference, whether the greedy picks agree, and whether the last steps were replayed.
-pub fn t5_recorded_steps<B: jobx_engine::device::Backend>(
+/// Decode steps in the recorded layout (`Backend::graphs`: what changes between steps in fixed
+/// device buffers, attention over the whole cache at a position read on the device; recorded
+/// once and replayed as a CUDA graph on the GPU) against plain steps, for every T5 and Mistral
+/// fixture: a padded batch of two rows teacher-forced through 3 steps, the rows swapped
+/// (`select_rows`: new buffers of the same size, so a recording must be dropped and made
+/// again), 2 steps, a row dropped, 2 steps, then 3 greedy picks on the device. Per fixture:
+/// the largest relative logits difference (NaN counts as infinite), whether the greedy picks
+/// agree, and whether the last steps were replayed.
+pub fn recorded_steps<B: jobx_engine::device::Backend>(
     dev: &B,
     set_graphs: &dyn Fn(bool),
 ) -> Vec<(String, f64, bool, bool)> {
     use jobx_engine::generate::Stepper;
+    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
     use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
     let mut out = Vec::new();
-    for name in [
+    let names = [
         "t5-gated-gelu-untied",
         "t5-gated-silu",
         "t5-relu-tied",
         "t5-tiny-real-vocab",
-    ] {
+        "mistral-gqa2-theta1e6",
+        "mistral-gqa4-window",
+        "mistral-tiny-real-vocab",
+    ];
+    let tf = [7u32, 11, 13, 5, 9, 4, 6];
+    let greedy_steps = 3;
+    for name in names {
         let dir = fixtures_dir().join(name);
-        let g = T5Device::load_dir(dev, &dir).unwrap();
-        let v = g.cfg.vocab_size;
-        let rows = two_rows(v as u32);
-        let s = 9;
-        let (ids, mask) = right_padded(&rows, s, g.cfg.pad_token_id);
-        let enc = g.encode(&ids, &mask, 2, s).unwrap();
-        let dec = [g.cfg.decoder_start(), 7, 11, 13, 5, 9, 4];
-        let greedy_steps = 3;
-        let mut runs = Vec::new();
-        for on in [false, true] {
-            set_graphs(on);
-            let cap = dec.len() + greedy_steps;
-            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], cap).unwrap();
+        // one run: the steps above through `st`, returning logits, picks, replaying
+        let drive = |st: &mut dyn Stepper| {
             let mut logits = Vec::new();
-            for (j, &t) in dec.iter().enumerate() {
-                if j == 4 {
-                    st.select_rows(&[1]).unwrap();
+            let mut rows = 2;
+            for (j, &t) in tf.iter().enumerate() {
+                if j == 3 {
+                    st.select_rows(&[1, 0]).unwrap();
                 }
-                let toks = if j < 4 { vec![t, t + 1] } else { vec![t] };
+                if j == 5 {
+                    st.select_rows(&[1]).unwrap();
+                    rows = 1;
+                }
+                let toks: Vec<u32> = (0..rows as u32).map(|r| t + r).collect();
                 let mut lg = Vec::new();
                 st.step(&toks, &mut lg).unwrap();
                 logits.push(lg);
@@ -266,7 +269,41 @@ pub fn t5_recorded_steps<B: jobx_engine::device::Backend>(
                 next = vec![p[0].0];
                 picks.push(p[0].0);
             }
-            runs.push((logits, picks, st.replaying()));
+            (logits, picks)
+        };
+        let mut runs = Vec::new();
+        for on in [false, true] {
+            set_graphs(on);
+            let cap = tf.len() + greedy_steps + 1;
+            let run = if name.starts_with("t5") {
+                let g = T5Device::load_dir(dev, &dir).unwrap();
+                let v = g.cfg.vocab_size as u32;
+                let (ids, mask) = right_padded(&two_rows(v), 9, g.cfg.pad_token_id);
+                let enc = g.encode(&ids, &mask, 2, 9).unwrap();
+                let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], cap).unwrap();
+                let mut first = Vec::new();
+                st.step(&[g.cfg.decoder_start(); 2], &mut first).unwrap();
+                let (l, p) = drive(&mut st);
+                (l, p, st.replaying())
+            } else {
+                let g = MistralDevice::load_dir(dev, &dir).unwrap();
+                let v = g.cfg.vocab_size as u32;
+                let rows = two_rows(v);
+                let s = 9;
+                let (mut ids, mut mask) = (Vec::new(), Vec::new());
+                for r in &rows {
+                    ids.extend(std::iter::repeat_n(0, s - r.len()).chain(r.iter().copied()));
+                    mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
+                }
+                let mut st =
+                    MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &[None, None])
+                        .unwrap();
+                let mut first = Vec::new();
+                st.step(&[0, 0], &mut first).unwrap(); // the prefill's logits
+                let (l, p) = drive(&mut st);
+                (l, p, st.replaying())
+            };
+            runs.push(run);
         }
         set_graphs(false);
         let worst = runs[0]
@@ -638,7 +675,7 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
     expect(
         "copy_rows_at overflow",
         "t",
-        "overflows",
+        "destination offset overflows",
         b.copy_rows_at(
             "t",
             (&src, at(1, 5)),
@@ -647,7 +684,7 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
             4,
             &pos,
             usize::MAX / 2,
-            2,
+            3, // (usize::MAX / 2) * 3 overflows in copy_rows_at itself
         ),
     );
 
