@@ -160,9 +160,11 @@ fn cuda_graph_replay_matches_plain_steps() {
 }
 
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
-/// T5-Large head shape (d64) over a 3000-position cache, recorded once with `capture_graph`
-/// and replayed at positions 0, 7, 1500 and 2999 (its key split and the merge buffer, allocated
-/// inside the recording, included), bit for bit against the same ops run eagerly.
+/// T5-Large head shape (d64) over a 3000-position cache with a key mask and a 2000-key window,
+/// recorded once with `capture_graph` and replayed at positions 0, 7, 1500 and 2999 (its key
+/// split and the merge buffer, allocated inside the recording, included): bit for bit against
+/// the same ops run eagerly, and within the bf16 tolerance of plain `attention` over the first
+/// position + 1 keys.
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_graph_replays_a_recorded_decode_attention() {
@@ -187,6 +189,11 @@ fn cuda_graph_replays_a_recorded_decode_attention() {
     let steps: Vec<Vec<bf16>> = positions.iter().map(|_| vals(rows * w)).collect();
     let bias: Vec<f32> = vals(32 * h).iter().map(|x| x.to_f32()).collect();
     let bias = gpu.upload("t", &bias).unwrap();
+    // row 1 masks every 7th key
+    let mask: Vec<i32> = (0..rows * cap)
+        .map(|i| (i / cap == 0 || i % 7 != 3) as i32)
+        .collect();
+    let dmask = gpu.upload("t", &mask).unwrap();
     let call = AttnCall {
         batch: rows,
         kv_batch_rows: rows,
@@ -196,7 +203,7 @@ fn cuda_graph_replays_a_recorded_decode_attention() {
         tk: cap,
         dk,
         q_offset: 0,
-        window: 0,
+        window: 2000,
         scale: 1.0,
         causal: true,
         t5_bias: Some((32, 128, false)),
@@ -231,7 +238,7 @@ fn cuda_graph_replays_a_recorded_decode_attention() {
             (&*cache, view(cap * w, inner)),
             (&*cache, view(cap * w, 2 * inner)),
             o,
-            None,
+            Some(&dmask),
             None,
             Some(&bias),
         )
@@ -246,6 +253,7 @@ fn cuda_graph_replays_a_recorded_decode_attention() {
                 .unwrap()
         });
         let mut outs = Vec::new();
+        let mut plain = Vec::new();
         for (p, sv) in positions.iter().zip(&steps) {
             gpu.write("t", sv, &mut step).unwrap();
             gpu.write("t", &[*p], &mut pos).unwrap();
@@ -254,16 +262,73 @@ fn cuda_graph_replays_a_recorded_decode_attention() {
                 None => body(&mut cache, &step, &pos, &mut o).unwrap(),
             }
             outs.push(gpu.download("t", &o).unwrap());
+            // plain attention at this position over its first p + 1 keys (mask sliced to them)
+            let tk = *p as usize + 1;
+            let m: Vec<i32> = (0..rows)
+                .flat_map(|r| mask[r * cap..r * cap + tk].to_vec())
+                .collect();
+            let dm = gpu.upload("t", &m).unwrap();
+            let mut op = gpu.zeros::<bf16>("t", rows * inner).unwrap();
+            gpu.attention(
+                &AttnCall {
+                    tk,
+                    q_offset: *p as usize,
+                    ..call
+                },
+                (&step, view(w, 0)),
+                (&cache, view(cap * w, inner)),
+                (&cache, view(cap * w, 2 * inner)),
+                &mut op,
+                Some(&dm),
+                None,
+                Some(&bias),
+            )
+            .unwrap();
+            plain.push(gpu.download("t", &op).unwrap());
         }
         outs.push(gpu.download("t", &cache).unwrap());
-        outs
+        (outs, plain)
     };
-    let (eager, replayed) = (run(false), run(true));
+    let ((eager, plain), (replayed, _)) = (run(false), run(true));
     for (i, (a, b)) in eager.iter().zip(&replayed).enumerate() {
         let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "output {i} (position {:?}) differs", positions.get(i));
     }
-    eprintln!("recorded decode attention: replays at {positions:?} = eager, bit for bit");
+    // the device position means what q_offset means (the key split differs: bf16 tolerance)
+    for (i, (a, b)) in eager.iter().zip(&plain).enumerate() {
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (x.to_f32(), y.to_f32());
+            assert!(
+                (x - y).abs() <= 1e-3 + 8e-3 * y.abs(),
+                "position {}: attention_at {x} vs attention {y}",
+                positions[i]
+            );
+        }
+    }
+    eprintln!("recorded decode attention: replays at {positions:?} = eager, bit for bit, = plain");
+
+    // A recording that fails (a synchronisation inside it, after a buffer was allocated and
+    // dropped there) is an error, leaves the engine usable, and a later recording works.
+    let mut bad = || -> jobx_engine::Result<()> {
+        drop(gpu.scratch::<f32>("t", 1000)?);
+        gpu.synchronize("t")
+    };
+    assert!(
+        gpu.capture_graph(&mut bad).is_err(),
+        "a synchronisation was recorded"
+    );
+    let back = gpu
+        .download("t", &gpu.upload("t", &[1i32, 2, 3]).unwrap())
+        .unwrap();
+    assert_eq!(back, vec![1, 2, 3], "the engine after a failed recording");
+    let (replayed2, _) = run(true);
+    assert!(
+        replayed2
+            .iter()
+            .zip(&eager)
+            .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())),
+        "a recording after a failed one differs"
+    );
 }
 
 /// `extract`/`eval` on CUDA go through `Engine` (padding, masks, beam rows, the CUDA steppers):

@@ -795,6 +795,38 @@ impl Gpu {
 }
 
 impl Gpu {
+    /// copy_rows_bf16 after the callers' checks: rows of `src` into rows of `dst`, moved by
+    /// the position `at` = (buffer, stride, largest position) reads on the device.
+    fn copy_rows_launch(
+        &self,
+        op: &'static str,
+        src: (&CudaSlice<bf16>, Rows),
+        dst: (&mut CudaSlice<bf16>, Rows),
+        rows: usize,
+        cols: usize,
+        at: Option<(&CudaSlice<i32>, usize, usize)>,
+    ) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let mut p = jobx_copy_rows_params {
+            src: self.ptr_at(src.0, src.1.off),
+            dst: self.ptr_at(dst.0, dst.1.off),
+            rows: rows as i64,
+            cols: cols as i64,
+            src_ld: src.1.ld as i64,
+            dst_ld: dst.1.ld as i64,
+            ..COPY_PLAIN
+        };
+        if let Some((pos, stride, max)) = at {
+            p.dst_pos = self.ptr(pos) as *const i32;
+            p.pos_stride = stride as i64;
+            p.pos_max = max as i64;
+            p.err = self.ptr(&self.scratch_err) as *mut i32;
+        }
+        self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
+    }
+
     /// dst[dst_off..dst_off + len] = src[src_off..src_off + len] on the stream (cache rows).
     pub fn copy<T: cudarc::driver::DeviceRepr>(
         &self,
@@ -995,20 +1027,7 @@ impl crate::device::Backend for Gpu {
         cols: usize,
     ) -> Result<()> {
         check::copy_rows::<Self>(op, src, (&*dst.0, dst.1), rows, cols)?;
-        if rows == 0 || cols == 0 {
-            return Ok(());
-        }
-        let p = jobx_copy_rows_params {
-            src: self.ptr_at(src.0, src.1.off),
-            dst: self.ptr_at(dst.0, dst.1.off),
-            src_rows: std::ptr::null(),
-            rows: rows as i64,
-            cols: cols as i64,
-            src_ld: src.1.ld as i64,
-            dst_ld: dst.1.ld as i64,
-            ..COPY_PLAIN
-        };
-        self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
+        self.copy_rows_launch(op, src, dst, rows, cols, None)
     }
 
     /// One launch; the position is read by the kernel (bounds-checked there against pos_max:
@@ -1035,23 +1054,7 @@ impl crate::device::Backend for Gpu {
             pos_stride,
             pos_max,
         )?;
-        if rows == 0 || cols == 0 {
-            return Ok(());
-        }
-        let p = jobx_copy_rows_params {
-            src: self.ptr_at(src.0, src.1.off),
-            dst: self.ptr_at(dst.0, dst.1.off),
-            src_rows: std::ptr::null(),
-            rows: rows as i64,
-            cols: cols as i64,
-            src_ld: src.1.ld as i64,
-            dst_ld: dst.1.ld as i64,
-            dst_pos: self.ptr(pos) as *const i32,
-            pos_stride: pos_stride as i64,
-            pos_max: pos_max as i64,
-            err: self.ptr(&self.scratch_err) as *mut i32,
-        };
-        self.launch(op, "copy_rows_bf16", copy_grid(rows, cols, op)?, p)
+        self.copy_rows_launch(op, src, dst, rows, cols, Some((pos, pos_stride, pos_max)))
     }
 
     /// One launch per buffer (copy_rows_bf16 with a row map), the map uploaded once for all

@@ -534,7 +534,9 @@ impl Gpu {
         // End the capture directly: cudarc's end_capture first returns any error a buffer
         // dropped inside `f` stored in the context (a free on an invalidated capture), and
         // would leave the stream capturing. Then take that stored error, so it neither hides
-        // here nor surfaces in the next unrelated call.
+        // here nor surfaces in the next unrelated call (the context's error slot is shared: an
+        // error another thread stored meanwhile would be reported here, failing the recording,
+        // which only costs the generation its graphs).
         // SAFETY: `s` is alive and capturing (begun above, on this thread).
         let ended = unsafe { cudarc::driver::result::stream::end_capture(s.cu_stream()) };
         let stored = self.ctx.check_err();
@@ -542,7 +544,10 @@ impl Gpu {
             Ok(g) => g,
             Err(e) => {
                 r?;
-                return Err(backend_err(OP, format!("end: {e}")));
+                let before = stored
+                    .err()
+                    .map_or(String::new(), |s| format!(" (before it: {s})"));
+                return Err(backend_err(OP, format!("end: {e}{before}")));
             }
         };
         let destroy = |g: sys::CUgraph| {

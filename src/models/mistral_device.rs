@@ -58,9 +58,12 @@ pub struct MistralDeviceState<B: Backend> {
     /// LoRA adapter slot of each row (None: base model), and on the device
     adapters: Vec<Option<usize>>,
     ad: RowAdapters<B>,
-    /// decode steps in the recorded layout (`Backend::graphs`): their buffers and recording,
-    /// made at the first such step and dropped when the rows change
+    /// decode steps in the recorded layout (`Backend::graphs`): their buffers, made at the
+    /// first recording and dropped when the rows change, and the recording's state. A state
+    /// holding a recording must not outlive a change of the model's adapters (the recording
+    /// reads their buffers); the stepper's borrow of the model ensures that.
     rec: Option<Recorded<B>>,
+    graph: GraphState<B::Graph>,
 }
 
 /// The activations of one forward pass over `m` token rows.
@@ -83,7 +86,6 @@ struct Recorded<B: Backend> {
     pos: B::Buf<i32>,
     at: B::Buf<i32>,
     kmask: B::Buf<i32>,
-    graph: GraphState<B::Graph>,
 }
 
 impl<'g, B: Backend> MistralDevice<'g, B> {
@@ -222,6 +224,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             adapters: adapters.to_vec(),
             ad: self.w.row_adapters(adapters)?,
             rec: None,
+            graph: GraphState::default(),
         })
     }
 
@@ -260,7 +263,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         }
         let lg = self.forward_device(st, ids, mask, t_new, all)?;
         if decode {
-            self.prepare_recorded(st)?;
+            st.graph.ran();
         }
         *logits = self.dev.download("mistral", &lg)?;
         Ok(())
@@ -280,6 +283,11 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         let (hid, vsz) = (c.hidden_size, c.vocab_size);
         let rows = st.rows;
         let (p0, pos) = self.positions(st, ids, mask, t_new)?;
+        if t_new > 1 || mask.contains(&0) {
+            // a recording's key mask holds 1 for every later position (real decode tokens):
+            // a pad here makes it stale
+            st.graph.reset();
+        }
         let m = rows * t_new;
         let tk = p0 + t_new;
         let kmask: Vec<i32> = (0..rows)
@@ -396,43 +404,19 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         Ok((p0, pos))
     }
 
-    /// What the next decode step does with graphs on (`Backend::graphs`): plain until a step
-    /// has run with the rows it will have (`prepare_recorded`), then recorded once and
-    /// replayed.
+    /// What the next decode step does with graphs on (`Backend::graphs`): plain until a plain
+    /// step has run with the rows it will have, then recorded once and replayed.
     fn next_step_kind(&self, st: &MistralDeviceState<B>) -> StepKind {
-        match &st.rec {
-            Some(rec) if self.dev.graphs() => rec.graph.next(),
-            _ => StepKind::Plain,
+        if self.dev.graphs() {
+            st.graph.next()
+        } else {
+            StepKind::Plain
         }
-    }
-
-    /// After a plain decode step with graphs on: the recorded layout's buffers for the state's
-    /// rows (made here, outside any recording), so the next step can be recorded.
-    fn prepare_recorded(&self, st: &mut MistralDeviceState<B>) -> Result<()> {
-        if !self.dev.graphs() {
-            return Ok(());
-        }
-        if st.rec.is_none() {
-            let (rows, vsz) = (st.rows, self.cfg.vocab_size);
-            st.rec = Some(Recorded {
-                acts: self.acts(rows)?,
-                lg: self.dev.scratch("mistral", rows * vsz)?,
-                ids: self.dev.zeros("mistral", rows)?,
-                pos: self.dev.zeros("mistral", rows)?,
-                at: self.dev.zeros("mistral", 1)?,
-                kmask: self.dev.zeros("mistral", rows * st.cap)?,
-                graph: GraphState::default(),
-            });
-        }
-        if let Some(rec) = &mut st.rec {
-            rec.graph.ran();
-        }
-        Ok(())
     }
 
     /// One decode step (a real token per row) recorded or replayed (`next_step_kind`): the
-    /// step's inputs into the state's fixed buffers (`prepare_recorded`), then the recording.
-    /// The logits stay on the device, in the state.
+    /// recorded layout's buffers (made at the first recording, outside it), the step's inputs
+    /// written into them, then the recording. The logits stay on the device, in the state.
     fn decode_recorded<'s>(
         &self,
         st: &'s mut MistralDeviceState<B>,
@@ -445,6 +429,16 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         let mask = vec![1u8; ids.len()];
         // the ids checked here (the kernel cannot report a bad one), before the bookkeeping
         crate::device::check::ids_in_vocab::<B>(ids, vsz)?;
+        if st.rec.is_none() {
+            st.rec = Some(Recorded {
+                acts: self.acts(rows)?,
+                lg: dev.scratch("mistral", rows * vsz)?,
+                ids: dev.zeros("mistral", rows)?,
+                pos: dev.zeros("mistral", rows)?,
+                at: dev.zeros("mistral", 1)?,
+                kmask: dev.zeros("mistral", rows * st.cap)?,
+            });
+        }
         let (p0, pos) = self.positions(st, ids, &mask, 1)?;
         let MistralDeviceState {
             kv,
@@ -452,6 +446,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             key_mask,
             ad,
             rec: Some(rec),
+            graph,
             ..
         } = st
         else {
@@ -462,7 +457,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         dev.write("mistral", &idv, &mut rec.ids)?;
         dev.write("mistral", &pos, &mut rec.pos)?;
         dev.write("mistral", &[p0 as i32], &mut rec.at)?;
-        if !rec.graph.replaying() {
+        if !graph.replaying() {
             // the key mask over the whole cache, the positions after this one as the real
             // tokens later steps add (the causal mask hides them until then): a replay needs
             // no new mask until the rows change
@@ -479,7 +474,6 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             pos: rpos,
             at,
             kmask,
-            graph,
         } = rec;
         let mut step = || -> Result<()> {
             dev.embedding(
@@ -704,6 +698,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         // new cache and row buffers follow (even if this fails half-way): a recording made
         // before reads the old ones
         st.rec = None;
+        st.graph.reset();
         let kv2 = 2 * self.cfg.kv_heads() * self.cfg.head_dim();
         let (per, used) = (st.cap * kv2, st.len * kv2);
         self.dev
@@ -782,7 +777,7 @@ impl<'a, 'g, B: Backend> MistralDeviceStepper<'a, 'g, B> {
 impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
     /// Whether decode steps are replayed from a recording now (tests).
     pub fn replaying(&self) -> bool {
-        self.state.rec.as_ref().is_some_and(|r| r.graph.replaying())
+        self.state.graph.replaying()
     }
 
     /// One decode step whose logits stay on the device, reduced there by `pick` (greedy choice
@@ -806,7 +801,7 @@ impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
             owned = self
                 .model
                 .forward_device(&mut self.state, tokens, &mask, 1, false)?;
-            self.model.prepare_recorded(&mut self.state)?;
+            self.state.graph.ran();
             &mut owned
         };
         let t1 = std::time::Instant::now();
