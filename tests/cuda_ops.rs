@@ -489,6 +489,7 @@ fn host_backend_passes_the_generic_op_cases() {
             table::gather(&host, seed, 2, 37, 13, &[1, 1]),
             table::recorded_step(&host, seed, 3, 2, 64, 40, 17, Some((32, 128, false))),
             table::recorded_step(&host, seed, 1, 3, 16, 5, 0, None),
+            table::gather_into(&host, seed, 2, 37, 13, &[1, 1, 0]),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
             table::attention(
@@ -775,7 +776,14 @@ mod table {
         ] {
             cases.push((
                 format!("gather_blocks {nb} x {per} used {used} parents {parents:?}"),
-                Box::new(move |g, s| gather(g, s, nb, per, used, &parents)),
+                Box::new({
+                    let parents = parents.clone();
+                    move |g, s| gather(g, s, nb, per, used, &parents)
+                }),
+            ));
+            cases.push((
+                format!("gather_blocks_into x{nb} per {per} used {used} parents {parents:?}"),
+                Box::new(move |g, s| gather_into(g, s, nb, per, used, &parents)),
             ));
         }
         // a recorded decode step's cache append and attention at a device position: T5 shapes
@@ -1583,6 +1591,48 @@ mod table {
             return Err(format!(
                 "copy_rows_at pos {cap} of cap {cap}: wrote ({r:?})"
             ));
+        }
+        Ok(())
+    }
+
+    /// `gather_blocks_into` over `nb` buffer pairs of 3 source blocks: the first `used` of each
+    /// destination block are its parent's, exactly (into existing buffers holding other values).
+    pub fn gather_into<B: Backend>(
+        g: &B,
+        seed: u64,
+        nb: usize,
+        per: usize,
+        used: usize,
+        parents: &[usize],
+    ) -> Result<(), String> {
+        let mut r = Rng(seed * 17 + per as u64);
+        let srcs: Vec<Vec<f32>> = (0..nb).map(|_| r.vec(3 * per, 2.0)).collect();
+        let up = |v: &Vec<f32>| g.upload("t", &tob(v));
+        let src = srcs
+            .iter()
+            .map(up)
+            .collect::<jobx_engine::Result<Vec<_>>>()
+            .map_err(e)?;
+        let mut dst = (0..nb)
+            .map(|_| up(&r.vec(parents.len().max(1) * per, 2.0)))
+            .collect::<jobx_engine::Result<Vec<_>>>()
+            .map_err(e)?;
+        g.gather_blocks_into("t", &src, &mut dst, per, used, parents)
+            .map_err(e)?;
+        for (s, d) in srcs.iter().zip(&dst) {
+            let all = fromb(&g.download("t", d).map_err(e)?);
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for (row, &p) in parents.iter().enumerate() {
+                got.extend_from_slice(&all[row * per..][..used]);
+                want.extend_from_slice(&s[p * per..][..used]);
+            }
+            check(
+                &format!("gather_blocks_into per {per} used {used}"),
+                seed,
+                &got,
+                &want,
+                EXACT,
+            )?;
         }
         Ok(())
     }

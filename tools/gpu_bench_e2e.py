@@ -197,16 +197,25 @@ def beam_run(a, hf, make_ids):
         json.dump(ids.tolist(), f)
     cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
            "--max-new-tokens", str(new), "--min-new-tokens", str(new), "--num-beams", str(beams)]
-    eng = "jobx-cuda-bf16-beam"
-    r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE="1"))
-    if r is None:
-        return
-    out, err = r
-    js = out["generate_ms"] / 1e3
-    print(json.dumps(dict(engine=eng, batch=b, beams=beams, new=new, seconds=round(js, 3),
-                          load_ms=out["load_ms"], speedup_vs_hf=round(hs / js, 2),
-                          hf_prefix_match_mean=prefix_match(out, hf_out),
-                          profile=profile_lines(err))), flush=True)
+    # plain steps, then CUDA graphs (T5 beam search keeps two cache sets, one recording each)
+    plain_ids = None
+    for graphs in ("0", "1"):
+        eng = "jobx-cuda-bf16-beam" + ("-graphs" if graphs == "1" else "")
+        r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE="1", JOBX_CUDA_GRAPHS=graphs))
+        if r is None:
+            continue
+        out, err = r
+        js = out["generate_ms"] / 1e3
+        row = dict(engine=eng, batch=b, beams=beams, new=new, seconds=round(js, 3),
+                   load_ms=out["load_ms"], speedup_vs_hf=round(hs / js, 2),
+                   hf_prefix_match_mean=prefix_match(out, hf_out),
+                   profile=profile_lines(err))
+        if graphs == "0":
+            plain_ids = out["ids"]
+        else:
+            row["same_ids_as_plain"] = out["ids"] == plain_ids
+            row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -795,6 +795,50 @@ impl Gpu {
 }
 
 impl Gpu {
+    /// A gather's row map on the device (None when nothing is copied).
+    fn parent_map(
+        &self,
+        op: &'static str,
+        parents: &[usize],
+        used: usize,
+    ) -> Result<Option<CudaSlice<i32>>> {
+        let map = parents
+            .iter()
+            .map(|&p| i32::try_from(p))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| backend_err(op, "parent row beyond i32"))?;
+        (!parents.is_empty() && used > 0)
+            .then(|| self.upload(op, &map))
+            .transpose()
+    }
+
+    /// copy_rows_bf16 through a row map: block r of `dst` (blocks of `per`) starts with the
+    /// first `used` elements of block map[r] of `src` (the callers checked the sizes).
+    #[allow(clippy::too_many_arguments)]
+    fn gather_launch(
+        &self,
+        op: &'static str,
+        src: &CudaSlice<bf16>,
+        dst: &mut CudaSlice<bf16>,
+        map: Option<&CudaSlice<i32>>,
+        rows: usize,
+        per: usize,
+        used: usize,
+    ) -> Result<()> {
+        let Some(map) = map else { return Ok(()) };
+        let p = jobx_copy_rows_params {
+            src: self.ptr(src),
+            dst: self.ptr(dst),
+            src_rows: self.ptr(map) as *const i32,
+            rows: rows as i64,
+            cols: used as i64,
+            src_ld: per as i64,
+            dst_ld: per as i64,
+            ..COPY_PLAIN
+        };
+        self.launch(op, "copy_rows_bf16", copy_grid(rows, used, op)?, p)
+    }
+
     /// copy_rows_bf16 after the callers' checks: rows of `src` into rows of `dst`, moved by
     /// the position `at` = (buffer, stride, largest position) reads on the device.
     fn copy_rows_launch(
@@ -1068,31 +1112,29 @@ impl crate::device::Backend for Gpu {
         parents: &[usize],
     ) -> Result<()> {
         check::gather_blocks::<Self>(op, bufs, per, used, parents)?;
-        let rows = parents.len();
-        let map = parents
-            .iter()
-            .map(|&p| i32::try_from(p))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| backend_err(op, "parent row beyond i32"))?;
-        let map = (rows > 0 && used > 0)
-            .then(|| self.upload(op, &map))
-            .transpose()?;
+        let map = self.parent_map(op, parents, used)?;
         for buf in bufs.iter_mut() {
-            let out = self.scratch::<bf16>(op, rows * per)?;
-            if let Some(map) = &map {
-                let p = jobx_copy_rows_params {
-                    src: self.ptr(buf),
-                    dst: self.ptr(&out),
-                    src_rows: self.ptr(map) as *const i32,
-                    rows: rows as i64,
-                    cols: used as i64,
-                    src_ld: per as i64,
-                    dst_ld: per as i64,
-                    ..COPY_PLAIN
-                };
-                self.launch(op, "copy_rows_bf16", copy_grid(rows, used, op)?, p)?;
-            }
+            let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
+            self.gather_launch(op, buf, &mut out, map.as_ref(), parents.len(), per, used)?;
             *buf = out;
+        }
+        Ok(())
+    }
+
+    /// One launch per buffer, like `gather_blocks`, into the existing `dst` buffers.
+    fn gather_blocks_into(
+        &self,
+        op: &'static str,
+        src: &[CudaSlice<bf16>],
+        dst: &mut [CudaSlice<bf16>],
+        per: usize,
+        used: usize,
+        parents: &[usize],
+    ) -> Result<()> {
+        check::gather_blocks_into::<Self>(op, src, dst, per, used, parents)?;
+        let map = self.parent_map(op, parents, used)?;
+        for (s, d) in src.iter().zip(dst.iter_mut()) {
+            self.gather_launch(op, s, d, map.as_ref(), parents.len(), per, used)?;
         }
         Ok(())
     }

@@ -187,6 +187,29 @@ pub fn copy_rows<B: Backend + ?Sized>(
     need::<B, _>(op, "copy destination", dst.0, rows_len(dst.1, rows, cols))
 }
 
+/// `Backend::gather_blocks_into`: `gather_blocks`' checks on the sources, as many destinations,
+/// each holding a block per parent.
+pub fn gather_blocks_into<B: Backend + ?Sized>(
+    op: &'static str,
+    src: &[B::Buf<bf16>],
+    dst: &[B::Buf<bf16>],
+    per: usize,
+    used: usize,
+    parents: &[usize],
+) -> Result<()> {
+    gather_blocks::<B>(op, src, per, used, parents)?;
+    if src.len() != dst.len() {
+        return Err(err::<B>(
+            op,
+            format!("{} source buffers, {} destinations", src.len(), dst.len()),
+        ));
+    }
+    for d in dst {
+        need::<B, _>(op, "gather destination", d, size(&[parents.len(), per]))?;
+    }
+    Ok(())
+}
+
 /// `copy_rows` with the destination at its furthest position (`Backend::copy_rows_at`).
 #[allow(clippy::too_many_arguments)]
 pub fn copy_rows_at<B: Backend + ?Sized>(

@@ -207,7 +207,10 @@ impl ActKind {
 /// The recording of a decode step (`Backend::capture`) and when one may be made, for a stepper
 /// with a recorded layout (what changes between steps in fixed buffers written before each).
 pub(crate) struct GraphState<G> {
-    graph: Option<G>,
+    /// one recording per set of buffers a stepper alternates between (beam search gathers its
+    /// reordered cache into the other of two sets each step), `parity` the set in use
+    graphs: [Option<G>; 2],
+    parity: usize,
     /// the last step ran with the buffers the next one will use (so every GEMM shape has been
     /// tuned and nothing would be allocated for good while recording)
     warm: bool,
@@ -231,7 +234,8 @@ pub(crate) enum StepKind {
 impl<G> Default for GraphState<G> {
     fn default() -> Self {
         GraphState {
-            graph: None,
+            graphs: [None, None],
+            parity: 0,
             warm: false,
             failed: false,
         }
@@ -240,7 +244,7 @@ impl<G> Default for GraphState<G> {
 
 impl<G> GraphState<G> {
     pub fn next(&self) -> StepKind {
-        if self.graph.is_some() {
+        if self.graphs[self.parity].is_some() {
             StepKind::Replay
         } else if self.warm && !self.failed {
             StepKind::Record
@@ -261,7 +265,7 @@ impl<G> GraphState<G> {
         match dev.capture(f) {
             Ok(Some(g)) => {
                 dev.launch_graph(&g)?;
-                self.graph = Some(g);
+                self.graphs[self.parity] = Some(g);
                 Ok(true)
             }
             Ok(None) => Ok(true),
@@ -277,7 +281,7 @@ impl<G> GraphState<G> {
     }
 
     pub fn replay<B: Backend<Graph = G> + ?Sized>(&self, dev: &B) -> Result<()> {
-        match &self.graph {
+        match &self.graphs[self.parity] {
             Some(g) => dev.launch_graph(g),
             None => Err(crate::Error::Input("no recorded step to replay".into())),
         }
@@ -288,15 +292,27 @@ impl<G> GraphState<G> {
         self.warm = true;
     }
 
-    /// The buffers changed: the recording is stale and the next step runs plainly.
+    /// The buffers changed: the recordings are stale and the next step runs plainly.
     pub fn reset(&mut self) {
-        self.graph = None;
+        self.graphs = [None, None];
+        self.parity = 0;
         self.warm = false;
     }
 
-    /// Whether steps are replayed from a recording now (tests).
+    /// The stepper moved to its other set of buffers (same shapes, so no plain step is
+    /// needed before recording it).
+    pub fn swap(&mut self) {
+        self.parity ^= 1;
+    }
+
+    /// Whether the next step is replayed from a recording (tests).
     pub fn replaying(&self) -> bool {
-        self.graph.is_some()
+        self.graphs[self.parity].is_some()
+    }
+
+    /// Whether a recording failed (the stepper then keeps to plain steps).
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 }
 
@@ -380,6 +396,28 @@ pub trait Backend: Sync {
                 self.copy(op, buf, p * per, &mut out, r * per, used)?;
             }
             *buf = out;
+        }
+        Ok(())
+    }
+
+    /// `gather_blocks` into existing buffers: block r of `dst[i]` starts with the first `used`
+    /// elements of block `parents[r]` of `src[i]` (the rest unspecified). A stepper replaying a
+    /// recorded step keeps two cache sets and gathers from one into the other, so the
+    /// recording of each set stays valid (beam search).
+    fn gather_blocks_into(
+        &self,
+        op: &'static str,
+        src: &[Self::Buf<bf16>],
+        dst: &mut [Self::Buf<bf16>],
+        per: usize,
+        used: usize,
+        parents: &[usize],
+    ) -> Result<()> {
+        check::gather_blocks_into::<Self>(op, src, dst, per, used, parents)?;
+        for (s, d) in src.iter().zip(dst.iter_mut()) {
+            for (r, &p) in parents.iter().enumerate() {
+                self.copy(op, s, p * per, d, r * per, used)?;
+            }
         }
         Ok(())
     }

@@ -525,6 +525,9 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     cap: usize,
     len: usize,
     cache: Vec<B::Buf<bf16>>,
+    /// with graphs, the other cache set: beam search gathers its reordered rows into it and
+    /// the two swap, so each keeps its recording (made at the first reorder)
+    cache_alt: Vec<B::Buf<bf16>>,
     scratch: Option<DecScratch<B>>,
     graph: GraphState<B::Graph>,
     /// `JOBX_PROFILE` (device::profile)
@@ -563,6 +566,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             cap,
             len: 0,
             cache,
+            cache_alt: Vec::new(),
             scratch: None,
             graph: GraphState::default(),
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
@@ -624,17 +628,55 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         if parents.iter().any(|&p| p >= self.src.len()) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
+        let src: Vec<usize> = parents.iter().map(|&p| self.src[p]).collect();
+        let used = self.len * 3 * inner;
+        if m.dev.graphs() && !self.graph.failed() && parents.len() == self.src.len() {
+            // same rows: gather into the other cache set and write the row maps in place, so
+            // the recordings (one per set) stay valid; beam search replays every step
+            let need = self.src.len() * per;
+            if self.cache_alt.len() != self.cache.len()
+                || self.cache_alt.iter().any(|b| B::len(b) != need)
+            {
+                self.graph.reset(); // (none can read the set being replaced; for certainty)
+                self.cache_alt = (0..self.cache.len())
+                    .map(|_| m.buf(need))
+                    .collect::<Result<_>>()?;
+            }
+            m.dev.gather_blocks_into(
+                "select_rows",
+                &self.cache,
+                &mut self.cache_alt,
+                per,
+                used,
+                parents,
+            )?;
+            let ids: Vec<i32> = src.iter().map(|&s| s as i32).collect();
+            m.dev.write("select_rows", &ids, &mut self.src_d)?;
+            let slots: Vec<Option<usize>> = src.iter().map(|&s| self.enc.adapters[s]).collect();
+            match &mut self.ad {
+                Some(ad) if slots.iter().any(Option::is_some) => {
+                    let ids: Vec<i32> = slots.iter().map(|s| s.map_or(-1, |s| s as i32)).collect();
+                    m.dev.write("select_rows", &ids, ad)?;
+                }
+                None if slots.iter().all(Option::is_none) => {}
+                _ => {
+                    // an adapter buffer appears or goes: a new one, recordings stale
+                    self.graph.reset();
+                    self.ad = m.w.row_adapters(&slots)?;
+                }
+            }
+            std::mem::swap(&mut self.cache, &mut self.cache_alt);
+            self.graph.swap();
+            self.src = src;
+            return Ok(());
+        }
         // new cache and row-map buffers follow (even if this fails half-way): a recording
-        // made before reads the old ones
+        // made before reads the old ones; the second cache set goes until a reorder needs it
         self.graph.reset();
-        m.dev.gather_blocks(
-            "select_rows",
-            &mut self.cache,
-            per,
-            self.len * 3 * inner,
-            parents,
-        )?;
-        self.src = parents.iter().map(|&p| self.src[p]).collect();
+        self.cache_alt.clear();
+        m.dev
+            .gather_blocks("select_rows", &mut self.cache, per, used, parents)?;
+        self.src = src;
         (self.src_d, self.ad) = row_maps(m, self.enc, &self.src)?;
         Ok(())
     }

@@ -219,10 +219,10 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
 /// Decode steps in the recorded layout (`Backend::graphs`: what changes between steps in fixed
 /// device buffers, attention over the whole cache at a position read on the device; recorded
 /// once and replayed as a CUDA graph on the GPU) against plain steps, for every T5 and Mistral
-/// fixture: a padded batch of two rows teacher-forced through 3 steps, the rows swapped
-/// (`select_rows`: new buffers of the same size, so a recording must be dropped and made
-/// again), 2 steps, a row dropped, 7 steps (past Mistral's sliding window), then 3 greedy
-/// picks on the device. Per fixture: the largest relative difference of the logits and the
+/// fixture: a padded batch of two rows teacher-forced through 3 steps, the rows swapped and
+/// then duplicated (`select_rows` keeping the row count: T5 gathers into its other cache set,
+/// Mistral makes new buffers), a row dropped, 7 steps (past Mistral's sliding window), then 3
+/// greedy picks on the device; for T5 also a 2-beam search (its tokens added to the picks). Per fixture: the largest relative difference of the logits and the
 /// picks' log-probabilities (NaN counts as infinite), whether the picks agree, and whether
 /// the last steps were replayed.
 pub fn recorded_steps<B: jobx_engine::device::Backend>(
@@ -241,6 +241,10 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
         "mistral-gqa2-theta1e6",
         "mistral-gqa4-window",
         "mistral-tiny-real-vocab",
+        // a LoRA adapter on one row of two (the one that survives the drop), its shrink
+        // buffer allocated inside the recording
+        "t5-lora",
+        "mistral-lora",
     ];
     // 12 steps: the Mistral rows reach position 21, past the 16-key window of mistral-gqa4-window
     let tf = [7u32, 11, 13, 5, 9, 4, 6, 8, 10, 12, 3, 14];
@@ -254,6 +258,11 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
             for (j, &t) in tf.iter().enumerate() {
                 if j == 3 {
                     st.select_rows(&[1, 0]).unwrap();
+                }
+                if j == 4 {
+                    // same row count again: with graphs, back to the first cache set and its
+                    // recording, now holding reordered rows
+                    st.select_rows(&[0, 0]).unwrap();
                 }
                 if j == 5 {
                     // keep the unpadded row (old row 1), whose keys all count for the window
@@ -276,21 +285,56 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
             (logits, picks)
         };
         let mut runs = Vec::new();
+        let lora = name.ends_with("lora");
+        let slots = if lora { [None, Some(0)] } else { [None, None] };
+        let adapter = lora.then(|| {
+            jobx_engine::models::adapter::LoraAdapter::load(&dir.join("adapter"), "a").unwrap()
+        });
         for on in [false, true] {
             set_graphs(on);
             let cap = tf.len() + greedy_steps + 1;
             let run = if name.starts_with("t5") {
-                let g = T5Device::load_dir(dev, &dir).unwrap();
+                let mut g = T5Device::load_dir(dev, &dir).unwrap();
+                if let Some(a) = &adapter {
+                    assert_eq!(g.attach_adapter(a).unwrap(), 0);
+                }
                 let v = g.cfg.vocab_size as u32;
                 let (ids, mask) = right_padded(&two_rows(v), 9, g.cfg.pad_token_id);
-                let enc = g.encode(&ids, &mask, 2, 9).unwrap();
+                let enc = g.encode_with(&ids, &mask, 2, 9, &slots).unwrap();
                 let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], cap).unwrap();
                 let mut first = Vec::new();
                 st.step(&[g.cfg.decoder_start(); 2], &mut first).unwrap();
-                let (l, p) = drive(&mut st);
-                (l, p, st.replaying())
+                let (mut l, mut p) = drive(&mut st);
+                let mut replayed = st.replaying();
+                // beam search (2 beams): rows reordered every step, into the other cache set,
+                // each set replaying its own recording
+                let opts = jobx_engine::generate::GenOptions {
+                    max_new_tokens: 10,
+                    min_new_tokens: 10,
+                    num_beams: 2,
+                    eos: vec![g.cfg.eos_token_id],
+                    ..Default::default()
+                };
+                let src = jobx_engine::generate::beam_parents(2, 2);
+                let mut st = T5DeviceStepper::new(&g, &enc, src, 11).unwrap();
+                let outs = jobx_engine::generate::generate(
+                    &mut st,
+                    &[g.cfg.decoder_start(); 2],
+                    &opts,
+                    &mut [],
+                )
+                .unwrap();
+                for o in outs {
+                    p.extend(o.tokens);
+                    l.push(vec![o.score]); // compared as the logits are
+                }
+                replayed &= st.replaying();
+                (l, p, replayed)
             } else {
-                let g = MistralDevice::load_dir(dev, &dir).unwrap();
+                let mut g = MistralDevice::load_dir(dev, &dir).unwrap();
+                if let Some(a) = &adapter {
+                    assert_eq!(g.attach_adapter(a).unwrap(), 0);
+                }
                 let v = g.cfg.vocab_size as u32;
                 let rows = two_rows(v);
                 let s = 9;
@@ -300,8 +344,7 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
                     mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
                 }
                 let mut st =
-                    MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &[None, None])
-                        .unwrap();
+                    MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &slots).unwrap();
                 let mut first = Vec::new();
                 st.step(&[0, 0], &mut first).unwrap(); // the prefill's logits
                 let (l, p) = drive(&mut st);
@@ -601,6 +644,27 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         "t",
         "gather source (parent block 2)",
         r,
+    );
+    // gather_blocks_into: as many destinations as sources, each a block per parent
+    let gsrc = vec![bf(3 * 4), bf(3 * 4)];
+    let mut gdst = vec![bf(2 * 4), bf(2 * 4)];
+    expect(
+        "gather_into ok",
+        "t",
+        "",
+        b.gather_blocks_into("t", &gsrc, &mut gdst, 4, 3, &[2, 0]),
+    );
+    expect(
+        "gather_into count",
+        "t",
+        "2 source buffers, 1 destinations",
+        b.gather_blocks_into("t", &gsrc, &mut [bf(8)], 4, 3, &[2, 0]),
+    );
+    expect(
+        "gather_into short",
+        "t",
+        "gather destination",
+        b.gather_blocks_into("t", &gsrc, &mut [bf(8), bf(7)], 4, 3, &[2, 0]),
     );
 
     // copy_rows: 3 rows of 4, source rows 5 apart from 1, destination rows 6 apart from 2
