@@ -482,14 +482,14 @@ fn host_backend_passes_the_generic_op_cases() {
             table::greedy(&host, seed, 3, 50001, false),
             table::greedy(&host, seed, 32, 32128, true),
             table::greedy(&host, seed, 1, 7, true),
-            table::gather(&host, seed, 3, 40, 24, &[2, 0, 2, 1]),
+            table::gather(&host, seed, 3, 40, 24, &[2, 0, 2, 1], false),
             table::topk(&host, seed, 4, 100, 12, true),
             table::topk(&host, seed, 3, 32128, 8, false),
             table::topk(&host, seed, 1, 7, 1, true),
-            table::gather(&host, seed, 2, 37, 13, &[1, 1]),
+            table::gather(&host, seed, 2, 37, 13, &[1, 1], false),
             table::recorded_step(&host, seed, 3, 2, 64, 40, 17, Some((32, 128, false))),
             table::recorded_step(&host, seed, 1, 3, 16, 5, 0, None),
-            table::gather_into(&host, seed, 2, 37, 13, &[1, 1, 0]),
+            table::gather(&host, seed, 2, 37, 13, &[1, 1, 0], true),
             // attention: beams' K/V row map with operands at offsets in fused buffers (8-aligned
             // and not), causal with several batch rows, heads and query blocks
             table::attention(
@@ -778,12 +778,12 @@ mod table {
                 format!("gather_blocks {nb} x {per} used {used} parents {parents:?}"),
                 Box::new({
                     let parents = parents.clone();
-                    move |g, s| gather(g, s, nb, per, used, &parents)
+                    move |g, s| gather(g, s, nb, per, used, &parents, false)
                 }),
             ));
             cases.push((
                 format!("gather_blocks_into x{nb} per {per} used {used} parents {parents:?}"),
-                Box::new(move |g, s| gather_into(g, s, nb, per, used, &parents)),
+                Box::new(move |g, s| gather(g, s, nb, per, used, &parents, true)),
             ));
         }
         // a recorded decode step's cache append and attention at a device position: T5 shapes
@@ -1398,8 +1398,10 @@ mod table {
         )
     }
 
-    /// `gather_blocks` over `nb` buffers of 3 blocks: the first `used` of each new block are
-    /// its parent's, exactly (the rest is unspecified and not compared).
+    /// `gather_blocks` (or, `into`, `gather_blocks_into` existing buffers holding other values)
+    /// over `nb` buffers of 3 blocks: the first `used` of each new block are its parent's,
+    /// exactly (the rest is unspecified and not compared).
+    #[allow(clippy::too_many_arguments)]
     pub fn gather<B: Backend>(
         g: &B,
         seed: u64,
@@ -1407,16 +1409,28 @@ mod table {
         per: usize,
         used: usize,
         parents: &[usize],
+        into: bool,
     ) -> Result<(), String> {
         let mut r = Rng(seed * 13 + per as u64);
         let srcs: Vec<Vec<f32>> = (0..nb).map(|_| r.vec(3 * per, 2.0)).collect();
+        let up = |v: &Vec<f32>| g.upload("t", &tob(v));
         let mut bufs = srcs
             .iter()
-            .map(|v| g.upload("t", &tob(v)))
+            .map(up)
             .collect::<jobx_engine::Result<Vec<_>>>()
             .map_err(e)?;
-        g.gather_blocks("t", &mut bufs, per, used, parents)
-            .map_err(e)?;
+        if into {
+            let mut dst = (0..nb)
+                .map(|_| up(&r.vec(parents.len().max(1) * per, 2.0)))
+                .collect::<jobx_engine::Result<Vec<_>>>()
+                .map_err(e)?;
+            g.gather_blocks_into("t", &bufs, &mut dst, per, used, parents)
+                .map_err(e)?;
+            bufs = dst;
+        } else {
+            g.gather_blocks("t", &mut bufs, per, used, parents)
+                .map_err(e)?;
+        }
         for (src, buf) in srcs.iter().zip(&bufs) {
             let all = fromb(&g.download("t", buf).map_err(e)?);
             if all.len() < parents.len() * per {
@@ -1432,7 +1446,7 @@ mod table {
                 want.extend_from_slice(&src[p * per..][..used]);
             }
             check(
-                &format!("gather_blocks per {per} used {used}"),
+                &format!("gather_blocks into {into} per {per} used {used}"),
                 seed,
                 &got,
                 &want,
@@ -1591,48 +1605,6 @@ mod table {
             return Err(format!(
                 "copy_rows_at pos {cap} of cap {cap}: wrote ({r:?})"
             ));
-        }
-        Ok(())
-    }
-
-    /// `gather_blocks_into` over `nb` buffer pairs of 3 source blocks: the first `used` of each
-    /// destination block are its parent's, exactly (into existing buffers holding other values).
-    pub fn gather_into<B: Backend>(
-        g: &B,
-        seed: u64,
-        nb: usize,
-        per: usize,
-        used: usize,
-        parents: &[usize],
-    ) -> Result<(), String> {
-        let mut r = Rng(seed * 17 + per as u64);
-        let srcs: Vec<Vec<f32>> = (0..nb).map(|_| r.vec(3 * per, 2.0)).collect();
-        let up = |v: &Vec<f32>| g.upload("t", &tob(v));
-        let src = srcs
-            .iter()
-            .map(up)
-            .collect::<jobx_engine::Result<Vec<_>>>()
-            .map_err(e)?;
-        let mut dst = (0..nb)
-            .map(|_| up(&r.vec(parents.len().max(1) * per, 2.0)))
-            .collect::<jobx_engine::Result<Vec<_>>>()
-            .map_err(e)?;
-        g.gather_blocks_into("t", &src, &mut dst, per, used, parents)
-            .map_err(e)?;
-        for (s, d) in srcs.iter().zip(&dst) {
-            let all = fromb(&g.download("t", d).map_err(e)?);
-            let (mut got, mut want) = (Vec::new(), Vec::new());
-            for (row, &p) in parents.iter().enumerate() {
-                got.extend_from_slice(&all[row * per..][..used]);
-                want.extend_from_slice(&s[p * per..][..used]);
-            }
-            check(
-                &format!("gather_blocks_into per {per} used {used}"),
-                seed,
-                &got,
-                &want,
-                EXACT,
-            )?;
         }
         Ok(())
     }

@@ -685,6 +685,30 @@ impl Gpu {
         self.launch(OP, kernel, cfg, p)
     }
 
+    /// `attention` / `attention_at` (bf16 K/V): the checks, then the launch.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bf16_kv(
+        &self,
+        c: &AttnCall,
+        pos: Option<&CudaSlice<i32>>,
+        q: (&CudaSlice<bf16>, View),
+        k: (&CudaSlice<bf16>, View),
+        v: (&CudaSlice<bf16>, View),
+        o: &mut CudaSlice<bf16>,
+        key_mask: Option<&CudaSlice<i32>>,
+        kv_batch: Option<&CudaSlice<i32>>,
+        rel_bias: Option<&CudaSlice<f32>>,
+    ) -> Result<()> {
+        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
+        let kv = KvOperands {
+            k: self.ptr_at(k.0, k.1.off),
+            v: self.ptr_at(v.0, v.1.off),
+            views: (k.1, v.1),
+            scales: None,
+        };
+        self.attention_launch(c, pos, q, kv, o, key_mask, kv_batch, rel_bias)
+    }
+
     /// attention_decode_d64/d128 (+ attention_combine when the keys are split). Chunks hold at
     /// most 1024 keys (the kernel's score buffer). With >= 2 (query row, head) pairs per
     /// multiprocessor there are no more chunks than that needs: the grid is then at most about
@@ -1293,14 +1317,7 @@ impl crate::device::Backend for Gpu {
         kv_batch: Option<&CudaSlice<i32>>,
         rel_bias: Option<&CudaSlice<f32>>,
     ) -> Result<()> {
-        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
-        let kv = KvOperands {
-            k: self.ptr_at(k.0, k.1.off),
-            v: self.ptr_at(v.0, v.1.off),
-            views: (k.1, v.1),
-            scales: None,
-        };
-        self.attention_launch(c, None, q, kv, o, key_mask, kv_batch, rel_bias)
+        self.attention_bf16_kv(c, None, q, k, v, o, key_mask, kv_batch, rel_bias)
     }
 
     fn attention_at(
@@ -1315,15 +1332,8 @@ impl crate::device::Backend for Gpu {
         kv_batch: Option<&CudaSlice<i32>>,
         rel_bias: Option<&CudaSlice<f32>>,
     ) -> Result<()> {
-        check::attention::<Self, bf16>(c, q, k, v, o, key_mask, kv_batch, rel_bias)?;
         need("attention", "position", pos, Some(1))?;
-        let kv = KvOperands {
-            k: self.ptr_at(k.0, k.1.off),
-            v: self.ptr_at(v.0, v.1.off),
-            views: (k.1, v.1),
-            scales: None,
-        };
-        self.attention_launch(c, Some(pos), q, kv, o, key_mask, kv_batch, rel_bias)
+        self.attention_bf16_kv(c, Some(pos), q, k, v, o, key_mask, kv_batch, rel_bias)
     }
 
     #[allow(clippy::too_many_arguments)]
