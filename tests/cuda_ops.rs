@@ -2334,12 +2334,21 @@ mod table {
                 }
             }
         }
+        // The tensor-core flash kernel (CUDA, head dim 64/128, > 4 queries, 16-byte aligned
+        // operands, bf16 K/V) rounds the softmax weights to bf16 for the P·V product, as
+        // FlashAttention does, and then the output: two roundings. The others keep P in f32.
+        // (First GPU run of the fused-offset causal cases, 2026-11-26: 103-114% of the
+        // one-rounding budget, while the older cases' errors were unchanged to the digit.)
+        let aligned = [qv, kv, vv]
+            .iter()
+            .all(|w| w.sb % 8 == 0 && w.sh % 8 == 0 && w.st % 8 == 0 && w.off % 8 == 0);
+        let mma = B::KIND == "cuda" && (dk == 64 || dk == 128) && tq > 4 && aligned && !q8;
         check(
             &format!("attention b{b} h{h} tq{tq} tk{tk} kv_map {kv_map} q8 {q8}"),
             seed,
             &got,
             &want,
-            BF16_OUT,
+            if mma { BF16_OUT_2ROUND } else { BF16_OUT },
         )
     }
 

@@ -355,7 +355,7 @@ pub trait Backend: Sync {
 
     /// The type of a recorded decode step (`capture`).
     type Graph;
-    /// Whether decode steps are recorded once and replayed (`JOBX_CUDA_GRAPHS=1` on the GPU;
+    /// Whether decode steps are recorded once and replayed (the GPU's default, `JOBX_CUDA_GRAPHS=0` off;
     /// on the host, tests switch on the same step layout without the recording).
     fn graphs(&self) -> bool {
         false
