@@ -495,23 +495,23 @@ impl Gpu {
     /// thread records a graph (`capture_graph`). Other threads keep the engine's stream, so
     /// their work never ends up in the graph.
     pub fn stream(&self) -> Arc<CudaStream> {
-        CAPTURING
-            .with(|c| {
-                c.borrow()
-                    .as_ref()
-                    .filter(|(gpu, _)| *gpu == self as *const Gpu as usize)
-                    .map(|(_, s)| s.clone())
-            })
+        self.capture_stream()
             .unwrap_or_else(|| self.engine_stream.clone())
+    }
+
+    /// The stream this thread records a graph for this GPU on, if it is recording one.
+    fn capture_stream(&self) -> Option<Arc<CudaStream>> {
+        CAPTURING.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(gpu, _)| *gpu == self as *const Gpu as usize)
+                .map(|(_, s)| s.clone())
+        })
     }
 
     /// Whether this thread is recording a graph on this GPU now.
     pub(crate) fn capturing(&self) -> bool {
-        CAPTURING.with(|c| {
-            c.borrow()
-                .as_ref()
-                .is_some_and(|(gpu, _)| *gpu == self as *const Gpu as usize)
-        })
+        self.capture_stream().is_some()
     }
 
     /// Records the launches `f` makes on this thread as a CUDA graph instead of running them,

@@ -17,7 +17,7 @@ pub mod host;
 pub mod profile;
 mod weights;
 
-pub use weights::{fused_name, DeviceWeights, FusedGroups, RowAdapters};
+pub use weights::{fused_name, slot_ids, DeviceWeights, FusedGroups, RowAdapters};
 
 use crate::Result;
 use half::bf16;
@@ -390,11 +390,11 @@ pub trait Backend: Sync {
         parents: &[usize],
     ) -> Result<()> {
         check::gather_blocks::<Self>(op, bufs, per, used, parents)?;
+        // a buffer at a time: one extra layer's cache in memory, not a whole second cache
         for buf in bufs.iter_mut() {
-            let mut out = self.scratch::<bf16>(op, parents.len() * per)?;
-            for (r, &p) in parents.iter().enumerate() {
-                self.copy(op, buf, p * per, &mut out, r * per, used)?;
-            }
+            let mut out = [self.scratch::<bf16>(op, parents.len() * per)?];
+            self.gather_blocks_into(op, std::slice::from_ref(buf), &mut out, per, used, parents)?;
+            let [out] = out;
             *buf = out;
         }
         Ok(())

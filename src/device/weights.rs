@@ -87,6 +87,11 @@ impl FusedGroups {
 /// row uses an adapter (the GEMMs then skip LoRA entirely).
 pub type RowAdapters<B> = Option<<B as Backend>::Buf<i32>>;
 
+/// The device form of rows' adapter slots (`RowAdapters`): the slot, or -1 for the base model.
+pub fn slot_ids(rows: &[Option<usize>]) -> Vec<i32> {
+    rows.iter().map(|s| s.map_or(-1, |s| s as i32)).collect()
+}
+
 impl<'g, B: Backend> DeviceWeights<'g, B> {
     pub fn new(dev: &'g B, what: &'static str) -> Self {
         DeviceWeights {
@@ -301,8 +306,7 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
                 self.slots
             )));
         }
-        let ids: Vec<i32> = rows.iter().map(|s| s.map_or(-1, |s| s as i32)).collect();
-        Ok(Some(self.dev.upload("adapter", &ids)?))
+        Ok(Some(self.dev.upload("adapter", &slot_ids(rows))?))
     }
 
     /// Merge adapter `slot` into the bf16 weights on the device (W += scale·B·A, one GEMM per

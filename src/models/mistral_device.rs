@@ -255,16 +255,13 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         all: bool,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        let decode = t_new == 1 && mask.iter().all(|&m| m != 0);
-        if decode && self.next_step_kind(st) != StepKind::Plain {
-            let lg = self.decode_recorded(st, ids)?;
+        if t_new == 1 && mask.iter().all(|&m| m != 0) {
+            let mut owned = None;
+            let lg = self.decode_step(st, ids, &mut owned)?;
             *logits = self.dev.download("mistral", lg)?;
             return Ok(());
         }
         let lg = self.forward_device(st, ids, mask, t_new, all)?;
-        if decode {
-            st.graph.ran();
-        }
         *logits = self.dev.download("mistral", &lg)?;
         Ok(())
     }
@@ -402,6 +399,22 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             }
         }
         Ok((p0, pos))
+    }
+
+    /// One decode step, a real token per row: recorded or replayed when graphs allow
+    /// (`decode_recorded`: logits in the state), else plain (logits kept in `owned`).
+    fn decode_step<'s>(
+        &self,
+        st: &'s mut MistralDeviceState<B>,
+        ids: &[u32],
+        owned: &'s mut Option<B::Buf<f32>>,
+    ) -> Result<&'s mut B::Buf<f32>> {
+        if self.next_step_kind(st) != StepKind::Plain {
+            return self.decode_recorded(st, ids);
+        }
+        let lg = self.forward_device(st, ids, &vec![1u8; ids.len()], 1, false)?;
+        st.graph.ran();
+        Ok(owned.insert(lg))
     }
 
     /// What the next decode step does with graphs on (`Backend::graphs`): plain until a plain
@@ -793,17 +806,10 @@ impl<B: Backend> MistralDeviceStepper<'_, '_, B> {
         }
         let t0 = std::time::Instant::now();
         let (dev, v) = (self.model.dev, self.model.cfg.vocab_size);
-        let mut owned;
-        let lg = if self.model.next_step_kind(&self.state) != StepKind::Plain {
-            self.model.decode_recorded(&mut self.state, tokens)?
-        } else {
-            let mask = vec![1u8; tokens.len()];
-            owned = self
-                .model
-                .forward_device(&mut self.state, tokens, &mask, 1, false)?;
-            self.state.graph.ran();
-            &mut owned
-        };
+        let mut owned = None;
+        let lg = self
+            .model
+            .decode_step(&mut self.state, tokens, &mut owned)?;
         let t1 = std::time::Instant::now();
         let picks = pick(dev, lg, tokens.len(), v)?;
         if let Some(p) = &mut self.profile {

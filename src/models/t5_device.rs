@@ -503,8 +503,9 @@ impl<B: Backend> DecScratch<B> {
 #[derive(Clone, Copy)]
 enum Layout<'t> {
     /// Everything that changes between steps is in the launches' arguments: the tokens are
-    /// uploaded, the q|k|v GEMM writes into the cache at position t, attention sees t + 1 keys.
-    Plain(&'t [u32], usize),
+    /// uploaded, the q|k|v GEMM writes into the cache at position t (the stepper's length),
+    /// attention sees t + 1 keys.
+    Plain(&'t [u32]),
     /// What changes is in `RecBufs`, written before the step, so that one recording of the
     /// launches serves every step (CUDA graphs): the embedding reads the ids there, the q|k|v
     /// GEMM writes `qkv`, one copy appends it to the cache at the position the device reads,
@@ -655,8 +656,8 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
             let slots: Vec<Option<usize>> = src.iter().map(|&s| self.enc.adapters[s]).collect();
             match &mut self.ad {
                 Some(ad) if slots.iter().any(Option::is_some) => {
-                    let ids: Vec<i32> = slots.iter().map(|s| s.map_or(-1, |s| s as i32)).collect();
-                    m.dev.write("select_rows", &ids, ad)?;
+                    m.dev
+                        .write("select_rows", &crate::device::slot_ids(&slots), ad)?;
                 }
                 None if slots.iter().all(Option::is_none) => {}
                 _ => {
@@ -771,10 +772,10 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 let r = graph.record(dev, "T5", &mut || self.layers(Layout::Recorded));
                 self.graph = graph;
                 if !r? {
-                    self.layers(Layout::Plain(tokens, t))?;
+                    self.layers(Layout::Plain(tokens))?;
                 }
             }
-            StepKind::Plain => self.layers(Layout::Plain(tokens, t))?,
+            StepKind::Plain => self.layers(Layout::Plain(tokens))?,
         }
         self.graph.ran();
         self.len += 1;
@@ -807,7 +808,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             return Err(Error::Input("decode scratch missing".into()));
         };
         let mut rec = match at {
-            Layout::Plain(tokens, _) => {
+            Layout::Plain(tokens) => {
                 dev.embedding_ids(tokens, m.wt("shared.weight")?, x, d, v)?;
                 None
             }
@@ -871,8 +872,10 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 )),
             };
             let qkv_name = fused_name(&sa, QKV);
-            match (at, rec.as_deref_mut()) {
-                (Layout::Plain(_, t), _) => {
+            // (`rec` is Some exactly for the recorded layout)
+            match rec.as_deref_mut() {
+                None => {
+                    let t = self.len;
                     // q|k|v of this step into position t of every row's cache
                     let at_t = GemmShape {
                         m: rows,
@@ -894,7 +897,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                         Some(&m.dec_bias),
                     )?;
                 }
-                (Layout::Recorded, Some(rec)) => {
+                Some(rec) => {
                     let qkv = &mut rec.qkv;
                     let shape = GemmShape::new(rows, 3 * inner, d, false);
                     m.w.gemm(hn, &qkv_name, Out::Bf16(qkv), &shape, &self.ad)?;
@@ -940,9 +943,6 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                         None,
                         Some(&m.dec_bias),
                     )?;
-                }
-                (Layout::Recorded, None) => {
-                    return Err(Error::Input("recorded-step buffers missing".into()))
                 }
             }
             m.w.linear(

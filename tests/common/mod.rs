@@ -708,12 +708,9 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
         ),
     );
 
-    // copy_rows_at: the same copy at positions 0..=2 of stride 1 (checked at the last)
+    // copy_rows_at: the copy above at position pos of stride `stride` (checked at `max`)
     let pos = b.upload("t", &[1i32]).unwrap();
-    expect(
-        "copy_rows_at ok",
-        "t",
-        "",
+    let mut at_pos = |stride, max| {
         b.copy_rows_at(
             "t",
             (&src, at(1, 5)),
@@ -721,39 +718,23 @@ pub fn backend_rejects_bad_arguments<B: jobx_engine::device::Backend>(b: &B) -> 
             3,
             4,
             &pos,
-            1,
-            2,
-        ),
-    );
+            stride,
+            max,
+        )
+    };
+    expect("copy_rows_at ok", "t", "", at_pos(1, 2));
     expect(
         "copy_rows_at past the end",
         "t",
         "copy destination",
-        b.copy_rows_at(
-            "t",
-            (&src, at(1, 5)),
-            (&mut dst, at(0, 6)),
-            3,
-            4,
-            &pos,
-            1,
-            3,
-        ),
+        at_pos(1, 3),
     );
+    // (usize::MAX / 2) * 3 overflows in copy_rows_at itself
     expect(
         "copy_rows_at overflow",
         "t",
         "destination offset overflows",
-        b.copy_rows_at(
-            "t",
-            (&src, at(1, 5)),
-            (&mut dst, at(0, 6)),
-            3,
-            4,
-            &pos,
-            usize::MAX / 2,
-            3, // (usize::MAX / 2) * 3 overflows in copy_rows_at itself
-        ),
+        at_pos(usize::MAX / 2, 3),
     );
 
     // write
