@@ -221,9 +221,19 @@ fn main() {
             causal: dk == 128,
             t5_bias: t5.then_some((32, 128, true)),
         };
-        // the tensor-core kernel, then (baseline) the general one-key-per-lane kernel
-        for (name, general) in [("attention", false), ("attention_general", true)] {
+        // the tensor-core kernel, the 32-rows-per-warp one (prefill shapes; opt-in until
+        // measured), then (baseline) the general one-key-per-lane kernel
+        let fa2_default = g.flash_fa2.load(Relaxed);
+        for (name, general, fa2) in [
+            ("attention", false, fa2_default),
+            ("attention_fa2", false, true),
+            ("attention_general", true, fa2_default),
+        ] {
+            if name == "attention_fa2" && tq <= 4 {
+                continue;
+            }
             g.general_kernels.store(general, Relaxed);
+            g.flash_fa2.store(fa2, Relaxed);
             let ms = time(&g, || {
                 g.attention(
                     &call,
@@ -238,6 +248,7 @@ fn main() {
                 .unwrap()
             });
             g.general_kernels.store(false, Relaxed);
+            g.flash_fa2.store(fa2_default, Relaxed);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(

@@ -197,6 +197,29 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return *(unsigned*)&v;
 }
 
+// A flash block's (batch, head, query block). Causal: a query block's work grows with its
+// position (the last block of a 4096-token prefill scans 64 key blocks, the first one). Blocks
+// start in linear index order (x fastest), so with x = query block the longest blocks of the
+// last heads started last and ran alone at the end. Longest first instead: linear index ->
+// (query block counted from the end, then batch x head), a bijection over the same grid
+// (gridDim = (query blocks, heads, batch)). (32-bit block indices: each fits, and 64-bit ones
+// cost the d128 kernels registers they lack.)
+__device__ __forceinline__ void flash_block(const jobx_attention_params& p, unsigned& b,
+                                            unsigned& h, unsigned& qb) {
+    b = blockIdx.z;
+    h = blockIdx.y;
+    qb = blockIdx.x;
+    if (p.causal) {
+        const unsigned long long hb_all = (unsigned long long)gridDim.y * gridDim.z;
+        const unsigned long long lin =
+            blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + (unsigned long long)gridDim.y * blockIdx.z);
+        const unsigned hb = (unsigned)(lin % hb_all);
+        qb = gridDim.x - 1 - (unsigned)(lin / hb_all);
+        h = hb % gridDim.y;
+        b = hb / gridDim.y;
+    }
+}
+
 // RT row tiles of 16 queries per warp (64 * RT queries per block of 4 warps) and FKT keys per
 // staged block. RT = 2 (each K/V fragment read from shared memory feeding two mma, as
 // FlashAttention-2 gives a warp more than 16 rows) was measured slower on an H100 (2026-11-26:
@@ -218,23 +241,8 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
-    // Causal: a query block's work grows with its position (the last block of a 4096-token
-    // prefill scans 64 key blocks, the first one). Blocks start in linear index order (x
-    // fastest), so with x = query block the longest blocks of the last heads started last and
-    // ran alone at the end. Longest first instead: linear index -> (query block counted from
-    // the end, then batch x head), a bijection over the same grid (gridDim = (query blocks,
-    // heads, batch)).
-    // (32-bit block indices: each fits, and 64-bit ones cost the d128 kernel registers it lacks)
-    unsigned b = blockIdx.z, h = blockIdx.y, qb = blockIdx.x;
-    if (p.causal) {
-        const unsigned long long hb_all = (unsigned long long)gridDim.y * gridDim.z;
-        const unsigned long long lin =
-            blockIdx.x + (unsigned long long)gridDim.x * (blockIdx.y + (unsigned long long)gridDim.y * blockIdx.z);
-        const unsigned hb = (unsigned)(lin % hb_all);
-        qb = gridDim.x - 1 - (unsigned)(lin / hb_all);
-        h = hb % gridDim.y;
-        b = hb / gridDim.y;
-    }
+    unsigned b, h, qb;
+    flash_block(p, b, h, qb);
     const long long i0 = (long long)qb * FQB;
     const long long kb = p.kv_batch ? p.kv_batch[b] : b;
     const long long kh = h / (p.heads / p.kv_heads);
@@ -496,6 +504,358 @@ extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attenti
 
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
     attention_mma<128, 1, 64>(p);
+}
+
+// ---- attention_fa2_d64 / _d128: 32 query rows per warp ----------------------------------------
+// The attention_mma kernels above give each warp 16 query rows, so every K and V fragment a warp
+// reads from shared memory (ldmatrix) feeds one row tile: at d128 a 64-key step reads 32 KB per
+// warp for 128 mma, and on an H100 ldmatrix plus the cp.async stores then cost more shared-memory
+// cycles than the tensor cores need for the mma (causal d128 ran at 0.31 of SDPA, the T5 encoder
+// shape at 0.46; docs/PERFORMANCE.md run 5). This variant follows FlashAttention-2's split:
+//   - 128 queries per block of 4 warps, 32 rows per warp (two row tiles): each K/V fragment
+//     feeds two mma (a step reads 40 KB per warp, Q included, for 256 mma: 160 bytes per mma
+//     instead of 256);
+//   - d128: Q staged in shared memory with the first key block and read back as A fragments
+//     (ldmatrix) in each step, since Q fragments in registers (64 per thread) plus 32 rows of
+//     accumulators do not fit 255 registers; and 32 keys per step (64 spilled: 128
+//     accumulators + 64 scores); d64 keeps Q in registers (32) and takes 64 keys per step;
+//   - less work per score: the T5 bias table is padded so a lane's 32 bias reads are one
+//     shared-memory base plus constant offsets (no clamp per score); key-mask, end-of-range,
+//     causal and window tests run only in blocks where one can apply (whether every staged key
+//     is visible comes with the barrier, __syncthreads_and); a row whose max is still -inf
+//     uses 0 as its reference (FlashAttention's rule) instead of a test per score; exponentials
+//     are ex2.approx.ftz (what exp2f compiles to, without its denormal handling: a weight below
+//     2^-126 becomes 0); the running output is rescaled only when some row's max moved.
+// Same arithmetic order as attention_mma otherwise (P rounded to bf16 for P·V, f32 sums).
+// Dynamic shared memory: K/V 2 x 2 x keys x (dk + 8) bf16, then (d128) Q 128 x (dk + 8) bf16
+// (runtime.rs). Positions are 32-bit: the launcher takes it only below 2^30.
+#define FA2_RT 2
+#define FA2_FQB (64 * FA2_RT)
+
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int DK, bool QREG, int FKT>
+__device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
+    constexpr int RT = FA2_RT, FQB = FA2_FQB;
+    // T5 bias table: a warp's block-level relative position r = j0 - first query is clamped to
+    // +-L (beyond that every score of the block falls in its direction's last bucket); a score
+    // adds a lane offset in [-7, 6] and a constant in [-(16 RT - 8), FKT - 1]; entry i holds the
+    // bias of relative position clamp(i - TC, -R, R) times log2(e)
+    constexpr int L = FA_BIAS_R_MAX + FQB + FKT, TC = L + 16 * RT + 8, TAB = TC + L + FKT + 8;
+    constexpr int LD = DK + 8;                      // bf16 per shared row
+    constexpr unsigned TILE = FKT * LD * 2;         // bytes of one K or V tile
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    __shared__ float btab[TAB];
+    __shared__ __align__(8) float kvis[2][FKT];     // per staged key: 1 visible, 0 not
+    const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1, Q
+    const unsigned qs = sbase + 4 * TILE;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3, mi = lane >> 3, rr = lane & 7;
+    unsigned b, h, qb;
+    flash_block(p, b, h, qb);
+    // positions in 32-bit ints: the launcher takes this kernel only when q_offset + tq and tk
+    // are below 2^30 (registers: 64-bit positions made the d128 kernel spill); addresses are
+    // still formed in 64 bits
+    const int tq = (int)p.tq, i0 = (int)qb * FQB;
+    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
+    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
+    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const int wr = warp * 16 * RT;                  // the warp's first row in the block
+    const int iw = i0 + wr;                         // the warp's first query
+    const bool active = iw < tq;                    // warp-uniform
+    // d64: Q fragments in registers for the whole key loop (rows beyond tq read as 0)
+    unsigned qa[QREG ? RT : 1][QREG ? DK / 16 : 1][4];
+    if constexpr (QREG) {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++) {
+            const int r0 = iw + 16 * rt + g, r1 = r0 + 8;
+#pragma unroll
+            for (int s = 0; s < DK / 16; s++) {
+                const int c = s * 16 + 2 * t;
+                qa[rt][s][0] = r0 < tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
+                qa[rt][s][1] = r1 < tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
+                qa[rt][s][2] = r0 < tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
+                qa[rt][s][3] = r1 < tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
+            }
+        }
+    }
+    // keys any query of the block can see: causal limits the end, a window the start
+    const int q_off = (int)query_offset(p);
+    // a window of 2^30 or more covers every distance here
+    const int win = p.window >= (1 << 30) ? 0 : (int)p.window;
+    const int last_q = i0 + FQB - 1 < tq - 1 ? i0 + FQB - 1 : tq - 1;
+    int kend = (int)p.tk;
+    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
+    int kstart = 0;
+    if (win > 0 && q_off + i0 - win + 1 > 0) kstart = q_off + i0 - win + 1;
+    kstart = kstart / FKT * FKT;
+    const float sl2 = p.scale * LOG2E;  // exp2 domain
+
+    // this thread's 16-byte pieces of a K/V block: rows cr0 + RSTEP u, columns cc0..cc0+7
+    constexpr int PER = FKT * DK / 8 / 128;
+    constexpr int RSTEP = 128 / (DK / 8);
+    const int cr0 = tid / (DK / 8), cc0 = (tid % (DK / 8)) * 8;
+    const bf16* kth = k + (long long)cr0 * p.k_st + cc0;
+    const bf16* vth = v + (long long)cr0 * p.v_st + cc0;
+    const unsigned sth = (cr0 * LD + cc0) * 2;
+    auto issue = [&](int j0, int buf) {
+        const unsigned kt = sbase + buf * 2 * TILE + sth, vt = kt + TILE;
+        const bf16* kj = kth + (long long)j0 * p.k_st;
+        const bf16* vj = vth + (long long)j0 * p.v_st;
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+            const bool ok = j0 + cr0 + RSTEP * u < kend;
+            cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
+                       ok ? 16 : 0);
+            cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
+                       ok ? 16 : 0);
+        }
+    };
+    auto key_flag = [&](int j0) -> float {
+        const int j = j0 + tid;
+        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
+    };
+    const int R = p.max_distance;
+    if (p.rel_bias)  // published by the barrier before the key loop
+        for (int x = tid; x < TAB; x += 128) {
+            int rel = x - TC;
+            rel = rel < -R ? -R : (rel > R ? R : rel);
+            btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
+                                                              p.max_distance) * p.heads + h];
+        }
+
+    float acc[RT][DK / 8][4];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int d = 0; d < DK / 8; d++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[rt][d][e] = 0.0f;
+    float m[RT][2], l[RT][2];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+        m[rt][0] = m[rt][1] = -INFINITY;
+        l[rt][0] = l[rt][1] = 0.0f;
+    }
+
+    float flag0 = 0.0f;
+    if (kstart < kend) {
+        issue(kstart, 0);
+        if constexpr (!QREG) {  // Q rows i0.. with the first key block (rows past tq zero-filled)
+            for (int c = tid; c < FQB * DK / 8; c += 128) {
+                const int row = c / (DK / 8), col = (c % (DK / 8)) * 8;
+                const bool ok = i0 + row < tq;
+                cp_async16(qs + (row * LD + col) * 2, ok ? (const void*)(q + (long long)(i0 + row) * p.q_st + col) : (const void*)q,
+                           ok ? 16 : 0);
+            }
+        }
+        if (tid < FKT) {
+            flag0 = key_flag(kstart);
+            kvis[0][tid] = flag0;
+        }
+    }
+    cp_async_commit();
+    // every key of the staged block visible (no key mask or end of range inside it)?
+    int all_vis = __syncthreads_and(tid >= FKT || flag0 != 0.0f);
+    int buf = 0;
+    for (int j0 = kstart; j0 < kend; j0 += FKT, buf ^= 1) {
+        const bool more = j0 + FKT < kend;
+        float flag_next = 0.0f;
+        if (more) {  // that buffer was released by the last barrier
+            issue(j0 + FKT, buf ^ 1);
+            if (tid < FKT) flag_next = key_flag(j0 + FKT);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();  // this block's copies (all but the group just committed) landed
+        __syncthreads();
+        if (active) {
+            const unsigned kt = sbase + buf * 2 * TILE, vt = kt + TILE;
+            float s[RT][FKT / 8][4];
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int n = 0; n < FKT / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) s[rt][n][e] = 0.0f;
+            // S = Q K^T, 16 dims at a time: the Q fragments of both row tiles (ldmatrix x4 =
+            // rows 0-7 | 8-15 x dims 0-7 | 8-15 of the tile: lane -> row lane % 16, dims
+            // 8 (lane / 16)), then K fragments (x4 = keys n..n+7 | n+8..n+15 x the same dims)
+            // each feeding both row tiles
+#pragma unroll
+            for (int d = 0; d < DK / 16; d++) {
+                unsigned qf[RT][4];
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    if constexpr (QREG) {
+#pragma unroll
+                        for (int e = 0; e < 4; e++) qf[rt][e] = qa[rt][d][e];
+                    } else {
+                        ldsm_x4(qf[rt], qs + ((wr + 16 * rt + (lane & 15)) * LD + d * 16 + (lane >> 4) * 8) * 2);
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < FKT / 8; n += 2) {
+                    unsigned bk[4];
+                    ldsm_x4(bk, kt + ((n * 8 + (mi >> 1) * 8 + rr) * LD + d * 16 + (mi & 1) * 8) * 2);
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++) {
+                        mma_16816(s[rt][n], qf[rt], bk[0], bk[1]);
+                        mma_16816(s[rt][n + 1], qf[rt], bk[2], bk[3]);
+                    }
+                }
+            }
+            // can a mask apply to a score of this warp here? (warp-uniform)
+            const bool plain = all_vis && (!p.causal || j0 + FKT - 1 <= q_off + iw) &&
+                               (win <= 0 || q_off + iw + 16 * RT - 1 - j0 < win);
+            // this lane's bias row: the score (row 16 rt + g (+8), key 8n + 2t (+1)) reads
+            // tb[8n + (e & 1) - 16 rt - 8 (e >= 2)]
+            const float* tb = btab;
+            if (p.rel_bias) {
+                int r = j0 - (q_off + iw);
+                r = r < -L ? -L : (r > L ? L : r);
+                tb = btab + (r + 2 * t - g + TC);
+            }
+            const float2* kv2 = (const float2*)kvis[buf];
+            float c[RT][2];
+            // P in bf16 pairs as soon as each weight is made (the A fragments of P V), so the
+            // f32 scores do not stay live into P V: pk[rt][n][0] = row g, keys 8n + 2t, + 1;
+            // [1] = row g + 8
+            unsigned pk[RT][FKT / 8][2];
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                // (query - key) of this lane's scores: dq0 - 8n - (e & 1) (+ 8 for e >= 2)
+                const int dq0 = q_off + iw + 16 * rt + g - j0 - 2 * t;
+                float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < FKT / 8; n++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const bool hi = e >= 2;
+                        float x = p.rel_bias ? fmaf(s[rt][n][e], sl2, tb[n * 8 + (e & 1) - 16 * rt - (hi ? 8 : 0)])
+                                             : s[rt][n][e] * sl2;
+                        if (!plain) {
+                            const float2 vis = kv2[n * 4 + t];  // keys j0 + 8n + 2t, + 1
+                            const int dq = dq0 - n * 8 - (e & 1) + (hi ? 8 : 0);
+                            bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
+                            if (p.causal) ok = ok && dq >= 0;
+                            if (win > 0) ok = ok && dq < win;
+                            // a select, not an added -inf: a masked score never reaches the max
+                            x = ok ? x : -INFINITY;
+                        }
+                        s[rt][n][e] = x;
+                        if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+                    }
+                }
+                // the 4 lanes of a row (t = 0..3) share its max
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                const float n0 = fmaxf(m[rt][0], mx0), n1 = fmaxf(m[rt][1], mx1);
+                // reference point: the new max, or 0 for a row with nothing visible yet (its
+                // scores are all -inf: weights 0, and m - 0 = -inf gives correction 0)
+                const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
+                c[rt][0] = ex2_ftz(m[rt][0] - u0);
+                c[rt][1] = ex2_ftz(m[rt][1] - u1);
+                float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+                for (int n = 0; n < FKT / 8; n++) {
+                    const float p0 = ex2_ftz(s[rt][n][0] - u0), p1 = ex2_ftz(s[rt][n][1] - u0);
+                    const float p2 = ex2_ftz(s[rt][n][2] - u1), p3 = ex2_ftz(s[rt][n][3] - u1);
+                    ps0 += p0 + p1;
+                    ps1 += p2 + p3;
+                    pk[rt][n][0] = pack_bf16x2(p0, p1);
+                    pk[rt][n][1] = pack_bf16x2(p2, p3);
+                }
+                // partial over this lane's columns; summed across the row at the end
+                l[rt][0] = l[rt][0] * c[rt][0] + ps0;
+                l[rt][1] = l[rt][1] * c[rt][1] + ps1;
+                m[rt][0] = n0;
+                m[rt][1] = n1;
+            }
+            // rescale the running output unless no row's max moved (c == 1 exactly: skipping
+            // the multiply changes nothing)
+            bool moved = false;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) moved = moved || c[rt][0] != 1.0f || c[rt][1] != 1.0f;
+            if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int d = 0; d < DK / 8; d++) {
+                        acc[rt][d][0] *= c[rt][0];
+                        acc[rt][d][1] *= c[rt][0];
+                        acc[rt][d][2] *= c[rt][1];
+                        acc[rt][d][3] *= c[rt][1];
+                    }
+            }
+            // O += P V: two adjacent 8-key score tiles are the A fragment of a 16-key step;
+            // V fragments by ldmatrix.trans (keys kk*16 + 0..7 | 8..15 x dims d..d+7 | d+8..d+15)
+#pragma unroll
+            for (int kk = 0; kk < FKT / 16; kk++) {
+                unsigned a[RT][4];
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    a[rt][0] = pk[rt][2 * kk][0];
+                    a[rt][1] = pk[rt][2 * kk][1];
+                    a[rt][2] = pk[rt][2 * kk + 1][0];
+                    a[rt][3] = pk[rt][2 * kk + 1][1];
+                }
+#pragma unroll
+                for (int d = 0; d < DK / 8; d += 2) {
+                    unsigned bv[4];
+                    ldsm_x4_t(bv, vt + ((kk * 16 + (mi & 1) * 8 + rr) * LD + d * 8 + (mi >> 1) * 8) * 2);
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++) {
+                        mma_16816(acc[rt][d], a[rt], bv[0], bv[1]);
+                        mma_16816(acc[rt][d + 1], a[rt], bv[2], bv[3]);
+                    }
+                }
+            }
+        }
+        if (more && tid < FKT) kvis[buf ^ 1][tid] = flag_next;  // read after the next barrier
+        // this buffer is consumed before the next iteration refills it; and whether every key
+        // of the next block is visible
+        all_vis = __syncthreads_and(tid >= FKT || flag_next != 0.0f);
+    }
+    cp_async_wait<0>();
+    if (!active) return;
+    bf16* o = (bf16*)p.o + (long long)h * DK;
+    const long long ld = p.heads * DK;
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+        float l0 = l[rt][0], l1 = l[rt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const int r0 = iw + 16 * rt + g, r1 = r0 + 8;
+#pragma unroll
+        for (int d = 0; d < DK / 8; d++) {
+            const int c = d * 8 + 2 * t;
+            if (r0 < tq)
+                *(unsigned*)(o + (b * p.tq + r0) * ld + c) =
+                    pack_bf16x2(acc[rt][d][0] * inv0, acc[rt][d][1] * inv0);
+            if (r1 < tq)
+                *(unsigned*)(o + (b * p.tq + r1) * ld + c) =
+                    pack_bf16x2(acc[rt][d][2] * inv1, acc[rt][d][3] * inv1);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fa2_d64(jobx_attention_params p) {
+    attention_fa2<64, true, 64>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_fa2_d128(jobx_attention_params p) {
+    attention_fa2<128, false, 32>(p);
 }
 
 // ---- decode attention (flash-decoding): a few queries over many keys ----

@@ -1113,22 +1113,28 @@ mod table {
                 &[false]
             };
             for &kv_map in maps {
-                for (general, fused) in [
-                    (false, None),
-                    (false, Some(8)),
-                    (false, Some(3)),
-                    (true, None),
+                use Flash::*;
+                for (kernel, fused) in [
+                    (Default, None),
+                    (Default, Some(8)),
+                    (Default, Some(3)),
+                    (General, None),
+                    (Fa2, None),
+                    (Fa2, Some(8)),
                 ] {
-                    if (general || fused == Some(3)) && dk != 64 && dk != 128 {
+                    if (kernel == General || fused == Some(3)) && dk != 64 && dk != 128 {
+                        continue;
+                    }
+                    // fa2 is a prefill kernel: decode steps take the decode kernel either way
+                    if kernel == Fa2 && (tq <= 4 || (dk != 64 && dk != 128)) {
                         continue;
                     }
                     cases.push((
-                        format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} general {general} fused {fused:?} kv_map {kv_map}", t5.is_some()),
+                        format!("attention b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} t5 {} kernel {kernel:?} fused {fused:?} kv_map {kv_map}", t5.is_some()),
                         Box::new(move |g, s| {
-                            g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
-                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused, kv_map, false);
-                            g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
-                            r
+                            with_flash(g, kernel, || {
+                                attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked, fused, kv_map, false)
+                            })
                         }),
                     ));
                 }
@@ -1738,6 +1744,35 @@ mod table {
         r
     }
 
+    /// Which prefill attention kernel a case forces (dk 64/128; decode steps always take the
+    /// decode kernel unless `General`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Flash {
+        /// the wrapper's choice
+        Default,
+        /// the one-key-per-lane kernel (`Gpu::general_kernels`)
+        General,
+        /// attention_fa2_* (`Gpu::flash_fa2`)
+        Fa2,
+    }
+
+    fn with_flash(
+        g: &Gpu,
+        kernel: Flash,
+        f: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let fa2 = g.flash_fa2.load(Relaxed);
+        g.general_kernels.store(kernel == Flash::General, Relaxed);
+        if kernel != Flash::Default {
+            g.flash_fa2.store(kernel == Flash::Fa2, Relaxed);
+        }
+        let r = f();
+        g.general_kernels.store(false, Relaxed);
+        g.flash_fa2.store(fa2, Relaxed);
+        r
+    }
+
     /// Which GEMM kernel a case forces.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Variant {
@@ -2200,7 +2235,10 @@ mod table {
         };
         let key_mask: Vec<i32> = (0..kvb * tk)
             .map(|i| {
-                if masked && i % tk >= tk - (i / tk) * 3 {
+                // the last 3 keys per row after the first masked, and in odd rows also
+                // keys 5, 136, 267, ...: key blocks with and without a masked key alternate
+                if masked && (i % tk >= tk - (i / tk) * 3 || (i / tk % 2 == 1 && i % tk % 131 == 5))
+                {
                     0
                 } else {
                     1

@@ -660,21 +660,24 @@ impl Gpu {
         if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
             return self.attention_decode(c, p, q8);
         }
-        // otherwise the tensor-core flash kernel, 64 queries per block; its T5 bias table
+        // otherwise a tensor-core flash kernel (64 or, fa2, 128 queries per block); its T5 bias table
         // (relative positions clamped to +-max_distance) must be exact and fit its shared memory
         let table_ok = rel_bias.is_none()
             || crate::models::t5::bucket_saturation(nb, md, bidir)
                 .is_some_and(|d| d <= FA_BIAS_R_MAX);
         // (int8 K/V: the decode kernel or the general one)
-        let mma = (fast && table_ok && !q8).then(|| {
-            if c.dk == 64 {
-                "attention_mma_d64"
-            } else {
-                "attention_mma_d128"
-            }
+        // fa2 keeps positions in 32-bit registers: below 2^30 (with the position read on the
+        // device, bounded through the cache length)
+        let fa2 = self.flash_fa2.load(std::sync::atomic::Ordering::Relaxed)
+            && c.tk + c.tq + if pos.is_some() { c.tk } else { c.q_offset } < 1 << 30;
+        let mma = (fast && table_ok && !q8).then_some(match (fa2, c.dk) {
+            (false, 64) => ("attention_mma_d64", 64),
+            (false, _) => ("attention_mma_d128", 64),
+            (true, 64) => ("attention_fa2_d64", 128),
+            (true, _) => ("attention_fa2_d128", 128),
         });
         let (kernel, gx) = match mma {
-            Some(kname) => (kname, c.tq.div_ceil(64)),
+            Some((kname, rows)) => (kname, c.tq.div_ceil(rows)),
             None => ("attention_bf16", gx),
         };
         let cfg = LaunchConfig {

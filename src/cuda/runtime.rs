@@ -96,6 +96,10 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // 2 buffers x (K + V) x 64 keys x (dk + 8) bf16
     ("attention_mma_d64", 2 * 2 * 64 * 72 * 2),
     ("attention_mma_d128", 2 * 2 * 64 * 136 * 2),
+    // d64: the same K/V buffers; d128: 32 keys per step, then Q 128 x (dk + 8) bf16 (its
+    // fragments are read from shared memory)
+    ("attention_fa2_d64", 2 * 2 * 64 * 72 * 2),
+    ("attention_fa2_d128", 2 * 2 * 32 * 136 * 2 + 128 * 136 * 2),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
@@ -113,6 +117,8 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_bf16",
             "attention_mma_d64",
             "attention_mma_d128",
+            "attention_fa2_d64",
+            "attention_fa2_d128",
             "attention_decode_d64",
             "attention_decode_d128",
             "attention_decode_q8_d64",
@@ -219,6 +225,10 @@ pub struct Gpu {
     /// Use the general kernels where a specialised one would run (tests of both paths): the
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
+    /// Prefill/encoder attention on `attention_fa2_*` (32 query rows per warp) instead of
+    /// `attention_mma_*` (16): `JOBX_FLASH_FA2=1`, or set directly (tests, benchmarks). Off by
+    /// default until a GPU run has checked and timed it (written 2026-11-26 without a device).
+    pub flash_fa2: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -390,6 +400,9 @@ impl Gpu {
             funcs,
             scratch_err,
             general_kernels: Default::default(),
+            flash_fa2: std::env::var("JOBX_FLASH_FA2")
+                .is_ok_and(|v| v == "1")
+                .into(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
