@@ -223,17 +223,21 @@ fn main() {
         };
         // the tensor-core kernel, the 32-rows-per-warp one (prefill shapes; opt-in until
         // measured), then (baseline) the general one-key-per-lane kernel
-        let fa2_default = g.flash_fa2.load(Relaxed);
-        for (name, general, fa2) in [
-            ("attention", false, fa2_default),
-            ("attention_fa2", false, true),
-            ("attention_general", true, fa2_default),
+        let (fa2_default, wg_default) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
+        for (name, general, fa2, wg) in [
+            ("attention", false, fa2_default, wg_default),
+            ("attention_fa2", false, true, false),
+            ("attention_wg", false, false, true),
+            ("attention_general", true, fa2_default, wg_default),
         ] {
-            if name == "attention_fa2" && tq <= 4 {
+            if (fa2 != fa2_default || wg != wg_default) && tq <= 4
+                || wg && !g.has_kernel("attention_wg_d64")
+            {
                 continue;
             }
             g.general_kernels.store(general, Relaxed);
             g.flash_fa2.store(fa2, Relaxed);
+            g.flash_wg.store(wg, Relaxed);
             let ms = time(&g, || {
                 g.attention(
                     &call,
@@ -249,6 +253,7 @@ fn main() {
             });
             g.general_kernels.store(false, Relaxed);
             g.flash_fa2.store(fa2_default, Relaxed);
+            g.flash_wg.store(wg_default, Relaxed);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(

@@ -21,6 +21,7 @@
 #include "common.cuh"
 #include "gemm_common.cuh"
 #include "wgmma_ops.cuh"
+#include "sm90_common.cuh"
 
 // jobx:archs 90a  (build.rs: compile this file for sm_90a only; other GPUs never load it)
 
@@ -30,26 +31,6 @@ template <> struct AccT<true> { typedef int type; };
 
 #define SM90_BM 128
 #define SLICE_BYTES 128  // k bytes per row per stage: one 128-byte swizzle row
-
-// wgmma shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format") for a K-major tile
-// in the 128-byte swizzle layout: start address >> 4 (bits 0-13), leading byte offset >> 4
-// (16-29; unused for swizzled K-major tiles, conventionally 1), stride byte offset >> 4 (32-45:
-// 1024 B from one 8-row group to the next), swizzle mode 1 = 128 B (bits 62-63).
-__device__ __forceinline__ unsigned long long desc_sw128(unsigned addr) {
-    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) |
-           ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
-
-// The accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before the
-// final wgmma.wait_group: tie each to an empty asm placed after it (CUTLASS's
-// warpgroup_fence_operand).
-__device__ __forceinline__ void fence_reg(float& v) { asm volatile("" : "+f"(v)::"memory"); }
-__device__ __forceinline__ void fence_reg(int& v) { asm volatile("" : "+r"(v)::"memory"); }
-template <typename T, int N>
-__device__ __forceinline__ void fence_acc(T (&acc)[N]) {
-#pragma unroll
-    for (int i = 0; i < N; i++) fence_reg(acc[i]);
-}
 
 // A warpgroup's 64 x BN accumulators (wgmma D fragment: warp w holds rows 16w..16w+15; register
 // 4j + e of lane 4g + t is row g (+8 for e >= 2), column 8j + 2t (+1 for odd e)) through the

@@ -1121,12 +1121,16 @@ mod table {
                     (General, None),
                     (Fa2, None),
                     (Fa2, Some(8)),
+                    (Wg, None),
+                    (Wg, Some(8)),
                 ] {
                     if (kernel == General || fused == Some(3)) && dk != 64 && dk != 128 {
                         continue;
                     }
-                    // fa2 is a prefill kernel: decode steps take the decode kernel either way
-                    if kernel == Fa2 && (tq <= 4 || (dk != 64 && dk != 128)) {
+                    // fa2 and wg are prefill kernels: decode steps take the decode kernel either
+                    // way (and wg needs an sm_90 device: elsewhere its cases would repeat the
+                    // default kernel's)
+                    if matches!(kernel, Fa2 | Wg) && (tq <= 4 || (dk != 64 && dk != 128)) {
                         continue;
                     }
                     cases.push((
@@ -1754,6 +1758,8 @@ mod table {
         General,
         /// attention_fa2_* (`Gpu::flash_fa2`)
         Fa2,
+        /// attention_wg_* on sm_90 (`Gpu::flash_wg`)
+        Wg,
     }
 
     fn with_flash(
@@ -1762,14 +1768,16 @@ mod table {
         f: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let fa2 = g.flash_fa2.load(Relaxed);
+        let (fa2, wg) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
         g.general_kernels.store(kernel == Flash::General, Relaxed);
         if kernel != Flash::Default {
             g.flash_fa2.store(kernel == Flash::Fa2, Relaxed);
+            g.flash_wg.store(kernel == Flash::Wg, Relaxed);
         }
         let r = f();
         g.general_kernels.store(false, Relaxed);
         g.flash_fa2.store(fa2, Relaxed);
+        g.flash_wg.store(wg, Relaxed);
         r
     }
 

@@ -666,23 +666,28 @@ impl Gpu {
             || crate::models::t5::bucket_saturation(nb, md, bidir)
                 .is_some_and(|d| d <= FA_BIAS_R_MAX);
         // (int8 K/V: the decode kernel or the general one)
-        // fa2 keeps positions in 32-bit registers: below 2^30 (with the position read on the
-        // device, bounded through the cache length)
-        let fa2 = self.flash_fa2.load(std::sync::atomic::Ordering::Relaxed)
-            && c.tk + c.tq + if pos.is_some() { c.tk } else { c.q_offset } < 1 << 30;
-        let mma = (fast && table_ok && !q8).then_some(match (fa2, c.dk) {
-            (false, 64) => ("attention_mma_d64", 64),
-            (false, _) => ("attention_mma_d128", 64),
-            (true, 64) => ("attention_fa2_d64", 128),
-            (true, _) => ("attention_fa2_d128", 128),
+        // fa2 and wg keep positions in 32-bit registers: below 2^30 (with the position read on
+        // the device, bounded through the cache length)
+        use std::sync::atomic::Ordering::Relaxed;
+        let small = c.tk + c.tq + if pos.is_some() { c.tk } else { c.q_offset } < 1 << 30;
+        let wg = small && self.flash_wg.load(Relaxed) && self.has_kernel("attention_wg_d64");
+        let fa2 = small && self.flash_fa2.load(Relaxed);
+        // (kernel, queries per block, threads per block)
+        let flash = (fast && table_ok && !q8).then_some(match (wg, fa2, c.dk) {
+            (true, _, 64) => ("attention_wg_d64", 128, 256),
+            (true, _, _) => ("attention_wg_d128", 128, 256),
+            (false, false, 64) => ("attention_mma_d64", 64, 128),
+            (false, false, _) => ("attention_mma_d128", 64, 128),
+            (false, true, 64) => ("attention_fa2_d64", 128, 128),
+            (false, true, _) => ("attention_fa2_d128", 128, 128),
         });
-        let (kernel, gx) = match mma {
-            Some((kname, rows)) => (kname, c.tq.div_ceil(rows)),
-            None => ("attention_bf16", gx),
+        let (kernel, gx, threads) = match flash {
+            Some((kname, rows, threads)) => (kname, c.tq.div_ceil(rows), threads),
+            None => ("attention_bf16", gx, 128),
         };
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
-            block_dim: (128, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0, // set by launch for the kernels that use it
         };
         self.launch(OP, kernel, cfg, p)

@@ -100,6 +100,15 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // fragments are read from shared memory)
     ("attention_fa2_d64", 2 * 2 * 64 * 72 * 2),
     ("attention_fa2_d128", 2 * 2 * 32 * 136 * 2 + 128 * 136 * 2),
+    // 2 stages x (K + V) x 128 keys x dk bf16 + Q 128 x dk bf16 + 1 KB to align to 1024 bytes
+    (
+        "attention_wg_d64",
+        2 * 2 * 128 * 64 * 2 + 128 * 64 * 2 + 1024,
+    ),
+    (
+        "attention_wg_d128",
+        2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024,
+    ),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
@@ -127,6 +136,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "quantize_kv_int8",
         ],
     ),
+    ("attention_sm90", &["attention_wg_d64", "attention_wg_d128"]),
     ("embedding", &["embedding_bf16", "copy_rows_bf16"]),
     (
         "gemm_sm90",
@@ -155,7 +165,7 @@ const KERNELS: &[(&str, &[&str])] = &[
 ];
 
 /// Modules built for one architecture only (`// jobx:archs` in the .cu).
-const ARCH_SPECIFIC: &[&str] = &["gemm_sm90"];
+const ARCH_SPECIFIC: &[&str] = &["attention_sm90", "gemm_sm90"];
 
 pub(crate) fn backend_err(op: &'static str, msg: impl std::fmt::Display) -> Error {
     Error::Backend {
@@ -229,6 +239,10 @@ pub struct Gpu {
     /// `attention_mma_*` (16): `JOBX_FLASH_FA2=1`, or set directly (tests, benchmarks). Off by
     /// default until a GPU run has checked and timed it (written 2026-11-26 without a device).
     pub flash_fa2: std::sync::atomic::AtomicBool,
+    /// Prefill/encoder attention on the sm_90a warpgroup-MMA kernels `attention_wg_*` (on an
+    /// sm_90 device; ahead of `flash_fa2`): `JOBX_FLASH_WG=1`, or set directly. Off by default
+    /// until a GPU run has checked and timed it (written 2026-11-26 without a device).
+    pub flash_wg: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -401,6 +415,9 @@ impl Gpu {
             scratch_err,
             general_kernels: Default::default(),
             flash_fa2: std::env::var("JOBX_FLASH_FA2")
+                .is_ok_and(|v| v == "1")
+                .into(),
+            flash_wg: std::env::var("JOBX_FLASH_WG")
                 .is_ok_and(|v| v == "1")
                 .into(),
             sm90_tile: Default::default(),

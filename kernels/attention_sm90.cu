@@ -1,0 +1,270 @@
+// Hopper (sm_90a) prefill/encoder attention on the warpgroup MMA: attention_wg_d64 / _d128.
+// Same inputs, options and results as attention.cu's flash kernels (T5 relative bias, key mask,
+// causal, sliding window, GQA, beams' K/V row map, query offset read on the device), for head
+// dims 64 and 128 with 16-byte aligned rows; the Rust wrapper picks it (opt-in: Gpu::flash_wg,
+// JOBX_FLASH_WG=1) on an sm_90 device.
+//
+// Why: the mma.sync flash kernels reached 0.31 (causal d128) and 0.46 (T5 encoder) of SDPA on an
+// H100 (docs/PERFORMANCE.md, run 5), as the mma.sync GEMM stopped at ~18-26% of torch.matmul
+// before the wgmma GEMM (gemm_sm90.cu). wgmma reads its B operand (and here Q) straight from
+// shared memory for a whole warpgroup, so no thread spends issue slots or registers on K and V
+// fragments, and a warpgroup's 64 query rows cost each thread only 64 x N / 128 accumulators.
+//
+// Block: 2 warpgroups x 64 queries; keys 128 per step, double-buffered by cp.async from all 256
+// threads into the 128-byte swizzle layout the descriptors describe (16-byte chunk c of a
+// 128-byte row r at chunk c ^ (r % 8), 8-row atoms of 1024 bytes; a 128-dim row is two such
+// 64-column halves in separate regions). Per step and warpgroup:
+//   S = Q K^T    wgmma m64n128k16, Q and K K-major from shared memory, dk / 16 steps;
+//   softmax      on the S accumulators, whose per-warp layout is mma.sync's (row g / g + 8 of the
+//                warp's 16, columns 8j + 2t, + 1): the same bias table, masks, -inf rule, ex2
+//                and skipped rescale as attention_fa2 in attention.cu;
+//   O += P V     wgmma m64n{dk}k16 with A = P from registers (the S accumulators of two adjacent
+//                8-key tiles, rounded to bf16, are exactly its A fragment) and B = V N-major
+//                (transposed read of the same row layout: no transpose pass).
+// No producer warpgroup and no ping-pong between warpgroups (FlashAttention-3 has both): the two
+// warpgroups overlap only as the scheduler interleaves them. Written 2026-11-26 without a device.
+// jobx:archs 90a
+#include "attention_common.cuh"
+#include "wgmma_ops.cuh"
+#include "sm90_common.cuh"
+
+#define WG_THREADS 256
+
+template <int DK>
+__device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
+    constexpr int FQB = 128, FKT = 128;
+    constexpr int H = DK / 64;                       // 64-column halves of a row
+    constexpr unsigned HALF = FKT * 128;             // bytes of one half of a K or V tile
+    constexpr unsigned KV_STAGE = 2 * H * HALF;      // K halves, then V halves
+    constexpr unsigned QHALF = 64 * 128;             // one warpgroup's 64 rows x 64 columns
+    // T5 bias table as in attention_fa2 (one row tile per warp): offsets [-15, FKT + 5]
+    constexpr int L = FA_BIAS_R_MAX + FQB + FKT, TC = L + 16, TAB = TC + L + FKT + 8;
+    extern __shared__ unsigned char dyn_smem[];
+    __shared__ float btab[TAB];
+    __shared__ __align__(8) float kvis[2][FKT];      // per staged key: 1 visible, 0 not
+    // stage 0, stage 1, then Q (warpgroup 0 halves, warpgroup 1 halves); swizzle atoms need
+    // 1024-byte alignment
+    const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
+    const unsigned qbase = base + 2 * KV_STAGE;
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    unsigned b, h, qb;
+    flash_block(p, b, h, qb);
+    // 32-bit positions (the launcher admits this kernel only below 2^30); 64-bit addresses
+    const int tq = (int)p.tq, i0 = (int)qb * FQB;
+    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
+    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
+    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    const bool active = i0 + 64 * wg < tq;           // warpgroup-uniform
+    const int iw = i0 + 64 * wg + 16 * warp;         // this warp's first query
+    const int q_off = (int)query_offset(p);
+    const int win = p.window >= (1 << 30) ? 0 : (int)p.window;
+    const int last_q = i0 + FQB - 1 < tq - 1 ? i0 + FQB - 1 : tq - 1;
+    int kend = (int)p.tk;
+    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
+    int kstart = 0;
+    if (win > 0 && q_off + i0 - win + 1 > 0) kstart = q_off + i0 - win + 1;
+    kstart = kstart / FKT * FKT;
+    const float sl2 = p.scale * LOG2E;
+
+    // byte offset of 16-byte chunk c (0..7) of row r in a swizzled region of 128-byte rows
+    auto sw = [](int r, int c) -> unsigned { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); };
+    constexpr int CH = DK / 8;                       // 16-byte chunks per row
+    constexpr int PER = FKT * CH / WG_THREADS;       // per thread, per tensor
+    auto issue = [&](int j0, int st) {
+        const unsigned kst = base + st * KV_STAGE, vst = kst + H * HALF;
+#pragma unroll
+        for (int u = 0; u < PER; u++) {
+            const int idx = tid + WG_THREADS * u;
+            const int r = idx / CH, c = idx % CH;
+            const bool ok = j0 + r < kend;           // rows past the range are zero-filled
+            const unsigned off = (c >> 3) * HALF + sw(r, c & 7);
+            cp_async16(kst + off, ok ? (const void*)(k + (long long)(j0 + r) * p.k_st + c * 8) : (const void*)k,
+                       ok ? 16 : 0);
+            cp_async16(vst + off, ok ? (const void*)(v + (long long)(j0 + r) * p.v_st + c * 8) : (const void*)v,
+                       ok ? 16 : 0);
+        }
+    };
+    auto key_flag = [&](int j0) -> float {
+        const int j = j0 + tid;
+        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
+    };
+    const int R = p.max_distance;
+    if (p.rel_bias)  // published by the barrier before the key loop
+        for (int x = tid; x < TAB; x += WG_THREADS) {
+            int rel = x - TC;
+            rel = rel < -R ? -R : (rel > R ? R : rel);
+            btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
+                                                              p.max_distance) * p.heads + h];
+        }
+
+    float o[DK / 2];  // O: the m64n{dk} accumulator fragment
+#pragma unroll
+    for (int i = 0; i < DK / 2; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g, g + 8 of the warp
+
+    float flag0 = 0.0f;
+    if (kstart < kend) {
+        issue(kstart, 0);
+        // Q rows i0..i0+127 (rows past tq zero-filled), with the first key block
+        for (int idx = tid; idx < FQB * CH; idx += WG_THREADS) {
+            const int row = idx / CH, c = idx % CH;
+            const bool ok = i0 + row < tq;
+            const unsigned off = ((row >> 6) * H + (c >> 3)) * QHALF + sw(row & 63, c & 7);
+            cp_async16(qbase + off, ok ? (const void*)(q + (long long)(i0 + row) * p.q_st + c * 8) : (const void*)q,
+                       ok ? 16 : 0);
+        }
+        if (tid < FKT) {
+            flag0 = key_flag(kstart);
+            kvis[0][tid] = flag0;
+        }
+    }
+    cp_async_commit();
+    int all_vis = __syncthreads_and(tid >= FKT || flag0 != 0.0f);
+    int st = 0;
+    for (int j0 = kstart; j0 < kend; j0 += FKT, st ^= 1) {
+        const bool more = j0 + FKT < kend;
+        float flag_next = 0.0f;
+        if (more) {  // that stage was released by the last barrier
+            issue(j0 + FKT, st ^ 1);
+            if (tid < FKT) flag_next = key_flag(j0 + FKT);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();  // this block's copies landed
+        // cp.async writes are generic-proxy writes: make them visible to wgmma's (async proxy)
+        // reads before the barrier
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        if (active) {
+            const unsigned kst = base + st * KV_STAGE, vst = kst + H * HALF;
+            const unsigned qw = qbase + wg * H * QHALF;
+            // S = Q K^T over dk in 16-column steps: 32 bytes further inside a 64-column half,
+            // the next half's region every 4 steps
+            float s[FKT / 2];
+#pragma unroll
+            for (int i = 0; i < FKT / 2; i++) s[i] = 0.0f;
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int ks = 0; ks < DK / 16; ks++) {
+                const unsigned hq = (ks >> 2) * QHALF + (ks & 3) * 32, hk = (ks >> 2) * HALF + (ks & 3) * 32;
+                wgmma_bf16_n128(s, desc_sw128(qw + hq), desc_sw128(kst + hk), 1);
+            }
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            fence_acc(s);
+            // scores: s[4n + e] = row g (+ 8 for e >= 2), key j0 + 8n + 2t (+ 1 for odd e)
+            const bool plain = all_vis && (!p.causal || j0 + FKT - 1 <= q_off + iw) &&
+                               (win <= 0 || q_off + iw + 15 - j0 < win);
+            const float* tb = btab;
+            if (p.rel_bias) {
+                int r = j0 - (q_off + iw);
+                r = r < -L ? -L : (r > L ? L : r);
+                tb = btab + (r + 2 * t - g + TC);
+            }
+            const float2* kv2 = (const float2*)kvis[st];
+            const int dq0 = q_off + iw + g - j0 - 2 * t;  // query - key of s[0]
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < FKT / 8; n++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const bool hi = e >= 2;
+                    float x = p.rel_bias ? fmaf(s[4 * n + e], sl2, tb[n * 8 + (e & 1) - (hi ? 8 : 0)])
+                                         : s[4 * n + e] * sl2;
+                    if (!plain) {
+                        const float2 vis = kv2[n * 4 + t];
+                        const int dq = dq0 - n * 8 - (e & 1) + (hi ? 8 : 0);
+                        bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
+                        if (p.causal) ok = ok && dq >= 0;
+                        if (win > 0) ok = ok && dq < win;
+                        x = ok ? x : -INFINITY;
+                    }
+                    s[4 * n + e] = x;
+                    if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+                }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+            const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
+            const float c0 = ex2_ftz(m0 - u0), c1 = ex2_ftz(m1 - u1);
+            // P as bf16 pairs, in A-fragment order: pa[kk] = (row g, keys 16kk + 2t, + 1),
+            // (row g + 8, same keys), (row g, keys + 8), (row g + 8, keys + 8). The wgmma
+            // reads these registers themselves, so they are the operands (no copies)
+            unsigned pa[FKT / 16][4];
+            float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+            for (int n = 0; n < FKT / 8; n++) {
+                const float p0 = ex2_ftz(s[4 * n] - u0), p1 = ex2_ftz(s[4 * n + 1] - u0);
+                const float p2 = ex2_ftz(s[4 * n + 2] - u1), p3 = ex2_ftz(s[4 * n + 3] - u1);
+                ps0 += p0 + p1;
+                ps1 += p2 + p3;
+                pa[n >> 1][(n & 1) * 2] = pack_bf16x2(p0, p1);
+                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16x2(p2, p3);
+            }
+            l0 = l0 * c0 + ps0;
+            l1 = l1 * c1 + ps1;
+            m0 = n0;
+            m1 = n1;
+            if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
+#pragma unroll
+                for (int j = 0; j < DK / 8; j++) {
+                    o[4 * j] *= c0;
+                    o[4 * j + 1] *= c0;
+                    o[4 * j + 2] *= c1;
+                    o[4 * j + 3] *= c1;
+                }
+            }
+            // O += P V: 16 keys per step = two 8-row atoms of V (2048 bytes), read N-major
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int kk = 0; kk < FKT / 16; kk++) {
+                const unsigned long long dv = desc_sw128_mn(vst + kk * 2048, HALF);
+                if constexpr (DK == 64) wgmma_bf16_rs_n64_tb(o, pa[kk], dv, 1);
+                else wgmma_bf16_rs_n128_tb(o, pa[kk], dv, 1);
+            }
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            fence_acc(o);
+            // the A registers are read by the tensor cores until the wait: keep them allocated
+#pragma unroll
+            for (int kk = 0; kk < FKT / 16; kk++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) fence_reg(pa[kk][i]);
+        }
+        if (more && tid < FKT) kvis[st ^ 1][tid] = flag_next;
+        all_vis = __syncthreads_and(tid >= FKT || flag_next != 0.0f);
+    }
+    cp_async_wait<0>();
+    if (!active) return;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    bf16* out = (bf16*)p.o + (long long)h * DK;
+    const long long ld = p.heads * DK;
+    const int r0 = iw + g, r1 = r0 + 8;
+#pragma unroll
+    for (int j = 0; j < DK / 8; j++) {
+        const int c = j * 8 + 2 * t;
+        if (r0 < tq)
+            *(unsigned*)(out + (b * p.tq + r0) * ld + c) = pack_bf16x2(o[4 * j] * inv0, o[4 * j + 1] * inv0);
+        if (r1 < tq)
+            *(unsigned*)(out + (b * p.tq + r1) * ld + c) = pack_bf16x2(o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
+    }
+}
+
+// Dynamic shared memory (runtime.rs): 2 stages x (K + V) x 128 keys x dk bf16, Q 128 x dk bf16,
+// + 1 KB for the 1024-byte alignment: d64 81 KB, d128 161 KB.
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d64(jobx_attention_params p) {
+    attention_wg<64>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d128(jobx_attention_params p) {
+    attention_wg<128>(p);
+}
