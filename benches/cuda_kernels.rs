@@ -125,14 +125,22 @@ fn main() {
         }
         if m > 32 && g.has_kernel("gemm_tma_bf16_n128") {
             // each wgmma column tile forced, and (baseline) the mma.sync tiles of gemm.cu
-            for (tile, suffix) in [(128u32, "tma_n128"), (256, "tma_n256"), (1, "mma")] {
+            // (and the persistent n256 kernels, opt-in until measured)
+            for (tile, suffix) in [
+                (128u32, "tma_n128"),
+                (256, "tma_n256"),
+                (256, "tma_n256_p"),
+                (1, "mma"),
+            ] {
                 g.sm90_tile.store(tile, Relaxed);
+                let persistent = g.gemm_persistent.swap(suffix.ends_with("_p"), Relaxed);
                 let bf = time_bf16(&mut y);
                 let i8 = time(&g, || {
                     g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
                         .unwrap()
                 });
                 g.sm90_tile.store(0, Relaxed);
+                g.gemm_persistent.store(persistent, Relaxed);
                 for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
                     println!(
                         "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",

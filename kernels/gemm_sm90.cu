@@ -238,6 +238,118 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     store_fragment<BN>(p, r, n0, t, acc);
 }
 
+// ---- persistent variant (opt-in until a GPU run times it) ---------------------------------------
+// gemm_tma_{bf16,s8}_n256_p: gridDim.x = min(tiles, multiprocessors) blocks, each walking tiles
+// blockIdx.x, + gridDim.x, ... (column tile fastest, as the grid above). Why: at H100 shapes
+// each 128 x 256 tile pays a fixed ~10 us outside its main loop (block start, the pipeline's
+// first copies, the epilogue), the same for bf16 and int8, so W8A8 came to only 1.0-1.45x our
+// bf16 GEMM where its main loop is 2x (docs/PERFORMANCE.md, run 5). Here the producer runs
+// ahead across tile boundaries (its slot and phase counters continue), so the next tile's first
+// slices load while the consumers finish the last one; each consumer stages its 64 x 256
+// output in bf16 in a region of its own (the slots are being refilled meanwhile) and writes
+// 16-byte row pieces. Only for bf16 output without accumulate or LoRA and 16-byte aligned
+// rows (the launcher checks): the same single rounding of the same f32 value as the staged
+// epilogue above. 3 slots of 48 KB + 2 x 33 KB of staging.
+template <int BN, int STAGES, bool INT8>
+__device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& tp) {
+    using Acc = typename AccT<INT8>::type;
+    const jobx_gemm_params& p = tp.g;
+    constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
+    constexpr int KS = SLICE_BYTES / (INT8 ? 1 : 2);  // k elements per slice
+    constexpr int LDE = BN + 8;                        // bf16 per staged row (16 bytes of padding)
+    extern __shared__ unsigned char dyn_smem[];
+    __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
+    const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
+    const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
+    bf16* staging = (bf16*)(dyn_smem + (base - smem_addr(dyn_smem)) + STAGES * (A_BYTES + B_BYTES));
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int kt_n = (int)((p.k + KS - 1) / KS);
+    const long long tiles_n = (p.n + BN - 1) / BN;
+    const long long tiles = tiles_n * ((p.m + SM90_BM - 1) / SM90_BM);
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(smem_addr(&full[s]), 1);
+            mbar_init(smem_addr(&empty[s]), 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        if (tid == 0) {
+            long long it = 0;  // slices issued by this block, over all its tiles
+            for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int m0 = (int)(tile / tiles_n) * SM90_BM, n0 = (int)(tile % tiles_n) * BN;
+                for (int kt = 0; kt < kt_n; kt++, it++) {
+                    const int slot = (int)(it % STAGES);
+                    const long long n = it / STAGES;
+                    if (n > 0) mbar_wait(smem_addr(&empty[slot]), (unsigned)((n - 1) & 1));
+                    const unsigned bar = smem_addr(&full[slot]);
+                    mbar_expect_tx(bar, A_BYTES + B_BYTES);
+                    tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, m0, bar);
+                    tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, n0, bar);
+                }
+            }
+        }
+        return;
+    }
+    const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    bf16* et = staging + c * 64 * LDE;
+    bf16* y = (bf16*)p.y;
+    const int rl = warp * 16 + g;  // this lane's first staged row
+    long long it = 0;              // slices consumed, over all tiles
+    for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const long long m0 = (tile / tiles_n) * SM90_BM, n0 = (tile % tiles_n) * BN;
+        Acc acc[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; i++) acc[i] = 0;
+        for (int kt = 0; kt < kt_n; kt++, it++) {
+            const int slot = (int)(it % STAGES);
+            mbar_wait(smem_addr(&full[slot]), (unsigned)((it / STAGES) & 1));
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
+                                  b_base + slot * B_BYTES);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            // slice it - 1 is done (within this tile: the previous tile's last was released)
+            if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        if ((tid & 127) == 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));  // the last slice
+        fence_acc(acc);
+        // epilogue: scaled f32 -> bf16 (one rounding) into the staging rows, then rows out
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // last tile's reads done
+        const long long r = m0 + c * 64 + rl;
+        const float xs0 = p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
+        const float xs1 = p.x_scale && r + 8 < p.m ? p.x_scale[r + 8] : 1.0f;
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            const int cl = j * 8 + 2 * t;
+            const long long col = n0 + cl;
+            float w0 = 1.0f, w1 = 1.0f;
+            if (p.w_scale) {
+                w0 = col < p.n ? p.w_scale[col] : 0.0f;
+                w1 = col + 1 < p.n ? p.w_scale[col + 1] : 0.0f;
+            }
+            *(__nv_bfloat162*)&et[rl * LDE + cl] =
+                __floats2bfloat162_rn((float)acc[4 * j] * w0 * xs0, (float)acc[4 * j + 1] * w1 * xs0);
+            *(__nv_bfloat162*)&et[(rl + 8) * LDE + cl] =
+                __floats2bfloat162_rn((float)acc[4 * j + 2] * w0 * xs1, (float)acc[4 * j + 3] * w1 * xs1);
+        }
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+        for (int e = tid & 127; e < 64 * (BN / 8); e += 128) {
+            const int rr = e / (BN / 8), cc = (e % (BN / 8)) * 8;
+            const long long row = m0 + c * 64 + rr, col = n0 + cc;
+            if (row >= p.m || col >= p.n) continue;
+            bf16* dst = y + row * p.ldy + col;
+            const bf16* src = &et[rr * LDE + cc];
+            if (col + 8 <= p.n) *(uint4*)dst = *(const uint4*)src;
+            else
+                for (int i = 0; col + i < p.n; i++) dst[i] = src[i];
+        }
+    }
+}
+
 // Dynamic shared memory: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB alignment slack).
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_bf16_n128(const __grid_constant__ jobx_gemm_tma_params p) {
@@ -254,4 +366,13 @@ extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_s8_n256(const __grid_constant__ jobx_gemm_tma_params p) {
     gemm_tma<256, 4, true>(p);
+}
+// Persistent: 3 x 48 KB slots + 2 x 64 x 264 bf16 staging (+1 KB alignment slack).
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_bf16_n256_p(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma_persistent<256, 3, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
+    gemm_tma_s8_n256_p(const __grid_constant__ jobx_gemm_tma_params p) {
+    gemm_tma_persistent<256, 3, true>(p);
 }

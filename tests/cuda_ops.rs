@@ -1205,17 +1205,32 @@ mod table {
         // the sm_90a wgmma GEMMs (gemm_sm90.cu) where the device has them, each column tile
         // forced: partial 128-byte k slices (k 72, 264), partial row and column tiles, deep k,
         // accumulate, f32 and bf16 output (bf16 is staged through shared memory), the fused
-        // LoRA epilogue and W8A8
+        // LoRA epilogue and W8A8; and the persistent n256 kernels (`p`: where their epilogue
+        // applies, bf16 out without accumulate or LoRA; the other cases then check the fallback),
+        // also with more tiles than multiprocessors, so that blocks walk several tiles
         if gpu.has_kernel("gemm_tma_bf16_n128") {
-            for tile in [128u32, 256] {
-                let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| sm90_tile(g, tile, f);
-                for &(m, n, k) in &[
+            for (tile, persist) in [(128u32, false), (256, false), (256, true)] {
+                let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| {
+                    g.gemm_persistent
+                        .store(persist, std::sync::atomic::Ordering::Relaxed);
+                    let r = sm90_tile(g, tile, f);
+                    g.gemm_persistent
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    r
+                };
+                let tile = format!("{tile}{}", if persist { "p" } else { "" });
+                let many: &[(usize, usize, usize)] =
+                    if persist { &[(1500, 3000, 72)] } else { &[] };
+                for &(m, n, k) in [
                     (33, 130, 1032),
                     (200, 300, 72),
                     (129, 257, 1000),
                     (513, 520, 1024),
                     (256, 128, 64),
-                ] {
+                ]
+                .iter()
+                .chain(many)
+                {
                     for f32out in [false, true] {
                         cases.push((
                             format!("gemm tma n{tile} m{m} n{n} k{k} f32out {f32out}"),
@@ -1249,7 +1264,10 @@ mod table {
                         })
                     }),
                 ));
-                for &(m, n, k) in &[(64, 128, 4096), (130, 300, 272), (300, 520, 1040)] {
+                for &(m, n, k) in [(64, 128, 4096), (130, 300, 272), (300, 520, 1040)]
+                    .iter()
+                    .chain(many)
+                {
                     for bf16_out in [false, true] {
                         cases.push((
                             format!("w8a8 tma n{tile} m{m} n{n} k{k} bf16 {bf16_out}"),

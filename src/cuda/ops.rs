@@ -398,7 +398,7 @@ impl Gpu {
         p: jobx_gemm_params,
         int8: bool,
     ) -> Result<()> {
-        let bn = if kernel.ends_with("n256") { 256 } else { 128 };
+        let bn = if kernel.contains("n256") { 256 } else { 128 };
         let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
         let tp = jobx_gemm_tma_params {
             x_map: tensor_map(op, p.x as *mut c_void, m, k, 128, int8)?,
@@ -444,6 +444,31 @@ impl Gpu {
                 "gemm",
                 format!("m {} n {} exceed the grid", s.m, s.n),
             ));
+        }
+        // the persistent kernels (opt-in): bf16 output written once, 16-byte aligned rows
+        let persistent = bn == 256
+            && self
+                .gemm_persistent
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && p.accumulate == 0
+            && p.y_f32 == 0
+            && p.lora_t.is_null()
+            && p.ldy % 8 == 0
+            && (p.y as usize) % 16 == 0;
+        if persistent {
+            let blocks = (mt * nt).min(self.multiprocessors.max(1));
+            return Ok(Some((
+                if int8 {
+                    "gemm_tma_s8_n256_p"
+                } else {
+                    "gemm_tma_bf16_n256_p"
+                },
+                LaunchConfig {
+                    grid_dim: (blocks as u32, 1, 1),
+                    block_dim: (384, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            )));
         }
         Ok(Some((
             kernel,

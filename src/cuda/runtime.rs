@@ -113,6 +113,15 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_s8_n256", 4 * 48 * 1024 + 1024),
+    // persistent: 3 x 48 KB slots + 2 x 64 x 264 bf16 of output staging
+    (
+        "gemm_tma_bf16_n256_p",
+        3 * 48 * 1024 + 2 * 64 * 264 * 2 + 1024,
+    ),
+    (
+        "gemm_tma_s8_n256_p",
+        3 * 48 * 1024 + 2 * 64 * 264 * 2 + 1024,
+    ),
 ];
 
 /// Every kernel the wrappers launch, by module. A module missing one of these fails `Gpu::new`,
@@ -145,6 +154,8 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_tma_bf16_n256",
             "gemm_tma_s8_n128",
             "gemm_tma_s8_n256",
+            "gemm_tma_bf16_n256_p",
+            "gemm_tma_s8_n256_p",
         ],
     ),
     (
@@ -243,6 +254,10 @@ pub struct Gpu {
     /// sm_90 device; ahead of `flash_fa2`): `JOBX_FLASH_WG=1`, or set directly. Off by default
     /// until a GPU run has checked and timed it (written 2026-11-26 without a device).
     pub flash_wg: std::sync::atomic::AtomicBool,
+    /// The persistent wgmma GEMMs `gemm_tma_*_n256_p` (one block per multiprocessor walking
+    /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
+    /// GPU run has checked and timed them (written 2026-11-26 without a device).
+    pub gemm_persistent: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -418,6 +433,9 @@ impl Gpu {
                 .is_ok_and(|v| v == "1")
                 .into(),
             flash_wg: std::env::var("JOBX_FLASH_WG")
+                .is_ok_and(|v| v == "1")
+                .into(),
+            gemm_persistent: std::env::var("JOBX_GEMM_PERSISTENT")
                 .is_ok_and(|v| v == "1")
                 .into(),
             sm90_tile: Default::default(),
