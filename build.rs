@@ -480,6 +480,15 @@ mod cuda {
                 }
                 std::fs::write(out_dir.join(format!("{stem}.sm{arch}.ptxas.txt")), &report)
                     .expect("write ptxas report");
+                // ptxas serialises a function's wgmma when it cannot prove the operand registers
+                // safe across the asynchronous instructions: correct but several times slower, so
+                // it fails the build like a spill
+                for l in report
+                    .lines()
+                    .filter(|l| l.contains("wgmma") && l.contains("serialized"))
+                {
+                    spill_errors.push(format!("{stem} on sm_{arch}: {}", l.trim()));
+                }
                 for k in parse_ptxas(&report) {
                     println!(
                         "cargo:warning=ptxas sm_{arch} {stem}::{}: {} registers, {} B stack, \
@@ -515,8 +524,8 @@ mod cuda {
         }
         if !spill_errors.is_empty() {
             panic!(
-                "\n\nregister spills (allow one with `// jobx:allow-spills NAME` in its .cu, or \
-                 JOBX_ALLOW_SPILLS=NAME):\n  {}\n",
+                "\n\nregister spills or serialised wgmma (allow a spill with \
+                 `// jobx:allow-spills NAME` in its .cu, or JOBX_ALLOW_SPILLS=NAME):\n  {}\n",
                 spill_errors.join("\n  ")
             );
         }

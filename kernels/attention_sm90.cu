@@ -37,7 +37,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     constexpr unsigned HALF = FKT * 128;             // bytes of one half of a K or V tile
     constexpr unsigned KV_STAGE = 2 * H * HALF;      // K halves, then V halves
     constexpr unsigned QHALF = 64 * 128;             // one warpgroup's 64 rows x 64 columns
-    // T5 bias table as in attention_fa2 (one row tile per warp): offsets [-15, FKT + 5]
+    // T5 bias table as in attention_fa2 (one row tile per warp): offsets [-15, FKT - 1]
     constexpr int L = FA_BIAS_R_MAX + FQB + FKT, TC = L + 16, TAB = TC + L + FKT + 8;
     extern __shared__ unsigned char dyn_smem[];
     __shared__ float btab[TAB];
@@ -142,14 +142,16 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
             const unsigned qw = qbase + wg * H * QHALF;
             // S = Q K^T over dk in 16-column steps: 32 bytes further inside a 64-column half,
             // the next half's region every 4 steps
+            // (the first step overwrites: scale_d = 0; the operand fences keep every register
+            // write the compiler might otherwise sink past wgmma.fence ahead of it, as CUTLASS's
+            // warpgroup_fence_operand does)
             float s[FKT / 2];
-#pragma unroll
-            for (int i = 0; i < FKT / 2; i++) s[i] = 0.0f;
+            fence_acc(s);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int ks = 0; ks < DK / 16; ks++) {
                 const unsigned hq = (ks >> 2) * QHALF + (ks & 3) * 32, hk = (ks >> 2) * HALF + (ks & 3) * 32;
-                wgmma_bf16_n128(s, desc_sw128(qw + hq), desc_sw128(kst + hk), 1);
+                wgmma_bf16_n128(s, desc_sw128(qw + hq), desc_sw128(kst + hk), ks > 0);
             }
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -220,6 +222,11 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
                 }
             }
             // O += P V: 16 keys per step = two 8-row atoms of V (2048 bytes), read N-major
+            fence_acc(o);
+#pragma unroll
+            for (int kk = 0; kk < FKT / 16; kk++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) fence_reg(pa[kk][i]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int kk = 0; kk < FKT / 16; kk++) {

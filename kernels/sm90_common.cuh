@@ -15,6 +15,7 @@ __device__ __forceinline__ unsigned long long desc_sw128(unsigned addr) {
 // warpgroup_fence_operand).
 __device__ __forceinline__ void fence_reg(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void fence_reg(int& v) { asm volatile("" : "+r"(v)::"memory"); }
+__device__ __forceinline__ void fence_reg(unsigned& v) { asm volatile("" : "+r"(v)::"memory"); }
 template <typename T, int N>
 __device__ __forceinline__ void fence_acc(T (&acc)[N]) {
 #pragma unroll
@@ -29,4 +30,3 @@ __device__ __forceinline__ unsigned long long desc_sw128_mn(unsigned addr, unsig
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
            ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
-__device__ __forceinline__ void fence_reg(unsigned& v) { asm volatile("" : "+r"(v)::"memory"); }

@@ -14,8 +14,9 @@
 #    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py),
 #    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
-# (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s,
-# kernels 60 + 60 s, end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_BENCH, JOBX_T_E2E).
+# (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s
+# (+ up to 3 x 60 s for the opt-in kernels' cases, normally a few seconds each), kernels 60 + 60 s,
+# end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_EXP, JOBX_T_BENCH, JOBX_T_E2E).
 set -uo pipefail
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,13 +36,30 @@ cat "$OUT/gpu.txt"
 date -u +%FT%TZ >> "$OUT/gpu.txt"
 
 echo "== op tests"
-JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
+# Kernels not yet checked on a GPU (opt-in: attention_fa2 "kernel Fa2", attention_wg
+# "kernel Wg", the persistent GEMMs "n256p") are left out of this run and checked one family
+# at a time below, so that a fault or hang in one cannot take the established table down.
+EXPERIMENTAL="kernel Fa2,kernel Wg,n256p"
+JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
   > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
+# each family's op cases alone (appended to the same log: the device tool returns 8 files);
+# the kernel benchmarks then time only the families that passed
+bench_skip=""
+for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p"; do
+  key="${fam%%:*}"; cases="${fam#*:}"
+  echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
+  JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-60}" \
+    "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
+  rc=$?
+  echo "opt-in $key: exit $rc" | tee -a "$OUT/op-tests.log"
+  [[ $rc -eq 0 ]] || bench_skip="$bench_skip,$key"
+done
+grep -E "^FAIL" "$OUT/op-tests.log" | tail -20
 
 echo "== kernel benchmarks"
-timeout "${JOBX_T_BENCH:-60}" "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/bench.err"
+JOBX_BENCH_SKIP="$bench_skip" timeout "${JOBX_T_BENCH:-60}" "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/bench.err"
 bench_rc=$?
 timeout "${JOBX_T_BENCH:-60}" python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2>> "$OUT/bench.err"
 torch_rc=$?
