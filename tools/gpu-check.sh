@@ -47,6 +47,7 @@ grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^ 
 # each family's op cases alone (appended to the same log: the device tool returns 8 files);
 # the kernel benchmarks then time only the families that passed
 bench_skip=""
+optin=""
 for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
@@ -54,7 +55,15 @@ for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p"; do
     "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
   rc=$?
   echo "opt-in $key: exit $rc" | tee -a "$OUT/op-tests.log"
-  [[ $rc -eq 0 ]] || bench_skip="$bench_skip,$key"
+  if [[ $rc -eq 0 ]]; then
+    case $key in
+      fa2) optin="$optin,JOBX_FLASH_FA2=1" ;;
+      wg) optin="$optin,JOBX_FLASH_WG=1" ;;
+      persistent) optin="$optin,JOBX_GEMM_PERSISTENT=1" ;;
+    esac
+  else
+    bench_skip="$bench_skip,$key"
+  fi
 done
 grep -E "^FAIL" "$OUT/op-tests.log" | tail -20
 
@@ -91,7 +100,7 @@ json.dump(dict(kernels=rows), open(os.path.join(out, "summary.json"), "w"), inde
 PY
 echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
 PYTHONUNBUFFERED=1 timeout "${JOBX_T_E2E:-240}" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" \
-  --workdir "${TMPDIR:-/tmp}/jobx-t5-large" ${JOBX_E2E_ARGS:-} 2> "$OUT/e2e.err" | tee "$OUT/e2e.jsonl"
+  --workdir "${TMPDIR:-/tmp}/jobx-t5-large" --optin "$optin" ${JOBX_E2E_ARGS:-} 2> "$OUT/e2e.err" | tee "$OUT/e2e.jsonl"
 e2e_rc=${PIPESTATUS[0]}
 tail -5 "$OUT/e2e.err"
 echo "exit codes: op tests $ops_rc, kernel bench $bench_rc, torch bench $torch_rc, e2e $e2e_rc"

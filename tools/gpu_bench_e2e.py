@@ -91,7 +91,11 @@ def main():
     ap.add_argument("--beam", default="8,4,128",
                     help="batch,beams,new tokens of the beam-search run after the greedy ones "
                          "(the reference project decodes with 4 beams); empty to skip")
+    ap.add_argument("--optin", default="",
+                    help="KEY=V,... : one more graphs run with these opt-in kernels on (gpu-check.sh "
+                         "passes the families whose op cases passed on this card), named -optin")
     a = ap.parse_args()
+    optin = dict(kv.split("=", 1) for kv in a.optin.split(",") if "=" in kv)
     os.makedirs(a.workdir, exist_ok=True)
     make_model(a.workdir)
     from transformers import T5ForConditionalGeneration
@@ -134,22 +138,27 @@ def main():
         # Most telling first, so a run cut short by the step's timeout loses the least.
         # (The fixed-rule run, JOBX_GEMM_TUNE=off, measured the tuning in run 5: 1.527 vs 1.124 s
         # at batch 32; dropped for time.)
-        runs = [("bf16", "1", "on", "bf16", "0"), ("bf16", "1", "on", "bf16", "1"),
-                ("bf16", "1", "on", "int8", "0"), ("int8", "1", "on", "bf16", "0")]
+        # (An -optin run, with --optin's kernels on, follows the graphs run: its ids are
+        # compared with the plain run's too.)
+        runs = [("bf16", "1", "on", "bf16", "0", {}), ("bf16", "1", "on", "bf16", "1", {})]
+        if optin:
+            runs.append(("bf16", "1", "on", "bf16", "1", optin))
+        runs += [("bf16", "1", "on", "int8", "0", {}), ("int8", "1", "on", "bf16", "0", {})]
         if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
-            runs.append(("bf16", "kernels", "on", "bf16", "0"))
+            runs.append(("bf16", "kernels", "on", "bf16", "0", {}))
         plain_ids = None
-        for wfmt, prof, tune, kv, graphs in runs:
+        for wfmt, prof, tune, kv, graphs, extra in runs:
             cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "--cross-kv", kv, "generate",
                    "--model", a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
                    "--min-new-tokens", str(a.new), "--num-beams", "1"]
             eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
                    + ("-cross-kv-int8" if kv == "int8" else "")
                    + ("-graphs" if graphs == "1" else "")
+                   + ("-optin" if extra else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
             # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
             r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune,
-                                              JOBX_CUDA_GRAPHS=graphs))
+                                              JOBX_CUDA_GRAPHS=graphs, **extra))
             if r is None:
                 continue
             out, err = r
@@ -167,6 +176,8 @@ def main():
                 # attention's key split follows the cache length); a failed recording says so
                 row["same_ids_as_plain"] = out["ids"] == plain_ids
                 row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
+            if extra:
+                row["optin"] = extra
             print(json.dumps(row), flush=True)
     if a.beam:
         def make_ids(b):
