@@ -65,7 +65,8 @@ fn main() {
     };
     eprintln!("cuda_kernels on {}", g.name);
     // JOBX_BENCH_SKIP: comma list of the opt-in kernels not to time ("fa2", "wg",
-    // "persistent"): tools/gpu-check.sh leaves out those whose op cases failed on this card
+    // "persistent", "splitk"): tools/gpu-check.sh leaves out those whose op cases failed on this
+    // card
     let skip = std::env::var("JOBX_BENCH_SKIP").unwrap_or_default();
     let skip: Vec<&str> = skip.split(',').collect();
     // the unsuffixed GEMM rows use the fixed rule for m <= 32 (what earlier runs measured as the
@@ -170,15 +171,23 @@ fn main() {
             // (the first call of the shape times the candidates with L2 flushed, then the
             // timing below runs the kernel it picked with the weight in L2, as every row here)
             use tune::{GemmMode::*, SkinnyKernel};
+            // (skinny_tc_split: split over k, opt-in until measured)
             for (mode, suffix) in [
                 (Force(SkinnyKernel::Skinny), "skinny"),
                 (Force(SkinnyKernel::SkinnyTc), "skinny_tc"),
+                (Force(SkinnyKernel::SkinnyTc), "skinny_tc_split"),
                 (Tune, "tuned"),
             ] {
+                let split = suffix == "skinny_tc_split";
+                if split && skip.contains(&"splitk") {
+                    continue;
+                }
+                let split_default = g.gemm_splitk.swap(split, Relaxed);
                 g.set_gemm_mode(mode);
                 let bf = time_bf16(&mut y);
                 let i8w = time_int8(&mut y);
                 g.set_gemm_mode(tune::GemmMode::Fixed);
+                g.gemm_splitk.store(split_default, Relaxed);
                 for (name, ms) in [
                     (format!("gemm_bf16_{suffix}"), bf),
                     (format!("gemm_int8_weight_only_{suffix}"), i8w),

@@ -313,7 +313,12 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
 // fill the SMs, e.g. n = 1024), 16 output columns (two n8 tiles) and all m rows (two m16 tiles,
 // the second skipped when m <= 16); the warps split k in 32-wide chunks (chunk c to warp
 // c % warps, TC_UNROLL chunks' loads in flight per warp) and add their partial tiles through
-// shared memory at the end.
+// shared memory at the end. Split over k (gridDim.y > 1, opt-in `Gpu::gemm_splitk`): each of a
+// column tile's gridDim.y blocks takes a share of the chunks, and the last to finish adds the
+// partial tiles (split_ws, in split order: deterministic) and stores. Why: at n = 1024 the
+// 64 column tiles leave half the SMs of an H100 idle; the run-5 profile put these products
+// (T5-Large's o, cross q/o and wo projections at batch 32) at 13 us each for 2-6 MB of weight,
+// 28% of a decode step's device time.
 // The sum over k does not care about order, so each lane loads 8 consecutive k (16 bytes) of one
 // weight row and of its x rows and spends them on two mmas: for the chunk at k0, lane (g, t)
 // holds k0 + 8t .. k0 + 8t + 7; the first mma takes k0 + 8t + {0,1} as its fragment's pair
@@ -374,14 +379,18 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
     const bool two_m = p.m > 16;  // block-uniform
     float acc[2][2][4];
     zero_tile(acc);
+    // this block's 32-wide k chunks: all of them, or (split, gridDim.y > 1) its share
     const long long chunks = (p.k + 31) / 32;
-    for (long long c0 = warp; c0 < chunks; c0 += (long long)warps * TC_UNROLL) {
+    const long long per = (chunks + gridDim.y - 1) / gridDim.y;
+    const long long c_begin = blockIdx.y * per;
+    const long long c_end = c_begin + per < chunks ? c_begin + per : chunks;
+    for (long long c0 = c_begin + warp; c0 < c_end; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
         uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
 #pragma unroll
         for (int u = 0; u < TC_UNROLL; u++) {
             const long long kk = (c0 + (long long)u * warps) * 32 + 8 * t;
-            const bool live = c0 + (long long)u * warps < chunks;
+            const bool live = c0 + (long long)u * warps < c_end;
 #pragma unroll
             for (int j = 0; j < 2; j++)
                 wv[u][j] = live ? tc_w8<INT8, VEC>(p, n0 + 8 * j + g, kk) : make_uint4(0, 0, 0, 0);
@@ -434,6 +443,37 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
             for (int j = 0; j < 2; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) acc[i][j][e] += red[w][(i * 2 + j) * 4 + e][lane];
+    }
+    if (gridDim.y > 1) {
+        // split over k: publish this block's partial tile; the last block of the column tile to
+        // arrive adds all of them in split order (the same sum whichever block is last) and runs
+        // the epilogue (CUDA's threadFenceReduction pattern: store, fence, count)
+        const long long tile_ws = (long long)blockIdx.x * gridDim.y * 512;
+        float* mine = p.split_ws + tile_ws + (long long)blockIdx.y * 512;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) __stcg(&mine[((i * 2 + j) * 4 + e) * 32 + lane], acc[i][j][e]);
+        __threadfence();
+        __syncwarp();  // every lane's fenced stores before lane 0 counts the block in
+        unsigned arrived = 0;
+        if (lane == 0) arrived = atomicAdd(&p.split_cnt[blockIdx.x], 1u);
+        arrived = __shfl_sync(0xffffffffu, arrived, 0);
+        if (arrived != gridDim.y - 1) return;
+        __threadfence();  // every other block's partial tile is visible (read from L2 below)
+        zero_tile(acc);
+        for (unsigned sp = 0; sp < gridDim.y; sp++) {
+            const float* part = p.split_ws + tile_ws + (long long)sp * 512;
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[i][j][e] += __ldcg(&part[((i * 2 + j) * 4 + e) * 32 + lane]);
+        }
+        if (lane == 0) p.split_cnt[blockIdx.x] = 0;  // ready for the next launch
     }
 #pragma unroll
     for (int i = 0; i < 2; i++)

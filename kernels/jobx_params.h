@@ -113,6 +113,11 @@ typedef struct {
     const int* lora_ids;   // [m]
     const float* lora_scale;  // [adapters]: alpha / r
     long long lora_r;
+    // gemm_skinny_tc split over k (gridDim.y > 1 blocks per column tile, opt-in): each block's
+    // partial tile, [column tile][k split][16 registers][32 lanes], and one arrival counter per
+    // column tile (0 between launches: the last block to arrive resets it)
+    float* split_ws;
+    unsigned* split_cnt;
 } jobx_gemm_params;
 
 // The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as

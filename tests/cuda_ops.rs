@@ -622,11 +622,12 @@ mod table {
     use crate::common::Rng;
 
     /// Every GEMM kernel choice a case runs under (the skinny ones only for m <= 32).
-    const VARIANTS: [Variant; 4] = [
+    const VARIANTS: [Variant; 5] = [
         Variant::Default,
         Variant::Tiled,
         Variant::Skinny,
         Variant::SkinnyTc,
+        Variant::SkinnyTcSplit,
     ];
 
     /// Test data of the op table on top of the shared generator.
@@ -839,7 +840,11 @@ mod table {
                     // (m <= 32) or the sm_90a wgmma tiles (m > 32 on an H100/H200); each skinny
                     // kernel (m <= 32)
                     for variant in VARIANTS {
-                        if matches!(variant, Variant::Skinny | Variant::SkinnyTc) && m > 32 {
+                        if matches!(
+                            variant,
+                            Variant::Skinny | Variant::SkinnyTc | Variant::SkinnyTcSplit
+                        ) && m > 32
+                        {
                             continue;
                         }
                         cases.push((
@@ -901,6 +906,14 @@ mod table {
             "lora skinny tc m20 n130 k256 r16".into(),
             Box::new(|g, s| {
                 with_variant(g, Variant::SkinnyTc, || {
+                    lora(g, s, 20, 130, 256, &[16; 3], false, true)
+                })
+            }),
+        ));
+        cases.push((
+            "lora SkinnyTcSplit m20 n130 k256 r16".into(),
+            Box::new(|g, s| {
+                with_variant(g, Variant::SkinnyTcSplit, || {
                     lora(g, s, 20, 130, 256, &[16; 3], false, true)
                 })
             }),
@@ -1792,10 +1805,16 @@ mod table {
         );
         g.set_gemm_mode(match variant {
             Variant::Skinny => GemmMode::Force(SkinnyKernel::Skinny),
-            Variant::SkinnyTc => GemmMode::Force(SkinnyKernel::SkinnyTc),
+            Variant::SkinnyTc | Variant::SkinnyTcSplit => GemmMode::Force(SkinnyKernel::SkinnyTc),
             Variant::Default | Variant::Tiled => GemmMode::Tune,
         });
+        let split = g.gemm_splitk.swap(
+            variant == Variant::SkinnyTcSplit,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let r = f();
+        g.gemm_splitk
+            .store(split, std::sync::atomic::Ordering::Relaxed);
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
         g.set_gemm_mode(GemmMode::Tune);
@@ -1847,6 +1866,8 @@ mod table {
         Skinny,
         /// the tensor-core skinny kernel for m <= 32
         SkinnyTc,
+        /// the same, split over k (`Gpu::gemm_splitk`) where its column tiles are few
+        SkinnyTcSplit,
     }
 
     /// The tuned path itself on a shape no other case has, timed afresh before each product:

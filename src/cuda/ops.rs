@@ -226,6 +226,8 @@ impl Gpu {
             lora_ids: std::ptr::null(),
             lora_scale: std::ptr::null(),
             lora_r: 0,
+            split_ws: std::ptr::null_mut(),
+            split_cnt: std::ptr::null_mut(),
         };
         if let Some(lo) = lora {
             // ids are checked on the host copy by the caller that built them; the kernel
@@ -268,7 +270,7 @@ impl Gpu {
         op: &'static str,
         kernel: SkinnyKernel,
         s: &GemmShape,
-        p: jobx_gemm_params,
+        mut p: jobx_gemm_params,
         profiled: bool,
     ) -> Result<()> {
         let grid = |cols: usize| {
@@ -301,10 +303,30 @@ impl Gpu {
                 } else {
                     4
                 };
+                // split over k (opt-in): enough blocks for ~2 per SM, at least 2 chunks of 32
+                // k each, at most SPLIT_MAX; each block then runs 4 warps
+                let split_tiles = super::runtime::SPLIT_TILES_PER_SM * self.multiprocessors;
+                let splits = if self.gemm_splitk.load(std::sync::atomic::Ordering::Relaxed)
+                    && (blocks as usize) < split_tiles
+                {
+                    (2 * self.multiprocessors)
+                        .div_ceil(blocks as usize)
+                        .min(super::runtime::SPLIT_MAX)
+                        .min(s.k.div_ceil(32) / 2)
+                } else {
+                    1
+                };
+                let (splits, warps) = if splits >= 2 {
+                    p.split_ws = self.ptr(&self.split_ws) as *mut f32;
+                    p.split_cnt = self.ptr(&self.split_cnt) as *mut u32;
+                    (splits, 4)
+                } else {
+                    (1, warps)
+                };
                 (
                     "gemm_skinny_tc",
                     LaunchConfig {
-                        grid_dim: (blocks, 1, 1),
+                        grid_dim: (blocks, splits as u32, 1),
                         block_dim: (32 * warps, 1, 1),
                         shared_mem_bytes: 0,
                     },
@@ -400,11 +422,13 @@ impl Gpu {
     ) -> Result<()> {
         let bn = if kernel.contains("n256") { 256 } else { 128 };
         let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
-        let tp = jobx_gemm_tma_params {
-            x_map: tensor_map(op, p.x as *mut c_void, m, k, 128, int8)?,
-            w_map: tensor_map(op, p.w as *mut c_void, n, k, bn, int8)?,
-            g: p,
-        };
+        // (built from zeroes: bindgen adds a padding field before the 64-byte aligned maps
+        // whenever jobx_gemm_params is not a multiple of 64 bytes)
+        // SAFETY: a C struct of pointers, integers and byte arrays: all-zero is a valid value
+        let mut tp: jobx_gemm_tma_params = unsafe { std::mem::zeroed() };
+        tp.x_map = tensor_map(op, p.x as *mut c_void, m, k, 128, int8)?;
+        tp.w_map = tensor_map(op, p.w as *mut c_void, n, k, bn, int8)?;
+        tp.g = p;
         self.launch(op, kernel, cfg, tp)
     }
 

@@ -175,6 +175,11 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("rope", &["rope_bf16"]),
 ];
 
+/// gemm_skinny_tc's split over k: at most this many column tiles per multiprocessor are split
+/// (more already fill the device), each into at most `SPLIT_MAX` blocks.
+pub(crate) const SPLIT_TILES_PER_SM: usize = 2;
+pub(crate) const SPLIT_MAX: usize = 8;
+
 /// Modules built for one architecture only (`// jobx:archs` in the .cu).
 const ARCH_SPECIFIC: &[&str] = &["attention_sm90", "gemm_sm90"];
 
@@ -258,6 +263,10 @@ pub struct Gpu {
     /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
     /// GPU run has checked and timed them (written 2026-11-26 without a device).
     pub gemm_persistent: std::sync::atomic::AtomicBool,
+    /// gemm_skinny_tc split over k where its column tiles would leave SMs idle:
+    /// `JOBX_GEMM_SPLITK=1`, or set directly. Off by default until a GPU run has checked and
+    /// timed it (written 2026-11-26 without a device); tuning then times the split form.
+    pub gemm_splitk: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -275,6 +284,11 @@ pub struct Gpu {
     pub multiprocessors: usize,
     /// Error flag for kernels whose inputs were already validated on the host (never read back).
     pub(crate) scratch_err: CudaSlice<i32>,
+    /// gemm_skinny_tc split over k: partial tiles ([column tile][split][512] f32) and arrival
+    /// counters (zero between launches), for up to `SPLIT_TILES_PER_SM` x multiprocessors column
+    /// tiles of up to `SPLIT_MAX` splits (ops.rs splits only below that many tiles).
+    pub(crate) split_ws: CudaSlice<f32>,
+    pub(crate) split_cnt: CudaSlice<u32>,
     /// Device name and compute capability, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
     pub name: String,
     pub cc: (i32, i32),
@@ -408,6 +422,14 @@ impl Gpu {
         let scratch_err = stream
             .alloc_zeros::<i32>(1)
             .map_err(|e| backend_err("init", e))?;
+        // (allocated here, not on first use: a CUDA graph recording may be the first use)
+        let split_tiles = SPLIT_TILES_PER_SM * multiprocessors;
+        let split_ws = stream
+            .alloc_zeros::<f32>(split_tiles * SPLIT_MAX * 512)
+            .map_err(|e| backend_err("init", e))?;
+        let split_cnt = stream
+            .alloc_zeros::<u32>(split_tiles)
+            .map_err(|e| backend_err("init", e))?;
         // a bad value is said, not fatal: the GEMMs work with any choice
         let gemm_mode = GemmMode::parse(std::env::var("JOBX_GEMM_TUNE").ok().as_deref())
             .unwrap_or_else(|e| {
@@ -428,6 +450,8 @@ impl Gpu {
             graphs: graphs.into(),
             funcs,
             scratch_err,
+            split_ws,
+            split_cnt,
             general_kernels: Default::default(),
             flash_fa2: std::env::var("JOBX_FLASH_FA2")
                 .is_ok_and(|v| v == "1")
@@ -436,6 +460,9 @@ impl Gpu {
                 .is_ok_and(|v| v == "1")
                 .into(),
             gemm_persistent: std::env::var("JOBX_GEMM_PERSISTENT")
+                .is_ok_and(|v| v == "1")
+                .into(),
+            gemm_splitk: std::env::var("JOBX_GEMM_SPLITK")
                 .is_ok_and(|v| v == "1")
                 .into(),
             sm90_tile: Default::default(),
