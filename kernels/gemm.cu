@@ -381,9 +381,9 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
     zero_tile(acc);
     // this block's 32-wide k chunks: all of them, or (split, gridDim.y > 1) its share
     const long long chunks = (p.k + 31) / 32;
-    const long long per = (chunks + gridDim.y - 1) / gridDim.y;
-    const long long c_begin = blockIdx.y * per;
-    const long long c_end = c_begin + per < chunks ? c_begin + per : chunks;
+    // (balanced: shares differ by at most one chunk, none empty when chunks >= splits)
+    const long long c_begin = blockIdx.y * chunks / gridDim.y;
+    const long long c_end = (blockIdx.y + 1) * chunks / gridDim.y;
     for (long long c0 = c_begin + warp; c0 < c_end; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
         uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
@@ -458,11 +458,17 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
                 for (int e = 0; e < 4; e++) __stcg(&mine[((i * 2 + j) * 4 + e) * 32 + lane], acc[i][j][e]);
         __threadfence();
         __syncwarp();  // every lane's fenced stores before lane 0 counts the block in
+        // lane 0 counts in and fences after seeing the count (the acquire side), then the warp
+        // meets it before reading the others' partial tiles from L2
         unsigned arrived = 0;
-        if (lane == 0) arrived = atomicAdd(&p.split_cnt[blockIdx.x], 1u);
+        if (lane == 0) {
+            arrived = atomicAdd(&p.split_cnt[blockIdx.x], 1u);
+            __threadfence();
+        }
+        __syncwarp();
         arrived = __shfl_sync(0xffffffffu, arrived, 0);
         if (arrived != gridDim.y - 1) return;
-        __threadfence();  // every other block's partial tile is visible (read from L2 below)
+        __threadfence();
         zero_tile(acc);
         for (unsigned sp = 0; sp < gridDim.y; sp++) {
             const float* part = p.split_ws + tile_ws + (long long)sp * 512;

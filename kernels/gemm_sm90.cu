@@ -315,7 +315,7 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
             if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));
         }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        if ((tid & 127) == 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));  // the last slice
+        if ((tid & 127) == 0 && kt_n > 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));  // the last slice
         fence_acc(acc);
         // epilogue: scaled f32 -> bf16 (one rounding) into the staging rows, then rows out
         asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // last tile's reads done

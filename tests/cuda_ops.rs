@@ -1241,16 +1241,18 @@ mod table {
         if gpu.has_kernel("gemm_tma_bf16_n128") {
             for (tile, persist) in [(128u32, false), (256, false), (256, true)] {
                 let v = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| {
-                    g.gemm_persistent
-                        .store(persist, std::sync::atomic::Ordering::Relaxed);
+                    let before = g
+                        .gemm_persistent
+                        .swap(persist, std::sync::atomic::Ordering::Relaxed);
                     let r = sm90_tile(g, tile, f);
                     g.gemm_persistent
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                        .store(before, std::sync::atomic::Ordering::Relaxed);
                     r
                 };
                 let tile = format!("{tile}{}", if persist { "p" } else { "" });
+                // (k 64: 16-byte k rows for int8 too, which the wgmma path needs; 144 tiles)
                 let many: &[(usize, usize, usize)] =
-                    if persist { &[(1500, 3000, 72)] } else { &[] };
+                    if persist { &[(1500, 3000, 64)] } else { &[] };
                 for &(m, n, k) in [
                     (33, 130, 1032),
                     (200, 300, 72),
@@ -1275,7 +1277,8 @@ mod table {
                 // into rows of a wider buffer (the K/V cache writes at more than 32 rows): 8-aligned
                 // (the staged 16-byte epilogue) and odd (the direct one)
                 for stride in [Stride::Aligned, Stride::Odd] {
-                    for &(m, n, k) in &[(40, 192, 128), (300, 520, 264)] {
+                    // (n 517: the staged epilogue's element-wise tail)
+                    for &(m, n, k) in &[(40, 192, 128), (300, 520, 264), (300, 517, 264)] {
                         for acc in [false, true] {
                             cases.push((
                                 format!("gemm tma n{tile} {stride:?} m{m} n{n} k{k} acc {acc}"),
@@ -1309,6 +1312,29 @@ mod table {
                     format!("lora tma n{tile} m70 n130 k256 r16"),
                     Box::new(move |g, s| v(g, &|| lora(g, s, 70, 130, 256, &[16; 3], false, true))),
                 ));
+                // 4 blocks for 15 tiles of 16 (bf16) / 8 (int8) slices: every block walks
+                // several tiles and the slots' phases wrap many times
+                if persist {
+                    let few = move |g: &Gpu, f: &dyn Fn() -> Result<(), String>| {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        g.persistent_blocks.store(4, Relaxed);
+                        let r = v(g, f);
+                        g.persistent_blocks.store(0, Relaxed);
+                        r
+                    };
+                    cases.push((
+                        "gemm tma n256p 4 blocks m513 n520 k1024".into(),
+                        Box::new(move |g, s| {
+                            few(g, &|| {
+                                gemm(g, s, 513, 520, 1024, false, false, false, Variant::Default)
+                            })
+                        }),
+                    ));
+                    cases.push((
+                        "w8a8 tma n256p 4 blocks m513 n520 k1024".into(),
+                        Box::new(move |g, s| few(g, &|| w8a8_out(g, s, 513, 520, 1024, true))),
+                    ));
+                }
             }
         } else {
             eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");

@@ -15,7 +15,7 @@
 #    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
 # (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s
-# (+ up to 4 x 60 s for the opt-in kernels' cases, normally a few seconds each), kernels 60 + 60 s,
+# (+ up to 4 x 40 s for the opt-in kernels' cases, normally a few seconds each), kernels 60 + 60 s,
 # end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_EXP, JOBX_T_BENCH, JOBX_T_E2E).
 set -uo pipefail
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
@@ -52,7 +52,7 @@ optin=""
 for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
-  JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-60}" \
+  JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-40}" \
     "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
   rc=$?
   echo "opt-in $key: exit $rc" | tee -a "$OUT/op-tests.log"

@@ -443,7 +443,9 @@ impl Gpu {
     ) -> Result<Option<(&'static str, LaunchConfig)>> {
         let forced = self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed);
         let elem = if int8 { 1 } else { 2 };
+        // (k = 0: no tensor map of a zero dimension; the mma.sync kernels write the zeros)
         if forced == 1
+            || s.k == 0
             || !self.has_kernel("gemm_tma_bf16_n128")
             || (s.k * elem) % 16 != 0
             || (p.x as usize) % 16 != 0
@@ -480,7 +482,15 @@ impl Gpu {
             && p.ldy % 8 == 0
             && (p.y as usize) % 16 == 0;
         if persistent {
-            let blocks = (mt * nt).min(self.multiprocessors.max(1));
+            // (persistent_blocks: fewer blocks, each walking more tiles: tests)
+            let cap = match self
+                .persistent_blocks
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => self.multiprocessors.max(1),
+                b => b,
+            };
+            let blocks = (mt * nt).min(cap);
             return Ok(Some((
                 if int8 {
                     "gemm_tma_s8_n256_p"

@@ -263,6 +263,9 @@ pub struct Gpu {
     /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
     /// GPU run has checked and timed them (written 2026-11-26 without a device).
     pub gemm_persistent: std::sync::atomic::AtomicBool,
+    /// Blocks of a persistent GEMM launch: 0 = one per multiprocessor (tests set a few, so that
+    /// each block walks many tiles).
+    pub persistent_blocks: std::sync::atomic::AtomicUsize,
     /// gemm_skinny_tc split over k where its column tiles would leave SMs idle:
     /// `JOBX_GEMM_SPLITK=1`, or set directly. Off by default until a GPU run has checked and
     /// timed it (written 2026-11-26 without a device); tuning then times the split form.
@@ -462,6 +465,7 @@ impl Gpu {
             gemm_persistent: std::env::var("JOBX_GEMM_PERSISTENT")
                 .is_ok_and(|v| v == "1")
                 .into(),
+            persistent_blocks: Default::default(),
             gemm_splitk: std::env::var("JOBX_GEMM_SPLITK")
                 .is_ok_and(|v| v == "1")
                 .into(),
