@@ -268,7 +268,8 @@ pub struct Gpu {
     pub persistent_blocks: std::sync::atomic::AtomicUsize,
     /// gemm_skinny_tc split over k where its column tiles would leave SMs idle:
     /// `JOBX_GEMM_SPLITK=1`, or set directly. Off by default until a GPU run has checked and
-    /// timed it (written 2026-11-26 without a device); tuning then times the split form.
+    /// timed it (written 2026-11-26 without a device); tuning then times the split form (a
+    /// `JOBX_GEMM_TUNE_FILE` written without the flag keeps its choices: delete it to re-time).
     pub gemm_splitk: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
