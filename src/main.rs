@@ -38,8 +38,20 @@ struct Cli {
     /// weights' verify budget)
     #[arg(long, global = true, value_enum, default_value = "bf16")]
     cross_kv: Storage,
+    /// CUDA graphs for decode steps (each step recorded once and replayed: one launch instead
+    /// of hundreds): on by default; off runs every step's kernels one by one (the same as
+    /// JOBX_CUDA_GRAPHS=0, which this option overrides)
+    #[arg(long, global = true, value_enum)]
+    cuda_graphs: Option<Switch>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `--cuda-graphs`.
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+enum Switch {
+    On,
+    Off,
 }
 
 /// A CUDA storage format (`--gpu-weights`, `--cross-kv`).
@@ -418,6 +430,10 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
+    // read by cuda::Gpu::new; set here, before any thread or GPU exists
+    if let Some(g) = cli.cuda_graphs {
+        std::env::set_var("JOBX_CUDA_GRAPHS", if g == Switch::On { "1" } else { "0" });
+    }
     jobx_engine::checkpoint::set_default_cpu_weights(cli.cpu_weights);
     GPU_INT8.store(
         cli.gpu_weights == Storage::Int8,
@@ -452,6 +468,7 @@ fn main() {
         for (flag, set) in [
             ("--gpu-weights int8", cli.gpu_weights == Storage::Int8),
             ("--cross-kv int8", cli.cross_kv == Storage::Int8),
+            ("--cuda-graphs", cli.cuda_graphs.is_some()),
         ] {
             if set {
                 eprintln!("note: {flag} applies to CUDA runs; this one runs on the CPU");

@@ -155,13 +155,21 @@ fn verify_cli_prints_summary_last_and_exit_code() {
 #[test]
 fn cuda_storage_options_on_the_cpu_are_said_not_ignored() {
     let out = common::cli()
-        .args(["--cross-kv", "int8", "--gpu-weights", "int8", "verify"])
+        .args([
+            "--cross-kv",
+            "int8",
+            "--gpu-weights",
+            "int8",
+            "--cuda-graphs",
+            "off",
+            "verify",
+        ])
         .arg(common::fixture("t5-relu-tied"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    for flag in ["--cross-kv int8", "--gpu-weights int8"] {
+    for flag in ["--cross-kv int8", "--gpu-weights int8", "--cuda-graphs"] {
         assert!(
             err.contains(&format!("note: {flag} applies to CUDA runs")),
             "{err}"
@@ -179,4 +187,11 @@ fn cuda_storage_options_on_the_cpu_are_said_not_ignored() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("fp8"));
+    let bad = common::cli()
+        .args(["--cuda-graphs", "maybe", "verify"])
+        .arg(common::fixture("t5-relu-tied"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("maybe"));
 }
