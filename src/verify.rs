@@ -695,14 +695,15 @@ fn verify_device(
     if opts.cuda {
         #[cfg(feature = "cuda")]
         {
-            let gpu = crate::cuda::Gpu::new(0)?;
+            // the process's GPU (one context and one kernel load for every fixture folder)
+            let gpu = crate::cuda::Gpu::shared()?;
             gpu.int8_weights
                 .store(opts.cuda_int8, std::sync::atomic::Ordering::Relaxed);
             gpu.int8_cross_kv.store(
                 opts.cuda_cross_kv_int8,
                 std::sync::atomic::Ordering::Relaxed,
             );
-            return verify_on(&gpu, dir, spec, refs, adapter, opts, emit);
+            return verify_on(gpu, dir, spec, refs, adapter, opts, emit);
         }
         #[cfg(not(feature = "cuda"))]
         return Err(crate::cuda::Gpu::new(0)
