@@ -837,19 +837,45 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
-// 8 consecutive K or V elements of a row, as bf16 (int8 ones converted exactly; Q8: `row` points
-// at int8 elements)
+// One thread's 16-byte piece of a K or V row: 8 bf16, or (Q8) 16 int8 elements
 template <bool Q8>
-__device__ __forceinline__ uint4 ld_kv8(const void* row, long long e) {
-    return Q8 ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)row + e))
-              : *(const uint4*)((const bf16*)row + e);
+__device__ __forceinline__ uint4 ld_kv16b(const void* row, long long e) {
+    return Q8 ? *(const uint4*)((const signed char*)row + e) : *(const uint4*)((const bf16*)row + e);
+}
+
+// q · (a thread's piece of a key row): 8 bf16, or (Q8) 16 int8 converted exactly
+template <bool Q8>
+__device__ __forceinline__ float dot_piece(const float* q, uint4 r) {
+    if (!Q8) return dot8(q, r);
+    return dot8(q, i8x8_to_bf16x8(make_uint2(r.x, r.y))) + dot8(q + 8, i8x8_to_bf16x8(make_uint2(r.z, r.w)));
+}
+
+// acc += w * (a thread's piece of a V row)
+template <bool Q8>
+__device__ __forceinline__ void axpy_piece(float* acc, float w, uint4 r) {
+#pragma unroll
+    for (int half = 0; half < (Q8 ? 2 : 1); half++) {
+        const uint4 b = Q8 ? i8x8_to_bf16x8(half ? make_uint2(r.z, r.w) : make_uint2(r.x, r.y)) : r;
+        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&b;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __bfloat1622float2(h2[e]);
+            acc[8 * half + 2 * e] += w * f.x;
+            acc[8 * half + 2 * e + 1] += w * f.y;
+        }
+    }
 }
 
 // Q8: int8 K/V with per-(key, head) scales (k_scale/v_scale), applied to the score and to the
-// softmax weight, so the int8 values meet q and the weights in f32 unrounded.
+// softmax weight, so the int8 values meet q and the weights in f32 unrounded. Every thread
+// loads 16 bytes of a row: 8 bf16 elements, or 16 int8 ones (with 8 int8 per thread, 8-byte
+// loads, the int8 kernel held half the bytes in flight and ran slower than bf16 end to end:
+// T5-Large batch 32, 1.355 vs 1.124 s, H100 run 5; the launcher needs 16-element aligned
+// int8 rows for it).
 template <int DK, bool Q8>
 __device__ __forceinline__ void attention_decode(const jobx_attention_params& p) {
-    constexpr int TPK = DK / 8;             // threads per key row, 8 elements each (16 bytes; Q8: 8)
+    constexpr int EPT = Q8 ? 16 : 8;        // elements per thread: 16 bytes either way
+    constexpr int TPK = DK / EPT;           // threads per key row
     constexpr int KPP = DEC_THREADS / TPK;  // key rows per pass of the block
     __shared__ float sc[DEC_CHUNK_MAX];
     __shared__ float red[KPP * DK];
@@ -874,15 +900,16 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     long long n = (j0 + p.chunk < hi ? j0 + p.chunk : hi) - j0;
     if (n < 0) n = 0;
 
-    float qf[8];
-    {
-        const uint4 r = *(const uint4*)(q + sub * 8);
+    float qf[EPT];
+#pragma unroll
+    for (int half = 0; half < EPT / 8; half++) {
+        const uint4 r = *(const uint4*)(q + sub * EPT + 8 * half);
         const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const float2 f = __bfloat1622float2(h2[e]);
-            qf[2 * e] = f.x;
-            qf[2 * e + 1] = f.y;
+            qf[8 * half + 2 * e] = f.x;
+            qf[8 * half + 2 * e + 1] = f.y;
         }
     }
     // pass 1: scores
@@ -897,7 +924,7 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
             ks[u] = 1.0f;
             vis[u] = jl < n && j >= lo && j < hi;
             if (vis[u]) {
-                kr[u] = ld_kv8<Q8>(k, j * p.k_st + sub * 8);
+                kr[u] = ld_kv16b<Q8>(k, j * p.k_st + sub * EPT);
                 if (Q8) ks[u] = p.k_scale[(kofs + j * p.k_st) / DK];
             }
         }
@@ -913,7 +940,7 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
 #pragma unroll
         for (int u = 0; u < DEC_UNROLL; u++) {
             const long long jl = base + u * KPP + kg, j = j0 + jl;
-            float d = dot8(qf, kr[u]);
+            float d = dot_piece<Q8>(qf, kr[u]);
             // the TPK lanes of one key are consecutive and aligned: reduce among them
 #pragma unroll
             for (int o = TPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
@@ -944,9 +971,9 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     }
     sum = block_sum(sum, scratch);  // its barriers also publish sc
     // pass 2: p·V, this thread's 8 dimensions over its key group's rows
-    float acc[8];
+    float acc[EPT];
 #pragma unroll
-    for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+    for (int e = 0; e < EPT; e++) acc[e] = 0.0f;
     for (long long base = 0; base < n; base += KPP * DEC_UNROLL) {
         uint4 vr[DEC_UNROLL];
         float pw[DEC_UNROLL];
@@ -956,23 +983,15 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
             pw[u] = jl < n ? sc[jl] : 0.0f;
             vr[u] = make_uint4(0, 0, 0, 0);
             if (pw[u] != 0.0f) {
-                vr[u] = ld_kv8<Q8>(v, (j0 + jl) * p.v_st + sub * 8);
+                vr[u] = ld_kv16b<Q8>(v, (j0 + jl) * p.v_st + sub * EPT);
                 if (Q8) pw[u] *= p.v_scale[(vofs + (j0 + jl) * p.v_st) / DK];
             }
         }
 #pragma unroll
-        for (int u = 0; u < DEC_UNROLL; u++) {
-            const __nv_bfloat162* h2 = (const __nv_bfloat162*)&vr[u];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float2 f = __bfloat1622float2(h2[e]);
-                acc[2 * e] += pw[u] * f.x;
-                acc[2 * e + 1] += pw[u] * f.y;
-            }
-        }
+        for (int u = 0; u < DEC_UNROLL; u++) axpy_piece<Q8>(acc, pw[u], vr[u]);
     }
 #pragma unroll
-    for (int e = 0; e < 8; e++) red[kg * DK + sub * 8 + e] = acc[e];
+    for (int e = 0; e < EPT; e++) red[kg * DK + sub * EPT + e] = acc[e];
     __syncthreads();
     for (int d = tid; d < DK; d += DEC_THREADS) {
         float o = 0.0f;

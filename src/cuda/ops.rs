@@ -715,8 +715,12 @@ impl Gpu {
             && !self
                 .general_kernels
                 .load(std::sync::atomic::Ordering::Relaxed);
+        // (the int8 decode kernel loads 16 int8 elements at a time: 16-element aligned K/V rows)
+        let aligned16 = [kview, vview]
+            .iter()
+            .all(|w| w.sb % 16 == 0 && w.sh % 16 == 0 && w.st % 16 == 0 && w.off % 16 == 0);
         // decode steps (a few queries per row): key chunks in parallel, then a merge
-        if fast && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
+        if fast && (!q8 || aligned16) && c.tq <= DECODE_MAX_TQ && c.batch * c.tq <= 65_535 {
             return self.attention_decode(c, p, q8);
         }
         // otherwise a tensor-core flash kernel (64 or, fa2, 128 queries per block); its T5 bias table
