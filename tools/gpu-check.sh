@@ -15,7 +15,7 @@
 #    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
 # (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s
-# (+ up to 4 x 40 s for the opt-in kernels' cases, normally a few seconds each), kernels 60 + 60 s,
+# (+ up to 5 x 40 s for the opt-in kernels' cases, normally a few seconds each), kernels 60 + 60 s,
 # end to end 240 s; each step has a timeout (JOBX_T_OPS, JOBX_T_EXP, JOBX_T_BENCH, JOBX_T_E2E).
 set -uo pipefail
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
@@ -37,10 +37,11 @@ date -u +%FT%TZ >> "$OUT/gpu.txt"
 
 echo "== op tests"
 # Kernels not yet checked on a GPU (opt-in: attention_fa2 "kernel Fa2", attention_wg
-# "kernel Wg", the persistent GEMMs "n256p", gemm_skinny_tc split over k "SkinnyTcSplit") are
-# left out of this run and checked one family at a time below, so that a fault or hang in one
-# cannot take the established table down.
-EXPERIMENTAL="kernel Fa2,kernel Wg,n256p,SkinnyTcSplit"
+# "kernel Wg", the persistent GEMMs "n256p", gemm_skinny_tc split over k "SkinnyTcSplit", and
+# the int8 decode attention rewritten for 16-byte loads "attention q8") are left out of this
+# run and checked one family at a time below, so that a fault or hang in one cannot take the
+# established table down.
+EXPERIMENTAL="kernel Fa2,kernel Wg,n256p,SkinnyTcSplit,attention q8"
 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
   > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
@@ -49,7 +50,7 @@ grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^ 
 # the kernel benchmarks then time only the families that passed
 bench_skip=""
 optin=""
-for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit"; do
+for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
   JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-40}" \
