@@ -661,62 +661,14 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
             }
             const float2* kv2 = (const float2*)kvis[buf];
             float c[RT][2];
-            // P in bf16 pairs as soon as each weight is made (the A fragments of P V), so the
-            // f32 scores do not stay live into P V: pk[rt][n][0] = row g, keys 8n + 2t, + 1;
-            // [1] = row g + 8
-            unsigned pk[RT][FKT / 8][2];
+            // P in bf16 pairs, the A fragments of P V: pk[rt][2n] = row g, keys 8n + 2t, + 1;
+            // pk[rt][2n + 1] = row g + 8
+            unsigned pk[RT][FKT / 4];
 #pragma unroll
-            for (int rt = 0; rt < RT; rt++) {
-                // (query - key) of this lane's scores: dq0 - 8n - (e & 1) (+ 8 for e >= 2)
-                const int dq0 = q_off + iw + 16 * rt + g - j0 - 2 * t;
-                float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < FKT / 8; n++) {
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        const bool hi = e >= 2;
-                        float x = p.rel_bias ? fmaf(s[rt][n][e], sl2, tb[n * 8 + (e & 1) - 16 * rt - (hi ? 8 : 0)])
-                                             : s[rt][n][e] * sl2;
-                        if (!plain) {
-                            const float2 vis = kv2[n * 4 + t];  // keys j0 + 8n + 2t, + 1
-                            const int dq = dq0 - n * 8 - (e & 1) + (hi ? 8 : 0);
-                            bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
-                            if (p.causal) ok = ok && dq >= 0;
-                            if (win > 0) ok = ok && dq < win;
-                            // a select, not an added -inf: a masked score never reaches the max
-                            x = ok ? x : -INFINITY;
-                        }
-                        s[rt][n][e] = x;
-                        if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
-                    }
-                }
-                // the 4 lanes of a row (t = 0..3) share its max
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-                const float n0 = fmaxf(m[rt][0], mx0), n1 = fmaxf(m[rt][1], mx1);
-                // reference point: the new max, or 0 for a row with nothing visible yet (its
-                // scores are all -inf: weights 0, and m - 0 = -inf gives correction 0)
-                const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
-                c[rt][0] = ex2_ftz(m[rt][0] - u0);
-                c[rt][1] = ex2_ftz(m[rt][1] - u1);
-                float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-                for (int n = 0; n < FKT / 8; n++) {
-                    const float p0 = ex2_ftz(s[rt][n][0] - u0), p1 = ex2_ftz(s[rt][n][1] - u0);
-                    const float p2 = ex2_ftz(s[rt][n][2] - u1), p3 = ex2_ftz(s[rt][n][3] - u1);
-                    ps0 += p0 + p1;
-                    ps1 += p2 + p3;
-                    pk[rt][n][0] = pack_bf16x2(p0, p1);
-                    pk[rt][n][1] = pack_bf16x2(p2, p3);
-                }
-                // partial over this lane's columns; summed across the row at the end
-                l[rt][0] = l[rt][0] * c[rt][0] + ps0;
-                l[rt][1] = l[rt][1] * c[rt][1] + ps1;
-                m[rt][0] = n0;
-                m[rt][1] = n1;
-            }
+            for (int rt = 0; rt < RT; rt++)
+                flash_softmax_tile<FKT>(reinterpret_cast<float(&)[FKT / 2]>(s[rt]), pk[rt], m[rt], l[rt], c[rt],
+                                        sl2, p.rel_bias ? tb - 16 * rt : nullptr, plain, kv2, t,
+                                        q_off + iw + 16 * rt + g - j0 - 2 * t, p.causal, win);
             // rescale the running output unless no row's max moved (c == 1 exactly: skipping
             // the multiply changes nothing)
             bool moved = false;
@@ -740,10 +692,10 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
                 unsigned a[RT][4];
 #pragma unroll
                 for (int rt = 0; rt < RT; rt++) {
-                    a[rt][0] = pk[rt][2 * kk][0];
-                    a[rt][1] = pk[rt][2 * kk][1];
-                    a[rt][2] = pk[rt][2 * kk + 1][0];
-                    a[rt][3] = pk[rt][2 * kk + 1][1];
+                    a[rt][0] = pk[rt][4 * kk];
+                    a[rt][1] = pk[rt][4 * kk + 1];
+                    a[rt][2] = pk[rt][4 * kk + 2];
+                    a[rt][3] = pk[rt][4 * kk + 3];
                 }
 #pragma unroll
                 for (int d = 0; d < DK / 8; d += 2) {

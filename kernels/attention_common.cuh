@@ -68,3 +68,63 @@ __device__ __forceinline__ float ex2_ftz(float x) {
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
 }
+
+// One 16-row tile's softmax step in the 128-query flash kernels (attention_fa2, attention_wg).
+// s: the tile's scores in the m16 accumulator layout, s[4n + e] = row g (+ 8 for e >= 2), key
+// 8n + 2t (+ 1 for odd e); scaled to the exp2 domain (sl2) plus the T5 bias tb[8n + (e & 1) -
+// 8 (e >= 2)] (tb null: no bias); where `plain` is false, masked by the key flags kv2 (keys
+// 8n + 2t, + 1), causality and the window on dq = query - key = dq0 - 8n - (e & 1) + 8 (e >= 2)
+// (a select, not an added -inf: a masked score never reaches the max). The row max is shared
+// by the row's 4 lanes; its reference point is the new max, or 0 for a row with nothing
+// visible yet (FlashAttention's rule: all its weights and its correction come out 0). Out: m and
+// l (l partial over this lane's columns) updated, c = the running output's correction, and P
+// as bf16 pairs pk[2n] (row g), pk[2n + 1] (row g + 8), packed as made so the f32 scores need
+// not stay live into P V.
+template <int FKT>
+__device__ __forceinline__ void flash_softmax_tile(float (&s)[FKT / 2], unsigned (&pk)[FKT / 4],
+                                                   float (&m)[2], float (&l)[2], float (&c)[2],
+                                                   float sl2, const float* tb, bool plain,
+                                                   const float2* kv2, int t, int dq0, bool causal,
+                                                   int win) {
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < FKT / 8; n++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const bool hi = e >= 2;
+            float x = tb ? fmaf(s[4 * n + e], sl2, tb[n * 8 + (e & 1) - (hi ? 8 : 0)]) : s[4 * n + e] * sl2;
+            if (!plain) {
+                const float2 vis = kv2[n * 4 + t];
+                const int dq = dq0 - n * 8 - (e & 1) + (hi ? 8 : 0);
+                bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
+                if (causal) ok = ok && dq >= 0;
+                if (win > 0) ok = ok && dq < win;
+                x = ok ? x : -INFINITY;
+            }
+            s[4 * n + e] = x;
+            if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
+        }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float n0 = fmaxf(m[0], mx0), n1 = fmaxf(m[1], mx1);
+    const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
+    c[0] = ex2_ftz(m[0] - u0);
+    c[1] = ex2_ftz(m[1] - u1);
+    float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < FKT / 8; n++) {
+        const float p0 = ex2_ftz(s[4 * n] - u0), p1 = ex2_ftz(s[4 * n + 1] - u0);
+        const float p2 = ex2_ftz(s[4 * n + 2] - u1), p3 = ex2_ftz(s[4 * n + 3] - u1);
+        ps0 += p0 + p1;
+        ps1 += p2 + p3;
+        pk[2 * n] = pack_bf16x2(p0, p1);
+        pk[2 * n + 1] = pack_bf16x2(p2, p3);
+    }
+    l[0] = l[0] * c[0] + ps0;
+    l[1] = l[1] * c[1] + ps1;
+    m[0] = n0;
+    m[1] = n1;
+}

@@ -103,7 +103,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     float o[DK / 2];  // O: the m64n{dk} accumulator fragment
 #pragma unroll
     for (int i = 0; i < DK / 2; i++) o[i] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g, g + 8 of the warp
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8 of the warp
 
     float flag0 = 0.0f;
     if (kstart < kend) {
@@ -166,59 +166,22 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
                 tb = btab + (r + 2 * t - g + TC);
             }
             const float2* kv2 = (const float2*)kvis[st];
-            const int dq0 = q_off + iw + g - j0 - 2 * t;  // query - key of s[0]
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < FKT / 8; n++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const bool hi = e >= 2;
-                    float x = p.rel_bias ? fmaf(s[4 * n + e], sl2, tb[n * 8 + (e & 1) - (hi ? 8 : 0)])
-                                         : s[4 * n + e] * sl2;
-                    if (!plain) {
-                        const float2 vis = kv2[n * 4 + t];
-                        const int dq = dq0 - n * 8 - (e & 1) + (hi ? 8 : 0);
-                        bool ok = ((e & 1) ? vis.y : vis.x) != 0.0f;
-                        if (p.causal) ok = ok && dq >= 0;
-                        if (win > 0) ok = ok && dq < win;
-                        x = ok ? x : -INFINITY;
-                    }
-                    s[4 * n + e] = x;
-                    if (hi) mx1 = fmaxf(mx1, x); else mx0 = fmaxf(mx0, x);
-                }
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-            const float u0 = n0 == -INFINITY ? 0.0f : n0, u1 = n1 == -INFINITY ? 0.0f : n1;
-            const float c0 = ex2_ftz(m0 - u0), c1 = ex2_ftz(m1 - u1);
-            // P as bf16 pairs, in A-fragment order: pa[kk] = (row g, keys 16kk + 2t, + 1),
-            // (row g + 8, same keys), (row g, keys + 8), (row g + 8, keys + 8). The wgmma
-            // reads these registers themselves, so they are the operands (no copies)
+            // P as bf16 pairs in A-fragment order: pa[kk] = (row g, keys 16kk + 2t, + 1),
+            // (row g + 8, same keys), (row g, keys + 8), (row g + 8, keys + 8). The wgmma reads
+            // these registers themselves, so they are the operands (no copies)
             unsigned pa[FKT / 16][4];
-            float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-            for (int n = 0; n < FKT / 8; n++) {
-                const float p0 = ex2_ftz(s[4 * n] - u0), p1 = ex2_ftz(s[4 * n + 1] - u0);
-                const float p2 = ex2_ftz(s[4 * n + 2] - u1), p3 = ex2_ftz(s[4 * n + 3] - u1);
-                ps0 += p0 + p1;
-                ps1 += p2 + p3;
-                pa[n >> 1][(n & 1) * 2] = pack_bf16x2(p0, p1);
-                pa[n >> 1][(n & 1) * 2 + 1] = pack_bf16x2(p2, p3);
-            }
-            l0 = l0 * c0 + ps0;
-            l1 = l1 * c1 + ps1;
-            m0 = n0;
-            m1 = n1;
-            if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
+            float c[2];
+            flash_softmax_tile<FKT>(s, reinterpret_cast<unsigned(&)[FKT / 4]>(pa), m, l, c, sl2,
+                                    p.rel_bias ? tb : nullptr, plain, kv2, t,
+                                    q_off + iw + g - j0 - 2 * t, p.causal, win);
+            // rescale the running output unless no row's max moved (c == 1 exactly)
+            if (__any_sync(0xffffffffu, c[0] != 1.0f || c[1] != 1.0f)) {
 #pragma unroll
                 for (int j = 0; j < DK / 8; j++) {
-                    o[4 * j] *= c0;
-                    o[4 * j + 1] *= c0;
-                    o[4 * j + 2] *= c1;
-                    o[4 * j + 3] *= c1;
+                    o[4 * j] *= c[0];
+                    o[4 * j + 1] *= c[0];
+                    o[4 * j + 2] *= c[1];
+                    o[4 * j + 3] *= c[1];
                 }
             }
             // O += P V: 16 keys per step = two 8-row atoms of V (2048 bytes), read N-major
@@ -248,6 +211,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
+    float l0 = l[0], l1 = l[1];
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);

@@ -112,6 +112,34 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, int c
         : "memory");
 }
 
+// The slots' barriers (thread 0), visible to the whole block and to the copy engine: `full`
+// completes on the producer's expect_tx arrival plus the bytes, `empty` on one arrival per
+// consumer warpgroup.
+template <int STAGES>
+__device__ __forceinline__ void init_slots(unsigned long long (&full)[STAGES],
+                                           unsigned long long (&empty)[STAGES]) {
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(smem_addr(&full[s]), 1);
+            mbar_init(smem_addr(&empty[s]), 2);
+        }
+        // make the initialised barriers visible to the copy engine (async proxy)
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+}
+
+// The epilogue's weight scales of columns col, col + 1 (int8 weights; 0 past n), 1 without.
+__device__ __forceinline__ void w_scales(const jobx_gemm_params& p, long long col, float& w0, float& w1) {
+    w0 = 1.0f;
+    w1 = 1.0f;
+    if (p.w_scale) {
+        w0 = col < p.n ? p.w_scale[col] : 0.0f;
+        w1 = col + 1 < p.n ? p.w_scale[col + 1] : 0.0f;
+    }
+}
+
 template <int BN, int STAGES, bool INT8>
 __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     using Acc = typename AccT<INT8>::type;
@@ -125,16 +153,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     const int tid = threadIdx.x, wg = tid >> 7;
     const long long m0 = (long long)blockIdx.y * SM90_BM, n0 = (long long)blockIdx.x * BN;
     const int kt_n = (int)((p.k + KS - 1) / KS);
-    if (tid == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; s++) {
-            mbar_init(smem_addr(&full[s]), 1);   // the producer's expect_tx arrival
-            mbar_init(smem_addr(&empty[s]), 2);  // one arrival per consumer warpgroup
-        }
-        // make the initialised barriers visible to the copy engine (async proxy)
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    init_slots<STAGES>(full, empty);
     if (wg == 0) {
         if (tid == 0) {
             for (int kt = 0; kt < kt_n; kt++) {
@@ -188,11 +207,8 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         for (int j = 0; j < BN / 8; j++) {
             const int cl = j * 8 + 2 * t;
             const long long col = n0 + cl;
-            float w0 = 1.0f, w1 = 1.0f;
-            if (p.w_scale) {
-                w0 = col < p.n ? p.w_scale[col] : 0.0f;
-                w1 = col + 1 < p.n ? p.w_scale[col + 1] : 0.0f;
-            }
+            float w0, w1;
+            w_scales(p, col, w0, w1);
             *(float2*)&et[rl * LDE + cl] = make_float2((float)acc[4 * j] * w0 * xs0,
                                                        (float)acc[4 * j + 1] * w1 * xs0);
             *(float2*)&et[(rl + 8) * LDE + cl] = make_float2((float)acc[4 * j + 2] * w0 * xs1,
@@ -266,15 +282,7 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
     const int kt_n = (int)((p.k + KS - 1) / KS);
     const long long tiles_n = (p.n + BN - 1) / BN;
     const long long tiles = tiles_n * ((p.m + SM90_BM - 1) / SM90_BM);
-    if (tid == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; s++) {
-            mbar_init(smem_addr(&full[s]), 1);
-            mbar_init(smem_addr(&empty[s]), 2);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    init_slots<STAGES>(full, empty);
     if (wg == 0) {
         if (tid == 0) {
             long long it = 0;  // slices issued by this block, over all its tiles
@@ -326,11 +334,8 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
         for (int j = 0; j < BN / 8; j++) {
             const int cl = j * 8 + 2 * t;
             const long long col = n0 + cl;
-            float w0 = 1.0f, w1 = 1.0f;
-            if (p.w_scale) {
-                w0 = col < p.n ? p.w_scale[col] : 0.0f;
-                w1 = col + 1 < p.n ? p.w_scale[col + 1] : 0.0f;
-            }
+            float w0, w1;
+            w_scales(p, col, w0, w1);
             *(__nv_bfloat162*)&et[rl * LDE + cl] =
                 __floats2bfloat162_rn((float)acc[4 * j] * w0 * xs0, (float)acc[4 * j + 1] * w1 * xs0);
             *(__nv_bfloat162*)&et[(rl + 8) * LDE + cl] =
