@@ -524,15 +524,8 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
         }
     }
     // keys any query of the block can see: causal limits the end, a window the start
-    const int q_off = (int)query_offset(p);
-    // a window of 2^30 or more covers every distance here
-    const int win = p.window >= (1 << 30) ? 0 : (int)p.window;
-    const int last_q = i0 + FQB - 1 < tq - 1 ? i0 + FQB - 1 : tq - 1;
-    int kend = (int)p.tk;
-    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
-    int kstart = 0;
-    if (win > 0 && q_off + i0 - win + 1 > 0) kstart = q_off + i0 - win + 1;
-    kstart = kstart / FKT * FKT;
+    int q_off, win, kstart, kend;
+    flash_range(p, i0, FQB, FKT, q_off, win, kstart, kend);
     const float sl2 = p.scale * LOG2E;  // exp2 domain
 
     // this thread's 16-byte pieces of a K/V block: rows cr0 + RSTEP u, columns cc0..cc0+7
@@ -559,14 +552,8 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
         const int j = j0 + tid;
         return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
     };
-    const int R = p.max_distance;
-    if (p.rel_bias)  // published by the barrier before the key loop
-        for (int x = tid; x < TAB; x += 128) {
-            int rel = x - TC;
-            rel = rel < -R ? -R : (rel > R ? R : rel);
-            btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
-                                                              p.max_distance) * p.heads + h];
-        }
+    // (published by the barrier before the key loop)
+    if (p.rel_bias) flash_bias_table(p, btab, TAB, TC, h, 128);
 
     float acc[RT][DK / 8][4];
 #pragma unroll

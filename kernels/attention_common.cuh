@@ -128,3 +128,32 @@ __device__ __forceinline__ void flash_softmax_tile(float (&s)[FKT / 2], unsigned
     m[0] = n0;
     m[1] = n1;
 }
+
+// The 128-query flash kernels' key range for queries i0..i0 + fqb - 1 (32-bit positions: the
+// launcher admits them only below 2^30): causal limits the end, a window the start (rounded
+// down to a key block of fkt); a window of 2^30 or more covers every distance (win 0).
+__device__ __forceinline__ void flash_range(const jobx_attention_params& p, int i0, int fqb, int fkt,
+                                            int& q_off, int& win, int& kstart, int& kend) {
+    const int tq = (int)p.tq;
+    q_off = (int)query_offset(p);
+    win = p.window >= (1 << 30) ? 0 : (int)p.window;
+    const int last_q = i0 + fqb - 1 < tq - 1 ? i0 + fqb - 1 : tq - 1;
+    kend = (int)p.tk;
+    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
+    kstart = 0;
+    if (win > 0 && q_off + i0 - win + 1 > 0) kstart = q_off + i0 - win + 1;
+    kstart = kstart / fkt * fkt;
+}
+
+// The padded T5 bias table of the 128-query flash kernels, built by `threads` threads: entry x
+// holds log2(e) x the bias of relative position clamp(x - tc, -max_distance, max_distance).
+__device__ __forceinline__ void flash_bias_table(const jobx_attention_params& p, float* btab, int tab,
+                                                 int tc, long long h, int threads) {
+    const int R = p.max_distance;
+    for (int x = threadIdx.x; x < tab; x += threads) {
+        int rel = x - tc;
+        rel = rel < -R ? -R : (rel > R ? R : rel);
+        btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
+                                                          p.max_distance) * p.heads + h];
+    }
+}

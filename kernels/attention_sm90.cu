@@ -59,14 +59,8 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
     const bool active = i0 + 64 * wg < tq;           // warpgroup-uniform
     const int iw = i0 + 64 * wg + 16 * warp;         // this warp's first query
-    const int q_off = (int)query_offset(p);
-    const int win = p.window >= (1 << 30) ? 0 : (int)p.window;
-    const int last_q = i0 + FQB - 1 < tq - 1 ? i0 + FQB - 1 : tq - 1;
-    int kend = (int)p.tk;
-    if (p.causal && q_off + last_q + 1 < kend) kend = q_off + last_q + 1;
-    int kstart = 0;
-    if (win > 0 && q_off + i0 - win + 1 > 0) kstart = q_off + i0 - win + 1;
-    kstart = kstart / FKT * FKT;
+    int q_off, win, kstart, kend;
+    flash_range(p, i0, FQB, FKT, q_off, win, kstart, kend);
     const float sl2 = p.scale * LOG2E;
 
     // byte offset of 16-byte chunk c (0..7) of row r in a swizzled region of 128-byte rows
@@ -91,14 +85,8 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
         const int j = j0 + tid;
         return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
     };
-    const int R = p.max_distance;
-    if (p.rel_bias)  // published by the barrier before the key loop
-        for (int x = tid; x < TAB; x += WG_THREADS) {
-            int rel = x - TC;
-            rel = rel < -R ? -R : (rel > R ? R : rel);
-            btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(rel, p.bidirectional, p.num_buckets,
-                                                              p.max_distance) * p.heads + h];
-        }
+    // (published by the barrier before the key loop)
+    if (p.rel_bias) flash_bias_table(p, btab, TAB, TC, h, WG_THREADS);
 
     float o[DK / 2];  // O: the m64n{dk} accumulator fragment
 #pragma unroll
