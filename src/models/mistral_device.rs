@@ -53,7 +53,10 @@ pub struct MistralDeviceState<B: Backend> {
     pub len: usize,
     cap: usize,
     kv: Vec<B::Buf<bf16>>, // per layer [rows, cap, 2*KV*hd]: k | v
-    key_mask: Vec<i32>,    // host [rows, cap]
+    /// the second cache set a reorder that keeps the row count gathers into (graphs on: each
+    /// set keeps its recording); empty until one does
+    kv_alt: Vec<B::Buf<bf16>>,
+    key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
     /// LoRA adapter slot of each row (None: base model), and on the device
     adapters: Vec<Option<usize>>,
@@ -219,6 +222,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             len: 0,
             cap,
             kv,
+            kv_alt: Vec::new(),
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
@@ -708,22 +712,70 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         if parents.iter().any(|&p| p >= st.rows) {
             return Err(Error::Input("select_rows: parent out of range".into()));
         }
-        // new cache and row buffers follow (even if this fails half-way): a recording made
-        // before reads the old ones
-        st.rec = None;
-        st.graph.reset();
         let kv2 = 2 * self.cfg.kv_heads() * self.cfg.head_dim();
         let (per, used) = (st.cap * kv2, st.len * kv2);
-        self.dev
-            .gather_blocks("select_rows", &mut st.kv, per, used, parents)?;
         let cap = st.cap;
-        st.key_mask = parents
+        let key_mask: Vec<i32> = parents
             .iter()
             .flat_map(|&p| st.key_mask[p * cap..(p + 1) * cap].to_vec())
             .collect();
-        st.next_pos = parents.iter().map(|&p| st.next_pos[p]).collect();
-        st.adapters = parents.iter().map(|&p| st.adapters[p]).collect();
-        st.ad = self.w.row_adapters(&st.adapters)?;
+        let next_pos: Vec<usize> = parents.iter().map(|&p| st.next_pos[p]).collect();
+        let adapters: Vec<Option<usize>> = parents.iter().map(|&p| st.adapters[p]).collect();
+        if self.dev.graphs() && !st.graph.failed() && parents.len() == st.rows {
+            // same row count (beam search): gather into the other cache set and rewrite the
+            // recorded step's row inputs in place, so the recordings (one per set) stay valid
+            // and beam search replays every step, as T5's does
+            let need = st.rows * per;
+            if st.kv_alt.len() != st.kv.len() || st.kv_alt.iter().any(|b| B::len(b) != need) {
+                st.graph.reset(); // (none can read the set being replaced; for certainty)
+                st.kv_alt = (0..st.kv.len())
+                    .map(|_| self.buf(need))
+                    .collect::<Result<_>>()?;
+            }
+            self.dev.gather_blocks_into(
+                "select_rows",
+                &st.kv,
+                &mut st.kv_alt,
+                per,
+                used,
+                parents,
+            )?;
+            match &mut st.ad {
+                Some(ad) if adapters.iter().any(Option::is_some) => {
+                    self.dev
+                        .write("select_rows", &crate::device::slot_ids(&adapters), ad)?;
+                }
+                None if adapters.iter().all(Option::is_none) => {}
+                _ => {
+                    // an adapter buffer appears or goes: a new one, recordings stale
+                    st.graph.reset();
+                    st.ad = self.w.row_adapters(&adapters)?;
+                }
+            }
+            // the recorded step's key mask (a replay does not rewrite it): the rows' new masks,
+            // positions from the next one on open (as decode_recorded writes it)
+            if let Some(rec) = &mut st.rec {
+                let mut km = key_mask.clone();
+                for r in 0..st.rows {
+                    km[r * cap + st.len..(r + 1) * cap].fill(1);
+                }
+                self.dev.write("select_rows", &km, &mut rec.kmask)?;
+            }
+            std::mem::swap(&mut st.kv, &mut st.kv_alt);
+            st.graph.swap();
+            (st.key_mask, st.next_pos, st.adapters) = (key_mask, next_pos, adapters);
+            return Ok(());
+        }
+        // new cache and row buffers follow (even if this fails half-way): a recording made
+        // before reads the old ones; the second cache set goes until a reorder needs it
+        st.rec = None;
+        st.graph.reset();
+        st.kv_alt.clear();
+        self.dev
+            .gather_blocks("select_rows", &mut st.kv, per, used, parents)?;
+        (st.key_mask, st.next_pos) = (key_mask, next_pos);
+        st.ad = self.w.row_adapters(&adapters)?;
+        st.adapters = adapters;
         st.rows = parents.len();
         Ok(())
     }

@@ -221,8 +221,9 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
 /// once and replayed as a CUDA graph on the GPU) against plain steps, for every T5 and Mistral
 /// fixture: a padded batch of two rows teacher-forced through 3 steps, the rows swapped and
 /// then duplicated (`select_rows` keeping the row count: T5 gathers into its other cache set,
-/// Mistral makes new buffers), a row dropped, 7 steps (past Mistral's sliding window), then 3
-/// greedy picks on the device; for T5 also a 2-beam search (its tokens added to the picks). Per fixture: the largest relative difference of the logits and the
+/// Mistral too), a row dropped, 7 steps (past Mistral's sliding window), then 3 greedy picks
+/// on the device; then a 2-beam search (its tokens added to the picks, its scores to the
+/// logits). Per fixture: the largest relative difference of the logits and the
 /// picks' log-probabilities (NaN counts as infinite), whether the picks agree, and whether
 /// the last steps were replayed.
 pub fn recorded_steps<B: jobx_engine::device::Backend>(
@@ -347,8 +348,28 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
                     MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &slots).unwrap();
                 let mut first = Vec::new();
                 st.step(&[0, 0], &mut first).unwrap(); // the prefill's logits
-                let (l, p) = drive(&mut st);
-                (l, p, st.replaying())
+                let (mut l, mut p) = drive(&mut st);
+                let mut replayed = st.replaying();
+                // beam search (2 beams per row, 4 rows): rows reordered every step, into the
+                // other cache set, each set replaying its own recording; 12 steps take the
+                // padded row past the 16-key window
+                let opts = jobx_engine::generate::GenOptions {
+                    max_new_tokens: 12,
+                    min_new_tokens: 12,
+                    num_beams: 2,
+                    eos: g.cfg.eos_ids(),
+                    ..Default::default()
+                };
+                let mut st =
+                    MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 2, 13, &slots).unwrap();
+                let outs =
+                    jobx_engine::generate::generate(&mut st, &[0, 0], &opts, &mut []).unwrap();
+                for o in outs {
+                    p.extend(o.tokens);
+                    l.push(vec![o.score]); // compared as the logits are
+                }
+                replayed &= st.replaying();
+                (l, p, replayed)
             };
             runs.push(run);
         }
