@@ -309,6 +309,34 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         Ok(Some(self.dev.upload("adapter", &slot_ids(rows))?))
     }
 
+    /// `ad` made to hold `rows`' slots: written in place when it has a buffer and still needs
+    /// one, so a recorded step reading it stays valid (Ok(false)); else a new one (an adapter
+    /// buffer appears or goes: Ok(true), a recording that read the old one is stale).
+    pub fn update_row_adapters(
+        &self,
+        ad: &mut RowAdapters<B>,
+        rows: &[Option<usize>],
+    ) -> Result<bool> {
+        let any = rows.iter().any(Option::is_some);
+        match ad {
+            Some(buf) if any && B::len(buf) == rows.len() => {
+                if let Some(s) = rows.iter().flatten().find(|&&s| s >= self.slots) {
+                    return Err(crate::Error::Input(format!(
+                        "adapter slot {s} is not loaded ({} loaded)",
+                        self.slots
+                    )));
+                }
+                self.dev.write("adapter", &slot_ids(rows), buf)?;
+                Ok(false)
+            }
+            None if !any => Ok(false),
+            _ => {
+                *ad = self.row_adapters(rows)?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Merge adapter `slot` into the bf16 weights on the device (W += scale·B·A, one GEMM per
     /// layer, rounded to bf16 like a merged bf16 checkpoint) and clear the slot. Int8 weights
     /// were quantised at load, so they cannot take a merge: an error, before anything changes.

@@ -740,17 +740,8 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                 used,
                 parents,
             )?;
-            match &mut st.ad {
-                Some(ad) if adapters.iter().any(Option::is_some) => {
-                    self.dev
-                        .write("select_rows", &crate::device::slot_ids(&adapters), ad)?;
-                }
-                None if adapters.iter().all(Option::is_none) => {}
-                _ => {
-                    // an adapter buffer appears or goes: a new one, recordings stale
-                    st.graph.reset();
-                    st.ad = self.w.row_adapters(&adapters)?;
-                }
+            if self.w.update_row_adapters(&mut st.ad, &adapters)? {
+                st.graph.reset();
             }
             // the recorded step's key mask (a replay does not rewrite it): the rows' new masks,
             // positions from the next one on open (as decode_recorded writes it)

@@ -654,17 +654,8 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
             let ids: Vec<i32> = src.iter().map(|&s| s as i32).collect();
             m.dev.write("select_rows", &ids, &mut self.src_d)?;
             let slots: Vec<Option<usize>> = src.iter().map(|&s| self.enc.adapters[s]).collect();
-            match &mut self.ad {
-                Some(ad) if slots.iter().any(Option::is_some) => {
-                    m.dev
-                        .write("select_rows", &crate::device::slot_ids(&slots), ad)?;
-                }
-                None if slots.iter().all(Option::is_none) => {}
-                _ => {
-                    // an adapter buffer appears or goes: a new one, recordings stale
-                    self.graph.reset();
-                    self.ad = m.w.row_adapters(&slots)?;
-                }
+            if m.w.update_row_adapters(&mut self.ad, &slots)? {
+                self.graph.reset();
             }
             std::mem::swap(&mut self.cache, &mut self.cache_alt);
             self.graph.swap();
