@@ -56,6 +56,8 @@ pub struct MistralDeviceState<B: Backend> {
     /// the second cache set a reorder that keeps the row count gathers into (graphs on: each
     /// set keeps its recording); empty until one does
     kv_alt: Vec<B::Buf<bf16>>,
+    /// the second set could not be allocated: reorders stay plain for this state
+    no_alt: bool,
     key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
     /// LoRA adapter slot of each row (None: base model), and on the device
@@ -223,6 +225,7 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             cap,
             kv,
             kv_alt: Vec::new(),
+            no_alt: false,
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
@@ -707,6 +710,34 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         Ok(())
     }
 
+    /// Whether the second cache set is there for a reorder (made now if missing, the
+    /// recordings then reset); false when it cannot be allocated: the reorder then goes the
+    /// plain way (one set, no recordings kept) rather than failing the generation.
+    fn second_cache(&self, st: &mut MistralDeviceState<B>, per: usize) -> bool {
+        let need = st.rows * per;
+        if st.kv_alt.len() == st.kv.len() && st.kv_alt.iter().all(|b| B::len(b) == need) {
+            return true;
+        }
+        if st.no_alt {
+            return false;
+        }
+        st.graph.reset(); // (none can read the set being replaced; for certainty)
+        st.kv_alt.clear();
+        match (0..st.kv.len())
+            .map(|_| self.buf(need))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(v) => {
+                st.kv_alt = v;
+                true
+            }
+            Err(_) => {
+                st.no_alt = true;
+                false
+            }
+        }
+    }
+
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
     pub fn select_rows(&self, st: &mut MistralDeviceState<B>, parents: &[usize]) -> Result<()> {
         if parents.iter().any(|&p| p >= st.rows) {
@@ -721,17 +752,14 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             .collect();
         let next_pos: Vec<usize> = parents.iter().map(|&p| st.next_pos[p]).collect();
         let adapters: Vec<Option<usize>> = parents.iter().map(|&p| st.adapters[p]).collect();
-        if self.dev.graphs() && !st.graph.failed() && parents.len() == st.rows {
+        if self.dev.graphs()
+            && !st.graph.failed()
+            && parents.len() == st.rows
+            && self.second_cache(st, per)
+        {
             // same row count (beam search): gather into the other cache set and rewrite the
             // recorded step's row inputs in place, so the recordings (one per set) stay valid
             // and beam search replays every step, as T5's does
-            let need = st.rows * per;
-            if st.kv_alt.len() != st.kv.len() || st.kv_alt.iter().any(|b| B::len(b) != need) {
-                st.graph.reset(); // (none can read the set being replaced; for certainty)
-                st.kv_alt = (0..st.kv.len())
-                    .map(|_| self.buf(need))
-                    .collect::<Result<_>>()?;
-            }
             self.dev.gather_blocks_into(
                 "select_rows",
                 &st.kv,
@@ -740,9 +768,6 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                 used,
                 parents,
             )?;
-            if self.w.update_row_adapters(&mut st.ad, &adapters)? {
-                st.graph.reset();
-            }
             // the recorded step's key mask (a replay does not rewrite it): the rows' new masks,
             // positions from the next one on open (as decode_recorded writes it)
             if let Some(rec) = &mut st.rec {
@@ -751,6 +776,9 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                     km[r * cap + st.len..(r + 1) * cap].fill(1);
                 }
                 self.dev.write("select_rows", &km, &mut rec.kmask)?;
+            }
+            if self.w.update_row_adapters(&mut st.ad, &adapters)? {
+                st.graph.reset();
             }
             std::mem::swap(&mut st.kv, &mut st.kv_alt);
             st.graph.swap();

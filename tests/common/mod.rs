@@ -219,9 +219,10 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
 /// Decode steps in the recorded layout (`Backend::graphs`: what changes between steps in fixed
 /// device buffers, attention over the whole cache at a position read on the device; recorded
 /// once and replayed as a CUDA graph on the GPU) against plain steps, for every T5 and Mistral
-/// fixture: a padded batch of two rows teacher-forced through 3 steps, the rows swapped and
-/// then duplicated (`select_rows` keeping the row count: T5 gathers into its other cache set,
-/// Mistral too), a row dropped, 7 steps (past Mistral's sliding window), then 3 greedy picks
+/// fixture: a padded batch of two rows teacher-forced through 3 steps (each after a reorder
+/// that keeps the rows, so both cache sets get a recording), the rows swapped and then
+/// duplicated (`select_rows` keeping the row count: the other cache set, its recording
+/// replayed with the row inputs rewritten), a row dropped, 7 steps (past Mistral's sliding window), then 3 greedy picks
 /// on the device; then a 2-beam search (its tokens added to the picks, its scores to the
 /// logits). Per fixture: the largest relative difference of the logits and the
 /// picks' log-probabilities (NaN counts as infinite), whether the picks agree, and whether
@@ -257,12 +258,20 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
             let mut logits = Vec::new();
             let mut rows = 2;
             for (j, &t) in tf.iter().enumerate() {
+                if j < 3 {
+                    // rows kept in order, but through the other cache set each time (graphs
+                    // on): step 0 runs plainly, steps 1 and 2 record one set each, so the
+                    // reorders below replay recordings with rewritten row inputs
+                    st.select_rows(&[0, 1]).unwrap();
+                }
                 if j == 3 {
+                    // the rows swapped (their key masks and adapters differ): replays the
+                    // first set's recording
                     st.select_rows(&[1, 0]).unwrap();
                 }
                 if j == 4 {
-                    // same row count again: with graphs, back to the first cache set and its
-                    // recording, now holding reordered rows
+                    // same row count again: the second set's recording, now holding
+                    // duplicated rows
                     st.select_rows(&[0, 0]).unwrap();
                 }
                 if j == 5 {
