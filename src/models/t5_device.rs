@@ -529,6 +529,8 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     /// with graphs, the other cache set: beam search gathers its reordered rows into it and
     /// the two swap, so each keeps its recording (made at the first reorder)
     cache_alt: Vec<B::Buf<bf16>>,
+    /// the second set could not be allocated: reorders stay plain for this stepper
+    no_alt: bool,
     scratch: Option<DecScratch<B>>,
     graph: GraphState<B::Graph>,
     /// `JOBX_PROFILE` (device::profile)
@@ -568,6 +570,7 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             len: 0,
             cache,
             cache_alt: Vec::new(),
+            no_alt: false,
             scratch: None,
             graph: GraphState::default(),
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
@@ -631,18 +634,25 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         }
         let src: Vec<usize> = parents.iter().map(|&p| self.src[p]).collect();
         let used = self.len * 3 * inner;
-        if m.dev.graphs() && !self.graph.failed() && parents.len() == self.src.len() {
+        let need = self.src.len() * per;
+        let alt_ready = self.cache_alt.len() == self.cache.len()
+            && self.cache_alt.iter().all(|b| B::len(b) == need);
+        let same_rows = parents.len() == self.src.len();
+        if m.dev.graphs() && !self.graph.failed() && same_rows && !alt_ready && !self.no_alt {
+            self.graph.reset(); // (none can read the set being replaced; for certainty)
+            self.cache_alt.clear();
+            // (if it cannot be allocated, reorders go the plain way rather than failing)
+            match (0..self.cache.len())
+                .map(|_| m.buf(need))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(v) => self.cache_alt = v,
+                Err(_) => self.no_alt = true,
+            }
+        }
+        if m.dev.graphs() && !self.graph.failed() && same_rows && !self.cache_alt.is_empty() {
             // same rows: gather into the other cache set and write the row maps in place, so
             // the recordings (one per set) stay valid; beam search replays every step
-            let need = self.src.len() * per;
-            if self.cache_alt.len() != self.cache.len()
-                || self.cache_alt.iter().any(|b| B::len(b) != need)
-            {
-                self.graph.reset(); // (none can read the set being replaced; for certainty)
-                self.cache_alt = (0..self.cache.len())
-                    .map(|_| m.buf(need))
-                    .collect::<Result<_>>()?;
-            }
             m.dev.gather_blocks_into(
                 "select_rows",
                 &self.cache,
