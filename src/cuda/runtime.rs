@@ -175,6 +175,11 @@ const KERNELS: &[(&str, &[&str])] = &[
     ("rope", &["rope_bf16"]),
 ];
 
+/// Whether the environment switch `name` is set to "1".
+fn env_on(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
 /// gemm_skinny_tc's split over k: at most this many column tiles per multiprocessor are split
 /// (more already fill the device), each into at most `SPLIT_MAX` blocks.
 pub(crate) const SPLIT_TILES_PER_SM: usize = 2;
@@ -441,7 +446,7 @@ impl Gpu {
                 GemmMode::Tune
             });
         let tune_state = TuneState::from_env(&name);
-        let sync = std::env::var("JOBX_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let sync = env_on("JOBX_CUDA_SYNC");
         let profile = std::env::var("JOBX_PROFILE")
             .is_ok_and(|v| v == "kernels")
             .then(Default::default);
@@ -457,19 +462,11 @@ impl Gpu {
             split_ws,
             split_cnt,
             general_kernels: Default::default(),
-            flash_fa2: std::env::var("JOBX_FLASH_FA2")
-                .is_ok_and(|v| v == "1")
-                .into(),
-            flash_wg: std::env::var("JOBX_FLASH_WG")
-                .is_ok_and(|v| v == "1")
-                .into(),
-            gemm_persistent: std::env::var("JOBX_GEMM_PERSISTENT")
-                .is_ok_and(|v| v == "1")
-                .into(),
+            flash_fa2: env_on("JOBX_FLASH_FA2").into(),
+            flash_wg: env_on("JOBX_FLASH_WG").into(),
+            gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
-            gemm_splitk: std::env::var("JOBX_GEMM_SPLITK")
-                .is_ok_and(|v| v == "1")
-                .into(),
+            gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
@@ -479,7 +476,7 @@ impl Gpu {
             int8_weights: Default::default(),
             int8_cross_kv: Default::default(),
             sync,
-            poison: std::env::var("JOBX_CUDA_POISON").is_ok_and(|v| v == "1"),
+            poison: env_on("JOBX_CUDA_POISON"),
             profile,
             name,
             cc,

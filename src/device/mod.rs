@@ -314,6 +314,45 @@ impl<G> GraphState<G> {
     pub fn failed(&self) -> bool {
         self.failed
     }
+
+    /// Whether a reorder keeping the row count can go through a second set of `layers`
+    /// buffers of `need` elements (beam search with graphs: each set keeps its recording):
+    /// graphs on, no recording failed, and `alt` holds such a set, made now if missing (the
+    /// recordings then reset). If it cannot be allocated, `*no_alt` is set and reorders go the
+    /// plain way from then on rather than failing the generation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn second_set<T>(
+        &mut self,
+        graphs: bool,
+        alt: &mut Vec<T>,
+        layers: usize,
+        need: usize,
+        len: impl Fn(&T) -> usize,
+        alloc: impl Fn() -> Result<T>,
+        no_alt: &mut bool,
+    ) -> bool {
+        if !graphs || self.failed {
+            return false;
+        }
+        if alt.len() == layers && alt.iter().all(|b| len(b) == need) {
+            return true;
+        }
+        if *no_alt {
+            return false;
+        }
+        self.reset(); // (none can read the set being replaced; for certainty)
+        alt.clear();
+        match (0..layers).map(|_| alloc()).collect::<Result<Vec<_>>>() {
+            Ok(v) => {
+                *alt = v;
+                true
+            }
+            Err(_) => {
+                *no_alt = true;
+                false
+            }
+        }
+    }
 }
 
 /// The ops of a device backend. Shapes are in elements; every op first runs its `check`

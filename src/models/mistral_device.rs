@@ -710,34 +710,6 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         Ok(())
     }
 
-    /// Whether the second cache set is there for a reorder (made now if missing, the
-    /// recordings then reset); false when it cannot be allocated: the reorder then goes the
-    /// plain way (one set, no recordings kept) rather than failing the generation.
-    fn second_cache(&self, st: &mut MistralDeviceState<B>, per: usize) -> bool {
-        let need = st.rows * per;
-        if st.kv_alt.len() == st.kv.len() && st.kv_alt.iter().all(|b| B::len(b) == need) {
-            return true;
-        }
-        if st.no_alt {
-            return false;
-        }
-        st.graph.reset(); // (none can read the set being replaced; for certainty)
-        st.kv_alt.clear();
-        match (0..st.kv.len())
-            .map(|_| self.buf(need))
-            .collect::<Result<Vec<_>>>()
-        {
-            Ok(v) => {
-                st.kv_alt = v;
-                true
-            }
-            Err(_) => {
-                st.no_alt = true;
-                false
-            }
-        }
-    }
-
     /// Row r continues from old row `parents[r]` (beam reordering, finished rows dropped).
     pub fn select_rows(&self, st: &mut MistralDeviceState<B>, parents: &[usize]) -> Result<()> {
         if parents.iter().any(|&p| p >= st.rows) {
@@ -752,10 +724,16 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             .collect();
         let next_pos: Vec<usize> = parents.iter().map(|&p| st.next_pos[p]).collect();
         let adapters: Vec<Option<usize>> = parents.iter().map(|&p| st.adapters[p]).collect();
-        if self.dev.graphs()
-            && !st.graph.failed()
-            && parents.len() == st.rows
-            && self.second_cache(st, per)
+        if parents.len() == st.rows
+            && st.graph.second_set(
+                self.dev.graphs(),
+                &mut st.kv_alt,
+                st.kv.len(),
+                st.rows * per,
+                |b| B::len(b),
+                || self.buf(st.rows * per),
+                &mut st.no_alt,
+            )
         {
             // same row count (beam search): gather into the other cache set and rewrite the
             // recorded step's row inputs in place, so the recordings (one per set) stay valid

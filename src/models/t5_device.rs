@@ -635,22 +635,17 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
         let src: Vec<usize> = parents.iter().map(|&p| self.src[p]).collect();
         let used = self.len * 3 * inner;
         let need = self.src.len() * per;
-        let alt_ready = self.cache_alt.len() == self.cache.len()
-            && self.cache_alt.iter().all(|b| B::len(b) == need);
-        let same_rows = parents.len() == self.src.len();
-        if m.dev.graphs() && !self.graph.failed() && same_rows && !alt_ready && !self.no_alt {
-            self.graph.reset(); // (none can read the set being replaced; for certainty)
-            self.cache_alt.clear();
-            // (if it cannot be allocated, reorders go the plain way rather than failing)
-            match (0..self.cache.len())
-                .map(|_| m.buf(need))
-                .collect::<Result<Vec<_>>>()
-            {
-                Ok(v) => self.cache_alt = v,
-                Err(_) => self.no_alt = true,
-            }
-        }
-        if m.dev.graphs() && !self.graph.failed() && same_rows && !self.cache_alt.is_empty() {
+        if parents.len() == self.src.len()
+            && self.graph.second_set(
+                m.dev.graphs(),
+                &mut self.cache_alt,
+                self.cache.len(),
+                need,
+                |b| B::len(b),
+                || m.buf(need),
+                &mut self.no_alt,
+            )
+        {
             // same rows: gather into the other cache set and write the row maps in place, so
             // the recordings (one per set) stay valid; beam search replays every step
             m.dev.gather_blocks_into(
