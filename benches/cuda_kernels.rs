@@ -175,19 +175,16 @@ fn main() {
             for (mode, suffix) in [
                 (Force(SkinnyKernel::Skinny), "skinny"),
                 (Force(SkinnyKernel::SkinnyTc), "skinny_tc"),
-                (Force(SkinnyKernel::SkinnyTc), "skinny_tc_split"),
+                (Force(SkinnyKernel::SkinnyTcSplit), "skinny_tc_split"),
                 (Tune, "tuned"),
             ] {
-                let split = suffix == "skinny_tc_split";
-                if split && skip.contains(&"splitk") {
+                if suffix == "skinny_tc_split" && skip.contains(&"splitk") {
                     continue;
                 }
-                let split_default = g.gemm_splitk.swap(split, Relaxed);
                 g.set_gemm_mode(mode);
                 let bf = time_bf16(&mut y);
                 let i8w = time_int8(&mut y);
                 g.set_gemm_mode(tune::GemmMode::Fixed);
-                g.gemm_splitk.store(split_default, Relaxed);
                 for (name, ms) in [
                     (format!("gemm_bf16_{suffix}"), bf),
                     (format!("gemm_int8_weight_only_{suffix}"), i8w),

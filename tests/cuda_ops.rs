@@ -932,7 +932,12 @@ mod table {
         ));
         cases.push((
             "gemm tuned: accumulate, strided, LoRA m24 n2312 k520".into(),
-            Box::new(tuned_gemm),
+            Box::new(|g, s| tuned_gemm(g, s, (24, 2312, 520), false)),
+        ));
+        // with the split kernel a candidate: 66 column tiles split on any GPU of <= 132 SMs
+        cases.push((
+            "gemm tuned SkinnyTcSplit: accumulate, strided, LoRA m24 n1048 k520".into(),
+            Box::new(|g, s| tuned_gemm(g, s, (24, 1048, 520), true)),
         ));
         for &(m, n, k) in &[(1, 1, 1), (19, 70, 100), (64, 128, 4096)] {
             cases.push((
@@ -1831,16 +1836,11 @@ mod table {
         );
         g.set_gemm_mode(match variant {
             Variant::Skinny => GemmMode::Force(SkinnyKernel::Skinny),
-            Variant::SkinnyTc | Variant::SkinnyTcSplit => GemmMode::Force(SkinnyKernel::SkinnyTc),
+            Variant::SkinnyTc => GemmMode::Force(SkinnyKernel::SkinnyTc),
+            Variant::SkinnyTcSplit => GemmMode::Force(SkinnyKernel::SkinnyTcSplit),
             Variant::Default | Variant::Tiled => GemmMode::Tune,
         });
-        let split = g.gemm_splitk.swap(
-            variant == Variant::SkinnyTcSplit,
-            std::sync::atomic::Ordering::Relaxed,
-        );
         let r = f();
-        g.gemm_splitk
-            .store(split, std::sync::atomic::Ordering::Relaxed);
         g.general_kernels
             .store(false, std::sync::atomic::Ordering::Relaxed);
         g.set_gemm_mode(GemmMode::Tune);
@@ -1892,16 +1892,34 @@ mod table {
         Skinny,
         /// the tensor-core skinny kernel for m <= 32
         SkinnyTc,
-        /// the same, split over k (`Gpu::gemm_splitk`) where its column tiles are few
+        /// the same, split over k where its column tiles are few (`SkinnyKernel::SkinnyTcSplit`)
         SkinnyTcSplit,
     }
 
     /// The tuned path itself on a shape no other case has, timed afresh before each product:
     /// the timing launches write a scratch output, so the real one (accumulated into at a
     /// strided offset, f32; then with a LoRA update) must still match the reference, and the
-    /// shape's choice is recorded with a time for every candidate.
-    fn tuned_gemm(g: &Gpu, seed: u64) -> Result<(), String> {
-        let (m, n, k) = (24, 2312, 520);
+    /// shape's choice is recorded with a time for every candidate (with `split`, the split
+    /// kernel among them: `Gpu::gemm_splitk` on for the case, the shape one that splits).
+    fn tuned_gemm(
+        g: &Gpu,
+        seed: u64,
+        (m, n, k): (usize, usize, usize),
+        split: bool,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = g.gemm_splitk.swap(split, Relaxed);
+        let r = tuned_gemm_checks(g, seed, (m, n, k), split);
+        g.gemm_splitk.store(before, Relaxed);
+        r
+    }
+
+    fn tuned_gemm_checks(
+        g: &Gpu,
+        seed: u64,
+        (m, n, k): (usize, usize, usize),
+        split: bool,
+    ) -> Result<(), String> {
         let key = GemmKey::new(m, n, k, false).unwrap();
         g.clear_gemm_tuning();
         with_variant(g, Variant::Default, || {
@@ -1911,7 +1929,7 @@ mod table {
             let c = g
                 .gemm_tune_choice(&key)
                 .ok_or_else(|| format!("{what}: no tuning choice for {}", key.label()))?;
-            for kernel in SkinnyKernel::ALL {
+            for kernel in SkinnyKernel::candidates(split) {
                 match c.times.iter().find(|(k, _)| *k == kernel) {
                     Some(&(_, t)) if t.is_finite() && t > 0.0 => {}
                     other => {

@@ -295,33 +295,22 @@ impl Gpu {
                 },
             ),
             // 16 columns a block (gemm.cu: gemm_skinny_tc); 8 warps splitting k where 4-warp
-            // blocks would leave SMs idle, for more weight loads in flight
-            SkinnyKernel::SkinnyTc => {
+            // blocks would leave SMs idle, for more weight loads in flight; split over k
+            // (`SkinnyTcSplit`, where `skinny_splits` says so) 4 warps a block
+            SkinnyKernel::SkinnyTc | SkinnyKernel::SkinnyTcSplit => {
                 let blocks = grid(16)?;
-                let warps = if (blocks as usize) < 2 * self.multiprocessors {
+                let splits = match kernel {
+                    SkinnyKernel::SkinnyTcSplit => self.skinny_splits(s),
+                    _ => 1,
+                };
+                let warps = if splits >= 2 {
+                    p.split_ws = self.ptr(&self.split_ws) as *mut f32;
+                    p.split_cnt = self.ptr(&self.split_cnt) as *mut u32;
+                    4
+                } else if (blocks as usize) < 2 * self.multiprocessors {
                     8
                 } else {
                     4
-                };
-                // split over k (opt-in): enough blocks for ~2 per SM, at least 2 chunks of 32
-                // k each, at most SPLIT_MAX; each block then runs 4 warps
-                let split_tiles = super::runtime::SPLIT_TILES_PER_SM * self.multiprocessors;
-                let splits = if self.gemm_splitk.load(std::sync::atomic::Ordering::Relaxed)
-                    && (blocks as usize) < split_tiles
-                {
-                    (2 * self.multiprocessors)
-                        .div_ceil(blocks as usize)
-                        .min(super::runtime::SPLIT_MAX)
-                        .min(s.k.div_ceil(32) / 2)
-                } else {
-                    1
-                };
-                let (splits, warps) = if splits >= 2 {
-                    p.split_ws = self.ptr(&self.split_ws) as *mut f32;
-                    p.split_cnt = self.ptr(&self.split_cnt) as *mut u32;
-                    (splits, 4)
-                } else {
-                    (1, warps)
                 };
                 (
                     "gemm_skinny_tc",
@@ -337,6 +326,30 @@ impl Gpu {
         self.launch_as(op, name, cfg, p, profiled)
     }
 
+    /// How many blocks share each 16-column tile's k in `gemm_skinny_tc` split over k: enough
+    /// for ~2 blocks per SM where the column tiles are fewer than `SPLIT_TILES_PER_SM` per SM
+    /// (the workspace's size), at least 2 chunks of 32 k each, at most `SPLIT_MAX`; 1 (no
+    /// split) otherwise.
+    pub(crate) fn skinny_splits(&self, s: &GemmShape) -> usize {
+        let tiles = s.n.div_ceil(16);
+        if tiles == 0 || tiles >= super::runtime::SPLIT_TILES_PER_SM * self.multiprocessors {
+            return 1;
+        }
+        (2 * self.multiprocessors)
+            .div_ceil(tiles)
+            .min(super::runtime::SPLIT_MAX)
+            .min(s.k.div_ceil(32) / 2)
+            .max(1)
+    }
+
+    /// The kernels tuning times for this product (tune.rs `SkinnyKernel::candidates`): the
+    /// split one only where `JOBX_GEMM_SPLITK` enables it and the product would split.
+    fn skinny_candidates(&self, s: &GemmShape) -> Vec<SkinnyKernel> {
+        let split = self.gemm_splitk.load(std::sync::atomic::Ordering::Relaxed)
+            && self.skinny_splits(s) >= 2;
+        SkinnyKernel::candidates(split)
+    }
+
     /// Device time (ms, median of a few launches) of every m <= 32 kernel on this product, for
     /// `Gpu::tuned`. Each candidate writes a scratch output (no accumulation, no LoRA: the same
     /// epilogue work for all, and the real output untouched) after a launch that is not timed
@@ -347,6 +360,7 @@ impl Gpu {
         &self,
         s: &GemmShape,
         p: &jobx_gemm_params,
+        candidates: &[SkinnyKernel],
     ) -> Result<Vec<(SkinnyKernel, f64)>> {
         const OP: &str = "gemm tuning";
         const REPS: usize = 5;
@@ -369,7 +383,7 @@ impl Gpu {
                 .map_err(|e| backend_err(OP, format!("timing event: {e}")))
         };
         let mut out = Vec::new();
-        for kernel in SkinnyKernel::ALL {
+        for &kernel in candidates {
             if self.launch_skinny(OP, kernel, s, q, false).is_err() {
                 continue;
             }
@@ -1333,7 +1347,10 @@ impl crate::device::Backend for Gpu {
                 (Some(_), GemmMode::Force(k)) => k,
                 (Some(key), GemmMode::Fixed) => tune::fixed_rule(&key),
                 (Some(key), GemmMode::Tune) => {
-                    self.tuned(key, || self.time_skinny_candidates(s, &p))
+                    let candidates = self.skinny_candidates(s);
+                    self.tuned(key, &candidates, || {
+                        self.time_skinny_candidates(s, &p, &candidates)
+                    })
                 }
             };
             return self.launch_skinny(OP, kernel, s, p, true);

@@ -271,10 +271,11 @@ pub struct Gpu {
     /// Blocks of a persistent GEMM launch: 0 = one per multiprocessor (tests set a few, so that
     /// each block walks many tiles).
     pub persistent_blocks: std::sync::atomic::AtomicUsize,
-    /// gemm_skinny_tc split over k where its column tiles would leave SMs idle:
-    /// `JOBX_GEMM_SPLITK=1`, or set directly. Off by default until a GPU run has checked and
-    /// timed it (written 2026-11-26 without a device); tuning then times the split form (a
-    /// `JOBX_GEMM_TUNE_FILE` written without the flag keeps its choices: delete it to re-time).
+    /// gemm_skinny_tc split over k (`SkinnyKernel::SkinnyTcSplit`) as a tuning candidate on
+    /// the shapes where its column tiles would leave SMs idle: `JOBX_GEMM_SPLITK=1`, or set
+    /// directly. Off by default until a GPU run has checked and timed it (written 2026-11-26
+    /// without a device); with it, tuning times the split form next to the others and keeps it
+    /// only where it is faster (a saved table's choices made without it are timed afresh).
     pub gemm_splitk: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
@@ -814,16 +815,17 @@ impl Gpu {
         *self.gemm_mode.lock().unwrap_or_else(|e| e.into_inner()) = mode;
     }
 
-    /// The kernel tuning chose for `key`, timing the candidates with `time` the first time the
-    /// key is seen. Timing that fails (out of memory for its scratch buffers, say) is reported
+    /// The kernel tuning chose for `key` among `candidates`, timing them with `time` the first
+    /// time the key is seen with these candidates (tune.rs `TuneTable::get_among`). Timing that fails (out of memory for its scratch buffers, say) is reported
     /// on stderr and the fixed rule used: tuning never fails a GEMM.
     pub(crate) fn tuned(
         &self,
         key: GemmKey,
+        candidates: &[SkinnyKernel],
         time: impl FnOnce() -> Result<Vec<(SkinnyKernel, f64)>>,
     ) -> SkinnyKernel {
         let mut st = self.gemm_tune.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = st.table.get(&key) {
+        if let Some(k) = st.table.get_among(&key, candidates) {
             return k;
         }
         // timing synchronises, which a graph being recorded cannot hold: the fixed rule, not

@@ -17,7 +17,8 @@
 //! `Gpu::tune_gemm` (ops.rs).
 //!
 //! `JOBX_GEMM_TUNE`: unset, `1` or `on` = tune (default); `0` or `off` = the fixed rule;
-//! `skinny`, `skinny_tc` or `tiles` = always that kernel (tests and benchmarks).
+//! `skinny`, `skinny_tc`, `tiles` or `skinny_tc_split` = always that kernel (tests and
+//! benchmarks).
 
 use crate::{Error, Result};
 use std::collections::BTreeMap;
@@ -31,17 +32,40 @@ pub enum SkinnyKernel {
     SkinnyTc,
     /// `gemm_bf16`: 64x64 tensor-core tiles (most rows padding, but wide n fills the SMs).
     Tiles,
+    /// `gemm_skinny_tc` with each column tile's k shared by several blocks (gridDim.y), where
+    /// its column tiles alone would leave SMs idle (n = 1024 on an H100); the same kernel
+    /// unsplit elsewhere. A tuning candidate only with `JOBX_GEMM_SPLITK=1` until a GPU run has
+    /// checked and timed it (`candidates`).
+    SkinnyTcSplit,
 }
 
 impl SkinnyKernel {
-    pub const ALL: [SkinnyKernel; 3] = [Self::Skinny, Self::SkinnyTc, Self::Tiles];
+    /// Every kernel a name can select (`JOBX_GEMM_TUNE`, tuning tables).
+    pub const ALL: [SkinnyKernel; 4] = [
+        Self::Skinny,
+        Self::SkinnyTc,
+        Self::Tiles,
+        Self::SkinnyTcSplit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Skinny => "skinny",
             Self::SkinnyTc => "skinny_tc",
             Self::Tiles => "tiles",
+            Self::SkinnyTcSplit => "skinny_tc_split",
         }
+    }
+
+    /// The kernels tuning times for a shape: the three established ones, plus the split one
+    /// where it is enabled (`JOBX_GEMM_SPLITK=1`) and the shape would split at all (elsewhere
+    /// it is `SkinnyTc` under another name).
+    pub fn candidates(split: bool) -> Vec<SkinnyKernel> {
+        let mut c = vec![Self::Skinny, Self::SkinnyTc, Self::Tiles];
+        if split {
+            c.push(Self::SkinnyTcSplit);
+        }
+        c
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
@@ -70,7 +94,7 @@ impl GemmMode {
                 .map(GemmMode::Force)
                 .ok_or_else(|| {
                     Error::Input(format!(
-                        "JOBX_GEMM_TUNE={s}: expected on, off, skinny, skinny_tc or tiles"
+                        "JOBX_GEMM_TUNE={s}: expected on, off, skinny, skinny_tc, tiles or skinny_tc_split"
                     ))
                 }),
         }
@@ -170,6 +194,18 @@ impl TuneTable {
 
     pub fn get(&self, key: &GemmKey) -> Option<SkinnyKernel> {
         self.entries.get(key).map(|c| c.kernel)
+    }
+
+    /// The kept choice for `key` if it was made among (at least) `candidates`: its kernel one of
+    /// them and, unless it is a fallback without times, every candidate timed. A choice made
+    /// before a candidate was enabled (a table saved without `JOBX_GEMM_SPLITK`, read with it)
+    /// or naming one no longer enabled (the other way round) is timed afresh instead.
+    pub fn get_among(&self, key: &GemmKey, candidates: &[SkinnyKernel]) -> Option<SkinnyKernel> {
+        let c = self.entries.get(key)?;
+        let timed_all = candidates
+            .iter()
+            .all(|k| c.times.iter().any(|(t, _)| t == k));
+        (candidates.contains(&c.kernel) && (c.times.is_empty() || timed_all)).then_some(c.kernel)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -382,6 +418,51 @@ mod tests {
     }
 
     #[test]
+    fn kept_choices_are_used_only_among_the_candidates_they_were_made_from() {
+        let mut t = table();
+        let k = key(32, 3072);
+        let three = SkinnyKernel::candidates(false);
+        let four = SkinnyKernel::candidates(true);
+        assert_eq!(three, [Skinny, SkinnyTc, Tiles]);
+        assert_eq!(four.len(), 4);
+        // made among the three: used without the split, timed afresh with it
+        assert_eq!(t.get_among(&k, &three), Some(SkinnyTc));
+        assert_eq!(t.get_among(&k, &four), None);
+        // made among the four and the split won: used with it, timed afresh without
+        t.entries.insert(
+            k,
+            Choice {
+                kernel: SkinnyTcSplit,
+                times: vec![
+                    (Skinny, 0.03),
+                    (SkinnyTc, 0.011),
+                    (Tiles, 0.025),
+                    (SkinnyTcSplit, 0.006),
+                ],
+            },
+        );
+        assert_eq!(t.get_among(&k, &four), Some(SkinnyTcSplit));
+        assert_eq!(t.get_among(&k, &three), None);
+        // made among the four, an established kernel won: good for both
+        t.entries.get_mut(&k).unwrap().kernel = SkinnyTc;
+        assert_eq!(t.get_among(&k, &three), Some(SkinnyTc));
+        assert_eq!(t.get_among(&k, &four), Some(SkinnyTc));
+        // a fallback without times stands while its kernel is a candidate
+        let fb = GemmKey::new(3, 1024, 2816, true).unwrap();
+        assert_eq!(t.get_among(&fb, &four), Some(Skinny));
+        assert_eq!(t.get_among(&fb, &[SkinnyTc]), None);
+        assert_eq!(t.get_among(&key(8, 8), &four), None);
+        // the split kernel's name round-trips through a table file
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tune.json");
+        t.entries.get_mut(&k).unwrap().kernel = SkinnyTcSplit;
+        t.save(&path).unwrap();
+        let (back, note) = TuneTable::load(&path, &t.device, &t.build);
+        assert_eq!(note, None);
+        assert_eq!(back.get_among(&k, &four), Some(SkinnyTcSplit));
+    }
+
+    #[test]
     fn modes_parse_from_the_environment_value() {
         assert_eq!(GemmMode::parse(None).unwrap(), GemmMode::Tune);
         assert_eq!(GemmMode::parse(Some("on")).unwrap(), GemmMode::Tune);
@@ -391,6 +472,10 @@ mod tests {
         assert_eq!(
             GemmMode::parse(Some("skinny_tc")).unwrap(),
             GemmMode::Force(SkinnyTc)
+        );
+        assert_eq!(
+            GemmMode::parse(Some("skinny_tc_split")).unwrap(),
+            GemmMode::Force(SkinnyTcSplit)
         );
         let e = GemmMode::parse(Some("fastest")).unwrap_err().to_string();
         assert!(e.contains("JOBX_GEMM_TUNE=fastest"), "{e}");

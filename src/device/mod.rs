@@ -310,11 +310,6 @@ impl<G> GraphState<G> {
         self.graphs[self.parity].is_some()
     }
 
-    /// Whether a recording failed (the stepper then keeps to plain steps).
-    pub fn failed(&self) -> bool {
-        self.failed
-    }
-
     /// Whether a reorder keeping the row count can go through a second set of `layers`
     /// buffers of `need` elements (beam search with graphs: each set keeps its recording):
     /// graphs on, no recording failed, and `alt` holds such a set, made now if missing (the
