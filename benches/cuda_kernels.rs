@@ -55,6 +55,63 @@ fn rand_i8(g: &Gpu, n: usize, seed: u64) -> cudarc::driver::CudaSlice<i8> {
     g.upload("bench", &v).unwrap()
 }
 
+/// One JSON line from a TMA GEMM trace (8 words per block, kernels/gemm_sm90.cu): medians over
+/// the blocks of each phase in SM cycles, the blocks' start times against the first (us), and the
+/// main loop's cycles per 128-byte k slice next to an ideal of 1024 (a 128 x 256 tile's slice at
+/// an H100 SM's dense rate: 4096 bf16 or 8192 int8 flop per cycle).
+fn trace_summary(kernel: &str, (m, n, k): (usize, usize, usize), int8: bool, w: &[u64]) -> String {
+    let recs: Vec<&[u64]> = w.chunks_exact(8).filter(|r| r[6] > r[0]).collect();
+    let med = |mut v: Vec<f64>| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let cyc = |a: usize, b: usize| {
+        med(recs
+            .iter()
+            .map(|r| r[b].wrapping_sub(r[a]) as f64)
+            .collect())
+    };
+    let t0 = recs.iter().map(|r| r[0]).min().unwrap_or(0);
+    let t1 = recs.iter().map(|r| r[6]).max().unwrap_or(0);
+    let mut starts: Vec<f64> = recs.iter().map(|r| (r[0] - t0) as f64 / 1e3).collect();
+    starts.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        starts
+            .get(((starts.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let mhz = med(recs
+        .iter()
+        .filter(|r| r[6] - r[0] > 5_000)
+        .map(|r| r[5].wrapping_sub(r[2]) as f64 / (r[6] - r[0]) as f64 * 1e3)
+        .collect());
+    let slices = k.div_ceil(if int8 { 128 } else { 64 });
+    let main = cyc(3, 4);
+    let sms = {
+        let mut ids: Vec<u64> = recs.iter().map(|r| r[1]).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    format!(
+        "{{\"op\":\"gemm_trace\",\"kernel\":\"{kernel}\",\"m\":{m},\"n\":{n},\"k\":{k},\"blocks\":{},\"sms\":{sms},\"span_us\":{:.2},\"start_us_p50\":{:.2},\"start_us_p90\":{:.2},\"start_us_max\":{:.2},\"fill_cyc\":{:.0},\"main_cyc\":{main:.0},\"epi_cyc\":{:.0},\"block_cyc\":{:.0},\"producer_cyc\":{:.0},\"slices\":{slices},\"main_cyc_per_slice\":{:.1},\"ideal_cyc_per_slice\":1024,\"mhz\":{mhz:.0}}}",
+        recs.len(),
+        (t1 - t0) as f64 / 1e3,
+        q(0.5),
+        q(0.9),
+        q(1.0),
+        cyc(2, 3),
+        cyc(4, 5),
+        cyc(2, 5),
+        cyc(2, 7),
+        main / slices.max(1) as f64,
+    )
+}
+
 fn main() {
     let g = match Gpu::new(0) {
         Ok(g) => g,
@@ -74,7 +131,9 @@ fn main() {
     g.set_gemm_mode(tune::GemmMode::Fixed);
     // (m, n, k): T5-large projections (d_model 1024, d_ff 2816) at 8 x 1024 tokens, a decode
     // step at batch 32 (with the fused q|k|v and wi_0|wi_1 projections of the device graph: n
-    // 3072 and 5632), and a square 4096 product.
+    // 3072 and 5632), a square 4096 product, and Mistral-7B prefill at 8 x 1024 tokens (the
+    // fused q|k|v projection, n 4096 + 2 x 1024, and the FFN's down projection, k 14336): the
+    // large-batch products where the W8A8 target (>= 1.6x our bf16) is judged.
     for &(m, n, k) in &[
         (8192, 1024, 1024),
         (8192, 2816, 1024),
@@ -86,6 +145,8 @@ fn main() {
         (32, 32128, 1024),
         (8, 1024, 2816),
         (4096, 4096, 4096),
+        (8192, 6144, 4096),
+        (8192, 4096, 14336),
     ] {
         let x = rand_bf16(&g, m * k, 1);
         let w = rand_bf16(&g, n * k, 2);
@@ -156,6 +217,31 @@ fn main() {
                     );
                 }
             }
+        }
+        if m > 32 && g.has_kernel("gemm_tma_bf16_n256") {
+            // where the default wgmma kernel's time goes, per block (kernels/gemm_sm90.cu,
+            // "trace"), bf16 and W8A8
+            let blocks = n.div_ceil(256) * m.div_ceil(128);
+            g.sm90_tile.store(256, Relaxed);
+            for (kernel, int8) in [("gemm_tma_bf16_n256", false), ("gemm_tma_s8_n256", true)] {
+                let mut run = || {
+                    if int8 {
+                        g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
+                    } else {
+                        g.gemm(&x, Weight::Bf16(&w), Out::Bf16(&mut y), &sh, None)
+                    }
+                };
+                let words = g
+                    .set_gemm_trace(blocks)
+                    .and_then(|_| run())
+                    .and_then(|_| g.gemm_trace_words());
+                g.set_gemm_trace(0).unwrap();
+                match words {
+                    Ok(w) => println!("{}", trace_summary(kernel, (m, n, k), int8, &w)),
+                    Err(e) => eprintln!("gemm trace {kernel}: {e}"),
+                }
+            }
+            g.sm90_tile.store(0, Relaxed);
         }
         if m <= 32 {
             // the same product on the general 64x64 tensor-core tiles: the baseline the skinny

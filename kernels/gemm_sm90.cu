@@ -140,6 +140,34 @@ __device__ __forceinline__ void w_scales(const jobx_gemm_params& p, long long co
     }
 }
 
+// ---- trace (diagnostics) -------------------------------------------------------------------------
+// With p.trace set, each block of gemm_tma writes 8 words where a tile's time goes, for a GPU run
+// to read (benches/cuda_kernels.rs, "gemm_trace" rows): why the H100 runs put a ~10 us cost per
+// 128 x 256 tile outside the main loop that no estimate explains (block start, the first copies'
+// latency, the main loop below its rate, or the epilogue). %clock64 counts the SM's cycles (all
+// of a block's stamps are on one SM); %globaltimer (ns) places blocks against each other.
+//   [0] globaltimer at entry (thread 0)           [1] the SM's id
+//   [2] clock64 at entry (thread 0)                [3] clock64: consumer 0 has its first slice
+//   [4] clock64: consumer 0's last wgmma done      [5] clock64: consumer 0's rows written
+//   [6] globaltimer at [5]                         [7] clock64: the producer issued its last copy
+__device__ __forceinline__ unsigned long long trace_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ unsigned long long trace_clock() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ unsigned trace_smid() {
+    unsigned id;
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
+    return id;
+}
+
 template <int BN, int STAGES, bool INT8>
 __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     using Acc = typename AccT<INT8>::type;
@@ -153,6 +181,14 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     const int tid = threadIdx.x, wg = tid >> 7;
     const long long m0 = (long long)blockIdx.y * SM90_BM, n0 = (long long)blockIdx.x * BN;
     const int kt_n = (int)((p.k + KS - 1) / KS);
+    // (block-uniform: the trace's extra barrier below is taken by all or none)
+    unsigned long long* const tr =
+        p.trace ? p.trace + 8ull * ((unsigned long long)blockIdx.y * gridDim.x + blockIdx.x) : nullptr;
+    if (tr && tid == 0) {
+        tr[0] = trace_ns();
+        tr[1] = trace_smid();
+        tr[2] = trace_clock();
+    }
     init_slots<STAGES>(full, empty);
     if (wg == 0) {
         if (tid == 0) {
@@ -164,6 +200,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
                 tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, (int)m0, bar);
                 tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, (int)n0, bar);
             }
+            if (tr) tr[7] = trace_clock();
         }
         return;
     }
@@ -176,6 +213,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     for (int kt = 0; kt < kt_n; kt++) {
         const int slot = kt % STAGES;
         mbar_wait(smem_addr(&full[slot]), (kt / STAGES) & 1);
+        if (tr && kt == 0 && tid == 128) tr[3] = trace_clock();
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
         wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
                               b_base + slot * B_BYTES);
@@ -184,6 +222,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(kt - 1) % STAGES]));
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    if (tr && tid == 128) tr[4] = trace_clock();
     // (the last slot's release is not needed: the producer issues no more copies)
     fence_acc(acc);
     const int g = lane >> 2, t = lane & 3;
@@ -249,9 +288,17 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
                 }
             }
         }
-        return;
+    } else {
+        store_fragment<BN>(p, r, n0, t, acc);
     }
-    store_fragment<BN>(p, r, n0, t, acc);
+    if (tr) {
+        // every thread of this consumer past its stores (issued, not necessarily landed)
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+        if (tid == 128) {
+            tr[5] = trace_clock();
+            tr[6] = trace_ns();
+        }
+    }
 }
 
 // ---- persistent variant (opt-in until a GPU run times it) ---------------------------------------

@@ -118,6 +118,10 @@ typedef struct {
     // column tile (0 between launches: the last block to arrive resets it)
     float* split_ws;
     unsigned* split_cnt;
+    // Diagnostics, NULL normally (benches/cuda_kernels.rs sets it through Gpu::set_gemm_trace):
+    // the sm_90a TMA GEMMs (gemm_tma_*, not the persistent ones) write 8 timestamps per block at
+    // trace[8 * (blockIdx.y * gridDim.x + blockIdx.x)]: see gemm_sm90.cu, "trace".
+    unsigned long long* trace;
 } jobx_gemm_params;
 
 // The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as

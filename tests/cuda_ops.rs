@@ -1341,6 +1341,14 @@ mod table {
                     ));
                 }
             }
+            // the benchmarks' per-block trace (Gpu::set_gemm_trace): results unchanged, and
+            // every block's stamps in order
+            for int8 in [false, true] {
+                cases.push((
+                    format!("gemm tma trace int8 {int8} m300 n520 k1040"),
+                    Box::new(move |g, s| traced_gemm(g, s, int8)),
+                ));
+            }
         } else {
             eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
         }
@@ -2050,6 +2058,42 @@ mod table {
                 },
             )
         }
+    }
+
+    /// A TMA GEMM (n256, 3 x 3 tiles) with the diagnostic trace on: the product still matches
+    /// the reference, and each block's record (kernels/gemm_sm90.cu, "trace") has an SM id of
+    /// this device, its end time after its start, and its cycle stamps in order (entry, first
+    /// slice, last wgmma, stores; the producer's last copy after entry).
+    fn traced_gemm(g: &Gpu, seed: u64, int8: bool) -> Result<(), String> {
+        let (m, n, k) = (300usize, 520usize, 1040usize);
+        let blocks = n.div_ceil(256) * m.div_ceil(128);
+        g.set_gemm_trace(blocks).map_err(e)?;
+        let r = sm90_tile(g, 256, &|| {
+            if int8 {
+                w8a8_out(g, seed, m, n, k, true)
+            } else {
+                gemm(g, seed, m, n, k, false, false, false, Variant::Default)
+            }
+        });
+        let words = g.gemm_trace_words().map_err(e);
+        g.set_gemm_trace(0).map_err(e)?;
+        r?;
+        let words = words?;
+        for (b, w) in words.chunks_exact(8).enumerate() {
+            let ok = w[6] > w[0]
+                && (w[1] as usize) < g.multiprocessors
+                && w[2] <= w[3]
+                && w[3] <= w[4]
+                && w[4] <= w[5]
+                && w[2] <= w[7];
+            if !ok {
+                return Err(format!("trace of block {b}: {w:?}"));
+            }
+        }
+        if words.len() != 8 * blocks {
+            return Err(format!("{} trace words for {blocks} blocks", words.len()));
+        }
+        Ok(())
     }
 
     fn w8a8(g: &Gpu, seed: u64, m: usize, n: usize, k: usize) -> Result<(), String> {

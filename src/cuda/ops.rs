@@ -228,6 +228,7 @@ impl Gpu {
             lora_r: 0,
             split_ws: std::ptr::null_mut(),
             split_cnt: std::ptr::null_mut(),
+            trace: std::ptr::null_mut(),
         };
         if let Some(lo) = lora {
             // ids are checked on the host copy by the caller that built them; the kernel
@@ -443,6 +444,15 @@ impl Gpu {
         tp.x_map = tensor_map(op, p.x as *mut c_void, m, k, 128, int8)?;
         tp.w_map = tensor_map(op, p.w as *mut c_void, n, k, bn, int8)?;
         tp.g = p;
+        // diagnostics (Gpu::set_gemm_trace): the non-persistent kernels, when the buffer holds a
+        // record per block
+        if !kernel.ends_with("_p") {
+            let trace = self.gemm_trace.lock().unwrap_or_else(|e| e.into_inner());
+            let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+            if let Some(t) = trace.as_ref().filter(|t| t.len() >= 8 * blocks) {
+                tp.g.trace = self.ptr(t) as *mut u64;
+            }
+        }
         self.launch(op, kernel, cfg, tp)
     }
 

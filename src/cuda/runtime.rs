@@ -271,6 +271,9 @@ pub struct Gpu {
     /// Blocks of a persistent GEMM launch: 0 = one per multiprocessor (tests set a few, so that
     /// each block walks many tiles).
     pub persistent_blocks: std::sync::atomic::AtomicUsize,
+    /// Diagnostics: when set, the non-persistent TMA GEMMs write 8 timestamps per block here
+    /// (`set_gemm_trace` / `take_gemm_trace`; kernels/gemm_sm90.cu says which).
+    pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
     /// gemm_skinny_tc split over k (`SkinnyKernel::SkinnyTcSplit`) as a tuning candidate on
     /// the shapes where its column tiles would leave SMs idle: `JOBX_GEMM_SPLITK=1`, or set
     /// directly. Off by default until a GPU run has checked and timed it (written 2026-11-26
@@ -467,6 +470,7 @@ impl Gpu {
             flash_wg: env_on("JOBX_FLASH_WG").into(),
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
+            gemm_trace: Mutex::new(None),
             gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
@@ -806,6 +810,35 @@ impl TuneState {
 }
 
 impl Gpu {
+    /// Diagnostics for benchmarks: from now on each launch of a TMA GEMM (gemm_tma_*, not the
+    /// persistent ones) of at most `blocks` blocks writes 8 words per block into a device buffer
+    /// (kernels/gemm_sm90.cu, "trace"), each launch over the last one's; 0 turns it off.
+    pub fn set_gemm_trace(&self, blocks: usize) -> Result<()> {
+        let buf = if blocks == 0 {
+            None
+        } else {
+            Some(
+                self.engine_stream
+                    .alloc_zeros::<u64>(8 * blocks)
+                    .map_err(|e| backend_err("gemm trace", e))?,
+            )
+        };
+        *self.gemm_trace.lock().unwrap_or_else(|e| e.into_inner()) = buf;
+        Ok(())
+    }
+
+    /// The trace buffer's words (after synchronising; empty when no trace is set).
+    pub fn gemm_trace_words(&self) -> Result<Vec<u64>> {
+        let trace = self.gemm_trace.lock().unwrap_or_else(|e| e.into_inner());
+        match trace.as_ref() {
+            None => Ok(Vec::new()),
+            Some(t) => self
+                .engine_stream
+                .clone_dtoh(t)
+                .map_err(|e| backend_err("gemm trace", e)),
+        }
+    }
+
     pub fn gemm_mode(&self) -> GemmMode {
         *self.gemm_mode.lock().unwrap_or_else(|e| e.into_inner())
     }
