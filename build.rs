@@ -320,6 +320,17 @@ mod cuda {
         spill_ld: u32,
     }
 
+    /// The kernels (`.entry` functions) of a PTX file whose code lacks `instr`: build.rs
+    /// requires `griddepcontrol.wait` (kernels/common.cuh, pdl_enter) in every kernel built for
+    /// sm_90, since the runtime may launch any of them with programmatic dependent launch.
+    fn entries_without(ptx: &str, instr: &str) -> Vec<String> {
+        ptx.split(".entry ")
+            .skip(1)
+            .filter(|body| !body.contains(instr))
+            .map(|body| body.split('(').next().unwrap_or("").trim().to_string())
+            .collect()
+    }
+
     /// Parse `ptxas -v` output ("Compiling entry function 'X'", "N bytes stack frame, N bytes
     /// spill stores, N bytes spill loads", "Used N registers").
     fn parse_ptxas(report: &str) -> Vec<KernelReport> {
@@ -461,6 +472,16 @@ mod cuda {
                 let (arch_cc, arch) = (*arch_cc, arch.as_str());
                 let ptx_path = out_dir.join(format!("{stem}.sm{arch}.ptx"));
                 to_ptx(&tc, nvrtc.as_ref(), cu, &src, arch, &ptx_path);
+                if arch_cc >= 90 {
+                    let ptx = std::fs::read_to_string(&ptx_path).expect("read PTX");
+                    for k in entries_without(&ptx, "griddepcontrol.wait") {
+                        spill_errors.push(format!(
+                            "{stem}::{k} on sm_{arch} does not start with pdl_enter() \
+                             (kernels/common.cuh): it could read its predecessor's output early \
+                             when launched with programmatic dependent launch"
+                        ));
+                    }
+                }
                 if lowest_ptx.is_none() {
                     lowest_ptx = Some(ptx_path.clone());
                 }
@@ -524,8 +545,8 @@ mod cuda {
         }
         if !spill_errors.is_empty() {
             panic!(
-                "\n\nregister spills or serialised wgmma (allow a spill with \
-                 `// jobx:allow-spills NAME` in its .cu, or JOBX_ALLOW_SPILLS=NAME):\n  {}\n",
+                "\n\nregister spills, serialised wgmma or kernels without pdl_enter() (allow a \
+                 spill with `// jobx:allow-spills NAME` in its .cu, or JOBX_ALLOW_SPILLS=NAME):\n  {}\n",
                 spill_errors.join("\n  ")
             );
         }

@@ -17,6 +17,7 @@ __device__ __forceinline__ float act(float x, int kind) {
 // Rows x cols with row strides (jobx_act_params; a contiguous array is one row of n): rows over
 // blockIdx.y, columns over x, both grid-strided, so no per-element division.
 extern "C" __global__ void act_bf16(jobx_act_params p) {
+    pdl_enter();
     const long long cstride = (long long)gridDim.x * blockDim.x;
     for (long long r = blockIdx.y; r < p.rows; r += gridDim.y) {
         const bf16* g = (const bf16*)p.gate + r * p.ld_in;

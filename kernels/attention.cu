@@ -20,6 +20,7 @@
 
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_attention_params p) {
+    pdl_enter();
     __shared__ float qs[WARPS][DMAX];
     __shared__ __align__(4) bf16 ks[KT][DMAX + KPAD];
     __shared__ __align__(4) bf16 vs[KT][DMAX + KPAD];
@@ -442,10 +443,12 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
 
 // dynamic shared memory: 2 buffers x (K + V) x FKT keys x (dk + 8) bf16 (runtime.rs DYNAMIC_SMEM)
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d64(jobx_attention_params p) {
+    pdl_enter();
     attention_mma<64, 1, 64>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_mma_d128(jobx_attention_params p) {
+    pdl_enter();
     attention_mma<128, 1, 64>(p);
 }
 
@@ -728,10 +731,12 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_fa2_d64(jobx_attention_params p) {
+    pdl_enter();
     attention_fa2<64, true, 64>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_fa2_d128(jobx_attention_params p) {
+    pdl_enter();
     attention_fa2<128, false, 32>(p);
 }
 
@@ -951,18 +956,22 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d64(jobx_attention_params p) {
+    pdl_enter();
     attention_decode<64, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_d128(jobx_attention_params p) {
+    pdl_enter();
     attention_decode<128, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d64(jobx_attention_params p) {
+    pdl_enter();
     attention_decode<64, true>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d128(jobx_attention_params p) {
+    pdl_enter();
     attention_decode<128, true>(p);
 }
 
@@ -973,6 +982,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d1
 // row kernel would run a 256-thread block per 64-element head row: millions of blocks for a
 // batch of 1024-token sources.
 extern "C" __global__ void __launch_bounds__(256) quantize_kv_int8(jobx_quantize_params p) {
+    pdl_enter();
     const long long g = (long long)blockIdx.x * 8 + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (g >= p.m) return;  // the whole warp
@@ -993,6 +1003,7 @@ extern "C" __global__ void __launch_bounds__(256) quantize_kv_int8(jobx_quantize
 // M = max_s m_s; a query with no visible key (every m_s = -inf) gets zeros. Block per (query
 // row, head), one thread per output dimension.
 extern "C" __global__ void attention_combine(jobx_attention_params p) {
+    pdl_enter();
     const long long h = blockIdx.x, bi = blockIdx.y;
     const long long dk = p.dk;
     const float* part = p.partial + (bi * p.heads + h) * p.splits * (dk + 2);

@@ -221,9 +221,11 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
 // Dynamic shared memory (runtime.rs): 2 stages x (K + V) x 128 keys x dk bf16, Q 128 x dk bf16,
 // + 1 KB for the 1024-byte alignment: d64 81 KB, d128 161 KB.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d64(jobx_attention_params p) {
+    pdl_enter();
     attention_wg<64>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d128(jobx_attention_params p) {
+    pdl_enter();
     attention_wg<128>(p);
 }

@@ -11,6 +11,36 @@ typedef __nv_bfloat16 bf16;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Programmatic dependent launch (Hopper; opt-in, JOBX_PDL=1): the runtime may launch a kernel
+// with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so that its blocks start while the
+// previous kernel on the stream finishes. Every kernel therefore begins with pdl_enter():
+// griddepcontrol.wait holds it until the previous grid has completed and its writes are visible
+// (which also orders it after every earlier kernel: each waited for its own predecessor), then
+// launch_dependents lets the next kernel's blocks be scheduled as ours finish. Only reads of
+// what no kernel writes (weights) may come before it. Both are no-ops in a kernel launched
+// without the attribute, and are left out below sm_90 (no such instructions); build.rs fails
+// if an sm_90 kernel lacks the wait.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
+}
+
+// Before pdl_enter: ask L2 for the bytes [s, s + n) of a buffer no kernel writes (weights), one
+// 128-byte line per thread a pass (the first line's address clamped to s, so every address
+// lies in the range).
+__device__ __forceinline__ void prefetch_l2(const void* s, long long n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (n <= 0) return;
+    const unsigned long long a0 = (unsigned long long)s, a1 = a0 + (unsigned long long)n;
+    for (unsigned long long l = (a0 >> 7) + threadIdx.x; l <= ((a1 - 1) >> 7); l += blockDim.x) {
+        const unsigned long long a = (l << 7) < a0 ? a0 : (l << 7);
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a));
+    }
+#endif
+}
+
 __device__ __forceinline__ float ld_bf16(const bf16* p, long long i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ void st_bf16(bf16* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
 

@@ -15,6 +15,7 @@ __device__ __forceinline__ void copy_row(bf16* dst, const bf16* src, long long n
 }
 
 extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
+    pdl_enter();
     const long long t = blockIdx.x;
     if (t >= p.n) return;
     const long long id = p.ids[t];
@@ -33,6 +34,7 @@ extern "C" __global__ void embedding_bf16(jobx_embedding_params p) {
 // multiple of 8, so it keeps the rows' alignment).
 #define COPY_CHUNK 4096  // the wrapper's grid uses the same
 extern "C" __global__ void copy_rows_bf16(jobx_copy_rows_params p) {
+    pdl_enter();
     const long long r = blockIdx.x, c0 = (long long)blockIdx.y * COPY_CHUNK;
     if (r >= p.rows || c0 >= p.cols) return;
     const long long s = p.src_rows ? (long long)p.src_rows[r] : r;

@@ -99,6 +99,7 @@ __device__ __forceinline__ void mma_slice_bf16(const bf16 (&As)[BM][LDS], const 
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params p) {
+    pdl_enter();
     __shared__ __align__(16) bf16 As[BM][LDS];
     __shared__ __align__(16) bf16 Bs[BN][LDS];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -235,6 +236,8 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8(jobx_gemm_params p) {
+    prefetch_w_rows(p, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.k);
+    pdl_enter();
     gemm_skinny<8>(p);
 }
 
@@ -249,6 +252,8 @@ __device__ __forceinline__ uint4 ld_w8(const jobx_gemm_params& p, bool int8w, lo
 }
 
 extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jobx_gemm_params p) {
+    prefetch_w_rows(p, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.k);
+    pdl_enter();
     const bool int8w = p.w_kind == JOBX_W_INT8;
     const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
                      ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
@@ -494,6 +499,13 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 }
 
 extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_gemm_params p) {
+    {
+        // this block's k chunks, as skinny_tc computes them
+        const long long chunks = (p.k + 31) / 32;
+        const long long c0 = blockIdx.y * chunks / gridDim.y, c1 = (blockIdx.y + 1) * chunks / gridDim.y;
+        prefetch_w_rows(p, (long long)blockIdx.x * TC_BN, TC_BN, c0 * 32, c1 * 32 < p.k ? c1 * 32 : p.k);
+    }
+    pdl_enter();
     // partial tiles of warps 1..: [warp][(m tile * 2 + n tile) * 4 + c reg][lane] (lane fastest:
     // no bank conflicts)
     __shared__ float red[TC_WARPS - 1][16][32];
@@ -516,6 +528,7 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_
 #define LDS8 (BK8 + 16)  // int8 elements per shared row (80 bytes)
 
 extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params p) {
+    pdl_enter();
     __shared__ __align__(16) signed char As[BM][LDS8];
     __shared__ __align__(16) signed char Bs[BN][LDS8];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -592,6 +605,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_w8a8(jobx_gemm_params
 // One block per row: absmax (f32), scale = absmax / 127, q = rint(x / scale) (round half to even,
 // like torch.round), clamped to [-127, 127].
 extern "C" __global__ void quantize_rows_int8(jobx_quantize_params p) {
+    pdl_enter();
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     if (row >= p.m) return;

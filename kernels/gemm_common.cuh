@@ -57,3 +57,19 @@ __device__ __forceinline__ void store_pair(const jobx_gemm_params& p, long long 
     store_out(p, r, c, v0);
     store_out(p, r, c + 1, v1);
 }
+
+// With programmatic dependent launch (p.pdl): before pdl_enter, this block's weight rows
+// [n0, n0 + cols) over k [k0, k1) toward L2, so that the weight stream of a decode-sized product
+// starts while the previous kernel finishes (the weights are never written by a kernel).
+__device__ __forceinline__ void prefetch_w_rows(const jobx_gemm_params& p, long long n0, long long cols,
+                                                long long k0, long long k1) {
+    if (!p.pdl || n0 >= p.n || k1 <= k0) return;
+    const long long rows = p.n - n0 < cols ? p.n - n0 : cols;
+    const long long esz = p.w_kind == JOBX_W_BF16 ? 2 : 1, row_bytes = p.k * esz;
+    const char* w = (const char*)p.w;
+    if (k0 == 0 && k1 == p.k) {
+        prefetch_l2(w + n0 * row_bytes, rows * row_bytes);  // the rows are contiguous
+    } else {
+        for (long long r = n0; r < n0 + rows; r++) prefetch_l2(w + r * row_bytes + k0 * esz, (k1 - k0) * esz);
+    }
+}

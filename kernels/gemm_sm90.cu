@@ -405,26 +405,32 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
 // Dynamic shared memory: n128 6 x 32 KB, n256 4 x 48 KB (+1 KB alignment slack).
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_bf16_n128(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma<128, 6, false>(p);
 }
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_bf16_n256(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma<256, 4, false>(p);
 }
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_s8_n128(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma<128, 6, true>(p);
 }
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_s8_n256(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma<256, 4, true>(p);
 }
 // Persistent: 3 x 48 KB slots + 2 x 64 x 264 bf16 staging (+1 KB alignment slack).
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_bf16_n256_p(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma_persistent<256, 3, false>(p);
 }
 extern "C" __global__ void __launch_bounds__(TMA_THREADS, 1)
     gemm_tma_s8_n256_p(const __grid_constant__ jobx_gemm_tma_params p) {
+    pdl_enter();
     gemm_tma_persistent<256, 3, true>(p);
 }

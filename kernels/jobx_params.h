@@ -122,6 +122,10 @@ typedef struct {
     // the sm_90a TMA GEMMs (gemm_tma_*, not the persistent ones) write 8 timestamps per block at
     // trace[8 * (blockIdx.y * gridDim.x + blockIdx.x)]: see gemm_sm90.cu, "trace".
     unsigned long long* trace;
+    // 1 when launched with programmatic dependent launch (Gpu::pdl): the decode-sized kernels
+    // (gemm_skinny8/32, gemm_skinny_tc) prefetch their weight rows into L2 before waiting for
+    // the previous kernel (kernels/common.cuh, pdl_enter)
+    int pdl;
 } jobx_gemm_params;
 
 // The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as

@@ -16,6 +16,7 @@ __device__ __forceinline__ bool better(float v1, int i1, float v2, int i2) {
 }
 
 extern "C" __global__ void __launch_bounds__(LT) logits_topk(jobx_logits_params p) {
+    pdl_enter();
     __shared__ int chosen[64];
     __shared__ float sv[LT / 32];
     __shared__ int si[LT / 32];

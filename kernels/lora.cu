@@ -5,6 +5,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void lora_shrink_bf16(jobx_lora_shrink_params p) {
+    pdl_enter();
     const long long warps = ((long long)gridDim.x * blockDim.x) >> 5;
     const int lane = threadIdx.x & 31;
     for (long long wi = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; wi < p.m * p.r;

@@ -7,6 +7,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void rms_norm_bf16(jobx_rms_norm_params p) {
+    pdl_enter();
     __shared__ float scratch[32];
     const long long row = blockIdx.x;
     if (row >= p.rows) return;

@@ -7,6 +7,7 @@
 #include "common.cuh"
 
 extern "C" __global__ void rope_bf16(jobx_rope_params p) {
+    pdl_enter();
     const long long half = p.head_dim / 2;
     const long long total = p.tokens * p.heads * half;
     const long long stride = (long long)gridDim.x * blockDim.x;

@@ -159,6 +159,51 @@ fn cuda_graph_replay_matches_plain_steps() {
     }
 }
 
+/// Programmatic dependent launch (`Gpu::pdl`, opt-in): the decode steps of every T5 and Mistral
+/// fixture (common::recorded_steps' drive, beam search included) give bit for bit the logits and
+/// picks of ordinary launches, as plain steps and as replayed CUDA graphs (so a recording
+/// captures the programmatic edges and replays them). Only on a device whose kernels were all
+/// loaded from sm_90 cubins (`pdl_capable`); elsewhere a visible SKIP, even with
+/// JOBX_REQUIRE_GPU=1, since the feature does not exist there.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_pdl_matches_plain_launches() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let gpu = match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            skip(&format!(
+                "SKIP cuda_pdl_matches_plain_launches: no usable GPU ({e})"
+            ));
+            return;
+        }
+    };
+    if !gpu.pdl_capable {
+        eprintln!(
+            "SKIP cuda_pdl_matches_plain_launches: {} has no sm_90 kernels ({:?})",
+            gpu.name, gpu.loaded_as
+        );
+        return;
+    }
+    for graphs in [false, true] {
+        gpu.graphs.store(graphs, Relaxed);
+        let set = |on: bool| gpu.pdl.store(on, Relaxed);
+        for (name, worst, same_picks, replayed) in common::recorded_steps(&gpu, &set) {
+            eprintln!(
+                "{name}: graphs {graphs}: PDL vs ordinary launches, max relative logits \
+                 difference {worst:.3e}, replayed {replayed}"
+            );
+            assert_eq!(worst, 0.0, "{name} (graphs {graphs}): logits differ");
+            assert!(same_picks, "{name} (graphs {graphs}): picks differ");
+            assert_eq!(
+                replayed, graphs,
+                "{name} (graphs {graphs}): replayed {replayed}"
+            );
+        }
+    }
+    gpu.graphs.store(false, Relaxed);
+}
+
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
 /// T5-Large head shape (d64) over a 3000-position cache with a key mask and a 2000-key window,
 /// recorded once with `capture_graph` and replayed at positions 0, 7, 1500 and 2999 (its key

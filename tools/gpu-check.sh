@@ -43,18 +43,27 @@ echo "== op tests"
 # established table down.
 EXPERIMENTAL="kernel Fa2,kernel Wg,n256p,SkinnyTcSplit,attention q8"
 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_OPS:-180}" "$B/cuda_ops" --nocapture --test-threads 1 \
-  > "$OUT/op-tests.log" 2>&1
+  --skip cuda_pdl > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
 # each family's op cases alone (appended to the same log: the device tool returns 8 files);
 # the kernel benchmarks then time only the families that passed
 bench_skip=""
 optin=""
-for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8"; do
+for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8" "pdl:-"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
-  JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-40}" \
-    "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
+  if [[ $key == pdl ]]; then
+    # programmatic dependent launch is a way of launching every kernel, not a kernel: its test
+    # (bit-identical decode steps, plain and replayed), then verify on the fixtures with it on
+    (JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 timeout "${JOBX_T_EXP:-40}" \
+       "$B/cuda_ops" cuda_pdl --nocapture --test-threads 1 \
+     && JOBX_PDL=1 JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 timeout "${JOBX_T_EXP:-40}" \
+       "$B/cuda_ops" cuda_verify_fixtures --nocapture --test-threads 1) >> "$OUT/op-tests.log" 2>&1
+  else
+    JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "${JOBX_T_EXP:-40}" \
+      "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
+  fi
   rc=$?
   echo "opt-in $key: exit $rc" | tee -a "$OUT/op-tests.log"
   if [[ $rc -eq 0 ]]; then
@@ -63,6 +72,7 @@ for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSp
       wg) optin="$optin,JOBX_FLASH_WG=1" ;;
       persistent) optin="$optin,JOBX_GEMM_PERSISTENT=1" ;;
       splitk) optin="$optin,JOBX_GEMM_SPLITK=1" ;;
+      pdl) optin="$optin,JOBX_PDL=1" ;;
     esac
   else
     bench_skip="$bench_skip,$key"

@@ -141,8 +141,13 @@ def main():
         # (An -optin run, with --optin's kernels on, follows the graphs run: its ids are
         # compared with the plain run's too.)
         runs = [("bf16", "1", "on", "bf16", "0", {}), ("bf16", "1", "on", "bf16", "1", {})]
+        pdl_only = {"JOBX_PDL": "1"}
         if optin:
             runs.append(("bf16", "1", "on", "bf16", "1", optin))
+            # programmatic dependent launch alone at the largest batch (its effect is spread
+            # over every launch, so the -optin run cannot show its share), named -pdl
+            if "JOBX_PDL" in optin and optin != pdl_only and b == max(int(x) for x in a.batches.split(",")):
+                runs.append(("bf16", "1", "on", "bf16", "1", pdl_only))
         runs += [("bf16", "1", "on", "int8", "0", {}), ("int8", "1", "on", "bf16", "0", {})]
         if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
             runs.append(("bf16", "kernels", "on", "bf16", "0", {}))
@@ -154,7 +159,7 @@ def main():
             eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
                    + ("-cross-kv-int8" if kv == "int8" else "")
                    + ("-graphs" if graphs == "1" else "")
-                   + ("-optin" if extra else "")
+                   + ("-pdl" if extra == pdl_only else "-optin" if extra else "")
                    + ("-kernel-profile" if prof == "kernels" else ""))
             # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
             r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune,

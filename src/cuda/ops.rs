@@ -229,6 +229,7 @@ impl Gpu {
             split_ws: std::ptr::null_mut(),
             split_cnt: std::ptr::null_mut(),
             trace: std::ptr::null_mut(),
+            pdl: 0,
         };
         if let Some(lo) = lora {
             // ids are checked on the host copy by the caller that built them; the kernel
@@ -274,6 +275,8 @@ impl Gpu {
         mut p: jobx_gemm_params,
         profiled: bool,
     ) -> Result<()> {
+        // launched with programmatic dependent launch: prefetch the weight rows before waiting
+        p.pdl = self.pdl_on() as i32;
         let grid = |cols: usize| {
             let blocks = s.n.div_ceil(cols);
             if blocks > i32::MAX as usize {

@@ -271,6 +271,16 @@ pub struct Gpu {
     /// Blocks of a persistent GEMM launch: 0 = one per multiprocessor (tests set a few, so that
     /// each block walks many tiles).
     pub persistent_blocks: std::sync::atomic::AtomicUsize,
+    /// Programmatic dependent launch (Hopper): every kernel is launched with
+    /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so its blocks may start while the
+    /// previous kernel finishes (each kernel waits in `pdl_enter` before touching anything an
+    /// earlier one writes; the decode-sized GEMMs prefetch their weights into L2 first).
+    /// `JOBX_PDL=1`, or set directly; only where `pdl_capable`. Off by default until a GPU run
+    /// has checked and timed it (written 2026-11-27 without a device).
+    pub pdl: std::sync::atomic::AtomicBool,
+    /// Every module was loaded from an sm_90 cubin, whose kernels all begin with
+    /// `griddepcontrol.wait` (build.rs checks): the condition for `pdl`.
+    pub pdl_capable: bool,
     /// Diagnostics: when set, the non-persistent TMA GEMMs write 8 timestamps per block here
     /// (`set_gemm_trace` / `take_gemm_trace`; kernels/gemm_sm90.cu says which).
     pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
@@ -369,6 +379,7 @@ impl Gpu {
         let arch = (cc.0 * 10 + cc.1) as u32;
         let mut funcs = HashMap::new();
         let mut loaded_as = Vec::new();
+        let mut pdl_capable = cc.0 == 9;
         for (module, kernels) in KERNELS {
             let Some(m) = MODULES.iter().find(|m| m.name == *module) else {
                 if ARCH_SPECIFIC.contains(module) {
@@ -390,6 +401,7 @@ impl Gpu {
                 .iter()
                 .filter(|(a, _)| a / 10 == arch / 10 && *a <= arch)
                 .max_by_key(|(a, _)| *a);
+            pdl_capable &= cubin.is_some_and(|(a, _)| *a >= 90);
             let (ptx, how) = match cubin {
                 Some((a, bytes)) => (
                     cudarc::nvrtc::Ptx::from_binary(bytes.to_vec()),
@@ -457,6 +469,12 @@ impl Gpu {
         let graphs = std::env::var("JOBX_CUDA_GRAPHS").map_or(true, |v| v != "0")
             && !sync
             && profile.is_none();
+        if env_on("JOBX_PDL") && !pdl_capable {
+            eprintln!(
+                "jobx: JOBX_PDL=1 ignored: programmatic dependent launch needs the sm_90 \
+                 kernels (device {name})"
+            );
+        }
         Ok(Gpu {
             ctx,
             engine_stream: stream,
@@ -471,6 +489,8 @@ impl Gpu {
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),
+            pdl: (env_on("JOBX_PDL") && pdl_capable).into(),
+            pdl_capable,
             gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
@@ -718,6 +738,47 @@ impl Gpu {
         self.launch_as(op, kernel, cfg, params, true)
     }
 
+    /// Whether launches use programmatic dependent launch now (`pdl`, where capable).
+    pub(crate) fn pdl_on(&self) -> bool {
+        self.pdl_capable && self.pdl.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// cuLaunchKernelEx with programmatic stream serialisation allowed (cudarc's launch builder
+    /// has no launch attributes). A recording stream captures the programmatic edge (CUDA 12.3
+    /// and later drivers); where it cannot, the recording fails and the stepper keeps to plain
+    /// steps, as for any failed recording.
+    /// SAFETY: `f` takes exactly one parameter of type P, and `params` is valid for it.
+    unsafe fn launch_pdl<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        params: &P,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream().cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut args = [params as *const P as *mut std::ffi::c_void];
+        sys::cuLaunchKernelEx(
+            &config,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()
+    }
+
     /// `launch`, with `profiled` false for launches that are not the graph's work (GEMM
     /// tuning): no profile events and no synchronisation after them.
     pub(crate) fn launch_as<P: DeviceRepr>(
@@ -746,9 +807,16 @@ impl Gpu {
             .as_ref()
             .filter(|_| profiled && !self.capturing());
         let start = profile.map(|_| timing()).transpose()?;
-        // SAFETY: the wrapper in ops.rs checked every buffer length and shape the kernel reads or
-        // writes against the parameter struct, and the struct layout is shared via bindgen.
-        unsafe { b.launch(cfg) }.map_err(|e| backend_err(op, format!("launch {kernel}: {e}")))?;
+        if self.pdl_on() {
+            // SAFETY: as below; the kernel takes one argument, `params`, by value
+            unsafe { self.launch_pdl(f, cfg, &params) }
+                .map_err(|e| backend_err(op, format!("launch {kernel}: {e}")))?;
+        } else {
+            // SAFETY: the wrapper in ops.rs checked every buffer length and shape the kernel reads
+            // or writes against the parameter struct, and the struct layout is shared via bindgen.
+            unsafe { b.launch(cfg) }
+                .map_err(|e| backend_err(op, format!("launch {kernel}: {e}")))?;
+        }
         if let (Some(p), Some(start)) = (profile, start) {
             let end = timing()?;
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
