@@ -320,6 +320,51 @@ mod cuda {
         spill_ld: u32,
     }
 
+    /// The kernels (`extern "C" __global__` functions) of a .cu source whose body does not begin
+    /// with `pdl_enter();`, or with one `prefetch_*(...);` call (weights only, by convention
+    /// of kernels/common.cuh) and then `pdl_enter();`: with programmatic dependent launch a
+    /// kernel may start before its predecessor ends, so nothing else (no early return, no read
+    /// of an activation) may come first.
+    fn kernels_not_entering(src: &str) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut rest = src;
+        while let Some(i) = rest.find("extern \"C\" __global__") {
+            rest = &rest[i + 1..];
+            let Some(open) = rest.find('{') else { break };
+            let sig = &rest[..open];
+            let name = sig
+                .split('(')
+                .filter_map(|part| {
+                    part.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .last()
+                })
+                .filter(|id| !id.is_empty() && *id != "__launch_bounds__")
+                .last()
+                .unwrap_or("?")
+                .to_string();
+            // the body's start without comments and whitespace
+            let body: String = rest[open + 1..]
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or(""))
+                .collect::<String>()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .take(400)
+                .collect();
+            let after_prefetch = body
+                .strip_prefix("prefetch")
+                .and_then(|b| b.split_once(';'))
+                .filter(|(call, _)| !call.contains(['{', '}']))
+                .map(|(_, after)| after);
+            let ok = body.starts_with("pdl_enter();")
+                || after_prefetch.is_some_and(|a| a.starts_with("pdl_enter();"));
+            if !ok {
+                bad.push(name);
+            }
+        }
+        bad
+    }
+
     /// The kernels (`.entry` functions) of a PTX file whose code lacks `instr`: build.rs
     /// requires `griddepcontrol.wait` (kernels/common.cuh, pdl_enter) in every kernel built for
     /// sm_90, since the runtime may launch any of them with programmatic dependent launch.
@@ -445,6 +490,13 @@ mod cuda {
             let src = std::fs::read_to_string(cu)
                 .unwrap_or_else(|e| fail(format!("cannot read {}: {e}", cu.display())));
             let allowed = allowed_spills(&src);
+            for k in kernels_not_entering(&src) {
+                spill_errors.push(format!(
+                    "{stem}::{k} does not begin with pdl_enter() (or one prefetch_* call and \
+                     then pdl_enter(), kernels/common.cuh): launched with programmatic \
+                     dependent launch it could run before its predecessor ends"
+                ));
+            }
             // `// jobx:archs 90a`: an architecture-specific file (Hopper's wgmma needs sm_90a,
             // whose code runs on compute capability 9.0 only). It is built only when 90 is a
             // target; the runtime loads it only on such a device (KernelModule::only_arch).
@@ -476,9 +528,9 @@ mod cuda {
                     let ptx = std::fs::read_to_string(&ptx_path).expect("read PTX");
                     for k in entries_without(&ptx, "griddepcontrol.wait") {
                         spill_errors.push(format!(
-                            "{stem}::{k} on sm_{arch} does not start with pdl_enter() \
-                             (kernels/common.cuh): it could read its predecessor's output early \
-                             when launched with programmatic dependent launch"
+                            "{stem}::{k} on sm_{arch} has no griddepcontrol.wait (pdl_enter() \
+                             compiled out?): launched with programmatic dependent launch it \
+                             could read its predecessor's output early"
                         ));
                     }
                 }

@@ -18,8 +18,9 @@ typedef __nv_bfloat16 bf16;
 // (which also orders it after every earlier kernel: each waited for its own predecessor), then
 // launch_dependents lets the next kernel's blocks be scheduled as ours finish. Only reads of
 // what no kernel writes (weights) may come before it. Both are no-ops in a kernel launched
-// without the attribute, and are left out below sm_90 (no such instructions); build.rs fails
-// if an sm_90 kernel lacks the wait.
+// without the attribute, and are left out below sm_90 (no such instructions). build.rs fails
+// a kernel whose body does not begin with pdl_enter(), or with one call of a prefetch_*
+// function (weights only) and then pdl_enter(), and an sm_90 kernel whose PTX lacks the wait.
 __device__ __forceinline__ void pdl_enter() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -36,7 +37,7 @@ __device__ __forceinline__ void prefetch_l2(const void* s, long long n) {
     const unsigned long long a0 = (unsigned long long)s, a1 = a0 + (unsigned long long)n;
     for (unsigned long long l = (a0 >> 7) + threadIdx.x; l <= ((a1 - 1) >> 7); l += blockDim.x) {
         const unsigned long long a = (l << 7) < a0 ? a0 : (l << 7);
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a));
+        asm volatile("prefetch.L2 [%0];\n" ::"l"(a));  // generic address
     }
 #endif
 }

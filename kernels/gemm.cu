@@ -498,13 +498,16 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
         }
 }
 
+// gemm_skinny_tc's weight rows toward L2 before pdl_enter (p.pdl): this block's 16 columns
+// over its k chunks, as skinny_tc computes them.
+__device__ __forceinline__ void prefetch_skinny_tc(const jobx_gemm_params& p) {
+    const long long chunks = (p.k + 31) / 32;
+    const long long c0 = blockIdx.y * chunks / gridDim.y, c1 = (blockIdx.y + 1) * chunks / gridDim.y;
+    prefetch_w_rows(p, (long long)blockIdx.x * TC_BN, TC_BN, c0 * 32, c1 * 32 < p.k ? c1 * 32 : p.k);
+}
+
 extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_gemm_params p) {
-    {
-        // this block's k chunks, as skinny_tc computes them
-        const long long chunks = (p.k + 31) / 32;
-        const long long c0 = blockIdx.y * chunks / gridDim.y, c1 = (blockIdx.y + 1) * chunks / gridDim.y;
-        prefetch_w_rows(p, (long long)blockIdx.x * TC_BN, TC_BN, c0 * 32, c1 * 32 < p.k ? c1 * 32 : p.k);
-    }
+    prefetch_skinny_tc(p);
     pdl_enter();
     // partial tiles of warps 1..: [warp][(m tile * 2 + n tile) * 4 + c reg][lane] (lane fastest:
     // no bank conflicts)

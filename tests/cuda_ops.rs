@@ -161,8 +161,8 @@ fn cuda_graph_replay_matches_plain_steps() {
 
 /// Programmatic dependent launch (`Gpu::pdl`, opt-in): the decode steps of every T5 and Mistral
 /// fixture (common::recorded_steps' drive, beam search included) give bit for bit the logits and
-/// picks of ordinary launches, as plain steps and as replayed CUDA graphs (so a recording
-/// captures the programmatic edges and replays them). Only on a device whose kernels were all
+/// picks of ordinary launches, as plain steps and as replayed CUDA graphs (recordings made of
+/// PDL launches replay). Only on a device whose kernels were all
 /// loaded from sm_90 cubins (`pdl_capable`); elsewhere a visible SKIP, even with
 /// JOBX_REQUIRE_GPU=1, since the feature does not exist there.
 #[cfg(feature = "cuda")]
@@ -179,9 +179,14 @@ fn cuda_pdl_matches_plain_launches() {
         }
     };
     if !gpu.pdl_capable {
-        eprintln!(
+        // (straight to the stderr handle, visible without --nocapture, as `skip` does, but
+        // without its JOBX_REQUIRE_GPU assertion)
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIP cuda_pdl_matches_plain_launches: {} has no sm_90 kernels ({:?})",
-            gpu.name, gpu.loaded_as
+            gpu.name,
+            gpu.loaded_as
         );
         return;
     }

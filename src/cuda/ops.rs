@@ -275,8 +275,11 @@ impl Gpu {
         mut p: jobx_gemm_params,
         profiled: bool,
     ) -> Result<()> {
-        // launched with programmatic dependent launch: prefetch the weight rows before waiting
-        p.pdl = self.pdl_on() as i32;
+        // launched with programmatic dependent launch: prefetch the weight rows before waiting,
+        // where the whole weight fits in half of L2 (a larger one, e.g. an LM head, would evict
+        // its own first lines and the previous kernel's data before they are used)
+        let w_bytes = s.n * s.k * if p.w_kind == JOBX_W_BF16 as i32 { 2 } else { 1 };
+        p.pdl = (self.pdl_on() && w_bytes <= self.l2_bytes / 2) as i32;
         let grid = |cols: usize| {
             let blocks = s.n.div_ceil(cols);
             if blocks > i32::MAX as usize {

@@ -744,9 +744,10 @@ impl Gpu {
     }
 
     /// cuLaunchKernelEx with programmatic stream serialisation allowed (cudarc's launch builder
-    /// has no launch attributes). A recording stream captures the programmatic edge (CUDA 12.3
-    /// and later drivers); where it cannot, the recording fails and the stepper keeps to plain
-    /// steps, as for any failed recording.
+    /// has no launch attributes). Stream capture turns it into a programmatic graph edge (CUDA
+    /// 12.3 and later drivers; cuda_pdl_matches_plain_launches checks that recordings made so
+    /// replay, not the edge type); where a recording fails, the stepper keeps to plain steps,
+    /// as for any failed recording.
     /// SAFETY: `f` takes exactly one parameter of type P, and `params` is valid for it.
     unsafe fn launch_pdl<P: DeviceRepr>(
         &self,
@@ -754,6 +755,8 @@ impl Gpu {
         cfg: LaunchConfig,
         params: &P,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        // (as cudarc's own launch does: the calling thread may not have the context yet)
+        self.ctx.bind_to_thread()?;
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
