@@ -953,7 +953,14 @@ impl Gpu {
                 describe(&key, kernel, &times)
             );
         }
-        st.table.entries.insert(key, Choice { kernel, times });
+        st.table.entries.insert(
+            key,
+            Choice {
+                kernel,
+                times,
+                considered: candidates.to_vec(),
+            },
+        );
         if let Some(f) = st.file.clone() {
             if let Err(e) = st.table.save(&f) {
                 if !st.save_failed {

@@ -167,12 +167,14 @@ pub fn choose(key: &GemmKey, times: &[(SkinnyKernel, f64)]) -> SkinnyKernel {
     }
 }
 
-/// One tuned shape: the kernel chosen and the times it was chosen from (ms; empty when it came
-/// from a fallback after a failed timing).
+/// One tuned shape: the kernel chosen, the times it was chosen from (ms; empty when it came
+/// from a fallback after a failed timing), and the candidates it was chosen among (a candidate
+/// that could not launch has no time but was considered).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Choice {
     pub kernel: SkinnyKernel,
     pub times: Vec<(SkinnyKernel, f64)>,
+    pub considered: Vec<SkinnyKernel>,
 }
 
 /// The choices made so far, for one device and one build of the kernels.
@@ -197,15 +199,13 @@ impl TuneTable {
     }
 
     /// The kept choice for `key` if it was made among (at least) `candidates`: its kernel one of
-    /// them and, unless it is a fallback without times, every candidate timed. A choice made
-    /// before a candidate was enabled (a table saved without `JOBX_GEMM_SPLITK`, read with it)
-    /// or naming one no longer enabled (the other way round) is timed afresh instead.
+    /// them, and every candidate considered. A choice made before a candidate was enabled (a
+    /// table saved without `JOBX_GEMM_SPLITK`, read with it) or naming one no longer enabled
+    /// (the other way round) is timed afresh instead.
     pub fn get_among(&self, key: &GemmKey, candidates: &[SkinnyKernel]) -> Option<SkinnyKernel> {
         let c = self.entries.get(key)?;
-        let timed_all = candidates
-            .iter()
-            .all(|k| c.times.iter().any(|(t, _)| t == k));
-        (candidates.contains(&c.kernel) && (c.times.is_empty() || timed_all)).then_some(c.kernel)
+        let considered_all = candidates.iter().all(|k| c.considered.contains(k));
+        (candidates.contains(&c.kernel) && considered_all).then_some(c.kernel)
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -221,9 +221,10 @@ impl TuneTable {
                     .iter()
                     .map(|(k, t)| (k.name().to_string(), serde_json::json!(t)))
                     .collect();
+                let considered: Vec<&str> = c.considered.iter().map(|k| k.name()).collect();
                 serde_json::json!({
                     "rows": k.rows, "n": k.n, "k": k.k, "int8": k.int8,
-                    "kernel": c.kernel.name(), "ms": times,
+                    "kernel": c.kernel.name(), "ms": times, "considered": considered,
                 })
             })
             .collect();
@@ -282,7 +283,23 @@ impl TuneTable {
                     }
                 }
             }
-            t.entries.insert(key, Choice { kernel, times });
+            // (tables written before "considered" existed: the timed kernels)
+            let considered = match e.get("considered").and_then(|x| x.as_array()) {
+                Some(names) => names
+                    .iter()
+                    .map(|n| n.as_str().and_then(SkinnyKernel::from_name))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad(&format!("entry {i}: unknown kernel in \"considered\"")))?,
+                None => times.iter().map(|(k, _)| *k).collect(),
+            };
+            t.entries.insert(
+                key,
+                Choice {
+                    kernel,
+                    times,
+                    considered,
+                },
+            );
         }
         Ok(t)
     }
@@ -439,6 +456,7 @@ mod tests {
                     (Tiles, 0.025),
                     (SkinnyTcSplit, 0.006),
                 ],
+                considered: four.clone(),
             },
         );
         assert_eq!(t.get_among(&k, &four), Some(SkinnyTcSplit));
@@ -452,6 +470,18 @@ mod tests {
         assert_eq!(t.get_among(&fb, &four), Some(Skinny));
         assert_eq!(t.get_among(&fb, &[SkinnyTc]), None);
         assert_eq!(t.get_among(&key(8, 8), &four), None);
+        // a candidate that could not launch has no time but was considered: the choice stands
+        // (else every GEMM of the shape would time the candidates again)
+        let failed = key(32, 5632);
+        t.entries.insert(
+            failed,
+            Choice {
+                kernel: SkinnyTc,
+                times: vec![(Skinny, 0.03), (SkinnyTc, 0.011), (Tiles, 0.025)],
+                considered: four.clone(),
+            },
+        );
+        assert_eq!(t.get_among(&failed, &four), Some(SkinnyTc));
         // the split kernel's name round-trips through a table file
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tune.json");
@@ -460,6 +490,18 @@ mod tests {
         let (back, note) = TuneTable::load(&path, &t.device, &t.build);
         assert_eq!(note, None);
         assert_eq!(back.get_among(&k, &four), Some(SkinnyTcSplit));
+        assert_eq!(back.get_among(&failed, &four), Some(SkinnyTc));
+        // a table written before "considered" existed: the timed kernels count as considered
+        let old = std::fs::read_to_string(&path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&old).unwrap();
+        let mut v2 = v.clone();
+        for e in v2["entries"].as_array_mut().unwrap() {
+            e.as_object_mut().unwrap().remove("considered");
+        }
+        let back = TuneTable::from_json(&v2).unwrap();
+        assert_eq!(back.get_among(&k, &four), Some(SkinnyTcSplit));
+        assert_eq!(back.get_among(&failed, &four), None);
+        assert_eq!(back.get_among(&failed, &three), Some(SkinnyTc));
     }
 
     #[test]
@@ -488,6 +530,7 @@ mod tests {
             Choice {
                 kernel: SkinnyTc,
                 times: vec![(Skinny, 0.03), (SkinnyTc, 0.011), (Tiles, 0.025)],
+                considered: vec![Skinny, SkinnyTc, Tiles],
             },
         );
         t.entries.insert(
@@ -495,6 +538,7 @@ mod tests {
             Choice {
                 kernel: Skinny,
                 times: vec![],
+                considered: vec![Skinny, SkinnyTc, Tiles, SkinnyTcSplit],
             },
         );
         t
