@@ -396,8 +396,107 @@ fn main() {
             }
         }
     }
+    decode_chain(&g, &skip);
     // what tuning chose per decode shape, with every candidate's time (L2 flushed)
     for line in g.gemm_tune_report() {
         eprintln!("gemm tune: {line}");
     }
+}
+
+/// A T5-Large decode step's chain of dependent kernels without attention (24 layers of: norm,
+/// q|k|v, o (+=), norm, cross q, o (+=), norm, wi_0|wi_1, gated GELU, wo (+=); 241 launches) at
+/// batch 32, each layer with weights of its own (the same random values uploaded per layer, so
+/// L2 holds no more of them than in a model), tuned as the engine tunes. Timed as plain
+/// launches and as a replayed CUDA graph, each without and (where capable and its gpu-check
+/// family passed) with programmatic dependent launch: the per-kernel cost PDL is meant to cut,
+/// apart from the end-to-end noise.
+fn decode_chain(g: &Gpu, skip: &[&str]) {
+    use jobx_engine::device::{ActKind, Backend};
+    const ROWS: usize = 32;
+    const D: usize = 1024;
+    const FF: usize = 2816;
+    const LAYERS: usize = 24;
+    // (n, k): q|k|v, self o, cross q, cross o, wi_0|wi_1, wo
+    let shapes = [(3 * D, D), (D, D), (D, D), (D, D), (2 * FF, D), (D, FF)];
+    let host: Vec<Vec<bf16>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, k))| {
+            rand_f32(n * k, 40 + i as u64)
+                .into_iter()
+                .map(|v| bf16::from_f32(0.03 * v))
+                .collect()
+        })
+        .collect();
+    let layers: Vec<Vec<cudarc::driver::CudaSlice<bf16>>> = (0..LAYERS)
+        .map(|_| host.iter().map(|h| g.upload("bench", h).unwrap()).collect())
+        .collect();
+    let ln: Vec<bf16> = rand_f32(D, 50)
+        .into_iter()
+        .map(|v| bf16::from_f32(1.0 + 0.1 * v))
+        .collect();
+    let lnw = g.upload("bench", &ln).unwrap();
+    let mut x = rand_bf16(g, ROWS * D, 51);
+    let o_in = rand_bf16(g, ROWS * D, 52);
+    let mut hn = g.zeros::<bf16>("bench", ROWS * D).unwrap();
+    let mut big = g.zeros::<bf16>("bench", ROWS * 2 * FF).unwrap();
+    let mut act = g.zeros::<bf16>("bench", ROWS * FF).unwrap();
+    let mut step = || -> jobx_engine::Result<()> {
+        for w in &layers {
+            let gemm = |x: &cudarc::driver::CudaSlice<bf16>,
+                        w: &cudarc::driver::CudaSlice<bf16>,
+                        y: &mut cudarc::driver::CudaSlice<bf16>,
+                        (n, k): (usize, usize),
+                        acc: bool| {
+                g.gemm(
+                    x,
+                    Weight::Bf16(w),
+                    Out::Bf16(y),
+                    &GemmShape::new(ROWS, n, k, acc),
+                    None,
+                )
+            };
+            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
+            gemm(&hn, &w[0], &mut big, shapes[0], false)?;
+            gemm(&o_in, &w[1], &mut x, shapes[1], true)?;
+            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
+            gemm(&hn, &w[2], &mut act, shapes[2], false)?;
+            gemm(&o_in, &w[3], &mut x, shapes[3], true)?;
+            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
+            gemm(&hn, &w[4], &mut big, shapes[4], false)?;
+            g.gated_activation(&big, &mut act, ROWS, FF, ActKind::GeluTanh)?;
+            gemm(&act, &w[5], &mut x, shapes[5], true)?;
+        }
+        g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)
+    };
+    let kernels = LAYERS * 10 + 1;
+    let mode = g.gemm_mode();
+    g.set_gemm_mode(tune::GemmMode::Tune);
+    let pdl_before = g.pdl.load(Relaxed);
+    let pdls: &[bool] = if g.pdl_capable && !skip.contains(&"pdl") {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &pdl in pdls {
+        g.pdl.store(pdl, Relaxed);
+        // plain launches (the first warm-up run tunes the shapes), then the same as a graph
+        let plain = time(g, || step().unwrap());
+        let graph = g.capture(&mut step).ok().flatten();
+        let replay = graph
+            .as_ref()
+            .map(|gr| time(g, || g.launch_graph(gr).unwrap()));
+        for (graphs, ms) in [(false, Some(plain)), (true, replay)] {
+            let Some(ms) = ms else {
+                eprintln!("decode_chain: recording failed (pdl {pdl})");
+                continue;
+            };
+            println!(
+                "{{\"op\":\"decode_chain\",\"rows\":{ROWS},\"layers\":{LAYERS},\"kernels\":{kernels},\"graph\":{graphs},\"pdl\":{pdl},\"ms\":{ms:.4},\"us_per_kernel\":{:.2}}}",
+                ms * 1e3 / kernels as f64
+            );
+        }
+    }
+    g.pdl.store(pdl_before, Relaxed);
+    g.set_gemm_mode(mode);
 }

@@ -118,7 +118,8 @@ def find(op, **kw):
             return r
 print(f"{'op':<24}{'shape':<26}{'ours ms':>10}{'torch ms':>10}{'ours/torch speed':>18}")
 for r in ours:
-    if "ms" not in r:  # gemm_trace rows (per-block phases), read from kernels.jsonl itself
+    # (gemm_trace rows: per-block phases; decode_chain rows: no torch twin; both below)
+    if "ms" not in r or r["op"] == "decode_chain":
         continue
     if r["op"].startswith("gemm"):
         shape = dict(m=r["m"], n=r["n"], k=r["k"])
@@ -150,7 +151,12 @@ for shape in sorted({(r["m"], r["n"], r["k"]) for r in ours if "m" in r and r["m
     f = lambda v: f"{v:>8.2f}" if v is not None else f"{'-':>8}"
     print(f"{str(list(shape)):<26}{f(t['bf16_vs_torch']):>12}{f(t['best_bf16_vs_torch'])}{f(t['w8a8_vs_bf16']):>11}"
           f"{f(t['best_w8a8_vs_best_bf16'])}  ({t['best_bf16']}, {t['best_w8a8']})")
-json.dump(dict(kernels=rows, gemm_targets=targets), open(os.path.join(out, "summary.json"), "w"), indent=1)
+chain = [r for r in ours if r["op"] == "decode_chain"]
+if chain:
+    print(f"{'decode chain (no attention)':<30}{'graph':>7}{'pdl':>6}{'ms':>9}{'us/kernel':>11}")
+    for r in chain:
+        print(f"{r['kernels']:>4} kernels, {r['rows']} rows{'':<13}{str(r['graph']):>7}{str(r['pdl']):>6}{r['ms']:>9.3f}{r['us_per_kernel']:>11.2f}")
+json.dump(dict(kernels=rows, gemm_targets=targets, decode_chain=chain), open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY
 echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
 PYTHONUNBUFFERED=1 timeout "${JOBX_T_E2E:-240}" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" \
