@@ -60,7 +60,11 @@ fn rand_i8(g: &Gpu, n: usize, seed: u64) -> cudarc::driver::CudaSlice<i8> {
 /// main loop's cycles per 128-byte k slice next to an ideal of 1024 (a 128 x 256 tile's slice at
 /// an H100 SM's dense rate: 4096 bf16 or 8192 int8 flop per cycle).
 fn trace_summary(kernel: &str, (m, n, k): (usize, usize, usize), int8: bool, w: &[u64]) -> String {
-    let recs: Vec<&[u64]> = w.chunks_exact(8).filter(|r| r[6] > r[0]).collect();
+    // (written records: globaltimer may tick only every microsecond, so end >= start)
+    let recs: Vec<&[u64]> = w
+        .chunks_exact(8)
+        .filter(|r| r[0] > 0 && r[6] >= r[0])
+        .collect();
     let med = |mut v: Vec<f64>| {
         if v.is_empty() {
             return f64::NAN;

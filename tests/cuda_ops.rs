@@ -2111,9 +2111,9 @@ mod table {
     }
 
     /// A TMA GEMM (n256, 3 x 3 tiles) with the diagnostic trace on: the product still matches
-    /// the reference, and each block's record (kernels/gemm_sm90.cu, "trace") has an SM id of
-    /// this device, its end time after its start, and its cycle stamps in order (entry, first
-    /// slice, last wgmma, stores; the producer's last copy after entry).
+    /// the reference, and each block's record (kernels/gemm_sm90.cu, "trace") is written, has
+    /// an SM id of this device, its end time not before its start, and its cycle stamps in
+    /// order (entry, first slice, last wgmma, stores; the producer's last copy after entry).
     fn traced_gemm(g: &Gpu, seed: u64, int8: bool) -> Result<(), String> {
         let (m, n, k) = (300usize, 520usize, 1040usize);
         let blocks = n.div_ceil(256) * m.div_ceil(128);
@@ -2130,8 +2130,12 @@ mod table {
         r?;
         let words = words?;
         for (b, w) in words.chunks_exact(8).enumerate() {
-            let ok = w[6] > w[0]
+            // (globaltimer may tick only every microsecond: end >= start; the SM's cycle count
+            // strictly grows over a block's life, which also rules out an unwritten record)
+            let ok = w[0] > 0
+                && w[6] >= w[0]
                 && (w[1] as usize) < g.multiprocessors
+                && w[2] < w[5]
                 && w[2] <= w[3]
                 && w[3] <= w[4]
                 && w[4] <= w[5]
