@@ -282,7 +282,7 @@ pub struct Gpu {
     /// `griddepcontrol.wait` (build.rs checks): the condition for `pdl`.
     pub pdl_capable: bool,
     /// Diagnostics: when set, the non-persistent TMA GEMMs write 8 timestamps per block here
-    /// (`set_gemm_trace` / `take_gemm_trace`; kernels/gemm_sm90.cu says which).
+    /// (`set_gemm_trace` / `gemm_trace_words`; kernels/gemm_sm90.cu says which).
     pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
     /// gemm_skinny_tc split over k (`SkinnyKernel::SkinnyTcSplit`) as a tuning candidate on
     /// the shapes where its column tiles would leave SMs idle: `JOBX_GEMM_SPLITK=1`, or set
@@ -920,8 +920,9 @@ impl Gpu {
     }
 
     /// The kernel tuning chose for `key` among `candidates`, timing them with `time` the first
-    /// time the key is seen with these candidates (tune.rs `TuneTable::get_among`). Timing that fails (out of memory for its scratch buffers, say) is reported
-    /// on stderr and the fixed rule used: tuning never fails a GEMM.
+    /// time the key is seen with these candidates (tune.rs `TuneTable::get_among`). Timing that
+    /// fails (out of memory for its scratch buffers, say) is reported on stderr and the fixed
+    /// rule used: tuning never fails a GEMM.
     pub(crate) fn tuned(
         &self,
         key: GemmKey,
