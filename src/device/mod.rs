@@ -216,6 +216,8 @@ pub(crate) struct GraphState<G> {
     warm: bool,
     /// recording failed once: later steps run plainly
     failed: bool,
+    /// a second set of buffers could not be allocated (`second_set`): reorders stay plain
+    no_alt: bool,
 }
 
 /// What the next decode step of a stepper with graphs on does (`GraphState::next`).
@@ -238,6 +240,7 @@ impl<G> Default for GraphState<G> {
             parity: 0,
             warm: false,
             failed: false,
+            no_alt: false,
         }
     }
 }
@@ -313,9 +316,8 @@ impl<G> GraphState<G> {
     /// Whether a reorder keeping the row count can go through a second set of `layers`
     /// buffers of `need` elements (beam search with graphs: each set keeps its recording):
     /// graphs on, no recording failed, and `alt` holds such a set, made now if missing (the
-    /// recordings then reset). If it cannot be allocated, `*no_alt` is set and reorders go the
-    /// plain way from then on rather than failing the generation.
-    #[allow(clippy::too_many_arguments)]
+    /// recordings then reset). If it cannot be allocated, reorders go the plain way from then
+    /// on rather than failing the generation.
     pub fn second_set<T>(
         &mut self,
         graphs: bool,
@@ -324,7 +326,6 @@ impl<G> GraphState<G> {
         need: usize,
         len: impl Fn(&T) -> usize,
         alloc: impl Fn() -> Result<T>,
-        no_alt: &mut bool,
     ) -> bool {
         if !graphs || self.failed {
             return false;
@@ -332,7 +333,7 @@ impl<G> GraphState<G> {
         if alt.len() == layers && alt.iter().all(|b| len(b) == need) {
             return true;
         }
-        if *no_alt {
+        if self.no_alt {
             return false;
         }
         self.reset(); // (none can read the set being replaced; for certainty)
@@ -343,7 +344,7 @@ impl<G> GraphState<G> {
                 true
             }
             Err(_) => {
-                *no_alt = true;
+                self.no_alt = true;
                 false
             }
         }
@@ -642,4 +643,44 @@ pub trait Backend: Sync {
         suppress: &[u32],
         masks: Option<&[u32]>,
     ) -> Result<Vec<(u32, f32)>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_buffer_set_is_made_once_kept_and_given_up_when_it_cannot_be_allocated() {
+        let len = |b: &Vec<u8>| b.len();
+        let ok = || Ok(vec![0u8; 4]);
+        // graphs off, or a failed recording: never
+        let mut g = GraphState::<()>::default();
+        let mut alt = Vec::new();
+        assert!(!g.second_set(false, &mut alt, 2, 4, len, ok));
+        assert!(alt.is_empty());
+        g.failed = true;
+        assert!(!g.second_set(true, &mut alt, 2, 4, len, ok));
+        // made on first need (the recordings reset), then kept as it is
+        let mut g = GraphState::<()>::default();
+        g.graphs[0] = Some(());
+        g.warm = true;
+        assert!(g.second_set(true, &mut alt, 2, 4, len, ok));
+        assert_eq!(alt, vec![vec![0u8; 4]; 2]);
+        assert!(g.graphs[0].is_none() && !g.warm, "recordings reset");
+        alt[0][0] = 7;
+        g.graphs[0] = Some(());
+        assert!(g.second_set(true, &mut alt, 2, 4, len, || unreachable!()));
+        assert_eq!(alt[0][0], 7, "kept, not remade");
+        assert!(g.graphs[0].is_some(), "recordings kept");
+        // another size: remade
+        assert!(g.second_set(true, &mut alt, 2, 6, len, || Ok(vec![1u8; 6])));
+        assert_eq!(alt, vec![vec![1u8; 6]; 2]);
+        // an allocation failure: plain from then on, never tried again
+        let mut g = GraphState::<()>::default();
+        let mut alt: Vec<Vec<u8>> = Vec::new();
+        let fail = || Err(crate::Error::Input("out of memory".into()));
+        assert!(!g.second_set(true, &mut alt, 2, 4, len, fail));
+        assert!(alt.is_empty());
+        assert!(!g.second_set(true, &mut alt, 2, 4, len, || unreachable!()));
+    }
 }

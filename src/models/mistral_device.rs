@@ -56,8 +56,6 @@ pub struct MistralDeviceState<B: Backend> {
     /// the second cache set a reorder that keeps the row count gathers into (graphs on: each
     /// set keeps its recording); empty until one does
     kv_alt: Vec<B::Buf<bf16>>,
-    /// the second set could not be allocated: reorders stay plain for this state
-    no_alt: bool,
     key_mask: Vec<i32>, // host [rows, cap]
     next_pos: Vec<usize>,
     /// LoRA adapter slot of each row (None: base model), and on the device
@@ -225,7 +223,6 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             cap,
             kv,
             kv_alt: Vec::new(),
-            no_alt: false,
             key_mask: vec![0; rows * cap],
             next_pos: vec![0; rows],
             adapters: adapters.to_vec(),
@@ -732,7 +729,6 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                 st.rows * per,
                 |b| B::len(b),
                 || self.buf(st.rows * per),
-                &mut st.no_alt,
             )
         {
             // same row count (beam search): gather into the other cache set and rewrite the

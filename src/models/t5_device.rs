@@ -529,8 +529,6 @@ pub struct T5DeviceStepper<'a, 'g, B: Backend> {
     /// with graphs, the other cache set: beam search gathers its reordered rows into it and
     /// the two swap, so each keeps its recording (made at the first reorder)
     cache_alt: Vec<B::Buf<bf16>>,
-    /// the second set could not be allocated: reorders stay plain for this stepper
-    no_alt: bool,
     scratch: Option<DecScratch<B>>,
     graph: GraphState<B::Graph>,
     /// `JOBX_PROFILE` (device::profile)
@@ -570,7 +568,6 @@ impl<'a, 'g, B: Backend> T5DeviceStepper<'a, 'g, B> {
             len: 0,
             cache,
             cache_alt: Vec::new(),
-            no_alt: false,
             scratch: None,
             graph: GraphState::default(),
             profile: StepProfile::from_env(model.dev, "T5 device decode", "load and encoder"),
@@ -643,7 +640,6 @@ impl<B: Backend> crate::generate::Stepper for T5DeviceStepper<'_, '_, B> {
                 need,
                 |b| B::len(b),
                 || m.buf(need),
-                &mut self.no_alt,
             )
         {
             // same rows: gather into the other cache set and write the row maps in place, so
