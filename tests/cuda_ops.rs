@@ -1987,7 +1987,7 @@ mod table {
             let c = g
                 .gemm_tune_choice(&key)
                 .ok_or_else(|| format!("{what}: no tuning choice for {}", key.label()))?;
-            for kernel in SkinnyKernel::candidates(split) {
+            for &kernel in SkinnyKernel::candidates(split) {
                 match c.times.iter().find(|(k, _)| *k == kernel) {
                     Some(&(_, t)) if t.is_finite() && t > 0.0 => {}
                     other => {

@@ -351,7 +351,7 @@ impl Gpu {
 
     /// The kernels tuning times for this product (tune.rs `SkinnyKernel::candidates`): the
     /// split one only where `JOBX_GEMM_SPLITK` enables it and the product would split.
-    fn skinny_candidates(&self, s: &GemmShape) -> Vec<SkinnyKernel> {
+    fn skinny_candidates(&self, s: &GemmShape) -> &'static [SkinnyKernel] {
         let split = self.gemm_splitk.load(std::sync::atomic::Ordering::Relaxed)
             && self.skinny_splits(s) >= 2;
         SkinnyKernel::candidates(split)
@@ -1364,8 +1364,8 @@ impl crate::device::Backend for Gpu {
                 (Some(key), GemmMode::Fixed) => tune::fixed_rule(&key),
                 (Some(key), GemmMode::Tune) => {
                     let candidates = self.skinny_candidates(s);
-                    self.tuned(key, &candidates, || {
-                        self.time_skinny_candidates(s, &p, &candidates)
+                    self.tuned(key, candidates, || {
+                        self.time_skinny_candidates(s, &p, candidates)
                     })
                 }
             };

@@ -60,12 +60,12 @@ impl SkinnyKernel {
     /// The kernels tuning times for a shape: the three established ones, plus the split one
     /// where it is enabled (`JOBX_GEMM_SPLITK=1`) and the shape would split at all (elsewhere
     /// it is `SkinnyTc` under another name).
-    pub fn candidates(split: bool) -> Vec<SkinnyKernel> {
-        let mut c = vec![Self::Skinny, Self::SkinnyTc, Self::Tiles];
+    pub fn candidates(split: bool) -> &'static [SkinnyKernel] {
         if split {
-            c.push(Self::SkinnyTcSplit);
+            &Self::ALL
+        } else {
+            &Self::ALL[..3]
         }
-        c
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
@@ -456,7 +456,7 @@ mod tests {
                     (Tiles, 0.025),
                     (SkinnyTcSplit, 0.006),
                 ],
-                considered: four.clone(),
+                considered: four.to_vec(),
             },
         );
         assert_eq!(t.get_among(&k, &four), Some(SkinnyTcSplit));
@@ -478,7 +478,7 @@ mod tests {
             Choice {
                 kernel: SkinnyTc,
                 times: vec![(Skinny, 0.03), (SkinnyTc, 0.011), (Tiles, 0.025)],
-                considered: four.clone(),
+                considered: four.to_vec(),
             },
         );
         assert_eq!(t.get_among(&failed, &four), Some(SkinnyTc));
