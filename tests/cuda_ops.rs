@@ -23,6 +23,19 @@ fn skip(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
+/// The GPU for test `name`, or None after a visible SKIP line (a failure with
+/// JOBX_REQUIRE_GPU=1).
+#[cfg(feature = "cuda")]
+fn gpu_or_skip(name: &str) -> Option<jobx_engine::cuda::Gpu> {
+    match jobx_engine::cuda::Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            skip(&format!("SKIP {name}: no usable GPU ({e})"));
+            None
+        }
+    }
+}
+
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_op_table() {
@@ -32,12 +45,8 @@ fn cuda_op_table() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_op_table() {
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!("SKIP cuda_op_table: no usable GPU ({e})"));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_op_table") else {
+        return;
     };
     eprintln!("cuda_op_table on {} ({:?})", gpu.name, gpu.loaded_as);
     let failures = table::run(&gpu);
@@ -53,14 +62,8 @@ fn cuda_op_table() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_backend_rejects_bad_arguments() {
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_backend_rejects_bad_arguments: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_backend_rejects_bad_arguments") else {
+        return;
     };
     let mut bad = common::backend_rejects_bad_arguments(&gpu);
     // the right calls launched kernels: they must also have run without a fault
@@ -109,12 +112,8 @@ fn cuda_verify_fixtures() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_t5_int8_cross_kv() {
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!("SKIP cuda_t5_int8_cross_kv: no usable GPU ({e})"));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_t5_int8_cross_kv") else {
+        return;
     };
     let set = |on: bool| {
         gpu.int8_cross_kv
@@ -141,14 +140,8 @@ fn cuda_t5_int8_cross_kv() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_graph_replay_matches_plain_steps() {
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_graph_replay_matches_plain_steps: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_graph_replay_matches_plain_steps") else {
+        return;
     };
     let set = |on: bool| gpu.graphs.store(on, std::sync::atomic::Ordering::Relaxed);
     for (name, worst, same_picks, replayed) in common::recorded_steps(&gpu, &set) {
@@ -169,14 +162,8 @@ fn cuda_graph_replay_matches_plain_steps() {
 #[test]
 fn cuda_pdl_matches_plain_launches() {
     use std::sync::atomic::Ordering::Relaxed;
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_pdl_matches_plain_launches: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_pdl_matches_plain_launches") else {
+        return;
     };
     if !gpu.pdl_capable {
         // (straight to the stderr handle, visible without --nocapture, as `skip` does, but
@@ -219,16 +206,9 @@ fn cuda_pdl_matches_plain_launches() {
 #[test]
 fn cuda_graph_replays_a_recorded_decode_attention() {
     use half::bf16;
-    use jobx_engine::cuda::Gpu;
     use jobx_engine::device::{AttnCall, Backend, Rows, View};
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_graph_replays_a_recorded_decode_attention: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_graph_replays_a_recorded_decode_attention") else {
+        return;
     };
     let (rows, h, dk, cap) = (2usize, 16usize, 64usize, 3000usize);
     let (inner, positions) = (h * dk, [0i32, 7, 1500, 2999]);
@@ -395,14 +375,8 @@ fn cuda_engine_matches_direct_cuda_graphs() {
     use jobx_engine::models::adapter::LoraAdapter;
     use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
     use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_engine_matches_direct_cuda_graphs: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_engine_matches_direct_cuda_graphs") else {
+        return;
     };
     let fx = std::env::var_os("JOBX_FIXTURES")
         .map(std::path::PathBuf::from)
@@ -497,14 +471,8 @@ fn cuda_engine_matches_direct_cuda_graphs() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_mixed_adapter_rows_match_cpu() {
-    let gpu = match jobx_engine::cuda::Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            skip(&format!(
-                "SKIP cuda_mixed_adapter_rows_match_cpu: no usable GPU ({e})"
-            ));
-            return;
-        }
+    let Some(gpu) = gpu_or_skip("cuda_mixed_adapter_rows_match_cpu") else {
+        return;
     };
     let set_int8 = |on: bool| {
         gpu.int8_weights
