@@ -374,6 +374,14 @@ __device__ __forceinline__ uint4 tc_w8(const jobx_gemm_params& p, long long n, l
     return tc_ld8<VEC>((const bf16*)p.w + n * p.k, kk, p.k);
 }
 
+// This block's 32-wide k chunks [c_begin, c_end): all of them, or (split, gridDim.y > 1) its
+// share (balanced: shares differ by at most one chunk, none empty when chunks >= splits).
+__device__ __forceinline__ void tc_chunk_share(const jobx_gemm_params& p, long long& c_begin, long long& c_end) {
+    const long long chunks = (p.k + 31) / 32;
+    c_begin = blockIdx.y * chunks / gridDim.y;
+    c_end = (blockIdx.y + 1) * chunks / gridDim.y;
+}
+
 // The weight kind and the load width are template parameters, so the unrolled load loop is
 // straight-line code (one copy per combination, chosen once per block).
 template <bool INT8, bool VEC>
@@ -384,11 +392,8 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
     const bool two_m = p.m > 16;  // block-uniform
     float acc[2][2][4];
     zero_tile(acc);
-    // this block's 32-wide k chunks: all of them, or (split, gridDim.y > 1) its share
-    const long long chunks = (p.k + 31) / 32;
-    // (balanced: shares differ by at most one chunk, none empty when chunks >= splits)
-    const long long c_begin = blockIdx.y * chunks / gridDim.y;
-    const long long c_end = (blockIdx.y + 1) * chunks / gridDim.y;
+    long long c_begin, c_end;
+    tc_chunk_share(p, c_begin, c_end);
     for (long long c0 = c_begin + warp; c0 < c_end; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
         uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
@@ -499,10 +504,10 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 }
 
 // gemm_skinny_tc's weight rows toward L2 before pdl_enter (p.pdl): this block's 16 columns
-// over its k chunks, as skinny_tc computes them.
+// over its k chunks (tc_chunk_share, as skinny_tc reads them).
 __device__ __forceinline__ void prefetch_skinny_tc(const jobx_gemm_params& p) {
-    const long long chunks = (p.k + 31) / 32;
-    const long long c0 = blockIdx.y * chunks / gridDim.y, c1 = (blockIdx.y + 1) * chunks / gridDim.y;
+    long long c0, c1;
+    tc_chunk_share(p, c0, c1);
     prefetch_w_rows(p, (long long)blockIdx.x * TC_BN, TC_BN, c0 * 32, c1 * 32 < p.k ? c1 * 32 : p.k);
 }
 

@@ -469,7 +469,8 @@ impl Gpu {
         let graphs = std::env::var("JOBX_CUDA_GRAPHS").map_or(true, |v| v != "0")
             && !sync
             && profile.is_none();
-        if env_on("JOBX_PDL") && !pdl_capable {
+        let pdl = env_on("JOBX_PDL");
+        if pdl && !pdl_capable {
             eprintln!(
                 "jobx: JOBX_PDL=1 ignored: programmatic dependent launch needs the sm_90 \
                  kernels (device {name})"
@@ -489,7 +490,7 @@ impl Gpu {
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),
-            pdl: (env_on("JOBX_PDL") && pdl_capable).into(),
+            pdl: (pdl && pdl_capable).into(),
             pdl_capable,
             gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
             sm90_tile: Default::default(),
