@@ -276,11 +276,28 @@ impl Checkpoint {
     /// `self.cpu_weights` says: bf16 data in place (zero copy when 2-byte aligned) under `Auto`
     /// and `Bf16`, f32/f16 rounded to bf16 under `Bf16`, otherwise as `f32` loads it.
     pub fn matrix(&self, name: &str, expected: &[usize]) -> Result<WeightTensor> {
+        self.matrix_as(name, expected, self.cpu_weights)
+    }
+
+    /// A tensor in its stored dtype where that is bf16 (in place in the map when 2-byte
+    /// aligned), else as f32: what the device loads start from. The CPU policy
+    /// (`--cpu-weights`) does not apply: the device rounds f32 to bf16 itself, and int8
+    /// quantisation reads f32 checkpoints at full precision.
+    pub fn stored(&self, name: &str, expected: &[usize]) -> Result<WeightTensor> {
+        self.matrix_as(name, expected, CpuWeights::Auto)
+    }
+
+    fn matrix_as(
+        &self,
+        name: &str,
+        expected: &[usize],
+        policy: CpuWeights,
+    ) -> Result<WeightTensor> {
         let e = self.entries.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             where_: self.description.clone(),
         })?;
-        let keep = match (self.cpu_weights, e.dtype) {
+        let keep = match (policy, e.dtype) {
             (CpuWeights::F32, _) => false,
             (CpuWeights::Auto, Dtype::BF16) => true,
             (CpuWeights::Auto, _) => false,

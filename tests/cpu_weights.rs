@@ -20,26 +20,44 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
 
 /// Rewrite a fixture's model.safetensors with every tensor in bf16 (as bf16 checkpoints ship).
 fn to_bf16_checkpoint(dir: &Path) {
+    rewrite_rounded(dir, safetensors::Dtype::BF16)
+}
+
+/// Rewrite a fixture's model.safetensors with every f32 tensor rounded to bf16 (nearest even),
+/// stored as `dtype`: BF16, or F32 holding the rounded values (the same numbers, 4 bytes each).
+fn rewrite_rounded(dir: &Path, dtype: safetensors::Dtype) {
     let p = dir.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut kept: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut kept: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = Vec::new();
     for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            kept.push((
+                name,
+                view.shape().to_vec(),
+                view.data().to_vec(),
+                view.dtype(),
+            ));
+            continue;
+        }
         let b: Vec<u8> = view
             .data()
             .chunks_exact(4)
             .flat_map(|c| {
-                half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap()))
-                    .to_bits()
-                    .to_le_bytes()
+                let r = half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap()));
+                if dtype == safetensors::Dtype::BF16 {
+                    r.to_bits().to_le_bytes().to_vec()
+                } else {
+                    r.to_f32().to_le_bytes().to_vec()
+                }
             })
             .collect();
-        kept.push((name, view.shape().to_vec(), b));
+        kept.push((name, view.shape().to_vec(), b, dtype));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = kept
         .iter()
-        .map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, s.clone(), b);
+        .map(|(n, s, b, d)| {
+            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b);
             (n.clone(), v.unwrap())
         })
         .collect();
@@ -294,5 +312,85 @@ fn int8_weight_error_stays_inside_the_cuda_int8_tolerance() {
         };
         eprintln!("{fx}: int8 weights (CPU emulation) rel err {e:.3e}");
         assert!(e > 1e-5 && e <= tol / 2.0, "{fx}: {e} vs tolerance {tol}");
+    }
+}
+
+/// The device graphs load a bf16 checkpoint as stored (the map's bf16 values uploaded as they
+/// are, int8 quantised from them in parallel) and compute exactly what they compute from an
+/// f32 checkpoint holding the same numbers (rounded to bf16, then widened and rounded back
+/// and quantised serially before 2026-11-27): T5 (untied gated-GELU, tied ReLU) and Mistral,
+/// bf16 and int8 weights, logits equal to the bit on the host backend.
+#[test]
+fn device_load_of_a_bf16_checkpoint_equals_the_f32_route() {
+    use jobx_engine::device::host::HostBackend;
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    use safetensors::Dtype;
+    let host = HostBackend::new();
+    for fx in [
+        "t5-gated-gelu-untied",
+        "t5-relu-tied",
+        "mistral-gqa2-theta1e6",
+    ] {
+        let (b16, f32c) = (
+            common::copy_dir(&common::fixture(fx)),
+            common::copy_dir(&common::fixture(fx)),
+        );
+        rewrite_rounded(b16.path(), Dtype::BF16);
+        rewrite_rounded(f32c.path(), Dtype::F32);
+        let mut name = "lm_head.weight";
+        let ck = Checkpoint::open_dir(b16.path()).unwrap();
+        if !ck.contains(name) {
+            name = if fx.starts_with("t5") {
+                "shared.weight"
+            } else {
+                "model.embed_tokens.weight"
+            };
+        }
+        let shape = ck.shape(name).unwrap().to_vec();
+        let st = ck.stored(name, &shape).unwrap();
+        assert!(
+            st.data.is_bf16() && st.data.is_mapped(),
+            "{fx}: bf16 in place"
+        );
+        let ck32 = Checkpoint::open_dir(f32c.path()).unwrap();
+        assert!(!ck32.stored(name, &shape).unwrap().data.is_bf16());
+        for int8 in [false, true] {
+            host.int8_weights
+                .store(int8, std::sync::atomic::Ordering::Relaxed);
+            let mut runs = Vec::new();
+            for dir in [b16.path(), f32c.path()] {
+                let mut steps = Vec::new();
+                if fx.starts_with("t5") {
+                    let g = T5Device::load_dir(&host, dir).unwrap();
+                    let (ids, mask) = common::right_padded(&common::two_rows(250), 9, 0);
+                    let enc = g.encode(&ids, &mask, 2, 9).unwrap();
+                    let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], 4).unwrap();
+                    for t in [0, 7, 11, 5] {
+                        let mut lg = Vec::new();
+                        st.step(&[t, t], &mut lg).unwrap();
+                        steps.push(lg);
+                    }
+                } else {
+                    let g = MistralDevice::load_dir(&host, dir).unwrap();
+                    let ids: Vec<u32> = (0..18).map(|i| (i * 53 % 290 + 3) as u32).collect();
+                    let mask = vec![1u8; 18];
+                    let mut st =
+                        MistralDeviceStepper::new(&g, &ids, &mask, (2, 9), 1, 4, &[None, None])
+                            .unwrap();
+                    for t in [0, 7, 11, 5] {
+                        let mut lg = Vec::new();
+                        st.step(&[t, t], &mut lg).unwrap();
+                        steps.push(lg);
+                    }
+                }
+                runs.push(steps);
+            }
+            assert!(runs[0].iter().flatten().all(|x| x.is_finite()), "{fx}");
+            assert_eq!(runs[0], runs[1], "{fx} int8 {int8}: bf16 vs f32 checkpoint");
+        }
+        host.int8_weights
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -952,7 +952,8 @@ mod table {
             "gemm tuned: accumulate, strided, LoRA m24 n2312 k520".into(),
             Box::new(|g, s| tuned_gemm(g, s, (24, 2312, 520), false)),
         ));
-        // with the split kernel a candidate: 66 column tiles split on any GPU of <= 132 SMs
+        // with the split kernel a candidate: 66 column tiles split on any GPU of more than 33 SMs
+        // (fewer tiles than 2 per SM: `Gpu::skinny_splits`)
         cases.push((
             "gemm tuned SkinnyTcSplit: accumulate, strided, LoRA m24 n1048 k520".into(),
             Box::new(|g, s| tuned_gemm(g, s, (24, 1048, 520), true)),

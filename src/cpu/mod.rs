@@ -82,19 +82,57 @@ impl WRef<'_> {
 /// (w / scale) clamped to [-127, 127] (the rule of the `quantize_rows_int8` kernel); an all-zero
 /// row gets scale 0. Here so that the CPU can emulate it (tests derive the CUDA tolerance from it).
 pub fn quantize_rows_int8(w: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    quantize_rows_int8_w(WRef::F32(w), n, k)
+}
+
+/// `quantize_rows_int8` of f32 or bf16 values (bf16 widens exactly, so a bf16 checkpoint
+/// quantises the same either way), rows in parallel: a model load quantises ~10^9 weights.
+pub fn quantize_rows_int8_w(w: WRef, n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    match w {
+        WRef::F32(w) => quantize_rows::<f32>(w, n, k),
+        WRef::Bf16(w) => quantize_rows::<simd::Bf16>(w, n, k),
+    }
+}
+
+/// `x.round_ties_even()` for |x| < 2^22, in two additions: adding 1.5 * 2^23 leaves no
+/// fraction bits, so the sum is rounded to an integer by the FPU's round-to-nearest-even, and
+/// subtracting it back is exact. The library call that `round_ties_even` becomes without
+/// SSE4.1 (this crate is built for baseline x86-64) is most of a load's quantisation time,
+/// and this form vectorises. (Rust never reassociates float arithmetic, so it is not folded.)
+#[inline(always)]
+fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (x + MAGIC) - MAGIC
+}
+
+fn quantize_rows<W: simd::WElem>(w: &[W], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    use rayon::prelude::*;
     let mut q = vec![0i8; n * k];
     let mut scales = vec![0f32; n];
-    for r in 0..n {
-        let row = &w[r * k..(r + 1) * k];
-        let mx = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-        scales[r] = mx / 127.0;
-        if mx > 0.0 {
-            let inv = 127.0 / mx;
-            for (d, &v) in q[r * k..(r + 1) * k].iter_mut().zip(row) {
-                *d = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            }
-        }
+    if k == 0 {
+        return (q, scales);
     }
+    assert_eq!(
+        w.len(),
+        n * k,
+        "quantize_rows_int8: {} values for {n} x {k}",
+        w.len()
+    );
+    q.par_chunks_mut(k)
+        .zip(scales.par_iter_mut())
+        .zip(w.par_chunks(k))
+        // tasks of at least ~64K weights: small matrices (and the tests' KV rows) stay serial
+        .with_min_len((1 << 16) / k + 1)
+        .for_each(|((qr, sr), row)| {
+            let mx = row.iter().fold(0f32, |m, v| m.max(v.to_f32().abs()));
+            *sr = mx / 127.0;
+            if mx > 0.0 {
+                let inv = 127.0 / mx;
+                for (d, &v) in qr.iter_mut().zip(row) {
+                    *d = round_even_small((v.to_f32() * inv).clamp(-127.0, 127.0)) as i8;
+                }
+            }
+        });
     (q, scales)
 }
 
@@ -385,4 +423,74 @@ pub fn head_rows<'a>(
         buf[r * d..(r + 1) * d].copy_from_slice(&x[from..from + d]);
     }
     (rows, &buf[..])
+}
+
+#[cfg(test)]
+mod quantize_tests {
+    use super::*;
+
+    /// The two-addition rounding equals `round_ties_even` on the ties, their neighbours and
+    /// random values over the range int8 quantisation feeds it (after the clamp to +-127).
+    #[test]
+    fn round_even_small_matches_round_ties_even() {
+        let mut xs = Vec::new();
+        for i in -260..=260 {
+            let t = i as f32 * 0.5;
+            xs.extend([t, t.next_up(), t.next_down()]);
+        }
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..1_000_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            xs.push((s >> 40) as f32 / (1u64 << 24) as f32 * 260.0 - 130.0);
+        }
+        xs.extend([0.0, -0.0, 4_194_303.5, -4_194_302.5, f32::MIN_POSITIVE]);
+        for x in xs {
+            assert_eq!(round_even_small(x), x.round_ties_even(), "{x:e}");
+        }
+    }
+
+    /// Rows quantised in parallel (a matrix big enough to split into tasks), from f32 or from
+    /// bf16, equal a plain row-by-row quantisation with `round_ties_even`; an all-zero row gets
+    /// scale 0, and k = 0 is empty.
+    #[test]
+    fn parallel_quantisation_matches_the_rule() {
+        let (n, k) = (300, 1001);
+        let mut s = 7u64;
+        let mut w: Vec<f32> = (0..n * k)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * (1 + (s % 5)) as f32
+            })
+            .collect();
+        w[5 * k..6 * k].fill(0.0);
+        let b: Vec<simd::Bf16> = w
+            .iter()
+            .map(|&x| simd::Bf16(half::bf16::from_f32(x).to_bits()))
+            .collect();
+        let wb: Vec<f32> = b.iter().map(|&x| simd::WElem::to_f32(x)).collect();
+        for (vals, got) in [
+            (&w, quantize_rows_int8(&w, n, k)),
+            (&wb, quantize_rows_int8_w(WRef::Bf16(&b), n, k)),
+        ] {
+            for r in 0..n {
+                let row = &vals[r * k..(r + 1) * k];
+                let mx = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_eq!(got.1[r], mx / 127.0, "scale of row {r}");
+                for (j, &v) in row.iter().enumerate() {
+                    let want = if mx > 0.0 {
+                        (v * (127.0 / mx)).round_ties_even().clamp(-127.0, 127.0) as i8
+                    } else {
+                        0
+                    };
+                    assert_eq!(got.0[r * k + j], want, "row {r} col {j}");
+                }
+            }
+        }
+        assert_eq!(quantize_rows_int8(&w, n, k).1[5], 0.0);
+        assert_eq!(quantize_rows_int8(&[], 3, 0), (vec![], vec![0.0; 3]));
+    }
 }

@@ -1,8 +1,17 @@
 //! Weights of a device graph by HF name, and the LoRA adapters attached to them.
 
 use super::{Backend, GemmShape, Lora, Out, Weight};
+use crate::cpu::{simd::Bf16, WRef};
 use crate::Result;
 use half::bf16;
+
+/// The checkpoint's bf16 bits as `half::bf16`, the device element type: both are
+/// `#[repr(transparent)]` wrappers of a u16, so this is a cast, not a copy.
+fn as_half_bf16(b: &[Bf16]) -> &[bf16] {
+    // SAFETY: same size, alignment and validity (every u16 is a valid value of both types);
+    // the lifetime is the input's.
+    unsafe { std::slice::from_raw_parts(b.as_ptr() as *const bf16, b.len()) }
+}
 
 /// Weights on the device by HF name (bf16, or weight-only int8 with per-channel scales for the
 /// linear layers when the backend stores int8 at load: `Backend::int8_weights`), the LoRA adapters attached to them, and
@@ -108,20 +117,21 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         }
     }
 
-    /// A linear layer's weight [n, k]: int8 (per-channel, `cpu::quantize_rows_int8`) when this
-    /// load stores int8, else bf16. Adapters may target it.
-    pub fn insert_linear(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
+    /// A linear layer's weight [n, k] (f32, or bf16 as a checkpoint stores it:
+    /// `Checkpoint::stored`): int8 (per-channel, `cpu::quantize_rows_int8`) when this load
+    /// stores int8, else bf16. Adapters may target it.
+    pub fn insert_linear(&mut self, name: &str, data: WRef, n: usize, k: usize) -> Result<()> {
         self.linears.insert(name.to_string(), (n, k));
         self.store_gemm_weight(name, data, n, k)
     }
 
     /// Upload a GEMM weight [n, k]: int8 with per-row scales when this load stores int8, else
     /// bf16.
-    fn store_gemm_weight(&mut self, name: &str, data: &[f32], n: usize, k: usize) -> Result<()> {
+    fn store_gemm_weight(&mut self, name: &str, data: WRef, n: usize, k: usize) -> Result<()> {
         if !self.int8 {
-            return self.insert_f32(name, data);
+            return self.insert(name, data);
         }
-        let (q, s) = crate::cpu::quantize_rows_int8(data, n, k);
+        let (q, s) = crate::cpu::quantize_rows_int8_w(data, n, k);
         let dq = self.dev.upload("load", &q)?;
         let ds = self.dev.upload("load", &s)?;
         self.q.insert(name.to_string(), (dq, ds));
@@ -135,24 +145,29 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
     /// adapter's pairs on the parts are combined into one pair on the fused weight
     /// (`combine_parts`). Int8 scales are per output row, so quantising the stacked matrix equals
     /// quantising each part.
-    fn insert_fused(
-        &mut self,
-        fused: &str,
-        parts: &[(&str, &[f32], usize)],
-        k: usize,
-    ) -> Result<()> {
-        let mut data = Vec::new();
+    fn insert_fused(&mut self, fused: &str, parts: &[(&str, WRef, usize)], k: usize) -> Result<()> {
+        // each part's `w` is [n, k] (read from the checkpoint with that shape checked); bf16
+        // parts stack as bf16 (a bf16 checkpoint is never widened), anything else as f32
+        let all_bf16 = parts.iter().all(|p| matches!(p.1, WRef::Bf16(_)));
+        let (mut wide, mut narrow) = (Vec::<f32>::new(), Vec::<Bf16>::new());
         let mut row = 0;
-        // each part's `w` is [n, k] (read from the checkpoint with that shape checked)
         for &(name, w, n) in parts {
-            data.extend_from_slice(w);
+            match w {
+                WRef::Bf16(b) if all_bf16 => narrow.extend_from_slice(b),
+                _ => wide.extend_from_slice(&w.to_f32_vec()),
+            }
             self.linears.insert(name.to_string(), (n, k));
             self.part_of
                 .insert(name.to_string(), (fused.to_string(), row));
             row += n;
         }
         self.fused.insert(fused.to_string(), (row, k));
-        self.store_gemm_weight(fused, &data, row, k)
+        let data = if all_bf16 {
+            WRef::Bf16(&narrow)
+        } else {
+            WRef::F32(&wide)
+        };
+        self.store_gemm_weight(fused, data, row, k)
     }
 
     /// When weight `name` is a part of one of `groups`: on the group's first part, read all its
@@ -172,11 +187,11 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
             let k = parts.first().map_or(0, |p| p.1[1]);
             let mut loaded = Vec::new();
             for (name, shape) in parts {
-                loaded.push((name.as_str(), ck.f32(name, &[shape[0], k])?, shape[0]));
+                loaded.push((name.as_str(), ck.stored(name, &[shape[0], k])?, shape[0]));
             }
-            let refs: Vec<(&str, &[f32], usize)> = loaded
+            let refs: Vec<(&str, WRef, usize)> = loaded
                 .iter()
-                .map(|(n, t, rows)| (*n, t.as_slice(), *rows))
+                .map(|(n, t, rows)| (*n, t.wref(), *rows))
                 .collect();
             self.insert_fused(fused, &refs, k)?;
         }
@@ -211,8 +226,24 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
 
     /// Round f32 values to bf16 and upload them under `name`.
     pub fn insert_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        let b: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
-        let dev = self.dev.upload("load", &b)?;
+        self.insert(name, WRef::F32(data))
+    }
+
+    /// Upload values under `name` as bf16: bf16 ones as they are (from the checkpoint's map,
+    /// no copy on the host), f32 ones rounded to nearest even.
+    pub fn insert(&mut self, name: &str, data: WRef) -> Result<()> {
+        let dev = match data {
+            WRef::Bf16(b) => self.dev.upload("load", as_half_bf16(b))?,
+            WRef::F32(f) => {
+                use rayon::prelude::*;
+                let b: Vec<bf16> = f
+                    .par_iter()
+                    .with_min_len(1 << 16)
+                    .map(|&x| bf16::from_f32(x))
+                    .collect();
+                self.dev.upload("load", &b)?
+            }
+        };
         self.w.insert(name.to_string(), dev);
         Ok(())
     }

@@ -152,11 +152,12 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             if w.load_if_fused(ck, &groups, &name)? {
                 continue;
             }
-            let t = ck.f32(&name, &shape)?;
+            // bf16 checkpoints go to the device as stored, without an f32 round trip
+            let t = ck.stored(&name, &shape)?;
             if name.ends_with("_proj.weight") {
-                w.insert_linear(&name, t.as_slice(), shape[0], shape[1])?; // may be int8
+                w.insert_linear(&name, t.wref(), shape[0], shape[1])?; // may be int8
             } else {
-                w.insert_f32(&name, t.as_slice())?;
+                w.insert(&name, t.wref())?;
             }
         }
         if !tied {

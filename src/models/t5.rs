@@ -1202,6 +1202,22 @@ pub fn weight_shapes(cfg: &T5Config) -> Vec<(String, Vec<usize>)> {
 /// Write a seeded random f32 T5 checkpoint (config.json + model.safetensors) into `dir`.
 /// Norm weights are 1, other weights uniform in ±1/sqrt(fan_in) so activations stay tame.
 pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u64) -> Result<()> {
+    write_random_checkpoint_as(dir, cfg_json, seed, safetensors::Dtype::F32)
+}
+
+/// `write_random_checkpoint` with the tensors stored as `dtype` (F32 or BF16, rounded to
+/// nearest even: how real FLAN-T5 and Mistral checkpoints ship).
+pub fn write_random_checkpoint_as(
+    dir: &Path,
+    cfg_json: &serde_json::Value,
+    seed: u64,
+    dtype: safetensors::Dtype,
+) -> Result<()> {
+    if !matches!(dtype, safetensors::Dtype::F32 | safetensors::Dtype::BF16) {
+        return Err(Error::Unsupported(format!(
+            "random checkpoints are written as F32 or BF16, not {dtype:?}"
+        )));
+    }
     let cfg: T5Config = serde_json::from_value(cfg_json.clone())
         .map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -1226,15 +1242,21 @@ pub fn write_random_checkpoint(dir: &Path, cfg_json: &serde_json::Value, seed: u
         } else {
             1.0 / (*shape.last().unwrap_or(&1) as f32).sqrt()
         };
-        let data: Vec<u8> = (0..n)
-            .flat_map(|_| (if scale == 0.0 { 1.0 } else { next() * scale }).to_le_bytes())
-            .collect();
+        let mut data: Vec<u8> = Vec::with_capacity(n * dtype.bitsize() / 8);
+        for _ in 0..n {
+            let v = if scale == 0.0 { 1.0 } else { next() * scale };
+            if dtype == safetensors::Dtype::BF16 {
+                data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+            } else {
+                data.extend_from_slice(&v.to_le_bytes());
+            }
+        }
         bufs.push((name, shape, data));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
         .iter()
         .map(|(n, s, d)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+            safetensors::tensor::TensorView::new(dtype, s.clone(), d)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::Safetensors {
                     path: dir.join("model.safetensors"),

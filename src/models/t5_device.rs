@@ -147,8 +147,8 @@ impl<'g, B: Backend> T5Device<'g, B> {
             } else {
                 name.clone()
             };
-            let t = ck.f32(&src, &shape)?;
             if name.ends_with("relative_attention_bias.weight") {
+                let t = ck.f32(&src, &shape)?;
                 let dev = dev.upload("load", t.as_slice())?;
                 if name.starts_with("encoder") {
                     enc_bias = Some(dev);
@@ -157,11 +157,13 @@ impl<'g, B: Backend> T5Device<'g, B> {
                 }
                 continue;
             }
+            // bf16 checkpoints go to the device as stored, without an f32 round trip
+            let t = ck.stored(&src, &shape)?;
             // linear layers (everything 2-D but the embedding and the head) may be int8
             if shape.len() == 2 && name != "shared.weight" && name != "lm_head.weight" {
-                w.insert_linear(&name, t.as_slice(), shape[0], shape[1])?;
+                w.insert_linear(&name, t.wref(), shape[0], shape[1])?;
             } else {
-                w.insert_f32(&name, t.as_slice())?;
+                w.insert(&name, t.wref())?;
             }
         }
         if !cfg.tie_word_embeddings {
