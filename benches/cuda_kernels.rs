@@ -121,6 +121,10 @@ fn main() {
         Ok(g) => g,
         Err(e) => {
             eprintln!("SKIP cuda_kernels bench: {e}");
+            // (gpu-check.sh sets it: a bench that timed nothing must not read as a success)
+            if std::env::var("JOBX_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                std::process::exit(1);
+            }
             return;
         }
     };

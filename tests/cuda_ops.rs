@@ -1391,13 +1391,24 @@ mod table {
         });
         eprintln!("cuda_op_table: {} cases", cases.len());
         let mut failures = Vec::new();
+        // wall time per case (both seeds, CPU reference included): the table took ~100 s of a
+        // lent GPU's minutes in run 5, and nothing said where
+        let mut took = Vec::new();
         for (name, f) in &cases {
+            let t0 = std::time::Instant::now();
             for seed in [1u64, 2] {
                 if let Err(e) = f(gpu, seed) {
                     eprintln!("FAIL [{name}] {e}");
                     failures.push(format!("[{name}] {e}"));
                 }
             }
+            took.push((t0.elapsed().as_secs_f64(), name.as_str()));
+        }
+        took.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let total: f64 = took.iter().map(|t| t.0).sum();
+        eprintln!("cuda_op_table: {total:.1} s in all; the slowest cases:");
+        for (s, name) in took.iter().take(12) {
+            eprintln!("  took {:8.0} ms  {name}", s * 1e3);
         }
         eprintln!(
             "cuda_op_table: {} cases x 2 seeds, {} failures",
