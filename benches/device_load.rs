@@ -13,20 +13,12 @@
 //! One JSON line per measurement (median of 3 after a warm-up that pages the file in).
 use jobx_engine::checkpoint::Checkpoint;
 use jobx_engine::device::host::HostBackend;
-use jobx_engine::models::t5::{weight_shapes, write_random_checkpoint_as, T5Config};
+use jobx_engine::models::t5::{
+    flan_t5_large_config, weight_shapes, write_random_checkpoint_as, T5Config,
+};
 use jobx_engine::models::t5_device::T5Device;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-fn t5_large_config() -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "t5", "vocab_size": 32128, "d_model": 1024, "d_kv": 64, "d_ff": 2816,
-        "num_layers": 24, "num_decoder_layers": 24, "num_heads": 16,
-        "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "layer_norm_epsilon": 1e-6,
-        "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0
-    })
-}
 
 fn median_ms(mut f: impl FnMut()) -> f64 {
     let mut t: Vec<f64> = (0..3)
@@ -49,7 +41,7 @@ fn main() {
         .unwrap_or_else(|| {
             std::env::temp_dir().join(format!("jobx-bench-t5large-{}", std::process::id()))
         });
-    let cfg_json = t5_large_config();
+    let cfg_json = flan_t5_large_config();
     if !dir.join("model.safetensors").exists() {
         eprintln!(
             "writing a T5-Large-shaped bf16 checkpoint to {}",

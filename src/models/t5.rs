@@ -1275,9 +1275,19 @@ pub fn write_random_checkpoint_as(
 /// flan-t5-small's shape (d_model 512, 8+8 layers, 6 heads × 64, d_ff 1024, vocab 32128,
 /// gated-gelu, untied): the CPU benchmark model.
 pub fn flan_t5_small_config() -> serde_json::Value {
+    flan_t5_config(512, 1024, 8, 6)
+}
+
+/// flan-t5-large's shape (d_model 1024, 24+24 layers, 16 heads × 64, d_ff 2816): the GPU
+/// end-to-end model (tools/gpu_bench_e2e.py) and the device load benchmark.
+pub fn flan_t5_large_config() -> serde_json::Value {
+    flan_t5_config(1024, 2816, 24, 16)
+}
+
+fn flan_t5_config(d_model: usize, d_ff: usize, layers: usize, heads: usize) -> serde_json::Value {
     serde_json::json!({
-        "model_type": "t5", "vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 1024,
-        "num_layers": 8, "num_decoder_layers": 8, "num_heads": 6,
+        "model_type": "t5", "vocab_size": 32128, "d_model": d_model, "d_kv": 64, "d_ff": d_ff,
+        "num_layers": layers, "num_decoder_layers": layers, "num_heads": heads,
         "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
         "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "layer_norm_epsilon": 1e-6,
         "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0
