@@ -4,7 +4,7 @@
 #   cuda_ops         the op-test binary (tests/cuda_ops.rs), kernels embedded (cubin sm_80/sm_90 + PTX)
 #   cuda_kernels     the kernel lab benchmark (benches/cuda_kernels.rs)
 #   jobx-engine      the CLI (cuda build)
-#   gpu-check.sh, gpu_bench_torch.py, gpu_bench_e2e.py, fixtures/ (the committed jobx-reference-v1 fixtures)
+#   gpu-check.sh, gpu_bench_torch.py, gpu_bench_e2e.py, gpu_decide.py, fixtures/ (the committed jobx-reference-v1 fixtures)
 # Binaries are stripped and gzipped (the working tree plus the bundle must stay under 64 MiB). Then: copy the working tree (or just gpu-bundle/ and
 # tools/) to the GPU machine and run `bash tools/gpu-check.sh OUT_DIR`.
 set -euo pipefail
@@ -30,7 +30,7 @@ cp "$(exe test cuda_ops | tail -1)" "$B/cuda_ops"
 cp "$(exe bench cuda_kernels | tail -1)" "$B/cuda_kernels"
 # stripped, then gzipped (each embeds every kernel's cubin; gpu-check.sh unpacks them)
 for f in "$B"/jobx-engine "$B"/cuda_ops "$B"/cuda_kernels; do strip --strip-all "$f" && gzip -9 "$f"; done
-cp tools/gpu-check.sh tools/gpu_bench_torch.py tools/gpu_bench_e2e.py "$B/"
+cp tools/gpu-check.sh tools/gpu_bench_torch.py tools/gpu_bench_e2e.py tools/gpu_decide.py "$B/"
 cp -r tests/fixtures "$B/fixtures"
 size=$(du -sm "$B" | cut -f1)
 echo "gpu-bundle: ${size} MiB in $B"

@@ -15,6 +15,7 @@
 #    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py),
 #    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
 # Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
+# and ends with tools/gpu_decide.py's verdict per opt-in family and target (added to summary.json)
 # (8 files: the device tool returns at most 8). Budget, under 8 minutes in all: op tests 180 s
 # (run 5: 105 s; + up to 5 x 40 s for the opt-in kernels' cases and 3 x 40 s for programmatic
 # dependent launch, normally a few seconds each), kernels 90 + 60 s, end to end 240 s; each step
@@ -185,5 +186,7 @@ PYTHONUNBUFFERED=1 timeout "${JOBX_T_E2E:-240}" python3 "$B/gpu_bench_e2e.py" --
 e2e_rc=${PIPESTATUS[0]}
 tail -5 "$OUT/e2e.err"
 fi
+echo "== decisions (docs/PERFORMANCE.md's rule; also in summary.json)"
+python3 "$B/gpu_decide.py" "$OUT" || true
 echo "exit codes: op tests $ops_rc, kernel bench $bench_rc, torch bench $torch_rc, e2e $e2e_rc"
 [[ $ops_rc == 0 || $ops_rc == skipped ]]

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Read a tools/gpu-check.sh output folder and print, per opt-in family and per issue target, what
+it measured and what the decision rule of docs/PERFORMANCE.md ("What the next GPU run is prepared
+to read") says: a family whose op cases passed and whose rows beat the default at every
+benchmarked shape becomes the default; a failing one is debugged from its FAIL lines. Adds the
+verdicts to OUT_DIR/summary.json ("decisions"). Only reads what gpu-check wrote: runs anywhere
+with plain Python 3 (tested on the development machine against earlier runs' folders).
+
+  python3 tools/gpu_decide.py OUT_DIR
+"""
+import json
+import os
+import re
+import sys
+
+FAMILIES = ["fa2", "wg", "persistent", "splitk", "q8decode", "pdl"]
+ATTN_KEYS = ("batch", "heads", "tq", "t", "dk")
+
+
+def load_jsonl(out, name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return []
+    rows = []
+    for line in open(p):
+        if line.startswith("{"):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                pass
+    return rows
+
+
+def family_status(out):
+    """{family: exit code} from the "opt-in KEY: exit N" lines of op-tests.log."""
+    st = {}
+    p = os.path.join(out, "op-tests.log")
+    if os.path.exists(p):
+        for line in open(p, errors="replace"):
+            m = re.match(r"opt-in (\w+): exit (\d+)", line)
+            if m:
+                st[m.group(1)] = int(m.group(2))
+    return st
+
+
+def fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    out = sys.argv[1]
+    kern, torch, e2e = (load_jsonl(out, n) for n in ("kernels.jsonl", "torch.jsonl", "e2e.jsonl"))
+    status = family_status(out)
+    ms = lambda rows, op, **kw: next((r["ms"] for r in rows if r.get("op") == op and "ms" in r
+                                      and all(r.get(k) == v for k, v in kw.items())), None)
+    decisions = {}
+
+    def verdict(fam, measured, wins, note="", win="faster everywhere timed", lose="not faster everywhere"):
+        if fam not in status:
+            v = "not run"
+        elif status[fam] != 0:
+            v = f"op cases failed (exit {status[fam]}): debug from the FAIL lines in op-tests.log"
+        elif not measured:
+            v = "passed, not timed"
+        elif wins:
+            v = f"passed and {win}: make it the default"
+        else:
+            v = f"passed, {lose}: stays opt-in"
+        decisions[fam] = dict(verdict=v, note=note)
+        print(f"  => {fam}: {v}{'  (' + note + ')' if note else ''}")
+
+    # prefill attention: the flash variants against the default and SDPA
+    print("attention (prefill shapes): ms, and SDPA time / ours (target >= 0.7)")
+    shapes = sorted({tuple(r[k] for k in ATTN_KEYS) for r in kern
+                     if r.get("op") == "attention" and r.get("tq", 0) > 4})
+    for fam in ("fa2", "wg"):
+        wins, measured = True, False
+        for s in shapes:
+            kw = dict(zip(ATTN_KEYS, s))
+            d, f, t = ms(kern, "attention", **kw), ms(kern, f"attention_{fam}", **kw), ms(torch, "torch_sdpa", **kw)
+            if f is None:
+                continue
+            measured = True
+            wins &= d is not None and f < d
+            print(f"  {fam:<4} {str(list(s)):<26} default {fmt(d)}  {fam} {fmt(f)}  sdpa {fmt(t)}  "
+                  f"sdpa/{fam} {fmt(t / f if t else None, '.2f')}  sdpa/default {fmt(t / d if t and d else None, '.2f')}")
+        verdict(fam, measured, wins)
+
+    # persistent GEMMs against the default TMA kernels, both dtypes
+    print("persistent GEMMs (m > 32): ms default -> _p")
+    wins, measured = True, False
+    for r in kern:
+        op = r.get("op", "")
+        if op.endswith("_tma_n256_p"):
+            base = op[: -len("_tma_n256_p")]
+            d = ms(kern, base, m=r["m"], n=r["n"], k=r["k"])
+            measured = True
+            wins &= d is not None and r["ms"] < d
+            print(f"  {base:<12} {str([r['m'], r['n'], r['k']]):<22} {fmt(d, '.4f')} -> {r['ms']:.4f}")
+    verdict("persistent", measured, wins)
+
+    # split-k: a tuning candidate (kept per shape only where it wins), so it needs only to pass
+    # and win somewhere
+    print("skinny_tc split over k (m <= 32): ms skinny_tc -> skinny_tc_split")
+    any_win, measured = False, False
+    for r in kern:
+        op = r.get("op", "")
+        if op.endswith("_skinny_tc_split"):
+            d = ms(kern, op[: -len("_split")], m=r["m"], n=r["n"], k=r["k"])
+            measured = True
+            any_win |= d is not None and r["ms"] < d
+            print(f"  {op[:-len('_skinny_tc_split')]:<22} {str([r['m'], r['n'], r['k']]):<20} {fmt(d, '.4f')} -> {r['ms']:.4f}")
+    verdict("splitk", measured, any_win,
+            "a tuning candidate: tuning keeps it only at the shapes where it wins",
+            win="faster than skinny_tc at some shape", lose="never faster than skinny_tc")
+
+    # end to end: HF's best against ours; the opt-in runs against the graph runs
+    print("end to end (seconds; speed-up over HF's fastest run; target >= 10x at batch 32)")
+    hf = {r["batch"]: r["seconds"] for r in e2e if r.get("engine") == "hf-bf16" and "seconds" in r}
+    runs = {}
+    for r in e2e:
+        if r.get("engine", "").startswith("jobx-cuda") and "seconds" in r and "beams" not in r:
+            runs.setdefault(r["batch"], {})[r["engine"]] = r["seconds"]
+    for b in sorted(runs):
+        eng = runs[b]
+        # the default configuration (bf16 weights, CUDA graphs), and the fastest run of any
+        # configuration (an opt-in one counts once it is made the default)
+        dflt = eng.get("jobx-cuda-bf16-graphs")
+        best_eng = min((k for k in eng if "kernel-profile" not in k), key=eng.get, default=None)
+        best = eng.get(best_eng)
+        x = lambda v: hf[b] / v if b in hf and v else None
+        line = "  ".join(f"{k[len('jobx-cuda-'):]} {v:.3f}" for k, v in sorted(eng.items()))
+        print(f"  batch {b:<3} hf {fmt(hf.get(b))}  {line}")
+        print(f"            default (graphs) {fmt(x(dflt), '.1f')}x, fastest ({best_eng}) {fmt(x(best), '.1f')}x")
+        decisions.setdefault("e2e", {})[str(b)] = dict(hf=hf.get(b), default=dflt, fastest=best,
+                                                       fastest_engine=best_eng,
+                                                       speedup_default=x(dflt), speedup_fastest=x(best))
+    top = max(runs) if runs else None
+    q8 = [(b, runs[b].get("jobx-cuda-bf16-cross-kv-int8"), runs[b].get("jobx-cuda-bf16")) for b in runs]
+    q8 = [x for x in q8 if x[1] and x[2]]
+    verdict("q8decode", bool(q8), all(a < p for _, a, p in q8),
+            "--cross-kv int8 stays opt-in regardless (it moves the logits): "
+            + ", ".join(f"b{b} {a:.3f} vs bf16 {p:.3f}" for b, a, p in q8))
+    chain = {(r["graph"], r["pdl"]): r["us_per_kernel"] for r in kern if r.get("op") == "decode_chain"}
+    g_off, g_on = chain.get((True, False)), chain.get((True, True))
+    e_off = runs.get(top, {}).get("jobx-cuda-bf16-graphs") if top else None
+    e_on = runs.get(top, {}).get("jobx-cuda-bf16-graphs-pdl") if top else None
+    verdict("pdl", g_on is not None or e_on is not None,
+            (g_on is None or (g_off is not None and g_on < g_off)) and (e_on is None or (e_off is not None and e_on < e_off)),
+            f"decode_chain us/kernel as a graph {fmt(g_off, '.2f')} -> {fmt(g_on, '.2f')}; "
+            f"e2e batch {top} graphs {fmt(e_off)} -> with PDL {fmt(e_on)}")
+    s = os.path.join(out, "summary.json")
+    summary = json.load(open(s)) if os.path.exists(s) else {}
+    summary["decisions"] = decisions
+    json.dump(summary, open(s, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
