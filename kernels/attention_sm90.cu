@@ -133,7 +133,11 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
             // (the first step overwrites: scale_d = 0; the operand fences keep every register
             // write the compiler might otherwise sink past wgmma.fence ahead of it, as CUTLASS's
             // warpgroup_fence_operand does)
+            // (zeroed: the fence reads them, and reading uninitialised registers in asm is
+            // undefined; the first wgmma overwrites them, scale-d 0)
             float s[FKT / 2];
+#pragma unroll
+            for (int i = 0; i < FKT / 2; i++) s[i] = 0.f;
             fence_acc(s);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll

@@ -549,6 +549,10 @@ fn host_backend_passes_the_generic_op_cases() {
             table::attention(
                 &host, seed, 4, 2, 2, 70, 90, 64, false, 0, 0, None, true, None, true, false,
             ),
+            // a batch row whose keys are all masked (output 0)
+            table::attention(
+                &host, seed, 3, 2, 1, 70, 6, 128, false, 0, 0, None, true, None, false, false,
+            ),
             table::attention(
                 &host,
                 seed,
@@ -1152,6 +1156,12 @@ mod table {
             // one chunk per pair when the keys fit one (no merge), else as few as fit
             (40, 8, 8, 1, 900, 64, false, 0, 0, None, true),
             (36, 8, 4, 1, 1500, 128, true, 0, 1499, None, false),
+            // batch row 2 with every key masked (3 x 2 >= 6 keys): its query rows see nothing
+            // and must come out 0, not NaN, on every kernel (the flash kernels' -inf handling)
+            (3, 2, 2, 40, 6, 64, false, 0, 0, Some((32, 128, true)), true),
+            (3, 2, 1, 70, 6, 128, false, 0, 0, None, true),
+            // d128 with at most 64 queries: the wgmma kernel's second warpgroup has no rows
+            (2, 2, 2, 40, 300, 128, false, 0, 0, None, true),
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
@@ -2440,9 +2450,12 @@ mod table {
         };
         let key_mask: Vec<i32> = (0..kvb * tk)
             .map(|i| {
-                // the last 3 keys per row after the first masked, and in odd rows also
-                // keys 5, 136, 267, ...: key blocks with and without a masked key alternate
-                if masked && (i % tk >= tk - (i / tk) * 3 || (i / tk % 2 == 1 && i % tk % 131 == 5))
+                // the last 3 keys per row after the first masked (every key of a row r with
+                // 3 r >= tk: a query row that sees nothing, whose output is 0), and in odd rows
+                // also keys 5, 136, 267, ...: key blocks with and without a masked key alternate
+                if masked
+                    && (i % tk >= tk.saturating_sub((i / tk) * 3)
+                        || (i / tk % 2 == 1 && i % tk % 131 == 5))
                 {
                     0
                 } else {
