@@ -95,6 +95,25 @@ def hf_time(hf, ids, kw, runs=2):
     return min(ts), ts, out
 
 
+def host_facts():
+    """The host CPU and its load: HF's greedy decode is bound by Python launching kernels (its
+    time ran 6.8-10.9 s at batch 32 on the same kind of card), so a slow or busy host shows
+    here rather than on the GPU."""
+    model = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return dict(cpu=model, cpus=os.cpu_count(), loadavg=load, torch_threads=torch.get_num_threads())
+
+
 def profile_lines(stderr):
     return [l for l in stderr.splitlines() if l.startswith("jobx profile")]
 
@@ -132,7 +151,8 @@ def main():
         hs, ts, hf_out = hf_time(hf, ids, kw)
         print(json.dumps(dict(engine="hf-bf16", batch=b, seconds=round(hs, 3),
                               seconds_runs=[round(t, 3) for t in ts],
-                              tokens_per_s=round(b * a.new / hs, 1))), flush=True)
+                              tokens_per_s=round(b * a.new / hs, 1), host=host_facts())),
+              flush=True)
         # jobx
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(ids.tolist(), f)
