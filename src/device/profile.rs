@@ -21,7 +21,15 @@ pub struct StepProfile<'d, B: Backend> {
     rows: usize,
     enqueue: f64,
     wait: f64,
+    /// the same sums without the first `WARM` steps (which tune the decode GEMMs and record
+    /// the CUDA graph: one-off costs that an average over a short generation would spread
+    /// over every step)
+    later_enqueue: f64,
+    later_wait: f64,
 }
+
+/// Steps counted as warm-up in the "later steps" figures.
+const WARM: usize = 2;
 
 impl<'d, B: Backend> StepProfile<'d, B> {
     /// A profile when `JOBX_PROFILE` asks for one; reports (and resets) the kernel times of what
@@ -36,27 +44,38 @@ impl<'d, B: Backend> StepProfile<'d, B> {
                 rows: 0,
                 enqueue: 0.0,
                 wait: 0.0,
+                later_enqueue: 0.0,
+                later_wait: 0.0,
             }
         })
     }
 
     /// One step of `rows` rows: enqueued from t0 to t1, its results back now.
     pub fn account(&mut self, rows: usize, t0: Instant, t1: Instant) {
+        let (enqueue, wait) = ((t1 - t0).as_secs_f64(), t1.elapsed().as_secs_f64());
         self.steps += 1;
         self.rows = rows;
-        self.enqueue += (t1 - t0).as_secs_f64();
-        self.wait += t1.elapsed().as_secs_f64();
+        self.enqueue += enqueue;
+        self.wait += wait;
+        if self.steps > WARM {
+            self.later_enqueue += enqueue;
+            self.later_wait += wait;
+        }
     }
 
     fn print_split(&self) {
+        let later = self.steps.saturating_sub(WARM).max(1) as f64;
         eprintln!(
             "jobx profile: {}, {} steps (last of {} rows): host enqueue {:.3} ms/step, \
-             wait for device + readback {:.3} ms/step",
+             wait for device + readback {:.3} ms/step; after the first {WARM} steps \
+             (GEMM tuning, graph recording): {:.3} and {:.3} ms/step",
             self.what,
             self.steps,
             self.rows,
             self.enqueue * 1e3 / self.steps as f64,
-            self.wait * 1e3 / self.steps as f64
+            self.wait * 1e3 / self.steps as f64,
+            self.later_enqueue * 1e3 / later,
+            self.later_wait * 1e3 / later,
         );
     }
 }
@@ -88,5 +107,38 @@ fn print_kernels<B: Backend>(dev: &B, phase: &str) {
             }
         }
         Err(e) => eprintln!("jobx profile: {phase}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The first `WARM` steps (tuning, recording) count in the overall averages only.
+    #[test]
+    fn later_steps_leave_out_the_warm_up() {
+        let host = crate::device::host::HostBackend::new();
+        let mut p = StepProfile {
+            dev: &host,
+            what: "test",
+            steps: 0,
+            rows: 0,
+            enqueue: 0.0,
+            wait: 0.0,
+            later_enqueue: 0.0,
+            later_wait: 0.0,
+        };
+        for ms in [100, 100, 1, 3] {
+            let t0 = Instant::now();
+            p.account(4, t0, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(p.steps, 4);
+        assert!((p.enqueue - 0.204).abs() < 1e-9, "{}", p.enqueue);
+        assert!(
+            (p.later_enqueue - 0.004).abs() < 1e-9,
+            "{}",
+            p.later_enqueue
+        );
     }
 }
