@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 /// Where a weight lives and in which dtype: f32 or bf16, in the file map (zero copy) or in an
 /// owned buffer. bf16 appears only for matrices loaded with `Checkpoint::matrix` under a policy
-/// that keeps or makes them bf16 (`CpuWeights`); everything else is f32.
+/// that keeps or makes them bf16 (`CpuWeights`) and for bf16 tensors read with
+/// `Checkpoint::stored` (the device loads); everything else is f32.
 #[derive(Clone)]
 pub enum WeightData {
     Mapped {

@@ -1157,7 +1157,8 @@ mod table {
             (40, 8, 8, 1, 900, 64, false, 0, 0, None, true),
             (36, 8, 4, 1, 1500, 128, true, 0, 1499, None, false),
             // batch row 2 with every key masked (3 x 2 >= 6 keys): its query rows see nothing
-            // and must come out 0, not NaN, on every kernel (the flash kernels' -inf handling)
+            // and must come out 0, not NaN, on every kernel (the flash kernels' -inf handling);
+            // (with the beams' row map, 2 K/V rows, none is fully masked)
             (3, 2, 2, 40, 6, 64, false, 0, 0, Some((32, 128, true)), true),
             (3, 2, 1, 70, 6, 128, false, 0, 0, None, true),
             // d128 with at most 64 queries: the wgmma kernel's second warpgroup has no rows

@@ -5,7 +5,8 @@
 #   bash tools/gpu-check.sh OUT_DIR
 # With this workplace's `device` tool: run `bash tools/gpu-bundle.sh` here first, then
 #   run(command="bash tools/gpu-check.sh $OUT", carry=["gpu-bundle"], timeout_s=540)
-#   (a rerun of one lost step: command="JOBX_CHECK_STEPS=e2e bash tools/gpu-check.sh $OUT")
+#   (a rerun of a lost end-to-end step: command="JOBX_CHECK_STEPS=optin,e2e bash ..."; the
+#   opt-in step takes seconds and decides which families the -optin run turns on)
 # (gpu-bundle/ is git-ignored, so it must be carried explicitly).
 # 1. GPU op tests against the CPU reference (JOBX_REQUIRE_GPU=1: no silent skip), with
 #    JOBX_CUDA_SYNC=1 so a fault names its kernel;
@@ -22,9 +23,15 @@
 # has a timeout (JOBX_T_OPS, JOBX_T_EXP, JOBX_T_BENCH, JOBX_T_E2E). The worst case (every
 # timeout hit) is longer than a device call: pass a smaller JOBX_T_OPS there.
 # JOBX_CHECK_STEPS (default ops,optin,bench,e2e) runs only the steps named, e.g. for a rerun
-# of the one a first run lost; without optin no opt-in family is used.
+# of the one a first run lost; without optin no opt-in family is used (so name it with bench
+# or e2e: it takes seconds).
 set -uo pipefail
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
+STEPS=",${JOBX_CHECK_STEPS:-ops,optin,bench,e2e},"
+step() { [[ $STEPS == *",$1,"* ]]; }
+for s in ${STEPS//,/ }; do
+  case $s in ops|optin|bench|e2e) ;; *) echo "JOBX_CHECK_STEPS: unknown step '$s' (ops, optin, bench, e2e)" >&2; exit 2 ;; esac
+done
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 B="${JOBX_GPU_BUNDLE:-$HERE/../gpu-bundle}"
 [[ -e "$B/cuda_ops.gz" || -x "$B/cuda_ops" ]] || B="$HERE"   # running from inside the bundle
@@ -41,8 +48,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > 
 cat "$OUT/gpu.txt"
 date -u +%FT%TZ >> "$OUT/gpu.txt"
 
-STEPS=",${JOBX_CHECK_STEPS:-ops,optin,bench,e2e},"
-step() { [[ $STEPS == *",$1,"* ]]; }
 ops_rc=skipped; bench_rc=skipped; torch_rc=skipped; e2e_rc=skipped
 bench_skip="fa2,wg,persistent,splitk,q8decode,pdl"
 optin=""

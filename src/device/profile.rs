@@ -64,18 +64,25 @@ impl<'d, B: Backend> StepProfile<'d, B> {
     }
 
     fn print_split(&self) {
-        let later = self.steps.saturating_sub(WARM).max(1) as f64;
+        let later = if self.steps > WARM {
+            let n = (self.steps - WARM) as f64;
+            format!(
+                "; after the first {WARM} steps (GEMM tuning, graph recording): {:.3} and {:.3} \
+                 ms/step",
+                self.later_enqueue * 1e3 / n,
+                self.later_wait * 1e3 / n
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
             "jobx profile: {}, {} steps (last of {} rows): host enqueue {:.3} ms/step, \
-             wait for device + readback {:.3} ms/step; after the first {WARM} steps \
-             (GEMM tuning, graph recording): {:.3} and {:.3} ms/step",
+             wait for device + readback {:.3} ms/step{later}",
             self.what,
             self.steps,
             self.rows,
             self.enqueue * 1e3 / self.steps as f64,
             self.wait * 1e3 / self.steps as f64,
-            self.later_enqueue * 1e3 / later,
-            self.later_wait * 1e3 / later,
         );
     }
 }
@@ -130,8 +137,11 @@ mod tests {
             later_wait: 0.0,
         };
         for ms in [100, 100, 1, 3] {
-            let t0 = Instant::now();
-            p.account(4, t0, t0 + Duration::from_millis(ms));
+            let t1 = Instant::now();
+            let t0 = t1
+                .checked_sub(Duration::from_millis(ms))
+                .expect("an instant 0.1 s ago");
+            p.account(4, t0, t1);
         }
         assert_eq!(p.steps, 4);
         assert!((p.enqueue - 0.204).abs() < 1e-9, "{}", p.enqueue);
