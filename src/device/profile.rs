@@ -37,17 +37,21 @@ impl<'d, B: Backend> StepProfile<'d, B> {
     pub fn from_env(dev: &'d B, what: &'static str, before: &str) -> Option<Self> {
         enabled().then(|| {
             print_kernels(dev, before);
-            StepProfile {
-                dev,
-                what,
-                steps: 0,
-                rows: 0,
-                enqueue: 0.0,
-                wait: 0.0,
-                later_enqueue: 0.0,
-                later_wait: 0.0,
-            }
+            Self::new(dev, what)
         })
+    }
+
+    fn new(dev: &'d B, what: &'static str) -> Self {
+        StepProfile {
+            dev,
+            what,
+            steps: 0,
+            rows: 0,
+            enqueue: 0.0,
+            wait: 0.0,
+            later_enqueue: 0.0,
+            later_wait: 0.0,
+        }
     }
 
     /// One step of `rows` rows: enqueued from t0 to t1, its results back now.
@@ -126,16 +130,7 @@ mod tests {
     #[test]
     fn later_steps_leave_out_the_warm_up() {
         let host = crate::device::host::HostBackend::new();
-        let mut p = StepProfile {
-            dev: &host,
-            what: "test",
-            steps: 0,
-            rows: 0,
-            enqueue: 0.0,
-            wait: 0.0,
-            later_enqueue: 0.0,
-            later_wait: 0.0,
-        };
+        let mut p = StepProfile::new(&host, "test");
         for ms in [100, 100, 1, 3] {
             let t1 = Instant::now();
             let t0 = t1
