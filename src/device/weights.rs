@@ -224,11 +224,6 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         Ok(Weight::Bf16(self.get(name)?))
     }
 
-    /// Round f32 values to bf16 and upload them under `name`.
-    pub fn insert_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        self.insert(name, WRef::F32(data))
-    }
-
     /// Upload values under `name` as bf16: bf16 ones as they are (from the checkpoint's map,
     /// no copy on the host), f32 ones rounded to nearest even.
     pub fn insert(&mut self, name: &str, data: WRef) -> Result<()> {
