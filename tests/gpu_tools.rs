@@ -116,3 +116,172 @@ fn gpu_decide_applies_the_decision_rule() {
     assert_eq!(e["fastest_engine"], "jobx-cuda-bf16-graphs-pdl");
     assert!((e["speedup_fastest"].as_f64().unwrap() - 10.0).abs() < 1e-9);
 }
+
+/// Runs tools/gpu_bench_e2e.py's plan under a time budget with fake engines and a fake clock
+/// (HF takes 30 s, a jobx run 5 s; weight-only int8 runs fail): the rows it printed, in order.
+/// Also the fake clock's time when the last run ended.
+fn e2e_rows(budget: &str, optin: &str) -> (Vec<Value>, f64) {
+    let script = format!(
+        r#"
+import json, sys
+sys.path.insert(0, {tools:?})
+import gpu_bench_e2e as g
+rows, now = [], [0.0]
+class Ctx:
+    new, timeout, beam = 256, 90, (8, 4, 128)
+    def hf(self, b, beam):
+        now[0] += 30
+        return 9.0, [10.0, 9.0], [[0] + [7] * 256] * b
+    def host(self):
+        return {{}}
+    def jobx(self, eng, b, beam, weights, kv, env, timeout):
+        assert timeout <= 90 and timeout >= 1, timeout
+        now[0] += 5
+        if weights == "int8":
+            rows.append(dict(engine=eng, batch=b, error="fake failure"))
+            return None
+        ids = [[7] * 256] * (b * (4 if beam else 1))
+        return dict(generate_ms=900.0, load_ms=1000, new_tokens=256, ids=ids), "jobx profile: x\n"
+budget = g.Budget({budget}, clock=lambda: now[0])
+steps = g.plan([1, 8, 32], {optin}, (8, 4, 128))
+g.execute(steps, Ctx(), budget, emit=rows.append)
+print(json.dumps(dict(rows=rows, steps=len(steps), end=now[0])))
+"#,
+        tools = common::repo().join("tools").to_str().unwrap(),
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap().clone();
+    // nothing is lost: every planned run gives one line (a result, an error or a skip)
+    assert_eq!(rows.len() as u64, v["steps"].as_u64().unwrap());
+    (rows, v["end"].as_f64().unwrap())
+}
+
+#[test]
+fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
+    let optin = r#"{"JOBX_FLASH_WG": "1", "JOBX_PDL": "1"}"#;
+    let name = |r: &Value| format!("{}@{}", r["engine"].as_str().unwrap(), r["batch"]);
+    // no budget: every run, targets first (HF, plain, graphs per batch), beam search last
+    let (all, end_all) = e2e_rows("None", optin);
+    let names: Vec<String> = all.iter().map(name).collect();
+    assert_eq!(
+        names[..9],
+        [
+            "hf-bf16@1",
+            "jobx-cuda-bf16@1",
+            "jobx-cuda-bf16-graphs@1",
+            "hf-bf16@8",
+            "jobx-cuda-bf16@8",
+            "jobx-cuda-bf16-graphs@8",
+            "hf-bf16@32",
+            "jobx-cuda-bf16@32",
+            "jobx-cuda-bf16-graphs@32"
+        ]
+    );
+    assert!(names.contains(&"jobx-cuda-bf16-graphs-optin@32".to_string()));
+    assert!(names.contains(&"jobx-cuda-bf16-graphs-pdl@32".to_string()));
+    assert!(names.contains(&"jobx-cuda-bf16-kernel-profile@32".to_string()));
+    assert_eq!(names.last().unwrap(), "jobx-cuda-bf16-beam-graphs@8");
+    assert!(all.iter().all(|r| r.get("skipped").is_none()));
+    let graphs32 = &all[8];
+    assert_eq!(graphs32["speedup_vs_hf"].as_f64().unwrap(), 10.0);
+    assert_eq!(graphs32["same_ids_as_plain"], json!(true));
+    assert_eq!(graphs32["hf_prefix_match_mean"].as_f64().unwrap(), 256.0);
+    assert_eq!(all[6]["seconds_runs"], json!([10.0, 9.0]));
+    let failed: Vec<&Value> = all.iter().filter(|r| r.get("error").is_some()).collect();
+    assert_eq!(failed.len(), 3, "the three weight-only int8 runs");
+    // the kernel profile's seconds include its events: no speed-up claimed from it
+    let prof = all
+        .iter()
+        .find(|r| r["engine"] == "jobx-cuda-bf16-kernel-profile")
+        .unwrap();
+    assert!(prof["speedup_vs_hf"].is_null());
+
+    // 150 s: the targets' runs all fit (HF 3 x 30 s, jobx 6 x 5 s); the diagnostics run while
+    // their estimates fit, the rest is skipped with a line each, and no run ends past 150 s
+    let (cut, end_cut) = e2e_rows("150", optin);
+    assert!(end_all > 150.0 && end_cut <= 150.0, "{end_all} {end_cut}");
+    let names: Vec<String> = cut.iter().map(name).collect();
+    assert_eq!(names, all.iter().map(name).collect::<Vec<_>>());
+    assert!(cut[..9].iter().all(|r| r.get("seconds").is_some()));
+    let skipped: Vec<&Value> = cut.iter().filter(|r| r.get("skipped").is_some()).collect();
+    assert!(!skipped.is_empty());
+    // the beam run, last in the plan, is among those skipped
+    assert!(cut
+        .iter()
+        .any(|r| r["engine"] == "hf-bf16-beam" && r.get("skipped").is_some()));
+    assert!(skipped[0]["skipped"]
+        .as_str()
+        .unwrap()
+        .contains("time budget"));
+    // without opt-in families there is neither an -optin nor a -pdl run
+    let (none, _) = e2e_rows("None", "{}");
+    assert!(!none
+        .iter()
+        .any(|r| r["engine"].as_str().unwrap().contains("optin")
+            || r["engine"].as_str().unwrap().contains("-pdl")));
+}
+
+/// tools/gpu-check.sh with a fake bundle (JOBX_GPU_BUNDLE: a `cuda_ops` that runs `body`, and
+/// the real gpu_decide.py): (its exit status, its stdout, seconds taken).
+fn gpu_check(budget: &str, steps: &str, body: &str) -> (i32, String, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    let ops = bundle.join("cuda_ops");
+    std::fs::write(&ops, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&ops, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(
+        common::repo().join("tools/gpu_decide.py"),
+        bundle.join("gpu_decide.py"),
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .arg(common::repo().join("tools/gpu-check.sh"))
+        .arg(dir.path().join("out"))
+        .env("JOBX_GPU_BUNDLE", &bundle)
+        .env("JOBX_CHECK_BUDGET", budget)
+        .env("JOBX_CHECK_STEPS", steps)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        t0.elapsed().as_secs_f64(),
+    )
+}
+
+#[test]
+fn gpu_check_keeps_to_its_time_budget() {
+    // a budget that leaves the op tests less than the later opt-in step's share: both skipped,
+    // said so, and the check fails (nothing was verified)
+    let (rc, out, _) = gpu_check("12", "ops,optin", "echo 'test result: ok'");
+    assert_ne!(rc, 0, "{out}");
+    assert!(
+        out.contains("== op tests skipped: the check's budget"),
+        "{out}"
+    );
+    assert!(out.contains("opt-in fa2: skipped"), "{out}");
+    assert!(out.contains("op tests budget"), "{out}");
+    // enough budget: the op tests run and pass
+    let (rc, out, _) = gpu_check("60", "ops", "echo 'test result: ok'");
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("exit codes: op tests 0"), "{out}");
+    // a hanging op test binary is stopped where the budget says (16 s less the verdicts' 5),
+    // not at its own 180 s cap
+    let (rc, out, secs) = gpu_check("16", "ops", "exec sleep 100");
+    assert_ne!(rc, 0, "{out}");
+    assert!(out.contains("exit codes: op tests 124"), "{out}");
+    assert!(secs < 16.0, "{secs} s");
+}

@@ -10,6 +10,13 @@ loaded, cuBLAS initialised), the faster of 2 timed runs (HF at its best: HF's ow
 10x claim; both times are printed); jobx as a subprocess, its own `generate_ms` (model load
 excluded, reported separately as `load_ms`). One JSON line per (engine, batch).
 
+Runs go in priority order (`plan`): first what the issue's targets read (per batch: HF, jobx
+with plain steps, jobx with CUDA graphs, the default), then the diagnostics (opt-in kernels,
+PDL alone, the kernel profile, int8 K/V, int8 weights), beam search last. With --budget S the
+script starts no run that its estimate (from the runs before it) says would end after S
+seconds: it prints a `skipped` line for it instead, so gpu-check.sh's time limit (the issue:
+under 8 minutes in all) costs the least telling runs rather than cutting whatever was running.
+
   python tools/gpu_bench_e2e.py --jobx gpu-bundle/jobx-engine --workdir /tmp/t5l [--batches 1,8,32]
 """
 import argparse
@@ -20,10 +27,11 @@ import sys
 import tempfile
 import time
 
-import torch
+PDL_ONLY = {"JOBX_PDL": "1"}
 
 
 def make_model(d):
+    import torch
     from transformers import T5Config, T5ForConditionalGeneration
     if os.path.exists(os.path.join(d, "config.json")):
         return
@@ -50,13 +58,13 @@ def make_model(d):
     m.config.save_pretrained(d)  # last: its config.json marks the folder complete
 
 
-def run_jobx(a, cmd, eng, b, env):
-    """One jobx-engine run: its last JSON line and stderr, or None after printing an error line."""
+def run_jobx(cmd, eng, b, env, timeout):
+    """One jobx-engine run: (its last JSON line, stderr), or None after printing an error line."""
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env=dict(os.environ, **env))
     except subprocess.TimeoutExpired:
-        print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {a.timeout} s")),
+        print(json.dumps(dict(engine=eng, batch=b, error=f"timed out after {timeout:.0f} s")),
               flush=True)
         return None
     if p.returncode != 0:
@@ -65,13 +73,15 @@ def run_jobx(a, cmd, eng, b, env):
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 
 
-def prefix_match(out, hf_out):
-    """Agreement with HF (HF's rows start with the decoder start token): mean length of the
-    common prefix, a sanity check only (random weights give near-flat logits, so rounding
-    differences, int8 ones especially, may flip an argmax early)."""
+def prefix_match(out, hf_rows):
+    """Agreement with HF (HF's rows, lists of ids, start with the decoder start token): mean
+    length of the common prefix, a sanity check only (random weights give near-flat logits, so
+    rounding differences, int8 ones especially, may flip an argmax early). None without HF's."""
+    if hf_rows is None:
+        return None
     ours = out["ids"] if isinstance(out["ids"][0], list) else [out["ids"]]
     pref = []
-    for o, t in zip(ours, hf_out[:, 1:].tolist()):
+    for o, t in zip(ours, [r[1:] for r in hf_rows]):
         n = 0
         while n < min(len(o), len(t)) and o[n] == t[n]:
             n += 1
@@ -81,7 +91,8 @@ def prefix_match(out, hf_out):
 
 def hf_time(hf, ids, kw, runs=2):
     """HF generate on `ids`: a warm-up of 8 new tokens, then `runs` timed full runs; (the
-    fastest time, all times, the last run's ids)."""
+    fastest time, all times, the last run's ids as lists)."""
+    import torch
     ts = []
     with torch.no_grad():
         x = ids.cuda()
@@ -92,13 +103,14 @@ def hf_time(hf, ids, kw, runs=2):
             out = hf.generate(x, **kw)
             torch.cuda.synchronize()
             ts.append(time.perf_counter() - t0)
-    return min(ts), ts, out
+    return min(ts), ts, out.tolist()
 
 
 def host_facts():
     """The host CPU and its load: HF's greedy decode is bound by Python launching kernels (its
     time ran 6.8-10.9 s at batch 32 on the same kind of card), so a slow or busy host shows
     here rather than on the GPU."""
+    import torch
     model = ""
     try:
         for line in open("/proc/cpuinfo"):
@@ -118,6 +130,193 @@ def profile_lines(stderr):
     return [l for l in stderr.splitlines() if l.startswith("jobx profile")]
 
 
+def engine_name(wfmt, prof, kv, graphs, extra):
+    return ("jobx-cuda-" + wfmt
+            + ("-cross-kv-int8" if kv == "int8" else "")
+            + ("-graphs" if graphs == "1" else "")
+            + ("-pdl" if extra == PDL_ONLY else "-optin" if extra else "")
+            + ("-kernel-profile" if prof == "kernels" else ""))
+
+
+def plan(batches, optin, beam):
+    """The runs in priority order, as (kind, batch, spec): kind "hf" (HF greedy), "jobx" (spec
+    = (weights, JOBX_PROFILE, cross-kv, JOBX_CUDA_GRAPHS, extra env)), "hf-beam", "beam" (spec
+    = JOBX_CUDA_GRAPHS). Plain steps unless the run is named -graphs (graphs are the engine's
+    default since run 5, so JOBX_CUDA_GRAPHS is always set explicitly). The decode GEMMs are
+    tuned on the card in every run; the choices show as "jobx profile: gemm tune" lines.
+    (The fixed-rule run, JOBX_GEMM_TUNE=off, measured the tuning in run 5: 1.527 vs 1.124 s at
+    batch 32; dropped for time.)"""
+    top = max(batches)
+    steps = []
+    # 1. what the targets read: HF, then jobx plain (the ids the graph and opt-in runs are
+    # compared with) and with graphs (the default configuration), every batch
+    for b in batches:
+        steps += [("hf", b, None), ("jobx", b, ("bf16", "1", "bf16", "0", {})),
+                  ("jobx", b, ("bf16", "1", "bf16", "1", {}))]
+    # 2. the opt-in families that passed on this card, together (what the decision rule reads)
+    if optin:
+        steps += [("jobx", b, ("bf16", "1", "bf16", "1", optin)) for b in batches]
+    # programmatic dependent launch alone at the largest batch (its effect is spread over every
+    # launch, so the -optin run cannot show its share)
+    if "JOBX_PDL" in optin and optin != PDL_ONLY:
+        steps.append(("jobx", top, ("bf16", "1", "bf16", "1", PDL_ONLY)))
+    # 3. the kernel profile at the largest batch (events around every launch: device time per
+    # kernel for load + encoder and the decode steps; its own seconds include the events' cost)
+    steps.append(("jobx", top, ("bf16", "kernels", "bf16", "0", {})))
+    # 4. the user's int8 choices: int8 cross-attention K/V, weight-only int8
+    steps += [("jobx", b, ("bf16", "1", "int8", "0", {})) for b in batches]
+    steps += [("jobx", b, ("int8", "1", "bf16", "0", {})) for b in batches]
+    # 5. beam search: HF, then jobx with plain steps and with graphs (T5 beam search keeps two
+    # cache sets, one recording each)
+    if beam:
+        bb = beam[0]
+        steps += [("hf-beam", bb, None), ("beam", bb, "0"), ("beam", bb, "1")]
+    return steps
+
+
+class Budget:
+    """Seconds left of --budget (None: no limit), and whether a run expected to take `est`
+    seconds still fits."""
+
+    def __init__(self, seconds, clock=time.monotonic):
+        self.clock = clock
+        self.end = None if seconds is None else clock() + seconds
+
+    def left(self):
+        return float("inf") if self.end is None else self.end - self.clock()
+
+    def fits(self, est):
+        return est <= self.left()
+
+
+def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=True)):
+    """Run `steps` (from `plan`) in order. `ctx` gives the data and the engines:
+    ctx.new, ctx.timeout, ctx.beam (batch, beams, new); ctx.hf(batch, beam) -> (fastest s,
+    [s...], HF's ids as lists); ctx.jobx(eng, batch, beam, weights, cross_kv, env, timeout) ->
+    (jobx's JSON line, its stderr) or None (it has printed the error line); ctx.host() -> host facts. A run whose
+    estimate does not fit the budget is skipped with a line saying so. Estimates: a jobx run the
+    longest wall time of a jobx run so far (x2 for the kernel profile) x 1.25 + 3 s, 40 s before
+    any; HF 2 x its last timed run + 10 s (a warm-up and two runs), 60 s before any."""
+    hf = {}          # batch -> (fastest seconds, ids as lists); "beam" for the beam run
+    plain = {}       # batch (or "beam") -> ids of the plain-steps run
+    walls = []
+    hf_last = [None]
+    skipped = 0
+
+    def est_jobx(spec_prof):
+        e = (max(walls) * 1.25 + 3) if walls else 40.0
+        return e * 2 if spec_prof == "kernels" else e
+
+    def est_hf():
+        return 2 * hf_last[0] + 10 if hf_last[0] is not None else 60.0
+
+    def skip(eng, b, est, **extra):
+        nonlocal skipped
+        skipped += 1
+        emit(dict(engine=eng, batch=b, **extra,
+                  skipped=f"the check's time budget: {max(budget.left(), 0):.0f} s left, "
+                          f"this run takes ~{est:.0f} s"))
+
+    for kind, b, spec in steps:
+        if kind in ("hf", "hf-beam"):
+            eng = "hf-bf16" + ("-beam" if kind == "hf-beam" else "")
+            beam_kw = dict(beams=ctx.beam[1], new=ctx.beam[2]) if kind == "hf-beam" else {}
+            est = est_hf() * (0.6 if kind == "hf-beam" else 1.0)
+            if not budget.fits(est):
+                skip(eng, b, est, **beam_kw)
+                continue
+            hs, ts, rows = ctx.hf(b, kind == "hf-beam")
+            hf_last[0] = max(ts)
+            hf["beam" if kind == "hf-beam" else b] = (hs, rows)
+            row = dict(engine=eng, batch=b, **beam_kw, seconds=round(hs, 3),
+                       seconds_runs=[round(t, 3) for t in ts])
+            if kind == "hf":
+                row["tokens_per_s"] = round(b * ctx.new / hs, 1)
+                row["host"] = ctx.host()
+            emit(row)
+            continue
+        if kind == "beam":
+            graphs, key = spec, "beam"
+            wfmt, prof, kv, extra = "bf16", "1", "bf16", {}
+            eng = "jobx-cuda-bf16-beam" + ("-graphs" if graphs == "1" else "")
+        else:
+            wfmt, prof, kv, graphs, extra = spec
+            key = b
+            eng = engine_name(wfmt, prof, kv, graphs, extra)
+        beam_kw = dict(beams=ctx.beam[1], new=ctx.beam[2]) if kind == "beam" else {}
+        est = est_jobx(prof)
+        if not budget.fits(est):
+            skip(eng, b, est, **beam_kw)
+            continue
+        env = dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE="on", JOBX_CUDA_GRAPHS=graphs, **extra)
+        t0 = budget.clock()
+        r = ctx.jobx(eng, b, kind == "beam", wfmt, kv, env, max(1.0, min(ctx.timeout, budget.left())))
+        walls.append(budget.clock() - t0)
+        if r is None:
+            continue
+        out, err = r
+        js = out["generate_ms"] / 1e3
+        hs, hf_rows = hf.get(key, (None, None))
+        row = dict(engine=eng, batch=b, **beam_kw, seconds=round(js, 3), load_ms=out["load_ms"])
+        if kind != "beam":
+            row["tokens_per_s"] = round(b * ctx.new / js, 1)
+        row["speedup_vs_hf"] = round(hs / js, 2) if hs and prof == "1" else None
+        if kind != "beam":
+            row["new_tokens"] = out["new_tokens"]
+        row["hf_prefix_match_mean"] = prefix_match(out, hf_rows)
+        row["profile"] = profile_lines(err)
+        if graphs == "0" and prof == "1" and kv == "bf16" and wfmt == "bf16" and not extra:
+            plain[key] = out["ids"]
+        if graphs == "1":
+            # replay vs plain steps: the same ids unless a near-tie flips (the decode
+            # attention's key split follows the cache length); a failed recording says so
+            row["same_ids_as_plain"] = out["ids"] == plain.get(key) if key in plain else None
+            row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
+        if extra:
+            row["optin"] = extra
+        emit(row)
+    if skipped:
+        print(f"gpu_bench_e2e: {skipped} run(s) skipped for the time budget", file=sys.stderr)
+    return skipped
+
+
+class Engines:
+    """The real engines behind `execute`: HF in this process, jobx-engine as a subprocess."""
+
+    def __init__(self, a, hf, ids, beam_ids):
+        self.a, self.hf_model, self.new, self.timeout = a, hf, a.new, a.timeout
+        self.beam = beam_ids[0] if beam_ids else None
+        self.ids, self.beam_ids = ids, beam_ids
+        self.files = {}
+        for key, t in list(ids.items()) + ([("beam", beam_ids[1])] if beam_ids else []):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(t.tolist(), f)
+            self.files[key] = f.name
+
+    def hf(self, b, beam):
+        if beam:
+            _, beams, new = self.beam
+            kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=beams,
+                      early_stopping=True)
+            return hf_time(self.hf_model, self.beam_ids[1], kw)
+        kw = dict(max_new_tokens=self.new, min_new_tokens=self.new, do_sample=False, num_beams=1)
+        return hf_time(self.hf_model, self.ids[b], kw)
+
+    def host(self):
+        return host_facts()
+
+    def jobx(self, eng, b, beam, weights, kv, env, timeout):
+        if beam:
+            _, beams, new = self.beam
+            f = self.files["beam"]
+        else:
+            beams, new, f = 1, self.new, self.files[b]
+        cmd = [self.a.jobx, "--device", "cuda", "--gpu-weights", weights, "--cross-kv", kv,
+               "generate", "--model", self.a.workdir, "--input-ids", f,
+               "--max-new-tokens", str(new), "--min-new-tokens", str(new), "--num-beams", str(beams)]
+        return run_jobx(cmd, eng, b, env, timeout)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobx", required=True)
@@ -126,6 +325,9 @@ def main():
     ap.add_argument("--src-len", type=int, default=1024)
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--timeout", type=int, default=90, help="seconds for one jobx-engine run")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole script: runs that would end later are skipped "
+                         "(gpu-check.sh passes what its own limit leaves)")
     ap.add_argument("--beam", default="8,4,128",
                     help="batch,beams,new tokens of the beam-search run after the greedy ones "
                          "(the reference project decodes with 4 beams); empty to skip")
@@ -133,7 +335,11 @@ def main():
                     help="KEY=V,... : one more graphs run with these opt-in kernels on (gpu-check.sh "
                          "passes the families whose op cases passed on this card), named -optin")
     a = ap.parse_args()
+    budget = Budget(a.budget)
     optin = dict(kv.split("=", 1) for kv in a.optin.split(",") if "=" in kv)
+    batches = [int(x) for x in a.batches.split(",")]
+    beam = tuple(int(x) for x in a.beam.split(",")) if a.beam else None
+    import torch
     os.makedirs(a.workdir, exist_ok=True)
     make_model(a.workdir)
     from transformers import T5ForConditionalGeneration
@@ -142,120 +348,17 @@ def main():
     except TypeError:
         hf = T5ForConditionalGeneration.from_pretrained(a.workdir, torch_dtype=torch.bfloat16)
     hf = hf.cuda().eval()
+    # the same draws, in the same order, as the runs before the priority plan: every greedy
+    # batch's source, then the beam run's
     g = torch.Generator().manual_seed(1)
-    for b in [int(x) for x in a.batches.split(",")]:
+
+    def make_ids(b):
         ids = torch.randint(5, 32000, (b, a.src_len), generator=g)
         ids[:, -1] = 1
-        # HF
-        kw = dict(max_new_tokens=a.new, min_new_tokens=a.new, do_sample=False, num_beams=1)
-        hs, ts, hf_out = hf_time(hf, ids, kw)
-        print(json.dumps(dict(engine="hf-bf16", batch=b, seconds=round(hs, 3),
-                              seconds_runs=[round(t, 3) for t in ts],
-                              tokens_per_s=round(b * a.new / hs, 1), host=host_facts())),
-              flush=True)
-        # jobx
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(ids.tolist(), f)
-        # Runs (plain steps unless named -graphs: JOBX_CUDA_GRAPHS is set explicitly, graphs
-        # being the engine's default since run 5): bf16 weights; bf16 with CUDA graphs (the
-        # decode step recorded once and replayed), its ids compared with the plain run's; bf16
-        # weights with int8 cross-attention K/V (--cross-kv int8, opt-in); weight-only int8;
-        # and at the largest batch bf16 with JOBX_PROFILE=kernels (timing events around every
-        # launch: device time per kernel for the load + encoder and the decode steps; its own
-        # seconds include the events' cost). The decode GEMMs are tuned on the card in every
-        # run; the choices show as "jobx profile: gemm tune" lines.
-        # Most telling first, so a run cut short by the step's timeout loses the least.
-        # (The fixed-rule run, JOBX_GEMM_TUNE=off, measured the tuning in run 5: 1.527 vs 1.124 s
-        # at batch 32; dropped for time.)
-        # (An -optin run, with --optin's kernels on, follows the graphs run: its ids are
-        # compared with the plain run's too.)
-        runs = [("bf16", "1", "on", "bf16", "0", {}), ("bf16", "1", "on", "bf16", "1", {})]
-        pdl_only = {"JOBX_PDL": "1"}
-        if optin:
-            runs.append(("bf16", "1", "on", "bf16", "1", optin))
-        runs += [("bf16", "1", "on", "int8", "0", {}), ("int8", "1", "on", "bf16", "0", {})]
-        # programmatic dependent launch alone at the largest batch (its effect is spread over
-        # every launch, so the -optin run cannot show its share), named -pdl
-        if "JOBX_PDL" in optin and optin != pdl_only and b == max(int(x) for x in a.batches.split(",")):
-            runs.append(("bf16", "1", "on", "bf16", "1", pdl_only))
-        if b == max(int(x) for x in a.batches.split(",")):  # the profile at the largest batch
-            runs.append(("bf16", "kernels", "on", "bf16", "0", {}))
-        plain_ids = None
-        for wfmt, prof, tune, kv, graphs, extra in runs:
-            cmd = [a.jobx, "--device", "cuda", "--gpu-weights", wfmt, "--cross-kv", kv, "generate",
-                   "--model", a.workdir, "--input-ids", f.name, "--max-new-tokens", str(a.new),
-                   "--min-new-tokens", str(a.new), "--num-beams", "1"]
-            eng = ("jobx-cuda-" + wfmt + ("-fixed-rule" if tune == "off" else "")
-                   + ("-cross-kv-int8" if kv == "int8" else "")
-                   + ("-graphs" if graphs == "1" else "")
-                   + ("-pdl" if extra == pdl_only else "-optin" if extra else "")
-                   + ("-kernel-profile" if prof == "kernels" else ""))
-            # JOBX_PROFILE=1: the stepper reports host enqueue vs GPU wait per decode step
-            r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE=tune,
-                                              JOBX_CUDA_GRAPHS=graphs, **extra))
-            if r is None:
-                continue
-            out, err = r
-            js = out["generate_ms"] / 1e3
-            row = dict(engine=eng, batch=b, seconds=round(js, 3), load_ms=out["load_ms"],
-                       tokens_per_s=round(b * a.new / js, 1),
-                       speedup_vs_hf=round(hs / js, 2) if prof == "1" else None,
-                       new_tokens=out["new_tokens"],
-                       hf_prefix_match_mean=prefix_match(out, hf_out),
-                       profile=profile_lines(err))
-            if eng == "jobx-cuda-bf16":
-                plain_ids = out["ids"]
-            if graphs == "1":
-                # replay vs plain steps: the same ids unless a near-tie flips (the decode
-                # attention's key split follows the cache length); a failed recording says so
-                row["same_ids_as_plain"] = out["ids"] == plain_ids
-                row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
-            if extra:
-                row["optin"] = extra
-            print(json.dumps(row), flush=True)
-    if a.beam:
-        def make_ids(b):
-            ids = torch.randint(5, 32000, (b, a.src_len), generator=g)
-            ids[:, -1] = 1
-            return ids
-        beam_run(a, hf, make_ids)
-
-
-def beam_run(a, hf, make_ids):
-    """Beam search (the reference project's num_beams=4, early stopping), EOS suppressed for a
-    fixed length: HF as the greedy runs (`hf_time`); jobx once with plain steps, once with
-    CUDA graphs."""
-    b, beams, new = (int(x) for x in a.beam.split(","))
-    ids = make_ids(b)
-    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=beams,
-              early_stopping=True)
-    hs, ts, hf_out = hf_time(hf, ids, kw)
-    print(json.dumps(dict(engine="hf-bf16-beam", batch=b, beams=beams, new=new,
-                          seconds=round(hs, 3), seconds_runs=[round(t, 3) for t in ts])),
-          flush=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(ids.tolist(), f)
-    cmd = [a.jobx, "--device", "cuda", "generate", "--model", a.workdir, "--input-ids", f.name,
-           "--max-new-tokens", str(new), "--min-new-tokens", str(new), "--num-beams", str(beams)]
-    # plain steps, then CUDA graphs (T5 beam search keeps two cache sets, one recording each)
-    plain_ids = None
-    for graphs in ("0", "1"):
-        eng = "jobx-cuda-bf16-beam" + ("-graphs" if graphs == "1" else "")
-        r = run_jobx(a, cmd, eng, b, dict(JOBX_PROFILE="1", JOBX_CUDA_GRAPHS=graphs))
-        if r is None:
-            continue
-        out, err = r
-        js = out["generate_ms"] / 1e3
-        row = dict(engine=eng, batch=b, beams=beams, new=new, seconds=round(js, 3),
-                   load_ms=out["load_ms"], speedup_vs_hf=round(hs / js, 2),
-                   hf_prefix_match_mean=prefix_match(out, hf_out),
-                   profile=profile_lines(err))
-        if graphs == "0":
-            plain_ids = out["ids"]
-        else:
-            row["same_ids_as_plain"] = out["ids"] == plain_ids
-            row["graph_notes"] = [l for l in err.splitlines() if "CUDA graph" in l]
-        print(json.dumps(row), flush=True)
+        return ids
+    ids = {b: make_ids(b) for b in batches}
+    beam_ids = (beam, make_ids(beam[0])) if beam else None
+    execute(plan(batches, optin, beam), Engines(a, hf, ids, beam_ids), budget)
 
 
 if __name__ == "__main__":
