@@ -141,8 +141,12 @@ fn main() {
     // step at batch 32 (with the fused q|k|v and wi_0|wi_1 projections of the device graph: n
     // 3072 and 5632), a square 4096 product, and Mistral-7B prefill at 8 x 1024 tokens (the
     // fused q|k|v projection, n 4096 + 2 x 1024, and the FFN's down projection, k 14336): the
-    // large-batch products where the W8A8 target (>= 1.6x our bf16) is judged.
+    // large-batch products where the W8A8 target (>= 1.6x our bf16) is judged; and 256 and 512
+    // rows, either side of where weight-only int8 starts widening its weight for the wgmma
+    // tiles (DEQUANT_MIN_M; `gemm_int8_weight_only_mma` is the other path at each shape).
     for &(m, n, k) in &[
+        (256, 1024, 1024),
+        (512, 2816, 1024),
         (8192, 1024, 1024),
         (8192, 2816, 1024),
         (32, 1024, 2816),
@@ -216,9 +220,16 @@ fn main() {
                     g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
                         .unwrap()
                 });
+                // weight-only int8 on the mma.sync tiles (the path before the widening)
+                let i8w = (suffix == "mma").then(|| time_int8(&mut y));
                 g.sm90_tile.store(0, Relaxed);
                 g.gemm_persistent.store(persistent, Relaxed);
-                for (name, ms) in [("gemm_bf16", bf), ("gemm_w8a8", i8)] {
+                let rows = [
+                    ("gemm_bf16", Some(bf)),
+                    ("gemm_w8a8", Some(i8)),
+                    ("gemm_int8_weight_only", i8w),
+                ];
+                for (name, ms) in rows.into_iter().filter_map(|(n, t)| Some((n, t?))) {
                     println!(
                         "{{\"op\":\"{name}_{suffix}\",\"m\":{m},\"n\":{n},\"k\":{k},\"ms\":{ms:.4},\"tflops\":{:.2}}}",
                         flop / ms / 1e9

@@ -6,6 +6,8 @@
 //   gemm_w8a8   int8 x (per-token scale) and int8 w (per-channel scale), mma.m16n8k32 s8 -> s32,
 //               dequantised in the epilogue: y = acc * x_scale[m] * w_scale[n].
 //   quantize_rows_int8  per-token absmax quantisation of bf16 activations for gemm_w8a8.
+//   dequant_int8_bf16   weight-only int8 widened to bf16, for large products on the sm_90
+//               wgmma tiles (end of file).
 // Both GEMMs fuse the LoRA "expand" into the epilogue (SGMV style: one adapter per row).
 //
 // Tiling: 64x64 output tile per 128-thread block (4 warps, 2x2, 32x32 per warp), k staged through
@@ -635,4 +637,23 @@ extern "C" __global__ void quantize_rows_int8(jobx_quantize_params p) {
         q[i] = (signed char)fminf(fmaxf(v, -127.0f), 127.0f);
     }
     if (threadIdx.x == 0) p.scale[row] = scale;
+}
+
+// The weight-only int8 path for large products on sm_90 (ops.rs, Gpu::gemm): the int8 values
+// widened to bf16 once per call, so that the product runs on the wgmma tiles (gemm_tma_bf16_*)
+// with w_scale applied in their epilogue: the same arithmetic as gemm_bf16 with int8 weights
+// (exact bf16 weights, f32 accumulation, scale in f32, one rounding), at the tiles' speed.
+// 8 elements a thread with an 8-byte load and a 16-byte store where out and w are aligned, one
+// element at a time otherwise and for the tail; grid-stride.
+extern "C" __global__ void dequant_int8_bf16(jobx_dequant_params p) {
+    pdl_enter();
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool vec = (((unsigned long long)p.w) & 7) == 0 && (((unsigned long long)p.out) & 15) == 0;
+    const long long groups = vec ? p.len / 8 : 0;
+    for (long long gi = tid; gi < groups; gi += stride)
+        ((uint4*)p.out)[gi] = i8x8_to_bf16x8(((const uint2*)p.w)[gi]);
+    const signed char* w = (const signed char*)p.w;
+    bf16* out = (bf16*)p.out;
+    for (long long i = groups * 8 + tid; i < p.len; i += stride) out[i] = __float2bfloat16_rn((float)w[i]);
 }

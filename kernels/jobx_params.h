@@ -160,6 +160,15 @@ typedef struct {
     long long k;
 } jobx_quantize_params;
 
+// out[i] = (bf16) w[i]: weight-only int8 values widened exactly (|w| <= 127 needs 7 significant
+// bits of bf16's 8), so that a large product can run on the bf16 tensor-core tiles with the
+// per-channel scale still applied in f32 in their epilogue (gemm.cu, dequant_int8_bf16).
+typedef struct {
+    const void* w;  // int8 [len]
+    void* out;      // bf16 [len]
+    long long len;
+} jobx_dequant_params;
+
 // Attention over strided views (element (b, h, t, d) at b*sb + h*sh + t*st + d), output
 // o[b, i, h*dk + d] (the layout the output projection reads). Online softmax in f32.
 // Score(i, j) = scale * q_i·k_j + bias(h, i, j), where the bias is the T5 relative position

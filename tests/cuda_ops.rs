@@ -974,6 +974,26 @@ mod table {
                 Box::new(move |g, s| lora(g, s, m, n, k, &[r; 3], false, true)),
             ));
         }
+        // weight-only int8 from DEQUANT_MIN_M rows on an sm_90 device: the weight widened to
+        // bf16 and the wgmma tiles with the scale in their epilogue (Gpu::gemm_dequant): on
+        // both sides of the 256-row line, accumulated into bf16 and f32 (the residual
+        // projections), k not a multiple of 8 (no tensor map: the mma.sync tiles after all),
+        // and with LoRA on the widened weight's product (the prefill of an int8 base)
+        for &(m, n, k, acc, f32out) in &[
+            (255, 136, 1032, false, false),
+            (256, 136, 1032, true, false),
+            (520, 300, 264, true, true),
+            (300, 72, 100, false, false),
+        ] {
+            cases.push((
+                format!("gemm int8 widened m{m} n{n} k{k} acc {acc} f32 {f32out}"),
+                Box::new(move |g, s| gemm(g, s, m, n, k, true, f32out, acc, Variant::Default)),
+            ));
+        }
+        cases.push((
+            "lora slots int8 widened m300 n130 k256".into(),
+            Box::new(|g, s| lora(g, s, 300, 130, 256, &[3, 8], true, false)),
+        ));
         // LoRA as the graphs use it: slots of different ranks stacked by linear::stack_loras,
         // bf16 output accumulated (residual projections), bf16 or int8 base weights, decode
         // (skinny 8 / 32 rows) and prefill (tiled; TMA on Hopper) row counts

@@ -118,6 +118,37 @@ def main():
             "a tuning candidate: tuning keeps it only at the shapes where it wins",
             win="faster than skinny_tc at some shape", lose="never faster than skinny_tc")
 
+    # weight-only int8 from 256 rows (DEQUANT_MIN_M), on by default since 2026-11-27 without a
+    # device: the weight widened to bf16 for the wgmma tiles, against the mma.sync tiles
+    print("weight-only int8 (m >= 256: widened for the wgmma tiles by default): ms mma.sync -> default")
+    rows, slower = [], []
+    for r in kern:
+        if r.get("op") == "gemm_int8_weight_only" and "ms" in r and r.get("m", 0) > 32:
+            old_ms = ms(kern, "gemm_int8_weight_only_mma", m=r["m"], n=r["n"], k=r["k"])
+            bf = ms(kern, "gemm_bf16", m=r["m"], n=r["n"], k=r["k"])
+            rows.append(r)
+            if r["m"] >= 256 and old_ms is not None and r["ms"] >= old_ms:
+                slower.append(r["m"])
+            print(f"  {str([r['m'], r['n'], r['k']]):<22} {fmt(old_ms, '.4f')} -> {r['ms']:.4f}"
+                  f"  (bf16 weights {fmt(bf, '.4f')})")
+    fails = []
+    p = os.path.join(out, "op-tests.log")
+    if os.path.exists(p):
+        fails = [l.strip() for l in open(p, errors="replace")
+                 if l.startswith("FAIL") and "int8 widened" in l]
+    if fails:
+        v = (f"{len(fails)} 'int8 widened' op case(s) failed: make JOBX_GEMM_DEQUANT off by "
+             "default (runtime.rs, gemm_dequant) and debug from the FAIL lines")
+    elif not rows:
+        v = "not timed"
+    elif slower:
+        v = (f"not faster than the mma.sync tiles at m = {sorted(set(slower))}: raise "
+             "DEQUANT_MIN_M above that (runtime.rs)")
+    else:
+        v = "faster than the mma.sync tiles at every timed shape from 256 rows: keep the default"
+    decisions["dequant"] = dict(verdict=v, note="")
+    print(f"  => dequant: {v}")
+
     # end to end: HF's best against ours; the opt-in runs against the graph runs
     print("end to end (seconds; speed-up over HF's fastest run; target >= 10x at batch 32)")
     hf = {r["batch"]: r["seconds"] for r in e2e if r.get("engine") == "hf-bf16" and "seconds" in r}

@@ -544,6 +544,45 @@ impl Gpu {
         )))
     }
 
+    /// `Gpu::gemm_dequant`: where an sm_90 device has the wgmma tiles for this product, widen
+    /// the int8 weight to bf16 in scratch (exact) and run the bf16 tiles with `p.w_scale` in
+    /// their epilogue; `Some(())` once launched. None (the caller takes the mma.sync tiles)
+    /// without the kernels, where the operands do not suit the tiles, or where the scratch does
+    /// not fit in device memory (the mma.sync tiles need none).
+    fn gemm_int8_widened(
+        &self,
+        op: &'static str,
+        wq: &CudaSlice<i8>,
+        s: &GemmShape,
+        p: jobx_gemm_params,
+    ) -> Result<Option<()>> {
+        if !self.has_kernel("dequant_int8_bf16") || !self.has_kernel("gemm_tma_bf16_n128") {
+            return Ok(None);
+        }
+        let len = s.n * s.k;
+        let Ok(wide) = self.scratch::<bf16>(op, len) else {
+            return Ok(None);
+        };
+        let mut pw = p;
+        pw.w = self.ptr(&wide);
+        pw.w_kind = JOBX_W_BF16 as i32;
+        let Some((kernel, cfg)) = self.sm90_gemm(s, &pw, false)? else {
+            return Ok(None);
+        };
+        let dp = jobx_dequant_params {
+            w: self.ptr(wq),
+            out: self.ptr(&wide) as *mut c_void,
+            len: len as i64,
+        };
+        self.launch(op, "dequant_int8_bf16", grid_1d(len.div_ceil(8), 256), dp)?;
+        // (the scratch is freed in stream order after the product has read it)
+        self.launch_sm90(op, kernel, cfg, pw, false).map(Some)
+    }
+
+    fn dequant_on(&self) -> bool {
+        self.gemm_dequant.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// W8A8: y (+)= (xq · wqᵀ) · x_scale[m] · w_scale[n] [+ LoRA], int8 tensor cores.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm_w8a8(
@@ -1374,6 +1413,13 @@ impl crate::device::Backend for Gpu {
         if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
             if let Some((kernel, cfg)) = self.sm90_gemm(s, &p, false)? {
                 return self.launch_sm90(OP, kernel, cfg, p, false);
+            }
+        }
+        if let Weight::Int8 { w: wq, .. } = &w {
+            if !general && s.m >= super::runtime::DEQUANT_MIN_M && self.dequant_on() {
+                if let Some(done) = self.gemm_int8_widened(OP, wq, s, p)? {
+                    return Ok(done);
+                }
             }
         }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)

@@ -86,6 +86,7 @@ device_repr!(
     jobx_gemm_tma_params,
     jobx_lora_shrink_params,
     jobx_quantize_params,
+    jobx_dequant_params,
     jobx_attention_params,
     jobx_logits_params
 );
@@ -184,6 +185,15 @@ fn env_on(name: &str) -> bool {
 /// (more already fill the device), each into at most `SPLIT_MAX` blocks.
 pub(crate) const SPLIT_TILES_PER_SM: usize = 2;
 pub(crate) const SPLIT_MAX: usize = 8;
+
+/// Rows from which a weight-only int8 product widens its weight for the wgmma tiles
+/// (`Gpu::gemm_dequant`). An estimate, not a measurement (2026-11-27, no device): the widening
+/// moves ~5 bytes per weight (int8 read, bf16 written and read back) and adds a launch, while
+/// the mma.sync tiles' int8 main loop runs at ~90 TFLOP/s against ~460 for the wgmma tiles
+/// (H100, run 5); at T5-Large widths both come to ~20 us near 256 rows. The kernel bench's
+/// `gemm_int8_weight_only` rows at 256 and 512 rows (and `_mma`, the other path) say where the
+/// line really is.
+pub(crate) const DEQUANT_MIN_M: usize = 256;
 
 /// Modules built for one architecture only (`// jobx:archs` in the .cu).
 const ARCH_SPECIFIC: &[&str] = &["attention_sm90", "gemm_sm90"];
@@ -290,6 +300,12 @@ pub struct Gpu {
     /// without a device); with it, tuning times the split form next to the others and keeps it
     /// only where it is faster (a saved table's choices made without it are timed afresh).
     pub gemm_splitk: std::sync::atomic::AtomicBool,
+    /// Weight-only int8 products of at least `DEQUANT_MIN_M` rows on an sm_90 device widen the
+    /// weight to bf16 (`dequant_int8_bf16`, into scratch) and run on the wgmma tiles with the
+    /// scale in their epilogue, instead of the mma.sync tiles that widen in the main loop (H100,
+    /// run 5: 0.196 ms at 8192 x 1024 x 1024 against 0.037 for bf16 weights). On by default;
+    /// `JOBX_GEMM_DEQUANT=0` turns it off (the mma.sync tiles, as before 2026-11-27).
+    pub gemm_dequant: std::sync::atomic::AtomicBool,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -493,6 +509,9 @@ impl Gpu {
             pdl: (pdl && pdl_capable).into(),
             pdl_capable,
             gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
+            gemm_dequant: std::env::var("JOBX_GEMM_DEQUANT")
+                .map_or(true, |v| v != "0")
+                .into(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
