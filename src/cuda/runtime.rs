@@ -168,6 +168,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_skinny_tc",
             "gemm_w8a8",
             "quantize_rows_int8",
+            "dequant_int8_bf16",
         ],
     ),
     ("logits", &["logits_topk"]),
