@@ -13,6 +13,31 @@ fn lines(path: &std::path::Path, rows: &[Value]) {
     }
 }
 
+/// python3 with `args`, which must succeed: its stdout.
+fn python(args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .output()
+        .expect("python3 (the CUDA toolchain install needs it too)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs tools/gpu_decide.py on the folder `d`: the "decisions" it added to summary.json.
+fn decide(d: &std::path::Path) -> Value {
+    python(&[
+        common::repo().join("tools/gpu_decide.py").as_os_str(),
+        d.as_os_str(),
+    ]);
+    let s: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+    s["decisions"].clone()
+}
+
 #[test]
 fn gpu_decide_applies_the_decision_rule() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,19 +107,7 @@ fn gpu_decide_applies_the_decision_rule() {
             json!({"engine": "jobx-cuda-bf16-graphs", "batch": 8, "error": "timed out"}),
         ],
     );
-    let out = std::process::Command::new("python3")
-        .arg(common::repo().join("tools/gpu_decide.py"))
-        .arg(d)
-        .output()
-        .expect("python3 (the CUDA toolchain install needs it too)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
-    let dec = &s["decisions"];
+    let dec = &decide(d);
     let v = |f: &str| dec[f]["verdict"].as_str().unwrap().to_string();
     assert!(v("wg").contains("make it the default"), "{}", v("wg"));
     assert!(v("fa2").contains("stays opt-in"), "{}", v("fa2"));
@@ -131,15 +144,8 @@ fn gpu_decide_applies_the_decision_rule() {
         "FAIL [gemm int8 widened m256 n136 k1032 acc true f32 false] seed 1: 130% of tolerance\n",
     );
     std::fs::write(d.join("op-tests.log"), log).unwrap();
-    let out = std::process::Command::new("python3")
-        .arg(common::repo().join("tools/gpu_decide.py"))
-        .arg(d)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let s: Value =
-        serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
-    let v = s["decisions"]["dequant"]["verdict"].as_str().unwrap();
+    let dec = decide(d);
+    let v = dec["dequant"]["verdict"].as_str().unwrap();
     assert!(v.contains("op case(s) failed"), "{v}");
 }
 
@@ -175,17 +181,7 @@ print(json.dumps(dict(rows=rows, steps=len(steps), end=now[0])))
 "#,
         tools = common::repo().join("tools").to_str().unwrap(),
     );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&python(&["-c".as_ref(), script.as_ref()])).unwrap();
     let rows = v["rows"].as_array().unwrap().clone();
     // nothing is lost: every planned run gives one line (a result, an error or a skip)
     assert_eq!(rows.len() as u64, v["steps"].as_u64().unwrap());
