@@ -220,8 +220,15 @@ fn main() {
                     g.gemm_w8a8(&xq, &s_m, &wq, &s_n, Out::Bf16(&mut y), &sh, None)
                         .unwrap()
                 });
-                // weight-only int8 on the mma.sync tiles (the path before the widening)
-                let i8w = (suffix == "mma").then(|| time_int8(&mut y));
+                // weight-only int8 on the mma.sync tiles (the path before the widening, as
+                // JOBX_GEMM_DEQUANT=0 takes it: the tile is forced back to the default first)
+                let i8w = (suffix == "mma").then(|| {
+                    g.sm90_tile.store(0, Relaxed);
+                    let widen = g.gemm_dequant.swap(false, Relaxed);
+                    let ms = time_int8(&mut y);
+                    g.gemm_dequant.store(widen, Relaxed);
+                    ms
+                });
                 g.sm90_tile.store(0, Relaxed);
                 g.gemm_persistent.store(persistent, Relaxed);
                 let rows = [

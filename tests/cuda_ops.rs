@@ -987,12 +987,16 @@ mod table {
         ] {
             cases.push((
                 format!("gemm int8 widened m{m} n{n} k{k} acc {acc} f32 {f32out}"),
-                Box::new(move |g, s| gemm(g, s, m, n, k, true, f32out, acc, Variant::Default)),
+                Box::new(move |g, s| {
+                    widened(g, m >= 256 && k % 8 == 0, || {
+                        gemm(g, s, m, n, k, true, f32out, acc, Variant::Default)
+                    })
+                }),
             ));
         }
         cases.push((
             "lora slots int8 widened m300 n130 k256".into(),
-            Box::new(|g, s| lora(g, s, 300, 130, 256, &[3, 8], true, false)),
+            Box::new(|g, s| widened(g, true, || lora(g, s, 300, 130, 256, &[3, 8], true, false))),
         ));
         // LoRA as the graphs use it: slots of different ranks stacked by linear::stack_loras,
         // bf16 output accumulated (residual projections), bf16 or int8 base weights, decode
@@ -1342,6 +1346,22 @@ mod table {
                                 }),
                             ));
                         }
+                    }
+                }
+                // weight-only int8 widened onto these tiles (bf16 output without accumulate:
+                // the staged epilogue, and the persistent kernel's), many tiles with `p`
+                for &(m, n, k) in [(513, 520, 1024), (300, 136, 264)].iter().chain(many) {
+                    for f32out in [false, true] {
+                        cases.push((
+                            format!("gemm tma n{tile} int8 widened m{m} n{n} k{k} f32out {f32out}"),
+                            Box::new(move |g, s| {
+                                v(g, &|| {
+                                    widened(g, true, || {
+                                        gemm(g, s, m, n, k, true, f32out, false, Variant::Default)
+                                    })
+                                })
+                            }),
+                        ));
                     }
                 }
                 cases.push((
@@ -1891,6 +1911,26 @@ mod table {
         with_variant(g, variant, || {
             gemm_case(g, seed, (m, n, k), int8, f32out, accumulate, Stride::Dense)
         })
+    }
+
+    /// Run `f` and check whether it took the widened weight-only int8 path
+    /// (`Gpu::widened_gemms`): as `expect` says on a device with the wgmma tiles, never without.
+    fn widened(
+        g: &Gpu,
+        expect: bool,
+        f: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = g.widened_gemms.load(Relaxed);
+        f()?;
+        let taken = g.widened_gemms.load(Relaxed) > before;
+        let expect = expect && g.has_kernel("gemm_tma_bf16_n128");
+        if taken != expect {
+            return Err(format!(
+                "widened int8 path taken: {taken}, expected {expect}"
+            ));
+        }
+        Ok(())
     }
 
     /// Run `f` with the GEMM kernel `variant` forced, then the wrapper's default choice again.

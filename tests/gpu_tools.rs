@@ -44,7 +44,8 @@ fn gpu_decide_applies_the_decision_rule() {
     let d = dir.path();
     std::fs::write(
         d.join("op-tests.log"),
-        "test cuda_op_table ... ok\nopt-in fa2: exit 0\nopt-in wg: exit 0\n\
+        "test cuda_op_table ... cuda_op_table: 600 cases x 2 seeds, 0 failures\nok\n\
+         opt-in fa2: exit 0\nopt-in wg: exit 0\n\
          opt-in persistent: exit 0\nopt-in splitk: exit 0\nopt-in q8decode: exit 101\n\
          opt-in pdl: exit 0\n",
     )
@@ -104,6 +105,7 @@ fn gpu_decide_applies_the_decision_rule() {
             // int8 K/V or weights: never the "fastest" configuration against HF's bf16
             json!({"engine": "jobx-cuda-bf16-cross-kv-int8", "batch": 32, "seconds": 0.45}),
             json!({"engine": "jobx-cuda-int8", "batch": 32, "seconds": 0.4}),
+            json!({"engine": "jobx-cuda-int8-no-widen", "batch": 32, "seconds": 0.6}),
             json!({"engine": "jobx-cuda-bf16-graphs", "batch": 8, "error": "timed out"}),
         ],
     );
@@ -132,14 +134,31 @@ fn gpu_decide_applies_the_decision_rule() {
         "{}",
         v("dequant")
     );
+    assert!(
+        dec["dequant"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("0.600 s without the widening -> 0.400 s"),
+        "{}",
+        dec["dequant"]
+    );
     // against HF's fastest run; the kernel-profile run (events around every launch) and the
     // int8 runs never count, and a row with an error instead of seconds is left out
     let e = &dec["e2e"]["32"];
     assert_eq!(e["speedup_default"].as_f64().unwrap(), 9.0);
     assert_eq!(e["fastest_engine"], "jobx-cuda-bf16-graphs-pdl");
     assert!((e["speedup_fastest"].as_f64().unwrap() - 10.0).abs() < 1e-9);
+    // an established op table that did not finish verified nothing: its times do not count
+    let log = std::fs::read_to_string(d.join("op-tests.log")).unwrap();
+    std::fs::write(
+        d.join("op-tests.log"),
+        log.replace("cuda_op_table: 600 cases x 2 seeds, 0 failures", ""),
+    )
+    .unwrap();
+    let v = decide(d)["dequant"]["verdict"].clone();
+    assert!(v.as_str().unwrap().contains("not verified"), "{v}");
     // a failed case of the widened int8 path outweighs its times
-    let mut log = std::fs::read_to_string(d.join("op-tests.log")).unwrap();
+    let mut log = log;
     log.push_str(
         "FAIL [gemm int8 widened m256 n136 k1032 acc true f32 false] seed 1: 130% of tolerance\n",
     );
@@ -152,7 +171,8 @@ fn gpu_decide_applies_the_decision_rule() {
 /// Runs tools/gpu_bench_e2e.py's plan under a time budget with fake engines and a fake clock
 /// (HF takes 30 s, a jobx run 5 s; weight-only int8 runs fail): the rows it printed, in order.
 /// Also the fake clock's time when the last run ended.
-fn e2e_rows(budget: &str, optin: &str) -> (Vec<Value>, f64) {
+/// The run named `hang` ("engine@batch") times out after its whole timeout instead.
+fn e2e_rows(budget: &str, optin: &str, hang: &str) -> (Vec<Value>, f64) {
     let script = format!(
         r#"
 import json, sys
@@ -168,6 +188,10 @@ class Ctx:
         return {{}}
     def jobx(self, eng, b, beam, weights, kv, env, timeout):
         assert timeout <= 90 and timeout >= 1, timeout
+        if f"{{eng}}@{{b}}" == {hang:?}:
+            now[0] += timeout
+            rows.append(dict(engine=eng, batch=b, error="timed out"))
+            return None
         now[0] += 5
         if weights == "int8":
             rows.append(dict(engine=eng, batch=b, error="fake failure"))
@@ -193,7 +217,7 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
     let optin = r#"{"JOBX_FLASH_WG": "1", "JOBX_PDL": "1"}"#;
     let name = |r: &Value| format!("{}@{}", r["engine"].as_str().unwrap(), r["batch"]);
     // no budget: every run, targets first (HF, plain, graphs per batch), beam search last
-    let (all, end_all) = e2e_rows("None", optin);
+    let (all, end_all) = e2e_rows("None", optin, "");
     let names: Vec<String> = all.iter().map(name).collect();
     assert_eq!(
         names[..9],
@@ -235,7 +259,7 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
 
     // 150 s: the targets' runs all fit (HF 3 x 30 s, jobx 6 x 5 s); the diagnostics run while
     // their estimates fit, the rest is skipped with a line each, and no run ends past 150 s
-    let (cut, end_cut) = e2e_rows("150", optin);
+    let (cut, end_cut) = e2e_rows("150", optin, "");
     assert!(end_all > 150.0 && end_cut <= 150.0, "{end_all} {end_cut}");
     let names: Vec<String> = cut.iter().map(name).collect();
     assert_eq!(names, all.iter().map(name).collect::<Vec<_>>());
@@ -250,8 +274,15 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
         .as_str()
         .unwrap()
         .contains("time budget"));
+    // a run that times out (90 s) says nothing of the others' length: the next ones still run
+    let (hung, _) = e2e_rows("300", optin, "jobx-cuda-bf16-graphs-optin@1");
+    let after = hung
+        .iter()
+        .find(|r| r["engine"] == "jobx-cuda-bf16-graphs-optin" && r["batch"] == 8)
+        .unwrap();
+    assert!(after.get("seconds").is_some(), "{after}");
     // without opt-in families there is neither an -optin nor a -pdl run
-    let (none, _) = e2e_rows("None", "{}");
+    let (none, _) = e2e_rows("None", "{}", "");
     assert!(!none
         .iter()
         .any(|r| r["engine"].as_str().unwrap().contains("optin")
@@ -311,4 +342,23 @@ fn gpu_check_keeps_to_its_time_budget() {
     assert_ne!(rc, 0, "{out}");
     assert!(out.contains("exit codes: op tests 124"), "{out}");
     assert!(secs < 16.0, "{secs} s");
+    // an opt-in family stopped by the budget (12 s left of its 40 s cap) is not a failed one:
+    // no "exit N" line (gpu_decide: not run), and the later families are skipped
+    let (_, out, secs) = gpu_check("17", "optin", "exec sleep 100");
+    assert!(
+        out.contains("opt-in fa2: skipped: the check's budget"),
+        "{out}"
+    );
+    assert!(
+        out.contains("opt-in pdl: skipped: the check's budget"),
+        "{out}"
+    );
+    assert!(!out.contains("opt-in fa2: exit"), "{out}");
+    assert!(secs < 17.0, "{secs} s");
+    // with time enough, every family runs and passes (the fake binary passes everything)
+    let (rc, out, _) = gpu_check("100", "optin", "echo 'test result: ok'");
+    assert_eq!(rc, 0, "{out}");
+    for fam in ["fa2", "wg", "persistent", "splitk", "q8decode", "pdl"] {
+        assert!(out.contains(&format!("opt-in {fam}: exit 0")), "{out}");
+    }
 }

@@ -199,14 +199,17 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
     """Run `steps` (from `plan`) in order. `ctx` gives the data and the engines:
     ctx.new, ctx.timeout, ctx.beam (batch, beams, new); ctx.hf(batch, beam) -> (fastest s,
     [s...], HF's ids as lists); ctx.jobx(eng, batch, beam, weights, cross_kv, env, timeout) ->
-    (jobx's JSON line, its stderr) or None (it has printed the error line); ctx.host() -> host facts. A run whose
-    estimate does not fit the budget is skipped with a line saying so. Estimates: a jobx run the
-    longest wall time of a jobx run so far (x2 for the kernel profile) x 1.25 + 3 s, 40 s before
-    any; HF 2 x its last timed run + 10 s (a warm-up and two runs), 60 s before any."""
+    (jobx's JSON line, its stderr) or None (it has printed the error line); ctx.host() -> host
+    facts. A run whose estimate does not fit the budget is skipped with a line saying so.
+    Estimates: a jobx run the longest wall time of a successful jobx run so far (x2 for the
+    kernel profile) x 1.25 + 3 s, 40 s before any (a run that failed or timed out says nothing of
+    the others); HF 2.6 x its slowest timed run so far + 10 s (a warm-up and two runs, maybe a
+    larger batch), 60 s before any. An HF run starts only if the two jobx runs it is compared
+    with fit after it."""
     hf = {}          # batch -> (fastest seconds, ids as lists); "beam" for the beam run
     plain = {}       # batch (or "beam") -> ids of the plain-steps run
-    walls = []
-    hf_last = [None]
+    walls = []       # wall seconds of the successful jobx runs
+    hf_runs = []     # seconds of every timed HF run
     skipped = 0
 
     def est_jobx(spec_prof):
@@ -214,7 +217,7 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
         return e * 2 if spec_prof == "kernels" else e
 
     def est_hf():
-        return 2 * hf_last[0] + 10 if hf_last[0] is not None else 60.0
+        return 2.6 * max(hf_runs) + 10 if hf_runs else 60.0
 
     def skip(eng, b, est, **extra):
         nonlocal skipped
@@ -227,12 +230,13 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
         if kind in ("hf", "hf-beam"):
             eng = "hf-bf16" + ("-beam" if kind == "hf-beam" else "")
             beam_kw = dict(beams=ctx.beam[1], new=ctx.beam[2]) if kind == "hf-beam" else {}
+            # (the beam run, 128 new tokens, takes about half a greedy one)
             est = est_hf() * (0.6 if kind == "hf-beam" else 1.0)
-            if not budget.fits(est):
+            if not budget.fits(est + 2 * est_jobx("1")):
                 skip(eng, b, est, **beam_kw)
                 continue
             hs, ts, rows = ctx.hf(b, kind == "hf-beam")
-            hf_last[0] = max(ts)
+            hf_runs.extend(ts)
             hf["beam" if kind == "hf-beam" else b] = (hs, rows)
             row = dict(engine=eng, batch=b, **beam_kw, seconds=round(hs, 3),
                        seconds_runs=[round(t, 3) for t in ts])
@@ -257,9 +261,9 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
         env = dict(JOBX_PROFILE=prof, JOBX_GEMM_TUNE="on", JOBX_CUDA_GRAPHS=graphs, **extra)
         t0 = budget.clock()
         r = ctx.jobx(eng, b, kind == "beam", wfmt, kv, env, max(1.0, min(ctx.timeout, budget.left())))
-        walls.append(budget.clock() - t0)
         if r is None:
             continue
+        walls.append(budget.clock() - t0)
         out, err = r
         js = out["generate_ms"] / 1e3
         hs, hf_rows = hf.get(key, (None, None))

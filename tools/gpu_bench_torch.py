@@ -32,8 +32,9 @@ def main():
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}", file=sys.stderr)
     # the shapes of benches/cuda_kernels.rs (decode step at batch 32 incl. the device graph's
     # fused q|k|v (n 3072) and wi_0|wi_1 (n 5632) projections; Mistral-7B prefill's q|k|v and
-    # down projections at 8192 tokens)
-    for m, n, k in [(8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (32, 2816, 1024),
+    # down projections at 8192 tokens; 256 and 512 rows, where weight-only int8 starts widening)
+    for m, n, k in [(256, 1024, 1024), (512, 2816, 1024),
+                    (8192, 1024, 1024), (8192, 2816, 1024), (32, 1024, 2816), (32, 2816, 1024),
                     (32, 3072, 1024), (32, 5632, 1024), (32, 1024, 1024), (32, 32128, 1024),
                     (8, 1024, 2816), (4096, 4096, 4096), (8192, 6144, 4096), (8192, 4096, 14336)]:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)

@@ -556,7 +556,15 @@ impl Gpu {
         s: &GemmShape,
         p: jobx_gemm_params,
     ) -> Result<Option<()>> {
-        if !self.has_kernel("dequant_int8_bf16") || !self.has_kernel("gemm_tma_bf16_n128") {
+        // (what sm90_gemm would refuse anyway, checked before allocating: a forced mma.sync
+        // variant, k rows that are not 16-byte multiples in bf16, a misaligned x; sm90_gemm
+        // checks again with the scratch's address)
+        if !self.has_kernel("dequant_int8_bf16")
+            || !self.has_kernel("gemm_tma_bf16_n128")
+            || self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed) == 1
+            || (s.k * 2) % 16 != 0
+            || (p.x as usize) % 16 != 0
+        {
             return Ok(None);
         }
         let len = s.n * s.k;
@@ -576,7 +584,10 @@ impl Gpu {
         };
         self.launch(op, "dequant_int8_bf16", grid_1d(len.div_ceil(8), 256), dp)?;
         // (the scratch is freed in stream order after the product has read it)
-        self.launch_sm90(op, kernel, cfg, pw, false).map(Some)
+        self.launch_sm90(op, kernel, cfg, pw, false)?;
+        self.widened_gemms
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(()))
     }
 
     fn dequant_on(&self) -> bool {

@@ -192,8 +192,8 @@ pub(crate) const SPLIT_MAX: usize = 8;
 /// moves ~5 bytes per weight (int8 read, bf16 written and read back) and adds a launch, while
 /// the mma.sync tiles' int8 main loop runs at ~90 TFLOP/s against ~460 for the wgmma tiles
 /// (H100, run 5); at T5-Large widths both come to ~20 us near 256 rows. The kernel bench's
-/// `gemm_int8_weight_only` rows at 256 and 512 rows (and `_mma`, the other path) say where the
-/// line really is.
+/// `gemm_int8_weight_only` rows at 256 and 512 rows (and `_mma`, the other path, timed with
+/// `gemm_dequant` off) say where the line really is.
 pub(crate) const DEQUANT_MIN_M: usize = 256;
 
 /// Modules built for one architecture only (`// jobx:archs` in the .cu).
@@ -307,6 +307,9 @@ pub struct Gpu {
     /// run 5: 0.196 ms at 8192 x 1024 x 1024 against 0.037 for bf16 weights). On by default;
     /// `JOBX_GEMM_DEQUANT=0` turns it off (the mma.sync tiles, as before 2026-11-27).
     pub gemm_dequant: std::sync::atomic::AtomicBool,
+    /// Weight-only int8 products run widened so far (`gemm_dequant`): tests check that the
+    /// path they mean to cover is the one taken.
+    pub widened_gemms: std::sync::atomic::AtomicU64,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -511,8 +514,9 @@ impl Gpu {
             pdl_capable,
             gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
             gemm_dequant: std::env::var("JOBX_GEMM_DEQUANT")
-                .map_or(true, |v| v != "0")
+                .map_or(true, |v| !matches!(v.as_str(), "0" | "off" | "false"))
                 .into(),
+            widened_gemms: Default::default(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
