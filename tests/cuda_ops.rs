@@ -642,6 +642,7 @@ mod table {
     use jobx_engine::cuda::*;
 
     use crate::common::Rng;
+    use rayon::prelude::*;
 
     /// Every GEMM kernel choice a case runs under (the skinny ones only for m <= 32).
     const VARIANTS: [Variant; 5] = [
@@ -2258,7 +2259,9 @@ mod table {
             g.download("t", &dy).map_err(e)?
         };
         // integer dot products are exact on both sides; only the two scale multiplies round
+        // (outputs in parallel: up to 288 M products a case)
         let want: Vec<f32> = (0..m * n)
+            .into_par_iter()
             .map(|o| {
                 let (i, j) = (o / n, o % n);
                 let acc: i64 = (0..k)
@@ -2603,13 +2606,17 @@ mod table {
         }
         let got = fromb(&g.download("t", &dout).map_err(e)?);
         // reference: explicit softmax in f64 with the crate's T5 bucket function
+        // (query rows in parallel: the op table's CPU references are most of its time on a
+        // GPU host, which has the cores)
         let mut want = vec![0.0f32; b * tq * h * dk];
-        for bi in 0..b {
-            let kb = map[bi] as usize;
-            for hi in 0..h {
-                let kh = hi / (h / kvh);
-                for i in 0..tq {
-                    let qp = q_offset + i;
+        want.par_chunks_mut(h * dk)
+            .enumerate()
+            .for_each(|(row, out)| {
+                let (bi, i) = (row / tq, row % tq);
+                let kb = map[bi] as usize;
+                let qp = q_offset + i;
+                for hi in 0..h {
+                    let kh = hi / (h / kvh);
                     let mut sc = vec![f64::NEG_INFINITY; tk];
                     for (j, s) in sc.iter_mut().enumerate() {
                         if key_mask[kb * tk + j] == 0
@@ -2640,17 +2647,18 @@ mod table {
                         continue;
                     }
                     let den: f64 = sc.iter().map(|s| (s - mx).exp()).sum();
+                    // (the weights once per query, not once per output element: the same values,
+                    // a dk-th of the exp calls)
+                    let pw: Vec<f64> = sc.iter().map(|s| (s - mx).exp() / den).collect();
                     for x in 0..dk {
                         let mut acc = 0f64;
-                        for j in 0..tk {
-                            acc += (sc[j] - mx).exp() / den
-                                * v[vv.off + kb * vv.sb + kh * vv.sh + j * vv.st + x] as f64;
+                        for (j, pj) in pw.iter().enumerate() {
+                            acc += pj * v[vv.off + kb * vv.sb + kh * vv.sh + j * vv.st + x] as f64;
                         }
-                        want[(bi * tq + i) * h * dk + hi * dk + x] = acc as f32;
+                        out[hi * dk + x] = acc as f32;
                     }
                 }
-            }
-        }
+            });
         // The tensor-core flash kernel (CUDA, head dim 64/128, > 4 queries, 16-byte aligned
         // operands, bf16 K/V) rounds the softmax weights to bf16 for the P·V product, as
         // FlashAttention does, and then the output: two roundings. The others keep P in f32.
