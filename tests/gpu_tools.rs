@@ -290,7 +290,8 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
 }
 
 /// tools/gpu-check.sh with a fake bundle (JOBX_GPU_BUNDLE: a `cuda_ops` that runs `body`, and
-/// the real gpu_decide.py): (its exit status, its stdout, seconds taken).
+/// the real gpu_decide.py): (its exit status, its stdout followed by the gpu.txt it wrote,
+/// seconds taken).
 fn gpu_check(budget: &str, steps: &str, body: &str) -> (i32, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
@@ -313,10 +314,15 @@ fn gpu_check(budget: &str, steps: &str, body: &str) -> (i32, String, f64) {
         .env("JOBX_CHECK_STEPS", steps)
         .output()
         .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let gpu_txt = std::fs::read_to_string(dir.path().join("out/gpu.txt")).unwrap_or_default();
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        t0.elapsed().as_secs_f64(),
+        format!(
+            "{}\n--- gpu.txt\n{gpu_txt}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        secs,
     )
 }
 
@@ -336,6 +342,11 @@ fn gpu_check_keeps_to_its_time_budget() {
     let (rc, out, _) = gpu_check("60", "ops", "echo 'test result: ok'");
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("exit codes: op tests 0"), "{out}");
+    // each step's seconds and the total, for the next budget
+    assert!(
+        out.contains("\nstep ops: ") && out.contains("\ntotal: ") && !out.contains("step bench"),
+        "{out}"
+    );
     // a hanging op test binary is stopped where the budget says (16 s less the verdicts' 5),
     // not at its own 180 s cap
     let (rc, out, secs) = gpu_check("16", "ops", "exec sleep 100");

@@ -17,7 +17,7 @@
 # 3. end-to-end greedy generation, FLAN-T5-Large-shaped random checkpoint, source 1024, 256 new
 #    tokens, batch 1/8/32: jobx-engine --device cuda vs HF transformers bf16 (tools/gpu_bench_e2e.py),
 #    plus one bf16 run per batch with JOBX_PROFILE=kernels (device time per kernel, for the record).
-# Writes OUT_DIR/{gpu.txt,op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
+# Writes OUT_DIR/{gpu.txt (card, date, seconds per step),op-tests.log,kernels.jsonl,torch.jsonl,bench.err,e2e.jsonl,e2e.err,summary.json}
 # and ends with tools/gpu_decide.py's verdict per opt-in family and target (added to summary.json)
 # (8 files: the device tool returns at most 8).
 # Time: the issue asks for under 8 minutes in all. JOBX_CHECK_BUDGET (default 460 s, counted from
@@ -57,6 +57,9 @@ allow() {
   (( l < 1 )) && l=1
   (( l < $1 )) && echo "$l" || echo "$1"
 }
+# each step's seconds into gpu.txt (where the 8 minutes go, for the next budget)
+t_last=$SECONDS
+mark() { step "$1" && echo "step $1: $(( SECONDS - t_last )) s" >> "$OUT/gpu.txt"; t_last=$SECONDS; }
 spent() { echo "skipped: the check's budget (JOBX_CHECK_BUDGET=$BUDGET s) leaves too little after $(( SECONDS - T0 )) s"; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 B="${JOBX_GPU_BUNDLE:-$HERE/../gpu-bundle}"
@@ -73,6 +76,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 date -u +%FT%TZ >> "$OUT/gpu.txt"
+echo "unpacked: $(( SECONDS - T0 )) s" >> "$OUT/gpu.txt"; t_last=$SECONDS
 
 ops_rc=skipped; bench_rc=skipped; torch_rc=skipped; e2e_rc=skipped
 bench_skip="fa2,wg,persistent,splitk,q8decode,pdl"
@@ -93,6 +97,7 @@ JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
 fi
+mark ops
 
 if step optin; then
 # each family's op cases alone (appended to the same log: the device tool returns 8 files);
@@ -163,6 +168,7 @@ for fam in "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSp
 done
 grep -E "^FAIL" "$OUT/op-tests.log" | tail -20
 fi
+mark optin
 
 if step bench && (( $(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) ))) < 10 )); then
   bench_rc="budget"; torch_rc="budget"; echo "== kernel benchmarks $(spent)"
@@ -229,6 +235,7 @@ if chain:
 json.dump(dict(kernels=rows, gemm_targets=targets, decode_chain=chain), open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY
 fi
+mark bench
 
 if step e2e && (( $(allow "${JOBX_T_E2E:-240}" 5) < 30 )); then
   e2e_rc="budget"; echo "== end to end $(spent)"
@@ -242,7 +249,9 @@ PYTHONUNBUFFERED=1 timeout "$te" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-e
 e2e_rc=${PIPESTATUS[0]}
 tail -5 "$OUT/e2e.err"
 fi
+mark e2e
 echo "== decisions (docs/PERFORMANCE.md's rule; also in summary.json)"
 python3 "$B/gpu_decide.py" "$OUT" || true
+echo "total: $(( SECONDS - T0 )) s of the ${BUDGET} s budget" >> "$OUT/gpu.txt"
 echo "exit codes: op tests $ops_rc, kernel bench $bench_rc, torch bench $torch_rc, e2e $e2e_rc; $(( SECONDS - T0 )) s of the ${BUDGET} s budget"
 [[ $ops_rc == 0 || $ops_rc == skipped ]]
