@@ -51,7 +51,8 @@ after() {
   echo "$s"
 }
 # seconds a command may take: its cap $1, or what the budget leaves after reserving $2 s (at
-# least 1: `timeout 0` would mean no limit; callers skip a step left under 10 s)
+# least 1: `timeout 0` would mean no limit; callers skip a step left under 10 s). Every
+# `timeout` has `-k 5`: a process that outlives SIGTERM (stuck in the driver) is killed 5 s on.
 allow() {
   local l=$(( BUDGET - (SECONDS - T0) - $2 ))
   (( l < 1 )) && l=1
@@ -92,7 +93,7 @@ echo "== op tests"
 # run and checked one family at a time below, so that a fault or hang in one cannot take the
 # established table down.
 EXPERIMENTAL="kernel Fa2,kernel Wg,n256p,SkinnyTcSplit,attention q8"
-JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout "$(allow "${JOBX_T_OPS:-180}" "$(after ops)")" "$B/cuda_ops" --nocapture --test-threads 1 \
+JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout -k 5 "$(allow "${JOBX_T_OPS:-180}" "$(after ops)")" "$B/cuda_ops" --nocapture --test-threads 1 \
   --skip cuda_pdl > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
@@ -110,7 +111,7 @@ run_exp() {
   local te
   te=$(texp)
   if (( te < 10 )); then rc=budget; return; fi
-  timeout "$te" env "$@"
+  timeout -k 5 "$te" env "$@"
   rc=$?
   if [[ $rc == 124 ]] && (( te < ${JOBX_T_EXP:-40} )); then rc=budget; fi
 }
@@ -175,10 +176,10 @@ if step bench && (( $(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) ))) < 
 elif step bench; then
 echo "== kernel benchmarks"
 # (the PyTorch twin keeps 15 s of the budget)
-JOBX_REQUIRE_GPU=1 JOBX_BENCH_SKIP="$bench_skip" timeout "$(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) )))" \
+JOBX_REQUIRE_GPU=1 JOBX_BENCH_SKIP="$bench_skip" timeout -k 5 "$(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) )))" \
   "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/bench.err"
 bench_rc=$?
-timeout "$(allow "${JOBX_T_TORCH:-60}" "$(after bench)")" python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2>> "$OUT/bench.err"
+timeout -k 5 "$(allow "${JOBX_T_TORCH:-60}" "$(after bench)")" python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2>> "$OUT/bench.err"
 torch_rc=$?
 python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -244,7 +245,7 @@ echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
 # the script's own budget ends 10 s before the hard limit: it starts no run it cannot finish
 te=$(allow "${JOBX_T_E2E:-240}" 5)
 echo "(${te} s: the script's own budget $(( te - 10 )) s)"
-PYTHONUNBUFFERED=1 timeout "$te" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" --budget $(( te - 10 )) \
+PYTHONUNBUFFERED=1 timeout -k 5 "$te" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" --budget $(( te - 10 )) \
   --workdir "${TMPDIR:-/tmp}/jobx-t5-large" --optin "$optin" ${JOBX_E2E_ARGS:-} 2> "$OUT/e2e.err" | tee "$OUT/e2e.jsonl"
 e2e_rc=${PIPESTATUS[0]}
 tail -5 "$OUT/e2e.err"
