@@ -58,6 +58,7 @@ fn gpu_decide_applies_the_decision_rule() {
         v["ms"] = json!(ms);
         v
     };
+    let gemm = |op: &str, m: usize, n: usize, k: usize, ms: f64| json!({"op": op, "m": m, "n": n, "k": k, "ms": ms});
     lines(
         &d.join("kernels.jsonl"),
         &[
@@ -69,20 +70,20 @@ fn gpu_decide_applies_the_decision_rule() {
             with(&enc, "attention_fa2", 0.30),
             with(&causal, "attention_fa2", 1.10),
             // the persistent bf16 GEMM wins, the int8 one loses: not faster everywhere
-            json!({"op": "gemm_bf16", "m": 4096, "n": 4096, "k": 4096, "ms": 0.194}),
-            json!({"op": "gemm_w8a8", "m": 4096, "n": 4096, "k": 4096, "ms": 0.134}),
-            json!({"op": "gemm_bf16_tma_n256_p", "m": 4096, "n": 4096, "k": 4096, "ms": 0.180}),
-            json!({"op": "gemm_w8a8_tma_n256_p", "m": 4096, "n": 4096, "k": 4096, "ms": 0.140}),
+            gemm("gemm_bf16", 4096, 4096, 4096, 0.194),
+            gemm("gemm_w8a8", 4096, 4096, 4096, 0.134),
+            gemm("gemm_bf16_tma_n256_p", 4096, 4096, 4096, 0.180),
+            gemm("gemm_w8a8_tma_n256_p", 4096, 4096, 4096, 0.140),
             // split-k wins at one decode shape of two: a candidate where it wins
-            json!({"op": "gemm_bf16_skinny_tc", "m": 32, "n": 1024, "k": 1024, "ms": 0.011}),
-            json!({"op": "gemm_bf16_skinny_tc_split", "m": 32, "n": 1024, "k": 1024, "ms": 0.006}),
-            json!({"op": "gemm_bf16_skinny_tc", "m": 32, "n": 5632, "k": 1024, "ms": 0.013}),
-            json!({"op": "gemm_bf16_skinny_tc_split", "m": 32, "n": 5632, "k": 1024, "ms": 0.015}),
+            gemm("gemm_bf16_skinny_tc", 32, 1024, 1024, 0.011),
+            gemm("gemm_bf16_skinny_tc_split", 32, 1024, 1024, 0.006),
+            gemm("gemm_bf16_skinny_tc", 32, 5632, 1024, 0.013),
+            gemm("gemm_bf16_skinny_tc_split", 32, 5632, 1024, 0.015),
             // weight-only int8: the widened default loses to the mma.sync tiles at 256 rows
-            json!({"op": "gemm_int8_weight_only", "m": 256, "n": 1024, "k": 1024, "ms": 0.012}),
-            json!({"op": "gemm_int8_weight_only_mma", "m": 256, "n": 1024, "k": 1024, "ms": 0.010}),
-            json!({"op": "gemm_int8_weight_only", "m": 8192, "n": 1024, "k": 1024, "ms": 0.040}),
-            json!({"op": "gemm_int8_weight_only_mma", "m": 8192, "n": 1024, "k": 1024, "ms": 0.196}),
+            gemm("gemm_int8_weight_only", 256, 1024, 1024, 0.012),
+            gemm("gemm_int8_weight_only_mma", 256, 1024, 1024, 0.010),
+            gemm("gemm_int8_weight_only", 8192, 1024, 1024, 0.040),
+            gemm("gemm_int8_weight_only_mma", 8192, 1024, 1024, 0.196),
             json!({"op": "decode_chain", "graph": true, "pdl": false, "us_per_kernel": 5.0, "ms": 1.2}),
             json!({"op": "decode_chain", "graph": true, "pdl": true, "us_per_kernel": 4.0, "ms": 1.0}),
         ],

@@ -133,9 +133,10 @@ def main():
                     slower.append(r["m"])
             print(f"  {str([r['m'], r['n'], r['k']]):<22} {fmt(old_ms, '.4f')} -> {r['ms']:.4f}"
                   f"  (bf16 weights {fmt(bf, '.4f')})")
+    top_batch = max((x.get("batch", 0) for x in e2e), default=0)
     e2e_int8 = {r.get("engine"): r["seconds"] for r in e2e if "seconds" in r
                 and r.get("engine") in ("jobx-cuda-int8", "jobx-cuda-int8-no-widen")
-                and r.get("batch") == max((x.get("batch", 0) for x in e2e), default=0)}
+                and r.get("batch") == top_batch}
     note = ""
     if len(e2e_int8) == 2:
         note = (f"e2e int8 weights at the largest batch: {e2e_int8['jobx-cuda-int8-no-widen']:.3f} s "

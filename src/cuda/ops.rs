@@ -472,15 +472,7 @@ impl Gpu {
         int8: bool,
     ) -> Result<Option<(&'static str, LaunchConfig)>> {
         let forced = self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed);
-        let elem = if int8 { 1 } else { 2 };
-        // (k = 0: no tensor map of a zero dimension; the mma.sync kernels write the zeros)
-        if forced == 1
-            || s.k == 0
-            || !self.has_kernel("gemm_tma_bf16_n128")
-            || (s.k * elem) % 16 != 0
-            || (p.x as usize) % 16 != 0
-            || (p.w as usize) % 16 != 0
-        {
+        if !self.sm90_applies(s, p.x, Some(p.w), int8) {
             return Ok(None);
         }
         let mt = s.m.div_ceil(128);
@@ -544,6 +536,26 @@ impl Gpu {
         )))
     }
 
+    /// Whether the wgmma kernels can take this product: the device has them, no test forces the
+    /// mma.sync ones, and x (and w, when given: `None` for a buffer the caller allocates) start
+    /// on 16 bytes and k rows are 16-byte multiples (int8 or bf16 elements). (k = 0: no tensor
+    /// map of a zero dimension; the mma.sync kernels write the zeros.)
+    fn sm90_applies(
+        &self,
+        s: &GemmShape,
+        x: *const c_void,
+        w: Option<*const c_void>,
+        int8: bool,
+    ) -> bool {
+        let elem = if int8 { 1 } else { 2 };
+        self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed) != 1
+            && s.k != 0
+            && self.has_kernel("gemm_tma_bf16_n128")
+            && (s.k * elem) % 16 == 0
+            && (x as usize) % 16 == 0
+            && w.is_none_or(|w| (w as usize) % 16 == 0)
+    }
+
     /// `Gpu::gemm_dequant`: where an sm_90 device has the wgmma tiles for this product, widen
     /// the int8 weight to bf16 in scratch (exact) and run the bf16 tiles with `p.w_scale` in
     /// their epilogue; `Some(())` once launched. None (the caller takes the mma.sync tiles)
@@ -556,15 +568,9 @@ impl Gpu {
         s: &GemmShape,
         p: jobx_gemm_params,
     ) -> Result<Option<()>> {
-        // (what sm90_gemm would refuse anyway, checked before allocating: a forced mma.sync
-        // variant, k rows that are not 16-byte multiples in bf16, a misaligned x; sm90_gemm
-        // checks again with the scratch's address)
-        if !self.has_kernel("dequant_int8_bf16")
-            || !self.has_kernel("gemm_tma_bf16_n128")
-            || self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed) == 1
-            || (s.k * 2) % 16 != 0
-            || (p.x as usize) % 16 != 0
-        {
+        // (what sm90_gemm would refuse, checked before allocating; the scratch's address is
+        // checked there)
+        if !self.has_kernel("dequant_int8_bf16") || !self.sm90_applies(s, p.x, None, false) {
             return Ok(None);
         }
         let len = s.n * s.k;
