@@ -140,6 +140,61 @@ __device__ __forceinline__ void w_scales(const jobx_gemm_params& p, long long co
     }
 }
 
+// The epilogue's activation scales of rows r, r + 8 (W8A8; 1 past m), 1 without.
+__device__ __forceinline__ void x_scales(const jobx_gemm_params& p, long long r, float& xs0, float& xs1) {
+    xs0 = p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
+    xs1 = p.x_scale && r + 8 < p.m ? p.x_scale[r + 8] : 1.0f;
+}
+
+// Accumulator group j of a warpgroup's fragment (see store_fragment) scaled as the epilogue
+// stores it: v[0], v[1] row r, v[2], v[3] row r + 8, columns n0 + 8j + 2t and the next.
+template <int BN, typename T>
+__device__ __forceinline__ void scaled_group(const jobx_gemm_params& p, const T (&acc)[BN / 2], int j,
+                                             long long col, float xs0, float xs1, float (&v)[4]) {
+    float w0, w1;
+    w_scales(p, col, w0, w1);
+    v[0] = (float)acc[4 * j] * w0 * xs0;
+    v[1] = (float)acc[4 * j + 1] * w1 * xs0;
+    v[2] = (float)acc[4 * j + 2] * w0 * xs1;
+    v[3] = (float)acc[4 * j + 3] * w1 * xs1;
+}
+
+// The producer's fill number `use` of slot `slot` (the use-th time round the ring): after the
+// consumers released fill use - 1, slice kt of x rows m0.. and w rows n0.. by two bulk copies
+// that complete on the slot's `full` barrier. I: the caller's counter type (int per tile,
+// long long across a persistent block's tiles).
+template <int BN, int STAGES, bool INT8, typename I>
+__device__ __forceinline__ void fill_slot(const jobx_gemm_tma_params& tp, unsigned long long (&full)[STAGES],
+                                          unsigned long long (&empty)[STAGES], unsigned a_base,
+                                          unsigned b_base, int slot, I use, int kt, int m0, int n0) {
+    constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
+    constexpr int KS = SLICE_BYTES / (INT8 ? 1 : 2);
+    if (use > 0) mbar_wait(smem_addr(&empty[slot]), (unsigned)((use - 1) & 1));
+    const unsigned bar = smem_addr(&full[slot]);
+    mbar_expect_tx(bar, A_BYTES + B_BYTES);
+    tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, m0, bar);
+    tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, n0, bar);
+}
+
+// A consumer warpgroup's (c) step on slot `slot`: wait for its fill (phase `parity`), run
+// `waited` (the trace's hook), issue the slice's wgmma group and, with that group in flight,
+// wait for the previous one and release its slot (`release`, when `release_ok`).
+template <int BN, int STAGES, bool INT8, typename F>
+__device__ __forceinline__ void consume_slot(typename AccT<INT8>::type (&acc)[BN / 2],
+                                             unsigned long long (&full)[STAGES],
+                                             unsigned long long (&empty)[STAGES], unsigned a_base,
+                                             unsigned b_base, int c, int slot, unsigned parity,
+                                             bool release_ok, int release, F waited) {
+    constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
+    mbar_wait(smem_addr(&full[slot]), parity);
+    waited();
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES, b_base + slot * B_BYTES);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    if (release_ok && (threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&empty[release]));
+}
+
 // ---- trace (diagnostics) -------------------------------------------------------------------------
 // With p.trace set, each block of gemm_tma writes 8 words where a tile's time goes, for a GPU run
 // to read (benches/cuda_kernels.rs, "gemm_trace" rows): why the H100 runs put a ~10 us cost per
@@ -192,14 +247,9 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     init_slots<STAGES>(full, empty);
     if (wg == 0) {
         if (tid == 0) {
-            for (int kt = 0; kt < kt_n; kt++) {
-                const int slot = kt % STAGES, n = kt / STAGES;
-                if (n > 0) mbar_wait(smem_addr(&empty[slot]), (n - 1) & 1);
-                const unsigned bar = smem_addr(&full[slot]);
-                mbar_expect_tx(bar, A_BYTES + B_BYTES);
-                tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, (int)m0, bar);
-                tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, (int)n0, bar);
-            }
+            for (int kt = 0; kt < kt_n; kt++)
+                fill_slot<BN, STAGES, INT8>(tp, full, empty, a_base, b_base, kt % STAGES, kt / STAGES, kt,
+                                            (int)m0, (int)n0);
             if (tr) tr[7] = trace_clock();
         }
         return;
@@ -210,17 +260,11 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     for (int i = 0; i < BN / 2; i++) acc[i] = 0;
     // one slice's wgmma group stays in flight while the next is issued: after issuing slice kt,
     // wait for slice kt - 1 and release its slot
-    for (int kt = 0; kt < kt_n; kt++) {
-        const int slot = kt % STAGES;
-        mbar_wait(smem_addr(&full[slot]), (kt / STAGES) & 1);
-        if (tr && kt == 0 && tid == 128) tr[3] = trace_clock();
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
-                              b_base + slot * B_BYTES);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-        if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(kt - 1) % STAGES]));
-    }
+    for (int kt = 0; kt < kt_n; kt++)
+        consume_slot<BN, STAGES, INT8>(acc, full, empty, a_base, b_base, c, kt % STAGES, (kt / STAGES) & 1,
+                                       kt > 0, (kt - 1) % STAGES, [&] {
+                                           if (tr && kt == 0 && tid == 128) tr[3] = trace_clock();
+                                       });
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     if (tr && tid == 128) tr[4] = trace_clock();
     // (the last slot's release is not needed: the producer issues no more copies)
@@ -240,18 +284,15 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both consumers done with the stages
         float* et = (float*)(dyn_smem + (base - smem_addr(dyn_smem))) + c * 64 * LDE;
         const int rl = warp * 16 + g;
-        const float xs0 = p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
-        const float xs1 = p.x_scale && r + 8 < p.m ? p.x_scale[r + 8] : 1.0f;
+        float xs0, xs1;
+        x_scales(p, r, xs0, xs1);
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
             const int cl = j * 8 + 2 * t;
-            const long long col = n0 + cl;
-            float w0, w1;
-            w_scales(p, col, w0, w1);
-            *(float2*)&et[rl * LDE + cl] = make_float2((float)acc[4 * j] * w0 * xs0,
-                                                       (float)acc[4 * j + 1] * w1 * xs0);
-            *(float2*)&et[(rl + 8) * LDE + cl] = make_float2((float)acc[4 * j + 2] * w0 * xs1,
-                                                             (float)acc[4 * j + 3] * w1 * xs1);
+            float v[4];
+            scaled_group<BN>(p, acc, j, n0 + cl, xs0, xs1, v);
+            *(float2*)&et[rl * LDE + cl] = make_float2(v[0], v[1]);
+            *(float2*)&et[(rl + 8) * LDE + cl] = make_float2(v[2], v[3]);
         }
         asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // this warpgroup's tile
         bf16* y = (bf16*)p.y;
@@ -335,15 +376,9 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
             long long it = 0;  // slices issued by this block, over all its tiles
             for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
                 const int m0 = (int)(tile / tiles_n) * SM90_BM, n0 = (int)(tile % tiles_n) * BN;
-                for (int kt = 0; kt < kt_n; kt++, it++) {
-                    const int slot = (int)(it % STAGES);
-                    const long long n = it / STAGES;
-                    if (n > 0) mbar_wait(smem_addr(&empty[slot]), (unsigned)((n - 1) & 1));
-                    const unsigned bar = smem_addr(&full[slot]);
-                    mbar_expect_tx(bar, A_BYTES + B_BYTES);
-                    tma_load_2d(a_base + slot * A_BYTES, &tp.x_map, kt * KS, m0, bar);
-                    tma_load_2d(b_base + slot * B_BYTES, &tp.w_map, kt * KS, n0, bar);
-                }
+                for (int kt = 0; kt < kt_n; kt++, it++)
+                    fill_slot<BN, STAGES, INT8>(tp, full, empty, a_base, b_base, (int)(it % STAGES), it / STAGES,
+                                                kt, m0, n0);
             }
         }
         return;
@@ -358,35 +393,25 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
         Acc acc[BN / 2];
 #pragma unroll
         for (int i = 0; i < BN / 2; i++) acc[i] = 0;
-        for (int kt = 0; kt < kt_n; kt++, it++) {
-            const int slot = (int)(it % STAGES);
-            mbar_wait(smem_addr(&full[slot]), (unsigned)((it / STAGES) & 1));
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-            wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES,
-                                  b_base + slot * B_BYTES);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-            // slice it - 1 is done (within this tile: the previous tile's last was released)
-            if (kt > 0 && (tid & 127) == 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));
-        }
+        // slice it - 1 is released only within this tile (the previous tile's last was, below)
+        for (int kt = 0; kt < kt_n; kt++, it++)
+            consume_slot<BN, STAGES, INT8>(acc, full, empty, a_base, b_base, c, (int)(it % STAGES),
+                                           (unsigned)((it / STAGES) & 1), kt > 0, (int)((it - 1) % STAGES), [] {});
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         if ((tid & 127) == 0 && kt_n > 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));  // the last slice
         fence_acc(acc);
         // epilogue: scaled f32 -> bf16 (one rounding) into the staging rows, then rows out
         asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // last tile's reads done
         const long long r = m0 + c * 64 + rl;
-        const float xs0 = p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
-        const float xs1 = p.x_scale && r + 8 < p.m ? p.x_scale[r + 8] : 1.0f;
+        float xs0, xs1;
+        x_scales(p, r, xs0, xs1);
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
             const int cl = j * 8 + 2 * t;
-            const long long col = n0 + cl;
-            float w0, w1;
-            w_scales(p, col, w0, w1);
-            *(__nv_bfloat162*)&et[rl * LDE + cl] =
-                __floats2bfloat162_rn((float)acc[4 * j] * w0 * xs0, (float)acc[4 * j + 1] * w1 * xs0);
-            *(__nv_bfloat162*)&et[(rl + 8) * LDE + cl] =
-                __floats2bfloat162_rn((float)acc[4 * j + 2] * w0 * xs1, (float)acc[4 * j + 3] * w1 * xs1);
+            float v[4];
+            scaled_group<BN>(p, acc, j, n0 + cl, xs0, xs1, v);
+            *(__nv_bfloat162*)&et[rl * LDE + cl] = __floats2bfloat162_rn(v[0], v[1]);
+            *(__nv_bfloat162*)&et[(rl + 8) * LDE + cl] = __floats2bfloat162_rn(v[2], v[3]);
         }
         asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
         for (int e = tid & 127; e < 64 * (BN / 8); e += 128) {
