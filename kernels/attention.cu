@@ -164,6 +164,65 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned addr) {
 
 
 
+// The Q fragments (mma A operand, rows iw + 16 rt + g and + 8, dims 16 s + 2t, + 1, + 8, + 9)
+// of a warp's RT row tiles, read once for the whole key loop; rows from tq on read as 0.
+template <int DK, int RT, typename I>
+__device__ __forceinline__ void flash_q_frags(unsigned (&qa)[RT][DK / 16][4], const bf16* q, long long q_st,
+                                              I iw, I tq, int g, int t) {
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+        const I r0 = iw + 16 * rt + g, r1 = r0 + 8;
+#pragma unroll
+        for (int s = 0; s < DK / 16; s++) {
+            const I c = s * 16 + 2 * t;
+            qa[rt][s][0] = r0 < tq ? *(const unsigned*)(q + r0 * q_st + c) : 0u;
+            qa[rt][s][1] = r1 < tq ? *(const unsigned*)(q + r1 * q_st + c) : 0u;
+            qa[rt][s][2] = r0 < tq ? *(const unsigned*)(q + r0 * q_st + c + 8) : 0u;
+            qa[rt][s][3] = r1 < tq ? *(const unsigned*)(q + r1 * q_st + c + 8) : 0u;
+        }
+    }
+}
+
+// Issue this thread's cp.async copies of keys j0..j0 + FKT - 1 into buffer `buf` (K tile, then V
+// tile, FKT rows of DK + 8 bf16 each, at sbase + buf x 2 tiles); rows from kend on are
+// zero-filled. The 128 threads each copy 16-byte pieces: rows tid / (DK / 8) + RSTEP u, columns
+// 8 (tid % (DK / 8)).
+template <int DK, int FKT, typename I>
+__device__ __forceinline__ void flash_stage_kv(const jobx_attention_params& p, const bf16* k, const bf16* v,
+                                               unsigned sbase, I j0, int buf, I kend) {
+    constexpr int LD = DK + 8;
+    constexpr unsigned TILE = FKT * LD * 2;
+    constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
+    constexpr int RSTEP = 128 / (DK / 8);
+    const int tid = threadIdx.x;
+    const int cr0 = tid / (DK / 8), cc0 = (tid % (DK / 8)) * 8;
+    const bf16* kj = k + (long long)cr0 * p.k_st + cc0 + (long long)j0 * p.k_st;
+    const bf16* vj = v + (long long)cr0 * p.v_st + cc0 + (long long)j0 * p.v_st;
+    const unsigned kt = sbase + buf * 2 * TILE + (cr0 * LD + cc0) * 2, vt = kt + TILE;
+#pragma unroll
+    for (int u = 0; u < PER; u++) {
+        const bool ok = j0 + cr0 + RSTEP * u < kend;
+        cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
+                   ok ? 16 : 0);
+        cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
+                   ok ? 16 : 0);
+    }
+}
+
+// Zeroed output accumulators and softmax state (m = -inf, l = 0) of RT row tiles.
+template <int DK, int RT>
+__device__ __forceinline__ void flash_init(float (&acc)[RT][DK / 8][4], float (&m)[RT][2], float (&l)[RT][2]) {
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+#pragma unroll
+        for (int d = 0; d < DK / 8; d++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[rt][d][e] = 0.0f;
+        m[rt][0] = m[rt][1] = -INFINITY;
+        l[rt][0] = l[rt][1] = 0.0f;
+    }
+}
+
 // RT row tiles of 16 queries per warp (64 * RT queries per block of 4 warps) and FKT keys per
 // staged block. RT = 2 (each K/V fragment read from shared memory feeding two mma, as
 // FlashAttention-2 gives a warp more than 16 rows) was measured slower on an H100 (2026-11-26:
@@ -188,27 +247,13 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     unsigned b, h, qb;
     flash_block(p, b, h, qb);
     const long long i0 = (long long)qb * FQB;
-    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
-    const long long kh = h / (p.heads / p.kv_heads);
-    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
-    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
-    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    long long kb;
+    const bf16 *q, *k, *v;
+    flash_operands(p, b, h, kb, q, k, v);
     const long long iw = i0 + warp * 16 * RT;       // the warp's first query
     const bool active = iw < p.tq;                  // warp-uniform
-    // rows of this lane: r[rt][0] = iw + 16 rt + g, r[rt][1] = that + 8
     unsigned qa[RT][DK / 16][4];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++) {
-        const long long r0 = iw + 16 * rt + g, r1 = r0 + 8;
-#pragma unroll
-        for (int s = 0; s < DK / 16; s++) {
-            const long long c = s * 16 + 2 * t;
-            qa[rt][s][0] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
-            qa[rt][s][1] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
-            qa[rt][s][2] = r0 < p.tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
-            qa[rt][s][3] = r1 < p.tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
-        }
-    }
+    flash_q_frags<DK, RT>(qa, q, p.q_st, iw, p.tq, g, t);
     // keys any query of the block can see: causal limits the end, a window the start
     const long long q_off = query_offset(p);
     const long long last_q = i0 + FQB - 1 < p.tq - 1 ? i0 + FQB - 1 : p.tq - 1;
@@ -220,54 +265,19 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     // exp2 domain: scores scaled by scale * log2(e), the bias by log2(e)
     const float sl2 = p.scale * LOG2E;
 
-    // issue the copies of key block j0 into buffer `buf`
-    // this thread's 16-byte piece of every staged row it copies: rows cr0 + RSTEP u, columns
-    // cc0..cc0+7
-    constexpr int PER = FKT * DK / 8 / 128;  // 16-byte chunks per thread per tile
-    constexpr int RSTEP = 128 / (DK / 8);
-    const int cr0 = tid / (DK / 8), cc0 = (tid % (DK / 8)) * 8;
-    const bf16* kth = k + (long long)cr0 * p.k_st + cc0;
-    const bf16* vth = v + (long long)cr0 * p.v_st + cc0;
-    const unsigned sth = (cr0 * LD + cc0) * 2;
-    auto issue = [&](long long j0, int buf) {
-        const unsigned kt = sbase + buf * 2 * TILE + sth, vt = kt + TILE;
-        const bf16* kj = kth + j0 * p.k_st;
-        const bf16* vj = vth + j0 * p.v_st;
-#pragma unroll
-        for (int u = 0; u < PER; u++) {
-            const bool ok = j0 + cr0 + RSTEP * u < kend;
-            cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
-                       ok ? 16 : 0);
-            cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
-                       ok ? 16 : 0);
-        }
-    };
+    auto issue = [&](long long j0, int buf) { flash_stage_kv<DK, FKT>(p, k, v, sbase, j0, buf, kend); };
     // visibility of key j0 + tid (threads tid < FKT): read from global memory one key block
     // ahead, kept in a register and stored to shared memory after the current block's math, so
     // the load's latency is not exposed before the barrier
-    auto key_flag = [&](long long j0) -> float {
-        const long long j = j0 + tid;
-        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
-    };
+    auto key_flag = [&](long long j0) -> float { return flash_key_flag(p, kb, j0 + tid, kend); };
     const int R = p.max_distance;
     if (p.rel_bias)  // visible to every warp after the first barrier of the key loop
         for (int x = tid; x <= 2 * R; x += 128)
             btab[x] = LOG2E * p.rel_bias[(long long)t5_bucket(x - R, p.bidirectional, p.num_buckets,
                                                               p.max_distance) * p.heads + h];
 
-    float acc[RT][DK / 8][4];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int d = 0; d < DK / 8; d++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[rt][d][e] = 0.0f;
-    float m[RT][2], l[RT][2];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++) {
-        m[rt][0] = m[rt][1] = -INFINITY;
-        l[rt][0] = l[rt][1] = 0.0f;
-    }
+    float acc[RT][DK / 8][4], m[RT][2], l[RT][2];
+    flash_init<DK, RT>(acc, m, l);
 
     if (kstart < kend) {
         issue(kstart, 0);
@@ -417,28 +427,9 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
-    bf16* o = (bf16*)p.o + (long long)h * DK;
-    const long long ld = p.heads * DK;
 #pragma unroll
-    for (int rt = 0; rt < RT; rt++) {
-        float l0 = l[rt][0], l1 = l[rt][1];
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        const long long r0 = iw + 16 * rt + g, r1 = r0 + 8;
-#pragma unroll
-        for (int d = 0; d < DK / 8; d++) {
-            const long long c = d * 8 + 2 * t;
-            if (r0 < p.tq)
-                *(unsigned*)(o + (b * p.tq + r0) * ld + c) =
-                    pack_bf16x2(acc[rt][d][0] * inv0, acc[rt][d][1] * inv0);
-            if (r1 < p.tq)
-                *(unsigned*)(o + (b * p.tq + r1) * ld + c) =
-                    pack_bf16x2(acc[rt][d][2] * inv1, acc[rt][d][3] * inv1);
-        }
-    }
+    for (int rt = 0; rt < RT; rt++)
+        flash_store<DK>(p, b, h, iw + 16 * rt + g, p.tq, reinterpret_cast<const float(&)[DK / 2]>(acc[rt]), l[rt], t);
 }
 
 // dynamic shared memory: 2 buffers x (K + V) x FKT keys x (dk + 8) bf16 (runtime.rs DYNAMIC_SMEM)
@@ -502,75 +493,27 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
     // are below 2^30 (registers: 64-bit positions made the d128 kernel spill); addresses are
     // still formed in 64 bits
     const int tq = (int)p.tq, i0 = (int)qb * FQB;
-    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
-    const long long kh = h / (p.heads / p.kv_heads);
-    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
-    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
-    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    long long kb;
+    const bf16 *q, *k, *v;
+    flash_operands(p, b, h, kb, q, k, v);
     const int wr = warp * 16 * RT;                  // the warp's first row in the block
     const int iw = i0 + wr;                         // the warp's first query
     const bool active = iw < tq;                    // warp-uniform
     // d64: Q fragments in registers for the whole key loop (rows beyond tq read as 0)
-    unsigned qa[QREG ? RT : 1][QREG ? DK / 16 : 1][4];
-    if constexpr (QREG) {
-#pragma unroll
-        for (int rt = 0; rt < RT; rt++) {
-            const int r0 = iw + 16 * rt + g, r1 = r0 + 8;
-#pragma unroll
-            for (int s = 0; s < DK / 16; s++) {
-                const int c = s * 16 + 2 * t;
-                qa[rt][s][0] = r0 < tq ? *(const unsigned*)(q + r0 * p.q_st + c) : 0u;
-                qa[rt][s][1] = r1 < tq ? *(const unsigned*)(q + r1 * p.q_st + c) : 0u;
-                qa[rt][s][2] = r0 < tq ? *(const unsigned*)(q + r0 * p.q_st + c + 8) : 0u;
-                qa[rt][s][3] = r1 < tq ? *(const unsigned*)(q + r1 * p.q_st + c + 8) : 0u;
-            }
-        }
-    }
+    unsigned qa[RT][QREG ? DK / 16 : 1][4];
+    if constexpr (QREG) flash_q_frags<DK, RT>(qa, q, p.q_st, iw, tq, g, t);
     // keys any query of the block can see: causal limits the end, a window the start
     int q_off, win, kstart, kend;
     flash_range(p, i0, FQB, FKT, q_off, win, kstart, kend);
     const float sl2 = p.scale * LOG2E;  // exp2 domain
 
-    // this thread's 16-byte pieces of a K/V block: rows cr0 + RSTEP u, columns cc0..cc0+7
-    constexpr int PER = FKT * DK / 8 / 128;
-    constexpr int RSTEP = 128 / (DK / 8);
-    const int cr0 = tid / (DK / 8), cc0 = (tid % (DK / 8)) * 8;
-    const bf16* kth = k + (long long)cr0 * p.k_st + cc0;
-    const bf16* vth = v + (long long)cr0 * p.v_st + cc0;
-    const unsigned sth = (cr0 * LD + cc0) * 2;
-    auto issue = [&](int j0, int buf) {
-        const unsigned kt = sbase + buf * 2 * TILE + sth, vt = kt + TILE;
-        const bf16* kj = kth + (long long)j0 * p.k_st;
-        const bf16* vj = vth + (long long)j0 * p.v_st;
-#pragma unroll
-        for (int u = 0; u < PER; u++) {
-            const bool ok = j0 + cr0 + RSTEP * u < kend;
-            cp_async16(kt + u * RSTEP * LD * 2, ok ? (const void*)(kj + (long long)RSTEP * u * p.k_st) : (const void*)k,
-                       ok ? 16 : 0);
-            cp_async16(vt + u * RSTEP * LD * 2, ok ? (const void*)(vj + (long long)RSTEP * u * p.v_st) : (const void*)v,
-                       ok ? 16 : 0);
-        }
-    };
-    auto key_flag = [&](int j0) -> float {
-        const int j = j0 + tid;
-        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
-    };
+    auto issue = [&](int j0, int buf) { flash_stage_kv<DK, FKT>(p, k, v, sbase, j0, buf, kend); };
+    auto key_flag = [&](int j0) -> float { return flash_key_flag(p, kb, j0 + tid, kend); };
     // (published by the barrier before the key loop)
     if (p.rel_bias) flash_bias_table(p, btab, TAB, TC, h, 128);
 
-    float acc[RT][DK / 8][4];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-        for (int d = 0; d < DK / 8; d++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[rt][d][e] = 0.0f;
-    float m[RT][2], l[RT][2];
-#pragma unroll
-    for (int rt = 0; rt < RT; rt++) {
-        m[rt][0] = m[rt][1] = -INFINITY;
-        l[rt][0] = l[rt][1] = 0.0f;
-    }
+    float acc[RT][DK / 8][4], m[RT][2], l[RT][2];
+    flash_init<DK, RT>(acc, m, l);
 
     float flag0 = 0.0f;
     if (kstart < kend) {
@@ -706,28 +649,9 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
-    bf16* o = (bf16*)p.o + (long long)h * DK;
-    const long long ld = p.heads * DK;
 #pragma unroll
-    for (int rt = 0; rt < RT; rt++) {
-        float l0 = l[rt][0], l1 = l[rt][1];
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        const int r0 = iw + 16 * rt + g, r1 = r0 + 8;
-#pragma unroll
-        for (int d = 0; d < DK / 8; d++) {
-            const int c = d * 8 + 2 * t;
-            if (r0 < tq)
-                *(unsigned*)(o + (b * p.tq + r0) * ld + c) =
-                    pack_bf16x2(acc[rt][d][0] * inv0, acc[rt][d][1] * inv0);
-            if (r1 < tq)
-                *(unsigned*)(o + (b * p.tq + r1) * ld + c) =
-                    pack_bf16x2(acc[rt][d][2] * inv1, acc[rt][d][3] * inv1);
-        }
-    }
+    for (int rt = 0; rt < RT; rt++)
+        flash_store<DK>(p, b, h, iw + 16 * rt + g, tq, reinterpret_cast<const float(&)[DK / 2]>(acc[rt]), l[rt], t);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_fa2_d64(jobx_attention_params p) {

@@ -157,3 +157,49 @@ __device__ __forceinline__ void flash_bias_table(const jobx_attention_params& p,
                                                           p.max_distance) * p.heads + h];
     }
 }
+
+// A flash block's operands for (batch b, head h): its K/V row group kb (beams share the rows of
+// their source through kv_batch) and the head's Q, K and V (GQA: heads / kv_heads query heads
+// share a KV head).
+__device__ __forceinline__ void flash_operands(const jobx_attention_params& p, unsigned b, unsigned h,
+                                               long long& kb, const bf16*& q, const bf16*& k,
+                                               const bf16*& v) {
+    kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
+    k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
+    v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+}
+
+// Whether key j of row group kb is visible to the block: inside its range (j < kend) and not
+// masked. I: the kernel's position type.
+template <typename I>
+__device__ __forceinline__ float flash_key_flag(const jobx_attention_params& p, long long kb, I j, I kend) {
+    return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
+}
+
+// A 16-row tile's output: rows r0 (acc[4d], acc[4d + 1]) and r0 + 8 (acc[4d + 2], acc[4d + 3]) at
+// columns 8d + 2t, + 1, divided by the row sums (l: this lane's partial sums, completed across
+// the row's 4 lanes here; a row with nothing visible outputs zeros). Rows from tq on are not
+// written.
+template <int DK, typename I>
+__device__ __forceinline__ void flash_store(const jobx_attention_params& p, unsigned b, unsigned h, I r0,
+                                            I tq, const float (&acc)[DK / 2], const float (&l)[2], int t) {
+    float l0 = l[0], l1 = l[1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    bf16* o = (bf16*)p.o + (long long)h * DK;
+    const long long ld = p.heads * DK;
+    const I r1 = r0 + 8;
+#pragma unroll
+    for (int d = 0; d < DK / 8; d++) {
+        const I c = d * 8 + 2 * t;
+        if (r0 < tq)
+            *(unsigned*)(o + (b * p.tq + r0) * ld + c) = pack_bf16x2(acc[4 * d] * inv0, acc[4 * d + 1] * inv0);
+        if (r1 < tq)
+            *(unsigned*)(o + (b * p.tq + r1) * ld + c) = pack_bf16x2(acc[4 * d + 2] * inv1, acc[4 * d + 3] * inv1);
+    }
+}

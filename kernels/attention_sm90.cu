@@ -52,11 +52,9 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     flash_block(p, b, h, qb);
     // 32-bit positions (the launcher admits this kernel only below 2^30); 64-bit addresses
     const int tq = (int)p.tq, i0 = (int)qb * FQB;
-    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
-    const long long kh = h / (p.heads / p.kv_heads);
-    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh;
-    const bf16* k = (const bf16*)p.k + kb * p.k_sb + kh * p.k_sh;
-    const bf16* v = (const bf16*)p.v + kb * p.v_sb + kh * p.v_sh;
+    long long kb;
+    const bf16 *q, *k, *v;
+    flash_operands(p, b, h, kb, q, k, v);
     const bool active = i0 + 64 * wg < tq;           // warpgroup-uniform
     const int iw = i0 + 64 * wg + 16 * warp;         // this warp's first query
     int q_off, win, kstart, kend;
@@ -81,10 +79,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
                        ok ? 16 : 0);
         }
     };
-    auto key_flag = [&](int j0) -> float {
-        const int j = j0 + tid;
-        return j < kend && (!p.key_mask || p.key_mask[kb * p.tk + j] != 0) ? 1.0f : 0.0f;
-    };
+    auto key_flag = [&](int j0) -> float { return flash_key_flag(p, kb, j0 + tid, kend); };
     // (published by the barrier before the key loop)
     if (p.rel_bias) flash_bias_table(p, btab, TAB, TC, h, WG_THREADS);
 
@@ -203,23 +198,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     }
     cp_async_wait<0>();
     if (!active) return;
-    float l0 = l[0], l1 = l[1];
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    bf16* out = (bf16*)p.o + (long long)h * DK;
-    const long long ld = p.heads * DK;
-    const int r0 = iw + g, r1 = r0 + 8;
-#pragma unroll
-    for (int j = 0; j < DK / 8; j++) {
-        const int c = j * 8 + 2 * t;
-        if (r0 < tq)
-            *(unsigned*)(out + (b * p.tq + r0) * ld + c) = pack_bf16x2(o[4 * j] * inv0, o[4 * j + 1] * inv0);
-        if (r1 < tq)
-            *(unsigned*)(out + (b * p.tq + r1) * ld + c) = pack_bf16x2(o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
-    }
+    flash_store<DK>(p, b, h, iw + g, tq, o, l, t);
 }
 
 // Dynamic shared memory (runtime.rs): 2 stages x (K + V) x 128 keys x dk bf16, Q 128 x dk bf16,
