@@ -1339,17 +1339,9 @@ impl crate::device::Backend for Gpu {
         if n == 0 {
             return Ok(());
         }
+        // (freed in stream order after the launch that reads it)
         let ids_d = self.upload(OP, &ids.iter().map(|&i| i as i32).collect::<Vec<_>>())?;
-        let p = jobx_embedding_params {
-            ids: self.ptr(&ids_d) as *const i32,
-            table: self.ptr(table),
-            y: self.ptr(y),
-            err: self.ptr(&self.scratch_err) as *mut i32,
-            n: n as i64,
-            d: d as i64,
-            vocab: vocab as i64,
-        };
-        self.launch(OP, "embedding_bf16", rows_grid(n, 128, OP)?, p)
+        self.embedding(&ids_d, n, table, y, d, vocab)
     }
 
     /// The ids are already on the device (checked by the caller when written); the kernel
