@@ -169,10 +169,12 @@ fn gpu_decide_applies_the_decision_rule() {
 }
 
 /// Runs tools/gpu_bench_e2e.py's plan under a time budget with fake engines and a fake clock
-/// (HF takes 30 s, a jobx run 5 s; weight-only int8 runs fail): the rows it printed, in order.
-/// Also the fake clock's time when the last run ended.
-/// The run named `hang` ("engine@batch") times out after its whole timeout instead.
-fn e2e_rows(budget: &str, optin: &str, hang: &str) -> (Vec<Value>, f64) {
+/// (`setup` seconds pass after the budget starts, as the real script builds its checkpoint and
+/// loads HF; then HF takes 30 s, a jobx run 5 s; weight-only int8 runs fail): the rows it
+/// printed, in order. Also the fake clock's time when the last run ended.
+/// The jobx run named `hang` ("engine@batch") times out after its whole timeout instead; an HF
+/// run so named raises.
+fn e2e_rows(budget: &str, setup: f64, optin: &str, hang: &str) -> (Vec<Value>, f64) {
     let script = format!(
         r#"
 import json, sys
@@ -182,6 +184,8 @@ rows, now = [], [0.0]
 class Ctx:
     new, timeout, beam = 256, 90, (8, 4, 128)
     def hf(self, b, beam):
+        if f"hf-bf16@{{b}}" == {hang:?}:
+            raise RuntimeError("CUDA out of memory")
         now[0] += 30
         return 9.0, [10.0, 9.0], [[0] + [7] * 256] * b
     def host(self):
@@ -199,6 +203,7 @@ class Ctx:
         ids = [[7] * 256] * (b * (4 if beam else 1))
         return dict(generate_ms=900.0, load_ms=1000, new_tokens=256, ids=ids), "jobx profile: x\n"
 budget = g.Budget({budget}, clock=lambda: now[0])
+now[0] += {setup}
 steps = g.plan([1, 8, 32], {optin}, (8, 4, 128))
 g.execute(steps, Ctx(), budget, emit=rows.append)
 print(json.dumps(dict(rows=rows, steps=len(steps), end=now[0])))
@@ -217,7 +222,7 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
     let optin = r#"{"JOBX_FLASH_WG": "1", "JOBX_PDL": "1"}"#;
     let name = |r: &Value| format!("{}@{}", r["engine"].as_str().unwrap(), r["batch"]);
     // no budget: every run, targets first (HF, plain, graphs per batch), beam search last
-    let (all, end_all) = e2e_rows("None", optin, "");
+    let (all, end_all) = e2e_rows("None", 0.0, optin, "");
     let names: Vec<String> = all.iter().map(name).collect();
     assert_eq!(
         names[..9],
@@ -257,10 +262,11 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
         .unwrap();
     assert!(prof["speedup_vs_hf"].is_null());
 
-    // 150 s: the targets' runs all fit (HF 3 x 30 s, jobx 6 x 5 s); the diagnostics run while
-    // their estimates fit, the rest is skipped with a line each, and no run ends past 150 s
-    let (cut, end_cut) = e2e_rows("150", optin, "");
-    assert!(end_all > 150.0 && end_cut <= 150.0, "{end_all} {end_cut}");
+    // 180 s of which 30 go to the setup: the targets' runs all fit (HF 3 x 30 s, jobx 6 x 5 s);
+    // the diagnostics run while their estimates fit, the rest is skipped with a line each, and
+    // no run ends past 180 s
+    let (cut, end_cut) = e2e_rows("180", 30.0, optin, "");
+    assert!(end_all > 180.0 && end_cut <= 180.0, "{end_all} {end_cut}");
     let names: Vec<String> = cut.iter().map(name).collect();
     assert_eq!(names, all.iter().map(name).collect::<Vec<_>>());
     assert!(cut[..9].iter().all(|r| r.get("seconds").is_some()));
@@ -275,27 +281,63 @@ fn gpu_bench_e2e_runs_the_targets_first_and_skips_what_the_budget_cannot_fit() {
         .unwrap()
         .contains("time budget"));
     // a run that times out (90 s) says nothing of the others' length: the next ones still run
-    let (hung, _) = e2e_rows("300", optin, "jobx-cuda-bf16-graphs-optin@1");
+    let (hung, _) = e2e_rows("300", 0.0, optin, "jobx-cuda-bf16-graphs-optin@1");
     let after = hung
         .iter()
         .find(|r| r["engine"] == "jobx-cuda-bf16-graphs-optin" && r["batch"] == 8)
         .unwrap();
     assert!(after.get("seconds").is_some(), "{after}");
     // without opt-in families there is neither an -optin nor a -pdl run
-    let (none, _) = e2e_rows("None", "{}", "");
+    let (none, _) = e2e_rows("None", 0.0, "{}", "");
     assert!(!none
         .iter()
         .any(|r| r["engine"].as_str().unwrap().contains("optin")
             || r["engine"].as_str().unwrap().contains("-pdl")));
+    // 120 s left after the setup: the first HF run starts on the estimates made before any run
+    // (35 s for HF, 15 for each jobx run: run 5 took 9-12 s and 5-9 s), not on guesses so large
+    // that the check's least e2e share would never compare batch 1 with HF
+    let (tight, _) = e2e_rows("150", 30.0, optin, "");
+    assert!(tight[0].get("seconds").is_some(), "{}", tight[0]);
+    // an HF run that raises gives an error line; its jobx runs go on, with no speed-up claimed
+    let (oom, _) = e2e_rows("None", 0.0, optin, "hf-bf16@8");
+    let hf8 = oom
+        .iter()
+        .find(|r| r["engine"] == "hf-bf16" && r["batch"] == 8)
+        .unwrap();
+    assert!(
+        hf8["error"].as_str().unwrap().contains("out of memory"),
+        "{hf8}"
+    );
+    let ours8 = oom
+        .iter()
+        .find(|r| r["engine"] == "jobx-cuda-bf16" && r["batch"] == 8)
+        .unwrap();
+    assert!(
+        ours8.get("seconds").is_some() && ours8["speedup_vs_hf"].is_null(),
+        "{ours8}"
+    );
 }
 
 /// tools/gpu-check.sh with a fake bundle (JOBX_GPU_BUNDLE: a `cuda_ops` that runs `body`, and
 /// the real gpu_decide.py): (its exit status, its stdout followed by the gpu.txt and the
 /// op-tests.log it wrote, seconds taken).
 fn gpu_check(budget: &str, steps: &str, body: &str) -> (i32, String, f64) {
+    gpu_check_stamped(budget, steps, body, None)
+}
+
+/// `gpu_check` with the bundle's stamp.txt (as gpu-bundle.sh writes it) holding `stamp`.
+fn gpu_check_stamped(
+    budget: &str,
+    steps: &str,
+    body: &str,
+    stamp: Option<&str>,
+) -> (i32, String, f64) {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
     std::fs::create_dir(&bundle).unwrap();
+    if let Some(s) = stamp {
+        std::fs::write(bundle.join("stamp.txt"), s).unwrap();
+    }
     let ops = bundle.join("cuda_ops");
     std::fs::write(&ops, format!("#!/usr/bin/env bash\n{body}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -373,6 +415,13 @@ fn gpu_check_keeps_to_its_time_budget() {
     );
     assert!(!out.contains("opt-in fa2: exit"), "{out}");
     assert!(secs < 17.0, "{secs} s");
+    // also when the family ignores SIGTERM and is killed 5 s later (exit 137, not a failure)
+    let (_, out, secs) = gpu_check("17", "optin", "trap '' TERM\nsleep 100");
+    assert!(
+        out.contains("opt-in dequant: skipped: the check's budget") && !out.contains("exit 137"),
+        "{out}"
+    );
+    assert!(secs < 25.0, "{secs} s");
     // the established run takes the mma.sync tiles and leaves the widened cases to their
     // family; when that family fails, the later ones run without the widening and its cases
     let body = "echo \"env: DEQUANT=${JOBX_GEMM_DEQUANT:-on} SKIP=${JOBX_OP_SKIP:-} CASES=${JOBX_OP_CASES:-}\"\n\
@@ -407,4 +456,38 @@ fn gpu_check_keeps_to_its_time_budget() {
     ] {
         assert!(out.contains(&format!("opt-in {fam}: exit 0")), "{out}");
     }
+}
+
+#[test]
+fn gpu_check_says_when_the_bundle_was_built_from_other_sources() {
+    let digest = String::from_utf8(
+        std::process::Command::new("bash")
+            .arg(common::repo().join("tools/gpu-check.sh"))
+            .arg("--digest")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let digest = digest.trim();
+    assert_eq!(digest.len(), 16, "{digest}");
+    // the stamp of this very tree: recorded in gpu.txt, no warning
+    let stamp = format!("commit abc1234\nsources {digest}\n");
+    let (rc, out, _) = gpu_check_stamped("60", "ops", "echo 'test result: ok'", Some(&stamp));
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains(&format!("bundle: sources {digest}")), "{out}");
+    assert!(!out.contains("WARNING"), "{out}");
+    // a bundle built before a change: said on stdout and in gpu.txt
+    let (_, out, _) = gpu_check_stamped(
+        "60",
+        "ops",
+        "echo 'test result: ok'",
+        Some("commit abc1234\nsources 0123456789abcdef\n"),
+    );
+    assert!(
+        out.matches("WARNING: gpu-bundle/ was built from other sources")
+            .count()
+            == 2,
+        "{out}"
+    );
 }

@@ -24,14 +24,26 @@
 # the start) bounds the whole check: each step runs under its own cap (op tests JOBX_T_OPS 180 s,
 # run 5 took 105; each opt-in family JOBX_T_EXP 40 s, normally a few seconds; kernel bench
 # JOBX_T_BENCH 90 s and its PyTorch twin JOBX_T_TORCH 60 s; end to end JOBX_T_E2E 240 s) or
-# less, where the budget minus the least the later steps need (opt-in 40, bench 60, e2e 150 s)
+# less, where the budget minus the least the later steps need (opt-in 40, bench 60, e2e 190 s)
 # leaves less; a step left under 10 s is skipped and says so. The end-to-end script gets the
 # rest as its own budget and runs the targets' runs first (tools/gpu_bench_e2e.py), so a short
 # budget costs diagnostics, not the HF comparison.
 # JOBX_CHECK_STEPS (default ops,optin,bench,e2e) runs only the steps named, e.g. for a rerun
-# of the one a first run lost; without optin no opt-in family is used (so name it with bench
-# or e2e: it takes seconds).
+# of the one a first run lost; without optin no opt-in family is used and the int8 widening is
+# off (JOBX_GEMM_DEQUANT=0, unless set), so name it with bench or e2e: it takes seconds.
+# `gpu-check.sh --digest` prints the digest of the sources (gpu-bundle.sh stamps the bundle with
+# it; the check compares it with the tree it runs in).
 set -uo pipefail
+# sha256 over the sources a bundle is built from (paths and contents, in a fixed order), from
+# the repository root; the same on the development machine and on the GPU machine's copy of
+# the tree (which has no ignored files: hence by extension, not every file)
+digest() {
+  (cd "$(dirname "${BASH_SOURCE[0]}")/.." && find kernels src tests benches tools build.rs Cargo.toml Cargo.lock -type f \
+    \( -name '*.rs' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' -o -name '*.py' -o -name '*.sh' \
+       -o -name '*.toml' -o -name '*.lock' \) -not -path '*/fixtures/*' 2>/dev/null | LC_ALL=C sort | xargs -d '\n' sha256sum \
+    | sha256sum | cut -c1-16)
+}
+if [[ "${1:-}" == --digest ]]; then digest; exit 0; fi
 OUT="${1:?usage: gpu-check.sh OUT_DIR}"
 STEPS=",${JOBX_CHECK_STEPS:-ops,optin,bench,e2e},"
 step() { [[ $STEPS == *",$1,"* ]]; }
@@ -40,7 +52,8 @@ for s in ${STEPS//,/ }; do
 done
 BUDGET="${JOBX_CHECK_BUDGET:-460}"
 T0=$SECONDS
-declare -A NEED=([ops]=0 [optin]=40 [bench]=60 [e2e]=150)
+# (e2e: its setup, 15-35 s, and the three batches' HF + plain + graphs runs, ~40 s each in run 5)
+declare -A NEED=([ops]=0 [optin]=40 [bench]=60 [e2e]=190)
 # the least the steps after $1 (those named in JOBX_CHECK_STEPS) need, plus 5 s for the verdicts
 after() {
   local s=5 seen=0 x
@@ -77,11 +90,21 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 cat "$OUT/gpu.txt"
 date -u +%FT%TZ >> "$OUT/gpu.txt"
+# the bundle's sources against this tree's (when the check runs from a repository checkout)
+if [[ -e "$B/stamp.txt" ]]; then
+  sed 's/^/bundle: /' "$B/stamp.txt" >> "$OUT/gpu.txt"
+  if [[ -d "$HERE/../src" ]] && ! grep -q "^sources $(digest)\$" "$B/stamp.txt"; then
+    echo "WARNING: gpu-bundle/ was built from other sources than this tree ($(digest)): rebuild it (tools/gpu-bundle.sh)" \
+      | tee -a "$OUT/gpu.txt"
+  fi
+fi
 echo "unpacked: $(( SECONDS - T0 )) s" >> "$OUT/gpu.txt"; t_last=$SECONDS
 
 ops_rc=skipped; bench_rc=skipped; torch_rc=skipped; e2e_rc=skipped
 bench_skip="fa2,wg,persistent,splitk,q8decode,pdl"
 optin=""
+# without the opt-in step nothing checked the int8 widening in this call: off, unless set
+step optin || export JOBX_GEMM_DEQUANT="${JOBX_GEMM_DEQUANT:-0}"
 
 if step ops && (( $(allow "${JOBX_T_OPS:-180}" "$(after ops)") < 10 )); then
   ops_rc="budget"; echo "== op tests $(spent)"
@@ -115,7 +138,8 @@ run_exp() {
   if (( te < 10 )); then rc=budget; return; fi
   timeout -k 5 "$te" env "$@"
   rc=$?
-  if [[ $rc == 124 ]] && (( te < ${JOBX_T_EXP:-40} )); then rc=budget; fi
+  # (124: timeout's SIGTERM; 137: its SIGKILL 5 s later, for a process that ignored it)
+  if [[ $rc == 124 || $rc == 137 ]] && (( te < ${JOBX_T_EXP:-40} )); then rc=budget; fi
 }
 bench_skip=""
 # dequant first: every int8 GEMM case with the widening on (the default path), the persistent
@@ -192,14 +216,21 @@ echo "== kernel benchmarks"
 JOBX_REQUIRE_GPU=1 JOBX_BENCH_SKIP="$bench_skip" timeout -k 5 "$(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) )))" \
   "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/bench.err"
 bench_rc=$?
-timeout -k 5 "$(allow "${JOBX_T_TORCH:-60}" "$(after bench)")" python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2>> "$OUT/bench.err"
+# (unbuffered: lines printed before a timeout's SIGTERM are kept)
+PYTHONUNBUFFERED=1 timeout -k 5 "$(allow "${JOBX_T_TORCH:-60}" "$(after bench)")" python3 "$B/gpu_bench_torch.py" > "$OUT/torch.jsonl" 2>> "$OUT/bench.err"
 torch_rc=$?
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 def load(n):
     p = os.path.join(out, n)
-    return [json.loads(l) for l in open(p) if l.startswith("{")] if os.path.exists(p) else []
+    rows = []
+    for l in open(p) if os.path.exists(p) else []:
+        try:  # (a line cut short by a timeout is left out, not the table)
+            rows.append(json.loads(l)) if l.startswith("{") else None
+        except ValueError:
+            pass
+    return rows
 ours, torch = load("kernels.jsonl"), load("torch.jsonl")
 rows = []
 def find(op, **kw):

@@ -83,7 +83,12 @@ def run_jobx(cmd, eng, b, env, timeout):
     if p.returncode != 0:
         print(json.dumps(dict(engine=eng, batch=b, error=p.stderr[-800:])), flush=True)
         return None
-    return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+    try:
+        return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+    except (IndexError, ValueError):
+        print(json.dumps(dict(engine=eng, batch=b, error="no JSON line on stdout: "
+                              + (p.stdout[-400:] + p.stderr[-400:]))), flush=True)
+        return None
 
 
 def prefix_match(out, hf_rows):
@@ -212,10 +217,11 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
     (jobx's JSON line, its stderr) or None (it has printed the error line); ctx.host() -> host
     facts. A run whose estimate does not fit the budget is skipped with a line saying so.
     Estimates: a jobx run the longest wall time of a successful jobx run so far (x2 for the
-    kernel profile) x 1.25 + 3 s, 40 s before any (a run that failed or timed out says nothing of
-    the others); HF 2.6 x its slowest timed run so far + 10 s (a warm-up and two runs, maybe a
-    larger batch), 60 s before any. An HF run starts only if the two jobx runs it is compared
-    with fit after it."""
+    kernel profile) x 1.25 + 3 s, 15 s before any (run 5: 5-9 s a run; a run that failed or
+    timed out says nothing of the others); HF 2.6 x its slowest timed run so far + 10 s (a
+    warm-up and two runs, maybe a larger batch), 35 s before any (run 5: 9-12 s a timed run).
+    An HF run starts only if the two jobx runs it is compared with fit after it; one that raises
+    (out of memory, an API change) gives an error line, and the jobx runs go on without it."""
     hf = {}          # batch -> (fastest seconds, ids as lists); "beam" for the beam run
     plain = {}       # batch (or "beam") -> ids of the plain-steps run
     walls = []       # wall seconds of the successful jobx runs
@@ -223,11 +229,11 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
     skipped = 0
 
     def est_jobx(spec_prof):
-        e = (max(walls) * 1.25 + 3) if walls else 40.0
+        e = (max(walls) * 1.25 + 3) if walls else 15.0
         return e * 2 if spec_prof == "kernels" else e
 
     def est_hf():
-        return 2.6 * max(hf_runs) + 10 if hf_runs else 60.0
+        return 2.6 * max(hf_runs) + 10 if hf_runs else 35.0
 
     def skip(eng, b, est, **extra):
         nonlocal skipped
@@ -245,7 +251,11 @@ def execute(steps, ctx, budget, emit=lambda row: print(json.dumps(row), flush=Tr
             if not budget.fits(est + 2 * est_jobx("1")):
                 skip(eng, b, est, **beam_kw)
                 continue
-            hs, ts, rows = ctx.hf(b, kind == "hf-beam")
+            try:
+                hs, ts, rows = ctx.hf(b, kind == "hf-beam")
+            except Exception as e:  # noqa: BLE001 (the comparison is lost, not the jobx runs)
+                emit(dict(engine=eng, batch=b, **beam_kw, error=f"{type(e).__name__}: {e}"[-800:]))
+                continue
             hf_runs.extend(ts)
             hf["beam" if kind == "hf-beam" else b] = (hs, rows)
             row = dict(engine=eng, batch=b, **beam_kw, seconds=round(hs, 3),
