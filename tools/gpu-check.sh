@@ -106,7 +106,8 @@ optin=""
 # without the opt-in step nothing checked the int8 widening in this call: off, unless set
 step optin || export JOBX_GEMM_DEQUANT="${JOBX_GEMM_DEQUANT:-0}"
 
-if step ops && (( $(allow "${JOBX_T_OPS:-180}" "$(after ops)") < 10 )); then
+t_ops=$(allow "${JOBX_T_OPS:-180}" "$(after ops)")
+if step ops && (( t_ops < 10 )); then
   ops_rc="budget"; echo "== op tests $(spent)"
 elif step ops; then
 echo "== op tests"
@@ -118,7 +119,7 @@ echo "== op tests"
 # since 2026-11-27, never yet run on a GPU): the established run takes the mma.sync tiles
 # (JOBX_GEMM_DEQUANT=0) as run 6 did, and its own family ("dequant") checks the widening.
 EXPERIMENTAL="kernel Fa2,kernel Wg,n256p,SkinnyTcSplit,attention q8,int8 widened"
-JOBX_GEMM_DEQUANT=0 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout -k 5 "$(allow "${JOBX_T_OPS:-180}" "$(after ops)")" "$B/cuda_ops" --nocapture --test-threads 1 \
+JOBX_GEMM_DEQUANT=0 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout -k 5 "$t_ops" "$B/cuda_ops" --nocapture --test-threads 1 \
   --skip cuda_pdl > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
@@ -208,12 +209,13 @@ grep -E "^FAIL" "$OUT/op-tests.log" | tail -20
 fi
 mark optin
 
-if step bench && (( $(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) ))) < 10 )); then
+# (the PyTorch twin keeps 15 s of the budget)
+t_bench=$(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) )))
+if step bench && (( t_bench < 10 )); then
   bench_rc="budget"; torch_rc="budget"; echo "== kernel benchmarks $(spent)"
 elif step bench; then
 echo "== kernel benchmarks"
-# (the PyTorch twin keeps 15 s of the budget)
-JOBX_REQUIRE_GPU=1 JOBX_BENCH_SKIP="$bench_skip" timeout -k 5 "$(allow "${JOBX_T_BENCH:-90}" $(( 15 + $(after bench) )))" \
+JOBX_REQUIRE_GPU=1 JOBX_BENCH_SKIP="$bench_skip" timeout -k 5 "$t_bench" \
   "$B/cuda_kernels" > "$OUT/kernels.jsonl" 2> "$OUT/bench.err"
 bench_rc=$?
 # (unbuffered: lines printed before a timeout's SIGTERM are kept)
@@ -282,12 +284,12 @@ PY
 fi
 mark bench
 
-if step e2e && (( $(allow "${JOBX_T_E2E:-240}" 5) < 30 )); then
+# the script's own budget ends 10 s before the hard limit: it starts no run it cannot finish
+te=$(allow "${JOBX_T_E2E:-240}" 5)
+if step e2e && (( te < 30 )); then
   e2e_rc="budget"; echo "== end to end $(spent)"
 elif step e2e; then
 echo "== end to end (T5-Large shape, src 1024, 256 new, greedy)"
-# the script's own budget ends 10 s before the hard limit: it starts no run it cannot finish
-te=$(allow "${JOBX_T_E2E:-240}" 5)
 echo "(${te} s: the script's own budget $(( te - 10 )) s)"
 PYTHONUNBUFFERED=1 timeout -k 5 "$te" python3 "$B/gpu_bench_e2e.py" --jobx "$B/jobx-engine" --budget $(( te - 10 )) \
   --workdir "${TMPDIR:-/tmp}/jobx-t5-large" --optin "$optin" ${JOBX_E2E_ARGS:-} 2> "$OUT/e2e.err" | tee "$OUT/e2e.jsonl"
