@@ -50,6 +50,15 @@ pub enum Error {
         op: &'static str,
         msg: String,
     },
+
+    /// A device allocation the device had no room for: recoverable (the device stays usable),
+    /// so a batch job can retry with fewer rows (`extract`'s backoff).
+    #[error("backend `{backend}` op `{op}`: out of device memory: {msg}")]
+    OutOfMemory {
+        backend: &'static str,
+        op: &'static str,
+        msg: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -66,5 +75,9 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+    /// Whether this is a device allocation that did not fit (`Error::OutOfMemory`).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::OutOfMemory { .. })
     }
 }

@@ -691,6 +691,8 @@ pub fn extract_records(
         }
     }
     let mut done = 0usize;
+    // the most rows a generation may take: lowered when a batch runs out of device memory
+    let mut oom_cap = usize::MAX;
     for chunk in records.chunks(opts.batch_size.max(1)) {
         // prepare: errors become records right away; valid ones are batched per adapter
         let mut batch: Vec<(usize, Vec<u32>, usize, Option<usize>)> = Vec::new();
@@ -758,52 +760,60 @@ pub fn extract_records(
         for g_key in groups {
             let group: Vec<&(usize, Vec<u32>, usize, Option<usize>)> =
                 batch.iter().filter(|b| key(b.3) == g_key).collect();
-            let t0 = std::time::Instant::now();
-            let inputs: Vec<Vec<u32>> = group.iter().map(|b| b.1.clone()).collect();
-            let slots: Vec<Option<usize>> = group.iter().map(|b| b.3).collect();
-            let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = match &opts.grammar {
-                Some(g) => (0..inputs.len())
-                    .map(|_| {
-                        Some(
-                            Box::new(GrammarConstraint::new(g.clone(), gen.max_new_tokens))
-                                as Box<dyn TokenConstraint>,
-                        )
-                    })
-                    .collect(),
-                None => vec![],
-            };
-            match engine.generate_ids_rows(&inputs, &gen, &mut cons, &slots) {
-                Ok(gens) => {
+            // out of device memory: the group again in halves (and later ones at that size)
+            let results = run_with_oom_backoff(
+                &group,
+                &mut oom_cap,
+                &mut |piece| {
+                    let t0 = std::time::Instant::now();
+                    let inputs: Vec<Vec<u32>> = piece.iter().map(|b| b.1.clone()).collect();
+                    let slots: Vec<Option<usize>> = piece.iter().map(|b| b.3).collect();
+                    let mut cons: Vec<Option<Box<dyn TokenConstraint>>> = match &opts.grammar {
+                        Some(g) => (0..inputs.len())
+                            .map(|_| {
+                                Some(
+                                    Box::new(GrammarConstraint::new(g.clone(), gen.max_new_tokens))
+                                        as Box<dyn TokenConstraint>,
+                                )
+                            })
+                            .collect(),
+                        None => vec![],
+                    };
+                    let gens = engine.generate_ids_rows(&inputs, &gen, &mut cons, &slots)?;
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    for ((i, ids, cut, _), g) in
-                        group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(gens)
-                    {
-                        let r = &chunk[*i];
-                        let (raw, output, error) = match &opts.grammar {
-                            Some(gr) => postprocess_constrained(engine, tok, gr, &g.tokens),
-                            None => postprocess(engine, tok, &g.tokens),
-                        };
-                        outs[*i] = Some(OutputRecord {
-                            id: r.id.clone(),
-                            output,
-                            raw,
-                            error,
-                            finish_reason: Some(g.finish),
-                            new_tokens: Some(g.tokens.len()),
-                            source_tokens: Some(ids.len()),
-                            source_tokens_cut: if *cut > 0 { Some(*cut) } else { None },
-                            latency_ms: Some(ms),
-                        });
-                    }
-                }
-                Err(e) => {
-                    for (i, _, _, _) in &group {
+                    Ok(gens.into_iter().map(|g| (g, ms)).collect())
+                },
+                warn,
+            );
+            for ((i, ids, cut, _), res) in
+                group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(results)
+            {
+                let r = &chunk[*i];
+                let (g, ms) = match res {
+                    Ok(x) => x,
+                    Err(e) => {
                         outs[*i] = Some(OutputRecord::error(
-                            &chunk[*i].id,
+                            &r.id,
                             format!("generation failed: {e}"),
                         ));
+                        continue;
                     }
-                }
+                };
+                let (raw, output, error) = match &opts.grammar {
+                    Some(gr) => postprocess_constrained(engine, tok, gr, &g.tokens),
+                    None => postprocess(engine, tok, &g.tokens),
+                };
+                outs[*i] = Some(OutputRecord {
+                    id: r.id.clone(),
+                    output,
+                    raw,
+                    error,
+                    finish_reason: Some(g.finish),
+                    new_tokens: Some(g.tokens.len()),
+                    source_tokens: Some(ids.len()),
+                    source_tokens_cut: if *cut > 0 { Some(*cut) } else { None },
+                    latency_ms: Some(ms),
+                });
             }
         }
         for (i, o) in outs.into_iter().enumerate() {
@@ -815,6 +825,70 @@ pub fn extract_records(
         progress(done);
     }
     Ok(())
+}
+
+/// Runs `run` over `items` in order, in pieces of at most `*cap` items. A piece that runs out
+/// of device memory (`Error::is_out_of_memory`) runs again as two halves, down to single items,
+/// and `*cap` drops to the half, so that later calls start there instead of failing again
+/// (`warn` says so). Any other error, or running out of memory with one item, is that piece's
+/// items' error. One result per item, in order: nothing is lost.
+#[allow(clippy::type_complexity)]
+pub(crate) fn run_with_oom_backoff<T, R>(
+    items: &[T],
+    cap: &mut usize,
+    run: &mut dyn FnMut(&[T]) -> Result<Vec<R>>,
+    warn: &mut dyn FnMut(String),
+) -> Vec<std::result::Result<R, String>> {
+    let mut out: Vec<Option<std::result::Result<R, String>>> =
+        (0..items.len()).map(|_| None).collect();
+    // pieces (start, len) still to run, the next first
+    let mut todo: std::collections::VecDeque<(usize, usize)> = Default::default();
+    todo.push_back((0, items.len()));
+    while let Some((start, len)) = todo.pop_front() {
+        if len == 0 {
+            continue;
+        }
+        let c = (*cap).max(1);
+        if len > c {
+            // at most `c` a piece, in order
+            let end = start + len;
+            for s in (start..end).step_by(c).rev() {
+                todo.push_front((s, c.min(end - s)));
+            }
+            continue;
+        }
+        match run(&items[start..start + len]) {
+            Ok(rs) if rs.len() == len => {
+                for (k, r) in rs.into_iter().enumerate() {
+                    out[start + k] = Some(Ok(r));
+                }
+            }
+            Ok(rs) => {
+                let e = format!("internal: {} results for {len} inputs", rs.len());
+                for o in &mut out[start..start + len] {
+                    *o = Some(Err(e.clone()));
+                }
+            }
+            Err(e) if e.is_out_of_memory() && len > 1 => {
+                let half = len.div_ceil(2);
+                *cap = (*cap).min(half);
+                warn(format!(
+                    "a batch of {len} ran out of device memory ({e}); running it as batches of at most {half}, as the batches after it"
+                ));
+                todo.push_front((start + half, len - half));
+                todo.push_front((start, half));
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for o in &mut out[start..start + len] {
+                    *o = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Err("internal: not run".into())))
+        .collect()
 }
 
 /// Constrained output: the grammar maps the tokens back to the exact JSON text (T5's `<unk>`
@@ -996,5 +1070,98 @@ fn check_slot(got: usize, want: usize) -> Result<()> {
             op: "load_adapter",
             msg: format!("the GPU graph put the adapter in slot {got}, the engine expected {want}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oom() -> Error {
+        Error::OutOfMemory {
+            backend: "test",
+            op: "generate",
+            msg: "allocating 1 bytes failed".into(),
+        }
+    }
+
+    #[test]
+    fn out_of_memory_batches_run_again_in_halves_and_nothing_is_lost() {
+        let items: Vec<u32> = (0..10).collect();
+        // the device holds at most 3 rows; a piece with item 7 fails for another reason (its
+        // rows get that error, no retry)
+        let calls = std::cell::RefCell::new(Vec::<Vec<u32>>::new());
+        let mut run = |p: &[u32]| -> Result<Vec<u32>> {
+            calls.borrow_mut().push(p.to_vec());
+            if p.len() > 3 {
+                return Err(oom());
+            }
+            if p.contains(&7) {
+                return Err(Error::Input("bad row".into()));
+            }
+            Ok(p.iter().map(|x| x * 10).collect())
+        };
+        let mut warned = Vec::new();
+        let mut cap = usize::MAX;
+        let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |w| warned.push(w));
+        assert_eq!(out.len(), 10);
+        for (i, r) in out.iter().enumerate() {
+            match (i, r) {
+                (5..=7, Err(e)) => assert!(e.contains("bad row"), "{e}"),
+                (_, Ok(v)) => assert_eq!(*v, 10 * i as u32),
+                other => panic!("{other:?}"),
+            }
+        }
+        // 10 -> 5 | 5 -> 3 2 | 3 2 ... : each piece in order, later ones started at the new cap
+        assert_eq!(
+            *calls.borrow(),
+            vec![
+                (0..10).collect::<Vec<_>>(),
+                (0..5).collect(),
+                vec![0, 1, 2],
+                vec![3, 4],
+                vec![5, 6, 7],
+                vec![8, 9]
+            ]
+        );
+        assert_eq!(cap, 3);
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[0].contains("batch of 10 ran out of device memory"));
+        // the next call starts at the lowered cap: no failing first attempt
+        calls.borrow_mut().clear();
+        let items: Vec<u32> = (0..4).collect();
+        let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |_| {});
+        assert!(out.iter().all(|r| r.is_ok()));
+        assert_eq!(*calls.borrow(), vec![vec![0, 1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn out_of_memory_with_one_item_is_its_error() {
+        let mut cap = usize::MAX;
+        let mut n = 0;
+        let out = run_with_oom_backoff(
+            &[1u8, 2],
+            &mut cap,
+            &mut |_: &[u8]| -> Result<Vec<u8>> {
+                n += 1;
+                Err(oom())
+            },
+            &mut |_| {},
+        );
+        assert_eq!(n, 3, "both, then each alone");
+        assert_eq!(cap, 1);
+        for r in out {
+            assert!(r.unwrap_err().contains("out of device memory"));
+        }
+        // a run that returns the wrong number of results is an error for its items, not a panic
+        let out = run_with_oom_backoff(
+            &[1u8, 2, 3],
+            &mut usize::MAX.clone(),
+            &mut |_: &[u8]| -> Result<Vec<u8>> { Ok(vec![1]) },
+            &mut |_| {},
+        );
+        assert!(out
+            .iter()
+            .all(|r| r.as_ref().unwrap_err().contains("internal")));
     }
 }

@@ -77,8 +77,9 @@ fn cuda_backend_rejects_bad_arguments() {
         ("zeros", gpu.zeros::<u8>("oom test", huge).map(|_| ())),
         ("scratch", gpu.scratch::<u8>("oom test", huge).map(|_| ())),
     ] {
+        // (OutOfMemory, not a general backend error: extract retries such a batch in halves)
         match r {
-            Err(jobx_engine::Error::Backend {
+            Err(jobx_engine::Error::OutOfMemory {
                 op: "oom test",
                 msg,
                 ..

@@ -545,14 +545,33 @@ impl Gpu {
             .map_err(|e| self.alloc_err(op, n * std::mem::size_of::<T>(), e))
     }
 
-    /// Out of memory (or another allocation failure) as an error naming the op, the bytes asked
-    /// for and the device's free memory.
-    fn alloc_err(&self, op: &'static str, bytes: usize, e: impl std::fmt::Display) -> Error {
-        let (free, total) = self.ctx.mem_get_info().unwrap_or((0, 0));
-        backend_err(
-            op,
-            format!("allocating {bytes} bytes failed ({e}); {free} of {total} bytes free"),
-        )
+    /// An allocation failure as an error naming the op, the bytes asked for and the device's
+    /// free memory: `Error::OutOfMemory` where the driver says so or the request exceeds the
+    /// free memory (a batch job may then retry with fewer rows), else `Error::Backend`.
+    fn alloc_err(&self, op: &'static str, bytes: usize, e: cudarc::driver::DriverError) -> Error {
+        self.mem_err(op, "allocating", bytes, e)
+    }
+
+    /// `alloc_err` for `what` ("allocating", "uploading": an allocation and a copy) of `bytes`.
+    fn mem_err(
+        &self,
+        op: &'static str,
+        what: &str,
+        bytes: usize,
+        e: cudarc::driver::DriverError,
+    ) -> Error {
+        let info = self.ctx.mem_get_info().ok();
+        let (free, total) = info.unwrap_or((0, 0));
+        let msg = format!("{what} {bytes} bytes failed ({e}); {free} of {total} bytes free");
+        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY || info.is_some_and(|_| bytes > free) {
+            Error::OutOfMemory {
+                backend: "cuda",
+                op,
+                msg,
+            }
+        } else {
+            backend_err(op, msg)
+        }
     }
 
     /// Device memory for `n` elements that the next kernel writes completely before anything
@@ -581,9 +600,10 @@ impl Gpu {
     }
 
     pub fn upload<T: DeviceRepr>(&self, op: &'static str, host: &[T]) -> Result<CudaSlice<T>> {
+        // (the copy allocates its destination: a failure there is the allocation's)
         self.stream()
             .clone_htod(host)
-            .map_err(|e| backend_err(op, format!("upload of {} elements: {e}", host.len())))
+            .map_err(|e| self.mem_err(op, "uploading", std::mem::size_of_val(host), e))
     }
 
     pub fn download<T: DeviceRepr + Default + Clone>(
