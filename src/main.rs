@@ -479,11 +479,24 @@ fn main() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.chain().any(|c| {
+                c.downcast_ref::<jobx_engine::Error>()
+                    .is_some_and(|x| x.is_out_of_memory())
+            }) {
+                eprintln!("{OOM_HINT}");
+            }
             2
         }
     };
     std::process::exit(code);
 }
+
+/// Said after an error that was the GPU running out of memory (loading a model, or a batch
+/// that did not fit even alone).
+const OOM_HINT: &str =
+    "hint: the GPU ran out of memory. `--gpu-weights int8` halves the memory of the linear \
+     layers' weights, `--cross-kv int8` (T5) that of the cross-attention cache; shorter postings \
+     (`--max-source-tokens`) or fewer new tokens (`--max-new-tokens`) need less for each posting.";
 
 /// `--device auto` for a command that runs models: CUDA when this binary has the backend and
 /// GPU 0 opens (driver present, kernels loaded for its architecture), else the CPU. Either way
