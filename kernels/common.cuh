@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include "jobx_params.h"
+#include "int8_bf16.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -87,16 +88,11 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// 8 int8 (byte 0 of raw.x first) as 8 bf16 in k order, exactly (int8_bf16.cuh: bit arithmetic,
+// no integer-to-float conversions).
 __device__ __forceinline__ uint4 i8x8_to_bf16x8(uint2 raw) {
-    unsigned o[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const unsigned word = i < 2 ? raw.x : raw.y;
-        const int sh = (i & 1) * 16;
-        const float f0 = (float)(signed char)((word >> sh) & 0xff);
-        const float f1 = (float)(signed char)((word >> (sh + 8)) & 0xff);
-        __nv_bfloat162 h = __floats2bfloat162_rn(f0, f1);  // .x (low half) = f0
-        o[i] = *(unsigned*)&h;
-    }
-    return make_uint4(o[0], o[1], o[2], o[3]);
+    uint4 o;
+    i8x4_to_bf16x4(raw.x, o.x, o.y);
+    i8x4_to_bf16x4(raw.y, o.z, o.w);
+    return o;
 }
