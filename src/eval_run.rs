@@ -128,12 +128,21 @@ pub fn run_eval(
     let mut idx = 0usize;
     let mut lat = Vec::new();
     let mut new_tokens = 0usize;
-    let mut warnings = 0usize;
+    let (mut warnings, mut oom_retries) = (0usize, 0usize);
     extract_records(
         engine,
         &inputs,
         &opts.extract,
-        &mut |_w| warnings += 1,
+        &mut |w| {
+            // batches run again in halves after running out of device memory: said, and
+            // counted apart from the prompts cut to their token limit
+            if w.starts_with(crate::extract::OOM_RETRY_WARNING) {
+                eprintln!("warning: {w}");
+                oom_retries += 1;
+            } else {
+                warnings += 1;
+            }
+        },
         &mut |done| progress(done, total),
         &mut |out| {
             let r = &recs[idx];
@@ -169,11 +178,15 @@ pub fn run_eval(
         "generated_tokens_per_s": new_tokens as f64 / secs.max(1e-9),
         "latency_ms": {"p50": percentile(&lat, 50.0), "p95": percentile(&lat, 95.0), "max": lat.last().copied().unwrap_or(0.0),
                         "note": "per record = the wall time of the batch it was generated in"},
-        "device": format!("cpu ({} threads)", rayon::current_num_threads()),
+        "device": match engine.device_name() {
+            Some(gpu) => format!("cuda ({gpu})"),
+            None => format!("cpu ({} threads)", rayon::current_num_threads()),
+        },
         "batch_size": opts.extract.batch_size,
         "num_beams": opts.extract.num_beams,
         "max_new_tokens": opts.extract.max_new_tokens,
         "truncation_warnings": warnings,
+        "out_of_memory_retries": oom_retries,
     });
     extra["model"] = json!(opts.model_name);
     extra["data"] = json!(data.display().to_string());

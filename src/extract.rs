@@ -692,7 +692,7 @@ pub fn extract_records(
     }
     let mut done = 0usize;
     // the most rows a generation may take: lowered when a batch runs out of device memory
-    let mut oom_cap = usize::MAX;
+    let mut oom_cap = OomCap::default();
     for chunk in records.chunks(opts.batch_size.max(1)) {
         // prepare: errors become records right away; valid ones are batched per adapter
         let mut batch: Vec<(usize, Vec<u32>, usize, Option<usize>)> = Vec::new();
@@ -827,15 +827,43 @@ pub fn extract_records(
     Ok(())
 }
 
-/// Runs `run` over `items` in order, in pieces of at most `*cap` items. A piece that runs out
-/// of device memory (`Error::is_out_of_memory`) runs again as two halves, down to single items,
-/// and `*cap` drops to the half, so that later calls start there instead of failing again
-/// (`warn` says so). Any other error, or running out of memory with one item, is that piece's
-/// items' error. One result per item, in order: nothing is lost.
+/// How many rows a generation may take (`run_with_oom_backoff`): unbounded at first, halved
+/// when a batch runs out of device memory, doubled again after `OomCap::REGROW` pieces in a
+/// row at the cap succeed (memory use depends on the postings' lengths too, so one long
+/// batch must not hold every later one small).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OomCap {
+    pub cap: usize,
+    streak: usize,
+}
+
+impl Default for OomCap {
+    fn default() -> Self {
+        OomCap {
+            cap: usize::MAX,
+            streak: 0,
+        }
+    }
+}
+
+impl OomCap {
+    pub const REGROW: usize = 4;
+}
+
+/// Warnings from `run_with_oom_backoff` start with this (`eval` counts them apart).
+pub const OOM_RETRY_WARNING: &str = "out of device memory: ";
+
+/// Runs `run` over `items` in order, in pieces of at most `cap.cap` items. A piece that runs
+/// out of device memory (`Error::is_out_of_memory`) runs again as two halves, down to single
+/// items, and the cap drops to the half, so that later calls start there instead of failing
+/// again (`warn` says so); it doubles again after `OomCap::REGROW` full pieces in a row
+/// succeed. Any other error, or running out of memory with one item, is that piece's items'
+/// error. One result per item, in order: nothing is lost. (A result's own time, as `run`
+/// measures it, leaves out the failed attempts before it.)
 #[allow(clippy::type_complexity)]
 pub(crate) fn run_with_oom_backoff<T, R>(
     items: &[T],
-    cap: &mut usize,
+    cap: &mut OomCap,
     run: &mut dyn FnMut(&[T]) -> Result<Vec<R>>,
     warn: &mut dyn FnMut(String),
 ) -> Vec<std::result::Result<R, String>> {
@@ -848,19 +876,24 @@ pub(crate) fn run_with_oom_backoff<T, R>(
         if len == 0 {
             continue;
         }
-        let c = (*cap).max(1);
+        let c = cap.cap.max(1);
         if len > c {
-            // at most `c` a piece, in order
-            let end = start + len;
-            for s in (start..end).step_by(c).rev() {
-                todo.push_front((s, c.min(end - s)));
-            }
+            // `c` now, the rest split when its turn comes (under the cap then)
+            todo.push_front((start + c, len - c));
+            todo.push_front((start, c));
             continue;
         }
         match run(&items[start..start + len]) {
             Ok(rs) if rs.len() == len => {
                 for (k, r) in rs.into_iter().enumerate() {
                     out[start + k] = Some(Ok(r));
+                }
+                if len == c && c < usize::MAX {
+                    cap.streak += 1;
+                    if cap.streak >= OomCap::REGROW {
+                        cap.cap = c.saturating_mul(2);
+                        cap.streak = 0;
+                    }
                 }
             }
             Ok(rs) => {
@@ -871,9 +904,10 @@ pub(crate) fn run_with_oom_backoff<T, R>(
             }
             Err(e) if e.is_out_of_memory() && len > 1 => {
                 let half = len.div_ceil(2);
-                *cap = (*cap).min(half);
+                cap.cap = cap.cap.min(half);
+                cap.streak = 0;
                 warn(format!(
-                    "a batch of {len} ran out of device memory ({e}); running it as batches of at most {half}, as the batches after it"
+                    "{OOM_RETRY_WARNING}a batch of {len} did not fit ({e}); running it as batches of at most {half}, as the batches after it"
                 ));
                 todo.push_front((start + half, len - half));
                 todo.push_front((start, half));
@@ -1102,7 +1136,7 @@ mod tests {
             Ok(p.iter().map(|x| x * 10).collect())
         };
         let mut warned = Vec::new();
-        let mut cap = usize::MAX;
+        let mut cap = OomCap::default();
         let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |w| warned.push(w));
         assert_eq!(out.len(), 10);
         for (i, r) in out.iter().enumerate() {
@@ -1124,9 +1158,9 @@ mod tests {
                 vec![8, 9]
             ]
         );
-        assert_eq!(cap, 3);
+        assert_eq!(cap.cap, 3);
         assert_eq!(warned.len(), 2, "{warned:?}");
-        assert!(warned[0].contains("batch of 10 ran out of device memory"));
+        assert!(warned[0].starts_with(OOM_RETRY_WARNING) && warned[0].contains("a batch of 10"));
         // the next call starts at the lowered cap: no failing first attempt
         calls.borrow_mut().clear();
         let items: Vec<u32> = (0..4).collect();
@@ -1136,8 +1170,35 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_grows_back_after_full_pieces_succeed() {
+        // the device fits 3 rows at first, then (shorter postings, say) any number
+        let limit = std::cell::Cell::new(3usize);
+        let sizes = std::cell::RefCell::new(Vec::new());
+        let mut run = |p: &[u32]| -> Result<Vec<u32>> {
+            sizes.borrow_mut().push(p.len());
+            if p.len() > limit.get() {
+                return Err(oom());
+            }
+            Ok(p.to_vec())
+        };
+        let mut cap = OomCap::default();
+        let items: Vec<u32> = (0..8).collect();
+        let _ = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |_| {});
+        // 8 and 4 did not fit: cap 2; four pieces of 2 then fitted: cap 4 again
+        assert_eq!(cap.cap, 4, "{cap:?}");
+        limit.set(usize::MAX);
+        sizes.borrow_mut().clear();
+        let items: Vec<u32> = (0..40).collect();
+        let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |_| {});
+        assert!(out.iter().all(|r| r.is_ok()));
+        // REGROW (4) full pieces at each size, then twice the size
+        assert_eq!(sizes.borrow()[..6], [4, 4, 4, 4, 8, 8]);
+        assert!(cap.cap >= 16, "{cap:?}");
+    }
+
+    #[test]
     fn out_of_memory_with_one_item_is_its_error() {
-        let mut cap = usize::MAX;
+        let mut cap = OomCap::default();
         let mut n = 0;
         let out = run_with_oom_backoff(
             &[1u8, 2],
@@ -1149,14 +1210,14 @@ mod tests {
             &mut |_| {},
         );
         assert_eq!(n, 3, "both, then each alone");
-        assert_eq!(cap, 1);
+        assert_eq!(cap.cap, 1);
         for r in out {
             assert!(r.unwrap_err().contains("out of device memory"));
         }
         // a run that returns the wrong number of results is an error for its items, not a panic
         let out = run_with_oom_backoff(
             &[1u8, 2, 3],
-            &mut usize::MAX.clone(),
+            &mut OomCap::default(),
             &mut |_: &[u8]| -> Result<Vec<u8>> { Ok(vec![1]) },
             &mut |_| {},
         );

@@ -491,12 +491,13 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Said after an error that was the GPU running out of memory (loading a model, or a batch
-/// that did not fit even alone).
+/// Said after a command failed for the GPU running out of memory (loading a model, say), and
+/// after `extract` when postings did not fit even one at a time (their error records).
 const OOM_HINT: &str =
     "hint: the GPU ran out of memory. `--gpu-weights int8` halves the memory of the linear \
      layers' weights, `--cross-kv int8` (T5) that of the cross-attention cache; shorter postings \
-     (`--max-source-tokens`) or fewer new tokens (`--max-new-tokens`) need less for each posting.";
+     (`--max-source-tokens` of extract and eval) or fewer new tokens (`--max-new-tokens`) need \
+     less for each posting.";
 
 /// `--device auto` for a command that runs models: CUDA when this binary has the backend and
 /// GPU 0 opens (driver present, kernels loaded for its architecture), else the CPU. Either way
@@ -962,7 +963,7 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
             } else {
                 None
             };
-            let mut errors = 0usize;
+            let (mut errors, mut oom) = (0usize, 0usize);
             let n = records.len();
             extract::extract_records(
                 &engine,
@@ -979,8 +980,11 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                     }
                 },
                 &mut |rec| {
-                    if rec.error.is_some() {
+                    if let Some(e) = &rec.error {
                         errors += 1;
+                        // (a posting that did not fit even alone: the batches were already
+                        // split down to it)
+                        oom += e.contains("out of device memory") as usize;
                     }
                     let line = serde_json::to_string(&rec)
                         .map_err(|e| jobx_engine::Error::Input(e.to_string()))?;
@@ -996,6 +1000,9 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                 pb.finish_and_clear();
             }
             eprintln!("extracted {n} records ({errors} with errors)");
+            if oom > 0 {
+                eprintln!("{oom} of them did not fit in GPU memory even alone; {OOM_HINT}");
+            }
             Ok(0)
         }
     }

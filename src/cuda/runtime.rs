@@ -742,7 +742,22 @@ impl Gpu {
         // SAFETY: the executable graph is alive (owned by `g`); the engine stream belongs to
         // the context the graph was recorded in.
         unsafe { cudarc::driver::result::graph::launch(g.exec, self.engine_stream.cu_stream()) }
-            .map_err(|e| backend_err(OP, e))?;
+            .map_err(|e| {
+                if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                    // a graph's allocations get their memory at its first launch, from the
+                    // graph memory pool, which keeps what earlier graphs freed until trimmed:
+                    // give that back, so a plain step or a smaller batch after this can use it
+                    // SAFETY: the context's device; trimming releases only unused memory.
+                    let _ = unsafe { sys::cuDeviceGraphMemTrim(self.ctx.cu_device()) };
+                    Error::OutOfMemory {
+                        backend: "cuda",
+                        op: OP,
+                        msg: format!("launching a recorded step: {e}"),
+                    }
+                } else {
+                    backend_err(OP, e)
+                }
+            })?;
         if self.sync {
             self.synchronize(OP)?;
         }

@@ -266,11 +266,13 @@ impl<G> GraphState<G> {
         f: &mut dyn FnMut() -> Result<()>,
     ) -> Result<bool> {
         match dev.capture(f) {
-            Ok(Some(g)) => {
-                dev.launch_graph(&g)?;
-                self.graphs[self.parity] = Some(g);
-                Ok(true)
-            }
+            Ok(Some(g)) => match dev.launch_graph(&g) {
+                Ok(()) => {
+                    self.graphs[self.parity] = Some(g);
+                    Ok(true)
+                }
+                Err(e) => self.first_launch_failed(what, e),
+            },
             Ok(None) => Ok(true),
             Err(e) => {
                 eprintln!(
@@ -281,6 +283,22 @@ impl<G> GraphState<G> {
                 Ok(false)
             }
         }
+    }
+
+    /// A recording's first launch failed (nothing of it ran). Out of device memory (the graph's
+    /// own allocations are made at that launch): the generation goes on with plain steps,
+    /// which allocate as they go, as after a failed recording (false: the caller runs the
+    /// step plainly). Any other error is the step's.
+    fn first_launch_failed(&mut self, what: &str, e: crate::Error) -> Result<bool> {
+        if !e.is_out_of_memory() {
+            return Err(e);
+        }
+        eprintln!(
+            "jobx: the recorded {what} decode step did not fit in device memory ({e}); \
+             this generation goes on without graphs"
+        );
+        self.failed = true;
+        Ok(false)
     }
 
     pub fn replay<B: Backend<Graph = G> + ?Sized>(&self, dev: &B) -> Result<()> {
@@ -682,5 +700,22 @@ mod tests {
         assert!(!g.second_set(true, &mut alt, 2, 4, len, fail));
         assert!(alt.is_empty());
         assert!(!g.second_set(true, &mut alt, 2, 4, len, || unreachable!()));
+    }
+
+    #[test]
+    fn a_first_launch_out_of_memory_falls_back_to_plain_steps() {
+        let mut g = GraphState::<()>::default();
+        let oom = crate::Error::OutOfMemory {
+            backend: "cuda",
+            op: "graph launch",
+            msg: "launching a recorded step".into(),
+        };
+        assert!(!g.first_launch_failed("test", oom).unwrap());
+        assert!(g.failed, "no recording tried again in this generation");
+        // any other failure is the step's error
+        let mut g = GraphState::<()>::default();
+        let other = crate::Error::Input("bad".into());
+        assert!(g.first_launch_failed("test", other).is_err());
+        assert!(!g.failed);
     }
 }
