@@ -381,29 +381,35 @@ impl Engine {
             }
             #[cfg(feature = "cuda")]
             Arch::T5Device(model) => {
-                let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
-                let src = crate::generate::beam_parents(b, k);
-                let mut st = crate::models::t5_device::T5DeviceStepper::new(
-                    model,
-                    &enc,
-                    src,
-                    opts.max_new_tokens + 1,
-                )?;
-                let start = vec![model.cfg.decoder_start(); b];
-                generate(&mut st, &start, opts, constraints)
+                let r = (|| {
+                    let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
+                    let src = crate::generate::beam_parents(b, k);
+                    let mut st = crate::models::t5_device::T5DeviceStepper::new(
+                        model,
+                        &enc,
+                        src,
+                        opts.max_new_tokens + 1,
+                    )?;
+                    let start = vec![model.cfg.decoder_start(); b];
+                    generate(&mut st, &start, opts, constraints)
+                })();
+                gpu_after(model.dev, r)
             }
             #[cfg(feature = "cuda")]
             Arch::MistralDevice(model) => {
-                let mut st = crate::models::mistral_device::MistralDeviceStepper::new(
-                    model,
-                    &ids,
-                    &mask,
-                    (b, s),
-                    k,
-                    opts.max_new_tokens + 1,
-                    adapters,
-                )?;
-                generate(&mut st, &vec![0; b], opts, constraints)
+                let r = (|| {
+                    let mut st = crate::models::mistral_device::MistralDeviceStepper::new(
+                        model,
+                        &ids,
+                        &mask,
+                        (b, s),
+                        k,
+                        opts.max_new_tokens + 1,
+                        adapters,
+                    )?;
+                    generate(&mut st, &vec![0; b], opts, constraints)
+                })();
+                gpu_after(model.dev, r)
             }
         }
     }
@@ -1091,6 +1097,17 @@ pub fn format_for_path(p: &Path) -> InputFormat {
         Some("jsonl") | Some("ndjson") => InputFormat::Jsonl,
         _ => InputFormat::Text,
     }
+}
+
+/// A GPU generation's result, after its state (buffers, recorded steps) is dropped: when it ran
+/// out of memory, the graph memory its recordings held goes back to the device first, so the
+/// smaller batches `extract` retries with can use it.
+#[cfg(feature = "cuda")]
+fn gpu_after<T>(gpu: &crate::cuda::Gpu, r: Result<T>) -> Result<T> {
+    if r.as_ref().is_err_and(|e| e.is_out_of_memory()) {
+        gpu.trim_graph_memory();
+    }
+    r
 }
 
 /// The CUDA graphs number adapter slots themselves; they must agree with the engine's.

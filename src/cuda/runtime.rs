@@ -732,6 +732,17 @@ impl Gpu {
         }
     }
 
+    /// Gives back to the device the memory the graph memory pool keeps from recordings that
+    /// were destroyed (the pool holds it for later graphs until trimmed, out of reach of plain
+    /// allocations): after running out of memory, so that a plain step or a smaller batch can
+    /// use it.
+    pub fn trim_graph_memory(&self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: the context's own device; trimming releases only memory no graph uses.
+            let _ = unsafe { sys::cuDeviceGraphMemTrim(self.ctx.cu_device()) };
+        }
+    }
+
     /// Runs a recorded graph on the engine's stream, after the work queued before it.
     pub fn launch_graph(&self, g: &GpuGraph) -> Result<()> {
         const OP: &str = "graph launch";
@@ -744,11 +755,8 @@ impl Gpu {
         unsafe { cudarc::driver::result::graph::launch(g.exec, self.engine_stream.cu_stream()) }
             .map_err(|e| {
                 if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                    // a graph's allocations get their memory at its first launch, from the
-                    // graph memory pool, which keeps what earlier graphs freed until trimmed:
-                    // give that back, so a plain step or a smaller batch after this can use it
-                    // SAFETY: the context's device; trimming releases only unused memory.
-                    let _ = unsafe { sys::cuDeviceGraphMemTrim(self.ctx.cu_device()) };
+                    // (a graph's allocations get their memory at its first launch)
+                    self.trim_graph_memory();
                     Error::OutOfMemory {
                         backend: "cuda",
                         op: OP,
