@@ -68,6 +68,13 @@ fn eval_writes_predictions_report_and_compare() {
     ] {
         assert!(rep["jobx"]["speed"].get(k).is_some(), "speed lacks {k}");
     }
+    // on the CPU: said so, and no batch ran out of (device) memory
+    let speed = &rep["jobx"]["speed"];
+    assert!(
+        speed["device"].as_str().unwrap().starts_with("cpu ("),
+        "{speed}"
+    );
+    assert_eq!(speed["out_of_memory_retries"], 0, "{speed}");
     assert!(rep["jobx"]["stricter"]["raw_parse"].is_object());
     assert!(out_dir.join("report.json").exists());
     // --limit with --seed takes a deterministic subset
