@@ -207,6 +207,15 @@ pub(crate) fn backend_err(op: &'static str, msg: impl std::fmt::Display) -> Erro
     }
 }
 
+/// The device had no room for what `op` asked (recoverable: `Error::OutOfMemory`).
+fn oom_err(op: &'static str, msg: impl std::fmt::Display) -> Error {
+    Error::OutOfMemory {
+        backend: "cuda",
+        op,
+        msg: msg.to_string(),
+    }
+}
+
 thread_local! {
     /// The GPU (its address) this thread records a graph for, and the stream it records on.
     static CAPTURING: std::cell::RefCell<Option<(usize, Arc<CudaStream>)>> =
@@ -542,17 +551,13 @@ impl Gpu {
     ) -> Result<CudaSlice<T>> {
         self.stream()
             .alloc_zeros::<T>(n.max(1))
-            .map_err(|e| self.alloc_err(op, n * std::mem::size_of::<T>(), e))
+            .map_err(|e| self.mem_err(op, "allocating", n * std::mem::size_of::<T>(), e))
     }
 
-    /// An allocation failure as an error naming the op, the bytes asked for and the device's
-    /// free memory: `Error::OutOfMemory` where the driver says so or the request exceeds the
-    /// free memory (a batch job may then retry with fewer rows), else `Error::Backend`.
-    fn alloc_err(&self, op: &'static str, bytes: usize, e: cudarc::driver::DriverError) -> Error {
-        self.mem_err(op, "allocating", bytes, e)
-    }
-
-    /// `alloc_err` for `what` ("allocating", "uploading": an allocation and a copy) of `bytes`.
+    /// A failure `what` ("allocating", "uploading": an allocation and a copy) `bytes` as an
+    /// error naming the op, the bytes and the device's free memory: `Error::OutOfMemory` where
+    /// the driver says so or the request exceeds the free memory (a batch job may then retry
+    /// with fewer rows), else `Error::Backend`.
     fn mem_err(
         &self,
         op: &'static str,
@@ -564,11 +569,7 @@ impl Gpu {
         let (free, total) = info.unwrap_or((0, 0));
         let msg = format!("{what} {bytes} bytes failed ({e}); {free} of {total} bytes free");
         if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY || info.is_some_and(|_| bytes > free) {
-            Error::OutOfMemory {
-                backend: "cuda",
-                op,
-                msg,
-            }
+            oom_err(op, msg)
         } else {
             backend_err(op, msg)
         }
@@ -583,7 +584,7 @@ impl Gpu {
         // SAFETY: uninitialised device memory is never read by the host here; callers write it
         // on the device before reading it (and the poison mode checks that).
         let s = unsafe { self.stream().alloc::<T>(n.max(1)) }
-            .map_err(|e| self.alloc_err(op, bytes, e))?;
+            .map_err(|e| self.mem_err(op, "allocating", bytes, e))?;
         if self.poison {
             // SAFETY: the range is exactly the allocation just made, on the engine's stream.
             unsafe {
@@ -757,11 +758,7 @@ impl Gpu {
                 if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
                     // (a graph's allocations get their memory at its first launch)
                     self.trim_graph_memory();
-                    Error::OutOfMemory {
-                        backend: "cuda",
-                        op: OP,
-                        msg: format!("launching a recorded step: {e}"),
-                    }
+                    oom_err(OP, format!("launching a recorded step: {e}"))
                 } else {
                     backend_err(OP, e)
                 }
