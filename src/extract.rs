@@ -192,11 +192,18 @@ impl Engine {
 
     /// The GPU's name when the engine runs on one.
     pub fn device_name(&self) -> Option<String> {
+        #[cfg(feature = "cuda")]
+        return self.gpu().map(|g| g.name.clone());
+        #[cfg(not(feature = "cuda"))]
+        None
+    }
+
+    /// The GPU the engine runs on, if it does.
+    #[cfg(feature = "cuda")]
+    fn gpu(&self) -> Option<&'static crate::cuda::Gpu> {
         match &self.arch {
-            #[cfg(feature = "cuda")]
-            Arch::T5Device(m) => Some(m.dev.name.clone()),
-            #[cfg(feature = "cuda")]
-            Arch::MistralDevice(m) => Some(m.dev.name.clone()),
+            Arch::T5Device(m) => Some(m.dev),
+            Arch::MistralDevice(m) => Some(m.dev),
             _ => None,
         }
     }
@@ -344,6 +351,29 @@ impl Engine {
         if s == 0 || inputs.iter().any(|v| v.is_empty()) {
             return Err(Error::Input("empty input: nothing to encode".into()));
         }
+        let r = self.generate_batch(inputs, s, opts, constraints, adapters);
+        // after a GPU generation that ran out of memory (its state, recorded steps included,
+        // dropped by now), the graph memory its recordings held goes back to the device first,
+        // so the smaller batches `extract` retries with can use it
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu() {
+            if r.as_ref().is_err_and(|e| e.is_out_of_memory()) {
+                gpu.trim_graph_memory();
+            }
+        }
+        r
+    }
+
+    /// `generate_ids_rows` on checked inputs, padded to `s` tokens.
+    fn generate_batch(
+        &self,
+        inputs: &[Vec<u32>],
+        s: usize,
+        opts: &GenOptions,
+        constraints: &mut [Option<Box<dyn TokenConstraint>>],
+        adapters: &[Option<usize>],
+    ) -> Result<Vec<crate::generate::GenOutput>> {
+        let (b, adapter) = (inputs.len(), adapters[0]);
         let pad = self.pad_id();
         let mut ids = vec![pad; b * s];
         let mut mask = vec![0u8; b * s];
@@ -381,35 +411,29 @@ impl Engine {
             }
             #[cfg(feature = "cuda")]
             Arch::T5Device(model) => {
-                let r = (|| {
-                    let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
-                    let src = crate::generate::beam_parents(b, k);
-                    let mut st = crate::models::t5_device::T5DeviceStepper::new(
-                        model,
-                        &enc,
-                        src,
-                        opts.max_new_tokens + 1,
-                    )?;
-                    let start = vec![model.cfg.decoder_start(); b];
-                    generate(&mut st, &start, opts, constraints)
-                })();
-                gpu_after(model.dev, r)
+                let enc = model.encode_with(&ids, &mask, b, s, adapters)?;
+                let src = crate::generate::beam_parents(b, k);
+                let mut st = crate::models::t5_device::T5DeviceStepper::new(
+                    model,
+                    &enc,
+                    src,
+                    opts.max_new_tokens + 1,
+                )?;
+                let start = vec![model.cfg.decoder_start(); b];
+                generate(&mut st, &start, opts, constraints)
             }
             #[cfg(feature = "cuda")]
             Arch::MistralDevice(model) => {
-                let r = (|| {
-                    let mut st = crate::models::mistral_device::MistralDeviceStepper::new(
-                        model,
-                        &ids,
-                        &mask,
-                        (b, s),
-                        k,
-                        opts.max_new_tokens + 1,
-                        adapters,
-                    )?;
-                    generate(&mut st, &vec![0; b], opts, constraints)
-                })();
-                gpu_after(model.dev, r)
+                let mut st = crate::models::mistral_device::MistralDeviceStepper::new(
+                    model,
+                    &ids,
+                    &mask,
+                    (b, s),
+                    k,
+                    opts.max_new_tokens + 1,
+                    adapters,
+                )?;
+                generate(&mut st, &vec![0; b], opts, constraints)
             }
         }
     }
@@ -889,7 +913,8 @@ pub(crate) fn run_with_oom_backoff<T, R>(
             todo.push_front((start, c));
             continue;
         }
-        match run(&items[start..start + len]) {
+        // the piece's error, for each of its items (the other outcomes go on to the next)
+        let err = match run(&items[start..start + len]) {
             Ok(rs) if rs.len() == len => {
                 for (k, r) in rs.into_iter().enumerate() {
                     out[start + k] = Some(Ok(r));
@@ -901,13 +926,9 @@ pub(crate) fn run_with_oom_backoff<T, R>(
                         cap.streak = 0;
                     }
                 }
+                continue;
             }
-            Ok(rs) => {
-                let e = format!("internal: {} results for {len} inputs", rs.len());
-                for o in &mut out[start..start + len] {
-                    *o = Some(Err(e.clone()));
-                }
-            }
+            Ok(rs) => format!("internal: {} results for {len} inputs", rs.len()),
             Err(e) if e.is_out_of_memory() && len > 1 => {
                 let half = len.div_ceil(2);
                 cap.cap = cap.cap.min(half);
@@ -917,13 +938,12 @@ pub(crate) fn run_with_oom_backoff<T, R>(
                 ));
                 todo.push_front((start + half, len - half));
                 todo.push_front((start, half));
+                continue;
             }
-            Err(e) => {
-                let e = e.to_string();
-                for o in &mut out[start..start + len] {
-                    *o = Some(Err(e.clone()));
-                }
-            }
+            Err(e) => e.to_string(),
+        };
+        for o in &mut out[start..start + len] {
+            *o = Some(Err(err.clone()));
         }
     }
     out.into_iter()
@@ -1097,17 +1117,6 @@ pub fn format_for_path(p: &Path) -> InputFormat {
         Some("jsonl") | Some("ndjson") => InputFormat::Jsonl,
         _ => InputFormat::Text,
     }
-}
-
-/// A GPU generation's result, after its state (buffers, recorded steps) is dropped: when it ran
-/// out of memory, the graph memory its recordings held goes back to the device first, so the
-/// smaller batches `extract` retries with can use it.
-#[cfg(feature = "cuda")]
-fn gpu_after<T>(gpu: &crate::cuda::Gpu, r: Result<T>) -> Result<T> {
-    if r.as_ref().is_err_and(|e| e.is_out_of_memory()) {
-        gpu.trim_graph_memory();
-    }
-    r
 }
 
 /// The CUDA graphs number adapter slots themselves; they must agree with the engine's.
