@@ -2647,10 +2647,11 @@ mod table {
                     if mx == f64::NEG_INFINITY {
                         continue;
                     }
-                    let den: f64 = sc.iter().map(|s| (s - mx).exp()).sum();
                     // (the weights once per query, not once per output element: the same values,
                     // a dk-th of the exp calls)
-                    let pw: Vec<f64> = sc.iter().map(|s| (s - mx).exp() / den).collect();
+                    let ex: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+                    let den: f64 = ex.iter().sum();
+                    let pw: Vec<f64> = ex.iter().map(|e| e / den).collect();
                     for x in 0..dk {
                         let mut acc = 0f64;
                         for (j, pj) in pw.iter().enumerate() {
