@@ -93,8 +93,8 @@ date -u +%FT%TZ >> "$OUT/gpu.txt"
 # the bundle's sources against this tree's (when the check runs from a repository checkout)
 if [[ -e "$B/stamp.txt" ]]; then
   sed 's/^/bundle: /' "$B/stamp.txt" >> "$OUT/gpu.txt"
-  if [[ -d "$HERE/../src" ]] && ! grep -q "^sources $(digest)\$" "$B/stamp.txt"; then
-    echo "WARNING: gpu-bundle/ was built from other sources than this tree ($(digest)): rebuild it (tools/gpu-bundle.sh)" \
+  if [[ -d "$HERE/../src" ]] && here=$(digest) && ! grep -q "^sources $here\$" "$B/stamp.txt"; then
+    echo "WARNING: gpu-bundle/ was built from other sources than this tree ($here): rebuild it (tools/gpu-bundle.sh)" \
       | tee -a "$OUT/gpu.txt"
   fi
 fi
