@@ -143,23 +143,35 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // 2 x 2 x 64 x (dk + 8) x 2 bytes (36 KB / 68 KB).
 
 __device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mma_bf16_16816(c, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::ldmatrix_x4(r, addr, false);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
+#endif
 }
 
 __device__ __forceinline__ void ldsm_x4_t(unsigned* r, unsigned addr) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::ldmatrix_x4(r, addr, true);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(addr));
+#endif
 }
 
 
@@ -233,7 +245,11 @@ __device__ __forceinline__ void attention_mma(const jobx_attention_params& p) {
     constexpr int FQB = 64 * RT;                    // queries per block
     constexpr int LD = DK + 8;                      // bf16 per shared row
     constexpr unsigned TILE = FKT * LD * 2;         // bytes of one K or V tile
+#ifdef JOBX_HOST_EMU
+    JOBX_EMU_DYNAMIC_SHARED(unsigned char, fa_smem);
+#else
     extern __shared__ __align__(16) unsigned char fa_smem[];
+#endif
     // T5 bias by relative position (key - query) clamped to [-R, R], R = max_distance: every
     // distance >= max_distance falls in its direction's last bucket (the launcher admits only
     // configurations where that holds, `t5::bucket_saturation`), so one table per block, built
@@ -480,7 +496,11 @@ __device__ __forceinline__ void attention_fa2(const jobx_attention_params& p) {
     constexpr int L = FA_BIAS_R_MAX + FQB + FKT, TC = L + 16 * RT + 8, TAB = TC + L + FKT + 8;
     constexpr int LD = DK + 8;                      // bf16 per shared row
     constexpr unsigned TILE = FKT * LD * 2;         // bytes of one K or V tile
+#ifdef JOBX_HOST_EMU
+    JOBX_EMU_DYNAMIC_SHARED(unsigned char, fa_smem);
+#else
     extern __shared__ __align__(16) unsigned char fa_smem[];
+#endif
     __shared__ float btab[TAB];
     __shared__ __align__(8) float kvis[2][FKT];     // per staged key: 1 visible, 0 not
     const unsigned sbase = smem_addr(fa_smem);      // K0, V0, K1, V1, Q

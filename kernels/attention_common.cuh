@@ -64,9 +64,13 @@ __device__ __forceinline__ void flash_block(const jobx_attention_params& p, unsi
 }
 
 __device__ __forceinline__ float ex2_ftz(float x) {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::ex2_ftz(x);
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 // One 16-row tile's softmax step in the 128-query flash kernels (attention_fa2, attention_wg).

@@ -77,16 +77,27 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 // 16-byte asynchronous global -> shared copy (sm_80+); bytes = 0 zero-fills the destination
 // without reading the source (out-of-range rows).
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int bytes) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::cp_async16(dst, src, bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
                  : "memory");
+#endif
 }
 
+// (host emulation: the copies above complete at once, so committing and waiting are no-ops)
+#ifdef JOBX_HOST_EMU
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {}
+#else
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
+#endif
 
 // 8 int8 (byte 0 of raw.x first) as 8 bf16 in k order, exactly (int8_bf16.cuh: bit arithmetic,
 // no integer-to-float conversions).
