@@ -6,7 +6,10 @@
 #   2. the CUDA build: every kernels/*.cu compiled to PTX and sm_80/sm_90 cubin, ptxas's resource
 #      report printed, a spilling kernel fails the build;
 #   3. every test, on the CUDA build (GPU tests print SKIP without a GPU, fail with
-#      JOBX_REQUIRE_GPU=1), then the model checks again with JOBX_NO_AVX512=1.
+#      JOBX_REQUIRE_GPU=1), then the model checks again with JOBX_NO_AVX512=1;
+#   4. the GPU tests again on the emulated device (tools/cuda-emu: kernels/*.cu compiled as host
+#      C++ behind a stand-in libcuda.so), with JOBX_REQUIRE_GPU=1: every kernel but the sm_90a
+#      ones against the CPU references, whether or not this machine has a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,7 +17,8 @@ cargo build --release --locked --all-targets
 bash tools/install-cuda-toolchain.sh
 cargo build --release --locked --features cuda --all-targets
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+emu_log=$(mktemp)
+trap 'rm -f "$log" "$emu_log"' EXIT
 set +e
 cargo test --release --locked --features cuda 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -25,6 +29,17 @@ if [[ $status -eq 0 ]]; then
     --test reference_fixtures --test cpu_weights --test mistral_pipeline 2>&1 | tee -a "$log"
   status=${PIPESTATUS[0]}
 fi
+if [[ $status -eq 0 ]]; then
+  emu_dir="${CARGO_TARGET_DIR:-target}/cuda-emu"
+  bash tools/cuda-emu/build.sh "$emu_dir" 2>&1 | tee -a "$emu_log"
+  status=${PIPESTATUS[0]}
+  if [[ $status -eq 0 ]]; then
+    emu_dir=$(cd "$emu_dir" && pwd)
+    LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_REQUIRE_GPU=1 \
+      cargo test --release --locked --features cuda --test cuda_ops 2>&1 | tee -a "$emu_log"
+    status=${PIPESTATUS[0]}
+  fi
+fi
 set -e
 # One closing line over all test binaries (cargo prints one "test result" line per binary).
 passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
@@ -34,4 +49,9 @@ ignored=$(grep -Eo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
 # (anywhere in a line: parallel tests' output can put one after another test's name)
 gpu_skips=$(grep -Eo 'SKIP [a-z_0-9]+:' "$log" | wc -l)
 echo "tests: $((passed - gpu_skips)) passed, ${failed} failed, $((ignored + gpu_skips)) skipped (${gpu_skips} need a GPU)"
+# the emulated device's run (step 4): its passes are the GPU tests above, run again
+emu_passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$emu_log" | awk '{s += $4} END {print s + 0}')
+emu_failed=$(grep -Eo '[0-9]+ failed;' "$emu_log" | awk '{s += $1} END {print s + 0}')
+emu_skips=$(grep -Eo 'SKIP [a-z_0-9]+:' "$emu_log" | wc -l)
+echo "GPU tests on the emulated sm_80 device: $((emu_passed - emu_skips)) passed, ${emu_failed} failed, ${emu_skips} skipped (sm_90 only)"
 exit "$status"
