@@ -483,6 +483,120 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// Out of GPU memory, end to end, on the emulated device (tools/cuda-emu; its memory size is
+/// JOBX_EMU_MEMORY_BYTES, and JOBX_EMU_PEAK_FILE gets a process's most memory in use at once):
+/// `extract --device cuda` with a batch that does not fit runs it again in halves and writes
+/// every posting's result; with less memory than a posting needs alone, the posting gets an
+/// error record and the run ends with the hint. The limits are placed by the peaks of the same
+/// runs with the memory unlimited: one posting, and four in one batch (every posting is cut to
+/// the same 128 source tokens, so one posting's peak is any single posting's). A real GPU's
+/// memory cannot be shrunk: there the test says so and passes.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_extract_splits_batches_that_run_out_of_memory() {
+    const NAME: &str = "cuda_extract_splits_batches_that_run_out_of_memory";
+    let Some(gpu) = gpu_or_skip(NAME) else {
+        return;
+    };
+    if !gpu.name.contains("cuda-emu") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {NAME}: needs the emulated device's memory limit (device {})",
+            gpu.name
+        );
+        return;
+    }
+    drop(gpu);
+    let model = common::tiny_t5_with_tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let four = common::repo().join("examples/hn-postings.jsonl");
+    let text = std::fs::read_to_string(&four).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 4, "{}", four.display());
+    let one = dir.path().join("one.jsonl");
+    std::fs::write(&one, format!("{}\n", lines[0])).unwrap();
+    // a small schema keeps the outputs short (the job schema needs ~190 tokens)
+    let schema = dir.path().join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"title":{"type":"string","maxLength":20},"remote":{"type":"boolean"}},"required":["title","remote"],"additionalProperties":false}"#,
+    )
+    .unwrap();
+    // (records, stderr, peak bytes) of one run, after asserting it exited 0 with one record per
+    // posting, in input order
+    let run = |input: &std::path::Path, batch: usize, limit: Option<u64>, tag: &str| {
+        let peak = dir.path().join(format!("peak-{tag}"));
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["--device", "cuda", "extract", "--model"])
+            .arg(model.path())
+            .arg(input)
+            .args(["--num-beams", "1", "--max-source-tokens", "128"])
+            .args(["--max-new-tokens", "60", "--batch-size", &batch.to_string()])
+            .arg("--schema")
+            .arg(&schema)
+            .env("JOBX_EMU_PEAK_FILE", &peak)
+            // a fixed GEMM choice: tuning's L2-flush buffer (80 MB) would set the peaks, and
+            // the emulated fixed rule's LM-head kernel (4016 blocks) takes 1 s a step
+            .env("JOBX_GEMM_TUNE", "skinny_tc");
+        match limit {
+            Some(l) => c.env("JOBX_EMU_MEMORY_BYTES", l.to_string()),
+            None => c.env_remove("JOBX_EMU_MEMORY_BYTES"),
+        };
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{tag}: {err}");
+        let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let want: Vec<serde_json::Value> = std::fs::read_to_string(input)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+            .collect();
+        let ids: Vec<_> = recs.iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids, want, "{tag}: one record per posting, in order\n{err}");
+        let peak: u64 = std::fs::read_to_string(&peak)
+            .unwrap_or_else(|e| panic!("{tag}: no peak file from the emulated device: {e}"))
+            .trim()
+            .parse()
+            .unwrap();
+        (recs, err, peak)
+    };
+    let all_ok = |recs: &[serde_json::Value], err: &str, tag: &str| {
+        for r in recs {
+            assert!(
+                r["output"].is_object() && r["error"].is_null(),
+                "{tag}: {r}\n{err}"
+            );
+        }
+    };
+    let (recs, err, peak1) = run(&one, 1, None, "one posting");
+    all_ok(&recs, &err, "one posting");
+    let (recs, err, peak4) = run(&four, 4, None, "batch of 4");
+    all_ok(&recs, &err, "batch of 4");
+    assert!(
+        peak4 > peak1,
+        "a batch of 4 peaked at {peak4} B, one posting at {peak1} B"
+    );
+    // room for a posting alone, not for the batch of 4: split, every result written
+    let (recs, err, _) = run(&four, 4, Some((peak1 + peak4) / 2), "between");
+    all_ok(&recs, &err, "between");
+    assert!(
+        err.contains("out of device memory: a batch of 4 did not fit"),
+        "no retry said:\n{err}"
+    );
+    // room for less than the posting alone: an error record for it, and the hint at the end
+    let (recs, err, _) = run(&one, 1, Some(peak1 - 1), "below one posting");
+    let e = recs[0]["error"].as_str().unwrap_or_default();
+    assert!(e.contains("out of device memory"), "{}\n{err}", recs[0]);
+    assert!(
+        err.contains("did not fit in GPU memory even alone"),
+        "no hint:\n{err}"
+    );
+}
+
 /// The op cases written against `device::Backend` (LoRA, greedy pick, top-k, attention, gather), run on the host
 /// backend without a GPU: checks the host backend (the semantics the device-graph tests rely
 /// on) and the cases themselves against their independent f32/f64 references before a GPU runs

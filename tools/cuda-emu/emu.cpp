@@ -10,6 +10,7 @@
 // TMA are not emulated) and picks the same kernels as on an A100.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -392,8 +393,24 @@ enum : int {
 
 namespace {
 std::recursive_mutex g_mu;  // one launch or copy at a time, from any host thread
-constexpr size_t TOTAL_MEM = 16ull << 30;
-size_t g_used = 0;
+// the device's memory: 16 GiB, or JOBX_EMU_MEMORY_BYTES (tests of the out-of-memory paths)
+size_t total_mem() {
+    static const size_t total = [] {
+        const char* v = std::getenv("JOBX_EMU_MEMORY_BYTES");
+        return v && *v ? (size_t)std::strtoull(v, nullptr, 10) : (size_t)16 << 30;
+    }();
+    return total;
+}
+size_t g_used = 0, g_peak = 0;
+// JOBX_EMU_PEAK_FILE: where the most memory in use at once is written when the process ends
+__attribute__((destructor)) void write_peak() {
+    const char* path = std::getenv("JOBX_EMU_PEAK_FILE");
+    if (!path || !*path) return;
+    if (FILE* f = std::fopen(path, "w")) {
+        std::fprintf(f, "%zu\n", g_peak);
+        std::fclose(f);
+    }
+}
 std::map<CUdeviceptr, size_t> g_allocs;
 
 struct Op {
@@ -485,7 +502,7 @@ API cuDeviceGetName(char* name, int len, int) {
     std::snprintf(name, len, "jobx cuda-emu (host emulation of an sm_80 device)");
     return OK;
 }
-API cuDeviceTotalMem_v2(size_t* b, int) { *b = TOTAL_MEM; return OK; }
+API cuDeviceTotalMem_v2(size_t* b, int) { *b = total_mem(); return OK; }
 API cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) {
         case 75: *v = 8; break;            // compute capability major
@@ -518,8 +535,8 @@ API cuCtxGetFlags(unsigned* f) { *f = 0; return OK; }
 API cuCtxSetFlags(unsigned) { return OK; }
 API cuMemGetInfo_v2(size_t* free_b, size_t* total) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
-    *free_b = TOTAL_MEM - g_used;
-    *total = TOTAL_MEM;
+    *free_b = total_mem() - g_used;
+    *total = total_mem();
     return OK;
 }
 API cuDeviceGetDefaultMemPool(void** pool, int) { *pool = &g_ctx_token; return OK; }
@@ -528,13 +545,14 @@ API cuDeviceGraphMemTrim(int) { return OK; }
 
 API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
-    if (bytes > TOTAL_MEM - g_used) return ERR_OUT_OF_MEMORY;
     const size_t rounded = (bytes + 255) / 256 * 256;
+    if (bytes > total_mem() - g_used || rounded > total_mem() - g_used) return ERR_OUT_OF_MEMORY;
     void* m = std::aligned_alloc(256, rounded ? rounded : 256);
     if (!m) return ERR_OUT_OF_MEMORY;
     *p = (CUdeviceptr)m;
     g_allocs[*p] = rounded;
     g_used += rounded;
+    g_peak = std::max(g_peak, g_used);
     return OK;
 }
 API cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) { return cuMemAllocAsync(p, bytes, nullptr); }
