@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the emulated device (tools/cuda-emu/README.md) into OUT_DIR: libcuda.so (+ .so.1), a
+# Builds the emulated device (tools/cuda-emu/README.md) into OUT_DIR: libcuda.so, a
 # stand-in for the NVIDIA driver whose kernels are kernels/*.cu compiled as host C++.
 #   bash tools/cuda-emu/build.sh OUT_DIR
 # Needs only a C++17 compiler ($CXX, else c++). The sm_90a-only files (*_sm90.cu: wgmma, TMA)
@@ -33,6 +33,8 @@ if [[ $n_table -ne $((n_global - n_sm90)) ]]; then
 fi
 mv "$inc.tmp" "$inc"
 "$cxx" "${flags[@]}" -I"$out/obj" -c tools/cuda-emu/emu.cpp -o "$out/obj/emu.o"
-"$cxx" -shared -Wl,-soname,libcuda.so.1 -o "$out/libcuda.so" "$out/obj/emu.o" "${objs[@]}"
-ln -sf libcuda.so "$out/libcuda.so.1"
+# Only the name cudarc tries first, libcuda.so: no libcuda.so.1 file or soname. NVRTC dlopens
+# libcuda.so.1 itself (in build.rs, to compile the kernels) and crashed on finding this one.
+"$cxx" -shared -Wl,-soname,libcuda.so -o "$out/libcuda.so" "$out/obj/emu.o" "${objs[@]}"
+rm -f "$out/libcuda.so.1"
 echo "cuda-emu: $out/libcuda.so ($n_table kernels)"

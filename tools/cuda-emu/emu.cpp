@@ -8,7 +8,9 @@
 //      stream capture records the work for a graph to replay.
 // The device reports compute capability 8.0, so the runtime loads no sm_90a module (wgmma and
 // TMA are not emulated) and picks the same kernels as on an A100.
+#include <signal.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -411,7 +413,41 @@ __attribute__((destructor)) void write_peak() {
         std::fclose(f);
     }
 }
-std::map<CUdeviceptr, size_t> g_allocs;
+// Every allocation ends where an inaccessible page begins, so a kernel that reads or writes
+// past the end of a buffer (beyond its 256-byte rounding) faults here, where a GPU would
+// mostly read its neighbour; the fault names the kernel, block and thread (on_segv). New
+// memory is filled with 0xff bytes (NaN as bf16 and f32), since a GPU's is not zeroed: a
+// kernel that reads what nobody wrote gives NaN instead of a lucky 0.
+struct Alloc {
+    void* map;
+    size_t map_len, bytes;
+};
+std::map<CUdeviceptr, Alloc> g_allocs;
+const char* g_kernel = nullptr;  // the kernel running, for on_segv
+struct sigaction g_old_segv;
+void on_segv(int, siginfo_t* si, void*) {
+    if (g_kernel) {
+        char msg[512];
+        const jobx_dim3 b = jobx_emu::block_idx, t = jobx_emu::thread_idx();
+        const int n = std::snprintf(msg, sizeof msg,
+                                    "jobx cuda-emu: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): "
+                                    "access to %p, outside every device allocation\n",
+                                    g_kernel, b.x, b.y, b.z, t.x, t.y, t.z, si->si_addr);
+        if (n > 0) (void)!write(2, msg, (size_t)n);
+    }
+    // the fault repeats under the previous handler (Rust's, then the default: the process ends)
+    sigaction(SIGSEGV, &g_old_segv, nullptr);
+}
+void install_segv_handler() {
+    static bool done = false;
+    if (done) return;
+    done = true;
+    struct sigaction sa {};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+}
 
 struct Op {
     enum Kind { KERNEL, MEMSET, COPY } kind;
@@ -452,9 +488,9 @@ double now_ms() {
 void free_mem(CUdeviceptr p) {
     auto it = g_allocs.find(p);
     if (it == g_allocs.end()) return;
-    g_used -= it->second;
+    g_used -= it->second.bytes;
+    munmap(it->second.map, it->second.map_len);
     g_allocs.erase(it);
-    std::free((void*)p);
 }
 
 CUresult run_op(const Op& op) {
@@ -467,7 +503,11 @@ CUresult run_op(const Op& op) {
             return OK;
         case Op::KERNEL: {
             std::string err;
-            if (!jobx_emu::run_grid(op.k->call, op.params.data(), op.grid, op.block, err)) {
+            install_segv_handler();
+            g_kernel = op.k->name;
+            const bool ran = jobx_emu::run_grid(op.k->call, op.params.data(), op.grid, op.block, err);
+            g_kernel = nullptr;
+            if (!ran) {
                 std::fprintf(stderr, "jobx cuda-emu: %s: %s\n", op.k->name, err.c_str());
                 return ERR_LAUNCH_FAILED;
             }
@@ -547,11 +587,16 @@ API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
     const size_t rounded = (bytes + 255) / 256 * 256;
     if (bytes > total_mem() - g_used || rounded > total_mem() - g_used) return ERR_OUT_OF_MEMORY;
-    void* m = std::aligned_alloc(256, rounded ? rounded : 256);
-    if (!m) return ERR_OUT_OF_MEMORY;
-    *p = (CUdeviceptr)m;
-    g_allocs[*p] = rounded;
-    g_used += rounded;
+    const size_t bytes_kept = rounded ? rounded : 256, page = 4096;
+    const size_t data = (bytes_kept + page - 1) / page * page;
+    void* m = mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return ERR_OUT_OF_MEMORY;
+    mprotect((unsigned char*)m + data, page, PROT_NONE);
+    unsigned char* start = (unsigned char*)m + data - bytes_kept;  // 256-byte aligned
+    std::memset(start, 0xff, bytes_kept);
+    *p = (CUdeviceptr)start;
+    g_allocs[*p] = {m, data + page, bytes_kept};
+    g_used += bytes_kept;
     g_peak = std::max(g_peak, g_used);
     return OK;
 }
