@@ -183,11 +183,10 @@ unsigned shared_offset(const void* p) {
 unsigned char* shared_ptr(unsigned off) { return g_dyn_smem + (int64_t)(int32_t)off; }
 unsigned char* dynamic_shared() { return g_dyn_smem; }
 
-// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, D = A B + C. Fragments (g = lane / 4,
-// t = lane % 4): A row-major 16x16, register r of a lane holds rows g (r = 0, 2) / g + 8 (1, 3)
-// and columns 2t, 2t + 1, plus 8 for r = 2, 3; B 16x8, register r holds k = 2t, 2t + 1 (+ 8 for
-// r = 1) of column g; C and D rows g (elements 0, 1) / g + 8 (2, 3), columns 2t, 2t + 1.
-void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+// A lane's mma operands (A's four registers, B's two) deposited, and its warp's 32 when all
+// have arrived: [lane][0] = a0 | a1 << 32, [1] = a2 | a3 << 32, [2] = b0 | b1 << 32.
+using Slab = uint64_t[32][4];
+const Slab& mma_operands(const unsigned* a, unsigned b0, unsigned b1) {
     const Fiber& f = g_fibers[g_cur];
     Warp& wp = g_warps[f.warp];
     const unsigned p = wp.phase & 1;
@@ -196,6 +195,15 @@ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     mine[1] = a[2] | (uint64_t)a[3] << 32;
     mine[2] = b0 | (uint64_t)b1 << 32;
     warp_arrive();
+    return wp.slab[p];
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, D = A B + C. Fragments (g = lane / 4,
+// t = lane % 4): A row-major 16x16, register r of a lane holds rows g (r = 0, 2) / g + 8 (1, 3)
+// and columns 2t, 2t + 1, plus 8 for r = 2, 3; B 16x8, register r holds k = 2t, 2t + 1 (+ 8 for
+// r = 1) of column g; C and D rows g (elements 0, 1) / g + 8 (2, 3), columns 2t, 2t + 1.
+void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    const Slab& ops = mma_operands(a, b0, b1);
     auto half = [](unsigned w, int hi) {
         const uint32_t u = (hi ? w >> 16 : w & 0xffffu) << 16;
         float v;
@@ -203,15 +211,15 @@ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
         return v;
     };
     auto areg = [&](int row, int col) {
-        const uint64_t* s = wp.slab[p][(row % 8) * 4 + (col % 8) / 2];
+        const uint64_t* s = ops[(row % 8) * 4 + (col % 8) / 2];
         const int r = (row >= 8 ? 1 : 0) + (col >= 8 ? 2 : 0);
         return half((unsigned)(s[r / 2] >> (32 * (r % 2))), col & 1);
     };
     auto breg = [&](int k, int n) {
-        const uint64_t* s = wp.slab[p][n * 4 + (k % 8) / 2];
+        const uint64_t* s = ops[n * 4 + (k % 8) / 2];
         return half((unsigned)(s[2] >> (k >= 8 ? 32 : 0)), k & 1);
     };
-    const int g = f.lane / 4, t = f.lane % 4;
+    const int g = lane() / 4, t = lane() % 4;
     for (int e = 0; e < 4; e++) {
         const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         float acc = c[e];
@@ -224,25 +232,18 @@ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
 // g + 8 (1, 3), columns 4t .. 4t + 3 (+ 16 for r = 2, 3), byte i column 4t + i; B 32x8, register
 // r holds k = 4t .. 4t + 3 (+ 16 for r = 1) of column g; C as in the bf16 form, in s32.
 void mma_s8_16832(int* c, const unsigned* a, const unsigned* b) {
-    const Fiber& f = g_fibers[g_cur];
-    Warp& wp = g_warps[f.warp];
-    const unsigned p = wp.phase & 1;
-    uint64_t* mine = wp.slab[p][f.lane];
-    mine[0] = a[0] | (uint64_t)a[1] << 32;
-    mine[1] = a[2] | (uint64_t)a[3] << 32;
-    mine[2] = b[0] | (uint64_t)b[1] << 32;
-    warp_arrive();
+    const Slab& ops = mma_operands(a, b[0], b[1]);
     auto byte = [](unsigned w, int i) { return (int)(signed char)(w >> (8 * i)); };
     auto areg = [&](int row, int col) {
-        const uint64_t* s = wp.slab[p][(row % 8) * 4 + (col % 16) / 4];
+        const uint64_t* s = ops[(row % 8) * 4 + (col % 16) / 4];
         const int r = (row >= 8 ? 1 : 0) + (col >= 16 ? 2 : 0);
         return byte((unsigned)(s[r / 2] >> (32 * (r % 2))), col % 4);
     };
     auto breg = [&](int k, int n) {
-        const uint64_t* s = wp.slab[p][n * 4 + (k % 16) / 4];
+        const uint64_t* s = ops[n * 4 + (k % 16) / 4];
         return byte((unsigned)(s[2] >> (k >= 16 ? 32 : 0)), k % 4);
     };
-    const int g = f.lane / 4, t = f.lane % 4;
+    const int g = lane() / 4, t = lane() % 4;
     for (int e = 0; e < 4; e++) {
         const int row = g + (e >= 2 ? 8 : 0), col = 2 * t + (e & 1);
         uint32_t acc = (uint32_t)c[e];  // s32 accumulation wraps
