@@ -422,6 +422,7 @@ __attribute__((destructor)) void write_peak() {
 struct Alloc {
     void* map;
     size_t map_len, bytes;
+    bool graph;  // made inside a recording: counted while its graph holds memory (below)
 };
 std::map<CUdeviceptr, Alloc> g_allocs;
 const char* g_kernel = nullptr;  // the kernel running, for on_segv
@@ -460,8 +461,16 @@ struct Op {
     size_t bytes = 0;
     unsigned char value = 0;
 };
+// A recording's allocations are its graph's memory, as on a GPU: reserved at its first launch
+// (a launch that finds no room fails with out of memory and runs nothing), held between
+// launches, given back by cuDeviceGraphMemTrim or by destroying the graph.
+// JOBX_EMU_GRAPH_LAUNCH_OOM=1 makes every graph's first launch fail so (tests of the fallback
+// when a recorded step does not fit; the fixtures' recordings need little or no memory).
 struct Graph {
     std::vector<Op> ops;
+    std::vector<CUdeviceptr> mem;  // allocated inside the recording
+    size_t mem_bytes = 0;
+    bool resident = false;
     bool invalidated = false;  // an operation a recording cannot hold was asked for
     std::vector<CUdeviceptr> owned;  // freed inside the recording: kept for the replays
 };
@@ -469,6 +478,19 @@ struct Stream {
     Graph* capture = nullptr;
 };
 Stream g_default_stream;
+std::vector<Graph*> g_graphs;  // every instantiated graph (for the trim)
+bool graph_launch_oom() {
+    static const bool on = [] {
+        const char* v = std::getenv("JOBX_EMU_GRAPH_LAUNCH_OOM");
+        return v && std::strcmp(v, "1") == 0;
+    }();
+    return on;
+}
+void release_graph_mem(Graph* g) {
+    if (!g->resident) return;
+    g->resident = false;
+    g_used -= g->mem_bytes;
+}
 // the recording this host thread began (capture mode THREAD_LOCAL, as the runtime uses): while
 // it lasts, a synchronisation from this thread fails and spoils the recording, as on a GPU
 thread_local Graph* g_my_capture = nullptr;
@@ -486,12 +508,21 @@ double now_ms() {
         .count();
 }
 
-void free_mem(CUdeviceptr p) {
+// frees an ordinary allocation; a graph's memory only with `graph` (its graph is destroyed)
+void free_mem(CUdeviceptr p, bool graph = false) {
     auto it = g_allocs.find(p);
-    if (it == g_allocs.end()) return;
-    g_used -= it->second.bytes;
+    if (it == g_allocs.end() || it->second.graph != graph) return;
+    if (!graph) g_used -= it->second.bytes;
     munmap(it->second.map, it->second.map_len);
     g_allocs.erase(it);
+}
+void destroy_graph(Graph* g) {
+    release_graph_mem(g);
+    for (CUdeviceptr p : g->mem) free_mem(p, true);
+    for (CUdeviceptr p : g->owned) free_mem(p);
+    for (size_t i = 0; i < g_graphs.size(); i++)
+        if (g_graphs[i] == g) g_graphs.erase(g_graphs.begin() + (long)i);
+    delete g;
 }
 
 CUresult run_op(const Op& op) {
@@ -582,12 +613,19 @@ API cuMemGetInfo_v2(size_t* free_b, size_t* total) {
 }
 API cuDeviceGetDefaultMemPool(void** pool, int) { *pool = &g_ctx_token; return OK; }
 API cuMemPoolSetAttribute(void*, int, void*) { return OK; }
-API cuDeviceGraphMemTrim(int) { return OK; }
-
-API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
+API cuDeviceGraphMemTrim(int) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
+    for (Graph* g : g_graphs) release_graph_mem(g);
+    return OK;
+}
+
+API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* stream) {
+    std::lock_guard<std::recursive_mutex> lock(g_mu);
+    Graph* graph = stream_of(stream)->capture;
     const size_t rounded = (bytes + 255) / 256 * 256;
-    if (bytes > total_mem() - g_used || rounded > total_mem() - g_used) return ERR_OUT_OF_MEMORY;
+    // (a recording's allocation gets its memory at the graph's first launch)
+    if (!graph && (bytes > total_mem() - g_used || rounded > total_mem() - g_used)) return ERR_OUT_OF_MEMORY;
+    if (bytes > total_mem()) return ERR_OUT_OF_MEMORY;
     const size_t bytes_kept = rounded ? rounded : 256, page = 4096;
     const size_t data = (bytes_kept + page - 1) / page * page;
     void* m = mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -596,7 +634,12 @@ API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void*) {
     unsigned char* start = (unsigned char*)m + data - bytes_kept;  // 256-byte aligned
     std::memset(start, 0xff, bytes_kept);
     *p = (CUdeviceptr)start;
-    g_allocs[*p] = {m, data + page, bytes_kept};
+    g_allocs[*p] = {m, data + page, bytes_kept, graph != nullptr};
+    if (graph) {
+        graph->mem.push_back(*p);
+        graph->mem_bytes += bytes_kept;
+        return OK;
+    }
     g_used += bytes_kept;
     g_peak = std::max(g_peak, g_used);
     return OK;
@@ -606,8 +649,10 @@ API cuMemFreeAsync(CUdeviceptr p, void* stream) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
     Stream* s = stream_of(stream);
     if (s->capture) {
-        // the recorded work may still use it on every replay: the graph frees it
-        s->capture->owned.push_back(p);
+        // the recorded work may still use it on every replay: the graph frees it (its own
+        // allocations are its memory anyway)
+        auto it = g_allocs.find(p);
+        if (it != g_allocs.end() && !it->second.graph) s->capture->owned.push_back(p);
         return OK;
     }
     free_mem(p);
@@ -669,11 +714,11 @@ API cuStreamEndCapture(void* stream, void** graph) {
     s->capture = nullptr;
     if (g_my_capture == g) g_my_capture = nullptr;
     if (g->invalidated) {
-        for (CUdeviceptr p : g->owned) free_mem(p);
-        delete g;
+        destroy_graph(g);
         *graph = nullptr;
         return ERR_CAPTURE_INVALIDATED;
     }
+    g_graphs.push_back(g);
     *graph = g;
     return OK;
 }
@@ -690,7 +735,14 @@ API cuGraphLaunch(void* exec, void* stream) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
     if (!exec) return ERR_INVALID_HANDLE;
     if (stream_of(stream)->capture) return ERR_NOT_SUPPORTED;
-    for (const Op& op : ((Graph*)exec)->ops) {
+    Graph* g = (Graph*)exec;
+    if (!g->resident) {
+        if (g->mem_bytes > total_mem() - g_used || graph_launch_oom()) return ERR_OUT_OF_MEMORY;
+        g->resident = true;
+        g_used += g->mem_bytes;
+        g_peak = std::max(g_peak, g_used);
+    }
+    for (const Op& op : g->ops) {
         const CUresult r = run_op(op);
         if (r != OK) return r;
     }
@@ -699,9 +751,7 @@ API cuGraphLaunch(void* exec, void* stream) {
 API cuGraphExecDestroy(void*) { return OK; }  // the exec is its graph
 API cuGraphDestroy(void* graph) {
     std::lock_guard<std::recursive_mutex> lock(g_mu);
-    Graph* g = (Graph*)graph;
-    for (CUdeviceptr p : g->owned) free_mem(p);
-    delete g;
+    destroy_graph((Graph*)graph);
     return OK;
 }
 
