@@ -142,18 +142,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) attention_bf16(jobx_att
 // every stride is a multiple of 8 elements (16-byte copies); dynamic shared memory
 // 2 x 2 x 64 x (dk + 8) x 2 bytes (36 KB / 68 KB).
 
-__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-#ifdef JOBX_HOST_EMU
-    jobx_emu::mma_bf16_16816(c, a, b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 __device__ __forceinline__ void ldsm_x4(unsigned* r, unsigned addr) {
 #ifdef JOBX_HOST_EMU
     jobx_emu::ldmatrix_x4(r, addr, false);

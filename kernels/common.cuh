@@ -99,6 +99,21 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 #endif
 
+// D += A B on tensor cores, bf16 in, f32 accumulate: mma.sync m16n8k16, A row-major (4
+// registers of bf16 pairs), B column-major (b0, b1), C/D 4 floats in the PTX ISA's fragment
+// layout (the mma.sync GEMM tiles and flash attention).
+__device__ __forceinline__ void mma_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mma_bf16_16816(c, a, b0, b1);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
 // 8 int8 (byte 0 of raw.x first) as 8 bf16 in k order, exactly (int8_bf16.cuh: bit arithmetic,
 // no integer-to-float conversions).
 __device__ __forceinline__ uint4 i8x8_to_bf16x8(uint2 raw) {

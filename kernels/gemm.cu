@@ -28,18 +28,6 @@
 #define BN 64
 #define THREADS 128
 
-__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, const unsigned* b) {
-#ifdef JOBX_HOST_EMU
-    jobx_emu::mma_bf16_16816(c, a, b[0], b[1]);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#endif
-}
-
 __device__ __forceinline__ void mma_s8(int* c, const unsigned* a, const unsigned* b) {
 #ifdef JOBX_HOST_EMU
     jobx_emu::mma_s8_16832(c, a, b);
@@ -104,7 +92,7 @@ __device__ __forceinline__ void mma_slice_bf16(const bf16 (&As)[BM][LDS], const 
 #pragma unroll
         for (int i = 0; i < 2; i++)
 #pragma unroll
-            for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], a[i], b[j]);
+            for (int j = 0; j < 4; j++) mma_16816(acc[i][j], a[i], b[j][0], b[j][1]);
     }
 }
 
@@ -438,7 +426,7 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
                     const unsigned hu[4] = {hi.x, hi.y, hi.z, hi.w};
                     const unsigned a[4] = {lu[2 * h], hu[2 * h], lu[2 * h + 1], hu[2 * h + 1]};
 #pragma unroll
-                    for (int j = 0; j < 2; j++) mma_bf16(acc[i][j], a, b[j]);
+                    for (int j = 0; j < 2; j++) mma_16816(acc[i][j], a, b[j][0], b[j][1]);
                 }
             }
         }
