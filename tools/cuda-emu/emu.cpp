@@ -106,8 +106,6 @@ void switch_away() {
     jobx_emu_switch(&g_fibers[from].sp, g_sched_sp);
 }
 
-void yield_blocked() { switch_away(); }
-
 void release_warp(int w) {
     Warp& wp = g_warps[w];
     wp.arrived = 0;
@@ -132,7 +130,7 @@ void warp_arrive() {
         return;
     }
     f.state = WAIT_WARP;
-    yield_blocked();
+    switch_away();
 }
 
 [[noreturn]] void fiber_main() {
@@ -152,16 +150,22 @@ void warp_arrive() {
 const jobx_dim3& thread_idx() { return g_fibers[g_cur].tid; }
 int lane() { return g_fibers[g_cur].lane; }
 
-const uint64_t* warp_exchange(uint64_t v) {
+// The calling lane's words deposited, and its warp's 32 deposits ([lane][word]) once every live
+// lane has made its own: the exchange under every warp collective.
+using Slab = uint64_t[32][4];
+const Slab& warp_deposit(uint64_t w0, uint64_t w1 = 0, uint64_t w2 = 0) {
     const Fiber& f = g_fibers[g_cur];
     Warp& wp = g_warps[f.warp];
-    const unsigned p = wp.phase & 1;
-    wp.slab[p][f.lane][0] = v;
+    const unsigned p = wp.phase & 1;  // (the release moves the phase on)
+    uint64_t* mine = wp.slab[p][f.lane];
+    mine[0] = w0;
+    mine[1] = w1;
+    mine[2] = w2;
     warp_arrive();
-    static thread_local uint64_t out[32];
-    for (int l = 0; l < 32; l++) out[l] = wp.slab[p][l][0];
-    return out;
+    return wp.slab[p];
 }
+
+WarpDeposits warp_exchange(uint64_t v) { return {warp_deposit(v)}; }
 
 void warp_sync() { warp_arrive(); }
 
@@ -172,7 +176,7 @@ bool block_sync_and(bool pred) {
         release_block();
     } else {
         g_fibers[g_cur].state = WAIT_BLOCK;
-        yield_blocked();
+        switch_away();
     }
     return g_block_and[p];
 }
@@ -185,17 +189,8 @@ unsigned char* dynamic_shared() { return g_dyn_smem; }
 
 // A lane's mma operands (A's four registers, B's two) deposited, and its warp's 32 when all
 // have arrived: [lane][0] = a0 | a1 << 32, [1] = a2 | a3 << 32, [2] = b0 | b1 << 32.
-using Slab = uint64_t[32][4];
 const Slab& mma_operands(const unsigned* a, unsigned b0, unsigned b1) {
-    const Fiber& f = g_fibers[g_cur];
-    Warp& wp = g_warps[f.warp];
-    const unsigned p = wp.phase & 1;
-    uint64_t* mine = wp.slab[p][f.lane];
-    mine[0] = a[0] | (uint64_t)a[1] << 32;
-    mine[1] = a[2] | (uint64_t)a[3] << 32;
-    mine[2] = b0 | (uint64_t)b1 << 32;
-    warp_arrive();
-    return wp.slab[p];
+    return warp_deposit(a[0] | (uint64_t)a[1] << 32, a[2] | (uint64_t)a[3] << 32, b0 | (uint64_t)b1 << 32);
 }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, D = A B + C. Fragments (g = lane / 4,
@@ -256,20 +251,16 @@ void mma_s8_16832(int* c, const unsigned* a, const unsigned* b) {
 // matrix j / 8 (8 b16 each); register i of lane l gets matrix i's elements (l / 4, 2 (l % 4))
 // and (l / 4, 2 (l % 4) + 1), or with .trans (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4).
 void ldmatrix_x4(unsigned* r, unsigned addr, bool trans) {
-    const Fiber& f = g_fibers[g_cur];
-    Warp& wp = g_warps[f.warp];
-    const unsigned p = wp.phase & 1;
-    wp.slab[p][f.lane][0] = addr;
-    warp_arrive();
-    const int l = f.lane;
+    const Slab& rows = warp_deposit(addr);
+    const int l = lane();
     for (int i = 0; i < 4; i++) {
         if (!trans) {
-            const unsigned char* row = shared_ptr((unsigned)wp.slab[p][i * 8 + l / 4][0]);
+            const unsigned char* row = shared_ptr((unsigned)rows[i * 8 + l / 4][0]);
             std::memcpy(&r[i], row + 4 * (l % 4), 4);
         } else {
             uint16_t lo, hi;
-            std::memcpy(&lo, shared_ptr((unsigned)wp.slab[p][i * 8 + 2 * (l % 4)][0]) + 2 * (l / 4), 2);
-            std::memcpy(&hi, shared_ptr((unsigned)wp.slab[p][i * 8 + 2 * (l % 4) + 1][0]) + 2 * (l / 4), 2);
+            std::memcpy(&lo, shared_ptr((unsigned)rows[i * 8 + 2 * (l % 4)][0]) + 2 * (l / 4), 2);
+            std::memcpy(&hi, shared_ptr((unsigned)rows[i * 8 + 2 * (l % 4) + 1][0]) + 2 * (l / 4), 2);
             r[i] = lo | (unsigned)hi << 16;
         }
     }

@@ -9,7 +9,6 @@
 #include <cstring>
 
 #define __device__
-#define __host__
 #define __global__
 #define __forceinline__ inline
 #define __restrict__ __restrict
@@ -26,8 +25,12 @@ namespace jobx_emu {
 const jobx_dim3& thread_idx();
 extern jobx_dim3 block_idx, block_dim, grid_dim;
 // warp collectives: every live lane of the caller's warp deposits `v`; the call returns when
-// all have, with the 32 deposits (lane order)
-const uint64_t* warp_exchange(uint64_t v);
+// all have, with the 32 deposits (lane order; read them before the caller's next collective)
+struct WarpDeposits {
+    const uint64_t (*slab)[4];
+    uint64_t operator[](int lane) const { return slab[lane][0]; }
+};
+WarpDeposits warp_exchange(uint64_t v);
 void warp_sync();
 // block barrier; returns the AND of every live thread's `pred`
 bool block_sync_and(bool pred);
@@ -46,19 +49,14 @@ int lane();
 // memory name it through this macro in host builds
 #define JOBX_EMU_DYNAMIC_SHARED(T, name) T* name = (T*)jobx_emu::dynamic_shared()
 
+// (only what kernels/*.cu use: a kernel that needs more fails to compile here, not silently)
 struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
 struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
-struct __attribute__((aligned(8))) int2 { int x, y; };
-struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
 struct __attribute__((aligned(8))) float2 { float x, y; };
-struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 // (__uint_as_float, __float_as_uint and __byte_perm: the host shims of kernels/int8_bf16.cuh)
 
 // bf16 as the device rounds it: f32 to bf16 round-to-nearest-even, NaN kept quiet
@@ -84,10 +82,8 @@ struct __attribute__((aligned(4))) __nv_bfloat162 {
     __nv_bfloat16 x, y;
 };
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
-inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline float __bfloat162float(__nv_bfloat16 b) { return (float)b; }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.x; }
-inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { __nv_bfloat16 b; b.x = u; return b; }
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
 inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {(float)v.x, (float)v.y}; }
 inline float __low2float(__nv_bfloat162 v) { return (float)v.x; }
@@ -112,20 +108,10 @@ template <typename T>
 inline T __shfl_sync(unsigned, T v, int src) {
     return jobx_emu_shfl(v, src);
 }
-template <typename T>
-inline T __shfl_down_sync(unsigned, T v, unsigned d) {
-    const int lane = jobx_emu::lane();
-    return jobx_emu_shfl(v, lane + (int)d < 32 ? lane + (int)d : lane);
-}
 inline int __any_sync(unsigned, int pred) {
-    const uint64_t* all = jobx_emu::warp_exchange(pred != 0);
+    const jobx_emu::WarpDeposits all = jobx_emu::warp_exchange(pred != 0);
     for (int l = 0; l < 32; l++) if (all[l]) return 1;
     return 0;
-}
-inline int __all_sync(unsigned, int pred) {
-    const uint64_t* all = jobx_emu::warp_exchange(pred != 0);
-    for (int l = 0; l < 32; l++) if (!all[l]) return 0;
-    return 1;
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { jobx_emu::warp_sync(); }
 inline void __syncthreads() { (void)jobx_emu::block_sync_and(true); }
@@ -139,12 +125,8 @@ template <typename T>
 inline T __ldcg(const T* p) { return *p; }
 template <typename T>
 inline void __stcg(T* p, T v) { *p = v; }
-template <typename T>
-inline T __ldg(const T* p) { return *p; }
 inline size_t __cvta_generic_to_shared(const void* p) { return jobx_emu::shared_offset(p); }
 
-inline float __expf(float x) { return std::exp(x); }
-inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 
 // The PTX the kernels issue through inline asm, on the same fragment layouts (PTX ISA,
