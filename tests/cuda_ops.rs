@@ -525,52 +525,53 @@ fn cuda_extract_survives_running_out_of_memory() {
         r#"{"type":"object","properties":{"title":{"type":"string","maxLength":20},"remote":{"type":"boolean"}},"required":["title","remote"],"additionalProperties":false}"#,
     )
     .unwrap();
+    let id = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone();
+    let ids4: Vec<serde_json::Value> = lines.iter().map(|l| id(l)).collect();
+    let (one, four) = ((one.as_path(), &ids4[..1]), (four.as_path(), &ids4[..]));
     // (records, stderr, peak bytes) of one run, after asserting it exited 0 with one record per
     // posting, in input order
-    let run =
-        |input: &std::path::Path, batch: usize, limit: Option<u64>, graph_oom: bool, tag: &str| {
-            let peak = dir.path().join(format!("peak-{tag}"));
-            let mut c = std::process::Command::new(common::bin());
-            c.args(["--device", "cuda", "extract", "--model"])
-                .arg(model.path())
-                .arg(input)
-                .args(["--num-beams", "1", "--max-source-tokens", "128"])
-                .args(["--max-new-tokens", "60", "--batch-size", &batch.to_string()])
-                .arg("--schema")
-                .arg(&schema)
-                .env("JOBX_EMU_PEAK_FILE", &peak)
-                // a fixed GEMM choice: tuning's L2-flush buffer (80 MB) would set the peaks, and
-                // the emulated fixed rule's LM-head kernel (4016 blocks) takes 1 s a step
-                .env("JOBX_GEMM_TUNE", "skinny_tc");
-            match limit {
-                Some(l) => c.env("JOBX_EMU_MEMORY_BYTES", l.to_string()),
-                None => c.env_remove("JOBX_EMU_MEMORY_BYTES"),
-            };
-            c.env(
-                "JOBX_EMU_GRAPH_LAUNCH_OOM",
-                if graph_oom { "1" } else { "0" },
-            );
-            let o = c.output().unwrap();
-            let err = String::from_utf8_lossy(&o.stderr).to_string();
-            assert!(o.status.success(), "{tag}: {err}");
-            let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            let want: Vec<serde_json::Value> = std::fs::read_to_string(input)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
-                .collect();
-            let ids: Vec<_> = recs.iter().map(|r| r["id"].clone()).collect();
-            assert_eq!(ids, want, "{tag}: one record per posting, in order\n{err}");
-            let peak: u64 = std::fs::read_to_string(&peak)
-                .unwrap_or_else(|e| panic!("{tag}: no peak file from the emulated device: {e}"))
-                .trim()
-                .parse()
-                .unwrap();
-            (recs, err, peak)
+    let run = |(input, want): (&std::path::Path, &[serde_json::Value]),
+               batch: usize,
+               limit: Option<u64>,
+               graph_oom: bool,
+               tag: &str| {
+        let peak = dir.path().join(format!("peak-{tag}"));
+        let mut c = std::process::Command::new(common::bin());
+        c.args(["--device", "cuda", "extract", "--model"])
+            .arg(model.path())
+            .arg(input)
+            .args(["--num-beams", "1", "--max-source-tokens", "128"])
+            .args(["--max-new-tokens", "60", "--batch-size", &batch.to_string()])
+            .arg("--schema")
+            .arg(&schema)
+            .env("JOBX_EMU_PEAK_FILE", &peak)
+            // a fixed GEMM choice: tuning's L2-flush buffer (80 MB) would set the peaks, and
+            // the emulated fixed rule's LM-head kernel (4016 blocks) takes 1 s a step
+            .env("JOBX_GEMM_TUNE", "skinny_tc");
+        match limit {
+            Some(l) => c.env("JOBX_EMU_MEMORY_BYTES", l.to_string()),
+            None => c.env_remove("JOBX_EMU_MEMORY_BYTES"),
         };
+        c.env(
+            "JOBX_EMU_GRAPH_LAUNCH_OOM",
+            if graph_oom { "1" } else { "0" },
+        );
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{tag}: {err}");
+        let recs: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ids: Vec<_> = recs.iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids, want, "{tag}: one record per posting, in order\n{err}");
+        let peak: u64 = std::fs::read_to_string(&peak)
+            .unwrap_or_else(|e| panic!("{tag}: no peak file from the emulated device: {e}"))
+            .trim()
+            .parse()
+            .unwrap();
+        (recs, err, peak)
+    };
     let all_ok = |recs: &[serde_json::Value], err: &str, tag: &str| {
         for r in recs {
             assert!(
@@ -579,23 +580,26 @@ fn cuda_extract_survives_running_out_of_memory() {
             );
         }
     };
-    let (recs, err, peak1) = run(&one, 1, None, false, "one posting");
+    let (recs, err, peak1) = run(one, 1, None, false, "one posting");
     all_ok(&recs, &err, "one posting");
-    let (recs4, err, peak4) = run(&four, 4, None, false, "batch of 4");
+    let (recs4, err, peak4) = run(four, 4, None, false, "batch of 4");
     all_ok(&recs4, &err, "batch of 4");
     assert!(
         peak4 > peak1,
         "a batch of 4 peaked at {peak4} B, one posting at {peak1} B"
     );
     // room for a posting alone, not for the batch of 4: split, every result written
-    let (recs, err, _) = run(&four, 4, Some((peak1 + peak4) / 2), false, "between");
+    let (recs, err, _) = run(four, 4, Some((peak1 + peak4) / 2), false, "between");
     all_ok(&recs, &err, "between");
     assert!(
-        err.contains("out of device memory: a batch of 4 did not fit"),
+        err.contains(&format!(
+            "{}a batch of 4 did not fit",
+            jobx_engine::extract::OOM_RETRY_WARNING
+        )),
         "no retry said:\n{err}"
     );
     // room for less than the posting alone: an error record for it, and the hint at the end
-    let (recs, err, _) = run(&one, 1, Some(peak1 - 1), false, "below one posting");
+    let (recs, err, _) = run(one, 1, Some(peak1 - 1), false, "below one posting");
     let e = recs[0]["error"].as_str().unwrap_or_default();
     assert!(e.contains("out of device memory"), "{}\n{err}", recs[0]);
     assert!(
@@ -603,7 +607,7 @@ fn cuda_extract_survives_running_out_of_memory() {
         "no hint:\n{err}"
     );
     // the recorded step's first launch does not fit: plain steps, the same records
-    let (recs, err, _) = run(&four, 4, None, true, "graph launch out of memory");
+    let (recs, err, _) = run(four, 4, None, true, "graph launch out of memory");
     all_ok(&recs, &err, "graph launch out of memory");
     assert!(
         err.contains("did not fit in device memory") && err.contains("goes on without graphs"),
