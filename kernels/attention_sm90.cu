@@ -39,7 +39,11 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     constexpr unsigned QHALF = 64 * 128;             // one warpgroup's 64 rows x 64 columns
     // T5 bias table as in attention_fa2 (one row tile per warp): offsets [-15, FKT - 1]
     constexpr int L = FA_BIAS_R_MAX + FQB + FKT, TC = L + 16, TAB = TC + L + FKT + 8;
+#ifdef JOBX_HOST_EMU
+    JOBX_EMU_DYNAMIC_SHARED(unsigned char, dyn_smem);
+#else
     extern __shared__ unsigned char dyn_smem[];
+#endif
     __shared__ float btab[TAB];
     __shared__ __align__(8) float kvis[2][FKT];      // per staged key: 1 visible, 0 not
     // stage 0, stage 1, then Q (warpgroup 0 halves, warpgroup 1 halves); swizzle atoms need
@@ -118,7 +122,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
         cp_async_wait<1>();  // this block's copies landed
         // cp.async writes are generic-proxy writes: make them visible to wgmma's (async proxy)
         // reads before the barrier
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        fence_proxy_async();
         __syncthreads();
         if (active) {
             const unsigned kst = base + st * KV_STAGE, vst = kst + H * HALF;
@@ -134,14 +138,14 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
 #pragma unroll
             for (int i = 0; i < FKT / 2; i++) s[i] = 0.f;
             fence_acc(s);
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < DK / 16; ks++) {
                 const unsigned hq = (ks >> 2) * QHALF + (ks & 3) * 32, hk = (ks >> 2) * HALF + (ks & 3) * 32;
                 wgmma_bf16_n128(s, desc_sw128(qw + hq), desc_sw128(kst + hk), ks > 0);
             }
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            wgmma_commit();
+            wgmma_wait<0>();
             fence_acc(s);
             // scores: s[4n + e] = row g (+ 8 for e >= 2), key j0 + 8n + 2t (+ 1 for odd e)
             const bool plain = all_vis && (!p.causal || j0 + FKT - 1 <= q_off + iw) &&
@@ -177,15 +181,15 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
             for (int kk = 0; kk < FKT / 16; kk++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) fence_reg(pa[kk][i]);
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < FKT / 16; kk++) {
                 const unsigned long long dv = desc_sw128_mn(vst + kk * 2048, HALF);
                 if constexpr (DK == 64) wgmma_bf16_rs_n64_tb(o, pa[kk], dv, 1);
                 else wgmma_bf16_rs_n128_tb(o, pa[kk], dv, 1);
             }
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+            wgmma_commit();
+            wgmma_wait<0>();
             fence_acc(o);
             // the A registers are read by the tensor cores until the wait: keep them allocated
 #pragma unroll

@@ -75,11 +75,20 @@ __device__ __forceinline__ void wgmma_slice(typename AccT<INT8>::type (&d)[BN / 
 // phase n - 1 of `empty`.
 #define TMA_THREADS 384
 
+// (host emulation: tools/cuda-emu/emu.cpp keeps each barrier's phase, pending arrivals and
+// transaction bytes; a waiting thread yields until the phase it waits for completes)
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_init(bar, count);
+#else
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_wait(bar, parity);
+#else
     asm volatile(
         "{\n"
         ".reg .pred P1;\n"
@@ -91,25 +100,38 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
         "}\n" ::"r"(bar),
         "r"(parity)
         : "memory");
+#endif
 }
 
 __device__ __forceinline__ void mbar_arrive(unsigned bar) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_arrive(bar, 0);
+#else
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_arrive(bar, bytes);
+#else
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
                  : "memory");
+#endif
 }
 
 // 2-D bulk tensor copy of one box at coordinates (c0 = byte-or-element offset along k, c1 = row)
 __device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, int c0, int c1,
                                             unsigned bar) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::tma_load_2d(dst, map, c0, c1, bar);
+#else
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
         "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"(map), "r"(c0), "r"(c1), "r"(bar)
         : "memory");
+#endif
 }
 
 // The slots' barriers (thread 0), visible to the whole block and to the copy engine: `full`
@@ -125,7 +147,9 @@ __device__ __forceinline__ void init_slots(unsigned long long (&full)[STAGES],
             mbar_init(smem_addr(&empty[s]), 2);
         }
         // make the initialised barriers visible to the copy engine (async proxy)
+#ifndef JOBX_HOST_EMU
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
     }
     __syncthreads();
 }
@@ -188,10 +212,10 @@ __device__ __forceinline__ void consume_slot(typename AccT<INT8>::type (&acc)[BN
     constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
     mbar_wait(smem_addr(&full[slot]), parity);
     waited();
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma_fence();
     wgmma_slice<BN, INT8>(acc, a_base + slot * A_BYTES + c * 64 * SLICE_BYTES, b_base + slot * B_BYTES);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    wgmma_commit();
+    wgmma_wait<1>();
     if (release_ok && (threadIdx.x & 127) == 0) mbar_arrive(smem_addr(&empty[release]));
 }
 
@@ -206,21 +230,33 @@ __device__ __forceinline__ void consume_slot(typename AccT<INT8>::type (&acc)[BN
 //   [4] clock64: consumer 0's last wgmma done      [5] clock64: consumer 0's rows written
 //   [6] globaltimer at [5]                         [7] clock64: the producer issued its last copy
 __device__ __forceinline__ unsigned long long trace_ns() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::globaltimer();
+#else
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
     return t;
+#endif
 }
 
 __device__ __forceinline__ unsigned long long trace_clock() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::clock64();
+#else
     unsigned long long t;
     asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(t));
     return t;
+#endif
 }
 
 __device__ __forceinline__ unsigned trace_smid() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::smid();
+#else
     unsigned id;
     asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
     return id;
+#endif
 }
 
 template <int BN, int STAGES, bool INT8>
@@ -229,7 +265,11 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     const jobx_gemm_params& p = tp.g;
     constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
     constexpr int KS = SLICE_BYTES / (INT8 ? 1 : 2);  // k elements per slice
+#ifdef JOBX_HOST_EMU
+    JOBX_EMU_DYNAMIC_SHARED(unsigned char, dyn_smem);
+#else
     extern __shared__ unsigned char dyn_smem[];
+#endif
     __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
     const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
     const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
@@ -265,7 +305,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
                                        kt > 0, (kt - 1) % STAGES, [&] {
                                            if (tr && kt == 0 && tid == 128) tr[3] = trace_clock();
                                        });
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma_wait<0>();
     if (tr && tid == 128) tr[4] = trace_clock();
     // (the last slot's release is not needed: the producer issues no more copies)
     fence_acc(acc);
@@ -281,7 +321,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
                         (((unsigned long long)p.y) & 15) == 0;
     if (staged) {
         constexpr int LDE = BN + 4;  // f32 per staged row (16 bytes of padding)
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");  // both consumers done with the stages
+        bar_named<256>(1);  // both consumers done with the stages
         float* et = (float*)(dyn_smem + (base - smem_addr(dyn_smem))) + c * 64 * LDE;
         const int rl = warp * 16 + g;
         float xs0, xs1;
@@ -294,7 +334,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
             *(float2*)&et[rl * LDE + cl] = make_float2(v[0], v[1]);
             *(float2*)&et[(rl + 8) * LDE + cl] = make_float2(v[2], v[3]);
         }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // this warpgroup's tile
+        bar_named<128>(2 + c);  // this warpgroup's tile
         bf16* y = (bf16*)p.y;
         const int lt = tid & 127;
         for (int e = lt; e < 64 * (BN / 8); e += 128) {
@@ -334,7 +374,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     }
     if (tr) {
         // every thread of this consumer past its stores (issued, not necessarily landed)
-        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+        bar_named<128>(2 + c);
         if (tid == 128) {
             tr[5] = trace_clock();
             tr[6] = trace_ns();
@@ -361,7 +401,11 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
     constexpr unsigned A_BYTES = SM90_BM * SLICE_BYTES, B_BYTES = BN * SLICE_BYTES;
     constexpr int KS = SLICE_BYTES / (INT8 ? 1 : 2);  // k elements per slice
     constexpr int LDE = BN + 8;                        // bf16 per staged row (16 bytes of padding)
+#ifdef JOBX_HOST_EMU
+    JOBX_EMU_DYNAMIC_SHARED(unsigned char, dyn_smem);
+#else
     extern __shared__ unsigned char dyn_smem[];
+#endif
     __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
     const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
     const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
@@ -397,11 +441,11 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
         for (int kt = 0; kt < kt_n; kt++, it++)
             consume_slot<BN, STAGES, INT8>(acc, full, empty, a_base, b_base, c, (int)(it % STAGES),
                                            (unsigned)((it / STAGES) & 1), kt > 0, (int)((it - 1) % STAGES), [] {});
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        wgmma_wait<0>();
         if ((tid & 127) == 0 && kt_n > 0) mbar_arrive(smem_addr(&empty[(it - 1) % STAGES]));  // the last slice
         fence_acc(acc);
         // epilogue: scaled f32 -> bf16 (one rounding) into the staging rows, then rows out
-        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");  // last tile's reads done
+        bar_named<128>(2 + c);  // last tile's reads done
         const long long r = m0 + c * 64 + rl;
         float xs0, xs1;
         x_scales(p, r, xs0, xs1);
@@ -413,7 +457,7 @@ __device__ __forceinline__ void gemm_tma_persistent(const jobx_gemm_tma_params& 
             *(__nv_bfloat162*)&et[rl * LDE + cl] = __floats2bfloat162_rn(v[0], v[1]);
             *(__nv_bfloat162*)&et[(rl + 8) * LDE + cl] = __floats2bfloat162_rn(v[2], v[3]);
         }
-        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + c) : "memory");
+        bar_named<128>(2 + c);
         for (int e = tid & 127; e < 64 * (BN / 8); e += 128) {
             const int rr = e / (BN / 8), cc = (e % (BN / 8)) * 8;
             const long long row = m0 + c * 64 + rr, col = n0 + cc;

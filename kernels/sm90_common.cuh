@@ -12,10 +12,16 @@ __device__ __forceinline__ unsigned long long desc_sw128(unsigned addr) {
 
 // The accumulators are asm outputs the compiler could read (e.g. convert s32 -> f32) before the
 // final wgmma.wait_group: tie each to an empty asm placed after it (CUTLASS's
-// warpgroup_fence_operand).
+// warpgroup_fence_operand). (Host emulation: the emulated wgmma reads and writes the registers
+// through their addresses, inside calls the compiler cannot see into, so no fence is needed.)
+#ifdef JOBX_HOST_EMU
+template <typename T>
+__device__ __forceinline__ void fence_reg(T&) {}
+#else
 __device__ __forceinline__ void fence_reg(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void fence_reg(int& v) { asm volatile("" : "+r"(v)::"memory"); }
 __device__ __forceinline__ void fence_reg(unsigned& v) { asm volatile("" : "+r"(v)::"memory"); }
+#endif
 template <typename T, int N>
 __device__ __forceinline__ void fence_acc(T (&acc)[N]) {
 #pragma unroll
@@ -29,4 +35,51 @@ __device__ __forceinline__ void fence_acc(T (&acc)[N]) {
 __device__ __forceinline__ unsigned long long desc_sw128_mn(unsigned addr, unsigned lbo) {
     return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
            ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// The warpgroup-MMA sequence (PTX ISA, "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"):
+// wgmma.fence before the first wgmma that touches registers written since, commit_group closes
+// the wgmma issued so far into a group, wait_group<N> returns once at most N groups are in
+// flight. The host emulation (tools/cuda-emu) runs a group's products at the wait that retires
+// it, the latest moment the hardware may, so reading an accumulator, or reusing the shared
+// memory a product reads, before that wait gives a wrong result there too.
+__device__ __forceinline__ void wgmma_fence() {
+#ifndef JOBX_HOST_EMU
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Generic-proxy writes to shared memory (st.shared, cp.async) made visible to the async proxy
+// (wgmma's operand reads, TMA) before a barrier that orders them.
+__device__ __forceinline__ void fence_proxy_async() {
+#ifndef JOBX_HOST_EMU
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Named barrier `id` (1..15; 0 is __syncthreads) for COUNT threads, a multiple of 32.
+template <int COUNT>
+__device__ __forceinline__ void bar_named(int id) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::named_barrier(id, COUNT);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(COUNT) : "memory");
+#endif
 }
