@@ -6,8 +6,9 @@
 //   2. the driver API entry points the Rust runtime (through cudarc) calls, over host memory:
 //      device pointers are host pointers, every stream runs its work at once, in order, and a
 //      stream capture records the work for a graph to replay.
-// The device reports compute capability 8.0, so the runtime loads no sm_90a module (wgmma and
-// TMA are not emulated) and picks the same kernels as on an A100.
+// The device reports compute capability 8.0 (an A100's kernels and choices), or 9.0 with
+// JOBX_EMU_SM=90 (an H100's: the sm_90a kernels with wgmma, TMA and mbarriers, section
+// "sm_90a" below).
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
@@ -60,14 +62,21 @@ jobx_emu_switch:
 
 namespace jobx_emu {
 jobx_dim3 block_idx, block_dim, grid_dim;
+const char* g_kernel_name = nullptr;  // the kernel running (messages, on_segv)
+// Ends the process with the kernel, block and thread that did something the hardware forbids
+// or the emulator does not model (a wgmma of an incomplete warpgroup, an unknown descriptor).
+[[noreturn]] void fatal(const std::string& what);
 
 namespace {
-enum State { RUN, WAIT_WARP, WAIT_BLOCK, DONE };
+// WAIT_GROUP: at a warpgroup collective (wgmma and its commit / wait); WAIT_NAMED: at named
+// barrier `bar`; SPIN: polling an mbarrier, runnable again when some mbarrier's phase completes
+enum State { RUN, WAIT_WARP, WAIT_BLOCK, WAIT_GROUP, WAIT_NAMED, SPIN, DONE };
 struct Fiber {
     void* sp = nullptr;
     jobx_dim3 tid;
-    int warp = 0, lane = 0;
+    int warp = 0, lane = 0, group = 0, bar = 0;
     State state = DONE;
+    bool woken = false;  // runnable again since an mbarrier phase it polled completed
 };
 struct Warp {
     int live = 0, arrived = 0;
@@ -78,26 +87,75 @@ struct Warp {
 };
 constexpr size_t STACK = 256 * 1024;
 constexpr int MAX_THREADS = 1024;
-// dynamic shared memory (and the base of the shared-window offsets)
-alignas(128) unsigned char g_dyn_smem[232448];
+// Dynamic shared memory (and the base of the shared-window offsets): the most a block may ask
+// for (227 KB, as an A100 or H100) rounded up to whole pages, plus a page that stays
+// inaccessible. A launch's dynamic shared memory is placed to end where the inaccessible pages
+// begin (run_grid), so a kernel that reaches past what its launch asked for faults.
+constexpr size_t PAGE = 4096, DYN_MAX = 232448;
+constexpr size_t DYN_BUF = (DYN_MAX + PAGE - 1) / PAGE * PAGE + PAGE;
+alignas(PAGE) unsigned char g_dyn_smem[DYN_BUF];
+unsigned char* g_dyn_start = g_dyn_smem;  // this launch's dynamic shared memory
 std::vector<Fiber> g_fibers(MAX_THREADS);
 std::vector<unsigned char*> g_stacks;
 Warp g_warps[MAX_THREADS / 32];
+// sm_90a: the wgmma products a warpgroup issued (`open`) and committed (`pending`, oldest
+// first), run at the wait that retires them: the descriptors as issued, each thread's
+// accumulator and A registers through their addresses
+struct WgmmaOp {
+    bool int8, trans_b;
+    int n, scale_d;
+    unsigned long long da, db;
+    void* d[128];
+    const unsigned* a[128];  // null: A from shared memory (da)
+};
+struct Group {
+    int live = 0, arrived = 0;
+    uint64_t slab[128][4];
+    std::vector<WgmmaOp> open;
+    std::deque<std::vector<WgmmaOp>> pending;
+};
+Group g_groups[MAX_THREADS / 128];
+struct NamedBar {
+    int arrived = 0, count = 0;
+};
+NamedBar g_named[16];
+struct Mbar {
+    int expected = 0, pending = 0;
+    long long tx = 0;
+    unsigned phase = 0;
+};
+std::map<unsigned, Mbar> g_mbars;  // by shared-window offset; a block's are reset at its start
 int g_block_live = 0, g_block_arrived = 0, g_nthreads = 0;
 unsigned g_block_phase = 0;
 bool g_block_and[2];
 int g_cur = 0;
+int g_woken = 0;  // fibers with `woken` set
 void* g_sched_sp = nullptr;  // the launching host code's stack while fibers run
 void (*g_call)(const void*) = nullptr;
 const void* g_params = nullptr;
 
 // Leaves the current fiber (blocked or done) for the next runnable one after it, or for the
-// launching code when none can run (the block is done, or deadlocked).
+// launching code when none can run (the block is done, or deadlocked). A fiber woken by an
+// mbarrier goes first: a producer released by its consumers refills the slot before they go
+// on, the order in which a slot released too early (before the wgmma reading it has retired)
+// is overwritten under that wgmma.
 void switch_away() {
     const int from = g_cur;
+    for (int j = 0; g_woken > 0 && j < g_nthreads; j++)
+        if (g_fibers[j].woken && g_fibers[j].state == RUN) {
+            g_fibers[j].woken = false;
+            g_woken--;
+            g_cur = j;
+            jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
+            return;
+        }
     for (int d = 1; d <= g_nthreads; d++) {
         const int j = (from + d) % g_nthreads;
         if (g_fibers[j].state == RUN) {
+            if (g_fibers[j].woken) {
+                g_fibers[j].woken = false;
+                g_woken--;
+            }
             g_cur = j;
             jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
             return;
@@ -142,6 +200,9 @@ void warp_arrive() {
     if (wp.arrived > 0 && wp.arrived == wp.live) release_warp(f.warp);
     g_block_live--;
     if (g_block_arrived > 0 && g_block_arrived == g_block_live) release_block();
+    Group& gp = g_groups[f.group];
+    gp.live--;
+    if (gp.arrived > 0) fatal("thread exited while its warpgroup waits at a wgmma instruction");
     switch_away();  // never resumed: a finished fiber is not runnable
     __builtin_unreachable();
 }
@@ -185,7 +246,14 @@ unsigned shared_offset(const void* p) {
     return (unsigned)((uintptr_t)p - (uintptr_t)g_dyn_smem);
 }
 unsigned char* shared_ptr(unsigned off) { return g_dyn_smem + (int64_t)(int32_t)off; }
-unsigned char* dynamic_shared() { return g_dyn_smem; }
+unsigned char* dynamic_shared() { return g_dyn_start; }
+
+void fatal(const std::string& what) {
+    const jobx_dim3 b = block_idx, t = thread_idx();
+    std::fprintf(stderr, "jobx cuda-emu: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s\n",
+                 g_kernel_name ? g_kernel_name : "?", b.x, b.y, b.z, t.x, t.y, t.z, what.c_str());
+    std::abort();
+}
 
 // A lane's mma operands (A's four registers, B's two) deposited, and its warp's 32 when all
 // have arrived: [lane][0] = a0 | a1 << 32, [1] = a2 | a3 << 32, [2] = b0 | b1 << 32.
@@ -280,11 +348,316 @@ float ex2_ftz(float x) {
     return std::fabs(y) < 1.17549435e-38f ? 0.0f : y;
 }
 
+// ---------------------------------------------------------------- sm_90a
+
+// The emulated device: sm_80 (an A100: 108 multiprocessors) or, with JOBX_EMU_SM=90, sm_90 (an
+// H100: 132), whose runtime choices include the sm_90a kernels below.
+int sm_version() {
+    static const int v = [] {
+        const char* e = std::getenv("JOBX_EMU_SM");
+        if (!e || !*e || std::strcmp(e, "80") == 0) return 80;
+        if (std::strcmp(e, "90") == 0) return 90;
+        std::fprintf(stderr, "jobx cuda-emu: JOBX_EMU_SM=%s: only 80 and 90 are emulated; using 80\n", e);
+        return 80;
+    }();
+    return v;
+}
+int multiprocessors() { return sm_version() == 90 ? 132 : 108; }
+
+namespace {
+void release_group(int g) {
+    Group& gp = g_groups[g];
+    gp.arrived = 0;
+    for (int i = g * 128; i < g_nthreads && i < g * 128 + 128; i++)
+        if (g_fibers[i].state == WAIT_GROUP) g_fibers[i].state = RUN;
+}
+
+// A warpgroup collective (.sync.aligned over the warpgroup's 128 threads): the calling thread
+// deposits four words; the last to arrive runs `action` on all 128 deposits, then every thread
+// goes on. The hardware needs all four warps there: a warpgroup with exited threads is an error.
+template <typename F>
+void group_collective(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, F action) {
+    Fiber& f = g_fibers[g_cur];
+    Group& gp = g_groups[f.group];
+    if (gp.live != 128) fatal("warpgroup instruction in a warpgroup of " + std::to_string(gp.live) + " live threads");
+    uint64_t* mine = gp.slab[g_cur % 128];
+    mine[0] = w0;
+    mine[1] = w1;
+    mine[2] = w2;
+    mine[3] = w3;
+    if (++gp.arrived == gp.live) {
+        action(gp.slab);
+        release_group(f.group);
+        return;
+    }
+    f.state = WAIT_GROUP;
+    switch_away();
+}
+
+// wgmma's shared-memory matrix descriptor (PTX ISA, "Matrix Descriptor Format"): start address,
+// leading and stride byte offsets (each >> 4 in 14 bits), base offset (bits 49-51) and layout
+// (bits 62-63; 1 = 128-byte swizzle, the only one the kernels use).
+struct Desc {
+    unsigned start, lbo, sbo;
+};
+Desc decode(unsigned long long d) {
+    if ((d >> 62) != 1) fatal("wgmma descriptor with a layout other than the 128-byte swizzle");
+    if (((d >> 49) & 7) != 0) fatal("wgmma descriptor with a non-zero base offset");
+    return {(unsigned)(d & 0x3FFF) << 4, (unsigned)((d >> 16) & 0x3FFF) << 4, (unsigned)((d >> 32) & 0x3FFF) << 4};
+}
+// 128-byte swizzle: the 16-byte chunk bits (4-6) of a shared address XOR its 128-byte row bits
+// (7-9), applied to the address itself, so a start address moved inside an atom keeps the pattern
+unsigned char* swizzled(unsigned addr) { return shared_ptr(addr ^ (((addr >> 7) & 7) << 4)); }
+// Element addresses of the two canonical layouts (CUTLASS's GMMA descriptors, 128-byte swizzle,
+// in bytes): K-major, row r of 8-row groups SBO apart, 128-byte rows, k bytes past 128 LBO on;
+// MN-major (transposed), k rows of 128 bytes in groups of 8 SBO apart, MN bytes past 128 LBO on.
+unsigned k_major(const Desc& d, int row, int kbyte) {
+    return d.start + (row / 8) * d.sbo + (row % 8) * 128 + (kbyte / 128) * d.lbo + kbyte % 128;
+}
+unsigned mn_major(const Desc& d, int mnbyte, int k) {
+    return d.start + (mnbyte / 128) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + mnbyte % 128;
+}
+float bf16_bits(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
+// D (64 x n) = A (64 x K) B^T (+ D unless scale_d = 0), K = 16 bf16 or 32 int8. The D fragment:
+// thread 32 w + 4 g + t holds, in register 4 j + e, row 16 w + g (+ 8 for e >= 2), column 8 j +
+// 2 t (+ 1 for odd e). A from registers: thread 32 w + 4 g + t's register r holds row 16 w + g
+// (+ 8 for odd r), k = 2 t, 2 t + 1 (+ 8 for r >= 2), the mma.sync m16n8k16 A fragment per warp.
+// c[0..n) += a b[0..n), n one of the wgmma widths: a fixed trip count (a multiple of the
+// vector width) and unaliased rows, so that the compiler vectorises it at -O2
+template <int N, typename T>
+void axpy_n(T a, const T* __restrict b, T* __restrict c) {
+    for (int i = 0; i < N; i++) c[i] += a * b[i];
+}
+template <typename T>
+void axpy(int n, T a, const T* b, T* c) {
+    switch (n) {
+        case 64: return axpy_n<64>(a, b, c);
+        case 128: return axpy_n<128>(a, b, c);
+        case 256: return axpy_n<256>(a, b, c);
+        default: fatal("wgmma with n = " + std::to_string(n));
+    }
+}
+
+void run_wgmma(const WgmmaOp& op) {
+    const int K = op.int8 ? 32 : 16, n = op.n;
+    const Desc da = op.a[0] ? Desc{} : decode(op.da), db = decode(op.db);
+    // A [64][K] and B as [K][n], then C [64][n] = D (or 0) + A B with k outermost, so that each
+    // sum still runs over k in order and the inner loop runs over contiguous columns
+    static std::vector<float> af, bf, cf;  // (one launch at a time: g_mu)
+    static std::vector<uint32_t> ai, bi, ci;
+    auto c_at = [&](int th, int r, int& row, int& col) {
+        const int w = th / 32, g = th % 32 / 4, t = th % 4, j = r / 4, e = r % 4;
+        row = 16 * w + g + (e >= 2 ? 8 : 0);
+        col = 8 * j + 2 * t + (e & 1);
+    };
+    if (op.int8) {
+        ai.assign(64 * 32, 0);
+        bi.assign((size_t)32 * n, 0);
+        ci.assign((size_t)64 * n, 0);
+        for (int row = 0; row < 64; row++)
+            for (int k = 0; k < 32; k++) ai[row * 32 + k] = (uint32_t)(int)(signed char)*swizzled(k_major(da, row, k));
+        for (int col = 0; col < n; col++)
+            for (int k = 0; k < 32; k++)
+                bi[(size_t)k * n + col] = (uint32_t)(int)(signed char)*swizzled(k_major(db, col, k));
+        for (int th = 0; th < 128 && op.scale_d; th++)
+            for (int r = 0, row, col; r < n / 2; r++) {
+                c_at(th, r, row, col);
+                ci[(size_t)row * n + col] = (uint32_t)((const int*)op.d[th])[r];
+            }
+        // s32 accumulation wraps (unsigned arithmetic: the same bits, no overflow UB)
+        for (int row = 0; row < 64; row++)
+            for (int k = 0; k < 32; k++) axpy(n, ai[row * 32 + k], &bi[(size_t)k * n], &ci[(size_t)row * n]);
+        for (int th = 0; th < 128; th++)
+            for (int r = 0, row, col; r < n / 2; r++) {
+                c_at(th, r, row, col);
+                ((int*)op.d[th])[r] = (int)ci[(size_t)row * n + col];
+            }
+        return;
+    }
+    af.assign(64 * 16, 0.f);
+    bf.assign((size_t)16 * n, 0.f);
+    cf.assign((size_t)64 * n, 0.f);
+    for (int row = 0; row < 64; row++)
+        for (int k = 0; k < 16; k++) {
+            uint16_t h;
+            if (op.a[0]) {
+                const int th = (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2;
+                const unsigned reg = op.a[th][(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+                h = (uint16_t)(k & 1 ? reg >> 16 : reg & 0xffff);
+            } else {
+                std::memcpy(&h, swizzled(k_major(da, row, 2 * k)), 2);
+            }
+            af[row * 16 + k] = bf16_bits(h);
+        }
+    for (int col = 0; col < n; col++)
+        for (int k = 0; k < 16; k++) {
+            uint16_t h;
+            std::memcpy(&h, swizzled(op.trans_b ? mn_major(db, 2 * col, k) : k_major(db, col, 2 * k)), 2);
+            bf[(size_t)k * n + col] = bf16_bits(h);
+        }
+    for (int th = 0; th < 128 && op.scale_d; th++)
+        for (int r = 0, row, col; r < n / 2; r++) {
+            c_at(th, r, row, col);
+            cf[(size_t)row * n + col] = ((const float*)op.d[th])[r];
+        }
+    for (int row = 0; row < 64; row++)
+        for (int k = 0; k < 16; k++) axpy(n, af[row * 16 + k], &bf[(size_t)k * n], &cf[(size_t)row * n]);
+    for (int th = 0; th < 128; th++)
+        for (int r = 0, row, col; r < n / 2; r++) {
+            c_at(th, r, row, col);
+            ((float*)op.d[th])[r] = cf[(size_t)row * n + col];
+        }
+}
+
+Mbar& mbar(unsigned bar) {
+    auto it = g_mbars.find(bar);
+    if (it == g_mbars.end()) fatal("mbarrier used before mbarrier.init");
+    return it->second;
+}
+// a phase completes when its arrivals are all in and its transaction bytes all landed
+void mbar_check(Mbar& m) {
+    if (m.pending > 0 || m.tx != 0) return;
+    m.phase ^= 1;
+    m.pending = m.expected;
+    for (int i = 0; i < g_nthreads; i++)
+        if (g_fibers[i].state == SPIN) {
+            g_fibers[i].state = RUN;
+            g_fibers[i].woken = true;
+            g_woken++;
+        }
+}
+
+// a CUtensorMap as this emulator's cuTensorMapEncodeTiled writes it (128 opaque bytes)
+struct TmaMap {
+    uint64_t magic;
+    const unsigned char* addr;
+    uint64_t dim[2], stride;
+    uint32_t box[2], esize, rank, swizzle;
+};
+static_assert(sizeof(TmaMap) <= 128, "a CUtensorMap is 128 bytes");
+constexpr uint64_t TMA_MAGIC = 0x6a6f62782d746d61ull;  // "jobx-tma"
+}  // namespace
+
+void wgmma(bool int8, int n, void* d, const unsigned* a, unsigned long long da, unsigned long long db,
+           bool trans_b, int scale_d) {
+    group_collective((uint64_t)d, (uint64_t)a, da, db, [&](const uint64_t (&slab)[128][4]) {
+        WgmmaOp op{int8, trans_b, n, scale_d, slab[0][2], slab[0][3], {}, {}};
+        for (int i = 0; i < 128; i++) {
+            if (slab[i][2] != op.da || slab[i][3] != op.db || ((slab[i][1] != 0) != (a != nullptr)))
+                fatal("wgmma with different descriptors in one warpgroup");
+            op.d[i] = (void*)slab[i][0];
+            op.a[i] = (const unsigned*)slab[i][1];
+        }
+        g_groups[g_fibers[g_cur].group].open.push_back(op);
+    });
+}
+
+void wgmma_commit() {
+    group_collective(0, 0, 0, 0, [](const uint64_t (&)[128][4]) {
+        Group& gp = g_groups[g_fibers[g_cur].group];
+        gp.pending.push_back(std::move(gp.open));
+        gp.open.clear();
+    });
+}
+
+void wgmma_wait(int n) {
+    group_collective(0, 0, 0, 0, [n](const uint64_t (&)[128][4]) {
+        Group& gp = g_groups[g_fibers[g_cur].group];
+        while ((int)gp.pending.size() > n) {
+            for (const WgmmaOp& op : gp.pending.front()) run_wgmma(op);
+            gp.pending.pop_front();
+        }
+    });
+}
+
+void named_barrier(int id, int count) {
+    if (id < 1 || id > 15 || count < 32 || count % 32 != 0 || count > g_nthreads)
+        fatal("bar.sync " + std::to_string(id) + ", " + std::to_string(count) + " in a block of " +
+              std::to_string(g_nthreads) + " threads");
+    NamedBar& b = g_named[id];
+    if (b.arrived == 0) b.count = count;
+    if (b.count != count) fatal("bar.sync " + std::to_string(id) + " with different thread counts");
+    Fiber& f = g_fibers[g_cur];
+    if (++b.arrived == b.count) {
+        b.arrived = 0;
+        for (int i = 0; i < g_nthreads; i++)
+            if (g_fibers[i].state == WAIT_NAMED && g_fibers[i].bar == id) g_fibers[i].state = RUN;
+        return;
+    }
+    f.state = WAIT_NAMED;
+    f.bar = id;
+    switch_away();
+}
+
+void mbar_init(unsigned bar, unsigned count) {
+    if (count < 1 || count > (1u << 20) - 1) fatal("mbarrier.init with count " + std::to_string(count));
+    g_mbars[bar] = Mbar{(int)count, (int)count, 0, 0};
+}
+
+void mbar_arrive(unsigned bar, unsigned expect_tx) {
+    Mbar& m = mbar(bar);
+    m.tx += expect_tx;
+    m.pending--;
+    mbar_check(m);
+}
+
+void mbar_wait(unsigned bar, unsigned parity) {
+    // try_wait.parity p succeeds once the phase of parity p has completed, i.e. the current
+    // phase's parity differs from p
+    while (mbar(bar).phase == (parity & 1)) {
+        g_fibers[g_cur].state = SPIN;
+        switch_away();
+    }
+}
+
+void tma_load_2d(unsigned dst, const void* map, int c0, int c1, unsigned bar) {
+    TmaMap t;
+    std::memcpy(&t, map, sizeof t);
+    if (t.magic != TMA_MAGIC) fatal("cp.async.bulk.tensor with a tensor map cuTensorMapEncodeTiled did not write");
+    if (t.rank != 2) fatal("cp.async.bulk.tensor.2d with a rank-" + std::to_string(t.rank) + " tensor map");
+    if (dst % (t.swizzle == 3 ? 1024 : 128) != 0) fatal("cp.async.bulk.tensor to a misaligned shared address");
+    const uint32_t row_bytes = t.box[0] * t.esize;
+    for (uint32_t r = 0; r < t.box[1]; r++)
+        for (uint32_t b = 0; b < row_bytes; b++) {
+            // out of bounds (either side): zero fill
+            const long long x = (long long)c0 + b / t.esize, y = (long long)c1 + r;
+            const bool in = x >= 0 && y >= 0 && (uint64_t)x < t.dim[0] && (uint64_t)y < t.dim[1];
+            const unsigned addr = dst + r * row_bytes + b;
+            *(t.swizzle == 3 ? swizzled(addr) : shared_ptr(addr)) =
+                in ? t.addr[(uint64_t)y * t.stride + (uint64_t)x * t.esize + b % t.esize] : 0;
+        }
+    Mbar& m = mbar(bar);
+    m.tx -= (long long)row_bytes * t.box[1];  // complete_tx: the whole box, zero fill included
+    mbar_check(m);
+}
+
+unsigned long long globaltimer() {
+    return (unsigned long long)std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+// a cycle counter: strictly grows with every read
+unsigned long long clock64() {
+    static unsigned long long c = 0;
+    return ++c;
+}
+unsigned smid() {
+    const unsigned long long lin =
+        ((unsigned long long)block_idx.z * grid_dim.y + block_idx.y) * grid_dim.x + block_idx.x;
+    return (unsigned)(lin % (unsigned)multiprocessors());
+}
+
 namespace {
 // Runs one launch, block after block; false (with a message) when a block cannot go on: every
 // live thread waiting at barriers that can never open (divergent __syncthreads, say).
 bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, jobx_dim3 block,
-              std::string& err) {
+              size_t smem, std::string& err) {
     const long long nthreads = (long long)block.x * block.y * block.z;
     if (nthreads < 1 || nthreads > MAX_THREADS) {
         err = "block of " + std::to_string(nthreads) + " threads";
@@ -295,6 +668,16 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
     grid_dim = grid;
     block_dim = block;
     g_nthreads = (int)nthreads;
+    // this launch's dynamic shared memory ends where the inaccessible pages begin (128-byte
+    // aligned start: at most 127 bytes of slack past its end)
+    const size_t open = (smem + PAGE - 1) / PAGE * PAGE;
+    if (open > DYN_BUF - PAGE) {
+        err = std::to_string(smem) + " bytes of dynamic shared memory";
+        return false;
+    }
+    g_dyn_start = g_dyn_smem + ((open - smem) & ~(size_t)127);
+    mprotect(g_dyn_smem, open, PROT_READ | PROT_WRITE);
+    mprotect(g_dyn_smem + open, DYN_BUF - open, PROT_NONE);
     while ((int)g_stacks.size() < g_nthreads) {
         // a guard page below each stack: an overflow faults instead of corrupting a neighbour
         void* m = mmap(nullptr, STACK + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -315,13 +698,26 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     g_warps[w].live = std::min(32, g_nthreads - 32 * w);
                     g_warps[w].arrived = 0;
                 }
+                for (int w = 0; w < (g_nthreads + 127) / 128; w++) {
+                    g_groups[w].live = std::min(128, g_nthreads - 128 * w);
+                    g_groups[w].arrived = 0;
+                    g_groups[w].open.clear();
+                    g_groups[w].pending.clear();
+                }
+                for (NamedBar& b : g_named) b = NamedBar{};
+                g_mbars.clear();
+                // a GPU's shared memory is not cleared between blocks: NaN bytes, not a lucky 0
+                std::memset(g_dyn_start, 0xff, smem);
                 for (int i = 0; i < g_nthreads; i++) {
                     Fiber& f = g_fibers[i];
                     f.tid = {(unsigned)(i % block.x), (unsigned)(i / block.x % block.y),
                              (unsigned)(i / (block.x * block.y))};
                     f.warp = i / 32;
                     f.lane = i % 32;
+                    f.group = i / 128;
                     f.state = RUN;
+                    f.woken = false;
+                    g_woken = 0;
                     // a new fiber's stack as jobx_emu_switch leaves one: six saved registers,
                     // then fiber_main as the return address, entered with the stack pointer 8
                     // bytes below a 16-byte boundary as after a call
@@ -339,6 +735,11 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                           " live threads wait at barriers that cannot open";
                     return false;
                 }
+                for (int w = 0; w < (g_nthreads + 127) / 128; w++)
+                    if (!g_groups[w].open.empty() || !g_groups[w].pending.empty()) {
+                        err = "warpgroup " + std::to_string(w) + " ended with wgmma products not waited for";
+                        return false;
+                    }
             }
     return true;
 }
@@ -416,16 +817,16 @@ struct Alloc {
     bool graph;  // made inside a recording: counted while its graph holds memory (below)
 };
 std::map<CUdeviceptr, Alloc> g_allocs;
-const char* g_kernel = nullptr;  // the kernel running, for on_segv
 struct sigaction g_old_segv;
 void on_segv(int, siginfo_t* si, void*) {
-    if (g_kernel) {
+    if (const char* kernel = jobx_emu::g_kernel_name) {
         char msg[512];
         const jobx_dim3 b = jobx_emu::block_idx, t = jobx_emu::thread_idx();
         const int n = std::snprintf(msg, sizeof msg,
                                     "jobx cuda-emu: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): "
-                                    "access to %p, outside every device allocation\n",
-                                    g_kernel, b.x, b.y, b.z, t.x, t.y, t.z, si->si_addr);
+                                    "access to %p, outside every device allocation and "
+                                    "the launch's dynamic shared memory\n",
+                                    kernel, b.x, b.y, b.z, t.x, t.y, t.z, si->si_addr);
         if (n > 0) (void)!write(2, msg, (size_t)n);
     }
     // the fault repeats under the previous handler (Rust's, then the default: the process ends)
@@ -446,6 +847,7 @@ struct Op {
     enum Kind { KERNEL, MEMSET, COPY } kind;
     const KernelEntry* k = nullptr;
     jobx_dim3 grid{}, block{};
+    size_t smem = 0;  // dynamic shared memory
     std::vector<unsigned char> params;
     void* dst = nullptr;
     const void* src = nullptr;
@@ -527,9 +929,9 @@ CUresult run_op(const Op& op) {
         case Op::KERNEL: {
             std::string err;
             install_segv_handler();
-            g_kernel = op.k->name;
-            const bool ran = jobx_emu::run_grid(op.k->call, op.params.data(), op.grid, op.block, err);
-            g_kernel = nullptr;
+            jobx_emu::g_kernel_name = op.k->name;
+            const bool ran = jobx_emu::run_grid(op.k->call, op.params.data(), op.grid, op.block, op.smem, err);
+            jobx_emu::g_kernel_name = nullptr;
             if (!ran) {
                 std::fprintf(stderr, "jobx cuda-emu: %s: %s\n", op.k->name, err.c_str());
                 return ERR_LAUNCH_FAILED;
@@ -562,16 +964,16 @@ API cuDeviceGet(int* d, int ordinal) {
     return OK;
 }
 API cuDeviceGetName(char* name, int len, int) {
-    std::snprintf(name, len, "jobx cuda-emu (host emulation of an sm_80 device)");
+    std::snprintf(name, len, "jobx cuda-emu (host emulation of an sm_%d device)", jobx_emu::sm_version());
     return OK;
 }
 API cuDeviceTotalMem_v2(size_t* b, int) { *b = total_mem(); return OK; }
 API cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) {
-        case 75: *v = 8; break;            // compute capability major
-        case 76: *v = 0; break;            // minor
-        case 16: *v = 108; break;          // multiprocessors (as an A100)
-        case 38: *v = 40 << 20; break;     // L2 bytes
+        case 75: *v = jobx_emu::sm_version() / 10; break;  // compute capability major
+        case 76: *v = 0; break;                              // minor
+        case 16: *v = jobx_emu::multiprocessors(); break;    // (as an A100 / H100)
+        case 38: *v = (jobx_emu::sm_version() == 90 ? 50 : 40) << 20; break;  // L2 bytes
         case 97: *v = 232448; break;       // shared memory per block, opt-in
         case 8: *v = 49152; break;         // shared memory per block
         case 1: *v = 1024; break;          // threads per block
@@ -771,7 +1173,7 @@ API cuModuleGetFunction(void** f, void*, const char* name) {
 }
 API cuFuncSetAttribute(void*, int attr, int value) {
     // the dynamic shared memory a kernel may ask for (attribute 8)
-    if (attr == 8 && value > (int)sizeof(jobx_emu::g_dyn_smem)) return ERR_INVALID_VALUE;
+    if (attr == 8 && value > (int)jobx_emu::DYN_MAX) return ERR_INVALID_VALUE;
     return OK;
 }
 API cuFuncGetAttribute(int* v, int attr, void*) {
@@ -783,12 +1185,13 @@ static CUresult launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned 
                        unsigned bz, unsigned smem, void* stream, void** params) {
     const KernelEntry* k = (const KernelEntry*)f;
     if (!k || !params) return ERR_INVALID_VALUE;
-    if (smem > sizeof(jobx_emu::g_dyn_smem)) return ERR_INVALID_VALUE;
+    if (smem > jobx_emu::DYN_MAX) return ERR_INVALID_VALUE;
     if (gx == 0 || gy == 0 || gz == 0 || gy > 65535 || gz > 65535) return ERR_INVALID_VALUE;
     Op op{Op::KERNEL};
     op.k = k;
     op.grid = {gx, gy, gz};
     op.block = {bx, by, bz};
+    op.smem = smem;
     const unsigned char* p = (const unsigned char*)params[0];
     op.params.assign(p, p + k->param_bytes);
     return submit(stream, std::move(op));
@@ -806,7 +1209,35 @@ struct LaunchConfig {
 API cuLaunchKernelEx(const LaunchConfig* c, void* f, void** params, void**) {
     return launch(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params);
 }
-API cuTensorMapEncodeTiled(void*, ...) { return ERR_NOT_SUPPORTED; }
+// A tiled TMA descriptor, checked as the driver documents (CUDA driver API, "Tensor Map Object
+// Management"), kept in this emulator's own form (TmaMap) for tma_load_2d. Only what the sm_90a
+// kernels load is supported: rank 2, unit element strides, no interleave.
+API cuTensorMapEncodeTiled(void* map, int dtype, unsigned rank, void* addr, const uint64_t* dims,
+                           const uint64_t* strides, const unsigned* box, const unsigned* estrides,
+                           int interleave, int swizzle, int, int oob_fill) {
+    static const unsigned ESIZE[] = {1, 2, 4, 4, 8, 8, 2, 4, 8, 2};  // UINT8 .. BFLOAT16
+    if (!map || !addr || dtype < 0 || dtype > 9 || rank < 1 || rank > 5) return ERR_INVALID_VALUE;
+    if ((uintptr_t)addr % 16 != 0 || swizzle < 0 || swizzle > 3 || oob_fill < 0 || oob_fill > 1)
+        return ERR_INVALID_VALUE;
+    const unsigned es = ESIZE[dtype];
+    for (unsigned i = 0; i < rank; i++) {
+        if (dims[i] == 0 || dims[i] > (1ull << 32) || box[i] == 0 || box[i] > 256 || estrides[i] == 0 ||
+            estrides[i] > 8)
+            return ERR_INVALID_VALUE;
+        if (i + 1 < rank && (strides[i] % 16 != 0 || strides[i] >= (1ull << 40))) return ERR_INVALID_VALUE;
+    }
+    const unsigned inner = box[0] * es;
+    if (inner % 16 != 0) return ERR_INVALID_VALUE;
+    static const unsigned SWIZZLE_SPAN[] = {0, 32, 64, 128};
+    if (swizzle > 0 && inner > SWIZZLE_SPAN[swizzle]) return ERR_INVALID_VALUE;
+    if (rank != 2 || interleave != 0 || estrides[0] != 1 || estrides[1] != 1 || (swizzle != 0 && swizzle != 3))
+        return ERR_NOT_SUPPORTED;
+    jobx_emu::TmaMap t{jobx_emu::TMA_MAGIC, (const unsigned char*)addr, {dims[0], dims[1]}, strides[0],
+                       {box[0], box[1]}, es, rank, (uint32_t)swizzle};
+    std::memset(map, 0, 128);
+    std::memcpy(map, &t, sizeof t);
+    return OK;
+}
 
 static const char* error_text(CUresult r) {
     switch (r) {

@@ -13,6 +13,7 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 // one block at a time: a block's shared arrays are the kernel's static storage
 #define __shared__ static
@@ -53,6 +54,8 @@ int lane();
 struct __attribute__((aligned(8))) uint2 { unsigned x, y; };
 struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
 struct __attribute__((aligned(8))) float2 { float x, y; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
@@ -137,4 +140,20 @@ void mma_s8_16832(int* c, const unsigned* a, const unsigned* b);
 void ldmatrix_x4(unsigned* r, unsigned addr, bool trans);
 void cp_async16(unsigned dst, const void* src, int bytes);
 float ex2_ftz(float x);
+// sm_90a (kernels/*_sm90.cu, sm90_common.cuh, wgmma_ops.cuh): wgmma.mma_async m64nNk16 bf16 /
+// m64nNk32 s8 from shared-memory descriptors (A from the registers `a` when not null; B N-major
+// with trans_b), its commit and wait; named barriers; mbarriers; 2-D TMA loads; special
+// registers for the GEMM trace.
+void wgmma(bool int8, int n, void* d, const unsigned* a, unsigned long long da, unsigned long long db,
+           bool trans_b, int scale_d);
+void wgmma_commit();
+void wgmma_wait(int n);
+void named_barrier(int id, int count);
+void mbar_init(unsigned bar, unsigned count);
+void mbar_arrive(unsigned bar, unsigned expect_tx);
+void mbar_wait(unsigned bar, unsigned parity);
+void tma_load_2d(unsigned dst, const void* map, int c0, int c1, unsigned bar);
+unsigned long long globaltimer();
+unsigned long long clock64();
+unsigned smid();
 }  // namespace jobx_emu
