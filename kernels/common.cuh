@@ -85,11 +85,14 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int by
 #endif
 }
 
-// (host emulation: the copies above complete at once, so committing and waiting are no-ops)
+// (host emulation: a thread's copies land at the wait that retires their group, the latest
+// moment the hardware may, so a missing wait reads what was there before)
 #ifdef JOBX_HOST_EMU
-__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_commit() { jobx_emu::cp_async_commit(); }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() {}
+__device__ __forceinline__ void cp_async_wait() {
+    jobx_emu::cp_async_wait(N);
+}
 #else
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 

@@ -71,8 +71,18 @@ namespace {
 // WAIT_GROUP: at a warpgroup collective (wgmma and its commit / wait); WAIT_NAMED: at named
 // barrier `bar`; SPIN: polling an mbarrier, runnable again when some mbarrier's phase completes
 enum State { RUN, WAIT_WARP, WAIT_BLOCK, WAIT_GROUP, WAIT_NAMED, SPIN, DONE };
+// a cp.async issued and not yet landed: its 16 bytes are read from src and written to dst
+// (src bytes, then zeros) when it lands
+struct Copy {
+    unsigned char* dst;
+    const void* src;
+    int bytes;
+};
 struct Fiber {
     void* sp = nullptr;
+    // this thread's cp.async copies, oldest first; group_ends[i] = copies in groups 0..i
+    std::vector<Copy> copies;
+    std::vector<size_t> group_ends;
     jobx_dim3 tid;
     int warp = 0, lane = 0, group = 0, bar = 0;
     State state = DONE;
@@ -134,6 +144,21 @@ void* g_sched_sp = nullptr;  // the launching host code's stack while fibers run
 void (*g_call)(const void*) = nullptr;
 const void* g_params = nullptr;
 
+// JOBX_EMU_ORDER=reverse: threads take their turns in descending order (from the block's last
+// thread). Fibers switch only at barriers, so a thread reads shared memory that another writes
+// without a barrier between them correctly in one of the two orders only; a test that passes in
+// both has no such missing barrier between two threads whose order matters.
+bool reverse_order() {
+    static const bool on = [] {
+        const char* v = std::getenv("JOBX_EMU_ORDER");
+        if (!v || !*v || std::strcmp(v, "forward") == 0) return false;
+        if (std::strcmp(v, "reverse") == 0) return true;
+        std::fprintf(stderr, "jobx cuda-emu: JOBX_EMU_ORDER=%s: forward or reverse; using forward\n", v);
+        return false;
+    }();
+    return on;
+}
+
 // Leaves the current fiber (blocked or done) for the next runnable one after it, or for the
 // launching code when none can run (the block is done, or deadlocked). A fiber woken by an
 // mbarrier goes first: a producer released by its consumers refills the slot before they go
@@ -149,8 +174,9 @@ void switch_away() {
             jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
             return;
         }
+    const bool rev = reverse_order();
     for (int d = 1; d <= g_nthreads; d++) {
-        const int j = (from + d) % g_nthreads;
+        const int j = rev ? (from - d + g_nthreads) % g_nthreads : (from + d) % g_nthreads;
         if (g_fibers[j].state == RUN) {
             if (g_fibers[j].woken) {
                 g_fibers[j].woken = false;
@@ -191,9 +217,16 @@ void warp_arrive() {
     switch_away();
 }
 
+void land(const Copy& c);  // (cp.async, below)
+
 [[noreturn]] void fiber_main() {
     g_call(g_params);
     Fiber& f = g_fibers[g_cur];
+    // copies never waited for land when their thread ends (nobody may read them: no barrier
+    // follows)
+    for (const Copy& c : f.copies) land(c);
+    f.copies.clear();
+    f.group_ends.clear();
     f.state = DONE;
     Warp& wp = g_warps[f.warp];
     wp.live--;
@@ -336,11 +369,39 @@ void ldmatrix_x4(unsigned* r, unsigned addr, bool trans) {
     warp_arrive();
 }
 
+// cp.async lands at the cp.async.wait_group that retires its group (the latest moment the
+// hardware may): a thread that reads the bytes before its wait, or another thread reading them
+// without the wait and a barrier, sees what was there before.
+namespace {
+void land(const Copy& c) {
+    const int n = c.bytes < 0 ? 0 : (c.bytes > 16 ? 16 : c.bytes);
+    if (n > 0) std::memcpy(c.dst, c.src, n);
+    std::memset(c.dst + n, 0, 16 - n);
+}
+// lands the first `count` copies of the calling thread
+void land_copies(Fiber& f, size_t count) {
+    for (size_t i = 0; i < count; i++) land(f.copies[i]);
+    f.copies.erase(f.copies.begin(), f.copies.begin() + (long)count);
+    for (size_t& e : f.group_ends) e -= count;
+}
+}  // namespace
+
 void cp_async16(unsigned dst, const void* src, int bytes) {
-    unsigned char* d = shared_ptr(dst);
-    const int n = bytes < 0 ? 0 : (bytes > 16 ? 16 : bytes);
-    if (n > 0) std::memcpy(d, src, n);
-    std::memset(d + n, 0, 16 - n);
+    g_fibers[g_cur].copies.push_back({shared_ptr(dst), src, bytes});
+}
+
+void cp_async_commit() {
+    Fiber& f = g_fibers[g_cur];
+    f.group_ends.push_back(f.copies.size());
+}
+
+void cp_async_wait(int n) {
+    Fiber& f = g_fibers[g_cur];
+    const size_t groups = f.group_ends.size();
+    if (groups <= (size_t)n) return;
+    const size_t retire = groups - (size_t)n;  // the oldest groups
+    land_copies(f, f.group_ends[retire - 1]);
+    f.group_ends.erase(f.group_ends.begin(), f.group_ends.begin() + (long)retire);
 }
 
 float ex2_ftz(float x) {
@@ -717,6 +778,8 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     f.group = i / 128;
                     f.state = RUN;
                     f.woken = false;
+                    f.copies.clear();
+                    f.group_ends.clear();
                     g_woken = 0;
                     // a new fiber's stack as jobx_emu_switch leaves one: six saved registers,
                     // then fiber_main as the return address, entered with the stack pointer 8
@@ -727,8 +790,8 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     for (int r = 3; r <= 8; r++) top[-r] = nullptr;
                     f.sp = &top[-8];
                 }
-                g_cur = 0;
-                jobx_emu_switch(&g_sched_sp, g_fibers[0].sp);
+                g_cur = reverse_order() ? g_nthreads - 1 : 0;
+                jobx_emu_switch(&g_sched_sp, g_fibers[g_cur].sp);
                 if (g_block_live > 0) {
                     err = "block (" + std::to_string(bx) + "," + std::to_string(by) + "," +
                           std::to_string(bz) + ") deadlocked: " + std::to_string(g_block_live) +

@@ -139,6 +139,8 @@ void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1);
 void mma_s8_16832(int* c, const unsigned* a, const unsigned* b);
 void ldmatrix_x4(unsigned* r, unsigned addr, bool trans);
 void cp_async16(unsigned dst, const void* src, int bytes);
+void cp_async_commit();
+void cp_async_wait(int n);
 float ex2_ftz(float x);
 // sm_90a (kernels/*_sm90.cu, sm90_common.cuh, wgmma_ops.cuh): wgmma.mma_async m64nNk16 bf16 /
 // m64nNk32 s8 from shared-memory descriptors (A from the registers `a` when not null; B N-major
