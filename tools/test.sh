@@ -10,7 +10,9 @@
 #   4. the GPU tests again on the emulated device (tools/cuda-emu: kernels/*.cu compiled as host
 #      C++ behind a stand-in libcuda.so), with JOBX_REQUIRE_GPU=1, once as an sm_80 device and
 #      once as an sm_90 one (JOBX_EMU_SM=90: the wgmma/TMA kernels, PDL): every kernel against
-#      the CPU references, whether or not this machine has a GPU.
+#      the CPU references, whether or not this machine has a GPU; then the op table once more on
+#      the sm_90 device with the threads of each block taking turns in reverse order
+#      (JOBX_EMU_ORDER=reverse: a barrier missing between two threads fails in one order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -19,9 +21,15 @@ bash tools/install-cuda-toolchain.sh
 cargo build --release --locked --features cuda --all-targets
 log=$(mktemp)
 emu_log=$(mktemp)
-emu80_log=$(mktemp)
-emu90_log=$(mktemp)
-trap 'rm -f "$log" "$emu_log" "$emu80_log" "$emu90_log"' EXIT
+emu_logs=("$(mktemp)" "$(mktemp)" "$(mktemp)")
+trap 'rm -f "$log" "$emu_log" "${emu_logs[@]}"' EXIT
+# the emulated runs of step 4: device, thread order, tests, title
+emu_runs=("80 forward all" "90 forward all" "90 reverse cuda_op_table")
+emu_title() {
+  set -- $1
+  if [[ $3 == all ]]; then echo "GPU tests on the emulated sm_$1 device"
+  else echo "the op table on the emulated sm_$1 device, threads in $2 order"; fi
+}
 set +e
 cargo test --release --locked --features cuda 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -38,35 +46,38 @@ if [[ $status -eq 0 ]]; then
   status=${PIPESTATUS[0]}
   if [[ $status -eq 0 ]]; then
     emu_dir=$(cd "$emu_dir" && pwd)
-    for sm in 80 90; do
-      sm_log=$emu80_log
-      [[ $sm == 90 ]] && sm_log=$emu90_log
-      echo "== GPU tests on the emulated sm_$sm device" | tee -a "$emu_log"
-      LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm JOBX_REQUIRE_GPU=1 \
-        cargo test --release --locked --features cuda --test cuda_ops 2>&1 | tee "$sm_log"
-      sm_status=${PIPESTATUS[0]}
-      cat "$sm_log" >> "$emu_log"
-      [[ $sm_status -ne 0 ]] && status=$sm_status
+    for i in "${!emu_runs[@]}"; do
+      read -r sm order tests <<< "${emu_runs[$i]}"
+      filter=()
+      [[ $tests != all ]] && filter=("$tests")
+      echo "== $(emu_title "${emu_runs[$i]}")" | tee -a "$emu_log"
+      LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm \
+        JOBX_EMU_ORDER=$order JOBX_REQUIRE_GPU=1 \
+        cargo test --release --locked --features cuda --test cuda_ops "${filter[@]}" 2>&1 | tee "${emu_logs[$i]}"
+      run_status=${PIPESTATUS[0]}
+      cat "${emu_logs[$i]}" >> "$emu_log"
+      if [[ $run_status -ne 0 ]]; then status=$run_status; fi
     done
   fi
 fi
 set -e
 # One closing line over all test binaries (cargo prints one "test result" line per binary).
-passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
-ignored=$(grep -Eo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
+# sum_of PATTERN FILE FIELD / lines_of PATTERN FILE: 0 where nothing matches (not a pipefail exit)
+sum_of() { { grep -Eo "$1" "$2" || true; } | awk -v f="$3" '{s += $f} END {print s + 0}'; }
+lines_of() { { grep -Eo "$1" "$2" || true; } | wc -l; }
+passed=$(sum_of 'test result: [A-Za-z]+\. [0-9]+ passed' "$log" 4)
+failed=$(sum_of '[0-9]+ failed;' "$log" 1)
+ignored=$(sum_of '[0-9]+ ignored;' "$log" 1)
 # tests that found no GPU pass with a visible SKIP line; count them as skipped, not passed
 # (anywhere in a line: parallel tests' output can put one after another test's name)
-gpu_skips=$(grep -Eo 'SKIP [a-z_0-9]+:' "$log" | wc -l)
+gpu_skips=$(lines_of 'SKIP [a-z_0-9]+:' "$log")
 echo "tests: $((passed - gpu_skips)) passed, ${failed} failed, $((ignored + gpu_skips)) skipped (${gpu_skips} need a GPU)"
-# the emulated devices' runs (step 4): their passes are the GPU tests above, run again (the sm_80
-# device skips the sm_90-only test; none may skip on the sm_90 one)
-for sm in 80 90; do
-  sm_log=$emu80_log
-  [[ $sm == 90 ]] && sm_log=$emu90_log
-  emu_passed=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$sm_log" | awk '{s += $4} END {print s + 0}')
-  emu_failed=$(grep -Eo '[0-9]+ failed;' "$sm_log" | awk '{s += $1} END {print s + 0}')
-  emu_skips=$(grep -Eo 'SKIP [a-z_0-9]+:' "$sm_log" | wc -l)
-  echo "GPU tests on the emulated sm_$sm device: $((emu_passed - emu_skips)) passed, ${emu_failed} failed, ${emu_skips} skipped"
+# the emulated runs (step 4): their passes are the GPU tests above, run again (the sm_80 device
+# skips the sm_90-only test; none may skip on the sm_90 one)
+for i in "${!emu_runs[@]}"; do
+  emu_passed=$(sum_of 'test result: [A-Za-z]+\. [0-9]+ passed' "${emu_logs[$i]}" 4)
+  emu_failed=$(sum_of '[0-9]+ failed;' "${emu_logs[$i]}" 1)
+  emu_skips=$(lines_of 'SKIP [a-z_0-9]+:' "${emu_logs[$i]}")
+  echo "$(emu_title "${emu_runs[$i]}"): $((emu_passed - emu_skips)) passed, ${emu_failed} failed, ${emu_skips} skipped"
 done
 exit "$status"
