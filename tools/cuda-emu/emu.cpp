@@ -470,10 +470,11 @@ Desc decode(unsigned long long d) {
 // (7-9), applied to the address itself, so a start address moved inside an atom keeps the pattern
 unsigned char* swizzled(unsigned addr) { return shared_ptr(addr ^ (((addr >> 7) & 7) << 4)); }
 // Element addresses of the two canonical layouts (CUTLASS's GMMA descriptors, 128-byte swizzle,
-// in bytes): K-major, row r of 8-row groups SBO apart, 128-byte rows, k bytes past 128 LBO on;
-// MN-major (transposed), k rows of 128 bytes in groups of 8 SBO apart, MN bytes past 128 LBO on.
+// in bytes): K-major, 128-byte rows in 8-row groups SBO apart (one instruction's k, 32 bytes,
+// stays inside a row, so LBO is unused); MN-major (transposed), k rows of 128 bytes in groups of
+// 8 SBO apart, MN bytes past 128 LBO on.
 unsigned k_major(const Desc& d, int row, int kbyte) {
-    return d.start + (row / 8) * d.sbo + (row % 8) * 128 + (kbyte / 128) * d.lbo + kbyte % 128;
+    return d.start + (row / 8) * d.sbo + (row % 8) * 128 + kbyte;
 }
 unsigned mn_major(const Desc& d, int mnbyte, int k) {
     return d.start + (mnbyte / 128) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + mnbyte % 128;
@@ -485,10 +486,6 @@ float bf16_bits(uint16_t h) {
     return v;
 }
 
-// D (64 x n) = A (64 x K) B^T (+ D unless scale_d = 0), K = 16 bf16 or 32 int8. The D fragment:
-// thread 32 w + 4 g + t holds, in register 4 j + e, row 16 w + g (+ 8 for e >= 2), column 8 j +
-// 2 t (+ 1 for odd e). A from registers: thread 32 w + 4 g + t's register r holds row 16 w + g
-// (+ 8 for odd r), k = 2 t, 2 t + 1 (+ 8 for r >= 2), the mma.sync m16n8k16 A fragment per warp.
 // c[0..n) += a b[0..n), n one of the wgmma widths: a fixed trip count (a multiple of the
 // vector width) and unaliased rows, so that the compiler vectorises it at -O2
 template <int N, typename T>
@@ -505,6 +502,10 @@ void axpy(int n, T a, const T* b, T* c) {
     }
 }
 
+// D (64 x n) = A (64 x K) B^T (+ D unless scale_d = 0), K = 16 bf16 or 32 int8. The D fragment:
+// thread 32 w + 4 g + t holds, in register 4 j + e, row 16 w + g (+ 8 for e >= 2), column 8 j +
+// 2 t (+ 1 for odd e). A from registers: thread 32 w + 4 g + t's register r holds row 16 w + g
+// (+ 8 for odd r), k = 2 t, 2 t + 1 (+ 8 for r >= 2), the mma.sync m16n8k16 A fragment per warp.
 void run_wgmma(const WgmmaOp& op) {
     const int K = op.int8 ? 32 : 16, n = op.n;
     const Desc da = op.a[0] ? Desc{} : decode(op.da), db = decode(op.db);
