@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -144,19 +145,42 @@ void* g_sched_sp = nullptr;  // the launching host code's stack while fibers run
 void (*g_call)(const void*) = nullptr;
 const void* g_params = nullptr;
 
+// The index in `values` of environment variable `name`'s value: 0 (the default) when unset,
+// empty or none of them, which is said on stderr.
+int env_choice(const char* name, std::initializer_list<const char*> values) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return 0;
+    int i = 0;
+    for (const char* c : values) {
+        if (std::strcmp(v, c) == 0) return i;
+        i++;
+    }
+    std::fprintf(stderr, "jobx cuda-emu: %s=%s: not one of the emulated choices; using %s\n", name, v,
+                 *values.begin());
+    return 0;
+}
+
 // JOBX_EMU_ORDER=reverse: threads take their turns in descending order (from the block's last
 // thread). Fibers switch only at barriers, so a thread reads shared memory that another writes
 // without a barrier between them correctly in one of the two orders only; a test that passes in
 // both has no such missing barrier between two threads whose order matters.
 bool reverse_order() {
-    static const bool on = [] {
-        const char* v = std::getenv("JOBX_EMU_ORDER");
-        if (!v || !*v || std::strcmp(v, "forward") == 0) return false;
-        if (std::strcmp(v, "reverse") == 0) return true;
-        std::fprintf(stderr, "jobx cuda-emu: JOBX_EMU_ORDER=%s: forward or reverse; using forward\n", v);
-        return false;
-    }();
+    static const bool on = env_choice("JOBX_EMU_ORDER", {"forward", "reverse"}) == 1;
     return on;
+}
+
+// Makes the threads in [lo, hi) that wait in state `s` (at named barrier `bar` for WAIT_NAMED)
+// runnable; `woken` marks them to run first (switch_away).
+void wake(int lo, int hi, State s, int bar = 0, bool woken = false) {
+    for (int i = lo; i < g_nthreads && i < hi; i++) {
+        Fiber& f = g_fibers[i];
+        if (f.state != s || (s == WAIT_NAMED && f.bar != bar)) continue;
+        f.state = RUN;
+        if (woken && !f.woken) {
+            f.woken = true;
+            g_woken++;
+        }
+    }
 }
 
 // Leaves the current fiber (blocked or done) for the next runnable one after it, or for the
@@ -166,26 +190,20 @@ bool reverse_order() {
 // is overwritten under that wgmma.
 void switch_away() {
     const int from = g_cur;
-    for (int j = 0; g_woken > 0 && j < g_nthreads; j++)
-        if (g_fibers[j].woken && g_fibers[j].state == RUN) {
+    auto switch_to = [from](int j) {
+        if (g_fibers[j].woken) {
             g_fibers[j].woken = false;
             g_woken--;
-            g_cur = j;
-            jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
-            return;
         }
+        g_cur = j;
+        jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
+    };
+    for (int j = 0; g_woken > 0 && j < g_nthreads; j++)
+        if (g_fibers[j].woken && g_fibers[j].state == RUN) return switch_to(j);
     const bool rev = reverse_order();
     for (int d = 1; d <= g_nthreads; d++) {
         const int j = rev ? (from - d + g_nthreads) % g_nthreads : (from + d) % g_nthreads;
-        if (g_fibers[j].state == RUN) {
-            if (g_fibers[j].woken) {
-                g_fibers[j].woken = false;
-                g_woken--;
-            }
-            g_cur = j;
-            jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
-            return;
-        }
+        if (g_fibers[j].state == RUN) return switch_to(j);
     }
     jobx_emu_switch(&g_fibers[from].sp, g_sched_sp);
 }
@@ -194,15 +212,13 @@ void release_warp(int w) {
     Warp& wp = g_warps[w];
     wp.arrived = 0;
     wp.phase++;
-    for (int i = w * 32; i < g_nthreads && i < w * 32 + 32; i++)
-        if (g_fibers[i].state == WAIT_WARP) g_fibers[i].state = RUN;
+    wake(w * 32, w * 32 + 32, WAIT_WARP);
 }
 
 void release_block() {
     g_block_arrived = 0;
     g_block_phase++;
-    for (int i = 0; i < g_nthreads; i++)
-        if (g_fibers[i].state == WAIT_BLOCK) g_fibers[i].state = RUN;
+    wake(0, g_nthreads, WAIT_BLOCK);
 }
 
 // the calling fiber arrives at its warp's barrier; returns after every live lane has
@@ -217,15 +233,13 @@ void warp_arrive() {
     switch_away();
 }
 
-void land(const Copy& c);  // (cp.async, below)
+void land_copies(Fiber& f, size_t count);  // (cp.async, below)
 
 [[noreturn]] void fiber_main() {
     g_call(g_params);
     Fiber& f = g_fibers[g_cur];
-    // copies never waited for land when their thread ends (nobody may read them: no barrier
-    // follows)
-    for (const Copy& c : f.copies) land(c);
-    f.copies.clear();
+    // copies never waited for land when their thread ends (as on the hardware, eventually)
+    land_copies(f, f.copies.size());
     f.group_ends.clear();
     f.state = DONE;
     Warp& wp = g_warps[f.warp];
@@ -281,6 +295,14 @@ unsigned shared_offset(const void* p) {
 unsigned char* shared_ptr(unsigned off) { return g_dyn_smem + (int64_t)(int32_t)off; }
 unsigned char* dynamic_shared() { return g_dyn_start; }
 
+// a bf16's bits as f32 (exact)
+float bf16_bits(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
 void fatal(const std::string& what) {
     const jobx_dim3 b = block_idx, t = thread_idx();
     std::fprintf(stderr, "jobx cuda-emu: kernel %s, block (%u,%u,%u), thread (%u,%u,%u): %s\n",
@@ -300,12 +322,7 @@ const Slab& mma_operands(const unsigned* a, unsigned b0, unsigned b1) {
 // r = 1) of column g; C and D rows g (elements 0, 1) / g + 8 (2, 3), columns 2t, 2t + 1.
 void mma_bf16_16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
     const Slab& ops = mma_operands(a, b0, b1);
-    auto half = [](unsigned w, int hi) {
-        const uint32_t u = (hi ? w >> 16 : w & 0xffffu) << 16;
-        float v;
-        std::memcpy(&v, &u, 4);
-        return v;
-    };
+    auto half = [](unsigned w, int hi) { return bf16_bits((uint16_t)(hi ? w >> 16 : w)); };
     auto areg = [&](int row, int col) {
         const uint64_t* s = ops[(row % 8) * 4 + (col % 8) / 2];
         const int r = (row >= 8 ? 1 : 0) + (col >= 8 ? 2 : 0);
@@ -414,23 +431,15 @@ float ex2_ftz(float x) {
 // The emulated device: sm_80 (an A100: 108 multiprocessors) or, with JOBX_EMU_SM=90, sm_90 (an
 // H100: 132), whose runtime choices include the sm_90a kernels below.
 int sm_version() {
-    static const int v = [] {
-        const char* e = std::getenv("JOBX_EMU_SM");
-        if (!e || !*e || std::strcmp(e, "80") == 0) return 80;
-        if (std::strcmp(e, "90") == 0) return 90;
-        std::fprintf(stderr, "jobx cuda-emu: JOBX_EMU_SM=%s: only 80 and 90 are emulated; using 80\n", e);
-        return 80;
-    }();
+    static const int v = env_choice("JOBX_EMU_SM", {"80", "90"}) == 1 ? 90 : 80;
     return v;
 }
 int multiprocessors() { return sm_version() == 90 ? 132 : 108; }
 
 namespace {
 void release_group(int g) {
-    Group& gp = g_groups[g];
-    gp.arrived = 0;
-    for (int i = g * 128; i < g_nthreads && i < g * 128 + 128; i++)
-        if (g_fibers[i].state == WAIT_GROUP) g_fibers[i].state = RUN;
+    g_groups[g].arrived = 0;
+    wake(g * 128, g * 128 + 128, WAIT_GROUP);
 }
 
 // A warpgroup collective (.sync.aligned over the warpgroup's 128 threads): the calling thread
@@ -479,12 +488,6 @@ unsigned k_major(const Desc& d, int row, int kbyte) {
 unsigned mn_major(const Desc& d, int mnbyte, int k) {
     return d.start + (mnbyte / 128) * d.lbo + (k / 8) * d.sbo + (k % 8) * 128 + mnbyte % 128;
 }
-float bf16_bits(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float v;
-    std::memcpy(&v, &u, 4);
-    return v;
-}
 
 // c[0..n) += a b[0..n), n one of the wgmma widths: a fixed trip count (a multiple of the
 // vector width) and unaliased rows, so that the compiler vectorises it at -O2
@@ -502,79 +505,60 @@ void axpy(int n, T a, const T* b, T* c) {
     }
 }
 
-// D (64 x n) = A (64 x K) B^T (+ D unless scale_d = 0), K = 16 bf16 or 32 int8. The D fragment:
-// thread 32 w + 4 g + t holds, in register 4 j + e, row 16 w + g (+ 8 for e >= 2), column 8 j +
-// 2 t (+ 1 for odd e). A from registers: thread 32 w + 4 g + t's register r holds row 16 w + g
-// (+ 8 for odd r), k = 2 t, 2 t + 1 (+ 8 for r >= 2), the mma.sync m16n8k16 A fragment per warp.
-void run_wgmma(const WgmmaOp& op) {
-    const int K = op.int8 ? 32 : 16, n = op.n;
-    const Desc da = op.a[0] ? Desc{} : decode(op.da), db = decode(op.db);
-    // A [64][K] and B as [K][n], then C [64][n] = D (or 0) + A B with k outermost, so that each
-    // sum still runs over k in order and the inner loop runs over contiguous columns
-    static std::vector<float> af, bf, cf;  // (one launch at a time: g_mu)
-    static std::vector<uint32_t> ai, bi, ci;
-    auto c_at = [&](int th, int r, int& row, int& col) {
+// C [64][n] = D (or 0) + A B, T = float (bf16 operands) or uint32_t (int8; s32 sums wrap, in
+// unsigned arithmetic: the same bits without overflow), A(row, k) and B(col, k) given by `a`
+// and `b`. A is [64][K] and B is kept as [K][n] so that C runs with k outermost: each sum
+// still goes over k in order, and the inner loop over contiguous columns.
+template <typename T, int K, typename FA, typename FB>
+void wgmma_product(const WgmmaOp& op, FA a, FB b) {
+    const int n = op.n;
+    static std::vector<T> av, bv, cv;  // (one launch at a time: g_mu)
+    av.assign(64 * K, T(0));
+    bv.assign((size_t)K * n, T(0));
+    cv.assign((size_t)64 * n, T(0));
+    for (int row = 0; row < 64; row++)
+        for (int k = 0; k < K; k++) av[row * K + k] = a(row, k);
+    for (int col = 0; col < n; col++)
+        for (int k = 0; k < K; k++) bv[(size_t)k * n + col] = b(col, k);
+    // the D fragment: thread 32 w + 4 g + t, register 4 j + e holds row 16 w + g (+ 8 for
+    // e >= 2), column 8 j + 2 t (+ 1 for odd e)
+    auto c_at = [&](int th, int r) -> T& {
         const int w = th / 32, g = th % 32 / 4, t = th % 4, j = r / 4, e = r % 4;
-        row = 16 * w + g + (e >= 2 ? 8 : 0);
-        col = 8 * j + 2 * t + (e & 1);
+        return cv[(size_t)(16 * w + g + (e >= 2 ? 8 : 0)) * n + 8 * j + 2 * t + (e & 1)];
     };
+    for (int th = 0; th < 128 && op.scale_d; th++)
+        for (int r = 0; r < n / 2; r++) std::memcpy(&c_at(th, r), (const T*)op.d[th] + r, sizeof(T));
+    for (int row = 0; row < 64; row++)
+        for (int k = 0; k < K; k++) axpy(n, av[row * K + k], &bv[(size_t)k * n], &cv[(size_t)row * n]);
+    for (int th = 0; th < 128; th++)
+        for (int r = 0; r < n / 2; r++) std::memcpy((T*)op.d[th] + r, &c_at(th, r), sizeof(T));
+}
+
+// One retired wgmma: D (64 x n) = A (64 x K) B^T (+ D unless scale_d = 0), K = 16 bf16 or 32
+// int8, A and B through their descriptors, or A from registers: thread 32 w + 4 g + t's register
+// r holds row 16 w + g (+ 8 for odd r), k = 2 t, 2 t + 1 (+ 8 for r >= 2), the mma.sync m16n8k16
+// A fragment per warp.
+void run_wgmma(const WgmmaOp& op) {
+    const Desc da = op.a[0] ? Desc{} : decode(op.da), db = decode(op.db);
     if (op.int8) {
-        ai.assign(64 * 32, 0);
-        bi.assign((size_t)32 * n, 0);
-        ci.assign((size_t)64 * n, 0);
-        for (int row = 0; row < 64; row++)
-            for (int k = 0; k < 32; k++) ai[row * 32 + k] = (uint32_t)(int)(signed char)*swizzled(k_major(da, row, k));
-        for (int col = 0; col < n; col++)
-            for (int k = 0; k < 32; k++)
-                bi[(size_t)k * n + col] = (uint32_t)(int)(signed char)*swizzled(k_major(db, col, k));
-        for (int th = 0; th < 128 && op.scale_d; th++)
-            for (int r = 0, row, col; r < n / 2; r++) {
-                c_at(th, r, row, col);
-                ci[(size_t)row * n + col] = (uint32_t)((const int*)op.d[th])[r];
-            }
-        // s32 accumulation wraps (unsigned arithmetic: the same bits, no overflow UB)
-        for (int row = 0; row < 64; row++)
-            for (int k = 0; k < 32; k++) axpy(n, ai[row * 32 + k], &bi[(size_t)k * n], &ci[(size_t)row * n]);
-        for (int th = 0; th < 128; th++)
-            for (int r = 0, row, col; r < n / 2; r++) {
-                c_at(th, r, row, col);
-                ((int*)op.d[th])[r] = (int)ci[(size_t)row * n + col];
-            }
+        auto s8 = [](unsigned addr) { return (uint32_t)(int)(signed char)*swizzled(addr); };
+        wgmma_product<uint32_t, 32>(op, [&](int row, int k) { return s8(k_major(da, row, k)); },
+                                    [&](int col, int k) { return s8(k_major(db, col, k)); });
         return;
     }
-    af.assign(64 * 16, 0.f);
-    bf.assign((size_t)16 * n, 0.f);
-    cf.assign((size_t)64 * n, 0.f);
-    for (int row = 0; row < 64; row++)
-        for (int k = 0; k < 16; k++) {
-            uint16_t h;
-            if (op.a[0]) {
-                const int th = (row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2;
-                const unsigned reg = op.a[th][(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
-                h = (uint16_t)(k & 1 ? reg >> 16 : reg & 0xffff);
-            } else {
-                std::memcpy(&h, swizzled(k_major(da, row, 2 * k)), 2);
-            }
-            af[row * 16 + k] = bf16_bits(h);
-        }
-    for (int col = 0; col < n; col++)
-        for (int k = 0; k < 16; k++) {
-            uint16_t h;
-            std::memcpy(&h, swizzled(op.trans_b ? mn_major(db, 2 * col, k) : k_major(db, col, 2 * k)), 2);
-            bf[(size_t)k * n + col] = bf16_bits(h);
-        }
-    for (int th = 0; th < 128 && op.scale_d; th++)
-        for (int r = 0, row, col; r < n / 2; r++) {
-            c_at(th, r, row, col);
-            cf[(size_t)row * n + col] = ((const float*)op.d[th])[r];
-        }
-    for (int row = 0; row < 64; row++)
-        for (int k = 0; k < 16; k++) axpy(n, af[row * 16 + k], &bf[(size_t)k * n], &cf[(size_t)row * n]);
-    for (int th = 0; th < 128; th++)
-        for (int r = 0, row, col; r < n / 2; r++) {
-            c_at(th, r, row, col);
-            ((float*)op.d[th])[r] = cf[(size_t)row * n + col];
-        }
+    auto bf16_at = [](unsigned addr) {
+        uint16_t h;
+        std::memcpy(&h, swizzled(addr), 2);
+        return bf16_bits(h);
+    };
+    wgmma_product<float, 16>(
+        op,
+        [&](int row, int k) {
+            if (!op.a[0]) return bf16_at(k_major(da, row, 2 * k));
+            const unsigned reg = op.a[(row / 16) * 32 + (row % 8) * 4 + (k % 8) / 2][(row % 16 >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)];
+            return bf16_bits((uint16_t)(k & 1 ? reg >> 16 : reg & 0xffff));
+        },
+        [&](int col, int k) { return bf16_at(op.trans_b ? mn_major(db, 2 * col, k) : k_major(db, col, 2 * k)); });
 }
 
 Mbar& mbar(unsigned bar) {
@@ -587,12 +571,7 @@ void mbar_check(Mbar& m) {
     if (m.pending > 0 || m.tx != 0) return;
     m.phase ^= 1;
     m.pending = m.expected;
-    for (int i = 0; i < g_nthreads; i++)
-        if (g_fibers[i].state == SPIN) {
-            g_fibers[i].state = RUN;
-            g_fibers[i].woken = true;
-            g_woken++;
-        }
+    wake(0, g_nthreads, SPIN, 0, true);
 }
 
 // a CUtensorMap as this emulator's cuTensorMapEncodeTiled writes it (128 opaque bytes)
@@ -648,8 +627,7 @@ void named_barrier(int id, int count) {
     Fiber& f = g_fibers[g_cur];
     if (++b.arrived == b.count) {
         b.arrived = 0;
-        for (int i = 0; i < g_nthreads; i++)
-            if (g_fibers[i].state == WAIT_NAMED && g_fibers[i].bar == id) g_fibers[i].state = RUN;
+        wake(0, g_nthreads, WAIT_NAMED, id);
         return;
     }
     f.state = WAIT_NAMED;
