@@ -20,9 +20,8 @@ cargo build --release --locked --all-targets
 bash tools/install-cuda-toolchain.sh
 cargo build --release --locked --features cuda --all-targets
 log=$(mktemp)
-emu_log=$(mktemp)
 emu_logs=("$(mktemp)" "$(mktemp)" "$(mktemp)")
-trap 'rm -f "$log" "$emu_log" "${emu_logs[@]}"' EXIT
+trap 'rm -f "$log" "${emu_logs[@]}"' EXIT
 # the emulated runs of step 4: device, thread order, tests, title
 emu_runs=("80 forward all" "90 forward all" "90 reverse cuda_op_table")
 emu_title() {
@@ -42,20 +41,19 @@ if [[ $status -eq 0 ]]; then
 fi
 if [[ $status -eq 0 ]]; then
   emu_dir="${CARGO_TARGET_DIR:-target}/cuda-emu"
-  bash tools/cuda-emu/build.sh "$emu_dir" 2>&1 | tee -a "$emu_log"
-  status=${PIPESTATUS[0]}
+  bash tools/cuda-emu/build.sh "$emu_dir"
+  status=$?
   if [[ $status -eq 0 ]]; then
     emu_dir=$(cd "$emu_dir" && pwd)
     for i in "${!emu_runs[@]}"; do
       read -r sm order tests <<< "${emu_runs[$i]}"
       filter=()
       [[ $tests != all ]] && filter=("$tests")
-      echo "== $(emu_title "${emu_runs[$i]}")" | tee -a "$emu_log"
+      echo "== $(emu_title "${emu_runs[$i]}")"
       LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm \
         JOBX_EMU_ORDER=$order JOBX_REQUIRE_GPU=1 \
         cargo test --release --locked --features cuda --test cuda_ops "${filter[@]}" 2>&1 | tee "${emu_logs[$i]}"
       run_status=${PIPESTATUS[0]}
-      cat "${emu_logs[$i]}" >> "$emu_log"
       if [[ $run_status -ne 0 ]]; then status=$run_status; fi
     done
   fi
