@@ -1582,6 +1582,10 @@ mod table {
                 && !skip.iter().any(|o| name.contains(o.as_str()))
         });
         eprintln!("cuda_op_table: {} cases", cases.len());
+        // a selection that matches nothing (a renamed case, a typo in a script) must not pass
+        if cases.is_empty() && !only.is_empty() {
+            return vec![format!("JOBX_OP_CASES={only:?} matched no case")];
+        }
         let mut failures = Vec::new();
         // wall time per case (both seeds, CPU reference included): the table took ~100 s of a
         // lent GPU's minutes in run 5, and nothing said where
