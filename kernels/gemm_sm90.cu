@@ -147,7 +147,9 @@ __device__ __forceinline__ void init_slots(unsigned long long (&full)[STAGES],
             mbar_init(smem_addr(&empty[s]), 2);
         }
         // make the initialised barriers visible to the copy engine (async proxy)
-#ifndef JOBX_HOST_EMU
+#ifdef JOBX_HOST_EMU
+        jobx_emu::fence_mbarrier_init();
+#else
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 #endif
     }

@@ -44,7 +44,9 @@ __device__ __forceinline__ unsigned long long desc_sw128_mn(unsigned addr, unsig
 // it, the latest moment the hardware may, so reading an accumulator, or reusing the shared
 // memory a product reads, before that wait gives a wrong result there too.
 __device__ __forceinline__ void wgmma_fence() {
-#ifndef JOBX_HOST_EMU
+#ifdef JOBX_HOST_EMU
+    jobx_emu::wgmma_fence();
+#else
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #endif
 }
@@ -69,7 +71,9 @@ __device__ __forceinline__ void wgmma_wait() {
 // Generic-proxy writes to shared memory (st.shared, cp.async) made visible to the async proxy
 // (wgmma's operand reads, TMA) before a barrier that orders them.
 __device__ __forceinline__ void fence_proxy_async() {
-#ifndef JOBX_HOST_EMU
+#ifdef JOBX_HOST_EMU
+    jobx_emu::fence_proxy_async();
+#else
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }

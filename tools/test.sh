@@ -12,7 +12,9 @@
 #      once as an sm_90 one (JOBX_EMU_SM=90: the wgmma/TMA kernels, PDL): every kernel against
 #      the CPU references, whether or not this machine has a GPU; then the op table once more on
 #      the sm_90 device with the threads of each block taking turns in reverse order
-#      (JOBX_EMU_ORDER=reverse: a barrier missing between two threads fails in one order).
+#      (JOBX_EMU_ORDER=reverse: a barrier missing between two threads fails in one order), and
+#      its TMA GEMM cases with the TMA loads landing as late as they may (JOBX_EMU_TMA=late: a
+#      slot read before its fill fails there, as one released too early fails in the default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -22,11 +24,13 @@ cargo build --release --locked --features cuda --all-targets
 log=$(mktemp)
 emu_logs=("$(mktemp)" "$(mktemp)" "$(mktemp)")
 trap 'rm -f "$log" "${emu_logs[@]}"' EXIT
-# the emulated runs of step 4: device, thread order, tests, title
-emu_runs=("80 forward all" "90 forward all" "90 reverse cuda_op_table")
+# the emulated runs of step 4: device, thread order, TMA landing, tests, op cases (- for all)
+emu_runs=("80 forward early all -" "90 forward early all -" "90 reverse early cuda_op_table -"
+  "90 forward late cuda_op_table tma")
 emu_title() {
   set -- $1
-  if [[ $3 == all ]]; then echo "GPU tests on the emulated sm_$1 device"
+  if [[ $4 == all ]]; then echo "GPU tests on the emulated sm_$1 device"
+  elif [[ $3 == late ]]; then echo "the op table's TMA cases on the emulated sm_$1 device, TMA loads landing late"
   else echo "the op table on the emulated sm_$1 device, threads in $2 order"; fi
 }
 set +e
@@ -46,12 +50,13 @@ if [[ $status -eq 0 ]]; then
   if [[ $status -eq 0 ]]; then
     emu_dir=$(cd "$emu_dir" && pwd)
     for i in "${!emu_runs[@]}"; do
-      read -r sm order tests <<< "${emu_runs[$i]}"
+      read -r sm order tma tests cases <<< "${emu_runs[$i]}"
       filter=()
       [[ $tests != all ]] && filter=("$tests")
+      [[ $cases == - ]] && cases=
       echo "== $(emu_title "${emu_runs[$i]}")"
       LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm \
-        JOBX_EMU_ORDER=$order JOBX_REQUIRE_GPU=1 \
+        JOBX_EMU_ORDER=$order JOBX_EMU_TMA=$tma JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 \
         cargo test --release --locked --features cuda --test cuda_ops "${filter[@]}" 2>&1 | tee "${emu_logs[$i]}"
       run_status=${PIPESTATUS[0]}
       if [[ $run_status -ne 0 ]]; then status=$run_status; fi

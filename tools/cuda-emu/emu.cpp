@@ -88,6 +88,8 @@ struct Fiber {
     int warp = 0, lane = 0, group = 0, bar = 0;
     State state = DONE;
     bool woken = false;  // runnable again since an mbarrier phase it polled completed
+    // a wgmma.fence since this thread's start or its last wgmma.wait_group (wgmma's rule)
+    bool wg_fenced = false;
 };
 struct Warp {
     int live = 0, arrived = 0;
@@ -106,6 +108,14 @@ constexpr size_t PAGE = 4096, DYN_MAX = 232448;
 constexpr size_t DYN_BUF = (DYN_MAX + PAGE - 1) / PAGE * PAGE + PAGE;
 alignas(PAGE) unsigned char g_dyn_smem[DYN_BUF];
 unsigned char* g_dyn_start = g_dyn_smem;  // this launch's dynamic shared memory
+size_t g_dyn_size = 0;                    // its bytes
+// The async proxy's view of the dynamic shared memory (sm_90a; same offsets as g_dyn_smem):
+// what wgmma's operand reads and the TMA engine may rely on. TMA writes go to both; generic
+// writes (the kernel's own stores, cp.async landing) only to g_dyn_smem, until a
+// fence.proxy.async copies the memory over. A wgmma operand byte, or a byte a TMA load
+// overwrites, that differs between the two was written through the generic proxy with no
+// fence since: the hardware may show the async proxy the old value.
+unsigned char g_async_view[DYN_BUF];
 std::vector<Fiber> g_fibers(MAX_THREADS);
 std::vector<unsigned char*> g_stacks;
 Warp g_warps[MAX_THREADS / 32];
@@ -134,6 +144,8 @@ struct Mbar {
     int expected = 0, pending = 0;
     long long tx = 0;
     unsigned phase = 0;
+    // its initialisation fenced for the copy engine (fence.mbarrier_init, fence.proxy.async)
+    bool visible = false;
 };
 std::map<unsigned, Mbar> g_mbars;  // by shared-window offset; a block's are reset at its start
 int g_block_live = 0, g_block_arrived = 0, g_nthreads = 0;
@@ -561,6 +573,46 @@ void run_wgmma(const WgmmaOp& op) {
         [&](int col, int k) { return bf16_at(op.trans_b ? mn_major(db, 2 * col, k) : k_major(db, col, 2 * k)); });
 }
 
+// Fails unless shared bytes [addr, addr + bytes) lie in the launch's dynamic shared memory:
+// every wgmma operand and TMA destination of the kernels does, and only there is the async
+// proxy's view kept. (The 128-byte swizzle moves bytes only inside their 128-byte row.)
+void check_dynamic(unsigned addr, size_t bytes, const char* what) {
+    const unsigned char* p = shared_ptr(addr);
+    if (p < g_dyn_start || p + bytes > g_dyn_start + g_dyn_size)
+        fatal(std::string(what) + " outside the launch's dynamic shared memory");
+}
+unsigned char* async_view(const unsigned char* p) { return g_async_view + (p - g_dyn_smem); }
+bool tma_in_flight(unsigned addr);  // (below)
+// Every shared-memory byte a wgmma reads (A's and B's 32 bytes of k per row, or for an N-major
+// B 16 rows of k, as run_wgmma reads them) must be as the async proxy sees it when the wgmma
+// is issued. Compared by 16-byte chunks, which the swizzle keeps whole.
+void check_operands_visible(const WgmmaOp& op) {
+    auto check = [](unsigned addr) {
+        if (addr % 16) fatal("wgmma operand row at a shared address not a multiple of 16");
+        check_dynamic(addr, 16, "a wgmma operand");
+        const unsigned char* p = swizzled(addr);
+        if (std::memcmp(p, async_view(p), 16) != 0)
+            fatal("wgmma reads shared memory (offset " + std::to_string(addr) +
+                  ") written through the generic proxy (a store or cp.async) with no fence.proxy.async since");
+        if (tma_in_flight(addr))
+            fatal("wgmma issued on shared memory (offset " + std::to_string(addr) +
+                  ") that a TMA load is still writing (no wait on its mbarrier before)");
+    };
+    if (!op.a[0]) {
+        const Desc da = decode(op.da);
+        for (int row = 0; row < 64; row++)
+            for (int kb = 0; kb < 32; kb += 16) check(k_major(da, row, kb));
+    }
+    const Desc db = decode(op.db);
+    if (op.trans_b) {
+        for (int k = 0; k < 16; k++)
+            for (int mb = 0; mb < 2 * op.n; mb += 16) check(mn_major(db, mb, k));
+    } else {
+        for (int col = 0; col < op.n; col++)
+            for (int kb = 0; kb < 32; kb += 16) check(k_major(db, col, kb));
+    }
+}
+
 Mbar& mbar(unsigned bar) {
     auto it = g_mbars.find(bar);
     if (it == g_mbars.end()) fatal("mbarrier used before mbarrier.init");
@@ -583,10 +635,90 @@ struct TmaMap {
 };
 static_assert(sizeof(TmaMap) <= 128, "a CUtensorMap is 128 bytes");
 constexpr uint64_t TMA_MAGIC = 0x6a6f62782d746d61ull;  // "jobx-tma"
+
+// JOBX_EMU_TMA=late: a TMA load lands (writes its box, completes its bytes) when a thread waits
+// on its mbarrier and finds the phase open, the latest moment the hardware may, instead of at
+// issue (early, the default). Early landing lets a slot released too soon be overwritten under
+// the wgmma still reading it; late landing leaves stale bytes to a thread that reads a slot
+// without waiting for its fill (a wrong parity, a missing wait). Each order hides what the
+// other shows, so tools/test.sh runs the TMA cases in both.
+bool late_tma() {
+    static const bool on = env_choice("JOBX_EMU_TMA", {"early", "late"}) == 1;
+    return on;
+}
+struct TmaCopy {
+    TmaMap t;
+    unsigned dst, bar;
+    int c0, c1;
+};
+std::vector<TmaCopy> g_tma;  // issued, not landed (late mode), oldest first; reset per block
+
+// Calls f(shared address, pointer to its byte, source byte) for every byte of a load's box,
+// with the 128-byte swizzle applied and zero fill out of bounds (either side).
+template <typename F>
+void tma_box(const TmaCopy& c, F f) {
+    const TmaMap& t = c.t;
+    const uint32_t row_bytes = t.box[0] * t.esize;
+    for (uint32_t r = 0; r < t.box[1]; r++)
+        for (uint32_t b = 0; b < row_bytes; b++) {
+            const long long x = (long long)c.c0 + b / t.esize, y = (long long)c.c1 + r;
+            const bool in = x >= 0 && y >= 0 && (uint64_t)x < t.dim[0] && (uint64_t)y < t.dim[1];
+            const unsigned addr = c.dst + r * row_bytes + b;
+            f(addr, t.swizzle == 3 ? swizzled(addr) : shared_ptr(addr),
+              in ? t.addr[(uint64_t)y * t.stride + (uint64_t)x * t.esize + b % t.esize] : (unsigned char)0);
+        }
+}
+// The async proxy may write a byte only as the generic proxy left it visible: no store or
+// cp.async since the last fence.proxy.async (before the load, or while it is in flight).
+void tma_check_dest(unsigned addr, const unsigned char* q) {
+    if (*async_view(q) != *q)
+        fatal("a TMA load overwrites shared memory (offset " + std::to_string(addr) +
+              ") written through the generic proxy with no fence.proxy.async before the load, or "
+              "while it was in flight");
+}
+// writes the box (memory and the async proxy's view) and completes its bytes on its barrier
+void tma_land(const TmaCopy& c) {
+    tma_box(c, [](unsigned addr, unsigned char* q, unsigned char v) {
+        tma_check_dest(addr, q);
+        *q = *async_view(q) = v;
+    });
+    Mbar& m = mbar(c.bar);
+    m.tx -= (long long)c.t.box[0] * c.t.esize * c.t.box[1];  // complete_tx: the whole box, zero fill included
+    mbar_check(m);
+}
+// whether shared address `addr` lies in the box of a load in flight (the swizzle keeps each
+// byte in its 128-byte row, so the unswizzled range is the one the load writes)
+bool tma_in_flight(unsigned addr) {
+    for (const TmaCopy& c : g_tma)
+        if (addr >= c.dst && addr < c.dst + c.t.box[0] * c.t.esize * c.t.box[1]) return true;
+    return false;
+}
+// lands the loads in flight that complete on `bar`, oldest first; false when there were none
+bool tma_land_for(unsigned bar) {
+    bool any = false;
+    for (size_t i = 0; i < g_tma.size();) {
+        if (g_tma[i].bar != bar) {
+            i++;
+            continue;
+        }
+        const TmaCopy c = g_tma[i];
+        g_tma.erase(g_tma.begin() + (long)i);
+        tma_land(c);
+        any = true;
+    }
+    return any;
+}
 }  // namespace
 
 void wgmma(bool int8, int n, void* d, const unsigned* a, unsigned long long da, unsigned long long db,
            bool trans_b, int scale_d) {
+    // PTX: wgmma.fence between a thread's accesses to the registers a wgmma uses (accumulators,
+    // A fragments) and that wgmma, and before a warpgroup's first. Taken here as: a fence since
+    // the thread's start or its last wait_group, after which it may have read or written the
+    // retired accumulators (the kernels do, or write new A fragments, as CUTLASS fences every
+    // k block). A missing one may let the hardware read stale registers.
+    if (!g_fibers[g_cur].wg_fenced)
+        fatal("wgmma.mma_async with no wgmma.fence since the thread's start or its last wgmma.wait_group");
     group_collective((uint64_t)d, (uint64_t)a, da, db, [&](const uint64_t (&slab)[128][4]) {
         WgmmaOp op{int8, trans_b, n, scale_d, slab[0][2], slab[0][3], {}, {}};
         for (int i = 0; i < 128; i++) {
@@ -595,6 +727,7 @@ void wgmma(bool int8, int n, void* d, const unsigned* a, unsigned long long da, 
             op.d[i] = (void*)slab[i][0];
             op.a[i] = (const unsigned*)slab[i][1];
         }
+        check_operands_visible(op);
         g_groups[g_fibers[g_cur].group].open.push_back(op);
     });
 }
@@ -615,6 +748,22 @@ void wgmma_wait(int n) {
             gp.pending.pop_front();
         }
     });
+    g_fibers[g_cur].wg_fenced = false;
+}
+
+void wgmma_fence() { g_fibers[g_cur].wg_fenced = true; }
+
+void fence_mbarrier_init() {
+    for (auto& b : g_mbars) b.second.visible = true;
+}
+
+// fence.proxy.async: the generic proxy's writes so far visible to the async proxy (all of
+// them: the hardware's fence covers only the calling thread's, so a kernel where some thread
+// skips its fence can still pass here, in the order where a fencing thread runs last). It
+// also makes mbarrier initialisations visible, as fence.mbarrier_init does.
+void fence_proxy_async() {
+    std::memcpy(g_async_view + (g_dyn_start - g_dyn_smem), g_dyn_start, g_dyn_size);
+    fence_mbarrier_init();
 }
 
 void named_barrier(int id, int count) {
@@ -651,6 +800,7 @@ void mbar_wait(unsigned bar, unsigned parity) {
     // try_wait.parity p succeeds once the phase of parity p has completed, i.e. the current
     // phase's parity differs from p
     while (mbar(bar).phase == (parity & 1)) {
+        if (tma_land_for(bar)) continue;
         g_fibers[g_cur].state = SPIN;
         switch_away();
     }
@@ -662,19 +812,14 @@ void tma_load_2d(unsigned dst, const void* map, int c0, int c1, unsigned bar) {
     if (t.magic != TMA_MAGIC) fatal("cp.async.bulk.tensor with a tensor map cuTensorMapEncodeTiled did not write");
     if (t.rank != 2) fatal("cp.async.bulk.tensor.2d with a rank-" + std::to_string(t.rank) + " tensor map");
     if (dst % (t.swizzle == 3 ? 1024 : 128) != 0) fatal("cp.async.bulk.tensor to a misaligned shared address");
-    const uint32_t row_bytes = t.box[0] * t.esize;
-    for (uint32_t r = 0; r < t.box[1]; r++)
-        for (uint32_t b = 0; b < row_bytes; b++) {
-            // out of bounds (either side): zero fill
-            const long long x = (long long)c0 + b / t.esize, y = (long long)c1 + r;
-            const bool in = x >= 0 && y >= 0 && (uint64_t)x < t.dim[0] && (uint64_t)y < t.dim[1];
-            const unsigned addr = dst + r * row_bytes + b;
-            *(t.swizzle == 3 ? swizzled(addr) : shared_ptr(addr)) =
-                in ? t.addr[(uint64_t)y * t.stride + (uint64_t)x * t.esize + b % t.esize] : 0;
-        }
-    Mbar& m = mbar(bar);
-    m.tx -= (long long)row_bytes * t.box[1];  // complete_tx: the whole box, zero fill included
-    mbar_check(m);
+    check_dynamic(dst, (size_t)t.box[0] * t.esize * t.box[1], "a TMA load's destination");
+    if (!mbar(bar).visible)
+        fatal("a TMA load completes on an mbarrier whose initialisation no fence.mbarrier_init (or "
+              "fence.proxy.async) made visible to the copy engine");
+    const TmaCopy c{t, dst, bar, c0, c1};
+    if (!late_tma()) return tma_land(c);
+    tma_box(c, [](unsigned addr, unsigned char* q, unsigned char) { tma_check_dest(addr, q); });
+    g_tma.push_back(c);
 }
 
 unsigned long long globaltimer() {
@@ -716,6 +861,7 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
         return false;
     }
     g_dyn_start = g_dyn_smem + ((open - smem) & ~(size_t)127);
+    g_dyn_size = smem;
     mprotect(g_dyn_smem, open, PROT_READ | PROT_WRITE);
     mprotect(g_dyn_smem + open, DYN_BUF - open, PROT_NONE);
     while ((int)g_stacks.size() < g_nthreads) {
@@ -746,8 +892,10 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                 }
                 for (NamedBar& b : g_named) b = NamedBar{};
                 g_mbars.clear();
+                g_tma.clear();
                 // a GPU's shared memory is not cleared between blocks: NaN bytes, not a lucky 0
                 std::memset(g_dyn_start, 0xff, smem);
+                std::memset(g_async_view + (g_dyn_start - g_dyn_smem), 0xff, smem);
                 for (int i = 0; i < g_nthreads; i++) {
                     Fiber& f = g_fibers[i];
                     f.tid = {(unsigned)(i % block.x), (unsigned)(i / block.x % block.y),
@@ -757,6 +905,7 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     f.group = i / 128;
                     f.state = RUN;
                     f.woken = false;
+                    f.wg_fenced = false;
                     f.copies.clear();
                     f.group_ends.clear();
                     g_woken = 0;
@@ -775,6 +924,10 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     err = "block (" + std::to_string(bx) + "," + std::to_string(by) + "," +
                           std::to_string(bz) + ") deadlocked: " + std::to_string(g_block_live) +
                           " live threads wait at barriers that cannot open";
+                    return false;
+                }
+                if (!g_tma.empty()) {
+                    err = std::to_string(g_tma.size()) + " TMA loads still in flight when the block ended";
                     return false;
                 }
                 for (int w = 0; w < (g_nthreads + 127) / 128; w++)

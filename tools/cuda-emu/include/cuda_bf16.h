@@ -144,12 +144,15 @@ void cp_async_wait(int n);
 float ex2_ftz(float x);
 // sm_90a (kernels/*_sm90.cu, sm90_common.cuh, wgmma_ops.cuh): wgmma.mma_async m64nNk16 bf16 /
 // m64nNk32 s8 from shared-memory descriptors (A from the registers `a` when not null; B N-major
-// with trans_b), its commit and wait; named barriers; mbarriers; 2-D TMA loads; special
-// registers for the GEMM trace.
+// with trans_b), its commit, wait and fence; the proxy fences; named barriers; mbarriers; 2-D
+// TMA loads; special registers for the GEMM trace.
 void wgmma(bool int8, int n, void* d, const unsigned* a, unsigned long long da, unsigned long long db,
            bool trans_b, int scale_d);
 void wgmma_commit();
 void wgmma_wait(int n);
+void wgmma_fence();
+void fence_proxy_async();
+void fence_mbarrier_init();
 void named_barrier(int id, int count);
 void mbar_init(unsigned bar, unsigned count);
 void mbar_arrive(unsigned bar, unsigned expect_tx);
