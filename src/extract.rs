@@ -520,12 +520,32 @@ pub struct InputRecord {
     pub source: std::result::Result<String, String>,
 }
 
+/// What kind of failure a record's `error` is (JSONL field `error_kind`), so that a batch job
+/// can pick the lines to run again (with `--gpu-weights int8` or a smaller batch after
+/// `out_of_device_memory`, say) without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// the input line: unreadable, empty, over the size limit, an unknown adapter
+    Input,
+    /// the generation did not fit in device memory, even as a batch of one
+    OutOfDeviceMemory,
+    /// the generation failed otherwise
+    Generation,
+    /// the model's output is not the expected JSON (unparsed, incomplete)
+    Output,
+    /// a bug: results lost or miscounted inside the engine
+    Internal,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputRecord {
     pub id: String,
     pub output: Option<serde_json::Value>,
     pub raw: Option<String>,
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<Finish>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -534,17 +554,20 @@ pub struct OutputRecord {
     pub source_tokens: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_tokens_cut: Option<usize>,
+    /// wall time of the generation that produced this record (the batch it ran in), plus any
+    /// earlier attempts with it that ran out of device memory and were split
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
 }
 
 impl OutputRecord {
-    pub fn error(id: &str, msg: String) -> Self {
+    pub fn error(id: &str, kind: ErrorKind, msg: String) -> Self {
         OutputRecord {
             id: id.to_string(),
             output: None,
             raw: None,
             error: Some(msg),
+            error_kind: Some(kind),
             finish_reason: None,
             new_tokens: None,
             source_tokens: None,
@@ -730,7 +753,7 @@ pub fn extract_records(
         for (i, r) in chunk.iter().enumerate() {
             let src = match &r.source {
                 Err(e) => {
-                    outs[i] = Some(OutputRecord::error(&r.id, e.clone()));
+                    outs[i] = Some(OutputRecord::error(&r.id, ErrorKind::Input, e.clone()));
                     continue;
                 }
                 Ok(s) => s,
@@ -738,6 +761,7 @@ pub fn extract_records(
             if src.trim().is_empty() {
                 outs[i] = Some(OutputRecord::error(
                     &r.id,
+                    ErrorKind::Input,
                     "empty posting: nothing to extract".into(),
                 ));
                 continue;
@@ -745,6 +769,7 @@ pub fn extract_records(
             if src.len() > opts.max_source_bytes {
                 outs[i] = Some(OutputRecord::error(
                     &r.id,
+                    ErrorKind::Input,
                     format!(
                         "posting is {} bytes, over the {} byte limit (--max-source-bytes)",
                         src.len(),
@@ -760,6 +785,7 @@ pub fn extract_records(
                     None => {
                         outs[i] = Some(OutputRecord::error(
                             &r.id,
+                            ErrorKind::Input,
                             format!("unknown adapter `{name}` (loaded: {:?})", engine.adapters),
                         ));
                         continue;
@@ -778,7 +804,9 @@ pub fn extract_records(
                     }
                     batch.push((i, ids, cut, adapter));
                 }
-                Err(e) => outs[i] = Some(OutputRecord::error(&r.id, e.to_string())),
+                Err(e) => {
+                    outs[i] = Some(OutputRecord::error(&r.id, ErrorKind::Input, e.to_string()))
+                }
             }
         }
         // one batch per adapter on the CPU; on CUDA one batch whatever the adapters (SGMV)
@@ -815,16 +843,22 @@ pub fn extract_records(
                 },
                 warn,
             );
-            for ((i, ids, cut, _), res) in
+            for ((i, ids, cut, _), att) in
                 group.iter().map(|x| (&x.0, &x.1, &x.2, &x.3)).zip(results)
             {
                 let r = &chunk[*i];
-                let (g, ms) = match res {
+                let (g, ms) = match att.result {
                     Ok(x) => x,
                     Err(e) => {
+                        let kind = match e.kind {
+                            ItemErrorKind::OutOfMemory => ErrorKind::OutOfDeviceMemory,
+                            ItemErrorKind::Failed => ErrorKind::Generation,
+                            ItemErrorKind::Internal => ErrorKind::Internal,
+                        };
                         outs[*i] = Some(OutputRecord::error(
                             &r.id,
-                            format!("generation failed: {e}"),
+                            kind,
+                            format!("generation failed: {}", e.msg),
                         ));
                         continue;
                     }
@@ -837,18 +871,23 @@ pub fn extract_records(
                     id: r.id.clone(),
                     output,
                     raw,
+                    error_kind: error.as_ref().map(|_| ErrorKind::Output),
                     error,
                     finish_reason: Some(g.finish),
                     new_tokens: Some(g.tokens.len()),
                     source_tokens: Some(ids.len()),
                     source_tokens_cut: if *cut > 0 { Some(*cut) } else { None },
-                    latency_ms: Some(ms),
+                    latency_ms: Some(ms + att.retried_ms),
                 });
             }
         }
         for (i, o) in outs.into_iter().enumerate() {
             sink(o.unwrap_or_else(|| {
-                OutputRecord::error(&chunk[i].id, "internal: no result".into())
+                OutputRecord::error(
+                    &chunk[i].id,
+                    ErrorKind::Internal,
+                    "internal: no result".into(),
+                )
             }))?;
         }
         done += chunk.len();
@@ -883,22 +922,47 @@ impl OomCap {
 /// Warnings from `run_with_oom_backoff` start with this (`eval` counts them apart).
 pub const OOM_RETRY_WARNING: &str = "out of device memory: ";
 
+/// Why `run_with_oom_backoff` has no result for an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ItemErrorKind {
+    /// out of device memory with the item alone
+    OutOfMemory,
+    /// any other error of `run`
+    Failed,
+    /// `run` returned the wrong number of results
+    Internal,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ItemError {
+    pub kind: ItemErrorKind,
+    pub msg: String,
+}
+
+/// One item's outcome from `run_with_oom_backoff`.
+#[derive(Debug)]
+pub(crate) struct Attempted<R> {
+    pub result: std::result::Result<R, ItemError>,
+    /// wall time of the attempts with this item that ran out of device memory and were split
+    /// (the time of the attempt that gave `result` is `run`'s to measure)
+    pub retried_ms: f64,
+}
+
 /// Runs `run` over `items` in order, in pieces of at most `cap.cap` items. A piece that runs
 /// out of device memory (`Error::is_out_of_memory`) runs again as two halves, down to single
 /// items, and the cap drops to the half, so that later calls start there instead of failing
 /// again (`warn` says so); it doubles again after `OomCap::REGROW` full pieces in a row
 /// succeed. Any other error, or running out of memory with one item, is that piece's items'
-/// error. One result per item, in order: nothing is lost. (A result's own time, as `run`
-/// measures it, leaves out the failed attempts before it.)
-#[allow(clippy::type_complexity)]
+/// error. One outcome per item, in order: nothing is lost.
 pub(crate) fn run_with_oom_backoff<T, R>(
     items: &[T],
     cap: &mut OomCap,
     run: &mut dyn FnMut(&[T]) -> Result<Vec<R>>,
     warn: &mut dyn FnMut(String),
-) -> Vec<std::result::Result<R, String>> {
-    let mut out: Vec<Option<std::result::Result<R, String>>> =
+) -> Vec<Attempted<R>> {
+    let mut out: Vec<Option<std::result::Result<R, ItemError>>> =
         (0..items.len()).map(|_| None).collect();
+    let mut retried_ms = vec![0.0f64; items.len()];
     // pieces (start, len) still to run, the next first
     let mut todo: std::collections::VecDeque<(usize, usize)> = Default::default();
     todo.push_back((0, items.len()));
@@ -914,6 +978,7 @@ pub(crate) fn run_with_oom_backoff<T, R>(
             continue;
         }
         // the piece's error, for each of its items (the other outcomes go on to the next)
+        let t0 = std::time::Instant::now();
         let err = match run(&items[start..start + len]) {
             Ok(rs) if rs.len() == len => {
                 for (k, r) in rs.into_iter().enumerate() {
@@ -928,8 +993,15 @@ pub(crate) fn run_with_oom_backoff<T, R>(
                 }
                 continue;
             }
-            Ok(rs) => format!("internal: {} results for {len} inputs", rs.len()),
+            Ok(rs) => ItemError {
+                kind: ItemErrorKind::Internal,
+                msg: format!("internal: {} results for {len} inputs", rs.len()),
+            },
             Err(e) if e.is_out_of_memory() && len > 1 => {
+                let ms = t0.elapsed().as_secs_f64() * 1e3;
+                for t in &mut retried_ms[start..start + len] {
+                    *t += ms;
+                }
                 let half = len.div_ceil(2);
                 cap.cap = cap.cap.min(half);
                 cap.streak = 0;
@@ -940,14 +1012,30 @@ pub(crate) fn run_with_oom_backoff<T, R>(
                 todo.push_front((start, half));
                 continue;
             }
-            Err(e) => e.to_string(),
+            Err(e) => ItemError {
+                kind: if e.is_out_of_memory() {
+                    ItemErrorKind::OutOfMemory
+                } else {
+                    ItemErrorKind::Failed
+                },
+                msg: e.to_string(),
+            },
         };
         for o in &mut out[start..start + len] {
             *o = Some(Err(err.clone()));
         }
     }
     out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Err("internal: not run".into())))
+        .zip(retried_ms)
+        .map(|(o, retried_ms)| Attempted {
+            result: o.unwrap_or_else(|| {
+                Err(ItemError {
+                    kind: ItemErrorKind::Internal,
+                    msg: "internal: not run".into(),
+                })
+            }),
+            retried_ms,
+        })
         .collect()
 }
 
@@ -1154,6 +1242,8 @@ mod tests {
         let mut run = |p: &[u32]| -> Result<Vec<u32>> {
             calls.borrow_mut().push(p.to_vec());
             if p.len() > 3 {
+                // (a failed attempt takes time: it counts in its items' latency)
+                std::thread::sleep(std::time::Duration::from_millis(20));
                 return Err(oom());
             }
             if p.contains(&7) {
@@ -1165,13 +1255,24 @@ mod tests {
         let mut cap = OomCap::default();
         let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |w| warned.push(w));
         assert_eq!(out.len(), 10);
-        for (i, r) in out.iter().enumerate() {
-            match (i, r) {
-                (5..=7, Err(e)) => assert!(e.contains("bad row"), "{e}"),
+        for (i, a) in out.iter().enumerate() {
+            match (i, &a.result) {
+                (5..=7, Err(e)) => {
+                    assert!(e.msg.contains("bad row"), "{e:?}");
+                    assert_eq!(e.kind, ItemErrorKind::Failed);
+                }
                 (_, Ok(v)) => assert_eq!(*v, 10 * i as u32),
                 other => panic!("{other:?}"),
             }
         }
+        // the failed attempts' time, per item: 0..5 were in the failed 10 and 5, 5..10 in the
+        // 10 only (each attempt >= 20 ms)
+        let t: Vec<f64> = out.iter().map(|a| a.retried_ms).collect();
+        assert!(
+            t[..5].iter().all(|&x| x == t[0]) && t[5..].iter().all(|&x| x == t[5]),
+            "{t:?}"
+        );
+        assert!(t[5] >= 20.0 && t[0] - t[5] >= 20.0, "{t:?}");
         // 10 -> 5 | 5 -> 3 2 | 3 2 ... : each piece in order, later ones started at the new cap
         assert_eq!(
             *calls.borrow(),
@@ -1191,7 +1292,7 @@ mod tests {
         calls.borrow_mut().clear();
         let items: Vec<u32> = (0..4).collect();
         let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |_| {});
-        assert!(out.iter().all(|r| r.is_ok()));
+        assert!(out.iter().all(|a| a.result.is_ok() && a.retried_ms == 0.0));
         assert_eq!(*calls.borrow(), vec![vec![0, 1, 2], vec![3]]);
     }
 
@@ -1216,7 +1317,7 @@ mod tests {
         sizes.borrow_mut().clear();
         let items: Vec<u32> = (0..48).collect();
         let out = run_with_oom_backoff(&items, &mut cap, &mut run, &mut |_| {});
-        assert!(out.iter().all(|r| r.is_ok()));
+        assert!(out.iter().all(|a| a.result.is_ok()));
         // REGROW (4) full pieces at each size, then twice the size
         assert_eq!(*sizes.borrow(), [4, 4, 4, 4, 8, 8, 8, 8]);
         assert_eq!(cap.cap, 16, "{cap:?}");
@@ -1237,8 +1338,10 @@ mod tests {
         );
         assert_eq!(n, 3, "both, then each alone");
         assert_eq!(cap.cap, 1);
-        for r in out {
-            assert!(r.unwrap_err().contains("out of device memory"));
+        for a in out {
+            let e = a.result.unwrap_err();
+            assert!(e.msg.contains("out of device memory"), "{e:?}");
+            assert_eq!(e.kind, ItemErrorKind::OutOfMemory);
         }
         // a run that returns the wrong number of results is an error for its items, not a panic
         let out = run_with_oom_backoff(
@@ -1247,8 +1350,9 @@ mod tests {
             &mut |_: &[u8]| -> Result<Vec<u8>> { Ok(vec![1]) },
             &mut |_| {},
         );
-        assert!(out
-            .iter()
-            .all(|r| r.as_ref().unwrap_err().contains("internal")));
+        assert!(out.iter().all(|a| {
+            let e = a.result.as_ref().unwrap_err();
+            e.msg.contains("internal") && e.kind == ItemErrorKind::Internal
+        }));
     }
 }

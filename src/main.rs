@@ -980,11 +980,12 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                     }
                 },
                 &mut |rec| {
-                    if let Some(e) = &rec.error {
+                    if rec.error.is_some() {
                         errors += 1;
                         // (a posting that did not fit even alone: the batches were already
                         // split down to it)
-                        oom += e.contains("out of device memory") as usize;
+                        oom += (rec.error_kind == Some(extract::ErrorKind::OutOfDeviceMemory))
+                            as usize;
                     }
                     let line = serde_json::to_string(&rec)
                         .map_err(|e| jobx_engine::Error::Input(e.to_string()))?;

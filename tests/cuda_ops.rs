@@ -602,6 +602,7 @@ fn cuda_extract_survives_running_out_of_memory() {
     let (recs, err, _) = run(one, 1, Some(peak1 - 1), false, "below one posting");
     let e = recs[0]["error"].as_str().unwrap_or_default();
     assert!(e.contains("out of device memory"), "{}\n{err}", recs[0]);
+    assert_eq!(recs[0]["error_kind"], "out_of_device_memory", "{}", recs[0]);
     assert!(
         err.contains("did not fit in GPU memory even alone"),
         "no hint:\n{err}"

@@ -172,6 +172,18 @@ fn extract_writes_one_record_per_input_line() {
     assert!(recs[1]["error"].as_str().unwrap().contains("empty"));
     assert!(recs[2]["error"].as_str().unwrap().contains("not JSON"));
     assert_eq!(recs[3]["id"], "d");
+    // each error says its kind, machine-readably; a record without an error has none
+    assert_eq!(recs[1]["error_kind"], "input", "{}", recs[1]);
+    assert_eq!(recs[2]["error_kind"], "input", "{}", recs[2]);
+    for r in &recs {
+        assert_eq!(r["error"].is_null(), r.get("error_kind").is_none(), "{r}");
+    }
+    // (the generated ones: a random tiny model's 8 unconstrained tokens are rarely JSON)
+    for r in [&recs[0], &recs[3]] {
+        if !r["error"].is_null() {
+            assert_eq!(r["error_kind"], "output", "{r}");
+        }
+    }
     for r in &recs {
         for k in ["id", "output", "raw", "error"] {
             assert!(r.get(k).is_some(), "record lacks {k}: {r}");
