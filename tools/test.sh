@@ -21,12 +21,13 @@ export CARGO_TERM_COLOR=never
 cargo build --release --locked --all-targets
 bash tools/install-cuda-toolchain.sh
 cargo build --release --locked --features cuda --all-targets
-log=$(mktemp)
-emu_logs=("$(mktemp)" "$(mktemp)" "$(mktemp)")
-trap 'rm -f "$log" "${emu_logs[@]}"' EXIT
 # the emulated runs of step 4: device, thread order, TMA landing, tests, op cases (- for all)
 emu_runs=("80 forward early all -" "90 forward early all -" "90 reverse early cuda_op_table -"
   "90 forward late cuda_op_table tma")
+log=$(mktemp)
+emu_logs=()  # one per run
+for _ in "${emu_runs[@]}"; do emu_logs+=("$(mktemp)"); done
+trap 'rm -f "$log" "${emu_logs[@]}"' EXIT
 emu_title() {
   set -- $1
   if [[ $4 == all ]]; then echo "GPU tests on the emulated sm_$1 device"
