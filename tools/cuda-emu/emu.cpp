@@ -820,6 +820,9 @@ void tma_load_2d(unsigned dst, const void* map, int c0, int c1, unsigned bar) {
     if (!late_tma()) return tma_land(c);
     tma_box(c, [](unsigned addr, unsigned char* q, unsigned char) { tma_check_dest(addr, q); });
     g_tma.push_back(c);
+    // a thread already polling this barrier can land the load now: make the pollers runnable
+    // (nothing else would; they would otherwise wait for a phase only they can complete)
+    wake(0, g_nthreads, SPIN);
 }
 
 unsigned long long globaltimer() {
