@@ -850,14 +850,9 @@ pub fn extract_records(
                 let (g, ms) = match att.result {
                     Ok(x) => x,
                     Err(e) => {
-                        let kind = match e.kind {
-                            ItemErrorKind::OutOfMemory => ErrorKind::OutOfDeviceMemory,
-                            ItemErrorKind::Failed => ErrorKind::Generation,
-                            ItemErrorKind::Internal => ErrorKind::Internal,
-                        };
                         outs[*i] = Some(OutputRecord::error(
                             &r.id,
-                            kind,
+                            e.kind,
                             format!("generation failed: {}", e.msg),
                         ));
                         continue;
@@ -922,20 +917,12 @@ impl OomCap {
 /// Warnings from `run_with_oom_backoff` start with this (`eval` counts them apart).
 pub const OOM_RETRY_WARNING: &str = "out of device memory: ";
 
-/// Why `run_with_oom_backoff` has no result for an item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ItemErrorKind {
-    /// out of device memory with the item alone
-    OutOfMemory,
-    /// any other error of `run`
-    Failed,
-    /// `run` returned the wrong number of results
-    Internal,
-}
-
+/// Why `run_with_oom_backoff` has no result for an item: `OutOfDeviceMemory` with the item
+/// alone, `Generation` for any other error of `run`, `Internal` when `run` returned the wrong
+/// number of results.
 #[derive(Clone, Debug)]
 pub(crate) struct ItemError {
-    pub kind: ItemErrorKind,
+    pub kind: ErrorKind,
     pub msg: String,
 }
 
@@ -994,7 +981,7 @@ pub(crate) fn run_with_oom_backoff<T, R>(
                 continue;
             }
             Ok(rs) => ItemError {
-                kind: ItemErrorKind::Internal,
+                kind: ErrorKind::Internal,
                 msg: format!("internal: {} results for {len} inputs", rs.len()),
             },
             Err(e) if e.is_out_of_memory() && len > 1 => {
@@ -1014,9 +1001,9 @@ pub(crate) fn run_with_oom_backoff<T, R>(
             }
             Err(e) => ItemError {
                 kind: if e.is_out_of_memory() {
-                    ItemErrorKind::OutOfMemory
+                    ErrorKind::OutOfDeviceMemory
                 } else {
-                    ItemErrorKind::Failed
+                    ErrorKind::Generation
                 },
                 msg: e.to_string(),
             },
@@ -1030,7 +1017,7 @@ pub(crate) fn run_with_oom_backoff<T, R>(
         .map(|(o, retried_ms)| Attempted {
             result: o.unwrap_or_else(|| {
                 Err(ItemError {
-                    kind: ItemErrorKind::Internal,
+                    kind: ErrorKind::Internal,
                     msg: "internal: not run".into(),
                 })
             }),
@@ -1259,7 +1246,7 @@ mod tests {
             match (i, &a.result) {
                 (5..=7, Err(e)) => {
                     assert!(e.msg.contains("bad row"), "{e:?}");
-                    assert_eq!(e.kind, ItemErrorKind::Failed);
+                    assert_eq!(e.kind, ErrorKind::Generation);
                 }
                 (_, Ok(v)) => assert_eq!(*v, 10 * i as u32),
                 other => panic!("{other:?}"),
@@ -1341,7 +1328,7 @@ mod tests {
         for a in out {
             let e = a.result.unwrap_err();
             assert!(e.msg.contains("out of device memory"), "{e:?}");
-            assert_eq!(e.kind, ItemErrorKind::OutOfMemory);
+            assert_eq!(e.kind, ErrorKind::OutOfDeviceMemory);
         }
         // a run that returns the wrong number of results is an error for its items, not a panic
         let out = run_with_oom_backoff(
@@ -1352,7 +1339,7 @@ mod tests {
         );
         assert!(out.iter().all(|a| {
             let e = a.result.as_ref().unwrap_err();
-            e.msg.contains("internal") && e.kind == ItemErrorKind::Internal
+            e.msg.contains("internal") && e.kind == ErrorKind::Internal
         }));
     }
 }
