@@ -652,6 +652,8 @@ struct TmaCopy {
     int c0, c1;
 };
 std::vector<TmaCopy> g_tma;  // issued, not landed (late mode), oldest first; reset per block
+// the bytes a load's box writes (zero fill included), from its shared address on
+size_t box_bytes(const TmaMap& t) { return (size_t)t.box[0] * t.esize * t.box[1]; }
 
 // Calls f(shared address, pointer to its byte, source byte) for every byte of a load's box,
 // with the 128-byte swizzle applied and zero fill out of bounds (either side).
@@ -683,14 +685,14 @@ void tma_land(const TmaCopy& c) {
         *q = *async_view(q) = v;
     });
     Mbar& m = mbar(c.bar);
-    m.tx -= (long long)c.t.box[0] * c.t.esize * c.t.box[1];  // complete_tx: the whole box, zero fill included
+    m.tx -= (long long)box_bytes(c.t);  // complete_tx: the whole box, zero fill included
     mbar_check(m);
 }
 // whether shared address `addr` lies in the box of a load in flight (the swizzle keeps each
 // byte in its 128-byte row, so the unswizzled range is the one the load writes)
 bool tma_in_flight(unsigned addr) {
     for (const TmaCopy& c : g_tma)
-        if (addr >= c.dst && addr < c.dst + c.t.box[0] * c.t.esize * c.t.box[1]) return true;
+        if (addr >= c.dst && addr < c.dst + box_bytes(c.t)) return true;
     return false;
 }
 // lands the loads in flight that complete on `bar`, oldest first; false when there were none
@@ -812,7 +814,7 @@ void tma_load_2d(unsigned dst, const void* map, int c0, int c1, unsigned bar) {
     if (t.magic != TMA_MAGIC) fatal("cp.async.bulk.tensor with a tensor map cuTensorMapEncodeTiled did not write");
     if (t.rank != 2) fatal("cp.async.bulk.tensor.2d with a rank-" + std::to_string(t.rank) + " tensor map");
     if (dst % (t.swizzle == 3 ? 1024 : 128) != 0) fatal("cp.async.bulk.tensor to a misaligned shared address");
-    check_dynamic(dst, (size_t)t.box[0] * t.esize * t.box[1], "a TMA load's destination");
+    check_dynamic(dst, box_bytes(t), "a TMA load's destination");
     if (!mbar(bar).visible)
         fatal("a TMA load completes on an mbarrier whose initialisation no fence.mbarrier_init (or "
               "fence.proxy.async) made visible to the copy engine");
