@@ -2,8 +2,9 @@
 //! machine from tools/gpu-check.sh, which has no Rust toolchain). Each op: 3 warm-up launches,
 //! then the median of 20 timed launches, each between CUDA events on the stream (so the time is
 //! the kernel's, synchronised). Prints one JSON line per case; tools/gpu_bench_torch.py times the
-//! PyTorch equivalents (torch.matmul bf16, torch._int_mm, scaled_dot_product_attention) on the same
-//! shapes and tools/gpu-check.sh puts the two side by side.
+//! PyTorch equivalents (torch.matmul bf16, torch._int_mm, scaled_dot_product_attention, the RMS
+//! norm and gated GELU as HF computes them) on the same shapes and tools/gpu-check.sh puts the
+//! two side by side.
 use half::bf16;
 use jobx_engine::cuda::*;
 use std::sync::atomic::Ordering::Relaxed;
@@ -426,6 +427,37 @@ fn main() {
     // what tuning chose per decode shape, with every candidate's time (L2 flushed)
     for line in g.gemm_tune_report() {
         eprintln!("gemm tune: {line}");
+    }
+    // last, so that a failure here loses no earlier row
+    elementwise(&g);
+}
+
+/// RMS norm and the gated GELU at a T5-Large decode step (32 rows), the T5-Large encoder at
+/// batch 8 (8192 rows) and Mistral-7B prefill (8192 rows, d 4096, d_ff 14336), in GB/s of
+/// memory moved (both read and written once): bandwidth-bound kernels, against the HBM peak and
+/// tools/gpu_bench_torch.py's rows for the same shapes.
+fn elementwise(g: &Gpu) {
+    use jobx_engine::device::{ActKind, Backend};
+    for &(rows, d) in &[(32, 1024), (8192, 1024), (8192, 4096)] {
+        let x = rand_bf16(g, rows * d, 60);
+        let w = rand_bf16(g, d, 61);
+        let mut y = g.zeros::<bf16>("bench", rows * d).unwrap();
+        let ms = time(g, || g.rms_norm(&x, &w, &mut y, rows, d, 1e-6).unwrap());
+        let gbs = (2 * rows * d * 2 + d * 2) as f64 / ms / 1e6;
+        println!(
+            "{{\"op\":\"rms_norm\",\"rows\":{rows},\"d\":{d},\"ms\":{ms:.4},\"gb_s\":{gbs:.0}}}"
+        );
+    }
+    for &(rows, cols) in &[(32, 2816), (8192, 2816), (8192, 14336)] {
+        // the fused wi_0|wi_1 (gate_proj|up_proj) output [rows, 2 * cols], as the graphs have it
+        let gu = rand_bf16(g, rows * 2 * cols, 62);
+        let mut y = g.zeros::<bf16>("bench", rows * cols).unwrap();
+        let ms = time(g, || {
+            g.gated_activation(&gu, &mut y, rows, cols, ActKind::GeluTanh)
+                .unwrap()
+        });
+        let gbs = (3 * rows * cols * 2) as f64 / ms / 1e6;
+        println!("{{\"op\":\"gated_gelu\",\"rows\":{rows},\"d\":{cols},\"ms\":{ms:.4},\"gb_s\":{gbs:.0}}}");
     }
 }
 

@@ -35,11 +35,6 @@ __device__ __forceinline__ long long query_offset(const jobx_attention_params& p
 // ops.rs checks, larger ones go to attention_bf16)
 #define FA_BIAS_R_MAX 512
 
-__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-    return *(unsigned*)&v;
-}
-
 // A flash block's (batch, head, query block). Causal: a query block's work grows with its
 // position (the last block of a 4096-token prefill scans 64 key blocks, the first one). Blocks
 // start in linear index order (x fastest), so with x = query block the longest blocks of the

@@ -46,6 +46,18 @@ __device__ __forceinline__ void prefetch_l2(const void* s, long long n) {
 __device__ __forceinline__ float ld_bf16(const bf16* p, long long i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ void st_bf16(bf16* p, long long i, float v) { p[i] = __float2bfloat16_rn(v); }
 
+// Two bf16 in one 32-bit word (the low half first, as in memory): packing rounds each value once;
+// unpacking is exact (a bf16 is the upper half of its f32).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+    return *(unsigned*)&v;
+}
+__device__ __forceinline__ float bf16x2_lo(unsigned u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf16x2_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
+
+// 16-byte vector access to 8 bf16 is possible when every pointer involved is 16-byte aligned.
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15) == 0; }
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -333,7 +333,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
 #define TC_BN 16
 #define TC_UNROLL 4
 
-__device__ __forceinline__ unsigned pack_bf16x2(unsigned short lo, unsigned short hi) {
+__device__ __forceinline__ unsigned pack_u16x2(unsigned short lo, unsigned short hi) {
     return (unsigned)lo | ((unsigned)hi << 16);
 }
 
@@ -345,8 +345,8 @@ __device__ __forceinline__ uint4 tc_ld8(const bf16* row, long long kk, long long
     unsigned short h[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) h[i] = kk + i < k ? __bfloat16_as_ushort(row[kk + i]) : (unsigned short)0;
-    return make_uint4(pack_bf16x2(h[0], h[1]), pack_bf16x2(h[2], h[3]), pack_bf16x2(h[4], h[5]),
-                      pack_bf16x2(h[6], h[7]));
+    return make_uint4(pack_u16x2(h[0], h[1]), pack_u16x2(h[2], h[3]), pack_u16x2(h[4], h[5]),
+                      pack_u16x2(h[6], h[7]));
 }
 
 // 8 bf16 of x row r from k index kk (zeros past m or k).

@@ -878,14 +878,34 @@ mod table {
 
     pub fn run(gpu: &Gpu) -> Vec<String> {
         let mut cases: Vec<Case> = Vec::new();
-        for &(rows, d) in &[(1, 1), (3, 37), (7, 512), (2, 4099)] {
+        // element-wise form: d 1, 37, 4099, and 8200 (a multiple of 8 past the vector form's
+        // 8192); vector form: 512, 520 (3 warps, the last partly idle), 1024 (T5-Large), 4096
+        // (Mistral), 8192 (its longest row)
+        for &(rows, d) in &[
+            (1, 1),
+            (3, 37),
+            (7, 512),
+            (5, 520),
+            (4, 1024),
+            (3, 4096),
+            (2, 8192),
+            (2, 8200),
+            (2, 4099),
+        ] {
             cases.push((
                 format!("rms_norm bf16 {rows}x{d}"),
                 Box::new(move |g, s| rms(g, s, rows, d)),
             ));
         }
         for kind in [JOBX_ACT_RELU, JOBX_ACT_GELU_TANH, JOBX_ACT_SILU] {
-            for &(n, gated) in &[(1, false), (1000, true), (4097, true), (333, false)] {
+            // n a multiple of 8 takes the kernel's vector form (1000, 2048), the rest not
+            for &(n, gated) in &[
+                (1, false),
+                (1000, true),
+                (2048, false),
+                (4097, true),
+                (333, false),
+            ] {
                 cases.push((
                     format!("act kind {kind} n {n} gated {gated}"),
                     Box::new(move |g, s| act(g, s, kind, n, gated)),

@@ -247,6 +247,10 @@ for r in ours:
     if r["op"].startswith("gemm"):
         shape = dict(m=r["m"], n=r["n"], k=r["k"])
         t = find("torch_int_mm" if r["op"].startswith("gemm_w8a8") else "torch_matmul_bf16", **shape)
+    elif r["op"] in ("rms_norm", "gated_gelu"):
+        # (the HF form: what transformers runs; torch_rms_norm, the fused one, is in torch.jsonl)
+        shape = dict(rows=r["rows"], d=r["d"])
+        t = find("torch_rms_norm_hf" if r["op"] == "rms_norm" else "torch_gated_gelu", **shape)
     else:
         shape = dict(batch=r["batch"], heads=r["heads"], tq=r["tq"], t=r["t"], dk=r["dk"])
         t = find("torch_sdpa", **shape)

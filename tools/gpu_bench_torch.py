@@ -65,6 +65,29 @@ def main():
         print(json.dumps(dict(op="torch_sdpa", batch=b, heads=h, tq=tq, t=t, dk=dk, causal=causal, ms=round(ms, 4),
                               tflops=round(flop / ms / 1e9, 2))))
 
+    # RMS norm and gated GELU at the shapes of benches/cuda_kernels.rs's `elementwise`, as HF
+    # computes them (T5LayerNorm: f32 statistics, the normalised value back to bf16, times the
+    # weight; T5DenseGatedActDense: gelu_new(wi_0 x) * wi_1 x, two tensors), plus torch's fused
+    # F.rms_norm where this torch has it. GB/s counts the bytes read and written once.
+    for rows, d in [(32, 1024), (8192, 1024), (8192, 4096)]:
+        x = torch.randn(rows, d, device=dev, dtype=torch.bfloat16)
+        w = torch.randn(d, device=dev, dtype=torch.bfloat16)
+
+        def hf_rms():
+            v = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+            return w * (x * torch.rsqrt(v + 1e-6)).to(torch.bfloat16)
+        fns = [("torch_rms_norm_hf", hf_rms)]
+        if hasattr(F, "rms_norm"):
+            fns.append(("torch_rms_norm", lambda: F.rms_norm(x, (d,), w, 1e-6)))
+        for op, f in fns:
+            ms = time_ms(f)
+            print(json.dumps(dict(op=op, rows=rows, d=d, ms=round(ms, 4), gb_s=round((4 * rows * d + 2 * d) / ms / 1e6))))
+    for rows, cols in [(32, 2816), (8192, 2816), (8192, 14336)]:
+        g = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)
+        u = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)
+        ms = time_ms(lambda: F.gelu(g, approximate="tanh") * u)
+        print(json.dumps(dict(op="torch_gated_gelu", rows=rows, d=cols, ms=round(ms, 4), gb_s=round(6 * rows * cols / ms / 1e6))))
+
 
 if __name__ == "__main__":
     main()

@@ -111,8 +111,13 @@ impl Gpu {
             ld_y: ld_y as i64,
             kind: kind as i32,
         };
-        // columns over x, rows over y (both grid-strided in the kernel)
-        let mut cfg = grid_1d(cols, 256);
+        // columns over x, rows over y (both grid-strided in the kernel); 8 columns a thread
+        // where the kernel takes its vector form (the same test as act_bf16's)
+        let vec = cols % 8 == 0
+            && ld_in % 8 == 0
+            && ld_y % 8 == 0
+            && [gate, up, y].iter().all(|&a| a as usize % 16 == 0);
+        let mut cfg = grid_1d(if vec { cols / 8 } else { cols }, 256);
         cfg.grid_dim.1 = rows.clamp(1, 65_535) as u32;
         self.launch(op, "act_bf16", cfg, p)
     }
@@ -1181,7 +1186,18 @@ impl crate::device::Backend for Gpu {
             d: d as i64,
             eps,
         };
-        self.launch(OP, "rms_norm_bf16", rows_grid(rows, 256, OP)?, p)
+        // the kernel's vector form (d a multiple of 8, aligned, d <= 8192) takes 8 elements a
+        // thread: one thread per 8, in whole warps, up to 256; otherwise 256 threads
+        let vec = d % 8 == 0
+            && [p.x as usize, p.w as usize, p.y as usize]
+                .iter()
+                .all(|a| a % 16 == 0);
+        let threads = if vec {
+            (d / 8).div_ceil(32).clamp(1, 8) * 32
+        } else {
+            256
+        };
+        self.launch(OP, "rms_norm_bf16", rows_grid(rows, threads as u32, OP)?, p)
     }
 
     fn activation_inplace(&self, x: &mut CudaSlice<bf16>, n: usize, kind: ActKind) -> Result<()> {
