@@ -336,10 +336,9 @@ mod cuda {
                 .split('(')
                 .filter_map(|part| {
                     part.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-                        .last()
+                        .next_back()
                 })
-                .filter(|id| !id.is_empty() && *id != "__launch_bounds__")
-                .last()
+                .rfind(|id| !id.is_empty() && *id != "__launch_bounds__")
                 .unwrap_or("?")
                 .to_string();
             // the body's start without comments and whitespace

@@ -312,7 +312,7 @@ impl Checkpoint {
         let bytes = &map[e.start..e.end];
         let numel: usize = e.shape.iter().product();
         let data = if e.dtype == Dtype::BF16 {
-            if (bytes.as_ptr() as usize) % 2 == 0 && cfg!(target_endian = "little") {
+            if (bytes.as_ptr() as usize).is_multiple_of(2) && cfg!(target_endian = "little") {
                 WeightData::MappedBf16 {
                     map: map.clone(),
                     offset: e.start,
@@ -383,7 +383,7 @@ impl Checkpoint {
         let numel: usize = e.shape.iter().product();
         let data = match e.dtype {
             Dtype::F32 => {
-                if (bytes.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little") {
+                if (bytes.as_ptr() as usize).is_multiple_of(4) && cfg!(target_endian = "little") {
                     WeightData::Mapped {
                         map: map.clone(),
                         offset: e.start,

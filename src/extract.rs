@@ -486,7 +486,7 @@ impl Engine {
         let (mut lo, mut hi) = (0usize, chars.len());
         let mut best: Option<Vec<u32>> = None;
         while lo < hi {
-            let mid = (lo + hi + 1) / 2;
+            let mid = (lo + hi).div_ceil(2);
             let cur = render(&chars[..mid].iter().collect::<String>())?;
             if cur.len() <= limit {
                 lo = mid;

@@ -795,11 +795,14 @@ pub fn generate(
     }
 }
 
+/// Token ids to text, for `StopStrings` (shared between the sequences of a batch).
+pub type DecodeFn = std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>;
+
 /// Stop strings: once the decoded text of a sequence contains one of `stops`, only EOS is allowed,
 /// so the sequence ends at the next step (greedy, sampling and beam search alike).
 #[derive(Clone)]
 pub struct StopStrings {
-    decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>,
+    decode: DecodeFn,
     stops: Vec<String>,
     eos: u32,
     ids: Vec<u32>,
@@ -807,11 +810,7 @@ pub struct StopStrings {
 }
 
 impl StopStrings {
-    pub fn new(
-        decode: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync>,
-        stops: Vec<String>,
-        eos: u32,
-    ) -> Self {
+    pub fn new(decode: DecodeFn, stops: Vec<String>, eos: u32) -> Self {
         StopStrings {
             decode,
             stops,
@@ -1123,7 +1122,7 @@ mod tests {
     impl ModMask {
         fn allowed(&self, j: usize) -> bool {
             let x = j as u32 + self.step;
-            j == 1 || (x % 3 != 0 && x % 5 != 0)
+            j == 1 || (!x.is_multiple_of(3) && !x.is_multiple_of(5))
         }
     }
 

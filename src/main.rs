@@ -704,10 +704,11 @@ fn run(cmd: Cmd, cuda: bool) -> anyhow::Result<i32> {
                 grammar_bench, grammar_check, BenchOptions, CheckOptions, SurfaceOptions,
             };
             let surface_of = |s: &str| -> anyhow::Result<SurfaceOptions> {
-                let mut o = SurfaceOptions::default();
-                o.structural = SurfaceOptions::parse_structural(s)
-                    .map_err(|e| anyhow::anyhow!("--surface: {e}"))?;
-                Ok(o)
+                Ok(SurfaceOptions {
+                    structural: SurfaceOptions::parse_structural(s)
+                        .map_err(|e| anyhow::anyhow!("--surface: {e}"))?,
+                    ..Default::default()
+                })
             };
             match cmd {
                 GrammarCmd::Check {
@@ -1018,7 +1019,7 @@ fn stop_constraints(
         return Ok(vec![]);
     }
     let tok = engine.tokenizer()?.inner.clone();
-    let dec: std::sync::Arc<dyn Fn(&[u32]) -> String + Send + Sync> =
+    let dec: jobx_engine::generate::DecodeFn =
         std::sync::Arc::new(move |ids: &[u32]| tok.decode(ids, true).unwrap_or_default());
     let eos = *engine
         .eos

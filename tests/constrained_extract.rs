@@ -262,7 +262,7 @@ fn forced_tokens_give_the_same_output_with_fewer_forward_passes() {
             )))]
         };
         let a = e
-            .generate_ids(&[ids.clone()], &opts, &mut mk(true))
+            .generate_ids(std::slice::from_ref(&ids), &opts, &mut mk(true))
             .unwrap();
         let forced = n.load(Ordering::Relaxed);
         let b = e.generate_ids(&[ids], &opts, &mut mk(false)).unwrap();

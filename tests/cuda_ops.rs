@@ -1172,7 +1172,7 @@ mod table {
             }
         }
         // (batch, heads, kv_heads, tq, tk, dk, causal, window, q_offset, t5 bias (buckets, maxd, bidir), masked)
-        let attn: &[(
+        type AttnCase = (
             usize,
             usize,
             usize,
@@ -1184,7 +1184,8 @@ mod table {
             usize,
             Option<(usize, usize, bool)>,
             bool,
-        )] = &[
+        );
+        let attn: &[AttnCase] = &[
             (
                 2,
                 3,

@@ -158,7 +158,7 @@ fn adapters_are_chosen_per_request() {
         ..Default::default()
     };
     let with = e
-        .generate_ids_with(&[ids.clone()], &opts, &mut [], Some(0))
+        .generate_ids_with(std::slice::from_ref(&ids), &opts, &mut [], Some(0))
         .unwrap();
     let without = e.generate_ids_with(&[ids], &opts, &mut [], None).unwrap();
     assert_eq!(with[0].tokens, want, "the adapter request matches HF+PEFT");

@@ -88,6 +88,7 @@ pub fn attention(
     let op = P(out.as_mut_ptr());
     let scale = m.scale();
     let body = |(task, sc): (usize, &mut [f32])| {
+        #[allow(clippy::redundant_locals)] // capture the Send wrapper whole, not its pointer field
         let op = op;
         let b = task / heads;
         let h = task % heads;
@@ -247,6 +248,7 @@ pub fn attention(
             let scp = P(sc.as_mut_ptr());
             let per = per.max(1);
             super::pool::for_each(tasks, &|t| {
+                #[allow(clippy::redundant_locals)] // the Send wrapper whole, not its field
                 let scp = scp;
                 // SAFETY: task t alone uses scores [t·per, (t+1)·per) of the tasks·per buffer.
                 let chunk = unsafe { std::slice::from_raw_parts_mut(scp.0.add(t * per), per) };

@@ -174,6 +174,7 @@ pub(crate) unsafe fn matmul_strided<W: super::simd::WElem>(
         let direct_a = panels <= 2;
         let optr = Ptr(out);
         let task = |t: usize| {
+            #[allow(clippy::redundant_locals)] // the Send wrapper whole, not its field
             let optr = optr;
             let (mb, nb) = (t / nblocks, t % nblocks);
             let i0 = mb * MC;

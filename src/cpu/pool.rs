@@ -177,7 +177,7 @@ fn worker(s: &'static Shared) {
             }
             std::hint::spin_loop();
             spins = spins.wrapping_add(1);
-            if spins % 64 != 0 {
+            if !spins.is_multiple_of(64) {
                 continue;
             }
             let waited = start.elapsed();

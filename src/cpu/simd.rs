@@ -509,6 +509,7 @@ unsafe fn gemv_2x8<W: WElem>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)] // the raw output pointer and its layout, as the callers hold them
 unsafe fn gemv_rows_avx512<W: WElem>(
     x: &[f32],
     m: usize,
@@ -529,7 +530,10 @@ unsafe fn gemv_rows_avx512<W: WElem>(
     };
     let wp = w.as_ptr();
     // Prefetch distance in rows: about 8 KiB ahead of the rows being read, whole quads.
-    let ahead = ((8192 / (std::mem::size_of::<W>() * k.max(1))).max(4) + 3) / 4 * 4;
+    let ahead = (8192 / (std::mem::size_of::<W>() * k.max(1)))
+        .max(4)
+        .div_ceil(4)
+        * 4;
     let mut j = 0;
     if m == 8 {
         // Eight input rows (batch-8 decode): 2 weight rows x 8 inputs = 16 accumulators, so each
@@ -677,7 +681,7 @@ fn exp_poly(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 5e-1);
     let y = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     if x < -87.3 {
@@ -758,7 +762,7 @@ unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            5e-1,
         ] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
@@ -1057,7 +1061,7 @@ mod exp_tests {
 pub fn weighted_rows(p: &[f32], v: &[f32], dk: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx512() && dk % 16 == 0 && dk <= 256 {
+        if has_avx512() && dk.is_multiple_of(16) && dk <= 256 {
             // SAFETY: feature checked; v holds p.len() rows of dk floats (asserted below).
             assert!(v.len() >= p.len() * dk && out.len() >= dk);
             unsafe { weighted_rows_avx512(p, v, dk, out) };
@@ -1122,16 +1126,16 @@ unsafe fn weighted_rows_n<const NV: usize>(p: &[f32], v: &[f32], out: &mut [f32]
             // masked keys (padding) carry exactly zero weight: skipped, not multiplied
             let (b, row) = if p0 != 0.0 { (p0, r0) } else { (p1, r1) };
             let b = _mm512_set1_ps(b);
-            for c in 0..NV {
-                a0[c] = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(c * 16)), a0[c]);
+            for (c, a) in a0.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(b, _mm512_loadu_ps(row.add(c * 16)), *a);
             }
         }
     }
     if p.len() % 2 == 1 && p[p.len() - 1] != 0.0 {
         let j = p.len() - 1;
         let b = _mm512_set1_ps(p[j]);
-        for c in 0..NV {
-            a0[c] = _mm512_fmadd_ps(b, _mm512_loadu_ps(vp.add(j * dk + c * 16)), a0[c]);
+        for (c, a) in a0.iter_mut().enumerate() {
+            *a = _mm512_fmadd_ps(b, _mm512_loadu_ps(vp.add(j * dk + c * 16)), *a);
         }
     }
     for c in 0..NV {
@@ -1159,7 +1163,7 @@ pub fn dot_rows(q: &[f32], k: &[f32], dk: usize, out: &mut [f32]) {
     assert!(q.len() >= dk && k.len() >= out.len() * dk);
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx512() && dk % 16 == 0 && dk > 0 && dk <= 256 {
+        if has_avx512() && dk.is_multiple_of(16) && dk > 0 && dk <= 256 {
             // SAFETY: feature checked; lengths asserted above.
             unsafe { dot_rows_avx512(q, k, dk, out) };
             return;

@@ -116,7 +116,9 @@ impl Gpu {
         let vec = cols % 8 == 0
             && ld_in % 8 == 0
             && ld_y % 8 == 0
-            && [gate, up, y].iter().all(|&a| a as usize % 16 == 0);
+            && [gate, up, y]
+                .iter()
+                .all(|&a| (a as usize).is_multiple_of(16));
         let mut cfg = grid_1d(if vec { cols / 8 } else { cols }, 256);
         cfg.grid_dim.1 = rows.clamp(1, 65_535) as u32;
         self.launch(op, "act_bf16", cfg, p)
@@ -507,7 +509,7 @@ impl Gpu {
             && p.y_f32 == 0
             && p.lora_t.is_null()
             && p.ldy % 8 == 0
-            && (p.y as usize) % 16 == 0;
+            && (p.y as usize).is_multiple_of(16);
         if persistent {
             // (persistent_blocks: fewer blocks, each walking more tiles: tests)
             let cap = match self
@@ -556,9 +558,9 @@ impl Gpu {
         self.sm90_tile.load(std::sync::atomic::Ordering::Relaxed) != 1
             && s.k != 0
             && self.has_kernel("gemm_tma_bf16_n128")
-            && (s.k * elem) % 16 == 0
-            && (x as usize) % 16 == 0
-            && w.is_none_or(|w| (w as usize) % 16 == 0)
+            && (s.k * elem).is_multiple_of(16)
+            && (x as usize).is_multiple_of(16)
+            && w.is_none_or(|w| (w as usize).is_multiple_of(16))
     }
 
     /// `Gpu::gemm_dequant`: where an sm_90 device has the wgmma tiles for this product, widen
@@ -590,7 +592,7 @@ impl Gpu {
         };
         let dp = jobx_dequant_params {
             w: self.ptr(wq),
-            out: self.ptr(&wide) as *mut c_void,
+            out: self.ptr(&wide),
             len: len as i64,
         };
         self.launch(op, "dequant_int8_bf16", grid_1d(len.div_ceil(8), 256), dp)?;
@@ -1188,7 +1190,7 @@ impl crate::device::Backend for Gpu {
         };
         // the kernel's vector form (d a multiple of 8, aligned, d <= 8192) takes 8 elements a
         // thread: one thread per 8, in whole warps, up to 256; otherwise 256 threads
-        let vec = d % 8 == 0
+        let vec = d.is_multiple_of(8)
             && [p.x as usize, p.w as usize, p.y as usize]
                 .iter()
                 .all(|a| a % 16 == 0);

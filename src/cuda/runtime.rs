@@ -24,21 +24,24 @@ use std::sync::{Arc, Mutex};
 /// the totals (calls, milliseconds) per kernel and grid.
 #[derive(Default)]
 struct KernelProfile {
-    pending: Vec<(&'static str, (u32, u32, u32), CudaEvent, CudaEvent)>,
-    totals: HashMap<(&'static str, (u32, u32, u32)), (u64, f64)>,
+    pending: Vec<(KernelGrid, CudaEvent, CudaEvent)>,
+    totals: HashMap<KernelGrid, (u64, f64)>,
 }
+
+/// A kernel's name and grid: what the profile totals are kept per.
+type KernelGrid = (&'static str, (u32, u32, u32));
 
 impl KernelProfile {
     /// Read the pending events into the totals: all of them (waiting for the last), or with
     /// `done_only` those already complete, oldest first, without waiting.
     fn fold(&mut self, done_only: bool) -> std::result::Result<(), cudarc::driver::DriverError> {
         let mut n = 0;
-        for (k, grid, a, b) in &self.pending {
+        for (kg, a, b) in &self.pending {
             if done_only && !b.is_complete() {
                 break;
             }
             let ms = a.elapsed_ms(b)? as f64;
-            let t = self.totals.entry((*k, *grid)).or_default();
+            let t = self.totals.entry(*kg).or_default();
             t.0 += 1;
             t.1 += ms;
             n += 1;
@@ -888,7 +891,7 @@ impl Gpu {
         if let (Some(p), Some(start)) = (profile, start) {
             let end = timing()?;
             let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-            p.pending.push((kernel, cfg.grid_dim, start, end));
+            p.pending.push(((kernel, cfg.grid_dim), start, end));
             // read the finished events back now and then, so they do not pile up in the driver
             // (without waiting, which would drain the queue and change what is measured; an
             // error here shows again in take_kernel_profile)

@@ -443,8 +443,8 @@ mod tests {
         assert_eq!(three, [Skinny, SkinnyTc, Tiles]);
         assert_eq!(four.len(), 4);
         // made among the three: used without the split, timed afresh with it
-        assert_eq!(t.get_among(&k, &three), Some(SkinnyTc));
-        assert_eq!(t.get_among(&k, &four), None);
+        assert_eq!(t.get_among(&k, three), Some(SkinnyTc));
+        assert_eq!(t.get_among(&k, four), None);
         // made among the four and the split won: used with it, timed afresh without
         t.entries.insert(
             k,
@@ -459,17 +459,17 @@ mod tests {
                 considered: four.to_vec(),
             },
         );
-        assert_eq!(t.get_among(&k, &four), Some(SkinnyTcSplit));
-        assert_eq!(t.get_among(&k, &three), None);
+        assert_eq!(t.get_among(&k, four), Some(SkinnyTcSplit));
+        assert_eq!(t.get_among(&k, three), None);
         // made among the four, an established kernel won: good for both
         t.entries.get_mut(&k).unwrap().kernel = SkinnyTc;
-        assert_eq!(t.get_among(&k, &three), Some(SkinnyTc));
-        assert_eq!(t.get_among(&k, &four), Some(SkinnyTc));
+        assert_eq!(t.get_among(&k, three), Some(SkinnyTc));
+        assert_eq!(t.get_among(&k, four), Some(SkinnyTc));
         // a fallback without times stands while its kernel is a candidate
         let fb = GemmKey::new(3, 1024, 2816, true).unwrap();
-        assert_eq!(t.get_among(&fb, &four), Some(Skinny));
+        assert_eq!(t.get_among(&fb, four), Some(Skinny));
         assert_eq!(t.get_among(&fb, &[SkinnyTc]), None);
-        assert_eq!(t.get_among(&key(8, 8), &four), None);
+        assert_eq!(t.get_among(&key(8, 8), four), None);
         // a candidate that could not launch has no time but was considered: the choice stands
         // (else every GEMM of the shape would time the candidates again)
         let failed = key(32, 5632);
@@ -481,7 +481,7 @@ mod tests {
                 considered: four.to_vec(),
             },
         );
-        assert_eq!(t.get_among(&failed, &four), Some(SkinnyTc));
+        assert_eq!(t.get_among(&failed, four), Some(SkinnyTc));
         // the split kernel's name round-trips through a table file
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tune.json");
@@ -489,8 +489,8 @@ mod tests {
         t.save(&path).unwrap();
         let (back, note) = TuneTable::load(&path, &t.device, &t.build);
         assert_eq!(note, None);
-        assert_eq!(back.get_among(&k, &four), Some(SkinnyTcSplit));
-        assert_eq!(back.get_among(&failed, &four), Some(SkinnyTc));
+        assert_eq!(back.get_among(&k, four), Some(SkinnyTcSplit));
+        assert_eq!(back.get_among(&failed, four), Some(SkinnyTc));
         // a table written before "considered" existed: the timed kernels count as considered
         let old = std::fs::read_to_string(&path).unwrap();
         let v: serde_json::Value = serde_json::from_str(&old).unwrap();
@@ -499,9 +499,9 @@ mod tests {
             e.as_object_mut().unwrap().remove("considered");
         }
         let back = TuneTable::from_json(&v2).unwrap();
-        assert_eq!(back.get_among(&k, &four), Some(SkinnyTcSplit));
-        assert_eq!(back.get_among(&failed, &four), None);
-        assert_eq!(back.get_among(&failed, &three), Some(SkinnyTc));
+        assert_eq!(back.get_among(&k, four), Some(SkinnyTcSplit));
+        assert_eq!(back.get_among(&failed, four), None);
+        assert_eq!(back.get_among(&failed, three), Some(SkinnyTc));
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn rope<B: Backend + ?Sized>(
     ld: usize,
 ) -> Result<()> {
     const OP: &str = "rope";
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(err::<B>(OP, format!("head_dim {head_dim} is odd")));
     }
     let Some(row) = size(&[heads, head_dim]) else {
@@ -356,7 +356,7 @@ pub fn attention<B: Backend + ?Sized, T: Elem>(
             format!("head size {} (1..=128 supported)", c.dk),
         ));
     }
-    if c.kv_heads == 0 || c.heads % c.kv_heads != 0 {
+    if c.kv_heads == 0 || !c.heads.is_multiple_of(c.kv_heads) {
         return Err(err::<B>(
             OP,
             format!(

@@ -200,12 +200,12 @@ impl Backend for HostBackend {
     ) -> Result<()> {
         check::rope::<Self>(x, pos, tokens, heads, head_dim, ld)?;
         let half = head_dim / 2;
-        for t in 0..tokens {
+        for (t, &p) in pos.iter().enumerate().take(tokens) {
             for h in 0..heads {
                 let row = t * ld + h * head_dim;
                 for i in 0..half {
                     let inv_freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
-                    let ang = pos[t] as f32 * inv_freq;
+                    let ang = p as f32 * inv_freq;
                     let (c, s) = (rb(ang.cos()), rb(ang.sin()));
                     let (x1, x2) = (x[row + i].to_f32(), x[row + i + half].to_f32());
                     x[row + i] = bf16::from_f32(x1 * c - x2 * s);

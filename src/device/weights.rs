@@ -13,13 +13,16 @@ fn as_half_bf16(b: &[Bf16]) -> &[bf16] {
     unsafe { std::slice::from_raw_parts(b.as_ptr() as *const bf16, b.len()) }
 }
 
+/// An int8 weight on the device: its values and per-output-channel scales.
+type Int8Weight<B> = (<B as Backend>::Buf<i8>, <B as Backend>::Buf<f32>);
+
 /// Weights on the device by HF name (bf16, or weight-only int8 with per-channel scales for the
 /// linear layers when the backend stores int8 at load: `Backend::int8_weights`), the LoRA adapters attached to them, and
 /// the helpers the device graphs share.
 pub struct DeviceWeights<'g, B: Backend> {
     pub dev: &'g B,
     w: std::collections::HashMap<String, B::Buf<bf16>>,
-    q: std::collections::HashMap<String, (B::Buf<i8>, B::Buf<f32>)>,
+    q: std::collections::HashMap<String, Int8Weight<B>>,
     /// linear layers adapters may target: HF weight name -> (out, in)
     linears: std::collections::BTreeMap<String, (usize, usize)>,
     /// fused GEMM weights (`insert_fused`): name -> (out, in) of the whole matrix
@@ -54,10 +57,13 @@ pub fn fused_name(prefix: &str, parts: &[&str]) -> String {
     format!("{prefix}.{}.weight", parts.join("+"))
 }
 
+/// One part of a fused weight: its HF name and shape [n_i, k].
+type FusedPart = (String, Vec<usize>);
+
 /// The groups of linear layers a graph stores fused (`DeviceWeights::load_if_fused`).
 pub struct FusedGroups {
     /// fused weight name -> its parts (HF weight name, shape [n_i, k]) in row order
-    groups: Vec<(String, Vec<(String, Vec<usize>)>)>,
+    groups: Vec<(String, Vec<FusedPart>)>,
     /// HF weight name of a part -> (group, index in the group)
     part_of: std::collections::HashMap<String, (usize, usize)>,
 }

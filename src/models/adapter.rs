@@ -13,12 +13,15 @@ use crate::models::linear::{HasLinears, Lora};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// One adapted module: (A [r, in] shape, A values, B [out, r] shape, B values, scale).
+pub type LoraModule = (Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>, f32);
+
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
     pub name: String,
     pub dir: PathBuf,
-    /// module name -> (A [r, in], B [out, r], r, scale)
-    pub modules: BTreeMap<String, (Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>, f32)>,
+    /// module name -> its A and B weights and scale
+    pub modules: BTreeMap<String, LoraModule>,
     pub target_modules: Vec<String>,
     pub target_regex: Option<String>,
 }
@@ -116,7 +119,7 @@ impl LoraAdapter {
                 ),
             });
         }
-        let ck = Checkpoint::open_files(&[wp.clone()], &wp.display().to_string())?;
+        let ck = Checkpoint::open_files(std::slice::from_ref(&wp), &wp.display().to_string())?;
         let mut modules = BTreeMap::new();
         for key in ck.names() {
             let Some(rest) = key.strip_prefix("base_model.model.") else {

@@ -134,7 +134,7 @@ impl MistralConfig {
             }
         }
         let kv = c.kv_heads();
-        if kv == 0 || c.num_attention_heads % kv != 0 {
+        if kv == 0 || !c.num_attention_heads.is_multiple_of(kv) {
             return Err(Error::config(
                 path,
                 format!(
@@ -143,7 +143,7 @@ impl MistralConfig {
                 ),
             ));
         }
-        if c.head_dim() % 2 != 0 {
+        if !c.head_dim().is_multiple_of(2) {
             return Err(Error::config(path, "head_dim must be even for RoPE"));
         }
         Ok(c)

@@ -605,6 +605,8 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
             g,
             gu,
         } = a;
+        // (the layer index names its weights as well as its cache)
+        #[allow(clippy::needless_range_loop)]
         for li_ in 0..c.num_hidden_layers {
             let p = format!("model.layers.{li_}");
             dev.rms_norm(

@@ -1045,62 +1045,6 @@ impl ScoreMod for CrossMod<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::relative_position_bucket as rb;
-    #[test]
-    fn buckets_match_hf_examples() {
-        // Hand-derived from HF's T5Attention._relative_position_bucket formula (32 buckets, max
-        // distance 128); the fixtures check the full tables against transformers end to end.
-        // bidirectional: positive distances use the upper half.
-        assert_eq!(rb(0, true, 32, 128), 0);
-        assert_eq!(rb(1, true, 32, 128), 17);
-        assert_eq!(rb(-1, true, 32, 128), 1);
-        assert_eq!(rb(-7, true, 32, 128), 7);
-        assert_eq!(rb(-8, true, 32, 128), 8);
-        assert_eq!(rb(-1000, true, 32, 128), 15);
-        // unidirectional (decoder): only the past has buckets; the future collapses to 0.
-        assert_eq!(rb(5, false, 32, 128), 0);
-        assert_eq!(rb(-15, false, 32, 128), 15);
-        assert_eq!(rb(-16, false, 32, 128), 16);
-        assert_eq!(rb(-1000, false, 32, 128), 31);
-    }
-
-    #[test]
-    fn buckets_saturate_at_max_distance() {
-        // The CUDA flash kernels tabulate the bias for relative positions in [-d, d] and clamp
-        // longer ones (super::bucket_saturation); check that this is exact for every config it
-        // admits over a range of sizes, far past d on both sides.
-        let mut checked = 0;
-        for nb in [2, 3, 4, 5, 6, 8, 12, 16, 32, 33, 64, 128] {
-            for md in [
-                1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 64, 100, 127, 128, 129, 255, 500, 512,
-            ] {
-                for bidir in [true, false] {
-                    let Some(d) = super::bucket_saturation(nb, md, bidir) else {
-                        continue;
-                    };
-                    let d = d as i64;
-                    for r in -(d + 2000)..=(d + 2000) {
-                        assert_eq!(
-                            rb(r, bidir, nb, md),
-                            rb(r.clamp(-d, d), bidir, nb, md),
-                            "buckets {nb}, max_distance {md}, bidirectional {bidir}, position {r}"
-                        );
-                    }
-                    checked += 1;
-                }
-            }
-        }
-        assert!(checked > 300, "{checked}");
-        // what T5 uses is admitted; degenerate ones are not
-        assert_eq!(super::bucket_saturation(32, 128, true), Some(128));
-        assert_eq!(super::bucket_saturation(32, 128, false), Some(128));
-        assert_eq!(super::bucket_saturation(2, 128, true), None); // no exact buckets
-        assert_eq!(super::bucket_saturation(32, 8, true), None); // max_distance <= max_exact
-    }
-}
-
 /// The T5 decoder as a `Stepper` for the generation loop: one request batch's encoder output and
 /// its decoder cache.
 pub struct T5Stepper<'a> {
@@ -1292,4 +1236,60 @@ fn flan_t5_config(d_model: usize, d_ff: usize, layers: usize, heads: usize) -> s
         "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "layer_norm_epsilon": 1e-6,
         "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_position_bucket as rb;
+    #[test]
+    fn buckets_match_hf_examples() {
+        // Hand-derived from HF's T5Attention._relative_position_bucket formula (32 buckets, max
+        // distance 128); the fixtures check the full tables against transformers end to end.
+        // bidirectional: positive distances use the upper half.
+        assert_eq!(rb(0, true, 32, 128), 0);
+        assert_eq!(rb(1, true, 32, 128), 17);
+        assert_eq!(rb(-1, true, 32, 128), 1);
+        assert_eq!(rb(-7, true, 32, 128), 7);
+        assert_eq!(rb(-8, true, 32, 128), 8);
+        assert_eq!(rb(-1000, true, 32, 128), 15);
+        // unidirectional (decoder): only the past has buckets; the future collapses to 0.
+        assert_eq!(rb(5, false, 32, 128), 0);
+        assert_eq!(rb(-15, false, 32, 128), 15);
+        assert_eq!(rb(-16, false, 32, 128), 16);
+        assert_eq!(rb(-1000, false, 32, 128), 31);
+    }
+
+    #[test]
+    fn buckets_saturate_at_max_distance() {
+        // The CUDA flash kernels tabulate the bias for relative positions in [-d, d] and clamp
+        // longer ones (super::bucket_saturation); check that this is exact for every config it
+        // admits over a range of sizes, far past d on both sides.
+        let mut checked = 0;
+        for nb in [2, 3, 4, 5, 6, 8, 12, 16, 32, 33, 64, 128] {
+            for md in [
+                1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 64, 100, 127, 128, 129, 255, 500, 512,
+            ] {
+                for bidir in [true, false] {
+                    let Some(d) = super::bucket_saturation(nb, md, bidir) else {
+                        continue;
+                    };
+                    let d = d as i64;
+                    for r in -(d + 2000)..=(d + 2000) {
+                        assert_eq!(
+                            rb(r, bidir, nb, md),
+                            rb(r.clamp(-d, d), bidir, nb, md),
+                            "buckets {nb}, max_distance {md}, bidirectional {bidir}, position {r}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
+        // what T5 uses is admitted; degenerate ones are not
+        assert_eq!(super::bucket_saturation(32, 128, true), Some(128));
+        assert_eq!(super::bucket_saturation(32, 128, false), Some(128));
+        assert_eq!(super::bucket_saturation(2, 128, true), None); // no exact buckets
+        assert_eq!(super::bucket_saturation(32, 8, true), None); // max_distance <= max_exact
+    }
 }
