@@ -40,6 +40,14 @@ fn rows_grid(rows: usize, threads: u32, op: &'static str) -> Result<LaunchConfig
 }
 
 const NULL: *mut c_void = std::ptr::null_mut();
+
+/// Whether a kernel may move bf16 eight at a time with 16-byte accesses: every length or row
+/// stride (in elements) a multiple of 8 and every address 16-byte aligned (null counts as
+/// aligned). The kernels that have such a form test the same on the device; the launchers use
+/// this to size the grid or pick the kernel.
+fn bf16x8_fits(lens: &[usize], addrs: &[usize]) -> bool {
+    lens.iter().all(|l| l.is_multiple_of(8)) && addrs.iter().all(|a| a.is_multiple_of(16))
+}
 /// The fields of a plain row copy besides its operands (no device position).
 const COPY_PLAIN: jobx_copy_rows_params = jobx_copy_rows_params {
     src: std::ptr::null(),
@@ -113,12 +121,10 @@ impl Gpu {
         };
         // columns over x, rows over y (both grid-strided in the kernel); 8 columns a thread
         // where the kernel takes its vector form (the same test as act_bf16's)
-        let vec = cols % 8 == 0
-            && ld_in % 8 == 0
-            && ld_y % 8 == 0
-            && [gate, up, y]
-                .iter()
-                .all(|&a| (a as usize).is_multiple_of(16));
+        let vec = bf16x8_fits(
+            &[cols, ld_in, ld_y],
+            &[gate as usize, up as usize, y as usize],
+        );
         let mut cfg = grid_1d(if vec { cols / 8 } else { cols }, 256);
         cfg.grid_dim.1 = rows.clamp(1, 65_535) as u32;
         self.launch(op, "act_bf16", cfg, p)
@@ -508,8 +514,7 @@ impl Gpu {
             && p.accumulate == 0
             && p.y_f32 == 0
             && p.lora_t.is_null()
-            && p.ldy % 8 == 0
-            && (p.y as usize).is_multiple_of(16);
+            && bf16x8_fits(&[p.ldy as usize], &[p.y as usize]);
         if persistent {
             // (persistent_blocks: fewer blocks, each walking more tiles: tests)
             let cap = match self
@@ -1190,10 +1195,7 @@ impl crate::device::Backend for Gpu {
         };
         // the kernel's vector form (d a multiple of 8, aligned, d <= 8192) takes 8 elements a
         // thread: one thread per 8, in whole warps, up to 256; otherwise 256 threads
-        let vec = d.is_multiple_of(8)
-            && [p.x as usize, p.w as usize, p.y as usize]
-                .iter()
-                .all(|a| a % 16 == 0);
+        let vec = bf16x8_fits(&[d], &[p.x as usize, p.w as usize, p.y as usize]);
         let threads = if vec {
             (d / 8).div_ceil(32).clamp(1, 8) * 32
         } else {
