@@ -355,11 +355,13 @@ fn main() {
             causal: dk == 128,
             t5_bias: t5.then_some((32, 128, true)),
         };
-        // the tensor-core kernel, the 32-rows-per-warp one (prefill shapes; opt-in until
-        // measured), then (baseline) the general one-key-per-lane kernel
+        // the wrapper's choice (since 2026-11-28 wg at dk 128, fa2 at 64 on an H100), each
+        // prefill kernel forced: mma.sync 16 rows per warp (the default before), 32 rows per
+        // warp, wgmma; then (baseline) the general one-key-per-lane kernel
         let (fa2_default, wg_default) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
         for (name, general, fa2, wg) in [
             ("attention", false, fa2_default, wg_default),
+            ("attention_mma", false, false, false),
             ("attention_fa2", false, true, false),
             ("attention_wg", false, false, true),
             ("attention_general", true, fa2_default, wg_default),

@@ -273,6 +273,11 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     extern __shared__ unsigned char dyn_smem[];
 #endif
     __shared__ __align__(8) unsigned long long full[STAGES], empty[STAGES];
+    // the staged epilogue's scales of this tile's columns (0 past n) and rows (1 past m), 1
+    // without: filled by the consumers before their main loop, published by the epilogue's
+    // barrier of both consumers
+    __shared__ __align__(16) float wsc[BN];
+    __shared__ __align__(16) float xsc[SM90_BM];
     const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
     const unsigned a_base = base, b_base = base + STAGES * A_BYTES;
     const int tid = threadIdx.x, wg = tid >> 7;
@@ -297,6 +302,21 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         return;
     }
     const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31;
+    // Why staged scales: the epilogue used to load two weight scales from global memory per
+    // fragment group (64 loads a thread, each waited for between conversions and stores, with
+    // 128 accumulators leaving no registers to hoist them). The H100 trace of 2026-11-28 put
+    // the W8A8 epilogue at ~18K cycles per 128 x 256 tile against bf16's 6.5K (the main loop
+    // 36K at 4096^3): a third of the int8 tile. Loaded here, their latency hides behind the
+    // pipeline's first copies. (Consumer 0 the columns, consumer 1 the rows.)
+    if (c == 0) {
+        for (int i = tid & 127; i < BN; i += 128) {
+            const long long col = n0 + i;
+            wsc[i] = !p.w_scale ? 1.0f : col < p.n ? p.w_scale[col] : 0.0f;
+        }
+    } else {
+        const long long row = m0 + (tid & 127);
+        xsc[tid & 127] = p.x_scale && row < p.m ? p.x_scale[row] : 1.0f;
+    }
     Acc acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; i++) acc[i] = 0;
@@ -326,15 +346,12 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
         bar_named<256>(1);  // both consumers done with the stages
         float* et = (float*)(dyn_smem + (base - smem_addr(dyn_smem))) + c * 64 * LDE;
         const int rl = warp * 16 + g;
-        float xs0, xs1;
-        x_scales(p, r, xs0, xs1);
+        // the accumulators in f32 (s32 rounded to nearest, as before), scaled in the row pass
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
             const int cl = j * 8 + 2 * t;
-            float v[4];
-            scaled_group<BN>(p, acc, j, n0 + cl, xs0, xs1, v);
-            *(float2*)&et[rl * LDE + cl] = make_float2(v[0], v[1]);
-            *(float2*)&et[(rl + 8) * LDE + cl] = make_float2(v[2], v[3]);
+            *(float2*)&et[rl * LDE + cl] = make_float2((float)acc[4 * j], (float)acc[4 * j + 1]);
+            *(float2*)&et[(rl + 8) * LDE + cl] = make_float2((float)acc[4 * j + 2], (float)acc[4 * j + 3]);
         }
         bar_named<128>(2 + c);  // this warpgroup's tile
         bf16* y = (bf16*)p.y;
@@ -345,10 +362,16 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
             if (row >= p.m || col >= p.n) continue;
             const float* src = &et[rr * LDE + cc];
             bf16* dst = y + row * p.ldy + col;
+            // scaled as store_out does: (acc x weight scale) x activation scale, in f32
+            const float xs = xsc[c * 64 + rr];
             if (col + 8 <= p.n) {
-                float v[8];
+                float v[8], w[8];
                 *(float4*)&v[0] = *(const float4*)&src[0];
                 *(float4*)&v[4] = *(const float4*)&src[4];
+                *(float4*)&w[0] = *(const float4*)&wsc[cc];
+                *(float4*)&w[4] = *(const float4*)&wsc[cc + 4];
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = v[i] * w[i] * xs;
                 if (p.accumulate) {
                     const uint4 old = *(const uint4*)dst;
                     const __nv_bfloat162* o2 = (const __nv_bfloat162*)&old;
@@ -366,7 +389,7 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
                 *(uint4*)dst = out;
             } else {
                 for (int i = 0; col + i < p.n; i++) {
-                    const float v = src[i];
+                    const float v = src[i] * wsc[cc + i] * xs;
                     st_bf16(dst, i, p.accumulate ? ld_bf16(dst, i) + v : v);
                 }
             }

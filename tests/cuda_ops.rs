@@ -1371,6 +1371,8 @@ mod table {
                     (Default, Some(8)),
                     (Default, Some(3)),
                     (General, None),
+                    (Mma, None),
+                    (Mma, Some(8)),
                     (Fa2, None),
                     (Fa2, Some(8)),
                     (Wg, None),
@@ -1379,10 +1381,10 @@ mod table {
                     if (kernel == General || fused == Some(3)) && dk != 64 && dk != 128 {
                         continue;
                     }
-                    // fa2 and wg are prefill kernels: decode steps take the decode kernel either
+                    // mma, fa2 and wg are prefill kernels: decode steps take the decode kernel either
                     // way (and wg needs an sm_90 device: elsewhere its cases would repeat the
                     // default kernel's)
-                    if matches!(kernel, Fa2 | Wg) && (tq <= 4 || (dk != 64 && dk != 128)) {
+                    if matches!(kernel, Mma | Fa2 | Wg) && (tq <= 4 || (dk != 64 && dk != 128)) {
                         continue;
                     }
                     cases.push((
@@ -2131,6 +2133,9 @@ mod table {
         Default,
         /// the one-key-per-lane kernel (`Gpu::general_kernels`)
         General,
+        /// attention_mma_* (`Gpu::flash_fa2` and `flash_wg` both off: the default before the
+        /// H100 run of 2026-11-28, still sm_80's without fa2 and every device's with it off)
+        Mma,
         /// attention_fa2_* (`Gpu::flash_fa2`)
         Fa2,
         /// attention_wg_* on sm_90 (`Gpu::flash_wg`)

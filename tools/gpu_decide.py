@@ -70,7 +70,9 @@ def main():
         decisions[fam] = dict(verdict=v, note=note)
         print(f"  => {fam}: {v}{'  (' + note + ')' if note else ''}")
 
-    # prefill attention: the flash variants against the default and SDPA
+    # prefill attention: the flash variants against the kernel they would replace and SDPA:
+    # the mma.sync kernel (`attention_mma` rows, since fa2 and wg are the default), else the
+    # default (earlier runs' folders, before that row)
     print("attention (prefill shapes): ms, and SDPA time / ours (target >= 0.7)")
     shapes = sorted({tuple(r[k] for k in ATTN_KEYS) for r in kern
                      if r.get("op") == "attention" and r.get("tq", 0) > 4})
@@ -79,15 +81,18 @@ def main():
         for s in shapes:
             kw = dict(zip(ATTN_KEYS, s))
             d, f, t = ms(kern, "attention", **kw), ms(kern, f"attention_{fam}", **kw), ms(torch, "torch_sdpa", **kw)
+            mma = ms(kern, "attention_mma", **kw)
+            base = mma if mma is not None else d
             if f is None:
                 # (a bench cut short between the default's row and the family's: not a win)
                 wins = False
                 print(f"  {fam:<4} {str(list(s)):<26} default {fmt(d)}  {fam} not timed")
                 continue
             measured = True
-            wins &= d is not None and f < d
-            print(f"  {fam:<4} {str(list(s)):<26} default {fmt(d)}  {fam} {fmt(f)}  sdpa {fmt(t)}  "
-                  f"sdpa/{fam} {fmt(t / f if t else None, '.2f')}  sdpa/default {fmt(t / d if t and d else None, '.2f')}")
+            wins &= base is not None and f < base
+            print(f"  {fam:<4} {str(list(s)):<26} {'mma' if mma is not None else 'default'} {fmt(base)}  {fam} {fmt(f)}  "
+                  f"sdpa {fmt(t)}  sdpa/{fam} {fmt(t / f if t else None, '.2f')}  "
+                  f"sdpa/default {fmt(t / d if t and d else None, '.2f')}")
         verdict(fam, measured, wins)
 
     # persistent GEMMs against the default TMA kernels, both dtypes
@@ -197,8 +202,14 @@ def main():
             otherwise=" (the flag stays opt-in)")
     chain = {(r["graph"], r["pdl"]): r["us_per_kernel"] for r in kern if r.get("op") == "decode_chain"}
     g_off, g_on = chain.get((True, False)), chain.get((True, True))
-    e_off = runs.get(top, {}).get("jobx-cuda-bf16-graphs") if top else None
-    e_on = runs.get(top, {}).get("jobx-cuda-bf16-graphs-pdl") if top else None
+    # PDL on by default (since 2026-11-28): the default graphs run against its -no-pdl twin;
+    # earlier folders: the default (PDL off) against the -pdl run or a PDL-only -optin run
+    top_runs = runs.get(top, {}) if top else {}
+    e_off = top_runs.get("jobx-cuda-bf16-graphs-no-pdl")
+    e_on = top_runs.get("jobx-cuda-bf16-graphs") if e_off is not None else None
+    if e_off is None:
+        e_off = top_runs.get("jobx-cuda-bf16-graphs")
+        e_on = top_runs.get("jobx-cuda-bf16-graphs-pdl")
     if e_on is None and top is not None:
         # PDL the only family that passed: the -optin run is PDL alone
         e_on = next((r["seconds"] for r in e2e if r.get("batch") == top and "seconds" in r

@@ -185,6 +185,12 @@ fn env_on(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
 }
 
+/// A switch that is on unless its variable says 0 / off / false (the families a GPU run has
+/// checked and timed, made the default on its numbers; the variable turns them off again).
+fn env_default_on(name: &str) -> bool {
+    std::env::var(name).map_or(true, |v| !matches!(v.as_str(), "0" | "off" | "false"))
+}
+
 /// gemm_skinny_tc's split over k: at most this many column tiles per multiprocessor are split
 /// (more already fill the device), each into at most `SPLIT_MAX` blocks.
 pub(crate) const SPLIT_TILES_PER_SM: usize = 2;
@@ -280,12 +286,14 @@ pub struct Gpu {
     /// tensor-core tiles for skinny GEMMs, the one-key-per-lane attention for dk 64/128.
     pub general_kernels: std::sync::atomic::AtomicBool,
     /// Prefill/encoder attention on `attention_fa2_*` (32 query rows per warp) instead of
-    /// `attention_mma_*` (16): `JOBX_FLASH_FA2=1`, or set directly (tests, benchmarks). Off by
-    /// default until a GPU run has checked and timed it (written 2026-11-26 without a device).
+    /// `attention_mma_*` (16). On by default since the H100 run of 2026-11-28 checked and timed
+    /// it (T5 encoder 0.416 -> 0.244 ms, causal d128 0.917 -> 0.607 ms); `JOBX_FLASH_FA2=0`
+    /// turns it off, or set directly (tests, benchmarks).
     pub flash_fa2: std::sync::atomic::AtomicBool,
     /// Prefill/encoder attention on the sm_90a warpgroup-MMA kernels `attention_wg_*` (on an
-    /// sm_90 device; ahead of `flash_fa2`): `JOBX_FLASH_WG=1`, or set directly. Off by default
-    /// until a GPU run has checked and timed it (written 2026-11-26 without a device).
+    /// sm_90 device). On by default since the H100 run of 2026-11-28; with `flash_fa2` also on,
+    /// head dim 128 takes wg (causal 0.557 ms vs fa2's 0.607) and 64 takes fa2 (T5 encoder
+    /// 0.244 ms vs wg's 0.257). `JOBX_FLASH_WG=0` turns it off, or set directly.
     pub flash_wg: std::sync::atomic::AtomicBool,
     /// The persistent wgmma GEMMs `gemm_tma_*_n256_p` (one block per multiprocessor walking
     /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
@@ -298,8 +306,9 @@ pub struct Gpu {
     /// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, so its blocks may start while the
     /// previous kernel finishes (each kernel waits in `pdl_enter` before touching anything an
     /// earlier one writes; the decode-sized GEMMs prefetch their weights into L2 first).
-    /// `JOBX_PDL=1`, or set directly; only where `pdl_capable`. Off by default until a GPU run
-    /// has checked and timed it (written 2026-11-27 without a device).
+    /// On by default where `pdl_capable` since the H100 run of 2026-11-28 (a T5-Large decode
+    /// step's 241 kernels as a graph: 6.02 -> 5.78 us a kernel; batch 32 end to end 1.058 ->
+    /// 1.030 s); `JOBX_PDL=0` turns it off, or set directly.
     pub pdl: std::sync::atomic::AtomicBool,
     /// Every module was loaded from an sm_90 cubin, whose kernels all begin with
     /// `griddepcontrol.wait` (build.rs checks): the condition for `pdl`.
@@ -308,10 +317,11 @@ pub struct Gpu {
     /// (`set_gemm_trace` / `gemm_trace_words`; kernels/gemm_sm90.cu says which).
     pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
     /// gemm_skinny_tc split over k (`SkinnyKernel::SkinnyTcSplit`) as a tuning candidate on
-    /// the shapes where its column tiles would leave SMs idle: `JOBX_GEMM_SPLITK=1`, or set
-    /// directly. Off by default until a GPU run has checked and timed it (written 2026-11-26
-    /// without a device); with it, tuning times the split form next to the others and keeps it
-    /// only where it is faster (a saved table's choices made without it are timed afresh).
+    /// the shapes where its column tiles would leave SMs idle. On by default since the H100 run
+    /// of 2026-11-28 (faster than skinny_tc at 32 x 2816/3072 x 1024, e.g. 0.0165 -> 0.0148 ms;
+    /// slower at others, where tuning keeps skinny_tc); `JOBX_GEMM_SPLITK=0` turns it off, or
+    /// set directly. Tuning times the split form next to the others and keeps it only where it
+    /// is faster (a saved table's choices made without it are timed afresh).
     pub gemm_splitk: std::sync::atomic::AtomicBool,
     /// Weight-only int8 products of at least `DEQUANT_MIN_M` rows on an sm_90 device widen the
     /// weight to bf16 (`dequant_int8_bf16`, into scratch) and run on the wgmma tiles with the
@@ -501,8 +511,9 @@ impl Gpu {
         let graphs = std::env::var("JOBX_CUDA_GRAPHS").map_or(true, |v| v != "0")
             && !sync
             && profile.is_none();
-        let pdl = env_on("JOBX_PDL");
-        if pdl && !pdl_capable {
+        // (on by default: said only when asked for explicitly on a device without it)
+        let pdl = env_default_on("JOBX_PDL");
+        if env_on("JOBX_PDL") && !pdl_capable {
             eprintln!(
                 "jobx: JOBX_PDL=1 ignored: programmatic dependent launch needs the sm_90 \
                  kernels (device {name})"
@@ -517,17 +528,15 @@ impl Gpu {
             split_ws,
             split_cnt,
             general_kernels: Default::default(),
-            flash_fa2: env_on("JOBX_FLASH_FA2").into(),
-            flash_wg: env_on("JOBX_FLASH_WG").into(),
+            flash_fa2: env_default_on("JOBX_FLASH_FA2").into(),
+            flash_wg: env_default_on("JOBX_FLASH_WG").into(),
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),
             pdl: (pdl && pdl_capable).into(),
             pdl_capable,
-            gemm_splitk: env_on("JOBX_GEMM_SPLITK").into(),
-            gemm_dequant: std::env::var("JOBX_GEMM_DEQUANT")
-                .map_or(true, |v| !matches!(v.as_str(), "0" | "off" | "false"))
-                .into(),
+            gemm_splitk: env_default_on("JOBX_GEMM_SPLITK").into(),
+            gemm_dequant: env_default_on("JOBX_GEMM_DEQUANT").into(),
             widened_gemms: Default::default(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
