@@ -399,6 +399,35 @@ fn main() {
             flop / ms / 1e9
         );
         }
+        // prefill shapes: where the wg kernel's time goes, per block and key step
+        // (kernels/attention_sm90.cu, its traced twin; once, outside the timings)
+        if tq > 4 && g.has_kernel("attention_wg_d64") && !skip.contains(&"wg") {
+            let blocks = tq.div_ceil(128) * h * b;
+            g.flash_wg.store(true, Relaxed);
+            g.flash_fa2.store(false, Relaxed);
+            let words = g
+                .set_attn_trace(blocks)
+                .and_then(|_| {
+                    g.attention(
+                        &call,
+                        (&q, qv),
+                        (&kb, v),
+                        (&vb, v),
+                        &mut o,
+                        None,
+                        None,
+                        t5.then_some(&bias),
+                    )
+                })
+                .and_then(|_| g.attn_trace_words());
+            g.set_attn_trace(0).unwrap();
+            g.flash_fa2.store(fa2_default, Relaxed);
+            g.flash_wg.store(wg_default, Relaxed);
+            match words {
+                Ok(w) => println!("{}", attn_trace_summary((b, h, tq, t, dk), &w)),
+                Err(e) => eprintln!("attention trace: {e}"),
+            }
+        }
         // decode steps: the key-chunk count forced (the rule's choice is the row above), and
         // K/V read in GB/s, the bound at these shapes
         if tq == 1 {
@@ -470,6 +499,35 @@ fn elementwise(g: &Gpu) {
 /// launches and as a replayed CUDA graph, each without and (where capable and its gpu-check
 /// family passed) with programmatic dependent launch: the per-kernel cost PDL is meant to cut,
 /// apart from the end-to-end noise.
+/// One JSON row from the wg attention's per-block trace (kernels/attention_sm90.cu): medians
+/// over blocks of each phase's cycles per key step, the blocks' key steps, and their spread.
+fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w: &[u64]) -> String {
+    let recs: Vec<&[u64]> = w.chunks_exact(8).filter(|r| r[2] > 0).collect();
+    let med = |mut v: Vec<f64>| -> f64 {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let per_step = |i: usize| med(recs.iter().map(|r| r[i] as f64 / r[2] as f64).collect());
+    let steps: Vec<f64> = recs.iter().map(|r| r[2] as f64).collect();
+    let max_steps = steps.iter().cloned().fold(0.0, f64::max);
+    format!(
+        "{{\"op\":\"attention_trace\",\"kernel\":\"attention_wg_d{dk}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"blocks\":{},\"steps_p50\":{:.0},\"steps_max\":{max_steps:.0},\"cyc_per_step\":{:.0},\"wait_cyc\":{:.0},\"s_cyc\":{:.0},\"softmax_cyc\":{:.0},\"pv_cyc\":{:.0},\"rest_cyc\":{:.0},\"ideal_mma_cyc\":{}}}",
+        recs.len(),
+        med(steps.clone()),
+        per_step(1),
+        per_step(3),
+        per_step(4),
+        per_step(5),
+        per_step(6),
+        per_step(7),
+        // both warpgroups' S and P V at the tensor cores' dense bf16 rate (~4096 flop/cycle)
+        2 * 2 * 2 * 64 * 128 * dk / 4096,
+    )
+}
+
 fn decode_chain(g: &Gpu, skip: &[&str]) {
     use jobx_engine::device::{ActKind, Backend};
     const ROWS: usize = 32;

@@ -30,7 +30,17 @@
 
 #define WG_THREADS 256
 
-template <int DK>
+// Diagnostics: the _trace kernels (TRACE; the same code otherwise, so the production kernels'
+// registers and schedule are untouched) write 8 words per block to p.trace for the benchmarks
+// (benches/cuda_kernels.rs, "attention_trace" rows): where a key step's time goes, in SM cycles
+// (%clock64) as thread 0 of warpgroup 0 sees them:
+//   [0] the SM's id   [1] cycles from entry to the last store   [2] key steps
+//   [3] issuing the next copies, waiting for this step's, and the barrier after them
+//   [4] S = Q K^T (issue to wait)   [5] softmax and rescale   [6] O += P V (issue to wait)
+//   [7] the rest: prologue (Q, bias table, first copies), end-of-step barriers, the output
+// Why: on the H100 (2026-11-28) the causal d128 case ran ~7600 cycles per 128 x 128 key step
+// and block against ~2000 of tensor-core work, and no estimate says where the rest goes.
+template <int DK, bool TRACE>
 __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     constexpr int FQB = 128, FKT = 128;
     constexpr int H = DK / 64;                       // 64-column halves of a row
@@ -64,6 +74,21 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     int q_off, win, kstart, kend;
     flash_range(p, i0, FQB, FKT, q_off, win, kstart, kend);
     const float sl2 = p.scale * LOG2E;
+    // (TRACE only: thread 0's phase sums, see above)
+    unsigned long long t_entry = 0, t_last = 0, t_ph[4] = {0, 0, 0, 0};
+    int t_steps = 0;
+    auto stamp = [&](int phase) {
+        if constexpr (TRACE) {
+            if (tid == 0) {
+                const unsigned long long now = trace_clock();
+                if (phase >= 0) t_ph[phase] += now - t_last;
+                t_last = now;
+            }
+        }
+    };
+    if constexpr (TRACE) {
+        if (tid == 0) t_entry = t_last = trace_clock();
+    }
 
     // byte offset of 16-byte chunk c (0..7) of row r in a swizzled region of 128-byte rows
     auto sw = [](int r, int c) -> unsigned { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); };
@@ -112,6 +137,8 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     int all_vis = __syncthreads_and(tid >= FKT || flag0 != 0.0f);
     int st = 0;
     for (int j0 = kstart; j0 < kend; j0 += FKT, st ^= 1) {
+        stamp(-1);
+        if constexpr (TRACE) t_steps++;
         const bool more = j0 + FKT < kend;
         float flag_next = 0.0f;
         if (more) {  // that stage was released by the last barrier
@@ -124,6 +151,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
         // reads before the barrier
         fence_proxy_async();
         __syncthreads();
+        stamp(0);
         if (active) {
             const unsigned kst = base + st * KV_STAGE, vst = kst + H * HALF;
             const unsigned qw = qbase + wg * H * QHALF;
@@ -147,6 +175,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
             wgmma_commit();
             wgmma_wait<0>();
             fence_acc(s);
+            stamp(1);
             // scores: s[4n + e] = row g (+ 8 for e >= 2), key j0 + 8n + 2t (+ 1 for odd e)
             const bool plain = all_vis && (!p.causal || j0 + FKT - 1 <= q_off + iw) &&
                                (win <= 0 || q_off + iw + 15 - j0 < win);
@@ -175,6 +204,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
                     o[4 * j + 3] *= c[1];
                 }
             }
+            stamp(2);
             // O += P V: 16 keys per step = two 8-row atoms of V (2048 bytes), read N-major
             fence_acc(o);
 #pragma unroll
@@ -196,6 +226,7 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
             for (int kk = 0; kk < FKT / 16; kk++)
 #pragma unroll
                 for (int i = 0; i < 4; i++) fence_reg(pa[kk][i]);
+            stamp(3);
         }
         if (more && tid < FKT) kvis[st ^ 1][tid] = flag_next;
         all_vis = __syncthreads_and(tid >= FKT || flag_next != 0.0f);
@@ -203,16 +234,39 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
     cp_async_wait<0>();
     if (!active) return;
     flash_store<DK>(p, b, h, iw + g, tq, o, l, t);
+    if constexpr (TRACE) {
+        if (tid == 0 && p.trace) {
+            const unsigned long long total = trace_clock() - t_entry;
+            unsigned long long* w = p.trace + 8ull * (blockIdx.x + (unsigned long long)gridDim.x *
+                                                      (blockIdx.y + (unsigned long long)gridDim.y * blockIdx.z));
+            w[0] = trace_smid();
+            w[1] = total;
+            w[2] = (unsigned long long)t_steps;
+            for (int i = 0; i < 4; i++) w[3 + i] = t_ph[i];
+            w[7] = total - t_ph[0] - t_ph[1] - t_ph[2] - t_ph[3];
+        }
+    }
 }
 
 // Dynamic shared memory (runtime.rs): 2 stages x (K + V) x 128 keys x dk bf16, Q 128 x dk bf16,
 // + 1 KB for the 1024-byte alignment: d64 81 KB, d128 161 KB.
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d64(jobx_attention_params p) {
     pdl_enter();
-    attention_wg<64>(p);
+    attention_wg<64, false>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d128(jobx_attention_params p) {
     pdl_enter();
-    attention_wg<128>(p);
+    attention_wg<128, false>(p);
+}
+
+// The same with the trace (benchmarks only: Gpu::set_attn_trace)
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d64_trace(jobx_attention_params p) {
+    pdl_enter();
+    attention_wg<64, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) attention_wg_d128_trace(jobx_attention_params p) {
+    pdl_enter();
+    attention_wg<128, true>(p);
 }

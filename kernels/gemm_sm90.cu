@@ -231,35 +231,7 @@ __device__ __forceinline__ void consume_slot(typename AccT<INT8>::type (&acc)[BN
 //   [2] clock64 at entry (thread 0)                [3] clock64: consumer 0 has its first slice
 //   [4] clock64: consumer 0's last wgmma done      [5] clock64: consumer 0's rows written
 //   [6] globaltimer at [5]                         [7] clock64: the producer issued its last copy
-__device__ __forceinline__ unsigned long long trace_ns() {
-#ifdef JOBX_HOST_EMU
-    return jobx_emu::globaltimer();
-#else
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-    return t;
-#endif
-}
-
-__device__ __forceinline__ unsigned long long trace_clock() {
-#ifdef JOBX_HOST_EMU
-    return jobx_emu::clock64();
-#else
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(t));
-    return t;
-#endif
-}
-
-__device__ __forceinline__ unsigned trace_smid() {
-#ifdef JOBX_HOST_EMU
-    return jobx_emu::smid();
-#else
-    unsigned id;
-    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
-    return id;
-#endif
-}
+// (trace_ns, trace_clock, trace_smid: sm90_common.cuh)
 
 template <int BN, int STAGES, bool INT8>
 __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {

@@ -216,6 +216,8 @@ typedef struct {
     // a decode step recorded once in a CUDA graph and replayed at every position
     // (`Backend::attention_at`). Any value is memory-safe (keys stay within tk).
     const int* q_offset_at;
+    // Diagnostics (attention_wg_*_trace only, for benchmarks): 8 words per block, else NULL.
+    unsigned long long* trace;
 } jobx_attention_params;
 
 // Logits processing for one decode step, f32 logits [rows, vocab]:

@@ -87,3 +87,36 @@ __device__ __forceinline__ void bar_named(int id) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(COUNT) : "memory");
 #endif
 }
+
+// Stamps for the kernels' diagnostic traces (gemm_sm90.cu, attention_sm90.cu): %globaltimer in
+// ns (places blocks against each other), %clock64 in the SM's cycles, the SM's id.
+__device__ __forceinline__ unsigned long long trace_ns() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::globaltimer();
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    return t;
+#endif
+}
+
+__device__ __forceinline__ unsigned long long trace_clock() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::clock64();
+#else
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%clock64;\n" : "=l"(t));
+    return t;
+#endif
+}
+
+__device__ __forceinline__ unsigned trace_smid() {
+#ifdef JOBX_HOST_EMU
+    return jobx_emu::smid();
+#else
+    unsigned id;
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(id));
+    return id;
+#endif
+}
+

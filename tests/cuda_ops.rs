@@ -1584,6 +1584,16 @@ mod table {
                     Box::new(move |g, s| traced_gemm(g, s, int8)),
                 ));
             }
+            // the same for the wg attention (Gpu::set_attn_trace, its traced twin kernels)
+            for (dk, causal, t5) in [(64, false, Some((32, 128, true))), (128, true, None)] {
+                cases.push((
+                    format!(
+                        "attention wg trace d{dk} causal {causal} t5 {}",
+                        t5.is_some()
+                    ),
+                    Box::new(move |g, s| traced_attention(g, s, dk, causal, t5)),
+                ));
+            }
         } else {
             eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
         }
@@ -2369,6 +2379,46 @@ mod table {
         }
         if words.len() != 8 * blocks {
             return Err(format!("{} trace words for {blocks} blocks", words.len()));
+        }
+        Ok(())
+    }
+
+    /// The wg prefill attention with the diagnostic trace on (its traced twin kernel): the
+    /// output still matches the reference, and each block's record (kernels/attention_sm90.cu)
+    /// is written: an SM id of this device, at least one key step, the phases inside the total
+    /// and the rest word their difference.
+    fn traced_attention(
+        g: &Gpu,
+        seed: u64,
+        dk: usize,
+        causal: bool,
+        t5: Option<(usize, usize, bool)>,
+    ) -> Result<(), String> {
+        let (b, h, tq, tk) = (2usize, 2usize, 300usize, 300usize);
+        let blocks = tq.div_ceil(128) * h * b;
+        g.set_attn_trace(blocks).map_err(e)?;
+        let r = with_flash(g, Flash::Wg, || {
+            attention(
+                g, seed, b, h, h, tq, tk, dk, causal, 0, 0, t5, true, None, false, false,
+            )
+        });
+        let words = g.attn_trace_words().map_err(e);
+        g.set_attn_trace(0).map_err(e)?;
+        r?;
+        let words = words?;
+        if words.len() != 8 * blocks {
+            return Err(format!("{} trace words for {blocks} blocks", words.len()));
+        }
+        for (i, w) in words.chunks_exact(8).enumerate() {
+            let phases = w[3] + w[4] + w[5] + w[6];
+            let ok = (w[0] as usize) < g.multiprocessors
+                && w[1] > 0
+                && w[2] >= 1
+                && phases <= w[1]
+                && w[7] == w[1] - phases;
+            if !ok {
+                return Err(format!("attention trace of block {i}: {w:?}"));
+            }
         }
         Ok(())
     }

@@ -803,6 +803,7 @@ impl Gpu {
             k_scale: kv.scales.map_or(std::ptr::null(), |s| s.0),
             v_scale: kv.scales.map_or(std::ptr::null(), |s| s.1),
             q_offset_at: pos.map_or(std::ptr::null(), |p| self.ptr(p) as *const i32),
+            trace: std::ptr::null_mut(),
         };
         // specialised kernels: head dim 64 or 128 and 16-byte aligned rows (every stride and
         // offset a multiple of 8 elements), unless the general one is forced (tests)
@@ -845,10 +846,27 @@ impl Gpu {
             (false, true, 64) => ("attention_fa2_d64", 128, 128),
             (false, true, _) => ("attention_fa2_d128", 128, 128),
         });
-        let (kernel, gx, threads) = match flash {
+        let (mut kernel, gx, threads) = match flash {
             Some((kname, rows, threads)) => (kname, c.tq.div_ceil(rows), threads),
             None => ("attention_bf16", gx, 128),
         };
+        // diagnostics (Gpu::set_attn_trace): the wg kernels' traced twins, when the buffer holds
+        // a record per block
+        let mut p = p;
+        let blocks = gx * c.heads * c.batch;
+        let trace = self.attn_trace.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = trace.as_ref().filter(|t| t.len() >= 8 * blocks) {
+            let traced = match kernel {
+                "attention_wg_d64" => Some("attention_wg_d64_trace"),
+                "attention_wg_d128" => Some("attention_wg_d128_trace"),
+                _ => None,
+            };
+            if let Some(k) = traced {
+                kernel = k;
+                p.trace = self.ptr(t) as *mut u64;
+            }
+        }
+        drop(trace);
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
             block_dim: (threads, 1, 1),

@@ -113,6 +113,14 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
         "attention_wg_d128",
         2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024,
     ),
+    (
+        "attention_wg_d64_trace",
+        2 * 2 * 128 * 64 * 2 + 128 * 64 * 2 + 1024,
+    ),
+    (
+        "attention_wg_d128_trace",
+        2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024,
+    ),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
@@ -149,7 +157,15 @@ const KERNELS: &[(&str, &[&str])] = &[
             "quantize_kv_int8",
         ],
     ),
-    ("attention_sm90", &["attention_wg_d64", "attention_wg_d128"]),
+    (
+        "attention_sm90",
+        &[
+            "attention_wg_d64",
+            "attention_wg_d128",
+            "attention_wg_d64_trace",
+            "attention_wg_d128_trace",
+        ],
+    ),
     ("embedding", &["embedding_bf16", "copy_rows_bf16"]),
     (
         "gemm_sm90",
@@ -316,6 +332,9 @@ pub struct Gpu {
     /// Diagnostics: when set, the non-persistent TMA GEMMs write 8 timestamps per block here
     /// (`set_gemm_trace` / `gemm_trace_words`; kernels/gemm_sm90.cu says which).
     pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
+    /// Diagnostics: when set, the wg attention kernels run as their traced twins and write 8
+    /// words per block here (`set_attn_trace` / `attn_trace_words`; kernels/attention_sm90.cu).
+    pub(crate) attn_trace: Mutex<Option<CudaSlice<u64>>>,
     /// gemm_skinny_tc split over k (`SkinnyKernel::SkinnyTcSplit`) as a tuning candidate on
     /// the shapes where its column tiles would leave SMs idle. On by default since the H100 run
     /// of 2026-11-28 (faster than skinny_tc at 32 x 2816/3072 x 1024, e.g. 0.0165 -> 0.0148 ms;
@@ -533,6 +552,7 @@ impl Gpu {
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),
+            attn_trace: Mutex::new(None),
             pdl: (pdl && pdl_capable).into(),
             pdl_capable,
             gemm_splitk: env_default_on("JOBX_GEMM_SPLITK").into(),
@@ -962,28 +982,57 @@ impl Gpu {
     /// persistent ones) of at most `blocks` blocks writes 8 words per block into a device buffer
     /// (kernels/gemm_sm90.cu, "trace"), each launch over the last one's; 0 turns it off.
     pub fn set_gemm_trace(&self, blocks: usize) -> Result<()> {
+        self.set_trace(&self.gemm_trace, blocks, "gemm trace")
+    }
+
+    /// The trace buffer's words (after synchronising; empty when no trace is set).
+    pub fn gemm_trace_words(&self) -> Result<Vec<u64>> {
+        self.trace_words(&self.gemm_trace, "gemm trace")
+    }
+
+    /// Diagnostics for benchmarks: from now on each launch of the wg prefill attention
+    /// (attention_wg_*) of at most `blocks` blocks runs its traced twin, which writes 8 words
+    /// per block (kernels/attention_sm90.cu), each launch over the last one's; 0 turns it off.
+    pub fn set_attn_trace(&self, blocks: usize) -> Result<()> {
+        self.set_trace(&self.attn_trace, blocks, "attention trace")
+    }
+
+    /// The attention trace buffer's words (empty when no trace is set).
+    pub fn attn_trace_words(&self) -> Result<Vec<u64>> {
+        self.trace_words(&self.attn_trace, "attention trace")
+    }
+
+    fn set_trace(
+        &self,
+        slot: &Mutex<Option<CudaSlice<u64>>>,
+        blocks: usize,
+        what: &'static str,
+    ) -> Result<()> {
         let buf = if blocks == 0 {
             None
         } else {
             Some(
                 self.engine_stream
                     .alloc_zeros::<u64>(8 * blocks)
-                    .map_err(|e| backend_err("gemm trace", e))?,
+                    .map_err(|e| backend_err(what, e))?,
             )
         };
-        *self.gemm_trace.lock().unwrap_or_else(|e| e.into_inner()) = buf;
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = buf;
         Ok(())
     }
 
-    /// The trace buffer's words (after synchronising; empty when no trace is set).
-    pub fn gemm_trace_words(&self) -> Result<Vec<u64>> {
-        let trace = self.gemm_trace.lock().unwrap_or_else(|e| e.into_inner());
+    fn trace_words(
+        &self,
+        slot: &Mutex<Option<CudaSlice<u64>>>,
+        what: &'static str,
+    ) -> Result<Vec<u64>> {
+        let trace = slot.lock().unwrap_or_else(|e| e.into_inner());
         match trace.as_ref() {
             None => Ok(Vec::new()),
             Some(t) => self
                 .engine_stream
                 .clone_dtoh(t)
-                .map_err(|e| backend_err("gemm trace", e)),
+                .map_err(|e| backend_err(what, e)),
         }
     }
 
