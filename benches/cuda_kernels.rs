@@ -359,6 +359,18 @@ fn main() {
         // prefill kernel forced: mma.sync 16 rows per warp (the default before), 32 rows per
         // warp, wgmma; then (baseline) the general one-key-per-lane kernel
         let (fa2_default, wg_default) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
+        let attn = |o: &mut _| {
+            g.attention(
+                &call,
+                (&q, qv),
+                (&kb, v),
+                (&vb, v),
+                o,
+                None,
+                None,
+                t5.then_some(&bias),
+            )
+        };
         for (name, general, fa2, wg) in [
             ("attention", false, fa2_default, wg_default),
             ("attention_mma", false, false, false),
@@ -376,19 +388,7 @@ fn main() {
             g.general_kernels.store(general, Relaxed);
             g.flash_fa2.store(fa2, Relaxed);
             g.flash_wg.store(wg, Relaxed);
-            let ms = time(&g, || {
-                g.attention(
-                    &call,
-                    (&q, qv),
-                    (&kb, v),
-                    (&vb, v),
-                    &mut o,
-                    None,
-                    None,
-                    t5.then_some(&bias),
-                )
-                .unwrap()
-            });
+            let ms = time(&g, || attn(&mut o).unwrap());
             g.general_kernels.store(false, Relaxed);
             g.flash_fa2.store(fa2_default, Relaxed);
             g.flash_wg.store(wg_default, Relaxed);
@@ -407,18 +407,7 @@ fn main() {
             g.flash_fa2.store(false, Relaxed);
             let words = g
                 .set_attn_trace(blocks)
-                .and_then(|_| {
-                    g.attention(
-                        &call,
-                        (&q, qv),
-                        (&kb, v),
-                        (&vb, v),
-                        &mut o,
-                        None,
-                        None,
-                        t5.then_some(&bias),
-                    )
-                })
+                .and_then(|_| attn(&mut o))
                 .and_then(|_| g.attn_trace_words());
             g.set_attn_trace(0).unwrap();
             g.flash_fa2.store(fa2_default, Relaxed);
