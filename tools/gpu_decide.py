@@ -14,6 +14,9 @@ import re
 import sys
 
 FAMILIES = ["dequant", "fa2", "wg", "persistent", "splitk", "q8decode", "pdl"]
+# the families made the default on the H100 runs of 2026-11-28 (runtime.rs, Gpu::new): their
+# verdicts say whether to keep them so or to turn them off by default again
+DEFAULT_ON = {"fa2", "wg", "splitk", "pdl"}
 ATTN_KEYS = ("batch", "heads", "tq", "t", "dk")
 
 
@@ -57,10 +60,16 @@ def main():
 
     def verdict(fam, measured, wins, note="", win="faster everywhere timed", lose="not faster everywhere",
                 then=": make it the default", otherwise=": stays opt-in"):
+        if fam in DEFAULT_ON:
+            then = ": keep it the default" if then == ": make it the default" else then
+            otherwise = (": turn it off by default again (runtime.rs, Gpu::new)"
+                         if otherwise == ": stays opt-in" else otherwise)
         if fam not in status:
             v = "not run"
         elif status[fam] != 0:
             v = f"op cases failed (exit {status[fam]}): debug from the FAIL lines in op-tests.log"
+            if fam in DEFAULT_ON:
+                v += "; until fixed, turn it off by default (runtime.rs, Gpu::new)"
         elif not measured:
             v = "passed, not timed"
         elif wins:
@@ -215,10 +224,14 @@ def main():
         e_on = next((r["seconds"] for r in e2e if r.get("batch") == top and "seconds" in r
                      and r.get("engine") == "jobx-cuda-bf16-graphs-optin"
                      and r.get("optin") == {"JOBX_PDL": "1"}), None)
+    # the decode chain is the controlled measurement; end to end, PDL's share is inside the
+    # run-to-run noise (H100, 2026-11-28: 1.058 -> 1.030 s in one run, 1.014 -> 1.023 in the
+    # next), so there it only has to be no more than 3% slower
     verdict("pdl", g_on is not None or e_on is not None,
-            (g_on is None or (g_off is not None and g_on < g_off)) and (e_on is None or (e_off is not None and e_on < e_off)),
+            (g_on is None or (g_off is not None and g_on < g_off))
+            and (e_on is None or (e_off is not None and e_on <= 1.03 * e_off)),
             f"decode_chain us/kernel as a graph {fmt(g_off, '.2f')} -> {fmt(g_on, '.2f')}; "
-            f"e2e batch {top} graphs {fmt(e_off)} -> with PDL {fmt(e_on)}")
+            f"e2e batch {top} graphs {fmt(e_off)} -> with PDL {fmt(e_on)} (end to end counts only beyond 3%)")
     s = os.path.join(out, "summary.json")
     summary = json.load(open(s)) if os.path.exists(s) else {}
     summary["decisions"] = decisions
