@@ -481,13 +481,6 @@ fn elementwise(g: &Gpu) {
     }
 }
 
-/// A T5-Large decode step's chain of dependent kernels without attention (24 layers of: norm,
-/// q|k|v, o (+=), norm, cross q, o (+=), norm, wi_0|wi_1, gated GELU, wo (+=); 241 launches) at
-/// batch 32, each layer with weights of its own (the same random values uploaded per layer, so
-/// L2 holds no more of them than in a model), tuned as the engine tunes. Timed as plain
-/// launches and as a replayed CUDA graph, each without and (where capable and its gpu-check
-/// family passed) with programmatic dependent launch: the per-kernel cost PDL is meant to cut,
-/// apart from the end-to-end noise.
 /// One JSON row from the wg attention's per-block trace (kernels/attention_sm90.cu): medians
 /// over blocks of each phase's cycles per key step, the blocks' key steps, and their spread.
 fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w: &[u64]) -> String {
@@ -501,11 +494,11 @@ fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w:
     };
     let per_step = |i: usize| med(recs.iter().map(|r| r[i] as f64 / r[2] as f64).collect());
     let steps: Vec<f64> = recs.iter().map(|r| r[2] as f64).collect();
-    let max_steps = steps.iter().cloned().fold(0.0, f64::max);
+    let max_steps = steps.iter().copied().fold(0.0, f64::max);
     format!(
         "{{\"op\":\"attention_trace\",\"kernel\":\"attention_wg_d{dk}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"blocks\":{},\"steps_p50\":{:.0},\"steps_max\":{max_steps:.0},\"cyc_per_step\":{:.0},\"wait_cyc\":{:.0},\"s_cyc\":{:.0},\"softmax_cyc\":{:.0},\"pv_cyc\":{:.0},\"rest_cyc\":{:.0},\"ideal_mma_cyc\":{}}}",
         recs.len(),
-        med(steps.clone()),
+        med(steps),
         per_step(1),
         per_step(3),
         per_step(4),
@@ -517,6 +510,13 @@ fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w:
     )
 }
 
+/// A T5-Large decode step's chain of dependent kernels without attention (24 layers of: norm,
+/// q|k|v, o (+=), norm, cross q, o (+=), norm, wi_0|wi_1, gated GELU, wo (+=); 241 launches) at
+/// batch 32, each layer with weights of its own (the same random values uploaded per layer, so
+/// L2 holds no more of them than in a model), tuned as the engine tunes. Timed as plain
+/// launches and as a replayed CUDA graph, each without and (where capable and its gpu-check
+/// family passed) with programmatic dependent launch: the per-kernel cost PDL is meant to cut,
+/// apart from the end-to-end noise.
 fn decode_chain(g: &Gpu, skip: &[&str]) {
     use jobx_engine::device::{ActKind, Backend};
     const ROWS: usize = 32;

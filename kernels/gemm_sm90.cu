@@ -156,20 +156,31 @@ __device__ __forceinline__ void init_slots(unsigned long long (&full)[STAGES],
     __syncthreads();
 }
 
-// The epilogue's weight scales of columns col, col + 1 (int8 weights; 0 past n), 1 without.
+// The epilogue's weight scale of column col (int8 weights; 0 past n), 1 without.
+__device__ __forceinline__ float w_scale_at(const jobx_gemm_params& p, long long col) {
+    if (!p.w_scale) return 1.0f;
+    return col < p.n ? p.w_scale[col] : 0.0f;
+}
+
+// The epilogue's activation scale of row r (W8A8; 1 past m), 1 without.
+__device__ __forceinline__ float x_scale_at(const jobx_gemm_params& p, long long r) {
+    return p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
+}
+
+// The weight scales of columns col, col + 1.
 __device__ __forceinline__ void w_scales(const jobx_gemm_params& p, long long col, float& w0, float& w1) {
     w0 = 1.0f;
     w1 = 1.0f;
     if (p.w_scale) {
-        w0 = col < p.n ? p.w_scale[col] : 0.0f;
-        w1 = col + 1 < p.n ? p.w_scale[col + 1] : 0.0f;
+        w0 = w_scale_at(p, col);
+        w1 = w_scale_at(p, col + 1);
     }
 }
 
-// The epilogue's activation scales of rows r, r + 8 (W8A8; 1 past m), 1 without.
+// The activation scales of rows r, r + 8.
 __device__ __forceinline__ void x_scales(const jobx_gemm_params& p, long long r, float& xs0, float& xs1) {
-    xs0 = p.x_scale && r < p.m ? p.x_scale[r] : 1.0f;
-    xs1 = p.x_scale && r + 8 < p.m ? p.x_scale[r + 8] : 1.0f;
+    xs0 = x_scale_at(p, r);
+    xs1 = x_scale_at(p, r + 8);
 }
 
 // Accumulator group j of a warpgroup's fragment (see store_fragment) scaled as the epilogue
@@ -281,13 +292,9 @@ __device__ __forceinline__ void gemm_tma(const jobx_gemm_tma_params& tp) {
     // 36K at 4096^3): a third of the int8 tile. Loaded here, their latency hides behind the
     // pipeline's first copies. (Consumer 0 the columns, consumer 1 the rows.)
     if (c == 0) {
-        for (int i = tid & 127; i < BN; i += 128) {
-            const long long col = n0 + i;
-            wsc[i] = !p.w_scale ? 1.0f : col < p.n ? p.w_scale[col] : 0.0f;
-        }
+        for (int i = tid & 127; i < BN; i += 128) wsc[i] = w_scale_at(p, n0 + i);
     } else {
-        const long long row = m0 + (tid & 127);
-        xsc[tid & 127] = p.x_scale && row < p.m ? p.x_scale[row] : 1.0f;
+        xsc[tid & 127] = x_scale_at(p, m0 + (tid & 127));
     }
     Acc acc[BN / 2];
 #pragma unroll

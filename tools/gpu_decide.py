@@ -59,11 +59,14 @@ def main():
     decisions = {}
 
     def verdict(fam, measured, wins, note="", win="faster everywhere timed", lose="not faster everywhere",
-                then=": make it the default", otherwise=": stays opt-in"):
-        if fam in DEFAULT_ON:
-            then = ": keep it the default" if then == ": make it the default" else then
-            otherwise = (": turn it off by default again (runtime.rs, Gpu::new)"
-                         if otherwise == ": stays opt-in" else otherwise)
+                then=None, otherwise=None):
+        # (what to do by default: a family already the default is kept or turned off again, an
+        # opt-in one made the default or left opt-in)
+        if then is None:
+            then = ": keep it the default" if fam in DEFAULT_ON else ": make it the default"
+        if otherwise is None:
+            otherwise = (": turn it off by default again (runtime.rs, Gpu::new)" if fam in DEFAULT_ON
+                         else ": stays opt-in")
         if fam not in status:
             v = "not run"
         elif status[fam] != 0:

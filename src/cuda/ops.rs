@@ -851,22 +851,21 @@ impl Gpu {
             None => ("attention_bf16", gx, 128),
         };
         // diagnostics (Gpu::set_attn_trace): the wg kernels' traced twins, when the buffer holds
-        // a record per block
+        // a record per block (the lock only for the kernels that have a twin)
         let mut p = p;
-        let blocks = gx * c.heads * c.batch;
-        let trace = self.attn_trace.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = trace.as_ref().filter(|t| t.len() >= 8 * blocks) {
-            let traced = match kernel {
-                "attention_wg_d64" => Some("attention_wg_d64_trace"),
-                "attention_wg_d128" => Some("attention_wg_d128_trace"),
-                _ => None,
-            };
-            if let Some(k) = traced {
-                kernel = k;
+        let traced = match kernel {
+            "attention_wg_d64" => Some("attention_wg_d64_trace"),
+            "attention_wg_d128" => Some("attention_wg_d128_trace"),
+            _ => None,
+        };
+        if let Some(twin) = traced {
+            let blocks = gx * c.heads * c.batch;
+            let trace = self.attn_trace.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = trace.as_ref().filter(|t| t.len() >= 8 * blocks) {
+                kernel = twin;
                 p.trace = self.ptr(t) as *mut u64;
             }
         }
-        drop(trace);
         let cfg = LaunchConfig {
             grid_dim: (gx as u32, c.heads as u32, c.batch as u32),
             block_dim: (threads, 1, 1),

@@ -94,6 +94,11 @@ device_repr!(
     jobx_logits_params
 );
 
+/// attention_wg_*: 2 stages x (K + V) x 128 keys x dk bf16 + Q 128 x dk bf16 + 1 KB to align
+/// to 1024 bytes.
+const WG_SMEM_D64: u32 = 2 * 2 * 128 * 64 * 2 + 128 * 64 * 2 + 1024;
+const WG_SMEM_D128: u32 = 2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024;
+
 /// Dynamic shared memory (bytes) of the kernels that need it; set as the function's limit when
 /// the module loads and passed by `Gpu::launch` on every launch of that kernel.
 const DYNAMIC_SMEM: &[(&str, u32)] = &[
@@ -104,23 +109,11 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // fragments are read from shared memory)
     ("attention_fa2_d64", 2 * 2 * 64 * 72 * 2),
     ("attention_fa2_d128", 2 * 2 * 32 * 136 * 2 + 128 * 136 * 2),
-    // 2 stages x (K + V) x 128 keys x dk bf16 + Q 128 x dk bf16 + 1 KB to align to 1024 bytes
-    (
-        "attention_wg_d64",
-        2 * 2 * 128 * 64 * 2 + 128 * 64 * 2 + 1024,
-    ),
-    (
-        "attention_wg_d128",
-        2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024,
-    ),
-    (
-        "attention_wg_d64_trace",
-        2 * 2 * 128 * 64 * 2 + 128 * 64 * 2 + 1024,
-    ),
-    (
-        "attention_wg_d128_trace",
-        2 * 2 * 128 * 128 * 2 + 128 * 128 * 2 + 1024,
-    ),
+    ("attention_wg_d64", WG_SMEM_D64),
+    ("attention_wg_d128", WG_SMEM_D128),
+    // (the traced twins: the same kernels)
+    ("attention_wg_d64_trace", WG_SMEM_D64),
+    ("attention_wg_d128_trace", WG_SMEM_D128),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
