@@ -358,7 +358,11 @@ fn main() {
         // the wrapper's choice (since 2026-11-28 wg at dk 128, fa2 at 64 on an H100), each
         // prefill kernel forced: mma.sync 16 rows per warp (the default before), 32 rows per
         // warp, wgmma; then (baseline) the general one-key-per-lane kernel
-        let (fa2_default, wg_default) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
+        let (fa2_default, wg_default, ws_default) = (
+            g.flash_fa2.load(Relaxed),
+            g.flash_wg.load(Relaxed),
+            g.flash_ws.load(Relaxed),
+        );
         let attn = |o: &mut _| {
             g.attention(
                 &call,
@@ -371,27 +375,39 @@ fn main() {
                 t5.then_some(&bias),
             )
         };
-        for (name, general, fa2, wg) in [
-            ("attention", false, fa2_default, wg_default),
-            ("attention_mma", false, false, false),
-            ("attention_fa2", false, true, false),
-            ("attention_wg", false, false, true),
-            ("attention_general", true, fa2_default, wg_default),
+        // (the warp-specialised ws kernels, opt-in, last: their gpu-check family decides)
+        for (name, general, fa2, wg, ws) in [
+            ("attention", false, fa2_default, wg_default, ws_default),
+            ("attention_mma", false, false, false, false),
+            ("attention_fa2", false, true, false, false),
+            ("attention_wg", false, false, true, false),
+            ("attention_ws", false, false, false, true),
+            (
+                "attention_general",
+                true,
+                fa2_default,
+                wg_default,
+                ws_default,
+            ),
         ] {
-            if (fa2 != fa2_default || wg != wg_default) && tq <= 4
+            if (fa2 != fa2_default || wg != wg_default || ws != ws_default) && tq <= 4
                 || wg && !g.has_kernel("attention_wg_d64")
+                || ws && !g.has_kernel("attention_ws_d64")
                 || name == "attention_fa2" && skip.contains(&"fa2")
                 || name == "attention_wg" && skip.contains(&"wg")
+                || name == "attention_ws" && skip.contains(&"ws")
             {
                 continue;
             }
             g.general_kernels.store(general, Relaxed);
             g.flash_fa2.store(fa2, Relaxed);
             g.flash_wg.store(wg, Relaxed);
+            g.flash_ws.store(ws, Relaxed);
             let ms = time(&g, || attn(&mut o).unwrap());
             g.general_kernels.store(false, Relaxed);
             g.flash_fa2.store(fa2_default, Relaxed);
             g.flash_wg.store(wg_default, Relaxed);
+            g.flash_ws.store(ws_default, Relaxed);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(
@@ -399,11 +415,15 @@ fn main() {
             flop / ms / 1e9
         );
         }
-        // prefill shapes: where the wg kernel's time goes, per block and key step
-        // (kernels/attention_sm90.cu, its traced twin; once, outside the timings)
-        if tq > 4 && g.has_kernel("attention_wg_d64") && !skip.contains(&"wg") {
+        // prefill shapes: where the wg and ws kernels' time goes, per block and key step
+        // (kernels/attention_sm90.cu, their traced twins; once, outside the timings)
+        for (fam, wg, ws) in [("wg", true, false), ("ws", false, true)] {
+            if tq <= 4 || !g.has_kernel(&format!("attention_{fam}_d64")) || skip.contains(&fam) {
+                continue;
+            }
             let blocks = tq.div_ceil(128) * h * b;
-            g.flash_wg.store(true, Relaxed);
+            g.flash_wg.store(wg, Relaxed);
+            g.flash_ws.store(ws, Relaxed);
             g.flash_fa2.store(false, Relaxed);
             let words = g
                 .set_attn_trace(blocks)
@@ -412,9 +432,10 @@ fn main() {
             g.set_attn_trace(0).unwrap();
             g.flash_fa2.store(fa2_default, Relaxed);
             g.flash_wg.store(wg_default, Relaxed);
+            g.flash_ws.store(ws_default, Relaxed);
             match words {
-                Ok(w) => println!("{}", attn_trace_summary((b, h, tq, t, dk), &w)),
-                Err(e) => eprintln!("attention trace: {e}"),
+                Ok(w) => println!("{}", attn_trace_summary(fam, (b, h, tq, t, dk), &w)),
+                Err(e) => eprintln!("attention trace ({fam}): {e}"),
             }
         }
         // decode steps: the key-chunk count forced (the rule's choice is the row above), and
@@ -481,9 +502,15 @@ fn elementwise(g: &Gpu) {
     }
 }
 
-/// One JSON row from the wg attention's per-block trace (kernels/attention_sm90.cu): medians
-/// over blocks of each phase's cycles per key step, the blocks' key steps, and their spread.
-fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w: &[u64]) -> String {
+/// One JSON row from the wg or ws attention's per-block trace (kernels/attention_sm90.cu):
+/// medians over blocks of each phase's cycles per key step, the blocks' key steps, and their
+/// spread. The four phases: wg's copy wait, S, softmax, P V; ws's K/V wait (full barriers), turn
+/// wait (the other consumer's issue), its wgmma group, softmax.
+fn attn_trace_summary(
+    fam: &str,
+    (b, h, tq, t, dk): (usize, usize, usize, usize, usize),
+    w: &[u64],
+) -> String {
     let recs: Vec<&[u64]> = w.chunks_exact(8).filter(|r| r[2] > 0).collect();
     let med = |mut v: Vec<f64>| -> f64 {
         if v.is_empty() {
@@ -495,8 +522,13 @@ fn attn_trace_summary((b, h, tq, t, dk): (usize, usize, usize, usize, usize), w:
     let per_step = |i: usize| med(recs.iter().map(|r| r[i] as f64 / r[2] as f64).collect());
     let steps: Vec<f64> = recs.iter().map(|r| r[2] as f64).collect();
     let max_steps = steps.iter().copied().fold(0.0, f64::max);
+    let [p0, p1, p2, p3] = if fam == "ws" {
+        ["kv_wait_cyc", "turn_wait_cyc", "mma_cyc", "softmax_cyc"]
+    } else {
+        ["wait_cyc", "s_cyc", "softmax_cyc", "pv_cyc"]
+    };
     format!(
-        "{{\"op\":\"attention_trace\",\"kernel\":\"attention_wg_d{dk}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"blocks\":{},\"steps_p50\":{:.0},\"steps_max\":{max_steps:.0},\"cyc_per_step\":{:.0},\"wait_cyc\":{:.0},\"s_cyc\":{:.0},\"softmax_cyc\":{:.0},\"pv_cyc\":{:.0},\"rest_cyc\":{:.0},\"ideal_mma_cyc\":{}}}",
+        "{{\"op\":\"attention_trace\",\"kernel\":\"attention_{fam}_d{dk}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"blocks\":{},\"steps_p50\":{:.0},\"steps_max\":{max_steps:.0},\"cyc_per_step\":{:.0},\"{p0}\":{:.0},\"{p1}\":{:.0},\"{p2}\":{:.0},\"{p3}\":{:.0},\"rest_cyc\":{:.0},\"ideal_mma_cyc\":{}}}",
         recs.len(),
         med(steps),
         per_step(1),

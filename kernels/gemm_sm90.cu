@@ -75,42 +75,7 @@ __device__ __forceinline__ void wgmma_slice(typename AccT<INT8>::type (&d)[BN / 
 // phase n - 1 of `empty`.
 #define TMA_THREADS 384
 
-// (host emulation: tools/cuda-emu/emu.cpp keeps each barrier's phase, pending arrivals and
-// transaction bytes; a waiting thread yields until the phase it waits for completes)
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-#ifdef JOBX_HOST_EMU
-    jobx_emu::mbar_init(bar, count);
-#else
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-#ifdef JOBX_HOST_EMU
-    jobx_emu::mbar_wait(bar, parity);
-#else
-    asm volatile(
-        "{\n"
-        ".reg .pred P1;\n"
-        "WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
-        "@P1 bra.uni DONE;\n"
-        "bra.uni WAIT;\n"
-        "DONE:\n"
-        "}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-#endif
-}
-
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-#ifdef JOBX_HOST_EMU
-    jobx_emu::mbar_arrive(bar, 0);
-#else
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-#endif
-}
-
+// (mbar_init, mbar_wait, mbar_arrive: sm90_common.cuh)
 __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
 #ifdef JOBX_HOST_EMU
     jobx_emu::mbar_arrive(bar, bytes);

@@ -88,6 +88,73 @@ __device__ __forceinline__ void bar_named(int id) {
 #endif
 }
 
+// Arrives at named barrier `id` for COUNT threads without waiting for it (bar.arrive): the
+// other side of a bar_named, as a producer that signals and goes on.
+template <int COUNT>
+__device__ __forceinline__ void bar_arrive_named(int id) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::named_arrive(id, COUNT);
+#else
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "n"(COUNT) : "memory");
+#endif
+}
+
+// A warpgroup's register allocation moved to N per thread (setmaxnreg, sm_90a; every warp of
+// the warpgroup executes it). Warp-specialised kernels give their producer warpgroup few
+// registers and their consumers many: the kernel's __launch_bounds__(threads, 1) fixes the
+// count at entry (65536 / threads), which ptxas must know, or it ignores setmaxnreg (build.rs
+// fails on its C7508 warning). (Host emulation: registers are the host's, nothing to move.)
+template <int N>
+__device__ __forceinline__ void regs_dealloc() {
+#ifndef JOBX_HOST_EMU
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void regs_alloc() {
+#ifndef JOBX_HOST_EMU
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// mbarriers (gemm_sm90.cu's TMA pipeline, attention_sm90.cu's warp-specialised kernels).
+// (host emulation: tools/cuda-emu/emu.cpp keeps each barrier's phase, pending arrivals and
+// transaction bytes; a waiting thread yields until the phase it waits for completes)
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_init(bar, count);
+#else
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_wait(bar, parity);
+#else
+    asm volatile(
+        "{\n"
+        ".reg .pred P1;\n"
+        "WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra.uni DONE;\n"
+        "bra.uni WAIT;\n"
+        "DONE:\n"
+        "}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+#ifdef JOBX_HOST_EMU
+    jobx_emu::mbar_arrive(bar, 0);
+#else
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
 // Stamps for the kernels' diagnostic traces (gemm_sm90.cu, attention_sm90.cu): %globaltimer in
 // ns (places blocks against each other), %clock64 in the SM's cycles, the SM's id.
 __device__ __forceinline__ unsigned long long trace_ns() {

@@ -1350,6 +1350,10 @@ mod table {
             (3, 2, 1, 70, 6, 128, false, 0, 0, None, true),
             // d128 with at most 64 queries: the wgmma kernel's second warpgroup has no rows
             (2, 2, 2, 40, 300, 128, false, 0, 0, None, true),
+            // masked keys in every key block, at another offset in each (odd batch rows), over
+            // 6 key steps: a stage's key flags read after the next tile's overwrote them (ws's
+            // producer refilling a stage before both consumers' softmax released it) differ
+            (2, 2, 2, 130, 700, 128, false, 0, 0, None, true),
         ];
         for &(b, h, kvh, tq, tk, dk, causal, window, q_offset, t5, masked) in attn {
             // dk 64/128 run the tensor-core kernels (16 and 32 query rows per warp; decode
@@ -1377,14 +1381,17 @@ mod table {
                     (Fa2, Some(8)),
                     (Wg, None),
                     (Wg, Some(8)),
+                    (Ws, None),
+                    (Ws, Some(8)),
                 ] {
                     if (kernel == General || fused == Some(3)) && dk != 64 && dk != 128 {
                         continue;
                     }
-                    // mma, fa2 and wg are prefill kernels: decode steps take the decode kernel either
-                    // way (and wg needs an sm_90 device: elsewhere its cases would repeat the
-                    // default kernel's)
-                    if matches!(kernel, Mma | Fa2 | Wg) && (tq <= 4 || (dk != 64 && dk != 128)) {
+                    // mma, fa2, wg and ws are prefill kernels: decode steps take the decode kernel
+                    // either way (and wg and ws need an sm_90 device: elsewhere their cases would
+                    // repeat the default kernel's)
+                    if matches!(kernel, Mma | Fa2 | Wg | Ws) && (tq <= 4 || (dk != 64 && dk != 128))
+                    {
                         continue;
                     }
                     cases.push((
@@ -1584,15 +1591,19 @@ mod table {
                     Box::new(move |g, s| traced_gemm(g, s, int8)),
                 ));
             }
-            // the same for the wg attention (Gpu::set_attn_trace, its traced twin kernels)
-            for (dk, causal, t5) in [(64, false, Some((32, 128, true))), (128, true, None)] {
-                cases.push((
-                    format!(
-                        "attention wg trace d{dk} causal {causal} t5 {}",
-                        t5.is_some()
-                    ),
-                    Box::new(move |g, s| traced_attention(g, s, dk, causal, t5)),
-                ));
+            // the same for the wg and ws attention (Gpu::set_attn_trace, their traced twin
+            // kernels)
+            for kernel in [Flash::Wg, Flash::Ws] {
+                for (dk, causal, t5) in [(64, false, Some((32, 128, true))), (128, true, None)] {
+                    let name = format!("{kernel:?}").to_lowercase();
+                    cases.push((
+                        format!(
+                            "attention {name} trace d{dk} causal {causal} t5 {}",
+                            t5.is_some()
+                        ),
+                        Box::new(move |g, s| traced_attention(g, s, kernel, dk, causal, t5)),
+                    ));
+                }
             }
         } else {
             eprintln!("cuda_op_table: no sm_90a kernels on this device (gemm_sm90 cases skipped)");
@@ -2150,6 +2161,8 @@ mod table {
         Fa2,
         /// attention_wg_* on sm_90 (`Gpu::flash_wg`)
         Wg,
+        /// attention_ws_* on sm_90 (`Gpu::flash_ws`)
+        Ws,
     }
 
     fn with_flash(
@@ -2158,16 +2171,22 @@ mod table {
         f: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (fa2, wg) = (g.flash_fa2.load(Relaxed), g.flash_wg.load(Relaxed));
+        let (fa2, wg, ws) = (
+            g.flash_fa2.load(Relaxed),
+            g.flash_wg.load(Relaxed),
+            g.flash_ws.load(Relaxed),
+        );
         g.general_kernels.store(kernel == Flash::General, Relaxed);
         if kernel != Flash::Default {
             g.flash_fa2.store(kernel == Flash::Fa2, Relaxed);
             g.flash_wg.store(kernel == Flash::Wg, Relaxed);
+            g.flash_ws.store(kernel == Flash::Ws, Relaxed);
         }
         let r = f();
         g.general_kernels.store(false, Relaxed);
         g.flash_fa2.store(fa2, Relaxed);
         g.flash_wg.store(wg, Relaxed);
+        g.flash_ws.store(ws, Relaxed);
         r
     }
 
@@ -2390,6 +2409,7 @@ mod table {
     fn traced_attention(
         g: &Gpu,
         seed: u64,
+        kernel: Flash,
         dk: usize,
         causal: bool,
         t5: Option<(usize, usize, bool)>,
@@ -2397,7 +2417,7 @@ mod table {
         let (b, h, tq, tk) = (2usize, 2usize, 300usize, 300usize);
         let blocks = tq.div_ceil(128) * h * b;
         g.set_attn_trace(blocks).map_err(e)?;
-        let r = with_flash(g, Flash::Wg, || {
+        let r = with_flash(g, kernel, || {
             attention(
                 g, seed, b, h, h, tq, tk, dk, causal, 0, 0, t5, true, None, false, false,
             )

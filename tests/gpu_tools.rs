@@ -45,7 +45,7 @@ fn gpu_decide_applies_the_decision_rule() {
     std::fs::write(
         d.join("op-tests.log"),
         "test cuda_op_table ... cuda_op_table: 600 cases x 2 seeds, 0 failures\nok\n\
-         opt-in dequant: exit 0\nopt-in fa2: exit 0\nopt-in wg: exit 0\n\
+         opt-in dequant: exit 0\nopt-in fa2: exit 0\nopt-in wg: exit 0\nopt-in ws: exit 0\n\
          opt-in persistent: exit 0\nopt-in splitk: exit 0\nopt-in q8decode: exit 101\n\
          opt-in pdl: exit 0\n",
     )
@@ -72,6 +72,11 @@ fn gpu_decide_applies_the_decision_rule() {
             with(&causal, "attention_wg", 0.40),
             with(&enc, "attention_fa2", 0.30),
             with(&causal, "attention_fa2", 1.10),
+            // ws (opt-in) beats the default at the causal shape only: it stays opt-in
+            with(&enc, "attention_ws", 0.26),
+            with(&causal, "attention_ws", 0.30),
+            json!({"op": "attention_trace", "kernel": "attention_ws_d128", "batch": 1, "heads": 32,
+                   "tq": 4096, "t": 4096, "dk": 128, "cyc_per_step": 3000.0, "kv_wait_cyc": 100.0}),
             // the persistent bf16 GEMM wins, the int8 one loses: not faster everywhere
             gemm("gemm_bf16", 4096, 4096, 4096, 0.194),
             gemm("gemm_w8a8", 4096, 4096, 4096, 0.134),
@@ -117,6 +122,7 @@ fn gpu_decide_applies_the_decision_rule() {
     let v = |f: &str| dec[f]["verdict"].as_str().unwrap().to_string();
     // (fa2, wg, split-k and PDL are the default since 2026-11-28: keep them so, or not)
     assert!(v("wg").contains("keep it the default"), "{}", v("wg"));
+    assert!(v("ws").contains("stays opt-in"), "{}", v("ws"));
     assert!(
         v("fa2").contains("turn it off by default again"),
         "{}",
@@ -466,7 +472,7 @@ fn gpu_check_keeps_to_its_time_budget() {
                 echo 'test result: ok'";
     let (_, out, _) = gpu_check("200", "ops,optin", body);
     assert!(
-        out.contains("env: DEQUANT=on SKIP=n256p,attention q8 CASES=\n"),
+        out.contains("env: DEQUANT=on SKIP=n256p,attention q8,kernel Ws,ws trace CASES=\n"),
         "{out}"
     );
     assert!(
@@ -486,6 +492,7 @@ fn gpu_check_keeps_to_its_time_budget() {
         "dequant",
         "fa2",
         "wg",
+        "ws",
         "persistent",
         "splitk",
         "q8decode",

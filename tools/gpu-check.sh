@@ -105,7 +105,7 @@ echo "unpacked: $(( SECONDS - T0 )) s" >> "$OUT/gpu.txt"; t_last=$SECONDS
 ops_rc=skipped; bench_rc=skipped; torch_rc=skipped; e2e_rc=skipped
 # (without the opt-in step: the kernel bench leaves out the kernels that are not the default;
 # fa2, wg, split-k, PDL and the int8 widening are, since the H100 runs of 2026-11-28)
-bench_skip="persistent,q8decode"
+bench_skip="persistent,q8decode,ws"
 optin=""
 
 t_ops=$(allow "${JOBX_T_OPS:-180}" "$(after ops)")
@@ -118,12 +118,13 @@ if step ops && (( t_ops < 10 )); then
 elif step ops; then
 echo "== op tests"
 # The opt-in kernels (the persistent GEMMs "n256p"; the int8 decode attention of
-# --cross-kv int8, "attention q8") are left out of this run and checked one family at a time
+# --cross-kv int8, "attention q8"; the warp-specialised prefill attention "kernel Ws", with its
+# traced twin "ws trace") are left out of this run and checked one family at a time
 # below, so that a fault or hang in one cannot take the established table down. fa2, wg,
 # split-k, PDL and the int8 widening for the wgmma tiles passed every H100 run of 2026-11-28
 # and are the default: their cases run here too (and again as their families below, which
 # say per family whether it still passes).
-EXPERIMENTAL="n256p,attention q8"
+EXPERIMENTAL="n256p,attention q8,kernel Ws,ws trace"
 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout -k 5 "$t_ops" "$B/cuda_ops" --nocapture --test-threads 1 \
   --skip cuda_pdl > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
@@ -153,7 +154,7 @@ bench_skip=""
 # rest of the check (JOBX_GEMM_DEQUANT=0: the later families, the benchmarks and the end-to-end
 # runs take the mma.sync tiles) and the other families leave out its cases.
 widen_skip=""
-for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8" "pdl:-"; do
+for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws:kernel Ws,ws trace" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8" "pdl:-"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
   if [[ $key == pdl ]]; then
@@ -204,6 +205,7 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "pe
   if [[ $rc -eq 0 ]]; then
     case $key in
       persistent) optin="$optin,JOBX_GEMM_PERSISTENT=1" ;;
+      ws) optin="$optin,JOBX_FLASH_WS=1" ;;
       pdl) optin="$optin,JOBX_PDL=1" ;;
     esac
   else

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-FAMILIES = ["dequant", "fa2", "wg", "persistent", "splitk", "q8decode", "pdl"]
+FAMILIES = ["dequant", "fa2", "wg", "ws", "persistent", "splitk", "q8decode", "pdl"]
 # the families made the default on the H100 runs of 2026-11-28 (runtime.rs, Gpu::new): their
 # verdicts say whether to keep them so or to turn them off by default again
 DEFAULT_ON = {"fa2", "wg", "splitk", "pdl"}
@@ -88,12 +88,15 @@ def main():
     print("attention (prefill shapes): ms, and SDPA time / ours (target >= 0.7)")
     shapes = sorted({tuple(r[k] for k in ATTN_KEYS) for r in kern
                      if r.get("op") == "attention" and r.get("tq", 0) > 4})
-    for fam in ("fa2", "wg"):
+    # (ws, the warp-specialised kernels, opt-in, written 2026-11-28 without a device, would
+    # replace the default at both head dims, wg at 128 and fa2 at 64: against the `attention`
+    # rows)
+    for fam in ("fa2", "wg", "ws"):
         wins, measured = True, False
         for s in shapes:
             kw = dict(zip(ATTN_KEYS, s))
             d, f, t = ms(kern, "attention", **kw), ms(kern, f"attention_{fam}", **kw), ms(torch, "torch_sdpa", **kw)
-            mma = ms(kern, "attention_mma", **kw)
+            mma = ms(kern, "attention_mma", **kw) if fam != "ws" else None
             base = mma if mma is not None else d
             if f is None:
                 # (a bench cut short between the default's row and the family's: not a win)
@@ -105,7 +108,11 @@ def main():
             print(f"  {fam:<4} {str(list(s)):<26} {'mma' if mma is not None else 'default'} {fmt(base)}  {fam} {fmt(f)}  "
                   f"sdpa {fmt(t)}  sdpa/{fam} {fmt(t / f if t else None, '.2f')}  "
                   f"sdpa/default {fmt(t / d if t and d else None, '.2f')}")
-        verdict(fam, measured, wins)
+        verdict(fam, measured, wins, "replaces wg and fa2 at both head dims (JOBX_FLASH_WS=1)" if fam == "ws" else "")
+    for r in kern:
+        if r.get("op") == "attention_trace":
+            ph = {k: r[k] for k in r if k.endswith("_cyc")}
+            print(f"  trace {r.get('kernel')} {[r.get(k) for k in ATTN_KEYS]}: {r.get('cyc_per_step')} cycles a key step; {ph}")
 
     # persistent GEMMs against the default TMA kernels, both dtypes
     print("persistent GEMMs (m > 32): ms default -> _p")

@@ -838,13 +838,17 @@ impl Gpu {
         // the H100 (2026-11-28): fa2 at head dim 64 (T5 encoder 0.244 vs 0.257 ms), wg at 128
         // (causal 0.557 vs 0.607)
         let wg = wg && !(fa2 && c.dk == 64);
-        let flash = (fast && table_ok && !q8).then_some(match (wg, fa2, c.dk) {
-            (true, _, 64) => ("attention_wg_d64", 128, 256),
-            (true, _, _) => ("attention_wg_d128", 128, 256),
-            (false, false, 64) => ("attention_mma_d64", 64, 128),
-            (false, false, _) => ("attention_mma_d128", 64, 128),
-            (false, true, 64) => ("attention_fa2_d64", 128, 128),
-            (false, true, _) => ("attention_fa2_d128", 128, 128),
+        // the warp-specialised form (opt-in) in place of wg at both head dims
+        let ws = small && self.flash_ws.load(Relaxed) && self.has_kernel("attention_ws_d64");
+        let flash = (fast && table_ok && !q8).then_some(match (ws, wg, fa2, c.dk) {
+            (true, _, _, 64) => ("attention_ws_d64", 128, 384),
+            (true, _, _, _) => ("attention_ws_d128", 128, 384),
+            (false, true, _, 64) => ("attention_wg_d64", 128, 256),
+            (false, true, _, _) => ("attention_wg_d128", 128, 256),
+            (false, false, false, 64) => ("attention_mma_d64", 64, 128),
+            (false, false, false, _) => ("attention_mma_d128", 64, 128),
+            (false, false, true, 64) => ("attention_fa2_d64", 128, 128),
+            (false, false, true, _) => ("attention_fa2_d128", 128, 128),
         });
         let (mut kernel, gx, threads) = match flash {
             Some((kname, rows, threads)) => (kname, c.tq.div_ceil(rows), threads),
@@ -856,6 +860,8 @@ impl Gpu {
         let traced = match kernel {
             "attention_wg_d64" => Some("attention_wg_d64_trace"),
             "attention_wg_d128" => Some("attention_wg_d128_trace"),
+            "attention_ws_d64" => Some("attention_ws_d64_trace"),
+            "attention_ws_d128" => Some("attention_ws_d128_trace"),
             _ => None,
         };
         if let Some(twin) = traced {

@@ -114,6 +114,11 @@ const DYNAMIC_SMEM: &[(&str, u32)] = &[
     // (the traced twins: the same kernels)
     ("attention_wg_d64_trace", WG_SMEM_D64),
     ("attention_wg_d128_trace", WG_SMEM_D128),
+    // (the warp-specialised kernels: the same stages and Q)
+    ("attention_ws_d64", WG_SMEM_D64),
+    ("attention_ws_d128", WG_SMEM_D128),
+    ("attention_ws_d64_trace", WG_SMEM_D64),
+    ("attention_ws_d128_trace", WG_SMEM_D128),
     ("gemm_tma_bf16_n128", 6 * 32 * 1024 + 1024),
     ("gemm_tma_bf16_n256", 4 * 48 * 1024 + 1024),
     ("gemm_tma_s8_n128", 6 * 32 * 1024 + 1024),
@@ -157,6 +162,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_wg_d128",
             "attention_wg_d64_trace",
             "attention_wg_d128_trace",
+            "attention_ws_d64",
+            "attention_ws_d128",
+            "attention_ws_d64_trace",
+            "attention_ws_d128_trace",
         ],
     ),
     ("embedding", &["embedding_bf16", "copy_rows_bf16"]),
@@ -304,6 +313,11 @@ pub struct Gpu {
     /// head dim 128 takes wg (causal 0.557 ms vs fa2's 0.607) and 64 takes fa2 (T5 encoder
     /// 0.244 ms vs wg's 0.257). `JOBX_FLASH_WG=0` turns it off, or set directly.
     pub flash_wg: std::sync::atomic::AtomicBool,
+    /// Prefill/encoder attention on the warp-specialised sm_90a kernels `attention_ws_*` (a
+    /// producer warpgroup, two consumers taking turns at the tensor cores), in place of
+    /// `attention_wg_*` at both head dims: `JOBX_FLASH_WS=1`, or set directly. Off by default
+    /// until a GPU run has checked and timed it (written 2026-11-28 without a device).
+    pub flash_ws: std::sync::atomic::AtomicBool,
     /// The persistent wgmma GEMMs `gemm_tma_*_n256_p` (one block per multiprocessor walking
     /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
     /// GPU run has checked and timed them (written 2026-11-26 without a device).
@@ -542,6 +556,7 @@ impl Gpu {
             general_kernels: Default::default(),
             flash_fa2: env_default_on("JOBX_FLASH_FA2").into(),
             flash_wg: env_default_on("JOBX_FLASH_WG").into(),
+            flash_ws: env_on("JOBX_FLASH_WS").into(),
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),

@@ -88,6 +88,7 @@ struct Fiber {
     int warp = 0, lane = 0, group = 0, bar = 0;
     State state = DONE;
     bool woken = false;  // runnable again since an mbarrier phase it polled completed
+    bool deferred = false;  // yielded after completing an mbarrier phase: runs after the others
     // a wgmma.fence since this thread's start or its last wgmma.wait_group (wgmma's rule)
     bool wg_fenced = false;
 };
@@ -136,8 +137,10 @@ struct Group {
     std::deque<std::vector<WgmmaOp>> pending;
 };
 Group g_groups[MAX_THREADS / 128];
+// a named barrier's current phase: how many threads arrived (bar.sync or bar.arrive), which
 struct NamedBar {
     int arrived = 0, count = 0;
+    std::vector<bool> in = std::vector<bool>(MAX_THREADS);
 };
 NamedBar g_named[16];
 struct Mbar {
@@ -195,28 +198,34 @@ void wake(int lo, int hi, State s, int bar = 0, bool woken = false) {
     }
 }
 
-// Leaves the current fiber (blocked or done) for the next runnable one after it, or for the
-// launching code when none can run (the block is done, or deadlocked). A fiber woken by an
-// mbarrier goes first: a producer released by its consumers refills the slot before they go
+// Leaves the current fiber (blocked, done, or yielding: mbar_arrive) for the next runnable one
+// after it, or for the launching code when none can run (the block is done, or deadlocked); a
+// yielding fiber runs again after every other runnable one. A fiber woken by an mbarrier goes
+// first: a producer released by its consumers refills the slot before they go
 // on, the order in which a slot released too early (before the wgmma reading it has retired)
 // is overwritten under that wgmma.
 void switch_away() {
     const int from = g_cur;
     auto switch_to = [from](int j) {
+        g_fibers[j].deferred = false;
         if (g_fibers[j].woken) {
             g_fibers[j].woken = false;
             g_woken--;
         }
         g_cur = j;
-        jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
+        // (a runnable thread that yields, mbar_arrive, may find itself the next to run)
+        if (j != from) jobx_emu_switch(&g_fibers[from].sp, g_fibers[j].sp);
     };
     for (int j = 0; g_woken > 0 && j < g_nthreads; j++)
         if (g_fibers[j].woken && g_fibers[j].state == RUN) return switch_to(j);
     const bool rev = reverse_order();
-    for (int d = 1; d <= g_nthreads; d++) {
-        const int j = rev ? (from - d + g_nthreads) % g_nthreads : (from + d) % g_nthreads;
-        if (g_fibers[j].state == RUN) return switch_to(j);
-    }
+    // (a first pass over the threads not deferred, then one over all)
+    for (int pass = 0; pass < 2; pass++)
+        for (int d = 1; d <= g_nthreads; d++) {
+            const int j = rev ? (from - d + g_nthreads) % g_nthreads : (from + d) % g_nthreads;
+            const Fiber& f = g_fibers[j];
+            if (f.state == RUN && (pass == 1 || !f.deferred)) return switch_to(j);
+        }
     jobx_emu_switch(&g_fibers[from].sp, g_sched_sp);
 }
 
@@ -402,7 +411,15 @@ void ldmatrix_x4(unsigned* r, unsigned addr, bool trans) {
 // hardware may): a thread that reads the bytes before its wait, or another thread reading them
 // without the wait and a barrier, sees what was there before.
 namespace {
+// cp.async copies in flight per 16-byte chunk of the dynamic shared memory (issued, not yet
+// landed): a wgmma whose operand a copy is still writing reads a race on the hardware, whatever
+// the emulator's order makes of it (check_operands_visible)
+uint16_t g_cp_inflight[DYN_BUF / 16];
+uint16_t* inflight_at(const unsigned char* dst) {
+    return dst >= g_dyn_smem && dst < g_dyn_smem + DYN_BUF ? &g_cp_inflight[(dst - g_dyn_smem) / 16] : nullptr;
+}
 void land(const Copy& c) {
+    if (uint16_t* n = inflight_at(c.dst)) (*n)--;
     const int n = c.bytes < 0 ? 0 : (c.bytes > 16 ? 16 : c.bytes);
     if (n > 0) std::memcpy(c.dst, c.src, n);
     std::memset(c.dst + n, 0, 16 - n);
@@ -416,7 +433,10 @@ void land_copies(Fiber& f, size_t count) {
 }  // namespace
 
 void cp_async16(unsigned dst, const void* src, int bytes) {
-    g_fibers[g_cur].copies.push_back({shared_ptr(dst), src, bytes});
+    unsigned char* d = shared_ptr(dst);
+    if (dst % 16) fatal("cp.async of 16 bytes to a shared address not a multiple of 16");
+    if (uint16_t* n = inflight_at(d)) (*n)++;
+    g_fibers[g_cur].copies.push_back({d, src, bytes});
 }
 
 void cp_async_commit() {
@@ -597,6 +617,10 @@ void check_operands_visible(const WgmmaOp& op) {
         if (tma_in_flight(addr))
             fatal("wgmma issued on shared memory (offset " + std::to_string(addr) +
                   ") that a TMA load is still writing (no wait on its mbarrier before)");
+        if (*inflight_at(swizzled(addr)))
+            fatal("wgmma issued on shared memory (offset " + std::to_string(addr) +
+                  ") that a cp.async is still writing (no wait on its group, or on the barrier "
+                  "that announces it, before)");
     };
     if (!op.a[0]) {
         const Desc da = decode(op.da);
@@ -768,23 +792,39 @@ void fence_proxy_async() {
     fence_mbarrier_init();
 }
 
-void named_barrier(int id, int count) {
+namespace {
+// One thread's arrival at named barrier `id` (bar.sync or bar.arrive: `what`); true when it
+// completed the phase (the waiting threads are then runnable). A thread arriving twice in one
+// phase fails: the hardware would count it again and open the barrier before the threads it
+// was meant to wait for (a ping-pong whose turns got out of step).
+bool named_arrival(int id, int count, const char* what) {
     if (id < 1 || id > 15 || count < 32 || count % 32 != 0 || count > g_nthreads)
-        fatal("bar.sync " + std::to_string(id) + ", " + std::to_string(count) + " in a block of " +
+        fatal(std::string(what) + " " + std::to_string(id) + ", " + std::to_string(count) + " in a block of " +
               std::to_string(g_nthreads) + " threads");
     NamedBar& b = g_named[id];
     if (b.arrived == 0) b.count = count;
-    if (b.count != count) fatal("bar.sync " + std::to_string(id) + " with different thread counts");
+    if (b.count != count) fatal(std::string(what) + " " + std::to_string(id) + " with different thread counts");
+    if (b.in[g_cur])
+        fatal(std::string(what) + " " + std::to_string(id) + ": a thread arrives twice before the barrier opens");
+    b.in[g_cur] = true;
+    if (++b.arrived < b.count) return false;
+    b.arrived = 0;
+    std::fill(b.in.begin(), b.in.end(), false);
+    wake(0, g_nthreads, WAIT_NAMED, id);
+    return true;
+}
+}  // namespace
+
+void named_barrier(int id, int count) {
+    if (named_arrival(id, count, "bar.sync")) return;
     Fiber& f = g_fibers[g_cur];
-    if (++b.arrived == b.count) {
-        b.arrived = 0;
-        wake(0, g_nthreads, WAIT_NAMED, id);
-        return;
-    }
     f.state = WAIT_NAMED;
     f.bar = id;
     switch_away();
 }
+
+// bar.arrive: counts toward the phase, never waits
+void named_arrive(int id, int count) { named_arrival(id, count, "bar.arrive"); }
 
 void mbar_init(unsigned bar, unsigned count) {
     if (count < 1 || count > (1u << 20) - 1) fatal("mbarrier.init with count " + std::to_string(count));
@@ -793,9 +833,19 @@ void mbar_init(unsigned bar, unsigned count) {
 
 void mbar_arrive(unsigned bar, unsigned expect_tx) {
     Mbar& m = mbar(bar);
+    const unsigned phase = m.phase;
     m.tx += expect_tx;
     m.pending--;
     mbar_check(m);
+    // an arrival that completed a phase yields to every other runnable thread, the woken ones
+    // first (the arriving thread stays runnable, deferred): a producer's next instructions
+    // (landing its later copies, say) then come after the consumers' reads of what the phase
+    // announced, the order in which a consumer reading more than that phase covers reads
+    // stale bytes
+    if (m.phase != phase && g_woken > 0) {
+        g_fibers[g_cur].deferred = true;
+        switch_away();
+    }
 }
 
 void mbar_wait(unsigned bar, unsigned parity) {
@@ -895,11 +945,15 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     g_groups[w].open.clear();
                     g_groups[w].pending.clear();
                 }
-                for (NamedBar& b : g_named) b = NamedBar{};
+                for (NamedBar& b : g_named) {
+                    if (b.arrived != 0) std::fill(b.in.begin(), b.in.end(), false);
+                    b.arrived = b.count = 0;
+                }
                 g_mbars.clear();
                 g_tma.clear();
                 // a GPU's shared memory is not cleared between blocks: NaN bytes, not a lucky 0
                 std::memset(g_dyn_start, 0xff, smem);
+                std::memset(g_cp_inflight, 0, sizeof g_cp_inflight);
                 std::memset(g_async_view + (g_dyn_start - g_dyn_smem), 0xff, smem);
                 for (int i = 0; i < g_nthreads; i++) {
                     Fiber& f = g_fibers[i];
@@ -910,6 +964,7 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     f.group = i / 128;
                     f.state = RUN;
                     f.woken = false;
+                    f.deferred = false;
                     f.wg_fenced = false;
                     f.copies.clear();
                     f.group_ends.clear();
@@ -935,6 +990,16 @@ bool run_grid(void (*call)(const void*), const void* params, jobx_dim3 grid, job
                     err = std::to_string(g_tma.size()) + " TMA loads still in flight when the block ended";
                     return false;
                 }
+                // (arrivals left at a named barrier: turns that no longer match, as a
+                // ping-pong's last arrive that no one waits for; the next block would inherit
+                // them on the hardware's barrier)
+                for (int id = 1; id < 16; id++)
+                    if (g_named[id].arrived != 0) {
+                        err = "named barrier " + std::to_string(id) + " ended the block with " +
+                              std::to_string(g_named[id].arrived) + " of " + std::to_string(g_named[id].count) +
+                              " threads arrived";
+                        return false;
+                    }
                 for (int w = 0; w < (g_nthreads + 127) / 128; w++)
                     if (!g_groups[w].open.empty() || !g_groups[w].pending.empty()) {
                         err = "warpgroup " + std::to_string(w) + " ended with wgmma products not waited for";

@@ -116,6 +116,11 @@ inline int __any_sync(unsigned, int pred) {
     for (int l = 0; l < 32; l++) if (all[l]) return 1;
     return 0;
 }
+inline int __all_sync(unsigned, int pred) {
+    const jobx_emu::WarpDeposits all = jobx_emu::warp_exchange(pred != 0);
+    for (int l = 0; l < 32; l++) if (!all[l]) return 0;
+    return 1;
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { jobx_emu::warp_sync(); }
 inline void __syncthreads() { (void)jobx_emu::block_sync_and(true); }
 inline int __syncthreads_and(int pred) { return jobx_emu::block_sync_and(pred != 0); }
@@ -154,6 +159,7 @@ void wgmma_fence();
 void fence_proxy_async();
 void fence_mbarrier_init();
 void named_barrier(int id, int count);
+void named_arrive(int id, int count);
 void mbar_init(unsigned bar, unsigned count);
 void mbar_arrive(unsigned bar, unsigned expect_tx);
 void mbar_wait(unsigned bar, unsigned parity);
