@@ -332,12 +332,14 @@ __device__ __forceinline__ void attention_wg(const jobx_attention_params& p) {
 
 // ---- warp-specialised: attention_ws_d64 / _d128 ------------------------------------------------
 // The same results from the same shared-memory layout, with FlashAttention-3's schedule:
-//   warpgroup 0 (producer, 72 registers a thread) copies each K and V tile by cp.async into
-//     its stage and signals it on the tile's `full` mbarrier (after its own wait and proxy
-//     fence), refilling a stage once both consumers released it on its `empty` mbarrier. K and
-//     V have their own barriers: a K tile is needed a whole softmax before its V tile, and its
-//     stage (with the step's key flags) is free once the softmax has read them.
-//   warpgroups 1 and 2 (consumers, 216 registers, 64 queries each) never meet at a block
+//   warpgroup 0 (producer, 88 registers a thread): warps 0-1 copy the K tiles, warps 2-3 the
+//     V tiles, by cp.async into their stage, each signalling a tile on its `full` mbarrier as
+//     soon as its own share landed (wait_group 0, proxy fence, arrive), then waiting on the
+//     next stage's `empty` mbarrier until the consumers release it. K and V have their own
+//     barriers and producers: a K tile is needed a whole softmax before its V tile, and its
+//     stage is free as soon as S has been computed from it (the step's key flags live in a
+//     ring of 4 of their own, which the softmax reads later).
+//   warpgroups 1 and 2 (consumers, 208 registers, 64 queries each) never meet at a block
 //     barrier. Per key step n each issues, in one wgmma group, O += P_n V_n and S_{n+1} =
 //     Q K_{n+1}^T, waits, and runs the softmax of step n + 1 on S_{n+1} while the other
 //     consumer's group runs: two named barriers pass the turn to issue between them
@@ -360,10 +362,13 @@ __device__ __forceinline__ void attention_ws(const jobx_attention_params& p) {
     extern __shared__ unsigned char dyn_smem[];
 #endif
     __shared__ float btab[WG_TAB];
-    __shared__ __align__(8) float kvis[2][WG_FKT];  // per staged key: 1 visible, 0 not
-    __shared__ int wvis[2][4];                      // per stage and producer warp: all 32 visible
-    // per stage: K landed, V landed (128 producer arrivals); K released (the 8 consumer warps,
-    // after their softmax read its key flags), V released (2 consumers, after their wgmma)
+    // per key of step n, in ring entry n % 4: 1 visible, 0 not; per K producer warp: all of its
+    // 64 keys visible. (Entry n % 4 is rewritten for step n + 4 once K_{n+2}'s stage is free,
+    // which comes after S_{n+2}, and so after each consumer warp's softmax of step n.)
+    __shared__ __align__(8) float kvis[4][WG_FKT];
+    __shared__ int wvis[4][2];
+    // per stage: K landed, V landed (64 producer arrivals each); K released (after the S that
+    // reads it), V released (after the P V): one arrival per consumer warp, 8
     __shared__ __align__(8) unsigned long long full_k[2], full_v[2], empty_k[2], empty_v[2];
     const unsigned base = (smem_addr(dyn_smem) + 1023u) & ~1023u;
     const unsigned qbase = base + 2 * KV_STAGE;
@@ -380,57 +385,54 @@ __device__ __forceinline__ void attention_ws(const jobx_attention_params& p) {
     if (p.rel_bias) flash_bias_table(p, btab, WG_TAB, WG_TC, h, WS_THREADS);
     if (tid == 0) {
         for (int i = 0; i < 2; i++) {
-            mbar_init(smem_addr(&full_k[i]), 128);
-            mbar_init(smem_addr(&full_v[i]), 128);
+            mbar_init(smem_addr(&full_k[i]), 64);
+            mbar_init(smem_addr(&full_v[i]), 64);
             mbar_init(smem_addr(&empty_k[i]), 8);
-            mbar_init(smem_addr(&empty_v[i]), 2);
+            mbar_init(smem_addr(&empty_v[i]), 8);
         }
     }
     __syncthreads();  // the bias table and the barriers' initialisation
 
     if (wg == 0) {
-        // Producer. Copy groups in order K_0 (with Q), V_0, K_1, V_1, ...; each is signalled
-        // once the next one is issued (cp.async.wait_group 1), so the copies stay in flight
-        // while this warpgroup waits for its thread's share to land.
-        // (72 + 2 x 216 warpgroup shares = 64512 of the 65536 registers; the copy loop spills
-        // below 72, and the consumers fit 216 without spilling, ptxas 12.9)
-        regs_dealloc<72>();
-        for (int i = 0; i < 2 * steps; i++) {
-            const int n = i >> 1, st = n & 1, j0 = kstart + n * WG_FKT;
-            const bool is_v = i & 1;
-            // the stage's previous tile (step n - 2) released by both consumers
-            if (n >= 2) mbar_wait(smem_addr(is_v ? &empty_v[st] : &empty_k[st]), (unsigned)((n - 2) >> 1) & 1);
+        // Producer: 64 threads per tensor (warps 0-1 K, with Q and the key flags; 2-3 V), one
+        // tile in flight each (with 2 stages the other is being read), signalled as soon as it
+        // landed, so no signal waits behind a release
+        // (88 + 2 x 208 warpgroup shares = 64512 of the 65536 registers; at d128 the copy loop
+        // (32 copies a thread a tile) spills below 88, and the consumers fit 208 without
+        // spilling, ptxas 12.9)
+        regs_dealloc<88>();
+        const bool is_v = warp >= 2;
+        const int pt = ltid & 63;  // this thread's index among its tensor's 64
+        unsigned long long* full = is_v ? full_v : full_k;
+        unsigned long long* empty = is_v ? empty_v : empty_k;
+        for (int n = 0; n < steps; n++) {
+            const int st = n & 1, j0 = kstart + n * WG_FKT;
+            // the stage's previous tile (step n - 2) released by every consumer warp
+            if (n >= 2) mbar_wait(smem_addr(&empty[st]), (unsigned)((n - 2) >> 1) & 1);
             const unsigned kst = base + st * KV_STAGE;
             if (!is_v) {
-                wg_copy_tile<DK, 128>(kst, k, p.k_st, j0, kend, ltid);  // rows past the range: zeros
-                if (n == 0) wg_copy_q<DK, 128>(qbase, q, p.q_st, i0, tq, ltid);
-                // the step's key flags (read by the softmax, released with K after it)
-                const float f = flash_key_flag(p, kb, j0 + ltid, kend);
-                kvis[st][ltid] = f;
-                const int all = __all_sync(0xffffffffu, f != 0.0f);
-                if (lane == 0) wvis[st][warp] = all;
+                wg_copy_tile<DK, 64>(kst, k, p.k_st, j0, kend, pt);  // rows past the range: zeros
+                if (n == 0) wg_copy_q<DK, 64>(qbase, q, p.q_st, i0, tq, pt);
+                const float f0 = flash_key_flag(p, kb, j0 + pt, kend);
+                const float f1 = flash_key_flag(p, kb, j0 + 64 + pt, kend);
+                kvis[n & 3][pt] = f0;
+                kvis[n & 3][64 + pt] = f1;
+                const int all = __all_sync(0xffffffffu, f0 != 0.0f && f1 != 0.0f);
+                if (lane == 0) wvis[n & 3][warp] = all;
             } else {
-                wg_copy_tile<DK, 128>(kst + H * WG_HALF, v, p.v_st, j0, kend, ltid);
+                wg_copy_tile<DK, 64>(kst + H * WG_HALF, v, p.v_st, j0, kend, pt);
             }
             cp_async_commit();
-            if (i > 0) {
-                cp_async_wait<1>();  // the previous group landed: visible to wgmma, then signalled
-                fence_proxy_async();
-                const int pn = (i - 1) >> 1;
-                mbar_arrive(smem_addr((i - 1) & 1 ? &full_v[pn & 1] : &full_k[pn & 1]));
-            }
-        }
-        if (steps > 0) {
-            cp_async_wait<0>();
+            cp_async_wait<0>();  // landed: visible to wgmma, then signalled
             fence_proxy_async();
-            mbar_arrive(smem_addr(&full_v[(steps - 1) & 1]));
+            mbar_arrive(smem_addr(&full[st]));
         }
         return;
     }
 
     // Consumers: warpgroup cw's 64 queries (rows past tq are computed from zero rows of Q and
     // not stored: both consumers keep the same barrier schedule)
-    regs_alloc<216>();
+    regs_alloc<208>();
     const int cw = wg - 1, g = lane >> 2, t = lane & 3;
     const int iw = i0 + 64 * cw + 16 * warp;  // this warp's first query
     const unsigned qw = qbase + cw * H * WG_QHALF;
@@ -455,15 +457,18 @@ __device__ __forceinline__ void attention_ws(const jobx_attention_params& p) {
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g, g + 8 of the warp
     float s[WG_FKT / 2];
     unsigned pa[WG_FKT / 16][4];
-    // the softmax of step n on s (its K tile's flags), then K's stage released
+    // the softmax of step n on s (its key flags)
     auto softmax = [&](int n) {
-        const int st = n & 1;
-        const bool all_vis = wvis[st][0] && wvis[st][1] && wvis[st][2] && wvis[st][3];
-        wg_softmax<DK>(p, s, pa, o, m, l, btab, kvis[st], all_vis, kstart + n * WG_FKT, q_off, iw, win, sl2, g, t);
-        // (each warp's own arrival: the others may still read the stage's key flags; a warp's
-        // lanes have all read theirs before the softmax's row-max shuffles)
-        if (lane == 0) mbar_arrive(smem_addr(&empty_k[st]));
+        const int r = n & 3;
+        wg_softmax<DK>(p, s, pa, o, m, l, btab, kvis[r], wvis[r][0] && wvis[r][1], kstart + n * WG_FKT, q_off, iw,
+                       win, sl2, g, t);
         stamp(3);
+    };
+    // a stage released by this warp (each warp its own arrival, after its own wgmma wait and
+    // its lanes' last reads: the warpgroup's warps need not be in step)
+    auto release = [&](unsigned long long& bar) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(smem_addr(&bar));
     };
     auto zero_s = [&]() {
         // (zeroed: the fence reads them, and reading uninitialised registers in asm is
@@ -486,6 +491,7 @@ __device__ __forceinline__ void attention_ws(const jobx_attention_params& p) {
         bar_arrive_named<256>(other);
         wgmma_wait<0>();
         fence_acc(s);
+        release(empty_k[0]);
         stamp(2);
         softmax(0);
     }
@@ -510,7 +516,8 @@ __device__ __forceinline__ void attention_ws(const jobx_attention_params& p) {
         wgmma_wait<0>();
         wg_fence_pv<DK>(o, pa);
         if (MORE) fence_acc(s);
-        if (ltid == 0) mbar_arrive(smem_addr(&empty_v[n & 1]));
+        release(empty_v[n & 1]);
+        if (MORE) release(empty_k[(n + 1) & 1]);
         stamp(2);
         if (MORE) softmax(n + 1);
     };
