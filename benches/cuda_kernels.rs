@@ -375,7 +375,14 @@ fn main() {
                 t5.then_some(&bias),
             )
         };
-        // (the warp-specialised ws kernels, opt-in, last: their gpu-check family decides)
+        // (general, fa2, wg, ws): force a kernel, or put the defaults back
+        let set_flags = |general, fa2, wg, ws| {
+            g.general_kernels.store(general, Relaxed);
+            g.flash_fa2.store(fa2, Relaxed);
+            g.flash_wg.store(wg, Relaxed);
+            g.flash_ws.store(ws, Relaxed);
+        };
+        // (the warp-specialised ws kernels are opt-in: their gpu-check family decides)
         for (name, general, fa2, wg, ws) in [
             ("attention", false, fa2_default, wg_default, ws_default),
             ("attention_mma", false, false, false, false),
@@ -399,15 +406,9 @@ fn main() {
             {
                 continue;
             }
-            g.general_kernels.store(general, Relaxed);
-            g.flash_fa2.store(fa2, Relaxed);
-            g.flash_wg.store(wg, Relaxed);
-            g.flash_ws.store(ws, Relaxed);
+            set_flags(general, fa2, wg, ws);
             let ms = time(&g, || attn(&mut o).unwrap());
-            g.general_kernels.store(false, Relaxed);
-            g.flash_fa2.store(fa2_default, Relaxed);
-            g.flash_wg.store(wg_default, Relaxed);
-            g.flash_ws.store(ws_default, Relaxed);
+            set_flags(false, fa2_default, wg_default, ws_default);
             let causal = dk == 128;
             let flop = 4.0 * (b * h * tq * t * dk) as f64 / if causal { 2.0 } else { 1.0 };
             println!(
@@ -422,17 +423,13 @@ fn main() {
                 continue;
             }
             let blocks = tq.div_ceil(128) * h * b;
-            g.flash_wg.store(wg, Relaxed);
-            g.flash_ws.store(ws, Relaxed);
-            g.flash_fa2.store(false, Relaxed);
+            set_flags(false, false, wg, ws);
             let words = g
                 .set_attn_trace(blocks)
                 .and_then(|_| attn(&mut o))
                 .and_then(|_| g.attn_trace_words());
             g.set_attn_trace(0).unwrap();
-            g.flash_fa2.store(fa2_default, Relaxed);
-            g.flash_wg.store(wg_default, Relaxed);
-            g.flash_ws.store(ws_default, Relaxed);
+            set_flags(false, fa2_default, wg_default, ws_default);
             match words {
                 Ok(w) => println!("{}", attn_trace_summary(fam, (b, h, tq, t, dk), &w)),
                 Err(e) => eprintln!("attention trace ({fam}): {e}"),
