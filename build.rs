@@ -338,7 +338,7 @@ mod cuda {
                     part.split(|c: char| !(c.is_alphanumeric() || c == '_'))
                         .next_back()
                 })
-                .rfind(|id| !id.is_empty() && *id != "__launch_bounds__")
+                .rfind(|id| !id.is_empty() && !matches!(*id, "__launch_bounds__" | "__maxnreg__"))
                 .unwrap_or("?")
                 .to_string();
             // the body's start without comments and whitespace

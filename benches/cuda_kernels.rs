@@ -545,7 +545,9 @@ fn attn_trace_summary(
 /// L2 holds no more of them than in a model), tuned as the engine tunes. Timed as plain
 /// launches and as a replayed CUDA graph, each without and (where capable and its gpu-check
 /// family passed) with programmatic dependent launch: the per-kernel cost PDL is meant to cut,
-/// apart from the end-to-end noise.
+/// apart from the end-to-end noise. Then (where its family passed) with the three norms before
+/// q|k|v, cross q and wi_0|wi_1 fused into those GEMMs (`Gpu::gemm_rms`: 72 launches fewer
+/// where every one fuses; `kernels` counts what ran), PDL as the default has it.
 fn decode_chain(g: &Gpu, skip: &[&str]) {
     use jobx_engine::device::{ActKind, Backend};
     const ROWS: usize = 32;
@@ -592,47 +594,71 @@ fn decode_chain(g: &Gpu, skip: &[&str]) {
                     None,
                 )
             };
-            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
-            gemm(&hn, &w[0], &mut big, shapes[0], false)?;
+            // the norm into hn, then the GEMM on it (fused where Gpu::gemm_rms is on)
+            let normed = |x: &cudarc::driver::CudaSlice<bf16>,
+                          hn: &mut cudarc::driver::CudaSlice<bf16>,
+                          w: &cudarc::driver::CudaSlice<bf16>,
+                          y: &mut cudarc::driver::CudaSlice<bf16>,
+                          (n, k): (usize, usize)| {
+                g.gemm_rms(
+                    x,
+                    (&lnw, 1e-6),
+                    hn,
+                    Weight::Bf16(w),
+                    Out::Bf16(y),
+                    &GemmShape::new(ROWS, n, k, false),
+                    None,
+                )
+            };
+            normed(&x, &mut hn, &w[0], &mut big, shapes[0])?;
             gemm(&o_in, &w[1], &mut x, shapes[1], true)?;
-            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
-            gemm(&hn, &w[2], &mut act, shapes[2], false)?;
+            normed(&x, &mut hn, &w[2], &mut act, shapes[2])?;
             gemm(&o_in, &w[3], &mut x, shapes[3], true)?;
-            g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)?;
-            gemm(&hn, &w[4], &mut big, shapes[4], false)?;
+            normed(&x, &mut hn, &w[4], &mut big, shapes[4])?;
             g.gated_activation(&big, &mut act, ROWS, FF, ActKind::GeluTanh)?;
             gemm(&act, &w[5], &mut x, shapes[5], true)?;
         }
         g.rms_norm(&x, &lnw, &mut hn, ROWS, D, 1e-6)
     };
-    let kernels = LAYERS * 10 + 1;
     let mode = g.gemm_mode();
     g.set_gemm_mode(tune::GemmMode::Tune);
-    let pdl_before = g.pdl.load(Relaxed);
+    let (pdl_before, rms_before) = (g.pdl.load(Relaxed), g.gemm_rms.load(Relaxed));
     let pdls: &[bool] = if g.pdl_capable && !skip.contains(&"pdl") {
         &[false, true]
     } else {
         &[false]
     };
-    for &pdl in pdls {
+    // (pdl, rms): without and with PDL, then the fused norms under the default PDL
+    let mut runs: Vec<(bool, bool)> = pdls.iter().map(|&p| (p, false)).collect();
+    if !skip.contains(&"rms") && g.has_kernel("gemm_skinny_tc_rms") {
+        runs.push((pdl_before && g.pdl_capable, true));
+    }
+    g.gemm_rms.store(false, Relaxed);
+    for (pdl, rms) in runs {
         g.pdl.store(pdl, Relaxed);
+        g.gemm_rms.store(rms, Relaxed);
         // plain launches (the first warm-up run tunes the shapes), then the same as a graph
         let plain = time(g, || step().unwrap());
+        // launches a step: 10 a layer and the last norm, less the norms fused
+        let before = g.rms_fused.load(Relaxed);
+        step().unwrap();
+        let kernels = LAYERS * 10 + 1 - (g.rms_fused.load(Relaxed) - before) as usize;
         let graph = g.capture(&mut step).ok().flatten();
         let replay = graph
             .as_ref()
             .map(|gr| time(g, || g.launch_graph(gr).unwrap()));
         for (graphs, ms) in [(false, Some(plain)), (true, replay)] {
             let Some(ms) = ms else {
-                eprintln!("decode_chain: recording failed (pdl {pdl})");
+                eprintln!("decode_chain: recording failed (pdl {pdl}, rms {rms})");
                 continue;
             };
             println!(
-                "{{\"op\":\"decode_chain\",\"rows\":{ROWS},\"layers\":{LAYERS},\"kernels\":{kernels},\"graph\":{graphs},\"pdl\":{pdl},\"ms\":{ms:.4},\"us_per_kernel\":{:.2}}}",
+                "{{\"op\":\"decode_chain\",\"rows\":{ROWS},\"layers\":{LAYERS},\"kernels\":{kernels},\"graph\":{graphs},\"pdl\":{pdl},\"rms\":{rms},\"ms\":{ms:.4},\"us_per_kernel\":{:.2}}}",
                 ms * 1e3 / kernels as f64
             );
         }
     }
     g.pdl.store(pdl_before, Relaxed);
+    g.gemm_rms.store(rms_before, Relaxed);
     g.set_gemm_mode(mode);
 }

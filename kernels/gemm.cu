@@ -17,12 +17,18 @@
 // columns are staged as zeros, so any m, n, k works (k need not be a multiple of 8).
 //   gemm_skinny8/32  the same product for m <= 8 / 32 rows (decode), one warp per output column
 //               streaming the weight; chosen by the Rust wrapper.
-//   gemm_skinny_tc  m <= 32 rows on tensor cores, warps splitting k (experimental, opt-in).
+//   gemm_skinny_tc  m <= 32 rows on tensor cores, warps splitting k.
+//   gemm_skinny8_rms / gemm_skinny32_rms / gemm_skinny_tc_rms  the same kernels with the RMS norm
+//               that precedes the product fused in (jobx_gemm_rms_params): each block computes
+//               the x rows' inverse rms (rms_common.cuh: rms_norm_bf16's values exactly) and
+//               normalises x as it loads it; a decode step saves the norm's launch. Opt-in
+//               (Gpu::gemm_rms) until a GPU has timed it.
 // Fragment layouts follow the PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k32" tables:
 //   lane = 4*g + t; A regs: (row g | g+8) x (k 2t.. | 2t+8..), B regs: k 2t.. | 2t+8.., column g;
 //   C: rows g, g+8, columns 2t, 2t+1 (int8: k runs of 4 instead of 2, second half at +16).
 #include "common.cuh"
 #include "gemm_common.cuh"
+#include "rms_common.cuh"
 
 #define BM 64
 #define BN 64
@@ -179,8 +185,17 @@ extern "C" __global__ void __launch_bounds__(THREADS) gemm_bf16(jobx_gemm_params
 // L1/L2. Then warp reductions, and lane r runs the shared epilogue (scales, LoRA, accumulate)
 // for row r.
 #define SKINNY_WARPS 8
-template <int MR>
-__device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
+
+// The `_rms` kernels' x normalisation: the norm weight [k] and each x row's inverse rms
+// (shared memory, from rms_rows_inv); unused (NORM false) in the plain kernels.
+struct RmsX {
+    const bf16* w;
+    const float* rr;
+};
+
+// The 16-byte paths only (the `_rms` launches require them: Gpu::gemm_rms).
+template <int MR, bool NORM>
+__device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p, const RmsX& nx) {
     const int lane = threadIdx.x & 31;
     const long long n = (long long)blockIdx.x * SKINNY_WARPS + (threadIdx.x >> 5);
     if (n >= p.n) return;  // the whole warp leaves together
@@ -188,11 +203,15 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
     const bool int8w = p.w_kind == JOBX_W_INT8;
     const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
                      ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
-    float acc[MR];
+    float acc[MR], rrow[MR];
 #pragma unroll
-    for (int r = 0; r < MR; r++) acc[r] = 0.0f;
+    for (int r = 0; r < MR; r++) {
+        acc[r] = 0.0f;
+        rrow[r] = NORM && r < p.m ? nx.rr[r] : 0.0f;
+    }
     const long long kv = vec ? p.k : 0;
     for (long long k0 = (long long)lane * 8; k0 < kv; k0 += 256) {
+        const uint4 gv = NORM ? *(const uint4*)(nx.w + k0) : make_uint4(0, 0, 0, 0);
         const uint4 wr = int8w ? i8x8_to_bf16x8(*(const uint2*)((const signed char*)p.w + n * p.k + k0))
                                : *(const uint4*)((const bf16*)p.w + n * p.k + k0);
         const unsigned wu[4] = {wr.x, wr.y, wr.z, wr.w};
@@ -205,7 +224,8 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
 #pragma unroll
         for (int r = 0; r < MR; r++) {
             if (r < p.m) {
-                const uint4 xr = *(const uint4*)(x + r * p.k + k0);
+                uint4 xr = *(const uint4*)(x + r * p.k + k0);
+                if (NORM) xr = rms_apply8(xr, rrow[r], gv);
                 const unsigned xu[4] = {xr.x, xr.y, xr.z, xr.w};
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
@@ -236,7 +256,17 @@ __device__ __forceinline__ void gemm_skinny(const jobx_gemm_params& p) {
 extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8(jobx_gemm_params p) {
     prefetch_w_rows(p, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.k);
     pdl_enter();
-    gemm_skinny<8>(p);
+    gemm_skinny<8, false>(p, RmsX{nullptr, nullptr});
+}
+
+// gemm_skinny8 on rms_norm(x) (jobx_gemm_rms_params).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8_rms(jobx_gemm_rms_params p) {
+    prefetch_w_rows(p.g, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.g.k);
+    pdl_enter();
+    __shared__ float part[32][8], rr[32];
+    rms_rows_inv<4>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
+    rms_probe(p.inv, rr, p.g.m);
+    gemm_skinny<8, true>(p.g, RmsX{(const bf16*)p.norm_w, rr});
 }
 
 // Up to 32 rows: re-reading x from L1/L2 per warp became the bottleneck (a warp per column reads
@@ -249,16 +279,10 @@ __device__ __forceinline__ uint4 ld_w8(const jobx_gemm_params& p, bool int8w, lo
                  : *(const uint4*)((const bf16*)p.w + n * p.k + kk);
 }
 
-extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jobx_gemm_params p) {
-    prefetch_w_rows(p, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.k);
-    pdl_enter();
-    const bool int8w = p.w_kind == JOBX_W_INT8;
-    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
-                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
-    if (!vec) {  // block-uniform
-        gemm_skinny<32>(p);
-        return;
-    }
+// The shared-x loop of gemm_skinny32 (16-byte paths), x rows normalised as they are staged
+// with NORM.
+template <bool NORM>
+__device__ __forceinline__ void skinny32_shared_x(const jobx_gemm_params& p, bool int8w, const RmsX& nx) {
     __shared__ __align__(16) bf16 xs[32][SKX + 8];
     const int tid = threadIdx.x, lane = tid & 31;
     const long long n = (long long)blockIdx.x * SKINNY_WARPS + (tid >> 5);
@@ -272,7 +296,9 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
         for (int e = tid; e < 32 * (SKX / 8); e += SKINNY_WARPS * 32) {
             const int r = e / (SKX / 8), c = (e % (SKX / 8)) * 8;
             const long long kk = k0 + c;
-            *(uint4*)&xs[r][c] = (r < p.m && kk < p.k) ? *(const uint4*)(x + r * p.k + kk) : make_uint4(0, 0, 0, 0);
+            uint4 xv = (r < p.m && kk < p.k) ? *(const uint4*)(x + r * p.k + kk) : make_uint4(0, 0, 0, 0);
+            if (NORM && r < p.m && kk < p.k) xv = rms_apply8(xv, nx.rr[r], *(const uint4*)(nx.w + kk));
+            *(uint4*)&xs[r][c] = xv;
         }
         const uint4 wr = wnext;
         wnext = ld_w8(p, int8w, n, k0 + SKX + (long long)lane * 8);
@@ -305,6 +331,30 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jo
         if (lane == r) mine = v;
     }
     if (lane < p.m) store_out(p, lane, n, mine);
+}
+
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32(jobx_gemm_params p) {
+    prefetch_w_rows(p, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.k);
+    pdl_enter();
+    const bool int8w = p.w_kind == JOBX_W_INT8;
+    const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
+                     ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    if (!vec) {  // block-uniform
+        gemm_skinny<32, false>(p, RmsX{nullptr, nullptr});
+        return;
+    }
+    skinny32_shared_x<false>(p, int8w, RmsX{nullptr, nullptr});
+}
+
+// gemm_skinny32 on rms_norm(x) (jobx_gemm_rms_params; the 16-byte paths, which the launch
+// guarantees).
+extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32_rms(jobx_gemm_rms_params p) {
+    prefetch_w_rows(p.g, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.g.k);
+    pdl_enter();
+    __shared__ float part[32][8], rr[32];
+    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
+    rms_probe(p.inv, rr, p.g.m);
+    skinny32_shared_x<true>(p.g, p.g.w_kind == JOBX_W_INT8, RmsX{(const bf16*)p.norm_w, rr});
 }
 
 // gemm_skinny_tc: the skinny product (m <= 32 rows) on tensor cores (mma.m16n8k16, f32
@@ -382,19 +432,23 @@ __device__ __forceinline__ void tc_chunk_share(const jobx_gemm_params& p, long l
 
 // The weight kind and the load width are template parameters, so the unrolled load loop is
 // straight-line code (one copy per combination, chosen once per block).
-template <bool INT8, bool VEC>
-__device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red)[TC_WARPS - 1][16][32]) {
+// NORM (the `_rms` kernel, VEC only): each x chunk normalised once loaded.
+template <bool INT8, bool VEC, bool NORM>
+__device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red)[TC_WARPS - 1][16][32],
+                                          const RmsX& nx) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const long long n0 = (long long)blockIdx.x * TC_BN;
     const bool two_m = p.m > 16;  // block-uniform
-    float acc[2][2][4];
+    float acc[2][2][4], rrow[4];
     zero_tile(acc);
+#pragma unroll
+    for (int i = 0; i < 4; i++) rrow[i] = NORM && g + 8 * i < p.m ? nx.rr[g + 8 * i] : 0.0f;
     long long c_begin, c_end;
     tc_chunk_share(p, c_begin, c_end);
     for (long long c0 = c_begin + warp; c0 < c_end; c0 += (long long)warps * TC_UNROLL) {
         // issue every load of TC_UNROLL chunks first (memory-level parallelism), then the mmas
-        uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4];
+        uint4 wv[TC_UNROLL][2], xv[TC_UNROLL][4], gv[TC_UNROLL];
 #pragma unroll
         for (int u = 0; u < TC_UNROLL; u++) {
             const long long kk = (c0 + (long long)u * warps) * 32 + 8 * t;
@@ -405,6 +459,14 @@ __device__ __forceinline__ void skinny_tc(const jobx_gemm_params& p, float (&red
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 xv[u][i] = live && (i < 2 || two_m) ? tc_x8<VEC>(p, g + 8 * i, kk) : make_uint4(0, 0, 0, 0);
+            if (NORM) gv[u] = live && kk < p.k ? *(const uint4*)(nx.w + kk) : make_uint4(0, 0, 0, 0);
+        }
+        if (NORM) {
+            // rows past m and k past the end were loaded as zeros and stay zeros
+#pragma unroll
+            for (int u = 0; u < TC_UNROLL; u++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) xv[u][i] = rms_apply8(xv[u][i], rrow[i], gv[u]);
         }
 #pragma unroll
         for (int u = 0; u < TC_UNROLL; u++) {
@@ -518,13 +580,28 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_
     const bool int8w = p.w_kind == JOBX_W_INT8;
     const bool vec = (p.k & 7) == 0 && ((unsigned long long)p.x & 15) == 0 &&
                      ((unsigned long long)p.w & (int8w ? 7 : 15)) == 0;
+    const RmsX none{nullptr, nullptr};
     if (int8w) {
-        if (vec) skinny_tc<true, true>(p, red);
-        else skinny_tc<true, false>(p, red);
+        if (vec) skinny_tc<true, true, false>(p, red, none);
+        else skinny_tc<true, false, false>(p, red, none);
     } else {
-        if (vec) skinny_tc<false, true>(p, red);
-        else skinny_tc<false, false>(p, red);
+        if (vec) skinny_tc<false, true, false>(p, red, none);
+        else skinny_tc<false, false, false>(p, red, none);
     }
+}
+
+// gemm_skinny_tc on rms_norm(x) (jobx_gemm_rms_params; the 16-byte paths, which the launch
+// guarantees).
+extern "C" __global__ void __maxnreg__(160) gemm_skinny_tc_rms(jobx_gemm_rms_params p) {
+    prefetch_skinny_tc(p.g);
+    pdl_enter();
+    __shared__ float red[TC_WARPS - 1][16][32];
+    __shared__ float part[32][8], rr[32];
+    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
+    rms_probe(p.inv, rr, p.g.m);
+    const RmsX nx{(const bf16*)p.norm_w, rr};
+    if (p.g.w_kind == JOBX_W_INT8) skinny_tc<true, true, true>(p.g, red, nx);
+    else skinny_tc<false, true, true>(p.g, red, nx);
 }
 
 #undef BK

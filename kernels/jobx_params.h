@@ -19,6 +19,8 @@ typedef struct {
     long long rows;
     long long d;
     float eps;
+    // Diagnostics, NULL normally (tests, Gpu::set_rms_probe): row r's 1 / rms at inv[r].
+    float* inv;
 } jobx_rms_norm_params;
 
 // Activation kinds for jobx_act_params.kind.
@@ -127,6 +129,22 @@ typedef struct {
     // the previous kernel (kernels/common.cuh, pdl_enter)
     int pdl;
 } jobx_gemm_params;
+
+// A decode-sized GEMM (m <= 32: gemm_skinny8/32_rms, gemm_skinny_tc_rms) whose x is the input of
+// an RMS norm: the kernel normalises each x row as it loads it, y (+)= (rms_norm(x) * norm_w) ·
+// w^T, with exactly rms_norm_bf16's values (the same sum of squares in the same order: the
+// norm's block size for rows of k is `threads`), so that a decode step skips the norm's launch
+// and its output buffer. g.x is the norm's input; k is the norm's d (a multiple of 8, x and
+// norm_w 16-byte aligned: the norm's vector form).
+typedef struct {
+    jobx_gemm_params g;
+    const void* norm_w;  // bf16 [k]
+    float eps;
+    int threads;         // rms_norm_bf16's block size for rows of k (32..256, a multiple of 32)
+    // Diagnostics, NULL normally (tests, Gpu::set_rms_probe): block 0 writes x row r's 1 / rms
+    // at inv[r], to be compared with rms_norm_bf16's bit for bit.
+    float* inv;
+} jobx_gemm_rms_params;
 
 // The sm_90a TMA GEMMs (gemm_sm90.cu, gemm_tma_*): the same product and epilogue as
 // jobx_gemm_params, plus the two tensor maps (CUtensorMap, 128 opaque bytes, 64-byte aligned)

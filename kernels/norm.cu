@@ -9,14 +9,9 @@
 //     loads into registers, so the row is read from memory once. This is every model's case
 //     (d_model 512-4096); ops.rs sizes the block to the row (d / 8 threads, 32-256).
 //   - Otherwise element by element, reading the row twice (statistics, then output).
-#include "common.cuh"
-
-#define RMS_VEC 4  // chunks of 8 per thread: 256 threads cover d <= 8192
-
-// The normalised value rounded to bf16 (HF: hidden_states.to(weight dtype)), then * weight.
-__device__ __forceinline__ float rms_out(float x, float r, float w) {
-    return __bfloat162float(__float2bfloat16_rn(x * r)) * w;
-}
+// The arithmetic lives in rms_common.cuh: the decode GEMMs' `_rms` entry points (gemm.cu)
+// repeat it, and this kernel's summation order, to give the same values without this launch.
+#include "rms_common.cuh"
 
 extern "C" __global__ void rms_norm_bf16(jobx_rms_norm_params p) {
     pdl_enter();
@@ -38,29 +33,17 @@ extern "C" __global__ void rms_norm_bf16(jobx_rms_norm_params p) {
             const long long c = threadIdx.x + (long long)j * blockDim.x;
             if (c < chunks) {
                 v[j] = ((const uint4*)x)[c];
-                const unsigned u[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float a = bf16x2_lo(u[i]), b = bf16x2_hi(u[i]);
-                    ss += a * a + b * b;
-                }
+                ss = rms_ss8(v[j], ss);
             }
         }
         ss = block_sum(ss, scratch);
-        const float r = rsqrtf(ss / (float)p.d + p.eps);
+        const float r = rms_inv(ss, p.d, p.eps);
+        if (p.inv && threadIdx.x == 0) p.inv[row] = r;
 #pragma unroll
         for (int j = 0; j < RMS_VEC; j++) {
             const long long c = threadIdx.x + (long long)j * blockDim.x;
             if (c < chunks) {
-                const uint4 wv = ((const uint4*)w)[c];
-                const unsigned u[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
-                const unsigned wu[4] = {wv.x, wv.y, wv.z, wv.w};
-                unsigned o[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    o[i] = pack_bf16x2(rms_out(bf16x2_lo(u[i]), r, bf16x2_lo(wu[i])),
-                                       rms_out(bf16x2_hi(u[i]), r, bf16x2_hi(wu[i])));
-                ((uint4*)y)[c] = make_uint4(o[0], o[1], o[2], o[3]);
+                ((uint4*)y)[c] = rms_apply8(v[j], r, ((const uint4*)w)[c]);
             }
         }
         return;
@@ -71,6 +54,7 @@ extern "C" __global__ void rms_norm_bf16(jobx_rms_norm_params p) {
         ss += v * v;
     }
     ss = block_sum(ss, scratch);
-    const float r = rsqrtf(ss / (float)p.d + p.eps);
+    const float r = rms_inv(ss, p.d, p.eps);
+    if (p.inv && threadIdx.x == 0) p.inv[row] = r;
     for (long long i = threadIdx.x; i < p.d; i += blockDim.x) st_bf16(y, i, rms_out(ld_bf16(x, i), r, ld_bf16(w, i)));
 }

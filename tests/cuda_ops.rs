@@ -197,6 +197,44 @@ fn cuda_pdl_matches_plain_launches() {
     gpu.graphs.store(false, Relaxed);
 }
 
+/// The RMS norms fused into the decode GEMMs (`Gpu::gemm_rms`, opt-in): the decode steps of
+/// every T5 and Mistral fixture (common::recorded_steps' drive: rows reordered and dropped,
+/// LoRA rows, beam search) give bit for bit the logits and picks of the separate norm
+/// launches, as plain steps and as replayed CUDA graphs, and the fused kernels did run.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_gemm_rms_matches_separate_norms() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(gpu) = gpu_or_skip("cuda_gemm_rms_matches_separate_norms") else {
+        return;
+    };
+    for graphs in [false, true] {
+        gpu.graphs.store(graphs, Relaxed);
+        let before = gpu.rms_fused.load(Relaxed);
+        let set = |on: bool| gpu.gemm_rms.store(on, Relaxed);
+        for (name, worst, same_picks, replayed) in common::recorded_steps(&gpu, &set) {
+            eprintln!(
+                "{name}: graphs {graphs}: fused vs separate RMS norms, max relative logits \
+                 difference {worst:.3e}, replayed {replayed}"
+            );
+            assert_eq!(worst, 0.0, "{name} (graphs {graphs}): logits differ");
+            assert!(same_picks, "{name} (graphs {graphs}): picks differ");
+            assert_eq!(
+                replayed, graphs,
+                "{name} (graphs {graphs}): replayed {replayed}"
+            );
+        }
+        let fused = gpu.rms_fused.load(Relaxed) - before;
+        eprintln!("graphs {graphs}: {fused} fused launches");
+        assert!(
+            fused > 0,
+            "graphs {graphs}: no GEMM ran with its norm fused"
+        );
+    }
+    gpu.graphs.store(false, Relaxed);
+    gpu.gemm_rms.store(false, Relaxed);
+}
+
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
 /// T5-Large head shape (d64) over a 3000-position cache with a key mask and a 2000-key window,
 /// recorded once with `capture_graph` and replayed at positions 0, 7, 1500 and 2999 (its key
@@ -1077,6 +1115,57 @@ mod table {
                     }
                 }
             }
+        }
+        // the RMS norm fused into the decode GEMMs (Gpu::gemm_rms): every skinny kernel and the
+        // tuned choice, bf16 and int8 weights, both outputs, accumulating; one thread of the
+        // norm per 8 elements (k <= 2048) and several (k 2056, 4096), k = 8 (one chunk); then
+        // products it must leave to the separate norm (k not a multiple of 8, m > 32, m * k
+        // over 32768, the tiles)
+        for &(m, n, k) in &[
+            (1, 64, 512),
+            (5, 130, 1024),
+            (3, 70, 8),
+            (17, 33, 264),
+            (32, 96, 1024),
+            (32, 1048, 1024),
+            (12, 200, 2056),
+            (8, 300, 4096),
+        ] {
+            for (int8, f32out, acc) in [
+                (false, false, false),
+                (true, true, false),
+                (false, true, true),
+                (true, false, true),
+            ] {
+                for variant in [
+                    Variant::Default,
+                    Variant::Skinny,
+                    Variant::SkinnyTc,
+                    Variant::SkinnyTcSplit,
+                ] {
+                    cases.push((
+                        format!(
+                            "gemm rms m{m} n{n} k{k} int8w {int8} f32out {f32out} acc {acc} {variant:?}"
+                        ),
+                        Box::new(move |g, s| {
+                            gemm_rms_case(g, s, (m, n, k), (int8, f32out, acc), variant, true)
+                        }),
+                    ));
+                }
+            }
+        }
+        for &(m, n, k, variant) in &[
+            (5, 64, 100, Variant::SkinnyTc),
+            (33, 64, 1024, Variant::Default),
+            (32, 64, 2048, Variant::SkinnyTc),
+            (16, 64, 1024, Variant::Tiled),
+        ] {
+            cases.push((
+                format!("gemm rms not fused m{m} n{n} k{k} {variant:?}"),
+                Box::new(move |g, s| {
+                    gemm_rms_case(g, s, (m, n, k), (false, true, true), variant, false)
+                }),
+            ));
         }
         cases.push((
             "gemm skinny tc 4-warp blocks m20 n5000 k72".into(),
@@ -2254,6 +2343,163 @@ mod table {
         g.clear_gemm_tuning();
         lora(g, seed, m, n, k, &[16; 3], false, true)?;
         timed("lora")
+    }
+
+    /// `gemm_rms`, y (+)= rms_norm(x) · wᵀ, under GEMM kernel `variant` with `Gpu::gemm_rms` on:
+    /// fused into the kernel exactly when `fused` says (`Gpu::rms_fused` counts it), bit for bit
+    /// what the separate norm and the same kernel give (`Gpu::gemm_rms` off), and within two
+    /// bf16 roundings of the CPU norm (each normalised value rounded to bf16 twice, as HF
+    /// does) and product.
+    fn gemm_rms_case(
+        g: &Gpu,
+        seed: u64,
+        (m, n, k): (usize, usize, usize),
+        (int8, f32out, accumulate): (bool, bool, bool),
+        variant: Variant,
+        fused: bool,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut r = Rng(seed * 211 + (m * n * k) as u64);
+        // every 97th x +-4096: squares of 2^24 among small ones, so that the f32 sum of squares
+        // depends on its order by many ulps, and a fused sum in another order than the norm's
+        // changes some normalised values' bf16 rounding (with values of one magnitude it
+        // would rarely show)
+        let mut x = r.vec(m * k, 3.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            if i % 97 == 3 {
+                *v = if i % 2 == 0 { 4096.0 } else { -4096.0 };
+            }
+        }
+        let nw = r.vec(k, 1.5);
+        let (wf, wq, ws) = if int8 {
+            let wq = r.i8s(n * k);
+            let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
+            let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32).collect();
+            (wf, wq, ws)
+        } else {
+            (r.vec(n * k, 1.0), vec![], vec![])
+        };
+        let init = r.vec(m * n, 1.0);
+        let shape = GemmShape::new(m, n, k, accumulate);
+        let dx = g.upload("t", &tob(&x)).map_err(e)?;
+        let dnw = g.upload("t", &tob(&nw)).map_err(e)?;
+        let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
+        let dwq = g.upload("t", &wq).map_err(e)?;
+        let dws = g.upload("t", &ws).map_err(e)?;
+        // each run's outputs and the rows' 1 / rms (Gpu::set_rms_probe: the norm's, or the
+        // fused kernel's)
+        let run = |fuse: bool| -> Result<(Vec<f32>, Vec<f32>), String> {
+            let w = if int8 {
+                Weight::Int8 {
+                    w: &dwq,
+                    scale: &dws,
+                }
+            } else {
+                Weight::Bf16(&dwb)
+            };
+            let mut hn = g.zeros::<bf16>("t", m * k).map_err(e)?;
+            g.set_rms_probe(m).map_err(e)?;
+            let before = g.gemm_rms.swap(fuse, Relaxed);
+            let mut out = Vec::new();
+            let r = with_variant(g, variant, || {
+                out = if f32out {
+                    let mut dy = g.upload("t", &init).map_err(e)?;
+                    g.gemm_rms(
+                        &dx,
+                        (&dnw, 1e-6),
+                        &mut hn,
+                        w,
+                        Out::F32(&mut dy),
+                        &shape,
+                        None,
+                    )
+                    .map_err(e)?;
+                    g.download("t", &dy).map_err(e)?
+                } else {
+                    let mut dy = g.upload("t", &tob(&init)).map_err(e)?;
+                    g.gemm_rms(
+                        &dx,
+                        (&dnw, 1e-6),
+                        &mut hn,
+                        w,
+                        Out::Bf16(&mut dy),
+                        &shape,
+                        None,
+                    )
+                    .map_err(e)?;
+                    fromb(&g.download("t", &dy).map_err(e)?)
+                };
+                Ok(())
+            });
+            g.gemm_rms.store(before, Relaxed);
+            let inv = g.rms_probe_values().map_err(e);
+            g.set_rms_probe(0).map_err(e)?;
+            r.map(|()| out).and_then(|out| Ok((out, inv?)))
+        };
+        let name = format!("gemm rms m{m} n{n} k{k} int8 {int8} f32 {f32out} {variant:?}");
+        let c0 = g.rms_fused.load(Relaxed);
+        let (plain, inv_plain) = run(false)?;
+        let c1 = g.rms_fused.load(Relaxed);
+        let (got, inv) = run(true)?;
+        let c2 = g.rms_fused.load(Relaxed);
+        // the tuned choice may be the tiles, which have no fused form
+        let fused = fused
+            && (variant != Variant::Default
+                || GemmKey::new(m, n, k, int8)
+                    .and_then(|key| g.gemm_tune_choice(&key))
+                    .is_none_or(|c| c.kernel != SkinnyKernel::Tiles));
+        if c1 != c0 || (c2 > c1) != fused {
+            return Err(format!(
+                "{name}: fused launches {} (norm off) and {} (on), expected 0 and {}",
+                c1 - c0,
+                c2 - c1,
+                fused as u8
+            ));
+        }
+        // the sums of squares in the norm's order: the same 1 / rms (the outputs alone would
+        // rarely show another order: it moves 1 / rms by an ulp or so, which changes a
+        // normalised value's bf16 rounding about once in 2^15)
+        if let Some(i) = (0..m).find(|&i| inv[i].to_bits() != inv_plain[i].to_bits()) {
+            return Err(format!(
+                "{name} seed {seed}: row {i}'s 1 / rms {:e} fused, {:e} in the norm",
+                inv[i], inv_plain[i]
+            ));
+        }
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != plain[i].to_bits()) {
+            return Err(format!(
+                "{name} seed {seed}: y[{i}] = {} fused, {} with the separate norm",
+                got[i], plain[i]
+            ));
+        }
+        // HF's norm: bf16(x * rsqrt(mean(x^2) + eps)) * w, rounded to bf16 again
+        let mut xn = vec![0.0; m * k];
+        for i in 0..m {
+            let row = &x[i * k..(i + 1) * k];
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+            let inv = (1.0 / (ms + 1e-6).sqrt()) as f32;
+            for j in 0..k {
+                xn[i * k + j] = rb(rb(row[j] * inv) * nw[j]);
+            }
+        }
+        let mut prod = vec![0.0; m * n];
+        cpu::matmul_wt(&xn, m, k, &wf, n, &mut prod, false);
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| {
+                let s = if int8 { ws[i % n] } else { 1.0 };
+                prod[i] * s + if accumulate { init[i] } else { 0.0 }
+            })
+            .collect();
+        let sk = (k as f32).sqrt();
+        check(
+            &name,
+            seed,
+            &got,
+            &want,
+            Tol {
+                atol: BF16_OUT_2ROUND.atol * sk,
+                rtol: BF16_OUT_2ROUND.rtol,
+            },
+        )
     }
 
     /// Where a GEMM case writes its output rows.

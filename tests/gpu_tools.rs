@@ -46,7 +46,7 @@ fn gpu_decide_applies_the_decision_rule() {
         d.join("op-tests.log"),
         "test cuda_op_table ... cuda_op_table: 600 cases x 2 seeds, 0 failures\nok\n\
          opt-in dequant: exit 0\nopt-in fa2: exit 0\nopt-in wg: exit 0\nopt-in ws: exit 0\n\
-         opt-in persistent: exit 0\nopt-in splitk: exit 0\nopt-in q8decode: exit 101\n\
+         opt-in rms: exit 0\nopt-in persistent: exit 0\nopt-in splitk: exit 0\nopt-in q8decode: exit 101\n\
          opt-in pdl: exit 0\n",
     )
     .unwrap();
@@ -94,6 +94,10 @@ fn gpu_decide_applies_the_decision_rule() {
             gemm("gemm_int8_weight_only_mma", 8192, 1024, 1024, 0.196),
             json!({"op": "decode_chain", "graph": true, "pdl": false, "us_per_kernel": 5.0, "ms": 1.2}),
             json!({"op": "decode_chain", "graph": true, "pdl": true, "us_per_kernel": 4.0, "ms": 1.0}),
+            // the norms fused (rms): a faster step as a graph under PDL, fewer kernels each
+            // slower (its row must not stand in for PDL's own)
+            json!({"op": "decode_chain", "graph": true, "pdl": true, "rms": true, "kernels": 169,
+                   "us_per_kernel": 5.5, "ms": 0.93}),
         ],
     );
     lines(
@@ -123,6 +127,7 @@ fn gpu_decide_applies_the_decision_rule() {
     // (fa2, wg, split-k and PDL are the default since 2026-11-28: keep them so, or not)
     assert!(v("wg").contains("keep it the default"), "{}", v("wg"));
     assert!(v("ws").contains("stays opt-in"), "{}", v("ws"));
+    assert!(v("rms").contains("make it the default"), "{}", v("rms"));
     assert!(
         v("fa2").contains("turn it off by default again"),
         "{}",
@@ -195,6 +200,18 @@ fn gpu_decide_applies_the_decision_rule() {
     assert!(v.contains("keep it the default"), "{v}");
     let v = pdl_with(1.1);
     assert!(v.contains("turn it off by default again"), "{v}");
+    // rms: a slower step with the norms fused stays opt-in; no fused row, not timed
+    let rms_with = |rows: &[Value]| {
+        lines(&d.join("kernels.jsonl"), rows);
+        decide(d)["rms"]["verdict"].as_str().unwrap().to_string()
+    };
+    let base = json!({"op": "decode_chain", "graph": true, "pdl": true, "kernels": 241, "us_per_kernel": 4.0, "ms": 1.0});
+    let fused = json!({"op": "decode_chain", "graph": true, "pdl": true, "rms": true, "kernels": 169,
+                       "us_per_kernel": 6.2, "ms": 1.05});
+    let v = rms_with(&[base.clone(), fused]);
+    assert!(v.contains("stays opt-in"), "{v}");
+    let v = rms_with(&[base]);
+    assert!(v.contains("passed, not timed"), "{v}");
 }
 
 /// Runs tools/gpu_bench_e2e.py's plan under a time budget with fake engines and a fake clock
@@ -472,7 +489,9 @@ fn gpu_check_keeps_to_its_time_budget() {
                 echo 'test result: ok'";
     let (_, out, _) = gpu_check("200", "ops,optin", body);
     assert!(
-        out.contains("env: DEQUANT=on SKIP=n256p,attention q8,kernel Ws,ws trace CASES=\n"),
+        out.contains(
+            "env: DEQUANT=on SKIP=n256p,attention q8,kernel Ws,ws trace,gemm rms CASES=\n"
+        ),
         "{out}"
     );
     assert!(
@@ -493,6 +512,7 @@ fn gpu_check_keeps_to_its_time_budget() {
         "fa2",
         "wg",
         "ws",
+        "rms",
         "persistent",
         "splitk",
         "q8decode",

@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-FAMILIES = ["dequant", "fa2", "wg", "ws", "persistent", "splitk", "q8decode", "pdl"]
+FAMILIES = ["dequant", "fa2", "wg", "ws", "rms", "persistent", "splitk", "q8decode", "pdl"]
 # the families made the default on the H100 runs of 2026-11-28 (runtime.rs, Gpu::new): their
 # verdicts say whether to keep them so or to turn them off by default again
 DEFAULT_ON = {"fa2", "wg", "splitk", "pdl"}
@@ -219,7 +219,9 @@ def main():
             lose="--cross-kv int8 not faster than bf16 K/V everywhere",
             then=" (the flag stays opt-in, since it moves the logits: say in the README that it pays)",
             otherwise=" (the flag stays opt-in)")
-    chain = {(r["graph"], r["pdl"]): r["us_per_kernel"] for r in kern if r.get("op") == "decode_chain"}
+    # (the rows with the norms fused, "rms": true, are the rms family's, below)
+    chain = {(r["graph"], r["pdl"]): r["us_per_kernel"] for r in kern
+             if r.get("op") == "decode_chain" and not r.get("rms", False)}
     g_off, g_on = chain.get((True, False)), chain.get((True, True))
     # PDL on by default (since 2026-11-28): the default graphs run against its -no-pdl twin;
     # earlier folders: the default (PDL off) against the -pdl run or a PDL-only -optin run
@@ -242,6 +244,20 @@ def main():
             and (e_on is None or (e_off is not None and e_on <= 1.03 * e_off)),
             f"decode_chain us/kernel as a graph {fmt(g_off, '.2f')} -> {fmt(g_on, '.2f')}; "
             f"e2e batch {top} graphs {fmt(e_off)} -> with PDL {fmt(e_on)} (end to end counts only beyond 3%)")
+    # the RMS norms fused into the decode GEMMs (Gpu::gemm_rms, opt-in, written 2026-11-28
+    # without a device): the decode chain's step time with them against without, both as a
+    # replayed graph (the default) under the same PDL setting
+    steps = {(r["graph"], r["pdl"], r.get("rms", False)): (r["ms"], r.get("kernels")) for r in kern
+             if r.get("op") == "decode_chain" and "ms" in r}
+    fused = [(k, v) for k, v in steps.items() if k[2]]
+    rms_rows = [(k, v, steps.get((k[0], k[1], False))) for k, v in fused]
+    for (graph, pdl, _), (f_ms, f_k), base in rms_rows:
+        print(f"  decode_chain graph {graph} pdl {pdl}: separate norms {fmt(base[0] if base else None, '.4f')} ms"
+              f" ({base[1] if base else '-'} kernels) -> fused {f_ms:.4f} ms ({f_k} kernels)")
+    graph_rows = [(v, b) for k, v, b in rms_rows if k[0]]
+    verdict("rms", bool(graph_rows), bool(graph_rows) and all(b is not None and v[0] < b[0] for v, b in graph_rows),
+            "decode_chain step as a graph, the norms fused against separate (JOBX_GEMM_RMS=1)",
+            win="a faster decode step", lose="not a faster decode step")
     s = os.path.join(out, "summary.json")
     summary = json.load(open(s)) if os.path.exists(s) else {}
     summary["decisions"] = decisions

@@ -48,6 +48,17 @@ const NULL: *mut c_void = std::ptr::null_mut();
 fn bf16x8_fits(lens: &[usize], addrs: &[usize]) -> bool {
     lens.iter().all(|l| l.is_multiple_of(8)) && addrs.iter().all(|a| a.is_multiple_of(16))
 }
+/// rms_norm_bf16's block size in its vector form: a thread per 8 elements of the row, in whole
+/// warps, 32 to 256. The `_rms` GEMMs repeat the sums of a block of this size (kernels/
+/// rms_common.cuh), so both sides take it from here.
+fn rms_threads(d: usize) -> usize {
+    (d / 8).div_ceil(32).clamp(1, 8) * 32
+}
+
+/// `Gpu::gemm_rms`: the most blocks per multiprocessor a fused launch may have (each block
+/// normalises the x rows before its product; a guess until a GPU run has timed it).
+const RMS_MAX_WAVES: usize = 4;
+
 /// The fields of a plain row copy besides its operands (no device position).
 const COPY_PLAIN: jobx_copy_rows_params = jobx_copy_rows_params {
     src: std::ptr::null(),
@@ -285,9 +296,21 @@ impl Gpu {
         op: &'static str,
         kernel: SkinnyKernel,
         s: &GemmShape,
-        mut p: jobx_gemm_params,
+        p: jobx_gemm_params,
         profiled: bool,
     ) -> Result<()> {
+        let (name, cfg, p) = self.skinny_launch(kernel, s, p)?;
+        self.launch_as(op, name, cfg, p, profiled)
+    }
+
+    /// `launch_skinny`'s kernel, configuration and parameters (PDL prefetch, split workspace).
+    fn skinny_launch(
+        &self,
+        kernel: SkinnyKernel,
+        s: &GemmShape,
+        mut p: jobx_gemm_params,
+    ) -> Result<(&'static str, LaunchConfig, jobx_gemm_params)> {
+        const OP: &str = "gemm";
         // launched with programmatic dependent launch: prefetch the weight rows before waiting,
         // where the whole weight fits in half of L2 (a larger one, e.g. an LM head, would evict
         // its own first lines and the previous kernel's data before they are used)
@@ -296,7 +319,7 @@ impl Gpu {
         let grid = |cols: usize| {
             let blocks = s.n.div_ceil(cols);
             if blocks > i32::MAX as usize {
-                return Err(backend_err(op, format!("n {} exceeds the grid", s.n)));
+                return Err(backend_err(OP, format!("n {} exceeds the grid", s.n)));
             }
             Ok(blocks as u32)
         };
@@ -341,9 +364,99 @@ impl Gpu {
                     },
                 )
             }
-            SkinnyKernel::Tiles => ("gemm_bf16", gemm_grid(s, op)?),
+            SkinnyKernel::Tiles => ("gemm_bf16", gemm_grid(s, OP)?),
         };
-        self.launch_as(op, name, cfg, p, profiled)
+        Ok((name, cfg, p))
+    }
+
+    /// The weight fields of a GEMM's parameters.
+    fn set_weight(&self, p: &mut jobx_gemm_params, w: &Weight) {
+        match w {
+            Weight::Bf16(b) => {
+                p.w = self.ptr(*b);
+                p.w_kind = JOBX_W_BF16 as i32;
+            }
+            Weight::Int8 { w, scale } => {
+                p.w = self.ptr(*w);
+                p.w_scale = self.ptr(*scale) as *const f32;
+                p.w_kind = JOBX_W_INT8 as i32;
+            }
+        }
+    }
+
+    /// The m <= 32 kernel for this product: forced, by the fixed rule, or tuned (timed on its
+    /// first use, tune.rs).
+    fn skinny_choice(&self, s: &GemmShape, p: &jobx_gemm_params) -> SkinnyKernel {
+        let int8 = p.w_kind == JOBX_W_INT8 as i32;
+        match (GemmKey::new(s.m, s.n, s.k, int8), self.gemm_mode()) {
+            (None, _) => SkinnyKernel::Tiles,
+            (Some(_), GemmMode::Force(k)) => k,
+            (Some(key), GemmMode::Fixed) => tune::fixed_rule(&key),
+            (Some(key), GemmMode::Tune) => {
+                let candidates = self.skinny_candidates(s);
+                self.tuned(key, candidates, || {
+                    self.time_skinny_candidates(s, p, candidates)
+                })
+            }
+        }
+    }
+
+    /// The decode kernel `gemm_rms` fuses the norm into, if it may: `Gpu::gemm_rms` on, the
+    /// kernels loaded, 1..=32 rows, no LoRA (its shrink reads the normalised x), the norm's
+    /// vector form (k a multiple of 8 up to 8192, x and the norm weight 16-byte aligned; the
+    /// `_rms` kernels repeat that form's sums) and the skinny kernels' 16-byte loads (w 16-byte
+    /// aligned, int8 8-byte), and a small x: each block normalises every x row itself (from
+    /// L2, before its product), so m * k is held to 32768 (T5-Large's 32 x 1024) and the
+    /// launch to `RMS_MAX_WAVES` blocks per multiprocessor (an LM head's ~2000 blocks would
+    /// pay that prologue in every wave; the norm's own launch is paid once). The kernel is the
+    /// one `gemm` would take; the tiles have no fused form.
+    fn rms_fusable(
+        &self,
+        s: &GemmShape,
+        p: &jobx_gemm_params,
+        nw: *const c_void,
+        lora: bool,
+    ) -> Option<SkinnyKernel> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let int8 = p.w_kind == JOBX_W_INT8 as i32;
+        let w_align = if int8 { 8 } else { 16 };
+        let ok = self.gemm_rms.load(Relaxed)
+            && !self.general_kernels.load(Relaxed)
+            && !lora
+            && self.has_kernel("gemm_skinny_tc_rms")
+            && (1..=32).contains(&s.m)
+            && s.n > 0
+            && s.k <= 8192
+            && s.m * s.k <= 32_768
+            && bf16x8_fits(&[s.k], &[p.x as usize, nw as usize])
+            && (p.w as usize).is_multiple_of(w_align);
+        if !ok {
+            return None;
+        }
+        let kernel = self.skinny_choice(s, p);
+        (kernel != SkinnyKernel::Tiles).then_some(kernel)
+    }
+
+    /// The `_rms` kernel and launch for `kernel` (`launch_skinny`'s configuration; its split
+    /// workspace too), or None where the launch would exceed `RMS_MAX_WAVES`.
+    fn rms_kernel(
+        &self,
+        kernel: SkinnyKernel,
+        s: &GemmShape,
+        p: &jobx_gemm_params,
+    ) -> Option<(&'static str, LaunchConfig, jobx_gemm_params)> {
+        let (name, cfg, p) = self.skinny_launch(kernel, s, *p).ok()?;
+        let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+        if blocks > RMS_MAX_WAVES * self.multiprocessors.max(1) {
+            return None;
+        }
+        let name = match name {
+            "gemm_skinny8" => "gemm_skinny8_rms",
+            "gemm_skinny32" => "gemm_skinny32_rms",
+            "gemm_skinny_tc" => "gemm_skinny_tc_rms",
+            _ => return None,
+        };
+        Some((name, cfg, p))
     }
 
     /// How many blocks share each 16-column tile's k in `gemm_skinny_tc` split over k: enough
@@ -1218,15 +1331,12 @@ impl crate::device::Backend for Gpu {
             rows: rows as i64,
             d: d as i64,
             eps,
+            inv: self.rms_probe_ptr(rows),
         };
         // the kernel's vector form (d a multiple of 8, aligned, d <= 8192) takes 8 elements a
         // thread: one thread per 8, in whole warps, up to 256; otherwise 256 threads
         let vec = bf16x8_fits(&[d], &[p.x as usize, p.w as usize, p.y as usize]);
-        let threads = if vec {
-            (d / 8).div_ceil(32).clamp(1, 8) * 32
-        } else {
-            256
-        };
+        let threads = if vec { rms_threads(d) } else { 256 };
         self.launch(OP, "rms_norm_bf16", rows_grid(rows, threads as u32, OP)?, p)
     }
 
@@ -1431,17 +1541,7 @@ impl crate::device::Backend for Gpu {
         check::gemm::<Self>(x, &w, &y, s, lora)?;
         let mut p = self.gemm_params(s, &mut y, lora)?;
         p.x = self.ptr(x);
-        match &w {
-            Weight::Bf16(b) => {
-                p.w = self.ptr(*b);
-                p.w_kind = JOBX_W_BF16 as i32;
-            }
-            Weight::Int8 { w, scale } => {
-                p.w = self.ptr(*w);
-                p.w_scale = self.ptr(*scale) as *const f32;
-                p.w_kind = JOBX_W_INT8 as i32;
-            }
-        }
+        self.set_weight(&mut p, &w);
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
@@ -1451,18 +1551,7 @@ impl crate::device::Backend for Gpu {
         // decode-sized products (m <= 32): the weight-streaming kernels or the tiles, chosen per
         // shape (tune.rs); larger ones the tensor-core tiles
         if s.m <= 32 && !general {
-            let int8 = matches!(w, Weight::Int8 { .. });
-            let kernel = match (GemmKey::new(s.m, s.n, s.k, int8), self.gemm_mode()) {
-                (None, _) => SkinnyKernel::Tiles,
-                (Some(_), GemmMode::Force(k)) => k,
-                (Some(key), GemmMode::Fixed) => tune::fixed_rule(&key),
-                (Some(key), GemmMode::Tune) => {
-                    let candidates = self.skinny_candidates(s);
-                    self.tuned(key, candidates, || {
-                        self.time_skinny_candidates(s, &p, candidates)
-                    })
-                }
-            };
+            let kernel = self.skinny_choice(s, &p);
             return self.launch_skinny(OP, kernel, s, p, true);
         }
         if matches!(w, Weight::Bf16(_)) && !general && s.m > 32 {
@@ -1478,6 +1567,46 @@ impl crate::device::Backend for Gpu {
             }
         }
         self.launch(OP, "gemm_bf16", gemm_grid(s, OP)?, p)
+    }
+
+    /// The norm fused into the decode GEMM where `Gpu::gemm_rms` is on and `rms_fusable`
+    /// allows it; otherwise the norm into `hn` and the GEMM, as every backend does.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rms(
+        &self,
+        x: &CudaSlice<bf16>,
+        (nw, eps): (&CudaSlice<bf16>, f32),
+        hn: &mut CudaSlice<bf16>,
+        w: Weight,
+        mut y: Out,
+        s: &GemmShape,
+        lora: Option<&Lora>,
+    ) -> Result<()> {
+        const OP: &str = "gemm_rms";
+        // the same checks (and errors) as the two calls it replaces
+        check::rms_norm::<Self>(x, nw, hn, s.m, s.k)?;
+        check::gemm::<Self>(x, &w, &y, s, lora)?;
+        let mut p = self.gemm_params(s, &mut y, lora)?;
+        p.x = self.ptr(x);
+        self.set_weight(&mut p, &w);
+        let fused = match self.rms_fusable(s, &p, self.ptr(nw), lora.is_some()) {
+            Some(kernel) => self.rms_kernel(kernel, s, &p),
+            None => None,
+        };
+        let Some((kernel, cfg, p)) = fused else {
+            self.rms_norm(x, nw, hn, s.m, s.k, eps)?;
+            return self.gemm(hn, w, y, s, lora);
+        };
+        let rp = jobx_gemm_rms_params {
+            g: p,
+            norm_w: self.ptr(nw),
+            eps,
+            threads: rms_threads(s.k) as i32,
+            inv: self.rms_probe_ptr(s.m),
+        };
+        self.rms_fused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.launch(OP, kernel, cfg, rp)
     }
 
     /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]).

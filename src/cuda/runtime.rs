@@ -87,6 +87,7 @@ device_repr!(
     jobx_embedding_params,
     jobx_gemm_params,
     jobx_gemm_tma_params,
+    jobx_gemm_rms_params,
     jobx_lora_shrink_params,
     jobx_quantize_params,
     jobx_dequant_params,
@@ -187,6 +188,9 @@ const KERNELS: &[(&str, &[&str])] = &[
             "gemm_skinny8",
             "gemm_skinny32",
             "gemm_skinny_tc",
+            "gemm_skinny8_rms",
+            "gemm_skinny32_rms",
+            "gemm_skinny_tc_rms",
             "gemm_w8a8",
             "quantize_rows_int8",
             "dequant_int8_bf16",
@@ -318,6 +322,11 @@ pub struct Gpu {
     /// `attention_wg_*` at both head dims: `JOBX_FLASH_WS=1`, or set directly. Off by default
     /// until a GPU run has checked and timed it (written 2026-11-28 without a device).
     pub flash_ws: std::sync::atomic::AtomicBool,
+    /// Decode GEMMs (m <= 32) that follow an RMS norm normalise their x as they load it
+    /// (`gemm_skinny*_rms`: the norm's values exactly, one launch fewer per norm):
+    /// `JOBX_GEMM_RMS=1`, or set directly. Off by default until a GPU run has checked and timed
+    /// it (written 2026-11-28 without a device).
+    pub gemm_rms: std::sync::atomic::AtomicBool,
     /// The persistent wgmma GEMMs `gemm_tma_*_n256_p` (one block per multiprocessor walking
     /// tiles) where they apply: `JOBX_GEMM_PERSISTENT=1`, or set directly. Off by default until a
     /// GPU run has checked and timed them (written 2026-11-26 without a device).
@@ -339,6 +348,9 @@ pub struct Gpu {
     /// Diagnostics: when set, the non-persistent TMA GEMMs write 8 timestamps per block here
     /// (`set_gemm_trace` / `gemm_trace_words`; kernels/gemm_sm90.cu says which).
     pub(crate) gemm_trace: Mutex<Option<CudaSlice<u64>>>,
+    /// Tests: where rms_norm_bf16 and the `_rms` GEMMs write each row's 1 / rms
+    /// (`set_rms_probe`).
+    pub(crate) rms_probe: Mutex<Option<CudaSlice<f32>>>,
     /// Diagnostics: when set, the wg attention kernels run as their traced twins and write 8
     /// words per block here (`set_attn_trace` / `attn_trace_words`; kernels/attention_sm90.cu).
     pub(crate) attn_trace: Mutex<Option<CudaSlice<u64>>>,
@@ -358,6 +370,8 @@ pub struct Gpu {
     /// Weight-only int8 products run widened so far (`gemm_dequant`): tests check that the
     /// path they mean to cover is the one taken.
     pub widened_gemms: std::sync::atomic::AtomicU64,
+    /// GEMMs run with their RMS norm fused in so far (`gemm_rms`), for tests likewise.
+    pub rms_fused: std::sync::atomic::AtomicU64,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -557,15 +571,18 @@ impl Gpu {
             flash_fa2: env_default_on("JOBX_FLASH_FA2").into(),
             flash_wg: env_default_on("JOBX_FLASH_WG").into(),
             flash_ws: env_on("JOBX_FLASH_WS").into(),
+            gemm_rms: env_on("JOBX_GEMM_RMS").into(),
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
             gemm_trace: Mutex::new(None),
+            rms_probe: Mutex::new(None),
             attn_trace: Mutex::new(None),
             pdl: (pdl && pdl_capable).into(),
             pdl_capable,
             gemm_splitk: env_default_on("JOBX_GEMM_SPLITK").into(),
             gemm_dequant: env_default_on("JOBX_GEMM_DEQUANT").into(),
             widened_gemms: Default::default(),
+            rms_fused: Default::default(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),
@@ -996,6 +1013,38 @@ impl Gpu {
     /// The trace buffer's words (after synchronising; empty when no trace is set).
     pub fn gemm_trace_words(&self) -> Result<Vec<u64>> {
         self.trace_words(&self.gemm_trace, "gemm trace")
+    }
+
+    /// Diagnostics for tests: from now on rms_norm_bf16 and the GEMMs with the norm fused in
+    /// (`gemm_rms`) write each of up to `rows` rows' 1 / rms into a device buffer (each launch
+    /// over the last one's), so that a test can compare the two bit for bit; 0 turns it off.
+    pub fn set_rms_probe(&self, rows: usize) -> Result<()> {
+        const OP: &str = "rms probe";
+        let buf = (rows > 0)
+            .then(|| self.engine_stream.alloc_zeros::<f32>(rows))
+            .transpose()
+            .map_err(|e| backend_err(OP, e))?;
+        *self.rms_probe.lock().unwrap_or_else(|e| e.into_inner()) = buf;
+        Ok(())
+    }
+
+    /// The probe's values (empty when none is set).
+    pub fn rms_probe_values(&self) -> Result<Vec<f32>> {
+        let probe = self.rms_probe.lock().unwrap_or_else(|e| e.into_inner());
+        match probe.as_ref() {
+            Some(b) => self.download("rms probe", b),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The probe's device address for a launch of `rows` rows (null when none is set or it
+    /// is too short).
+    pub(crate) fn rms_probe_ptr(&self, rows: usize) -> *mut f32 {
+        let probe = self.rms_probe.lock().unwrap_or_else(|e| e.into_inner());
+        match probe.as_ref().filter(|b| b.len() >= rows) {
+            Some(b) => self.ptr(b) as *mut f32,
+            None => std::ptr::null_mut(),
+        }
     }
 
     /// Diagnostics for benchmarks: from now on each launch of the wg prefill attention

@@ -566,6 +566,23 @@ pub trait Backend: Sync {
         s: &GemmShape,
         lora: Option<&Lora<Self>>,
     ) -> Result<()>;
+    /// y (+)= rms_norm(x) · wᵀ: `rms_norm(x, norm.0, hn, s.m, s.k, norm.1)`, then `gemm` on
+    /// `hn`. A backend may do both in one pass (the CUDA decode GEMMs, `Gpu::gemm_rms`), with
+    /// the same values and `hn` left unwritten, so callers read only y afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_rms(
+        &self,
+        x: &Self::Buf<bf16>,
+        norm: (&Self::Buf<bf16>, f32),
+        hn: &mut Self::Buf<bf16>,
+        w: Weight<Self>,
+        y: Out<Self>,
+        s: &GemmShape,
+        lora: Option<&Lora<Self>>,
+    ) -> Result<()> {
+        self.rms_norm(x, norm.0, hn, s.m, s.k, norm.1)?;
+        self.gemm(hn, w, y, s, lora)
+    }
     /// t[m, r] = x[m] · A[ids[m]]ᵀ for LoRA rows (a: [adapters, r, k]); id -1 rows get zeros.
     fn lora_shrink(
         &self,

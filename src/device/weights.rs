@@ -451,6 +451,28 @@ impl<'g, B: Backend> DeviceWeights<'g, B> {
         self.dev.gemm(x, w, y, shape, Some(&lora))
     }
 
+    /// y (+)= rms_norm(x; norm weight, eps) · W(name)ᵀ [+ LoRA]: `Backend::gemm_rms`, which may
+    /// fuse the norm into the product and leave `hn` unwritten; with a LoRA update on this
+    /// weight the norm goes to `hn` first (the shrink reads it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_rms(
+        &self,
+        x: &B::Buf<bf16>,
+        norm: (&B::Buf<bf16>, f32),
+        hn: &mut B::Buf<bf16>,
+        name: &str,
+        y: Out<B>,
+        shape: &GemmShape,
+        rows: &RowAdapters<B>,
+    ) -> Result<()> {
+        if rows.is_some() && self.loras.contains_key(name) {
+            self.dev.rms_norm(x, norm.0, hn, shape.m, shape.k, norm.1)?;
+            return self.gemm(hn, name, y, shape, rows);
+        }
+        let w = self.weight(name)?;
+        self.dev.gemm_rms(x, norm, hn, w, y, shape, None)
+    }
+
     /// out (+)= x · W(name)ᵀ [+ LoRA] with shapes (m, n, k): x [m, k] -> out [m, n].
     pub fn linear(
         &self,

@@ -609,17 +609,17 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
         #[allow(clippy::needless_range_loop)]
         for li_ in 0..c.num_hidden_layers {
             let p = format!("model.layers.{li_}");
-            dev.rms_norm(
-                x,
-                self.wt(&format!("{p}.input_layernorm.weight"))?,
-                n,
-                m,
-                hid,
-                eps,
-            )?;
             let (sa, mlp) = (format!("{p}.self_attn"), format!("{p}.mlp"));
-            self.w
-                .linear(n, &fused_name(&sa, QKV), (m, qkvd, hid), qkv, false, ad)?;
+            // each norm into n, or fused into the product after it (Backend::gemm_rms)
+            self.w.gemm_rms(
+                x,
+                (self.wt(&format!("{p}.input_layernorm.weight"))?, eps),
+                n,
+                &fused_name(&sa, QKV),
+                Out::Bf16(qkv),
+                &GemmShape::new(m, qkvd, hid, false),
+                ad,
+            )?;
             // the H query heads and the KV key heads are adjacent at the start of each row
             dev.rope(qkv, li.pos, m, h + kvh, hd, qkvd, theta)?;
             // the new positions' k|v into the cache: a decode step's rows in one copy, a
@@ -681,20 +681,16 @@ impl<'g, B: Backend> MistralDevice<'g, B> {
                 true,
                 ad,
             )?;
-            dev.rms_norm(
+            self.w.gemm_rms(
                 x,
-                self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
-                n,
-                m,
-                hid,
-                eps,
-            )?;
-            self.w.linear(
+                (
+                    self.wt(&format!("{p}.post_attention_layernorm.weight"))?,
+                    eps,
+                ),
                 n,
                 &fused_name(&mlp, GATE_UP),
-                (m, 2 * inter, hid),
-                gu,
-                false,
+                Out::Bf16(gu),
+                &GemmShape::new(m, 2 * inter, hid, false),
                 ad,
             )?;
             dev.gated_activation(gu, g, m, inter, ActKind::Silu)?;

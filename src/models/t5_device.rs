@@ -237,29 +237,34 @@ impl<'g, B: Backend> T5Device<'g, B> {
     ) -> Result<()> {
         let (d, dff) = (self.cfg.d_model, self.cfg.d_ff);
         let FfnBufs { h, a, gu } = fb;
-        self.dev.rms_norm(
-            x,
+        // the norm into h, or fused into the first product (Backend::gemm_rms)
+        let norm = (
             self.wt(&format!("{p}.layer_norm.weight"))?,
-            h,
-            rows,
-            d,
             self.cfg.layer_norm_epsilon as f32,
-        )?;
+        );
         let dr = format!("{p}.DenseReluDense");
         if let Some(gu) = gu {
             // wi_0|wi_1 in one GEMM [rows, 2*dff], then act(wi_0) * wi_1
-            self.w.linear(
+            self.w.gemm_rms(
+                x,
+                norm,
                 h,
                 &fused_name(&dr, GATE_UP),
-                (rows, 2 * dff, d),
-                gu,
-                false,
+                Out::Bf16(gu),
+                &GemmShape::new(rows, 2 * dff, d, false),
                 ad,
             )?;
             self.dev.gated_activation(gu, a, rows, dff, self.act)?;
         } else {
-            self.w
-                .linear(h, &format!("{dr}.wi.weight"), (rows, dff, d), a, false, ad)?;
+            self.w.gemm_rms(
+                x,
+                norm,
+                h,
+                &format!("{dr}.wi.weight"),
+                Out::Bf16(a),
+                &GemmShape::new(rows, dff, d, false),
+                ad,
+            )?;
             self.dev.activation_inplace(a, rows * dff, self.act)?;
         }
         self.w
@@ -837,14 +842,8 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
         for l in 0..c.n_dec_layers() {
             // self-attention over the cache (positions 0..=t), unidirectional relative bias
             let p = format!("decoder.block.{l}.layer.0");
-            dev.rms_norm(
-                x,
-                m.wt(&format!("{p}.layer_norm.weight"))?,
-                hn,
-                rows,
-                d,
-                eps,
-            )?;
+            // the norm into hn, or fused into the q|k|v product (Backend::gemm_rms)
+            let norm = (m.wt(&format!("{p}.layer_norm.weight"))?, eps);
             let sa = format!("{p}.SelfAttention");
             let cache = &mut self.cache[l];
             let call = |tk, q_offset| AttnCall {
@@ -879,7 +878,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                         y_off: t * 3 * inner,
                         accumulate: false,
                     };
-                    m.w.gemm(hn, &qkv_name, Out::Bf16(cache), &at_t, &self.ad)?;
+                    m.w.gemm_rms(x, norm, hn, &qkv_name, Out::Bf16(cache), &at_t, &self.ad)?;
                     dev.attention(
                         &call(t + 1, t),
                         (cache, cache_view(t * 3 * inner)),
@@ -894,7 +893,7 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
                 Some(rec) => {
                     let qkv = &mut rec.qkv;
                     let shape = GemmShape::new(rows, 3 * inner, d, false);
-                    m.w.gemm(hn, &qkv_name, Out::Bf16(qkv), &shape, &self.ad)?;
+                    m.w.gemm_rms(x, norm, hn, &qkv_name, Out::Bf16(qkv), &shape, &self.ad)?;
                     // the plain layout's cache contents (q kept too), at the device's position
                     dev.copy_rows_at(
                         "t5 cache",
@@ -949,21 +948,14 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             )?;
             // cross-attention over the encoder output (no position bias, padding mask)
             let p = format!("decoder.block.{l}.layer.1");
-            dev.rms_norm(
-                x,
-                m.wt(&format!("{p}.layer_norm.weight"))?,
-                hn,
-                rows,
-                d,
-                eps,
-            )?;
             let ca = format!("{p}.EncDecAttention");
-            m.w.linear(
+            m.w.gemm_rms(
+                x,
+                (m.wt(&format!("{p}.layer_norm.weight"))?, eps),
                 hn,
                 &format!("{ca}.q.weight"),
-                (rows, inner, d),
-                q,
-                false,
+                Out::Bf16(q),
+                &GemmShape::new(rows, inner, d, false),
                 &self.ad,
             )?;
             let ekv = &self.enc.cross_kv[l];
@@ -1015,13 +1007,14 @@ impl<B: Backend> T5DeviceStepper<'_, '_, B> {
             )?;
             m.ffn(x, rows, &format!("decoder.block.{l}.layer.2"), &self.ad, fb)?;
         }
-        dev.rms_norm(x, &m.dec_final, hn, rows, d, eps)?;
         let head = if c.tie_word_embeddings {
             "shared.weight"
         } else {
             "lm_head.weight" // adapters may target it
         };
-        m.w.gemm(
+        m.w.gemm_rms(
+            x,
+            (&m.dec_final, eps),
             hn,
             head,
             Out::F32(lg),

@@ -18,10 +18,10 @@ inc="$out/obj/kernels.inc"
 : > "$inc.tmp"
 objs=()
 for cu in kernels/*.cu; do
-  # every `extern "C" __global__ void [__launch_bounds__(..)] name([const __grid_constant__]
+  # every `extern "C" __global__ void [__launch_bounds__(..) | __maxnreg__(..)] name([const __grid_constant__]
   # jobx_*_params p)`, on one line or two, becomes a table entry
   tr '\n' ' ' < "$cu" |
-    grep -oE 'extern "C" __global__ void (__launch_bounds__\([^)]*\) +)?[a-z0-9_]+\((const __grid_constant__ )?jobx_[a-z0-9_]+ p\)' |
+    grep -oE 'extern "C" __global__ void ((__launch_bounds__|__maxnreg__)\([^)]*\) +)?[a-z0-9_]+\((const __grid_constant__ )?jobx_[a-z0-9_]+ p\)' |
     sed -E 's/.*[ )]([a-z0-9_]+)\((const __grid_constant__ )?(jobx_[a-z0-9_]+) p\)$/JOBX_EMU_KERNEL(\1, \3)/' \
       >> "$inc.tmp" || true
   o="$out/obj/$(basename "$cu" .cu).o"

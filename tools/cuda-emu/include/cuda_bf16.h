@@ -13,6 +13,7 @@
 #define __forceinline__ inline
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __grid_constant__
 #define __align__(n) __attribute__((aligned(n)))
 // one block at a time: a block's shared arrays are the kernel's static storage
@@ -136,6 +137,11 @@ inline void __stcg(T* p, T v) { *p = v; }
 inline size_t __cvta_generic_to_shared(const void* p) { return jobx_emu::shared_offset(p); }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// rounded float arithmetic that the compiler may not contract (no -mfma here: nothing is
+// contracted anyway); fmaf is the single-rounding fused form
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 
 // The PTX the kernels issue through inline asm, on the same fragment layouts (PTX ISA,
 // "Matrix fragments for mma.m16n8k16" / "m16n8k32", "ldmatrix"): emu.cpp.
