@@ -264,8 +264,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny8_rms
     prefetch_w_rows(p.g, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.g.k);
     pdl_enter();
     __shared__ float part[32][8], rr[32];
-    rms_rows_inv<4>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
-    rms_probe(p.inv, rr, p.g.m);
+    rms_rows_inv<4>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr, p.inv);
     gemm_skinny<8, true>(p.g, RmsX{(const bf16*)p.norm_w, rr});
 }
 
@@ -352,8 +351,7 @@ extern "C" __global__ void __launch_bounds__(SKINNY_WARPS * 32) gemm_skinny32_rm
     prefetch_w_rows(p.g, (long long)blockIdx.x * SKINNY_WARPS, SKINNY_WARPS, 0, p.g.k);
     pdl_enter();
     __shared__ float part[32][8], rr[32];
-    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
-    rms_probe(p.inv, rr, p.g.m);
+    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr, p.inv);
     skinny32_shared_x<true>(p.g, p.g.w_kind == JOBX_W_INT8, RmsX{(const bf16*)p.norm_w, rr});
 }
 
@@ -597,8 +595,7 @@ extern "C" __global__ void __maxnreg__(160) gemm_skinny_tc_rms(jobx_gemm_rms_par
     pdl_enter();
     __shared__ float red[TC_WARPS - 1][16][32];
     __shared__ float part[32][8], rr[32];
-    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr);
-    rms_probe(p.inv, rr, p.g.m);
+    rms_rows_inv<16>((const bf16*)p.g.x, p.g.m, p.g.k, p.threads, p.eps, part, rr, p.inv);
     const RmsX nx{(const bf16*)p.norm_w, rr};
     if (p.g.w_kind == JOBX_W_INT8) skinny_tc<true, true, true>(p.g, red, nx);
     else skinny_tc<false, true, true>(p.g, red, nx);

@@ -89,9 +89,11 @@ __device__ __forceinline__ void rms_rows_units(const bf16* x, long long m, long 
 // UNITS: units a warp loads at once where every thread of the norm has one chunk (16 for 32
 // rows on 8 warps at d_model <= 1024: one pass; gemm_skinny8_rms, at most 8 rows, takes 4, so
 // that the registers of the loads do not cost the weight stream its occupancy).
+// `inv` (jobx_gemm_rms_params.inv, the tests' probe, normally NULL): block 0 also writes each
+// row's 1 / rms there.
 template <int UNITS>
 __device__ __forceinline__ void rms_rows_inv(const bf16* x, long long m, long long k, int threads, float eps,
-                                             float (*part)[8], float* rr) {
+                                             float (*part)[8], float* rr, float* inv) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int tw = threads >> 5;
     if (k / 8 <= threads) rms_rows_units<1, UNITS>(x, m, k, threads, part);  // block-uniform
@@ -99,12 +101,12 @@ __device__ __forceinline__ void rms_rows_inv(const bf16* x, long long m, long lo
     __syncthreads();
     for (long long row = warp; row < m; row += warps) {
         const float s = warp_sum(lane < tw ? part[row][lane] : 0.0f);
-        if (lane == 0) rr[row] = rms_inv(s, k, eps);
+        if (lane == 0) {
+            const float r = rms_inv(s, k, eps);
+            rr[row] = r;
+            if (inv && blockIdx.x == 0 && blockIdx.y == 0) inv[row] = r;
+        }
     }
     __syncthreads();
 }
 
-// The `_rms` kernels' diagnostics (jobx_gemm_rms_params.inv): block 0 writes each row's 1 / rms.
-__device__ __forceinline__ void rms_probe(float* inv, const float* rr, long long m) {
-    if (inv && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < m) inv[threadIdx.x] = rr[threadIdx.x];
-}

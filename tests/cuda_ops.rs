@@ -2400,41 +2400,27 @@ mod table {
             let mut hn = g.zeros::<bf16>("t", m * k).map_err(e)?;
             g.set_rms_probe(m).map_err(e)?;
             let before = g.gemm_rms.swap(fuse, Relaxed);
-            let mut out = Vec::new();
+            // (both outputs uploaded; the one `f32out` names is written and read back)
+            let mut y32 = g.upload("t", &init).map_err(e)?;
+            let mut y16 = g.upload("t", &tob(&init)).map_err(e)?;
             let r = with_variant(g, variant, || {
-                out = if f32out {
-                    let mut dy = g.upload("t", &init).map_err(e)?;
-                    g.gemm_rms(
-                        &dx,
-                        (&dnw, 1e-6),
-                        &mut hn,
-                        w,
-                        Out::F32(&mut dy),
-                        &shape,
-                        None,
-                    )
-                    .map_err(e)?;
-                    g.download("t", &dy).map_err(e)?
+                let y = if f32out {
+                    Out::F32(&mut y32)
                 } else {
-                    let mut dy = g.upload("t", &tob(&init)).map_err(e)?;
-                    g.gemm_rms(
-                        &dx,
-                        (&dnw, 1e-6),
-                        &mut hn,
-                        w,
-                        Out::Bf16(&mut dy),
-                        &shape,
-                        None,
-                    )
-                    .map_err(e)?;
-                    fromb(&g.download("t", &dy).map_err(e)?)
+                    Out::Bf16(&mut y16)
                 };
-                Ok(())
+                g.gemm_rms(&dx, (&dnw, 1e-6), &mut hn, w, y, &shape, None)
+                    .map_err(e)
             });
+            let out = if f32out {
+                g.download("t", &y32).map_err(e)
+            } else {
+                g.download("t", &y16).map_err(e).map(|v| fromb(&v))
+            };
             g.gemm_rms.store(before, Relaxed);
             let inv = g.rms_probe_values().map_err(e);
             g.set_rms_probe(0).map_err(e)?;
-            r.map(|()| out).and_then(|out| Ok((out, inv?)))
+            r.and_then(|()| Ok((out?, inv?)))
         };
         let name = format!("gemm rms m{m} n{n} k{k} int8 {int8} f32 {f32out} {variant:?}");
         let c0 = g.rms_fused.load(Relaxed);
