@@ -2373,32 +2373,16 @@ mod table {
             }
         }
         let nw = r.vec(k, 1.5);
-        let (wf, wq, ws) = if int8 {
-            let wq = r.i8s(n * k);
-            let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
-            let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32).collect();
-            (wf, wq, ws)
-        } else {
-            (r.vec(n * k, 1.0), vec![], vec![])
-        };
+        let (wf, wq, ws) = gemm_weights(&mut r, n, k, int8);
         let init = r.vec(m * n, 1.0);
         let shape = GemmShape::new(m, n, k, accumulate);
         let dx = g.upload("t", &tob(&x)).map_err(e)?;
         let dnw = g.upload("t", &tob(&nw)).map_err(e)?;
-        let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
-        let dwq = g.upload("t", &wq).map_err(e)?;
-        let dws = g.upload("t", &ws).map_err(e)?;
+        let dw = DevWeight::new(g, &wf, &wq, &ws, int8)?;
         // each run's outputs and the rows' 1 / rms (Gpu::set_rms_probe: the norm's, or the
         // fused kernel's)
         let run = |fuse: bool| -> Result<(Vec<f32>, Vec<f32>), String> {
-            let w = if int8 {
-                Weight::Int8 {
-                    w: &dwq,
-                    scale: &dws,
-                }
-            } else {
-                Weight::Bf16(&dwb)
-            };
+            let w = dw.weight();
             let mut hn = g.zeros::<bf16>("t", m * k).map_err(e)?;
             g.set_rms_probe(m).map_err(e)?;
             let before = g.gemm_rms.swap(fuse, Relaxed);
@@ -2490,6 +2474,48 @@ mod table {
         )
     }
 
+    /// A GEMM case's weight [n, k]: bf16 values in [-1, 1], or (int8) int8 values with a scale
+    /// per row in [0.01, 0.03]; as (the values as f32, the int8 values, the scales).
+    fn gemm_weights(r: &mut Rng, n: usize, k: usize, int8: bool) -> (Vec<f32>, Vec<i8>, Vec<f32>) {
+        if int8 {
+            let wq = r.i8s(n * k);
+            let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
+            let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32).collect();
+            (wf, wq, ws)
+        } else {
+            (r.vec(n * k, 1.0), vec![], vec![])
+        }
+    }
+
+    /// A GEMM case's weight on the device: bf16, or int8 with its scales.
+    struct DevWeight {
+        bf16: cudarc::driver::CudaSlice<bf16>,
+        int8: Option<(
+            cudarc::driver::CudaSlice<i8>,
+            cudarc::driver::CudaSlice<f32>,
+        )>,
+    }
+
+    impl DevWeight {
+        fn new(g: &Gpu, wf: &[f32], wq: &[i8], ws: &[f32], int8: bool) -> Result<Self, String> {
+            Ok(DevWeight {
+                bf16: g.upload("t", &tob(wf)).map_err(e)?,
+                int8: if int8 {
+                    Some((g.upload("t", wq).map_err(e)?, g.upload("t", ws).map_err(e)?))
+                } else {
+                    None
+                },
+            })
+        }
+
+        fn weight(&self) -> Weight<'_> {
+            match &self.int8 {
+                Some((w, scale)) => Weight::Int8 { w, scale },
+                None => Weight::Bf16(&self.bf16),
+            }
+        }
+    }
+
     /// Where a GEMM case writes its output rows.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Stride {
@@ -2515,14 +2541,7 @@ mod table {
     ) -> Result<(), String> {
         let mut r = Rng(seed * 101 + (m * n * k) as u64);
         let x = r.vec(m * k, 1.0);
-        let (wf, wq, ws) = if int8 {
-            let wq = r.i8s(n * k);
-            let ws: Vec<f32> = (0..n).map(|_| 0.01 + r.f().abs() * 0.02).collect();
-            let wf: Vec<f32> = (0..n * k).map(|i| wq[i] as f32).collect();
-            (wf, wq, ws)
-        } else {
-            (r.vec(n * k, 1.0), vec![], vec![])
-        };
+        let (wf, wq, ws) = gemm_weights(&mut r, n, k, int8);
         let shape = GemmShape {
             ldy: match stride {
                 Stride::Dense => n,
@@ -2549,17 +2568,8 @@ mod table {
                 want[o] = prod[i * n + j] * s + if accumulate { want[o] } else { 0.0 };
             }
         }
-        let dwb = g.upload("t", &tob(&wf)).map_err(e)?;
-        let dwq = g.upload("t", &wq).map_err(e)?;
-        let dws = g.upload("t", &ws).map_err(e)?;
-        let w = if int8 {
-            Weight::Int8 {
-                w: &dwq,
-                scale: &dws,
-            }
-        } else {
-            Weight::Bf16(&dwb)
-        };
+        let dw = DevWeight::new(g, &wf, &wq, &ws, int8)?;
+        let w = dw.weight();
         let name =
             format!("gemm m{m} n{n} k{k} int8 {int8} f32 {f32out} acc {accumulate} {stride:?}");
         // products of k terms of magnitude <= 1 (int8: <= 127 * scale): scale atol with sqrt(k)
