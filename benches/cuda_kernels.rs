@@ -628,10 +628,16 @@ fn decode_chain(g: &Gpu, skip: &[&str]) {
     } else {
         &[false]
     };
-    // (pdl, rms): without and with PDL, then the fused norms under the default PDL
+    // (pdl, rms): without and with PDL, then the fused norms under the default PDL, with a
+    // baseline at that setting if the first runs had none (PDL left out by JOBX_BENCH_SKIP
+    // while on by default)
     let mut runs: Vec<(bool, bool)> = pdls.iter().map(|&p| (p, false)).collect();
     if !skip.contains(&"rms") && g.has_kernel("gemm_skinny_tc_rms") {
-        runs.push((pdl_before && g.pdl_capable, true));
+        let pdl = pdl_before && g.pdl_capable;
+        if !pdls.contains(&pdl) {
+            runs.push((pdl, false));
+        }
+        runs.push((pdl, true));
     }
     g.gemm_rms.store(false, Relaxed);
     for (pdl, rms) in runs {

@@ -588,8 +588,16 @@ extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) gemm_skinny_tc(jobx_
     }
 }
 
+// __maxnreg__ came with CUDA 12.4; an older nvcc builds the kernel without the cap (172
+// registers: 2 blocks of 4 warps per SM instead of 3)
+#if defined(__CUDACC_VER_MAJOR__) && !defined(JOBX_HOST_EMU) && \
+    (__CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__ < 1204)
+#define __maxnreg__(n) __launch_bounds__(TC_WARPS * 32)
+#endif
+
 // gemm_skinny_tc on rms_norm(x) (jobx_gemm_rms_params; the 16-byte paths, which the launch
-// guarantees).
+// guarantees). Held to 160 registers, so that its 4-warp blocks fit 3 to an SM as
+// gemm_skinny_tc's do (172 without).
 extern "C" __global__ void __maxnreg__(160) gemm_skinny_tc_rms(jobx_gemm_rms_params p) {
     prefetch_skinny_tc(p.g);
     pdl_enter();

@@ -212,6 +212,13 @@ fn gpu_decide_applies_the_decision_rule() {
     assert!(v.contains("stays opt-in"), "{v}");
     let v = rms_with(&[base]);
     assert!(v.contains("passed, not timed"), "{v}");
+    // a fused row whose baseline (the same PDL setting) is missing: not a measurement
+    let other =
+        json!({"op": "decode_chain", "graph": true, "pdl": false, "kernels": 241, "ms": 1.2});
+    let fused = json!({"op": "decode_chain", "graph": true, "pdl": true, "rms": true, "kernels": 169,
+                       "ms": 1.05});
+    let v = rms_with(&[other, fused]);
+    assert!(v.contains("passed, not timed"), "{v}");
 }
 
 /// Runs tools/gpu_bench_e2e.py's plan under a time budget with fake engines and a fake clock
@@ -495,12 +502,14 @@ fn gpu_check_keeps_to_its_time_budget() {
         "{out}"
     );
     assert!(
-        out.contains("env: DEQUANT=on SKIP=n256p,SkinnyTcSplit CASES=int8 widened,int8w true"),
+        out.contains(
+            "env: DEQUANT=on SKIP=n256p,SkinnyTcSplit,gemm rms CASES=int8 widened,int8w true"
+        ),
         "{out}"
     );
     assert!(out.contains("opt-in dequant: exit 101"), "{out}");
     assert!(
-        out.contains("env: DEQUANT=0 SKIP=int8 widened CASES=kernel Fa2"),
+        out.contains("env: DEQUANT=0 SKIP=int8 widened,gemm rms CASES=kernel Fa2"),
         "{out}"
     );
     assert!(out.contains("opt-in fa2: exit 0"), "{out}");
@@ -512,9 +521,9 @@ fn gpu_check_keeps_to_its_time_budget() {
         "fa2",
         "wg",
         "ws",
-        "rms",
         "persistent",
         "splitk",
+        "rms",
         "q8decode",
         "pdl",
     ] {

@@ -155,7 +155,7 @@ bench_skip=""
 # rest of the check (JOBX_GEMM_DEQUANT=0: the later families, the benchmarks and the end-to-end
 # runs take the mma.sync tiles) and the other families leave out its cases.
 widen_skip=""
-for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws:kernel Ws,ws trace" "rms:gemm rms" "persistent:n256p" "splitk:SkinnyTcSplit" "q8decode:attention q8" "pdl:-"; do
+for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws:kernel Ws,ws trace" "persistent:n256p" "splitk:SkinnyTcSplit" "rms:gemm rms" "q8decode:attention q8" "pdl:-"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
   if [[ $key == pdl ]]; then
@@ -181,13 +181,20 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws
     fi
     if [[ $rc == 0 ]]; then
       run_exp JOBX_PDL=1 JOBX_GEMM_SPLITK=$split_on JOBX_OP_CASES="Skinny,skinny,recorded step,rms_norm" \
-        JOBX_OP_SKIP="$split_skip${widen_skip:+,$widen_skip}" JOBX_REQUIRE_GPU=1 \
+        JOBX_OP_SKIP="gemm rms${split_skip:+,$split_skip}${widen_skip:+,$widen_skip}" JOBX_REQUIRE_GPU=1 \
         "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
     fi
   else
     fam_skip="$widen_skip"
-    # (dequant: neither the persistent kernels nor the split one, each a family of its own)
+    # (dequant: neither the persistent kernels nor the split one, each a family of its own;
+    # no family but rms takes the fused-norm cases, whose names hold "int8w true" and
+    # "SkinnyTcSplit" too; rms leaves out the split kernel's cases if its family failed)
     [[ $key == dequant ]] && fam_skip="n256p,SkinnyTcSplit"
+    if [[ $key != rms ]]; then
+      fam_skip="${fam_skip:+$fam_skip,}gemm rms"
+    elif [[ ",$bench_skip," == *",splitk,"* ]]; then
+      fam_skip="${fam_skip:+$fam_skip,}SkinnyTcSplit"
+    fi
     run_exp JOBX_OP_CASES="$cases" JOBX_OP_SKIP="$fam_skip" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 \
       "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
     # rms: also the decode steps of every fixture, bit for bit with and without the fusion

@@ -221,7 +221,7 @@ def main():
             otherwise=" (the flag stays opt-in)")
     # (the rows with the norms fused, "rms": true, are the rms family's, below)
     chain = {(r["graph"], r["pdl"]): r["us_per_kernel"] for r in kern
-             if r.get("op") == "decode_chain" and not r.get("rms", False)}
+             if r.get("op") == "decode_chain" and "us_per_kernel" in r and not r.get("rms", False)}
     g_off, g_on = chain.get((True, False)), chain.get((True, True))
     # PDL on by default (since 2026-11-28): the default graphs run against its -no-pdl twin;
     # earlier folders: the default (PDL off) against the -pdl run or a PDL-only -optin run
@@ -254,8 +254,9 @@ def main():
     for (graph, pdl, _), (f_ms, f_k), base in rms_rows:
         print(f"  decode_chain graph {graph} pdl {pdl}: separate norms {fmt(base[0] if base else None, '.4f')} ms"
               f" ({base[1] if base else '-'} kernels) -> fused {f_ms:.4f} ms ({f_k} kernels)")
-    graph_rows = [(v, b) for k, v, b in rms_rows if k[0]]
-    verdict("rms", bool(graph_rows), bool(graph_rows) and all(b is not None and v[0] < b[0] for v, b in graph_rows),
+    # (a fused row without its baseline is not a measurement)
+    graph_rows = [(v, b) for k, v, b in rms_rows if k[0] and b is not None]
+    verdict("rms", bool(graph_rows), bool(graph_rows) and all(v[0] < b[0] for v, b in graph_rows),
             "decode_chain step as a graph, the norms fused against separate (JOBX_GEMM_RMS=1)",
             win="a faster decode step", lose="not a faster decode step")
     s = os.path.join(out, "summary.json")

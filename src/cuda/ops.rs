@@ -403,7 +403,7 @@ impl Gpu {
 
     /// The decode kernel `gemm_rms` fuses the norm into, if it may: `Gpu::gemm_rms` on, the
     /// kernels loaded, 1..=32 rows, no LoRA (its shrink reads the normalised x), the norm's
-    /// vector form (k a multiple of 8 up to 8192, x and the norm weight 16-byte aligned; the
+    /// vector form (k a multiple of 8 up to 8192, x, the norm weight and hn 16-byte aligned; the
     /// `_rms` kernels repeat that form's sums) and the skinny kernels' 16-byte loads (w 16-byte
     /// aligned, int8 8-byte), and a small x: each block normalises every x row itself (from
     /// L2, before its product), so m * k is held to 32768 (T5-Large's 32 x 1024) and the
@@ -414,7 +414,7 @@ impl Gpu {
         &self,
         s: &GemmShape,
         p: &jobx_gemm_params,
-        nw: *const c_void,
+        [nw, hn]: [*const c_void; 2],
         lora: bool,
     ) -> Option<SkinnyKernel> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -428,7 +428,7 @@ impl Gpu {
             && s.n > 0
             && s.k <= 8192
             && s.m * s.k <= 32_768
-            && bf16x8_fits(&[s.k], &[p.x as usize, nw as usize])
+            && bf16x8_fits(&[s.k], &[p.x as usize, nw as usize, hn as usize])
             && (p.w as usize).is_multiple_of(w_align);
         if !ok {
             return None;
@@ -1589,7 +1589,9 @@ impl crate::device::Backend for Gpu {
         let mut p = self.gemm_params(s, &mut y, lora)?;
         p.x = self.ptr(x);
         self.set_weight(&mut p, &w);
-        let fused = match self.rms_fusable(s, &p, self.ptr(nw), lora.is_some()) {
+        // (hn's address too: where it is not 16-byte aligned the separate norm takes its
+        // element-wise form, whose sums the fused kernels do not repeat)
+        let fused = match self.rms_fusable(s, &p, [self.ptr(nw), self.ptr(hn)], lora.is_some()) {
             Some(kernel) => self.rms_kernel(kernel, s, &p),
             None => None,
         };

@@ -1249,9 +1249,12 @@ mod tests {
                 let module = p.file_stem().unwrap().to_string_lossy().to_string();
                 let text = std::fs::read_to_string(&p).unwrap();
                 for part in text.split("extern \"C\" __global__ void").skip(1) {
-                    // `__launch_bounds__(...) name(` or `name(`
+                    // `__launch_bounds__(...) name(`, `__maxnreg__(...) name(` or `name(`
                     let head = part.split('(').collect::<Vec<_>>();
-                    let name = if part.trim_start().starts_with("__launch_bounds__") {
+                    let bounded = ["__launch_bounds__", "__maxnreg__"]
+                        .iter()
+                        .any(|a| part.trim_start().starts_with(a));
+                    let name = if bounded {
                         head[1].split(')').next_back().unwrap().trim().to_string()
                     } else {
                         head[0].trim().to_string()
