@@ -1583,6 +1583,11 @@ impl crate::device::Backend for Gpu {
         lora: Option<&Lora>,
     ) -> Result<()> {
         const OP: &str = "gemm_rms";
+        // (off, the default: the two calls as they are, without this path's checks first)
+        if !self.gemm_rms.load(std::sync::atomic::Ordering::Relaxed) {
+            self.rms_norm(x, nw, hn, s.m, s.k, eps)?;
+            return self.gemm(hn, w, y, s, lora);
+        }
         // the same checks (and errors) as the two calls it replaces
         check::rms_norm::<Self>(x, nw, hn, s.m, s.k)?;
         check::gemm::<Self>(x, &w, &y, s, lora)?;
@@ -1591,10 +1596,9 @@ impl crate::device::Backend for Gpu {
         self.set_weight(&mut p, &w);
         // (hn's address too: where it is not 16-byte aligned the separate norm takes its
         // element-wise form, whose sums the fused kernels do not repeat)
-        let fused = match self.rms_fusable(s, &p, [self.ptr(nw), self.ptr(hn)], lora.is_some()) {
-            Some(kernel) => self.rms_kernel(kernel, s, &p),
-            None => None,
-        };
+        let fused = self
+            .rms_fusable(s, &p, [self.ptr(nw), self.ptr(hn)], lora.is_some())
+            .and_then(|kernel| self.rms_kernel(kernel, s, &p));
         let Some((kernel, cfg, p)) = fused else {
             self.rms_norm(x, nw, hn, s.m, s.k, eps)?;
             return self.gemm(hn, w, y, s, lora);
