@@ -131,7 +131,7 @@ fn main() {
     };
     eprintln!("cuda_kernels on {}", g.name);
     // JOBX_BENCH_SKIP: comma list of the opt-in kernels not to time ("fa2", "wg",
-    // "persistent", "splitk"): tools/gpu-check.sh leaves out those whose op cases failed on this
+    // "persistent", "splitk", "online", ...): tools/gpu-check.sh leaves out those whose op cases failed on this
     // card
     let skip = std::env::var("JOBX_BENCH_SKIP").unwrap_or_default();
     let skip: Vec<&str> = skip.split(',').collect();
@@ -435,10 +435,19 @@ fn main() {
                 Err(e) => eprintln!("attention trace ({fam}): {e}"),
             }
         }
-        // decode steps: the key-chunk count forced (the rule's choice is the row above), and
-        // K/V read in GB/s, the bound at these shapes
-        if tq == 1 {
-            for splits in [1usize, 2, 4, 8] {
+        // decode steps: the key-chunk count forced (the rule's choice, 0, is the row above), and
+        // K/V read in GB/s, the bound at these shapes; then the one-pass kernel (opt-in,
+        // Gpu::decode_online, its gpu-check family "online") at the rule's count and forced
+        let online_default = g.decode_online.load(Relaxed);
+        let online_runs: &[bool] = if skip.contains(&"online") {
+            &[false]
+        } else {
+            &[false, true]
+        };
+        for &online in online_runs.iter().filter(|_| tq == 1) {
+            g.decode_online.store(online, Relaxed);
+            let first = if online { 0 } else { 1 };
+            for splits in [0usize, 1, 2, 4, 8].into_iter().skip(first) {
                 g.decode_splits.store(splits, Relaxed);
                 let ms = time(&g, || {
                     g.attention(
@@ -455,11 +464,17 @@ fn main() {
                 });
                 g.decode_splits.store(0, Relaxed);
                 let gbs = (2 * b * h * t * dk * 2) as f64 / ms / 1e6;
+                let op = match (online, splits) {
+                    (false, s) => format!("attention_splits{s}"),
+                    (true, 0) => "attention_online".to_string(),
+                    (true, s) => format!("attention_online_splits{s}"),
+                };
                 println!(
-                    "{{\"op\":\"attention_splits{splits}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":false,\"ms\":{ms:.4},\"kv_gb_s\":{gbs:.0}}}"
+                    "{{\"op\":\"{op}\",\"batch\":{b},\"heads\":{h},\"tq\":{tq},\"t\":{t},\"dk\":{dk},\"causal\":false,\"ms\":{ms:.4},\"kv_gb_s\":{gbs:.0}}}"
                 );
             }
         }
+        g.decode_online.store(online_default, Relaxed);
     }
     decode_chain(&g, &skip);
     // what tuning chose per decode shape, with every candidate's time (L2 flushed)

@@ -907,6 +907,181 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_q8_d1
     attention_decode<128, true>(p);
 }
 
+// One-pass form of attention_decode (opt-in: JOBX_DECODE_ONLINE=1, Gpu::decode_online; same
+// grid, chunks and partial-output layout, so attention_combine merges it unchanged). Why: the
+// two-pass kernel reads K, waits at the block's max and sum, then reads V, so each thread has
+// at most DEC_UNROLL rows of one operand in flight and none across the pause; at batch 32 it
+// streamed a T5-Large cross-attention step's K/V at ~2.45 TB/s of the H100's ~3.35 (run 8:
+// 41% of decode device time). Here a thread issues its U key rows' K and V pieces
+// together (twice the bytes in flight, half the round trips, no block barrier until the end),
+// and each key group keeps a running max, sum and p·V (online softmax, rescaled once per group
+// of U keys). The groups' states merge through shared memory at the end.
+// Differences from the two-pass kernel: each weight is exp(s - m) * exp(m - M) instead of
+// exp(s - M) (a few f32 roundings, not bit-identical), and V rows of visible but key-masked
+// positions are read (their flags arrive with K, too late to skip the load without a second
+// round trip); T5-Large's 1024-token sources at batch 32 have none.
+template <int DK, bool Q8>
+__device__ __forceinline__ void attention_decode_online(const jobx_attention_params& p) {
+    constexpr int EPT = Q8 ? 16 : 8;        // elements per thread: 16 bytes either way
+    constexpr int TPK = DK / EPT;           // threads per key row
+    constexpr int KPP = DEC_THREADS / TPK;  // key groups of the block
+    // rows of K and of V in flight per thread: 8 + 8, (Q8, twice the elements per row) 4 + 4,
+    // which keeps it within 128 registers (4 blocks of 128 threads per multiprocessor; 8 + 8
+    // took 168)
+    constexpr int U = Q8 ? DEC_UNROLL / 2 : DEC_UNROLL;
+    __shared__ float red[KPP * DK];
+    __shared__ float gmax[KPP], gsum[KPP];
+    const int tid = threadIdx.x, sub = tid % TPK, kg = tid / TPK;
+    const long long split = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
+    const long long b = bi / p.tq, i = bi % p.tq;
+    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = h / (p.heads / p.kv_heads);
+    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh + i * p.q_st;
+    const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
+    const void* k = Q8 ? (const void*)((const signed char*)p.k + kofs) : (const void*)((const bf16*)p.k + kofs);
+    const void* v = Q8 ? (const void*)((const signed char*)p.v + vofs) : (const void*)((const bf16*)p.v + vofs);
+    const long long qpos = query_offset(p) + i;
+    const long long j0 = split * p.chunk;
+    // visible key range [lo, hi) and this chunk's keys up to the last visible one, as above
+    long long lo = 0, hi = p.tk;
+    if (p.causal && qpos + 1 < hi) hi = qpos + 1;
+    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
+    long long n = (j0 + p.chunk < hi ? j0 + p.chunk : hi) - j0;
+    if (n < 0) n = 0;
+
+    float qf[EPT];
+#pragma unroll
+    for (int half = 0; half < EPT / 8; half++) {
+        const uint4 r = *(const uint4*)(q + sub * EPT + 8 * half);
+        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __bfloat1622float2(h2[e]);
+            qf[8 * half + 2 * e] = f.x;
+            qf[8 * half + 2 * e + 1] = f.y;
+        }
+    }
+    // this key group's running state (the same on its TPK lanes): max, sum, p·V over its rows
+    float m = -INFINITY, l = 0.0f, acc[EPT];
+#pragma unroll
+    for (int e = 0; e < EPT; e++) acc[e] = 0.0f;
+    // (every lane runs every iteration: the shuffles below name the whole warp)
+    for (long long base = 0; base < n; base += KPP * U) {
+        uint4 kr[U], vr[U];
+        bool vis[U];
+        float ks[U], vs[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const long long jl = base + u * KPP + kg, j = j0 + jl;
+            kr[u] = make_uint4(0, 0, 0, 0);
+            vr[u] = make_uint4(0, 0, 0, 0);
+            ks[u] = 1.0f;
+            vs[u] = 1.0f;
+            vis[u] = jl < n && j >= lo && j < hi;
+            if (vis[u]) {
+                kr[u] = ld_kv16b<Q8>(k, j * p.k_st + sub * EPT);
+                vr[u] = ld_kv16b<Q8>(v, j * p.v_st + sub * EPT);
+                if (Q8) {
+                    ks[u] = p.k_scale[(kofs + j * p.k_st) / DK];
+                    vs[u] = p.v_scale[(vofs + j * p.v_st) / DK];
+                }
+            }
+        }
+        if (p.key_mask) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const long long j = j0 + base + u * KPP + kg;
+                if (vis[u]) vis[u] = p.key_mask[kb * p.tk + j] != 0;
+            }
+        }
+        float s[U];
+        float mu = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const long long j = j0 + base + u * KPP + kg;
+            float d = dot_piece<Q8>(qf, kr[u]);
+            // the TPK lanes of one key are consecutive and aligned: a butterfly leaves the
+            // whole dot product on each of them
+#pragma unroll
+            for (int o = TPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            s[u] = -INFINITY;
+            if (vis[u]) {
+                s[u] = d * ks[u] * p.scale;
+                if (p.rel_bias)
+                    s[u] += p.rel_bias[(long long)t5_bucket(j - qpos, p.bidirectional, p.num_buckets,
+                                                            p.max_distance) *
+                                           p.heads + h];
+            }
+            mu = fmaxf(mu, s[u]);
+        }
+        // rescale the state to the new max (m == mn: unchanged, also while both are -inf)
+        const float mn = fmaxf(m, mu);
+        const float corr = m == mn ? 1.0f : expf(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int e = 0; e < EPT; e++) acc[e] *= corr;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const float w = s[u] == -INFINITY ? 0.0f : expf(s[u] - mn);
+            l += w;
+            axpy_piece<Q8>(acc, w * vs[u], vr[u]);
+        }
+        m = mn;
+    }
+    // merge the key groups: M = their largest max, each group's sum and p·V scaled to it
+    if (sub == 0) {
+        gmax[kg] = m;
+        gsum[kg] = l;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+#pragma unroll
+    for (int g = 0; g < KPP; g++) mx = fmaxf(mx, gmax[g]);
+    const float f = m == -INFINITY ? 0.0f : expf(m - mx);
+#pragma unroll
+    for (int e = 0; e < EPT; e++) red[kg * DK + sub * EPT + e] = acc[e] * f;
+    __syncthreads();
+    for (int d = tid; d < DK; d += DEC_THREADS) {
+        float o = 0.0f, sum = 0.0f;
+#pragma unroll
+        for (int g = 0; g < KPP; g++) {
+            o += red[g * DK + d];
+            sum += gmax[g] == -INFINITY ? 0.0f : gsum[g] * expf(gmax[g] - mx);
+        }
+        if (p.splits == 1) {
+            bf16* out = (bf16*)p.o + bi * (p.heads * DK) + h * DK;
+            st_bf16(out, d, sum > 0.0f ? o / sum : 0.0f);
+        } else {
+            float* part = p.partial + ((bi * p.heads + h) * p.splits + split) * (DK + 2);
+            if (d == 0) {
+                part[0] = mx;
+                part[1] = sum;
+            }
+            part[2 + d] = o;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_online_d64(jobx_attention_params p) {
+    pdl_enter();
+    attention_decode_online<64, false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_online_d128(jobx_attention_params p) {
+    pdl_enter();
+    attention_decode_online<128, false>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_online_q8_d64(jobx_attention_params p) {
+    pdl_enter();
+    attention_decode_online<64, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) attention_decode_online_q8_d128(jobx_attention_params p) {
+    pdl_enter();
+    attention_decode_online<128, true>(p);
+}
+
 // Per-group int8 quantisation of K/V rows (jobx_quantize_params: m groups of k <= 1024 bf16
 // elements, contiguous): one warp per group (the launcher's grid has a warp for every group),
 // cpu::quantize_rows_int8's rule (scale = absmax / 127, q = rint(x * (127 / absmax)) clamped to

@@ -237,6 +237,60 @@ fn cuda_gemm_rms_matches_separate_norms() {
     gpu.gemm_rms.store(false, Relaxed);
 }
 
+/// The one-pass decode attention (`Gpu::decode_online`, opt-in) in the models' decode steps:
+/// common::recorded_steps' drive (rows reordered and dropped, Mistral's sliding window, beam
+/// search), plain and as replayed CUDA graphs, on fixtures widened to head dims 64 and 128
+/// (common::with_head_dim: the fixtures' own 4-16 wide heads take the general kernel). The
+/// logits within a few bf16 roundings of the two-pass kernel's (its weights are
+/// exp(s - m) exp(m - M), not exp(s - M)), the same picks, and the kernel did run.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_decode_online_matches_two_pass() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(gpu) = gpu_or_skip("cuda_decode_online_matches_two_pass") else {
+        return;
+    };
+    // (T5 at 64, the T5-Large head, and 128; Mistral at 128, Mistral-7B's, and 64)
+    let models: Vec<_> = [
+        ("t5-gated-gelu-untied", 64),
+        ("t5-relu-tied", 128),
+        ("mistral-gqa4-window", 128),
+        ("mistral-gqa2-theta1e6", 64),
+    ]
+    .into_iter()
+    .map(|(n, hd)| (format!("{n} d{hd}"), common::with_head_dim(n, hd)))
+    .collect();
+    let dirs: Vec<_> = models
+        .iter()
+        .map(|(n, t)| (n.clone(), t.path().to_path_buf()))
+        .collect();
+    let set = |on: bool| gpu.decode_online.store(on, Relaxed);
+    for graphs in [false, true] {
+        gpu.graphs.store(graphs, Relaxed);
+        let before = gpu.online_decodes.load(Relaxed);
+        for (name, worst, same_picks, replayed) in common::recorded_steps_of(&gpu, &set, &dirs) {
+            eprintln!(
+                "{name}: graphs {graphs}: one-pass vs two-pass decode attention, max relative \
+                 logits difference {worst:.3e}, replayed {replayed}"
+            );
+            assert!(
+                worst <= 1e-2,
+                "{name} (graphs {graphs}): logits differ by {worst:.3e}"
+            );
+            assert!(same_picks, "{name} (graphs {graphs}): picks differ");
+            assert_eq!(
+                replayed, graphs,
+                "{name} (graphs {graphs}): replayed {replayed}"
+            );
+        }
+        let ran = gpu.online_decodes.load(Relaxed) - before;
+        eprintln!("graphs {graphs}: {ran} one-pass decode attention launches");
+        assert!(ran > 0, "graphs {graphs}: the one-pass kernel never ran");
+    }
+    gpu.graphs.store(false, Relaxed);
+    gpu.decode_online.store(false, Relaxed);
+}
+
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
 /// T5-Large head shape (d64) over a 3000-position cache with a key mask and a 2000-key window,
 /// recorded once with `capture_graph` and replayed at positions 0, 7, 1500 and 2999 (its key
@@ -1028,6 +1082,15 @@ mod table {
                 format!("recorded step b{rows} h{h} d{dk} cap {cap} pos {pos} t5 {t5}"),
                 Box::new(move |g, s| recorded_step(g, s, rows, h, dk, cap, pos, bias)),
             ));
+            // the one-pass decode kernel recorded and replayed likewise (its family's)
+            if dk == 64 || dk == 128 {
+                cases.push((
+                    format!("recorded step b{rows} h{h} d{dk} cap {cap} pos {pos} t5 {t5} kernel Online"),
+                    Box::new(move |g, s| {
+                        with_flash(g, Flash::Online, || recorded_step(g, s, rows, h, dk, cap, pos, bias))
+                    }),
+                ));
+            }
         }
         cases.push((
             "embedding 7x40 vocab 13".into(),
@@ -1474,6 +1537,8 @@ mod table {
                     (Wg, Some(8)),
                     (Ws, None),
                     (Ws, Some(8)),
+                    (Online, None),
+                    (Online, Some(8)),
                 ] {
                     if (kernel == General || fused == Some(3)) && dk != 64 && dk != 128 {
                         continue;
@@ -1483,6 +1548,10 @@ mod table {
                     // repeat the default kernel's)
                     if matches!(kernel, Mma | Fa2 | Wg | Ws) && (tq <= 4 || (dk != 64 && dk != 128))
                     {
+                        continue;
+                    }
+                    // and the one-pass decode kernel only decode steps
+                    if kernel == Online && (tq > 4 || (dk != 64 && dk != 128)) {
                         continue;
                     }
                     cases.push((
@@ -1495,18 +1564,33 @@ mod table {
                     ));
                 }
                 // int8 K/V (no bias): the decode kernel's q8 variant for decode steps, else
-                // (and forced) the general kernel; K|V fused at offset 0 and at one head's offset
+                // (and forced) the general kernel; K|V fused at offset 0 and at one head's
+                // offset; decode steps also on the one-pass kernel ("kernel Online", its family)
                 if t5.is_some() {
                     continue;
                 }
-                for (general, off) in [(false, 0), (false, dk), (true, 0)] {
+                for (kernel, off) in [
+                    (Default, 0),
+                    (Default, dk),
+                    (General, 0),
+                    (Online, 0),
+                    (Online, dk),
+                ] {
+                    if kernel == Online && (tq > 4 || (dk != 64 && dk != 128)) {
+                        continue;
+                    }
+                    let general = kernel == General;
+                    let online = if kernel == Online {
+                        " kernel Online"
+                    } else {
+                        ""
+                    };
                     cases.push((
-                        format!("attention q8 b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} general {general} off {off} kv_map {kv_map}"),
+                        format!("attention q8 b{b} h{h}/{kvh} tq{tq} tk{tk} d{dk} causal {causal} win {window} general {general} off {off} kv_map {kv_map}{online}"),
                         Box::new(move |g, s| {
-                            g.general_kernels.store(general, std::sync::atomic::Ordering::Relaxed);
-                            let r = attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, None, masked, Some(off), kv_map, true);
-                            g.general_kernels.store(false, std::sync::atomic::Ordering::Relaxed);
-                            r
+                            with_flash(g, kernel, || {
+                                attention(g, s, b, h, kvh, tq, tk, dk, causal, window, q_offset, None, masked, Some(off), kv_map, true)
+                            })
                         }),
                     ));
                 }
@@ -2254,6 +2338,8 @@ mod table {
         Wg,
         /// attention_ws_* on sm_90 (`Gpu::flash_ws`)
         Ws,
+        /// decode steps on the one-pass attention_decode_online_* (`Gpu::decode_online`)
+        Online,
     }
 
     fn with_flash(
@@ -2262,22 +2348,25 @@ mod table {
         f: impl FnOnce() -> Result<(), String>,
     ) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let (fa2, wg, ws) = (
+        let (fa2, wg, ws, online) = (
             g.flash_fa2.load(Relaxed),
             g.flash_wg.load(Relaxed),
             g.flash_ws.load(Relaxed),
+            g.decode_online.load(Relaxed),
         );
         g.general_kernels.store(kernel == Flash::General, Relaxed);
         if kernel != Flash::Default {
             g.flash_fa2.store(kernel == Flash::Fa2, Relaxed);
             g.flash_wg.store(kernel == Flash::Wg, Relaxed);
             g.flash_ws.store(kernel == Flash::Ws, Relaxed);
+            g.decode_online.store(kernel == Flash::Online, Relaxed);
         }
         let r = f();
         g.general_kernels.store(false, Relaxed);
         g.flash_fa2.store(fa2, Relaxed);
         g.flash_wg.store(wg, Relaxed);
         g.flash_ws.store(ws, Relaxed);
+        g.decode_online.store(online, Relaxed);
         r
     }
 

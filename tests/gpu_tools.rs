@@ -46,11 +46,14 @@ fn gpu_decide_applies_the_decision_rule() {
         d.join("op-tests.log"),
         "test cuda_op_table ... cuda_op_table: 600 cases x 2 seeds, 0 failures\nok\n\
          opt-in dequant: exit 0\nopt-in fa2: exit 0\nopt-in wg: exit 0\nopt-in ws: exit 0\n\
-         opt-in rms: exit 0\nopt-in persistent: exit 0\nopt-in splitk: exit 0\nopt-in q8decode: exit 101\n\
+         opt-in rms: exit 0\nopt-in online: exit 0\nopt-in persistent: exit 0\nopt-in splitk: exit 0\n\
+         opt-in q8decode: exit 101\n\
          opt-in pdl: exit 0\n",
     )
     .unwrap();
     let enc = json!({"batch": 8, "heads": 16, "tq": 1024, "t": 1024, "dk": 64});
+    let dec32 = json!({"batch": 32, "heads": 16, "tq": 1, "t": 1024, "dk": 64});
+    let dec8 = json!({"batch": 8, "heads": 16, "tq": 1, "t": 1024, "dk": 64});
     let causal = json!({"batch": 1, "heads": 32, "tq": 4096, "t": 4096, "dk": 128});
     let with = |shape: &Value, op: &str, ms: f64| {
         let mut v = shape.clone();
@@ -75,6 +78,14 @@ fn gpu_decide_applies_the_decision_rule() {
             // ws (opt-in) beats the default at the causal shape only: it stays opt-in
             with(&enc, "attention_ws", 0.26),
             with(&causal, "attention_ws", 0.30),
+            // the one-pass decode attention (opt-in) beats the two-pass default at both decode
+            // shapes: make it the default (the forced chunk counts are for the record)
+            with(&dec32, "attention", 0.060),
+            with(&dec32, "attention_online", 0.045),
+            with(&dec32, "attention_splits1", 0.060),
+            with(&dec32, "attention_online_splits1", 0.045),
+            with(&dec8, "attention", 0.020),
+            with(&dec8, "attention_online", 0.019),
             json!({"op": "attention_trace", "kernel": "attention_ws_d128", "batch": 1, "heads": 32,
                    "tq": 4096, "t": 4096, "dk": 128, "cyc_per_step": 3000.0, "kv_wait_cyc": 100.0}),
             // the persistent bf16 GEMM wins, the int8 one loses: not faster everywhere
@@ -128,6 +139,11 @@ fn gpu_decide_applies_the_decision_rule() {
     assert!(v("wg").contains("keep it the default"), "{}", v("wg"));
     assert!(v("ws").contains("stays opt-in"), "{}", v("ws"));
     assert!(v("rms").contains("make it the default"), "{}", v("rms"));
+    assert!(
+        v("online").contains("make it the default"),
+        "{}",
+        v("online")
+    );
     assert!(
         v("fa2").contains("turn it off by default again"),
         "{}",
@@ -218,6 +234,20 @@ fn gpu_decide_applies_the_decision_rule() {
     let fused = json!({"op": "decode_chain", "graph": true, "pdl": true, "rms": true, "kernels": 169,
                        "ms": 1.05});
     let v = rms_with(&[other, fused]);
+    assert!(v.contains("passed, not timed"), "{v}");
+    // online: slower at one decode shape of two stays opt-in; without its rows, not timed
+    let online_with = |rows: &[Value]| {
+        lines(&d.join("kernels.jsonl"), rows);
+        decide(d)["online"]["verdict"].as_str().unwrap().to_string()
+    };
+    let v = online_with(&[
+        with(&dec32, "attention", 0.060),
+        with(&dec32, "attention_online", 0.045),
+        with(&dec8, "attention", 0.020),
+        with(&dec8, "attention_online", 0.021),
+    ]);
+    assert!(v.contains("stays opt-in"), "{v}");
+    let v = online_with(&[with(&dec32, "attention", 0.060)]);
     assert!(v.contains("passed, not timed"), "{v}");
 }
 
@@ -497,7 +527,7 @@ fn gpu_check_keeps_to_its_time_budget() {
     let (_, out, _) = gpu_check("200", "ops,optin", body);
     assert!(
         out.contains(
-            "env: DEQUANT=on SKIP=n256p,attention q8,kernel Ws,ws trace,gemm rms CASES=\n"
+            "env: DEQUANT=on SKIP=n256p,attention q8,kernel Ws,ws trace,gemm rms,kernel Online CASES=\n"
         ),
         "{out}"
     );
@@ -513,6 +543,20 @@ fn gpu_check_keeps_to_its_time_budget() {
         "{out}"
     );
     assert!(out.contains("opt-in fa2: exit 0"), "{out}");
+    // the int8 K/V cases of the one-pass decode kernel are its family's, not q8decode's (nor
+    // the PDL family's decode steps)
+    assert!(
+        out.contains("env: DEQUANT=0 SKIP=int8 widened,gemm rms CASES=kernel Online"),
+        "{out}"
+    );
+    assert!(
+        out.contains("env: DEQUANT=0 SKIP=int8 widened,kernel Online,gemm rms CASES=attention q8"),
+        "{out}"
+    );
+    assert!(
+        out.contains("SKIP=gemm rms,kernel Online,int8 widened CASES=Skinny,skinny,recorded step"),
+        "{out}"
+    );
     // with time enough, every family runs and passes (the fake binary passes everything)
     let (rc, out, _) = gpu_check("100", "optin", "echo 'test result: ok'");
     assert_eq!(rc, 0, "{out}");
@@ -524,6 +568,7 @@ fn gpu_check_keeps_to_its_time_budget() {
         "persistent",
         "splitk",
         "rms",
+        "online",
         "q8decode",
         "pdl",
     ] {

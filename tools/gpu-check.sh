@@ -105,7 +105,7 @@ echo "unpacked: $(( SECONDS - T0 )) s" >> "$OUT/gpu.txt"; t_last=$SECONDS
 ops_rc=skipped; bench_rc=skipped; torch_rc=skipped; e2e_rc=skipped
 # (without the opt-in step: the kernel bench leaves out the kernels that are not the default;
 # fa2, wg, split-k, PDL and the int8 widening are, since the H100 runs of 2026-11-28)
-bench_skip="persistent,q8decode,ws,rms"
+bench_skip="persistent,q8decode,ws,rms,online"
 optin=""
 
 t_ops=$(allow "${JOBX_T_OPS:-180}" "$(after ops)")
@@ -120,14 +120,15 @@ echo "== op tests"
 # The opt-in kernels (the persistent GEMMs "n256p"; the int8 decode attention of
 # --cross-kv int8, "attention q8"; the warp-specialised prefill attention "kernel Ws", with its
 # traced twin "ws trace"; the decode GEMMs with the RMS norm fused in, "gemm rms", and their
-# model test cuda_gemm_rms) are left out of this run and checked one family at a time
+# model test cuda_gemm_rms; the one-pass decode attention "kernel Online", with its model test
+# cuda_decode_online) are left out of this run and checked one family at a time
 # below, so that a fault or hang in one cannot take the established table down. fa2, wg,
 # split-k, PDL and the int8 widening for the wgmma tiles passed every H100 run of 2026-11-28
 # and are the default: their cases run here too (and again as their families below, which
 # say per family whether it still passes).
-EXPERIMENTAL="n256p,attention q8,kernel Ws,ws trace,gemm rms"
+EXPERIMENTAL="n256p,attention q8,kernel Ws,ws trace,gemm rms,kernel Online"
 JOBX_OP_SKIP="$EXPERIMENTAL" JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 JOBX_CUDA_SYNC=1 JOBX_CUDA_POISON=1 timeout -k 5 "$t_ops" "$B/cuda_ops" --nocapture --test-threads 1 \
-  --skip cuda_pdl --skip cuda_gemm_rms > "$OUT/op-tests.log" 2>&1
+  --skip cuda_pdl --skip cuda_gemm_rms --skip cuda_decode_online > "$OUT/op-tests.log" 2>&1
 ops_rc=$?
 grep -E "^  [a-z]|FAIL|cuda_|: ok|test result" "$OUT/op-tests.log" | grep -v '^  {' | tail -80
 fi
@@ -155,7 +156,7 @@ bench_skip=""
 # rest of the check (JOBX_GEMM_DEQUANT=0: the later families, the benchmarks and the end-to-end
 # runs take the mma.sync tiles) and the other families leave out its cases.
 widen_skip=""
-for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws:kernel Ws,ws trace" "persistent:n256p" "splitk:SkinnyTcSplit" "rms:gemm rms" "q8decode:attention q8" "pdl:-"; do
+for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws:kernel Ws,ws trace" "persistent:n256p" "splitk:SkinnyTcSplit" "rms:gemm rms" "online:kernel Online" "q8decode:attention q8" "pdl:-"; do
   key="${fam%%:*}"; cases="${fam#*:}"
   echo "== op cases of opt-in kernels: $key ($cases)" | tee -a "$OUT/op-tests.log"
   if [[ $key == pdl ]]; then
@@ -181,7 +182,7 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws
     fi
     if [[ $rc == 0 ]]; then
       run_exp JOBX_PDL=1 JOBX_GEMM_SPLITK=$split_on JOBX_OP_CASES="Skinny,skinny,recorded step,rms_norm" \
-        JOBX_OP_SKIP="gemm rms${split_skip:+,$split_skip}${widen_skip:+,$widen_skip}" JOBX_REQUIRE_GPU=1 \
+        JOBX_OP_SKIP="gemm rms,kernel Online${split_skip:+,$split_skip}${widen_skip:+,$widen_skip}" JOBX_REQUIRE_GPU=1 \
         "$B/cuda_ops" cuda_op_table --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
     fi
   else
@@ -190,6 +191,8 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws
     # no family but rms takes the fused-norm cases, whose names hold "int8w true" and
     # "SkinnyTcSplit" too; rms leaves out the split kernel's cases if its family failed)
     [[ $key == dequant ]] && fam_skip="n256p,SkinnyTcSplit"
+    # (the int8 K/V cases of the one-pass decode kernel are online's, not q8decode's)
+    [[ $key == q8decode ]] && fam_skip="${fam_skip:+$fam_skip,}kernel Online"
     if [[ $key != rms ]]; then
       fam_skip="${fam_skip:+$fam_skip,}gemm rms"
     elif [[ ",$bench_skip," == *",splitk,"* ]]; then
@@ -201,6 +204,16 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws
     if [[ $key == rms && $rc == 0 ]]; then
       run_exp JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 \
         "$B/cuda_ops" cuda_gemm_rms --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
+    fi
+    # online: also every fixture's decode steps against the two-pass kernel, and verify on
+    # the fixtures (greedy and beam ids against HF's) with it on
+    if [[ $key == online && $rc == 0 ]]; then
+      run_exp JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 \
+        "$B/cuda_ops" cuda_decode_online --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
+    fi
+    if [[ $key == online && $rc == 0 ]]; then
+      run_exp JOBX_DECODE_ONLINE=1 JOBX_FIXTURES="$B/fixtures" JOBX_REQUIRE_GPU=1 \
+        "$B/cuda_ops" cuda_verify_fixtures --nocapture --test-threads 1 >> "$OUT/op-tests.log" 2>&1
     fi
   fi
   if [[ $rc != 0 && $key == dequant ]]; then
@@ -220,6 +233,7 @@ for fam in "dequant:int8 widened,int8w true" "fa2:kernel Fa2" "wg:kernel Wg" "ws
       persistent) optin="$optin,JOBX_GEMM_PERSISTENT=1" ;;
       ws) optin="$optin,JOBX_FLASH_WS=1" ;;
       rms) optin="$optin,JOBX_GEMM_RMS=1" ;;
+      online) optin="$optin,JOBX_DECODE_ONLINE=1" ;;
       pdl) optin="$optin,JOBX_PDL=1" ;;
     esac
   else

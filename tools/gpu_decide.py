@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-FAMILIES = ["dequant", "fa2", "wg", "ws", "rms", "persistent", "splitk", "q8decode", "pdl"]
+FAMILIES = ["dequant", "fa2", "wg", "ws", "rms", "online", "persistent", "splitk", "q8decode", "pdl"]
 # the families made the default on the H100 runs of 2026-11-28 (runtime.rs, Gpu::new): their
 # verdicts say whether to keep them so or to turn them off by default again
 DEFAULT_ON = {"fa2", "wg", "splitk", "pdl"}
@@ -109,6 +109,25 @@ def main():
                   f"sdpa {fmt(t)}  sdpa/{fam} {fmt(t / f if t else None, '.2f')}  "
                   f"sdpa/default {fmt(t / d if t and d else None, '.2f')}")
         verdict(fam, measured, wins, "replaces wg and fa2 at both head dims (JOBX_FLASH_WS=1)" if fam == "ws" else "")
+    # decode attention (one query a row): the one-pass kernels (Gpu::decode_online, opt-in,
+    # written 2026-11-28 without a device) against the default two-pass ones, both at the
+    # rule's key-chunk count (the `attention` and `attention_online` rows), with the forced
+    # counts' K/V GB/s for the record
+    print("attention (decode shapes): ms, default two-pass -> one-pass, and K/V GB/s per forced chunk count")
+    dshapes = sorted({tuple(r[k] for k in ATTN_KEYS) for r in kern
+                      if r.get("op") == "attention" and r.get("tq") == 1})
+    wins, measured = True, False
+    for s_ in dshapes:
+        kw = dict(zip(ATTN_KEYS, s_))
+        d, o, t = ms(kern, "attention", **kw), ms(kern, "attention_online", **kw), ms(torch, "torch_sdpa", **kw)
+        measured |= o is not None
+        wins &= d is not None and o is not None and o < d
+        gbs = lambda pre: " ".join(f"{n}:{r.get('kv_gb_s')}" for n in (1, 2, 4, 8) for r in kern
+                                   if r.get("op") == f"{pre}{n}" and all(r.get(k) == v for k, v in kw.items()))
+        print(f"  {str(list(s_)):<26} default {fmt(d, '.4f')}  online {fmt(o, '.4f')}  sdpa {fmt(t, '.4f')}  "
+              f"GB/s two-pass [{gbs('attention_splits')}] one-pass [{gbs('attention_online_splits')}]")
+    verdict("online", measured, wins, "one-pass decode attention in place of the two-pass kernel (JOBX_DECODE_ONLINE=1)",
+            win="faster at every decode shape timed")
     for r in kern:
         if r.get("op") == "attention_trace":
             ph = {k: r[k] for k in r if k.endswith("_cyc")}

@@ -1056,11 +1056,19 @@ impl Gpu {
         } else {
             None
         };
-        let kernel = match (c.dk == 64, q8) {
-            (true, false) => "attention_decode_d64",
-            (false, false) => "attention_decode_d128",
-            (true, true) => "attention_decode_q8_d64",
-            (false, true) => "attention_decode_q8_d128",
+        // (the one-pass kernels, opt-in: the same grid, chunks and partial outputs)
+        let online = self
+            .decode_online
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let kernel = match (c.dk == 64, q8, online) {
+            (true, false, false) => "attention_decode_d64",
+            (false, false, false) => "attention_decode_d128",
+            (true, true, false) => "attention_decode_q8_d64",
+            (false, true, false) => "attention_decode_q8_d128",
+            (true, false, true) => "attention_decode_online_d64",
+            (false, false, true) => "attention_decode_online_d128",
+            (true, true, true) => "attention_decode_online_q8_d64",
+            (false, true, true) => "attention_decode_online_q8_d128",
         };
         let cfg = LaunchConfig {
             grid_dim: (splits as u32, c.heads as u32, (c.batch * c.tq) as u32),
@@ -1068,6 +1076,10 @@ impl Gpu {
             shared_mem_bytes: 0,
         };
         self.launch(OP, kernel, cfg, p)?;
+        if online {
+            self.online_decodes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if partial.is_some() {
             let cfg = LaunchConfig {
                 grid_dim: (c.heads as u32, (c.batch * c.tq) as u32, 1),

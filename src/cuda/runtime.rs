@@ -152,6 +152,10 @@ const KERNELS: &[(&str, &[&str])] = &[
             "attention_decode_d128",
             "attention_decode_q8_d64",
             "attention_decode_q8_d128",
+            "attention_decode_online_d64",
+            "attention_decode_online_d128",
+            "attention_decode_online_q8_d64",
+            "attention_decode_online_q8_d128",
             "attention_combine",
             "quantize_kv_int8",
         ],
@@ -322,6 +326,11 @@ pub struct Gpu {
     /// `attention_wg_*` at both head dims: `JOBX_FLASH_WS=1`, or set directly. Off by default
     /// until a GPU run has checked and timed it (written 2026-11-28 without a device).
     pub flash_ws: std::sync::atomic::AtomicBool,
+    /// Decode attention (<= 4 queries a row) in one pass, `attention_decode_online_*`: K and V
+    /// rows loaded together, a running softmax per key group, instead of `attention_decode_*`'s
+    /// K pass, block-wide softmax, then V pass. `JOBX_DECODE_ONLINE=1`, or set directly. Off by
+    /// default until a GPU run has checked and timed it (written 2026-11-28 without a device).
+    pub decode_online: std::sync::atomic::AtomicBool,
     /// Decode GEMMs (m <= 32) that follow an RMS norm normalise their x as they load it
     /// (`gemm_skinny*_rms`: the norm's values exactly, one launch fewer per norm):
     /// `JOBX_GEMM_RMS=1`, or set directly. Off by default until a GPU run has checked and timed
@@ -372,6 +381,8 @@ pub struct Gpu {
     pub widened_gemms: std::sync::atomic::AtomicU64,
     /// GEMMs run with their RMS norm fused in so far (`gemm_rms`), for tests likewise.
     pub rms_fused: std::sync::atomic::AtomicU64,
+    /// Launches of the one-pass decode attention so far (`decode_online`), for tests likewise.
+    pub online_decodes: std::sync::atomic::AtomicU64,
     /// Column tile of the sm_90a wgmma GEMMs: 0 = the default (256), 128 or 256 = forced,
     /// 1 = never use them (the mma.sync kernels of gemm.cu). For tests and benchmarks.
     pub sm90_tile: std::sync::atomic::AtomicU32,
@@ -571,6 +582,7 @@ impl Gpu {
             flash_fa2: env_default_on("JOBX_FLASH_FA2").into(),
             flash_wg: env_default_on("JOBX_FLASH_WG").into(),
             flash_ws: env_on("JOBX_FLASH_WS").into(),
+            decode_online: env_on("JOBX_DECODE_ONLINE").into(),
             gemm_rms: env_on("JOBX_GEMM_RMS").into(),
             gemm_persistent: env_on("JOBX_GEMM_PERSISTENT").into(),
             persistent_blocks: Default::default(),
@@ -583,6 +595,7 @@ impl Gpu {
             gemm_dequant: env_default_on("JOBX_GEMM_DEQUANT").into(),
             widened_gemms: Default::default(),
             rms_fused: Default::default(),
+            online_decodes: Default::default(),
             sm90_tile: Default::default(),
             decode_splits: Default::default(),
             gemm_mode: Mutex::new(gemm_mode),

@@ -231,10 +231,6 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
     dev: &B,
     set_graphs: &dyn Fn(bool),
 ) -> Vec<(String, f64, bool, bool)> {
-    use jobx_engine::generate::Stepper;
-    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
-    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
-    let mut out = Vec::new();
     let names = [
         "t5-gated-gelu-untied",
         "t5-gated-silu",
@@ -248,11 +244,29 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
         "t5-lora",
         "mistral-lora",
     ];
+    let dirs: Vec<_> = names
+        .iter()
+        .map(|n| (n.to_string(), fixtures_dir().join(n)))
+        .collect();
+    recorded_steps_of(dev, set_graphs, &dirs)
+}
+
+/// `recorded_steps` on the model folders `dirs` (name, folder): a name starting with "t5" is
+/// a T5 model, else a Mistral one; one ending with "lora" has its adapter in `adapter/`.
+pub fn recorded_steps_of<B: jobx_engine::device::Backend>(
+    dev: &B,
+    set_graphs: &dyn Fn(bool),
+    dirs: &[(String, PathBuf)],
+) -> Vec<(String, f64, bool, bool)> {
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    let mut out = Vec::new();
     // 12 steps: the Mistral rows reach position 21, past the 16-key window of mistral-gqa4-window
     let tf = [7u32, 11, 13, 5, 9, 4, 6, 8, 10, 12, 3, 14];
     let greedy_steps = 3;
-    for name in names {
-        let dir = fixtures_dir().join(name);
+    for (name, dir) in dirs {
+        let dir = dir.clone();
         // one run: the steps above through `st`, returning logits, picks, replaying
         let drive = |st: &mut dyn Stepper| {
             let mut logits = Vec::new();
@@ -392,6 +406,64 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
         out.push((name.to_string(), worst, runs[0].1 == runs[1].1, runs[1].2));
     }
     out
+}
+
+/// A copy of fixture `name` whose attention heads are `hd` wide (T5's `d_kv`, Mistral's
+/// `head_dim`): its q/k/v/o projections replaced by seeded random ones of the new shapes
+/// (uniform in +-1/sqrt(fan_in)), every other weight kept. The fixtures' heads are 4-16 wide,
+/// so the CUDA backend's specialised attention kernels (head dims 64 and 128) never run on
+/// them. No HF reference exists for such a model: it serves comparisons of two device paths.
+pub fn with_head_dim(name: &str, hd: usize) -> tempfile::TempDir {
+    let t = copy_dir(&fixtures_dir().join(name));
+    let cfg_path = t.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let key = if cfg.get("d_kv").is_some() {
+        "d_kv"
+    } else {
+        "head_dim"
+    };
+    let old = cfg[key].as_u64().expect("a head width in config.json") as usize;
+    cfg[key] = hd.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let path = t.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ hd as u64);
+    let mut bufs = Vec::new();
+    for (n, v) in st.tensors() {
+        assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
+        let mut shape = v.shape().to_vec();
+        // (HF names: T5 `...SelfAttention.q.weight`, `EncDecAttention.o.weight`; Mistral
+        // `self_attn.q_proj.weight`)
+        let attn = n.contains("Attention.") || n.contains("self_attn.");
+        let module = n.rsplit('.').nth(1).unwrap_or("");
+        let axis = match module {
+            "q" | "k" | "v" | "q_proj" | "k_proj" | "v_proj" if attn => Some(0),
+            "o" | "o_proj" if attn => Some(1),
+            _ => None,
+        };
+        let data = match axis {
+            Some(a) => {
+                shape[a] = shape[a] / old * hd;
+                let scale = 1.0 / (shape[1] as f32).sqrt();
+                (0..shape[0] * shape[1])
+                    .flat_map(|_| (rng.f() * scale).to_le_bytes())
+                    .collect()
+            }
+            None => v.data().to_vec(),
+        };
+        bufs.push((n, shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(n, s, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (n.clone(), v.unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    t
 }
 
 /// `rows` as one right-padded batch of width `s` (T5's encoder input): ids and key mask.
