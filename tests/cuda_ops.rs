@@ -250,16 +250,7 @@ fn cuda_decode_online_matches_two_pass() {
     let Some(gpu) = gpu_or_skip("cuda_decode_online_matches_two_pass") else {
         return;
     };
-    // (T5 at 64, the T5-Large head, and 128; Mistral at 128, Mistral-7B's, and 64)
-    let models: Vec<_> = [
-        ("t5-gated-gelu-untied", 64),
-        ("t5-relu-tied", 128),
-        ("mistral-gqa4-window", 128),
-        ("mistral-gqa2-theta1e6", 64),
-    ]
-    .into_iter()
-    .map(|(n, hd)| (format!("{n} d{hd}"), common::with_head_dim(n, hd)))
-    .collect();
+    let models = common::widened_models();
     let dirs: Vec<_> = models
         .iter()
         .map(|(n, t)| (n.clone(), t.path().to_path_buf()))
@@ -288,7 +279,41 @@ fn cuda_decode_online_matches_two_pass() {
         assert!(ran > 0, "graphs {graphs}: the one-pass kernel never ran");
     }
     gpu.graphs.store(false, Relaxed);
-    gpu.decode_online.store(false, Relaxed);
+    // and against the f32 CPU graph, as cuda_widened_heads_match_cpu with the default kernel
+    set(true);
+    let rows = common::widened_vs_cpu(&gpu);
+    set(false);
+    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
+    eprintln!("one-pass decode attention: worst relative logits error against the CPU {worst:.3e}");
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !(r.0 <= jobx_engine::verify::CUDA_BF16_TOLERANCE_REL))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// The device graphs with the specialised attention kernels inside them (fixtures widened to
+/// head dims 64 and 128: common::widened_vs_cpu; the fixtures' own heads take the general
+/// kernel): a padded T5 batch's encoder and decode steps, a padded Mistral prompt's prefill
+/// and decode steps past its window, each row within the bf16 tolerance of the f32 CPU graph
+/// (itself checked against HF transformers on the fixtures).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_widened_heads_match_cpu() {
+    let Some(gpu) = gpu_or_skip("cuda_widened_heads_match_cpu") else {
+        return;
+    };
+    let rows = common::widened_vs_cpu(&gpu);
+    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
+    eprintln!(
+        "widened heads: {} rows/steps, worst relative logits error against the CPU {worst:.3e}",
+        rows.len()
+    );
+    let bad: Vec<_> = rows
+        .iter()
+        .filter(|r| !(r.0 <= jobx_engine::verify::CUDA_BF16_TOLERANCE_REL))
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
 }
 
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the

@@ -647,6 +647,103 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
     all.into_iter().filter(|(e, tol, _)| e > tol).collect()
 }
 
+/// The fixtures widened to the head dims of the specialised attention kernels (`with_head_dim`):
+/// T5 at 64 (T5-Large's heads) and 128, Mistral at 128 (Mistral-7B's) and 64.
+pub fn widened_models() -> Vec<(String, tempfile::TempDir)> {
+    [
+        ("t5-gated-gelu-untied", 64),
+        ("t5-relu-tied", 128),
+        ("mistral-gqa4-window", 128),
+        ("mistral-gqa2-theta1e6", 64),
+    ]
+    .into_iter()
+    .map(|(n, hd)| (format!("{n} d{hd}"), with_head_dim(n, hd)))
+    .collect()
+}
+
+/// The device graphs of `dev` on `widened_models` against the f32 CPU graph, row by row: T5 a
+/// right-padded batch of two rows (encoder on the prefill attention kernels, 9 tokens) and 5
+/// teacher-forced decode steps; Mistral a left-padded prompt of two rows (prefill, 9
+/// positions, causal; mistral-gqa4-window's 16-key window) and 12 decode steps through its
+/// stepper, past the window. Returns (relative logits error, case) for every row and step:
+/// the fixtures' own heads (4-16 wide) take the general attention kernel, so only these reach
+/// the flash and decode kernels inside a model.
+pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(dev: &B) -> Vec<(f64, String)> {
+    use jobx_engine::generate::Stepper;
+    use jobx_engine::models::mistral::MistralModel;
+    use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
+    use jobx_engine::models::t5::T5Model;
+    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    let mut all = Vec::new();
+    let s = 9;
+    for (name, dir) in widened_models() {
+        let dir = dir.path();
+        if name.starts_with("t5") {
+            let cpu = T5Model::load_dir(dir).unwrap();
+            let g = T5Device::load_dir(dev, dir).unwrap();
+            let v = cpu.cfg.vocab_size;
+            let rows = two_rows(v as u32);
+            let (ids, mask) = right_padded(&rows, s, cpu.cfg.pad_token_id);
+            let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
+            let want: Vec<_> = rows
+                .iter()
+                .map(|r| t5_row_logits(&cpu, r, None, &dec))
+                .collect();
+            let enc = g.encode(&ids, &mask, 2, s).unwrap();
+            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
+            for (j, &t) in dec.iter().enumerate() {
+                let mut lg = Vec::new();
+                st.step(&[t, t], &mut lg).unwrap();
+                for r in 0..2 {
+                    let e = rel_err(&lg[r * v..(r + 1) * v], &want[r][j]);
+                    all.push((e, format!("{name} row {r} step {j}")));
+                }
+            }
+        } else {
+            let cpu = MistralModel::load_dir(dir).unwrap();
+            let g = MistralDevice::load_dir(dev, dir).unwrap();
+            let v = cpu.cfg.vocab_size;
+            let rows = two_rows(v as u32);
+            let toks = [7u32, 11, 13, 5, 9, 4, 6, 8, 10, 12, 3, 14];
+            let (mut ids, mut mask) = (Vec::new(), Vec::new());
+            for r in &rows {
+                ids.extend(std::iter::repeat_n(0, s - r.len()).chain(r.iter().copied()));
+                mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
+            }
+            // the CPU graph on each row followed by the teacher-forced tokens: logits at every
+            // position
+            let want: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let seq: Vec<u32> = r.iter().chain(&toks).copied().collect();
+                    mistral_row_logits(&cpu, &seq, None)
+                })
+                .collect();
+            let slots = [None, None];
+            let cap = s + toks.len() + 1;
+            let mut st =
+                MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &slots).unwrap();
+            let mut lg = Vec::new();
+            st.step(&[0, 0], &mut lg).unwrap(); // the prefill's logits (last position)
+            for (j, t) in std::iter::once(None)
+                .chain(toks.iter().map(Some))
+                .enumerate()
+            {
+                if let Some(&t) = t {
+                    lg.clear();
+                    st.step(&[t, t], &mut lg).unwrap();
+                }
+                for (r, row) in rows.iter().enumerate() {
+                    let p = row.len() - 1 + j;
+                    let e = rel_err(&lg[r * v..(r + 1) * v], &want[r][p * v..(p + 1) * v]);
+                    all.push((e, format!("{name} row {r} step {j}")));
+                }
+            }
+        }
+    }
+    all
+}
+
 /// Every `Backend` op called with one bad argument at a time (a buffer one element short, an
 /// option the kernels do not implement, an id outside the vocabulary) must fail with this
 /// backend's `Error::Backend` for that op, naming the buffer or the reason; the same calls with
