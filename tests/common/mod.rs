@@ -244,10 +244,21 @@ pub fn recorded_steps<B: jobx_engine::device::Backend>(
         "t5-lora",
         "mistral-lora",
     ];
-    let dirs: Vec<_> = names
+    let mut dirs: Vec<_> = names
         .iter()
         .map(|n| (n.to_string(), fixtures_dir().join(n)))
         .collect();
+    // and two fixtures widened to the specialised attention kernels' head dims (T5-Large's 64,
+    // Mistral-7B's 128): the fixtures' own heads take the general kernel
+    let widened: Vec<_> = [("t5-gated-silu", 64), ("mistral-gqa4-window", 128)]
+        .into_iter()
+        .map(|(n, hd)| (format!("{n} d{hd}"), with_head_dim(n, hd)))
+        .collect();
+    dirs.extend(
+        widened
+            .iter()
+            .map(|(n, t)| (n.clone(), t.path().to_path_buf())),
+    );
     recorded_steps_of(dev, set_graphs, &dirs)
 }
 
