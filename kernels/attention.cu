@@ -742,6 +742,74 @@ __device__ __forceinline__ void axpy_piece(float* acc, float w, uint4 r) {
     }
 }
 
+// What a decode block (key chunk blockIdx.x, head blockIdx.y, query row blockIdx.z) works on,
+// shared by the two-pass and one-pass kernels: its operands, the query's position, and the
+// chunk's keys up to the last visible one.
+struct DecodeRow {
+    const bf16* q;
+    const void* k;
+    const void* v;
+    long long split, h, bi, kb, kofs, vofs, qpos, j0, lo, hi, n;
+};
+
+template <bool Q8>
+__device__ __forceinline__ DecodeRow decode_row(const jobx_attention_params& p) {
+    DecodeRow r;
+    r.split = blockIdx.x, r.h = blockIdx.y, r.bi = blockIdx.z;
+    const long long b = r.bi / p.tq, i = r.bi % p.tq;
+    r.kb = p.kv_batch ? p.kv_batch[b] : b;
+    const long long kh = r.h / (p.heads / p.kv_heads);
+    r.q = (const bf16*)p.q + b * p.q_sb + r.h * p.q_sh + i * p.q_st;
+    r.kofs = r.kb * p.k_sb + kh * p.k_sh, r.vofs = r.kb * p.v_sb + kh * p.v_sh;
+    r.k = Q8 ? (const void*)((const signed char*)p.k + r.kofs) : (const void*)((const bf16*)p.k + r.kofs);
+    r.v = Q8 ? (const void*)((const signed char*)p.v + r.vofs) : (const void*)((const bf16*)p.v + r.vofs);
+    r.qpos = query_offset(p) + i;
+    r.j0 = r.split * p.chunk;
+    // visible key range [lo, hi): causal limits the end, a window the start
+    r.lo = 0, r.hi = p.tk;
+    if (p.causal && r.qpos + 1 < r.hi) r.hi = r.qpos + 1;
+    if (p.window > 0 && r.qpos - p.window + 1 > r.lo) r.lo = r.qpos - p.window + 1;
+    // keys of this chunk up to the last visible one (none when the chunk starts past it: a
+    // graph-recorded step reads a cache of tk positions of which the first qpos + 1 are filled)
+    r.n = (r.j0 + p.chunk < r.hi ? r.j0 + p.chunk : r.hi) - r.j0;
+    if (r.n < 0) r.n = 0;
+    return r;
+}
+
+// A thread's EPT query elements (from its 16-byte pieces) in f32
+template <int EPT>
+__device__ __forceinline__ void decode_load_q(float* qf, const bf16* q, int sub) {
+#pragma unroll
+    for (int half = 0; half < EPT / 8; half++) {
+        const uint4 r = *(const uint4*)(q + sub * EPT + 8 * half);
+        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __bfloat1622float2(h2[e]);
+            qf[8 * half + 2 * e] = f.x;
+            qf[8 * half + 2 * e + 1] = f.y;
+        }
+    }
+}
+
+// Output dimension d of a decode block: normalised into o (one chunk), or the chunk's
+// (max, sum, unnormalised output) into p.partial for attention_combine
+template <int DK>
+__device__ __forceinline__ void decode_store(const jobx_attention_params& p, const DecodeRow& r, int d, float o,
+                                             float mx, float sum) {
+    if (p.splits == 1) {
+        bf16* out = (bf16*)p.o + r.bi * (p.heads * DK) + r.h * DK;
+        st_bf16(out, d, sum > 0.0f ? o / sum : 0.0f);
+    } else {
+        float* part = p.partial + ((r.bi * p.heads + r.h) * p.splits + r.split) * (DK + 2);
+        if (d == 0) {
+            part[0] = mx;
+            part[1] = sum;
+        }
+        part[2 + d] = o;
+    }
+}
+
 // Q8: int8 K/V with per-(key, head) scales (k_scale/v_scale), applied to the score and to the
 // softmax weight, so the int8 values meet q and the weights in f32 unrounded. Every thread
 // loads 16 bytes of a row: 8 bf16 elements, or 16 int8 ones (with 8 int8 per thread, 8-byte
@@ -757,37 +825,13 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
     __shared__ float red[KPP * DK];
     __shared__ float scratch[32];
     const int tid = threadIdx.x, sub = tid % TPK, kg = tid / TPK;
-    const long long split = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
-    const long long b = bi / p.tq, i = bi % p.tq;
-    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
-    const long long kh = h / (p.heads / p.kv_heads);
-    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh + i * p.q_st;
-    const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
-    const void* k = Q8 ? (const void*)((const signed char*)p.k + kofs) : (const void*)((const bf16*)p.k + kofs);
-    const void* v = Q8 ? (const void*)((const signed char*)p.v + vofs) : (const void*)((const bf16*)p.v + vofs);
-    const long long qpos = query_offset(p) + i;
-    const long long j0 = split * p.chunk;
-    // visible key range [lo, hi): causal limits the end, a window the start
-    long long lo = 0, hi = p.tk;
-    if (p.causal && qpos + 1 < hi) hi = qpos + 1;
-    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
-    // keys of this chunk up to the last visible one (none when the chunk starts past it: a
-    // graph-recorded step reads a cache of tk positions of which the first qpos + 1 are filled)
-    long long n = (j0 + p.chunk < hi ? j0 + p.chunk : hi) - j0;
-    if (n < 0) n = 0;
-
+    const DecodeRow r = decode_row<Q8>(p);
+    const long long h = r.h, kb = r.kb, kofs = r.kofs, vofs = r.vofs, qpos = r.qpos, j0 = r.j0;
+    const long long lo = r.lo, hi = r.hi, n = r.n;
+    const void* k = r.k;
+    const void* v = r.v;
     float qf[EPT];
-#pragma unroll
-    for (int half = 0; half < EPT / 8; half++) {
-        const uint4 r = *(const uint4*)(q + sub * EPT + 8 * half);
-        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float2 f = __bfloat1622float2(h2[e]);
-            qf[8 * half + 2 * e] = f.x;
-            qf[8 * half + 2 * e + 1] = f.y;
-        }
-    }
+    decode_load_q<EPT>(qf, r.q, sub);
     // pass 1: scores
     for (long long base = 0; base < n; base += KPP * DEC_UNROLL) {
         uint4 kr[DEC_UNROLL];
@@ -873,17 +917,7 @@ __device__ __forceinline__ void attention_decode(const jobx_attention_params& p)
         float o = 0.0f;
 #pragma unroll
         for (int g = 0; g < KPP; g++) o += red[g * DK + d];
-        if (p.splits == 1) {
-            bf16* out = (bf16*)p.o + bi * (p.heads * DK) + h * DK;
-            st_bf16(out, d, sum > 0.0f ? o / sum : 0.0f);
-        } else {
-            float* part = p.partial + ((bi * p.heads + h) * p.splits + split) * (DK + 2);
-            if (d == 0) {
-                part[0] = mx;
-                part[1] = sum;
-            }
-            part[2 + d] = o;
-        }
+        decode_store<DK>(p, r, d, o, mx, sum);
     }
 }
 
@@ -932,35 +966,13 @@ __device__ __forceinline__ void attention_decode_online(const jobx_attention_par
     __shared__ float red[KPP * DK];
     __shared__ float gmax[KPP], gsum[KPP];
     const int tid = threadIdx.x, sub = tid % TPK, kg = tid / TPK;
-    const long long split = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
-    const long long b = bi / p.tq, i = bi % p.tq;
-    const long long kb = p.kv_batch ? p.kv_batch[b] : b;
-    const long long kh = h / (p.heads / p.kv_heads);
-    const bf16* q = (const bf16*)p.q + b * p.q_sb + h * p.q_sh + i * p.q_st;
-    const long long kofs = kb * p.k_sb + kh * p.k_sh, vofs = kb * p.v_sb + kh * p.v_sh;
-    const void* k = Q8 ? (const void*)((const signed char*)p.k + kofs) : (const void*)((const bf16*)p.k + kofs);
-    const void* v = Q8 ? (const void*)((const signed char*)p.v + vofs) : (const void*)((const bf16*)p.v + vofs);
-    const long long qpos = query_offset(p) + i;
-    const long long j0 = split * p.chunk;
-    // visible key range [lo, hi) and this chunk's keys up to the last visible one, as above
-    long long lo = 0, hi = p.tk;
-    if (p.causal && qpos + 1 < hi) hi = qpos + 1;
-    if (p.window > 0 && qpos - p.window + 1 > lo) lo = qpos - p.window + 1;
-    long long n = (j0 + p.chunk < hi ? j0 + p.chunk : hi) - j0;
-    if (n < 0) n = 0;
-
+    const DecodeRow r = decode_row<Q8>(p);
+    const long long h = r.h, kb = r.kb, kofs = r.kofs, vofs = r.vofs, qpos = r.qpos, j0 = r.j0;
+    const long long lo = r.lo, hi = r.hi, n = r.n;
+    const void* k = r.k;
+    const void* v = r.v;
     float qf[EPT];
-#pragma unroll
-    for (int half = 0; half < EPT / 8; half++) {
-        const uint4 r = *(const uint4*)(q + sub * EPT + 8 * half);
-        const __nv_bfloat162* h2 = (const __nv_bfloat162*)&r;
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const float2 f = __bfloat1622float2(h2[e]);
-            qf[8 * half + 2 * e] = f.x;
-            qf[8 * half + 2 * e + 1] = f.y;
-        }
-    }
+    decode_load_q<EPT>(qf, r.q, sub);
     // this key group's running state (the same on its TPK lanes): max, sum, p·V over its rows
     float m = -INFINITY, l = 0.0f, acc[EPT];
 #pragma unroll
@@ -1048,17 +1060,7 @@ __device__ __forceinline__ void attention_decode_online(const jobx_attention_par
             o += red[g * DK + d];
             sum += gmax[g] == -INFINITY ? 0.0f : gsum[g] * expf(gmax[g] - mx);
         }
-        if (p.splits == 1) {
-            bf16* out = (bf16*)p.o + bi * (p.heads * DK) + h * DK;
-            st_bf16(out, d, sum > 0.0f ? o / sum : 0.0f);
-        } else {
-            float* part = p.partial + ((bi * p.heads + h) * p.splits + split) * (DK + 2);
-            if (d == 0) {
-                part[0] = mx;
-                part[1] = sum;
-            }
-            part[2 + d] = o;
-        }
+        decode_store<DK>(p, r, d, o, mx, sum);
     }
 }
 

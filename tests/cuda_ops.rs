@@ -281,15 +281,24 @@ fn cuda_decode_online_matches_two_pass() {
     gpu.graphs.store(false, Relaxed);
     // and against the f32 CPU graph, as cuda_widened_heads_match_cpu with the default kernel
     set(true);
-    let rows = common::widened_vs_cpu(&gpu);
+    widened_heads_match_cpu(&gpu, "one-pass decode attention");
     set(false);
+}
+
+/// common::widened_vs_cpu on `gpu` as it is set: every row and step within the bf16 tolerance.
+#[cfg(feature = "cuda")]
+fn widened_heads_match_cpu(gpu: &jobx_engine::cuda::Gpu, what: &str) {
+    let rows = common::widened_vs_cpu(gpu);
     let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
-    eprintln!("one-pass decode attention: worst relative logits error against the CPU {worst:.3e}");
+    eprintln!(
+        "{what}: {} rows/steps, worst relative logits error against the CPU {worst:.3e}",
+        rows.len()
+    );
     let bad: Vec<_> = rows
         .iter()
         .filter(|r| r.0 > jobx_engine::verify::CUDA_BF16_TOLERANCE_REL)
         .collect();
-    assert!(bad.is_empty(), "{bad:#?}");
+    assert!(bad.is_empty(), "{what}: {bad:#?}");
 }
 
 /// The device graphs with the specialised attention kernels inside them (fixtures widened to
@@ -303,17 +312,7 @@ fn cuda_widened_heads_match_cpu() {
     let Some(gpu) = gpu_or_skip("cuda_widened_heads_match_cpu") else {
         return;
     };
-    let rows = common::widened_vs_cpu(&gpu);
-    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
-    eprintln!(
-        "widened heads: {} rows/steps, worst relative logits error against the CPU {worst:.3e}",
-        rows.len()
-    );
-    let bad: Vec<_> = rows
-        .iter()
-        .filter(|r| r.0 > jobx_engine::verify::CUDA_BF16_TOLERANCE_REL)
-        .collect();
-    assert!(bad.is_empty(), "{bad:#?}");
+    widened_heads_match_cpu(&gpu, "widened heads");
 }
 
 /// A recorded decode step's cache append and attention (`copy_rows_at` + `attention_at`) at the
