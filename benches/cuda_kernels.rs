@@ -439,15 +439,16 @@ fn main() {
         // K/V read in GB/s, the bound at these shapes; then the one-pass kernel (opt-in,
         // Gpu::decode_online, its gpu-check family "online") at the rule's count and forced
         let online_default = g.decode_online.load(Relaxed);
-        let online_runs: &[bool] = if skip.contains(&"online") {
-            &[false]
-        } else {
-            &[false, true]
-        };
-        for &online in online_runs.iter().filter(|_| tq == 1) {
+        for online in [false, true] {
+            if tq != 1 || online && skip.contains(&"online") {
+                continue;
+            }
             g.decode_online.store(online, Relaxed);
-            let first = if online { 0 } else { 1 };
-            for splits in [0usize, 1, 2, 4, 8].into_iter().skip(first) {
+            for splits in [0usize, 1, 2, 4, 8] {
+                // (the two-pass kernel at the rule's count is the `attention` row above)
+                if splits == 0 && !online {
+                    continue;
+                }
                 g.decode_splits.store(splits, Relaxed);
                 let ms = time(&g, || {
                     g.attention(

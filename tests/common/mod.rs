@@ -373,11 +373,7 @@ pub fn recorded_steps_of<B: jobx_engine::device::Backend>(
                 let v = g.cfg.vocab_size as u32;
                 let rows = two_rows(v);
                 let s = 9;
-                let (mut ids, mut mask) = (Vec::new(), Vec::new());
-                for r in &rows {
-                    ids.extend(std::iter::repeat_n(0, s - r.len()).chain(r.iter().copied()));
-                    mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
-                }
+                let (ids, mask) = left_padded(&rows, s, 0);
                 let mut st =
                     MistralDeviceStepper::new(&g, &ids, &mask, (2, s), 1, cap, &slots).unwrap();
                 let mut first = Vec::new();
@@ -487,6 +483,16 @@ pub fn right_padded(rows: &[Vec<u32>], s: usize, pad: u32) -> (Vec<u32>, Vec<u8>
                 .chain(std::iter::repeat_n(pad, s - r.len())),
         );
         mask.extend((0..s).map(|j| (j < r.len()) as u8));
+    }
+    (ids, mask)
+}
+
+/// `rows` as one left-padded batch of width `s` (a decoder-only prompt): ids and key mask.
+pub fn left_padded(rows: &[Vec<u32>], s: usize, pad: u32) -> (Vec<u32>, Vec<u8>) {
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for r in rows {
+        ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
+        mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
     }
     (ids, mask)
 }
@@ -631,12 +637,7 @@ pub fn mixed_adapter_rows<B: jobx_engine::device::Backend>(
         assert_eq!(g.attach_adapter(&a).unwrap(), 0);
         let v = cpu.cfg.vocab_size;
         let rows = two_rows(v as u32);
-        let pad = cpu.cfg.pad_token_id.unwrap_or(0);
-        let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
-            ids.extend(std::iter::repeat_n(pad, s - r.len()).chain(r.iter().copied()));
-            mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
-        }
+        let (ids, mask) = left_padded(&rows, s, cpu.cfg.pad_token_id.unwrap_or(0));
         let mut st = g.new_state_with(2, s, &slots).unwrap();
         let mut lg = Vec::new();
         g.forward(&mut st, &ids, &mask, s, true, &mut lg).unwrap();
@@ -672,14 +673,18 @@ pub fn widened_models() -> Vec<(String, tempfile::TempDir)> {
     .collect()
 }
 
-/// The device graphs of `dev` on `widened_models` against the f32 CPU graph, row by row: T5 a
+/// The device graphs of `dev` on `models` (`widened_models`) against the f32 CPU graph, row by
+/// row: T5 a
 /// right-padded batch of two rows (encoder on the prefill attention kernels, 9 tokens) and 5
 /// teacher-forced decode steps; Mistral a left-padded prompt of two rows (prefill, 9
 /// positions, causal; mistral-gqa4-window's 16-key window) and 12 decode steps through its
 /// stepper, past the window. Returns (relative logits error, case) for every row and step:
 /// the fixtures' own heads (4-16 wide) take the general attention kernel, so only these reach
 /// the flash and decode kernels inside a model.
-pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(dev: &B) -> Vec<(f64, String)> {
+pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(
+    dev: &B,
+    models: &[(String, tempfile::TempDir)],
+) -> Vec<(f64, String)> {
     use jobx_engine::generate::Stepper;
     use jobx_engine::models::mistral::MistralModel;
     use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
@@ -687,7 +692,7 @@ pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(dev: &B) -> Vec<(f64, Str
     use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
     let mut all = Vec::new();
     let s = 9;
-    for (name, dir) in widened_models() {
+    for (name, dir) in models {
         let dir = dir.path();
         if name.starts_with("t5") {
             let cpu = T5Model::load_dir(dir).unwrap();
@@ -716,11 +721,7 @@ pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(dev: &B) -> Vec<(f64, Str
             let v = cpu.cfg.vocab_size;
             let rows = two_rows(v as u32);
             let toks = [7u32, 11, 13, 5, 9, 4, 6, 8, 10, 12, 3, 14];
-            let (mut ids, mut mask) = (Vec::new(), Vec::new());
-            for r in &rows {
-                ids.extend(std::iter::repeat_n(0, s - r.len()).chain(r.iter().copied()));
-                mask.extend((0..s).map(|j| (j >= s - r.len()) as u8));
-            }
+            let (ids, mask) = left_padded(&rows, s, 0);
             // the CPU graph on each row followed by the teacher-forced tokens: logits at every
             // position
             let want: Vec<_> = rows
