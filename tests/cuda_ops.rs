@@ -299,9 +299,12 @@ fn widened_heads_match_cpu(
     what: &str,
 ) {
     let rows = common::widened_vs_cpu(gpu, models);
-    let worst = rows.iter().map(|r| r.0).fold(0f64, f64::max);
+    let (worst, at) = rows
+        .iter()
+        .map(|r| (r.0, r.1.as_str()))
+        .fold((0f64, ""), |a, b| if b.0 > a.0 { b } else { a });
     eprintln!(
-        "{what}: {} rows/steps, worst relative logits error against the CPU {worst:.3e}",
+        "{what}: {} rows/steps, worst relative logits error against the CPU {worst:.3e} ({at})",
         rows.len()
     );
     let bad: Vec<_> = rows

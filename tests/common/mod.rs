@@ -153,6 +153,64 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     num / den.max(1e-30)
 }
 
+/// The T5 device checks' case: a right-padded batch of two rows (`two_rows`, 9 positions) of
+/// the model at `dir`, teacher-forced through 5 decoder tokens, with the f32 CPU graph's logits
+/// per row and step (`want[row][step]`, [vocab] each).
+pub struct T5TwoRows {
+    pub v: usize,
+    pub ids: Vec<u32>,
+    pub mask: Vec<u8>,
+    pub dec: [u32; 5],
+    pub want: Vec<Vec<Vec<f32>>>,
+}
+
+impl T5TwoRows {
+    pub const S: usize = 9;
+
+    pub fn new(dir: &Path) -> Self {
+        let cpu = jobx_engine::models::t5::T5Model::load_dir(dir).unwrap();
+        let v = cpu.cfg.vocab_size;
+        let rows = two_rows(v as u32);
+        let (ids, mask) = right_padded(&rows, Self::S, cpu.cfg.pad_token_id);
+        let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
+        let want = rows
+            .iter()
+            .map(|r| t5_row_logits(&cpu, r, None, &dec))
+            .collect();
+        T5TwoRows {
+            v,
+            ids,
+            mask,
+            dec,
+            want,
+        }
+    }
+
+    /// The device graph's logits [2 * vocab] per step, plain steps.
+    pub fn device_steps<B: jobx_engine::device::Backend>(
+        &self,
+        g: &jobx_engine::models::t5_device::T5Device<'_, B>,
+    ) -> Vec<Vec<f32>> {
+        use jobx_engine::generate::Stepper;
+        let enc = g.encode(&self.ids, &self.mask, 2, Self::S).unwrap();
+        let mut st = jobx_engine::models::t5_device::T5DeviceStepper::new(
+            g,
+            &enc,
+            vec![0, 1],
+            self.dec.len(),
+        )
+        .unwrap();
+        self.dec
+            .iter()
+            .map(|&t| {
+                let mut lg = Vec::new();
+                st.step(&[t, t], &mut lg).unwrap();
+                lg
+            })
+            .collect()
+    }
+}
+
 /// `--cross-kv int8` on the T5 device graphs of `dev` (`set_kv8` switches it): for every T5
 /// fixture, a padded batch of two rows, teacher-forced decode steps, each row's logits against
 /// the f32 CPU graph. Returns (int8 error, bf16 error, label) per row and step; the int8 K/V
@@ -162,9 +220,7 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
     dev: &B,
     set_kv8: &dyn Fn(bool),
 ) -> Vec<(f64, f64, String)> {
-    use jobx_engine::generate::Stepper;
-    use jobx_engine::models::t5::T5Model;
-    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    use jobx_engine::models::t5_device::T5Device;
     let mut out = Vec::new();
     for name in [
         "t5-gated-gelu-untied",
@@ -173,29 +229,13 @@ pub fn t5_cross_kv_int8<B: jobx_engine::device::Backend>(
         "t5-tiny-real-vocab",
     ] {
         let dir = fixtures_dir().join(name);
-        let cpu = T5Model::load_dir(&dir).unwrap();
+        let case = T5TwoRows::new(&dir);
         let g = T5Device::load_dir(dev, &dir).unwrap();
-        let v = cpu.cfg.vocab_size;
-        let rows = two_rows(v as u32);
-        let s = 9;
-        let (ids, mask) = right_padded(&rows, s, cpu.cfg.pad_token_id);
-        let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
-        let want: Vec<_> = rows
-            .iter()
-            .map(|r| t5_row_logits(&cpu, r, None, &dec))
-            .collect();
+        let (v, want) = (case.v, &case.want);
         let mut runs = Vec::new();
         for kv8 in [true, false] {
             set_kv8(kv8);
-            let enc = g.encode(&ids, &mask, 2, s).unwrap();
-            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
-            let mut steps = Vec::new();
-            for &t in &dec {
-                let mut lg = Vec::new();
-                st.step(&[t, t], &mut lg).unwrap();
-                steps.push(lg);
-            }
-            runs.push(steps);
+            runs.push(case.device_steps(&g));
         }
         set_kv8(false);
         for (j, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
@@ -438,7 +478,11 @@ pub fn with_head_dim(name: &str, hd: usize) -> tempfile::TempDir {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ hd as u64);
     let mut bufs = Vec::new();
-    for (n, v) in st.tensors() {
+    // by name: `tensors()` comes in a hash map's order, which differs between processes, and
+    // the random stream must meet the tensors in one order for the model to be the same
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (n, v) in tensors {
         assert_eq!(v.dtype(), safetensors::Dtype::F32, "{n}");
         let mut shape = v.shape().to_vec();
         // (HF names: T5 `...SelfAttention.q.weight`, `EncDecAttention.o.weight`; Mistral
@@ -674,9 +718,7 @@ pub fn widened_models() -> Vec<(String, tempfile::TempDir)> {
 }
 
 /// The device graphs of `dev` on `models` (`widened_models`) against the f32 CPU graph, row by
-/// row: T5 a
-/// right-padded batch of two rows (encoder on the prefill attention kernels, 9 tokens) and 5
-/// teacher-forced decode steps; Mistral a left-padded prompt of two rows (prefill, 9
+/// row: T5 `T5TwoRows` (encoder on the prefill attention kernels, then decode steps); Mistral a left-padded prompt of two rows (prefill, 9
 /// positions, causal; mistral-gqa4-window's 16-key window) and 12 decode steps through its
 /// stepper, past the window. Returns (relative logits error, case) for every row and step:
 /// the fixtures' own heads (4-16 wide) take the general attention kernel, so only these reach
@@ -688,28 +730,16 @@ pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(
     use jobx_engine::generate::Stepper;
     use jobx_engine::models::mistral::MistralModel;
     use jobx_engine::models::mistral_device::{MistralDevice, MistralDeviceStepper};
-    use jobx_engine::models::t5::T5Model;
-    use jobx_engine::models::t5_device::{T5Device, T5DeviceStepper};
+    use jobx_engine::models::t5_device::T5Device;
     let mut all = Vec::new();
     let s = 9;
     for (name, dir) in models {
         let dir = dir.path();
         if name.starts_with("t5") {
-            let cpu = T5Model::load_dir(dir).unwrap();
+            let case = T5TwoRows::new(dir);
             let g = T5Device::load_dir(dev, dir).unwrap();
-            let v = cpu.cfg.vocab_size;
-            let rows = two_rows(v as u32);
-            let (ids, mask) = right_padded(&rows, s, cpu.cfg.pad_token_id);
-            let dec = [cpu.cfg.decoder_start(), 7, 11, 13, 5];
-            let want: Vec<_> = rows
-                .iter()
-                .map(|r| t5_row_logits(&cpu, r, None, &dec))
-                .collect();
-            let enc = g.encode(&ids, &mask, 2, s).unwrap();
-            let mut st = T5DeviceStepper::new(&g, &enc, vec![0, 1], dec.len()).unwrap();
-            for (j, &t) in dec.iter().enumerate() {
-                let mut lg = Vec::new();
-                st.step(&[t, t], &mut lg).unwrap();
+            let (v, want) = (case.v, &case.want);
+            for (j, lg) in case.device_steps(&g).iter().enumerate() {
                 for r in 0..2 {
                     let e = rel_err(&lg[r * v..(r + 1) * v], &want[r][j]);
                     all.push((e, format!("{name} row {r} step {j}")));
