@@ -1835,11 +1835,31 @@ mod table {
             (only.is_empty() || only.iter().any(|o| name.contains(o.as_str())))
                 && !skip.iter().any(|o| name.contains(o.as_str()))
         });
-        eprintln!("cuda_op_table: {} cases", cases.len());
         // a selection that matches nothing (a renamed case, a typo in a script) must not pass
         if cases.is_empty() && !only.is_empty() {
             return vec![format!("JOBX_OP_CASES={only:?} matched no case")];
         }
+        // JOBX_OP_SHARD=i/n: only the selected cases whose index is i modulo n, so that
+        // tools/test.sh can run the table in n processes at once on the emulated device (one
+        // core each: the emulator runs a kernel's blocks in one thread)
+        if let Some(v) = std::env::var("JOBX_OP_SHARD")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            let shard = v
+                .split_once('/')
+                .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+                .filter(|&(i, n)| i < n);
+            let Some((i, n)) = shard else {
+                return vec![format!("JOBX_OP_SHARD={v:?}: expected i/n with i < n")];
+            };
+            let mut k = 0;
+            cases.retain(|_| {
+                k += 1;
+                (k - 1) % n == i
+            });
+        }
+        eprintln!("cuda_op_table: {} cases", cases.len());
         let mut failures = Vec::new();
         // wall time per case (both seeds, CPU reference included): the table took ~100 s of a
         // lent GPU's minutes in run 5, and nothing said where

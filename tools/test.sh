@@ -15,6 +15,8 @@
 #      (JOBX_EMU_ORDER=reverse: a barrier missing between two threads fails in one order), and
 #      its TMA GEMM cases with the TMA loads landing as late as they may (JOBX_EMU_TMA=late: a
 #      slot read before its fill fails there, as one released too early fails in the default).
+#      Each run starts the test binary as parallel processes (the op table in two halves,
+#      JOBX_OP_SHARD, the other tests in a third): the emulator keeps one core busy per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -27,7 +29,8 @@ emu_runs=("80 forward early all -" "90 forward early all -" "90 reverse early cu
 log=$(mktemp)
 emu_logs=()  # one per run
 for _ in "${emu_runs[@]}"; do emu_logs+=("$(mktemp)"); done
-trap 'rm -f "$log" "${emu_logs[@]}"' EXIT
+part_logs=()  # one per process of an emulated run
+trap 'rm -f "$log" "${emu_logs[@]}" "${part_logs[@]}"' EXIT
 emu_title() {
   set -- $1
   if [[ $4 == all ]]; then echo "GPU tests on the emulated sm_$1 device"
@@ -48,19 +51,43 @@ if [[ $status -eq 0 ]]; then
   emu_dir="${CARGO_TARGET_DIR:-target}/cuda-emu"
   bash tools/cuda-emu/build.sh "$emu_dir"
   status=$?
+  # the test binary itself: each emulated run below starts it several times at once (the
+  # emulator runs a kernel's blocks in one thread, and `cargo test` would run the processes one
+  # after another): the op table in two halves (JOBX_OP_SHARD), the other tests in a third
+  ops_bin=$(cargo test --release --locked --features cuda --test cuda_ops --no-run 2>&1 |
+    sed -n 's/^ *Executable tests\/cuda_ops\.rs (\(.*\))$/\1/p')
+  if [[ $status -eq 0 && ! -x $ops_bin ]]; then
+    echo "cannot find the cuda_ops test binary (cargo test --no-run printed no Executable line)"
+    status=1
+  fi
   if [[ $status -eq 0 ]]; then
     emu_dir=$(cd "$emu_dir" && pwd)
     for i in "${!emu_runs[@]}"; do
       read -r sm order tma tests cases <<< "${emu_runs[$i]}"
-      filter=()
-      [[ $tests != all ]] && filter=("$tests")
       [[ $cases == - ]] && cases=
       echo "== $(emu_title "${emu_runs[$i]}")"
-      LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm \
-        JOBX_EMU_ORDER=$order JOBX_EMU_TMA=$tma JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 \
-        cargo test --release --locked --features cuda --test cuda_ops "${filter[@]}" 2>&1 | tee "${emu_logs[$i]}"
-      run_status=${PIPESTATUS[0]}
-      if [[ $run_status -ne 0 ]]; then status=$run_status; fi
+      parts=("JOBX_OP_SHARD=0/2 --exact cuda_op_table" "JOBX_OP_SHARD=1/2 --exact cuda_op_table")
+      [[ $tests == all ]] && parts+=("JOBX_OP_SHARD= --skip cuda_op_table")
+      pids=()
+      part_logs=()
+      for part in "${parts[@]}"; do
+        read -r shard args <<< "$part"
+        part_logs+=("$(mktemp)")
+        # (word splitting of $args intended: the filter's options)
+        # shellcheck disable=SC2086
+        LD_LIBRARY_PATH="$emu_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JOBX_EMU_SM=$sm \
+          JOBX_EMU_ORDER=$order JOBX_EMU_TMA=$tma JOBX_OP_CASES="$cases" JOBX_REQUIRE_GPU=1 \
+          env "$shard" "$ops_bin" $args > "${part_logs[-1]}" 2>&1 &
+        pids+=($!)
+      done
+      for j in "${!pids[@]}"; do
+        wait "${pids[$j]}"
+        run_status=$?
+        if [[ $run_status -ne 0 ]]; then status=$run_status; fi
+        echo "-- ${parts[$j]}: exit $run_status"
+        tee -a "${emu_logs[$i]}" < "${part_logs[$j]}"
+        rm -f "${part_logs[$j]}"
+      done
     done
   fi
 fi
@@ -78,9 +105,12 @@ gpu_skips=$(lines_of 'SKIP [a-z_0-9]+:' "$log")
 echo "tests: $((passed - gpu_skips)) passed, ${failed} failed, $((ignored + gpu_skips)) skipped (${gpu_skips} need a GPU)"
 # the emulated runs (step 4): their passes are the GPU tests above, run again (the sm_80 device
 # skips the sm_90-only test; none may skip on the sm_90 one)
+# (counted by test name: the op table runs as two processes, each reporting it)
+names_of() { { grep -Eo "^test [a-z_0-9]+ \.\.\. $1" "$2" || true; } | awk '{print $2}' | sort -u; }
 for i in "${!emu_runs[@]}"; do
-  emu_passed=$(sum_of 'test result: [A-Za-z]+\. [0-9]+ passed' "${emu_logs[$i]}" 4)
-  emu_failed=$(sum_of '[0-9]+ failed;' "${emu_logs[$i]}" 1)
+  failed_names=$(names_of FAILED "${emu_logs[$i]}")
+  emu_failed=$(printf '%s' "$failed_names" | grep -c . || true)
+  emu_passed=$(names_of ok "${emu_logs[$i]}" | { grep -vxF -e "${failed_names:-@none@}" || true; } | wc -l)
   emu_skips=$(lines_of 'SKIP [a-z_0-9]+:' "${emu_logs[$i]}")
   echo "$(emu_title "${emu_runs[$i]}"): $((emu_passed - emu_skips)) passed, ${emu_failed} failed, ${emu_skips} skipped"
 done
