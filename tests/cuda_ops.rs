@@ -609,6 +609,59 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// A GPU older than sm_80 (the emulated device as a Turing T4: JOBX_EMU_SM=75), whose driver
+/// cannot run or compile the kernels: `verify --device cuda` fails with the compute capability
+/// and the way out before loading anything, and `--device auto` says why and verifies on the CPU.
+/// A real GPU cannot pretend to be another: there the test says so and passes.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_refuses_gpus_older_than_sm80() {
+    const NAME: &str = "cuda_refuses_gpus_older_than_sm80";
+    let Some(gpu) = gpu_or_skip(NAME) else {
+        return;
+    };
+    if !gpu.name.contains("cuda-emu") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {NAME}: needs the emulated device's choice of architecture (device {})",
+            gpu.name
+        );
+        return;
+    }
+    drop(gpu);
+    let verify = |device: &str| {
+        let o = std::process::Command::new(common::bin())
+            .args(["verify", "--device", device])
+            .arg(common::fixture("t5-relu-tied"))
+            .env("JOBX_EMU_SM", "75")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (ok, err) = verify("cuda");
+    assert!(!ok, "--device cuda on sm_75 succeeded:\n{err}");
+    assert!(
+        err.contains("compute capability 7.5")
+            && err.contains("8.0 or newer")
+            && err.contains("--device cpu")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    let (ok, err) = verify("auto");
+    assert!(
+        ok,
+        "--device auto on sm_75 did not fall back to the CPU:\n{err}"
+    );
+    assert!(
+        err.contains("the CPU, as the GPU did not open") && err.contains("compute capability 7.5"),
+        "{err}"
+    );
+}
+
 /// Out of GPU memory, end to end, on the emulated device (tools/cuda-emu; its memory size is
 /// JOBX_EMU_MEMORY_BYTES, and JOBX_EMU_PEAK_FILE gets a process's most memory in use at once):
 /// `extract --device cuda` with a batch that does not fit runs it again in halves and writes

@@ -468,6 +468,7 @@ impl Gpu {
             cc.0,
             cc.1
         );
+        supported_arch(cc).map_err(|e| backend_err("init", format!("{name}: {e}")))?;
         keep_freed_memory(&ctx);
         let arch = (cc.0 * 10 + cc.1) as u32;
         let mut funcs = HashMap::new();
@@ -1247,8 +1248,39 @@ fn keep_freed_memory(ctx: &Arc<CudaContext>) {
     }
 }
 
+/// Whether the kernels can run on a GPU of compute capability `cc`: sm_80 or newer. They use
+/// bf16 tensor-core `mma.sync`, `cp.async` and bf16 conversions, which older GPUs lack, and the
+/// embedded PTX is compute_80 or later (build.rs refuses lower targets), which the driver cannot
+/// compile for them; without this check such a GPU failed at its first module with the
+/// driver's "no binary for GPU".
+fn supported_arch(cc: (i32, i32)) -> std::result::Result<(), String> {
+    if cc.0 < 8 {
+        return Err(format!(
+            "compute capability {}.{}: the CUDA kernels need 8.0 or newer (A100, A10, L4, \
+             RTX 30xx/40xx, H100 and later); use --device cpu",
+            cc.0, cc.1
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gpus_older_than_sm80_are_refused_with_the_reason() {
+        for cc in [(7, 5), (7, 0), (6, 1)] {
+            let e = super::supported_arch(cc).unwrap_err();
+            assert!(
+                e.contains("8.0 or newer") && e.contains("--device cpu"),
+                "{e}"
+            );
+            assert!(e.contains(&format!("{}.{}", cc.0, cc.1)), "{e}");
+        }
+        for cc in [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)] {
+            assert!(super::supported_arch(cc).is_ok(), "{cc:?}");
+        }
+    }
+
     /// `KERNELS` names exactly the `extern "C" __global__` functions of kernels/*.cu, so a new
     /// kernel cannot be launched by a wrapper without being loaded (found on a GPU once: a
     /// kernel missing from this list failed every launch with "not loaded").

@@ -461,9 +461,11 @@ float ex2_ftz(float x) {
 // ---------------------------------------------------------------- sm_90a
 
 // The emulated device: sm_80 (an A100: 108 multiprocessors) or, with JOBX_EMU_SM=90, sm_90 (an
-// H100: 132), whose runtime choices include the sm_90a kernels below.
+// H100: 132), whose runtime choices include the sm_90a kernels below; JOBX_EMU_SM=75 a Turing
+// GPU (T4), which the engine must refuse with its reason before loading any kernel.
 int sm_version() {
-    static const int v = env_choice("JOBX_EMU_SM", {"80", "90"}) == 1 ? 90 : 80;
+    static const int arch[] = {80, 90, 75};
+    static const int v = arch[env_choice("JOBX_EMU_SM", {"80", "90", "75"})];
     return v;
 }
 int multiprocessors() { return sm_version() == 90 ? 132 : 108; }
@@ -1236,7 +1238,7 @@ API cuDeviceTotalMem_v2(size_t* b, int) { *b = total_mem(); return OK; }
 API cuDeviceGetAttribute(int* v, int attr, int) {
     switch (attr) {
         case 75: *v = jobx_emu::sm_version() / 10; break;  // compute capability major
-        case 76: *v = 0; break;                              // minor
+        case 76: *v = jobx_emu::sm_version() % 10; break;    // minor
         case 16: *v = jobx_emu::multiprocessors(); break;    // (as an A100 / H100)
         case 38: *v = (jobx_emu::sm_version() == 90 ? 50 : 40) << 20; break;  // L2 bytes
         case 97: *v = 232448; break;       // shared memory per block, opt-in
