@@ -609,6 +609,26 @@ fn cuda_mixed_adapter_rows_match_cpu() {
     assert!(bad.is_empty(), "{bad:#?}");
 }
 
+/// Tests that need something only the emulated device (tools/cuda-emu) offers, `need`: the
+/// GPU handle's name says whether this is it; elsewhere a visible SKIP line (no GPU at all, or
+/// a real GPU, which cannot pretend so) and false.
+#[cfg(feature = "cuda")]
+fn emulated_or_skip(name: &str, need: &str) -> bool {
+    let Some(gpu) = gpu_or_skip(name) else {
+        return false;
+    };
+    if !gpu.name.contains("cuda-emu") {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {name}: needs the emulated device's {need} (device {})",
+            gpu.name
+        );
+        return false;
+    }
+    true
+}
+
 /// A GPU older than sm_80 (the emulated device as a Turing T4: JOBX_EMU_SM=75), whose driver
 /// cannot run or compile the kernels: `verify --device cuda` fails with the compute capability
 /// and the way out before loading anything, and `--device auto` says why and verifies on the CPU.
@@ -616,20 +636,12 @@ fn cuda_mixed_adapter_rows_match_cpu() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_refuses_gpus_older_than_sm80() {
-    const NAME: &str = "cuda_refuses_gpus_older_than_sm80";
-    let Some(gpu) = gpu_or_skip(NAME) else {
-        return;
-    };
-    if !gpu.name.contains("cuda-emu") {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {NAME}: needs the emulated device's choice of architecture (device {})",
-            gpu.name
-        );
+    if !emulated_or_skip(
+        "cuda_refuses_gpus_older_than_sm80",
+        "choice of architecture",
+    ) {
         return;
     }
-    drop(gpu);
     let verify = |device: &str| {
         let o = std::process::Command::new(common::bin())
             .args(["verify", "--device", device])
@@ -675,20 +687,12 @@ fn cuda_refuses_gpus_older_than_sm80() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_extract_survives_running_out_of_memory() {
-    const NAME: &str = "cuda_extract_survives_running_out_of_memory";
-    let Some(gpu) = gpu_or_skip(NAME) else {
-        return;
-    };
-    if !gpu.name.contains("cuda-emu") {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {NAME}: needs the emulated device's memory limit (device {})",
-            gpu.name
-        );
+    if !emulated_or_skip(
+        "cuda_extract_survives_running_out_of_memory",
+        "memory limit",
+    ) {
         return;
     }
-    drop(gpu);
     let model = common::tiny_t5_with_tokenizer();
     let dir = tempfile::tempdir().unwrap();
     let four = common::repo().join("examples/hn-postings.jsonl");

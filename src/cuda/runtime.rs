@@ -504,7 +504,7 @@ impl Gpu {
                 None => (cudarc::nvrtc::Ptx::from_src(m.ptx), "PTX (JIT)".to_string()),
             };
             let loaded = ctx.load_module(ptx).map_err(|e| {
-                let hint = load_hint(&how, &e.to_string(), arch);
+                let hint = load_hint(cubin.is_none(), &e.to_string(), arch);
                 backend_err(
                     "init",
                     format!("loading module {module} ({how}): {e}{hint}"),
@@ -1271,11 +1271,11 @@ fn supported_arch(cc: (i32, i32)) -> std::result::Result<(), String> {
 /// What to do when the driver cannot compile the embedded PTX for a GPU with no cubin in this
 /// build (sm_86, sm_89, sm_100 ...): its PTX comes from NVRTC 12.9 (tools/install-cuda-toolchain.sh),
 /// which a driver older than CUDA 12.9's (575) rejects as too new. Empty for other failures.
-fn load_hint(how: &str, err: &str, arch: u32) -> String {
+fn load_hint(from_ptx: bool, err: &str, arch: u32) -> String {
     let ptx_rejected = ["UNSUPPORTED_PTX_VERSION", "INVALID_PTX", "JIT_COMPILER"]
         .iter()
         .any(|c| err.contains(c));
-    if how.starts_with("PTX") && ptx_rejected {
+    if from_ptx && ptx_rejected {
         format!(
             " (this build has no cubin for sm_{arch}, and the driver could not compile its PTX, \
              made by CUDA 12.9: update the NVIDIA driver to 575 or newer, or rebuild with \
@@ -1291,7 +1291,7 @@ mod tests {
     #[test]
     fn a_driver_that_rejects_the_ptx_gets_the_two_ways_out() {
         let h = super::load_hint(
-            "PTX (JIT)",
+            true,
             "DriverError(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, \"\")",
             86,
         );
@@ -1300,14 +1300,8 @@ mod tests {
             "{h}"
         );
         // cubin that fails to load, or PTX failing for another reason (out of memory): no hint
-        assert_eq!(
-            super::load_hint("cubin sm_90", "CUDA_ERROR_INVALID_PTX", 90),
-            ""
-        );
-        assert_eq!(
-            super::load_hint("PTX (JIT)", "CUDA_ERROR_OUT_OF_MEMORY", 89),
-            ""
-        );
+        assert_eq!(super::load_hint(false, "CUDA_ERROR_INVALID_PTX", 90), "");
+        assert_eq!(super::load_hint(true, "CUDA_ERROR_OUT_OF_MEMORY", 89), "");
     }
 
     #[test]

@@ -718,9 +718,9 @@ pub fn widened_models() -> Vec<(String, tempfile::TempDir)> {
 }
 
 /// The device graphs of `dev` on `models` (`widened_models`) against the f32 CPU graph, row by
-/// row: T5 `T5TwoRows` (encoder on the prefill attention kernels, then decode steps); Mistral a left-padded prompt of two rows (prefill, 9
-/// positions, causal; mistral-gqa4-window's 16-key window) and 12 decode steps through its
-/// stepper, past the window. Returns (relative logits error, case) for every row and step:
+/// row: T5 `T5TwoRows` (encoder on the prefill attention kernels, then decode steps); Mistral
+/// a left-padded prompt of two rows (prefill, 9 positions, causal; mistral-gqa4-window's
+/// 16-key window) and 12 decode steps through its stepper, past the window. Returns (relative logits error, case) for every row and step:
 /// the fixtures' own heads (4-16 wide) take the general attention kernel, so only these reach
 /// the flash and decode kernels inside a model.
 pub fn widened_vs_cpu<B: jobx_engine::device::Backend>(
